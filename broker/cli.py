@@ -1,0 +1,71 @@
+"""`omnishelf broker`: run Mosquitto with the generated omnishelf configuration."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from broker.mosquitto import BrokerLayout, MosquittoError, MosquittoProcess
+
+
+class Credentials(BaseModel):
+    """The credentials file: usernames (= node/host ids) and their passwords, by role."""
+
+    model_config = ConfigDict(extra="forbid")
+    cloud: dict[str, str] = {}
+    nodes: dict[str, str] = {}
+
+
+def load_credentials(path: Path) -> Credentials:
+    try:
+        return Credentials.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        raise SystemExit(f"credentials file {path} does not exist") from None
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        where = ".".join(str(x) for x in err["loc"]) or "(file)"
+        raise SystemExit(f"credentials file {path}: field '{where}': {err['msg']}") from None
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("broker", help="run a Mosquitto configured for the omnishelf bus")
+    p.add_argument("--data-dir", type=Path, default=Path("var/broker"), help="config, persistence and log (default: %(default)s)")
+    p.add_argument("--port", type=int, default=1883, help="listener port (default: %(default)s)")
+    p.add_argument("--bind", default="127.0.0.1", help="listener address (default: %(default)s)")
+    p.add_argument(
+        "--credentials",
+        type=Path,
+        required=True,
+        help='JSON file {"cloud": {"cloud-1": "secret"}, "nodes": {"st0001-k1": "secret"}}',
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 1 <= args.port <= 65535:
+        raise SystemExit(f"--port {args.port} is not a TCP port (1-65535)")
+    creds = load_credentials(args.credentials)
+    layout = BrokerLayout(args.data_dir, args.port, args.bind, dict(creds.cloud), dict(creds.nodes))
+    proc = MosquittoProcess(layout)
+    try:
+        proc.start()
+    except (MosquittoError, ValueError) as exc:
+        raise SystemExit(str(exc)) from None
+    print(json.dumps({"broker": layout.url, "config": str(layout.conf_path), "log": str(layout.log_path)}), flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: proc.reload())
+    try:
+        while not stop.wait(1.0):
+            if not proc.running:
+                raise SystemExit(f"Mosquitto stopped unexpectedly; see {layout.log_path}")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        proc.stop()
+    return 0

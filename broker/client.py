@@ -1,0 +1,399 @@
+"""One MQTT 5 connection driven by the asyncio event loop, plus jittered reconnect backoff.
+
+paho runs without its own thread here: its socket is registered with the event loop (the way
+aiomqtt does it), so every paho callback runs on the loop thread and may touch the caller's state
+directly, and nothing ever blocks inside a callback. Each `MqttConnection` is one network
+connection; reconnecting means making a new one, so paho's in-memory resend queue never competes
+with the caller's durable outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+__all__ = [
+    "BrokerAddress",
+    "BusAuthError",
+    "BusError",
+    "BusNotConnected",
+    "JitteredBackoff",
+    "MqttConnection",
+    "PublishRefused",
+    "Will",
+]
+
+log = logging.getLogger(__name__)
+
+NOT_AUTHORIZED = 135
+BAD_CREDENTIALS = 134
+
+
+class BusError(Exception):
+    """Base of every bus error."""
+
+
+class BusNotConnected(BusError):
+    """The connection is down (or was never up); retry after reconnecting."""
+
+
+class BusAuthError(BusError):
+    """The broker refused our credentials or rights: retrying the same ones will not help."""
+
+
+class PublishRefused(BusError):
+    """The broker answered a publish with a failure reason code (MQTT 5), e.g. 135 Not authorized."""
+
+    def __init__(self, topic: str, reason: ReasonCode) -> None:
+        super().__init__(f"broker refused publish to {topic!r}: {reason.getName()} ({reason.value})")
+        self.topic = topic
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool = False
+
+    @classmethod
+    def from_url(cls, url: str) -> BrokerAddress:
+        """`mqtt://host:port` or `mqtts://host:port` (ports default to 1883 / 8883)."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"Invalid broker URL {url!r}: expected mqtt://host[:port] or mqtts://host[:port]")
+        tls = parts.scheme == "mqtts"
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError:
+            raise ValueError(f"Invalid broker URL {url!r}: the port is not a number from 1 to 65535") from None
+        return cls(parts.hostname, port, tls)
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    topic: str
+    payload: bytes
+    retain: bool = False
+
+
+class JitteredBackoff:
+    """Exponential backoff with 'equal jitter': each delay is uniform in [d/2, d], d doubling up to
+    `cap`. The jitter spreads a fleet's reconnects after a cloud restart; the floor of d/2 keeps a
+    single box from hammering a broker that refuses it."""
+
+    def __init__(self, base: float = 0.5, cap: float = 30.0, rng: random.Random | None = None) -> None:
+        if not 0 < base <= cap:
+            raise ValueError(f"backoff needs 0 < base <= cap, got base={base}, cap={cap}")
+        self.base = base
+        self.cap = cap
+        self.attempt = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        ceiling = min(self.cap, self.base * (2**self.attempt))
+        self.attempt = min(self.attempt + 1, 62)
+        return self._rng.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class MqttConnection:
+    """A single MQTT 5 connection on the running event loop.
+
+    `on_message` is called on the loop thread for every incoming PUBLISH and must not block; with
+    `manual_ack=True` the caller acknowledges with `ack(mid)` once the message is safe.
+    """
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        username: str,
+        password: str,
+        *,
+        clean_start: bool = True,
+        session_expiry: int = 0,
+        keepalive: int = 30,
+        will: Will | None = None,
+        manual_ack: bool = False,
+        max_inflight: int = 100,
+        on_message: Callable[[paho.MQTTMessage], None] | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.address = address
+        self.username = username
+        self.keepalive = keepalive
+        self.connect_timeout = connect_timeout
+        self._clean_start = clean_start
+        self._session_expiry = session_expiry
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._connack: asyncio.Future[bool] = self._loop.create_future()
+        self.closed: asyncio.Future[str] = self._loop.create_future()
+        """Resolves with a description of why the connection ended."""
+        self._pubs: dict[int, tuple[str, asyncio.Future[ReasonCode]]] = {}
+        self._subs: dict[int, asyncio.Future[list[ReasonCode]]] = {}
+        self._misc: asyncio.Task[None] | None = None
+        self._fd: int | None = None
+
+        c = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=username,
+            protocol=paho.MQTTv5,
+            reconnect_on_failure=False,
+            manual_ack=manual_ack,
+        )
+        c.username_pw_set(username, password)
+        if address.tls:
+            c.tls_set_context(ssl.create_default_context())
+        if will is not None:
+            c.will_set(will.topic, will.payload, qos=1, retain=will.retain)
+        c.max_inflight_messages_set(max_inflight)
+        c.max_queued_messages_set(0)
+        c.on_socket_open = self._on_socket_open
+        c.on_socket_close = self._on_socket_close
+        c.on_socket_register_write = self._on_register_write
+        c.on_socket_unregister_write = self._on_unregister_write
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        c.on_subscribe = self._on_subscribe
+        if on_message is not None:
+            c.on_message = lambda _c, _u, msg: on_message(msg)
+        self._client = c
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def connect(self) -> bool:
+        """Open the connection; return the broker's `session_present` flag.
+
+        Raises `BusAuthError` when the broker refuses the credentials, `BusNotConnected` otherwise.
+        """
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self._session_expiry
+        try:
+            # paho's connect() does a blocking TCP connect; keep it off the event loop.
+            rc = await asyncio.wait_for(
+                self._loop.run_in_executor(
+                    None,
+                    lambda: self._client.connect(
+                        self.address.host,
+                        self.address.port,
+                        keepalive=self.keepalive,
+                        clean_start=self._clean_start,
+                        properties=props,
+                    ),
+                ),
+                self.connect_timeout,
+            )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            self._shutdown(f"cannot reach broker {self.address}: {exc or type(exc).__name__}")
+            raise BusNotConnected(f"cannot reach broker {self.address}: {exc or type(exc).__name__}") from None
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._shutdown(f"connect failed: {paho.error_string(rc)}")
+            raise BusNotConnected(f"cannot connect to {self.address}: {paho.error_string(rc)}")
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._connack), self.connect_timeout)
+        except TimeoutError:
+            self._client.disconnect()
+            self._shutdown("no CONNACK")
+            raise BusNotConnected(f"broker {self.address} sent no CONNACK within {self.connect_timeout:.0f} s") from None
+
+    async def disconnect(self, timeout: float = 5.0) -> None:
+        """Clean disconnect (the broker does not publish the will)."""
+        if self.closed.done():
+            return
+        self._client.disconnect()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.closed), timeout)
+        self._shutdown("disconnected by us")
+
+    def abort(self) -> None:
+        """Drop the TCP connection without DISCONNECT (the broker publishes the will)."""
+        sock = self._client.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._shutdown("aborted")
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connack.done() and not self._connack.exception() and not self.closed.done()
+
+    # -- traffic -----------------------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> asyncio.Future[ReasonCode]:
+        """Send one message. The future resolves with the broker's PUBACK reason code (QoS 1),
+        raises `PublishRefused` on a failure code and `BusNotConnected` if the link drops first."""
+        fut: asyncio.Future[ReasonCode] = self._loop.create_future()
+        if not self.is_connected:
+            fut.set_exception(BusNotConnected("not connected"))
+            return fut
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            fut.set_exception(BusNotConnected(f"publish failed: {paho.error_string(info.rc)}"))
+        elif qos == 0:
+            fut.set_result(ReasonCode(PacketTypes.PUBACK, identifier=0))
+        else:
+            self._pubs[info.mid] = (topic, fut)
+        return fut
+
+    async def subscribe(self, filters: Sequence[str], qos: int = 1) -> list[ReasonCode]:
+        if not self.is_connected:
+            raise BusNotConnected("not connected")
+        fut: asyncio.Future[list[ReasonCode]] = self._loop.create_future()
+        rc, mid = self._client.subscribe([(f, SubscribeOptions(qos=qos)) for f in filters])
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            raise BusNotConnected(f"subscribe failed: {paho.error_string(rc)}")
+        self._subs[mid] = fut
+        codes = await asyncio.wait_for(fut, self.connect_timeout)
+        refused = [(f, c) for f, c in zip(filters, codes, strict=False) if c.is_failure]
+        if refused:
+            raise BusAuthError("; ".join(f"subscription to {f!r} refused: {c.getName()}" for f, c in refused))
+        return codes
+
+    def ack(self, mid: int, qos: int = 1) -> None:
+        """Acknowledge an incoming message (with `manual_ack=True`)."""
+        if not self.closed.done():
+            self._client.ack(mid, qos)
+
+    # -- paho callbacks (all on the loop thread, except socket open during connect) ----------------
+
+    def _call_on_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        if threading.get_ident() == self._loop_thread:
+            fn(*args)
+        else:
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _on_socket_open(self, client: paho.Client, _u: Any, sock: Any) -> None:
+        # paho leaves Nagle on; with it a QoS 1 round trip on loopback costs ~44 ms instead of 0.3 ms.
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Registered by number: paho may close the socket object before it tells us.
+        self._fd = sock.fileno()
+        self._call_on_loop(self._opened, self._fd)
+
+    def _opened(self, fd: int) -> None:
+        if not self.closed.done():
+            self._loop.add_reader(fd, self._read)
+            self._start_misc()
+
+    def _on_socket_close(self, _c: paho.Client, _u: Any, _sock: Any) -> None:
+        self._call_on_loop(self._unregister)
+
+    def _on_register_write(self, _c: paho.Client, _u: Any, _sock: Any) -> None:
+        self._call_on_loop(self._want_write, True)
+
+    def _on_unregister_write(self, _c: paho.Client, _u: Any, _sock: Any) -> None:
+        self._call_on_loop(self._want_write, False)
+
+    def _want_write(self, on: bool) -> None:
+        if self._fd is None:
+            return
+        if on and not self.closed.done():
+            self._loop.add_writer(self._fd, self._write)
+        else:
+            self._loop.remove_writer(self._fd)
+
+    def _unregister(self) -> None:
+        if self._fd is not None:
+            self._loop.remove_reader(self._fd)
+            self._loop.remove_writer(self._fd)
+            self._fd = None
+
+    def _read(self) -> None:
+        self._client.loop_read()
+
+    def _write(self) -> None:
+        self._client.loop_write()
+
+    def _start_misc(self) -> None:
+        if self._misc is None:
+            self._misc = self._loop.create_task(self._misc_loop())
+
+    async def _misc_loop(self) -> None:
+        while not self.closed.done():
+            await asyncio.sleep(1.0)
+            if self._client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._shutdown("connection lost (keepalive)")
+                return
+
+    def _on_connect(self, _c: paho.Client, _u: Any, flags: Any, reason: ReasonCode, _p: Any) -> None:
+        if self._connack.done():
+            return
+        if reason.is_failure:
+            err: BusError = (
+                BusAuthError(f"broker {self.address} refused {self.username!r}: {reason.getName()}")
+                if reason.value in (NOT_AUTHORIZED, BAD_CREDENTIALS)
+                else BusNotConnected(f"broker {self.address} refused the connection: {reason.getName()}")
+            )
+            self._connack.set_exception(err)
+            self._shutdown(str(err))
+        else:
+            self._connack.set_result(bool(flags.session_present))
+
+    def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
+        why = reason.getName() if isinstance(reason, ReasonCode) else str(reason)
+        self._shutdown(f"disconnected: {why}")
+
+    def _on_publish(self, _c: paho.Client, _u: Any, mid: int, reason: ReasonCode, _p: Any) -> None:
+        entry = self._pubs.pop(mid, None)
+        if entry is None:
+            return
+        topic, fut = entry
+        if fut.done():
+            return
+        if reason.is_failure:
+            fut.set_exception(PublishRefused(topic, reason))
+        else:
+            fut.set_result(reason)
+
+    def _on_subscribe(self, _c: paho.Client, _u: Any, mid: int, codes: list[ReasonCode], _p: Any) -> None:
+        fut = self._subs.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(codes)
+
+    def _shutdown(self, why: str) -> None:
+        """Resolve everything that waits on this connection; safe to call more than once."""
+        if not self.closed.done():
+            self.closed.set_result(why)
+            log.debug("%s: %s", self.username, why)
+        if not self._connack.done():
+            self._connack.set_exception(BusNotConnected(why))
+            self._connack.exception()  # mark retrieved: nobody may be waiting any more
+        for _topic, fut in self._pubs.values():
+            if not fut.done():
+                fut.set_exception(BusNotConnected(why))
+                fut.exception()
+        self._pubs.clear()
+        for sfut in self._subs.values():
+            if not sfut.done():
+                sfut.set_exception(BusNotConnected(why))
+        self._subs.clear()
+        self._unregister()
+        sock = self._client.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+        if self._misc is not None and asyncio.current_task() is not self._misc:
+            self._misc.cancel()

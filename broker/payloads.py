@@ -1,0 +1,204 @@
+"""One typed payload model per message type (the `data` member of the envelope).
+
+Payloads ignore members they do not know, so a box on a newer minor release can talk to an older
+cloud; the envelope itself is strict. The engines refine their payloads in later versions of this
+module; every change here is a change of the bus contract and goes with its tests.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+__all__ = [
+    "AckData",
+    "AssignData",
+    "BirthData",
+    "CatalogData",
+    "CommandData",
+    "ConfigData",
+    "DeathData",
+    "DeviceInfo",
+    "FulfilData",
+    "FulfilStatus",
+    "Fulfilment",
+    "HostStateData",
+    "OrderData",
+    "OrderLine",
+    "Payload",
+    "PopData",
+    "RebirthData",
+    "ScanData",
+    "ScanPurpose",
+    "ScheduleData",
+    "StockData",
+    "StockLevel",
+    "TelemetryData",
+    "VerdictData",
+]
+
+Text = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+Sku = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._\-/]+$")]
+Count = Annotated[int, Field(ge=0, lt=2**63)]
+
+
+class Payload(BaseModel):
+    """Base of every payload."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class DeviceInfo(Payload):
+    kind: Text
+    """'scanner', 'printer', 'display', 'camera', …"""
+    model: Text | None = None
+    serial: Text | None = None
+    state: Text = "ok"
+
+
+class BirthData(Payload):
+    software_version: Text
+    config_hash: Annotated[str, StringConstraints(max_length=128)]
+    store: Text
+    devices: tuple[DeviceInfo, ...] = ()
+    last_seq: Count = 0
+    """Highest `seq` the box has assigned so far."""
+    pending: Count = 0
+    """Messages in the box's outbox not yet acknowledged by the broker."""
+    oldest_seq: Count | None = None
+    """Lowest `seq` the box still holds (pending or kept for replay); older ones cannot be resent."""
+
+
+class DeathData(Payload):
+    """Set as the MQTT will: the broker publishes it when the box vanishes."""
+
+
+class ScanPurpose(enum.StrEnum):
+    VERIFY = "verify"
+    RECEIVE = "receive"
+    SELL = "sell"
+    RETURN = "return"
+
+
+class ScanData(Payload):
+    code: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    """The decoded content, GS1 separators included."""
+    symbology: Text | None = None
+    station: Text
+    purpose: ScanPurpose = ScanPurpose.VERIFY
+
+
+class OrderLine(Payload):
+    sku: Sku
+    qty: Annotated[int, Field(gt=0, le=10_000)]
+
+
+class Fulfilment(enum.StrEnum):
+    PICKUP = "pickup"
+    DELIVERY = "delivery"
+
+
+class OrderData(Payload):
+    order_id: Text
+    channel: Text
+    lines: Annotated[tuple[OrderLine, ...], Field(min_length=1, max_length=500)]
+    fulfilment: Fulfilment
+    contact: Text | None = None
+    address: Annotated[str, StringConstraints(max_length=500)] | None = None
+
+
+class StockLevel(Payload):
+    sku: Sku
+    on_hand: Annotated[int, Field(ge=0, le=10_000_000)]
+
+
+class StockData(Payload):
+    levels: Annotated[tuple[StockLevel, ...], Field(min_length=1, max_length=5_000)]
+    snapshot: bool = False
+    """True: these are all the SKUs the store has; absent SKUs are zero."""
+
+
+class PopData(Payload):
+    """Proof of play: one item of a signage timeline was shown."""
+
+    screen: Text
+    media_id: Text
+    campaign_id: Text | None = None
+    started_at: AwareDatetime
+    duration_ms: Annotated[int, Field(ge=0, le=86_400_000)]
+
+
+class FulfilStatus(enum.StrEnum):
+    ACCEPTED = "accepted"
+    PICKED = "picked"
+    READY = "ready"
+    HANDED_OVER = "handed_over"
+    SHIPPED = "shipped"
+    REJECTED = "rejected"
+
+
+class FulfilData(Payload):
+    order_id: Text
+    status: FulfilStatus
+    note: Annotated[str, StringConstraints(max_length=500)] | None = None
+
+
+class AckData(Payload):
+    """The box's answer to a command it received (the command's `msg_id` is in `corr`)."""
+
+    ok: bool
+    detail: Annotated[str, StringConstraints(max_length=500)] | None = None
+
+
+class TelemetryData(Payload):
+    metrics: Annotated[dict[Annotated[str, StringConstraints(max_length=64)], float], Field(max_length=200)]
+
+
+class VerdictData(Payload):
+    code: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    verdict: Text
+    rule: Text
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+
+class AssignData(Payload):
+    order_id: Text
+    lines: Annotated[tuple[OrderLine, ...], Field(min_length=1, max_length=500)]
+    fulfilment: Fulfilment
+
+
+class ConfigData(Payload):
+    config_hash: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    config: dict[str, Any]
+
+
+class ScheduleData(Payload):
+    version: Count
+    valid_from: datetime
+    valid_until: datetime
+    items: tuple[dict[str, Any], ...] = ()
+
+
+class CatalogData(Payload):
+    version: Count
+    delta_from: Count | None = None
+
+
+class CommandData(Payload):
+    name: Text
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class RebirthData(Payload):
+    """Ask a box to publish its birth again and, if `replay_from` is set, to resend what it still
+    holds from that `seq` on (the cloud saw a gap)."""
+
+    reason: Text
+    replay_from: Count | None = None
+
+
+class HostStateData(Payload):
+    online: bool

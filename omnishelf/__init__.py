@@ -1,0 +1,1 @@
+"""The `omnishelf` command: one entry point over the packages (broker, cloud, edge, …)."""
