@@ -1,0 +1,53 @@
+# Two commands do everything: `make demo` and `make test`. Both create the virtualenv, install the
+# Python packages, and install missing Debian packages when run as root (else print the command).
+
+VENV        ?= .venv
+PYTHON      ?= python3
+BIN         := $(VENV)/bin
+# Debian packages the demo and the tests need at run time.
+SYSTEM_PKGS := mosquitto mosquitto-clients
+
+.PHONY: demo test lint typecheck unit bench system-deps venv clean
+
+demo: system-deps venv
+	$(BIN)/omnishelf demo
+
+test: system-deps venv lint typecheck unit
+
+lint: venv
+	$(BIN)/ruff check .
+
+typecheck: venv
+	$(BIN)/mypy .
+
+unit: system-deps venv
+	$(BIN)/pytest
+
+bench: system-deps venv
+	$(BIN)/python -m bench.bus
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
+	  echo "Cannot create a virtualenv: run 'sudo apt-get install python3-venv' and try again"; exit 1; }
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+system-deps:
+	@missing=""; for p in $(SYSTEM_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "Installing Debian packages:$$missing"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	  else \
+	    echo "Missing Debian packages:$$missing"; \
+	    echo "Run: sudo apt-get install --no-install-recommends$$missing"; exit 1; \
+	  fi; \
+	fi
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache var
