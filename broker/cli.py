@@ -34,7 +34,9 @@ def load_credentials(path: Path) -> Credentials:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("broker", help="run a Mosquitto configured for the omnishelf bus")
-    p.add_argument("--data-dir", type=Path, default=Path("var/broker"), help="config, persistence and log (default: %(default)s)")
+    p.add_argument(
+        "--data-dir", type=Path, default=Path("var/broker"), help="config, persistence and log (default: %(default)s)"
+    )
     p.add_argument("--port", type=int, default=1883, help="listener port (default: %(default)s)")
     p.add_argument("--bind", default="127.0.0.1", help="listener address (default: %(default)s)")
     p.add_argument(

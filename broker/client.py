@@ -189,7 +189,7 @@ class MqttConnection:
 
         Raises `BusAuthError` when the broker refuses the credentials, `BusNotConnected` otherwise.
         """
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self._session_expiry
         try:
             # paho's connect() does a blocking TCP connect; keep it off the event loop.
@@ -217,7 +217,9 @@ class MqttConnection:
         except TimeoutError:
             self._client.disconnect()
             self._shutdown("no CONNACK")
-            raise BusNotConnected(f"broker {self.address} sent no CONNACK within {self.connect_timeout:.0f} s") from None
+            raise BusNotConnected(
+                f"broker {self.address} sent no CONNACK within {self.connect_timeout:.0f} s"
+            ) from None
 
     async def disconnect(self, timeout: float = 5.0) -> None:
         """Clean disconnect (the broker does not publish the will)."""
@@ -231,7 +233,7 @@ class MqttConnection:
     def abort(self) -> None:
         """Drop the TCP connection without DISCONNECT (the broker publishes the will)."""
         sock = self._client.socket()
-        if sock is not None:
+        if isinstance(sock, socket.socket):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
         self._shutdown("aborted")

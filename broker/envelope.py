@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import (
@@ -128,7 +128,7 @@ class Envelope(BaseModel):
     node: str
     session: int = Field(ge=0, lt=2**63)
     seq: int = Field(ge=0, lt=2**63)
-    ts: AwareDatetime = Field(default_factory=lambda: datetime.now(timezone.utc).astimezone())
+    ts: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC).astimezone())
     clock_synced: bool = True
     historical: bool = False
     corr: uuid.UUID | None = None
@@ -220,9 +220,11 @@ def _check_topic(envelope: Envelope, topic: str) -> None:
     expected_type = MessageType.STATE if parsed.direction == "host" else parsed.name
     if envelope.type != expected_type:
         raise ContractError(
-            RejectReason.TOPIC_MISMATCH, f"a {envelope.type} message arrived on {topic!r}, which carries {expected_type}"
+            RejectReason.TOPIC_MISMATCH,
+            f"a {envelope.type} message arrived on {topic!r}, which carries {expected_type}",
         )
     if envelope.node != parsed.node:
         raise ContractError(
-            RejectReason.TOPIC_MISMATCH, f"message from node {envelope.node!r} arrived on {parsed.node!r}'s topic {topic!r}"
+            RejectReason.TOPIC_MISMATCH,
+            f"message from node {envelope.node!r} arrived on {parsed.node!r}'s topic {topic!r}",
         )

@@ -111,7 +111,13 @@ def mosquitto_conf(
         lines.append(f"log_dest file {data_dir / 'mosquitto.log'}")
     else:
         lines.append("log_dest stderr")
-    lines += ["log_type error", "log_type warning", "log_type notice", "log_type information", "connection_messages true"]
+    lines += [
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+        "log_type information",
+        "connection_messages true",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 __all__ = [
     "ROOT",
-    "acl_patterns",
     "DownCommand",
     "Topic",
     "TopicError",
     "UpStream",
+    "acl_patterns",
     "birth",
     "check_id",
     "cloud_ingest_filter",
@@ -70,8 +70,7 @@ def check_id(value: str, what: str = "node id") -> str:
     """Return `value` if it is a valid node/host id, else raise `TopicError` saying why."""
     if not _ID.match(value):
         raise TopicError(
-            f"Invalid {what} {value!r}: expected 1-63 characters of a-z, 0-9 and '-', "
-            "starting with a letter or digit"
+            f"Invalid {what} {value!r}: expected 1-63 characters of a-z, 0-9 and '-', starting with a letter or digit"
         )
     return value
 

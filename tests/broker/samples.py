@@ -1,0 +1,47 @@
+"""One valid payload per message type, shared by contract tests."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from broker import payloads as p
+from broker.envelope import MessageType
+
+CST = timezone(timedelta(hours=8))
+NOW = datetime(2026, 11, 24, 9, 30, 0, 123000, tzinfo=CST)
+
+SAMPLES: dict[MessageType, p.Payload] = {
+    MessageType.BIRTH: p.BirthData(
+        software_version="0.1.0",
+        config_hash="ab" * 32,
+        store="st0001",
+        devices=(p.DeviceInfo(kind="scanner", model="HS-2000", serial="SN1"),),
+        last_seq=41,
+        pending=3,
+        oldest_seq=1,
+    ),
+    MessageType.DEATH: p.DeathData(),
+    MessageType.SCAN: p.ScanData(code="\x1d0104012345678901215ABC123", symbology="datamatrix", station="till-1"),
+    MessageType.ORDER: p.OrderData(
+        order_id="K-1001",
+        channel="kiosk",
+        lines=(p.OrderLine(sku="SKU-0001", qty=2),),
+        fulfilment=p.Fulfilment.DELIVERY,
+        address="上海市黄浦区南京东路 1 号",
+    ),
+    MessageType.STOCK: p.StockData(levels=(p.StockLevel(sku="SKU-0001", on_hand=7),), snapshot=True),
+    MessageType.POP: p.PopData(screen="door", media_id="m-1", started_at=NOW, duration_ms=15000),
+    MessageType.FULFIL: p.FulfilData(order_id="K-1001", status=p.FulfilStatus.READY),
+    MessageType.ACK: p.AckData(ok=False, detail="config rejected: printer.port out of range"),
+    MessageType.TELEMETRY: p.TelemetryData(metrics={"cpu": 0.25, "temp_c": 51.5}),
+    MessageType.VERDICT: p.VerdictData(code="0104012345678901215ABC", verdict="genuine", rule="known-serial"),
+    MessageType.ASSIGN: p.AssignData(
+        order_id="W-77", lines=(p.OrderLine(sku="SKU-0002", qty=1),), fulfilment=p.Fulfilment.PICKUP
+    ),
+    MessageType.CONFIG: p.ConfigData(config_hash="cd" * 32, config={"node_id": "st0001-k1"}),
+    MessageType.SCHEDULE: p.ScheduleData(version=3, valid_from=NOW, valid_until=NOW + timedelta(hours=48)),
+    MessageType.CATALOG: p.CatalogData(version=12, delta_from=11),
+    MessageType.COMMAND: p.CommandData(name="reboot", args={"delay_s": 5}),
+    MessageType.REBIRTH: p.RebirthData(reason="seq gap", replay_from=17),
+    MessageType.STATE: p.HostStateData(online=True),
+}
