@@ -19,6 +19,7 @@ class Credentials(BaseModel):
     model_config = ConfigDict(extra="forbid")
     cloud: dict[str, str] = {}
     nodes: dict[str, str] = {}
+    monitors: dict[str, str] = {}
 
 
 def load_credentials(path: Path) -> Credentials:
@@ -43,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "--credentials",
         type=Path,
         required=True,
-        help='JSON file {"cloud": {"cloud-1": "secret"}, "nodes": {"st0001-k1": "secret"}}',
+        help='JSON file {"cloud": {"cloud-1": "pw"}, "nodes": {"st0001-k1": "pw"}, "monitors": {"ops": "pw"}}',
     )
     p.set_defaults(func=run)
 
@@ -52,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.port <= 65535:
         raise SystemExit(f"--port {args.port} is not a TCP port (1-65535)")
     creds = load_credentials(args.credentials)
-    layout = BrokerLayout(args.data_dir, args.port, args.bind, dict(creds.cloud), dict(creds.nodes))
+    layout = BrokerLayout(
+        args.data_dir, args.port, args.bind, dict(creds.cloud), dict(creds.nodes), dict(creds.monitors)
+    )
     proc = MosquittoProcess(layout)
     try:
         proc.start()

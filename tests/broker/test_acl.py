@@ -176,3 +176,28 @@ def test_new_node_added_without_restart(broker: Broker) -> None:
         await a.disconnect()
 
     run(body)
+
+
+def test_monitor_reads_everything_writes_nothing(broker: Broker) -> None:
+    pa = broker.add_node("node-a")
+    broker.layout.monitor_users["ops"] = "watch-pw"
+    broker.process.reload()
+
+    async def body() -> None:
+        got: Received = []
+        for _ in range(100):
+            try:
+                ops = await connected(broker, "ops", "watch-pw", got)
+                break
+            except BusAuthError:
+                await asyncio.sleep(0.05)
+        await ops.subscribe(["shelf/v1/#"])
+        a = await connected(broker, "node-a", pa)
+        await a.publish(topics.up("node-a", "scan"), b"seen")
+        await until(lambda: len(got) == 1)
+        with pytest.raises(PublishRefused):
+            await ops.publish(topics.dn("node-a", "command"), b"no")
+        await a.disconnect()
+        await ops.disconnect()
+
+    run(body)

@@ -1,0 +1,243 @@
+"""`omnishelf demo`: the whole system on one machine with embedded defaults.
+
+Starts a private Mosquitto, the cloud core on SQLite (migrated and seeded with the demo regions,
+stores and products) and one simulated box per demo store, each as its own process, exactly as
+they run in production. Ctrl-C stops them in reverse order (boxes first, so their deaths reach the
+cloud), and a child that dies unexpectedly stops the demo with the tail of its log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from broker.mosquitto import BrokerLayout, MosquittoError, MosquittoProcess, free_port
+
+CLOUD_USER = "cloud-1"
+MONITOR_USER = "ops"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("demo", help="run the whole system on this machine with embedded defaults")
+    p.add_argument("--data-dir", type=Path, default=Path("var/demo"), help="state of the demo (default: %(default)s)")
+    p.add_argument("--mqtt-port", type=int, default=1883, help="broker port; a free one if taken (default: %(default)s)")
+    p.add_argument("--http-port", type=int, default=8000, help="cloud API port; a free one if taken (default: %(default)s)")
+    p.add_argument("--duration", type=float, default=0, help="stop after this many seconds (default: run until Ctrl-C)")
+    p.set_defaults(func=run)
+
+
+def _port(wanted: int, what: str) -> int:
+    if not 0 <= wanted <= 65535:
+        raise SystemExit(f"--{what}-port {wanted} is not a TCP port (1-65535, or 0 for any free port)")
+    if wanted:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", wanted))
+                return wanted
+            except OSError:
+                pass
+    return free_port()
+
+
+def _secrets(path: Path, users: list[str]) -> dict[str, str]:
+    """Passwords kept across runs so that boxes and broker agree after a restart of the demo."""
+    known: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    for user in users:
+        known.setdefault(user, secrets.token_urlsafe(18))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(known, indent=2))
+    path.chmod(0o600)
+    return known
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+class Supervisor:
+    def __init__(self, log_dir: Path, env: dict[str, str]) -> None:
+        self.log_dir = log_dir
+        self.env = env
+        self.children: list[Child] = []
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> Child:
+        log = self.log_dir / f"{name}.log"
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "omnishelf.cli", *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**self.env, **(env or {})},
+                start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
+            )
+        child = Child(name, proc, log)
+        self.children.append(child)
+        return child
+
+    def run_once(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
+        child = self.start(name, *args, env=env)
+        code = child.proc.wait()
+        self.children.remove(child)
+        if code != 0:
+            raise SystemExit(f"'omnishelf {' '.join(args)}' failed with code {code}: {tail(child.log)}")
+
+    def dead(self) -> Child | None:
+        return next((c for c in self.children if c.proc.poll() is not None), None)
+
+    def stop_all(self, timeout: float = 10.0) -> None:
+        for child in reversed(self.children):
+            if child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+                try:
+                    child.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    child.proc.kill()
+                    child.proc.wait()
+        self.children.clear()
+
+
+def tail(log: Path, lines: int = 8) -> str:
+    if not log.exists():
+        return "(no log)"
+    return " | ".join(log.read_text(errors="replace").strip().splitlines()[-lines:]) or "(empty log)"
+
+
+def _wait_http(url: str, child: Child, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.proc.poll() is not None:
+            raise SystemExit(f"the cloud core exited with code {child.proc.returncode}: {tail(child.log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"the cloud core did not answer {url} within {timeout:.0f} s: {tail(child.log)}")
+
+
+def box_config(node: str, store: str, mqtt_port: int, password_file: Path, outbox: Path) -> str:
+    return "\n".join(
+        [
+            "# generated by `omnishelf demo`: a simulated box",
+            f"node_id: {node}",
+            f"store_id: {store}",
+            "broker:",
+            f"  url: mqtt://127.0.0.1:{mqtt_port}",
+            f"  password_file: {password_file.resolve()}",
+            "  keepalive_s: 10",
+            "outbox:",
+            f"  path: {outbox.resolve()}",
+            "devices:",
+            "  - kind: simulator",
+            "    scans_per_s: 0.5",
+            "    orders_per_min: 2",
+            "    telemetry_every_s: 10",
+            "",
+        ]
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from cloud.seed import DEMO_STORES  # the demo boxes are the seeded demo stores' nodes
+
+    data: Path = args.data_dir
+    mqtt_port = _port(args.mqtt_port, "mqtt")
+    http_port = _port(args.http_port, "http")
+    stores: dict[str, str] = dict(DEMO_STORES)  # store code -> node id
+    nodes = list(stores.values())
+    passwords = _secrets(data / "secrets.json", [CLOUD_USER, MONITOR_USER, *nodes])
+
+    layout = BrokerLayout(
+        data / "broker",
+        mqtt_port,
+        cloud_users={CLOUD_USER: passwords[CLOUD_USER]},
+        node_users={n: passwords[n] for n in nodes},
+        monitor_users={MONITOR_USER: passwords[MONITOR_USER]},
+    )
+    broker = MosquittoProcess(layout)
+    try:
+        broker.start()
+    except MosquittoError as exc:
+        raise SystemExit(str(exc)) from None
+
+    db_url = f"sqlite:///{(data / 'omnishelf.db').resolve()}"
+    env = {
+        **os.environ,
+        "OMNISHELF_DATABASE_URL": db_url,
+        "OMNISHELF_BROKER_URL": layout.url,
+        "OMNISHELF_BROKER_USERNAME": CLOUD_USER,
+        "OMNISHELF_BROKER_PASSWORD": passwords[CLOUD_USER],
+    }
+    sup = Supervisor(data / "logs", env)
+    stopping = False
+
+    def on_term(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        sup.run_once("cloud-migrate", "cloud", "migrate")
+        sup.run_once("cloud-seed", "cloud", "seed")
+        cloud = sup.start("cloud", "cloud", "serve", "--host", "127.0.0.1", "--port", str(http_port))
+        api = f"http://127.0.0.1:{http_port}"
+        _wait_http(f"{api}/health", cloud)
+        for store, node in stores.items():
+            secret = data / "secrets" / node
+            secret.parent.mkdir(parents=True, exist_ok=True)
+            secret.write_text(passwords[node])
+            secret.chmod(0o600)
+            cfg = data / "edge" / f"{node}.yaml"
+            cfg.parent.mkdir(parents=True, exist_ok=True)
+            cfg.write_text(box_config(node, store, mqtt_port, secret, data / "edge" / node / "outbox.db"))
+            sup.start(f"edge-{node}", "edge", "run", "--config", str(cfg))
+
+        print(
+            "\n".join(
+                [
+                    "omnishelf demo is running:",
+                    f"  broker      {layout.url}  (config {layout.conf_path}, log {layout.log_path})",
+                    f"  cloud core  {api}   database {db_url}",
+                    f"  boxes       {', '.join(nodes)}  (configs in {data / 'edge'})",
+                    f"  logs        {data / 'logs'}",
+                    "",
+                    f"  nodes and their online state:  curl -s {api}/nodes",
+                    f"  health and ingest counters:    curl -s {api}/health",
+                    f"  API documentation:             {api}/docs",
+                    "  watch the bus:",
+                    f"    mosquitto_sub -h 127.0.0.1 -p {mqtt_port} -V mqttv5 -u {MONITOR_USER} -i {MONITOR_USER} "
+                    f"-P '{passwords[MONITOR_USER]}' -t 'shelf/v1/#' -v",
+                    "",
+                    "Ctrl-C stops everything.",
+                ]
+            ),
+            flush=True,
+        )
+        deadline = time.monotonic() + args.duration if args.duration > 0 else None
+        while not stopping and (deadline is None or time.monotonic() < deadline):
+            dead = sup.dead()
+            if dead is not None:
+                raise SystemExit(f"{dead.name} exited with code {dead.proc.returncode}: {tail(dead.log)}")
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("stopping: boxes, cloud core, broker …", flush=True)
+        sup.stop_all()
+        broker.stop()
+    print("stopped.")
+    return 0
