@@ -1,0 +1,515 @@
+"""The box's bus client: connection lifecycle, host tracking, and draining the outbox.
+
+One `MqttConnection` per network connection; this module owns what survives across them: the
+session counter (persisted in the outbox before each attempt, so the will carries it), the
+reconnect backoff, which cloud hosts are online, and the sender that turns outbox rows into
+envelopes in seq order. A row leaves the pending set only on its PUBACK; after any reconnect the
+sender starts again from the lowest pending seq, and the cloud's msg_id ledger absorbs the repeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+import paho.mqtt.client as paho
+
+from broker import topics
+from broker.client import (
+    BrokerAddress,
+    BusAuthError,
+    BusError,
+    BusNotConnected,
+    JitteredBackoff,
+    MqttConnection,
+    PublishRefused,
+    Will,
+)
+from broker.envelope import ContractError, Envelope, MessageType, decode, encode
+from broker.payloads import BirthData, DeathData, DeviceInfo, HostStateData, Payload, RebirthData
+from edge.outbox import Outbox, Row
+
+__all__ = ["BusClient", "BusStats", "CommandHandler", "software_version"]
+
+log = logging.getLogger(__name__)
+
+CommandHandler = Callable[[Envelope], Awaitable[None] | None]
+
+_READ_CHUNK = 1_000
+"""Rows fetched from SQLite per read; the in-flight window limits what is on the wire."""
+_STABLE_S = 10.0
+"""A connection that lasted this long resets the backoff; a flapping one keeps backing off."""
+_STOP_GRACE_S = 3.0
+
+
+def software_version() -> str:
+    try:
+        return metadata.version("omnishelf")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class BusStats:
+    """A snapshot of the bus client's counters (since the process started)."""
+
+    published: int
+    """Outbox messages handed to the broker (resends and replays included)."""
+    acked: int
+    """PUBACKs received for outbox messages."""
+    refused: int
+    """Messages the broker refused (e.g. 135 Not authorized); kept, marked refused."""
+    rejected_low_priority: int
+    """Low-priority messages refused because the outbox was at its bound."""
+    reconnects: int
+    auth_failures: int
+    bad_commands: int
+    bad_host_states: int
+    unhandled_commands: int
+    replayed: int
+    connect_failures: int
+
+
+class _Link:
+    """The state of one established connection (its sender, replay and in-flight window)."""
+
+    def __init__(self, conn: MqttConnection, session: int, window: int) -> None:
+        self.conn = conn
+        self.session = session
+        self.window = window
+        self.inflight = 0
+        self.room = asyncio.Event()
+        self.room.set()
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.started = time.monotonic()
+        self.replay: asyncio.Task[None] | None = None
+
+    async def slot(self) -> None:
+        while self.inflight >= self.window:
+            self.room.clear()
+            await self.room.wait()
+        self.inflight += 1
+        self.idle.clear()
+
+    def release(self) -> None:
+        self.inflight -= 1
+        self.room.set()
+        if self.inflight == 0:
+            self.idle.set()
+
+
+class BusClient:
+    """Keeps one node connected and its outbox flowing. Run with `run()`, end with `stop()`."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        *,
+        node: str,
+        store: str,
+        address: BrokerAddress,
+        password: str,
+        config_hash: str,
+        devices: Sequence[DeviceInfo] = (),
+        username: str | None = None,
+        keepalive: int = 30,
+        session_expiry: int = 7 * 24 * 3600,
+        backoff: JitteredBackoff | None = None,
+        auth_failure_s: float = 300.0,
+        window: int = 200,
+    ) -> None:
+        self.outbox = outbox
+        self.node = topics.check_id(node)
+        self.store = store
+        self.address = address
+        self.username = username or node
+        self._password = password
+        self.config_hash = config_hash
+        self.devices = tuple(devices)
+        self.keepalive = keepalive
+        self.session_expiry = session_expiry
+        self.backoff = backoff or JitteredBackoff()
+        self.auth_failure_s = auth_failure_s
+        self.window = window
+        self.software_version = software_version()
+
+        self.connected = asyncio.Event()
+        """Set while connected and born (birth acknowledged)."""
+        self.cloud_available = asyncio.Event()
+        """Set while at least one cloud host's retained state says online."""
+        self._hosts: dict[str, bool] = {}
+        self._handlers: dict[MessageType, CommandHandler] = {}
+        self._count: Counter[str] = Counter()
+        self._link: _Link | None = None
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._acks: list[int] = []
+        self._acks_due = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ever_connected = False
+
+    # -- public ------------------------------------------------------------------------------------
+
+    async def publish(
+        self, type: MessageType | str, data: Payload | Mapping[str, Any], corr: uuid.UUID | None = None
+    ) -> Row:
+        """Commit a message to the outbox and wake the sender; raises `OutboxFull`."""
+        row = await self.outbox.put(type, data, corr)
+        self._wake.set()
+        return row
+
+    def on_command(self, type: MessageType | str, handler: CommandHandler) -> None:
+        """Call `handler(envelope)` for each valid `dn` command of this type (on the event loop)."""
+        self._handlers[MessageType(type)] = handler
+
+    @property
+    def cloud_online(self) -> bool:
+        return self.cloud_available.is_set()
+
+    @property
+    def session(self) -> int:
+        return self.outbox.session
+
+    @property
+    def stats(self) -> BusStats:
+        c = self._count
+        return BusStats(
+            published=c["published"],
+            acked=c["acked"],
+            refused=c["refused"],
+            rejected_low_priority=self.outbox.rejected_low_priority,
+            reconnects=c["reconnects"],
+            auth_failures=c["auth_failures"],
+            bad_commands=c["bad_commands"],
+            bad_host_states=c["bad_host_states"],
+            unhandled_commands=c["unhandled_commands"],
+            replayed=c["replayed"],
+            connect_failures=c["connect_failures"],
+        )
+
+    def abort_connection(self) -> None:
+        """Drop the TCP connection without DISCONNECT, as a network failure would (the broker then
+        publishes the will). For fault-injection tests and drills; the client reconnects."""
+        if self._link is not None:
+            self._link.conn.abort()
+
+    async def stop(self) -> None:
+        """Ask `run()` to finish: publish death, wait for in-flight PUBACKs briefly, disconnect."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Connect, reconnect and send until `stop()`."""
+        acker = asyncio.create_task(self._ack_loop(), name="bus-acks")
+        try:
+            while not self._stopping.is_set():
+                delay = await self._connect_once()
+                if delay > 0 and not self._stopping.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), delay)
+        finally:
+            acker.cancel()
+            await asyncio.gather(acker, return_exceptions=True)
+            await self._flush_acks()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- one connection ----------------------------------------------------------------------------
+
+    def _envelope(self, kind: MessageType, data: Payload, session: int) -> bytes:
+        return encode(Envelope(type=kind, node=self.node, session=session, seq=self.outbox.last_seq, data=data))
+
+    async def _connect_once(self) -> float:
+        """One connection from attempt to loss; returns how long to wait before the next attempt."""
+        session = await self.outbox.next_session()
+        will = Will(topics.death(self.node), self._envelope(MessageType.DEATH, DeathData(), session))
+        conn = MqttConnection(
+            self.address,
+            self.username,
+            self._password,
+            clean_start=False,
+            session_expiry=self.session_expiry,
+            keepalive=self.keepalive,
+            will=will,
+            max_inflight=self.window,
+            on_message=self._on_message,
+        )
+        self._hosts.clear()
+        self._update_online()
+        link: _Link | None = None
+        try:
+            await conn.connect()
+            link = _Link(conn, session, self.window)
+            self._link = link
+            await conn.subscribe([topics.node_dn_filter(self.node), topics.host_state_filter()])
+            await self._publish_birth(conn, session)
+            if self._ever_connected:
+                self._count["reconnects"] += 1
+            self._ever_connected = True
+            log.info("%s: connected to %s, session %d", self.node, self.address, session)
+            self.connected.set()
+            return await self._serve(link)
+        except BusAuthError as exc:
+            self._count["auth_failures"] += 1
+            log.error(
+                "%s: %s; retrying in %.0f s (a refusal does not heal by itself: check the node's password and ACL)",
+                self.node,
+                exc,
+                self.auth_failure_s,
+            )
+            await conn.disconnect(timeout=1.0)
+            return self.auth_failure_s
+        except BusNotConnected as exc:
+            self._count["connect_failures"] += 1
+            delay = self.backoff.next_delay()
+            log.warning("%s: %s; reconnecting in %.1f s", self.node, exc, delay)
+            conn.abort()
+            return delay
+        finally:
+            self.connected.clear()
+            self._link = None
+            if link is not None and link.replay is not None:
+                link.replay.cancel()
+
+    async def _publish_birth(self, conn: MqttConnection, session: int) -> None:
+        stats = await self.outbox.stats()
+        birth = BirthData(
+            software_version=self.software_version,
+            config_hash=self.config_hash,
+            store=self.store,
+            devices=self.devices,
+            last_seq=stats.last_seq,
+            pending=stats.pending,
+            oldest_seq=stats.oldest_seq,
+        )
+        try:
+            await conn.publish(topics.birth(self.node), self._envelope(MessageType.BIRTH, birth, session))
+        except PublishRefused as exc:
+            # Sending data would only get every pending row refused too: keep them and wait.
+            raise BusAuthError(f"birth refused: {exc}") from None
+
+    async def _serve(self, link: _Link) -> float:
+        sender = asyncio.create_task(self._send_loop(link), name="bus-sender")
+        stop = asyncio.create_task(self._stopping.wait())
+        try:
+            waiting: set[asyncio.Future[Any]] = {link.conn.closed, sender, stop}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            sender.cancel()
+            await asyncio.gather(sender, stop, return_exceptions=True)
+        if self._stopping.is_set() and not link.conn.closed.done():
+            await self._goodbye(link)
+            return 0.0
+        if sender.done() and not sender.cancelled() and sender.exception() is not None:
+            log.error("%s: sender failed: %r", self.node, sender.exception())
+            link.conn.abort()
+        why = link.conn.closed.result() if link.conn.closed.done() else "sender stopped"
+        if time.monotonic() - link.started >= _STABLE_S:
+            self.backoff.reset()
+        delay = self.backoff.next_delay()
+        log.warning("%s: connection lost (%s); reconnecting in %.1f s", self.node, why, delay)
+        return delay
+
+    async def _goodbye(self, link: _Link) -> None:
+        """Clean stop: let PUBACKs of what is in flight arrive, publish death, disconnect."""
+        if link.replay is not None:
+            link.replay.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(link.idle.wait(), _STOP_GRACE_S)
+        try:
+            fut = link.conn.publish(
+                topics.death(self.node), self._envelope(MessageType.DEATH, DeathData(), link.session)
+            )
+            await asyncio.wait_for(fut, _STOP_GRACE_S)
+        except (BusError, TimeoutError) as exc:
+            log.warning("%s: death not acknowledged: %s", self.node, exc)
+        await self._flush_acks()
+        await link.conn.disconnect()
+        log.info("%s: disconnected cleanly (session %d)", self.node, link.session)
+
+    # -- sending -----------------------------------------------------------------------------------
+
+    async def _send_loop(self, link: _Link) -> None:
+        # Acks of the previous connection first, so rows already delivered are not sent again.
+        await self._flush_acks()
+        cursor = 0
+        buffer: deque[Row] = deque()
+        while True:
+            await self.cloud_available.wait()
+            if not buffer:
+                self._wake.clear()
+                rows = await self.outbox.pending_after(cursor, _READ_CHUNK)
+                if not rows:
+                    await self._wake.wait()
+                    continue
+                buffer.extend(rows)
+                cursor = rows[-1].seq
+            await link.slot()
+            if not self.cloud_available.is_set():
+                link.release()
+                continue
+            row = buffer.popleft()
+            self._send(link, row, historical=row.session < link.session, replay=False)
+
+    def _send(self, link: _Link, row: Row, *, historical: bool, replay: bool) -> None:
+        """Publish one row (a window slot is already taken); its PUBACK is handled in a callback."""
+        try:
+            payload = encode(
+                Envelope(
+                    type=MessageType(row.type),
+                    msg_id=row.msg_id,
+                    node=self.node,
+                    session=row.session,
+                    seq=row.seq,
+                    ts=row.ts,
+                    clock_synced=row.clock_synced,
+                    historical=historical,
+                    corr=row.corr,
+                    data=row.payload(),
+                )
+            )
+        except (ContractError, ValueError) as exc:
+            # Validated when stored, so only a schema change between versions gets here.
+            link.release()
+            log.error("%s: seq %d cannot be encoded any more, marking it refused: %s", self.node, row.seq, exc)
+            self._spawn(self.outbox.mark_refused(row.seq, f"cannot encode: {exc}"))
+            return
+        fut = link.conn.publish(topics.up(self.node, row.type), payload)
+        self._count["published"] += 1
+        if replay:
+            self._count["replayed"] += 1
+        fut.add_done_callback(lambda f: self._on_puback(link, row.seq, replay, f))
+
+    def _on_puback(self, link: _Link, seq: int, replay: bool, fut: asyncio.Future[Any]) -> None:
+        link.release()
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is None:
+            self._count["acked"] += 1
+            if not replay:
+                self._acks.append(seq)
+                self._acks_due.set()
+        elif isinstance(exc, PublishRefused):
+            self._count["refused"] += 1
+            log.error("%s: seq %d kept as refused: %s", self.node, seq, exc)
+            if not replay:
+                self._spawn(self.outbox.mark_refused(seq, str(exc)))
+        # BusNotConnected: the row stays pending and goes again after the reconnect.
+
+    async def _ack_loop(self) -> None:
+        while True:
+            await self._acks_due.wait()
+            await self._flush_acks()
+
+    async def _flush_acks(self) -> None:
+        self._acks_due.clear()
+        while self._acks:
+            seqs, self._acks = self._acks, []
+            await self.outbox.mark_acked(seqs)
+
+    # -- incoming ----------------------------------------------------------------------------------
+
+    def _on_message(self, msg: paho.MQTTMessage) -> None:
+        """Runs inside paho's read callback: decide, count, and hand slow work to tasks."""
+        try:
+            topic = topics.parse(msg.topic)
+        except topics.TopicError as exc:
+            self._count["bad_commands"] += 1
+            log.warning("%s: message on an unexpected topic: %s", self.node, exc)
+            return
+        if topic.direction == "host":
+            self._on_host_state(topic.node, msg)
+            return
+        if topic.direction != "dn" or topic.node != self.node:
+            self._count["bad_commands"] += 1
+            log.warning("%s: ignoring a message on %r: not addressed to this node", self.node, msg.topic)
+            return
+        try:
+            env = decode(bytes(msg.payload), msg.topic)
+        except ContractError as exc:
+            self._count["bad_commands"] += 1
+            log.warning("%s: bad command on %s rejected (%s)", self.node, msg.topic, exc)
+            return
+        if isinstance(env.data, RebirthData):
+            self._rebirth(env.data)
+            return
+        handler = self._handlers.get(env.type)
+        if handler is None:
+            self._count["unhandled_commands"] += 1
+            log.info("%s: no handler for %s command %s in this version", self.node, env.type, env.msg_id)
+            return
+        self._spawn(self._run_handler(handler, env))
+
+    def _on_host_state(self, host: str, msg: paho.MQTTMessage) -> None:
+        if not msg.payload:  # a cleared retained state: the host was decommissioned
+            self._hosts.pop(host, None)
+        else:
+            try:
+                env = decode(bytes(msg.payload), msg.topic)
+            except ContractError as exc:
+                self._count["bad_host_states"] += 1
+                log.warning("%s: bad host state on %s ignored (%s)", self.node, msg.topic, exc)
+                return
+            assert isinstance(env.data, HostStateData)
+            self._hosts[host] = env.data.online
+        self._update_online()
+
+    def _update_online(self) -> None:
+        online = any(self._hosts.values())
+        if online and not self.cloud_available.is_set():
+            log.info(
+                "%s: cloud online (%s); sending the outbox",
+                self.node,
+                ", ".join(h for h, up in self._hosts.items() if up),
+            )
+            self.cloud_available.set()
+        elif not online and self.cloud_available.is_set():
+            log.info("%s: no cloud host online; holding messages on disk", self.node)
+            self.cloud_available.clear()
+
+    async def _run_handler(self, handler: CommandHandler, env: Envelope) -> None:
+        try:
+            result = handler(env)
+            if result is not None:
+                await result
+        except Exception:
+            log.exception("%s: handler for %s command %s failed", self.node, env.type, env.msg_id)
+
+    def _rebirth(self, data: RebirthData) -> None:
+        link = self._link
+        if link is None:
+            return  # the birth of the next connection answers it
+        log.info("%s: rebirth requested (%s), replay from %s", self.node, data.reason, data.replay_from)
+        if link.replay is not None:
+            link.replay.cancel()
+        link.replay = asyncio.create_task(self._replay(link, data.replay_from), name="bus-replay")
+
+    async def _replay(self, link: _Link, replay_from: int | None) -> None:
+        try:
+            await self._publish_birth(link.conn, link.session)
+            cursor = replay_from
+            while cursor is not None:
+                rows = await self.outbox.replayable(cursor, _READ_CHUNK)
+                for row in rows:
+                    await self.cloud_available.wait()
+                    await link.slot()
+                    self._send(link, row, historical=True, replay=True)
+                cursor = rows[-1].seq + 1 if rows else None
+        except BusError as exc:
+            log.warning("%s: rebirth interrupted: %s", self.node, exc)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

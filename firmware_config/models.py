@@ -1,0 +1,161 @@
+"""The box configuration schema: one pydantic model tree, strict about unknown keys."""
+
+from __future__ import annotations
+
+import enum
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from firmware_config.profiles import PROFILES
+
+__all__ = [
+    "BackoffConfig",
+    "BrokerConfig",
+    "DeviceConfig",
+    "DisplayDevice",
+    "NodeConfig",
+    "OutboxConfig",
+    "PrinterDevice",
+    "ScannerDevice",
+    "SimulatorDevice",
+    "Synchronous",
+]
+
+_NODE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BrokerConfig(_Strict):
+    url: str
+    password: Annotated[str, StringConstraints(min_length=1)] | None = None
+    password_file: Path | None = None
+    keepalive_s: Annotated[int, Field(ge=5, le=300)] = 30
+    session_expiry_s: Annotated[int, Field(ge=0, le=2**32 - 1)] = 7 * 24 * 3600
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"{value!r} is not a broker URL: expected mqtt://host[:port] or mqtts://host[:port]")
+        try:
+            parts.port  # noqa: B018 - urllib validates the port lazily
+        except ValueError:
+            raise ValueError(f"{value!r} has a bad port: expected a number from 1 to 65535") from None
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"{value!r} has a path or query: expected only mqtt[s]://host[:port]")
+        return value
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> BrokerConfig:
+        if (self.password is None) == (self.password_file is None):
+            which = "both" if self.password is not None else "neither"
+            raise ValueError(f"give exactly one of 'password' and 'password_file' (got {which})")
+        return self
+
+
+class Synchronous(enum.StrEnum):
+    FULL = "FULL"
+    """fsync on every commit: nothing accepted is lost on power loss."""
+    NORMAL = "NORMAL"
+    """fsync at WAL checkpoints only: a power cut may lose the last commits (never corrupts)."""
+
+
+class OutboxConfig(_Strict):
+    path: Path | None = None
+    """Default: var/edge/<node_id>/outbox.db (relative to the working directory)."""
+    max_pending: Annotated[int, Field(ge=1)] = 200_000
+    retain_acked: Annotated[int, Field(ge=0)] = 10_000
+    synchronous: Synchronous = Synchronous.FULL
+
+
+class BackoffConfig(_Strict):
+    base_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+    cap_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    auth_failure_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BackoffConfig:
+        if self.base_s > self.cap_s:
+            raise ValueError(f"base_s ({self.base_s}) must not exceed cap_s ({self.cap_s})")
+        return self
+
+
+class SimulatorDevice(_Strict):
+    """Synthetic traffic for demos, tests and benchmarks."""
+
+    kind: Literal["simulator"]
+    name: Name = "sim"
+    scans_per_s: Annotated[float, Field(ge=0, le=10_000)] = 0.5
+    orders_per_min: Annotated[float, Field(ge=0, le=10_000)] = 1.0
+    telemetry_every_s: Annotated[float, Field(ge=0, le=86_400)] = 60.0
+    """0 disables telemetry."""
+    burst: Annotated[int, Field(ge=0, le=10_000_000)] = 0
+    """Scans enqueued at start as fast as the outbox takes them."""
+
+
+class ScannerDevice(_Strict):
+    kind: Literal["scanner"]
+    name: Name = "scanner"
+    source: Literal["hid", "serial"] = "hid"
+    path: Path | None = None
+    """The input device or serial port; default: the first one found."""
+    baud: Annotated[int, Field(ge=1200, le=921_600)] = 9600
+
+
+class PrinterDevice(_Strict):
+    kind: Literal["printer"]
+    name: Name = "printer"
+    host: Name
+    port: Annotated[int, Field(ge=1, le=65535)] = 9100
+    profile: Literal["escpos-58mm", "escpos-80mm", "zpl-203dpi", "zpl-300dpi"] = "escpos-80mm"
+
+
+class DisplayDevice(_Strict):
+    kind: Literal["display"]
+    name: Name = "display"
+    width: Annotated[int, Field(ge=64, le=16_384)] = 1920
+    height: Annotated[int, Field(ge=64, le=16_384)] = 1080
+    rotation: Literal[0, 90, 180, 270] = 0
+
+
+DeviceConfig = Annotated[SimulatorDevice | ScannerDevice | PrinterDevice | DisplayDevice, Field(discriminator="kind")]
+
+
+class NodeConfig(_Strict):
+    node_id: str
+    store_id: Name
+    profile: str | None = None
+    broker: BrokerConfig
+    outbox: OutboxConfig = OutboxConfig()
+    backoff: BackoffConfig = BackoffConfig()
+    devices: tuple[DeviceConfig, ...] = ()
+
+    @field_validator("node_id")
+    @classmethod
+    def _node_id(cls, value: str) -> str:
+        if not _NODE_ID.match(value):
+            raise ValueError(
+                f"{value!r} is not a node id: expected 1-63 characters of a-z, 0-9 and '-', "
+                "starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, value: str | None) -> str | None:
+        if value is not None and value not in PROFILES:
+            raise ValueError(f"unknown profile {value!r}: expected one of {', '.join(sorted(PROFILES))}")
+        return value
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.outbox.path or Path("var/edge") / self.node_id / "outbox.db"
