@@ -1,0 +1,143 @@
+"""Engines, sessions and migrations for SQLite (embedded default) and PostgreSQL (psycopg 3).
+
+Nothing here runs at import time: `make_engine(url)` is called by the command that needs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+__all__ = [
+    "DatabaseUnavailable",
+    "make_engine",
+    "make_sessionmaker",
+    "migrate",
+    "normalize_url",
+    "wait_for_db",
+    "write_transaction",
+]
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database did not answer within the start-up timeout."""
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse a database URL; plain `postgresql://` (and `postgres://`) mean psycopg 3.
+
+    Raises `ValueError` naming the URL and what is accepted.
+    """
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except ArgumentError:
+        raise ValueError(
+            f"Invalid database URL {str(url)!r}: expected sqlite:///path or postgresql://user@host/db"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        return parsed.set(drivername="postgresql+psycopg")
+    if backend == "sqlite":
+        return parsed
+    raise ValueError(f"Unsupported database {parsed.drivername!r} in {parsed.render_as_string()!r}: use sqlite or postgresql")
+
+
+def make_engine(url: str | URL, **kwargs: Any) -> Engine:
+    """An engine with the settings omnishelf relies on (see the SQLite notes below)."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, pool_pre_ping=True, **kwargs)
+    database = parsed.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(parsed, **kwargs)
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    # SQLAlchemy emits BEGIN itself (below), so the driver must not start transactions on its own.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")  # readers (API) never wait for the ingest writer
+    cur.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; no fsync per commit in WAL
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cur.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    # A deferred transaction that reads and then writes cannot wait for the lock (SQLITE_BUSY at
+    # once); writers ask for the lock up front so busy_timeout applies.
+    immediate = conn.get_execution_options().get("omnishelf_write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+@contextlib.contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that will write: committed on success, rolled back on error."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(omnishelf_write=True)
+        with conn.begin():
+            yield conn
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def wait_for_db(engine: Engine, timeout: float = 30.0) -> None:
+    """Return once the database answers; raise `DatabaseUnavailable` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.2
+    while True:
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return
+        except OperationalError as exc:
+            if time.monotonic() >= deadline:
+                reason = str(exc.orig or exc).strip().splitlines()[0]
+                raise DatabaseUnavailable(
+                    f"database {engine.url.render_as_string()} not reachable after {timeout:.0f} s: {reason}"
+                ) from None
+            log.info("waiting for database %s: %s", engine.url.render_as_string(), exc.orig or exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def alembic_config() -> Config:
+    """Alembic configuration built in code: no alembic.ini is needed at run time."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+def migrate(url: str | URL | Engine, revision: str = "head") -> None:
+    """Upgrade the database schema to `revision` (default: the newest)."""
+    engine = url if isinstance(url, Engine) else make_engine(url)
+    try:
+        cfg = alembic_config()
+        with write_transaction(engine) as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+    finally:
+        if not isinstance(url, Engine):
+            engine.dispose()

@@ -1,0 +1,46 @@
+"""Alembic environment: runs with the connection `cloud.db.migrate` passes in (no alembic.ini).
+
+For `alembic` on the command line, the URL comes from `OMNISHELF_DATABASE_URL` via the settings.
+"""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import Connection
+
+from cloud.models import Base
+
+target_metadata = Base.metadata
+
+
+def run(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        # SQLite cannot ALTER most things; batch mode rebuilds tables instead.
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def main() -> None:
+    connection = context.config.attributes.get("connection")
+    if connection is not None:
+        run(connection)
+        return
+    from cloud.db import make_engine, write_transaction
+    from cloud.settings import load_settings
+
+    engine = make_engine(load_settings().DATABASE_URL)
+    try:
+        with write_transaction(engine) as conn:
+            run(conn)
+    finally:
+        engine.dispose()
+
+
+if context.is_offline_mode():
+    raise SystemExit("offline (--sql) migrations are not supported: run 'omnishelf cloud migrate'")
+main()

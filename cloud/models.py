@@ -1,0 +1,208 @@
+"""The cloud's tables as typed SQLAlchemy 2 ORM classes (the schema Alembic migrates to).
+
+Column types are chosen to behave the same on SQLite and PostgreSQL: `Uuid`, `JSON`, and
+`UtcDateTime`, which stores an instant and always reads back timezone-aware (SQLite has no
+timezone support of its own).
+"""
+
+from __future__ import annotations
+
+import uuid
+import zoneinfo
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    TypeDecorator,
+    Uuid,
+    false,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
+
+__all__ = [
+    "Base",
+    "IngestedMessage",
+    "Node",
+    "Product",
+    "Region",
+    "RejectedMessage",
+    "Store",
+    "UtcDateTime",
+]
+
+REJECTED_PAYLOAD_MAX = 64 * 1024
+"""Bytes of a rejected message kept for diagnosis."""
+
+# Explicit constraint names make migrations reproducible on every backend.
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only auto-numbers an INTEGER PRIMARY KEY (a rowid alias), not a BIGINT one.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware instant: stored in UTC, read back with tzinfo=UTC on every backend."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value.isoformat()} given; omnishelf stores only aware times")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Region(Base):
+    __tablename__ = "regions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+
+    stores: Mapped[list[Store]] = relationship(back_populates="region")
+
+
+class Store(Base):
+    __tablename__ = "stores"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    region_id: Mapped[int] = mapped_column(ForeignKey("regions.id"), index=True)
+    lat: Mapped[float] = mapped_column(Float)
+    lon: Mapped[float] = mapped_column(Float)
+    timezone: Mapped[str] = mapped_column(String(64))
+    """IANA time zone name, e.g. Asia/Shanghai."""
+
+    region: Mapped[Region] = relationship(back_populates="stores")
+    nodes: Mapped[list[Node]] = relationship(back_populates="store")
+
+    @validates("timezone")
+    def _iana(self, _key: str, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"Store time zone {value!r} is not an IANA time zone name (e.g. 'Asia/Shanghai')") from None
+        return value
+
+    @validates("lat")
+    def _lat(self, _key: str, value: float) -> float:
+        if not -90 <= value <= 90:
+            raise ValueError(f"Store latitude {value} is outside -90..90")
+        return value
+
+    @validates("lon")
+    def _lon(self, _key: str, value: float) -> float:
+        if not -180 <= value <= 180:
+            raise ValueError(f"Store longitude {value} is outside -180..180")
+        return value
+
+
+class Node(Base):
+    """A store box as the cloud knows it: identity, liveness from birth/death, sequence tracking."""
+
+    __tablename__ = "nodes"
+
+    id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    store_id: Mapped[int | None] = mapped_column(ForeignKey("stores.id"), index=True)
+    online: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    session: Mapped[int | None] = mapped_column(BigInteger)
+    """The box session of the newest birth accepted."""
+    software_version: Mapped[str | None] = mapped_column(String(200))
+    config_hash: Mapped[str | None] = mapped_column(String(128))
+    devices: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    last_seen: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    """Cloud time of the newest message from this node."""
+    last_birth_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_death_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    seq_contig: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    """Highest seq such that every seq 1..seq_contig is stored (or recorded as lost)."""
+    seq_high: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    """Highest seq known to exist."""
+    gap_since: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    """Since when seq_high > seq_contig (cloud time); null while there is no gap."""
+    last_rebirth_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    lost_seqs: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    """Seqs the box could no longer replay: recorded as unrecoverable."""
+
+    store: Mapped[Store | None] = relationship(back_populates="nodes")
+
+
+class IngestedMessage(Base):
+    """The ledger: every valid message from the bus, each msg_id once."""
+
+    __tablename__ = "ingested_messages"
+    __table_args__ = (Index("ix_ingested_messages_node_seq", "node", "seq"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    msg_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
+    node: Mapped[str] = mapped_column(String(63))
+    type: Mapped[str] = mapped_column(String(16))
+    session: Mapped[int] = mapped_column(BigInteger)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    ts: Mapped[datetime] = mapped_column(UtcDateTime)
+    """The box's clock when the message was created."""
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    historical: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    corr: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class RejectedMessage(Base):
+    """A message that broke the bus contract, kept (truncated) for diagnosis."""
+
+    __tablename__ = "rejected_messages"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    topic: Mapped[str] = mapped_column(String(1024))
+    reason: Mapped[str] = mapped_column(String(32), index=True)
+    detail: Mapped[str] = mapped_column(Text)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Product(Base):
+    """Minimal catalogue entry (the catalogue issue extends it)."""
+
+    __tablename__ = "products"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sku: Mapped[str] = mapped_column(String(64), unique=True)
+    gtin: Mapped[str | None] = mapped_column(String(14))
+    name_en: Mapped[str] = mapped_column(String(200))
+    name_zh: Mapped[str] = mapped_column(String(200))
+    list_price: Mapped[Decimal] = mapped_column(Numeric(12, 2))

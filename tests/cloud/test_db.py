@@ -1,0 +1,74 @@
+"""Schema, migrations and seed data on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.orm import Session
+
+from cloud.db import make_engine, migrate, normalize_url
+from cloud.models import Base, Node, Product, Region, Store
+from cloud.seed import DEMO_NODES, DEMO_STORES, seed
+
+
+def test_migrated_schema_equals_models(engine: Engine) -> None:
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": False})
+        assert compare_metadata(ctx, Base.metadata) == []
+
+
+def test_migrate_twice_is_a_no_op(engine: Engine) -> None:
+    migrate(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+
+
+def test_seed_is_idempotent(engine: Engine) -> None:
+    first = seed(engine)
+    assert (first.regions, first.stores, first.nodes) == (2, 3, 3)
+    assert first.products >= 3
+    assert seed(engine).total == 0
+    with Session(engine) as s:
+        assert s.scalar(select(func.count()).select_from(Store)) == 3
+        assert s.scalar(select(func.count()).select_from(Region)) == 2
+        assert s.scalar(select(func.count()).select_from(Product)) == first.products
+        shanghai = s.scalars(select(Store).where(Store.code == "st0001")).one()
+        assert (shanghai.lat, shanghai.lon, shanghai.timezone) == (31.2350, 121.4740, "Asia/Shanghai")
+        assert shanghai.region.code == "east"
+        for code, node_id in DEMO_NODES.items():
+            node = s.get(Node, node_id)
+            assert node is not None and node.store is not None and node.store.code == code
+        assert all(p.name_zh and p.name_en for p in s.scalars(select(Product)))
+    assert set(DEMO_STORES) == set(DEMO_NODES)
+
+
+def test_store_rejects_unknown_time_zone() -> None:
+    with pytest.raises(ValueError, match="IANA"):
+        Store(code="x", name="x", region_id=1, lat=0.0, lon=0.0, timezone="China/Beijing")
+
+
+def test_sqlite_pragmas_and_parent_dir(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'deep' / 'er' / 'x.db'}"
+    eng = make_engine(url)
+    try:
+        with eng.connect() as conn:
+            assert conn.execute(text("PRAGMA journal_mode")).scalar_one() == "wal"
+            assert conn.execute(text("PRAGMA foreign_keys")).scalar_one() == 1
+            assert conn.execute(text("PRAGMA synchronous")).scalar_one() == 1  # NORMAL
+            assert conn.execute(text("PRAGMA busy_timeout")).scalar_one() > 0
+    finally:
+        eng.dispose()
+    assert (tmp_path / "deep" / "er" / "x.db").exists()
+
+
+def test_url_rules() -> None:
+    assert normalize_url("postgresql://u@h/db").drivername == "postgresql+psycopg"
+    assert normalize_url("postgres://u@h/db").drivername == "postgresql+psycopg"
+    with pytest.raises(ValueError, match="Unsupported database"):
+        normalize_url("mysql://u@h/db")
+    with pytest.raises(ValueError, match="Invalid database URL"):
+        normalize_url("not a url")
