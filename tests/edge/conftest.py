@@ -51,10 +51,16 @@ class Cloud:
         self.bad: list[str] = []
         self.conn: MqttConnection | None = None
 
-    async def start(self) -> Cloud:
+    async def start(self, persistent: bool = False) -> Cloud:
+        """Connect; `persistent` keeps a broker session so nothing is missed across a reconnect."""
         self.conn = MqttConnection(
-            BrokerAddress.from_url(self.broker.url), self.host, self.password, on_message=self._on_message,
+            BrokerAddress.from_url(self.broker.url),
+            self.host,
+            self.password,
+            on_message=self._on_message,
             max_inflight=1000,
+            clean_start=not persistent,
+            session_expiry=300 if persistent else 0,
         )
         await self.conn.connect()
         await self.conn.subscribe([topics.cloud_ingest_filter()])

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from pathlib import Path
 
+from broker import topics
 from broker.envelope import MessageType
 from edge.outbox import Outbox
 from tests.conftest import Broker
@@ -44,6 +46,255 @@ def test_birth_first_then_hold_back_until_cloud_online_then_drain_in_order(broke
         # Queued before the first connect (session 0): historical. Queued while connected: live.
         assert [(e.session, e.historical) for e in data] == [(0, True)] * 5 + [(1, False)] * 5
         assert bus.stats.acked == 10 and bus.stats.refused == 0
+        await finish(bus, task, outbox.close, cloud.close)
+
+    arun(main())
+
+
+def test_clean_stop_publishes_death_with_current_session(broker: Broker, outbox_path: Path) -> None:
+    password = broker.add_node(NODE)
+
+    async def main() -> None:
+        cloud = await Cloud(broker).start()
+        outbox = await Outbox.open(outbox_path)
+        await outbox.next_session()  # an earlier run
+        bus = await make_bus(broker, outbox, password)
+        task = await start(bus)
+        await asyncio.wait_for(bus.connected.wait(), 10)
+        await bus.stop()
+        await asyncio.wait_for(task, 10)
+        await until(lambda: bool(cloud.of(MessageType.DEATH)), what="death")
+        [death] = cloud.of(MessageType.DEATH)
+        assert death.session == 2 == cloud.of(MessageType.BIRTH)[0].session
+        await outbox.close()
+        await cloud.close()
+
+    arun(main())
+
+
+def test_unclean_drop_makes_the_broker_publish_the_will(broker: Broker, outbox_path: Path) -> None:
+    password = broker.add_node(NODE)
+
+    async def main() -> None:
+        cloud = await Cloud(broker).start()
+        await cloud.set_online(True)
+        outbox = await Outbox.open(outbox_path)
+        bus = await make_bus(broker, outbox, password)
+        task = await start(bus)
+        await asyncio.wait_for(bus.connected.wait(), 10)
+        await bus.publish("scan", scan(1))
+        await until(lambda: outbox.pending == 0, what="scan acked")
+        bus.abort_connection()
+        await until(lambda: bool(cloud.of(MessageType.DEATH)), what="will")
+        [will] = cloud.of(MessageType.DEATH)
+        assert (will.session, will.seq) == (1, 0)  # set at CONNECT, before the scan existed
+        # The client reconnects by itself with a new session and a new birth.
+        await until(lambda: len(cloud.of(MessageType.BIRTH)) == 2, what="second birth")
+        assert cloud.of(MessageType.BIRTH)[1].session == 2
+        assert bus.stats.reconnects == 1
+        await finish(bus, task, outbox.close, cloud.close)
+
+    arun(main())
+
+
+def test_wrong_password_counts_auth_failure_and_backs_off(broker: Broker, outbox_path: Path) -> None:
+    broker.add_node(NODE)
+
+    async def main() -> None:
+        outbox = await Outbox.open(outbox_path)
+        bus = await make_bus(broker, outbox, "not-the-password", auth_failure_s=300)
+        task = await start(bus)
+        await until(lambda: bus.stats.auth_failures == 1, what="auth failure")
+        # Backing off 300 s: no second attempt follows (watched for a while).
+        await asyncio.sleep(0.5)
+        assert bus.stats.auth_failures == 1
+        assert outbox.session == 1
+        assert not bus.connected.is_set()
+        await finish(bus, task, outbox.close)
+
+    arun(main())
+
+
+def test_node_whose_credential_may_not_publish_backs_off_like_an_auth_failure(
+    broker: Broker, outbox_path: Path
+) -> None:
+    # Username st1-k2 authenticates fine but its ACL covers only st1-k2's topics; the birth is refused.
+    password = broker.add_node("st1-k2")
+
+    async def main() -> None:
+        cloud = await Cloud(broker).start()
+        await cloud.set_online(True)
+        outbox = await Outbox.open(outbox_path)
+        await outbox.put("scan", scan(1))
+        bus = await make_bus(broker, outbox, password, username="st1-k2")
+        task = await start(bus)
+        await until(lambda: bus.stats.auth_failures == 1, what="birth refused")
+        assert outbox.pending == 1  # nothing was burnt as refused
+        assert cloud.received == []
+        await finish(bus, task, outbox.close, cloud.close)
+
+    arun(main())
+
+
+def test_refused_publish_is_counted_and_kept(broker: Broker, outbox_path: Path) -> None:
+    password = broker.add_node(NODE)
+    # An ACL that lets this node publish its lifecycle and scans, but not orders.
+    acl = broker.layout.data_dir / "acl"
+    acl_text = "\n".join(
+        [
+            "user cloud-1",
+            f"topic read {topics.ROOT}/up/#",
+            f"topic readwrite {topics.ROOT}/host/#",
+            f"user {NODE}",
+            f"topic write {topics.birth(NODE)}",
+            f"topic write {topics.death(NODE)}",
+            f"topic write {topics.up(NODE, 'scan')}",
+            f"topic read {topics.node_dn_filter(NODE)}",
+            f"topic read {topics.host_state_filter()}",
+            "",
+        ]
+    )
+
+    async def main() -> None:
+        cloud = await Cloud(broker).start()  # registering cloud-1 rewrites the ACL, so ours goes in after
+        assert broker.process.proc is not None
+        acl.write_text(acl_text)
+        reloads = broker.layout.log_path.read_text().count("Reloading config")
+        broker.process.proc.send_signal(signal.SIGHUP)
+        await until(lambda: broker.layout.log_path.read_text().count("Reloading config") > reloads, what="reload")
+        outbox = await Outbox.open(outbox_path)
+        order = {
+            "order_id": "o-1",
+            "channel": "kiosk",
+            "lines": [{"sku": "SKU-0001", "qty": 1}],
+            "fulfilment": "pickup",
+        }
+        await outbox.put("scan", scan(1))
+        await outbox.put("order", order)
+        await outbox.put("scan", scan(2))
+        bus = await make_bus(broker, outbox, password)
+        task = await start(bus)
+        await asyncio.wait_for(bus.connected.wait(), 10)
+        await cloud.set_online(True)
+        await until(lambda: outbox.pending == 0, what="all answered")
+        assert bus.stats.refused == 1 and bus.stats.acked == 2
+        stats = await outbox.stats()
+        assert (stats.acked, stats.refused) == (2, 1)
+        [(seq, reason)] = await outbox.refused_rows()
+        assert seq == 2 and "Not authorized" in reason and "135" in reason
+        assert cloud.data_seqs() == [1, 3]
+        await finish(bus, task, outbox.close, cloud.close)
+
+    arun(main())
+
+
+def test_rebirth_with_replay_from_resends_acked_rows_as_historical(broker: Broker, outbox_path: Path) -> None:
+    password = broker.add_node(NODE)
+
+    async def main() -> None:
+        cloud = await Cloud(broker).start()
+        await cloud.set_online(True)
+        outbox = await Outbox.open(outbox_path, retain_acked=100)
+        bus = await make_bus(broker, outbox, password)
+        task = await start(bus)
+        await asyncio.wait_for(bus.connected.wait(), 10)
+        for i in range(5):
+            await bus.publish("scan", scan(i))
+        await until(lambda: outbox.pending == 0 and len(cloud.data_seqs()) == 5, what="first delivery")
+        cloud.received.clear()
+        await cloud.send(NODE, MessageType.REBIRTH, {"reason": "gap 2..5", "replay_from": 2})
+        await until(lambda: len(cloud.data_seqs()) == 4, what="replay")
+        assert cloud.received[0].type == MessageType.BIRTH
+        assert cloud.received[0].data.oldest_seq == 1  # type: ignore[attr-defined]
+        replayed = cloud.received[1:]
+        assert [e.seq for e in replayed] == [2, 3, 4, 5]
+        assert all(e.historical and e.session == 1 for e in replayed)
+        assert bus.stats.replayed == 4
+        await finish(bus, task, outbox.close, cloud.close)
+
+    arun(main())
+
+
+def test_bad_commands_are_counted_and_good_ones_dispatched(broker: Broker, outbox_path: Path) -> None:
+    password = broker.add_node(NODE)
+
+    async def main() -> None:
+        cloud = await Cloud(broker).start()
+        outbox = await Outbox.open(outbox_path)
+        bus = await make_bus(broker, outbox, password)
+        seen: list[str] = []
+        bus.on_command(MessageType.COMMAND, lambda env: seen.append(env.data.name))  # type: ignore[attr-defined]
+        task = await start(bus)
+        await asyncio.wait_for(bus.connected.wait(), 10)
+        assert cloud.conn is not None
+        await cloud.conn.publish(topics.dn(NODE, "command"), b"not json")
+        await cloud.conn.publish(topics.dn(NODE, "verdict"), b'{"v": 1, "type": "verdict"}')
+        await cloud.send("st1-k2", MessageType.COMMAND, {"name": "elsewhere"})  # not ours: never arrives
+        await cloud.send(NODE, MessageType.CATALOG, {"version": 3})  # valid, no handler yet
+        await cloud.send(NODE, MessageType.COMMAND, {"name": "reboot"})
+        await until(lambda: seen == ["reboot"], what="command handler")
+        assert bus.stats.bad_commands == 2
+        assert bus.stats.unhandled_commands == 1
+        assert bus.connected.is_set()
+        await finish(bus, task, outbox.close, cloud.close)
+
+    arun(main())
+
+
+def test_bad_host_state_is_ignored_and_offline_host_holds_back(broker: Broker, outbox_path: Path) -> None:
+    password = broker.add_node(NODE)
+
+    async def main() -> None:
+        cloud = await Cloud(broker).start()
+        assert cloud.conn is not None
+        await cloud.conn.publish(topics.host_state("cloud-1"), b"{oops", retain=True)
+        outbox = await Outbox.open(outbox_path)
+        bus = await make_bus(broker, outbox, password)
+        task = await start(bus)
+        await until(lambda: bus.stats.bad_host_states == 1, what="bad host state")
+        assert not bus.cloud_online
+        await cloud.set_online(True)
+        await until(lambda: bus.cloud_online, what="online")
+        await cloud.set_online(False)
+        await until(lambda: not bus.cloud_online, what="offline")
+        await bus.publish("scan", scan(1))
+        await asyncio.sleep(0.2)  # a negative: watched for a while
+        assert outbox.pending == 1 and cloud.data_seqs() == []
+        await finish(bus, task, outbox.close, cloud.close)
+
+    arun(main())
+
+
+def test_broker_restart_mid_stream_reconnects_and_loses_nothing(broker: Broker, outbox_path: Path) -> None:
+    password = broker.add_node(NODE)
+    total = 3000
+
+    async def main() -> None:
+        cloud = await Cloud(broker).start(persistent=True)
+        await cloud.set_online(True)
+        outbox = await Outbox.open(outbox_path)
+        bus = await make_bus(broker, outbox, password)
+        task = await start(bus)
+        await asyncio.wait_for(bus.connected.wait(), 10)
+
+        async def produce() -> None:
+            for i in range(total):
+                await bus.publish("scan", scan(i))
+                if i % 50 == 0:
+                    await asyncio.sleep(0.005)
+
+        producer = asyncio.create_task(produce())
+        await until(lambda: outbox.last_seq >= total // 3, what="traffic")
+        await asyncio.to_thread(broker.process.stop)
+        await until(lambda: not bus.connected.is_set(), what="loss noticed")
+        await asyncio.to_thread(broker.process.start)
+        await cloud.start(persistent=True)
+        await producer
+        await until(lambda: outbox.pending == 0, timeout=30, what="drain after restart")
+        await until(lambda: set(cloud.data_seqs()) == set(range(1, total + 1)), timeout=10, what="all delivered")
+        assert bus.stats.reconnects >= 1
+        births = cloud.of(MessageType.BIRTH)
+        assert births[-1].session > births[0].session
         await finish(bus, task, outbox.close, cloud.close)
 
     arun(main())
