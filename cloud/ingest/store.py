@@ -57,6 +57,8 @@ _LEDGER: Table = IngestedMessage.__table__  # type: ignore[assignment]
 _REJECTS: Table = RejectedMessage.__table__  # type: ignore[assignment]
 _NODES: Table = Node.__table__  # type: ignore[assignment]
 _WALK_CHUNK = 512
+# Births and deaths are in the ledger too, carrying the last seq assigned; they are not part of it.
+_SEQUENCED_ROW = _LEDGER.c.type.in_(sorted(t.value for t in SEQUENCED))
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +287,7 @@ def _walk(conn: Connection, node: str, contig: int) -> int:
     while True:
         seqs = conn.execute(
             select(_LEDGER.c.seq)
-            .where(_LEDGER.c.node == node, _LEDGER.c.seq > contig)
+            .where(_LEDGER.c.node == node, _LEDGER.c.seq > contig, _SEQUENCED_ROW)
             .order_by(_LEDGER.c.seq)
             .limit(limit)
         ).scalars()
@@ -307,7 +309,7 @@ def _write_off(conn: Connection, node: str, contig: int, oldest_seq: int) -> int
     last = oldest_seq - 1
     stored = conn.execute(
         select(func.count(func.distinct(_LEDGER.c.seq))).where(
-            _LEDGER.c.node == node, _LEDGER.c.seq > contig, _LEDGER.c.seq <= last
+            _LEDGER.c.node == node, _LEDGER.c.seq > contig, _LEDGER.c.seq <= last, _SEQUENCED_ROW
         )
     ).scalar_one()
     lost = last - contig - stored
