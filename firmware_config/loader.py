@@ -82,6 +82,9 @@ def _compose(text: str, filename: str) -> tuple[Any, dict[Loc, int], list[str]]:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
         what = exc.problem or exc.context or "invalid YAML"
+        if exc.problem and exc.context and exc.context_mark is not None:
+            # The parser notices late (e.g. an unclosed '[' at the next key): say where it began.
+            what += f" ({exc.context} started on line {exc.context_mark.line + 1})"
         return None, {}, [f"{filename}:{line}: YAML syntax error: {what}"]
     except yaml.YAMLError as exc:
         return None, {}, [f"{filename}:1: YAML syntax error: {exc}"]

@@ -1,0 +1,230 @@
+"""The box config schema: a valid file loads; each kind of mistake names its file, line and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from firmware_config import (
+    PASSWORD_ENV,
+    ConfigError,
+    PrinterDevice,
+    ScannerDevice,
+    SimulatorDevice,
+    Synchronous,
+    config_hash,
+    load_config,
+)
+
+VALID = """\
+node_id: st1-k1
+store_id: st1
+broker:
+  url: mqtts://bus.example.com
+  password: s3cret
+outbox:
+  synchronous: NORMAL
+devices:
+  - kind: simulator
+    burst: 10
+  - kind: printer
+    host: 10.0.0.9
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "box.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_valid_file_loads_with_defaults(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, VALID))
+    assert cfg.node_id == "st1-k1"
+    assert cfg.broker.keepalive_s == 30 and cfg.broker.session_expiry_s == 7 * 24 * 3600
+    assert cfg.outbox.synchronous is Synchronous.NORMAL and cfg.outbox.max_pending == 200_000
+    assert cfg.outbox_path == Path("var/edge/st1-k1/outbox.db")
+    assert cfg.backoff.auth_failure_s == 300
+    sim, printer = cfg.devices
+    assert isinstance(sim, SimulatorDevice) and sim.burst == 10
+    assert isinstance(printer, PrinterDevice) and printer.port == 9100
+
+
+def test_profile_supplies_defaults_the_file_overrides(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(tmp_path, "profile: signage-player\n" + VALID.replace("  synchronous: NORMAL", "  retain_acked: 5"))
+    )
+    assert cfg.broker.keepalive_s == 60  # from the profile
+    assert cfg.outbox.synchronous is Synchronous.NORMAL  # from the profile
+    assert cfg.outbox.retain_acked == 5  # the file wins
+    assert len(cfg.devices) == 2  # a list in the file replaces the profile's
+    cfg = load_config(
+        write(tmp_path, "node_id: a\nstore_id: s\nprofile: scan-station\nbroker: {url: 'mqtt://h', password: p}\n")
+    )
+    assert [type(d) for d in cfg.devices] == [ScannerDevice]
+    assert cfg.outbox.max_pending == 500_000
+
+
+def test_config_hash_is_stable_and_leaves_secrets_out(tmp_path: Path) -> None:
+    a = config_hash(load_config(write(tmp_path, VALID)))
+    b = config_hash(load_config(write(tmp_path, VALID.replace("password: s3cret", "password: other"))))
+    reordered = VALID.replace("node_id: st1-k1\nstore_id: st1\n", "store_id: st1\nnode_id: st1-k1\n")
+    assert a == b == config_hash(load_config(write(tmp_path, reordered)))
+    assert a != config_hash(load_config(write(tmp_path, VALID.replace("burst: 10", "burst: 11"))))
+    assert a.startswith("sha256:") and len(a) == 7 + 64
+
+
+def test_password_may_come_from_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, VALID.replace("  password: s3cret\n", ""))
+    assert load_config(path, env={PASSWORD_ENV: "from-env"}).broker.password == "from-env"
+    with pytest.raises(ConfigError):
+        load_config(path)  # without env, the file alone must name a secret
+
+
+PROBLEMS = [
+    pytest.param(
+        ("broker:\n", "broker:\n  usr: admin\n"),
+        [
+            "4: field 'broker.usr': unknown key (expected one of: url, password, password_file, keepalive_s, session_expiry_s)"
+        ],
+        id="unknown-key",
+    ),
+    pytest.param(
+        ("store_id: st1\n", "store_id: st1\ncolour: red\n"),
+        [
+            "3: field 'colour': unknown key (expected one of: node_id, store_id, profile, broker, outbox, backoff, devices)"
+        ],
+        id="unknown-top-level-key",
+    ),
+    pytest.param(
+        ("    burst: 10\n", "    burst: 10\n    speed: 3\n"),
+        [
+            "11: field 'devices[0].speed': unknown key (expected one of: kind, name, scans_per_s, orders_per_min, "
+            "telemetry_every_s, burst)"
+        ],
+        id="unknown-device-key",
+    ),
+    pytest.param(
+        ("    burst: 10\n", "    burst: lots\n"),
+        [
+            "10: field 'devices[0].burst': Input should be a valid integer, unable to parse string as an integer (got 'lots')"
+        ],
+        id="wrong-type",
+    ),
+    pytest.param(
+        ("node_id: st1-k1\n", "node_id: St1_K1\n"),
+        [
+            "1: field 'node_id': 'St1_K1' is not a node id: expected 1-63 characters of a-z, 0-9 and '-', "
+            "starting with a letter or digit"
+        ],
+        id="bad-node-id",
+    ),
+    pytest.param(
+        ("url: mqtts://bus.example.com", "url: http://bus.example.com"),
+        [
+            "4: field 'broker.url': 'http://bus.example.com' is not a broker URL: expected mqtt://host[:port] or "
+            "mqtts://host[:port]"
+        ],
+        id="bad-url-scheme",
+    ),
+    pytest.param(
+        ("url: mqtts://bus.example.com", "url: mqtt://bus.example.com:99999"),
+        ["4: field 'broker.url': 'mqtt://bus.example.com:99999' has a bad port: expected a number from 1 to 65535"],
+        id="bad-url-port",
+    ),
+    pytest.param(
+        ("  password: s3cret\n", "  password: s3cret\n  password_file: /etc/omnishelf/pw\n"),
+        ["3: field 'broker': give exactly one of 'password' and 'password_file' (got both)"],
+        id="both-secrets",
+    ),
+    pytest.param(
+        ("  password: s3cret\n", ""),
+        ["3: field 'broker': give exactly one of 'password' and 'password_file' (got neither)"],
+        id="no-secret",
+    ),
+    pytest.param(
+        ("store_id: st1\n", ""),
+        ["1: field 'store_id': required but missing"],
+        id="missing-field",
+    ),
+    pytest.param(
+        ("  - kind: printer\n", "  - kind: toaster\n"),
+        [
+            "11: field 'devices[1].kind': unknown device kind 'toaster': expected one of 'simulator', 'scanner', "
+            "'printer', 'display'"
+        ],
+        id="unknown-device-kind",
+    ),
+    pytest.param(
+        ("    host: 10.0.0.9\n", "    port: 9100\n"),
+        ["11: field 'devices[1].host': required but missing"],
+        id="missing-device-field",
+    ),
+    pytest.param(
+        ("store_id: st1\n", "store_id: st1\nprofile: toaster\n"),
+        ["3: field 'profile': unknown profile 'toaster': expected one of kiosk-pi5, scan-station, signage-player"],
+        id="unknown-profile",
+    ),
+    pytest.param(
+        ("outbox:\n  synchronous: NORMAL\n", "outbox:\n  synchronous: OFF\n"),
+        ["7: field 'outbox.synchronous': Input should be 'FULL' or 'NORMAL' (got False)"],
+        id="yaml-1.1-boolean",
+    ),
+    pytest.param(
+        ("store_id: st1\n", "store_id: st1\nstore_id: st2\n"),
+        ["3: field 'store_id': duplicate key (first given on line 2)"],
+        id="duplicate-key",
+    ),
+    pytest.param(
+        ("  password: s3cret\n", "  password: [s3cret\n"),
+        ["6: YAML syntax error: expected ',' or ']', but got ':' (while parsing a flow sequence started on line 5)"],
+        id="yaml-syntax",
+    ),
+    pytest.param(
+        ("broker:\n", "broker:\n\tx: 1\n"),
+        ["4: YAML syntax error: found character '\\t' that cannot start any token"],
+        id="yaml-tab",
+    ),
+]
+
+
+@pytest.mark.parametrize(("edit", "expected"), PROBLEMS)
+def test_problem_is_reported_with_file_line_and_field(
+    tmp_path: Path, edit: tuple[str, str], expected: list[str]
+) -> None:
+    old, new = edit
+    assert old in VALID
+    path = write(tmp_path, VALID.replace(old, new, 1))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [f"{path}:{line}" for line in expected]
+
+
+def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        VALID.replace("node_id: st1-k1", "node_id: X").replace("burst: 10", "burst: -1\n    nope: 1"),
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert [p.split(": field ")[0] for p in info.value.problems] == [f"{path}:1", f"{path}:10", f"{path}:11"]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("", "1: the file is empty: expected a mapping with node_id, store_id and broker"),
+        ("- a\n- b\n", "1: the file holds a YAML list: expected a mapping of settings"),
+    ],
+)
+def test_file_that_is_not_a_mapping(tmp_path: Path, text: str, problem: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [f"{path}:{problem}"]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the config file: No such file or directory"):
+        load_config(tmp_path / "nope.yaml")
