@@ -113,12 +113,12 @@ def wait_for_db(engine: Engine, timeout: float = 30.0) -> None:
                 conn.execute(text("SELECT 1"))
             return
         except OperationalError as exc:
+            reason = str(exc.orig or exc).strip().splitlines()[0]
             if time.monotonic() >= deadline:
-                reason = str(exc.orig or exc).strip().splitlines()[0]
                 raise DatabaseUnavailable(
                     f"database {engine.url.render_as_string()} not reachable after {timeout:.0f} s: {reason}"
                 ) from None
-            log.info("waiting for database %s: %s", engine.url.render_as_string(), exc.orig or exc)
+            log.info("waiting for database %s: %s", engine.url.render_as_string(), reason)
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
 

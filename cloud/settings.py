@@ -83,6 +83,5 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         field = ".".join(str(x) for x in err["loc"])
-        name = f"OMNISHELF_{field}" if field else "settings"
         msg = str(err["msg"]).removeprefix("Value error, ")
-        raise SettingsError(f"{name}: {msg}") from None
+        raise SettingsError(f"OMNISHELF_{field}: {msg}" if field else msg) from None

@@ -1,0 +1,58 @@
+"""The FastAPI application factory; its lifespan owns the engine and the optional worker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy import Engine
+
+from cloud.api import health, nodes, regions, stores
+from cloud.db import make_engine, make_sessionmaker
+from cloud.ingest import IngestWorker
+from cloud.settings import Settings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, *, run_worker: bool, engine: Engine | None = None) -> FastAPI:
+    """The API; with `run_worker` an ingest worker runs in the same process for the app's lifetime.
+
+    Pass `engine` to share one (tests); otherwise the app makes its own from the settings.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own_engine = engine is None
+        eng = make_engine(settings.DATABASE_URL) if engine is None else engine
+        app.state.engine = eng
+        app.state.sessionmaker = make_sessionmaker(eng)
+        app.state.worker = None
+        task: asyncio.Task[None] | None = None
+        if run_worker:
+            worker = IngestWorker(settings, eng)
+            app.state.worker = worker
+            task = asyncio.create_task(worker.run(), name="ingest-worker")
+        try:
+            yield
+        finally:
+            if task is not None:
+                await app.state.worker.stop()
+                await task
+            if own_engine:
+                eng.dispose()
+
+    app = FastAPI(
+        title="omnishelf cloud",
+        version="0.1.0",
+        description="Fleet, stores and ingest state of the omnishelf cloud core.",
+        lifespan=lifespan,
+    )
+    for module in (health, nodes, stores, regions):
+        app.include_router(module.router)
+    return app
