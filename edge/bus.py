@@ -211,7 +211,12 @@ class BusClient:
         acker = asyncio.create_task(self._ack_loop(), name="bus-acks")
         try:
             while not self._stopping.is_set():
-                delay = await self._connect_once()
+                try:
+                    delay = await self._connect_once()
+                except Exception:
+                    # E.g. the outbox could not persist the session (disk full): keep trying, never die.
+                    delay = self.backoff.next_delay()
+                    log.exception("%s: connection attempt failed; retrying in %.1f s", self.node, delay)
                 if delay > 0 and not self._stopping.is_set():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stopping.wait(), delay)
@@ -219,6 +224,9 @@ class BusClient:
             acker.cancel()
             await asyncio.gather(acker, return_exceptions=True)
             await self._flush_acks()
+            # Refusals being recorded and command handlers get a moment to finish before we give up.
+            if self._tasks:
+                await asyncio.wait(set(self._tasks), timeout=_STOP_GRACE_S)
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -274,6 +282,9 @@ class BusClient:
             log.warning("%s: %s; reconnecting in %.1f s", self.node, exc, delay)
             conn.abort()
             return delay
+        except BaseException:
+            conn.abort()
+            raise
         finally:
             self.connected.clear()
             self._link = None

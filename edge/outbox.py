@@ -145,24 +145,27 @@ class Outbox:
 
     async def _write_loop(self) -> None:
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._batch:
-                batch, self._batch = self._batch[:_MAX_BATCH], self._batch[_MAX_BATCH:]
-                session = self._store.session
-                try:
-                    seqs = await self._run(lambda b=batch: self._store.insert([r for r, _ in b]))  # type: ignore[misc]
-                except StoreFull as exc:
-                    self.rejected_disk_full += len(batch)
-                    log.error("%s: refused %d message(s)", exc, len(batch))
-                    self._fail(batch, OutboxFull(str(exc)))
-                except Exception as exc:  # the caller must hear of it; the writer must live on
-                    log.exception("outbox write failed")
-                    self._fail(batch, exc)
-                else:
-                    for seq, (r, fut) in zip(seqs, batch, strict=True):
-                        if not fut.done():
-                            fut.set_result(Row(seq, r.msg_id, r.type, session, r.ts, r.clock_synced, r.corr, r.data))
+            if not self._batch:
+                if self._closed:
+                    return
+                await self._wake.wait()
+                self._wake.clear()
+                continue
+            batch, self._batch = self._batch[:_MAX_BATCH], self._batch[_MAX_BATCH:]
+            session = self._store.session
+            try:
+                seqs = await self._run(lambda b=batch: self._store.insert([r for r, _ in b]))  # type: ignore[misc]
+            except StoreFull as exc:
+                self.rejected_disk_full += len(batch)
+                log.error("%s: refused %d message(s)", exc, len(batch))
+                self._fail(batch, OutboxFull(str(exc)))
+            except Exception as exc:  # the caller must hear of it; the writer must live on
+                log.exception("outbox write failed")
+                self._fail(batch, exc)
+            else:
+                for seq, (r, fut) in zip(seqs, batch, strict=True):
+                    if not fut.done():
+                        fut.set_result(Row(seq, r.msg_id, r.type, session, r.ts, r.clock_synced, r.corr, r.data))
 
     @staticmethod
     def _fail(batch: list[tuple[NewRow, asyncio.Future[Row]]], exc: Exception) -> None:
@@ -211,15 +214,11 @@ class Outbox:
         return await self._run(self._store.stats)
 
     async def close(self) -> None:
-        """Finish the puts already made, then close the file."""
+        """Commit the puts already made, then close the file."""
         if self._closed:
             return
         self._closed = True
-        while self._batch:
-            self._wake.set()
-            await asyncio.sleep(0)
-            await self._run(lambda: None)
-        self._writer.cancel()
-        await asyncio.gather(self._writer, return_exceptions=True)
+        self._wake.set()
+        await self._writer
         await self._run(self._store.close)
         self._executor.shutdown(wait=True)

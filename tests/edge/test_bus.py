@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from pathlib import Path
+
+import pytest
 
 from broker import topics
 from broker.envelope import MessageType
@@ -298,3 +301,27 @@ def test_broker_restart_mid_stream_reconnects_and_loses_nothing(broker: Broker, 
         await finish(bus, task, outbox.close, cloud.close)
 
     arun(main())
+
+
+@pytest.mark.slow
+def test_drain_of_100k_queued_messages_after_reconnect(broker: Broker, outbox_path: Path) -> None:
+    password = broker.add_node(NODE)
+    total = 100_000
+
+    async def main() -> None:
+        cloud = await Cloud(broker).start()
+        await cloud.set_online(True)
+        outbox = await Outbox.open(outbox_path)
+        for start_at in range(0, total, 2000):
+            await asyncio.gather(*(outbox.put("scan", scan(i)) for i in range(start_at, start_at + 2000)))
+        bus = await make_bus(broker, outbox, password)
+        began = time.perf_counter()
+        task = await start(bus)
+        await until(lambda: outbox.pending == 0, timeout=120, what="drain")
+        elapsed = time.perf_counter() - began
+        print(f"drained {total} in {elapsed:.1f} s: {total / elapsed:.0f} msg/s (cloud listener in this process)")
+        await until(lambda: len(cloud.data_seqs()) >= total, timeout=60, what="all received")
+        assert sorted(set(cloud.data_seqs())) == list(range(1, total + 1))
+        await finish(bus, task, outbox.close, cloud.close)
+
+    arun(main(), timeout=300)
