@@ -228,3 +228,10 @@ def test_file_that_is_not_a_mapping(tmp_path: Path, text: str, problem: str) -> 
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read the config file: No such file or directory"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_the_shipped_example_config_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "edge" / "examples" / "kiosk.yaml"
+    cfg = load_config(example)
+    assert cfg.profile == "kiosk-pi5"
+    assert [d.kind for d in cfg.devices] == ["simulator", "scanner", "printer", "display"]
