@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from cloud.models import Node, Product, Region, Store
 
-__all__ = ["DEMO_NODES", "DEMO_PRODUCTS", "DEMO_REGIONS", "DEMO_STORES", "DemoStore", "SeedResult", "seed"]
+__all__ = ["DEMO_PRODUCTS", "DEMO_REGIONS", "DEMO_STORES", "DEMO_STORE_DETAILS", "DemoStore", "SeedResult", "seed"]
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,10 @@ _STORES = (
     DemoStore("st0002", "Hangzhou West Lake", "east", 30.2590, 120.1630, "st0002-k1"),
     DemoStore("st0003", "Shenzhen Futian", "south", 22.5410, 114.0580, "st0003-k1"),
 )
-DEMO_STORES: dict[str, DemoStore] = {s.code: s for s in _STORES}
-"""Store code → demo store (with its box's node id)."""
-DEMO_NODES: dict[str, str] = {s.code: s.node for s in _STORES}
-"""Store code → node id of the store's demo box."""
+DEMO_STORES: dict[str, str] = {s.code: s.node for s in _STORES}
+"""Store code → node id of the store's demo box (what the demo orchestrator configures)."""
+DEMO_STORE_DETAILS: dict[str, DemoStore] = {s.code: s for s in _STORES}
+"""Store code → the whole demo store (name, region, coordinates, time zone, node id)."""
 
 # (sku, gtin, English name, Chinese name, list price in CNY)
 DEMO_PRODUCTS: tuple[tuple[str, str, str, str, Decimal], ...] = (

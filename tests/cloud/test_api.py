@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from cloud.api import create_app
-from cloud.seed import DEMO_NODES, seed
+from cloud.seed import DEMO_STORES, seed
 from cloud.settings import Settings
 from tests.cloud.conftest import box, cloud_settings
 from tests.conftest import Broker
@@ -39,7 +39,7 @@ def test_read_endpoints(engine: Engine) -> None:
         }
 
         nodes = client.get("/nodes").json()
-        assert [n["id"] for n in nodes] == sorted(DEMO_NODES.values())
+        assert [n["id"] for n in nodes] == sorted(DEMO_STORES.values())
         assert set(nodes[0]) == {
             "id", "store", "online", "session", "last_seen", "software_version", "config_hash",
             "seq_contig", "seq_high", "lost_seqs",

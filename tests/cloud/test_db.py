@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from cloud.db import make_engine, migrate, normalize_url
 from cloud.models import Base, Node, Product, Region, Store
-from cloud.seed import DEMO_NODES, DEMO_STORES, seed
+from cloud.seed import DEMO_STORE_DETAILS, DEMO_STORES, seed
 
 
 def test_migrated_schema_equals_models(engine: Engine) -> None:
@@ -39,11 +39,11 @@ def test_seed_is_idempotent(engine: Engine) -> None:
         shanghai = s.scalars(select(Store).where(Store.code == "st0001")).one()
         assert (shanghai.lat, shanghai.lon, shanghai.timezone) == (31.2350, 121.4740, "Asia/Shanghai")
         assert shanghai.region.code == "east"
-        for code, node_id in DEMO_NODES.items():
+        for code, node_id in DEMO_STORES.items():
             node = s.get(Node, node_id)
             assert node is not None and node.store is not None and node.store.code == code
         assert all(p.name_zh and p.name_en for p in s.scalars(select(Product)))
-    assert set(DEMO_STORES) == set(DEMO_NODES)
+    assert all(DEMO_STORE_DETAILS[c].node == n for c, n in DEMO_STORES.items())
 
 
 def test_store_rejects_unknown_time_zone() -> None:
