@@ -293,8 +293,14 @@ def test_broker_restart_mid_stream_reconnects_and_loses_nothing(broker: Broker, 
         await asyncio.to_thread(broker.process.start)
         await cloud.start(persistent=True)
         await producer
-        await until(lambda: outbox.pending == 0, timeout=30, what="drain after restart")
-        await until(lambda: set(cloud.data_seqs()) == set(range(1, total + 1)), timeout=10, what="all delivered")
+        await until(lambda: outbox.pending == 0, timeout=60, what="drain after restart")
+        try:
+            await until(lambda: set(cloud.data_seqs()) == set(range(1, total + 1)), timeout=30, what="all delivered")
+        except AssertionError:
+            missing = sorted(set(range(1, total + 1)) - set(cloud.data_seqs()))
+            raise AssertionError(
+                f"{len(missing)} never reached the listener, first {missing[:20]}; {bus.stats}"
+            ) from None
         assert bus.stats.reconnects >= 1
         births = cloud.of(MessageType.BIRTH)
         assert births[-1].session > births[0].session
