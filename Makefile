@@ -28,7 +28,9 @@ bench: system-deps venv
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Reinstall when the project's metadata or its set of packages changes (an editable install only
+# maps the packages that existed when it ran).
+$(VENV)/.installed: pyproject.toml $(wildcard */__init__.py)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
 	  echo "Cannot create a virtualenv: run 'sudo apt-get install python3-venv' and try again"; exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip

@@ -23,7 +23,10 @@ PAYLOAD = b"x" * 200
 def _client(user: str, password: str) -> paho.Client:
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id=user, protocol=paho.MQTTv5)
     c.username_pw_set(user, password)
-    c.on_socket_open = lambda _c, _u, s: s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def nodelay(_c: Any, _u: Any, sock: Any) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    c.on_socket_open = nodelay
     c.max_inflight_messages_set(100)
     c.max_queued_messages_set(0)
     return c

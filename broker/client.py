@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import select
 import socket
 import ssl
 import threading
@@ -37,10 +38,12 @@ __all__ = [
     "MqttConnection",
     "PublishRefused",
     "Will",
+    "keepalive_for_deadline",
 ]
 
 log = logging.getLogger(__name__)
 
+_READS_PER_WAKEUP = 200
 NOT_AUTHORIZED = 135
 BAD_CREDENTIALS = 134
 
@@ -116,6 +119,20 @@ class JitteredBackoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+MOSQUITTO_2_0_KEEPALIVE_SLACK_S = 6.5
+"""How late Mosquitto 2.0.x may act on an expired keep alive. It sweeps keepalives about every 5 s,
+so the will of a silent client comes up to ~6 s after the 1.5 x keep alive deadline (measured here
+on 2.0.11: keep alive 2 s -> will after 5.9 s, 5 s -> 11.9 s, 8 s -> 17.9 s)."""
+
+
+def keepalive_for_deadline(deadline_s: float, broker_slack_s: float = MOSQUITTO_2_0_KEEPALIVE_SLACK_S) -> int:
+    """The MQTT keep alive to ask for so that the broker publishes our will within `deadline_s`
+    of our going silent: it must hold that 1.5 x keep alive + the broker's sweep slack <= deadline."""
+    if deadline_s <= 0:
+        raise ValueError(f"the offline-detection deadline must be positive, got {deadline_s}")
+    return max(1, int((deadline_s - broker_slack_s) / 1.5))
 
 
 class MqttConnection:
@@ -324,7 +341,14 @@ class MqttConnection:
             self._fd = None
 
     def _read(self) -> None:
-        self._client.loop_read()
+        # paho reads one packet per call; keep reading while the socket has more, so a burst costs
+        # one event-loop wake-up instead of one per message (bounded, so writes still get a turn).
+        fd = self._fd
+        for _ in range(_READS_PER_WAKEUP):
+            if self._client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS or fd is None or self._fd != fd:
+                return
+            if not select.select([fd], [], [], 0)[0]:
+                return
 
     def _write(self) -> None:
         self._client.loop_write()

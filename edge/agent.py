@@ -81,6 +81,7 @@ class EdgeAgent:
                 password=self.password,
                 config_hash=self.config_hash,
                 keepalive=cfg.broker.keepalive_s,
+                keepalive_check_slack_s=cfg.broker.keepalive_check_slack_s,
                 session_expiry=cfg.broker.session_expiry_s,
                 backoff=JitteredBackoff(cfg.backoff.base_s, cfg.backoff.cap_s),
                 auth_failure_s=cfg.backoff.auth_failure_s,

@@ -24,6 +24,7 @@ import paho.mqtt.client as paho
 
 from broker import topics
 from broker.client import (
+    MOSQUITTO_2_0_KEEPALIVE_SLACK_S,
     BrokerAddress,
     BusAuthError,
     BusError,
@@ -32,6 +33,7 @@ from broker.client import (
     MqttConnection,
     PublishRefused,
     Will,
+    keepalive_for_deadline,
 )
 from broker.envelope import ContractError, Envelope, MessageType, decode, encode
 from broker.payloads import BirthData, DeathData, DeviceInfo, HostStateData, Payload, RebirthData
@@ -92,6 +94,7 @@ class _Link:
         self.idle.set()
         self.started = time.monotonic()
         self.replay: asyncio.Task[None] | None = None
+        self.born = False
 
     async def slot(self) -> None:
         while self.inflight >= self.window:
@@ -122,6 +125,7 @@ class BusClient:
         devices: Sequence[DeviceInfo] = (),
         username: str | None = None,
         keepalive: int = 30,
+        keepalive_check_slack_s: float = MOSQUITTO_2_0_KEEPALIVE_SLACK_S,
         session_expiry: int = 7 * 24 * 3600,
         backoff: JitteredBackoff | None = None,
         auth_failure_s: float = 300.0,
@@ -136,6 +140,9 @@ class BusClient:
         self.config_hash = config_hash
         self.devices = tuple(devices)
         self.keepalive = keepalive
+        # The broker's sweep makes wills late; ask for a shorter keep alive so that the cloud still
+        # learns of a silent box within 1.5 x the configured `keepalive`.
+        self.mqtt_keepalive = keepalive_for_deadline(1.5 * keepalive, keepalive_check_slack_s)
         self.session_expiry = session_expiry
         self.backoff = backoff or JitteredBackoff()
         self.auth_failure_s = auth_failure_s
@@ -246,7 +253,7 @@ class BusClient:
             self._password,
             clean_start=False,
             session_expiry=self.session_expiry,
-            keepalive=self.keepalive,
+            keepalive=self.mqtt_keepalive,
             will=will,
             max_inflight=self.window,
             on_message=self._on_message,
@@ -260,6 +267,7 @@ class BusClient:
             self._link = link
             await conn.subscribe([topics.node_dn_filter(self.node), topics.host_state_filter()])
             await self._publish_birth(conn, session)
+            link.born = True
             if self._ever_connected:
                 self._count["reconnects"] += 1
             self._ever_connected = True
@@ -473,7 +481,13 @@ class BusClient:
                 log.warning("%s: bad host state on %s ignored (%s)", self.node, msg.topic, exc)
                 return
             assert isinstance(env.data, HostStateData)
+            came_online = env.data.online and not self._hosts.get(host, False)
             self._hosts[host] = env.data.online
+            link = self._link
+            if came_online and link is not None and link.born:
+                # As in Sparkplug: a cloud host that (re)starts may have missed our birth, and it
+                # cannot ask a node it has never heard of; a birth is idempotent for the others.
+                self._rebirth(RebirthData(reason=f"cloud host {host} came online"))
         self._update_online()
 
     def _update_online(self) -> None:

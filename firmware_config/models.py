@@ -38,6 +38,10 @@ class BrokerConfig(_Strict):
     password: Annotated[str, StringConstraints(min_length=1)] | None = None
     password_file: Path | None = None
     keepalive_s: Annotated[int, Field(ge=5, le=300)] = 30
+    """The liveness promise: if the box goes silent, the cloud marks it offline within 1.5 x this."""
+    keepalive_check_slack_s: Annotated[float, Field(ge=0, le=60)] = 6.5
+    """How late the broker may act on an expired MQTT keep alive. Mosquitto 2.0.x sweeps about every
+    5 s (up to ~6 s late); 0 for a broker that enforces the deadline exactly."""
     session_expiry_s: Annotated[int, Field(ge=0, le=2**32 - 1)] = 7 * 24 * 3600
 
     @field_validator("url")

@@ -125,7 +125,7 @@ def test_cli_check_config_and_status(broker: Broker, tmp_path: Path) -> None:
     assert res.stdout.splitlines() == [
         f"{bad}:6: field 'broker.keepalive_s': Input should be greater than or equal to 5 (got 1)",
         f"{bad}:7: field 'broker.colour': unknown key (expected one of: url, password, password_file, "
-        "keepalive_s, session_expiry_s)",
+        "keepalive_s, keepalive_check_slack_s, session_expiry_s)",
     ]
     assert res.stderr == f"omnishelf: error: {bad}: 2 problem(s)\n"
 

@@ -331,3 +331,26 @@ def test_drain_of_100k_queued_messages_after_reconnect(broker: Broker, outbox_pa
         await finish(bus, task, outbox.close, cloud.close)
 
     arun(main(), timeout=300)
+
+
+def test_birth_again_when_a_cloud_host_comes_online(broker: Broker, outbox_path: Path) -> None:
+    """A cloud host that starts after the box was born never saw that birth: the box repeats it."""
+    password = broker.add_node(NODE)
+
+    async def main() -> None:
+        cloud = await Cloud(broker).start()
+        outbox = await Outbox.open(outbox_path)
+        bus = await make_bus(broker, outbox, password)
+        task = await start(bus)
+        await until(lambda: [e.type for e in cloud.received] == [MessageType.BIRTH], what="first birth")
+        await cloud.set_online(True)
+        await until(lambda: [e.type for e in cloud.received].count(MessageType.BIRTH) == 2, what="second birth")
+        births = [e for e in cloud.received if e.type == MessageType.BIRTH]
+        assert births[0].session == births[1].session == outbox.session
+        # Online -> online (a repeated retained state) is no news: no third birth.
+        await cloud.set_online(True)
+        await asyncio.sleep(0.3)
+        assert [e.type for e in cloud.received].count(MessageType.BIRTH) == 2
+        await finish(bus, task, outbox.close, cloud.close)
+
+    arun(main())

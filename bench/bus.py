@@ -1,0 +1,320 @@
+"""Bus benchmark: prints JSON figures next to a bare-paho baseline measured in the same run.
+
+    python -m bench.bus [--db sqlite|postgresql] [--quick]
+
+1. baseline: bare paho QoS 1 publisher process → Mosquitto → subscriber process (throughput) and a
+   request/response round trip;
+2. ingest: box (outbox + bus client, this process) → Mosquitto → `omnishelf cloud worker` (its own
+   process) → database: throughput, and p50/p99 box→database latency at a steady 500 msg/s;
+3. drain: 100,000 messages queued in the outbox while the cloud is away, then sent after it returns;
+4. the edge agent's resident memory when idle (`omnishelf edge run`, no devices).
+
+Latency is measured from the moment `publish()` is called on the box to the moment the row is
+visible in the database, by a watcher polling the ledger every 2 ms (the resolution is reported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import sqlalchemy as sa
+
+from bench.baseline import bare_qos1, bare_round_trip, percentiles_ms
+from broker import topics
+from broker.client import BrokerAddress
+from broker.mosquitto import BrokerLayout, MosquittoProcess, free_port
+from broker.payloads import ScanData
+from edge.bus import BusClient
+from edge.outbox import Outbox
+
+NODE = "bench-box"
+TARGETS = {
+    "ingest_ratio_to_bare_qos1": ">= 0.5",
+    "p99_box_to_db_ms_at_500_msg_s": "< 20",
+    "outbox_drain_msg_s": ">= 5000",
+    "edge_idle_rss_mb": "< 60",
+}
+
+
+class LedgerWatcher(threading.Thread):
+    """Records when each seq of NODE first becomes visible in the database."""
+
+    def __init__(self, url: str, interval: float) -> None:
+        super().__init__(daemon=True)
+        self.engine = sa.create_engine(url)
+        self.interval = interval
+        self.seen: dict[int, float] = {}
+        self.max_seq = 0
+        self.stop_flag = threading.Event()
+
+    def run(self) -> None:
+        q = sa.text("SELECT max(seq) FROM ingested_messages WHERE node = :n AND type = 'scan'")
+        with self.engine.connect() as c:
+            while not self.stop_flag.is_set():
+                top = c.execute(q, {"n": NODE}).scalar() or 0
+                c.rollback()  # a fresh snapshot each time
+                now = time.perf_counter()
+                for s in range(self.max_seq + 1, top + 1):
+                    self.seen[s] = now
+                self.max_seq = max(self.max_seq, top)
+                time.sleep(self.interval)
+
+    def stop(self) -> None:
+        self.stop_flag.set()
+        self.join(5)
+        self.engine.dispose()
+
+
+def scan(i: int) -> ScanData:
+    return ScanData(code=f"0104012345678901215BENCH{i:08d}", station="bench")
+
+
+def start_worker(db_url: str, broker_url: str, password: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "OMNISHELF_DATABASE_URL": db_url,
+        "OMNISHELF_BROKER_URL": broker_url,
+        "OMNISHELF_BROKER_USERNAME": "cloud-1",
+        "OMNISHELF_BROKER_PASSWORD": password,
+    }
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "omnishelf.cli", "cloud", "worker"], env=env, stdout=out, stderr=out)
+
+
+def migrate(db_url: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "omnishelf.cli", "cloud", "migrate"],
+        env={**os.environ, "OMNISHELF_DATABASE_URL": db_url},
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"migration failed: {done.stderr.strip()}")
+
+
+def stop_worker(p: subprocess.Popen[bytes]) -> None:
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(20)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
+async def wait_until(cond: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"benchmark stalled waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def pipeline(tmp: Path, db_url: str, layout: BrokerLayout, quick: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    worker = start_worker(db_url, layout.url, layout.cloud_users["cloud-1"], tmp / "worker.log")
+    outbox = await Outbox.open(tmp / "outbox.db", max_pending=1_000_000)
+    bus = BusClient(
+        outbox,
+        node=NODE,
+        store="bench",
+        address=BrokerAddress.from_url(layout.url),
+        password=layout.node_users[NODE],
+        config_hash="bench",
+        window=500,
+    )
+    runner = asyncio.create_task(bus.run())
+    watcher = LedgerWatcher(db_url, 0.02)
+    watcher.start()
+    try:
+        await asyncio.wait_for(bus.cloud_available.wait(), 60)
+
+        # -- ingest throughput ---------------------------------------------------------------------
+        n = 5_000 if quick else 20_000
+        base = outbox.last_seq
+        t0 = time.perf_counter()
+        for start in range(0, n, 500):
+            await asyncio.gather(*(bus.publish("scan", scan(i)) for i in range(start, min(n, start + 500))))
+        t_put = time.perf_counter()
+        await wait_until(lambda: watcher.max_seq >= base + n, 120, "ingest of the throughput burst")
+        elapsed = watcher.seen[base + n] - t0
+        out["ingest"] = {
+            "messages": n,
+            "seconds": round(elapsed, 3),
+            "msg_per_s": round(n / elapsed),
+            "outbox_put_msg_per_s": round(n / (t_put - t0)),
+        }
+
+        # -- latency at a steady 500 msg/s ---------------------------------------------------------
+        watcher.interval = 0.002
+        rate, seconds = 500, (4 if quick else 10)
+        put_at: dict[int, float] = {}
+        t_start = time.perf_counter()
+        for i in range(rate * seconds):
+            due = t_start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            called = time.perf_counter()
+            row = await bus.publish("scan", scan(i))
+            put_at[row.seq] = called
+        last = max(put_at)
+        await wait_until(lambda: watcher.max_seq >= last, 60, "ingest of the paced stream")
+        lat = [watcher.seen[s] - t for s, t in put_at.items()]
+        out["latency_at_500_msg_s"] = {
+            "messages": len(lat),
+            "achieved_rate_msg_s": round(len(lat) / (max(put_at.values()) - t_start)),
+            **percentiles_ms(lat),
+            "poll_resolution_ms": 2,
+        }
+        watcher.interval = 0.05
+
+        # -- drain after the cloud comes back ------------------------------------------------------
+        await asyncio.to_thread(stop_worker, worker)
+        await wait_until(lambda: not bus.cloud_online, 30, "the cloud to go offline")
+        queued = 20_000 if quick else 100_000
+        base = outbox.last_seq
+        t0 = time.perf_counter()
+        for start in range(0, queued, 1000):
+            await asyncio.gather(*(bus.publish("scan", scan(i)) for i in range(start, min(queued, start + 1000))))
+        enqueue_s = time.perf_counter() - t0
+        assert outbox.pending >= queued, "messages left the outbox while the cloud was away"
+        worker = start_worker(db_url, layout.url, layout.cloud_users["cloud-1"], tmp / "worker.log")
+        await wait_until(lambda: bus.cloud_online, 60, "the cloud to come back")
+        t_online = time.perf_counter()
+        await wait_until(lambda: outbox.pending == 0, 300, "the outbox to drain")
+        t_drained = time.perf_counter()
+        await wait_until(lambda: watcher.max_seq >= base + queued, 300, "the drained messages in the database")
+        out["drain"] = {
+            "messages": queued,
+            "enqueue_msg_per_s": round(queued / enqueue_s),
+            "to_broker_seconds": round(t_drained - t_online, 3),
+            "to_broker_msg_per_s": round(queued / (t_drained - t_online)),
+            "to_database_seconds": round(watcher.seen[base + queued] - t_online, 3),
+            "to_database_msg_per_s": round(queued / (watcher.seen[base + queued] - t_online)),
+        }
+    finally:
+        watcher.stop()
+        await bus.stop()
+        await asyncio.wait_for(runner, 30)
+        await outbox.close()
+        await asyncio.to_thread(stop_worker, worker)
+    return out
+
+
+def edge_idle_rss(tmp: Path, layout: BrokerLayout) -> dict[str, float]:
+    node = "bench-idle"
+    secret = tmp / "idle.secret"
+    secret.write_text(layout.node_users[node])
+    cfg = tmp / "idle.yaml"
+    cfg.write_text(
+        f"node_id: {node}\nstore_id: bench\nbroker:\n  url: {layout.url}\n  password_file: {secret}\n"
+        f"outbox:\n  path: {tmp / 'idle' / 'outbox.db'}\n"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-m", "omnishelf.cli", "edge", "run", "--config", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(5)  # connected, born, idle
+        if p.poll() is not None:
+            raise RuntimeError(f"idle edge agent exited with {p.returncode}")
+        info = psutil.Process(p.pid).memory_full_info()
+        return {"rss_mb": round(info.rss / 2**20, 1), "uss_mb": round(info.uss / 2**20, 1)}
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(20)
+
+
+def pg_url() -> str:
+    return os.environ.get("OMNISHELF_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    ap.add_argument("--quick", action="store_true", help="smaller volumes (a smoke run, not for the record)")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="omnishelf-bench-") as d:
+        tmp = Path(d)
+        pw = {u: secrets.token_urlsafe(12) for u in ("cloud-1", "cloud-2", NODE, "bench-idle")}
+        layout = BrokerLayout(
+            tmp / "broker",
+            free_port(),
+            cloud_users={"cloud-1": pw["cloud-1"], "cloud-2": pw["cloud-2"]},
+            node_users={NODE: pw[NODE], "bench-idle": pw["bench-idle"]},
+        )
+        broker = MosquittoProcess(layout)
+        broker.start()
+        db_cleanup: Callable[[], None] | None = None
+        try:
+            n = 5_000 if args.quick else 20_000
+            base = bare_qos1(layout.port, (NODE, pw[NODE], topics.up(NODE, "scan")), ("cloud-2", pw["cloud-2"], topics.up(NODE, "scan")), n)
+            rtt = bare_round_trip(
+                layout.port,
+                (NODE, pw[NODE], topics.up(NODE, "scan"), topics.dn(NODE, "verdict")),
+                ("cloud-2", pw["cloud-2"], topics.up(NODE, "scan"), topics.dn(NODE, "verdict")),
+                300 if args.quick else 1000,
+            )
+            if args.db == "sqlite":
+                db_url = f"sqlite:///{tmp / 'bench.db'}"
+            else:
+                admin = sa.create_engine(pg_url().replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
+                name = f"omnishelf_bench_{secrets.token_hex(4)}"
+                with admin.connect() as c:
+                    c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+                db_url = pg_url().rsplit("/", 1)[0] + "/" + name
+
+                def drop() -> None:
+                    with admin.connect() as c:
+                        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                    admin.dispose()
+
+                db_cleanup = drop
+
+            if args.db != "sqlite":
+                db_url = db_url.replace("postgresql://", "postgresql+psycopg://", 1)
+            migrate(db_url)
+            figures = asyncio.run(pipeline(tmp, db_url, layout, args.quick))
+            rss = edge_idle_rss(tmp, layout)
+        finally:
+            broker.stop()
+            if db_cleanup is not None:
+                db_cleanup()
+
+    result = {
+        "benchmark": "bus",
+        "database": args.db,
+        "quick": args.quick,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "baseline_bare_paho_qos1": base,
+        "baseline_round_trip": rtt,
+        **figures,
+        "edge_idle_memory": rss,
+        "ratios": {
+            "ingest_to_bare_qos1": round(figures["ingest"]["msg_per_s"] / base["msg_per_s"], 2),
+            "drain_to_bare_qos1": round(figures["drain"]["to_broker_msg_per_s"] / base["msg_per_s"], 2),
+        },
+        "targets": TARGETS,
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
