@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,24 @@ class LedgerWatcher(threading.Thread):
         self.stop_flag.set()
         self.join(5)
         self.engine.dispose()
+
+
+def received_at(db_url: str, first: int, last: int) -> dict[int, float]:
+    """The worker's receive time (wall clock) of each seq in [first, last]."""
+    engine = sa.create_engine(db_url)
+    q = sa.text(
+        "SELECT seq, received_at FROM ingested_messages WHERE node = :n AND type = 'scan' AND seq BETWEEN :a AND :b"
+    )
+    with engine.connect() as c:
+        rows = c.execute(q, {"n": NODE, "a": first, "b": last}).all()
+    engine.dispose()
+    out = {}
+    for seq, raw in rows:
+        at = datetime.fromisoformat(raw) if isinstance(raw, str) else raw  # SQLite gives text
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+        out[int(seq)] = at.timestamp()
+    return out
 
 
 def scan(i: int) -> ScanData:
@@ -163,6 +182,7 @@ async def pipeline(tmp: Path, db_url: str, layout: BrokerLayout, quick: bool) ->
         watcher.interval = 0.002
         rate, seconds = 500, (4 if quick else 10)
         put_at: dict[int, float] = {}
+        put_wall: dict[int, float] = {}
         t_start = time.perf_counter()
         for i in range(rate * seconds):
             due = t_start + i / rate
@@ -170,16 +190,21 @@ async def pipeline(tmp: Path, db_url: str, layout: BrokerLayout, quick: bool) ->
             if delay > 0:
                 await asyncio.sleep(delay)
             called = time.perf_counter()
+            wall = time.time()
             row = await bus.publish("scan", scan(i))
             put_at[row.seq] = called
+            put_wall[row.seq] = wall
         last = max(put_at)
         await wait_until(lambda: watcher.max_seq >= last, 60, "ingest of the paced stream")
         lat = [watcher.seen[s] - t for s, t in put_at.items()]
+        received = received_at(db_url, min(put_at), last)
+        to_worker = [received[s] - put_wall[s] for s in put_at if s in received]
         out["latency_at_500_msg_s"] = {
             "messages": len(lat),
             "achieved_rate_msg_s": round(len(lat) / (max(put_at.values()) - t_start)),
             **percentiles_ms(lat),
             "poll_resolution_ms": 2,
+            "box_to_worker_receipt": percentiles_ms(to_worker),
         }
         watcher.interval = 0.05
 

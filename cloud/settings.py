@@ -37,7 +37,10 @@ class Settings(BaseSettings):
     WORKER_SESSION_EXPIRY_S: int = Field(default=300, ge=0)
     GAP_GRACE_S: float = Field(default=5.0, gt=0)
     BATCH_MAX: int = Field(default=500, ge=1, le=10_000)
-    BATCH_WAIT_MS: float = Field(default=5, ge=0)
+    # 0 = group commit: a batch is whatever arrived while the previous one was being stored, so a
+    # quiet bus commits each message at once and a busy one builds large batches by itself.
+    # Measured: a fixed 5 ms linger raised p99 box->database at 500 msg/s from ~13 ms to ~23 ms.
+    BATCH_WAIT_MS: float = Field(default=0, ge=0)
 
     @field_validator("BROKER_URL")
     @classmethod

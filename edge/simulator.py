@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 _SKUS = 40
 _BURST_CHUNK = 2_000
 """Concurrent puts per burst step: large enough to fill group commits, small enough to bound memory."""
-_STOCK_EVERY_S = 300.0
 
 
 class Simulator:
@@ -97,7 +96,8 @@ class Simulator:
         await self._burst()
         loops = [self._every(self._rate(self.cfg.scans_per_s), MessageType.SCAN, self.scan)]
         loops.append(self._every(self._rate(self.cfg.orders_per_min / 60.0), MessageType.ORDER, self.order))
-        loops.append(self._every(_STOCK_EVERY_S, MessageType.STOCK, self.stock, jitter=False))
+        if self.cfg.stock_every_s > 0:
+            loops.append(self._every(self.cfg.stock_every_s, MessageType.STOCK, self.stock, jitter=False))
         if self.cfg.telemetry_every_s > 0:
             loops.append(self._every(self.cfg.telemetry_every_s, MessageType.TELEMETRY, self.telemetry, jitter=False))
         await asyncio.gather(*loops)

@@ -102,6 +102,8 @@ class SimulatorDevice(_Strict):
     orders_per_min: Annotated[float, Field(ge=0, le=10_000)] = 1.0
     telemetry_every_s: Annotated[float, Field(ge=0, le=86_400)] = 60.0
     """0 disables telemetry."""
+    stock_every_s: Annotated[float, Field(ge=0, le=86_400)] = 300.0
+    """A stock snapshot this often; 0 disables it."""
     burst: Annotated[int, Field(ge=0, le=10_000_000)] = 0
     """Scans enqueued at start as fast as the outbox takes them."""
 

@@ -1,7 +1,8 @@
 """The ingest worker: one MQTT 5 connection in the shared subscription, batches into the ledger.
 
 Flow: `on_message` (event loop, never blocks) appends to a pending list; the flusher takes up to
-BATCH_MAX messages once the batch is full or its oldest message has waited BATCH_WAIT_MS, stores
+BATCH_MAX messages as soon as it is free (or, with BATCH_WAIT_MS > 0, once the batch is full or its
+oldest message has waited that long), stores
 the batch in one transaction in a thread, and only after the commit acknowledges each message. A
 crash before the commit therefore means redelivery by the broker, never loss, and the ledger's
 unique msg_id makes the redelivery harmless.

@@ -101,7 +101,7 @@ PROBLEMS = [
         ("    burst: 10\n", "    burst: 10\n    speed: 3\n"),
         [
             "11: field 'devices[0].speed': unknown key (expected one of: kind, name, scans_per_s, orders_per_min, "
-            "telemetry_every_s, burst)"
+            "telemetry_every_s, stock_every_s, burst)"
         ],
         id="unknown-device-key",
     ),

@@ -106,7 +106,11 @@ class System:
         cfg = self.tmp / f"{node}.yaml"
         devices = ""
         if burst or scans_per_s:
-            devices = f"devices:\n  - kind: simulator\n    burst: {burst}\n    scans_per_s: {scans_per_s}\n"
+            # Only scans, so a test knows exactly how many messages the box produced.
+            devices = (
+                f"devices:\n  - kind: simulator\n    burst: {burst}\n    scans_per_s: {scans_per_s}\n"
+                "    orders_per_min: 0\n    telemetry_every_s: 0\n    stock_every_s: 0\n"
+            )
         cfg.write_text(
             f"node_id: {node}\nstore_id: st-test\n"
             f"broker:\n  url: {self.broker.url}\n  password_file: {secret}\n  keepalive_s: {keepalive_s}\n"
