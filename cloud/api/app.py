@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from sqlalchemy import Engine
 
 from cloud.api import health, nodes, regions, stores
@@ -47,7 +48,9 @@ def create_app(settings: Settings, *, run_worker: bool, engine: Engine | None = 
             if own_engine:
                 eng.dispose()
 
-    app = FastAPI(
+    # The docs pages' scripts and styles are served by the app itself: stores and test rigs have
+    # no internet, and the stock FastAPI pages load Swagger UI from a CDN.
+    app = FastAPIOffline(
         title="omnishelf cloud",
         version="0.1.0",
         description="Fleet, stores and ingest state of the omnishelf cloud core.",

@@ -85,3 +85,19 @@ def test_in_process_worker_feeds_the_api(broker: Broker, engine: Engine) -> None
         assert node["session"] == 7 and node["store"] is None and node["last_seen"]
         counters = client.get("/health").json()["worker"]["counters"]
         assert counters["stored"] == 1 and counters["births"] == 1
+
+
+def test_api_docs_work_without_internet(engine: Engine) -> None:
+    """/docs and /redoc reference only assets the app serves itself (no CDN)."""
+    import re
+
+    settings = Settings(DATABASE_URL=engine.url.render_as_string(hide_password=False))
+    with TestClient(create_app(settings, run_worker=False, engine=engine)) as client:
+        for page in ("/docs", "/redoc"):
+            html = client.get(page).text
+            assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html) + re.findall(r"""url: ?["']([^"']+)""", html)
+            assert assets, f"{page} references no assets"
+            for url in assets:
+                assert not url.startswith(("http:", "https:", "//")), f"{page} loads {url} from outside"
+                assert client.get(url).status_code == 200, f"{page}: {url} is not served"
+        assert "/nodes" in client.get("/openapi.json").json()["paths"]
