@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import threading
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from broker.mosquitto import BrokerLayout, MosquittoError, MosquittoProcess
+from broker.mosquitto import BrokerLayout, MosquittoError, MosquittoProcess, password_file
+
+log = logging.getLogger(__name__)
 
 
 class Credentials(BaseModel):
@@ -31,6 +34,22 @@ def load_credentials(path: Path) -> Credentials:
         err = exc.errors(include_url=False)[0]
         where = ".".join(str(x) for x in err["loc"]) or "(file)"
         raise SystemExit(f"credentials file {path}: field '{where}': {err['msg']}") from None
+
+
+def _reload(proc: MosquittoProcess, path: Path) -> None:
+    try:
+        creds = load_credentials(path)
+        for users in (creds.cloud, creds.nodes, creds.monitors):
+            password_file(users)  # validates every username before anything changes
+        proc.layout.cloud_users = dict(creds.cloud)
+        proc.layout.node_users = dict(creds.nodes)
+        proc.layout.monitor_users = dict(creds.monitors)
+        proc.reload()
+    except (SystemExit, MosquittoError, ValueError) as exc:
+        # A broken edit must not take the bus down: keep serving with the credentials in force.
+        log.error("credentials not reloaded, the previous ones stay in force: %s", exc)
+        return
+    log.info("credentials reloaded: %d cloud, %d node and %d monitor users", len(creds.cloud), len(creds.nodes), len(creds.monitors))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -63,10 +82,15 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(str(exc)) from None
     print(json.dumps({"broker": layout.url, "config": str(layout.conf_path), "log": str(layout.log_path)}), flush=True)
     stop = threading.Event()
+    reload = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: proc.reload())
+    # SIGHUP: re-read the credentials file (a box added or removed) without dropping anyone.
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())
     try:
-        while not stop.wait(1.0):
+        while not stop.wait(0.2):
+            if reload.is_set():
+                reload.clear()
+                _reload(proc, args.credentials)
             if not proc.running:
                 raise SystemExit(f"Mosquitto stopped unexpectedly; see {layout.log_path}")
     except KeyboardInterrupt:

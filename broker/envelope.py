@@ -31,6 +31,7 @@ from broker import topics
 __all__ = [
     "MAX_ENVELOPE_BYTES",
     "PAYLOADS",
+    "SEQUENCED",
     "VERSION",
     "ContractError",
     "Envelope",
@@ -88,6 +89,21 @@ PAYLOADS: dict[MessageType, type[p.Payload]] = {
     MessageType.REBIRTH: p.RebirthData,
     MessageType.STATE: p.HostStateData,
 }
+
+
+SEQUENCED: frozenset[MessageType] = frozenset(
+    {
+        MessageType.SCAN,
+        MessageType.ORDER,
+        MessageType.STOCK,
+        MessageType.POP,
+        MessageType.FULFIL,
+        MessageType.ACK,
+        MessageType.TELEMETRY,
+    }
+)
+"""The box's durable messages: each gets the next `seq` of its node when it enters the outbox, and the
+cloud checks their sequence for gaps. Births and deaths only report the highest seq so far."""
 
 
 class RejectReason(enum.StrEnum):

@@ -18,28 +18,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from broker.envelope import MAX_ENVELOPE_BYTES, PAYLOADS, MessageType, new_msg_id
+from broker.envelope import MAX_ENVELOPE_BYTES, PAYLOADS, SEQUENCED, MessageType, new_msg_id
 from broker.payloads import Payload
 from edge.clock import clock_synced
 from edge.store import NewRow, OutboxStats, Row, Store, StoreFull
 
-__all__ = ["LOW_PRIORITY", "OUTBOX_TYPES", "Outbox", "OutboxFull", "OutboxStats", "Row"]
+__all__ = ["LOW_PRIORITY", "Outbox", "OutboxFull", "OutboxStats", "Row"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-OUTBOX_TYPES = frozenset(
-    {
-        MessageType.SCAN,
-        MessageType.ORDER,
-        MessageType.STOCK,
-        MessageType.POP,
-        MessageType.FULFIL,
-        MessageType.ACK,
-        MessageType.TELEMETRY,
-    }
-)
 """The message types that get a seq and go through the outbox (birth and death do not)."""
 
 LOW_PRIORITY = frozenset({MessageType.TELEMETRY})
@@ -120,7 +109,7 @@ class Outbox:
         if self._closed:
             raise RuntimeError("the outbox is closed")
         kind = MessageType(type)
-        if kind not in OUTBOX_TYPES:
+        if kind not in SEQUENCED:
             raise ValueError(f"{kind} messages do not go through the outbox")
         model = PAYLOADS[kind]
         payload = data if isinstance(data, model) else model.model_validate(data)

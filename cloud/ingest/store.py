@@ -32,26 +32,14 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from broker import payloads as p
-from broker.envelope import ContractError, Envelope, MessageType, RejectReason, decode
+from broker.envelope import SEQUENCED, ContractError, Envelope, MessageType, RejectReason, decode
 from cloud.db import write_transaction
 from cloud.models import REJECTED_PAYLOAD_MAX, IngestedMessage, Node, RejectedMessage, UtcDateTime
 
-__all__ = ["SEQUENCED", "BatchOutcome", "Incoming", "RebirthDue", "check_gaps", "store_batch"]
+__all__ = ["BatchOutcome", "Incoming", "RebirthDue", "check_gaps", "store_batch"]
 
 log = logging.getLogger(__name__)
 
-SEQUENCED = frozenset(
-    {
-        MessageType.SCAN,
-        MessageType.ORDER,
-        MessageType.STOCK,
-        MessageType.POP,
-        MessageType.FULFIL,
-        MessageType.ACK,
-        MessageType.TELEMETRY,
-    }
-)
-"""Outbox message types: the only ones whose seq is part of the node's sequence."""
 
 _LEDGER: Table = IngestedMessage.__table__  # type: ignore[assignment]
 _REJECTS: Table = RejectedMessage.__table__  # type: ignore[assignment]

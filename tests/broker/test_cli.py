@@ -50,3 +50,60 @@ def test_unknown_command_and_option(capsys: pytest.CaptureFixture[str]) -> None:
     code, err = run(capsys, "broker", "--colour", "red")
     assert code == 2
     assert "unrecognized arguments: --colour red" in err or "required" in err
+
+
+def test_broker_command_reloads_credentials_on_sighup(tmp_path: Path) -> None:
+    """`omnishelf broker` as operators run it: a box added to the file and SIGHUP lets it in; a
+    broken edit is refused and the credentials in force stay."""
+    import asyncio
+    import signal
+    import subprocess
+    import sys
+
+    from broker.client import BrokerAddress, BusAuthError, MqttConnection
+    from broker.mosquitto import free_port
+
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps({"nodes": {"n1": "pw1"}}))
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "omnishelf.cli", "broker", "--credentials", str(creds), "--port", str(port),
+         "--data-dir", str(tmp_path / "b")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        started = json.loads(proc.stdout.readline())
+        assert started["broker"] == f"mqtt://127.0.0.1:{port}"
+
+        async def can_connect(user: str, password: str) -> bool:
+            conn = MqttConnection(BrokerAddress("127.0.0.1", port), user, password)
+            try:
+                await conn.connect()
+            except BusAuthError:
+                return False
+            await conn.disconnect()
+            return True
+
+        async def eventually(user: str, password: str, want: bool) -> None:
+            for _ in range(100):
+                if await can_connect(user, password) is want:
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"{user} connect != {want}")
+
+        assert asyncio.run(can_connect("n1", "pw1"))
+        assert not asyncio.run(can_connect("n2", "pw2"))
+        creds.write_text(json.dumps({"nodes": {"n1": "pw1", "n2": "pw2"}}))
+        proc.send_signal(signal.SIGHUP)
+        asyncio.run(eventually("n2", "pw2", True))
+        creds.write_text(json.dumps({"nodes": {"Bad Name": "x"}}))
+        proc.send_signal(signal.SIGHUP)
+        asyncio.run(asyncio.sleep(0.5))
+        assert proc.poll() is None
+        assert asyncio.run(can_connect("n1", "pw1")) and asyncio.run(can_connect("n2", "pw2"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0
+    assert "credentials not reloaded, the previous ones stay in force" in err
