@@ -195,11 +195,18 @@ def _ensure_nodes(conn: Connection, nodes: Iterable[str]) -> None:
     wanted = set(nodes)
     known = set(conn.execute(select(_NODES.c.id).where(_NODES.c.id.in_(wanted))).scalars())
     missing = sorted(wanted - known)
-    if not missing:
-        return
-    stmt = _insert(conn, _NODES).on_conflict_do_nothing(index_elements=["id"]).returning(_NODES.c.id)
-    for node in conn.execute(stmt, [{"id": n} for n in missing]).scalars():
-        log.info("first message from unknown node %r: registered it (no store assigned)", node)
+    if missing:
+        stmt = _insert(conn, _NODES).on_conflict_do_nothing(index_elements=["id"]).returning(_NODES.c.id)
+        for node in conn.execute(stmt, [{"id": n} for n in missing]).scalars():
+            log.info("first message from unknown node %r: registered it (no store assigned)", node)
+    _lock_nodes(conn, wanted)
+
+
+def _lock_nodes(conn: Connection, nodes: Iterable[str]) -> None:
+    """Lock node rows in one fixed order before updating them: two workers (or a batch and the gap
+    check) that touch the same nodes then queue behind each other instead of deadlocking.
+    PostgreSQL only; SQLite has a single writer and ignores FOR UPDATE."""
+    conn.execute(select(_NODES.c.id).where(_NODES.c.id.in_(list(nodes))).order_by(_NODES.c.id).with_for_update()).all()
 
 
 def _birth(conn: Connection, env: Envelope, item: Incoming) -> bool:
@@ -355,6 +362,7 @@ def check_gaps(engine: Engine, grace: float, now: datetime) -> list[RebirthDue]:
     limit = now - timedelta(seconds=grace)
     due: list[RebirthDue] = []
     with write_transaction(engine) as conn:
+        _lock_nodes(conn, open_nodes)
         _advance(conn, open_nodes)
         _mark_gaps(conn, open_nodes, now)
         overdue = conn.execute(
