@@ -206,3 +206,9 @@ class Product(Base):
     name_en: Mapped[str] = mapped_column(String(200))
     name_zh: Mapped[str] = mapped_column(String(200))
     list_price: Mapped[Decimal] = mapped_column(Numeric(12, 2))
+
+
+# Every model module registers its tables on `Base.metadata` when imported; import them here so that
+# Alembic and the schema tests see the whole schema. One line per engine package.
+import cloud.access.models  # noqa: E402, F401
+import cloud.catalogue.models  # noqa: E402, F401

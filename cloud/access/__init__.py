@@ -1,0 +1,1 @@
+"""cloud.access (see its models module)."""

@@ -1,0 +1,3 @@
+"""Tables of cloud.access."""
+
+from __future__ import annotations

@@ -1,0 +1,1 @@
+"""cloud.catalogue (see its models module)."""

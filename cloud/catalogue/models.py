@@ -1,0 +1,3 @@
+"""Tables of cloud.catalogue."""
+
+from __future__ import annotations
