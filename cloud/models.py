@@ -210,5 +210,5 @@ class Product(Base):
 
 # Every model module registers its tables on `Base.metadata` when imported; import them here so that
 # Alembic and the schema tests see the whole schema. One line per engine package.
-import cloud.access.models  # noqa: E402
-import cloud.catalogue.models  # noqa: E402
+from cloud.access import models as _access  # noqa: E402, F401
+from cloud.catalogue import models as _catalogue  # noqa: E402, F401
