@@ -141,17 +141,30 @@ def store_batch(engine: Engine, items: Sequence[Incoming]) -> BatchOutcome:
 def _apply_node_state(conn: Connection, messages: list[tuple[Envelope, Incoming]], out: BatchOutcome) -> None:
     seen: dict[str, datetime] = {}
     seq_high: dict[str, int] = {}
+    seqs: dict[str, set[int]] = {}
     lifecycle: list[tuple[Envelope, Incoming]] = []
     for env, item in messages:
         if env.node not in seen or item.received_at > seen[env.node]:
             seen[env.node] = item.received_at
         if env.type in SEQUENCED:
+            seqs.setdefault(env.node, set()).add(env.seq)
             if env.seq > seq_high.get(env.node, -1):
                 seq_high[env.node] = env.seq
         else:
             lifecycle.append((env, item))
 
     _ensure_nodes(conn, seen)
+    with_lifecycle = {env.node for env, _ in lifecycle}
+    fast = {
+        node
+        for node, run in seqs.items()
+        if node not in with_lifecycle and _fast_forward(conn, node, min(run), max(run), len(run), seen[node])
+    }
+    if fast:
+        seen = {n: t for n, t in seen.items() if n not in fast}
+        seq_high = {n: h for n, h in seq_high.items() if n not in fast}
+        if not seen:
+            return
     conn.execute(
         update(_NODES)
         .where(_NODES.c.id == bindparam("b_id"))
@@ -192,21 +205,56 @@ def _apply_node_state(conn: Connection, messages: list[tuple[Envelope, Incoming]
 
 
 def _ensure_nodes(conn: Connection, nodes: Iterable[str]) -> None:
+    """Register unknown nodes and lock the batch's node rows (see `_lock_nodes`)."""
     wanted = set(nodes)
-    known = set(conn.execute(select(_NODES.c.id).where(_NODES.c.id.in_(wanted))).scalars())
+    known = set(_lock_nodes(conn, wanted))
     missing = sorted(wanted - known)
     if missing:
+        # Rows this transaction inserts are locked by it until the commit.
         stmt = _insert(conn, _NODES).on_conflict_do_nothing(index_elements=["id"]).returning(_NODES.c.id)
         for node in conn.execute(stmt, [{"id": n} for n in missing]).scalars():
             log.info("first message from unknown node %r: registered it (no store assigned)", node)
-    _lock_nodes(conn, wanted)
 
 
-def _lock_nodes(conn: Connection, nodes: Iterable[str]) -> None:
+# Built once: constructing SQLAlchemy statements per batch cost as much as executing them.
+_FAST_FORWARD = (
+    update(_NODES)
+    .where(
+        _NODES.c.id == bindparam("b_id"),
+        _NODES.c.seq_contig == bindparam("b_prev"),
+        _NODES.c.seq_high <= bindparam("b_last"),
+    )
+    .values(
+        seq_contig=bindparam("b_last"),
+        seq_high=bindparam("b_last"),
+        gap_since=null(),
+        last_seen=case(
+            (
+                or_(_NODES.c.last_seen.is_(None), _NODES.c.last_seen < bindparam("b_seen", type_=UtcDateTime())),
+                bindparam("b_seen", type_=UtcDateTime()),
+            ),
+            else_=_NODES.c.last_seen,
+        ),
+    )
+)
+
+
+def _fast_forward(conn: Connection, node: str, first: int, last: int, count: int, seen: datetime) -> bool:
+    """The common case in one statement: the batch holds a node's next seqs as one unbroken run
+    and no gap is open, so its contiguous seq simply moves to the run's end. Returns False (nothing
+    changed) when that does not hold; the general path then works it out."""
+    if last - first + 1 != count:
+        return False
+    result = conn.execute(_FAST_FORWARD, {"b_id": node, "b_prev": first - 1, "b_last": last, "b_seen": seen})
+    return bool(result.rowcount)
+
+
+def _lock_nodes(conn: Connection, nodes: Iterable[str]) -> list[str]:
     """Lock node rows in one fixed order before updating them: two workers (or a batch and the gap
     check) that touch the same nodes then queue behind each other instead of deadlocking.
-    PostgreSQL only; SQLite has a single writer and ignores FOR UPDATE."""
-    conn.execute(select(_NODES.c.id).where(_NODES.c.id.in_(list(nodes))).order_by(_NODES.c.id).with_for_update()).all()
+    PostgreSQL only; SQLite has a single writer and ignores FOR UPDATE. Returns the ids that exist."""
+    stmt = select(_NODES.c.id).where(_NODES.c.id.in_(sorted(nodes))).order_by(_NODES.c.id).with_for_update()
+    return list(conn.execute(stmt).scalars())
 
 
 def _birth(conn: Connection, env: Envelope, item: Incoming) -> bool:
