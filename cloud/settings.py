@@ -33,7 +33,8 @@ class Settings(BaseSettings):
     """Also this worker's host id (its MQTT client id and host-state topic)."""
     BROKER_PASSWORD: SecretStr = SecretStr(DEFAULT_BROKER_PASSWORD)
     ENV: Literal["development", "production"] = "development"
-    KEEPALIVE_S: int = Field(default=10, ge=2, le=300)
+    # Boxes learn that this worker is gone (its retained state turns offline) within 1.5 x this.
+    KEEPALIVE_S: int = Field(default=10, ge=5, le=300)
     WORKER_SESSION_EXPIRY_S: int = Field(default=300, ge=0)
     GAP_GRACE_S: float = Field(default=5.0, gt=0)
     BATCH_MAX: int = Field(default=500, ge=1, le=10_000)
@@ -41,6 +42,13 @@ class Settings(BaseSettings):
     # quiet bus commits each message at once and a busy one builds large batches by itself.
     # Measured: a fixed 5 ms linger raised p99 box->database at 500 msg/s from ~13 ms to ~23 ms.
     BATCH_WAIT_MS: float = Field(default=0, ge=0)
+    CATALOGUE_DIR: str = "var/catalogue"
+    """Images, thumbnails, sync files (content-addressed) and import reports."""
+    CATALOGUE_DELTA_KEEP: int = Field(default=16, ge=1, le=1000)
+    """Deltas published with each catalogue version (from each of the previous N versions); a box
+    further behind takes the snapshot."""
+    CATALOGUE_POLL_S: float = Field(default=2.0, gt=0, le=3600)
+    """How often the serving process looks for a new catalogue version to announce."""
 
     @field_validator("BROKER_URL")
     @classmethod

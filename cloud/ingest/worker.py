@@ -22,7 +22,7 @@ import paho.mqtt.client as paho
 from sqlalchemy import Engine, text
 
 from broker import topics
-from broker.client import BusAuthError, BusError, JitteredBackoff, MqttConnection, Will
+from broker.client import BusAuthError, BusError, JitteredBackoff, MqttConnection, Will, keepalive_for_deadline
 from broker.envelope import Envelope, MessageType, encode
 from broker.payloads import HostStateData, RebirthData
 from cloud.ingest.stats import IngestStats
@@ -125,7 +125,9 @@ class IngestWorker:
             s.BROKER_PASSWORD.get_secret_value(),
             clean_start=False,
             session_expiry=s.WORKER_SESSION_EXPIRY_S,
-            keepalive=s.KEEPALIVE_S,
+            # Like a box: sized so that the broker publishes our offline state within 1.5 x
+            # KEEPALIVE_S even with Mosquitto 2.0's coarse keep-alive sweep.
+            keepalive=keepalive_for_deadline(1.5 * s.KEEPALIVE_S),
             will=will,
             manual_ack=True,
             on_message=self._on_message,
