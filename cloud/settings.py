@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     # quiet bus commits each message at once and a busy one builds large batches by itself.
     # Measured: a fixed 5 ms linger raised p99 box->database at 500 msg/s from ~13 ms to ~23 ms.
     BATCH_WAIT_MS: float = Field(default=0, ge=0)
+    # Console sign-in (cloud.access): lockout after repeated failures, session lifetime.
+    LOGIN_MAX_FAILURES: int = Field(default=5, ge=1, le=100)
+    LOGIN_LOCKOUT_S: int = Field(default=900, ge=1)
+    SESSION_TTL_S: int = Field(default=12 * 3600, ge=60)
+    COOKIE_SECURE: bool | None = None
+    """Secure session cookies; default: on, except over plain http in development."""
     CATALOGUE_DIR: str = "var/catalogue"
     """Images, thumbnails, sync files (content-addressed) and import reports."""
     CATALOGUE_DELTA_KEEP: int = Field(default=16, ge=1, le=1000)

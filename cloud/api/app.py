@@ -11,7 +11,13 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from sqlalchemy import Engine
 
+from cloud import console
+from cloud.access import api as access_api
+from cloud.access.service import access_policy
+from cloud.access.web import install_error_handlers
 from cloud.api import health, nodes, regions, stores
+from cloud.catalogue import api as catalogue_api
+from cloud.catalogue.sync import start_publisher
 from cloud.db import make_engine, make_sessionmaker
 from cloud.ingest import IngestWorker
 from cloud.settings import Settings
@@ -33,15 +39,24 @@ def create_app(settings: Settings, *, run_worker: bool, engine: Engine | None = 
         eng = make_engine(settings.DATABASE_URL) if engine is None else engine
         app.state.engine = eng
         app.state.sessionmaker = make_sessionmaker(eng)
+        app.state.access_policy = access_policy(settings)
+        app.state.settings = settings
         app.state.worker = None
         task: asyncio.Task[None] | None = None
+        app.state.catalogue_dir = settings.CATALOGUE_DIR
+        app.state.catalogue_publisher = None
+        catalogue_task: asyncio.Task[None] | None = None
         if run_worker:
             worker = IngestWorker(settings, eng)
             app.state.worker = worker
             task = asyncio.create_task(worker.run(), name="ingest-worker")
+            catalogue_task = start_publisher(app, settings, eng, worker)
         try:
             yield
         finally:
+            if catalogue_task is not None:
+                catalogue_task.cancel()
+                await asyncio.gather(catalogue_task, return_exceptions=True)
             if task is not None:
                 await app.state.worker.stop()
                 await task
@@ -58,4 +73,8 @@ def create_app(settings: Settings, *, run_worker: bool, engine: Engine | None = 
     )
     for module in (health, nodes, stores, regions):
         app.include_router(module.router)
+    app.include_router(catalogue_api.router)
+    app.include_router(access_api.router)
+    install_error_handlers(app)
+    console.mount(app)
     return app

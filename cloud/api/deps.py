@@ -9,7 +9,11 @@ from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from cloud.access.scope import Perm, Principal
+from cloud.access.web import PrincipalDep, require
 from cloud.ingest import IngestWorker
+
+__all__ = ["EngineDep", "FleetReader", "PrincipalDep", "SessionDep", "WorkerDep"]
 
 
 def get_engine(request: Request) -> Engine:
@@ -30,3 +34,5 @@ def get_worker(request: Request) -> IngestWorker | None:
 EngineDep = Annotated[Engine, Depends(get_engine)]
 SessionDep = Annotated[Session, Depends(get_session)]
 WorkerDep = Annotated[IngestWorker | None, Depends(get_worker)]
+FleetReader = Annotated[Principal, Depends(require(Perm.FLEET))]
+"""Any principal whose role may read regions, stores and nodes; scope via `principal.scope`."""

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, status
-from sqlalchemy import select
-from sqlalchemy.orm import joinedload
+from fastapi import APIRouter, status
 
-from cloud.api.deps import SessionDep
+from cloud.access.scope import get_node as scoped_node
+from cloud.access.scope import visible_nodes
+from cloud.api.deps import FleetReader, SessionDep
 from cloud.api.schemas import NodeDetail, NodePublic, Problem
 from cloud.models import Node
 
@@ -23,14 +23,13 @@ def _fields(node: Node) -> dict[str, Any]:
 
 
 @router.get("", response_model=list[NodePublic])
-def list_nodes(session: SessionDep) -> list[NodePublic]:
-    nodes = session.scalars(select(Node).options(joinedload(Node.store)).order_by(Node.id))
+def list_nodes(session: SessionDep, principal: FleetReader) -> list[NodePublic]:
+    nodes = visible_nodes(session, principal.scope)
     return [NodePublic.model_validate(_fields(n)) for n in nodes]
 
 
 @router.get("/{node_id}", response_model=NodeDetail, responses={status.HTTP_404_NOT_FOUND: {"model": Problem}})
-def get_node(node_id: str, session: SessionDep) -> NodeDetail:
-    node = session.scalars(select(Node).options(joinedload(Node.store)).where(Node.id == node_id)).one_or_none()
-    if node is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"No node {node_id!r}: it has never sent a message and is not seeded")
+def get_node(node_id: str, session: SessionDep, principal: FleetReader) -> NodeDetail:
+    # Unknown and out-of-scope answer the same 404 (raised by the scope layer).
+    node = scoped_node(session, principal.scope, node_id)
     return NodeDetail.model_validate(_fields(node))

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
+from cloud.access.bootstrap import create_api_key
 from cloud.api import create_app
 from cloud.seed import DEMO_STORES, seed
 from cloud.settings import Settings
@@ -26,8 +27,9 @@ def poll(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition
 
 def test_read_endpoints(engine: Engine) -> None:
     seed(engine)
+    auth = {"Authorization": f"Bearer {create_api_key(engine, 'reader', 'hq')}"}
     settings = Settings(DATABASE_URL=engine.url.render_as_string(hide_password=False))
-    with TestClient(create_app(settings, run_worker=False, engine=engine)) as client:
+    with TestClient(create_app(settings, run_worker=False, engine=engine), headers=auth) as client:
         regions = client.get("/regions").json()
         assert [r["code"] for r in regions] == ["east", "south"]
 
@@ -71,13 +73,14 @@ def test_health_is_503_when_the_database_is_unreachable() -> None:
 
 def test_in_process_worker_feeds_the_api(broker: Broker, engine: Engine) -> None:
     settings: Settings = asyncio.run(cloud_settings(broker, engine))
+    auth = {"Authorization": f"Bearer {create_api_key(engine, 'reader', 'hq')}"}
 
     async def birth() -> None:
         async with box(broker, "st0001-k1") as b:
             b.session = 7
             await b.birth()
 
-    with TestClient(create_app(settings, run_worker=True, engine=engine)) as client:
+    with TestClient(create_app(settings, run_worker=True, engine=engine), headers=auth) as client:
         poll(lambda: (client.get("/health").json()["worker"] or {}).get("connected") is True, what="worker connected")
         asyncio.run(birth())
         poll(lambda: client.get("/nodes/st0001-k1").status_code == 200, what="node registered")

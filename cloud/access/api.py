@@ -1,0 +1,182 @@
+"""REST endpoints of cloud.access: /me, /users, /api-keys, /audit (admin / hq, audited)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from cloud.access import service
+from cloud.access.models import NAME_MAX, USERNAME_MAX, ApiKey, AuditEntry, User
+from cloud.access.scope import Perm, Principal, Role
+from cloud.access.web import PrincipalDep, require, via
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["access"])
+UsersAdmin = Annotated[Principal, Depends(require(Perm.USERS))]
+AuditReader = Annotated[Principal, Depends(require(Perm.AUDIT))]
+
+Codes = Annotated[list[Annotated[str, Field(min_length=1, max_length=32)]], Field(max_length=500)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Me(BaseModel):
+    kind: str
+    name: str
+    role: Role
+    regions: list[str]
+    stores: list[str]
+
+
+class UserCreate(Strict):
+    username: str = Field(min_length=1, max_length=USERNAME_MAX)
+    password: str = Field(min_length=service.PASSWORD_MIN, max_length=service.PASSWORD_MAX)
+    role: Role
+    regions: Codes = []
+    stores: Codes = []
+
+
+class UserUpdate(Strict):
+    active: bool
+
+
+class UserPublic(BaseModel):
+    username: str
+    role: str
+    active: bool
+    regions: list[str]
+    stores: list[str]
+    locked_until: datetime | None
+    created_at: datetime
+
+
+class ApiKeyCreate(Strict):
+    name: str = Field(min_length=1, max_length=NAME_MAX)
+    role: Role
+    regions: Codes = []
+    stores: Codes = []
+    expires_at: datetime | None = None
+
+
+class ApiKeyPublic(BaseModel):
+    name: str
+    prefix: str
+    role: str
+    regions: list[str]
+    stores: list[str]
+    created_at: datetime
+    created_by: str
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyPublic):
+    secret: str
+    """`osk_…`: send as `Authorization: Bearer <secret>`. Shown only in this answer."""
+
+
+class AuditPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    object_type: str
+    object_id: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    detail: str | None
+    via: str
+
+
+def _user(u: User) -> UserPublic:
+    return UserPublic(
+        username=u.username, role=u.role, active=u.active, regions=[r.code for r in u.regions],
+        stores=[s.code for s in u.stores], locked_until=u.locked_until, created_at=u.created_at,
+    )
+
+
+def _key(k: ApiKey) -> dict[str, Any]:
+    return {
+        "name": k.name, "prefix": k.prefix, "role": k.role, "regions": [r.code for r in k.regions],
+        "stores": [s.code for s in k.stores], "created_at": k.created_at, "created_by": k.created_by,
+        "expires_at": k.expires_at, "revoked_at": k.revoked_at,
+    }
+
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {status.HTTP_404_NOT_FOUND: {"description": "unknown name"}}
+
+
+@router.get("/me", response_model=Me)
+def me(principal: PrincipalDep) -> Me:
+    return Me(kind=principal.kind, name=principal.name, role=principal.role,
+              regions=list(principal.region_codes), stores=list(principal.store_codes))
+
+
+@router.get("/users", response_model=list[UserPublic])
+def list_users(request: Request, _p: UsersAdmin) -> list[UserPublic]:
+    with request.app.state.sessionmaker() as session:
+        return [_user(u) for u in service.list_users(session)]
+
+
+@router.post("/users", response_model=UserPublic, status_code=status.HTTP_201_CREATED)
+def create_user(body: UserCreate, request: Request, principal: UsersAdmin) -> UserPublic:
+    with service.write_session(request.app.state.engine) as session, session.begin():
+        user = service.create_user(
+            session, principal.actor, body.username, body.password, body.role.value,
+            regions=body.regions, stores=body.stores, via=via(request),
+        )
+        return _user(user)
+
+
+@router.patch("/users/{username}", response_model=UserPublic, responses=NOT_FOUND)
+def update_user(username: str, body: UserUpdate, request: Request, principal: UsersAdmin) -> UserPublic:
+    with service.write_session(request.app.state.engine) as session, session.begin():
+        return _user(service.set_user_active(session, principal.actor, username, body.active, via=via(request)))
+
+
+@router.get("/api-keys", response_model=list[ApiKeyPublic])
+def list_keys(request: Request, _p: UsersAdmin) -> list[ApiKeyPublic]:
+    with request.app.state.sessionmaker() as session:
+        return [ApiKeyPublic(**_key(k)) for k in service.list_api_keys(session)]
+
+
+@router.post("/api-keys", response_model=ApiKeyCreated, status_code=status.HTTP_201_CREATED)
+def create_key(body: ApiKeyCreate, request: Request, principal: UsersAdmin) -> ApiKeyCreated:
+    with service.write_session(request.app.state.engine) as session, session.begin():
+        key, secret = service.create_api_key(
+            session, principal.actor, body.name, body.role.value, regions=body.regions, stores=body.stores,
+            expires_at=body.expires_at, via=via(request),
+        )
+        return ApiKeyCreated(**_key(key), secret=secret)
+
+
+@router.delete("/api-keys/{name}", response_model=ApiKeyPublic, responses=NOT_FOUND)
+def revoke_key(name: str, request: Request, principal: UsersAdmin) -> ApiKeyPublic:
+    with service.write_session(request.app.state.engine) as session, session.begin():
+        return ApiKeyPublic(**_key(service.revoke_api_key(session, principal.actor, name, via=via(request))))
+
+
+@router.get("/audit", response_model=list[AuditPublic])
+def list_audit(
+    request: Request,
+    _p: AuditReader,
+    actor: Annotated[str | None, Query(max_length=120, description="username, or user:NAME / key:NAME")] = None,
+    object_type: Annotated[str | None, Query(max_length=32)] = None,
+    object_id: Annotated[str | None, Query(max_length=128)] = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> list[AuditPublic]:
+    with request.app.state.sessionmaker() as session:
+        rows: list[AuditEntry] = list(service.list_audit(
+            session, actor=actor, object_type=object_type, object_id=object_id, since=since, until=until, limit=limit
+        ))
+        return [AuditPublic.model_validate(r) for r in rows]

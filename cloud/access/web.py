@@ -1,0 +1,141 @@
+"""FastAPI glue: who is asking (bearer API key or console session cookie), permissions, errors.
+
+Routers depend on `PrincipalDep` (any signed-in principal) or `require(Perm.X)`, then pass
+`principal.scope` to the service layer. Cookie-authenticated requests that change something must
+carry the session's CSRF token (form field `csrf_token` or header `X-CSRF-Token`); bearer requests
+need none, since a browser never attaches them by itself.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
+
+from cloud.access import service
+from cloud.access.scope import Forbidden, NotFound, Perm, Principal
+
+__all__ = [
+    "COOKIE",
+    "PrincipalDep",
+    "check_csrf",
+    "install_error_handlers",
+    "optional_principal",
+    "policy",
+    "require",
+    "require_principal",
+]
+
+COOKIE = "omnishelf_session"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class NotSignedIn(Exception):
+    """No valid credentials; the console turns this into a redirect, the API into a 401."""
+
+
+def policy(request: Request) -> service.Policy:
+    p: service.Policy = getattr(request.app.state, "access_policy", None) or service.Policy()
+    return p
+
+
+def optional_principal(request: Request) -> Principal | None:
+    """The principal of this request, or None; cached on the request (one lookup per request)."""
+    if hasattr(request.state, "principal"):
+        cached: Principal | None = request.state.principal
+        return cached
+    principal: Principal | None = None
+    auth = request.headers.get("authorization", "")
+    with request.app.state.sessionmaker() as session:
+        if auth:
+            scheme, _, token = auth.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                principal = service.principal_for_key(session, token.strip())
+            request.state.via = "api"
+        else:
+            cookie = request.cookies.get(COOKIE)
+            if cookie:
+                principal = service.principal_for_session(session, cookie)
+            request.state.via = "console"
+    request.state.principal = principal
+    return principal
+
+
+def require_principal(request: Request) -> Principal:
+    principal = optional_principal(request)
+    if principal is None:
+        raise NotSignedIn()
+    if request.method not in SAFE_METHODS and principal.kind == "user":
+        # The API is also reachable with the console cookie: a state change then needs the token.
+        check_csrf(principal, request.headers.get("x-csrf-token"))
+    return principal
+
+
+def check_csrf(principal: Principal, token: str | None) -> None:
+    expected = principal.csrf_token or ""
+    if not token or not expected or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "CSRF token missing or wrong: reload the page and try again")
+
+
+def require(perm: Perm) -> Callable[[Request], Principal]:
+    """A dependency: the principal, if its role has `perm` (else 403)."""
+
+    def dep(request: Request) -> Principal:
+        principal = require_principal(request)
+        principal.require(perm)
+        return principal
+
+    dep.__name__ = f"require_{perm.value}"
+    return dep
+
+
+PrincipalDep = Annotated[Principal, Depends(require_principal)]
+
+
+def via(request: Request) -> str:
+    v: str = getattr(request.state, "via", "api")
+    return v
+
+
+def write_session(request: Request) -> Session:
+    return service.write_session(request.app.state.engine)
+
+
+def _problem(code: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=code, headers=headers)
+
+
+def install_error_handlers(app: FastAPI, *, console_prefix: str = "/console") -> None:
+    """Map the service layer's errors to HTTP answers (once, for API and console alike)."""
+    from fastapi.responses import RedirectResponse
+
+    async def not_signed_in(request: Request, _exc: Exception) -> Any:
+        if request.url.path.startswith(console_prefix):
+            return RedirectResponse(f"{console_prefix}/login?next={request.url.path}", status.HTTP_303_SEE_OTHER)
+        return _problem(
+            status.HTTP_401_UNAUTHORIZED,
+            "Not authenticated: send 'Authorization: Bearer osk_…' with a valid, unrevoked, unexpired API key",
+            {"WWW-Authenticate": "Bearer"},
+        )
+
+    async def not_found(_request: Request, exc: Exception) -> Any:
+        return _problem(status.HTTP_404_NOT_FOUND, str(exc))
+
+    async def forbidden(_request: Request, exc: Exception) -> Any:
+        return _problem(status.HTTP_403_FORBIDDEN, str(exc))
+
+    async def bad_input(_request: Request, exc: Exception) -> Any:
+        assert isinstance(exc, service.InputError)
+        return _problem(
+            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            [{"loc": ["body", exc.field], "msg": exc.message, "type": "value_error"}],
+        )
+
+    app.add_exception_handler(NotSignedIn, not_signed_in)
+    app.add_exception_handler(NotFound, not_found)
+    app.add_exception_handler(Forbidden, forbidden)
+    app.add_exception_handler(service.InputError, bad_input)

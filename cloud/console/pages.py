@@ -1,0 +1,408 @@
+"""Console pages: sign-in/out, fleet (live), store, devices, users, API keys, audit, placeholders.
+
+Every handler gets its principal from `console_user(perm)` and its rows from the scope layer;
+every form post checks the session's CSRF token before anything else.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Form, Query, Request, status
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from jinja2 import ChoiceLoader, FileSystemLoader
+
+from cloud.access import service
+from cloud.access.models import NAME_MAX, USERNAME_MAX
+from cloud.access.scope import (
+    NotFound,
+    Perm,
+    Principal,
+    Role,
+    get_store,
+    visible_nodes,
+    visible_regions,
+    visible_stores,
+)
+from cloud.access.web import COOKIE, check_csrf, optional_principal, policy, require
+from cloud.console import nav
+from cloud.models import Node, Store
+
+__all__ = ["add_template_dir", "console_user", "render", "router"]
+
+router = APIRouter(prefix="/console", include_in_schema=False)
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+LOGIN_CSRF_COOKIE = "omnishelf_login_csrf"
+
+
+def add_template_dir(path: Path) -> None:
+    """Let an engine's templates extend `base.html` (its directory is searched first)."""
+    loader = templates.env.loader
+    templates.env.loader = ChoiceLoader([FileSystemLoader(str(path)), *([loader] if loader else [])])
+
+
+def console_user(perm: Perm) -> Callable[[Request], Principal]:
+    """Dependency for a console page: the signed-in user allowed `perm` (else redirect / 403)."""
+    return require(perm)
+
+
+def render(request: Request, template: str, principal: Principal, status_code: int = 200, **context: Any) -> HTMLResponse:
+    context |= {"me": principal, "nav": nav.visible(principal), "csrf": principal.csrf_token or ""}
+    return templates.TemplateResponse(request, template, context, status_code=status_code)
+
+
+def _secure(request: Request) -> bool:
+    settings = getattr(request.app.state, "settings", None)
+    if settings is not None and settings.COOKIE_SECURE is not None:
+        return bool(settings.COOKIE_SECURE)
+    development = settings is None or settings.ENV == "development"
+    return not (development and request.url.scheme == "http")
+
+
+def _form_principal(perm: Perm) -> Callable[..., Principal]:
+    """A form post's principal: signed in, allowed `perm`, and the form's CSRF token is the session's."""
+    def check(request: Request, csrf_token: Annotated[str, Form(max_length=200)] = "") -> Principal:
+        principal = optional_principal(request)
+        if principal is None or principal.kind != "user":
+            from cloud.access.web import NotSignedIn
+
+            raise NotSignedIn()
+        check_csrf(principal, csrf_token)
+        principal.require(perm)
+        return principal
+
+    return check
+
+
+Fleet = Annotated[Principal, Depends(console_user(Perm.FLEET))]
+Business = Annotated[Principal, Depends(console_user(Perm.BUSINESS))]
+UsersAdmin = Annotated[Principal, Depends(console_user(Perm.USERS))]
+AuditReader = Annotated[Principal, Depends(console_user(Perm.AUDIT))]
+UsersForm = Annotated[Principal, Depends(_form_principal(Perm.USERS))]
+AnyForm = Annotated[Principal, Depends(_form_principal(Perm.FLEET))]
+
+
+# -- sign-in -----------------------------------------------------------------------------------------
+
+
+@router.get("", response_class=RedirectResponse)
+@router.get("/", response_class=RedirectResponse)
+def home(request: Request) -> Response:
+    principal = optional_principal(request)
+    if principal is None:
+        return RedirectResponse("/console/login", status.HTTP_303_SEE_OTHER)
+    first = nav.visible(principal)
+    return RedirectResponse(first[0].path if first else "/console/login", status.HTTP_303_SEE_OTHER)
+
+
+def _login_page(request: Request, *, error: str | None = None, next_: str = "", code: int = 200) -> HTMLResponse:
+    token = secrets.token_urlsafe(32)
+    response = templates.TemplateResponse(
+        request, "login.html", {"login_csrf": token, "error": error, "next": next_}, status_code=code
+    )
+    # Login CSRF: the form's token must equal this cookie (double submit), so another site cannot
+    # sign a victim in to an account of its choosing.
+    response.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", secure=_secure(request),
+                        path="/console/login")
+    return response
+
+
+def _safe_next(next_: str) -> str:
+    return next_ if next_.startswith("/console/") and not next_.startswith("//") else "/console/"
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request, next: Annotated[str, Query(max_length=500)] = "") -> HTMLResponse:
+    return _login_page(request, next_=next)
+
+
+@router.post("/login", response_class=HTMLResponse)
+def login(
+    request: Request,
+    username: Annotated[str, Form(max_length=USERNAME_MAX)] = "",
+    password: Annotated[str, Form(max_length=service.PASSWORD_MAX)] = "",
+    csrf_token: Annotated[str, Form(max_length=200)] = "",
+    next: Annotated[str, Form(max_length=500)] = "",
+) -> Response:
+    cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+    if not csrf_token or not cookie or not secrets.compare_digest(csrf_token, cookie):
+        return _login_page(request, error="The form expired or was not sent by this page: please sign in again.",
+                           next_=next, code=status.HTTP_403_FORBIDDEN)
+    pol = policy(request)
+    with service.write_session(request.app.state.engine) as session, session.begin():
+        try:
+            user = service.authenticate(session, username.strip(), password, pol)
+        except service.LockedOut as exc:
+            error = f"Account locked after repeated failed sign-ins: {exc}."
+            return _login_page(request, error=error, next_=next, code=status.HTTP_429_TOO_MANY_REQUESTS)
+        token = service.start_session(session, user, pol) if user is not None else None
+    if token is None:
+        return _login_page(request, error="Wrong username or password.", next_=next, code=status.HTTP_401_UNAUTHORIZED)
+    response = RedirectResponse(_safe_next(next), status.HTTP_303_SEE_OTHER)
+    response.set_cookie(COOKIE, token, max_age=int(pol.session_ttl.total_seconds()), httponly=True, samesite="lax",
+                        secure=_secure(request), path="/")
+    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/console/login")
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request, principal: AnyForm) -> Response:
+    with service.write_session(request.app.state.engine) as session, session.begin():
+        service.end_session(session, principal)
+    response = RedirectResponse("/console/login", status.HTTP_303_SEE_OTHER)
+    response.delete_cookie(COOKIE, path="/")
+    return response
+
+
+# -- fleet -------------------------------------------------------------------------------------------
+
+
+def _node_state(n: Node) -> dict[str, Any]:
+    return {
+        "id": n.id,
+        "store": n.store.code if n.store else None,
+        "online": n.online,
+        "last_seen": n.last_seen.isoformat(timespec="seconds") if n.last_seen else None,
+        "software_version": n.software_version,
+        "config_hash": n.config_hash,
+    }
+
+
+def store_map(stores: Sequence[Store], online: dict[int, tuple[int, int]], width: int = 640, height: int = 420) -> dict[str, Any]:
+    """Stores projected into an SVG viewBox (equirectangular, scaled by cos(latitude)): no tiles, no internet."""
+    if not stores:
+        return {"width": width, "height": height, "points": []}
+    lats = [s.lat for s in stores]
+    lons = [s.lon for s in stores]
+    k = math.cos(math.radians(sum(lats) / len(lats)))
+    min_x, max_x = min(lons) * k, max(lons) * k
+    min_y, max_y = min(lats), max(lats)
+    span = max(max_x - min_x, max_y - min_y, 0.5)
+    pad = 60
+    scale = min((width - 2 * pad) / span, (height - 2 * pad) / span)
+    cx, cy = (min_x + max_x) / 2, (min_y + max_y) / 2
+    points = []
+    for s in stores:
+        up, total = online.get(s.id, (0, 0))
+        state = "none" if total == 0 else ("online" if up == total else ("offline" if up == 0 else "partial"))
+        points.append({
+            "code": s.code, "name": s.name, "state": state, "up": up, "total": total,
+            "x": round(width / 2 + (s.lon * k - cx) * scale, 1),
+            "y": round(height / 2 - (s.lat - cy) * scale, 1),
+        })
+    return {"width": width, "height": height, "points": points}
+
+
+def _fleet(request: Request, principal: Principal, region: str, q: str, state: str) -> dict[str, Any]:
+    with request.app.state.sessionmaker() as session:
+        regions = visible_regions(session, principal.scope)
+        stores = visible_stores(session, principal.scope, region_code=region or None, q=q or None)
+        nodes = visible_nodes(session, principal.scope, store_ids=[s.id for s in stores])
+        if principal.scope.all and not region and not q:
+            unassigned = [n for n in visible_nodes(session, principal.scope) if n.store_id is None]
+        else:
+            unassigned = []
+    if state in ("online", "offline"):
+        nodes = [n for n in nodes if n.online == (state == "online")]
+        unassigned = [n for n in unassigned if n.online == (state == "online")]
+    by_store: dict[int, list[Node]] = {}
+    for n in nodes:
+        by_store.setdefault(n.store_id or 0, []).append(n)
+    counts = {sid: (sum(n.online for n in ns), len(ns)) for sid, ns in by_store.items()}
+    tree = []
+    for r in regions:
+        rs = [s for s in stores if s.region_id == r.id]
+        if rs:
+            tree.append({"region": r, "stores": [{"store": s, "nodes": by_store.get(s.id, [])} for s in rs]})
+    all_nodes = [*nodes, *unassigned]
+    return {
+        "regions": regions, "tree": tree, "unassigned": unassigned, "map": store_map(stores, counts),
+        "online": sum(n.online for n in all_nodes), "total": len(all_nodes),
+        "filters": {"region": region, "q": q, "state": state},
+    }
+
+
+FilterStr = Annotated[str, Query(max_length=100)]
+
+
+@router.get("/fleet", response_class=HTMLResponse)
+def fleet(request: Request, principal: Fleet, region: FilterStr = "", q: FilterStr = "", state: FilterStr = "") -> HTMLResponse:
+    return render(request, "fleet.html", principal, **_fleet(request, principal, region, q, state))
+
+
+@router.get("/fleet/state.json")
+def fleet_state(request: Request, principal: Fleet) -> JSONResponse:
+    """What the fleet page polls: every visible node's live fields (no reload needed)."""
+    with request.app.state.sessionmaker() as session:
+        nodes = visible_nodes(session, principal.scope)
+        body = {"nodes": [_node_state(n) for n in nodes], "at": datetime.now(UTC).isoformat(timespec="seconds")}
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+
+@router.get("/stores/{code}", response_class=HTMLResponse)
+def store_page(request: Request, principal: Fleet, code: str) -> HTMLResponse:
+    with request.app.state.sessionmaker() as session:
+        try:
+            store = get_store(session, principal.scope, code[:64])
+        except NotFound as exc:
+            return render(request, "error.html", principal, status_code=404, message=str(exc))
+        nodes = visible_nodes(session, principal.scope, store_ids=[store.id])
+        counts = {store.id: (sum(n.online for n in nodes), len(nodes))}
+        return render(request, "store.html", principal, store=store, nodes=nodes, map=store_map([store], counts))
+
+
+@router.get("/devices", response_class=HTMLResponse)
+def devices(request: Request, principal: Fleet) -> HTMLResponse:
+    with request.app.state.sessionmaker() as session:
+        nodes = visible_nodes(session, principal.scope)
+        rows = [(n, d) for n in nodes for d in (n.devices or [])]
+        return render(request, "devices.html", principal, rows=rows, nodes=nodes)
+
+
+def _placeholder(key: str) -> Callable[[Request, Principal], HTMLResponse]:
+    def page(request: Request, principal: Business) -> HTMLResponse:
+        return render(request, "placeholder.html", principal, key=key, text=nav.PLACEHOLDERS.get(key, ""))
+
+    page.__name__ = f"{key}_page"
+    return page
+
+
+for _key in list(nav.PLACEHOLDERS):
+    router.add_api_route(f"/{_key}", _placeholder(_key), response_class=HTMLResponse, methods=["GET"])
+
+
+# -- users and API keys ------------------------------------------------------------------------------
+
+
+def _users_page(request: Request, principal: Principal, *, error: str | None = None, code: int = 200,
+                form: dict[str, Any] | None = None) -> HTMLResponse:
+    with request.app.state.sessionmaker() as session:
+        return render(request, "users.html", principal, status_code=code, users=service.list_users(session),
+                      regions=visible_regions(session, principal.scope),
+                      stores=visible_stores(session, principal.scope), roles=list(Role), error=error, form=form or {})
+
+
+@router.get("/users", response_class=HTMLResponse)
+def users(request: Request, principal: UsersAdmin) -> HTMLResponse:
+    return _users_page(request, principal)
+
+
+@router.post("/users", response_class=HTMLResponse)
+def users_create(
+    request: Request,
+    principal: UsersForm,
+    username: Annotated[str, Form()] = "",
+    password: Annotated[str, Form()] = "",
+    role: Annotated[str, Form()] = "",
+    regions: Annotated[list[str] | None, Form()] = None,
+    stores: Annotated[list[str] | None, Form()] = None,
+) -> Response:
+    form = {"username": username[:200], "role": role[:20], "regions": regions or [], "stores": stores or []}
+    try:
+        with service.write_session(request.app.state.engine) as session, session.begin():
+            service.create_user(session, principal.actor, username.strip(), password, role, regions=regions or [],
+                                stores=stores or [], via="console")
+    except service.InputError as exc:
+        return _users_page(request, principal, error=str(exc), code=422, form=form)
+    return RedirectResponse("/console/users", status.HTTP_303_SEE_OTHER)
+
+
+@router.post("/users/{username}/active", response_class=HTMLResponse)
+def users_active(request: Request, principal: UsersForm, username: str,
+                 active: Annotated[str, Form(max_length=5)] = "") -> Response:
+    try:
+        with service.write_session(request.app.state.engine) as session, session.begin():
+            service.set_user_active(session, principal.actor, username[:USERNAME_MAX + 1], active == "1", via="console")
+    except NotFound as exc:
+        return _users_page(request, principal, error=str(exc), code=404)
+    return RedirectResponse("/console/users", status.HTTP_303_SEE_OTHER)
+
+
+def _keys_page(request: Request, principal: Principal, *, error: str | None = None, code: int = 200,
+               secret: str | None = None, created: str | None = None) -> HTMLResponse:
+    with request.app.state.sessionmaker() as session:
+        return render(request, "api_keys.html", principal, status_code=code, keys=service.list_api_keys(session),
+                      regions=visible_regions(session, principal.scope), stores=visible_stores(session, principal.scope),
+                      roles=[r for r in Role if r is not Role.ADMIN], error=error, secret=secret, created=created)
+
+
+@router.get("/api-keys", response_class=HTMLResponse)
+def api_keys(request: Request, principal: UsersAdmin) -> HTMLResponse:
+    return _keys_page(request, principal)
+
+
+@router.post("/api-keys", response_class=HTMLResponse)
+def api_keys_create(
+    request: Request,
+    principal: UsersForm,
+    name: Annotated[str, Form()] = "",
+    role: Annotated[str, Form()] = "",
+    regions: Annotated[list[str] | None, Form()] = None,
+    stores: Annotated[list[str] | None, Form()] = None,
+    expires_days: Annotated[str, Form(max_length=10)] = "",
+) -> HTMLResponse:
+    try:
+        expires = None
+        if expires_days.strip():
+            if not expires_days.strip().isdigit() or int(expires_days) < 1:
+                raise service.InputError("expires_days", f"{expires_days!r} is not a whole number of days (1 or more)")
+            expires = datetime.now(UTC) + timedelta(days=int(expires_days))
+        with service.write_session(request.app.state.engine) as session, session.begin():
+            _key, secret = service.create_api_key(session, principal.actor, name, role, regions=regions or [],
+                                                  stores=stores or [], expires_at=expires, via="console")
+    except service.InputError as exc:
+        return _keys_page(request, principal, error=str(exc), code=422)
+    # The secret is shown in this one answer and never again (only its hash is stored).
+    response = _keys_page(request, principal, secret=secret, created=name.strip())
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@router.post("/api-keys/{name}/revoke", response_class=HTMLResponse)
+def api_keys_revoke(request: Request, principal: UsersForm, name: str) -> Response:
+    try:
+        with service.write_session(request.app.state.engine) as session, session.begin():
+            service.revoke_api_key(session, principal.actor, name[:NAME_MAX + 1], via="console")
+    except NotFound as exc:
+        return _keys_page(request, principal, error=str(exc), code=404)
+    return RedirectResponse("/console/api-keys", status.HTTP_303_SEE_OTHER)
+
+
+# -- audit -------------------------------------------------------------------------------------------
+
+
+def _when(value: str, field: str) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise service.InputError(field, f"{value!r} is not a date/time like 2026-11-24T09:00") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@router.get("/audit", response_class=HTMLResponse)
+def audit(
+    request: Request, principal: AuditReader, actor: FilterStr = "", object_type: FilterStr = "",
+    object_id: FilterStr = "", since: FilterStr = "", until: FilterStr = "",
+) -> HTMLResponse:
+    filters = {"actor": actor, "object_type": object_type, "object_id": object_id, "since": since, "until": until}
+    try:
+        start, end = _when(since, "since"), _when(until, "until")
+    except service.InputError as exc:
+        return render(request, "audit.html", principal, status_code=422, entries=[], filters=filters, error=str(exc))
+    with request.app.state.sessionmaker() as session:
+        entries = service.list_audit(session, actor=actor or None, object_type=object_type or None,
+                                     object_id=object_id or None, since=start, until=end)
+        return render(request, "audit.html", principal, entries=entries, filters=filters, error=None)
+
+
+def login_url(next_path: str) -> str:
+    return f"/console/login?next={quote(next_path)}"
