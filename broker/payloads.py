@@ -18,6 +18,7 @@ __all__ = [
     "AssignData",
     "BirthData",
     "CatalogData",
+    "CatalogFile",
     "CommandData",
     "ConfigData",
     "DeathData",
@@ -182,9 +183,27 @@ class ScheduleData(Payload):
     items: tuple[dict[str, Any], ...] = ()
 
 
+class CatalogFile(Payload):
+    """A catalogue sync file: fetched over HTTP from the cloud, verified against `sha256`."""
+
+    path: Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=r"^/[A-Za-z0-9/._\-]*$")]
+    """URL path on the cloud API, e.g. /catalogue/files/<sha256>."""
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    size: Count
+    from_version: Count = 0
+    """The version a delta applies to; 0 for a snapshot."""
+
+
 class CatalogData(Payload):
+    """The newest catalogue version (retained): the box fetches the delta from its own version,
+    or the snapshot when it is further behind than every delta offered."""
+
     version: Count
     delta_from: Count | None = None
+    region: Text | None = None
+    """The region whose price overrides apply to this box's store."""
+    snapshot: CatalogFile | None = None
+    deltas: Annotated[tuple[CatalogFile, ...], Field(max_length=1000)] = ()
 
 
 class CommandData(Payload):

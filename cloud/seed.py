@@ -109,6 +109,11 @@ def seed(engine: Engine) -> SeedResult:
             if sku not in skus:
                 session.add(Product(sku=sku, gtin=gtin, name_en=name_en, name_zh=name_zh, list_price=price))
                 added_products += 1
+        if added_products:
+            from cloud.catalogue.importer import stamp_unversioned
+
+            session.flush()
+            stamp_unversioned(session.connection(), "seed")
 
     result = SeedResult(added_regions, added_stores, added_nodes, added_products)
     log.info(

@@ -40,7 +40,12 @@ SAMPLES: dict[MessageType, p.Payload] = {
     ),
     MessageType.CONFIG: p.ConfigData(config_hash="cd" * 32, config={"node_id": "st0001-k1"}),
     MessageType.SCHEDULE: p.ScheduleData(version=3, valid_from=NOW, valid_until=NOW + timedelta(hours=48)),
-    MessageType.CATALOG: p.CatalogData(version=12, delta_from=11),
+    MessageType.CATALOG: p.CatalogData(
+        version=12,
+        region="east",
+        snapshot=p.CatalogFile(path="/catalogue/files/" + "a" * 64, sha256="a" * 64, size=1000),
+        deltas=(p.CatalogFile(path="/catalogue/files/" + "b" * 64, sha256="b" * 64, size=10, from_version=11),),
+    ),
     MessageType.COMMAND: p.CommandData(name="reboot", args={"delay_s": 5}),
     MessageType.REBIRTH: p.RebirthData(reason="seq gap", replay_from=17),
     MessageType.STATE: p.HostStateData(online=True),
