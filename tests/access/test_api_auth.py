@@ -21,7 +21,7 @@ PENDING_PREFIXES = ("/catalogue",)
 
 def api_routes(client: TestClient) -> list[tuple[str, str]]:
     """Every documented endpoint (the OpenAPI document is the list clients see)."""
-    out = []
+    out: list[tuple[str, str]] = []
     for path, ops in client.get("/openapi.json").json()["paths"].items():
         if path in PUBLIC or path.startswith(PENDING_PREFIXES):
             continue
