@@ -4,8 +4,8 @@
 VENV        ?= .venv
 PYTHON      ?= python3
 BIN         := $(VENV)/bin
-# Debian packages the demo and the tests need at run time.
-SYSTEM_PKGS := mosquitto mosquitto-clients
+# Debian packages the demo and the tests need at run time (chromium: the console's browser tests).
+SYSTEM_PKGS := mosquitto mosquitto-clients chromium
 
 .PHONY: demo test lint typecheck unit bench system-deps venv clean
 

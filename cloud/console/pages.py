@@ -169,35 +169,54 @@ def _node_state(n: Node) -> dict[str, Any]:
         "id": n.id,
         "store": n.store.code if n.store else None,
         "online": n.online,
-        "last_seen": n.last_seen.isoformat(timespec="seconds") if n.last_seen else None,
+        "last_seen": n.last_seen.strftime("%Y-%m-%d %H:%M:%S") if n.last_seen else None,
         "software_version": n.software_version,
         "config_hash": n.config_hash,
     }
 
 
 def store_map(stores: Sequence[Store], online: dict[int, tuple[int, int]], width: int = 640, height: int = 420) -> dict[str, Any]:
-    """Stores projected into an SVG viewBox (equirectangular, scaled by cos(latitude)): no tiles, no internet."""
+    """Stores projected into an SVG viewBox (equirectangular, scaled by cos(latitude)) with a degree
+    grid for orientation: drawn by the server, so no tiles and no internet are needed."""
     if not stores:
-        return {"width": width, "height": height, "points": []}
+        return {"width": width, "height": height, "points": [], "grid": []}
     lats = [s.lat for s in stores]
     lons = [s.lon for s in stores]
     k = math.cos(math.radians(sum(lats) / len(lats)))
     min_x, max_x = min(lons) * k, max(lons) * k
     min_y, max_y = min(lats), max(lats)
     span = max(max_x - min_x, max_y - min_y, 0.5)
-    pad = 60
+    pad = 70
     scale = min((width - 2 * pad) / span, (height - 2 * pad) / span)
     cx, cy = (min_x + max_x) / 2, (min_y + max_y) / 2
+
+    def x_of(lon: float) -> float:
+        return round(width / 2 + (lon * k - cx) * scale, 1)
+
+    def y_of(lat: float) -> float:
+        return round(height / 2 - (lat - cy) * scale, 1)
+
+    lat_lo, lat_hi = cy - height / 2 / scale, cy + height / 2 / scale
+    lon_lo, lon_hi = (cx - width / 2 / scale) / k, (cx + width / 2 / scale) / k
+    step = next(st for st in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 30) if (lat_hi - lat_lo) / st <= 8)
+    grid = []
+    for i in range(math.ceil(lat_lo / step), math.floor(lat_hi / step) + 1):
+        lat = round(i * step, 3)
+        grid.append({"x1": 0, "y1": y_of(lat), "x2": width, "y2": y_of(lat), "label": f"{lat:g}°N", "lx": 4, "ly": y_of(lat) - 3})
+    for i in range(math.ceil(lon_lo / step), math.floor(lon_hi / step) + 1):
+        lon = round(i * step, 3)
+        grid.append({"x1": x_of(lon), "y1": 0, "x2": x_of(lon), "y2": height, "label": f"{lon:g}°E", "lx": x_of(lon) + 3, "ly": height - 4})
     points = []
     for s in stores:
         up, total = online.get(s.id, (0, 0))
         state = "none" if total == 0 else ("online" if up == total else ("offline" if up == 0 else "partial"))
+        x, y = x_of(s.lon), y_of(s.lat)
+        right = x > width * 0.55  # label on the left of dots near the right edge, so it is not cut off
         points.append({
-            "code": s.code, "name": s.name, "state": state, "up": up, "total": total,
-            "x": round(width / 2 + (s.lon * k - cx) * scale, 1),
-            "y": round(height / 2 - (s.lat - cy) * scale, 1),
+            "code": s.code, "name": s.name, "state": state, "up": up, "total": total, "x": x, "y": y,
+            "tx": x - 16 if right else x + 16, "anchor": "end" if right else "start",
         })
-    return {"width": width, "height": height, "points": points}
+    return {"width": width, "height": height, "points": points, "grid": grid}
 
 
 def _fleet(request: Request, principal: Principal, region: str, q: str, state: str) -> dict[str, Any]:

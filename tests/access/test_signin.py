@@ -23,7 +23,7 @@ def _login(client: TestClient, username: str, password: str) -> int:
     assert token
     answer = client.post("/console/login", data={"username": username, "password": password, "csrf_token": token[1]},
                          follow_redirects=False)
-    return answer.status_code
+    return int(answer.status_code)
 
 
 def test_lockout_after_repeated_failures_refuses_even_the_right_password(world: World) -> None:
