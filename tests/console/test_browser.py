@@ -95,7 +95,7 @@ def test_console_in_chromium(broker: Broker, sqlite_engine: Engine, tmp_path: Pa
             state = page.locator('tr[data-node="st0001-k1"] [data-field="state"]')
             expect(state).to_have_text("online")
             expect(page.locator("#dot-st0001")).to_have_class("store-dot online")
-            expect(page.locator('tr[data-node="st0001-k1"] [data-field="software_version"]')).not_to_have_text("–")
+            expect(page.locator('tr[data-node="st0001-k1"] [data-field="software_version"]')).not_to_have_text("\N{EN DASH}")
             page.screenshot(path=str(IMG / "console-fleet.png"), full_page=True)
 
             # Stopping the box (SIGTERM: clean death) turns it offline, still without a reload.
@@ -136,8 +136,8 @@ def test_console_in_chromium(broker: Broker, sqlite_engine: Engine, tmp_path: Pa
             expect(page.locator('tr[data-user="mallory"]')).to_have_count(0)
 
             # Tablet portrait: one column, nothing cut off.
-            tablet = browser.new_page(viewport={"width": 768, "height": 1024})
-            tablet.context.add_cookies(page.context.cookies())
+            tablet = browser.new_context(viewport={"width": 768, "height": 1024},
+                                         storage_state=page.context.storage_state()).new_page()
             tablet.goto(f"{server.url}/console/fleet")
             expect(tablet.get_by_role("heading", name="Fleet")).to_be_visible()
             width = tablet.evaluate("document.documentElement.scrollWidth")
