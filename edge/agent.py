@@ -9,6 +9,7 @@ import os
 import signal
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from broker.client import BrokerAddress, JitteredBackoff
 from broker.envelope import Envelope, MessageType
@@ -17,6 +18,9 @@ from edge.bus import BusClient
 from edge.devices import Device, build_devices
 from edge.outbox import Outbox
 from firmware_config import PASSWORD_ENV, NodeConfig, config_hash
+
+if TYPE_CHECKING:
+    from edge.catalogue.service import CatalogueService
 
 __all__ = ["AgentConfigError", "EdgeAgent", "broker_password", "run_agent"]
 
@@ -57,6 +61,12 @@ class EdgeAgent:
         self.outbox: Outbox | None = None
         self.bus: BusClient | None = None
         self.devices: list[Device] = []
+        self.catalogue: CatalogueService | None = None
+        if config.catalogue.cloud_url:
+            # Imported only when configured: a box without a catalogue does not pay for it in memory.
+            from edge.catalogue.service import CatalogueService
+
+            self.catalogue = CatalogueService(config)
         self.ready = asyncio.Event()
         """Set once the outbox is open and the bus client exists (not necessarily connected)."""
         self._stop = asyncio.Event()
@@ -87,6 +97,10 @@ class EdgeAgent:
                 auth_failure_s=cfg.backoff.auth_failure_s,
             )
             bus.on_command(MessageType.COMMAND, self._on_command)
+            catalogue_task: asyncio.Task[None] | None = None
+            if self.catalogue is not None:
+                bus.on_command(MessageType.CATALOG, self.catalogue.on_command)
+                catalogue_task = asyncio.create_task(self.catalogue.run(), name="catalogue")
             self.devices = build_devices(cfg, bus)
             bus.devices = tuple(d.info for d in self.devices)
             log.info(
@@ -107,6 +121,9 @@ class EdgeAgent:
             await asyncio.gather(*device_tasks, return_exceptions=True)
             await bus.stop()
             await bus_task
+            if catalogue_task is not None and self.catalogue is not None:
+                await self.catalogue.stop()
+                await catalogue_task
             stop_task.cancel()
         finally:
             await outbox.close()

@@ -15,8 +15,10 @@ from firmware_config.profiles import PROFILES
 __all__ = [
     "BackoffConfig",
     "BrokerConfig",
+    "CatalogueConfig",
     "DeviceConfig",
     "DisplayDevice",
+    "LocalApiConfig",
     "NodeConfig",
     "OutboxConfig",
     "PrinterDevice",
@@ -133,6 +135,41 @@ class DisplayDevice(_Strict):
     rotation: Literal[0, 90, 180, 270] = 0
 
 
+class CatalogueConfig(_Strict):
+    """The box's local copy of the product catalogue (synced from the cloud)."""
+
+    cloud_url: str | None = None
+    """Where sync files and images are fetched (http[s]://host[:port]); None: no catalogue on this box."""
+    path: Path | None = None
+    """Default: var/edge/<node_id>/catalogue (database and image cache)."""
+    image_budget_mb: Annotated[float, Field(ge=0, le=1_000_000)] = 512
+    """Disk the image cache may use; least recently used images are evicted beyond it. 0: no images."""
+    fetch_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30
+
+    @field_validator("cloud_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not a cloud URL: expected http[s]://host[:port]")
+        try:
+            parts.port  # noqa: B018 - urllib validates the port lazily
+        except ValueError:
+            raise ValueError(f"{value!r} has a bad port: expected a number from 1 to 65535") from None
+        return value.rstrip("/")
+
+
+class LocalApiConfig(_Strict):
+    """The box's HTTP API for the kiosk UI (products, categories, search, images)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8480
+    """0: any free port (tests)."""
+
+
 DeviceConfig = Annotated[SimulatorDevice | ScannerDevice | PrinterDevice | DisplayDevice, Field(discriminator="kind")]
 
 
@@ -144,6 +181,8 @@ class NodeConfig(_Strict):
     outbox: OutboxConfig = OutboxConfig()
     backoff: BackoffConfig = BackoffConfig()
     devices: tuple[DeviceConfig, ...] = ()
+    catalogue: CatalogueConfig = CatalogueConfig()
+    local_api: LocalApiConfig = LocalApiConfig()
 
     @field_validator("node_id")
     @classmethod
@@ -165,3 +204,7 @@ class NodeConfig(_Strict):
     @property
     def outbox_path(self) -> Path:
         return self.outbox.path or Path("var/edge") / self.node_id / "outbox.db"
+
+    @property
+    def catalogue_path(self) -> Path:
+        return self.catalogue.path or Path("var/edge") / self.node_id / "catalogue"

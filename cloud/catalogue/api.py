@@ -10,12 +10,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from cloud.access.scope import Perm
+from cloud.access.web import require
 from cloud.api.deps import EngineDep
 from cloud.catalogue.files import FileStore
 from cloud.catalogue.models import CatalogueImport, product_gtins, products
@@ -25,6 +27,9 @@ from cloud.catalogue.sync import latest_version, product_record
 __all__ = ["router"]
 
 router = APIRouter(prefix="/catalogue", tags=["catalogue"])
+"""Public: only the content-addressed sync files and images (boxes have no HTTP credentials)."""
+managed = APIRouter(prefix="/catalogue", tags=["catalogue"], dependencies=[Depends(require(Perm.BUSINESS))])
+"""Products, categories, imports: for signed-in users and API keys whose role has BUSINESS."""
 
 
 def catalogue_dir(request: Request) -> Path:
@@ -74,12 +79,12 @@ def _out(row: Any) -> ProductOut:
     return ProductOut(**rec, status=row.status, version=row.version)
 
 
-@router.get("/version")
+@managed.get("/version")
 def version(engine: EngineDep) -> dict[str, int]:
     return {"version": latest_version(engine)}
 
 
-@router.get("/products")
+@managed.get("/products")
 def list_products(
     engine: EngineDep,
     q: Annotated[str | None, Query(max_length=200, description="SKU, GTIN, or part of a name")] = None,
@@ -111,7 +116,7 @@ def list_products(
     return ProductPage(total=total, items=[_out(r) for r in rows])
 
 
-@router.get("/products/{sku}")
+@managed.get("/products/{sku}")
 def get_product(engine: EngineDep, sku: str) -> ProductOut:
     with engine.connect() as conn:
         row = conn.execute(select(products).where(products.c.sku == sku)).first()
@@ -120,7 +125,7 @@ def get_product(engine: EngineDep, sku: str) -> ProductOut:
     return _out(row)
 
 
-@router.get("/categories")
+@managed.get("/categories")
 def categories(engine: EngineDep) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         rows = conn.execute(
@@ -130,7 +135,7 @@ def categories(engine: EngineDep) -> list[dict[str, Any]]:
     return [{"path": c, "products": n} for c, n in rows if c]
 
 
-@router.get("/imports")
+@managed.get("/imports")
 def imports(engine: EngineDep, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[ImportOut]:
     with Session(engine) as conn:
         rows = conn.scalars(select(CatalogueImport).order_by(CatalogueImport.id.desc()).limit(limit)).all()
@@ -145,7 +150,7 @@ def imports(engine: EngineDep, limit: Annotated[int, Query(ge=1, le=500)] = 50) 
     ]
 
 
-@router.get("/imports/{import_id}/report", response_class=FileResponse)
+@managed.get("/imports/{import_id}/report", response_class=FileResponse)
 def import_report(engine: EngineDep, import_id: int) -> FileResponse:
     with engine.connect() as conn:
         path = conn.scalar(select(CatalogueImport.report_path).where(CatalogueImport.id == import_id))
@@ -164,3 +169,6 @@ def file(request: Request, sha256: str) -> FileResponse:
         raise HTTPException(404, f"no catalogue file {sha256}")
     # Content-addressed: the bytes behind a name never change.
     return FileResponse(path, media_type="application/octet-stream", headers={"Cache-Control": "public, max-age=31536000, immutable"})
+
+
+router.include_router(managed)

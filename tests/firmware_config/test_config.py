@@ -93,7 +93,7 @@ PROBLEMS = [
     pytest.param(
         ("store_id: st1\n", "store_id: st1\ncolour: red\n"),
         [
-            "3: field 'colour': unknown key (expected one of: node_id, store_id, profile, broker, outbox, backoff, devices)"
+            "3: field 'colour': unknown key (expected one of: node_id, store_id, profile, broker, outbox, backoff, devices, catalogue, local_api)"
         ],
         id="unknown-top-level-key",
     ),

@@ -1,0 +1,6 @@
+"""The box's copy of the product catalogue: local store and search, sync from the cloud, local API."""
+
+from edge.catalogue.store import CatalogueStore, CorruptSyncFile
+from edge.catalogue.sync import CatalogueSync
+
+__all__ = ["CatalogueStore", "CatalogueSync", "CorruptSyncFile"]

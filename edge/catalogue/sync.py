@@ -1,0 +1,249 @@
+"""Keeps the box's catalogue at the version the cloud announces, and its image cache filled.
+
+The announcement comes over the authenticated bus (`dn/{node}/catalog`, retained) and names the
+sync files by sha256; the files themselves are plain HTTP GETs from the cloud. A file is applied
+only if its bytes hash to the announced value and it parses completely; anything else is rejected,
+counted, and fetched again after a backoff. Images are fetched in the background, verified the same
+way, and kept within a disk budget by evicting the least recently used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import hashlib
+import io
+import logging
+import os
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+from broker.client import JitteredBackoff
+from broker.payloads import CatalogData, CatalogFile
+from edge.catalogue.store import CatalogueStore, CorruptSyncFile
+
+__all__ = ["CatalogueSync", "FetchError", "SyncStats"]
+
+log = logging.getLogger(__name__)
+
+MAX_SYNC_FILE = 2 * 1024**3
+
+
+class FetchError(OSError):
+    """The cloud could not be reached or answered with an error."""
+
+
+@dataclass
+class SyncStats:
+    applied: int = 0
+    snapshots: int = 0
+    rejected: int = 0
+    """Sync files refused: wrong hash or malformed."""
+    fetch_errors: int = 0
+    images_stored: int = 0
+    images_rejected: int = 0
+    images_evicted: int = 0
+    last_error: str | None = None
+    apply_s: list[float] = field(default_factory=list)
+
+
+class CatalogueSync:
+    def __init__(
+        self,
+        store: CatalogueStore,
+        cloud_url: str,
+        *,
+        image_budget_bytes: int = 512 * 1024**2,
+        timeout: float = 30.0,
+        backoff: JitteredBackoff | None = None,
+    ) -> None:
+        self.store = store
+        self.cloud_url = cloud_url.rstrip("/")
+        self.image_budget = image_budget_bytes
+        self.timeout = timeout
+        self.backoff = backoff or JitteredBackoff(1.0, 60.0)
+        self.stats = SyncStats()
+        self.latest: CatalogData | None = None
+        self.changed = asyncio.Event()
+        """Set whenever the local version changes (tests, diagnostics)."""
+        self._wake = asyncio.Event()
+        self._images_wake = asyncio.Event()
+        self._stop = asyncio.Event()
+
+    # -- bus side ----------------------------------------------------------------------------------
+
+    def on_announcement(self, data: CatalogData) -> None:
+        if self.latest is None or data.version >= self.latest.version:
+            self.latest = data
+            self._wake.set()
+
+    # -- fetching ----------------------------------------------------------------------------------
+
+    def _get(self, path: str, limit: int) -> bytes:
+        url = self.cloud_url + path
+        try:
+            with urllib.request.urlopen(url, timeout=self.timeout) as resp:
+                data: bytes = resp.read(limit + 1)
+        except urllib.error.HTTPError as exc:
+            raise FetchError(f"GET {url}: HTTP {exc.code}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise FetchError(f"GET {url}: {getattr(exc, 'reason', exc)}") from None
+        if len(data) > limit:
+            raise FetchError(f"GET {url}: larger than {limit} bytes")
+        return data
+
+    def _fetch_verified(self, ref: CatalogFile) -> bytes:
+        data = self._get(ref.path, min(ref.size, MAX_SYNC_FILE) + 1)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != ref.sha256:
+            raise CorruptSyncFile(f"{ref.path}: sha256 {digest[:12]}… does not match the announced {ref.sha256[:12]}…")
+        return data
+
+    def choose(self, ann: CatalogData) -> CatalogFile | None:
+        """The delta from the local version if offered (and the region is unchanged), else the snapshot."""
+        local = self.store.version
+        if ann.version <= local and (ann.region or "") == (self.store.region or ""):
+            return None
+        if (ann.region or "") == (self.store.region or "") and local > 0:
+            for d in ann.deltas:
+                if d.from_version == local:
+                    return d
+        return ann.snapshot
+
+    def sync_once(self, ann: CatalogData) -> bool:
+        """Bring the store to `ann.version`; True if something was applied. Blocking (run in a thread)."""
+        ref = self.choose(ann)
+        if ref is None:
+            return False
+        data = self._fetch_verified(ref)
+
+
+        started = time.perf_counter()
+        try:
+            text = io.TextIOWrapper(gzip.GzipFile(fileobj=io.BytesIO(data)), encoding="utf-8")
+            self.store.apply(text, expect_from=ref.from_version, expect_to=ann.version, region=ann.region)
+        except (OSError, EOFError, UnicodeDecodeError) as exc:
+            raise CorruptSyncFile(f"{ref.path}: not a readable gzip'd sync file ({exc})") from None
+        self.stats.apply_s.append(time.perf_counter() - started)
+        self.stats.applied += 1
+        if ref.from_version == 0:
+            self.stats.snapshots += 1
+        log.info(
+            "catalogue: applied %s to version %d (%d bytes, %d products)",
+            "snapshot" if ref.from_version == 0 else f"delta from {ref.from_version}", ann.version, len(data),
+            self.store.count(),
+        )
+        return True
+
+    # -- loops -------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        images = asyncio.create_task(self._image_loop(), name="catalogue-images")
+        try:
+            while not self._stop.is_set():
+                await self._wait(self._wake, None)
+                self._wake.clear()
+                while (ann := self.latest) is not None and not self._stop.is_set():
+                    try:
+                        applied = await asyncio.to_thread(self.sync_once, ann)
+                    except (CorruptSyncFile, FetchError) as exc:
+                        if isinstance(exc, CorruptSyncFile):
+                            self.stats.rejected += 1
+                        else:
+                            self.stats.fetch_errors += 1
+                        self.stats.last_error = str(exc)
+                        delay = self.backoff.next_delay()
+                        log.warning("catalogue: %s; trying again in %.1f s", exc, delay)
+                        await self._wait(self._wake, delay)
+                        self._wake.clear()
+                        continue
+                    self.backoff.reset()
+                    if applied:
+                        self.changed.set()
+                        self._images_wake.set()
+                    if self.latest is ann:
+                        break
+        finally:
+            images.cancel()
+            await asyncio.gather(images, return_exceptions=True)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    async def _wait(self, event: asyncio.Event, timeout: float | None) -> None:
+        stop = asyncio.ensure_future(self._stop.wait())
+        ev = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait({stop, ev}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            ev.cancel()
+
+    async def _image_loop(self) -> None:
+        backoff = JitteredBackoff(1.0, 60.0)
+        while not self._stop.is_set():
+            self._images_wake.clear()
+            try:
+                progressed = await asyncio.to_thread(self.fetch_images)
+                backoff.reset()
+            except FetchError as exc:
+                self.stats.fetch_errors += 1
+                self.stats.last_error = str(exc)
+                await self._wait(self._images_wake, backoff.next_delay())
+                continue
+            if not progressed:
+                await self._wait(self._images_wake, 60.0)
+
+    def request_image(self, sha256: str) -> None:
+        """Someone asked for an image that is not cached: fetch it soon (thread-safe)."""
+        with contextlib.suppress(RuntimeError):
+            loop = asyncio.get_running_loop()
+            loop.call_soon_threadsafe(self._images_wake.set)
+
+    def fetch_images(self, batch: int = 50) -> int:
+        """Download wanted images up to the budget; return how many were stored. Blocking."""
+        stored = 0
+        if self.image_budget <= 0:
+            return 0
+        for sha, used_at in self.store.wanted_images(batch):
+            data = self._get(f"/catalogue/files/{sha}", 20 * 1024**2)
+            if hashlib.sha256(data).hexdigest() != sha:
+                # Never stored, never served: asked for again on the next round.
+                self.stats.images_rejected += 1
+                log.warning("catalogue: image %s… failed verification; will fetch again", sha[:12])
+                continue
+            if not self._make_room(len(data), used_at):
+                break
+            path = self.store.image_path(sha)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+            self.store.image_stored(sha, len(data))
+            self.stats.images_stored += 1
+            stored += 1
+        return stored
+
+    def _make_room(self, size: int, used_at: float) -> bool:
+        # Only images used less recently than the one wanted make way for it: otherwise a full cache
+        # would evict and re-fetch the same images for ever.
+        used = self.store.image_bytes_used()
+        while used + size > self.image_budget:
+            victims = self.store.lru_images(used_at, 20)
+            if not victims:
+                return False
+            for sha, vsize in victims:
+                with contextlib.suppress(FileNotFoundError):
+                    self.store.image_path(sha).unlink()
+                self.store.image_forget(sha)
+                self.stats.images_evicted += 1
+                used -= vsize
+                if used + size <= self.image_budget:
+                    break
+        return True
