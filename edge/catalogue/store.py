@@ -359,6 +359,11 @@ class CatalogueStore:
             row = conn.execute("SELECT state FROM images WHERE sha256 = ?", (sha256,)).fetchone()
         return row is not None and row[0] == "ok"
 
+    def image_state(self, sha256: str) -> str | None:
+        """'ok', 'want' or None (unknown), without counting as a use."""
+        row = self._conn().execute("SELECT state FROM images WHERE sha256 = ?", (sha256,)).fetchone()
+        return None if row is None else str(row[0])
+
     def image_bytes_used(self) -> int:
         return int(self._conn().execute("SELECT coalesce(sum(size), 0) FROM images WHERE state = 'ok'").fetchone()[0])
 

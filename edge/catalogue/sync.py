@@ -73,6 +73,7 @@ class CatalogueSync:
         self._wake = asyncio.Event()
         self._images_wake = asyncio.Event()
         self._stop = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- bus side ----------------------------------------------------------------------------------
 
@@ -142,6 +143,7 @@ class CatalogueSync:
     # -- loops -------------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
         images = asyncio.create_task(self._image_loop(), name="catalogue-images")
         try:
             while not self._stop.is_set():
@@ -200,10 +202,11 @@ class CatalogueSync:
                 await self._wait(self._images_wake, 60.0)
 
     def request_image(self, sha256: str) -> None:
-        """Someone asked for an image that is not cached: fetch it soon (thread-safe)."""
-        with contextlib.suppress(RuntimeError):
-            loop = asyncio.get_running_loop()
-            loop.call_soon_threadsafe(self._images_wake.set)
+        """Someone asked for an image that is not cached: fetch it soon (thread-safe: the local API
+        calls this from its own threads)."""
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: the agent is stopping
+                self._loop.call_soon_threadsafe(self._images_wake.set)
 
     def fetch_images(self, batch: int = 50) -> int:
         """Download wanted images up to the budget; return how many were stored. Blocking."""
