@@ -86,6 +86,12 @@ def get_json(url: str) -> Any:
         return json.loads(resp.read())
 
 
+def get_bytes(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        data: bytes = resp.read()
+        return data
+
+
 @contextlib.asynccontextmanager
 async def agent(cfg: NodeConfig) -> AsyncIterator[EdgeAgent]:
     a = EdgeAgent(cfg)
@@ -128,8 +134,7 @@ def test_cloud_change_reaches_the_box_and_an_offline_box_catches_up_with_one_del
                 # Images arrive in the background, verified; only then are they served.
                 thumb = p1["images"][0]["thumb"]
                 await until(lambda: store.image_ok(thumb), what="thumbnail cached")
-                with urllib.request.urlopen(f"{api.url}/images/{thumb}", timeout=5) as resp:
-                    assert hashlib.sha256(resp.read()).hexdigest() == thumb
+                assert hashlib.sha256(get_bytes(f"{api.url}/images/{thumb}")).hexdigest() == thumb
 
                 # A change in the cloud reaches the box as a delta, within seconds.
                 rows[1][6] = "77.00"
