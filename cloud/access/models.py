@@ -90,7 +90,6 @@ class ApiKey(Base):
     created_by: Mapped[str] = mapped_column(String(USERNAME_MAX))
     expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
-    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
     regions: Mapped[list[Region]] = relationship(secondary=api_key_regions, order_by=Region.code)
     stores: Mapped[list[Store]] = relationship(secondary=api_key_stores, order_by=Store.code)

@@ -125,7 +125,16 @@ def install_error_handlers(app: FastAPI, *, console_prefix: str = "/console") ->
     async def not_found(_request: Request, exc: Exception) -> Any:
         return _problem(status.HTTP_404_NOT_FOUND, str(exc))
 
-    async def forbidden(_request: Request, exc: Exception) -> Any:
+    async def forbidden(request: Request, exc: Exception) -> Any:
+        if request.url.path.startswith(console_prefix):
+            from html import escape
+
+            from fastapi.responses import HTMLResponse
+
+            body = (f'<!doctype html><title>Not allowed</title><link rel="stylesheet" href="{console_prefix}/static/console.css">'
+                    f'<main><h1>Not allowed</h1><p class="error">{escape(str(exc))}</p>'
+                    f'<p><a href="{console_prefix}/">Back to the console</a></p></main>')
+            return HTMLResponse(body, status_code=status.HTTP_403_FORBIDDEN)
         return _problem(status.HTTP_403_FORBIDDEN, str(exc))
 
     async def bad_input(_request: Request, exc: Exception) -> Any:

@@ -146,3 +146,5 @@ def test_bootstrap_for_the_demo(engine: Engine) -> None:
         principal = service.principal_for_key(s, secret)
         assert principal is not None and principal.scope.all
         assert service.authenticate(s, "admin", PASSWORD, service.Policy()) is not None
+        stored = s.scalars(select(User.password_hash).where(User.username == "admin")).one()
+        assert stored.startswith("$argon2id$") and PASSWORD not in stored

@@ -60,7 +60,6 @@ def upgrade() -> None:
         sa.Column("created_by", sa.String(64), nullable=False),
         sa.Column("expires_at", UtcDateTime(), nullable=True),
         sa.Column("revoked_at", UtcDateTime(), nullable=True),
-        sa.Column("last_used_at", UtcDateTime(), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_api_keys"),
         sa.UniqueConstraint("name", name="uq_api_keys_name"),
         sa.UniqueConstraint("prefix", name="uq_api_keys_prefix"),
