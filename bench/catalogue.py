@@ -17,7 +17,6 @@ import io
 import json
 import random
 import sqlite3
-import statistics
 import tempfile
 import time
 from pathlib import Path
