@@ -19,7 +19,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session, selectinload
 
 from cloud.access.models import NAME_MAX, USERNAME_MAX, ApiKey, AuditEntry, User, WebSession
@@ -320,6 +320,8 @@ def start_session(session: Session, user: User, policy: Policy) -> str:
     """Record a sign-in; return the cookie value (only its hash is stored)."""
     token = secrets.token_urlsafe(32)
     now = _now()
+    # Expired sign-ins of this user are useless rows: drop them here rather than in a sweeper.
+    session.execute(delete(WebSession).where(WebSession.user_id == user.id, WebSession.expires_at <= now))
     session.add(
         WebSession(token_hash=_sha256(token), user_id=user.id, csrf_token=secrets.token_urlsafe(32),
                    created_at=now, expires_at=now + policy.session_ttl)

@@ -12,8 +12,9 @@ import hmac
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi import Depends, FastAPI, HTTPException, Request, Security, status
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from cloud.access import service
@@ -31,6 +32,10 @@ __all__ = [
 ]
 
 COOKIE = "omnishelf_session"
+# Declared so the OpenAPI document marks every protected endpoint and /docs offers "Authorize";
+# the header itself is read in `optional_principal` (auto_error off: the cookie may be used instead).
+bearer_scheme = HTTPBearer(auto_error=False, scheme_name="apiKey", description="An API key: `osk_…`")
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)]
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -65,7 +70,7 @@ def optional_principal(request: Request) -> Principal | None:
     return principal
 
 
-def require_principal(request: Request) -> Principal:
+def require_principal(request: Request, _bearer: Bearer = None) -> Principal:
     principal = optional_principal(request)
     if principal is None:
         raise NotSignedIn()
@@ -81,10 +86,10 @@ def check_csrf(principal: Principal, token: str | None) -> None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "CSRF token missing or wrong: reload the page and try again")
 
 
-def require(perm: Perm) -> Callable[[Request], Principal]:
+def require(perm: Perm) -> Callable[..., Principal]:
     """A dependency: the principal, if its role has `perm` (else 403)."""
 
-    def dep(request: Request) -> Principal:
+    def dep(request: Request, _bearer: Bearer = None) -> Principal:
         principal = require_principal(request)
         principal.require(perm)
         return principal

@@ -48,7 +48,7 @@ def add_template_dir(path: Path) -> None:
     templates.env.loader = ChoiceLoader([FileSystemLoader(str(path)), *([loader] if loader else [])])
 
 
-def console_user(perm: Perm) -> Callable[[Request], Principal]:
+def console_user(perm: Perm) -> Callable[..., Principal]:
     """Dependency for a console page: the signed-in user allowed `perm` (else redirect / 403)."""
     return require(perm)
 

@@ -36,6 +36,13 @@ def test_every_endpoint_refuses_missing_expired_and_revoked_credentials(world: W
     with world.app_client() as client:
         routes = api_routes(client)
         assert {("GET", "/nodes"), ("GET", "/stores"), ("GET", "/regions"), ("GET", "/audit"), ("POST", "/api-keys")} <= set(routes)
+        doc = client.get("/openapi.json").json()
+        assert doc["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
+        for path in ("/nodes", "/stores", "/regions", "/me", "/users", "/api-keys", "/audit"):
+            op = doc["paths"][path]["get"]
+            assert op["security"] == [{"apiKey": []}], path
+            assert "schema" in op["responses"]["200"]["content"]["application/json"], path
+        assert "UserCreate" in doc["components"]["schemas"] and "ApiKeyCreate" in doc["components"]["schemas"]
         # Both work before they expire / are revoked: the refusals below are about the state change.
         assert client.get("/me", headers={"Authorization": f"Bearer {expired}"}).status_code == 200
         assert client.get("/me", headers={"Authorization": f"Bearer {revoked}"}).status_code == 200
