@@ -17,6 +17,7 @@ from cloud.access.service import access_policy
 from cloud.access.web import install_error_handlers
 from cloud.api import health, nodes, regions, stores
 from cloud.catalogue import api as catalogue_api
+from cloud.catalogue import console as catalogue_console
 from cloud.catalogue.sync import start_publisher
 from cloud.db import make_engine, make_sessionmaker
 from cloud.ingest import IngestWorker
@@ -76,5 +77,7 @@ def create_app(settings: Settings, *, run_worker: bool, engine: Engine | None = 
     app.include_router(catalogue_api.router)
     app.include_router(access_api.router)
     install_error_handlers(app)
+    # Before the console's own pages, which answer unknown /console/* paths.
+    app.include_router(catalogue_console.router)
     console.mount(app)
     return app

@@ -28,7 +28,7 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/catalogue", tags=["catalogue"])
 """Public: only the content-addressed sync files and images (boxes have no HTTP credentials)."""
-managed = APIRouter(prefix="/catalogue", tags=["catalogue"], dependencies=[Depends(require(Perm.BUSINESS))])
+managed = APIRouter(tags=["catalogue"], dependencies=[Depends(require(Perm.BUSINESS))])
 """Products, categories, imports: for signed-in users and API keys whose role has BUSINESS."""
 
 
