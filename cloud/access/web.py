@@ -145,7 +145,7 @@ def install_error_handlers(app: FastAPI, *, console_prefix: str = "/console") ->
     async def bad_input(_request: Request, exc: Exception) -> Any:
         assert isinstance(exc, service.InputError)
         return _problem(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            422,
             [{"loc": ["body", exc.field], "msg": exc.message, "type": "value_error"}],
         )
 
