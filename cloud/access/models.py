@@ -87,7 +87,8 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     role: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
-    created_by: Mapped[str] = mapped_column(String(USERNAME_MAX))
+    created_by: Mapped[str] = mapped_column(String(NAME_MAX + 8))
+    """The actor, as in the audit log (`user:NAME`, `cli:OSUSER`)."""
     expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 

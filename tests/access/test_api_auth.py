@@ -57,6 +57,8 @@ def test_every_endpoint_refuses_missing_expired_and_revoked_credentials(world: W
         gone = admin_key_free.delete("/api-keys/gone", headers={"X-CSRF-Token": csrf})
         assert gone.status_code == 200 and gone.json()["revoked_at"]
 
+        health = client.get("/health")
+        assert health.status_code == 200 and "st0001" not in health.text  # public, but says nothing per box
         for creds in (None, "Bearer osk_nothing_here", f"Bearer {expired}", f"Bearer {revoked}", "Basic YWRtaW46eA=="):
             headers = {"Authorization": creds} if creds else {}
             for method, path in routes:

@@ -57,7 +57,7 @@ def upgrade() -> None:
         sa.Column("key_hash", sa.String(64), nullable=False),
         sa.Column("role", sa.String(16), nullable=False),
         sa.Column("created_at", UtcDateTime(), nullable=False),
-        sa.Column("created_by", sa.String(64), nullable=False),
+        sa.Column("created_by", sa.String(108), nullable=False),
         sa.Column("expires_at", UtcDateTime(), nullable=True),
         sa.Column("revoked_at", UtcDateTime(), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_api_keys"),
