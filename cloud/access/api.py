@@ -43,7 +43,12 @@ class UserCreate(Strict):
 
 
 class UserUpdate(Strict):
-    active: bool
+    """Give `active`, or `role` (with `regions`/`stores`), or both."""
+
+    active: bool | None = None
+    role: Role | None = None
+    regions: Codes = []
+    stores: Codes = []
 
 
 class UserPublic(BaseModel):
@@ -138,8 +143,18 @@ def create_user(body: UserCreate, request: Request, principal: UsersAdmin) -> Us
 
 @router.patch("/users/{username}", response_model=UserPublic, responses=NOT_FOUND)
 def update_user(username: str, body: UserUpdate, request: Request, principal: UsersAdmin) -> UserPublic:
+    if body.active is None and body.role is None:
+        raise service.InputError("active", "give active (true/false) and/or role (with regions or stores)")
+    if body.role is None and (body.regions or body.stores):
+        raise service.InputError("role", "regions and stores come with a role: give role too")
     with service.write_session(request.app.state.engine) as session, session.begin():
-        return _user(service.set_user_active(session, principal.actor, username, body.active, via=via(request)))
+        user = service.get_user(session, username)
+        if body.role is not None:
+            user = service.set_user_role(session, principal.actor, username, body.role.value, regions=body.regions,
+                                         stores=body.stores, via=via(request))
+        if body.active is not None:
+            user = service.set_user_active(session, principal.actor, username, body.active, via=via(request))
+        return _user(user)
 
 
 @router.get("/api-keys", response_model=list[ApiKeyPublic])

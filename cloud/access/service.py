@@ -46,6 +46,7 @@ __all__ = [
     "revoke_api_key",
     "set_password",
     "set_user_active",
+    "set_user_role",
     "start_session",
     "write_session",
 ]
@@ -269,6 +270,27 @@ def set_user_active(session: Session, actor: str, username: str, active: bool, *
             session.delete(ws)
     audit(session, actor, "user.enable" if active else "user.disable", "user", username, before=before,
           after=user_view(user), via=via)
+    return user
+
+
+def set_user_role(
+    session: Session,
+    actor: str,
+    username: str,
+    role: str,
+    *,
+    regions: Sequence[str] = (),
+    stores: Sequence[str] = (),
+    via: str = "api",
+) -> User:
+    """Change a user's role and scope; their sign-ins end, so the new scope applies at once."""
+    r = _role(role)
+    found_regions, found_stores = _grants(session, r, regions, stores)
+    user = get_user(session, username)
+    before = user_view(user)
+    user.role, user.regions, user.stores = r.value, found_regions, found_stores
+    session.execute(delete(WebSession).where(WebSession.user_id == user.id))
+    audit(session, actor, "user.role", "user", username, before=before, after=user_view(user), via=via)
     return user
 
 

@@ -181,3 +181,22 @@ def test_bad_key_input_and_unknown_ids(world: World, admin: tuple[TestClient, st
     nobody = client.patch("/users/nobody", json={"active": True}, headers=h)
     assert nobody.status_code == 404 and "'nobody'" in nobody.json()["detail"]
     assert client.patch("/users/admin", json={"active": "maybe"}, headers=h).status_code == 422
+    assert client.patch("/users/admin", json={}, headers=h).status_code == 422
+    bad_scope = client.patch("/users/regional", json={"role": "regional", "regions": ["north"]}, headers=h)
+    assert bad_scope.status_code == 422 and bad_scope.json()["detail"][0]["loc"] == ["body", "regions"]
+
+
+def test_changing_a_users_role_changes_their_scope_at_once(world: World, admin: tuple[TestClient, str]) -> None:
+    from tests.access.conftest import sign_in
+
+    client, csrf = admin
+    with world.app_client() as manager:
+        sign_in(manager, "regional")
+        assert [s["code"] for s in manager.get("/stores").json()] == ["st0001", "st0002"]
+        moved = client.patch("/users/regional", json={"role": "regional", "regions": ["south"]}, headers={"X-CSRF-Token": csrf})
+        assert moved.status_code == 200 and moved.json()["regions"] == ["south"]
+        assert manager.get("/stores").status_code == 401  # the old sign-in (old scope) is over
+        sign_in(manager, "regional")
+        assert [s["code"] for s in manager.get("/stores").json()] == ["st0003"]
+    entry = client.get("/audit", params={"actor": "admin", "object_id": "regional"}).json()[0]
+    assert entry["action"] == "user.role" and entry["before"]["regions"] == ["east"] and entry["after"]["regions"] == ["south"]
