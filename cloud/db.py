@@ -10,10 +10,8 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
@@ -28,6 +26,9 @@ __all__ = [
     "wait_for_db",
     "write_transaction",
 ]
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,9 @@ def wait_for_db(engine: Engine, timeout: float = 30.0) -> None:
 
 def alembic_config() -> Config:
     """Alembic configuration built in code: no alembic.ini is needed at run time."""
+    # Imported here: Alembic is only needed to migrate, and importing it pulls in autogenerate.
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     return cfg
@@ -134,6 +138,8 @@ def migrate(url: str | URL | Engine, revision: str = "head") -> None:
     """Upgrade the database schema to `revision` (default: the newest)."""
     engine = url if isinstance(url, Engine) else make_engine(url)
     try:
+        from alembic import command
+
         cfg = alembic_config()
         with write_transaction(engine) as conn:
             cfg.attributes["connection"] = conn

@@ -25,6 +25,7 @@ from broker.mosquitto import BrokerLayout, MosquittoError, MosquittoProcess, fre
 
 CLOUD_USER = "cloud-1"
 MONITOR_USER = "ops"
+ADMIN_USER = "admin"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -110,6 +111,28 @@ class Supervisor:
         self.children.clear()
 
 
+def _console_access(db_url: str, secrets_file: Path, passwords: dict[str, str]) -> str:
+    """Make sure the console has the demo admin, and return an API key for curl (kept across runs
+    in the secrets file, replaced when the database no longer accepts it)."""
+    from cloud.access import service
+    from cloud.access.bootstrap import create_api_key, ensure_admin
+    from cloud.db import make_engine
+
+    engine = make_engine(db_url)
+    try:
+        ensure_admin(engine, ADMIN_USER, passwords[ADMIN_USER])
+        key = passwords.get("api-key", "")
+        with service.write_session(engine) as session:
+            valid = bool(key) and service.principal_for_key(session, key) is not None
+        if not valid:
+            key = create_api_key(engine, f"demo-{int(time.time())}", "hq")
+            passwords["api-key"] = key
+            secrets_file.write_text(json.dumps(passwords, indent=2))
+        return key
+    finally:
+        engine.dispose()
+
+
 def tail(log: Path, lines: int = 8) -> str:
     if not log.exists():
         return "(no log)"
@@ -159,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     http_port = _port(args.http_port, "http")
     stores: dict[str, str] = dict(DEMO_STORES)  # store code -> node id
     nodes = list(stores.values())
-    passwords = _secrets(data / "secrets.json", [CLOUD_USER, MONITOR_USER, *nodes])
+    passwords = _secrets(data / "secrets.json", [CLOUD_USER, MONITOR_USER, ADMIN_USER, *nodes])
 
     layout = BrokerLayout(
         data / "broker",
@@ -193,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         sup.run_once("cloud-migrate", "cloud", "migrate")
         sup.run_once("cloud-seed", "cloud", "seed")
+        api_key = _console_access(db_url, data / "secrets.json", passwords)
         cloud = sup.start("cloud", "cloud", "serve", "--host", "127.0.0.1", "--port", str(http_port))
         api = f"http://127.0.0.1:{http_port}"
         _wait_http(f"{api}/health", cloud)
@@ -215,7 +239,8 @@ def run(args: argparse.Namespace) -> int:
                     f"  boxes       {', '.join(nodes)}  (configs in {data / 'edge'})",
                     f"  logs        {data / 'logs'}",
                     "",
-                    f"  nodes and their online state:  curl -s {api}/nodes",
+                    f"  HQ console:                    {api}/   (sign in as {ADMIN_USER} / {passwords[ADMIN_USER]})",
+                    f"  nodes and their online state:  curl -s -H 'Authorization: Bearer {api_key}' {api}/nodes",
                     f"  health and ingest counters:    curl -s {api}/health",
                     f"  API documentation:             {api}/docs",
                     "  watch the bus:",
