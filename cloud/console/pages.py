@@ -333,6 +333,46 @@ def users_create(
     return RedirectResponse("/console/users", status.HTTP_303_SEE_OTHER)
 
 
+def _user_page(request: Request, principal: Principal, username: str, *, error: str | None = None,
+               code: int = 200, saved: bool = False) -> HTMLResponse:
+    with request.app.state.sessionmaker() as session:
+        try:
+            user = service.get_user(session, username[:USERNAME_MAX + 1])
+        except NotFound as exc:
+            return render(request, "error.html", principal, status_code=404, message=str(exc))
+        return render(request, "user.html", principal, status_code=code, user=user, roles=list(Role),
+                      regions=visible_regions(session, principal.scope), stores=visible_stores(session, principal.scope),
+                      error=error, saved=saved)
+
+
+@router.get("/users/{username}", response_class=HTMLResponse)
+def user_page(request: Request, principal: UsersAdmin, username: str) -> HTMLResponse:
+    return _user_page(request, principal, username)
+
+
+@router.post("/users/{username}", response_class=HTMLResponse)
+def user_update(
+    request: Request,
+    principal: UsersForm,
+    username: str,
+    role: Annotated[str, Form(max_length=20)] = "",
+    regions: Annotated[list[str] | None, Form()] = None,
+    stores: Annotated[list[str] | None, Form()] = None,
+    password: Annotated[str, Form()] = "",
+) -> HTMLResponse:
+    try:
+        with service.write_session(request.app.state.engine) as session, session.begin():
+            service.set_user_role(session, principal.actor, username[:USERNAME_MAX + 1], role, regions=regions or [],
+                                  stores=stores or [], via="console")
+            if password:
+                service.set_password(session, principal.actor, username, password, via="console")
+    except service.InputError as exc:
+        return _user_page(request, principal, username, error=str(exc), code=422)
+    except NotFound as exc:
+        return render(request, "error.html", principal, status_code=404, message=str(exc))
+    return _user_page(request, principal, username, saved=True)
+
+
 @router.post("/users/{username}/active", response_class=HTMLResponse)
 def users_active(request: Request, principal: UsersForm, username: str,
                  active: Annotated[str, Form(max_length=5)] = "") -> Response:

@@ -120,8 +120,8 @@ def test_console_in_chromium(broker: Broker, sqlite_engine: Engine, tmp_path: Pa
             expect(page.locator("#new-secret")).to_contain_text("osk_")
             page.screenshot(path=str(IMG / "console-api-keys.png"), full_page=True)
 
-            for name in ("store", "devices", "users", "audit", "orders"):
-                path = "stores/st0001" if name == "store" else name
+            for name in ("store", "devices", "users", "user", "audit", "orders"):
+                path = {"store": "stores/st0001", "user": "users/regional"}.get(name, name)
                 page.goto(f"{server.url}/console/{path}")
                 expect(page.locator("main h1")).to_be_visible()
                 page.screenshot(path=str(IMG / f"console-{name}.png"), full_page=True)

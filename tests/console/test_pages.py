@@ -9,7 +9,8 @@ from fastapi.testclient import TestClient
 from cloud.access.models import ApiKey, User
 from tests.access.conftest import GRANTS, PASSWORD, World, row_count, sign_in
 
-PAGES = ["fleet", "orders", "stock", "traceability", "signage", "devices", "users", "api-keys", "audit", "stores/st0001"]
+PAGES = ["fleet", "orders", "stock", "traceability", "signage", "devices", "users", "users/regional", "api-keys", "audit",
+         "stores/st0001"]
 
 
 def test_every_page_renders_and_loads_nothing_from_outside(world: World, admin: tuple[TestClient, str]) -> None:
@@ -84,3 +85,22 @@ def test_console_forms_report_bad_input_by_field(world: World, admin: tuple[Test
     audit = client.get("/console/audit", params={"object_type": "api_key"}).text
     assert "api_key.create" in audit and "tmall" in audit
     assert client.get("/console/audit", params={"since": "tuesday"}).status_code == 422
+
+
+def test_admin_changes_a_users_role_scope_and_password_in_the_console(world: World, admin: tuple[TestClient, str]) -> None:
+    client, csrf = admin
+    bad = client.post("/console/users/regional", data={"role": "regional", "regions": ["nowhere"], "csrf_token": csrf})
+    assert bad.status_code == 422 and "regions: unknown region code(s): nowhere" in bad.text
+    short = client.post("/console/users/regional", data={"role": "hq", "password": "short", "csrf_token": csrf})
+    assert short.status_code == 422 and "password: at least 10 characters" in short.text
+    with world.app_client() as manager:
+        sign_in(manager, "regional")  # the failed saves above changed nothing: same role, same password
+        assert [s["code"] for s in manager.get("/stores").json()] == ["st0001", "st0002"]
+    saved = client.post("/console/users/regional",
+                        data={"role": "store", "stores": ["st0002"], "password": "a new long passphrase", "csrf_token": csrf})
+    assert saved.status_code == 200 and "Saved." in saved.text
+    with world.app_client() as manager:
+        sign_in(manager, "regional", "a new long passphrase")
+        assert [s["code"] for s in manager.get("/stores").json()] == ["st0002"]
+    assert client.post("/console/users/nobody", data={"role": "hq", "csrf_token": csrf}).status_code == 404
+    assert client.post("/console/users/regional", data={"role": "hq"}).status_code == 403

@@ -19,7 +19,7 @@
       badge.className = "state " + (n.online ? "online" : "offline");
       text(row.querySelector('[data-field="last_seen"]'), n.last_seen || "–");
       text(row.querySelector('[data-field="software_version"]'), n.software_version || "–");
-      text(row.querySelector('[data-field="config_hash"]'), (n.config_hash || "–").slice(0, 12));
+      text(row.querySelector('[data-field="config_hash"]'), (n.config_hash || "–").slice(0, 20));
     }
     for (const dot of document.querySelectorAll(".store-dot")) {
       const states = byStore[dot.dataset.store] || [];
