@@ -148,3 +148,15 @@ def test_bootstrap_for_the_demo(engine: Engine) -> None:
         assert service.authenticate(s, "admin", PASSWORD, service.Policy()) is not None
         stored = s.scalars(select(User.password_hash).where(User.username == "admin")).one()
         assert stored.startswith("$argon2id$") and PASSWORD not in stored
+
+
+def test_sign_in_returns_only_to_console_pages(world: World) -> None:
+    with world.app_client() as client:
+        for next_, expected in (("/console/audit", "/console/audit"), ("https://evil.example/", "/console/"),
+                                ("//evil.example/console/", "/console/"), ("/docs", "/console/")):
+            page = client.get("/console/login", params={"next": next_})
+            token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+            assert token
+            answer = client.post("/console/login", follow_redirects=False, data={
+                "username": "hq", "password": PASSWORD, "csrf_token": token[1], "next": next_})
+            assert answer.headers["location"] == expected, next_
