@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from pydantic import ValidationError
-from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, any_, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cloud.catalogue.files import FileStore, ImageError, ImageInfo, read_image_source
@@ -196,6 +196,13 @@ class _Importer:
             postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         )
 
+    def among(self, column: Any, values: list[Any]) -> Any:
+        """`column IN values`; on PostgreSQL one array parameter (`= ANY`), because psycopg parses
+        a statement with thousands of placeholders anew on every execution."""
+        if self.engine.dialect.name == "postgresql":
+            return column == any_(bindparam(None, values, type_=postgresql.ARRAY(column.type)))
+        return column.in_(values)
+
     def image(self, ref: str) -> ImageInfo:
         cached = self.image_cache.get(ref)
         if cached is None:
@@ -252,7 +259,7 @@ class _Importer:
             existing = {
                 sku: (pid, h)
                 for sku, pid, h in conn.execute(
-                    select(products.c.sku, products.c.id, products.c.row_hash).where(products.c.sku.in_(list(by_sku)))
+                    select(products.c.sku, products.c.id, products.c.row_hash).where(self.among(products.c.sku, list(by_sku)))
                 )
             }
             changed = [v for sku, v in by_sku.items() if sku not in existing or existing[sku][1] != v.row_hash]
@@ -267,7 +274,7 @@ class _Importer:
                     for gtin, sku in conn.execute(
                         select(product_gtins.c.gtin, products.c.sku)
                         .join(products, products.c.id == product_gtins.c.product_id)
-                        .where(product_gtins.c.gtin.in_(chunk))
+                        .where(self.among(product_gtins.c.gtin, chunk))
                     ).all()
                 )
             ok: list[_Valid] = []
@@ -334,7 +341,7 @@ class _Importer:
                     select(products.c.sku, products.c.id).where(products.c.sku.in_([v.row.sku for v in rows]))
                 )
             }
-        conn.execute(delete(product_gtins).where(product_gtins.c.product_id.in_(list(ids.values()))))
+        conn.execute(delete(product_gtins).where(self.among(product_gtins.c.product_id, list(ids.values()))))
         gtin_rows = [{"gtin": g, "product_id": ids[v.row.sku]} for v in rows for g in v.row.gtins]
         if gtin_rows and self.engine.dialect.name == "postgresql":
             raw = conn.connection.driver_connection

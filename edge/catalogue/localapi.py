@@ -1,6 +1,6 @@
 """The box's local HTTP API for the kiosk UI, served from the local catalogue copy (no link needed).
 
-The standard library's threaded HTTP server: the agent must stay small (idle RSS budget 60 MB on a
+The standard library's HTTP server with a small thread pool: the agent must stay small (idle RSS budget 60 MB on a
 Pi-class box), and a web framework plus an ASGI server would cost more than the whole agent does.
 
     GET /status                        catalogue version, product count, image cache
@@ -18,8 +18,9 @@ import logging
 import re
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -49,6 +50,26 @@ def _int(params: dict[str, list[str]], name: str, default: int, lo: int, hi: int
     return value
 
 
+class _PooledHTTPServer(HTTPServer):
+    """Requests handled by a few long-lived threads: each keeps its SQLite connection (and page
+    cache) across requests, where a thread per request would open a fresh connection every time."""
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], workers: int = 4) -> None:
+        super().__init__(address, handler)
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="local-api")
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.pool.submit(self._handle, request, client_address)
+
+    def _handle(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+
 class LocalApi:
     def __init__(
         self,
@@ -73,8 +94,7 @@ class LocalApi:
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug("local api: " + format, *args)
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
+        self.server = _PooledHTTPServer((host, port), Handler)
         self._thread: threading.Thread | None = None
 
     @property
@@ -93,6 +113,7 @@ class LocalApi:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+        self.server.pool.shutdown(wait=False, cancel_futures=True)
         if self._thread is not None:
             self._thread.join(5)
 
