@@ -7,12 +7,12 @@ BIN         := $(VENV)/bin
 # Debian packages the demo and the tests need at run time (chromium: the console's browser tests).
 SYSTEM_PKGS := mosquitto mosquitto-clients chromium
 
-.PHONY: demo test lint typecheck unit bench system-deps venv clean
+.PHONY: demo test lint typecheck unit bench system-deps test-deps venv clean
 
 demo: system-deps venv
 	$(BIN)/omnishelf demo
 
-test: system-deps venv lint typecheck unit
+test: system-deps test-deps venv lint typecheck unit
 
 lint: venv
 	$(BIN)/ruff check .
@@ -20,7 +20,7 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy .
 
-unit: system-deps venv
+unit: system-deps test-deps venv
 	$(BIN)/pytest
 
 bench: system-deps venv
@@ -37,8 +37,8 @@ $(VENV)/.installed: pyproject.toml $(wildcard */__init__.py)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
-system-deps:
-	@missing=""; for p in $(SYSTEM_PKGS); do \
+define install_debian
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -50,6 +50,14 @@ system-deps:
 	    echo "Run: sudo apt-get install --no-install-recommends$$missing"; exit 1; \
 	  fi; \
 	fi
+
+endef
+
+system-deps:
+	$(call install_debian,$(SYSTEM_PKGS))
+
+test-deps:
+	$(call install_debian,$(TEST_PKGS))
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache var
