@@ -351,6 +351,11 @@ class CatalogueStore:
         with self._write_lock:
             self._conn().execute("UPDATE images SET state = 'ok', size = ? WHERE sha256 = ?", (size, sha256))
 
+    def image_later(self, sha256: str) -> None:
+        """To the back of the fetch queue (the cloud could not serve it this time)."""
+        with self._write_lock:
+            self._conn().execute("UPDATE images SET last_access = -1 WHERE sha256 = ? AND state = 'want'", (sha256,))
+
     def image_forget(self, sha256: str) -> None:
         """Back to 'want' (its file was evicted or found missing)."""
         with self._write_lock:

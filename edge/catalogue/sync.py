@@ -34,7 +34,11 @@ MAX_SYNC_FILE = 2 * 1024**3
 
 
 class FetchError(OSError):
-    """The cloud could not be reached or answered with an error."""
+    """The cloud could not be reached (`status` None) or answered with an HTTP error."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -90,7 +94,7 @@ class CatalogueSync:
             with urllib.request.urlopen(url, timeout=self.timeout) as resp:
                 data: bytes = resp.read(limit + 1)
         except urllib.error.HTTPError as exc:
-            raise FetchError(f"GET {url}: HTTP {exc.code}") from None
+            raise FetchError(f"GET {url}: HTTP {exc.code}", exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
             raise FetchError(f"GET {url}: {getattr(exc, 'reason', exc)}") from None
         if len(data) > limit:
@@ -152,11 +156,14 @@ class CatalogueSync:
                 while (ann := self.latest) is not None and not self._stop.is_set():
                     try:
                         applied = await asyncio.to_thread(self.sync_once, ann)
-                    except (CorruptSyncFile, FetchError) as exc:
+                    except Exception as exc:
                         if isinstance(exc, CorruptSyncFile):
                             self.stats.rejected += 1
-                        else:
+                        elif isinstance(exc, FetchError):
                             self.stats.fetch_errors += 1
+                        else:
+                            # e.g. the disk is full: the copy is unchanged (one transaction); keep trying.
+                            log.exception("catalogue: applying version %d failed", ann.version)
                         self.stats.last_error = str(exc)
                         delay = self.backoff.next_delay()
                         log.warning("catalogue: %s; trying again in %.1f s", exc, delay)
@@ -193,8 +200,11 @@ class CatalogueSync:
             try:
                 progressed = await asyncio.to_thread(self.fetch_images)
                 backoff.reset()
-            except FetchError as exc:
-                self.stats.fetch_errors += 1
+            except Exception as exc:
+                if isinstance(exc, FetchError):
+                    self.stats.fetch_errors += 1
+                else:
+                    log.exception("catalogue: image fetch failed")
                 self.stats.last_error = str(exc)
                 await self._wait(self._images_wake, backoff.next_delay())
                 continue
@@ -214,7 +224,16 @@ class CatalogueSync:
         if self.image_budget <= 0:
             return 0
         for sha, used_at in self.store.wanted_images(batch):
-            data = self._get(f"/catalogue/files/{sha}", 20 * 1024**2)
+            try:
+                data = self._get(f"/catalogue/files/{sha}", 20 * 1024**2)
+            except FetchError as exc:
+                if exc.status is None:
+                    raise  # the cloud is unreachable: back off
+                # One image the cloud cannot serve must not hold up the others.
+                self.stats.fetch_errors += 1
+                self.stats.last_error = str(exc)
+                self.store.image_later(sha)
+                continue
             if hashlib.sha256(data).hexdigest() != sha:
                 # Never stored, never served: asked for again on the next round.
                 self.stats.images_rejected += 1

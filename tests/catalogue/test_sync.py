@@ -29,7 +29,7 @@ from cloud.catalogue.sync import ensure_artifacts
 from cloud.models import Node, Region, Store
 from edge.agent import EdgeAgent
 from edge.catalogue.store import CatalogueStore
-from edge.catalogue.sync import CatalogueSync
+from edge.catalogue.sync import CatalogueSync, FetchError
 from firmware_config import NodeConfig
 from tests.catalogue.gen import HEADER, product_row
 from tests.cloud.conftest import cloud_settings, until
@@ -236,3 +236,24 @@ def test_image_cache_stays_within_budget_evicting_least_recently_used(tmp_path: 
     store.image_ok(wanted)  # asked for by the kiosk: now more recent than the cached ones
     assert sync.fetch_images() == 1
     assert store.image_state(wanted) == "ok" and store.image_bytes_used() <= 250 and sync.stats.images_evicted == 1
+
+
+def test_an_image_the_cloud_cannot_serve_does_not_hold_up_the_others(tmp_path: Path) -> None:
+    store = CatalogueStore(tmp_path / "box")
+    sync = CatalogueSync(store, "http://127.0.0.1:9", image_budget_bytes=10_000)
+    blobs = {hashlib.sha256(bytes([i]) * 10).hexdigest(): bytes([i]) * 10 for i in range(3)}
+    gone = hashlib.sha256(b"gone").hexdigest()
+
+    def get(path: str, limit: int) -> bytes:
+        sha = path.rsplit("/", 1)[1]
+        if sha == gone:
+            raise FetchError(f"GET {path}: HTTP 404", 404)
+        return blobs[sha]
+
+    sync._get = get  # type: ignore[method-assign]
+    conn = store._conn()
+    conn.executemany("INSERT INTO images(sha256, kind, state, last_access) VALUES (?, 'thumb', 'want', ?)",
+                     [(gone, 9.0)] + [(s, 0.0) for s in blobs])
+    assert sync.fetch_images(batch=2) == 1  # the missing one first, then one more in this round
+    assert sync.fetch_images(batch=2) == 2  # the missing one went to the back of the queue
+    assert store.image_state(gone) == "want" and sync.stats.fetch_errors == 1
