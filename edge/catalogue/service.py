@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from typing import Any
 
 from broker.client import JitteredBackoff
@@ -21,8 +22,13 @@ log = logging.getLogger(__name__)
 
 class CatalogueService:
     def __init__(self, cfg: NodeConfig) -> None:
+        from edge.agent import AgentConfigError  # the agent imports this module lazily
+
         assert cfg.catalogue.cloud_url is not None
-        self.store = CatalogueStore(cfg.catalogue_path)
+        try:
+            self.store = CatalogueStore(cfg.catalogue_path)
+        except (OSError, sqlite3.Error) as exc:
+            raise AgentConfigError(f"catalogue.path {cfg.catalogue_path}: cannot open the catalogue ({exc})") from None
         self.sync = CatalogueSync(
             self.store,
             cfg.catalogue.cloud_url,
@@ -32,10 +38,16 @@ class CatalogueService:
         )
         self.api: LocalApi | None = None
         if cfg.local_api.enabled:
-            self.api = LocalApi(
-                self.store, cfg.local_api.host, cfg.local_api.port,
-                status=self._status, on_missing_image=self.sync.request_image,
-            )
+            try:
+                self.api = LocalApi(
+                    self.store, cfg.local_api.host, cfg.local_api.port,
+                    status=self._status, on_missing_image=self.sync.request_image,
+                )
+            except OSError as exc:
+                raise AgentConfigError(
+                    f"local_api: cannot listen on {cfg.local_api.host}:{cfg.local_api.port} ({exc.strerror}); "
+                    "choose a free local_api.port or set local_api.enabled: false"
+                ) from None
 
     @classmethod
     def from_config(cls, cfg: NodeConfig) -> CatalogueService | None:

@@ -257,3 +257,27 @@ def test_an_image_the_cloud_cannot_serve_does_not_hold_up_the_others(tmp_path: P
     assert sync.fetch_images(batch=2) == 1  # the missing one first, then one more in this round
     assert sync.fetch_images(batch=2) == 2  # the missing one went to the back of the queue
     assert store.image_state(gone) == "want" and sync.stats.fetch_errors == 1
+
+
+def test_a_busy_local_api_port_is_a_config_error_not_a_traceback(broker: Broker, tmp_path: Path) -> None:
+    import socket
+
+    from edge.agent import AgentConfigError
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        cfg = box_config(tmp_path, broker, "http://127.0.0.1:9").model_copy(
+            update={"local_api": box_config(tmp_path, broker, "http://127.0.0.1:9").local_api.model_copy(
+                update={"port": busy.getsockname()[1]})}
+        )
+
+        async def build() -> None:
+            EdgeAgent(cfg)
+
+        try:
+            asyncio.run(build())
+        except AgentConfigError as exc:
+            assert "local_api: cannot listen on 127.0.0.1" in str(exc) and "local_api.enabled: false" in str(exc)
+        else:
+            raise AssertionError("a busy port was accepted")
