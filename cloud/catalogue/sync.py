@@ -157,11 +157,28 @@ def ensure_artifacts(engine: Engine, catalogue_dir: Path, keep: int = 16, versio
         with Session(engine) as conn:
             have = {(a.kind, a.from_version): a for a in conn.scalars(select(Artifact).where(Artifact.to_version == version))}
         log.info("catalogue version %d: built %d sync file(s)", version, len(missing))
+        _prune(engine, store, version)
     return Announcement(
         version,
         _ref(have[("snapshot", 0)]),
         tuple(_ref(have[("delta", v)]) for v in previous),
     )
+
+
+def _prune(engine: Engine, store: FileStore, version: int) -> None:
+    """Drop the sync files of versions before the previous one (a box may still be downloading
+    those of the previous announcement); a file still named by a kept artifact stays."""
+    with write_transaction(engine) as conn:
+        old = conn.execute(
+            select(Artifact.id, Artifact.sha256).where(Artifact.to_version < version - 1)
+        ).all()
+        if not old:
+            return
+        conn.execute(delete(Artifact).where(Artifact.id.in_([row.id for row in old])))
+        kept = set(conn.scalars(select(Artifact.sha256)))
+    for sha in {row.sha256 for row in old} - kept:
+        with contextlib.suppress(FileNotFoundError):
+            store.path(sha).unlink()
 
 
 def announcement(ann: Announcement, node: str, region: str | None) -> Envelope:

@@ -168,3 +168,21 @@ def test_cli_import_reports_and_exits(cat_engine: Engine, tmp_path: Path, monkey
     (tmp_path / "bad.csv").write_text("sku,name\nA,b\n")
     assert main(["catalogue", "import", str(tmp_path / "bad.csv"), "--no-progress"]) == 2
     assert "lacks column(s) list_price, name_en, name_zh" in capsys.readouterr().err
+
+
+def test_sync_files_of_old_versions_are_pruned(cat_engine: Engine, tmp_path: Path) -> None:
+    from cloud.catalogue.sync import ensure_artifacts
+
+    src = tmp_path / "a.csv"
+    files = FileStore(tmp_path / "cat")
+    anns = []
+    for v in range(1, 4):
+        rows = [product_row(i, price=f"{v}.00") for i in range(1, 6)]
+        src.write_text(",".join(HEADER) + "\n" + "\n".join(",".join(r) for r in rows) + "\n", encoding="utf-8")
+        assert import_file(cat_engine, src, tmp_path / "cat").version == v
+        ann = ensure_artifacts(cat_engine, tmp_path / "cat", keep=16)
+        assert ann is not None and ann.version == v and [d.from_version for d in ann.deltas] == list(range(v - 1, 0, -1))
+        anns.append(ann)
+    assert not files.path(anns[0].snapshot.sha256).exists()  # version 1: two versions old
+    assert files.path(anns[1].snapshot.sha256).exists()  # version 2: a box may still be fetching it
+    assert all(files.path(f.sha256).exists() for f in (anns[2].snapshot, *anns[2].deltas))
