@@ -363,10 +363,15 @@ class CatalogueStore:
 
     def image_ok(self, sha256: str) -> bool:
         """True if the image is on disk and verified; records the access for LRU either way."""
-        with self._write_lock:
-            conn = self._conn()
-            conn.execute("UPDATE images SET last_access = ? WHERE sha256 = ?", (time.time(), sha256))
-            row = conn.execute("SELECT state FROM images WHERE sha256 = ?", (sha256,)).fetchone()
+        conn = self._conn()
+        # While a sync file is being applied the writer holds the lock for seconds; a kiosk showing
+        # an image must not wait for that, so the LRU stamp is skipped then (it is only a hint).
+        if self._write_lock.acquire(blocking=False):
+            try:
+                conn.execute("UPDATE images SET last_access = ? WHERE sha256 = ?", (time.time(), sha256))
+            finally:
+                self._write_lock.release()
+        row = conn.execute("SELECT state FROM images WHERE sha256 = ?", (sha256,)).fetchone()
         return row is not None and row[0] == "ok"
 
     def image_state(self, sha256: str) -> str | None:
