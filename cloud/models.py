@@ -10,7 +10,6 @@ from __future__ import annotations
 import uuid
 import zoneinfo
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -25,7 +24,6 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
-    Numeric,
     String,
     Text,
     TypeDecorator,
@@ -39,7 +37,6 @@ __all__ = [
     "Base",
     "IngestedMessage",
     "Node",
-    "Product",
     "Region",
     "RejectedMessage",
     "Store",
@@ -193,19 +190,6 @@ class RejectedMessage(Base):
     reason: Mapped[str] = mapped_column(String(32), index=True)
     detail: Mapped[str] = mapped_column(Text)
     payload: Mapped[bytes] = mapped_column(LargeBinary)
-
-
-class Product(Base):
-    """Minimal catalogue entry (the catalogue issue extends it)."""
-
-    __tablename__ = "products"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    sku: Mapped[str] = mapped_column(String(64), unique=True)
-    gtin: Mapped[str | None] = mapped_column(String(14))
-    name_en: Mapped[str] = mapped_column(String(200))
-    name_zh: Mapped[str] = mapped_column(String(200))
-    list_price: Mapped[Decimal] = mapped_column(Numeric(12, 2))
 
 
 # Every model module registers its tables on `Base.metadata` when imported; import them here so that

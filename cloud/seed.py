@@ -14,7 +14,8 @@ from decimal import Decimal
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from cloud.models import Node, Product, Region, Store
+from cloud.catalogue.models import Product
+from cloud.models import Node, Region, Store
 
 __all__ = ["DEMO_PRODUCTS", "DEMO_REGIONS", "DEMO_STORES", "DEMO_STORE_DETAILS", "DemoStore", "SeedResult", "seed"]
 

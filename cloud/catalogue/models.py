@@ -1,14 +1,11 @@
-"""Tables of cloud.catalogue.
-
-`products` was created by the foundation (0001) with the identity and names; the catalogue adds its
-columns to that same table (`extend_existing`), so `cloud.models.Product` keeps working for the
-seed and old readers while the importer writes whole rows through SQLAlchemy Core (batched upserts
-are ~10x faster than the ORM unit of work at 100,000 rows).
-"""
+"""Tables of cloud.catalogue: products, their GTINs, catalogue versions, imports, images and the
+sync files the boxes download. (`products` was created by migration 0001 and extended by 0003.)"""
 
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -18,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    Numeric,
     String,
     Table,
     Text,
@@ -34,31 +32,46 @@ __all__ = [
     "CatalogueImport",
     "CatalogueVersion",
     "ImageFile",
+    "Product",
     "product_gtins",
     "products",
 ]
 
-products = Table(
-    "products",
-    Base.metadata,
-    Column("brand", String(200), nullable=True),
-    Column("category", String(500), nullable=True, index=True),
-    Column("desc_en", Text, nullable=True),
-    Column("desc_zh", Text, nullable=True),
-    Column("attributes", JSON, nullable=True),
-    Column("region_prices", JSON, nullable=True),
-    Column("images", JSON, nullable=True),
-    Column("gtins", JSON, nullable=True),
-    Column("status", String(16), nullable=False, server_default=text("'active'")),
-    Column("serialised", Boolean, nullable=False, server_default=false()),
-    Column("version", BigInteger, nullable=False, server_default=text("0"), index=True),
-    Column("row_hash", String(64), nullable=True),
-    Column("updated_at", UtcDateTime, nullable=True),
-    extend_existing=True,
-)
-"""One row per SKU. `version` is the catalogue version that last changed the row (deltas select on
-it); `row_hash` is the hash of the normalised input row, so a re-import of an unchanged row is a
-no-op that creates no version."""
+class Product(Base):
+    """One row per SKU, in every channel's catalogue.
+
+    `version` is the catalogue version that last changed the row (deltas select on it); `row_hash`
+    is the hash of the normalised input row, so re-importing an unchanged row is a no-op that
+    creates no version. The importer writes through `products` (SQLAlchemy Core): batched upserts
+    are ~10x faster than the ORM unit of work at 100,000 rows.
+    """
+
+    __tablename__ = "products"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sku: Mapped[str] = mapped_column(String(64), unique=True)
+    gtin: Mapped[str | None] = mapped_column(String(14))
+    """The primary GTIN (14 digits); all of them are in `gtins` and `product_gtins`."""
+    name_en: Mapped[str] = mapped_column(String(200))
+    name_zh: Mapped[str] = mapped_column(String(200))
+    list_price: Mapped[Decimal] = mapped_column(Numeric(12, 2))
+    brand: Mapped[str | None] = mapped_column(String(200))
+    category: Mapped[str | None] = mapped_column(String(500), index=True)
+    desc_en: Mapped[str | None] = mapped_column(Text)
+    desc_zh: Mapped[str | None] = mapped_column(Text)
+    attributes: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    region_prices: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    images: Mapped[list[Any] | None] = mapped_column(JSON)
+    gtins: Mapped[list[str] | None] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), server_default=text("'active'"))
+    serialised: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    version: Mapped[int] = mapped_column(BigInteger, server_default=text("0"), index=True)
+    row_hash: Mapped[str | None] = mapped_column(String(64))
+    updated_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+products: Table = Product.__table__  # type: ignore[assignment]
+
 
 product_gtins = Table(
     "product_gtins",

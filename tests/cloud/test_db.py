@@ -11,8 +11,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
+from cloud.catalogue.models import Product
 from cloud.db import alembic_config, make_engine, migrate, normalize_url
-from cloud.models import Base, Node, Product, Region, Store
+from cloud.models import Base, Node, Region, Store
 from cloud.seed import DEMO_STORE_DETAILS, DEMO_STORES, seed
 
 
