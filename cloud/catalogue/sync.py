@@ -275,7 +275,7 @@ def start_publisher(app: Any, settings: Settings, engine: Engine, worker: Ingest
         engine,
         Path(settings.CATALOGUE_DIR),
         # The worker reconnects on its own; the publisher takes whatever connection is current.
-        lambda: worker._conn,
+        lambda: worker.connection,
         keep=settings.CATALOGUE_DELTA_KEEP,
         poll_s=settings.CATALOGUE_POLL_S,
     )

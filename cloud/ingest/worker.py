@@ -68,6 +68,12 @@ class IngestWorker:
     def connected(self) -> bool:
         return self._conn is not None and self._conn.is_connected
 
+    @property
+    def connection(self) -> MqttConnection | None:
+        """The current bus connection (None between connections), for other cloud publishers in
+        this process: the broker allows one connection per username, so they share this one."""
+        return self._conn
+
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
