@@ -299,6 +299,8 @@ class MqttConnection:
     # -- paho callbacks (all on the loop thread, except socket open during connect) ----------------
 
     def _call_on_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._loop.is_closed():
+            return  # e.g. paho's __del__ closing the socket after the loop ended: nothing to unregister
         if threading.get_ident() == self._loop_thread:
             fn(*args)
         else:
@@ -421,5 +423,9 @@ class MqttConnection:
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.close()
+        # This connection is over: whatever paho does with its socket later (including in __del__,
+        # possibly after the event loop has closed) must not reach back into the loop.
+        c = self._client
+        c.on_socket_open = c.on_socket_close = c.on_socket_register_write = c.on_socket_unregister_write = None
         if self._misc is not None and asyncio.current_task() is not self._misc:
             self._misc.cancel()

@@ -230,11 +230,27 @@ class MosquittoProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def reload(self) -> None:
-        """Re-read the password and ACL files (after `layout.write()`), without dropping clients."""
+    def reload(self, timeout: float = 10.0) -> None:
+        """Re-write and re-read the password and ACL files without dropping clients; return once the
+        broker has applied them, so a client connecting next is checked against the new ones."""
         self.layout.write()
-        if self.proc is not None and self.running:
-            self.proc.send_signal(signal.SIGHUP)
+        if self.proc is None or not self.running:
+            return
+        before = self._reloads()
+        self.proc.send_signal(signal.SIGHUP)
+        # Mosquitto logs this line as it starts the reload and, being single-threaded, finishes the
+        # reload before it handles any later network event.
+        deadline = time.monotonic() + timeout
+        while self._reloads() <= before:
+            if time.monotonic() > deadline or not self.running:
+                raise MosquittoError(f"Mosquitto did not reload its configuration within {timeout:.0f} s")
+            time.sleep(0.01)
+
+    def _reloads(self) -> int:
+        try:
+            return self.layout.log_path.read_text(errors="replace").count("Reloading config.")
+        except FileNotFoundError:
+            return 0
 
     def stop(self, timeout: float = 10.0) -> None:
         """Graceful stop: Mosquitto saves its persistence file first."""

@@ -153,7 +153,6 @@ class System:
         if "monitor" not in self.broker.layout.monitor_users:
             self.broker.layout.monitor_users["monitor"] = "monitor-pw"
             self.broker.process.reload()
-            time.sleep(0.3)
 
         async def read() -> bool | None:
             got: list[bytes] = []
