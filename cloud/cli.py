@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="The cloud core. Settings come from OMNISHELF_* environment variables "
         "(DATABASE_URL, BROKER_URL, BROKER_USERNAME, BROKER_PASSWORD, ENV, ...).",
     )
-    parser.set_defaults(func=_usage(parser))
+    parser.set_defaults(func=usage(parser))
     cmds = parser.add_subparsers(dest="cloud_command", metavar="SUBCOMMAND")
 
     serve = cmds.add_parser("serve", help="migrate, then run the API (and an ingest worker)")
@@ -49,11 +49,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     seed.set_defaults(func=_seed)
 
     for p in (serve, worker, mig, seed):
-        p.add_argument("--db-timeout", type=float, default=30.0, metavar="S",
-                       help="seconds to wait for the database to answer (default 30)")
+        add_db_timeout(p)
 
 
-def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+# -- shared by every cloud command module (cloud.access.cli, cloud.catalogue.cli, …) ---------------
+
+
+def add_db_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db-timeout", type=float, default=30.0, metavar="S",
+                        help="seconds to wait for the database to answer (default 30)")
+
+
+def usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """The handler of a command group run without a sub-command: its help, exit code 2."""
     def show(_args: argparse.Namespace) -> int:
         parser.print_help()
         return 2
@@ -61,14 +69,15 @@ def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], in
     return show
 
 
-def _settings() -> Settings:
+def cli_settings() -> Settings:
+    """The settings, or one clear line naming the bad variable."""
     try:
         return load_settings()
     except SettingsError as exc:
         raise SystemExit(str(exc)) from None
 
 
-def _prepared_engine(settings: Settings, db_timeout: float) -> Engine:
+def prepared_engine(settings: Settings, db_timeout: float) -> Engine:
     """Wait for the database, then migrate it to head."""
     try:
         engine = make_engine(settings.DATABASE_URL)
@@ -88,8 +97,8 @@ def _prepared_engine(settings: Settings, db_timeout: float) -> Engine:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    settings = _settings()
-    engine = _prepared_engine(settings, args.db_timeout)
+    settings = cli_settings()
+    engine = prepared_engine(settings, args.db_timeout)
     print(f"database {engine.url.render_as_string()} is at the newest schema revision")
     engine.dispose()
     return 0
@@ -98,8 +107,8 @@ def _migrate(args: argparse.Namespace) -> int:
 def _seed(args: argparse.Namespace) -> int:
     from cloud.seed import seed
 
-    settings = _settings()
-    engine = _prepared_engine(settings, args.db_timeout)
+    settings = cli_settings()
+    engine = prepared_engine(settings, args.db_timeout)
     try:
         result = seed(engine)
     finally:
@@ -114,8 +123,8 @@ def _seed(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from cloud.ingest import IngestWorker
 
-    settings = _settings()
-    engine = _prepared_engine(settings, args.db_timeout)
+    settings = cli_settings()
+    engine = prepared_engine(settings, args.db_timeout)
 
     async def run() -> None:
         worker = IngestWorker(settings, engine)
@@ -141,9 +150,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     from cloud.api import create_app
 
-    settings = _settings()
+    settings = cli_settings()
     _check_port_free(args.host, args.port)
-    _prepared_engine(settings, args.db_timeout).dispose()
+    prepared_engine(settings, args.db_timeout).dispose()
     app = create_app(settings, run_worker=not args.no_worker)
     # uvicorn turns SIGTERM/SIGINT into the lifespan shutdown (which stops the worker cleanly) and
     # then re-raises the signal to the previous handler; for SIGTERM that handler is a no-op here,

@@ -20,13 +20,14 @@ from sqlalchemy.orm import Session
 
 from cloud.access import service
 from cloud.access.scope import NotFound, Role
+from cloud.cli import add_db_timeout, cli_settings, prepared_engine, usage
 
 __all__ = ["add_parser"]
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("users", help="console users and API keys (create the first admin here)")
-    parser.set_defaults(func=_usage(parser))
+    parser.set_defaults(func=usage(parser))
     cmds = parser.add_subparsers(dest="users_command", metavar="SUBCOMMAND")
     roles = [r.value for r in Role]
 
@@ -52,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         p.set_defaults(func=_set_active(active))
 
     key = cmds.add_parser("api-key", help="API keys for machine clients")
-    key.set_defaults(func=_usage(key))
+    key.set_defaults(func=usage(key))
     kcmds = key.add_subparsers(dest="key_command", metavar="SUBCOMMAND")
     kc = kcmds.add_parser("create", help="create a key; its secret is printed once")
     kc.add_argument("--name", required=True)
@@ -68,7 +69,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     kl.set_defaults(func=_key_list)
 
     for p in (add, ls, pw, kc, kr, kl, *(cmds.choices[n] for n in ("enable", "disable"))):
-        p.add_argument("--db-timeout", type=float, default=30.0, metavar="S", help="seconds to wait for the database")
+        add_db_timeout(p)
 
 
 def _password_args(p: argparse.ArgumentParser) -> None:
@@ -76,13 +77,6 @@ def _password_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     g.add_argument("--generate", action="store_true", help="generate a password and print it once")
 
-
-def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    def show(_args: argparse.Namespace) -> int:
-        parser.print_help()
-        return 2
-
-    return show
 
 
 def _actor() -> str:
@@ -105,9 +99,8 @@ def _password(args: argparse.Namespace) -> tuple[str, bool]:
 
 @contextmanager
 def _db(args: argparse.Namespace) -> Iterator[Session]:
-    from cloud.cli import _prepared_engine, _settings
 
-    engine: Engine = _prepared_engine(_settings(), args.db_timeout)
+    engine: Engine = prepared_engine(cli_settings(), args.db_timeout)
     try:
         with service.write_session(engine) as session, session.begin():
             yield session

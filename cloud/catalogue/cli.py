@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
+
+from cloud.cli import add_db_timeout, cli_settings, prepared_engine, usage
 
 __all__ = ["add_parser"]
 
@@ -25,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="product master data: bulk import (CSV/JSON), import history, catalogue version",
         description="The product catalogue of the cloud core (settings from OMNISHELF_* variables).",
     )
-    parser.set_defaults(func=_usage(parser))
+    parser.set_defaults(func=usage(parser))
     cmds = parser.add_subparsers(dest="catalogue_command", metavar="SUBCOMMAND")
     imp = cmds.add_parser(
         "import",
@@ -43,23 +44,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ver = cmds.add_parser("version", help="the newest catalogue version and its sync files")
     ver.set_defaults(func=_version)
     for p in (imp, hist, ver):
-        p.add_argument("--db-timeout", type=float, default=30.0, metavar="S",
-                       help="seconds to wait for the database to answer (default 30)")
+        add_db_timeout(p)
 
-
-def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    def show(_args: argparse.Namespace) -> int:
-        parser.print_help()
-        return 2
-
-    return show
 
 
 def _engine(args: argparse.Namespace) -> tuple[Engine, Path]:
-    from cloud.cli import _prepared_engine, _settings
 
-    settings = _settings()
-    return _prepared_engine(settings, args.db_timeout), Path(settings.CATALOGUE_DIR)
+    settings = cli_settings()
+    return prepared_engine(settings, args.db_timeout), Path(settings.CATALOGUE_DIR)
 
 
 def _count_lines(path: Path) -> int | None:
