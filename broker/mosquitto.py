@@ -64,7 +64,7 @@ def acl_file(cloud_users: Iterable[str], monitor_users: Iterable[str] = ()) -> s
     for user in sorted(monitor_users):
         # Operators watching traffic (mosquitto_sub): read everything, write nothing.
         topics.check_id(user, "username")
-        out += [f"user {user}", f"topic read {root}/#", ""]
+        out += [f"user {user}", f"topic read {topics.everything_filter()}", ""]
     for user in sorted(cloud_users):
         topics.check_id(user, "username")
         out += [

@@ -23,6 +23,7 @@ __all__ = [
     "cloud_ingest_filter",
     "death",
     "dn",
+    "everything_filter",
     "host_state",
     "host_state_filter",
     "node_dn_filter",
@@ -120,6 +121,11 @@ def node_up_filter(node: str) -> str:
 def node_dn_filter(node: str) -> str:
     """Everything one node may receive (its subscription and ACL read pattern)."""
     return f"{ROOT}/dn/{check_id(node)}/#"
+
+
+def everything_filter() -> str:
+    """All bus traffic (what a monitor may read)."""
+    return f"{ROOT}/#"
 
 
 def cloud_ingest_filter(group: str = "cloud") -> str:

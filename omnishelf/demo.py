@@ -21,6 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from broker import topics
 from broker.mosquitto import BrokerLayout, MosquittoError, MosquittoProcess, free_port
 
 CLOUD_USER = "cloud-1"
@@ -260,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
                     f"    curl -sG --data-urlencode 'q=龙井' http://127.0.0.1:{local_ports[first]}/search",
                     "  watch the bus:",
                     f"    mosquitto_sub -h 127.0.0.1 -p {mqtt_port} -V mqttv5 -u {MONITOR_USER} -i {MONITOR_USER} "
-                    f"-P '{passwords[MONITOR_USER]}' -t 'shelf/v1/#' -v",
+                    f"-P '{passwords[MONITOR_USER]}' -t '{topics.everything_filter()}' -v",
                     "",
                     "Ctrl-C stops everything.",
                 ]

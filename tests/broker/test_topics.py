@@ -14,6 +14,7 @@ def test_builders() -> None:
     assert topics.host_state("cloud-1") == "shelf/v1/host/cloud-1/state"
     assert topics.cloud_ingest_filter() == "$share/cloud/shelf/v1/up/+/#"
     assert topics.node_dn_filter("a1") == "shelf/v1/dn/a1/#"
+    assert topics.everything_filter() == "shelf/v1/#"
 
 
 @pytest.mark.parametrize("stream", list(UpStream))
