@@ -4,8 +4,11 @@
 VENV        ?= .venv
 PYTHON      ?= python3
 BIN         := $(VENV)/bin
-# Debian packages the demo and the tests need at run time (chromium: the console's browser tests).
-SYSTEM_PKGS := mosquitto mosquitto-clients chromium
+# Debian packages the system needs to run, and those only the tests need: Chromium for the console's
+# browser tests, and a CJK font so that Chinese product names render in it (and in the screenshots
+# the tests write to docs/img).
+SYSTEM_PKGS := mosquitto mosquitto-clients
+TEST_PKGS   := chromium fonts-wqy-microhei
 
 .PHONY: demo test lint typecheck unit bench system-deps test-deps venv clean
 
