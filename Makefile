@@ -28,6 +28,7 @@ unit: system-deps test-deps venv
 
 bench: system-deps venv
 	$(BIN)/python -m bench.bus
+	$(BIN)/python -m bench.catalogue
 
 venv: $(VENV)/.installed
 
