@@ -9,6 +9,7 @@ cloud), and a child that dies unexpectedly stops the demo with the tail of its l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from broker import topics
-from broker.mosquitto import BrokerLayout, MosquittoError, MosquittoProcess, free_port
+from broker.mosquitto import BrokerLayout, MosquittoError, MosquittoProcess, die_with_parent, free_port
 
 CLOUD_USER = "cloud-1"
 MONITOR_USER = "ops"
@@ -85,6 +86,7 @@ class Supervisor:
                 stderr=subprocess.STDOUT,
                 env={**self.env, **(env or {})},
                 start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
+                preexec_fn=die_with_parent,  # and if we are killed outright, they go too
             )
         child = Child(name, proc, log)
         self.children.append(child)
@@ -199,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
         node_users={n: passwords[n] for n in nodes},
         monitor_users={MONITOR_USER: passwords[MONITOR_USER]},
     )
-    broker = MosquittoProcess(layout)
+    broker = MosquittoProcess(layout, die_with_parent=True)
     try:
         broker.start()
     except MosquittoError as exc:
@@ -277,8 +279,9 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        print("stopping: boxes, cloud core, broker …", flush=True)
+        # Stop first, report after: printing can itself fail (e.g. stdout piped into `head`).
         sup.stop_all()
         broker.stop()
-    print("stopped.")
+        with contextlib.suppress(OSError):
+            print("stopped: boxes, cloud core, broker.", flush=True)
     return 0

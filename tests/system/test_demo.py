@@ -1,0 +1,96 @@
+"""`omnishelf demo` (what `make demo` runs) as a user runs it: the banner's URLs and credentials work,
+every box comes online, a box serves the synced catalogue, and stopping leaves nothing running."""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+from tests.system.harness import wait_for
+
+
+def _get(url: str, key: str | None = None) -> object:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def iter_queue(q: queue.Queue[str]) -> list[str]:
+    out = []
+    while not q.empty():
+        out.append(q.get_nowait())
+    return out
+
+
+def _ok(fn: object) -> bool:
+    try:
+        return bool(fn())  # type: ignore[operator]
+    except OSError:
+        return False
+
+
+def test_demo_runs_the_whole_system_and_stops_cleanly(tmp_path: Path) -> None:
+    data = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "omnishelf.cli", "demo", "--data-dir", str(data), "--mqtt-port", "0", "--http-port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    banner: list[str] = []
+    lines: queue.Queue[str] = queue.Queue()
+    stdout = proc.stdout
+    assert stdout is not None
+    # A thread reads, because select() on the pipe misses lines already in Python's read buffer.
+    def read() -> None:
+        for line in stdout:
+            lines.put(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 90
+        while not banner or banner[-1] != "Ctrl-C stops everything.":
+            assert proc.poll() is None, f"the demo exited early (code {proc.returncode}):\n" + "\n".join(banner)
+            try:
+                banner.append(lines.get(timeout=max(0.1, deadline - time.monotonic())).rstrip("\n"))
+            except queue.Empty:
+                raise AssertionError("no banner within 90 s:\n" + "\n".join(banner)) from None
+        text = "\n".join(banner)
+        key, nodes_url = re.search(r"Bearer (osk_\S+)' (http://\S+/nodes)", text).groups()  # type: ignore[union-attr]
+        search_url = re.search(r"curl -s '(http://\S+/search)\?q=tea'", text).group(1)  # type: ignore[union-attr]
+        assert re.search(r"sign in as admin / \S+\)", text)
+        assert "mosquitto_sub -h 127.0.0.1" in text
+
+        def all_online() -> bool:
+            nodes = _get(nodes_url, key)
+            return isinstance(nodes, list) and len(nodes) == 3 and all(n["online"] for n in nodes)
+
+        wait_for(lambda: _ok(all_online), 60, "all three demo boxes online")
+        wait_for(lambda: _ok(lambda: any(p["sku"] == "TEA-LJ-250" for p in _get(f"{search_url}?q=tea"))), 60,  # type: ignore[attr-defined]
+                 "the catalogue on the first box")
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) == 5, [c.cmdline() for c in children]  # broker, cloud, three boxes
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        reader.join(10)
+    out = "\n".join(banner) + "".join(iter_queue(lines))
+    assert proc.returncode == 0, out
+    assert "stopped: boxes, cloud core, broker." in out
+    _gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, [c.pid for c in alive]
