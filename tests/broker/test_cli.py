@@ -99,11 +99,16 @@ def test_broker_command_reloads_credentials_on_sighup(tmp_path: Path) -> None:
         asyncio.run(eventually("n2", "pw2", True))
         creds.write_text(json.dumps({"nodes": {"Bad Name": "x"}}))
         proc.send_signal(signal.SIGHUP)
-        asyncio.run(asyncio.sleep(0.5))
+        # Wait for the command to say it refused the edit (not a fixed sleep: it polls its signals).
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "credentials not reloaded, the previous ones stay in force" in line:
+                break
+        else:
+            raise AssertionError(f"no refusal logged; exit code {proc.poll()}")
         assert proc.poll() is None
         assert asyncio.run(can_connect("n1", "pw1")) and asyncio.run(can_connect("n2", "pw2"))
     finally:
         proc.send_signal(signal.SIGTERM)
-        _out, err = proc.communicate(timeout=15)
+        proc.communicate(timeout=15)
     assert proc.returncode == 0
-    assert "credentials not reloaded, the previous ones stay in force" in err
