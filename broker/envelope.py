@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -27,8 +28,10 @@ from uuid6 import uuid7
 
 from broker import payloads as p
 from broker import topics
+from broker.topics import MessageType
 
 __all__ = [
+    "MAX_DEPTH",
     "MAX_ENVELOPE_BYTES",
     "PAYLOADS",
     "SEQUENCED",
@@ -45,29 +48,9 @@ __all__ = [
 VERSION = 1
 MAX_ENVELOPE_BYTES = 256 * 1024
 """Largest encoded envelope accepted. Catalogue and media travel over HTTP, not the bus."""
-
-
-class MessageType(enum.StrEnum):
-    # box → cloud (the topic's last level)
-    BIRTH = "birth"
-    DEATH = "death"
-    SCAN = "scan"
-    ORDER = "order"
-    STOCK = "stock"
-    POP = "pop"
-    FULFIL = "fulfil"
-    ACK = "ack"
-    TELEMETRY = "telemetry"
-    # cloud → box
-    VERDICT = "verdict"
-    ASSIGN = "assign"
-    CONFIG = "config"
-    SCHEDULE = "schedule"
-    CATALOG = "catalog"
-    COMMAND = "command"
-    REBIRTH = "rebirth"
-    # cloud host lifecycle
-    STATE = "state"
+MAX_DEPTH = 32
+"""Deepest nesting of arrays and objects accepted: ours never exceed a handful, and a hostile
+`[[[[…` must fail here, not as a RecursionError somewhere downstream."""
 
 
 PAYLOADS: dict[MessageType, type[p.Payload]] = {
@@ -91,17 +74,7 @@ PAYLOADS: dict[MessageType, type[p.Payload]] = {
 }
 
 
-SEQUENCED: frozenset[MessageType] = frozenset(
-    {
-        MessageType.SCAN,
-        MessageType.ORDER,
-        MessageType.STOCK,
-        MessageType.POP,
-        MessageType.FULFIL,
-        MessageType.ACK,
-        MessageType.TELEMETRY,
-    }
-)
+SEQUENCED: frozenset[MessageType] = topics.UP - topics.LIFECYCLE
 """The box's durable messages: each gets the next `seq` of its node when it enters the outbox, and the
 cloud checks their sequence for gaps. Births and deaths only report the highest seq so far."""
 
@@ -117,6 +90,8 @@ class RejectReason(enum.StrEnum):
     SCHEMA = "schema"
     BAD_TOPIC = "bad_topic"
     TOPIC_MISMATCH = "topic_mismatch"
+    LIMIT = "limit"
+    """Beyond a structural limit: nesting depth, digits of a number."""
 
 
 class ContractError(ValueError):
@@ -136,7 +111,7 @@ def new_msg_id() -> uuid.UUID:
 class Envelope(BaseModel):
     """One bus message. `data` is the payload model that `type` names (see `PAYLOADS`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     v: Literal[1] = 1
     type: MessageType
@@ -199,25 +174,82 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
+class _NonFinite(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    # json.loads accepts NaN and ±Infinity by default, which are not JSON (RFC 8259) and which
+    # PostgreSQL refuses to store: they must be refused here, at the contract.
+    raise _NonFinite(name)
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        # Decoded here: json.loads(bytes) would guess UTF-16/32 from a BOM, and the bus is UTF-8.
+        return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+    except UnicodeDecodeError as exc:
+        raise ContractError(RejectReason.NOT_JSON, f"payload is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except _NonFinite as exc:
+        raise ContractError(RejectReason.NOT_JSON, f"payload holds {exc}, which is not a JSON number") from None
+    except json.JSONDecodeError as exc:
+        raise ContractError(RejectReason.NOT_JSON, f"payload is not JSON ({exc})") from None
+    except RecursionError:
+        raise ContractError(RejectReason.LIMIT, f"payload is nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:
+        # Python refuses integers of more than 4,300 digits (sys.int_info.str_digits_check_threshold).
+        raise ContractError(RejectReason.LIMIT, f"payload holds a number beyond the parser's limits ({exc})") from None
+
+
+def _check_structure(obj: Any) -> None:
+    """Depth, and strings every store accepts (no NUL, no lone surrogate), without recursion."""
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            items: Any = [*node.keys(), *node.values()]
+        elif isinstance(node, list):
+            items = node
+        else:
+            if isinstance(node, float) and not math.isfinite(node):
+                # "1e999" parses to inf without passing through parse_constant.
+                raise ContractError(RejectReason.NOT_JSON, f"payload holds a number that overflows to {node}")
+            if isinstance(node, int) and not isinstance(node, bool) and not -(2**63) <= node < 2**63:
+                raise ContractError(RejectReason.LIMIT, "payload holds an integer outside the 64-bit range")
+            if isinstance(node, str) and not node.isascii():
+                try:
+                    node.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ContractError(RejectReason.NOT_JSON, "payload holds a lone UTF-16 surrogate (\\ud800-\\udfff)") from None
+            if isinstance(node, str) and "\x00" in node:
+                raise ContractError(RejectReason.SCHEMA, "a string holds a NUL character (\\u0000), which no field allows")
+            continue
+        if depth > MAX_DEPTH:
+            raise ContractError(RejectReason.LIMIT, f"payload is nested deeper than {MAX_DEPTH} levels")
+        stack.extend((child, depth + 1) for child in items if isinstance(child, dict | list | str | int | float))
+
+
 def decode(raw: bytes, topic: str | None = None) -> Envelope:
-    """Validate bytes from the bus (and, when given, that they match the topic they came on)."""
+    """Validate bytes from the bus (and, when given, that they match the topic they came on).
+
+    Raises `ContractError` and nothing else, whatever the bytes: a receiver may rely on that to
+    reject one message without stopping.
+    """
     if len(raw) > MAX_ENVELOPE_BYTES:
         raise ContractError(RejectReason.OVERSIZE, f"message is {len(raw)} bytes, the limit is {MAX_ENVELOPE_BYTES}")
-    try:
-        obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ContractError(RejectReason.NOT_JSON, f"payload is not UTF-8 JSON ({exc})") from None
+    obj = _loads(raw)
     if not isinstance(obj, dict):
         raise ContractError(RejectReason.NOT_OBJECT, f"payload is a JSON {type(obj).__name__}, expected an object")
+    _check_structure(obj)
     if "v" not in obj:
         raise ContractError(RejectReason.SCHEMA, "field 'v': missing (the envelope version, expected 1)")
     if obj["v"] != VERSION:
-        raise ContractError(RejectReason.WRONG_VERSION, f"envelope version {obj['v']!r}, this side speaks {VERSION}")
+        raise ContractError(RejectReason.WRONG_VERSION, f"envelope version {obj['v']!r:.40}, this side speaks {VERSION}")
     kind = obj.get("type")
-    if kind not in PAYLOADS:
+    if not isinstance(kind, str) or kind not in PAYLOADS:
         raise ContractError(
             RejectReason.UNKNOWN_TYPE,
-            f"message type {kind!r} is unknown; expected one of {', '.join(sorted(PAYLOADS))}",
+            f"message type {kind!r:.60} is unknown; expected one of {', '.join(sorted(PAYLOADS))}",
         )
     try:
         envelope = Envelope.model_validate(obj)

@@ -79,9 +79,7 @@ def acl_file(cloud_users: Iterable[str], monitor_users: Iterable[str] = ()) -> s
             "",
         ]
     # `pattern` lines apply to every user, cloud users included; nodes get nothing else.
-    patterns = topics.acl_patterns()
-    out += [f"pattern write {t}" for t in patterns["write"]]
-    out += [f"pattern read {t}" for t in patterns["read"]]
+    out += [f"pattern write {root}/up/%u/#", f"pattern read {root}/dn/%u/#", f"pattern read {topics.host_state_filter()}"]
     return "\n".join(out) + "\n"
 
 

@@ -49,7 +49,7 @@ Count = Annotated[int, Field(ge=0, lt=2**63)]
 class Payload(BaseModel):
     """Base of every payload."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
 
 class DeviceInfo(Payload):
@@ -58,6 +58,9 @@ class DeviceInfo(Payload):
     model: Text | None = None
     serial: Text | None = None
     state: Text = "ok"
+    """'ok', or 'unavailable' (see `detail`); a device the box cannot drive is reported, never dropped."""
+    detail: Annotated[str, StringConstraints(max_length=500)] | None = None
+    """Why the device is not 'ok' (e.g. 'no answer from 192.168.1.50:9100: connection refused')."""
 
 
 class BirthData(Payload):
@@ -156,6 +159,8 @@ class AckData(Payload):
 
 class TelemetryData(Payload):
     metrics: Annotated[dict[Annotated[str, StringConstraints(max_length=64)], float], Field(max_length=200)]
+    devices: Annotated[tuple[DeviceInfo, ...], Field(max_length=64)] = ()
+    """The devices' current states (a device that failed since the birth shows here first)."""
 
 
 class VerdictData(Payload):
@@ -199,6 +204,10 @@ class CatalogData(Payload):
     or the snapshot when it is further behind than every delta offered."""
 
     version: Count
+    epoch: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")] | None = None
+    """The catalogue's identity: versions count within one epoch. A new database starts a new epoch
+    (and counts from 1 again), so a box holding another epoch resyncs from the snapshot whatever
+    the numbers say."""
     delta_from: Count | None = None
     region: Text | None = None
     """The region whose price overrides apply to this box's store."""

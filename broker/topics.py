@@ -12,15 +12,17 @@ import re
 from dataclasses import dataclass
 
 __all__ = [
+    "DOWN",
+    "LIFECYCLE",
     "ROOT",
-    "DownCommand",
+    "UP",
+    "MessageType",
     "Topic",
     "TopicError",
-    "UpStream",
-    "acl_patterns",
     "birth",
     "check_id",
-    "cloud_ingest_filter",
+    "cloud_ingest_filters",
+    "cloud_lifecycle_filters",
     "death",
     "dn",
     "everything_filter",
@@ -37,9 +39,11 @@ ROOT = "shelf/v1"
 _ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62})$")
 
 
-class UpStream(enum.StrEnum):
-    """The last level of a box → cloud topic."""
+class MessageType(enum.StrEnum):
+    """Every kind of bus message. The last level of an `up` or `dn` topic is the type of the
+    message it carries; `UP` and `DOWN` say which types travel which way."""
 
+    # box → cloud
     BIRTH = "birth"
     DEATH = "death"
     SCAN = "scan"
@@ -49,11 +53,7 @@ class UpStream(enum.StrEnum):
     FULFIL = "fulfil"
     ACK = "ack"
     TELEMETRY = "telemetry"
-
-
-class DownCommand(enum.StrEnum):
-    """The last level of a cloud → box topic."""
-
+    # cloud → box
     VERDICT = "verdict"
     ASSIGN = "assign"
     CONFIG = "config"
@@ -61,6 +61,28 @@ class DownCommand(enum.StrEnum):
     CATALOG = "catalog"
     COMMAND = "command"
     REBIRTH = "rebirth"
+    # cloud host lifecycle (`host/{host}/state`)
+    STATE = "state"
+
+
+UP: frozenset[MessageType] = frozenset(
+    {
+        MessageType.BIRTH,
+        MessageType.DEATH,
+        MessageType.SCAN,
+        MessageType.ORDER,
+        MessageType.STOCK,
+        MessageType.POP,
+        MessageType.FULFIL,
+        MessageType.ACK,
+        MessageType.TELEMETRY,
+    }
+)
+"""Types a box publishes (`up/{node}/{type}`)."""
+DOWN: frozenset[MessageType] = frozenset(MessageType) - UP - {MessageType.STATE}
+"""Types the cloud sends a box (`dn/{node}/{type}`)."""
+LIFECYCLE: frozenset[MessageType] = frozenset({MessageType.BIRTH, MessageType.DEATH})
+"""A box's birth and death: every cloud worker must see them (liveness may not depend on one worker)."""
 
 
 class TopicError(ValueError):
@@ -85,23 +107,34 @@ class Topic:
     node: str
     """The node id (for 'host' topics: the host id)."""
     name: str
-    """The stream (`UpStream`), the command (`DownCommand`) or 'state'."""
+    """The message type carried (an `UP` or `DOWN` `MessageType`), or 'state'."""
 
 
-def up(node: str, stream: UpStream | str) -> str:
-    return f"{ROOT}/up/{check_id(node)}/{UpStream(stream).value}"
+def _kind(value: MessageType | str, allowed: frozenset[MessageType], what: str) -> MessageType:
+    try:
+        kind = MessageType(value)
+    except ValueError:
+        kind = None
+    if kind not in allowed:
+        names = ", ".join(sorted(k.value for k in allowed))
+        raise TopicError(f"{str(value)!r} is not a {what} message type: expected one of {names}")
+    return kind
+
+
+def up(node: str, kind: MessageType | str) -> str:
+    return f"{ROOT}/up/{check_id(node)}/{_kind(kind, UP, 'box → cloud').value}"
 
 
 def birth(node: str) -> str:
-    return up(node, UpStream.BIRTH)
+    return up(node, MessageType.BIRTH)
 
 
 def death(node: str) -> str:
-    return up(node, UpStream.DEATH)
+    return up(node, MessageType.DEATH)
 
 
-def dn(node: str, cmd: DownCommand | str) -> str:
-    return f"{ROOT}/dn/{check_id(node)}/{DownCommand(cmd).value}"
+def dn(node: str, kind: MessageType | str) -> str:
+    return f"{ROOT}/dn/{check_id(node)}/{_kind(kind, DOWN, 'cloud → box').value}"
 
 
 def host_state(host: str) -> str:
@@ -128,17 +161,18 @@ def everything_filter() -> str:
     return f"{ROOT}/#"
 
 
-def cloud_ingest_filter(group: str = "cloud") -> str:
-    """The shared subscription through which N cloud workers split all box traffic."""
-    return f"$share/{check_id(group, 'share group')}/{ROOT}/up/+/#"
+def cloud_ingest_filters(group: str = "cloud") -> list[str]:
+    """The shared subscriptions through which N cloud workers split the boxes' data messages:
+    one per type, so that none overlaps the lifecycle subscriptions (overlapping subscriptions
+    would deliver a birth twice to the same worker)."""
+    g = check_id(group, "share group")
+    return [f"$share/{g}/{ROOT}/up/+/{k.value}" for k in sorted(UP - LIFECYCLE)]
 
 
-def acl_patterns() -> dict[str, list[str]]:
-    """ACL templates with Mosquitto's `%u` (username = node id) placeholder, by access kind."""
-    return {
-        "write": [f"{ROOT}/up/%u/#"],
-        "read": [f"{ROOT}/dn/%u/#", host_state_filter()],
-    }
+def cloud_lifecycle_filters() -> list[str]:
+    """Births and deaths, subscribed by every cloud worker on its own (not shared): a death queued in
+    the session of a worker that is down would otherwise hide a dead box until that worker returns."""
+    return [f"{ROOT}/up/+/{k.value}" for k in sorted(LIFECYCLE)]
 
 
 def parse(topic: str) -> Topic:
@@ -151,9 +185,9 @@ def parse(topic: str) -> Topic:
         raise TopicError(f"Topic {topic!r} has {len(parts) + 2} levels: expected 5 ({prefix}<dir>/<id>/<name>)")
     direction, node, name = parts
     if direction == "up":
-        kinds: tuple[str, ...] = tuple(s.value for s in UpStream)
+        kinds: tuple[str, ...] = tuple(m.value for m in MessageType if m in UP)
     elif direction == "dn":
-        kinds = tuple(c.value for c in DownCommand)
+        kinds = tuple(m.value for m in MessageType if m in DOWN)
     elif direction == "host":
         kinds = ("state",)
     else:

@@ -256,7 +256,7 @@ class CataloguePublisher:
             try:
                 env = announcement(ann, node, region)
                 await asyncio.wait_for(
-                    conn.publish(topics.dn(node, topics.DownCommand.CATALOG), encode(env), retain=True), 10
+                    conn.publish(topics.dn(node, MessageType.CATALOG), encode(env), retain=True), 10
                 )
             except (BusError, TimeoutError, topics.TopicError, ValueError) as exc:
                 log.warning("catalogue version %d not announced to %s: %s", ann.version, node, exc)

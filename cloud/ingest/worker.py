@@ -46,7 +46,7 @@ _Pending = tuple[MqttConnection, int, float, Incoming]
 
 
 class IngestWorker:
-    """Consumes `topics.cloud_ingest_filter()` into the database until `stop()`."""
+    """Consumes `topics.cloud_ingest_filters()` (and every birth and death) into the database until `stop()`."""
 
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self.settings = settings
@@ -142,7 +142,7 @@ class IngestWorker:
         self._db_failed.clear()
         try:
             present = await conn.connect()
-            await conn.subscribe([topics.cloud_ingest_filter()])
+            await conn.subscribe([*topics.cloud_ingest_filters(), *topics.cloud_lifecycle_filters()])
             await conn.publish(topics.host_state(self.host), encode(self._host_state(online=True)), retain=True)
         except BusAuthError as exc:
             conn.abort()
@@ -315,7 +315,7 @@ class IngestWorker:
             data=RebirthData(reason="seq gap", replay_from=gap.replay_from),
         )
         try:
-            await conn.publish(topics.dn(gap.node, topics.DownCommand.REBIRTH), encode(envelope))
+            await conn.publish(topics.dn(gap.node, MessageType.REBIRTH), encode(envelope))
         except BusError as exc:
             log.warning("%s: could not send rebirth to %r: %s", self.host, gap.node, exc)
             return

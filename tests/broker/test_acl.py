@@ -43,7 +43,7 @@ def test_node_cannot_publish_as_another_node(broker: Broker) -> None:
     async def body() -> None:
         cloud_got: Received = []
         cloud = await connected(broker, "cloud-1", pc, cloud_got)
-        await cloud.subscribe([topics.cloud_ingest_filter()])
+        await cloud.subscribe(topics.cloud_ingest_filters())
         a = await connected(broker, "node-a", pa)
         with pytest.raises(PublishRefused) as info:
             await a.publish(topics.up("node-b", "scan"), b"forged")

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from broker import topics
 from broker.envelope import (
@@ -23,7 +26,7 @@ from tests.broker.samples import NOW, SAMPLES
 def topic_for(kind: MessageType, node: str) -> str:
     if kind == MessageType.STATE:
         return topics.host_state(node)
-    if kind.value in {s.value for s in topics.UpStream}:
+    if kind in topics.UP:
         return topics.up(node, kind.value)
     return topics.dn(node, kind.value)
 
@@ -48,6 +51,13 @@ def test_round_trip(kind: MessageType) -> None:
     assert json.loads(raw)["ts"] == "2026-11-24T09:30:00.123000+08:00"
 
 
+def _nested(depth: int) -> object:
+    value: object = "leaf"
+    for _ in range(depth):
+        value = {"k": value}
+    return value
+
+
 def valid_obj(**over: object) -> dict[str, object]:
     obj: dict[str, object] = json.loads(encode(make(MessageType.SCAN)))
     obj.update(over)
@@ -59,8 +69,20 @@ def raw_of(obj: object) -> bytes:
 
 
 REJECTS = [
-    ("not json", b"{oops", RejectReason.NOT_JSON, "payload is not UTF-8 JSON"),
-    ("not utf-8", b"\xff\xfe{}", RejectReason.NOT_JSON, "payload is not UTF-8 JSON"),
+    ("not json", b"{oops", RejectReason.NOT_JSON, "payload is not JSON (Expecting property name"),
+    ("not utf-8", b"\xff\xfe{}", RejectReason.NOT_JSON, "payload is not UTF-8 (invalid start byte at byte 0)"),
+    ("deep nesting", b"[" * 100_000, RejectReason.LIMIT, "nested deeper than 32 levels"),
+    ("nesting beyond the limit", raw_of(valid_obj(data=_nested(40))), RejectReason.LIMIT, "nested deeper than 32 levels"),
+    ("5,000-digit integer", b'{"v": 1, "seq": ' + b"9" * 5000 + b"}", RejectReason.LIMIT, "beyond the parser's limits"),
+    ("integer beyond 64 bits", raw_of(valid_obj(data={"code": "x", "station": "s", "n": 2**64})), RejectReason.LIMIT,
+     "integer outside the 64-bit range"),
+    ("NaN", raw_of(valid_obj()).replace(b'"seq": 90412', b'"seq": NaN'), RejectReason.NOT_JSON, "holds NaN, which is not a JSON number"),
+    ("Infinity", b'{"v": 1, "x": -Infinity}', RejectReason.NOT_JSON, "holds -Infinity, which is not a JSON number"),
+    ("overflowing float", b'{"v": 1, "x": 1e999}', RejectReason.NOT_JSON, "overflows to inf"),
+    ("lone surrogate", b'{"v": 1, "x": "\\ud800"}', RejectReason.NOT_JSON, "lone UTF-16 surrogate"),
+    ("NUL in a string", raw_of(valid_obj(data={"code": "a\u0000b", "station": "s"})), RejectReason.SCHEMA,
+     "a string holds a NUL character"),
+    ("type not a string", raw_of(valid_obj(type=["scan"])), RejectReason.UNKNOWN_TYPE, "message type ['scan'] is unknown"),
     ("array", b"[1, 2]", RejectReason.NOT_OBJECT, "payload is a JSON list, expected an object"),
     ("no version", raw_of({"type": "scan"}), RejectReason.SCHEMA, "field 'v': missing"),
     ("version 2", raw_of(valid_obj(v=2)), RejectReason.WRONG_VERSION, "envelope version 2, this side speaks 1"),
@@ -162,3 +184,32 @@ def test_payloads_ignore_unknown_members_for_forward_compatibility() -> None:
     assert decode(raw_of(obj)).data == SAMPLES[MessageType.SCAN].model_copy(
         update={"code": "c", "station": "s", "symbology": None}
     )
+
+
+@given(st.binary(max_size=2048))
+@settings(max_examples=300, deadline=None)
+def test_any_bytes_give_an_envelope_or_a_contract_error(raw: bytes) -> None:
+    with contextlib.suppress(ContractError):
+        decode(raw, topics.up("st0001-k1", "scan"))
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=40,
+)
+
+
+@given(st.dictionaries(st.sampled_from(["v", "type", "msg_id", "node", "session", "seq", "ts", "data", "corr"]), _json))
+@settings(max_examples=300, deadline=None)
+def test_any_json_object_gives_an_envelope_or_a_contract_error(obj: dict[str, object]) -> None:
+    raw = json.dumps(obj, allow_nan=True).encode()
+    with contextlib.suppress(ContractError):
+        decode(raw, topics.up("st0001-k1", "scan"))
+
+
+def test_payloads_refuse_non_finite_numbers() -> None:
+    from broker.payloads import TelemetryData
+
+    with pytest.raises(ValueError, match="finite number"):
+        TelemetryData(metrics={"cpu": float("nan")})

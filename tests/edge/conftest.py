@@ -68,7 +68,7 @@ class Cloud:
             session_expiry=300 if persistent else 0,
         )
         await self.conn.connect()
-        await self.conn.subscribe([topics.node_up_filter(NODE) if persistent else topics.cloud_ingest_filter()])
+        await self.conn.subscribe([topics.node_up_filter(NODE)] if persistent else [*topics.cloud_ingest_filters(), *topics.cloud_lifecycle_filters()])
         return self
 
     def _on_message(self, msg: paho.MQTTMessage) -> None:

@@ -1,0 +1,61 @@
+"""GS1 identification keys for the whole project: one facade over biip.
+
+Imports nothing else of omnishelf, so the cloud, the box and the tests share it. This is the small
+part the catalogue and the box need today (GTINs, check digits, element strings as a scanner
+transmits them); traceability extends it (AI parsing, Digital Link, EPC URNs) behind the same facade.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from biip import ParseError
+from biip.gtin import Gtin
+
+__all__ = ["GS", "GtinError", "check_digit", "element_string", "is_valid_gtin", "normalise_gtin"]
+
+GS = "\x1d"
+"""FNC1 as transmitted by scanners: ends a variable-length element that is not last."""
+
+
+class GtinError(ValueError):
+    """Not a usable GTIN; the message names the value, what was expected and what was found."""
+
+
+def check_digit(body: str) -> str:
+    """The GS1 mod-10 check digit of `body` (a key without its check digit: weights 3,1,3,… from the right)."""
+    if not body.isdigit():
+        raise GtinError(f"GS1 keys are digits only, got {body!r}")
+    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
+    return str(-total % 10)
+
+
+def normalise_gtin(value: str) -> str:
+    """A GTIN-8, -12, -13 or -14 as its 14-digit form; `GtinError` saying what is wrong otherwise."""
+    code = value.strip()
+    if not code.isdigit() or len(code) not in (8, 12, 13, 14):
+        raise GtinError(f"GTIN {code!r} must be 8, 12, 13 or 14 digits")
+    try:
+        return Gtin.parse(code).as_gtin_14()
+    except ParseError as exc:
+        raise GtinError(str(exc)) from None
+
+
+def is_valid_gtin(value: str) -> bool:
+    try:
+        normalise_gtin(value)
+    except GtinError:
+        return False
+    return True
+
+
+def element_string(gtin: str, serial: str, *, expiry: date | None = None, lot: str | None = None) -> str:
+    """`01 GTIN [17 YYMMDD] [10 lot GS] 21 serial`, as a 2D scanner transmits it (the serial comes
+    last, so it needs no separator)."""
+    code = normalise_gtin(gtin)
+    out = "01" + code
+    if expiry is not None:
+        out += "17" + expiry.strftime("%y%m%d")
+    if lot is not None:
+        out += "10" + lot + GS
+    return out + "21" + serial
