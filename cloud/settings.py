@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     REBIRTH_BACKOFF_CAP_S: float = Field(default=300.0, gt=0)
     INGEST_STALL_S: float = Field(default=30.0, gt=0)
     """/health turns unhealthy when a received message has waited this long without a commit."""
-    DOWNLINK_POLL_S: float = Field(default=0.5, gt=0, le=60)
+    DOWNLINK_POLL_S: float = Field(default=0.5, gt=0, le=3600)
     """How often the relay looks for due commands when nothing woke it."""
     FOLLOWER_POLL_S: float = Field(default=1.0, gt=0, le=3600)
     BATCH_MAX: int = Field(default=500, ge=1, le=10_000)

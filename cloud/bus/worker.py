@@ -109,6 +109,8 @@ class CloudBus:
         self._session = 0
         self._last_message = 0.0
         self._draining = False
+        self._inflight: tuple[int, float] = (0, 0.0)
+        """(messages, arrival of the oldest) of the batch being stored right now."""
 
     @property
     def connected(self) -> bool:
@@ -348,6 +350,7 @@ class CloudBus:
     async def _flush_locked(self, batch: list[_Pending]) -> None:
         items = [item for _, _, _, item in batch]
         started = time.monotonic()
+        self._inflight = (len(batch), batch[0][2])
         try:
             outcome = await asyncio.to_thread(self._store, items)
         except Exception as exc:
@@ -358,6 +361,8 @@ class CloudBus:
             self._pending.clear()
             self._db_failed.set()
             return
+        finally:
+            self._inflight = (0, 0.0)
         # Committed: only now may the broker forget these messages.
         for conn, mid, _, _ in batch:
             conn.ack(mid)
@@ -558,8 +563,10 @@ class CloudBus:
     def health(self) -> dict[str, Any]:
         """Is ingest making progress? `status` is ok, or why not (the /health endpoint's answer)."""
         now = time.monotonic()
-        backlog = len(self._pending)
-        oldest = now - self._pending[0][2] if self._pending else 0.0
+        inflight, inflight_since = self._inflight
+        backlog = len(self._pending) + inflight
+        arrivals = [t for t in (inflight_since if inflight else None, self._pending[0][2] if self._pending else None) if t]
+        oldest = now - min(arrivals) if arrivals else 0.0
         since_commit = None if self.stats.last_commit == 0 else now - self.stats.last_commit
         stall = self.settings.INGEST_STALL_S
         if not self.connected:
