@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 __all__ = [
     "DatabaseUnavailable",
     "after_commit",
+    "insert_for",
     "make_engine",
     "make_sessionmaker",
     "migrate",
@@ -90,6 +92,15 @@ def _sqlite_on_begin(conn: Connection) -> None:
     # once); writers ask for the lock up front so busy_timeout applies.
     immediate = conn.get_execution_options().get("omnishelf_write", False)
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def insert_for(conn: Connection, table: Any) -> postgresql.Insert | sqlite.Insert:
+    """The dialect's INSERT for `table` (both have `on_conflict_do_nothing/do_update`)."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table)
+    raise RuntimeError(f"unsupported database dialect {conn.dialect.name!r}")
 
 
 _AFTER_COMMIT = "omnishelf.after_commit"

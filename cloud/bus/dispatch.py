@@ -18,10 +18,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, select, update
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects import postgresql, sqlite
 
 from broker.envelope import MessageType
 from cloud.bus.message import Context, HandlerFn, Message
+from cloud.db import insert_for
 from cloud.models import FailedMessage, IngestedMessage
 
 __all__ = ["Call", "Registry", "ReplayResult", "is_database_fault", "record_failure", "replay", "run_calls"]
@@ -127,8 +127,7 @@ def record_failure(conn: Connection, call: Call, msg: Message, exc: BaseExceptio
     detail = "".join(traceback.format_exception(exc))[-20_000:]
     log.error("node %r: %s %s failed in %s/%s: %s (kept in the failed list; replay after a fix)",
               msg.node, msg.type.value, msg.msg_id, call.engine, call.name, error)
-    insert = postgresql.insert(_FAILED) if conn.dialect.name == "postgresql" else sqlite.insert(_FAILED)
-    stmt = insert.values(
+    stmt = insert_for(conn, _FAILED).values(
         msg_id=msg.msg_id, node=msg.node, type=msg.type.value, engine=call.engine, handler=call.name, error=error,
         detail=detail, first_failed_at=now, last_failed_at=now, attempts=1, status="failed",
     )

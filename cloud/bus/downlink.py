@@ -26,13 +26,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Table, and_, case, func, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from broker import topics
 from broker.envelope import PAYLOADS, ContractError, Envelope, MessageType, encode, new_msg_id
 from broker.payloads import AckData, Payload
-from cloud.db import after_commit
+from cloud.db import after_commit, insert_for
 from cloud.models import DownlinkCommand, Node
 
 __all__ = [
@@ -117,7 +116,7 @@ def send(
     else:
         # Another host may be sending the same keyed command right now: the first one wins.
         inserted = c.execute(
-            _insert(c, _DOWNLINK).values(**values).on_conflict_do_nothing(index_elements=["key"]).returning(
+            insert_for(c, _DOWNLINK).values(**values).on_conflict_do_nothing(index_elements=["key"]).returning(
                 _DOWNLINK.c.msg_id
             )
         ).scalar()
@@ -291,6 +290,3 @@ def due_count(conn: Connection, now: datetime) -> int:
         ).scalar_one()
     )
 
-
-def _insert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
-    return postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table)

@@ -22,11 +22,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, func, select, text, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from cloud.bus.dispatch import Call, is_database_fault, record_failure
 from cloud.bus.message import Context, Message
-from cloud.db import write_transaction
+from cloud.db import insert_for, write_transaction
 from cloud.models import FollowerCursor, IngestedMessage
 
 __all__ = ["FollowerStep", "lag", "step"]
@@ -46,8 +45,7 @@ class FollowerStep:
 
 
 def _cursor(conn: Connection, name: str) -> tuple[int, int, int]:
-    insert = postgresql.insert(_CURSORS) if conn.dialect.name == "postgresql" else sqlite.insert(_CURSORS)
-    conn.execute(insert.values(name=name, txid=0, last_id=0, processed=0).on_conflict_do_nothing(index_elements=["name"]))
+    conn.execute(insert_for(conn, _CURSORS).values(name=name, txid=0, last_id=0, processed=0).on_conflict_do_nothing(index_elements=["name"]))
     stmt = select(_CURSORS.c.txid, _CURSORS.c.last_id, _CURSORS.c.processed).where(_CURSORS.c.name == name)
     if conn.dialect.name == "postgresql":
         # One worker at a time per follower; the others skip this round instead of queueing.

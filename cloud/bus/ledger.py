@@ -35,7 +35,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
 from broker import payloads as p
 from broker import topics
@@ -43,7 +42,7 @@ from broker.envelope import SEQUENCED, ContractError, Envelope, MessageType, dec
 from cloud.bus import downlink
 from cloud.bus.dispatch import Registry, calls_for, is_database_fault, run_calls
 from cloud.bus.message import Message
-from cloud.db import write_transaction
+from cloud.db import insert_for, write_transaction
 from cloud.models import REJECTED_PAYLOAD_MAX, IngestedMessage, Node, RejectedMessage, UtcDateTime
 
 __all__ = ["BatchOutcome", "GapPolicy", "Incoming", "IngestReject", "RebirthDue", "check_gaps", "store_batch",
@@ -109,14 +108,6 @@ class RebirthDue:
     attempt: int
 
 
-def _insert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    if conn.dialect.name == "sqlite":
-        return sqlite.insert(table)
-    raise RuntimeError(f"unsupported database dialect {conn.dialect.name!r}")
-
-
 def _topic_node(topic: str) -> str | None:
     try:
         return topics.parse(topic).node
@@ -178,7 +169,7 @@ def _insert_ledger(
 ) -> set[Any]:
     """Insert what is new; return the msg_ids this transaction inserted. A row the database refuses
     for its content is retried alone and rejected, so it cannot take its batch down with it."""
-    stmt = _insert(conn, _LEDGER).on_conflict_do_nothing(index_elements=["msg_id"]).returning(_LEDGER.c.msg_id)
+    stmt = insert_for(conn, _LEDGER).on_conflict_do_nothing(index_elements=["msg_id"]).returning(_LEDGER.c.msg_id)
     rows = [_ledger_row(env, item) for env, item in envelopes.values()]
     try:
         with conn.begin_nested():
@@ -380,7 +371,7 @@ def _ensure_nodes(conn: Connection, nodes: Iterable[str]) -> None:
     missing = sorted(wanted - known)
     if missing:
         # Rows this transaction inserts are locked by it until the commit.
-        stmt = _insert(conn, _NODES).on_conflict_do_nothing(index_elements=["id"]).returning(_NODES.c.id)
+        stmt = insert_for(conn, _NODES).on_conflict_do_nothing(index_elements=["id"]).returning(_NODES.c.id)
         for node in conn.execute(stmt, [{"id": n} for n in missing]).scalars():
             log.info("first message from unknown node %r: registered it (no store assigned)", node)
 
