@@ -90,4 +90,4 @@ def test_the_documented_engine_works(broker: Broker, engine: Engine, example: Mo
 
 def _rows(engine: Engine, example: ModuleType) -> list[tuple[str, str, int]]:
     with Session(engine) as s:
-        return [tuple(r) for r in s.execute(select(example.shelf.c.node, example.shelf.c.sku, example.shelf.c.on_hand))]  # type: ignore[misc]
+        return [tuple(r) for r in s.execute(select(example.shelf.c.node, example.shelf.c.sku, example.shelf.c.on_hand))]
