@@ -34,11 +34,18 @@ class Broker:
         return self.layout.port
 
     def add_node(self, node: str) -> str:
+        """A new node (or a new password for an existing one), live on the broker when this returns."""
         password = secrets.token_urlsafe(12)
         self.layout.node_users[node] = password
         if self.process.running:
             self.process.reload()
         return password
+
+    def remove_node(self, node: str) -> None:
+        """Take a node's credential away; the broker drops its live connection before this returns."""
+        del self.layout.node_users[node]
+        if self.process.running:
+            self.process.reload()
 
     def add_cloud(self, user: str) -> str:
         password = secrets.token_urlsafe(12)
