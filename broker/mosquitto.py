@@ -19,6 +19,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,6 +193,15 @@ def _write_private(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def _raise_refused(applied: dynsec.Applied) -> None:
+    if applied.refused:
+        details = "; ".join(f"{dynsec.describe(c)}: {why}" for c, why in applied.refused[:5])
+        raise MosquittoError(
+            f"Mosquitto refused {len(applied.refused)} of {len(applied.refused) + len(applied.confirmed)} "
+            f"dynsec commands: {details}"
+        )
+
+
 def mosquitto_binary() -> str:
     found = shutil.which("mosquitto") or next(
         (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None
@@ -298,12 +308,21 @@ class MosquittoProcess:
             except dynsec.DynsecError as exc:
                 raise MosquittoError(f"credentials not applied: {exc}") from None
             self._passwords = applied.passwords_in_force(self._passwords)
-        if applied.refused:
-            details = "; ".join(f"{dynsec.describe(c)}: {why}" for c, why in applied.refused[:5])
-            raise MosquittoError(
-                f"Mosquitto refused {len(applied.refused)} of {len(applied.refused) + len(applied.confirmed)} "
-                f"credential changes: {details}"
-            )
+        _raise_refused(applied)
+        return applied
+
+    def control(self, commands: Sequence[dynsec.Command], timeout: float = 10.0) -> dynsec.Applied:
+        """Send dynsec commands as they are (e.g. a test narrowing one node's role) and return once the
+        broker confirmed each. The next `reload()` puts back whatever differs from the layout."""
+        if not self.running:
+            raise MosquittoError(f"Mosquitto on port {self.layout.port} is not running: no dynsec command can be sent")
+        with self._control:
+            try:
+                applied = dynsec.send(self.layout.local_address, self.layout.admin_password(), commands, timeout)
+            except dynsec.DynsecError as exc:
+                raise MosquittoError(str(exc)) from None
+            self._passwords = applied.passwords_in_force(self._passwords)
+        _raise_refused(applied)
         return applied
 
     def stop(self, timeout: float = 10.0) -> None:
