@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -105,7 +106,10 @@ def run(args: argparse.Namespace) -> int:
         proc.start()
     except (MosquittoError, ValueError) as exc:
         raise SystemExit(str(exc)) from None
-    print(json.dumps({"broker": layout.url, "config": str(layout.conf_path), "log": str(layout.log_path)}), flush=True)
+    print(
+        json.dumps({"broker": layout.url, "config": str(layout.conf_path), "log": str(layout.log_path), "pid": os.getpid()}),
+        flush=True,
+    )
     stop = threading.Event()
     reload = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -452,7 +452,7 @@ def describe(cmd: Command) -> str:
 # -- talking to the plugin ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Applied:
     """The commands the broker confirmed (and those it refused) in one `apply`."""
 
@@ -469,6 +469,11 @@ class Applied:
             elif cmd["command"] == "deleteClient":
                 after.pop(cmd["username"], None)
         return after
+
+    def __repr__(self) -> str:
+        # The commands may hold passwords: name them only.
+        refused = [f"{describe(c)}: {why}" for c, why in self.refused]
+        return f"Applied(confirmed={[describe(c) for c in self.confirmed]}, refused={refused}, seconds={self.seconds:.4f})"
 
     def summary(self) -> str:
         if not self.confirmed:

@@ -374,3 +374,12 @@ def test_reload_takes_milliseconds(broker: Broker) -> None:
         took.append(time.perf_counter() - t)
     # ~5 ms here on a busy 2-core machine; the bound only catches a return to sleeping or polling.
     assert statistics.median(took) < 0.1, f"median reload {statistics.median(took) * 1000:.1f} ms"
+
+
+def test_applied_never_shows_a_password() -> None:
+    cmd: Command = {"command": "setClientPassword", "username": "n1", "password": "s3cret"}
+    applied = dynsec.Applied((cmd,), ((dict(cmd), "no answer"),), 0.001)
+    assert "s3cret" not in repr(applied) and "s3cret" not in applied.summary()
+    assert repr(applied) == (
+        "Applied(confirmed=['setClientPassword n1'], refused=['setClientPassword n1: no answer'], seconds=0.0010)"
+    )
