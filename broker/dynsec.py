@@ -36,7 +36,7 @@ import paho.mqtt.client as paho
 from pydantic import BaseModel, ConfigDict
 
 from broker import topics
-from broker.client import BrokerAddress, BusError, MqttConnection
+from broker.client import BrokerAddress, BusError, BusNotConnected, MqttConnection
 
 __all__ = [
     "ADMIN_USER",
@@ -73,7 +73,7 @@ entry of a credentials file can collide with it."""
 
 PBKDF2_ITERATIONS = 101
 """What the plugin itself uses for passwords set over `$CONTROL` (and `mosquitto_ctrl dynsec init`):
-the file and run-time changes then hash alike. The plaintext credentials file sits next to the hashes
+the file and run-time changes then hash alike. The plaintext credentials file is on the same machine
 anyway, so more iterations would cost CPU at every CONNECT on a Pi-class broker and protect nothing."""
 
 _PLUGIN_NAME = "mosquitto_dynamic_security.so"
@@ -174,9 +174,9 @@ def cloud_host_role(host: str) -> str:
     return f"cloud-host:{host}"
 
 
-def _read(*filters: str, literal: bool = False) -> list[Acl]:
-    kind = AclType.SUBSCRIBE_LITERAL if literal else AclType.SUBSCRIBE_PATTERN
-    return [a for f in filters for a in (Acl(kind, f), Acl(AclType.PUBLISH_RECEIVE, f))]
+def _read(*filters: str) -> list[Acl]:
+    """Subscribe to these filters (or narrower ones) and receive what they match."""
+    return [a for f in filters for a in (Acl(AclType.SUBSCRIBE_PATTERN, f), Acl(AclType.PUBLISH_RECEIVE, f))]
 
 
 def _node_acls(node: str) -> tuple[Acl, ...]:
@@ -494,8 +494,8 @@ class _Control:
 
     async def ask(self, cmds: Sequence[Command], timeout: float, per_message: int = 1) -> list[_Response | None]:
         """Send `cmds` in messages of `per_message` commands, each once the previous one is answered;
-        the answers in the same order. A message unanswered within `timeout` stops the exchange: its
-        commands and those not sent yet get None.
+        the answers in the same order. A message unanswered within `timeout`, or a lost connection,
+        stops the exchange: the commands not answered by then get None.
 
         Why one change per message: Mosquitto is single-threaded and the 2.0 plugin rewrites its whole
         file after every command that changes something (~10 ms per command with 1000 nodes here). Adding
@@ -530,8 +530,8 @@ class _Control:
                     if left <= 0 or self.conn.closed.done():
                         raise TimeoutError
                     await asyncio.wait_for(self.arrived.wait(), left)
-            except TimeoutError:
-                break
+            except (TimeoutError, BusNotConnected):
+                break  # what was answered so far still counts (the caller records confirmed passwords)
         return [self.answers.pop(i, None) for i in ids]
 
 
@@ -606,8 +606,8 @@ def apply(
     timeout: float = 10.0,
 ) -> Applied:
     """Read what the broker has, send what differs from `desired`, and return once the broker has
-    answered every command. A batch of commands unanswered for `timeout` ends the exchange: those
-    commands and the ones not sent yet count as refused ("no answer")."""
+    answered every command. A message unanswered for `timeout`, or a lost connection, ends the
+    exchange: the commands not answered by then count as refused ("no answer")."""
 
     async def work(ctl: _Control) -> Applied:
         started = time.perf_counter()
