@@ -304,7 +304,7 @@ class MqttConnection:
         codes = await asyncio.wait_for(fut, self.connect_timeout)
         refused = [(f, c) for f, c in zip(filters, codes, strict=False) if c.is_failure]
         if refused:
-            raise BusAuthError("; ".join(f"subscription to {f!r} refused: {c.getName()}" for f, c in refused))
+            raise BusAuthError("; ".join(f"subscription to {f!r} refused: {c.getName()} ({c.value})" for f, c in refused))
         return codes
 
     async def unsubscribe(self, filters: Sequence[str]) -> None:
