@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Table, select, update
 from sqlalchemy import exc as sa_exc
@@ -24,7 +24,7 @@ from cloud.bus.message import Context, HandlerFn, Message
 from cloud.db import insert_for
 from cloud.models import FailedMessage, IngestedMessage
 
-__all__ = ["Call", "Registry", "ReplayResult", "is_database_fault", "record_failure", "replay", "run_calls"]
+__all__ = ["Call", "Registry", "ReplayResult", "is_database_fault", "isolated", "record_failure", "replay", "run_calls"]
 
 log = logging.getLogger(__name__)
 
@@ -92,29 +92,53 @@ def _invoke(conn: Connection, call: Call, msg: Message, now: datetime) -> None:
         raise
 
 
-def run_calls(conn: Connection, calls: Sequence[tuple[Call, Message]], now: datetime) -> int:
-    """Run `calls` in `conn`'s transaction; return how many failed (each recorded in the failed list)."""
-    if not calls:
-        return 0
+T = TypeVar("T")
+
+
+def isolated(
+    conn: Connection,
+    whole: Callable[[], None],
+    parts: Sequence[T],
+    one: Callable[[T], None],
+    failed: Callable[[T, Exception], None],
+) -> int:
+    """Run `whole()` in one savepoint; if it raises something that is not the database's fault,
+    roll it back and run `one(part)` for each part in a savepoint of its own, handing each failure
+    to `failed(part, exc)`. Return how many parts failed. The cheap path for the common case, and
+    the guarantee that one bad part takes nothing else with it."""
     try:
         with conn.begin_nested():
-            for call, msg in calls:
-                _invoke(conn, call, msg, now)
+            whole()
         return 0
     except Exception as exc:
         if is_database_fault(exc):
             raise
     failures = 0
-    for call, msg in calls:
+    for part in parts:
         try:
             with conn.begin_nested():
-                _invoke(conn, call, msg, now)
+                one(part)
         except Exception as exc:
             if is_database_fault(exc):
                 raise
-            record_failure(conn, call, msg, exc, now)
+            failed(part, exc)
             failures += 1
     return failures
+
+
+def run_calls(conn: Connection, calls: Sequence[tuple[Call, Message]], now: datetime) -> int:
+    """Run `calls` in `conn`'s transaction; return how many failed (each recorded in the failed list)."""
+    if not calls:
+        return 0
+
+    def whole() -> None:
+        for call, msg in calls:
+            _invoke(conn, call, msg, now)
+
+    return isolated(
+        conn, whole, calls, lambda c: _invoke(conn, c[0], c[1], now),
+        lambda c, exc: record_failure(conn, c[0], c[1], exc, now),
+    )
 
 
 def _one_line(exc: BaseException) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, func, select, text, tuple_, update
 
-from cloud.bus.dispatch import Call, is_database_fault, record_failure
+from cloud.bus.dispatch import Call, isolated, record_failure
 from cloud.bus.message import Context, Message
 from cloud.db import insert_for, write_transaction
 from cloud.models import FollowerCursor, IngestedMessage
@@ -97,29 +97,18 @@ def step(engine: Engine, call: Call, types: frozenset[str] | None, batch: int) -
 def _feed(conn: Connection, call: Call, messages: list[Message], now: datetime) -> int:
     if not messages:
         return 0
-    try:
-        with conn.begin_nested():
-            ctx = Context(conn, call.engine, now)
-            call.fn(ctx, messages)
-            ctx.finish()
-        return 0
-    except Exception as exc:
-        if is_database_fault(exc):
-            raise
-        log.warning("follower %s failed on a batch of %d (%s); feeding them one by one", call.name, len(messages), exc)
-    failed = 0
-    for msg in messages:
+
+    def feed(batch: Sequence[Message]) -> None:
+        ctx = Context(conn, call.engine, now)
         try:
-            with conn.begin_nested():
-                ctx = Context(conn, call.engine, now)
-                call.fn(ctx, [msg])
-                ctx.finish()
-        except Exception as exc:
-            if is_database_fault(exc):
-                raise
-            record_failure(conn, call, msg, exc, now)
-            failed += 1
-    return failed
+            call.fn(ctx, batch)
+            ctx.finish()
+        except BaseException:
+            ctx.discard()
+            raise
+
+    return isolated(conn, lambda: feed(messages), messages, lambda m: feed([m]),
+                    lambda m, exc: record_failure(conn, call, m, exc, now))
 
 
 def lag(engine: Engine, name: str) -> int:

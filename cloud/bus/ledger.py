@@ -40,7 +40,7 @@ from broker import payloads as p
 from broker import topics
 from broker.envelope import SEQUENCED, ContractError, Envelope, MessageType, decode
 from cloud.bus import downlink
-from cloud.bus.dispatch import Registry, calls_for, is_database_fault, run_calls
+from cloud.bus.dispatch import Registry, calls_for, is_database_fault, isolated, run_calls
 from cloud.bus.message import Message
 from cloud.db import insert_for, write_transaction
 from cloud.models import REJECTED_PAYLOAD_MAX, IngestedMessage, Node, RejectedMessage, UtcDateTime
@@ -170,26 +170,25 @@ def _insert_ledger(
     """Insert what is new; return the msg_ids this transaction inserted. A row the database refuses
     for its content is retried alone and rejected, so it cannot take its batch down with it."""
     stmt = insert_for(conn, _LEDGER).on_conflict_do_nothing(index_elements=["msg_id"]).returning(_LEDGER.c.msg_id)
-    rows = [_ledger_row(env, item) for env, item in envelopes.values()]
-    try:
-        with conn.begin_nested():
-            return set(conn.execute(stmt, rows).scalars())
-    except Exception as exc:
-        if is_database_fault(exc):
-            raise
-        log.warning("the database refused a batch of %d messages (%s); storing them one by one", len(rows), exc)
+    pairs = [(_ledger_row(env, item), item) for env, item in envelopes.values()]
     inserted: set[Any] = set()
-    for row, (_env, item) in zip(rows, envelopes.values(), strict=True):
-        try:
-            with conn.begin_nested():
-                inserted.update(conn.execute(stmt, [row]).scalars())
-        except Exception as exc:
-            if is_database_fault(exc):
-                raise
-            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:1000]
-            out.rejected[IngestReject.STORE_FAILED.value] += 1
-            log.error("node %r: message %s refused by the database (%s); kept aside", row["node"], row["msg_id"], detail)
-            conn.execute(_REJECTS.insert(), [_reject_row(item, IngestReject.STORE_FAILED.value, detail)])
+
+    def one(pair: tuple[dict[str, Any], Incoming]) -> None:
+        inserted.update(conn.execute(stmt, [pair[0]]).scalars())
+
+    def refused(pair: tuple[dict[str, Any], Incoming], exc: Exception) -> None:
+        row, item = pair
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:1000]
+        out.rejected[IngestReject.STORE_FAILED.value] += 1
+        log.error("node %r: message %s refused by the database (%s); kept aside", row["node"], row["msg_id"], detail)
+        conn.execute(_REJECTS.insert(), [_reject_row(item, IngestReject.STORE_FAILED.value, detail)])
+
+    def whole() -> None:
+        inserted.update(conn.execute(stmt, [row for row, _ in pairs]).scalars())
+
+    if isolated(conn, whole, pairs, one, refused):
+        log.warning("the database refused %d of a batch of %d messages; the rest is stored",
+                    out.rejected[IngestReject.STORE_FAILED.value], len(pairs))
     return inserted
 
 
