@@ -26,7 +26,6 @@ from broker.payloads import (
 from edge.drivers import DriverContext
 from edge.outbox import OutboxFull
 from firmware_config import DeviceConfig, SimulatorDevice
-from gs1 import check_digit, element_string
 
 __all__ = ["Simulator"]
 
@@ -55,6 +54,10 @@ class Simulator:
         return f"SKU-{self.rng.randint(1, _SKUS):04d}"
 
     def scan(self) -> ScanData:
+        # Imported at the first scan: `gs1` loads biip's GS1 prefix tables (~14 MB resident), which a
+        # simulator that never scans (and the agent's idle budget) should not pay for.
+        from gs1 import check_digit, element_string
+
         self._serial += 1
         item = self.rng.randint(1, _SKUS)
         body = f"0950600{item:06d}"
