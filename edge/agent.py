@@ -297,7 +297,8 @@ class EdgeAgent:
         every = self.config.telemetry_every_s
         last = time.monotonic()
         while True:
-            # The first report comes one interval after the start (the birth already told the rest).
+            # Every interval, and soon after a device changes state (the birth may predate a driver
+            # that took a while to come up, or one that failed since).
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._telemetry_wake.wait(), max(0.0, last + every - time.monotonic()))
             if self._telemetry_wake.is_set():
