@@ -335,6 +335,7 @@ class EdgeAgent:
             "outbox": None if outbox is None else {
                 "path": str(outbox.path), "pending": outbox.pending, "last_seq": outbox.last_seq,
             },
+            "local_api": None if self.api is None else self.api.stats(),
             "devices": [d.model_dump(mode="json") for d in self.devices.infos()],
             "components": components,
         }

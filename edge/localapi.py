@@ -249,7 +249,8 @@ class LocalApi:
         self._routes: list[Route] = []
         for route in routes:
             self.add_route(route)
-        self._listener = socket.create_server((cfg.host, cfg.port), backlog=128, reuse_port=False)
+        family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+        self._listener = socket.create_server((cfg.host, cfg.port), family=family, backlog=128)
         self._listener.setblocking(False)
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -280,9 +281,10 @@ class LocalApi:
         host = self._listener.getsockname()[0]
         return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
-    @property
-    def open_connections(self) -> int:
-        return len(self._conns)
+    def stats(self) -> dict[str, int]:
+        """Counters since the start (approximate: workers update them without a lock)."""
+        return {"connections": len(self._conns), "requests": self.requests, "errors": self.errors,
+                "timeouts": self.timeouts, "evicted": self.evicted}
 
     def start(self) -> None:
         self._sel.register(self._listener, selectors.EVENT_READ, "listen")

@@ -109,6 +109,7 @@ def test_status_answers_without_a_catalogue(broker: Broker, tmp_path: Path) -> N
         assert status["node_id"] == NODE and status["components"] == {} and status["devices"] == []
         assert status["bus"]["connected"] is True and status["bus"]["session"] == 1
         assert status["outbox"] == {"path": str(tmp_path / "edge" / NODE / "outbox.db"), "pending": 0, "last_seq": 0}
+        assert status["local_api"]["requests"] >= 1
         await agent.stop()
         await asyncio.wait_for(task, 10)
 
