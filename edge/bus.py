@@ -653,8 +653,10 @@ class BusClient:
         assert isinstance(env.data, RebirthData)
         data = env.data
         link = self._link
-        if link is None or not link.born:
+        if link is None:
             return "not connected: the next connection's birth answers it"
+        if not link.born:
+            return "the birth of this connection, being sent, answers it"
         log.info("%s: rebirth requested (%s), replay from %s", self.node, data.reason, data.replay_from)
         if link.replay is not None:
             link.replay.cancel()
