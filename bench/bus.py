@@ -43,6 +43,7 @@ from broker.mosquitto import BrokerLayout, MosquittoProcess, free_port
 from broker.payloads import ScanData
 from edge.bus import BusClient
 from edge.outbox import Outbox
+from firmware_config import BrokerConfig, LocalApiConfig, NodeConfig, write_config
 
 NODE = "bench-box"
 TARGETS = {
@@ -272,10 +273,10 @@ def edge_idle_rss(tmp: Path, layout: BrokerLayout) -> dict[str, float]:
     node = "bench-idle"
     secret = tmp / "idle.secret"
     secret.write_text(layout.node_users[node])
-    cfg = tmp / "idle.yaml"
-    cfg.write_text(
-        f"node_id: {node}\nstore_id: bench\nbroker:\n  url: {layout.url}\n  password_file: {secret}\n"
-        f"outbox:\n  path: {tmp / 'idle' / 'outbox.db'}\n"
+    cfg = write_config(
+        NodeConfig(node_id=node, store_id="bench", data_dir=tmp / "idle", local_api=LocalApiConfig(port=0),
+                   broker=BrokerConfig(url=layout.url, password_file=secret)),
+        tmp / "idle.yaml",
     )
     p = subprocess.Popen(
         [sys.executable, "-m", "omnishelf.cli", "edge", "run", "--config", str(cfg)],
