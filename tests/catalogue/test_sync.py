@@ -123,7 +123,7 @@ def test_cloud_change_reaches_the_box_and_an_offline_box_catches_up_with_one_del
             cfg = box_config(tmp_path, broker, url)
             async with agent(cfg) as a:
                 assert a.catalogue is not None
-                sync, store, api = a.catalogue.sync, a.catalogue.store, a.catalogue.api
+                sync, store, api = a.catalogue.sync, a.catalogue.store, a.api
                 assert api is not None
                 await until(lambda: store.version == 1, what="box at version 1 (snapshot)")
                 assert store.count() == 50 and sync.stats.snapshots == 1
