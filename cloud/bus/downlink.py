@@ -263,7 +263,7 @@ def apply_ack(conn: Connection, node: str, corr: uuid.UUID | None, ack: AckData,
             _DOWNLINK.c.status.in_(("pending", "sent", "expired")),
         )
         .values(status="delivered" if ack.ok else "failed", acked_at=now,
-                detail=None if ack.ok else (ack.detail or "the box refused it without a reason")[:500])
+                detail=(ack.detail or None) if ack.ok else (ack.detail or "the box refused it without a reason")[:500])
     )
     return bool(result.rowcount)
 
@@ -278,6 +278,19 @@ def node_summary(conn: Connection | Session, nodes: Sequence[str] | None = None)
     for node, status, n in c.execute(stmt):
         out.setdefault(node, {})[status] = int(n)
     return out
+
+
+def anything_due(conn: Connection, now: datetime) -> bool:
+    """Whether a command waits to be published, retried or expired (a cheap read)."""
+    row = conn.execute(
+        select(_DOWNLINK.c.id)
+        .where(
+            _DOWNLINK.c.status.in_(ACTIVE),
+            (_DOWNLINK.c.next_attempt_at <= now) | (_DOWNLINK.c.expires_at <= now),
+        )
+        .limit(1)
+    ).first()
+    return row is not None
 
 
 def due_count(conn: Connection, now: datetime) -> int:

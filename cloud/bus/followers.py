@@ -74,6 +74,8 @@ def _next_rows(conn: Connection, txid: int, last_id: int, limit: int) -> Sequenc
 def step(engine: Engine, call: Call, types: frozenset[str] | None, batch: int) -> FollowerStep:
     """Feed the follower its next batch; return what happened."""
     now = datetime.now(UTC)
+    if not _new_rows(engine, call.name):
+        return FollowerStep(0, 0, False)  # an idle follower must not take the write lock every poll
     try:
         with write_transaction(engine) as conn:
             txid, last_id, processed = _cursor(conn, call.name)
@@ -111,14 +113,22 @@ def _feed(conn: Connection, call: Call, messages: list[Message], now: datetime) 
                     lambda m, exc: record_failure(conn, call, m, exc, now))
 
 
+def _unread(conn: Connection, name: str, what: Any) -> Any:
+    """`SELECT what FROM ledger` restricted to the rows after follower `name`'s cursor."""
+    row = conn.execute(select(_CURSORS.c.txid, _CURSORS.c.last_id).where(_CURSORS.c.name == name)).first()
+    txid, last_id = (int(row.txid), int(row.last_id)) if row else (0, 0)
+    stmt = select(what).select_from(_LEDGER)
+    if conn.dialect.name == "postgresql":
+        return stmt.where(tuple_(_LEDGER.c.txid, _LEDGER.c.id) > tuple_(txid, last_id))
+    return stmt.where(_LEDGER.c.id > last_id)
+
+
+def _new_rows(engine: Engine, name: str) -> bool:
+    with engine.connect() as conn:
+        return conn.execute(_unread(conn, name, _LEDGER.c.id).limit(1)).first() is not None
+
+
 def lag(engine: Engine, name: str) -> int:
     """Ledger rows not yet read by follower `name` (all rows, whatever types it wants)."""
     with engine.connect() as conn:
-        row = conn.execute(select(_CURSORS.c.txid, _CURSORS.c.last_id).where(_CURSORS.c.name == name)).first()
-        txid, last_id = (int(row.txid), int(row.last_id)) if row else (0, 0)
-        stmt = select(func.count()).select_from(_LEDGER)
-        if conn.dialect.name == "postgresql":
-            stmt = stmt.where(tuple_(_LEDGER.c.txid, _LEDGER.c.id) > tuple_(txid, last_id))
-        else:
-            stmt = stmt.where(_LEDGER.c.id > last_id)
-        return int(conn.execute(stmt).scalar_one())
+        return int(conn.execute(_unread(conn, name, func.count())).scalar_one())

@@ -484,6 +484,10 @@ class CloudBus:
 
     def _claim(self) -> list[downlink.Claimed]:
         now = datetime.now(UTC)
+        # A read first: an idle relay must not take the write lock twice a second (SQLite has one).
+        with self.engine.connect() as db:
+            if not downlink.anything_due(db, now):
+                return []
         with write_transaction(self.engine) as db:
             expired = downlink.expire(db, now)
             claimed = downlink.claim_due(db, now, RELAY_BATCH)
