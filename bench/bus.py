@@ -7,6 +7,8 @@
 2. ingest: box (outbox + bus client, this process) → Mosquitto → `omnishelf cloud worker` (its own
    process) → database: throughput, again with a trivial engine handler per message type (the
    seam's cost), and p50/p99 box→database latency at a steady 500 msg/s;
+   then commands at 200/s: written in a transaction in the worker, relayed, handled and acknowledged
+   by the box, the ack stored (p50/p99, next to the bare request/response round trip);
 3. drain: 100,000 messages queued in the outbox while the cloud is away, then sent after it returns;
 4. the edge agent's resident memory when idle (`omnishelf edge run`, no devices).
 
@@ -39,6 +41,7 @@ import sqlalchemy as sa
 from bench.baseline import bare_qos1, bare_round_trip, percentiles_ms
 from broker import topics
 from broker.client import BrokerAddress
+from broker.envelope import MessageType
 from broker.mosquitto import BrokerLayout, MosquittoProcess, free_port
 from broker.payloads import ScanData
 from edge.bus import BusClient
@@ -49,6 +52,7 @@ NODE = "bench-box"
 TARGETS = {
     "ingest_ratio_to_bare_qos1": ">= 0.5",
     "ingest_with_handlers_to_without": ">= 0.9",
+    "command_round_trip_p99_ms_at_200_per_s": "< 20",
     "p99_box_to_db_ms_at_500_msg_s": "< 20",
     "outbox_drain_msg_s": ">= 5000",
     "edge_idle_rss_mb": "< 60",
@@ -80,6 +84,44 @@ class LedgerWatcher(threading.Thread):
                 for s in range(self.max_seq + 1, top + 1):
                     self.seen[s] = now
                 self.max_seq = max(self.max_seq, top)
+                time.sleep(self.interval)
+
+    def stop(self) -> None:
+        self.stop_flag.set()
+        self.join(5)
+        self.engine.dispose()
+
+
+class AckWatcher(threading.Thread):
+    """Records, per command, the time from its creation (`created_at`, written in the sender's
+    transaction) to when its acknowledged state is first visible in the database."""
+
+    def __init__(self, url: str, interval: float) -> None:
+        super().__init__(daemon=True)
+        self.engine = sa.create_engine(url)
+        self.interval = interval
+        self.seen: dict[int, float] = {}
+        self.ok = 0
+        self.stop_flag = threading.Event()
+
+    def run(self) -> None:
+        q = sa.text("SELECT id, created_at, status FROM downlink WHERE type = 'command' AND id > :last "
+                    "AND status IN ('delivered', 'failed') ORDER BY id")
+        floor = 0  # every command up to here has been seen
+        with self.engine.connect() as c:
+            while not self.stop_flag.is_set():
+                rows = c.execute(q, {"last": floor}).all()
+                c.rollback()
+                now = time.time()
+                for row_id, created, status in rows:
+                    if row_id in self.seen:
+                        continue
+                    at = datetime.fromisoformat(created) if isinstance(created, str) else created
+                    at = at.replace(tzinfo=UTC) if at.tzinfo is None else at
+                    self.seen[row_id] = now - at.timestamp()
+                    self.ok += status == "delivered"
+                while floor + 1 in self.seen:
+                    floor += 1
                 time.sleep(self.interval)
 
     def stop(self) -> None:
@@ -181,6 +223,12 @@ async def pipeline(tmp: Path, db_url: str, layout: BrokerLayout, quick: bool, bo
         config_hash="bench",
         window=500,
     )
+
+
+    async def bench_command(_env: Any) -> str:
+        return "ok"
+
+    bus.on_command(MessageType.COMMAND, bench_command)
     runner = asyncio.create_task(bus.run())
     watcher = LedgerWatcher(db_url, 0.02)
     watcher.start()
@@ -211,17 +259,23 @@ async def pipeline(tmp: Path, db_url: str, layout: BrokerLayout, quick: bool, bo
         rate, seconds = 500, (4 if quick else 10)
         put_at: dict[int, float] = {}
         put_wall: dict[int, float] = {}
-        t_start = time.perf_counter()
-        for i in range(rate * seconds):
-            due = t_start + i / rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            called = time.perf_counter()
-            wall = time.time()
+
+        async def arrive(i: int) -> None:
+            called, wall = time.perf_counter(), time.time()
             row = await bus.publish("scan", scan(i))
             put_at[row.seq] = called
             put_wall[row.seq] = wall
+
+        # Open loop, as in a store: a scan arrives on schedule whether or not the previous one has
+        # been committed yet (a closed loop would measure one fsync after another, not the system).
+        t_start = time.perf_counter()
+        arrivals = []
+        for i in range(rate * seconds):
+            delay = t_start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            arrivals.append(asyncio.create_task(arrive(i)))
+        await asyncio.gather(*arrivals)
         last = max(put_at)
         await wait_until(lambda: watcher.max_seq >= last, 60, "ingest of the paced stream")
         lat = [watcher.seen[s] - t for s, t in put_at.items()]
@@ -230,11 +284,36 @@ async def pipeline(tmp: Path, db_url: str, layout: BrokerLayout, quick: bool, bo
         out["latency_at_500_msg_s"] = {
             "messages": len(lat),
             "achieved_rate_msg_s": round(len(lat) / (max(put_at.values()) - t_start)),
+            "arrivals": "open loop (scheduled, not waiting for the previous commit)",
             **percentiles_ms(lat),
             "poll_resolution_ms": 2,
             "box_to_worker_receipt": percentiles_ms(to_worker),
         }
         watcher.interval = 0.05
+
+        # -- command round trip at 200 commands/s ---------------------------------------------------
+        # The worker's own task writes each command in a transaction (so its relay is woken in
+        # process, as for any engine), the box handles and acknowledges it, the ack is stored.
+        await asyncio.to_thread(stop_worker, worker)
+        count, per_s = (400 if quick else 2000), 200
+        worker = start_worker(db_url, layout.url, layout.cloud_users["cloud-1"], tmp / "worker.log",
+                              OMNISHELF_EXTRA_ENGINES="bench.seam_engine",
+                              OMNISHELF_BENCH_COMMANDS=f"{count}:{per_s}:{NODE}")
+        acks = AckWatcher(db_url, 0.002)
+        acks.start()
+        try:
+            await wait_until(lambda: len(acks.seen) >= count, 60 + count / per_s, "every command acknowledged")
+        finally:
+            acks.stop()
+        out["command_round_trip_at_200_per_s"] = {
+            "commands": count,
+            **percentiles_ms(list(acks.seen.values())),
+            "poll_resolution_ms": 2,
+            "acknowledged_ok": acks.ok,
+        }
+        await asyncio.to_thread(stop_worker, worker)
+        worker = start_worker(db_url, layout.url, layout.cloud_users["cloud-1"], tmp / "worker.log")
+        await wait_until(lambda: bus.cloud_online, 60, "the worker back")
 
         # -- drain after the cloud comes back ------------------------------------------------------
         await asyncio.to_thread(stop_worker, worker)
