@@ -85,6 +85,12 @@ def test_demo_runs_the_whole_system_and_stops_cleanly(tmp_path: Path) -> None:
         assert isinstance(status, dict) and status["bus"]["connected"] and "catalogue" in status["components"]
         wait_for(lambda: _ok(lambda: any(p["sku"] == "TEA-LJ-250" for p in _get(f"{search_url}?q=tea"))), 60,  # type: ignore[attr-defined]
                  "the catalogue on the first box")
+        # The catalogue announcement went through the durable downlink and the box acknowledged it.
+        commands_url = re.search(r"Bearer osk_\S+' (http://\S+/commands)", text).group(1)  # type: ignore[union-attr]
+        wait_for(lambda: _ok(lambda: any(c["type"] == "catalog" and c["status"] == "delivered"
+                                         for c in _get(commands_url, key))), 60,  # type: ignore[attr-defined]
+                 "the catalogue announcement acknowledged by the first box")
+        assert re.search(r"http://\S+/console/bus/failed", text)
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) == 5, [c.cmdline() for c in children]  # broker, cloud, three boxes
     finally:
