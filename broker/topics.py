@@ -175,6 +175,14 @@ def cloud_lifecycle_filters() -> list[str]:
     return [f"{ROOT}/up/+/{k.value}" for k in sorted(LIFECYCLE)]
 
 
+_NAMES: dict[str, tuple[str, ...]] = {
+    "up": tuple(m.value for m in MessageType if m in UP),
+    "dn": tuple(m.value for m in MessageType if m in DOWN),
+    "host": ("state",),
+}
+"""The last levels each direction allows, in declaration order (computed once: parse runs per message)."""
+
+
 def parse(topic: str) -> Topic:
     """Parse a bus topic; raise `TopicError` naming the problem when it is not one of ours."""
     prefix = ROOT + "/"
@@ -184,13 +192,8 @@ def parse(topic: str) -> Topic:
     if len(parts) != 3:
         raise TopicError(f"Topic {topic!r} has {len(parts) + 2} levels: expected 5 ({prefix}<dir>/<id>/<name>)")
     direction, node, name = parts
-    if direction == "up":
-        kinds: tuple[str, ...] = tuple(m.value for m in MessageType if m in UP)
-    elif direction == "dn":
-        kinds = tuple(m.value for m in MessageType if m in DOWN)
-    elif direction == "host":
-        kinds = ("state",)
-    else:
+    kinds = _NAMES.get(direction)
+    if kinds is None:
         raise TopicError(f"Topic {topic!r} has direction {direction!r}: expected 'up', 'dn' or 'host'")
     check_id(node, "host id" if direction == "host" else "node id")
     if name not in kinds:
