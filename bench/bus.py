@@ -6,7 +6,9 @@
    request/response round trip;
 2. ingest: box (outbox + bus client, this process) → Mosquitto → `omnishelf cloud worker` (its own
    process) → database: throughput, again with a trivial engine handler per message type (the
-   seam's cost), and p50/p99 box→database latency at a steady 500 msg/s;
+   seam's cost), again with a poison message from another box after every 1,000 good ones, the time
+   from a poison message to the next good one stored, and p50/p99 box→database latency at a
+   steady 500 msg/s;
    then commands at 200/s: written in a transaction in the worker, relayed, handled and acknowledged
    by the box, the ack stored (p50/p99, next to the bare request/response round trip);
 3. drain: 100,000 messages queued in the outbox while the cloud is away, then sent after it returns;
@@ -40,8 +42,8 @@ import sqlalchemy as sa
 
 from bench.baseline import bare_qos1, bare_round_trip, percentiles_ms
 from broker import topics
-from broker.client import BrokerAddress
-from broker.envelope import MessageType
+from broker.client import BrokerAddress, MqttConnection
+from broker.envelope import Envelope, MessageType, encode
 from broker.mosquitto import BrokerLayout, MosquittoProcess, free_port
 from broker.payloads import ScanData
 from edge.bus import BusClient
@@ -210,6 +212,80 @@ async def burst(bus: BusClient, outbox: Outbox, watcher: LedgerWatcher, n: int) 
     }
 
 
+POISON_NODE = "bench-poison"
+
+
+def poison_payloads(i: int) -> bytes:
+    """The classes that once wedged ingest, in turn: deep nesting, a 5,000-digit number, NaN, not
+    UTF-8, a timestamp that overflows in UTC (valid at the contract, refused while storing)."""
+    good = json.loads(encode(Envelope(type=MessageType.SCAN, node=POISON_NODE, session=1, seq=i + 1,
+                                      data=ScanData(code="poison", station="bench"))))
+    kinds = [
+        b"[" * 100_000,
+        json.dumps(good).replace(f'"seq": {i + 1}', '"seq": ' + "9" * 5000).encode(),
+        json.dumps(good).replace(f'"seq": {i + 1}', '"seq": NaN').encode(),
+        b"\xff\xfe" + json.dumps(good).encode(),
+        json.dumps(good | {"ts": "0001-01-01T00:00:00+14:00"}).encode(),
+    ]
+    return kinds[i % len(kinds)]
+
+
+async def _poison_connection(layout: BrokerLayout) -> MqttConnection:
+    conn = MqttConnection(BrokerAddress.from_url(layout.url), POISON_NODE, layout.node_users[POISON_NODE])
+    await conn.connect()
+    return conn
+
+
+async def poisoned_burst(bus: BusClient, outbox: Outbox, watcher: LedgerWatcher, layout: BrokerLayout, n: int) -> dict[str, Any]:
+    """The same burst, with a poison message (from another box) after every 1,000 good ones."""
+    conn = await _poison_connection(layout)
+    poisoned = 0
+
+    async def poison_along() -> None:
+        nonlocal poisoned
+        base = watcher.max_seq
+        while poisoned < n // 1000:
+            if watcher.max_seq >= base + (poisoned + 1) * 1000 - 500:
+                await conn.publish(topics.up(POISON_NODE, "scan"), poison_payloads(poisoned))
+                poisoned += 1
+            await asyncio.sleep(0.005)
+
+    side = asyncio.create_task(poison_along())
+    try:
+        figures = await burst(bus, outbox, watcher, n)
+    finally:
+        side.cancel()
+        await asyncio.gather(side, return_exceptions=True)
+        await conn.disconnect()
+    return figures | {"poison_messages": poisoned}
+
+
+async def poison_recovery(layout: BrokerLayout, db_url: str, rounds: int) -> dict[str, Any]:
+    """A poison message, then at once a good one from the same box: how long until the good one is stored."""
+    conn = await _poison_connection(layout)
+    engine = sa.create_engine(db_url)
+    q = sa.text("SELECT count(*) FROM ingested_messages WHERE msg_id = :m")
+    times = []
+    try:
+        for i in range(rounds):
+            good = Envelope(type=MessageType.SCAN, node=POISON_NODE, session=2, seq=i + 1,
+                            data=ScanData(code=f"after-{i}", station="bench"))
+            key = good.msg_id if engine.dialect.name == "postgresql" else good.msg_id.hex
+            t0 = time.perf_counter()
+            await conn.publish(topics.up(POISON_NODE, "scan"), poison_payloads(i))
+            await conn.publish(topics.up(POISON_NODE, "scan"), encode(good))
+            while True:
+                with engine.connect() as c:
+                    if c.execute(q, {"m": key}).scalar():
+                        break
+                await asyncio.sleep(0.001)
+            times.append(time.perf_counter() - t0)
+    finally:
+        await conn.disconnect()
+        engine.dispose()
+    return {"rounds": rounds, **percentiles_ms(times), "poll_resolution_ms": 1}
+
+
 async def pipeline(tmp: Path, db_url: str, layout: BrokerLayout, quick: bool, box_sync: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     worker = start_worker(db_url, layout.url, layout.cloud_users["cloud-1"], tmp / "worker.log")
@@ -224,7 +300,6 @@ async def pipeline(tmp: Path, db_url: str, layout: BrokerLayout, quick: bool, bo
         window=500,
     )
 
-
     async def bench_command(_env: Any) -> str:
         return "ok"
 
@@ -238,6 +313,8 @@ async def pipeline(tmp: Path, db_url: str, layout: BrokerLayout, quick: bool, bo
         # -- ingest throughput, without and with a handler per type (the seam's cost) --------------
         n = 5_000 if quick else 20_000
         out["ingest"] = await burst(bus, outbox, watcher, n)
+        out["ingest_with_poison"] = await poisoned_burst(bus, outbox, watcher, layout, n)
+        out["poison_to_next_good_stored"] = await poison_recovery(layout, db_url, 10 if quick else 50)
         await asyncio.to_thread(stop_worker, worker)
         worker = start_worker(db_url, layout.url, layout.cloud_users["cloud-1"], tmp / "worker.log",
                               OMNISHELF_EXTRA_ENGINES="bench.seam_engine")
@@ -391,12 +468,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="omnishelf-bench-") as d:
         tmp = Path(d)
-        pw = {u: secrets.token_urlsafe(12) for u in ("cloud-1", "cloud-2", NODE, "bench-idle")}
+        pw = {u: secrets.token_urlsafe(12) for u in ("cloud-1", "cloud-2", NODE, "bench-idle", POISON_NODE)}
         layout = BrokerLayout(
             tmp / "broker",
             free_port(),
             cloud_users={"cloud-1": pw["cloud-1"], "cloud-2": pw["cloud-2"]},
-            node_users={NODE: pw[NODE], "bench-idle": pw["bench-idle"]},
+            node_users={NODE: pw[NODE], "bench-idle": pw["bench-idle"], POISON_NODE: pw[POISON_NODE]},
         )
         broker = MosquittoProcess(layout)
         broker.start()
@@ -448,6 +525,9 @@ def main() -> None:
         "edge_idle_memory": rss,
         "ratios": {
             "ingest_to_bare_qos1": round(figures["ingest"]["msg_per_s"] / base["msg_per_s"], 2),
+            "ingest_with_poison_to_without": round(
+                figures["ingest_with_poison"]["msg_per_s"] / figures["ingest"]["msg_per_s"], 2
+            ),
             "ingest_with_handlers_to_without": round(
                 figures["ingest_with_handlers"]["msg_per_s"] / figures["ingest"]["msg_per_s"], 2
             ),
