@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -56,32 +55,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without the OMNISHELF_* settings a developer may have exported."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMNISHELF_") and k != "VIRTUAL_ENV"}
     return {**env, **extra}
-
-
-def source_files() -> list[Path]:
-    try:
-        out = subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=ROOT, capture_output=True, check=True, timeout=60,
-        ).stdout  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        pytest.fail("building the wheel needs the checkout's file list from git")
-    return [Path(name) for name in out.decode().split("\0") if name and (ROOT / name).is_file()]
-
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("wheel")
-    src = tmp / "src"
-    for rel in source_files():
-        (src / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, src / rel)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(tmp / "dist"), str(src)],
-        check=True, capture_output=True, timeout=240,
-    )  # fmt: skip
-    (built,) = (tmp / "dist").glob("omnishelf-*.whl")
-    return built
 
 
 def make_venv(tmp: Path, wheel: Path, extras: str) -> Venv:
