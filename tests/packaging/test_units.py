@@ -255,5 +255,6 @@ def test_box_config_template_is_valid_for_every_profile(profile: str) -> None:
     text = re.sub(r"^profile: .*$", f"profile: {profile}", text, flags=re.M)
     config = parse_config(text, "box.yaml")
     assert config.profile == profile
-    assert config.outbox_path == Path("/var/lib/omnishelf/outbox.db")
+    assert config.outbox.path == Path("/var/lib/omnishelf/outbox.db")
+    assert config.catalogue.path == Path("/var/lib/omnishelf/catalogue")
     assert config.broker.password_file == Path("/etc/omnishelf/box.secret")
