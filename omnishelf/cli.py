@@ -31,14 +31,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("omnishelf.demo", "run the whole system on this machine with embedded defaults"),
 }
 
-ROLES: dict[str, tuple[str, ...]] = {
-    "broker": ("broker",),
-    "cloud": ("cloud",),
-    **{name: ("cloud",) for name in ENGINE_COMMANDS},
-    "edge": ("edge",),
-    "demo": ("broker", "cloud", "edge"),
-}
-"""The extras each command needs (see pyproject.toml and docs/install.md)."""
+ROLE_PACKAGES = ("broker", "cloud", "edge")
+"""A command whose module is in one of these packages needs that role's extra (see pyproject.toml)."""
+ROLES: dict[str, tuple[str, ...]] = {"demo": ("broker", "cloud", "edge")}
+"""Commands that need other roles than their module's package says."""
+
+
+def roles_of(command: str) -> tuple[str, ...]:
+    """The extras `command` needs: its own entry in ROLES, else its module's package."""
+    if command in ROLES:
+        return ROLES[command]
+    package = COMMANDS[command][0].split(".")[0]
+    return (package,) if package in ROLE_PACKAGES else ()
+
 
 DISTRIBUTION = "omnishelf"
 
@@ -73,7 +78,7 @@ def _installed(distribution: str) -> bool:
 
 def require_roles(command: str) -> None:
     """Raise `SystemExit` with one line naming the extra to install when `command`'s roles are missing."""
-    missing = missing_roles(ROLES.get(command, ()))
+    missing = missing_roles(roles_of(command))
     if not missing:
         return
     what = f"the {missing[0]} role is" if len(missing) == 1 else f"the {' and '.join(missing)} roles are"
