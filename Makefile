@@ -4,11 +4,13 @@
 VENV        ?= .venv
 PYTHON      ?= python3
 BIN         := $(VENV)/bin
-# Debian packages the system needs to run, and those only the tests need: Chromium for the console's
-# browser tests, and a CJK font so that Chinese product names render in it (and in the screenshots
-# the tests write to docs/img).
-SYSTEM_PKGS := mosquitto mosquitto-clients
-TEST_PKGS   := chromium fonts-wqy-microhei
+# Debian packages: one list per role in packaging/debian/ (a package a line, '#' comments), the
+# same lists docs/install.md installs on real hosts. The demo and the tests run a broker; the tests
+# also need a browser and a CJK font (see test.txt).
+hash        := \#
+deb_list     = $(shell sed -e 's/$(hash).*//' packaging/debian/$(1).txt)
+SYSTEM_PKGS := $(call deb_list,broker)
+TEST_PKGS   := $(call deb_list,test)
 
 .PHONY: demo test lint typecheck unit bench system-deps test-deps venv clean
 

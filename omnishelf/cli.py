@@ -4,6 +4,11 @@ Each package exposes `add_parser(subparsers)` in its `cli` module and signals a 
 raising `SystemExit("one clear line")`; this dispatcher prints such errors as one line and exits
 with code 2. Packages are imported only when their command runs, so `--help` is fast and a missing
 optional dependency of one command does not break the others.
+
+Each command belongs to one or more roles, installed as extras (`pip install 'omnishelf[edge]'`).
+Before a command's module is imported, the installed package's metadata is checked for its roles'
+requirements, so `omnishelf cloud serve` on a store box says which extra is missing in one line
+instead of failing on the first import of the cloud's web stack.
 """
 
 from __future__ import annotations
@@ -11,8 +16,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from importlib import metadata
 
 from cloud.engines import COMMANDS as ENGINE_COMMANDS
 
@@ -23,6 +30,59 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "edge": ("edge.cli", "run the store box agent (bus client, durable outbox, devices)"),
     "demo": ("omnishelf.demo", "run the whole system on this machine with embedded defaults"),
 }
+
+ROLE_PACKAGES = ("broker", "cloud", "edge")
+"""A command whose module is in one of these packages needs that role's extra (see pyproject.toml)."""
+ROLES: dict[str, tuple[str, ...]] = {"demo": ("broker", "cloud", "edge")}
+"""Commands that need other roles than their module's package says."""
+
+
+def roles_of(command: str) -> tuple[str, ...]:
+    """The extras `command` needs: its own entry in ROLES, else its module's package."""
+    if command in ROLES:
+        return ROLES[command]
+    package = COMMANDS[command][0].split(".")[0]
+    return (package,) if package in ROLE_PACKAGES else ()
+
+
+DISTRIBUTION = "omnishelf"
+
+# A Requires-Dist line of an extra, as setuptools writes it: `fastapi>=0.110; extra == "cloud"`.
+# Only a bare `extra == "…"` marker matches: a requirement with further markers (a platform, a
+# Python version) might rightly be absent, and guessing would refuse a working install.
+_EXTRA_REQUIREMENT = re.compile(r"""\s*([A-Za-z0-9][A-Za-z0-9._-]*)[^;]*;\s*extra\s*==\s*["']([^"']+)["']\s*""")
+
+
+def missing_roles(roles: Iterable[str]) -> list[str]:
+    """The roles among `roles` whose extra is not fully installed in this environment."""
+    try:
+        requires = metadata.requires(DISTRIBUTION) or []
+    except metadata.PackageNotFoundError:
+        # Run from a source tree that was never installed: no metadata to compare against, and
+        # the imports will tell.
+        return []
+    needed: dict[str, list[str]] = {}
+    for line in requires:
+        if m := _EXTRA_REQUIREMENT.fullmatch(line):
+            needed.setdefault(m.group(2), []).append(m.group(1))
+    return [role for role in roles if not all(_installed(name) for name in needed.get(role, ()))]
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def require_roles(command: str) -> None:
+    """Raise `SystemExit` with one line naming the extra to install when `command`'s roles are missing."""
+    missing = missing_roles(roles_of(command))
+    if not missing:
+        return
+    what = f"the {missing[0]} role is" if len(missing) == 1 else f"the {' and '.join(missing)} roles are"
+    raise SystemExit(f"{what} not installed: pip install '{DISTRIBUTION}[{','.join(missing)}]'")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,6 +98,7 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     wanted = next((a for a in argv if a in COMMANDS), None)
     for name, (module, help_text) in COMMANDS.items():
         if name == wanted:
+            require_roles(name)
             importlib.import_module(module).add_parser(sub)
         else:
             sub.add_parser(name, help=help_text)

@@ -1,0 +1,260 @@
+"""packaging/systemd, packaging/env, packaging/debian and packaging/box against the code they run.
+
+`systemd-analyze verify` checks the units where systemd's tools are installed (they need no running
+systemd); everything else is read here: each ExecStart is parsed by the `omnishelf` command's own
+parser, each example env file is loaded into the settings it is meant for, and the Debian package
+lists are compared with the Makefile and docs/install.md.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cloud.settings import Settings, load_settings
+from firmware_config import PASSWORD_ENV, parse_config
+from firmware_config.profiles import PROFILES
+from omnishelf import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+PKG = ROOT / "packaging"
+UNITS = sorted((PKG / "systemd").glob("*.service"))
+OMNISHELF = "/opt/omnishelf/bin/omnishelf"
+"""Where docs/install.md and packaging/box/setup-box.sh put the command."""
+
+
+def read_unit(path: Path) -> dict[str, list[tuple[str, str]]]:
+    """Sections of a unit file, each a list of (key, value) in order (systemd keys repeat)."""
+    sections: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] | None = None
+    for number, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if m := re.fullmatch(r"\[(\w+)\]", line):
+            current = sections.setdefault(m.group(1), [])
+            continue
+        assert current is not None and "=" in line and not line.endswith("\\"), f"{path.name}:{number}: {raw!r}"
+        key, value = line.split("=", 1)
+        current.append((key.strip(), value.strip()))
+    return sections
+
+
+def values(unit: Path, section: str, key: str) -> list[str]:
+    return [v for k, v in read_unit(unit)[section] if k == key]
+
+
+def value(unit: Path, section: str, key: str) -> str:
+    (found,) = values(unit, section, key)
+    return found
+
+
+def unit(name: str) -> Path:
+    return PKG / "systemd" / name
+
+
+def test_the_four_units_exist() -> None:
+    assert [u.name for u in UNITS] == [
+        "omnishelf-broker.service",
+        "omnishelf-cloud.service",
+        "omnishelf-edge.service",
+        "omnishelf-worker@.service",
+    ]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_verifies_the_units(tmp_path: Path) -> None:
+    # verify insists that ExecStart's program exists: point it at this environment's command.
+    here = Path(sys.executable).parent / "omnishelf"
+    assert here.exists()
+    names = []
+    for path in UNITS:
+        name = path.name.replace("@.service", "@cloud-1.service")
+        (tmp_path / name).write_text(path.read_text().replace(OMNISHELF, str(here)))
+        names.append(f"./{name}")
+    done = subprocess.run(["systemd-analyze", "verify", *names], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout + done.stderr) == (0, "")
+
+
+def exec_args(path: Path, key: str = "ExecStart") -> list[str]:
+    """The `omnishelf` arguments of a unit's command, with its specifiers filled in."""
+    words = shlex.split(value(path, "Service", key).replace("%S", "/var/lib").replace("%i", "cloud-1"))
+    if words[0] == "/usr/bin/env":
+        words = words[1:]
+        while "=" in words[0]:
+            words = words[1:]
+    assert words[0] == OMNISHELF, path.name
+    return words[1:]
+
+
+@pytest.mark.parametrize("path", UNITS, ids=lambda p: p.name)
+def test_exec_start_is_an_omnishelf_command(path: Path) -> None:
+    args = exec_args(path)
+    parsed = cli.build_parser(args).parse_args(args)
+    assert callable(getattr(parsed, "func", None)), args
+
+
+@pytest.mark.parametrize("path", UNITS, ids=lambda p: p.name)
+def test_units_run_as_the_service_user_in_their_state_dir_and_log_to_the_journal(path: Path) -> None:
+    service = dict(read_unit(path)["Service"])
+    assert (service["User"], service["Group"]) == ("omnishelf", "omnishelf")
+    assert service["WorkingDirectory"] == f"%S/{service['StateDirectory']}"
+    assert service["Restart"] in ("on-failure", "always")
+    for key, expected in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "PrivateTmp": "yes", "ProtectHome": "yes"}.items():
+        assert service[key] == expected, key
+    # The journal, not files: no StandardOutput=/StandardError= redirections.
+    assert not {"StandardOutput", "StandardError"} & service.keys()
+    assert read_unit(path)["Install"] == [("WantedBy", "multi-user.target")]
+
+
+def test_broker_keeps_its_data_in_its_state_dir_and_reloads_with_sighup() -> None:
+    broker = unit("omnishelf-broker.service")
+    args = exec_args(broker)
+    assert args[args.index("--data-dir") + 1] == f"/var/lib/{value(broker, 'Service', 'StateDirectory')}"
+    assert value(broker, "Service", "ExecReload") == "/bin/kill -HUP $MAINPID"
+    assert value(broker, "Service", "KillMode") == "mixed"  # omnishelf stops Mosquitto itself
+    assert all("ExecReload" not in dict(read_unit(u)["Service"]) for u in UNITS if u != broker)
+
+
+def test_cloud_units_share_the_data_dir_and_each_worker_has_its_own_username() -> None:
+    api, worker = unit("omnishelf-cloud.service"), unit("omnishelf-worker@.service")
+    assert value(api, "Service", "StateDirectory") == value(worker, "Service", "StateDirectory") == "omnishelf"
+    assert "--no-worker" in exec_args(api)
+    assert exec_args(worker) == ["cloud", "worker"]
+    assert "OMNISHELF_BROKER_USERNAME=%i" in value(worker, "Service", "ExecStart")
+    assert values(worker, "Service", "EnvironmentFile") == ["/etc/omnishelf/cloud.env", "/etc/omnishelf/worker-%i.env"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_edge_may_read_the_clock_sync_state() -> None:
+    """edge/clock.py calls adjtimex(2); a seccomp filter without it would report every message
+    as sent with an unsynchronised clock, silently."""
+    edge = unit("omnishelf-edge.service")
+    assert "ProtectClock" not in dict(read_unit(edge)["Service"])
+    allowed: set[str] = set()
+    for entry in " ".join(values(edge, "Service", "SystemCallFilter")).split():
+        allowed |= syscalls(entry)
+    assert "adjtimex" in allowed
+    assert "clock_settime" not in allowed
+
+
+def syscalls(entry: str) -> set[str]:
+    if not entry.startswith("@"):
+        return {entry}
+    out = subprocess.run(["systemd-analyze", "syscall-filter", entry], capture_output=True, text=True, check=True, timeout=60)
+    found: set[str] = set()
+    for line in out.stdout.splitlines()[1:]:
+        word = line.strip()
+        if word and not word.startswith("#"):
+            found |= syscalls(word)
+    return found
+
+
+# -- example env files --------------------------------------------------------------------------
+
+
+def env_file(name: str) -> dict[str, str]:
+    pairs = {}
+    for line in (PKG / "env" / name).read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, val = line.partition("=")
+            assert key.startswith("OMNISHELF_"), (name, line)
+            pairs[key] = val
+    return pairs
+
+
+def test_every_env_file_a_unit_reads_has_an_example() -> None:
+    examples = {p.name for p in (PKG / "env").glob("*.env")}
+    for path in UNITS:
+        for entry in values(path, "Service", "EnvironmentFile"):
+            name = entry.removeprefix("-").removeprefix("/etc/omnishelf/").replace("%i", "cloud-1")
+            assert name in examples, (path.name, entry)
+
+
+def test_cloud_env_files_set_only_cloud_settings_and_load_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
+    known = {f"OMNISHELF_{name}" for name in Settings.model_fields}
+    api = env_file("cloud.env")
+    worker = {**api, **env_file("worker-cloud-1.env")}
+    assert set(worker) <= known
+    assert "OMNISHELF_BROKER_USERNAME" not in worker  # the unit's instance name is the username
+    for env in (api, {**worker, "OMNISHELF_BROKER_USERNAME": "cloud-1"}):
+        with monkeypatch.context() as m:
+            for key, val in env.items():
+                m.setenv(key, val)
+            settings = load_settings()
+        assert settings.ENV == "production"
+        assert settings.DATA_DIR == "/var/lib/omnishelf"
+
+
+def test_edge_env_file_sets_only_what_the_agent_reads() -> None:
+    assert set(env_file("edge.env")) == {PASSWORD_ENV}
+
+
+# -- Debian packages ------------------------------------------------------------------------------
+
+
+def debian(name: str) -> list[str]:
+    text = (PKG / "debian" / f"{name}.txt").read_text()
+    return [word for line in text.splitlines() for word in line.partition("#")[0].split()]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.parametrize(("variable", "lists"), [("SYSTEM_PKGS", ["broker"]), ("TEST_PKGS", ["test"])])
+def test_the_makefile_installs_the_lists(variable: str, lists: list[str]) -> None:
+    done = subprocess.run(
+        ["make", "-s", "--no-print-directory", "--eval", f"print-var: ; @echo $({variable})", "print-var"],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    assert done.stdout.split() == [p for name in lists for p in debian(name)]
+
+
+def test_install_guide_installs_exactly_the_lists() -> None:
+    guide = (ROOT / "docs" / "install.md").read_text()
+    commands = re.findall(r"apt-get install --no-install-recommends ([^\n`]+)", guide)
+    expected = {
+        " ".join(debian("base") + debian("broker")),
+        " ".join(debian("base") + debian("cloud")),
+        " ".join(debian("base")),
+        " ".join(debian("base") + debian("kiosk")),
+    }
+    assert {c.strip().removesuffix("\\").strip() for c in commands} == expected
+    assert "apt-get install" not in re.sub(r"apt-get install --no-install-recommends", "", guide)
+
+
+# -- the box image ------------------------------------------------------------------------------
+
+
+def test_box_script_knows_every_profile() -> None:
+    script = (PKG / "box" / "setup-box.sh").read_text()
+    case = re.findall(r"^\s+([\w| -]+)\) extras=(\S+) lists=\"([^\"]+)\"", script, re.M)
+    covered = {name.strip(): (extras, lists.split()) for names, extras, lists in case for name in names.split("|")}
+    assert set(covered) == set(PROFILES)
+    for profile, (extras, lists) in covered.items():
+        has_screen = any(d.get("kind") == "display" for d in PROFILES[profile].get("devices", []))
+        assert (extras, lists) == (("edge,kiosk", ["base", "kiosk"]) if has_screen else ("edge", ["base"])), profile
+    assert "omnishelf-edge.service" in script
+
+
+def test_box_script_refuses_an_unknown_profile() -> None:
+    done = subprocess.run(["sh", str(PKG / "box" / "setup-box.sh"), "kiosk-pi4"], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        "setup-box.sh: unknown profile 'kiosk-pi4': expected kiosk-pi5, scan-station or signage-player\n"
+    )
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_box_config_template_is_valid_for_every_profile(profile: str) -> None:
+    text = (PKG / "box" / "box.yaml").read_text()
+    text = re.sub(r"^profile: .*$", f"profile: {profile}", text, flags=re.M)
+    config = parse_config(text, "box.yaml")
+    assert config.profile == profile
+    assert config.outbox.path == Path("/var/lib/omnishelf/outbox.db")
+    assert config.catalogue.path == Path("/var/lib/omnishelf/catalogue")
+    assert config.broker.password_file == Path("/etc/omnishelf/box.secret")
