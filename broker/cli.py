@@ -102,6 +102,13 @@ def run(args: argparse.Namespace) -> int:
     except (MosquittoError, ValueError) as exc:
         raise SystemExit(f"credentials file {args.credentials}: {exc}" if isinstance(exc, ValueError) else str(exc)) from None
     proc = MosquittoProcess(layout)
+    stop = threading.Event()
+    reload = threading.Event()
+    # Installed before the broker starts: a SIGHUP (systemctl reload) or SIGTERM arriving while it
+    # starts must be handled, not kill this process with the broker still running.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # SIGHUP: re-read the credentials file (a box added or removed) and apply it live.
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())
     try:
         proc.start()
     except (MosquittoError, ValueError) as exc:
@@ -110,11 +117,6 @@ def run(args: argparse.Namespace) -> int:
         json.dumps({"broker": layout.url, "config": str(layout.conf_path), "log": str(layout.log_path), "pid": os.getpid()}),
         flush=True,
     )
-    stop = threading.Event()
-    reload = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    # SIGHUP: re-read the credentials file (a box added or removed) and apply it live.
-    signal.signal(signal.SIGHUP, lambda *_: reload.set())
     try:
         while not stop.wait(0.2):
             if reload.is_set():

@@ -126,6 +126,7 @@ def _worker(args: argparse.Namespace) -> int:
     from cloud.bus.worker import CloudBus
 
     settings = cli_settings()
+    _check_bus_secret(settings)
     engine = prepared_engine(settings, args.db_timeout)
 
     async def run() -> None:
@@ -153,6 +154,8 @@ def _serve(args: argparse.Namespace) -> int:
     from cloud.api import create_app
 
     settings = cli_settings()
+    if not args.no_worker:
+        _check_bus_secret(settings)
     _check_port_free(args.host, args.port)
     prepared_engine(settings, args.db_timeout).dispose()
     app = create_app(settings, run_worker=not args.no_worker)
@@ -163,6 +166,13 @@ def _serve(args: argparse.Namespace) -> int:
     # log_config=None keeps the logging the `omnishelf` command set up.
     uvicorn.run(app, host=args.host, port=args.port, log_config=None)
     return 0
+
+
+def _check_bus_secret(settings: Settings) -> None:
+    try:
+        settings.check_bus_secret()
+    except SettingsError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -114,14 +114,14 @@ class Settings(BaseSettings):
         normalize_url(value)
         return value
 
-    @model_validator(mode="after")
-    def _production_secrets(self) -> Settings:
+    def check_bus_secret(self) -> None:
+        """Processes that run the cloud bus need this host's own broker password in production (an
+        API-only `serve --no-worker` never connects to the broker, so it is not asked for one)."""
         if self.ENV == "production" and self.BROKER_PASSWORD.get_secret_value() in ("", DEFAULT_BROKER_PASSWORD):
-            raise ValueError(
+            raise SettingsError(
                 "OMNISHELF_BROKER_PASSWORD is empty or the development default; production needs this "
-                "worker's own broker password"
+                "host's own broker password"
             )
-        return self
 
     @property
     def broker_address(self) -> BrokerAddress:
