@@ -54,6 +54,8 @@ __all__ = [
 API_KEY_PREFIX = "osk_"
 PASSWORD_MIN = 10
 PASSWORD_MAX = 256
+KEY_EXPIRY_MAX_DAYS = 3650
+"""Longest expiry offered in days (CLI, console); longer-lived keys are keys that do not expire."""
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 _hasher = PasswordHasher()
@@ -181,9 +183,10 @@ def _grants(session: Session, role: Role, regions: Sequence[str], stores: Sequen
     if role is Role.STORE and not found_stores:
         raise InputError("stores", "a store user needs at least one store")
     if role is Role.STORE and found_regions:
-        raise InputError("regions", "a store user is scoped by stores only; give --store codes")
+        raise InputError("regions", "a store user is scoped by stores only; give no regions")
     if role in (Role.ADMIN, Role.HQ) and (found_regions or found_stores):
-        raise InputError("regions", f"role {role.value!r} sees every region; give no regions or stores")
+        raise InputError("regions" if found_regions else "stores",
+                         f"role {role.value!r} sees every region; give no regions or stores")
     return found_regions, found_stores
 
 

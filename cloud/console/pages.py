@@ -409,10 +409,13 @@ def api_keys_create(
 ) -> HTMLResponse:
     try:
         expires = None
-        if expires_days.strip():
-            if not expires_days.strip().isdigit() or int(expires_days) < 1:
-                raise service.InputError("expires_days", f"{expires_days!r} is not a whole number of days (1 or more)")
-            expires = datetime.now(UTC) + timedelta(days=int(expires_days))
+        days = expires_days.strip()
+        if days:
+            # ASCII digits only: str.isdigit() also accepts '²', which int() refuses.
+            if not days.isascii() or not days.isdigit() or not 1 <= int(days) <= service.KEY_EXPIRY_MAX_DAYS:
+                raise service.InputError("expires_days", f"{expires_days!r} is not a whole number of days from 1 to "
+                                                         f"{service.KEY_EXPIRY_MAX_DAYS} (leave it empty for no expiry)")
+            expires = datetime.now(UTC) + timedelta(days=int(days))
         with service.write_session(request.app.state.engine) as session, session.begin():
             _key, secret = service.create_api_key(session, principal.actor, name, role, regions=regions or [],
                                                   stores=stores or [], expires_at=expires, via="console")

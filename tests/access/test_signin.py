@@ -130,7 +130,7 @@ def test_cli_creates_the_first_admin_and_keys(engine: Engine, monkeypatch: pytes
     code, _, err = _cli(monkeypatch, capsys, url, "", "users", "api-key", "revoke", "--name", "nope")
     assert code == 2 and "'nope'" in err
     code, _, err = _cli(monkeypatch, capsys, url, "short\n", "users", "passwd", "--username", "li", "--password-stdin")
-    assert code == 2 and "--password: at least 10 characters" in err
+    assert code == 2 and "--password-stdin: at least 10 characters" in err
     with Session(engine) as s:
         actions = s.scalars(select(AuditEntry.action).where(AuditEntry.via == "cli").order_by(AuditEntry.id)).all()
     assert actions == ["user.create", "user.create", "api_key.create", "api_key.revoke"]
