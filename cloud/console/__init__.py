@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 __all__ = ["STATIC", "mount"]
@@ -17,3 +18,8 @@ def mount(app: FastAPI) -> None:
 
     app.include_router(pages.router)
     app.mount("/console/static", StaticFiles(directory=STATIC), name="console-static")
+
+    # The address people are given is the host's root (the demo prints it): lead it to the console.
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/console/")
