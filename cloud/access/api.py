@@ -5,21 +5,31 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, status
+from fastapi import APIRouter, Depends, Path, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.access import service
 from cloud.access.models import NAME_MAX, USERNAME_MAX, ApiKey, AuditEntry, User
 from cloud.access.scope import Perm, Principal, Role
-from cloud.access.web import PrincipalDep, require, via
+from cloud.access.web import PrincipalDep, error_responses, require, via
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["access"])
+# Every route needs credentials; 403 where a role or the CSRF token can refuse.
+router = APIRouter(tags=["access"], responses=error_responses(status.HTTP_401_UNAUTHORIZED))
 UsersAdmin = Annotated[Principal, Depends(require(Perm.USERS))]
 AuditReader = Annotated[Principal, Depends(require(Perm.AUDIT))]
+FORBIDDEN = error_responses(status.HTTP_403_FORBIDDEN)
+FORBIDDEN_OR_UNKNOWN = error_responses(status.HTTP_403_FORBIDDEN, status.HTTP_404_NOT_FOUND)
 
-Codes = Annotated[list[Annotated[str, Field(min_length=1, max_length=32)]], Field(max_length=500)]
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+"""No control characters: no name, code or filter has a use for them, and PostgreSQL refuses NUL in
+text (a 500 from the driver instead of a 422 naming the field)."""
+Code = Annotated[str, Field(min_length=1, max_length=32, pattern=PRINTABLE)]
+Codes = Annotated[list[Code], Field(max_length=500)]
+Filter = Annotated[str | None, Query(max_length=128, pattern=PRINTABLE)]
+UsernamePath = Annotated[str, Path(min_length=1, max_length=USERNAME_MAX, pattern=PRINTABLE)]
+KeyNamePath = Annotated[str, Path(min_length=1, max_length=NAME_MAX, pattern=PRINTABLE)]
 
 
 class Strict(BaseModel):
@@ -35,7 +45,7 @@ class Me(BaseModel):
 
 
 class UserCreate(Strict):
-    username: str = Field(min_length=1, max_length=USERNAME_MAX)
+    username: str = Field(min_length=1, max_length=USERNAME_MAX, pattern=PRINTABLE)
     password: str = Field(min_length=service.PASSWORD_MIN, max_length=service.PASSWORD_MAX)
     role: Role
     regions: Codes = []
@@ -62,7 +72,7 @@ class UserPublic(BaseModel):
 
 
 class ApiKeyCreate(Strict):
-    name: str = Field(min_length=1, max_length=NAME_MAX)
+    name: str = Field(min_length=1, max_length=NAME_MAX, pattern=PRINTABLE)
     role: Role
     regions: Codes = []
     stores: Codes = []
@@ -116,22 +126,19 @@ def _key(k: ApiKey) -> dict[str, Any]:
     }
 
 
-NOT_FOUND: dict[int | str, dict[str, Any]] = {status.HTTP_404_NOT_FOUND: {"description": "unknown name"}}
-
-
 @router.get("/me", response_model=Me)
 def me(principal: PrincipalDep) -> Me:
     return Me(kind=principal.kind, name=principal.name, role=principal.role,
               regions=list(principal.region_codes), stores=list(principal.store_codes))
 
 
-@router.get("/users", response_model=list[UserPublic])
+@router.get("/users", response_model=list[UserPublic], responses=FORBIDDEN)
 def list_users(request: Request, _p: UsersAdmin) -> list[UserPublic]:
     with request.app.state.sessionmaker() as session:
         return [_user(u) for u in service.list_users(session)]
 
 
-@router.post("/users", response_model=UserPublic, status_code=status.HTTP_201_CREATED)
+@router.post("/users", response_model=UserPublic, status_code=status.HTTP_201_CREATED, responses=FORBIDDEN)
 def create_user(body: UserCreate, request: Request, principal: UsersAdmin) -> UserPublic:
     with service.write_session(request.app.state.engine) as session, session.begin():
         user = service.create_user(
@@ -141,8 +148,8 @@ def create_user(body: UserCreate, request: Request, principal: UsersAdmin) -> Us
         return _user(user)
 
 
-@router.patch("/users/{username}", response_model=UserPublic, responses=NOT_FOUND)
-def update_user(username: str, body: UserUpdate, request: Request, principal: UsersAdmin) -> UserPublic:
+@router.patch("/users/{username}", response_model=UserPublic, responses=FORBIDDEN_OR_UNKNOWN)
+def update_user(username: UsernamePath, body: UserUpdate, request: Request, principal: UsersAdmin) -> UserPublic:
     if body.active is None and body.role is None:
         raise service.InputError("active", "give active (true/false) and/or role (with regions or stores)")
     if body.role is None and (body.regions or body.stores):
@@ -157,13 +164,13 @@ def update_user(username: str, body: UserUpdate, request: Request, principal: Us
         return _user(user)
 
 
-@router.get("/api-keys", response_model=list[ApiKeyPublic])
+@router.get("/api-keys", response_model=list[ApiKeyPublic], responses=FORBIDDEN)
 def list_keys(request: Request, _p: UsersAdmin) -> list[ApiKeyPublic]:
     with request.app.state.sessionmaker() as session:
         return [ApiKeyPublic(**_key(k)) for k in service.list_api_keys(session)]
 
 
-@router.post("/api-keys", response_model=ApiKeyCreated, status_code=status.HTTP_201_CREATED)
+@router.post("/api-keys", response_model=ApiKeyCreated, status_code=status.HTTP_201_CREATED, responses=FORBIDDEN)
 def create_key(body: ApiKeyCreate, request: Request, principal: UsersAdmin) -> ApiKeyCreated:
     with service.write_session(request.app.state.engine) as session, session.begin():
         key, secret = service.create_api_key(
@@ -173,19 +180,19 @@ def create_key(body: ApiKeyCreate, request: Request, principal: UsersAdmin) -> A
         return ApiKeyCreated(**_key(key), secret=secret)
 
 
-@router.delete("/api-keys/{name}", response_model=ApiKeyPublic, responses=NOT_FOUND)
-def revoke_key(name: str, request: Request, principal: UsersAdmin) -> ApiKeyPublic:
+@router.delete("/api-keys/{name}", response_model=ApiKeyPublic, responses=FORBIDDEN_OR_UNKNOWN)
+def revoke_key(name: KeyNamePath, request: Request, principal: UsersAdmin) -> ApiKeyPublic:
     with service.write_session(request.app.state.engine) as session, session.begin():
         return ApiKeyPublic(**_key(service.revoke_api_key(session, principal.actor, name, via=via(request))))
 
 
-@router.get("/audit", response_model=list[AuditPublic])
+@router.get("/audit", response_model=list[AuditPublic], responses=FORBIDDEN)
 def list_audit(
     request: Request,
     _p: AuditReader,
-    actor: Annotated[str | None, Query(max_length=120, description="username, or user:NAME / key:NAME")] = None,
-    object_type: Annotated[str | None, Query(max_length=32)] = None,
-    object_id: Annotated[str | None, Query(max_length=128)] = None,
+    actor: Annotated[Filter, Query(description="username, or user:NAME / key:NAME")] = None,
+    object_type: Filter = None,
+    object_id: Filter = None,
     since: datetime | None = None,
     until: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,

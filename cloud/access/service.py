@@ -57,6 +57,9 @@ PASSWORD_MAX = 256
 KEY_EXPIRY_MAX_DAYS = 3650
 """Longest expiry offered in days (CLI, console); longer-lived keys are keys that do not expire."""
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+# PostgreSQL refuses NUL in text: an id holding a control character is refused (or unknown) here,
+# before it reaches a query, instead of failing in the driver.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 _hasher = PasswordHasher()
 # Verified against when the username is unknown, so a miss costs as much time as a wrong password.
@@ -64,12 +67,25 @@ _DUMMY_HASH = _hasher.hash("not a password of anyone")
 
 
 class InputError(ValueError):
-    """Bad input; `field` names it (for a 422 body or one CLI line)."""
+    """Bad input; `field` names it (for a 422 body or one CLI line), `location` says where it was
+    sent (`body` or `query`, as in FastAPI's own 422 answers)."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, *, location: str = "body") -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+        self.location = location
+
+
+def as_utc(value: datetime, field: str, *, location: str = "body") -> datetime:
+    """`value` in UTC (a time without a zone is taken as UTC); an instant outside the years 1-9999
+    once in UTC (e.g. 0001-01-01T00:00+14:00) is an `InputError`, not an OverflowError later."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InputError(field, f"{value.isoformat()} is outside the years 1 to 9999 in UTC", location=location) from None
 
 
 class LockedOut(PermissionError):
@@ -142,16 +158,20 @@ def list_audit(
     limit: int = 200,
 ) -> Sequence[AuditEntry]:
     # A time without a zone in a filter means UTC (the log's own zone).
-    since = since.replace(tzinfo=UTC) if since and since.tzinfo is None else since
-    until = until.replace(tzinfo=UTC) if until and until.tzinfo is None else until
+    since = as_utc(since, "since", location="query") if since else None
+    until = as_utc(until, "until", location="query") if until else None
     stmt = select(AuditEntry)
     if actor:
-        # "alice" finds user:alice; "key:erp" finds exactly that key.
-        stmt = stmt.where(AuditEntry.actor == actor if ":" in actor else AuditEntry.actor.like(f"%:{actor}"))
+        # "alice" finds user:alice; "key:erp" finds exactly that key ('%' and '_' in a name are literal).
+        literal = actor.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        stmt = stmt.where(AuditEntry.actor == actor if ":" in actor else AuditEntry.actor.like(f"%:{literal}", escape="\\"))
     if object_type:
         stmt = stmt.where(AuditEntry.object_type == object_type)
     if object_id:
         stmt = stmt.where(AuditEntry.object_id == object_id)
+    for field, value in (("actor", actor), ("object_type", object_type), ("object_id", object_id)):
+        if value and _CONTROL.search(value):
+            raise InputError(field, f"{value!r} holds a control character", location="query")
     if since:
         stmt = stmt.where(AuditEntry.at >= since)
     if until:
@@ -170,14 +190,17 @@ def _role(value: str, field: str = "role") -> Role:
 
 
 def _grants(session: Session, role: Role, regions: Sequence[str], stores: Sequence[str]) -> tuple[list[Region], list[Store]]:
-    found_regions = list(session.scalars(select(Region).where(Region.code.in_(regions)))) if regions else []
+    # A code with a control character cannot exist: it is reported unknown without a query.
+    wanted = [c for c in regions if not _CONTROL.search(c)]
+    found_regions = list(session.scalars(select(Region).where(Region.code.in_(wanted)))) if wanted else []
     missing = sorted(set(regions) - {r.code for r in found_regions})
     if missing:
-        raise InputError("regions", f"unknown region code(s): {', '.join(missing)}")
-    found_stores = list(session.scalars(select(Store).where(Store.code.in_(stores)))) if stores else []
+        raise InputError("regions", f"unknown region code(s): {', '.join(map(_shown, missing))}")
+    wanted = [c for c in stores if not _CONTROL.search(c)]
+    found_stores = list(session.scalars(select(Store).where(Store.code.in_(wanted)))) if wanted else []
     missing = sorted(set(stores) - {s.code for s in found_stores})
     if missing:
-        raise InputError("stores", f"unknown store code(s): {', '.join(missing)}")
+        raise InputError("stores", f"unknown store code(s): {', '.join(map(_shown, missing))}")
     if role is Role.REGIONAL and not found_regions:
         raise InputError("regions", "a regional user needs at least one region")
     if role is Role.STORE and not found_stores:
@@ -188,6 +211,11 @@ def _grants(session: Session, role: Role, regions: Sequence[str], stores: Sequen
         raise InputError("regions" if found_regions else "stores",
                          f"role {role.value!r} sees every region; give no regions or stores")
     return found_regions, found_stores
+
+
+def _shown(code: str) -> str:
+    """A code as the user typed it, quoted only when it holds something invisible."""
+    return repr(code) if _CONTROL.search(code) or not code.strip() else code
 
 
 def check_password(password: str, field: str = "password") -> None:
@@ -238,6 +266,8 @@ def create_user(
 
 
 def get_user(session: Session, username: str) -> User:
+    if _CONTROL.search(username):
+        raise NotFound(f"No user {username!r}")
     user = session.scalars(
         select(User).options(selectinload(User.regions), selectinload(User.stores)).where(User.username == username)
     ).one_or_none()
@@ -404,13 +434,17 @@ def create_api_key(
     name = name.strip()
     if not 1 <= len(name) <= NAME_MAX:
         raise InputError("name", f"1 to {NAME_MAX} characters")
+    if _CONTROL.search(name):
+        raise InputError("name", f"{name!r} holds a control character")
     r = _role(role)
     if r is Role.ADMIN:
         raise InputError("role", "API keys cannot be admin; use hq, regional, store or technician")
     if expires_at is not None and expires_at.tzinfo is None:
         raise InputError("expires_at", "give a time zone, e.g. 2027-01-31T00:00:00Z")
-    if expires_at is not None and expires_at <= _now():
-        raise InputError("expires_at", "must be in the future")
+    if expires_at is not None:
+        expires_at = as_utc(expires_at, "expires_at")
+        if expires_at <= _now():
+            raise InputError("expires_at", f"{expires_at.isoformat()} is not in the future")
     found_regions, found_stores = _grants(session, r, regions, stores)
     if session.scalars(select(ApiKey.id).where(ApiKey.name == name)).first() is not None:
         raise InputError("name", f"an API key named {name!r} already exists")
@@ -433,6 +467,8 @@ def list_api_keys(session: Session) -> Sequence[ApiKey]:
 
 
 def revoke_api_key(session: Session, actor: str, name: str, *, via: str = "api") -> ApiKey:
+    if _CONTROL.search(name):
+        raise NotFound(f"No API key {name!r}")
     key = session.scalars(
         select(ApiKey).options(selectinload(ApiKey.regions), selectinload(ApiKey.stores)).where(ApiKey.name == name)
     ).one_or_none()

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Request, Security, status
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from cloud.access import service
@@ -23,7 +24,9 @@ from cloud.access.scope import Forbidden, NotFound, Perm, Principal
 __all__ = [
     "COOKIE",
     "PrincipalDep",
+    "Problem",
     "check_csrf",
+    "error_responses",
     "install_error_handlers",
     "optional_principal",
     "policy",
@@ -37,6 +40,24 @@ COOKIE = "omnishelf_session"
 bearer_scheme = HTTPBearer(auto_error=False, scheme_name="apiKey", description="An API key: `osk_…`")
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)]
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class Problem(BaseModel):
+    """The body of every error answer but 422: one sentence naming what was wrong."""
+
+    detail: str
+
+
+_ERRORS: dict[int, str] = {
+    status.HTTP_401_UNAUTHORIZED: "no valid credentials: a missing, wrong, expired or revoked API key or session",
+    status.HTTP_403_FORBIDDEN: "the role may not use this endpoint, or a cookie request lacks its CSRF token",
+    status.HTTP_404_NOT_FOUND: "unknown, or outside the caller's scope (the same answer on purpose)",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: the error answers it can give, with their real body (`Problem`)."""
+    return {code: {"model": Problem, "description": _ERRORS[code]} for code in codes}
 
 
 class NotSignedIn(Exception):
@@ -145,8 +166,8 @@ def install_error_handlers(app: FastAPI, *, console_prefix: str = "/console") ->
     async def bad_input(_request: Request, exc: Exception) -> Any:
         assert isinstance(exc, service.InputError)
         return _problem(
-            422,
-            [{"loc": ["body", exc.field], "msg": exc.message, "type": "value_error"}],
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            [{"loc": [exc.location, exc.field], "msg": exc.message, "type": "value_error"}],
         )
 
     app.add_exception_handler(NotSignedIn, not_signed_in)

@@ -456,13 +456,13 @@ def audit(
     object_id: FilterStr = "", since: FilterStr = "", until: FilterStr = "",
 ) -> HTMLResponse:
     filters = {"actor": actor, "object_type": object_type, "object_id": object_id, "since": since, "until": until}
-    try:
-        start, end = _when(since, "since"), _when(until, "until")
-    except service.InputError as exc:
-        return render(request, "audit.html", principal, status_code=422, entries=[], filters=filters, error=str(exc))
     with request.app.state.sessionmaker() as session:
-        entries = service.list_audit(session, actor=actor or None, object_type=object_type or None,
-                                     object_id=object_id or None, since=start, until=end)
+        try:
+            start, end = _when(since, "since"), _when(until, "until")
+            entries = service.list_audit(session, actor=actor or None, object_type=object_type or None,
+                                         object_id=object_id or None, since=start, until=end)
+        except service.InputError as exc:
+            return render(request, "audit.html", principal, status_code=422, entries=[], filters=filters, error=str(exc))
         return render(request, "audit.html", principal, entries=entries, filters=filters, error=None)
 
 
