@@ -157,7 +157,8 @@ def install_error_handlers(app: FastAPI, *, console_prefix: str = "/console") ->
 
             from fastapi.responses import HTMLResponse
 
-            body = (f'<!doctype html><title>Not allowed</title><link rel="stylesheet" href="{console_prefix}/static/console.css">'
+            body = (f'<!doctype html><title>Not allowed</title><link rel="icon" href="{console_prefix}/static/favicon.svg">'
+                    f'<link rel="stylesheet" href="{console_prefix}/static/console.css">'
                     f'<main><h1>Not allowed</h1><p class="error">{escape(str(exc))}</p>'
                     f'<p><a href="{console_prefix}/">Back to the console</a></p></main>')
             return HTMLResponse(body, status_code=status.HTTP_403_FORBIDDEN)

@@ -15,7 +15,7 @@ from cloud import console
 from cloud.access import api as access_api
 from cloud.access.service import access_policy
 from cloud.access.web import install_error_handlers
-from cloud.api import health, nodes, regions, stores
+from cloud.api import health, nodes, regions, security, stores
 from cloud.catalogue import api as catalogue_api
 from cloud.catalogue import console as catalogue_console
 from cloud.catalogue.sync import start_publisher
@@ -80,4 +80,5 @@ def create_app(settings: Settings, *, run_worker: bool, engine: Engine | None = 
     # Before the console's own pages, which answer unknown /console/* paths.
     app.include_router(catalogue_console.router)
     console.mount(app)
+    security.install(app)
     return app

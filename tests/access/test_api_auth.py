@@ -15,7 +15,7 @@ from tests.access.conftest import GRANTS, PASSWORD, SEES, World, row_count
 
 # Public on purpose: load balancers, API docs, and the content-addressed catalogue files that boxes
 # (which hold no HTTP credentials) download. Anything else must refuse to answer without credentials.
-PUBLIC = {"/health", "/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect", "/catalogue/files/{sha256}"}
+PUBLIC = {"/health", "/openapi.json", "/docs", "/catalogue/files/{sha256}"}
 
 
 def api_routes(client: TestClient) -> list[tuple[str, str]]:

@@ -21,6 +21,7 @@ from cloud.db import make_engine, migrate
 from tests.access.conftest import PASSWORD, make_world
 from tests.cloud.conftest import cloud_settings
 from tests.conftest import Broker
+from tests.console.csp import watch
 from tests.system.harness import System
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -78,7 +79,10 @@ def test_console_in_chromium(broker: Broker, sqlite_engine: Engine, tmp_path: Pa
     try:
         with Server(create_app(settings, run_worker=True, engine=sqlite_engine)) as server, sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            context = browser.new_context(viewport={"width": 1280, "height": 800})
+            # The live page runs under the Content-Security-Policy: it must never trip it.
+            seen = watch(context)
+            page = context.new_page()
             expect.set_options(timeout=20_000)
 
             # Sign in.
@@ -161,6 +165,7 @@ def test_console_in_chromium(broker: Broker, sqlite_engine: Engine, tmp_path: Pa
             assert answer is not None and answer.status == 404
             expect(regional.locator(".error")).to_contain_text("No store 'st0003'")
             expect(regional.locator("main")).not_to_contain_text("Shenzhen")
+            assert seen.violations == []
             browser.close()
     finally:
         system.close()
