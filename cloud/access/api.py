@@ -1,4 +1,4 @@
-"""REST endpoints of cloud.access: /me, /users, /api-keys, /audit (admin / hq, audited)."""
+"""REST endpoints of cloud.access: /me, /users (and unlock), /api-keys, /audit (admin / hq, audited)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
 
 from cloud.access import service
 from cloud.access.models import NAME_MAX, USERNAME_MAX, ApiKey, AuditEntry, User
 from cloud.access.scope import Perm, Principal, Role
+from cloud.access.throttle import LockState
 from cloud.access.web import PrincipalDep, error_responses, require, via
 
 __all__ = ["router"]
@@ -68,6 +70,9 @@ class UserPublic(BaseModel):
     regions: list[str]
     stores: list[str]
     locked_until: datetime | None
+    """Sign-ins refused from every address until then (many failures from several addresses)."""
+    locked_from: dict[str, datetime]
+    """Address (an IPv6 client's /64) → until when sign-ins from there are refused."""
     created_at: datetime
 
 
@@ -111,11 +116,16 @@ class AuditPublic(BaseModel):
     via: str
 
 
-def _user(u: User) -> UserPublic:
+def _user(u: User, lock: LockState | None) -> UserPublic:
     return UserPublic(
         username=u.username, role=u.role, active=u.active, regions=[r.code for r in u.regions],
-        stores=[s.code for s in u.stores], locked_until=u.locked_until, created_at=u.created_at,
+        stores=[s.code for s in u.stores], locked_until=lock.everywhere_until if lock else None,
+        locked_from=dict(lock.sources) if lock else {}, created_at=u.created_at,
     )
+
+
+def _one(session: Session, u: User) -> UserPublic:
+    return _user(u, service.lock_states(session, [u.username]).get(u.username))
 
 
 def _key(k: ApiKey) -> dict[str, Any]:
@@ -135,7 +145,9 @@ def me(principal: PrincipalDep) -> Me:
 @router.get("/users", response_model=list[UserPublic], responses=FORBIDDEN)
 def list_users(request: Request, _p: UsersAdmin) -> list[UserPublic]:
     with request.app.state.sessionmaker() as session:
-        return [_user(u) for u in service.list_users(session)]
+        users = service.list_users(session)
+        locks = service.lock_states(session, [u.username for u in users])
+        return [_user(u, locks.get(u.username)) for u in users]
 
 
 @router.post("/users", response_model=UserPublic, status_code=status.HTTP_201_CREATED, responses=FORBIDDEN)
@@ -145,7 +157,7 @@ def create_user(body: UserCreate, request: Request, principal: UsersAdmin) -> Us
             session, principal.actor, body.username, body.password, body.role.value,
             regions=body.regions, stores=body.stores, via=via(request),
         )
-        return _user(user)
+        return _one(session, user)
 
 
 @router.patch("/users/{username}", response_model=UserPublic, responses=FORBIDDEN_OR_UNKNOWN)
@@ -161,7 +173,14 @@ def update_user(username: UsernamePath, body: UserUpdate, request: Request, prin
                                          stores=body.stores, via=via(request))
         if body.active is not None:
             user = service.set_user_active(session, principal.actor, username, body.active, via=via(request))
-        return _user(user)
+        return _one(session, user)
+
+
+@router.post("/users/{username}/unlock", response_model=UserPublic, responses=FORBIDDEN_OR_UNKNOWN)
+def unlock_user(username: UsernamePath, request: Request, principal: UsersAdmin) -> UserPublic:
+    """Lift the user's sign-in locks, from each address and everywhere (audited as `user.unlock`)."""
+    with service.write_session(request.app.state.engine) as session, session.begin():
+        return _one(session, service.unlock_user(session, principal.actor, username, via=via(request)))
 
 
 @router.get("/api-keys", response_model=list[ApiKeyPublic], responses=FORBIDDEN)

@@ -1,4 +1,4 @@
-"""`omnishelf users add | list | passwd | enable | disable | api-key create | revoke | list`.
+"""`omnishelf users add | list | passwd | unlock | enable | disable | api-key create | revoke | list`.
 
 Works straight on the database (OMNISHELF_DATABASE_URL, migrated first), so the first admin can be
 created before anyone can sign in. Changes are audited as `cli:<os user>`.
@@ -47,6 +47,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     _password_args(pw)
     pw.set_defaults(func=_passwd)
 
+    unlock = cmds.add_parser("unlock", help="lift a user's sign-in lockout (from every address)")
+    unlock.add_argument("name", metavar="NAME", help="the username")
+    unlock.set_defaults(func=_unlock)
+
     for name, active in (("enable", True), ("disable", False)):
         p = cmds.add_parser(name, help=f"{name} a user")
         p.add_argument("--username", required=True)
@@ -68,7 +72,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     kl = kcmds.add_parser("list", help="list keys (never their secrets)")
     kl.set_defaults(func=_key_list)
 
-    for p in (add, ls, pw, kc, kr, kl, *(cmds.choices[n] for n in ("enable", "disable"))):
+    for p in (add, ls, pw, unlock, kc, kr, kl, *(cmds.choices[n] for n in ("enable", "disable"))):
         add_db_timeout(p)
 
 
@@ -136,10 +140,24 @@ def _add(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     with _db(args) as s:
-        for u in service.list_users(s):
+        users = service.list_users(s)
+        locks = service.lock_states(s, [u.username for u in users])
+        for u in users:
             scope = ",".join([r.code for r in u.regions] + [st.code for st in u.stores]) or "-"
             state = "active" if u.active else "disabled"
+            lock = locks.get(u.username)
+            if lock and lock.everywhere_until:
+                state += f", locked everywhere until {lock.everywhere_until:%Y-%m-%d %H:%M} UTC"
+            elif lock:
+                state += f", locked from {', '.join(src for src, _ in lock.sources)}"
             print(f"{u.username}\t{u.role}\t{scope}\t{state}")
+    return 0
+
+
+def _unlock(args: argparse.Namespace) -> int:
+    with _db(args) as s:
+        service.unlock_user(s, _actor(), args.name, via="cli")
+    print(f"user {args.name!r} unlocked: sign-ins from every address are accepted again")
     return 0
 
 

@@ -22,19 +22,20 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session, selectinload
 
+from cloud.access import throttle
 from cloud.access.models import NAME_MAX, USERNAME_MAX, ApiKey, AuditEntry, User, WebSession
 from cloud.access.scope import NotFound, Principal, Role, Scope
+from cloud.access.throttle import LockState
 from cloud.models import Region, Store
 from cloud.settings import Settings
 
 __all__ = [
     "API_KEY_PREFIX",
     "InputError",
-    "LockedOut",
     "Policy",
+    "Throttled",
     "access_policy",
     "audit",
-    "authenticate",
     "create_api_key",
     "create_user",
     "end_session",
@@ -47,7 +48,10 @@ __all__ = [
     "set_password",
     "set_user_active",
     "set_user_role",
+    "sign_in",
     "start_session",
+    "unlock_user",
+    "verify_password",
     "write_session",
 ]
 
@@ -88,26 +92,41 @@ def as_utc(value: datetime, field: str, *, location: str = "body") -> datetime:
         raise InputError(field, f"{value.isoformat()} is outside the years 1 to 9999 in UTC", location=location) from None
 
 
-class LockedOut(PermissionError):
-    """Too many failed sign-ins; `until` says when the next attempt is allowed."""
+class Throttled(PermissionError):
+    """Too many failed sign-ins from the caller's address, whatever the accounts: the answer is
+    about the address only and says nothing about any account."""
 
     def __init__(self, until: datetime) -> None:
-        super().__init__(f"too many failed sign-ins: try again after {until:%H:%M} UTC")
+        super().__init__(f"too many failed sign-ins from your network address: try again after {until:%H:%M} UTC")
         self.until = until
 
 
 @dataclass(frozen=True, slots=True)
 class Policy:
     max_failures: int = 5
+    """Failed sign-ins to one account from one address before that pair is locked."""
     lockout: timedelta = timedelta(minutes=15)
     session_ttl: timedelta = timedelta(hours=12)
+    source_max_failures: int = 50
+    """From one address across accounts before the address is throttled (an office behind one
+    NAT makes a few typos; a sprayer makes thousands)."""
+    account_max_failures: int = 100
+    """On one account across addresses before it is locked for everyone: high, because such a
+    lock also locks out the owner, and reaching it takes twenty addresses at the default."""
+
+    @property
+    def limits(self) -> throttle.Limits:
+        return throttle.Limits(self.max_failures, self.source_max_failures, self.account_max_failures, self.lockout)
 
 
 def access_policy(settings: Settings) -> Policy:
+    # The address and account limits scale with the per-pair one (x10, x20).
     return Policy(
         max_failures=settings.LOGIN_MAX_FAILURES,
         lockout=timedelta(seconds=settings.LOGIN_LOCKOUT_S),
         session_ttl=timedelta(seconds=settings.SESSION_TTL_S),
+        source_max_failures=10 * settings.LOGIN_MAX_FAILURES,
+        account_max_failures=20 * settings.LOGIN_MAX_FAILURES,
     )
 
 
@@ -256,7 +275,7 @@ def create_user(
     if session.scalars(select(User.id).where(User.username == username)).first() is not None:
         raise InputError("username", f"{username!r} already exists")
     user = User(
-        username=username, password_hash=_hasher.hash(password), role=r.value, active=True, failed_logins=0,
+        username=username, password_hash=_hasher.hash(password), role=r.value, active=True,
         created_at=_now(), regions=found_regions, stores=found_stores,
     )
     session.add(user)
@@ -286,8 +305,7 @@ def set_password(session: Session, actor: str, username: str, password: str, *, 
     check_password(password)
     user = get_user(session, username)
     user.password_hash = _hasher.hash(password)
-    user.failed_logins = 0
-    user.locked_until = None
+    throttle.clear_account(session, username)
     # A new password ends every existing sign-in of that user.
     for ws in session.scalars(select(WebSession).where(WebSession.user_id == user.id)):
         session.delete(ws)
@@ -327,39 +345,83 @@ def set_user_role(
     return user
 
 
-def authenticate(session: Session, username: str, password: str, policy: Policy, *, via: str = "console") -> User | None:
-    """The user if the password is right; None otherwise. Raises `LockedOut` while locked.
-
-    Failures are counted per user; after `policy.max_failures` the account is locked for
-    `policy.lockout` (even a right password is refused then, or the lock would be no lock).
-    """
-    now = _now()
-    user = session.scalars(select(User).where(User.username == username[:USERNAME_MAX])).one_or_none()
+def verify_password(session: Session, username: str, password: str) -> User | None:
+    """The active user if `password` is theirs, else None; costs one hash either way. Counts
+    nothing: sign-ins go through `sign_in`."""
+    user = None if _CONTROL.search(username) else session.scalars(
+        select(User).where(User.username == username[:USERNAME_MAX])).one_or_none()
     if user is None:
         with contextlib.suppress(VerificationError):
             _hasher.verify(_DUMMY_HASH, password[:PASSWORD_MAX])
         return None
-    if user.locked_until is not None and user.locked_until > now:
-        raise LockedOut(user.locked_until)
     ok: bool
     try:
         ok = _hasher.verify(user.password_hash, password[:PASSWORD_MAX])
     except (VerificationError, InvalidHashError):
         ok = False
-    if ok and user.active:
-        user.failed_logins = 0
-        user.locked_until = None
-        if _hasher.check_needs_rehash(user.password_hash):
-            user.password_hash = _hasher.hash(password)
-        return user
-    if not ok:
-        user.failed_logins += 1
-        if user.failed_logins >= policy.max_failures:
-            user.locked_until = now + policy.lockout
-            user.failed_logins = 0
-            audit(session, f"user:{username}", "user.lockout", "user", username, via=via,
-                  detail=f"{policy.max_failures} failed sign-ins; locked until {user.locked_until.isoformat()}")
-    return None
+    return user if ok and user.active else None
+
+
+def sign_in(engine: Engine, username: str, password: str, source: str | None, policy: Policy) -> str | None:
+    """A new console session's cookie value, or None. Raises `Throttled` for the source.
+
+    None is the one answer for an unknown name, a wrong password, a disabled user and a locked
+    account, so none of them can be told apart. The password is checked outside any transaction
+    (a hash takes ~0.1 s; SQLite's write lock and PostgreSQL's row locks are held only for the
+    counting before and after), see `cloud.access.throttle`.
+    """
+    account, src, limits = throttle.account_key(username), throttle.source_key(source), policy.limits
+    with write_session(engine) as session, session.begin():
+        decision = throttle.admit(session, account, src, limits, _now())
+    if decision.throttled_until is not None:
+        raise Throttled(decision.throttled_until)
+    if not decision.check_password:
+        return None
+    user_id: int | None = None
+    rehash = False
+    with Session(engine) as session:
+        user = verify_password(session, username, password)
+        if user is not None:
+            user_id, rehash = user.id, _hasher.check_needs_rehash(user.password_hash)
+    with write_session(engine) as session, session.begin():
+        if user_id is None:
+            for scope, key, until in throttle.failed(session, account, src, limits, _now()):
+                _audit_lock(session, scope, key, src, until, policy)
+            return None
+        throttle.succeeded(session, account, src)
+        signed_in = session.get_one(User, user_id)
+        if rehash:
+            signed_in.password_hash = _hasher.hash(password)
+        return start_session(session, signed_in, policy)
+
+
+def _audit_lock(session: Session, scope: str, key: str, source: str, until: datetime, policy: Policy) -> None:
+    actor, when = f"source:{source}", until.isoformat(timespec="seconds")
+    if scope == throttle.PAIR:
+        audit(session, actor, "user.lockout", "user", key, via="console",
+              detail=f"{policy.max_failures} failed sign-ins from {source}; refused from there until {when}")
+    elif scope == throttle.ACCOUNT:
+        audit(session, actor, "user.lockout_all", "user", key, via="console",
+              detail=f"{policy.account_max_failures} failed sign-ins from several addresses (the last from "
+                     f"{source}); refused from every address until {when}")
+    else:
+        audit(session, actor, "source.throttle", "source", key, via="console",
+              detail=f"{policy.source_max_failures} failed sign-ins across accounts; refused until {when}")
+
+
+def lock_states(session: Session, usernames: Sequence[str]) -> dict[str, LockState]:
+    """The sign-in locks in force of these users (absent: none)."""
+    return throttle.lock_states(session, usernames, _now())
+
+
+def unlock_user(session: Session, actor: str, username: str, *, via: str = "api") -> User:
+    """Lift every sign-in lock of `username` (from each address and everywhere), audited."""
+    user = get_user(session, username)
+    before = throttle.lock_states(session, [username], _now()).get(username, LockState(None, ()))
+    throttle.clear_account(session, username)
+    audit(session, actor, "user.unlock", "user", username, before=before.as_dict(),
+          after=LockState(None, ()).as_dict(), via=via)
+    return user
 
 
 def _principal_for_user(user: User, **kw: Any) -> Principal:

@@ -136,15 +136,21 @@ def login(
         return _login_page(request, error="The form expired or was not sent by this page: please sign in again.",
                            next_=next, code=status.HTTP_403_FORBIDDEN)
     pol = policy(request)
-    with service.write_session(request.app.state.engine) as session, session.begin():
-        try:
-            user = service.authenticate(session, username.strip(), password, pol)
-        except service.LockedOut as exc:
-            error = f"Account locked after repeated failed sign-ins: {exc}."
-            return _login_page(request, error=error, next_=next, code=status.HTTP_429_TOO_MANY_REQUESTS)
-        token = service.start_session(session, user, pol) if user is not None else None
+    # The client address as uvicorn reports it: behind a reverse proxy, the X-Forwarded-For address
+    # when the proxy is trusted (--forwarded-allow-ips; see docs/hq.md).
+    source = request.client.host if request.client else None
+    try:
+        token = service.sign_in(request.app.state.engine, username.strip(), password, source, pol)
+    except service.Throttled as exc:
+        page = _login_page(request, error=f"{str(exc).capitalize()}.", next_=next, code=status.HTTP_429_TOO_MANY_REQUESTS)
+        page.headers["Retry-After"] = str(max(1, math.ceil((exc.until - datetime.now(UTC)).total_seconds())))
+        return page
     if token is None:
-        return _login_page(request, error="Wrong username or password.", next_=next, code=status.HTTP_401_UNAUTHORIZED)
+        # One answer for an unknown name, a wrong password, a disabled user and a locked account.
+        minutes = math.ceil(pol.lockout.total_seconds() / 60)
+        error = (f"Wrong username or password, or too many failed attempts: after repeated failures wait "
+                 f"{minutes} minutes or ask an admin to unlock the account.")
+        return _login_page(request, error=error, next_=next, code=status.HTTP_401_UNAUTHORIZED)
     response = RedirectResponse(_safe_next(next), status.HTTP_303_SEE_OTHER)
     response.set_cookie(COOKIE, token, max_age=int(pol.session_ttl.total_seconds()), httponly=True, samesite="lax",
                         secure=_secure(request), path="/")
@@ -303,7 +309,9 @@ for _key in list(nav.PLACEHOLDERS):
 def _users_page(request: Request, principal: Principal, *, error: str | None = None, code: int = 200,
                 form: dict[str, Any] | None = None) -> HTMLResponse:
     with request.app.state.sessionmaker() as session:
-        return render(request, "users.html", principal, status_code=code, users=service.list_users(session),
+        users = service.list_users(session)
+        return render(request, "users.html", principal, status_code=code, users=users,
+                      locks=service.lock_states(session, [u.username for u in users]),
                       regions=visible_regions(session, principal.scope),
                       stores=visible_stores(session, principal.scope), roles=list(Role), error=error, form=form or {})
 
@@ -334,7 +342,7 @@ def users_create(
 
 
 def _user_page(request: Request, principal: Principal, username: str, *, error: str | None = None,
-               code: int = 200, saved: bool = False) -> HTMLResponse:
+               code: int = 200, saved: str | None = None) -> HTMLResponse:
     with request.app.state.sessionmaker() as session:
         try:
             user = service.get_user(session, username[:USERNAME_MAX + 1])
@@ -342,7 +350,7 @@ def _user_page(request: Request, principal: Principal, username: str, *, error: 
             return render(request, "error.html", principal, status_code=404, message=str(exc))
         return render(request, "user.html", principal, status_code=code, user=user, roles=list(Role),
                       regions=visible_regions(session, principal.scope), stores=visible_stores(session, principal.scope),
-                      error=error, saved=saved)
+                      lock=service.lock_states(session, [user.username]).get(user.username), error=error, saved=saved)
 
 
 @router.get("/users/{username}", response_class=HTMLResponse)
@@ -370,7 +378,17 @@ def user_update(
         return _user_page(request, principal, username, error=str(exc), code=422)
     except NotFound as exc:
         return render(request, "error.html", principal, status_code=404, message=str(exc))
-    return _user_page(request, principal, username, saved=True)
+    return _user_page(request, principal, username, saved=f"Saved. {username} must sign in again.")
+
+
+@router.post("/users/{username}/unlock", response_class=HTMLResponse)
+def user_unlock(request: Request, principal: UsersForm, username: str) -> HTMLResponse:
+    try:
+        with service.write_session(request.app.state.engine) as session, session.begin():
+            service.unlock_user(session, principal.actor, username[:USERNAME_MAX + 1], via="console")
+    except NotFound as exc:
+        return render(request, "error.html", principal, status_code=404, message=str(exc))
+    return _user_page(request, principal, username, saved=f"Unlocked: {username} can sign in again from every address.")
 
 
 @router.post("/users/{username}/active", response_class=HTMLResponse)
