@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, inspect, select, update
 from sqlalchemy.orm import Session
 
 from cloud.access import service, throttle
@@ -49,7 +49,7 @@ def actions(engine: Engine, *names: str) -> list[tuple[str, str, str]]:
     with Session(engine) as s:
         rows = s.execute(select(AuditEntry.action, AuditEntry.actor, AuditEntry.object_id)
                          .where(AuditEntry.action.in_(names)).order_by(AuditEntry.id)).all()
-    return [tuple(r) for r in rows]
+    return [(action, actor, object_id) for action, actor, object_id in rows]
 
 
 def test_a_pair_lock_refuses_the_right_password_from_that_address_only(world: World) -> None:
@@ -181,8 +181,9 @@ def test_admin_unlocks_in_the_api_the_console_and_the_cli_audited(
     assert [(e.actor, e.via) for e in entries] == [("user:admin", "console"), ("user:admin", "console"),
                                                    (entries[2].actor, "cli")]
     assert entries[2].actor.startswith("cli:")
-    assert list(entries[0].before["locked_from"]) == [ATTACKER] and entries[0].after == {"locked_until": None,
-                                                                                          "locked_from": {}}
+    before = entries[0].before
+    assert before is not None and list(before["locked_from"]) == [ATTACKER]
+    assert entries[0].after == {"locked_until": None, "locked_from": {}}
 
 
 def test_a_new_password_lifts_the_lock(world: World) -> None:
@@ -267,9 +268,12 @@ def test_the_migration_goes_down_and_up(engine: Engine) -> None:
     from cloud.db import alembic_config, write_transaction
 
     cfg = alembic_config()
-    for step in (lambda: command.downgrade(cfg, "0004"), lambda: command.upgrade(cfg, "head")):
+    for step, revision, throttled in ((command.downgrade, "0004", False), (command.upgrade, "head", True)):
         with write_transaction(engine) as conn:
             cfg.attributes["connection"] = conn
-            step()
+            step(cfg, revision)
+        schema = inspect(engine)
+        assert schema.has_table("login_throttle") is throttled
+        assert ("failed_logins" in {c["name"] for c in schema.get_columns("users")}) is not throttled
     with Session(engine) as s:
         assert s.scalars(select(LoginThrottle)).all() == []
