@@ -17,12 +17,11 @@ from cloud.access.web import PrincipalDep, error_responses, require, via
 
 __all__ = ["router"]
 
-# Every route needs credentials; 403 where a role or the CSRF token can refuse.
-router = APIRouter(tags=["access"], responses=error_responses(status.HTTP_401_UNAUTHORIZED))
+# 400, 401 and 403 are declared on every operation by `cloud.access.web.document_error_answers`.
+router = APIRouter(tags=["access"])
 UsersAdmin = Annotated[Principal, Depends(require(Perm.USERS))]
 AuditReader = Annotated[Principal, Depends(require(Perm.AUDIT))]
-FORBIDDEN = error_responses(status.HTTP_403_FORBIDDEN)
-FORBIDDEN_OR_UNKNOWN = error_responses(status.HTTP_403_FORBIDDEN, status.HTTP_404_NOT_FOUND)
+UNKNOWN = error_responses(status.HTTP_404_NOT_FOUND)
 
 PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 """No control characters: no name, code or filter has a use for them, and PostgreSQL refuses NUL in
@@ -47,7 +46,8 @@ class Me(BaseModel):
 
 
 class UserCreate(Strict):
-    username: str = Field(min_length=1, max_length=USERNAME_MAX, pattern=PRINTABLE)
+    username: str = Field(min_length=1, max_length=USERNAME_MAX, pattern=service.USERNAME_RE.pattern,
+                          description="lower-case letters, digits, '.', '_' and '-'")
     password: str = Field(min_length=service.PASSWORD_MIN, max_length=service.PASSWORD_MAX)
     role: Role
     regions: Codes = []
@@ -142,7 +142,7 @@ def me(principal: PrincipalDep) -> Me:
               regions=list(principal.region_codes), stores=list(principal.store_codes))
 
 
-@router.get("/users", response_model=list[UserPublic], responses=FORBIDDEN)
+@router.get("/users", response_model=list[UserPublic])
 def list_users(request: Request, _p: UsersAdmin) -> list[UserPublic]:
     with request.app.state.sessionmaker() as session:
         users = service.list_users(session)
@@ -150,7 +150,7 @@ def list_users(request: Request, _p: UsersAdmin) -> list[UserPublic]:
         return [_user(u, locks.get(u.username)) for u in users]
 
 
-@router.post("/users", response_model=UserPublic, status_code=status.HTTP_201_CREATED, responses=FORBIDDEN)
+@router.post("/users", response_model=UserPublic, status_code=status.HTTP_201_CREATED)
 def create_user(body: UserCreate, request: Request, principal: UsersAdmin) -> UserPublic:
     with service.write_session(request.app.state.engine) as session, session.begin():
         user = service.create_user(
@@ -160,7 +160,7 @@ def create_user(body: UserCreate, request: Request, principal: UsersAdmin) -> Us
         return _one(session, user)
 
 
-@router.patch("/users/{username}", response_model=UserPublic, responses=FORBIDDEN_OR_UNKNOWN)
+@router.patch("/users/{username}", response_model=UserPublic, responses=UNKNOWN)
 def update_user(username: UsernamePath, body: UserUpdate, request: Request, principal: UsersAdmin) -> UserPublic:
     if body.active is None and body.role is None:
         raise service.InputError("active", "give active (true/false) and/or role (with regions or stores)")
@@ -176,20 +176,20 @@ def update_user(username: UsernamePath, body: UserUpdate, request: Request, prin
         return _one(session, user)
 
 
-@router.post("/users/{username}/unlock", response_model=UserPublic, responses=FORBIDDEN_OR_UNKNOWN)
+@router.post("/users/{username}/unlock", response_model=UserPublic, responses=UNKNOWN)
 def unlock_user(username: UsernamePath, request: Request, principal: UsersAdmin) -> UserPublic:
     """Lift the user's sign-in locks, from each address and everywhere (audited as `user.unlock`)."""
     with service.write_session(request.app.state.engine) as session, session.begin():
         return _one(session, service.unlock_user(session, principal.actor, username, via=via(request)))
 
 
-@router.get("/api-keys", response_model=list[ApiKeyPublic], responses=FORBIDDEN)
+@router.get("/api-keys", response_model=list[ApiKeyPublic])
 def list_keys(request: Request, _p: UsersAdmin) -> list[ApiKeyPublic]:
     with request.app.state.sessionmaker() as session:
         return [ApiKeyPublic(**_key(k)) for k in service.list_api_keys(session)]
 
 
-@router.post("/api-keys", response_model=ApiKeyCreated, status_code=status.HTTP_201_CREATED, responses=FORBIDDEN)
+@router.post("/api-keys", response_model=ApiKeyCreated, status_code=status.HTTP_201_CREATED)
 def create_key(body: ApiKeyCreate, request: Request, principal: UsersAdmin) -> ApiKeyCreated:
     with service.write_session(request.app.state.engine) as session, session.begin():
         key, secret = service.create_api_key(
@@ -199,13 +199,13 @@ def create_key(body: ApiKeyCreate, request: Request, principal: UsersAdmin) -> A
         return ApiKeyCreated(**_key(key), secret=secret)
 
 
-@router.delete("/api-keys/{name}", response_model=ApiKeyPublic, responses=FORBIDDEN_OR_UNKNOWN)
+@router.delete("/api-keys/{name}", response_model=ApiKeyPublic, responses=UNKNOWN)
 def revoke_key(name: KeyNamePath, request: Request, principal: UsersAdmin) -> ApiKeyPublic:
     with service.write_session(request.app.state.engine) as session, session.begin():
         return ApiKeyPublic(**_key(service.revoke_api_key(session, principal.actor, name, via=via(request))))
 
 
-@router.get("/audit", response_model=list[AuditPublic], responses=FORBIDDEN)
+@router.get("/audit", response_model=list[AuditPublic])
 def list_audit(
     request: Request,
     _p: AuditReader,

@@ -104,6 +104,7 @@ def _password(args: argparse.Namespace) -> tuple[str, bool, str]:
 # The option that supplies each field the service layer names in an `InputError`.
 OPTIONS = {
     "username": "--username",
+    "active": "--username",
     "role": "--role",
     "regions": "--region",
     "stores": "--store",

@@ -312,8 +312,21 @@ def set_password(session: Session, actor: str, username: str, password: str, *, 
     audit(session, actor, "user.password", "user", username, via=via)
 
 
+def _keep_an_admin(session: Session, user: User, field: str) -> None:
+    """Refuse to disable or demote the last active admin: nobody could then manage users or lift a
+    lockout from the console or the API (only `omnishelf users` on the cloud host could)."""
+    if user.role != Role.ADMIN.value or not user.active:
+        return
+    others = session.scalars(
+        select(User.id).where(User.role == Role.ADMIN.value, User.active.is_(True), User.id != user.id)).first()
+    if others is None:
+        raise InputError(field, f"{user.username!r} is the last active admin: make another user admin first")
+
+
 def set_user_active(session: Session, actor: str, username: str, active: bool, *, via: str = "api") -> User:
     user = get_user(session, username)
+    if not active:
+        _keep_an_admin(session, user, "active")
     before = user_view(user)
     user.active = active
     if not active:
@@ -338,6 +351,8 @@ def set_user_role(
     r = _role(role)
     found_regions, found_stores = _grants(session, r, regions, stores)
     user = get_user(session, username)
+    if r is not Role.ADMIN:
+        _keep_an_admin(session, user, "role")
     before = user_view(user)
     user.role, user.regions, user.stores = r.value, found_regions, found_stores
     session.execute(delete(WebSession).where(WebSession.user_id == user.id))

@@ -399,6 +399,8 @@ def users_active(request: Request, principal: UsersForm, username: str,
             service.set_user_active(session, principal.actor, username[:USERNAME_MAX + 1], active == "1", via="console")
     except NotFound as exc:
         return _users_page(request, principal, error=str(exc), code=404)
+    except service.InputError as exc:
+        return _users_page(request, principal, error=str(exc), code=422)
     return RedirectResponse("/console/users", status.HTTP_303_SEE_OTHER)
 
 

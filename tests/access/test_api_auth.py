@@ -40,9 +40,14 @@ def test_every_endpoint_refuses_missing_expired_and_revoked_credentials(world: W
         assert {("GET", "/nodes"), ("GET", "/stores"), ("GET", "/regions"), ("GET", "/audit"), ("POST", "/api-keys")} <= set(routes)
         doc = client.get("/openapi.json").json()
         assert doc["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
-        for path in ("/nodes", "/stores", "/regions", "/me", "/users", "/api-keys", "/audit"):
+        # Either credential will do; the role each operation needs is the requirement's role.
+        for path, perm in (("/nodes", "fleet"), ("/stores", "fleet"), ("/regions", "fleet"), ("/me", None),
+                           ("/users", "users"), ("/api-keys", "users"), ("/audit", "audit")):
             op = doc["paths"][path]["get"]
-            assert op["security"] == [{"apiKey": []}], path
+            roles = [perm] if perm else []
+            assert op["security"] == [{"apiKey": roles}, {"session": roles}], path
+            assert set(op["responses"]) >= ({"401", "403"} if perm else {"401"}), path
+            assert op["responses"]["401"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Problem"}
             assert "schema" in op["responses"]["200"]["content"]["application/json"], path
         assert "UserCreate" in doc["components"]["schemas"] and "ApiKeyCreate" in doc["components"]["schemas"]
         # Both work before they expire / are revoked: the refusals below are about the state change.

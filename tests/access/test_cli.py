@@ -34,6 +34,7 @@ ERRORS = [
     (["add", "--username", "admin", "--role", "hq", "--generate"], "", "--username: 'admin' already exists"),
     (["passwd", "--username", "nobody", "--generate"], "", "No user 'nobody'"),
     (["disable", "--username", "nobody"], "", "No user 'nobody'"),
+    (["disable", "--username", "admin"], "", "--username: 'admin' is the last active admin: make another user admin first"),
     (["api-key", "create", "--name", "k", "--role", "hq", "--expires-days", "0"], "",
      "--expires-days 0: expected a whole number of days from 1 to 3650 (omit it for a key that does not expire)"),
     (["api-key", "create", "--name", "k", "--role", "hq", "--expires-days", "99999999999"], "",

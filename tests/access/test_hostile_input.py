@@ -31,6 +31,9 @@ API: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("POST", "/users", {"json": {"username": "a\x00", "password": PASSWORD, "role": "hq"}}, 422, "username"),
     ("POST", "/users", {"json": {"username": "ok", "password": PASSWORD, "role": "regional", "regions": ["e\x00"]}}, 422, "regions"),
     ("POST", "/api-keys", {"json": {"name": "k\x00", "role": "hq"}}, 422, "name"),
+    # The admin cannot take away the last admin (nobody could manage users or lift a lockout then).
+    ("PATCH", "/users/admin", {"json": {"active": False}}, 422, '"loc":["body","active"],"msg":"\'admin\' is the last active admin'),
+    ("PATCH", "/users/admin", {"json": {"role": "hq"}}, 422, '"loc":["body","role"],"msg":"\'admin\' is the last active admin'),
     ("POST", "/api-keys", {"json": {"name": "k", "role": "store", "stores": ["\x00"]}}, 422, "stores"),
     ("POST", "/api-keys", {"json": {"name": "k", "role": "hq", "expires_at": "9999-12-31T23:59:59-14:00"}}, 422,
      '"loc":["body","expires_at"],"msg":"9999-12-31T23:59:59-14:00 is outside'),
@@ -56,6 +59,8 @@ CONSOLE: list[tuple[str, dict[str, Any], int, str]] = [
     ("/console/users/a%00b/active", {"active": "0"}, 404, "No user"),
     ("/console/api-keys", {"name": "k\x00", "role": "hq"}, 422, "control character"),
     ("/console/api-keys/k%00/revoke", {}, 404, "No API key"),
+    ("/console/users/admin/active", {"active": "0"}, 422, "active: &#39;admin&#39; is the last active admin"),
+    ("/console/users/admin", {"role": "hq"}, 422, "role: &#39;admin&#39; is the last active admin"),
 ]
 
 
