@@ -387,6 +387,8 @@ def sign_in(engine: Engine, username: str, password: str, source: str | None, po
     """
     account, src, limits = throttle.account_key(username), throttle.source_key(source), policy.limits
     with write_session(engine) as session, session.begin():
+        throttle.prune(session, limits, _now())
+    with write_session(engine) as session, session.begin():
         decision = throttle.admit(session, account, src, limits, _now())
     if decision.throttled_until is not None:
         raise Throttled(decision.throttled_until)

@@ -10,6 +10,9 @@ Three counters, three limits (see `Limits`), because each one alone fails somebo
 - per account, across sources: a distributed guess at one account is stopped too, at a count far
   above the per-pair limit, so locking someone out for everyone takes many addresses.
 
+Every transaction here touches an attempt's rows in one order (source, pair, account), so
+concurrent sign-ins on PostgreSQL wait for each other but never deadlock.
+
 Counting is pessimistic: an attempt reserves its failure *before* the password is checked (an
 atomic upsert, so concurrent requests on several replicas each get their own count) and gives it
 back when the password was right. Parallel requests therefore cannot all slip past a limit while
@@ -34,7 +37,7 @@ from cloud.access.models import SOURCE_MAX, USERNAME_MAX, LoginThrottle
 from cloud.models import UtcDateTime
 
 __all__ = ["Decision", "Limits", "LockState", "account_key", "admit", "clear_account", "failed", "lock_states",
-           "source_key", "succeeded"]
+           "prune", "source_key", "succeeded"]
 
 PAIR, SOURCE, ACCOUNT = "pair", "source", "account"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -139,11 +142,6 @@ def admit(session: Session, account: str, source: str, limits: Limits, now: date
     A refused attempt keeps its count on the source (hammering a locked account from one address
     ends in that address being throttled) but not on the account, so a lock ends when it should.
     """
-    # Counters nobody has touched for a lockout period are forgotten (and unknown names with them).
-    session.execute(delete(T).where(
-        T.last_failure_at < now - limits.lockout,
-        or_(T.locked_until.is_(None), T.locked_until <= now),
-    ))
     failures, until = _reserve(session, SOURCE, "", source, now, limits.lockout)
     if until is not None:
         return Decision(check_password=False, throttled_until=until)
@@ -169,10 +167,24 @@ def admit(session: Session, account: str, source: str, limits: Limits, now: date
     return Decision(check_password=True)
 
 
+def prune(session: Session, limits: Limits, now: datetime) -> None:
+    """Forget counters nobody has touched for a lockout period (unknown names' included).
+
+    Run in a transaction of its own, before `admit`'s: holding these rows while reserving others
+    could close a wait cycle with another sign-in. Rows someone holds are skipped, not waited for.
+    """
+    stale = (select(T.id).where(T.last_failure_at < now - limits.lockout,
+                                or_(T.locked_until.is_(None), T.locked_until <= now))
+             .limit(500).with_for_update(skip_locked=True))
+    ids = list(session.scalars(stale))
+    if ids:
+        session.execute(delete(T).where(T.id.in_(ids)))
+
+
 def succeeded(session: Session, account: str, source: str) -> None:
     """The password was right: the pair starts afresh, the others get their reservation back."""
-    session.execute(delete(T).where(_key(PAIR, account, source)))
     _give_back(session, SOURCE, "", source)
+    session.execute(delete(T).where(_key(PAIR, account, source)))
     _give_back(session, ACCOUNT, account, "")
 
 
@@ -181,7 +193,7 @@ def failed(session: Session, account: str, source: str, limits: Limits, now: dat
     as (scope, key, until): set by exactly one transaction even when replicas race."""
     until = now + limits.lockout
     newly: list[tuple[str, str, datetime]] = []
-    for scope, acc, src, limit in ((PAIR, account, source, limits.pair), (SOURCE, "", source, limits.source),
+    for scope, acc, src, limit in ((SOURCE, "", source, limits.source), (PAIR, account, source, limits.pair),
                                    (ACCOUNT, account, "", limits.account)):
         locked = session.execute(
             update(T)

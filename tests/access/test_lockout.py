@@ -245,13 +245,17 @@ def test_quiet_counters_are_forgotten(world: World) -> None:
     with client_of(world) as client:
         for _ in range(4):
             attempt(client, "hq", WRONG, ATTACKER)
+        attempt(client, "ghost", WRONG, OTHER)
         with service.write_session(world.engine) as s, s.begin():
             s.execute(update(LoginThrottle).values(last_failure_at=datetime.now(UTC) - timedelta(minutes=16)))
-        attempt(client, "hq", WRONG, ATTACKER)  # starts a new count (and the old rows are pruned)
+        attempt(client, "hq", WRONG, ATTACKER)  # starts a new count
         for _ in range(3):
             attempt(client, "hq", WRONG, ATTACKER)
         assert attempt(client, "hq", PASSWORD, ATTACKER)[0] == 303  # 4 in this window: not locked
     assert actions(world.engine, "user.lockout") == []
+    with Session(world.engine) as s:  # the quiet rows are gone, unknown names' with them
+        assert s.scalars(select(LoginThrottle).where(LoginThrottle.account == "ghost")).all() == []
+        assert s.scalars(select(LoginThrottle).where(LoginThrottle.source == OTHER)).all() == []
 
 
 def test_sign_in_with_a_nul_in_the_name_is_an_ordinary_failure(world: World) -> None:
@@ -277,3 +281,29 @@ def test_the_migration_goes_down_and_up(engine: Engine) -> None:
         assert ("failed_logins" in {c["name"] for c in schema.get_columns("users")}) is not throttled
     with Session(engine) as s:
         assert s.scalars(select(LoginThrottle)).all() == []
+
+
+def test_concurrent_sign_ins_on_shared_rows_never_fail(world: World) -> None:
+    """Attempts sharing an address, an account or both, at once: each ends in a session, a refusal
+    or a throttle, never a database error (the rows are always taken in one order)."""
+    policy = service.Policy(max_failures=3, source_max_failures=12, account_max_failures=8)
+    errors: list[BaseException] = []
+    outcomes: list[str] = []
+
+    def one(i: int) -> None:
+        name, source = ("admin", "hq", "nobody")[i % 3], (ATTACKER, OWNER)[i % 2]
+        try:
+            token = service.sign_in(world.engine, name, PASSWORD if i % 4 == 0 else WRONG, source, policy)
+            outcomes.append("session" if token else "refused")
+        except service.Throttled:
+            outcomes.append("throttled")
+        except BaseException as exc:  # any error is the failure this test looks for
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(36)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert len(outcomes) == 36 and "refused" in outcomes
