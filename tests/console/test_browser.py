@@ -16,6 +16,7 @@ import uvicorn
 from sqlalchemy import Engine
 
 from broker.mosquitto import free_port
+from cloud.access import service
 from cloud.api import create_app
 from cloud.db import make_engine, migrate
 from tests.access.conftest import PASSWORD, make_world
@@ -124,11 +125,19 @@ def test_console_in_chromium(broker: Broker, sqlite_engine: Engine, tmp_path: Pa
             expect(page.locator("#new-secret")).to_contain_text("osk_")
             page.screenshot(path=str(IMG / "console-api-keys.png"), full_page=True)
 
+            # Someone guessed the regional manager's password from one address: locked from there.
+            for _ in range(5):
+                assert service.sign_in(sqlite_engine, "regional", "a wrong guess", "203.0.113.5", service.Policy()) is None
             for name in ("store", "devices", "users", "user", "audit", "orders"):
                 path = {"store": "stores/st0001", "user": "users/regional"}.get(name, name)
                 page.goto(f"{server.url}/console/{path}")
                 expect(page.locator("main h1")).to_be_visible()
                 page.screenshot(path=str(IMG / f"console-{name}.png"), full_page=True)
+            page.goto(f"{server.url}/console/users/regional")
+            expect(page.locator("#unlock-user")).to_contain_text("203.0.113.5")
+            page.click("#unlock-user button")
+            expect(page.locator(".saved")).to_contain_text("Unlocked: regional can sign in again")
+            expect(page.locator("#unlock-user")).to_contain_text("Not locked.")
 
             # A form post without the CSRF token, sent by the browser with the session cookie, is refused.
             status = page.evaluate(
