@@ -5,7 +5,8 @@
 1. baseline: bare paho QoS 1 publisher process → Mosquitto → subscriber process (throughput) and a
    request/response round trip;
 2. ingest: box (outbox + bus client, this process) → Mosquitto → `omnishelf cloud worker` (its own
-   process) → database: throughput, and p50/p99 box→database latency at a steady 500 msg/s;
+   process) → database: throughput, again with a trivial engine handler per message type (the
+   seam's cost), and p50/p99 box→database latency at a steady 500 msg/s;
 3. drain: 100,000 messages queued in the outbox while the cloud is away, then sent after it returns;
 4. the edge agent's resident memory when idle (`omnishelf edge run`, no devices).
 
@@ -42,10 +43,12 @@ from broker.mosquitto import BrokerLayout, MosquittoProcess, free_port
 from broker.payloads import ScanData
 from edge.bus import BusClient
 from edge.outbox import Outbox
+from firmware_config import BrokerConfig, LocalApiConfig, NodeConfig, write_config
 
 NODE = "bench-box"
 TARGETS = {
     "ingest_ratio_to_bare_qos1": ">= 0.5",
+    "ingest_with_handlers_to_without": ">= 0.9",
     "p99_box_to_db_ms_at_500_msg_s": "< 20",
     "outbox_drain_msg_s": ">= 5000",
     "edge_idle_rss_mb": "< 60",
@@ -107,13 +110,14 @@ def scan(i: int) -> ScanData:
     return ScanData(code=f"0104012345678901215BENCH{i:08d}", station="bench")
 
 
-def start_worker(db_url: str, broker_url: str, password: str, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(db_url: str, broker_url: str, password: str, log: Path, **extra_env: str) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "OMNISHELF_DATABASE_URL": db_url,
         "OMNISHELF_BROKER_URL": broker_url,
         "OMNISHELF_BROKER_USERNAME": "cloud-1",
         "OMNISHELF_BROKER_PASSWORD": password,
+        **extra_env,
     }
     with log.open("ab") as out:
         return subprocess.Popen([sys.executable, "-m", "omnishelf.cli", "cloud", "worker"], env=env, stdout=out, stderr=out)
@@ -147,6 +151,23 @@ async def wait_until(cond: Any, timeout: float, what: str) -> None:
         await asyncio.sleep(0.01)
 
 
+async def burst(bus: BusClient, outbox: Outbox, watcher: LedgerWatcher, n: int) -> dict[str, Any]:
+    """n scans as fast as the outbox takes them; throughput from the first put to the last row stored."""
+    base = outbox.last_seq
+    t0 = time.perf_counter()
+    for start in range(0, n, 500):
+        await asyncio.gather(*(bus.publish("scan", scan(i)) for i in range(start, min(n, start + 500))))
+    t_put = time.perf_counter()
+    await wait_until(lambda: watcher.max_seq >= base + n, 120, "ingest of the throughput burst")
+    elapsed = watcher.seen[base + n] - t0
+    return {
+        "messages": n,
+        "seconds": round(elapsed, 3),
+        "msg_per_s": round(n / elapsed),
+        "outbox_put_msg_per_s": round(n / (t_put - t0)),
+    }
+
+
 async def pipeline(tmp: Path, db_url: str, layout: BrokerLayout, quick: bool, box_sync: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     worker = start_worker(db_url, layout.url, layout.cloud_users["cloud-1"], tmp / "worker.log")
@@ -166,21 +187,17 @@ async def pipeline(tmp: Path, db_url: str, layout: BrokerLayout, quick: bool, bo
     try:
         await asyncio.wait_for(bus.cloud_available.wait(), 60)
 
-        # -- ingest throughput ---------------------------------------------------------------------
+        # -- ingest throughput, without and with a handler per type (the seam's cost) --------------
         n = 5_000 if quick else 20_000
-        base = outbox.last_seq
-        t0 = time.perf_counter()
-        for start in range(0, n, 500):
-            await asyncio.gather(*(bus.publish("scan", scan(i)) for i in range(start, min(n, start + 500))))
-        t_put = time.perf_counter()
-        await wait_until(lambda: watcher.max_seq >= base + n, 120, "ingest of the throughput burst")
-        elapsed = watcher.seen[base + n] - t0
-        out["ingest"] = {
-            "messages": n,
-            "seconds": round(elapsed, 3),
-            "msg_per_s": round(n / elapsed),
-            "outbox_put_msg_per_s": round(n / (t_put - t0)),
-        }
+        out["ingest"] = await burst(bus, outbox, watcher, n)
+        await asyncio.to_thread(stop_worker, worker)
+        worker = start_worker(db_url, layout.url, layout.cloud_users["cloud-1"], tmp / "worker.log",
+                              OMNISHELF_EXTRA_ENGINES="bench.seam_engine")
+        await wait_until(lambda: bus.cloud_online, 60, "the worker with handlers")
+        out["ingest_with_handlers"] = await burst(bus, outbox, watcher, n)
+        await asyncio.to_thread(stop_worker, worker)
+        worker = start_worker(db_url, layout.url, layout.cloud_users["cloud-1"], tmp / "worker.log")
+        await wait_until(lambda: bus.cloud_online, 60, "the worker back")
 
         # -- latency at a steady 500 msg/s ---------------------------------------------------------
         if db_url.startswith("postgresql"):
@@ -256,10 +273,10 @@ def edge_idle_rss(tmp: Path, layout: BrokerLayout) -> dict[str, float]:
     node = "bench-idle"
     secret = tmp / "idle.secret"
     secret.write_text(layout.node_users[node])
-    cfg = tmp / "idle.yaml"
-    cfg.write_text(
-        f"node_id: {node}\nstore_id: bench\nbroker:\n  url: {layout.url}\n  password_file: {secret}\n"
-        f"outbox:\n  path: {tmp / 'idle' / 'outbox.db'}\n"
+    cfg = write_config(
+        NodeConfig(node_id=node, store_id="bench", data_dir=tmp / "idle", local_api=LocalApiConfig(port=0),
+                   broker=BrokerConfig(url=layout.url, password_file=secret)),
+        tmp / "idle.yaml",
     )
     p = subprocess.Popen(
         [sys.executable, "-m", "omnishelf.cli", "edge", "run", "--config", str(cfg)],
@@ -352,6 +369,9 @@ def main() -> None:
         "edge_idle_memory": rss,
         "ratios": {
             "ingest_to_bare_qos1": round(figures["ingest"]["msg_per_s"] / base["msg_per_s"], 2),
+            "ingest_with_handlers_to_without": round(
+                figures["ingest_with_handlers"]["msg_per_s"] / figures["ingest"]["msg_per_s"], 2
+            ),
             "drain_to_bare_qos1": round(figures["drain"]["to_broker_msg_per_s"] / base["msg_per_s"], 2),
         },
         "targets": TARGETS,

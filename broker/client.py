@@ -195,6 +195,7 @@ class MqttConnection:
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
         c.on_subscribe = self._on_subscribe
+        c.on_unsubscribe = self._on_subscribe
         if on_message is not None:
             c.on_message = lambda _c, _u, msg: on_message(msg)
         self._client = c
@@ -238,11 +239,17 @@ class MqttConnection:
                 f"broker {self.address} sent no CONNACK within {self.connect_timeout:.0f} s"
             ) from None
 
-    async def disconnect(self, timeout: float = 5.0) -> None:
-        """Clean disconnect (the broker does not publish the will)."""
+    async def disconnect(self, timeout: float = 5.0, *, end_session: bool = False) -> None:
+        """Clean disconnect (the broker does not publish the will). With `end_session`, the broker
+        also discards this client's persistent session (MQTT 5: session expiry 0 in DISCONNECT), so
+        nothing more is queued for it: what a worker leaving a shared subscription for good needs."""
         if self.closed.done():
             return
-        self._client.disconnect()
+        props = None
+        if end_session and self._session_expiry:
+            props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 0
+        self._client.disconnect(properties=props)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self.closed), timeout)
         self._shutdown("disconnected by us")
@@ -261,14 +268,23 @@ class MqttConnection:
 
     # -- traffic -----------------------------------------------------------------------------------
 
-    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> asyncio.Future[ReasonCode]:
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, expiry_s: int | None = None
+    ) -> asyncio.Future[ReasonCode]:
         """Send one message. The future resolves with the broker's PUBACK reason code (QoS 1),
-        raises `PublishRefused` on a failure code and `BusNotConnected` if the link drops first."""
+        raises `PublishRefused` on a failure code and `BusNotConnected` if the link drops first.
+
+        `expiry_s` (MQTT 5 message expiry): the broker discards the message if it has not been
+        delivered by then, from a queued session and from the retained store alike."""
         fut: asyncio.Future[ReasonCode] = self._loop.create_future()
         if not self.is_connected:
             fut.set_exception(BusNotConnected("not connected"))
             return fut
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        props = None
+        if expiry_s is not None:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.MessageExpiryInterval = max(1, int(expiry_s))
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             fut.set_exception(BusNotConnected(f"publish failed: {paho.error_string(info.rc)}"))
         elif qos == 0:
@@ -288,8 +304,19 @@ class MqttConnection:
         codes = await asyncio.wait_for(fut, self.connect_timeout)
         refused = [(f, c) for f, c in zip(filters, codes, strict=False) if c.is_failure]
         if refused:
-            raise BusAuthError("; ".join(f"subscription to {f!r} refused: {c.getName()}" for f, c in refused))
+            raise BusAuthError("; ".join(f"subscription to {f!r} refused: {c.getName()} ({c.value})" for f, c in refused))
         return codes
+
+    async def unsubscribe(self, filters: Sequence[str]) -> None:
+        """Stop new deliveries on `filters` (returns at the broker's UNSUBACK)."""
+        if not self.is_connected:
+            raise BusNotConnected("not connected")
+        fut: asyncio.Future[list[ReasonCode]] = self._loop.create_future()
+        rc, mid = self._client.unsubscribe(list(filters))
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            raise BusNotConnected(f"unsubscribe failed: {paho.error_string(rc)}")
+        self._subs[mid] = fut
+        await asyncio.wait_for(fut, self.connect_timeout)
 
     def ack(self, mid: int, qos: int = 1) -> None:
         """Acknowledge an incoming message (with `manual_ack=True`)."""

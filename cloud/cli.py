@@ -33,13 +33,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.set_defaults(func=usage(parser))
     cmds = parser.add_subparsers(dest="cloud_command", metavar="SUBCOMMAND")
 
-    serve = cmds.add_parser("serve", help="migrate, then run the API (and an ingest worker)")
+    serve = cmds.add_parser("serve", help="migrate, then run the API and console (and the cloud bus)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
-    serve.add_argument("--no-worker", action="store_true", help="API only; run workers with 'omnishelf cloud worker'")
+    serve.add_argument("--no-worker", action="store_true", help="API only; run the bus with 'omnishelf cloud worker'")
     serve.set_defaults(func=_serve)
 
-    worker = cmds.add_parser("worker", help="migrate, then run one ingest worker until SIGTERM/SIGINT")
+    worker = cmds.add_parser(
+        "worker", help="migrate, then run the cloud bus (ingest, commands, engines' tasks) until SIGTERM/SIGINT"
+    )
     worker.set_defaults(func=_worker)
 
     mig = cmds.add_parser("migrate", help="upgrade the database schema to the newest revision")
@@ -121,13 +123,13 @@ def _seed(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from cloud.ingest import IngestWorker
+    from cloud.bus.worker import CloudBus
 
     settings = cli_settings()
     engine = prepared_engine(settings, args.db_timeout)
 
     async def run() -> None:
-        worker = IngestWorker(settings, engine)
+        worker = CloudBus(settings, engine)
         loop = asyncio.get_running_loop()
         stopping: set[asyncio.Task[None]] = set()
 

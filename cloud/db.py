@@ -8,17 +8,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = [
     "DatabaseUnavailable",
+    "after_commit",
+    "insert_for",
     "make_engine",
     "make_sessionmaker",
     "migrate",
@@ -91,13 +94,51 @@ def _sqlite_on_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+def insert_for(conn: Connection, table: Any) -> postgresql.Insert | sqlite.Insert:
+    """The dialect's INSERT for `table` (both have `on_conflict_do_nothing/do_update`)."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table)
+    raise RuntimeError(f"unsupported database dialect {conn.dialect.name!r}")
+
+
+_AFTER_COMMIT = "omnishelf.after_commit"
+
+
+def after_commit(target: Connection | Session, fn: Callable[[], None]) -> None:
+    """Call `fn` once the transaction of `target` has committed (not if it rolls back). For
+    in-process notifications that must not fire before the data is visible (e.g. wake the relay
+    after a command was written). Works for `write_transaction` connections and for sessions."""
+    hooks: list[Callable[[], None]] = target.info.setdefault(_AFTER_COMMIT, [])
+    if fn not in hooks:
+        hooks.append(fn)
+
+
+def _run_after_commit(info: dict[Any, Any]) -> None:
+    for fn in info.pop(_AFTER_COMMIT, []):
+        try:
+            fn()
+        except Exception:
+            log.exception("an after-commit hook failed")
+
+
+event.listen(Session, "after_commit", lambda session: _run_after_commit(session.info))
+event.listen(Session, "after_rollback", lambda session: session.info.pop(_AFTER_COMMIT, None))
+
+
 @contextlib.contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
     """A transaction that will write: committed on success, rolled back on error."""
     with engine.connect() as conn:
         conn = conn.execution_options(omnishelf_write=True)
-        with conn.begin():
-            yield conn
+        try:
+            with conn.begin():
+                yield conn
+        except BaseException:
+            conn.info.pop(_AFTER_COMMIT, None)
+            raise
+        _run_after_commit(conn.info)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -27,6 +27,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     Uuid,
     false,
     text,
@@ -35,6 +36,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship,
 
 __all__ = [
     "Base",
+    "DownlinkCommand",
+    "FailedMessage",
+    "FollowerCursor",
     "IngestedMessage",
     "Node",
     "Region",
@@ -142,6 +146,9 @@ class Node(Base):
     software_version: Mapped[str | None] = mapped_column(String(200))
     config_hash: Mapped[str | None] = mapped_column(String(128))
     devices: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    devices_session: Mapped[int | None] = mapped_column(BigInteger)
+    devices_seq: Mapped[int | None] = mapped_column(BigInteger)
+    """Position (session, seq) of the message `devices` came from: an older one never overwrites it."""
     last_seen: Mapped[datetime | None] = mapped_column(UtcDateTime)
     """Cloud time of the newest message from this node."""
     last_birth_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
@@ -155,6 +162,12 @@ class Node(Base):
     last_rebirth_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     lost_seqs: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     """Seqs the box could no longer replay: recorded as unrecoverable."""
+    rebirths: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    """Rebirths sent for the gap open now (reset when it closes); drives the backoff."""
+    gap_abandoned_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    """Set when the cloud stopped asking for the open gap (too many rebirths): an operator's alert."""
+    retired_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    """A box taken out of service: hidden from the fleet, no commands; what it still sends is kept."""
 
     store: Mapped[Store | None] = relationship(back_populates="nodes")
 
@@ -163,9 +176,16 @@ class IngestedMessage(Base):
     """The ledger: every valid message from the bus, each msg_id once."""
 
     __tablename__ = "ingested_messages"
-    __table_args__ = (Index("ix_ingested_messages_node_seq", "node", "seq"),)
+    __table_args__ = (
+        Index("ix_ingested_messages_node_seq", "node", "seq"),
+        Index("ix_ingested_messages_txid_id", "txid", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    txid: Mapped[int | None] = mapped_column(BigInteger)
+    """PostgreSQL: the id of the transaction that stored the row (a column default), so that a
+    follower can read rows in commit order (see cloud.bus.followers); null on SQLite, where the
+    single writer makes `id` order commit order."""
     msg_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
     node: Mapped[str] = mapped_column(String(63))
     type: Mapped[str] = mapped_column(String(16))
@@ -187,12 +207,82 @@ class RejectedMessage(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     received_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
     topic: Mapped[str] = mapped_column(String(1024))
+    node: Mapped[str | None] = mapped_column(String(63), index=True)
+    """The node whose topic it came on, when the topic names one."""
     reason: Mapped[str] = mapped_column(String(32), index=True)
     detail: Mapped[str] = mapped_column(Text)
     payload: Mapped[bytes] = mapped_column(LargeBinary)
 
 
-# Every model module registers its tables on `Base.metadata` when imported; import them here so that
-# Alembic and the schema tests see the whole schema. One line per engine package.
-from cloud.access import models as _access  # noqa: E402, F401
-from cloud.catalogue import models as _catalogue  # noqa: E402, F401
+class FailedMessage(Base):
+    """A message one engine's handler could not process: its effects were rolled back alone and the
+    rest of the batch committed. An operator inspects it and replays it once the handler is fixed."""
+
+    __tablename__ = "failed_messages"
+    __table_args__ = (UniqueConstraint("msg_id", "engine", "handler"), Index("ix_failed_messages_status", "status"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    msg_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    node: Mapped[str] = mapped_column(String(63), index=True)
+    type: Mapped[str] = mapped_column(String(16))
+    engine: Mapped[str] = mapped_column(String(32))
+    handler: Mapped[str] = mapped_column(String(200))
+    """The handler's qualified name, e.g. `cloud.fleet.handlers.on_birth` (or a follower's name)."""
+    error: Mapped[str] = mapped_column(String(500))
+    """One line: the exception type and message."""
+    detail: Mapped[str] = mapped_column(Text)
+    """The traceback, for the engine's developers."""
+    first_failed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_failed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    status: Mapped[str] = mapped_column(String(12), default="failed")
+    """failed, replayed (its effects are in), or discarded (an operator decided to drop it)."""
+    resolved_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    resolved_by: Mapped[str | None] = mapped_column(String(108))
+
+
+class DownlinkCommand(Base):
+    """A command to a box (transactional outbox): written in the sender's transaction, published by
+    the relay once committed, retried until the box acknowledges it or it expires."""
+
+    __tablename__ = "downlink"
+    __table_args__ = (
+        Index("ix_downlink_due", "status", "next_attempt_at"),
+        Index("ix_downlink_node_type", "node", "type", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    """Also the envelope's `seq`: commands to a box are numbered in the order they were written."""
+    msg_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
+    key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    """Optional idempotency key: a second send with the same key is the same command."""
+    node: Mapped[str] = mapped_column(String(63))
+    type: Mapped[str] = mapped_column(String(16))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    retain: Mapped[bool] = mapped_column(Boolean, default=False)
+    engine: Mapped[str] = mapped_column(String(32))
+    """Which engine sent it."""
+    status: Mapped[str] = mapped_column(String(12), default="pending")
+    """pending (not published yet), sent (published, no ack yet), delivered (ack ok), failed (ack
+    not ok: `detail` says why), expired (no ack in time), superseded (a newer retained command of the
+    same type replaced it before it was delivered), cancelled (the box was retired)."""
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    acked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    detail: Mapped[str | None] = mapped_column(String(500))
+
+
+class FollowerCursor(Base):
+    """How far a follower has read the ledger, committed with the follower's effects."""
+
+    __tablename__ = "follower_cursors"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    txid: Mapped[int] = mapped_column(BigInteger, default=0)
+    """PostgreSQL only: the transaction id of the last row read (see IngestedMessage.txid)."""
+    last_id: Mapped[int] = mapped_column(BigInteger, default=0)
+    processed: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime | None] = mapped_column(UtcDateTime)

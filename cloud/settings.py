@@ -6,7 +6,9 @@ construct their own.
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -14,10 +16,16 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from broker import topics
 from broker.client import BrokerAddress
 
-__all__ = ["DEFAULT_BROKER_PASSWORD", "Settings", "SettingsError", "load_settings"]
+__all__ = ["DEFAULT_BROKER_PASSWORD", "Settings", "SettingsError", "default_data_dir", "load_settings"]
 
 DEFAULT_BROKER_PASSWORD = "omnishelf-dev"
 """The development password; production refuses to start with it."""
+
+
+def default_data_dir() -> Path:
+    """$STATE_DIRECTORY (systemd's StateDirectory=) or ~/.local/state/omnishelf."""
+    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(state) if state else Path.home() / ".local" / "state" / "omnishelf"
 
 
 class SettingsError(ValueError):
@@ -27,7 +35,13 @@ class SettingsError(ValueError):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OMNISHELF_", extra="ignore", frozen=True)
 
-    DATABASE_URL: str = "sqlite:///var/omnishelf.db"
+    DATA_DIR: str = ""
+    """Where the cloud keeps its files when no other place is given: the SQLite database and the
+    catalogue files. Default: $STATE_DIRECTORY (set by systemd's StateDirectory=), else
+    ~/.local/state/omnishelf. Never the current directory: a command run from another folder must
+    find the same data."""
+    DATABASE_URL: str = ""
+    """Default: sqlite:///<DATA_DIR>/omnishelf.db."""
     BROKER_URL: str = "mqtt://127.0.0.1:1883"
     BROKER_USERNAME: str = "cloud-1"
     """Also this worker's host id (its MQTT client id and host-state topic)."""
@@ -37,6 +51,14 @@ class Settings(BaseSettings):
     KEEPALIVE_S: int = Field(default=10, ge=5, le=300)
     WORKER_SESSION_EXPIRY_S: int = Field(default=300, ge=0)
     GAP_GRACE_S: float = Field(default=5.0, gt=0)
+    REBIRTH_MAX: int = Field(default=8, ge=1, le=1000)
+    """Rebirths sent for one gap (with exponential backoff) before the cloud gives up and alerts."""
+    REBIRTH_BACKOFF_CAP_S: float = Field(default=300.0, gt=0)
+    INGEST_STALL_S: float = Field(default=30.0, gt=0)
+    """/health turns unhealthy when a received message has waited this long without a commit."""
+    DOWNLINK_POLL_S: float = Field(default=0.5, gt=0, le=3600)
+    """How often the relay looks for due commands when nothing woke it."""
+    FOLLOWER_POLL_S: float = Field(default=1.0, gt=0, le=3600)
     BATCH_MAX: int = Field(default=500, ge=1, le=10_000)
     # 0 = group commit: a batch is whatever arrived while the previous one was being stored, so a
     # quiet bus commits each message at once and a busy one builds large batches by itself.
@@ -48,13 +70,26 @@ class Settings(BaseSettings):
     SESSION_TTL_S: int = Field(default=12 * 3600, ge=60)
     COOKIE_SECURE: bool | None = None
     """Secure session cookies; default: on, except over plain http in development."""
-    CATALOGUE_DIR: str = "var/catalogue"
-    """Images, thumbnails, sync files (content-addressed) and import reports."""
+    CATALOGUE_DIR: str = ""
+    """Images, thumbnails, sync files (content-addressed) and import reports. Default: <DATA_DIR>/catalogue."""
     CATALOGUE_DELTA_KEEP: int = Field(default=16, ge=1, le=1000)
     """Deltas published with each catalogue version (from each of the previous N versions); a box
     further behind takes the snapshot."""
     CATALOGUE_POLL_S: float = Field(default=2.0, gt=0, le=3600)
     """How often the serving process looks for a new catalogue version to announce."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_from_data_dir(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        data_dir = Path(values.get("DATA_DIR") or default_data_dir()).expanduser().absolute()
+        values["DATA_DIR"] = str(data_dir)
+        if not values.get("DATABASE_URL"):
+            values["DATABASE_URL"] = f"sqlite:///{data_dir / 'omnishelf.db'}"
+        if not values.get("CATALOGUE_DIR"):
+            values["CATALOGUE_DIR"] = str(data_dir / "catalogue")
+        return values
 
     @field_validator("BROKER_URL")
     @classmethod

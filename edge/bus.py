@@ -5,6 +5,11 @@ session counter (persisted in the outbox before each attempt, so the will carrie
 reconnect backoff, which cloud hosts are online, and the sender that turns outbox rows into
 envelopes in seq order. A row leaves the pending set only on its PUBACK; after any reconnect the
 sender starts again from the lowest pending seq, and the cloud's msg_id ledger absorbs the repeats.
+
+Commands (`dn/{node}/{type}`) are handled at most once per `msg_id`, across restarts: the handler
+runs, then its ack (`corr` = the command's msg_id) and the record "handled" commit together in the
+outbox, and only then does the broker get its PUBACK. A redelivery, or a retained command handed
+over again on every connect, is found in the outbox's window and neither run nor acked again.
 """
 
 from __future__ import annotations
@@ -36,14 +41,30 @@ from broker.client import (
     keepalive_for_deadline,
 )
 from broker.envelope import ContractError, Envelope, MessageType, decode, encode
-from broker.payloads import BirthData, DeathData, DeviceInfo, HostStateData, Payload, RebirthData
-from edge.outbox import Outbox, Row
+from broker.payloads import AckData, BirthData, DeathData, DeviceInfo, HostStateData, Payload, RebirthData
+from edge.outbox import Outbox, OutboxFull, Row
 
-__all__ = ["BusClient", "BusStats", "CommandHandler", "software_version"]
+__all__ = ["BusClient", "BusStats", "CommandHandler", "CommandRefused", "one_line", "software_version"]
 
 log = logging.getLogger(__name__)
 
-CommandHandler = Callable[[Envelope], Awaitable[None] | None]
+CommandHandler = Callable[[Envelope], Awaitable[str | None]]
+"""Handles one command; returns the ack's detail (or None). Raising answers `ok=false`."""
+
+_ACK_DETAIL_MAX = 500
+COMMAND_TIMEOUT_S = 30.0
+"""A handler still running after this is answered `ok=false`: a command must not hold its PUBACK
+(and the broker's in-flight slot) for ever."""
+
+
+class CommandRefused(Exception):
+    """Raised by a command handler to answer `ok=false` with this reason (no traceback logged)."""
+
+
+def one_line(text: str, limit: int = _ACK_DETAIL_MAX) -> str:
+    """`text` as one line of at most `limit` characters (what an ack's detail holds)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 _READ_CHUNK = 1_000
 """Rows fetched from SQLite per read; the in-flight window limits what is on the wire."""
@@ -76,8 +97,43 @@ class BusStats:
     bad_commands: int
     bad_host_states: int
     unhandled_commands: int
+    """Commands of a type this box has no handler for (acked ok=false)."""
+    commands: int
+    """Commands handled and acknowledged (either way)."""
+    failed_commands: int
+    """Commands acked ok=false (their handler refused, failed or timed out, or none exists)."""
+    duplicate_commands: int
+    """Commands seen before (redelivered, or retained and handed over again): not run, not acked."""
     replayed: int
     connect_failures: int
+
+
+@dataclass(slots=True)
+class _Received:
+    mid: int
+    qos: int
+    done: bool = False
+
+
+class _Pubacks:
+    """PUBACKs of one connection, sent in the order the PUBLISHes arrived (MQTT 5 §4.6), each only
+    once its message is safe (a command: handled and its ack committed)."""
+
+    def __init__(self) -> None:
+        self.conn: MqttConnection | None = None
+        self._queue: deque[_Received] = deque()
+
+    def receive(self, msg: paho.MQTTMessage) -> _Received:
+        entry = _Received(msg.mid, msg.qos)
+        self._queue.append(entry)
+        return entry
+
+    def done(self, entry: _Received) -> None:
+        entry.done = True
+        while self._queue and self._queue[0].done:
+            head = self._queue.popleft()
+            if head.qos > 0 and self.conn is not None:
+                self.conn.ack(head.mid, head.qos)  # a no-op once the connection is gone
 
 
 class _Link:
@@ -122,7 +178,7 @@ class BusClient:
         address: BrokerAddress,
         password: str,
         config_hash: str,
-        devices: Sequence[DeviceInfo] = (),
+        devices: Sequence[DeviceInfo] | Callable[[], Sequence[DeviceInfo]] = (),
         username: str | None = None,
         keepalive: int = 30,
         keepalive_check_slack_s: float = MOSQUITTO_2_0_KEEPALIVE_SLACK_S,
@@ -130,6 +186,7 @@ class BusClient:
         backoff: JitteredBackoff | None = None,
         auth_failure_s: float = 300.0,
         window: int = 200,
+        command_timeout_s: float = COMMAND_TIMEOUT_S,
     ) -> None:
         self.outbox = outbox
         self.node = topics.check_id(node)
@@ -138,7 +195,9 @@ class BusClient:
         self.username = username or node
         self._password = password
         self.config_hash = config_hash
-        self.devices = tuple(devices)
+        fixed = tuple(devices) if not callable(devices) else ()
+        self.device_states: Callable[[], Sequence[DeviceInfo]] = devices if callable(devices) else (lambda: fixed)
+        """What the birth reports about the devices (asked at each birth)."""
         self.keepalive = keepalive
         # The broker's sweep makes wills late; ask for a shorter keep alive so that the cloud still
         # learns of a silent box within 1.5 x the configured `keepalive`.
@@ -147,6 +206,7 @@ class BusClient:
         self.backoff = backoff or JitteredBackoff()
         self.auth_failure_s = auth_failure_s
         self.window = window
+        self.command_timeout_s = command_timeout_s
         self.software_version = software_version()
 
         self.connected = asyncio.Event()
@@ -163,6 +223,7 @@ class BusClient:
         self._acks_due = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ever_connected = False
+        self._in_progress: set[uuid.UUID] = set()
 
     # -- public ------------------------------------------------------------------------------------
 
@@ -175,8 +236,25 @@ class BusClient:
         return row
 
     def on_command(self, type: MessageType | str, handler: CommandHandler) -> None:
-        """Call `handler(envelope)` for each valid `dn` command of this type (on the event loop)."""
-        self._handlers[MessageType(type)] = handler
+        """Run `handler(envelope)` once for each new `dn` command of this type (on the event loop)
+        and acknowledge it with what it returns (or raises). `rebirth` is the bus's own."""
+        kind = MessageType(type)
+        if kind not in topics.DOWN or kind == MessageType.REBIRTH:
+            names = ", ".join(sorted(k.value for k in topics.DOWN - {MessageType.REBIRTH}))
+            raise ValueError(f"cannot handle {kind.value!r} commands: expected one of {names}")
+        if kind in self._handlers:
+            raise ValueError(f"a handler for {kind.value!r} commands is already registered")
+        self._handlers[kind] = handler
+
+    @property
+    def handled_types(self) -> frozenset[MessageType]:
+        return frozenset(self._handlers) | {MessageType.REBIRTH}
+
+    @property
+    def connected_since(self) -> float | None:
+        """`time.monotonic()` of the current connection's start, None while disconnected."""
+        link = self._link
+        return link.started if link is not None and link.born else None
 
     @property
     def cloud_online(self) -> bool:
@@ -199,6 +277,9 @@ class BusClient:
             bad_commands=c["bad_commands"],
             bad_host_states=c["bad_host_states"],
             unhandled_commands=c["unhandled_commands"],
+            commands=c["commands"],
+            failed_commands=c["failed_commands"],
+            duplicate_commands=c["duplicate_commands"],
             replayed=c["replayed"],
             connect_failures=c["connect_failures"],
         )
@@ -247,6 +328,9 @@ class BusClient:
         """One connection from attempt to loss; returns how long to wait before the next attempt."""
         session = await self.outbox.next_session()
         will = Will(topics.death(self.node), self._envelope(MessageType.DEATH, DeathData(), session))
+        # Bound to this connection: PUBLISHes queued in the broker's session can arrive in the same
+        # read as the CONNACK, before this coroutine has seen the connection come up.
+        pubacks = _Pubacks()
         conn = MqttConnection(
             self.address,
             self.username,
@@ -256,8 +340,10 @@ class BusClient:
             keepalive=self.mqtt_keepalive,
             will=will,
             max_inflight=self.window,
-            on_message=self._on_message,
+            manual_ack=True,
+            on_message=lambda msg: self._on_message(pubacks, msg),
         )
+        pubacks.conn = conn
         self._hosts.clear()
         self._update_online()
         link: _Link | None = None
@@ -305,7 +391,7 @@ class BusClient:
             software_version=self.software_version,
             config_hash=self.config_hash,
             store=self.store,
-            devices=self.devices,
+            devices=tuple(self.device_states()),
             last_seq=stats.last_seq,
             pending=stats.pending,
             oldest_seq=stats.oldest_seq,
@@ -439,36 +525,85 @@ class BusClient:
 
     # -- incoming ----------------------------------------------------------------------------------
 
-    def _on_message(self, msg: paho.MQTTMessage) -> None:
+    def _on_message(self, pubacks: _Pubacks, msg: paho.MQTTMessage) -> None:
         """Runs inside paho's read callback: decide, count, and hand slow work to tasks."""
+        entry = pubacks.receive(msg)
         try:
             topic = topics.parse(msg.topic)
         except topics.TopicError as exc:
             self._count["bad_commands"] += 1
             log.warning("%s: message on an unexpected topic: %s", self.node, exc)
+            pubacks.done(entry)
             return
         if topic.direction == "host":
             self._on_host_state(topic.node, msg)
+            pubacks.done(entry)
             return
         if topic.direction != "dn" or topic.node != self.node:
             self._count["bad_commands"] += 1
             log.warning("%s: ignoring a message on %r: not addressed to this node", self.node, msg.topic)
+            pubacks.done(entry)
             return
         try:
             env = decode(bytes(msg.payload), msg.topic)
         except ContractError as exc:
+            # Acknowledged all the same: a message that can never be valid must not come back for ever.
             self._count["bad_commands"] += 1
             log.warning("%s: bad command on %s rejected (%s)", self.node, msg.topic, exc)
+            pubacks.done(entry)
             return
-        if isinstance(env.data, RebirthData):
-            self._rebirth(env.data)
-            return
-        handler = self._handlers.get(env.type)
+        self._spawn(self._command(env, pubacks, entry))
+
+    async def _command(self, env: Envelope, pubacks: _Pubacks, entry: _Received) -> None:
+        """Handle one command at most once, acknowledge it durably, then release its PUBACK."""
+        try:
+            if env.msg_id in self._in_progress:
+                self._duplicate(env, "already being handled")
+                return
+            self._in_progress.add(env.msg_id)
+            try:
+                if await self.outbox.command_seen(env.msg_id):
+                    self._duplicate(env, "handled before")
+                    return
+                ok, detail = await self._run_command(env)
+                self._count["commands"] += 1
+                if not ok:
+                    self._count["failed_commands"] += 1
+                try:
+                    await self.outbox.acknowledge(env, AckData(ok=ok, detail=detail))
+                except OutboxFull as exc:
+                    # Not recorded either: the cloud's retry will find the command new again.
+                    log.error("%s: cannot store the ack of %s command %s: %s", self.node, env.type, env.msg_id, exc)
+                    return
+                self._wake.set()
+                log.info("%s: %s command %s: %s%s", self.node, env.type, env.msg_id, "ok" if ok else "refused",
+                         f" ({detail})" if detail else "")
+            finally:
+                self._in_progress.discard(env.msg_id)
+        except Exception:
+            log.exception("%s: %s command %s could not be handled", self.node, env.type, env.msg_id)
+        finally:
+            pubacks.done(entry)
+
+    def _duplicate(self, env: Envelope, why: str) -> None:
+        self._count["duplicate_commands"] += 1
+        log.debug("%s: %s command %s %s: not run again", self.node, env.type, env.msg_id, why)
+
+    async def _run_command(self, env: Envelope) -> tuple[bool, str | None]:
+        handler = self._rebirth_command if env.type == MessageType.REBIRTH else self._handlers.get(env.type)
         if handler is None:
             self._count["unhandled_commands"] += 1
-            log.info("%s: no handler for %s command %s in this version", self.node, env.type, env.msg_id)
-            return
-        self._spawn(self._run_handler(handler, env))
+            return False, f"command type {env.type.value} is not supported by this box (software {self.software_version})"
+        try:
+            detail = await asyncio.wait_for(handler(env), self.command_timeout_s)
+        except CommandRefused as exc:
+            return False, one_line(str(exc) or "refused")
+        except TimeoutError:
+            return False, f"the {env.type.value} handler did not finish within {self.command_timeout_s:g} s"
+        except Exception as exc:
+            log.exception("%s: handler for %s command %s failed", self.node, env.type, env.msg_id)
+            return False, one_line(f"{type(exc).__name__}: {exc}")
+        return True, one_line(detail) if detail else None
 
     def _on_host_state(self, host: str, msg: paho.MQTTMessage) -> None:
         if not msg.payload:  # a cleared retained state: the host was decommissioned
@@ -503,26 +638,38 @@ class BusClient:
             log.info("%s: no cloud host online; holding messages on disk", self.node)
             self.cloud_available.clear()
 
-    async def _run_handler(self, handler: CommandHandler, env: Envelope) -> None:
-        try:
-            result = handler(env)
-            if result is not None:
-                await result
-        except Exception:
-            log.exception("%s: handler for %s command %s failed", self.node, env.type, env.msg_id)
-
     def _rebirth(self, data: RebirthData) -> None:
+        """A rebirth of our own making (a cloud host came online): birth again, nothing to ack."""
         link = self._link
         if link is None:
             return  # the birth of the next connection answers it
+        log.info("%s: rebirth (%s)", self.node, data.reason)
+        if link.replay is not None:
+            link.replay.cancel()
+        link.replay = asyncio.create_task(self._replay(link, None, birth=True), name="bus-replay")
+
+    async def _rebirth_command(self, env: Envelope) -> str:
+        """The cloud's `rebirth`: the birth goes out before the ack; a replay follows in the background."""
+        assert isinstance(env.data, RebirthData)
+        data = env.data
+        link = self._link
+        if link is None:
+            return "not connected: the next connection's birth answers it"
+        if not link.born:
+            return "the birth of this connection, being sent, answers it"
         log.info("%s: rebirth requested (%s), replay from %s", self.node, data.reason, data.replay_from)
         if link.replay is not None:
             link.replay.cancel()
-        link.replay = asyncio.create_task(self._replay(link, data.replay_from), name="bus-replay")
+        await self._publish_birth(link.conn, link.session)
+        if data.replay_from is None:
+            return f"birth sent (session {link.session})"
+        link.replay = asyncio.create_task(self._replay(link, data.replay_from, birth=False), name="bus-replay")
+        return f"birth sent (session {link.session}); replaying from seq {data.replay_from}"
 
-    async def _replay(self, link: _Link, replay_from: int | None) -> None:
+    async def _replay(self, link: _Link, replay_from: int | None, *, birth: bool) -> None:
         try:
-            await self._publish_birth(link.conn, link.session)
+            if birth:
+                await self._publish_birth(link.conn, link.session)
             cursor = replay_from
             while cursor is not None:
                 rows = await self.outbox.replayable(cursor, _READ_CHUNK)

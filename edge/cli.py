@@ -8,8 +8,18 @@ import json
 import os
 from pathlib import Path
 
-from edge.store import Store
-from firmware_config import ConfigError, NodeConfig, config_hash, load_config
+from edge.lock import lock_holder
+from edge.outbox_db import OutboxDb
+from firmware_config import (
+    PASSWORD_ENV,
+    BoxPaths,
+    ConfigError,
+    NodeConfig,
+    PathError,
+    config_hash,
+    load_config,
+    resolve_paths,
+)
 
 __all__ = ["add_parser"]
 
@@ -20,7 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     run = cmds.add_parser("run", help="run the agent in the foreground until SIGTERM/SIGINT")
     run.add_argument("--config", type=Path, required=True, help="the box's YAML config file")
     run.set_defaults(func=cmd_run)
-    check = cmds.add_parser("check-config", help="validate a config file; print OK and its hash, or every problem")
+    check = cmds.add_parser(
+        "check-config", help="validate a config file; print OK, its hash and the paths it resolves to, or every problem"
+    )
     check.add_argument("file", type=Path)
     check.set_defaults(func=cmd_check)
     status = cmds.add_parser("status", help="print the outbox's counters as JSON (works while the agent runs)")
@@ -29,55 +41,81 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.set_defaults(func=lambda _args: p.print_help() or 2)
 
 
-def _load(path: Path) -> NodeConfig:
+def _load(path: Path) -> tuple[NodeConfig, BoxPaths]:
     try:
-        return load_config(path, env=os.environ)
+        cfg = load_config(path)
     except ConfigError as exc:
         # The dispatcher prints one line; a config can have several problems, so list them all in it.
         raise SystemExit("; ".join(exc.problems) if len(exc.problems) > 1 else exc.problems[0]) from None
+    try:
+        return cfg, resolve_paths(cfg)
+    except PathError as exc:
+        raise SystemExit(f"{path}: {exc}") from None
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     try:
-        cfg = load_config(args.file, env=os.environ)
+        cfg = load_config(args.file)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem)
         raise SystemExit(f"{args.file}: {len(exc.problems)} problem(s)") from None
+    try:
+        paths = resolve_paths(cfg)
+    except PathError as exc:
+        raise SystemExit(f"{args.file}: {exc}") from None
     from edge.agent import AgentConfigError, broker_password
 
-    try:
-        broker_password(cfg)
-    except AgentConfigError as exc:
-        raise SystemExit(f"{args.file}: {exc}") from None
+    if cfg.broker.password is not None:
+        secret = "in the config file"
+    elif paths.password_file is not None:
+        try:
+            broker_password(cfg, paths)
+        except AgentConfigError as exc:
+            raise SystemExit(f"{args.file}: {exc}") from None
+        secret = str(paths.password_file)
+    else:
+        # The technician's shell rarely has the service's environment: say so, do not fail.
+        secret = f"${PASSWORD_ENV} ({'set' if os.environ.get(PASSWORD_ENV) else 'not set in this shell'})"
+    api = cfg.local_api
+    rows = [
+        ("data_dir", f"{paths.data_dir}  (from {paths.data_dir_source})"),
+        ("outbox", str(paths.outbox)),
+        ("lock", str(paths.outbox_lock)),
+        ("catalogue", str(paths.catalogue) if cfg.catalogue.cloud_url else "(no catalogue: catalogue.cloud_url not set)"),
+        ("password", secret),
+        ("local_api", f"http://{api.host}:{api.port}/status" if api.enabled else "(disabled)"),
+    ]
     print(f"OK {config_hash(cfg)}")
+    for name, value in rows:
+        print(f"  {name:<10} {value}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
-    from edge.agent import AgentConfigError, run_agent
+    cfg, _paths = _load(args.config)
+    from edge.agent import AgentStartError, OutboxInUse, run_agent
 
     try:
         run_agent(cfg)
-    except AgentConfigError as exc:
+    except (AgentStartError, OutboxInUse) as exc:
         raise SystemExit(f"{args.config}: {exc}") from None
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
-    path = cfg.outbox_path
+    cfg, paths = _load(args.config)
     try:
-        store = Store(path, readonly=True)
+        store = OutboxDb(paths.outbox, readonly=True)
     except FileNotFoundError:
-        raise SystemExit(f"no outbox at {path}: the agent has not run with this config yet") from None
+        raise SystemExit(f"no outbox at {paths.outbox}: the agent has not run with this config yet") from None
     try:
         stats = store.stats()
         refused = store.refused_rows()[-10:]
     finally:
         store.close()
-    out = {"node_id": cfg.node_id, "outbox": str(path), **dataclasses.asdict(stats)}
+    out = {"node_id": cfg.node_id, "outbox": str(paths.outbox), "agent_pid": lock_holder(paths.outbox_lock),
+           **dataclasses.asdict(stats)}
     out["last_refused"] = [{"seq": s, "reason": r} for s, r in refused]
     print(json.dumps(out, indent=2))
     return 0

@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from broker.envelope import MAX_ENVELOPE_BYTES, PAYLOADS, SEQUENCED, MessageType, new_msg_id
-from broker.payloads import Payload
+from broker.envelope import MAX_ENVELOPE_BYTES, PAYLOADS, SEQUENCED, Envelope, MessageType, new_msg_id
+from broker.payloads import AckData, Payload
 from edge.clock import clock_synced
-from edge.store import NewRow, OutboxStats, Row, Store, StoreFull
+from edge.outbox_db import CommandRecord, NewRow, OutboxDb, OutboxStats, Row, StoreFull
 
 __all__ = ["LOW_PRIORITY", "Outbox", "OutboxFull", "OutboxStats", "Row"]
 
@@ -47,9 +47,9 @@ class OutboxFull(Exception):
 
 
 class Outbox:
-    """Async facade over the SQLite `Store`, confined to one worker thread."""
+    """Async facade over the SQLite `OutboxDb`, confined to one worker thread."""
 
-    def __init__(self, store: Store, executor: ThreadPoolExecutor, *, max_pending: int, retain_acked: int) -> None:
+    def __init__(self, store: OutboxDb, executor: ThreadPoolExecutor, *, max_pending: int, retain_acked: int) -> None:
         self._store = store
         self._executor = executor
         self.max_pending = max_pending
@@ -70,12 +70,25 @@ class Outbox:
         retain_acked: int = 10_000,
         synchronous: str = "FULL",
         max_bytes: int | None = None,
+        command_window: int = 10_000,
+        command_window_s: float = 7 * 24 * 3600,
     ) -> Outbox:
         """Open (or create) the outbox file. `max_bytes` caps the file: when reached, puts fail with
-        `OutboxFull` exactly as on a full disk (a guard for small SD cards)."""
+        `OutboxFull` exactly as on a full disk (a guard for small SD cards). The command window is
+        how many handled commands, and for how long, are remembered against redelivery: it must
+        outlast the cloud's retries of one command."""
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         loop = asyncio.get_running_loop()
-        store = await loop.run_in_executor(executor, lambda: Store(path, synchronous=synchronous, max_bytes=max_bytes))
+        store = await loop.run_in_executor(
+            executor,
+            lambda: OutboxDb(
+                path,
+                synchronous=synchronous,
+                max_bytes=max_bytes,
+                command_window=command_window,
+                command_window_s=command_window_s,
+            ),
+        )
         return cls(store, executor, max_pending=max_pending, retain_acked=retain_acked)
 
     async def _run(self, fn: Callable[[], T]) -> T:
@@ -106,6 +119,25 @@ class Outbox:
     ) -> Row:
         """Store one message; return it once committed. Raises `OutboxFull`, `ValueError` (not an
         outbox type, payload fails its schema, or too large for one envelope)."""
+        return await self._put(type, data, corr, None)
+
+    async def acknowledge(self, command: Envelope, ack: AckData) -> Row:
+        """Store the ack of `command` and remember the command as handled, in one transaction: after
+        a crash either both exist (the command is a duplicate from then on, its ack will be sent) or
+        neither (the command will be handled again when it is redelivered)."""
+        return await self._put(MessageType.ACK, ack, command.msg_id, CommandRecord(command.msg_id, command.type.value))
+
+    async def command_seen(self, msg_id: uuid.UUID) -> bool:
+        """Whether a command with this id was handled (within the window)."""
+        return await self._run(lambda: self._store.command_seen(msg_id))
+
+    async def _put(
+        self,
+        type: MessageType | str,
+        data: Payload | Mapping[str, Any],
+        corr: uuid.UUID | None,
+        command: CommandRecord | None,
+    ) -> Row:
         if self._closed:
             raise RuntimeError("the outbox is closed")
         kind = MessageType(type)
@@ -126,7 +158,7 @@ class Outbox:
                     self.rejected_low_priority,
                 )
             raise OutboxFull(f"outbox holds {self._store.pending} unsent messages (bound {self.max_pending})")
-        row = NewRow(new_msg_id(), kind.value, datetime.now(UTC).astimezone(), clock_synced(), corr, body)
+        row = NewRow(new_msg_id(), kind.value, datetime.now(UTC).astimezone(), clock_synced(), corr, body, command)
         fut: asyncio.Future[Row] = asyncio.get_running_loop().create_future()
         self._batch.append((row, fut))
         self._wake.set()

@@ -8,8 +8,10 @@ from firmware_config.loader import PASSWORD_ENV, ConfigError, load_config, parse
 from firmware_config.models import (
     BackoffConfig,
     BrokerConfig,
+    CatalogueConfig,
     DeviceConfig,
     DisplayDevice,
+    LocalApiConfig,
     NodeConfig,
     OutboxConfig,
     PrinterDevice,
@@ -17,18 +19,25 @@ from firmware_config.models import (
     SimulatorDevice,
     Synchronous,
 )
+from firmware_config.paths import DATA_DIR_ENV, BoxPaths, PathError, resolve_paths
 from firmware_config.profiles import PROFILES
+from firmware_config.writer import render_config, write_config
 
 __all__ = [
+    "DATA_DIR_ENV",
     "PASSWORD_ENV",
     "PROFILES",
     "BackoffConfig",
+    "BoxPaths",
     "BrokerConfig",
+    "CatalogueConfig",
     "ConfigError",
     "DeviceConfig",
     "DisplayDevice",
+    "LocalApiConfig",
     "NodeConfig",
     "OutboxConfig",
+    "PathError",
     "PrinterDevice",
     "ScannerDevice",
     "SimulatorDevice",
@@ -36,4 +45,7 @@ __all__ = [
     "config_hash",
     "load_config",
     "parse_config",
+    "render_config",
+    "resolve_paths",
+    "write_config",
 ]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import types
 import typing
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,8 @@ from firmware_config.profiles import PROFILES
 __all__ = ["PASSWORD_ENV", "ConfigError", "load_config", "parse_config"]
 
 PASSWORD_ENV = "OMNISHELF_EDGE_PASSWORD"
+"""Where the agent finds the broker password when the file names neither `password` nor
+`password_file` (read when the agent starts, never stored in the config)."""
 
 Loc = tuple[str | int, ...]
 
@@ -36,21 +37,21 @@ class ConfigError(ValueError):
         self.problems = problems
 
 
-def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> NodeConfig:
-    """Load and validate a config file.
-
-    With `env` given (the box passes `os.environ`), a `OMNISHELF_EDGE_PASSWORD` there supplies the
-    broker password when the file names neither `password` nor `password_file`.
-    """
+def load_config(path: str | os.PathLike[str]) -> NodeConfig:
+    """Load and validate a config file. Its relative paths will resolve against the file's directory
+    (`NodeConfig.base_dir`), whatever the working directory is when they are used."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{p}: cannot read the config file: {getattr(exc, 'strerror', None) or exc}"]) from None
-    return parse_config(text, str(p), env=env)
+    cfg = parse_config(text, str(p))
+    cfg._base_dir = Path(os.path.abspath(p)).parent
+    return cfg
 
 
-def parse_config(text: str, filename: str = "<config>", *, env: Mapping[str, str] | None = None) -> NodeConfig:
+def parse_config(text: str, filename: str = "<config>") -> NodeConfig:
+    """Validate config text (the content of a file named `filename`, for messages)."""
     data, lines, problems = _compose(text, filename)
     if data is None and not problems:
         problems.append(f"{filename}:1: the file is empty: expected a mapping with node_id, store_id and broker")
@@ -60,10 +61,6 @@ def parse_config(text: str, filename: str = "<config>", *, env: Mapping[str, str
         raise ConfigError(problems)
     assert isinstance(data, dict)
     merged = _with_profile(data)
-    broker = merged.get("broker")
-    secret = (env or {}).get(PASSWORD_ENV)
-    if secret and isinstance(broker, dict) and "password" not in broker and "password_file" not in broker:
-        merged["broker"] = {**broker, "password": secret}
     try:
         return NodeConfig.model_validate(merged)
     except ValidationError as exc:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, field_validator, model_validator
 
 from firmware_config.profiles import PROFILES
 
@@ -39,6 +39,8 @@ class BrokerConfig(_Strict):
     url: str
     password: Annotated[str, StringConstraints(min_length=1)] | None = None
     password_file: Path | None = None
+    """Relative to the config file's directory. With neither `password` nor `password_file`, the
+    agent reads the password from the environment (`OMNISHELF_EDGE_PASSWORD`) when it starts."""
     keepalive_s: Annotated[int, Field(ge=5, le=300)] = 30
     """The liveness promise: if the box goes silent, the cloud marks it offline within 1.5 x this."""
     keepalive_check_slack_s: Annotated[float, Field(ge=0, le=60)] = 6.5
@@ -62,9 +64,11 @@ class BrokerConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_secret(self) -> BrokerConfig:
-        if (self.password is None) == (self.password_file is None):
-            which = "both" if self.password is not None else "neither"
-            raise ValueError(f"give exactly one of 'password' and 'password_file' (got {which})")
+        if self.password is not None and self.password_file is not None:
+            raise ValueError(
+                "give at most one of 'password' and 'password_file' (got both); "
+                "with neither, the password comes from OMNISHELF_EDGE_PASSWORD"
+            )
         return self
 
 
@@ -77,7 +81,7 @@ class Synchronous(enum.StrEnum):
 
 class OutboxConfig(_Strict):
     path: Path | None = None
-    """Default: var/edge/<node_id>/outbox.db (relative to the working directory)."""
+    """Default: <data_dir>/edge/<node_id>/outbox.db; a relative path is relative to the config file."""
     max_pending: Annotated[int, Field(ge=1)] = 200_000
     retain_acked: Annotated[int, Field(ge=0)] = 10_000
     synchronous: Synchronous = Synchronous.FULL
@@ -102,8 +106,6 @@ class SimulatorDevice(_Strict):
     name: Name = "sim"
     scans_per_s: Annotated[float, Field(ge=0, le=10_000)] = 0.5
     orders_per_min: Annotated[float, Field(ge=0, le=10_000)] = 1.0
-    telemetry_every_s: Annotated[float, Field(ge=0, le=86_400)] = 60.0
-    """0 disables telemetry."""
     stock_every_s: Annotated[float, Field(ge=0, le=86_400)] = 300.0
     """A stock snapshot this often; 0 disables it."""
     burst: Annotated[int, Field(ge=0, le=10_000_000)] = 0
@@ -141,7 +143,8 @@ class CatalogueConfig(_Strict):
     cloud_url: str | None = None
     """Where sync files and images are fetched (http[s]://host[:port]); None: no catalogue on this box."""
     path: Path | None = None
-    """Default: var/edge/<node_id>/catalogue (database and image cache)."""
+    """Default: <data_dir>/edge/<node_id>/catalogue (database and image cache); a relative path is
+    relative to the config file."""
     image_budget_mb: Annotated[float, Field(ge=0, le=1_000_000)] = 512
     """Disk the image cache may use; least recently used images are evicted beyond it. 0: no images."""
     fetch_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30
@@ -162,12 +165,22 @@ class CatalogueConfig(_Strict):
 
 
 class LocalApiConfig(_Strict):
-    """The box's HTTP API for the kiosk UI (products, categories, search, images)."""
+    """The box's one HTTP API for the kiosk UI and local tools (`/status`, and what the box's
+    components add: catalogue products, categories, search, images)."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8480
     """0: any free port (tests)."""
+    workers: Annotated[int, Field(ge=1, le=64)] = 4
+    """Threads that run requests; idle and half-sent connections never hold one."""
+    max_connections: Annotated[int, Field(ge=1, le=10_000)] = 64
+    """Open connections kept; beyond it the longest-idle one is closed to make room."""
+    idle_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    """A connection that sends nothing for this long is closed."""
+    request_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    """A request must arrive whole (head and body) within this long of its first byte (slow-loris)."""
+    max_body_bytes: Annotated[int, Field(ge=0, le=16 * 1024**2)] = 64 * 1024
 
 
 DeviceConfig = Annotated[SimulatorDevice | ScannerDevice | PrinterDevice | DisplayDevice, Field(discriminator="kind")]
@@ -177,6 +190,12 @@ class NodeConfig(_Strict):
     node_id: str
     store_id: Name
     profile: str | None = None
+    data_dir: Path | None = None
+    """Where the box keeps its state (outbox, catalogue) unless `outbox.path` / `catalogue.path`
+    say otherwise, under `<data_dir>/edge/<node_id>/`. Default: $OMNISHELF_DATA_DIR, else
+    $STATE_DIRECTORY (systemd's StateDirectory=), else ~/.local/state/omnishelf."""
+    telemetry_every_s: Annotated[float, Field(ge=0, le=86_400)] = 60.0
+    """Box health and device states this often; 0 disables telemetry."""
     broker: BrokerConfig
     outbox: OutboxConfig = OutboxConfig()
     backoff: BackoffConfig = BackoffConfig()
@@ -201,10 +220,10 @@ class NodeConfig(_Strict):
             raise ValueError(f"unknown profile {value!r}: expected one of {', '.join(sorted(PROFILES))}")
         return value
 
-    @property
-    def outbox_path(self) -> Path:
-        return self.outbox.path or Path("var/edge") / self.node_id / "outbox.db"
+    _base_dir: Path | None = PrivateAttr(default=None)
 
     @property
-    def catalogue_path(self) -> Path:
-        return self.catalogue.path or Path("var/edge") / self.node_id / "catalogue"
+    def base_dir(self) -> Path | None:
+        """The directory of the file this config was loaded from: relative paths resolve against it
+        (None for a config built in code). Not part of the config's content or hash."""
+        return self._base_dir

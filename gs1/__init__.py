@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from datetime import date
 
-from biip import ParseError
-from biip.gtin import Gtin
-
 __all__ = ["GS", "GtinError", "check_digit", "element_string", "is_valid_gtin", "normalise_gtin"]
 
 GS = "\x1d"
@@ -35,6 +32,11 @@ def normalise_gtin(value: str) -> str:
     code = value.strip()
     if not code.isdigit() or len(code) not in (8, 12, 13, 14):
         raise GtinError(f"GTIN {code!r} must be 8, 12, 13 or 14 digits")
+    # Imported here: biip's GS1 prefix tables cost ~14 MB, a quarter of a box's memory budget,
+    # and most of the box never needs them.
+    from biip import ParseError
+    from biip.gtin import Gtin
+
     try:
         return Gtin.parse(code).as_gtin_14()
     except ParseError as exc:

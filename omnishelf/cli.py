@@ -14,12 +14,13 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from cloud.engines import COMMANDS as ENGINE_COMMANDS
+
 COMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("broker.cli", "run a Mosquitto configured for the omnishelf bus (ACL, credentials, persistence)"),
     "cloud": ("cloud.cli", "run the cloud core: API and bus workers; database migrations; seed data"),
-    "catalogue": ("cloud.catalogue.cli", "product master data: bulk import (CSV/JSON), import history, catalogue version"),
+    **ENGINE_COMMANDS,
     "edge": ("edge.cli", "run the store box agent (bus client, durable outbox, devices)"),
-    "users": ("cloud.access.cli", "console users and API keys (create the first admin here)"),
     "demo": ("omnishelf.demo", "run the whole system on this machine with embedded defaults"),
 }
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from broker import dynsec, topics
 from broker.mosquitto import BrokerLayout, MosquittoProcess, free_port
 
 PG_URL = os.environ.get("OMNISHELF_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -34,11 +35,29 @@ class Broker:
         return self.layout.port
 
     def add_node(self, node: str) -> str:
+        """A new node (or a new password for an existing one), live on the broker when this returns."""
         password = secrets.token_urlsafe(12)
         self.layout.node_users[node] = password
         if self.process.running:
             self.process.reload()
         return password
+
+    def remove_node(self, node: str) -> None:
+        """Take a node's credential away; the broker drops its live connection before this returns."""
+        del self.layout.node_users[node]
+        if self.process.running:
+            self.process.reload()
+
+    def narrow_node_publish(self, node: str, allowed: list[str]) -> None:
+        """Let a running node publish only on `allowed` topics (instead of its whole `up/` subtree) until
+        the next credential change: the next reload puts the generated role back."""
+        role = dynsec.node_role(node)
+        self.process.control(
+            [
+                {"command": "removeRoleACL", "rolename": role, "acltype": "publishClientSend", "topic": topics.node_up_filter(node)},
+                *({"command": "addRoleACL", "rolename": role, "acltype": "publishClientSend", "topic": t, "allow": True} for t in allowed),
+            ]
+        )
 
     def add_cloud(self, user: str) -> str:
         password = secrets.token_urlsafe(12)

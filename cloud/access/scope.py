@@ -45,7 +45,10 @@ class Role(enum.StrEnum):
 
 class Perm(enum.StrEnum):
     FLEET = "fleet"
-    """Regions, stores, nodes, devices."""
+    """Read regions, stores, nodes, devices, the bus's commands and failed messages."""
+    FLEET_EDIT = "fleet_edit"
+    """Create and edit stores (regions: all-region principals only), assign and retire boxes,
+    replay or discard failed messages, within the principal's scope."""
     BUSINESS = "business"
     """Orders, stock, traceability, signage (the engines' pages)."""
     AUDIT = "audit"
@@ -55,10 +58,10 @@ class Perm(enum.StrEnum):
 
 ROLE_PERMS: dict[Role, frozenset[Perm]] = {
     Role.ADMIN: frozenset(Perm),
-    Role.HQ: frozenset({Perm.FLEET, Perm.BUSINESS, Perm.AUDIT}),
-    Role.REGIONAL: frozenset({Perm.FLEET, Perm.BUSINESS}),
+    Role.HQ: frozenset({Perm.FLEET, Perm.FLEET_EDIT, Perm.BUSINESS, Perm.AUDIT}),
+    Role.REGIONAL: frozenset({Perm.FLEET, Perm.FLEET_EDIT, Perm.BUSINESS}),
     Role.STORE: frozenset({Perm.FLEET, Perm.BUSINESS}),
-    Role.TECHNICIAN: frozenset({Perm.FLEET}),
+    Role.TECHNICIAN: frozenset({Perm.FLEET, Perm.FLEET_EDIT}),
 }
 
 
@@ -153,8 +156,12 @@ def visible_stores(
     return session.scalars(stmt.order_by(Store.code)).unique().all()
 
 
-def visible_nodes(session: Session, scope: Scope, *, store_ids: Iterable[int] | None = None) -> Sequence[Node]:
+def visible_nodes(
+    session: Session, scope: Scope, *, store_ids: Iterable[int] | None = None, retired: bool = False
+) -> Sequence[Node]:
+    """The nodes in scope; retired boxes only when asked for (`retired=True` lists only those)."""
     stmt = select(Node).options(joinedload(Node.store)).where(scope.node_clause())
+    stmt = stmt.where(Node.retired_at.is_not(None) if retired else Node.retired_at.is_(None))
     if store_ids is not None:
         stmt = stmt.where(Node.store_id.in_(list(store_ids)))
     return session.scalars(stmt.order_by(Node.id)).unique().all()

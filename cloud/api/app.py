@@ -1,26 +1,26 @@
-"""The FastAPI application factory; its lifespan owns the engine and the optional worker."""
+"""The FastAPI application factory, built from the engine list; its lifespan owns the database
+engine and, with `run_worker`, the cloud bus (the same one `omnishelf cloud worker` runs)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
 from fastapi_offline import FastAPIOffline
 from sqlalchemy import Engine
 
 from cloud import console
-from cloud.access import api as access_api
 from cloud.access.service import access_policy
 from cloud.access.web import install_error_handlers
-from cloud.api import health, nodes, regions, security, stores
-from cloud.catalogue import api as catalogue_api
-from cloud.catalogue import console as catalogue_console
-from cloud.catalogue.sync import start_publisher
+from cloud.api import health, security
+from cloud.bus.worker import CloudBus
 from cloud.db import make_engine, make_sessionmaker
-from cloud.ingest import IngestWorker
+from cloud.engine import EngineSpec
+from cloud.engines import load_engines
 from cloud.settings import Settings
 
 __all__ = ["create_app"]
@@ -28,11 +28,13 @@ __all__ = ["create_app"]
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, *, run_worker: bool, engine: Engine | None = None) -> FastAPI:
-    """The API; with `run_worker` an ingest worker runs in the same process for the app's lifetime.
+def create_app(
+    settings: Settings, *, run_worker: bool, engine: Engine | None = None, engines: Sequence[EngineSpec] | None = None
+) -> FastAPI:
+    """The API and console of every engine; with `run_worker` a cloud bus runs in the same process.
 
-    Pass `engine` to share one (tests); otherwise the app makes its own from the settings.
-    """
+    Pass `engine` to share one (tests), `engines` to run another set of engines (tests)."""
+    specs = tuple(engines) if engines is not None else load_engines()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -42,24 +44,18 @@ def create_app(settings: Settings, *, run_worker: bool, engine: Engine | None = 
         app.state.sessionmaker = make_sessionmaker(eng)
         app.state.access_policy = access_policy(settings)
         app.state.settings = settings
-        app.state.worker = None
-        task: asyncio.Task[None] | None = None
         app.state.catalogue_dir = settings.CATALOGUE_DIR
-        app.state.catalogue_publisher = None
-        catalogue_task: asyncio.Task[None] | None = None
+        app.state.bus = None
+        task: asyncio.Task[None] | None = None
         if run_worker:
-            worker = IngestWorker(settings, eng)
-            app.state.worker = worker
-            task = asyncio.create_task(worker.run(), name="ingest-worker")
-            catalogue_task = start_publisher(app, settings, eng, worker)
+            bus = CloudBus(settings, eng, specs)
+            app.state.bus = bus
+            task = asyncio.create_task(bus.run(), name="cloud-bus")
         try:
             yield
         finally:
-            if catalogue_task is not None:
-                catalogue_task.cancel()
-                await asyncio.gather(catalogue_task, return_exceptions=True)
             if task is not None:
-                await app.state.worker.stop()
+                await app.state.bus.stop()
                 await task
             if own_engine:
                 eng.dispose()
@@ -69,16 +65,19 @@ def create_app(settings: Settings, *, run_worker: bool, engine: Engine | None = 
     app = FastAPIOffline(
         title="omnishelf cloud",
         version="0.1.0",
-        description="Fleet, stores and ingest state of the omnishelf cloud core.",
+        description="The omnishelf cloud core: fleet, bus operations, access control, catalogue.",
         lifespan=lifespan,
     )
-    for module in (health, nodes, stores, regions):
-        app.include_router(module.router)
-    app.include_router(catalogue_api.router)
-    app.include_router(access_api.router)
+    app.include_router(health.router)
+    for spec in specs:
+        for router in spec.routers:
+            app.include_router(router)
     install_error_handlers(app)
-    # Before the console's own pages, which answer unknown /console/* paths.
-    app.include_router(catalogue_console.router)
-    console.mount(app)
+    console.mount(app, specs)
     security.install(app)
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/console/", status_code=303)
+
     return app

@@ -11,9 +11,9 @@ from sqlalchemy.orm import Session
 
 from cloud.access.scope import Perm, Principal
 from cloud.access.web import PrincipalDep, require
-from cloud.ingest import IngestWorker
+from cloud.bus.worker import CloudBus
 
-__all__ = ["EngineDep", "FleetReader", "PrincipalDep", "SessionDep", "WorkerDep"]
+__all__ = ["BusDep", "EngineDep", "FleetReader", "PrincipalDep", "SessionDep"]
 
 
 def get_engine(request: Request) -> Engine:
@@ -26,13 +26,13 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_worker(request: Request) -> IngestWorker | None:
-    worker: IngestWorker | None = request.app.state.worker
-    return worker
+def get_bus(request: Request) -> CloudBus | None:
+    bus: CloudBus | None = request.app.state.bus
+    return bus
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
 SessionDep = Annotated[Session, Depends(get_session)]
-WorkerDep = Annotated[IngestWorker | None, Depends(get_worker)]
+BusDep = Annotated[CloudBus | None, Depends(get_bus)]
 FleetReader = Annotated[Principal, Depends(require(Perm.FLEET))]
 """Any principal whose role may read regions, stores and nodes; scope via `principal.scope`."""

@@ -6,7 +6,6 @@ data comes from the same functions as the JSON API, so both always agree.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -14,14 +13,11 @@ from fastapi.responses import HTMLResponse
 
 from cloud.access.scope import Perm, Principal
 from cloud.catalogue import api
-from cloud.console import nav
-from cloud.console.pages import add_template_dir, console_user, render
+from cloud.console.pages import console_user, render
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/console/catalogue", include_in_schema=False)
-add_template_dir(Path(__file__).parent / "templates")
-nav.register(nav.NavEntry("catalogue", "Catalogue", "/console/catalogue", Perm.BUSINESS))
 
 Reader = Annotated[Principal, Depends(console_user(Perm.BUSINESS))]
 Text = Annotated[str, Query(max_length=200)]

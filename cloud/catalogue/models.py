@@ -29,6 +29,7 @@ from cloud.models import Base, BigId, UtcDateTime
 
 __all__ = [
     "Artifact",
+    "CatalogueEpoch",
     "CatalogueImport",
     "CatalogueVersion",
     "ImageFile",
@@ -143,4 +144,14 @@ class Artifact(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(BigInteger)
     rows: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class CatalogueEpoch(Base):
+    """The catalogue's identity: one row, a random id made when the table was created. Versions
+    count within an epoch; a box holding another epoch resyncs from the snapshot."""
+
+    __tablename__ = "catalogue_epoch"
+
+    epoch: Mapped[str] = mapped_column(String(32), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)

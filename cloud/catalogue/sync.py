@@ -2,11 +2,18 @@
 
 For the newest version V the cloud writes a snapshot (every active product) and one delta from each
 of the previous `keep` versions (products whose `version` is in (A, V]: upserts, and deletions for
-discontinued ones). Files are gzip'd JSON lines, stored by sha256 and served by a plain GET: the
-catalogue is public data, and the box checks the bytes against the hash from the authenticated bus.
+discontinued ones). Files are gzip'd JSON lines in the format of `broker.syncfile`, stored by sha256
+and served by a plain GET: the catalogue is public data, and the box checks the bytes against the
+hash from the authenticated bus.
 
-The announcement (`dn/{node}/catalog`, QoS 1, retained, so a box that was away sees the newest one
-on reconnect) goes to every known node; it differs per node only by the store's region.
+The announcement is a retained `catalog` command per box, sent through the durable downlink (so
+the box acknowledges it, and an undelivered older one is superseded by a newer one). Each is keyed
+by (box, epoch, version, region), so any number of cloud hosts may run the announcer at once: the
+first to write the key wins, the others write nothing.
+
+A catalogue's identity is its epoch (random, created with the database): versions count within
+one epoch, so a box holding another epoch's catalogue resyncs from the snapshot whatever the
+numbers say (a new database, a switch of databases).
 """
 
 from __future__ import annotations
@@ -14,43 +21,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, insert, select
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, select
 from sqlalchemy.orm import Session
 
-from broker import topics
-from broker.client import BusError, MqttConnection
-from broker.envelope import Envelope, MessageType, encode
+from broker.envelope import MessageType
 from broker.payloads import CatalogData, CatalogFile
+from broker.syncfile import DelLine, ProductRecord, PutLine, SyncHeader, encode_header, encode_line
+from cloud.bus import downlink
 from cloud.catalogue.files import FileStore
-from cloud.catalogue.models import Artifact, CatalogueVersion, products
+from cloud.catalogue.models import Artifact, CatalogueEpoch, CatalogueVersion, products
 from cloud.db import write_transaction
-from cloud.ingest import IngestWorker
-from cloud.models import Node, Region, Store
-from cloud.settings import Settings
+from cloud.engine import TaskContext
+from cloud.models import DownlinkCommand, Node, Region, Store
 
 __all__ = [
-    "FORMAT",
     "Announcement",
-    "CataloguePublisher",
-    "announcement",
+    "announce",
+    "announcer",
+    "catalogue_epoch",
     "ensure_artifacts",
     "latest_version",
     "product_record",
-    "start_publisher",
 ]
 
 log = logging.getLogger(__name__)
-
-FORMAT = 1
-"""Version of the sync file format (first line of every file)."""
 
 _COLS = (
     products.c.sku, products.c.gtins, products.c.name_en, products.c.name_zh, products.c.desc_en,
@@ -84,7 +85,7 @@ def latest_version(engine: Engine) -> int:
         return int(conn.scalar(select(func.max(CatalogueVersion.version))) or 0)
 
 
-def _lines(engine: Engine, kind: str, from_version: int, to_version: int) -> Iterator[dict[str, Any]]:
+def _lines(engine: Engine, kind: str, from_version: int, to_version: int) -> Iterator[PutLine | DelLine]:
     query = select(*_COLS).order_by(products.c.id)
     if kind == "snapshot":
         query = query.where(and_(products.c.version <= to_version, products.c.status == "active"))
@@ -93,14 +94,23 @@ def _lines(engine: Engine, kind: str, from_version: int, to_version: int) -> Ite
     with engine.connect() as conn:
         for row in conn.execution_options(yield_per=2000).execute(query):
             if row.status == "active":
-                yield {"op": "put", "p": product_record(row)}
+                yield PutLine(p=ProductRecord.model_validate(product_record(row)))
             else:
-                yield {"op": "del", "sku": row.sku}
+                yield DelLine(sku=row.sku)
+
+
+def catalogue_epoch(conn: Connection | Engine) -> str:
+    """This database's catalogue identity (created by the migration that added it)."""
+    if isinstance(conn, Engine):
+        with conn.connect() as c:
+            return catalogue_epoch(c)
+    return str(conn.execute(select(CatalogueEpoch.epoch)).scalar_one())
 
 
 def _build(engine: Engine, store: FileStore, kind: str, from_version: int, to_version: int) -> tuple[str, int, int]:
-    body = [json.dumps({"format": FORMAT, "kind": kind, "from": from_version, "to": to_version}, separators=(",", ":"))]
-    body.extend(json.dumps(line, ensure_ascii=False, separators=(",", ":")) for line in _lines(engine, kind, from_version, to_version))
+    header = SyncHeader(kind=kind, from_version=from_version, to_version=to_version, epoch=catalogue_epoch(engine))
+    body = [encode_header(header)]
+    body.extend(encode_line(line) for line in _lines(engine, kind, from_version, to_version))
     # mtime=0: the same content gives the same bytes, hence the same hash, on every cloud host.
     data = gzip.compress(("\n".join(body) + "\n").encode(), compresslevel=6, mtime=0)
     return store.put(data), len(data), len(body) - 1
@@ -108,6 +118,7 @@ def _build(engine: Engine, store: FileStore, kind: str, from_version: int, to_ve
 
 @dataclass(frozen=True, slots=True)
 class Announcement:
+    epoch: str
     version: int
     snapshot: CatalogFile
     deltas: tuple[CatalogFile, ...]
@@ -159,6 +170,7 @@ def ensure_artifacts(engine: Engine, catalogue_dir: Path, keep: int = 16, versio
         log.info("catalogue version %d: built %d sync file(s)", version, len(missing))
         _prune(engine, store, version)
     return Announcement(
+        catalogue_epoch(engine),
         version,
         _ref(have[("snapshot", 0)]),
         tuple(_ref(have[("delta", v)]) for v in previous),
@@ -181,103 +193,55 @@ def _prune(engine: Engine, store: FileStore, version: int) -> None:
             store.path(sha).unlink()
 
 
-def announcement(ann: Announcement, node: str, region: str | None) -> Envelope:
-    data = CatalogData(version=ann.version, region=region, snapshot=ann.snapshot, deltas=ann.deltas)
-    return Envelope(type=MessageType.CATALOG, node=node, session=0, seq=0, data=data)
-
-
-def _node_regions(engine: Engine) -> dict[str, str | None]:
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(Node.id, Region.code)
-            .select_from(Node)
-            .outerjoin(Store, Store.id == Node.store_id)
-            .outerjoin(Region, Region.id == Store.region_id)
-        ).all()
+def _node_regions(conn: Connection) -> dict[str, str | None]:
+    rows = conn.execute(
+        select(Node.id, Region.code)
+        .select_from(Node)
+        .outerjoin(Store, Store.id == Node.store_id)
+        .outerjoin(Region, Region.id == Store.region_id)
+        .where(Node.retired_at.is_(None))
+    ).all()
     return {node: region for node, region in rows}
 
 
-class CataloguePublisher:
-    """Announces the newest catalogue version to every node, and to each new node as it appears.
+def _key(node: str, ann: Announcement, region: str | None) -> str:
+    return f"catalog:{node}:{ann.epoch}:{ann.version}:{region or '-'}"
 
-    It publishes through a connection it is handed (the ingest worker's), because a second
-    connection under the same broker username would take over the worker's session.
-    """
 
-    def __init__(
-        self,
-        engine: Engine,
-        catalogue_dir: Path,
-        connection: Callable[[], MqttConnection | None],
-        *,
-        keep: int = 16,
-        poll_s: float = 2.0,
-    ) -> None:
-        self.engine = engine
-        self.catalogue_dir = catalogue_dir
-        self.connection = connection
-        self.keep = keep
-        self.poll_s = poll_s
-        self.sent: dict[str, int] = {}
-        """Node → version announced to it by this process."""
-        self.announced = asyncio.Event()
-        """Set after each round that published something (tests, diagnostics)."""
-        self._wake = asyncio.Event()
-
-    def wake(self) -> None:
-        """Look for a new version now (after an import in this process)."""
-        self._wake.set()
-
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.round()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("catalogue announcement round failed; retrying in %.1f s", self.poll_s)
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_s)
-
-    async def round(self) -> int:
-        """Announce where needed; return how many announcements were published."""
-        conn = self.connection()
-        if conn is None or not conn.is_connected:
-            return 0
-        ann = await asyncio.to_thread(ensure_artifacts, self.engine, self.catalogue_dir, self.keep)
-        if ann is None:
-            return 0
-        nodes = await asyncio.to_thread(_node_regions, self.engine)
-        sent = 0
-        for node, region in nodes.items():
-            if self.sent.get(node) == ann.version:
+def announce(engine: Engine, ann: Announcement) -> int:
+    """Queue the announcement of `ann` for every box that has not had it (for its store's region);
+    return how many were queued. Safe to run on several hosts at once (keyed commands)."""
+    with write_transaction(engine) as conn:
+        regions = _node_regions(conn)
+        wanted = {_key(node, ann, region): (node, region) for node, region in regions.items()}
+        done = set(conn.execute(select(DownlinkCommand.key).where(DownlinkCommand.key.in_(list(wanted)))).scalars())
+        queued = 0
+        for key, (node, region) in wanted.items():
+            if key in done:
                 continue
-            try:
-                env = announcement(ann, node, region)
-                await asyncio.wait_for(
-                    conn.publish(topics.dn(node, MessageType.CATALOG), encode(env), retain=True), 10
-                )
-            except (BusError, TimeoutError, topics.TopicError, ValueError) as exc:
-                log.warning("catalogue version %d not announced to %s: %s", ann.version, node, exc)
-                continue
-            self.sent[node] = ann.version
-            sent += 1
-        if sent:
-            log.info("catalogue version %d announced to %d node(s)", ann.version, sent)
-            self.announced.set()
-        return sent
+            data = CatalogData(version=ann.version, epoch=ann.epoch, region=region, snapshot=ann.snapshot,
+                               deltas=ann.deltas)
+            # Retained, so a box that reconnects sees the newest one; no expiry: it stands until a
+            # newer version supersedes it.
+            downlink.send(conn, node, MessageType.CATALOG, data, engine="catalogue", retain=True, expires_in=None,
+                          key=key)
+            queued += 1
+    if queued:
+        log.info("catalogue version %d (epoch %s…) queued for %d box(es)", ann.version, ann.epoch[:8], queued)
+    return queued
 
 
-def start_publisher(app: Any, settings: Settings, engine: Engine, worker: IngestWorker) -> asyncio.Task[None]:
-    """Run a publisher for the app's lifetime, publishing over the worker's connection."""
-    publisher = CataloguePublisher(
-        engine,
-        Path(settings.CATALOGUE_DIR),
-        # The worker reconnects on its own; the publisher takes whatever connection is current.
-        lambda: worker.connection,
-        keep=settings.CATALOGUE_DELTA_KEEP,
-        poll_s=settings.CATALOGUE_POLL_S,
-    )
-    app.state.catalogue_publisher = publisher
-    return asyncio.create_task(publisher.run(), name="catalogue-publisher")
+async def announcer(ctx: TaskContext) -> None:
+    """The catalogue engine's background task: build the newest version's files and announce them,
+    on start, whenever a version appears and whenever a box appears or changes region."""
+    catalogue_dir = Path(ctx.settings.CATALOGUE_DIR)
+    keep = ctx.settings.CATALOGUE_DELTA_KEEP
+    while True:
+        try:
+            ann = await asyncio.to_thread(ensure_artifacts, ctx.engine, catalogue_dir, keep)
+            if ann is not None and await asyncio.to_thread(announce, ctx.engine, ann) > 0:
+                ctx.wake_relay()
+        except Exception:
+            log.exception("catalogue announcement round failed; retrying in %.1f s", ctx.settings.CATALOGUE_POLL_S)
+        await asyncio.sleep(ctx.settings.CATALOGUE_POLL_S)
+

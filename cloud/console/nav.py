@@ -1,57 +1,47 @@
-"""The console's navigation: one entry per page, shown to the roles that may open it.
-
-An engine adds its page by including its own router (its handlers depend on
-`cloud.console.pages.console_user(Perm.X)` and render with `cloud.console.pages.render`) and
-replacing or adding its `NavEntry` here with `register`.
-"""
+"""The console's navigation: built once per app from the engines' `NavItem`s, plus placeholders
+for the engines that have not landed yet (replaced as soon as an engine brings its own entry)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cloud.access.scope import Perm, Principal
+from cloud.engine import EngineSpec, NavItem
 
-__all__ = ["NAV", "NavEntry", "register", "visible"]
+__all__ = ["PLACEHOLDERS", "Placeholder", "build", "visible"]
 
 
 @dataclass(frozen=True, slots=True)
-class NavEntry:
-    key: str
-    label: str
-    path: str
-    perm: Perm
+class Placeholder:
+    item: NavItem
+    text: str
+    """What the page will show once its engine exists."""
 
 
-NAV: list[NavEntry] = [
-    NavEntry("fleet", "Fleet", "/console/fleet", Perm.FLEET),
-    NavEntry("orders", "Orders", "/console/orders", Perm.BUSINESS),
-    NavEntry("stock", "Stock", "/console/stock", Perm.BUSINESS),
-    NavEntry("traceability", "Traceability", "/console/traceability", Perm.BUSINESS),
-    NavEntry("signage", "Signage", "/console/signage", Perm.BUSINESS),
-    NavEntry("devices", "Devices", "/console/devices", Perm.FLEET),
-    NavEntry("users", "Users", "/console/users", Perm.USERS),
-    NavEntry("api-keys", "API keys", "/console/api-keys", Perm.USERS),
-    NavEntry("audit", "Audit", "/console/audit", Perm.AUDIT),
-]
-
-PLACEHOLDERS: dict[str, str] = {
-    "orders": "Orders from every channel, routed to stores. The order-routing engine fills this page.",
-    "stock": "Stock per store and product. The stock engine fills this page.",
-    "traceability": "Code traceability (GS1 scans, batches, recalls). The traceability engine fills this page.",
-    "signage": "Signage schedules for store screens. The signage engine fills this page.",
-}
-"""Pages whose engine has not landed yet: key → what will be there."""
+PLACEHOLDERS: tuple[Placeholder, ...] = (
+    Placeholder(NavItem("orders", "Orders", "/console/orders", Perm.BUSINESS, 20),
+                "Orders from every channel, routed to stores. The order-routing engine fills this page."),
+    Placeholder(NavItem("stock", "Stock", "/console/stock", Perm.BUSINESS, 30),
+                "Stock per store and product. The stock engine fills this page."),
+    Placeholder(NavItem("traceability", "Traceability", "/console/traceability", Perm.BUSINESS, 40),
+                "Code traceability (GS1 scans, batches, recalls). The traceability engine fills this page."),
+    Placeholder(NavItem("signage", "Signage", "/console/signage", Perm.BUSINESS, 50),
+                "Signage schedules for store screens. The signage engine fills this page."),
+)
 
 
-def register(entry: NavEntry) -> None:
-    """Add `entry`, or replace the entry with the same key (keeping its place in the menu)."""
-    for i, e in enumerate(NAV):
-        if e.key == entry.key:
-            NAV[i] = entry
-            PLACEHOLDERS.pop(entry.key, None)
-            return
-    NAV.append(entry)
+def build(engines: Sequence[EngineSpec]) -> tuple[tuple[NavItem, ...], tuple[Placeholder, ...]]:
+    """(the menu in order, the placeholders still needed)."""
+    items = [item for spec in engines for item in spec.nav]
+    keys = [i.key for i in items]
+    clash = sorted({k for k in keys if keys.count(k) > 1})
+    if clash:
+        raise RuntimeError(f"two engines declare the console page {', '.join(clash)}")
+    missing = tuple(p for p in PLACEHOLDERS if p.item.key not in keys)
+    menu = sorted([*items, *(p.item for p in missing)], key=lambda i: (i.order, i.key))
+    return tuple(menu), missing
 
 
-def visible(principal: Principal) -> list[NavEntry]:
-    return [e for e in NAV if principal.can(e.perm)]
+def visible(menu: Sequence[NavItem], principal: Principal) -> list[NavItem]:
+    return [e for e in menu if principal.can(e.perm)]

@@ -1,23 +1,21 @@
-"""Console pages: sign-in/out, fleet (live), store, devices, users, API keys, audit, placeholders.
+"""Console pages of the shell: sign-in/out and the home redirect; users, API keys and audit.
 
-Every handler gets its principal from `console_user(perm)` and its rows from the scope layer;
-every form post checks the session's CSRF token before anything else.
+Every handler gets its principal from `console_user(perm)` and its rows from the service layer;
+every form post checks the session's CSRF token before anything else (`form_user`). Engines'
+pages use `console_user`, `form_user` and `render` from here.
 """
 
 from __future__ import annotations
 
-import math
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Form, Query, Request, status
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from jinja2 import ChoiceLoader, FileSystemLoader
 
 from cloud.access import service
 from cloud.access.models import NAME_MAX, USERNAME_MAX
@@ -26,26 +24,21 @@ from cloud.access.scope import (
     Perm,
     Principal,
     Role,
-    get_store,
-    visible_nodes,
     visible_regions,
     visible_stores,
 )
 from cloud.access.web import COOKIE, check_csrf, optional_principal, policy, require
 from cloud.console import nav
-from cloud.models import Node, Store
 
-__all__ = ["add_template_dir", "console_user", "render", "router"]
+__all__ = ["console_user", "form_user", "render", "router"]
 
 router = APIRouter(prefix="/console", include_in_schema=False)
-templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 LOGIN_CSRF_COOKIE = "omnishelf_login_csrf"
 
 
-def add_template_dir(path: Path) -> None:
-    """Let an engine's templates extend `base.html` (its directory is searched first)."""
-    loader = templates.env.loader
-    templates.env.loader = ChoiceLoader([FileSystemLoader(str(path)), *([loader] if loader else [])])
+def _templates(request: Request) -> Jinja2Templates:
+    templates: Jinja2Templates = request.app.state.templates
+    return templates
 
 
 def console_user(perm: Perm) -> Callable[..., Principal]:
@@ -54,8 +47,8 @@ def console_user(perm: Perm) -> Callable[..., Principal]:
 
 
 def render(request: Request, template: str, principal: Principal, status_code: int = 200, **context: Any) -> HTMLResponse:
-    context |= {"me": principal, "nav": nav.visible(principal), "csrf": principal.csrf_token or ""}
-    return templates.TemplateResponse(request, template, context, status_code=status_code)
+    context |= {"me": principal, "nav": nav.visible(request.app.state.nav, principal), "csrf": principal.csrf_token or ""}
+    return _templates(request).TemplateResponse(request, template, context, status_code=status_code)
 
 
 def _secure(request: Request) -> bool:
@@ -66,7 +59,7 @@ def _secure(request: Request) -> bool:
     return not (development and request.url.scheme == "http")
 
 
-def _form_principal(perm: Perm) -> Callable[..., Principal]:
+def form_user(perm: Perm) -> Callable[..., Principal]:
     """A form post's principal: signed in, allowed `perm`, and the form's CSRF token is the session's."""
     def check(request: Request, csrf_token: Annotated[str, Form(max_length=200)] = "") -> Principal:
         principal = optional_principal(request)
@@ -85,8 +78,8 @@ Fleet = Annotated[Principal, Depends(console_user(Perm.FLEET))]
 Business = Annotated[Principal, Depends(console_user(Perm.BUSINESS))]
 UsersAdmin = Annotated[Principal, Depends(console_user(Perm.USERS))]
 AuditReader = Annotated[Principal, Depends(console_user(Perm.AUDIT))]
-UsersForm = Annotated[Principal, Depends(_form_principal(Perm.USERS))]
-AnyForm = Annotated[Principal, Depends(_form_principal(Perm.FLEET))]
+UsersForm = Annotated[Principal, Depends(form_user(Perm.USERS))]
+AnyForm = Annotated[Principal, Depends(form_user(Perm.FLEET))]
 
 
 # -- sign-in -----------------------------------------------------------------------------------------
@@ -98,13 +91,13 @@ def home(request: Request) -> Response:
     principal = optional_principal(request)
     if principal is None:
         return RedirectResponse("/console/login", status.HTTP_303_SEE_OTHER)
-    first = nav.visible(principal)
+    first = nav.visible(request.app.state.nav, principal)
     return RedirectResponse(first[0].path if first else "/console/login", status.HTTP_303_SEE_OTHER)
 
 
 def _login_page(request: Request, *, error: str | None = None, next_: str = "", code: int = 200) -> HTMLResponse:
     token = secrets.token_urlsafe(32)
-    response = templates.TemplateResponse(
+    response = _templates(request).TemplateResponse(
         request, "login.html", {"login_csrf": token, "error": error, "next": next_}, status_code=code
     )
     # Login CSRF: the form's token must equal this cookie (double submit), so another site cannot
@@ -167,140 +160,7 @@ def logout(request: Request, principal: AnyForm) -> Response:
     return response
 
 
-# -- fleet -------------------------------------------------------------------------------------------
-
-
-def _node_state(n: Node) -> dict[str, Any]:
-    return {
-        "id": n.id,
-        "store": n.store.code if n.store else None,
-        "online": n.online,
-        "last_seen": n.last_seen.strftime("%Y-%m-%d %H:%M:%S") if n.last_seen else None,
-        "software_version": n.software_version,
-        "config_hash": n.config_hash,
-    }
-
-
-def store_map(stores: Sequence[Store], online: dict[int, tuple[int, int]], width: int = 640, height: int = 420) -> dict[str, Any]:
-    """Stores projected into an SVG viewBox (equirectangular, scaled by cos(latitude)) with a degree
-    grid for orientation: drawn by the server, so no tiles and no internet are needed."""
-    if not stores:
-        return {"width": width, "height": height, "points": [], "grid": []}
-    lats = [s.lat for s in stores]
-    lons = [s.lon for s in stores]
-    k = math.cos(math.radians(sum(lats) / len(lats)))
-    min_x, max_x = min(lons) * k, max(lons) * k
-    min_y, max_y = min(lats), max(lats)
-    span = max(max_x - min_x, max_y - min_y, 0.5)
-    pad = 70
-    scale = min((width - 2 * pad) / span, (height - 2 * pad) / span)
-    cx, cy = (min_x + max_x) / 2, (min_y + max_y) / 2
-
-    def x_of(lon: float) -> float:
-        return round(width / 2 + (lon * k - cx) * scale, 1)
-
-    def y_of(lat: float) -> float:
-        return round(height / 2 - (lat - cy) * scale, 1)
-
-    lat_lo, lat_hi = cy - height / 2 / scale, cy + height / 2 / scale
-    lon_lo, lon_hi = (cx - width / 2 / scale) / k, (cx + width / 2 / scale) / k
-    step = next(st for st in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 30) if (lat_hi - lat_lo) / st <= 8)
-    grid = []
-    for i in range(math.ceil(lat_lo / step), math.floor(lat_hi / step) + 1):
-        lat = round(i * step, 3)
-        grid.append({"x1": 0, "y1": y_of(lat), "x2": width, "y2": y_of(lat), "label": f"{lat:g}°N", "lx": 4, "ly": y_of(lat) - 3})
-    for i in range(math.ceil(lon_lo / step), math.floor(lon_hi / step) + 1):
-        lon = round(i * step, 3)
-        grid.append({"x1": x_of(lon), "y1": 0, "x2": x_of(lon), "y2": height, "label": f"{lon:g}°E", "lx": x_of(lon) + 3, "ly": height - 4})
-    points = []
-    for s in stores:
-        up, total = online.get(s.id, (0, 0))
-        state = "none" if total == 0 else ("online" if up == total else ("offline" if up == 0 else "partial"))
-        x, y = x_of(s.lon), y_of(s.lat)
-        right = x > width * 0.55  # label on the left of dots near the right edge, so it is not cut off
-        points.append({
-            "code": s.code, "name": s.name, "state": state, "up": up, "total": total, "x": x, "y": y,
-            "tx": x - 16 if right else x + 16, "anchor": "end" if right else "start",
-        })
-    return {"width": width, "height": height, "points": points, "grid": grid}
-
-
-def _fleet(request: Request, principal: Principal, region: str, q: str, state: str) -> dict[str, Any]:
-    with request.app.state.sessionmaker() as session:
-        regions = visible_regions(session, principal.scope)
-        stores = visible_stores(session, principal.scope, region_code=region or None, q=q or None)
-        nodes = visible_nodes(session, principal.scope, store_ids=[s.id for s in stores])
-        if principal.scope.all and not region and not q:
-            unassigned = [n for n in visible_nodes(session, principal.scope) if n.store_id is None]
-        else:
-            unassigned = []
-    if state in ("online", "offline"):
-        nodes = [n for n in nodes if n.online == (state == "online")]
-        unassigned = [n for n in unassigned if n.online == (state == "online")]
-    by_store: dict[int, list[Node]] = {}
-    for n in nodes:
-        by_store.setdefault(n.store_id or 0, []).append(n)
-    counts = {sid: (sum(n.online for n in ns), len(ns)) for sid, ns in by_store.items()}
-    tree = []
-    for r in regions:
-        rs = [s for s in stores if s.region_id == r.id]
-        if rs:
-            tree.append({"region": r, "stores": [{"store": s, "nodes": by_store.get(s.id, [])} for s in rs]})
-    all_nodes = [*nodes, *unassigned]
-    return {
-        "regions": regions, "tree": tree, "unassigned": unassigned, "map": store_map(stores, counts),
-        "online": sum(n.online for n in all_nodes), "total": len(all_nodes),
-        "filters": {"region": region, "q": q, "state": state},
-    }
-
-
 FilterStr = Annotated[str, Query(max_length=100)]
-
-
-@router.get("/fleet", response_class=HTMLResponse)
-def fleet(request: Request, principal: Fleet, region: FilterStr = "", q: FilterStr = "", state: FilterStr = "") -> HTMLResponse:
-    return render(request, "fleet.html", principal, **_fleet(request, principal, region, q, state))
-
-
-@router.get("/fleet/state.json")
-def fleet_state(request: Request, principal: Fleet) -> JSONResponse:
-    """What the fleet page polls: every visible node's live fields (no reload needed)."""
-    with request.app.state.sessionmaker() as session:
-        nodes = visible_nodes(session, principal.scope)
-        body = {"nodes": [_node_state(n) for n in nodes], "at": datetime.now(UTC).isoformat(timespec="seconds")}
-    return JSONResponse(body, headers={"Cache-Control": "no-store"})
-
-
-@router.get("/stores/{code}", response_class=HTMLResponse)
-def store_page(request: Request, principal: Fleet, code: str) -> HTMLResponse:
-    with request.app.state.sessionmaker() as session:
-        try:
-            store = get_store(session, principal.scope, code[:64])
-        except NotFound as exc:
-            return render(request, "error.html", principal, status_code=404, message=str(exc))
-        nodes = visible_nodes(session, principal.scope, store_ids=[store.id])
-        counts = {store.id: (sum(n.online for n in nodes), len(nodes))}
-        return render(request, "store.html", principal, store=store, nodes=nodes, map=store_map([store], counts))
-
-
-@router.get("/devices", response_class=HTMLResponse)
-def devices(request: Request, principal: Fleet) -> HTMLResponse:
-    with request.app.state.sessionmaker() as session:
-        nodes = visible_nodes(session, principal.scope)
-        rows = [(n, d) for n in nodes for d in (n.devices or [])]
-        return render(request, "devices.html", principal, rows=rows, nodes=nodes)
-
-
-def _placeholder(key: str) -> Callable[[Request, Principal], HTMLResponse]:
-    def page(request: Request, principal: Business) -> HTMLResponse:
-        return render(request, "placeholder.html", principal, key=key, text=nav.PLACEHOLDERS.get(key, ""))
-
-    page.__name__ = f"{key}_page"
-    return page
-
-
-for _key in list(nav.PLACEHOLDERS):
-    router.add_api_route(f"/{_key}", _placeholder(_key), response_class=HTMLResponse, methods=["GET"])
 
 
 # -- users and API keys ------------------------------------------------------------------------------

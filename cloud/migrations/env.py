@@ -8,8 +8,10 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
+from cloud.engines import load_engines
 from cloud.models import Base
 
+load_engines()  # the engines' models register their tables on Base.metadata
 target_metadata = Base.metadata
 
 

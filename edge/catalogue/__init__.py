@@ -1,4 +1,4 @@
-"""The box's copy of the product catalogue: local store and search, sync from the cloud, local API."""
+"""The box's copy of the product catalogue: local store and search, sync from the cloud, API routes."""
 
 from edge.catalogue.store import CatalogueStore, CorruptSyncFile
 from edge.catalogue.sync import CatalogueSync

@@ -5,8 +5,9 @@ Chinese and English alike. Trigrams cannot serve 1-2 character queries, which ar
 (茶, 大米), so the 1- and 2-character grams of the Chinese name are kept in an indexed table too.
 Ranking: exact SKU or GTIN first, then names that start with the query, then other matches (bm25).
 
-A sync file is applied in one transaction: a failed or corrupt file leaves the previous version
-whole. The store is shared by the asyncio agent (writes, in a worker thread) and the local API's
+A sync file (format: `broker.syncfile`) is applied in one transaction: a failed or corrupt file
+leaves the previous version whole. The catalogue's epoch (its identity, see `CatalogData.epoch`) is
+stored with the version: versions only compare within one epoch. The store is shared by the asyncio agent (writes, in a worker thread) and the local API's
 threads (reads): each thread has its own connection; writes are serialised by a lock.
 """
 
@@ -19,6 +20,8 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from broker.syncfile import ProductRecord, PutLine, SyncFileError, SyncHeader, parse_header, parse_line
 
 __all__ = ["CatalogueStore", "CorruptSyncFile", "SyncHeader"]
 
@@ -75,15 +78,6 @@ class CorruptSyncFile(ValueError):
     """A sync file whose content does not match what was announced; nothing of it was applied."""
 
 
-class SyncHeader:
-    __slots__ = ("from_version", "kind", "to_version")
-
-    def __init__(self, kind: str, from_version: int, to_version: int) -> None:
-        self.kind = kind
-        self.from_version = from_version
-        self.to_version = to_version
-
-
 def _is_cjk(ch: str) -> bool:
     return ord(ch) >= 0x2E80
 
@@ -94,6 +88,10 @@ def _grams(name: str) -> set[str]:
     out = set(chars)
     out.update(text[i : i + 2] for i in range(len(text) - 1) if " " not in text[i : i + 2])
     return out
+
+
+def _price(p: ProductRecord, region: str | None) -> str:
+    return (p.prices.get(region) or p.list_price) if region else p.list_price
 
 
 class CatalogueStore:
@@ -137,29 +135,39 @@ class CatalogueStore:
 
     @property
     def region(self) -> str | None:
-        return self._meta("region")
+        return self._meta("region") or None
+
+    @property
+    def epoch(self) -> str | None:
+        """The epoch of the catalogue held (None: none held, or from a cloud without epochs)."""
+        return self._meta("epoch") or None
 
     def count(self) -> int:
         return int(self._conn().execute("SELECT count(*) FROM products").fetchone()[0])
 
     # -- applying ----------------------------------------------------------------------------------
 
-    def apply(self, lines: Iterable[str], *, expect_from: int, expect_to: int, region: str | None) -> SyncHeader:
+    def apply(
+        self, lines: Iterable[str], *, expect_from: int, expect_to: int, region: str | None, epoch: str | None = None
+    ) -> SyncHeader:
         """Apply one sync file (JSON lines, header first) in one transaction.
 
-        Raises `CorruptSyncFile` if the file is not the announced one or not well formed; the store
-        is then unchanged.
+        Raises `CorruptSyncFile` if the file is not the announced one (versions, epoch) or not well
+        formed; the store is then unchanged.
         """
         it = iter(lines)
         try:
-            head = json.loads(next(it))
-            header = SyncHeader(str(head["kind"]), int(head["from"]), int(head["to"]))
-        except (StopIteration, ValueError, KeyError, TypeError) as exc:
-            raise CorruptSyncFile(f"sync file has no valid header ({exc})") from None
+            header = parse_header(next(it))
+        except StopIteration:
+            raise CorruptSyncFile("sync file is empty: expected a header line") from None
+        except SyncFileError as exc:
+            raise CorruptSyncFile(f"sync file line 1: {exc}") from None
         if header.to_version != expect_to or (header.kind == "delta" and header.from_version != expect_from):
             raise CorruptSyncFile(
                 f"sync file is {header.kind} {header.from_version}->{header.to_version}, expected {expect_from}->{expect_to}"
             )
+        if epoch is not None and header.epoch is not None and header.epoch != epoch:
+            raise CorruptSyncFile(f"sync file is of catalogue epoch {header.epoch}, expected {epoch}")
         if header.kind == "delta" and header.from_version != self.version:
             raise CorruptSyncFile(f"delta from {header.from_version} does not apply to local version {self.version}")
         with self._write_lock:
@@ -168,13 +176,11 @@ class CatalogueStore:
             try:
                 if header.kind == "snapshot":
                     self._apply_snapshot(conn, it, region)
-                elif header.kind == "delta":
-                    self._apply_lines(conn, it, region)
                 else:
-                    raise CorruptSyncFile(f"unknown sync file kind {header.kind!r}")
+                    self._apply_lines(conn, it, region)
                 conn.executemany(
                     "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                    [("version", str(header.to_version)), ("region", region or "")],
+                    [("version", str(header.to_version)), ("region", region or ""), ("epoch", epoch or header.epoch or "")],
                 )
                 conn.execute("COMMIT")
             except BaseException:
@@ -184,37 +190,70 @@ class CatalogueStore:
 
     def _apply_snapshot(self, conn: sqlite3.Connection, lines: Iterator[str], region: str | None) -> None:
         # Row-by-row index maintenance of 50,000 deletes and inserts costs seconds; the triggers
-        # stand aside ('bulk') and the full-text index is rebuilt once at the end instead.
+        # stand aside ('bulk') and the full-text index is rebuilt once at the end instead. The
+        # tables start empty, so products get their ids here and go in by executemany, in chunks.
         conn.execute("INSERT INTO meta(key, value) VALUES ('bulk', '1')")
         conn.execute("DELETE FROM products")
         conn.execute("DELETE FROM gtins")
         conn.execute("DELETE FROM grams")
-        self._apply_lines(conn, lines, region, fresh=True)
+        seen: set[str] = set()
+        products: list[tuple[Any, ...]] = []
+        gtins: list[tuple[str, int]] = []
+        grams: list[tuple[str, int]] = []
+        images: list[tuple[str, str]] = []
+
+        def flush() -> None:
+            conn.executemany("INSERT INTO products(id, sku, sku_l, name_en, name_en_l, name_zh, brand, category, price, data)"
+                             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", products)
+            conn.executemany("INSERT OR REPLACE INTO gtins(gtin, product_id) VALUES (?, ?)", gtins)
+            conn.executemany("INSERT OR IGNORE INTO grams(gram, product_id) VALUES (?, ?)", grams)
+            conn.executemany("INSERT OR IGNORE INTO images(sha256, kind, state) VALUES (?, ?, 'want')", images)
+            for batch in (products, gtins, grams, images):
+                batch.clear()
+
+        pid = 0
+        for n, line in enumerate(lines, start=2):
+            if not line.strip():
+                continue
+            try:
+                item = parse_line(line)
+            except SyncFileError as exc:
+                raise CorruptSyncFile(f"sync file line {n} is malformed ({exc})") from None
+            if not isinstance(item, PutLine):
+                raise CorruptSyncFile(f"sync file line {n} deletes {item.sku!r}: a snapshot only puts products")
+            p = item.p
+            if p.sku in seen:
+                raise CorruptSyncFile(f"sync file line {n} puts SKU {p.sku!r} a second time: a snapshot holds each once")
+            seen.add(p.sku)
+            pid += 1
+            products.append((pid, p.sku, p.sku.lower(), p.name_en, p.name_en.lower(), p.name_zh, p.brand, p.category,
+                             _price(p, region), p.model_dump_json()))
+            gtins.extend((g, pid) for g in p.gtins)
+            grams.extend((g, pid) for g in _grams(p.name_zh))
+            images.extend([(im.thumb, "thumb") for im in p.images] + [(im.sha256, "full") for im in p.images])
+            if len(products) >= 2000:
+                flush()
+        flush()
         conn.execute("INSERT INTO products_fts(products_fts) VALUES ('rebuild')")
         conn.execute("DELETE FROM meta WHERE key = 'bulk'")
 
     def _apply_lines(self, conn: sqlite3.Connection, lines: Iterator[str], region: str | None, fresh: bool = False) -> None:
-        n = 0
-        for n, line in enumerate(lines, start=1):
+        for n, line in enumerate(lines, start=2):
             if not line.strip():
                 continue
             try:
-                item = json.loads(line)
-                op = item["op"]
-                if op == "put":
-                    self._put(conn, item["p"], region, fresh)
-                elif op == "del":
-                    self._delete(conn, str(item["sku"]))
-                else:
-                    raise ValueError(f"unknown op {op!r}")
-            except (ValueError, KeyError, TypeError) as exc:
-                raise CorruptSyncFile(f"sync file line {n + 1} is malformed ({exc})") from None
+                item = parse_line(line)
+            except SyncFileError as exc:
+                raise CorruptSyncFile(f"sync file line {n} is malformed ({exc})") from None
+            if isinstance(item, PutLine):
+                self._put(conn, item.p, region, fresh)
+            else:
+                self._delete(conn, item.sku)
 
-    def _put(self, conn: sqlite3.Connection, p: dict[str, Any], region: str | None, fresh: bool) -> None:
-        sku = str(p["sku"])
-        prices = p.get("prices") or {}
-        price = str(prices.get(region) or p["list_price"]) if region else str(p["list_price"])
-        name_en, name_zh = str(p["name_en"]), str(p["name_zh"])
+    def _put(self, conn: sqlite3.Connection, p: ProductRecord, region: str | None, fresh: bool) -> None:
+        sku = p.sku
+        price = _price(p, region)
+        name_en, name_zh = p.name_en, p.name_zh
         if not fresh:
             old = conn.execute("SELECT id FROM products WHERE sku = ?", (sku,)).fetchone()
             if old is not None:
@@ -226,16 +265,15 @@ class CatalogueStore:
             "name_en = excluded.name_en, name_en_l = excluded.name_en_l, name_zh = excluded.name_zh, "
             "brand = excluded.brand, category = excluded.category, price = excluded.price, data = excluded.data "
             "RETURNING id",
-            (sku, sku.lower(), name_en, name_en.lower(), name_zh, p.get("brand"), p.get("category"), price,
-             json.dumps(p, ensure_ascii=False, separators=(",", ":"))),
+            (sku, sku.lower(), name_en, name_en.lower(), name_zh, p.brand, p.category, price, p.model_dump_json()),
         ).fetchone()[0]
-        conn.executemany("INSERT OR REPLACE INTO gtins(gtin, product_id) VALUES (?, ?)", [(g, pid) for g in p.get("gtins") or ()])
+        conn.executemany("INSERT OR REPLACE INTO gtins(gtin, product_id) VALUES (?, ?)", [(g, pid) for g in p.gtins])
         conn.executemany("INSERT OR IGNORE INTO grams(gram, product_id) VALUES (?, ?)", [(g, pid) for g in _grams(name_zh)])
-        images = p.get("images") or ()
-        conn.executemany(
-            "INSERT OR IGNORE INTO images(sha256, kind, state) VALUES (?, ?, 'want')",
-            [(im["thumb"], "thumb") for im in images] + [(im["sha256"], "full") for im in images],
-        )
+        if p.images:
+            conn.executemany(
+                "INSERT OR IGNORE INTO images(sha256, kind, state) VALUES (?, ?, 'want')",
+                [(im.thumb, "thumb") for im in p.images] + [(im.sha256, "full") for im in p.images],
+            )
 
     def _delete(self, conn: sqlite3.Connection, sku: str) -> None:
         row = conn.execute("SELECT id FROM products WHERE sku = ?", (sku,)).fetchone()

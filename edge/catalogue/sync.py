@@ -1,7 +1,10 @@
 """Keeps the box's catalogue at the version the cloud announces, and its image cache filled.
 
 The announcement comes over the authenticated bus (`dn/{node}/catalog`, retained) and names the
-sync files by sha256; the files themselves are plain HTTP GETs from the cloud. A file is applied
+sync files by sha256; the files themselves are plain HTTP GETs from the cloud. The latest accepted
+announcement is kept in `announcement.json` beside the catalogue: the bus runs a command once
+only, so after a restart the box resumes from that file, not from a redelivery. An announcement of
+another epoch (a new catalogue database in the cloud) means a snapshot, whatever the versions say. A file is applied
 only if its bytes hash to the announced value and it parses completely; anything else is rejected,
 counted, and fetched again after a backoff. Images are fetched in the background, verified the same
 way, and kept within a disk budget by evicting the least recently used.
@@ -21,6 +24,9 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
 
 from broker.client import JitteredBackoff
 from broker.payloads import CatalogData, CatalogFile
@@ -64,6 +70,7 @@ class CatalogueSync:
         image_budget_bytes: int = 512 * 1024**2,
         timeout: float = 30.0,
         backoff: JitteredBackoff | None = None,
+        state_file: Path | None = None,
     ) -> None:
         self.store = store
         self.cloud_url = cloud_url.rstrip("/")
@@ -71,18 +78,66 @@ class CatalogueSync:
         self.timeout = timeout
         self.backoff = backoff or JitteredBackoff(1.0, 60.0)
         self.stats = SyncStats()
-        self.latest: CatalogData | None = None
+        self.state_file = state_file or store.directory / "announcement.json"
         self.changed = asyncio.Event()
         """Set whenever the local version changes (tests, diagnostics)."""
         self._wake = asyncio.Event()
         self._images_wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._accepting = asyncio.Lock()
+        self.latest: CatalogData | None = self._load()
+        if self.latest is not None:
+            self._wake.set()
 
     # -- bus side ----------------------------------------------------------------------------------
 
+    def _load(self) -> CatalogData | None:
+        try:
+            return CatalogData.model_validate_json(self.state_file.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValidationError) as exc:
+            log.warning("catalogue: ignoring %s (%s); waiting for the next announcement", self.state_file, exc)
+            return None
+
+    def _save(self, data: CatalogData) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.state_file.parent, prefix=".announcement-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data.model_dump_json().encode())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.state_file)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def supersedes(self, data: CatalogData) -> bool:
+        """Whether `data` replaces the latest accepted announcement (newer, or of another epoch)."""
+        latest = self.latest
+        return latest is None or data.epoch != latest.epoch or data.version >= latest.version
+
+    def _describe(self, data: CatalogData) -> str:
+        held = f"box holds version {self.store.version}" + (f" of epoch {self.store.epoch}" if self.store.epoch else "")
+        return f"catalogue version {data.version} accepted ({held})"
+
+    async def accept(self, data: CatalogData) -> str:
+        """The bus's `catalog` command: remember the announcement durably, then sync towards it.
+        Returns the ack's detail; raises (the ack says ok=false) if it cannot be remembered."""
+        async with self._accepting:
+            if not self.supersedes(data):
+                assert self.latest is not None
+                return f"catalogue version {data.version} ignored: version {self.latest.version} was announced later"
+            await asyncio.to_thread(self._save, data)
+            self.latest = data
+            self._wake.set()
+            return self._describe(data)
+
     def on_announcement(self, data: CatalogData) -> None:
-        if self.latest is None or data.version >= self.latest.version:
+        """`accept` without waiting (the file is written on this thread)."""
+        if self.supersedes(data):
+            self._save(data)
             self.latest = data
             self._wake.set()
 
@@ -109,14 +164,20 @@ class CatalogueSync:
         return data
 
     def choose(self, ann: CatalogData) -> CatalogFile | None:
-        """The delta from the local version if offered (and the region is unchanged), else the snapshot."""
+        """None if the box already holds `ann`; the delta from the local version if offered (same
+        epoch and region), else the snapshot."""
         local = self.store.version
-        if ann.version <= local and (ann.region or "") == (self.store.region or ""):
+        same = ann.epoch == self.store.epoch and (ann.region or None) == self.store.region
+        if same and ann.version <= local:
             return None
-        if (ann.region or "") == (self.store.region or "") and local > 0:
+        if same and local > 0:
             for d in ann.deltas:
                 if d.from_version == local:
                     return d
+        if ann.snapshot is None:
+            raise CorruptSyncFile(
+                f"the announcement of version {ann.version} offers no snapshot and no delta from local version {local}"
+            )
         return ann.snapshot
 
     def sync_once(self, ann: CatalogData) -> bool:
@@ -125,12 +186,10 @@ class CatalogueSync:
         if ref is None:
             return False
         data = self._fetch_verified(ref)
-
-
         started = time.perf_counter()
         try:
             text = io.TextIOWrapper(gzip.GzipFile(fileobj=io.BytesIO(data)), encoding="utf-8")
-            self.store.apply(text, expect_from=ref.from_version, expect_to=ann.version, region=ann.region)
+            self.store.apply(text, expect_from=ref.from_version, expect_to=ann.version, region=ann.region, epoch=ann.epoch)
         except (OSError, EOFError, UnicodeDecodeError) as exc:
             raise CorruptSyncFile(f"{ref.path}: not a readable gzip'd sync file ({exc})") from None
         self.stats.apply_s.append(time.perf_counter() - started)

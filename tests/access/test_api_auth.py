@@ -25,7 +25,7 @@ def api_routes(client: TestClient) -> list[tuple[str, str]]:
         if path in PUBLIC:
             continue
         for param, value in (("node_id", "st0001-k1"), ("username", "admin"), ("name", "hq-key"), ("sku", "TEA-LJ-250"),
-                             ("import_id", "1")):
+                             ("import_id", "1"), ("code", "east"), ("failed_id", "1")):
             path = path.replace("{" + param + "}", value)
         assert "{" not in path, f"give {path} a sample id in this test"
         out.extend((m.upper(), path) for m in ops)

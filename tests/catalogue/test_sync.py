@@ -123,7 +123,7 @@ def test_cloud_change_reaches_the_box_and_an_offline_box_catches_up_with_one_del
             cfg = box_config(tmp_path, broker, url)
             async with agent(cfg) as a:
                 assert a.catalogue is not None
-                sync, store, api = a.catalogue.sync, a.catalogue.store, a.catalogue.api
+                sync, store, api = a.catalogue.sync, a.catalogue.store, a.api
                 assert api is not None
                 await until(lambda: store.version == 1, what="box at version 1 (snapshot)")
                 assert store.count() == 50 and sync.stats.snapshots == 1
@@ -185,7 +185,7 @@ def test_corrupted_delta_and_image_are_rejected_then_fetched_again(broker: Broke
             store = CatalogueStore(tmp_path / "box")
             sync = CatalogueSync(store, url, backoff=JitteredBackoff(0.05, 0.1))
             task = asyncio.create_task(sync.run())
-            sync.on_announcement(CatalogData(version=1, region="east", snapshot=v1.snapshot))
+            sync.on_announcement(CatalogData(version=1, epoch=v1.epoch, region="east", snapshot=v1.snapshot))
             await until(lambda: store.version == 1, what="version 1")
 
             # The delta's bytes on the server no longer match the announced hash.
@@ -197,7 +197,7 @@ def test_corrupted_delta_and_image_are_rejected_then_fetched_again(broker: Broke
             image = files.path(v2_image)
             image_good = image.read_bytes()
             image.write_bytes(png("green"))
-            sync.on_announcement(CatalogData(version=2, region="east", snapshot=v2.snapshot, deltas=v2.deltas))
+            sync.on_announcement(CatalogData(version=2, epoch=v2.epoch, region="east", snapshot=v2.snapshot, deltas=v2.deltas))
             await until(lambda: sync.stats.rejected >= 2, what="corrupt delta rejected (and retried)")
             assert store.version == 1 and "does not match the announced" in (sync.stats.last_error or "")
             delta.write_bytes(good)

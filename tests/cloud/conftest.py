@@ -25,8 +25,8 @@ from broker import topics
 from broker.client import BrokerAddress, BusAuthError, MqttConnection, Will
 from broker.envelope import Envelope, MessageType, encode
 from broker.payloads import BirthData, DeathData, Payload, ScanData
+from cloud.bus.worker import CloudBus
 from cloud.db import make_engine, migrate
-from cloud.ingest import IngestWorker
 from cloud.models import Node
 from cloud.settings import Settings
 from tests.conftest import PG_URL, Broker
@@ -127,7 +127,7 @@ def node_row(engine: Engine, node: str) -> Node | None:
 
 
 @contextlib.asynccontextmanager
-async def running(worker: IngestWorker) -> AsyncIterator[IngestWorker]:
+async def running(worker: CloudBus) -> AsyncIterator[CloudBus]:
     task = asyncio.create_task(worker.run())
     try:
         await until(lambda: worker.connected or task.done(), what="worker to connect")

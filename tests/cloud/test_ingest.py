@@ -27,8 +27,8 @@ from broker.payloads import (
     StockLevel,
     TelemetryData,
 )
+from cloud.bus.worker import CloudBus
 from cloud.db import make_engine
-from cloud.ingest import IngestWorker
 from cloud.models import IngestedMessage, RejectedMessage
 from tests.cloud.conftest import box, cloud_settings, node_row, running, until, until_db
 from tests.conftest import Broker
@@ -44,7 +44,7 @@ def ledger_count(engine: Engine, **where: object) -> int:
 
 def test_every_message_type_is_stored_once(broker: Broker, engine: Engine) -> None:
     async def body() -> None:
-        worker = IngestWorker(await cloud_settings(broker, engine), engine)
+        worker = CloudBus(await cloud_settings(broker, engine), engine)
         async with running(worker), box(broker, "st1-k1") as b:
             sent = [await b.birth()]
             payloads = [
@@ -89,7 +89,7 @@ def test_every_message_type_is_stored_once(broker: Broker, engine: Engine) -> No
     asyncio.run(body())
 
 
-def stored_is(worker: IngestWorker, n: int) -> Callable[[], bool]:
+def stored_is(worker: CloudBus, n: int) -> Callable[[], bool]:
     return lambda: worker.stats.stored == n
 
 
@@ -105,7 +105,7 @@ def _mutate(env: Envelope, **changes: object) -> bytes:
 
 def test_each_malformed_input_is_rejected_counted_and_kept(broker: Broker, engine: Engine) -> None:
     async def body() -> None:
-        worker = IngestWorker(await cloud_settings(broker, engine), engine)
+        worker = CloudBus(await cloud_settings(broker, engine), engine)
         async with running(worker), box(broker, "st1-k1") as b:
             scan_topic = topics.up("st1-k1", "scan")
             good = b.envelope(MessageType.SCAN, b.envelope(MessageType.SCAN, _scan_data()).data)
@@ -146,7 +146,7 @@ def _scan_data() -> ScanData:
 
 def test_birth_and_death_follow_sessions(broker: Broker, engine: Engine) -> None:
     async def body() -> None:
-        worker = IngestWorker(await cloud_settings(broker, engine), engine)
+        worker = CloudBus(await cloud_settings(broker, engine), engine)
         async with running(worker), box(broker, "st1-k1") as b:
             b.session = 2
             await b.birth(data={"software_version": "2.0.0", "devices": [{"kind": "scanner"}]})
@@ -185,15 +185,16 @@ def _rebirths(received: list[tuple[str, bytes]], node: str) -> list[RebirthData]
 
 def test_gap_past_grace_sends_rebirth_with_replay_from(broker: Broker, engine: Engine) -> None:
     async def body() -> None:
-        worker = IngestWorker(await cloud_settings(broker, engine, GAP_GRACE_S=0.5), engine)
+        worker = CloudBus(await cloud_settings(broker, engine, GAP_GRACE_S=0.5), engine)
         async with running(worker), box(broker, "st1-k1") as b:
+            await b.birth()  # rebirths go only to boxes that are online
             await b.scan()
             await b.scan()
             b.seq += 1  # seq 3 is lost on the way
             await b.scan()
             await until(lambda: bool(_rebirths(b.received, "st1-k1")), what="rebirth")
             (rebirth,) = _rebirths(b.received, "st1-k1")
-            assert rebirth.replay_from == 3 and rebirth.reason == "seq gap"
+            assert rebirth.replay_from == 3 and rebirth.reason == "seq 3 missing"
             # The box may see the command before the worker has the broker's PUBACK for it.
             await until(lambda: worker.stats.rebirths_sent == 1, what="rebirth counted")
             node = node_row(engine, "st1-k1")
@@ -211,7 +212,7 @@ def test_gap_past_grace_sends_rebirth_with_replay_from(broker: Broker, engine: E
 
 def test_gap_filled_within_grace_sends_no_rebirth(broker: Broker, engine: Engine) -> None:
     async def body() -> None:
-        worker = IngestWorker(await cloud_settings(broker, engine, GAP_GRACE_S=0.8), engine)
+        worker = CloudBus(await cloud_settings(broker, engine, GAP_GRACE_S=0.8), engine)
         async with running(worker), box(broker, "st1-k1") as b:
             first = await b.scan()
             third = b.envelope(MessageType.SCAN, first.data, seq=3)
@@ -231,7 +232,7 @@ def test_gap_filled_within_grace_sends_no_rebirth(broker: Broker, engine: Engine
 
 def test_oldest_seq_in_birth_records_unrecoverable_gap(broker: Broker, engine: Engine) -> None:
     async def body() -> None:
-        worker = IngestWorker(await cloud_settings(broker, engine, GAP_GRACE_S=30), engine)
+        worker = CloudBus(await cloud_settings(broker, engine, GAP_GRACE_S=30), engine)
         async with running(worker), box(broker, "st1-k1") as b:
             await b.scan()  # 1
             b.seq += 1  # 2 lost
@@ -254,7 +255,7 @@ def test_oldest_seq_in_birth_records_unrecoverable_gap(broker: Broker, engine: E
 
 def test_clean_stop_publishes_retained_host_state_offline(broker: Broker, engine: Engine) -> None:
     async def body() -> None:
-        worker = IngestWorker(await cloud_settings(broker, engine), engine)
+        worker = CloudBus(await cloud_settings(broker, engine), engine)
         state_topic = topics.host_state("cloud-1")
 
         def states(received: list[tuple[str, bytes]]) -> list[bool]:
@@ -283,7 +284,7 @@ def test_nothing_is_acknowledged_before_commit(broker: Broker, engine: Engine, t
     async def body() -> None:
         settings = await cloud_settings(broker, engine)
         broken = make_engine(f"sqlite:///{tmp_path / 'unmigrated.db'}")  # no tables: every insert fails
-        failing = IngestWorker(settings, broken)
+        failing = CloudBus(settings, broken)
         async with box(broker, "st1-k1") as b:
             async with running(failing):
                 sent = [await b.scan() for _ in range(5)]
@@ -291,7 +292,7 @@ def test_nothing_is_acknowledged_before_commit(broker: Broker, engine: Engine, t
             assert failing.stats.stored == 0
             broken.dispose()
             await b.scan()  # arrives while no worker is connected: queued in the worker's session
-            healthy = IngestWorker(settings, engine)
+            healthy = CloudBus(settings, engine)
             async with running(healthy):
                 await until(lambda: ledger_count(engine) == 6, what="redelivered messages stored")
                 await b.raw(topics.up("st1-k1", "scan"), encode(sent[0]))  # and a duplicate for good measure
@@ -309,8 +310,8 @@ def _msg_ids(engine: Engine) -> list[object]:
 
 def test_two_workers_split_a_burst_and_store_nothing_twice(broker: Broker, engine: Engine) -> None:
     async def body() -> None:
-        w1 = IngestWorker(await cloud_settings(broker, engine, "cloud-1"), engine)
-        w2 = IngestWorker(await cloud_settings(broker, engine, "cloud-2"), engine)
+        w1 = CloudBus(await cloud_settings(broker, engine, "cloud-1"), engine)
+        w2 = CloudBus(await cloud_settings(broker, engine, "cloud-2"), engine)
         async with running(w1), running(w2), box(broker, "st1-k1") as b1, box(broker, "st1-k2") as b2:
             n = 300
             for _ in range(n):
@@ -329,8 +330,8 @@ def test_two_workers_split_a_burst_and_store_nothing_twice(broker: Broker, engin
 @pytest.mark.slow
 def test_two_workers_with_resends_store_each_once(broker: Broker, engine: Engine) -> None:
     async def body() -> None:
-        w1 = IngestWorker(await cloud_settings(broker, engine, "cloud-1"), engine)
-        w2 = IngestWorker(await cloud_settings(broker, engine, "cloud-2"), engine)
+        w1 = CloudBus(await cloud_settings(broker, engine, "cloud-1"), engine)
+        w2 = CloudBus(await cloud_settings(broker, engine, "cloud-2"), engine)
         async with running(w1), running(w2), box(broker, "st1-k1") as b:
             envs = [b.envelope(MessageType.SCAN, _scan_data()) for _ in range(2000)]
             raws = [encode(e) for e in envs]

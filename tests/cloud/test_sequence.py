@@ -11,7 +11,7 @@ from sqlalchemy import Engine, select
 from broker import topics
 from broker.envelope import Envelope, encode
 from broker.payloads import BirthData, ScanData
-from cloud.ingest.store import Incoming, store_batch
+from cloud.bus.ledger import Incoming, store_batch
 from cloud.models import Node
 
 NODE = "st9-k1"

@@ -82,10 +82,18 @@ class Cloud:
         env = Envelope(type=MessageType.STATE, node=self.host, session=1, seq=0, data=HostStateData(online=online))
         await self.conn.publish(topics.host_state(self.host), encode(env), retain=True)
 
-    async def send(self, node: str, kind: MessageType, data: dict[str, Any]) -> None:
-        assert self.conn is not None
+    async def send(self, node: str, kind: MessageType, data: dict[str, Any], *, retain: bool = False) -> Envelope:
         env = Envelope(type=kind, node=node, session=1, seq=0, data=data)
-        await self.conn.publish(topics.dn(node, kind.value), encode(env))
+        await self.resend(env, retain=retain)
+        return env
+
+    async def resend(self, env: Envelope, *, retain: bool = False) -> None:
+        """Publish this very command again (same msg_id), as a retry or a redelivery would."""
+        assert self.conn is not None
+        await self.conn.publish(topics.dn(env.node, env.type.value), encode(env), retain=retain)
+
+    def acks_for(self, command: Envelope) -> list[Envelope]:
+        return [e for e in self.received if e.type == MessageType.ACK and e.corr == command.msg_id]
 
     def of(self, kind: MessageType) -> list[Envelope]:
         return [e for e in self.received if e.type == kind]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge.outbox import Outbox, OutboxFull
-from edge.store import Store
+from edge.outbox_db import OutboxDb
 from tests.edge.conftest import arun
 
 SCAN = {"code": "010950600013435221SN1", "station": "s1"}
@@ -108,7 +108,7 @@ def test_every_put_that_returned_survives_kill_9(outbox_path: Path) -> None:
         reported[int(seq)] = msg_id
     proc.stdout.close()
     assert len(reported) >= 2000
-    store = Store(outbox_path)
+    store = OutboxDb(outbox_path)
     stored = {r.seq: str(r.msg_id) for r in store.pending_after(0, 10**9)}
     store.close()
     missing = [s for s in reported if stored.get(s) != reported[s]]

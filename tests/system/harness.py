@@ -13,6 +13,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from firmware_config import BrokerConfig, LocalApiConfig, NodeConfig, OutboxConfig, SimulatorDevice, write_config
 from tests.conftest import Broker
 
 
@@ -103,20 +104,22 @@ class System:
             self.passwords[node] = self.broker.add_node(node)
         secret = self.tmp / f"{node}.secret"
         secret.write_text(self.passwords[node])
-        cfg = self.tmp / f"{node}.yaml"
-        devices = ""
-        if burst or scans_per_s:
-            # Only scans, so a test knows exactly how many messages the box produced.
-            devices = (
-                f"devices:\n  - kind: simulator\n    burst: {burst}\n    scans_per_s: {scans_per_s}\n"
-                "    orders_per_min: 0\n    telemetry_every_s: 0\n    stock_every_s: 0\n"
-            )
-        cfg.write_text(
-            f"node_id: {node}\nstore_id: st-test\n"
-            f"broker:\n  url: {self.broker.url}\n  password_file: {secret}\n  keepalive_s: {keepalive_s}\n"
-            f"outbox:\n  path: {self.tmp / node / 'outbox.db'}\n{devices}"
+        # Only scans (no telemetry), so a test knows exactly how many messages the box produced.
+        devices = (
+            (SimulatorDevice(kind="simulator", burst=burst, scans_per_s=scans_per_s, orders_per_min=0, stock_every_s=0),)
+            if burst or scans_per_s
+            else ()
         )
-        return cfg
+        cfg = NodeConfig(
+            node_id=node,
+            store_id="st-test",
+            broker=BrokerConfig(url=self.broker.url, password_file=Path(secret.name), keepalive_s=keepalive_s),
+            outbox=OutboxConfig(path=Path(node) / "outbox.db"),
+            devices=devices,
+            telemetry_every_s=0,
+            local_api=LocalApiConfig(port=0),
+        )
+        return write_config(cfg, self.tmp / f"{node}.yaml")
 
     def box(self, node: str, **config: int | float) -> Proc:
         return self._spawn(f"box-{node}-{len(self.procs)}", ["edge", "run", "--config", str(self.box_config(node, **config))])  # type: ignore[arg-type]

@@ -70,6 +70,10 @@ def test_demo_runs_the_whole_system_and_stops_cleanly(tmp_path: Path) -> None:
         key, nodes_url = re.search(r"Bearer (osk_\S+)' (http://\S+/nodes)", text).groups()  # type: ignore[union-attr]
         search_url = re.search(r"curl -s '(http://\S+/search)\?q=tea'", text).group(1)  # type: ignore[union-attr]
         assert re.search(r"sign in as admin / \S+\)", text)
+        console = re.search(r"HQ console:\s+(http://\S+/console/)\s", text).group(1)  # type: ignore[union-attr]
+        with urllib.request.urlopen(console, timeout=10) as resp:  # follows the redirect to the sign-in page
+            assert resp.status == 200 and resp.url.endswith("/console/login")
+        box_status = re.search(r"local API .*: (http://\S+/status)", text).group(1)  # type: ignore[union-attr]
         assert "mosquitto_sub -h 127.0.0.1" in text
 
         def all_online() -> bool:
@@ -77,6 +81,8 @@ def test_demo_runs_the_whole_system_and_stops_cleanly(tmp_path: Path) -> None:
             return isinstance(nodes, list) and len(nodes) == 3 and all(n["online"] for n in nodes)
 
         wait_for(lambda: _ok(all_online), 60, "all three demo boxes online")
+        status = _get(box_status)
+        assert isinstance(status, dict) and status["bus"]["connected"] and "catalogue" in status["components"]
         wait_for(lambda: _ok(lambda: any(p["sku"] == "TEA-LJ-250" for p in _get(f"{search_url}?q=tea"))), 60,  # type: ignore[attr-defined]
                  "the catalogue on the first box")
         children = psutil.Process(proc.pid).children(recursive=True)

@@ -1,7 +1,7 @@
-"""A simulated store: scans, orders, stock snapshots and telemetry at configured rates.
+"""A simulated store: scans, orders and stock snapshots at configured rates (a device driver).
 
-It goes through the same `BusClient.publish` (and so the same outbox) as real devices would, which
-is what makes it useful for demos, soak tests and the bus benchmark (`burst`).
+It publishes through the same outbox as real devices would, which is what makes it useful for demos,
+soak tests and the bus benchmark (`burst`). Telemetry is the agent's, not the simulator's.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from datetime import date, timedelta
 
 from broker.envelope import MessageType
 from broker.payloads import (
-    DeviceInfo,
     Fulfilment,
     OrderData,
     OrderLine,
@@ -23,13 +22,10 @@ from broker.payloads import (
     ScanPurpose,
     StockData,
     StockLevel,
-    TelemetryData,
 )
-from edge.bus import BusClient
-from edge.gs1 import element_string, gtin14
+from edge.drivers import DriverContext
 from edge.outbox import OutboxFull
-from edge.sysinfo import CpuMeter, read_metrics
-from firmware_config import SimulatorDevice
+from firmware_config import DeviceConfig, SimulatorDevice
 
 __all__ = ["Simulator"]
 
@@ -41,15 +37,15 @@ _BURST_CHUNK = 2_000
 
 
 class Simulator:
-    def __init__(self, cfg: SimulatorDevice, bus: BusClient, *, node: str, rng: random.Random | None = None) -> None:
+    def __init__(self, cfg: DeviceConfig, ctx: DriverContext, *, rng: random.Random | None = None) -> None:
+        if not isinstance(cfg, SimulatorDevice):
+            raise TypeError(f"the simulator drives 'simulator' devices, got a {cfg.kind!r} device")
         self.cfg = cfg
-        self.bus = bus
-        self.node = node
+        self.ctx = ctx
+        self.node = ctx.node_id
         self.rng = rng or random.Random()
-        self.info = DeviceInfo(kind="simulator", model=cfg.name, state="ok")
         self._serial = 0
         self._orders = 0
-        self._cpu = CpuMeter()
         self.burst_done = asyncio.Event()
 
     # -- message makers ----------------------------------------------------------------------------
@@ -58,9 +54,14 @@ class Simulator:
         return f"SKU-{self.rng.randint(1, _SKUS):04d}"
 
     def scan(self) -> ScanData:
+        # Imported at the first scan: `gs1` loads biip's GS1 prefix tables (~14 MB resident), which a
+        # simulator that never scans (and the agent's idle budget) should not pay for.
+        from gs1 import check_digit, element_string
+
         self._serial += 1
         item = self.rng.randint(1, _SKUS)
-        gtin = gtin14(f"0950600{item:06d}")
+        body = f"0950600{item:06d}"
+        gtin = body + check_digit(body)
         code = element_string(
             gtin,
             f"{self.node[:8].upper()}{self._serial:010d}",
@@ -85,22 +86,18 @@ class Simulator:
             snapshot=True,
         )
 
-    def telemetry(self) -> TelemetryData:
-        metrics = read_metrics(self._cpu)
-        metrics["outbox_pending"] = float(self.bus.outbox.pending)
-        return TelemetryData(metrics=metrics)
-
     # -- running -----------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        self.ctx.device.ok()
         await self._burst()
         loops = [self._every(self._rate(self.cfg.scans_per_s), MessageType.SCAN, self.scan)]
         loops.append(self._every(self._rate(self.cfg.orders_per_min / 60.0), MessageType.ORDER, self.order))
         if self.cfg.stock_every_s > 0:
             loops.append(self._every(self.cfg.stock_every_s, MessageType.STOCK, self.stock, jitter=False))
-        if self.cfg.telemetry_every_s > 0:
-            loops.append(self._every(self.cfg.telemetry_every_s, MessageType.TELEMETRY, self.telemetry, jitter=False))
         await asyncio.gather(*loops)
+        # Nothing configured to send (all rates 0): an idle device is still a working one.
+        await asyncio.get_running_loop().create_future()
 
     @staticmethod
     def _rate(per_s: float) -> float | None:
@@ -112,7 +109,7 @@ class Simulator:
             log.info("simulator %s: enqueueing a burst of %d scans", self.cfg.name, left)
         while left > 0:
             n = min(left, _BURST_CHUNK)
-            await asyncio.gather(*(self.bus.publish(MessageType.SCAN, self.scan()) for _ in range(n)))
+            await asyncio.gather(*(self.ctx.publish(MessageType.SCAN, self.scan()) for _ in range(n)))
             left -= n
         self.burst_done.set()
 
@@ -125,6 +122,6 @@ class Simulator:
             # Exponential gaps: customers do not arrive on a metronome.
             await asyncio.sleep(self.rng.expovariate(1.0 / mean_s) if jitter else mean_s)
             try:
-                await self.bus.publish(kind, make())
+                await self.ctx.publish(kind, make())
             except OutboxFull as exc:
-                log.log(logging.DEBUG if kind == MessageType.TELEMETRY else logging.ERROR, "simulator: %s", exc)
+                log.error("simulator: %s", exc)

@@ -3,6 +3,10 @@
 One row per message, keyed by the node's `seq`, so "resend everything unacknowledged in order" is
 an index range scan. `meta` holds the connection `session` and the last assigned `seq` separately
 from the rows, because rows are pruned and a seq must never be handed out twice.
+
+`commands` remembers the commands the box has handled (by `msg_id`), so a redelivered or retained
+command is neither run nor acknowledged twice, across restarts too. A command's record is written
+in the same transaction as its ack row: either both exist or neither does.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["NewRow", "OutboxStats", "Row", "Store", "StoreFull"]
+__all__ = ["CommandRecord", "NewRow", "OutboxDb", "OutboxStats", "Row", "StoreFull"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT;
@@ -36,7 +40,15 @@ CREATE TABLE IF NOT EXISTS outbox (
     done REAL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS outbox_state_seq ON outbox (state, seq);
-INSERT OR IGNORE INTO meta VALUES ('session', 0), ('last_seq', 0), ('schema', 1);
+CREATE TABLE IF NOT EXISTS commands (
+    msg_id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    handled REAL NOT NULL,
+    ack_seq INTEGER NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS commands_handled ON commands (handled);
+INSERT OR IGNORE INTO meta VALUES ('session', 0), ('last_seq', 0), ('schema', 2);
+UPDATE meta SET value = 2 WHERE key = 'schema' AND value < 2;
 """
 
 T = TypeVar("T")
@@ -46,6 +58,14 @@ _COLUMNS = "seq, msg_id, type, session, ts, clock_synced, corr, data"
 
 class StoreFull(Exception):
     """SQLite could not grow the file (disk full, or the configured size cap reached)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRecord:
+    """A handled command, remembered with the ack that answers it."""
+
+    msg_id: uuid.UUID
+    type: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +79,8 @@ class NewRow:
     corr: uuid.UUID | None
     data: str
     """The payload as JSON, already validated."""
+    command: CommandRecord | None = None
+    """For an ack: the command it answers, recorded in the same transaction."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +112,8 @@ class OutboxStats:
     """Lowest seq still held (pending or kept for replay)."""
     session: int
     size_bytes: int
+    commands_remembered: int
+    """Handled commands in the de-duplication window."""
 
 
 def _row(r: tuple[Any, ...]) -> Row:
@@ -105,14 +129,29 @@ def _row(r: tuple[Any, ...]) -> Row:
     )
 
 
-class Store:
+class OutboxDb:
     """Blocking access to one outbox file. Not thread-safe: the async `Outbox` confines it to one
-    worker thread; the command line uses it directly."""
+    worker thread; the command line uses it directly.
+
+    The command window keeps a handled command's record while it is among the newest
+    `command_window` and younger than `command_window_s`, and always the newest of each type: that
+    one may be a retained command (catalog, schedule) the broker hands over again on every connect,
+    however old it is."""
 
     def __init__(
-        self, path: Path, *, synchronous: str = "FULL", max_bytes: int | None = None, readonly: bool = False
+        self,
+        path: Path,
+        *,
+        synchronous: str = "FULL",
+        max_bytes: int | None = None,
+        readonly: bool = False,
+        command_window: int = 10_000,
+        command_window_s: float = 7 * 24 * 3600,
     ) -> None:
         self.path = path
+        self.command_window = command_window
+        self.command_window_s = command_window_s
+        self._since_prune = 0
         if readonly:
             if not path.exists():
                 raise FileNotFoundError(f"no outbox at {path}")
@@ -134,6 +173,8 @@ class Store:
         self.pending = self._count("pending")
         self.acked = self._count("acked")
         self.refused = self._count("refused")
+        if not readonly:
+            self.prune_commands()
 
     def close(self) -> None:
         self._db.close()
@@ -166,10 +207,12 @@ class Store:
     # -- writes ------------------------------------------------------------------------------------
 
     def insert(self, rows: Sequence[NewRow]) -> list[int]:
-        """Store rows under consecutive new seqs in one transaction (one fsync); return the seqs."""
+        """Store rows under consecutive new seqs in one transaction (one fsync); return the seqs.
+        An ack row's command record commits with it."""
         first = self.last_seq + 1
         seqs = list(range(first, first + len(rows)))
         now = time.time()
+        commands = [(str(r.command.msg_id), r.command.type, now, s) for s, r in zip(seqs, rows, strict=True) if r.command]
 
         def tx() -> None:
             self._db.executemany(
@@ -191,12 +234,40 @@ class Store:
                 ],
             )
             self._db.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (seqs[-1],))
+            if commands:
+                # OR IGNORE: one bad row must not fail the other callers' rows sharing this commit.
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO commands (msg_id, type, handled, ack_seq) VALUES (?, ?, ?, ?)", commands
+                )
 
         if rows:
             self._write(tx)
             self.last_seq = seqs[-1]
             self.pending += len(rows)
+            self._since_prune += len(commands)
+            if self._since_prune >= max(100, self.command_window // 10):
+                self.prune_commands()
         return seqs
+
+    def command_seen(self, msg_id: uuid.UUID) -> bool:
+        row = self._db.execute("SELECT 1 FROM commands WHERE msg_id = ?", (str(msg_id),)).fetchone()
+        return row is not None
+
+    def prune_commands(self, now: float | None = None) -> int:
+        """Forget handled commands beyond the window (see the class); return how many went."""
+        self._since_prune = 0
+        cutoff = (now if now is not None else time.time()) - self.command_window_s
+
+        def tx() -> int:
+            return int(
+                self._db.execute(
+                    "DELETE FROM commands WHERE (handled < ? OR rowid <= (SELECT max(rowid) FROM commands) - ?)"
+                    " AND rowid NOT IN (SELECT max(rowid) FROM commands GROUP BY type)",
+                    (cutoff, self.command_window),
+                ).rowcount
+            )
+
+        return self._write(tx)
 
     def next_session(self) -> int:
         session = self.session + 1
@@ -309,4 +380,11 @@ class Store:
             oldest_seq=self.oldest_seq(),
             session=self.session,
             size_bytes=size,
+            commands_remembered=self._commands_count(),
         )
+
+    def _commands_count(self) -> int:
+        try:
+            return int(self._db.execute("SELECT count(*) FROM commands").fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0  # an outbox of an older version, opened read-only: no window yet

@@ -1,0 +1,18 @@
+"""The access engine's descriptor (see cloud.engine): users, roles, API keys, audit."""
+
+from __future__ import annotations
+
+from cloud.access import api, models
+from cloud.access.scope import Perm
+from cloud.engine import EngineSpec, NavItem
+
+ENGINE = EngineSpec(
+    name="access",
+    models=(models,),
+    routers=(api.router,),
+    nav=(
+        NavItem("users", "Users", "/console/users", Perm.USERS, 70),
+        NavItem("api-keys", "API keys", "/console/api-keys", Perm.USERS, 80),
+        NavItem("audit", "Audit", "/console/audit", Perm.AUDIT, 90),
+    ),
+)

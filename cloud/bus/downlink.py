@@ -1,0 +1,305 @@
+"""The durable downlink: commands to boxes as rows written in the sender's transaction.
+
+`send()` inserts a row in the caller's transaction (a transactional outbox), so a command exists
+exactly when the change that caused it committed. The relay of the cloud bus publishes committed
+rows to boxes that are online, retries those not acknowledged with backoff until they expire, and
+the box's `ack` (its `corr` is the command's msg_id) marks them delivered or failed, in the ledger
+transaction that stores the ack.
+
+Retained commands (catalog, schedule, config) mean "the latest wins": sending one supersedes every
+undelivered older one of the same type to the same box (status `superseded`, never published
+again). What the broker retains is always the newest published.
+
+The envelope of a command carries `session` 0 and `seq` = the row id: boxes see commands numbered
+in the order they were written, whichever host relays them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Table, and_, case, func, select, text, update
+from sqlalchemy.orm import Session
+
+from broker import topics
+from broker.envelope import PAYLOADS, ContractError, Envelope, MessageType, encode, new_msg_id
+from broker.payloads import AckData, Payload
+from cloud.db import after_commit, insert_for
+from cloud.models import DownlinkCommand, Node
+
+__all__ = [
+    "ACTIVE",
+    "NOTIFY_CHANNEL",
+    "Claimed",
+    "add_waker",
+    "apply_ack",
+    "claim_due",
+    "expire",
+    "mark_failed",
+    "mark_sent",
+    "node_summary",
+    "notify",
+    "remove_waker",
+    "send",
+]
+
+log = logging.getLogger(__name__)
+
+_DOWNLINK: Table = DownlinkCommand.__table__  # type: ignore[assignment]
+_NODES: Table = Node.__table__  # type: ignore[assignment]
+
+ACTIVE = ("pending", "sent")
+"""States in which the relay still publishes a command."""
+NOTIFY_CHANNEL = "omnishelf_downlink"
+"""PostgreSQL channel a relay LISTENs on: a command written on another host is published at once."""
+CLAIM_S = 10.0
+"""A claimed command is not claimed again by another relay for this long (it is being published)."""
+RETRY_BASE_S = 2.0
+RETRY_CAP_S = 60.0
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def send(
+    conn: Connection | Session,
+    node: str,
+    type: MessageType | str,
+    data: Payload | dict[str, Any],
+    *,
+    engine: str,
+    retain: bool = False,
+    expires_in: timedelta | None = timedelta(hours=24),
+    key: str | None = None,
+    now: datetime | None = None,
+) -> uuid.UUID:
+    """Queue a command to `node` in the caller's transaction; return its msg_id.
+
+    Raises `ValueError` (before writing anything) for a type that is not a command, a bad node id,
+    or data that does not fit the type's payload. With `key`, sending the same key again returns
+    the first command's msg_id and writes nothing.
+    """
+    kind = MessageType(type)
+    topics.dn(node, kind)  # validates the type's direction and the node id
+    model = PAYLOADS[kind]
+    payload = data if isinstance(data, model) else model.model_validate(data)
+    if expires_in is not None and expires_in <= timedelta(0):
+        raise ValueError(f"expires_in must be positive, got {expires_in}")
+    now = now or _now()
+    c = conn.connection() if isinstance(conn, Session) else conn
+    if key is not None:
+        existing = c.execute(select(_DOWNLINK.c.msg_id).where(_DOWNLINK.c.key == key)).scalar()
+        if existing is not None:
+            return uuid.UUID(str(existing))
+    if retain:
+        c.execute(
+            update(_DOWNLINK)
+            .where(_DOWNLINK.c.node == node, _DOWNLINK.c.type == kind.value, _DOWNLINK.c.status.in_(ACTIVE))
+            .values(status="superseded", detail="a newer retained command of the same type replaced it")
+        )
+    msg_id = new_msg_id()
+    values = dict(
+        msg_id=msg_id, key=key, node=node, type=kind.value, data=payload.model_dump(mode="json"), retain=retain,
+        engine=engine, status="pending", created_at=now, expires_at=(now + expires_in) if expires_in else None,
+        next_attempt_at=now, attempts=0,
+    )
+    if key is None:
+        c.execute(_DOWNLINK.insert().values(**values))
+    else:
+        # Another host may be sending the same keyed command right now: the first one wins.
+        inserted = c.execute(
+            insert_for(c, _DOWNLINK).values(**values).on_conflict_do_nothing(index_elements=["key"]).returning(
+                _DOWNLINK.c.msg_id
+            )
+        ).scalar()
+        if inserted is None:
+            return uuid.UUID(str(c.execute(select(_DOWNLINK.c.msg_id).where(_DOWNLINK.c.key == key)).scalar_one()))
+    if c.dialect.name == "postgresql":
+        c.execute(text("SELECT pg_notify(:ch, :node)"), {"ch": NOTIFY_CHANNEL, "node": node})
+    after_commit(conn, notify)
+    return msg_id
+
+
+_wakers: list[Callable[[], None]] = []
+
+
+def add_waker(fn: Callable[[], None]) -> None:
+    """Have `fn` called (from the committing thread) after any command is committed in this process."""
+    _wakers.append(fn)
+
+
+def remove_waker(fn: Callable[[], None]) -> None:
+    with contextlib.suppress(ValueError):
+        _wakers.remove(fn)
+
+
+def notify() -> None:
+    for fn in list(_wakers):
+        fn()
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A command claimed for publishing, with what the relay needs to publish it."""
+
+    id: int
+    msg_id: uuid.UUID
+    node: str
+    type: MessageType
+    retain: bool
+    topic: str
+    payload: bytes | None
+    """The encoded envelope; None if it no longer fits the contract (`error` says why)."""
+    error: str | None
+    expiry_s: int | None
+    attempts: int
+
+
+def _lock(stmt: Any, conn: Connection) -> Any:
+    # Several relays (one per cloud host): each row is published by one of them at a time.
+    return stmt.with_for_update(of=_DOWNLINK, skip_locked=True) if conn.dialect.name == "postgresql" else stmt
+
+
+def claim_due(conn: Connection, now: datetime, limit: int = 200) -> list[Claimed]:
+    """Claim commands due for (re)publishing to online, active boxes, in id order."""
+    rows = conn.execute(
+        _lock(
+            select(_DOWNLINK)
+            .join(_NODES, _NODES.c.id == _DOWNLINK.c.node)
+            .where(
+                _DOWNLINK.c.status.in_(ACTIVE),
+                _DOWNLINK.c.next_attempt_at <= now,
+                _NODES.c.online.is_(True),
+                _NODES.c.retired_at.is_(None),
+                _DOWNLINK.c.expires_at.is_(None) | (_DOWNLINK.c.expires_at > now),
+            )
+            .order_by(_DOWNLINK.c.id)
+            .limit(limit),
+            conn,
+        )
+    ).all()
+    if not rows:
+        return []
+    conn.execute(
+        update(_DOWNLINK)
+        .where(_DOWNLINK.c.id.in_([r.id for r in rows]))
+        .values(next_attempt_at=now + timedelta(seconds=CLAIM_S))
+    )
+    out = []
+    for r in rows:
+        kind = MessageType(r.type)
+        payload: bytes | None = None
+        error: str | None = None
+        try:
+            env = Envelope(type=kind, msg_id=r.msg_id, node=r.node, session=0, seq=r.id,
+                           data=PAYLOADS[kind].model_validate(r.data))
+            payload = encode(env)
+        except (ContractError, ValueError) as exc:
+            error = f"cannot be encoded any more: {exc}"[:500]
+        expiry = None if r.expires_at is None else max(1, int((r.expires_at - now).total_seconds()))
+        out.append(Claimed(r.id, r.msg_id, r.node, kind, r.retain, topics.dn(r.node, kind), payload, error, expiry,
+                           r.attempts))
+    return out
+
+
+def retry_delay(attempts: int, rng: random.Random | None = None) -> float:
+    """Seconds before the next try of a command published `attempts` times without an ack."""
+    ceiling = min(RETRY_CAP_S, RETRY_BASE_S * 2 ** max(0, attempts - 1))
+    return (rng or random).uniform(ceiling / 2, ceiling)
+
+
+def mark_sent(conn: Connection, published: Sequence[tuple[int, int]], now: datetime) -> None:
+    """The broker took these (id, attempts before) commands: wait for the box's ack until the retry."""
+    for row_id, attempts in published:
+        conn.execute(
+            update(_DOWNLINK)
+            .where(_DOWNLINK.c.id == row_id, _DOWNLINK.c.status.in_(ACTIVE))
+            .values(status="sent", attempts=attempts + 1, last_sent_at=now,
+                    next_attempt_at=now + timedelta(seconds=retry_delay(attempts + 1)))
+        )
+
+
+def mark_failed(conn: Connection, row_id: int, detail: str) -> None:
+    conn.execute(
+        update(_DOWNLINK).where(_DOWNLINK.c.id == row_id, _DOWNLINK.c.status.in_(ACTIVE))
+        .values(status="failed", detail=detail[:500])
+    )
+
+
+def expire(conn: Connection, now: datetime) -> int:
+    """Give up on commands whose expiry passed without an ack; return how many."""
+    result = conn.execute(
+        update(_DOWNLINK)
+        .where(_DOWNLINK.c.status.in_(ACTIVE), _DOWNLINK.c.expires_at <= now)
+        .values(status="expired", detail=case(
+            (_DOWNLINK.c.attempts == 0, "expired before the box was online to receive it"),
+            else_="no acknowledgement from the box before it expired",
+        ))
+    )
+    return int(result.rowcount or 0)
+
+
+def apply_ack(conn: Connection, node: str, corr: uuid.UUID | None, ack: AckData, now: datetime) -> bool:
+    """Record a box's answer to a command (in the ledger transaction of the ack); True if it matched one.
+
+    A late ack of an expired command still counts: the box did handle it. Superseded, delivered
+    and failed commands keep their state (only `acked_at` would change, and it is already set or
+    irrelevant)."""
+    if corr is None:
+        return False
+    result = conn.execute(
+        update(_DOWNLINK)
+        .where(
+            _DOWNLINK.c.msg_id == corr,
+            _DOWNLINK.c.node == node,
+            _DOWNLINK.c.status.in_(("pending", "sent", "expired")),
+        )
+        .values(status="delivered" if ack.ok else "failed", acked_at=now,
+                detail=(ack.detail or None) if ack.ok else (ack.detail or "the box refused it without a reason")[:500])
+    )
+    return bool(result.rowcount)
+
+
+def node_summary(conn: Connection | Session, nodes: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
+    """Commands per node and status: {node: {status: count}}."""
+    c = conn.connection() if isinstance(conn, Session) else conn
+    stmt = select(_DOWNLINK.c.node, _DOWNLINK.c.status, func.count()).group_by(_DOWNLINK.c.node, _DOWNLINK.c.status)
+    if nodes is not None:
+        stmt = stmt.where(_DOWNLINK.c.node.in_(list(nodes)))
+    out: dict[str, dict[str, int]] = {}
+    for node, status, n in c.execute(stmt):
+        out.setdefault(node, {})[status] = int(n)
+    return out
+
+
+def anything_due(conn: Connection, now: datetime) -> bool:
+    """Whether a command waits to be published, retried or expired (a cheap read)."""
+    row = conn.execute(
+        select(_DOWNLINK.c.id)
+        .where(
+            _DOWNLINK.c.status.in_(ACTIVE),
+            (_DOWNLINK.c.next_attempt_at <= now) | (_DOWNLINK.c.expires_at <= now),
+        )
+        .limit(1)
+    ).first()
+    return row is not None
+
+
+def due_count(conn: Connection, now: datetime) -> int:
+    """Commands waiting to be published to online boxes (the relay's backlog)."""
+    return int(
+        conn.execute(
+            select(func.count()).select_from(_DOWNLINK.join(_NODES, _NODES.c.id == _DOWNLINK.c.node)).where(
+                and_(_DOWNLINK.c.status == "pending", _NODES.c.online.is_(True), _NODES.c.retired_at.is_(None))
+            )
+        ).scalar_one()
+    )
+

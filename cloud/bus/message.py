@@ -1,0 +1,135 @@
+"""What an engine's bus handler receives (`Message`) and may use (`Context`).
+
+A handler runs inside the ledger transaction that stored the message, only when that transaction
+inserted it, so its effects commit with the ledger row or not at all: exactly once, however often
+the broker redelivers. It must only touch the database through `ctx` (no network, no files): a
+failed handler's effects are rolled back alone, and a batch may run a handler again after a
+neighbour failed.
+
+Ordering rule: several workers share the subscription, so two messages of one box may be handled
+out of order on different hosts. State derived from a box's stream records the `position` of the
+message it came from and changes only for a newer one (`newer_clause`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, and_, or_
+from sqlalchemy.orm import Session
+
+from broker.envelope import PAYLOADS, Envelope, MessageType
+from broker.payloads import Payload
+
+__all__ = ["Context", "HandlerFn", "Message", "Position", "newer_clause"]
+
+Position = tuple[int, int]
+"""(session, seq): the order of a box's messages (never its clock)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One stored bus message, as handlers and followers see it."""
+
+    msg_id: uuid.UUID
+    node: str
+    type: MessageType
+    session: int
+    seq: int
+    ts: datetime
+    """The box's clock when the message was created (`clock_synced` says whether to trust it)."""
+    received_at: datetime
+    """The cloud's clock when a worker received it."""
+    historical: bool
+    corr: uuid.UUID | None
+    data: Payload
+    """The typed payload (`PAYLOADS[type]`)."""
+
+    @property
+    def position(self) -> Position:
+        return (self.session, self.seq)
+
+    @classmethod
+    def from_envelope(cls, env: Envelope, received_at: datetime) -> Message:
+        return cls(env.msg_id, env.node, env.type, env.session, env.seq, env.ts, received_at, env.historical,
+                   env.corr, env.data)
+
+    @classmethod
+    def from_row(cls, row: Any) -> Message:
+        """From a ledger row (`ingested_messages`), e.g. for a replay or a follower."""
+        kind = MessageType(row.type)
+        return cls(row.msg_id, row.node, kind, row.session, row.seq, row.ts, row.received_at, row.historical,
+                   row.corr, PAYLOADS[kind].model_validate(row.data))
+
+
+def newer_clause(session_col: ColumnElement[Any], seq_col: ColumnElement[Any], msg: Message) -> ColumnElement[bool]:
+    """SQL: the stored position (`session_col`, `seq_col`) is older than `msg`'s, or there is none.
+
+    Use it in the WHERE of the UPDATE that applies `msg`, so that a message handled late never
+    overwrites what a newer one wrote (`UPDATE … SET …, session=:s, seq=:q WHERE … AND newer_clause`).
+    """
+    return or_(
+        session_col.is_(None),
+        session_col < msg.session,
+        and_(session_col == msg.session, seq_col < msg.seq),
+    )
+
+
+SendFn = Callable[..., uuid.UUID]
+
+
+@dataclass(eq=False)
+class Context:
+    """A handler's access to the transaction it runs in."""
+
+    conn: Connection
+    """The ledger transaction (inside a savepoint of this handler's own)."""
+    engine: str
+    """The name of the engine whose handler runs (commands it sends are recorded as from it)."""
+    now: datetime
+    _orm: Session | None = field(default=None, repr=False)
+
+    @property
+    def orm(self) -> Session:
+        """An ORM session on the same transaction (flushed when the handler returns)."""
+        if self._orm is None:
+            self._orm = Session(bind=self.conn, autoflush=True, expire_on_commit=False)
+        return self._orm
+
+    def send(
+        self,
+        node: str,
+        type: MessageType | str,
+        data: Payload | dict[str, Any],
+        *,
+        retain: bool = False,
+        expires_in: timedelta | None = timedelta(hours=24),
+        key: str | None = None,
+    ) -> uuid.UUID:
+        """Queue a command to `node` in this transaction (see `cloud.bus.downlink.send`)."""
+        from cloud.bus import downlink
+
+        return downlink.send(self.conn, node, type, data, engine=self.engine, retain=retain,
+                             expires_in=expires_in, key=key, now=self.now)
+
+    def finish(self) -> None:
+        """Flush what the handler left in the ORM session (raises like the handler would)."""
+        if self._orm is not None:
+            try:
+                self._orm.flush()
+            finally:
+                self._orm.close()
+                self._orm = None
+
+    def discard(self) -> None:
+        if self._orm is not None:
+            self._orm.close()
+            self._orm = None
+
+
+HandlerFn = Callable[[Context, Message], None]
+"""`handler(ctx, msg)`: apply one message; raise to have it recorded as failed (its effects roll back)."""

@@ -1,0 +1,74 @@
+"""What a box capability declares, in one place, for the agent to wire it up.
+
+A component (the catalogue today; scanner station, printer queue, signage player, order desk
+tomorrow) is built from the config by its factory in `edge.components.COMPONENTS` and declares:
+
+- `commands()`: its command handlers by `MessageType` (each command is run at most once and
+  acknowledged by the bus; a handler returns the ack's detail or raises `CommandRefused`);
+- `routes()`: its routes on the box's one local HTTP API;
+- `tasks()`: its background work, started by the agent after the bus and the API exist;
+- `status()`: a JSON-able dict shown under `components.<name>` on the API's `/status` (called on
+  an API worker thread: read only what is safe to read from another thread).
+
+Stopping: the agent calls `stop()` (ask the tasks to finish), waits for the tasks a few seconds,
+cancels what is left, and calls `close()` once nothing of the component runs any more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from broker.envelope import MessageType
+from broker.payloads import Payload
+from edge.bus import CommandHandler, CommandRefused
+from edge.localapi import Route
+from edge.outbox import Row
+from firmware_config import BoxPaths, NodeConfig
+
+__all__ = ["BackgroundTask", "CommandHandler", "CommandRefused", "Component", "ComponentContext", "ComponentError"]
+
+
+class ComponentError(RuntimeError):
+    """A component cannot start on this box; the message names what and why (shown as one line)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentContext:
+    """What the agent gives a component when it builds it."""
+
+    config: NodeConfig
+    paths: BoxPaths
+    publish: Callable[[MessageType, Payload], Awaitable[Row]]
+    """Send a message through the outbox (usable once the agent runs)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackgroundTask:
+    name: str
+    run: Callable[[], Coroutine[Any, Any, None]]
+
+
+class Component:
+    """Base of every component: override what the capability needs."""
+
+    name: str = "component"
+
+    def commands(self) -> Mapping[MessageType, CommandHandler]:
+        return {}
+
+    def routes(self) -> Sequence[Route]:
+        return ()
+
+    def tasks(self) -> Sequence[BackgroundTask]:
+        return ()
+
+    def status(self) -> Mapping[str, Any]:
+        return {}
+
+    async def stop(self) -> None:
+        """Ask the tasks to finish."""
+
+    def close(self) -> None:
+        """Release resources (files, databases); nothing of the component runs any more."""
