@@ -7,6 +7,7 @@ pages use `console_user`, `form_user` and `render` from here.
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
