@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -92,7 +93,8 @@ def template_dirs() -> list[Path]:
 
     app = create_app(Settings(DATABASE_URL="sqlite:///:memory:"), run_worker=False)  # engines register theirs
     # The app's own template set where the console keeps one per app, else the module's.
-    templates = getattr(app.state, "templates", None) or pages.templates
+    templates: Any = getattr(app.state, "templates", None) or getattr(pages, "templates", None)
+    assert templates is not None, "no console template set found"
     pending = [templates.env.loader]
     found: list[Path] = []
     while pending:
