@@ -28,6 +28,8 @@ API: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("GET", "/audit", {"params": {"until": "9999-12-31T23:59:59-14:00"}}, 422,
      '"loc":["query","until"],"msg":"9999-12-31T23:59:59-14:00 is outside'),
     ("GET", "/audit", {"params": {"actor": "%"}}, 200, "[]"),
+    # The scope layer answers ids no row can have like unknown ones, before any query.
+    ("GET", "/nodes/st0001-k1%00", {}, 404, r"No node 'st0001-k1\\x00'"),  # JSON escapes repr's backslash
     ("POST", "/users", {"json": {"username": "a\x00", "password": PASSWORD, "role": "hq"}}, 422, "username"),
     ("POST", "/users", {"json": {"username": "ok", "password": PASSWORD, "role": "regional", "regions": ["e\x00"]}}, 422, "regions"),
     ("POST", "/api-keys", {"json": {"name": "k\x00", "role": "hq"}}, 422, "name"),
@@ -73,6 +75,15 @@ def test_hostile_console_forms_are_refused_by_field(world: World, admin: tuple[T
     assert answer.status_code == code, answer.text
     assert text in answer.text
     assert (row_count(world.engine, User), row_count(world.engine, ApiKey), row_count(world.engine, AuditEntry)) == before
+
+
+def test_hostile_console_fleet_filters_and_store_codes(world: World, admin: tuple[TestClient, str]) -> None:
+    client, _ = admin
+    for params in ({"q": "st\x00"}, {"region": "east\x00"}):
+        answer = client.get("/console/fleet", params=params)
+        assert answer.status_code == 200 and "No stores match." in answer.text, answer.text
+    answer = client.get("/console/stores/st0001%00")
+    assert answer.status_code == 404 and "No store" in answer.text
 
 
 def test_hostile_console_audit_filters(world: World, admin: tuple[TestClient, str]) -> None:
