@@ -1,25 +1,36 @@
-"""REST endpoints of cloud.access: /me, /users, /api-keys, /audit (admin / hq, audited)."""
+"""REST endpoints of cloud.access: /me, /users (and unlock), /api-keys, /audit (admin / hq, audited)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, status
+from fastapi import APIRouter, Depends, Path, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
 
 from cloud.access import service
 from cloud.access.models import NAME_MAX, USERNAME_MAX, ApiKey, AuditEntry, User
 from cloud.access.scope import Perm, Principal, Role
-from cloud.access.web import PrincipalDep, require, via
+from cloud.access.throttle import LockState
+from cloud.access.web import PrincipalDep, error_responses, require, via
 
 __all__ = ["router"]
 
+# 400, 401 and 403 are declared on every operation by `cloud.access.web.document_error_answers`.
 router = APIRouter(tags=["access"])
 UsersAdmin = Annotated[Principal, Depends(require(Perm.USERS))]
 AuditReader = Annotated[Principal, Depends(require(Perm.AUDIT))]
+UNKNOWN = error_responses(status.HTTP_404_NOT_FOUND)
 
-Codes = Annotated[list[Annotated[str, Field(min_length=1, max_length=32)]], Field(max_length=500)]
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+"""No control characters: no name, code or filter has a use for them, and PostgreSQL refuses NUL in
+text (a 500 from the driver instead of a 422 naming the field)."""
+Code = Annotated[str, Field(min_length=1, max_length=32, pattern=PRINTABLE)]
+Codes = Annotated[list[Code], Field(max_length=500)]
+Filter = Annotated[str | None, Query(max_length=128, pattern=PRINTABLE)]
+UsernamePath = Annotated[str, Path(min_length=1, max_length=USERNAME_MAX, pattern=PRINTABLE)]
+KeyNamePath = Annotated[str, Path(min_length=1, max_length=NAME_MAX, pattern=PRINTABLE)]
 
 
 class Strict(BaseModel):
@@ -35,7 +46,8 @@ class Me(BaseModel):
 
 
 class UserCreate(Strict):
-    username: str = Field(min_length=1, max_length=USERNAME_MAX)
+    username: str = Field(min_length=1, max_length=USERNAME_MAX, pattern=service.USERNAME_RE.pattern,
+                          description="lower-case letters, digits, '.', '_' and '-'")
     password: str = Field(min_length=service.PASSWORD_MIN, max_length=service.PASSWORD_MAX)
     role: Role
     regions: Codes = []
@@ -58,11 +70,14 @@ class UserPublic(BaseModel):
     regions: list[str]
     stores: list[str]
     locked_until: datetime | None
+    """Sign-ins refused from every address until then (many failures from several addresses)."""
+    locked_from: dict[str, datetime]
+    """Address (an IPv6 client's /64) → until when sign-ins from there are refused."""
     created_at: datetime
 
 
 class ApiKeyCreate(Strict):
-    name: str = Field(min_length=1, max_length=NAME_MAX)
+    name: str = Field(min_length=1, max_length=NAME_MAX, pattern=PRINTABLE)
     role: Role
     regions: Codes = []
     stores: Codes = []
@@ -101,11 +116,16 @@ class AuditPublic(BaseModel):
     via: str
 
 
-def _user(u: User) -> UserPublic:
+def _user(u: User, lock: LockState | None) -> UserPublic:
     return UserPublic(
         username=u.username, role=u.role, active=u.active, regions=[r.code for r in u.regions],
-        stores=[s.code for s in u.stores], locked_until=u.locked_until, created_at=u.created_at,
+        stores=[s.code for s in u.stores], locked_until=lock.everywhere_until if lock else None,
+        locked_from=dict(lock.sources) if lock else {}, created_at=u.created_at,
     )
+
+
+def _one(session: Session, u: User) -> UserPublic:
+    return _user(u, service.lock_states(session, [u.username]).get(u.username))
 
 
 def _key(k: ApiKey) -> dict[str, Any]:
@@ -114,9 +134,6 @@ def _key(k: ApiKey) -> dict[str, Any]:
         "stores": [s.code for s in k.stores], "created_at": k.created_at, "created_by": k.created_by,
         "expires_at": k.expires_at, "revoked_at": k.revoked_at,
     }
-
-
-NOT_FOUND: dict[int | str, dict[str, Any]] = {status.HTTP_404_NOT_FOUND: {"description": "unknown name"}}
 
 
 @router.get("/me", response_model=Me)
@@ -128,7 +145,9 @@ def me(principal: PrincipalDep) -> Me:
 @router.get("/users", response_model=list[UserPublic])
 def list_users(request: Request, _p: UsersAdmin) -> list[UserPublic]:
     with request.app.state.sessionmaker() as session:
-        return [_user(u) for u in service.list_users(session)]
+        users = service.list_users(session)
+        locks = service.lock_states(session, [u.username for u in users])
+        return [_user(u, locks.get(u.username)) for u in users]
 
 
 @router.post("/users", response_model=UserPublic, status_code=status.HTTP_201_CREATED)
@@ -138,11 +157,11 @@ def create_user(body: UserCreate, request: Request, principal: UsersAdmin) -> Us
             session, principal.actor, body.username, body.password, body.role.value,
             regions=body.regions, stores=body.stores, via=via(request),
         )
-        return _user(user)
+        return _one(session, user)
 
 
-@router.patch("/users/{username}", response_model=UserPublic, responses=NOT_FOUND)
-def update_user(username: str, body: UserUpdate, request: Request, principal: UsersAdmin) -> UserPublic:
+@router.patch("/users/{username}", response_model=UserPublic, responses=UNKNOWN)
+def update_user(username: UsernamePath, body: UserUpdate, request: Request, principal: UsersAdmin) -> UserPublic:
     if body.active is None and body.role is None:
         raise service.InputError("active", "give active (true/false) and/or role (with regions or stores)")
     if body.role is None and (body.regions or body.stores):
@@ -154,7 +173,14 @@ def update_user(username: str, body: UserUpdate, request: Request, principal: Us
                                          stores=body.stores, via=via(request))
         if body.active is not None:
             user = service.set_user_active(session, principal.actor, username, body.active, via=via(request))
-        return _user(user)
+        return _one(session, user)
+
+
+@router.post("/users/{username}/unlock", response_model=UserPublic, responses=UNKNOWN)
+def unlock_user(username: UsernamePath, request: Request, principal: UsersAdmin) -> UserPublic:
+    """Lift the user's sign-in locks, from each address and everywhere (audited as `user.unlock`)."""
+    with service.write_session(request.app.state.engine) as session, session.begin():
+        return _one(session, service.unlock_user(session, principal.actor, username, via=via(request)))
 
 
 @router.get("/api-keys", response_model=list[ApiKeyPublic])
@@ -173,8 +199,8 @@ def create_key(body: ApiKeyCreate, request: Request, principal: UsersAdmin) -> A
         return ApiKeyCreated(**_key(key), secret=secret)
 
 
-@router.delete("/api-keys/{name}", response_model=ApiKeyPublic, responses=NOT_FOUND)
-def revoke_key(name: str, request: Request, principal: UsersAdmin) -> ApiKeyPublic:
+@router.delete("/api-keys/{name}", response_model=ApiKeyPublic, responses=UNKNOWN)
+def revoke_key(name: KeyNamePath, request: Request, principal: UsersAdmin) -> ApiKeyPublic:
     with service.write_session(request.app.state.engine) as session, session.begin():
         return ApiKeyPublic(**_key(service.revoke_api_key(session, principal.actor, name, via=via(request))))
 
@@ -183,9 +209,9 @@ def revoke_key(name: str, request: Request, principal: UsersAdmin) -> ApiKeyPubl
 def list_audit(
     request: Request,
     _p: AuditReader,
-    actor: Annotated[str | None, Query(max_length=120, description="username, or user:NAME / key:NAME")] = None,
-    object_type: Annotated[str | None, Query(max_length=32)] = None,
-    object_id: Annotated[str | None, Query(max_length=128)] = None,
+    actor: Annotated[Filter, Query(description="username, or user:NAME / key:NAME")] = None,
+    object_type: Filter = None,
+    object_id: Filter = None,
     since: datetime | None = None,
     until: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,

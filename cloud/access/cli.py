@@ -1,4 +1,4 @@
-"""`omnishelf users add | list | passwd | enable | disable | api-key create | revoke | list`.
+"""`omnishelf users add | list | passwd | unlock | enable | disable | api-key create | revoke | list`.
 
 Works straight on the database (OMNISHELF_DATABASE_URL, migrated first), so the first admin can be
 created before anyone can sign in. Changes are audited as `cli:<os user>`.
@@ -47,6 +47,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     _password_args(pw)
     pw.set_defaults(func=_passwd)
 
+    unlock = cmds.add_parser("unlock", help="lift a user's sign-in lockout (from every address)")
+    unlock.add_argument("name", metavar="NAME", help="the username")
+    unlock.set_defaults(func=_unlock)
+
     for name, active in (("enable", True), ("disable", False)):
         p = cmds.add_parser(name, help=f"{name} a user")
         p.add_argument("--username", required=True)
@@ -68,7 +72,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     kl = kcmds.add_parser("list", help="list keys (never their secrets)")
     kl.set_defaults(func=_key_list)
 
-    for p in (add, ls, pw, kc, kr, kl, *(cmds.choices[n] for n in ("enable", "disable"))):
+    for p in (add, ls, pw, unlock, kc, kr, kl, *(cmds.choices[n] for n in ("enable", "disable"))):
         add_db_timeout(p)
 
 
@@ -78,7 +82,6 @@ def _password_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--generate", action="store_true", help="generate a password and print it once")
 
 
-
 def _actor() -> str:
     try:
         return f"cli:{getpass.getuser()}"
@@ -86,26 +89,40 @@ def _actor() -> str:
         return f"cli:uid{os.getuid()}"
 
 
-def _password(args: argparse.Namespace) -> tuple[str, bool]:
+def _password(args: argparse.Namespace) -> tuple[str, bool, str]:
+    """The password, whether it was generated, and where it came from (for error messages)."""
     if args.password_stdin:
-        return sys.stdin.readline().rstrip("\r\n"), False
+        return sys.stdin.readline().rstrip("\r\n"), False, "--password-stdin"
     if args.generate or not sys.stdin.isatty():
-        return secrets.token_urlsafe(15), True
+        return secrets.token_urlsafe(15), True, "--generate"
     first = getpass.getpass("Password: ")
     if getpass.getpass("Again: ") != first:
-        raise SystemExit("the two passwords differ")
-    return first, False
+        raise SystemExit("password typed at the prompt: the two entries differ; nothing was changed")
+    return first, False, "password typed at the prompt"
+
+
+# The option that supplies each field the service layer names in an `InputError`.
+OPTIONS = {
+    "username": "--username",
+    "active": "--username",
+    "role": "--role",
+    "regions": "--region",
+    "stores": "--store",
+    "name": "--name",
+    "expires_at": "--expires-days",
+}
 
 
 @contextmanager
-def _db(args: argparse.Namespace) -> Iterator[Session]:
-
+def _db(args: argparse.Namespace, *, password_from: str = "password") -> Iterator[Session]:
+    """A write transaction; a service error becomes one line naming the option the user gave."""
     engine: Engine = prepared_engine(cli_settings(), args.db_timeout)
     try:
         with service.write_session(engine) as session, session.begin():
             yield session
     except service.InputError as exc:
-        raise SystemExit(f"--{exc.field.rstrip('s').replace('_', '-')}: {exc.message}") from None
+        option = password_from if exc.field == "password" else OPTIONS.get(exc.field, exc.field)
+        raise SystemExit(f"{option}: {exc.message}") from None
     except NotFound as exc:
         raise SystemExit(str(exc)) from None
     finally:
@@ -113,8 +130,8 @@ def _db(args: argparse.Namespace) -> Iterator[Session]:
 
 
 def _add(args: argparse.Namespace) -> int:
-    password, generated = _password(args)
-    with _db(args) as s:
+    password, generated, source = _password(args)
+    with _db(args, password_from=source) as s:
         service.create_user(s, _actor(), args.username, password, args.role, regions=args.region, stores=args.store, via="cli")
     print(f"created {args.role} user {args.username!r}")
     if generated:
@@ -124,16 +141,30 @@ def _add(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     with _db(args) as s:
-        for u in service.list_users(s):
+        users = service.list_users(s)
+        locks = service.lock_states(s, [u.username for u in users])
+        for u in users:
             scope = ",".join([r.code for r in u.regions] + [st.code for st in u.stores]) or "-"
             state = "active" if u.active else "disabled"
+            lock = locks.get(u.username)
+            if lock and lock.everywhere_until:
+                state += f", locked everywhere until {lock.everywhere_until:%Y-%m-%d %H:%M} UTC"
+            elif lock:
+                state += f", locked from {', '.join(src for src, _ in lock.sources)}"
             print(f"{u.username}\t{u.role}\t{scope}\t{state}")
     return 0
 
 
-def _passwd(args: argparse.Namespace) -> int:
-    password, generated = _password(args)
+def _unlock(args: argparse.Namespace) -> int:
     with _db(args) as s:
+        service.unlock_user(s, _actor(), args.name, via="cli")
+    print(f"user {args.name!r} unlocked: sign-ins from every address are accepted again")
+    return 0
+
+
+def _passwd(args: argparse.Namespace) -> int:
+    password, generated, source = _password(args)
+    with _db(args, password_from=source) as s:
         service.set_password(s, _actor(), args.username, password, via="cli")
     print(f"password of {args.username!r} changed")
     if generated:
@@ -154,8 +185,9 @@ def _set_active(active: bool) -> Callable[[argparse.Namespace], int]:
 def _key_create(args: argparse.Namespace) -> int:
     expires = None
     if args.expires_days is not None:
-        if args.expires_days < 1:
-            raise SystemExit("--expires-days: expected a whole number of days, 1 or more")
+        if not 1 <= args.expires_days <= service.KEY_EXPIRY_MAX_DAYS:
+            raise SystemExit(f"--expires-days {args.expires_days}: expected a whole number of days from 1 to "
+                             f"{service.KEY_EXPIRY_MAX_DAYS} (omit it for a key that does not expire)")
         expires = datetime.now(UTC) + timedelta(days=args.expires_days)
     with _db(args) as s:
         _key, secret = service.create_api_key(

@@ -9,15 +9,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Column, ForeignKey, Integer, String, Table, Text, text, true
+from sqlalchemy import JSON, Boolean, Column, ForeignKey, Integer, String, Table, Text, UniqueConstraint, true
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from cloud.models import Base, BigId, Region, Store, UtcDateTime
 
-__all__ = ["ApiKey", "AuditEntry", "User", "WebSession"]
+__all__ = ["ApiKey", "AuditEntry", "LoginThrottle", "User", "WebSession"]
 
 USERNAME_MAX = 64
 NAME_MAX = 100
+SOURCE_MAX = 64
+"""A client address or IPv6 /64 as text (at most 43 characters), or a proxy's literal name."""
 
 user_regions = Table(
     "user_regions",
@@ -53,12 +55,34 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16))
     active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
-    failed_logins: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
-    locked_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
     regions: Mapped[list[Region]] = relationship(secondary=user_regions, order_by=Region.code)
     stores: Mapped[list[Store]] = relationship(secondary=user_stores, order_by=Store.code)
+
+
+class LoginThrottle(Base):
+    """Failed sign-ins counted per (account, source), per source and per account, in the database so
+    that every API replica sees the same counts.
+
+    `account` is the username as typed, whether or not such a user exists: unknown and existing
+    names are counted and locked alike, so the answers never tell which names exist.
+    """
+
+    __tablename__ = "login_throttle"
+    __table_args__ = (UniqueConstraint("scope", "account", "source"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scope: Mapped[str] = mapped_column(String(8))
+    """`pair` (account from one source), `source` (all accounts) or `account` (all sources)."""
+    account: Mapped[str] = mapped_column(String(USERNAME_MAX))
+    """The username typed; '' for a `source` row."""
+    source: Mapped[str] = mapped_column(String(SOURCE_MAX))
+    """The client address (an IPv6 client's /64); '' for an `account` row."""
+    failures: Mapped[int] = mapped_column(Integer)
+    """Failed attempts since the count last started, including attempts being checked right now."""
+    last_failure_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    locked_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class WebSession(Base):
@@ -104,7 +128,8 @@ class AuditEntry(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
     actor: Mapped[str] = mapped_column(String(NAME_MAX + 8), index=True)
-    """`user:<username>`, `key:<name>` or `cli:<os user>`."""
+    """`user:<username>`, `key:<name>`, `cli:<os user>`, or `source:<address>` for what an
+    unauthenticated client caused (a sign-in lockout)."""
     action: Mapped[str] = mapped_column(String(64))
     object_type: Mapped[str] = mapped_column(String(32), index=True)
     object_id: Mapped[str] = mapped_column(String(128))

@@ -7,6 +7,7 @@ hand, so an out-of-scope id is indistinguishable from an unknown one (404, nothi
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -28,6 +29,11 @@ __all__ = [
     "visible_regions",
     "visible_stores",
 ]
+
+
+# No code or id holds a control character, and PostgreSQL refuses NUL in text (a 500 from the
+# driver): such a value matches nothing, and is answered so without a query.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class Role(enum.StrEnum):
@@ -147,6 +153,8 @@ def visible_regions(session: Session, scope: Scope) -> Sequence[Region]:
 def visible_stores(
     session: Session, scope: Scope, *, region_code: str | None = None, q: str | None = None
 ) -> Sequence[Store]:
+    if _CONTROL.search(f"{region_code or ''}{q or ''}"):
+        return []
     stmt = select(Store).join(Store.region).options(joinedload(Store.region)).where(scope.store_clause())
     if region_code:
         stmt = stmt.where(Region.code == region_code)
@@ -168,7 +176,7 @@ def visible_nodes(
 
 
 def get_store(session: Session, scope: Scope, code: str) -> Store:
-    store = session.scalars(
+    store = None if _CONTROL.search(code) else session.scalars(
         select(Store).options(joinedload(Store.region)).where(Store.code == code, scope.store_clause())
     ).one_or_none()
     if store is None:
@@ -177,7 +185,7 @@ def get_store(session: Session, scope: Scope, code: str) -> Store:
 
 
 def get_node(session: Session, scope: Scope, node_id: str) -> Node:
-    node = session.scalars(
+    node = None if _CONTROL.search(node_id) else session.scalars(
         select(Node).options(joinedload(Node.store)).where(Node.id == node_id, scope.node_clause())
     ).one_or_none()
     if node is None:

@@ -22,19 +22,20 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session, selectinload
 
+from cloud.access import throttle
 from cloud.access.models import NAME_MAX, USERNAME_MAX, ApiKey, AuditEntry, User, WebSession
 from cloud.access.scope import NotFound, Principal, Role, Scope
+from cloud.access.throttle import LockState
 from cloud.models import Region, Store
 from cloud.settings import Settings
 
 __all__ = [
     "API_KEY_PREFIX",
     "InputError",
-    "LockedOut",
     "Policy",
+    "Throttled",
     "access_policy",
     "audit",
-    "authenticate",
     "create_api_key",
     "create_user",
     "end_session",
@@ -47,14 +48,22 @@ __all__ = [
     "set_password",
     "set_user_active",
     "set_user_role",
+    "sign_in",
     "start_session",
+    "unlock_user",
+    "verify_password",
     "write_session",
 ]
 
 API_KEY_PREFIX = "osk_"
 PASSWORD_MIN = 10
 PASSWORD_MAX = 256
+KEY_EXPIRY_MAX_DAYS = 3650
+"""Longest expiry offered in days (CLI, console); longer-lived keys are keys that do not expire."""
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+# PostgreSQL refuses NUL in text: an id holding a control character is refused (or unknown) here,
+# before it reaches a query, instead of failing in the driver.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 _hasher = PasswordHasher()
 # Verified against when the username is unknown, so a miss costs as much time as a wrong password.
@@ -62,34 +71,62 @@ _DUMMY_HASH = _hasher.hash("not a password of anyone")
 
 
 class InputError(ValueError):
-    """Bad input; `field` names it (for a 422 body or one CLI line)."""
+    """Bad input; `field` names it (for a 422 body or one CLI line), `location` says where it was
+    sent (`body` or `query`, as in FastAPI's own 422 answers)."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, *, location: str = "body") -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+        self.location = location
 
 
-class LockedOut(PermissionError):
-    """Too many failed sign-ins; `until` says when the next attempt is allowed."""
+def as_utc(value: datetime, field: str, *, location: str = "body") -> datetime:
+    """`value` in UTC (a time without a zone is taken as UTC); an instant outside the years 1-9999
+    once in UTC (e.g. 0001-01-01T00:00+14:00) is an `InputError`, not an OverflowError later."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InputError(field, f"{value.isoformat()} is outside the years 1 to 9999 in UTC", location=location) from None
+
+
+class Throttled(PermissionError):
+    """Too many failed sign-ins from the caller's address, whatever the accounts: the answer is
+    about the address only and says nothing about any account."""
 
     def __init__(self, until: datetime) -> None:
-        super().__init__(f"too many failed sign-ins: try again after {until:%H:%M} UTC")
+        super().__init__(f"too many failed sign-ins from your network address: try again after {until:%H:%M} UTC")
         self.until = until
 
 
 @dataclass(frozen=True, slots=True)
 class Policy:
     max_failures: int = 5
+    """Failed sign-ins to one account from one address before that pair is locked."""
     lockout: timedelta = timedelta(minutes=15)
     session_ttl: timedelta = timedelta(hours=12)
+    source_max_failures: int = 50
+    """From one address across accounts before the address is throttled (an office behind one
+    NAT makes a few typos; a sprayer makes thousands)."""
+    account_max_failures: int = 100
+    """On one account across addresses before it is locked for everyone: high, because such a
+    lock also locks out the owner, and reaching it takes twenty addresses at the default."""
+
+    @property
+    def limits(self) -> throttle.Limits:
+        return throttle.Limits(self.max_failures, self.source_max_failures, self.account_max_failures, self.lockout)
 
 
 def access_policy(settings: Settings) -> Policy:
+    # The address and account limits scale with the per-pair one (x10, x20).
     return Policy(
         max_failures=settings.LOGIN_MAX_FAILURES,
         lockout=timedelta(seconds=settings.LOGIN_LOCKOUT_S),
         session_ttl=timedelta(seconds=settings.SESSION_TTL_S),
+        source_max_failures=10 * settings.LOGIN_MAX_FAILURES,
+        account_max_failures=20 * settings.LOGIN_MAX_FAILURES,
     )
 
 
@@ -140,16 +177,20 @@ def list_audit(
     limit: int = 200,
 ) -> Sequence[AuditEntry]:
     # A time without a zone in a filter means UTC (the log's own zone).
-    since = since.replace(tzinfo=UTC) if since and since.tzinfo is None else since
-    until = until.replace(tzinfo=UTC) if until and until.tzinfo is None else until
+    since = as_utc(since, "since", location="query") if since else None
+    until = as_utc(until, "until", location="query") if until else None
     stmt = select(AuditEntry)
     if actor:
-        # "alice" finds user:alice; "key:erp" finds exactly that key.
-        stmt = stmt.where(AuditEntry.actor == actor if ":" in actor else AuditEntry.actor.like(f"%:{actor}"))
+        # "alice" finds user:alice; "key:erp" finds exactly that key ('%' and '_' in a name are literal).
+        literal = actor.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        stmt = stmt.where(AuditEntry.actor == actor if ":" in actor else AuditEntry.actor.like(f"%:{literal}", escape="\\"))
     if object_type:
         stmt = stmt.where(AuditEntry.object_type == object_type)
     if object_id:
         stmt = stmt.where(AuditEntry.object_id == object_id)
+    for field, value in (("actor", actor), ("object_type", object_type), ("object_id", object_id)):
+        if value and _CONTROL.search(value):
+            raise InputError(field, f"{value!r} holds a control character", location="query")
     if since:
         stmt = stmt.where(AuditEntry.at >= since)
     if until:
@@ -168,23 +209,32 @@ def _role(value: str, field: str = "role") -> Role:
 
 
 def _grants(session: Session, role: Role, regions: Sequence[str], stores: Sequence[str]) -> tuple[list[Region], list[Store]]:
-    found_regions = list(session.scalars(select(Region).where(Region.code.in_(regions)))) if regions else []
+    # A code with a control character cannot exist: it is reported unknown without a query.
+    wanted = [c for c in regions if not _CONTROL.search(c)]
+    found_regions = list(session.scalars(select(Region).where(Region.code.in_(wanted)))) if wanted else []
     missing = sorted(set(regions) - {r.code for r in found_regions})
     if missing:
-        raise InputError("regions", f"unknown region code(s): {', '.join(missing)}")
-    found_stores = list(session.scalars(select(Store).where(Store.code.in_(stores)))) if stores else []
+        raise InputError("regions", f"unknown region code(s): {', '.join(map(_shown, missing))}")
+    wanted = [c for c in stores if not _CONTROL.search(c)]
+    found_stores = list(session.scalars(select(Store).where(Store.code.in_(wanted)))) if wanted else []
     missing = sorted(set(stores) - {s.code for s in found_stores})
     if missing:
-        raise InputError("stores", f"unknown store code(s): {', '.join(missing)}")
+        raise InputError("stores", f"unknown store code(s): {', '.join(map(_shown, missing))}")
     if role is Role.REGIONAL and not found_regions:
         raise InputError("regions", "a regional user needs at least one region")
     if role is Role.STORE and not found_stores:
         raise InputError("stores", "a store user needs at least one store")
     if role is Role.STORE and found_regions:
-        raise InputError("regions", "a store user is scoped by stores only; give --store codes")
+        raise InputError("regions", "a store user is scoped by stores only; give no regions")
     if role in (Role.ADMIN, Role.HQ) and (found_regions or found_stores):
-        raise InputError("regions", f"role {role.value!r} sees every region; give no regions or stores")
+        raise InputError("regions" if found_regions else "stores",
+                         f"role {role.value!r} sees every region; give no regions or stores")
     return found_regions, found_stores
+
+
+def _shown(code: str) -> str:
+    """A code as the user typed it, quoted only when it holds something invisible."""
+    return repr(code) if _CONTROL.search(code) or not code.strip() else code
 
 
 def check_password(password: str, field: str = "password") -> None:
@@ -225,7 +275,7 @@ def create_user(
     if session.scalars(select(User.id).where(User.username == username)).first() is not None:
         raise InputError("username", f"{username!r} already exists")
     user = User(
-        username=username, password_hash=_hasher.hash(password), role=r.value, active=True, failed_logins=0,
+        username=username, password_hash=_hasher.hash(password), role=r.value, active=True,
         created_at=_now(), regions=found_regions, stores=found_stores,
     )
     session.add(user)
@@ -235,6 +285,8 @@ def create_user(
 
 
 def get_user(session: Session, username: str) -> User:
+    if _CONTROL.search(username):
+        raise NotFound(f"No user {username!r}")
     user = session.scalars(
         select(User).options(selectinload(User.regions), selectinload(User.stores)).where(User.username == username)
     ).one_or_none()
@@ -253,16 +305,28 @@ def set_password(session: Session, actor: str, username: str, password: str, *, 
     check_password(password)
     user = get_user(session, username)
     user.password_hash = _hasher.hash(password)
-    user.failed_logins = 0
-    user.locked_until = None
+    throttle.clear_account(session, username)
     # A new password ends every existing sign-in of that user.
     for ws in session.scalars(select(WebSession).where(WebSession.user_id == user.id)):
         session.delete(ws)
     audit(session, actor, "user.password", "user", username, via=via)
 
 
+def _keep_an_admin(session: Session, user: User, field: str) -> None:
+    """Refuse to disable or demote the last active admin: nobody could then manage users or lift a
+    lockout from the console or the API (only `omnishelf users` on the cloud host could)."""
+    if user.role != Role.ADMIN.value or not user.active:
+        return
+    others = session.scalars(
+        select(User.id).where(User.role == Role.ADMIN.value, User.active.is_(True), User.id != user.id)).first()
+    if others is None:
+        raise InputError(field, f"{user.username!r} is the last active admin: make another user admin first")
+
+
 def set_user_active(session: Session, actor: str, username: str, active: bool, *, via: str = "api") -> User:
     user = get_user(session, username)
+    if not active:
+        _keep_an_admin(session, user, "active")
     before = user_view(user)
     user.active = active
     if not active:
@@ -287,6 +351,8 @@ def set_user_role(
     r = _role(role)
     found_regions, found_stores = _grants(session, r, regions, stores)
     user = get_user(session, username)
+    if r is not Role.ADMIN:
+        _keep_an_admin(session, user, "role")
     before = user_view(user)
     user.role, user.regions, user.stores = r.value, found_regions, found_stores
     session.execute(delete(WebSession).where(WebSession.user_id == user.id))
@@ -294,39 +360,85 @@ def set_user_role(
     return user
 
 
-def authenticate(session: Session, username: str, password: str, policy: Policy, *, via: str = "console") -> User | None:
-    """The user if the password is right; None otherwise. Raises `LockedOut` while locked.
-
-    Failures are counted per user; after `policy.max_failures` the account is locked for
-    `policy.lockout` (even a right password is refused then, or the lock would be no lock).
-    """
-    now = _now()
-    user = session.scalars(select(User).where(User.username == username[:USERNAME_MAX])).one_or_none()
+def verify_password(session: Session, username: str, password: str) -> User | None:
+    """The active user if `password` is theirs, else None; costs one hash either way. Counts
+    nothing: sign-ins go through `sign_in`."""
+    user = None if _CONTROL.search(username) else session.scalars(
+        select(User).where(User.username == username[:USERNAME_MAX])).one_or_none()
     if user is None:
         with contextlib.suppress(VerificationError):
             _hasher.verify(_DUMMY_HASH, password[:PASSWORD_MAX])
         return None
-    if user.locked_until is not None and user.locked_until > now:
-        raise LockedOut(user.locked_until)
     ok: bool
     try:
         ok = _hasher.verify(user.password_hash, password[:PASSWORD_MAX])
     except (VerificationError, InvalidHashError):
         ok = False
-    if ok and user.active:
-        user.failed_logins = 0
-        user.locked_until = None
-        if _hasher.check_needs_rehash(user.password_hash):
-            user.password_hash = _hasher.hash(password)
-        return user
-    if not ok:
-        user.failed_logins += 1
-        if user.failed_logins >= policy.max_failures:
-            user.locked_until = now + policy.lockout
-            user.failed_logins = 0
-            audit(session, f"user:{username}", "user.lockout", "user", username, via=via,
-                  detail=f"{policy.max_failures} failed sign-ins; locked until {user.locked_until.isoformat()}")
-    return None
+    return user if ok and user.active else None
+
+
+def sign_in(engine: Engine, username: str, password: str, source: str | None, policy: Policy) -> str | None:
+    """A new console session's cookie value, or None. Raises `Throttled` for the source.
+
+    None is the one answer for an unknown name, a wrong password, a disabled user and a locked
+    account, so none of them can be told apart. The password is checked outside any transaction
+    (a hash takes ~0.1 s; SQLite's write lock and PostgreSQL's row locks are held only for the
+    counting before and after), see `cloud.access.throttle`.
+    """
+    account, src, limits = throttle.account_key(username), throttle.source_key(source), policy.limits
+    with write_session(engine) as session, session.begin():
+        throttle.prune(session, limits, _now())
+    with write_session(engine) as session, session.begin():
+        decision = throttle.admit(session, account, src, limits, _now())
+    if decision.throttled_until is not None:
+        raise Throttled(decision.throttled_until)
+    if not decision.check_password:
+        return None
+    user_id: int | None = None
+    rehash = False
+    with Session(engine) as session:
+        user = verify_password(session, username, password)
+        if user is not None:
+            user_id, rehash = user.id, _hasher.check_needs_rehash(user.password_hash)
+    with write_session(engine) as session, session.begin():
+        if user_id is None:
+            for scope, key, until in throttle.failed(session, account, src, limits, _now()):
+                _audit_lock(session, scope, key, src, until, policy)
+            return None
+        throttle.succeeded(session, account, src)
+        signed_in = session.get_one(User, user_id)
+        if rehash:
+            signed_in.password_hash = _hasher.hash(password)
+        return start_session(session, signed_in, policy)
+
+
+def _audit_lock(session: Session, scope: str, key: str, source: str, until: datetime, policy: Policy) -> None:
+    actor, when = f"source:{source}", until.isoformat(timespec="seconds")
+    if scope == throttle.PAIR:
+        audit(session, actor, "user.lockout", "user", key, via="console",
+              detail=f"{policy.max_failures} failed sign-ins from {source}; refused from there until {when}")
+    elif scope == throttle.ACCOUNT:
+        audit(session, actor, "user.lockout_all", "user", key, via="console",
+              detail=f"{policy.account_max_failures} failed sign-ins from several addresses (the last from "
+                     f"{source}); refused from every address until {when}")
+    else:
+        audit(session, actor, "source.throttle", "source", key, via="console",
+              detail=f"{policy.source_max_failures} failed sign-ins across accounts; refused until {when}")
+
+
+def lock_states(session: Session, usernames: Sequence[str]) -> dict[str, LockState]:
+    """The sign-in locks in force of these users (absent: none)."""
+    return throttle.lock_states(session, usernames, _now())
+
+
+def unlock_user(session: Session, actor: str, username: str, *, via: str = "api") -> User:
+    """Lift every sign-in lock of `username` (from each address and everywhere), audited."""
+    user = get_user(session, username)
+    before = throttle.lock_states(session, [username], _now()).get(username, LockState(None, ()))
+    throttle.clear_account(session, username)
+    audit(session, actor, "user.unlock", "user", username, before=before.as_dict(),
+          after=LockState(None, ()).as_dict(), via=via)
+    return user
 
 
 def _principal_for_user(user: User, **kw: Any) -> Principal:
@@ -401,13 +513,17 @@ def create_api_key(
     name = name.strip()
     if not 1 <= len(name) <= NAME_MAX:
         raise InputError("name", f"1 to {NAME_MAX} characters")
+    if _CONTROL.search(name):
+        raise InputError("name", f"{name!r} holds a control character")
     r = _role(role)
     if r is Role.ADMIN:
         raise InputError("role", "API keys cannot be admin; use hq, regional, store or technician")
     if expires_at is not None and expires_at.tzinfo is None:
         raise InputError("expires_at", "give a time zone, e.g. 2027-01-31T00:00:00Z")
-    if expires_at is not None and expires_at <= _now():
-        raise InputError("expires_at", "must be in the future")
+    if expires_at is not None:
+        expires_at = as_utc(expires_at, "expires_at")
+        if expires_at <= _now():
+            raise InputError("expires_at", f"{expires_at.isoformat()} is not in the future")
     found_regions, found_stores = _grants(session, r, regions, stores)
     if session.scalars(select(ApiKey.id).where(ApiKey.name == name)).first() is not None:
         raise InputError("name", f"an API key named {name!r} already exists")
@@ -430,6 +546,8 @@ def list_api_keys(session: Session) -> Sequence[ApiKey]:
 
 
 def revoke_api_key(session: Session, actor: str, name: str, *, via: str = "api") -> ApiKey:
+    if _CONTROL.search(name):
+        raise NotFound(f"No API key {name!r}")
     key = session.scalars(
         select(ApiKey).options(selectinload(ApiKey.regions), selectinload(ApiKey.stores)).where(ApiKey.name == name)
     ).one_or_none()

@@ -9,12 +9,14 @@ need none, since a browser never attaches them by itself.
 from __future__ import annotations
 
 import hmac
+import inspect
 from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Security, status
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from cloud.access import service
@@ -23,7 +25,10 @@ from cloud.access.scope import Forbidden, NotFound, Perm, Principal
 __all__ = [
     "COOKIE",
     "PrincipalDep",
+    "Problem",
     "check_csrf",
+    "document_error_answers",
+    "error_responses",
     "install_error_handlers",
     "optional_principal",
     "policy",
@@ -32,11 +37,37 @@ __all__ = [
 ]
 
 COOKIE = "omnishelf_session"
-# Declared so the OpenAPI document marks every protected endpoint and /docs offers "Authorize";
-# the header itself is read in `optional_principal` (auto_error off: the cookie may be used instead).
+# Declared so the OpenAPI document marks every protected endpoint with the two ways in (either one
+# will do) and /docs offers "Authorize"; the credentials themselves are read in
+# `optional_principal` (auto_error off: a request may carry the other one).
 bearer_scheme = HTTPBearer(auto_error=False, scheme_name="apiKey", description="An API key: `osk_…`")
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)]
+session_scheme = APIKeyCookie(
+    name=COOKIE, auto_error=False, scheme_name="session",
+    description="A console session (sign in at /console/login); a change also needs the session's CSRF "
+                "token in the `X-CSRF-Token` header. Sent with an API key, the key is used.",
+)
+SessionCookie = Annotated[str | None, Security(session_scheme)]
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class Problem(BaseModel):
+    """The body of every error answer but 422: one sentence naming what was wrong."""
+
+    detail: str
+
+
+_ERRORS: dict[int, str] = {
+    status.HTTP_400_BAD_REQUEST: "the body could not be read (not JSON, or not UTF-8)",
+    status.HTTP_401_UNAUTHORIZED: "no valid credentials: a missing, wrong, expired or revoked API key or session",
+    status.HTTP_403_FORBIDDEN: "the role may not use this endpoint, or a cookie request lacks its CSRF token",
+    status.HTTP_404_NOT_FOUND: "unknown, or outside the caller's scope (the same answer on purpose)",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: the error answers it can give, with their real body (`Problem`)."""
+    return {code: {"model": Problem, "description": _ERRORS[code]} for code in codes}
 
 
 class NotSignedIn(Exception):
@@ -70,7 +101,7 @@ def optional_principal(request: Request) -> Principal | None:
     return principal
 
 
-def require_principal(request: Request, _bearer: Bearer = None) -> Principal:
+def require_principal(request: Request, _bearer: Bearer = None, _session: SessionCookie = None) -> Principal:
     principal = optional_principal(request)
     if principal is None:
         raise NotSignedIn()
@@ -89,13 +120,61 @@ def check_csrf(principal: Principal, token: str | None) -> None:
 def require(perm: Perm) -> Callable[..., Principal]:
     """A dependency: the principal, if its role has `perm` (else 403)."""
 
-    def dep(request: Request, _bearer: Bearer = None) -> Principal:
+    def dep(request: Request, _bearer: object = None, _session: object = None) -> Principal:
         principal = require_principal(request)
         principal.require(perm)
         return principal
 
+    # The permission goes into the OpenAPI document as the security requirement's role (OpenAPI
+    # 3.1 allows role names for non-OAuth schemes), so a client reads there what each operation
+    # needs. The annotations carry a per-call value, hence a signature built here rather than
+    # written (FastAPI reads `__signature__`).
+    roles = [perm.value]
+    keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    dep.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+        inspect.Parameter("request", keyword, annotation=Request),
+        inspect.Parameter("_bearer", keyword, default=None, annotation=Annotated[
+            HTTPAuthorizationCredentials | None, Security(bearer_scheme, scopes=roles)]),
+        inspect.Parameter("_session", keyword, default=None, annotation=Annotated[
+            str | None, Security(session_scheme, scopes=roles)]),
+    ], return_annotation=Principal)
     dep.__name__ = f"require_{perm.value}"
     return dep
+
+
+def document_error_answers(app: FastAPI) -> None:
+    """Declare, on every operation of the OpenAPI document, the error answers this module gives
+    there, each with its real body (`Problem`): 401 where credentials are needed, 403 where a role
+    is required (a role in the security requirement, see `require`) or a cookie request needs its
+    CSRF token, 400 where a body is read. Routes declare only their own (404): nobody has to
+    remember these, and the document cannot drift from what the handlers answer."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        doc = generate()
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        schemas.setdefault("Problem", Problem.model_json_schema())
+        for item in doc.get("paths", {}).values():
+            for method, op in item.items():
+                codes = []
+                security: list[dict[str, list[str]]] = op.get("security", [])
+                if security:
+                    codes.append(status.HTTP_401_UNAUTHORIZED)
+                    if method.upper() not in SAFE_METHODS or any(roles for req in security for roles in req.values()):
+                        codes.append(status.HTTP_403_FORBIDDEN)
+                if "requestBody" in op:
+                    codes.append(status.HTTP_400_BAD_REQUEST)
+                for code in codes:
+                    op.setdefault("responses", {}).setdefault(str(code), {
+                        "description": _ERRORS[code],
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+                    })
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 PrincipalDep = Annotated[Principal, Depends(require_principal)]
@@ -136,7 +215,8 @@ def install_error_handlers(app: FastAPI, *, console_prefix: str = "/console") ->
 
             from fastapi.responses import HTMLResponse
 
-            body = (f'<!doctype html><title>Not allowed</title><link rel="stylesheet" href="{console_prefix}/static/console.css">'
+            body = (f'<!doctype html><title>Not allowed</title><link rel="icon" href="{console_prefix}/static/favicon.svg">'
+                    f'<link rel="stylesheet" href="{console_prefix}/static/console.css">'
                     f'<main><h1>Not allowed</h1><p class="error">{escape(str(exc))}</p>'
                     f'<p><a href="{console_prefix}/">Back to the console</a></p></main>')
             return HTMLResponse(body, status_code=status.HTTP_403_FORBIDDEN)
@@ -145,10 +225,11 @@ def install_error_handlers(app: FastAPI, *, console_prefix: str = "/console") ->
     async def bad_input(_request: Request, exc: Exception) -> Any:
         assert isinstance(exc, service.InputError)
         return _problem(
-            422,
-            [{"loc": ["body", exc.field], "msg": exc.message, "type": "value_error"}],
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            [{"loc": [exc.location, exc.field], "msg": exc.message, "type": "value_error"}],
         )
 
+    document_error_answers(app)
     app.add_exception_handler(NotSignedIn, not_signed_in)
     app.add_exception_handler(NotFound, not_found)
     app.add_exception_handler(Forbidden, forbidden)

@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 from cloud import console
 from cloud.access.service import access_policy
 from cloud.access.web import install_error_handlers
-from cloud.api import health
+from cloud.api import health, security
 from cloud.bus.worker import CloudBus
 from cloud.db import make_engine, make_sessionmaker
 from cloud.engine import EngineSpec
@@ -74,6 +74,7 @@ def create_app(
             app.include_router(router)
     install_error_handlers(app)
     console.mount(app, specs)
+    security.install(app)
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:

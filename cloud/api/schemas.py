@@ -6,6 +6,10 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
+from cloud.access.web import Problem
+
+__all__ = ["Health", "NodeDetail", "NodePublic", "Problem", "RegionPublic", "StorePublic", "WorkerHealth"]
+
 
 class _FromOrm(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -82,7 +86,3 @@ class Health(BaseModel):
     database: str
     worker: WorkerHealth | None
     """Null when this process runs no ingest worker."""
-
-
-class Problem(BaseModel):
-    detail: str

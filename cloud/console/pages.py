@@ -7,6 +7,7 @@ pages use `console_user`, `form_user` and `render` from here.
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -129,15 +130,21 @@ def login(
         return _login_page(request, error="The form expired or was not sent by this page: please sign in again.",
                            next_=next, code=status.HTTP_403_FORBIDDEN)
     pol = policy(request)
-    with service.write_session(request.app.state.engine) as session, session.begin():
-        try:
-            user = service.authenticate(session, username.strip(), password, pol)
-        except service.LockedOut as exc:
-            error = f"Account locked after repeated failed sign-ins: {exc}."
-            return _login_page(request, error=error, next_=next, code=status.HTTP_429_TOO_MANY_REQUESTS)
-        token = service.start_session(session, user, pol) if user is not None else None
+    # The client address as uvicorn reports it: behind a reverse proxy, the X-Forwarded-For address
+    # when the proxy is trusted (--forwarded-allow-ips; see docs/hq.md).
+    source = request.client.host if request.client else None
+    try:
+        token = service.sign_in(request.app.state.engine, username.strip(), password, source, pol)
+    except service.Throttled as exc:
+        page = _login_page(request, error=f"{str(exc).capitalize()}.", next_=next, code=status.HTTP_429_TOO_MANY_REQUESTS)
+        page.headers["Retry-After"] = str(max(1, math.ceil((exc.until - datetime.now(UTC)).total_seconds())))
+        return page
     if token is None:
-        return _login_page(request, error="Wrong username or password.", next_=next, code=status.HTTP_401_UNAUTHORIZED)
+        # One answer for an unknown name, a wrong password, a disabled user and a locked account.
+        minutes = math.ceil(pol.lockout.total_seconds() / 60)
+        error = (f"Wrong username or password, or too many failed attempts: after repeated failures wait "
+                 f"{minutes} minutes or ask an admin to unlock the account.")
+        return _login_page(request, error=error, next_=next, code=status.HTTP_401_UNAUTHORIZED)
     response = RedirectResponse(_safe_next(next), status.HTTP_303_SEE_OTHER)
     response.set_cookie(COOKIE, token, max_age=int(pol.session_ttl.total_seconds()), httponly=True, samesite="lax",
                         secure=_secure(request), path="/")
@@ -163,7 +170,9 @@ FilterStr = Annotated[str, Query(max_length=100)]
 def _users_page(request: Request, principal: Principal, *, error: str | None = None, code: int = 200,
                 form: dict[str, Any] | None = None) -> HTMLResponse:
     with request.app.state.sessionmaker() as session:
-        return render(request, "users.html", principal, status_code=code, users=service.list_users(session),
+        users = service.list_users(session)
+        return render(request, "users.html", principal, status_code=code, users=users,
+                      locks=service.lock_states(session, [u.username for u in users]),
                       regions=visible_regions(session, principal.scope),
                       stores=visible_stores(session, principal.scope), roles=list(Role), error=error, form=form or {})
 
@@ -194,7 +203,7 @@ def users_create(
 
 
 def _user_page(request: Request, principal: Principal, username: str, *, error: str | None = None,
-               code: int = 200, saved: bool = False) -> HTMLResponse:
+               code: int = 200, saved: str | None = None) -> HTMLResponse:
     with request.app.state.sessionmaker() as session:
         try:
             user = service.get_user(session, username[:USERNAME_MAX + 1])
@@ -202,7 +211,7 @@ def _user_page(request: Request, principal: Principal, username: str, *, error: 
             return render(request, "error.html", principal, status_code=404, message=str(exc))
         return render(request, "user.html", principal, status_code=code, user=user, roles=list(Role),
                       regions=visible_regions(session, principal.scope), stores=visible_stores(session, principal.scope),
-                      error=error, saved=saved)
+                      lock=service.lock_states(session, [user.username]).get(user.username), error=error, saved=saved)
 
 
 @router.get("/users/{username}", response_class=HTMLResponse)
@@ -230,7 +239,17 @@ def user_update(
         return _user_page(request, principal, username, error=str(exc), code=422)
     except NotFound as exc:
         return render(request, "error.html", principal, status_code=404, message=str(exc))
-    return _user_page(request, principal, username, saved=True)
+    return _user_page(request, principal, username, saved=f"Saved. {username} must sign in again.")
+
+
+@router.post("/users/{username}/unlock", response_class=HTMLResponse)
+def user_unlock(request: Request, principal: UsersForm, username: str) -> HTMLResponse:
+    try:
+        with service.write_session(request.app.state.engine) as session, session.begin():
+            service.unlock_user(session, principal.actor, username[:USERNAME_MAX + 1], via="console")
+    except NotFound as exc:
+        return render(request, "error.html", principal, status_code=404, message=str(exc))
+    return _user_page(request, principal, username, saved=f"Unlocked: {username} can sign in again from every address.")
 
 
 @router.post("/users/{username}/active", response_class=HTMLResponse)
@@ -241,6 +260,8 @@ def users_active(request: Request, principal: UsersForm, username: str,
             service.set_user_active(session, principal.actor, username[:USERNAME_MAX + 1], active == "1", via="console")
     except NotFound as exc:
         return _users_page(request, principal, error=str(exc), code=404)
+    except service.InputError as exc:
+        return _users_page(request, principal, error=str(exc), code=422)
     return RedirectResponse("/console/users", status.HTTP_303_SEE_OTHER)
 
 
@@ -269,10 +290,13 @@ def api_keys_create(
 ) -> HTMLResponse:
     try:
         expires = None
-        if expires_days.strip():
-            if not expires_days.strip().isdigit() or int(expires_days) < 1:
-                raise service.InputError("expires_days", f"{expires_days!r} is not a whole number of days (1 or more)")
-            expires = datetime.now(UTC) + timedelta(days=int(expires_days))
+        days = expires_days.strip()
+        if days:
+            # ASCII digits only: str.isdigit() also accepts '²', which int() refuses.
+            if not days.isascii() or not days.isdigit() or not 1 <= int(days) <= service.KEY_EXPIRY_MAX_DAYS:
+                raise service.InputError("expires_days", f"{expires_days!r} is not a whole number of days from 1 to "
+                                                         f"{service.KEY_EXPIRY_MAX_DAYS} (leave it empty for no expiry)")
+            expires = datetime.now(UTC) + timedelta(days=int(days))
         with service.write_session(request.app.state.engine) as session, session.begin():
             _key, secret = service.create_api_key(session, principal.actor, name, role, regions=regions or [],
                                                   stores=stores or [], expires_at=expires, via="console")
@@ -313,13 +337,13 @@ def audit(
     object_id: FilterStr = "", since: FilterStr = "", until: FilterStr = "",
 ) -> HTMLResponse:
     filters = {"actor": actor, "object_type": object_type, "object_id": object_id, "since": since, "until": until}
-    try:
-        start, end = _when(since, "since"), _when(until, "until")
-    except service.InputError as exc:
-        return render(request, "audit.html", principal, status_code=422, entries=[], filters=filters, error=str(exc))
     with request.app.state.sessionmaker() as session:
-        entries = service.list_audit(session, actor=actor or None, object_type=object_type or None,
-                                     object_id=object_id or None, since=start, until=end)
+        try:
+            start, end = _when(since, "since"), _when(until, "until")
+            entries = service.list_audit(session, actor=actor or None, object_type=object_type or None,
+                                         object_id=object_id or None, since=start, until=end)
+        except service.InputError as exc:
+            return render(request, "audit.html", principal, status_code=422, entries=[], filters=filters, error=str(exc))
         return render(request, "audit.html", principal, entries=entries, filters=filters, error=None)
 
 

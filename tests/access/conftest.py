@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -57,6 +58,17 @@ class World:
 
     def app_client(self, **kw: object) -> TestClient:
         return TestClient(create_app(self.settings, run_worker=False, engine=self.engine), **kw)  # type: ignore[arg-type]
+
+
+def behind_proxy(app: Any, trusted: str = "testclient") -> TestClient:
+    """A client of `app` behind uvicorn's proxy-headers middleware, as `omnishelf cloud serve` runs it
+    (on by default, trusting the addresses of --forwarded-allow-ips): X-Forwarded-For and
+    X-Forwarded-Proto from a trusted peer become the request's client address and scheme."""
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    # uvicorn and Starlette type the same ASGI callables differently.
+    proxied: Any = ProxyHeadersMiddleware(app, trusted_hosts=trusted)
+    return TestClient(proxied)
 
 
 def make_world(eng: Engine) -> World:

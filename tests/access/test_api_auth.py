@@ -15,7 +15,7 @@ from tests.access.conftest import GRANTS, PASSWORD, SEES, World, row_count
 
 # Public on purpose: load balancers, API docs, and the content-addressed catalogue files that boxes
 # (which hold no HTTP credentials) download. Anything else must refuse to answer without credentials.
-PUBLIC = {"/health", "/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect", "/catalogue/files/{sha256}"}
+PUBLIC = {"/health", "/openapi.json", "/docs", "/catalogue/files/{sha256}"}
 
 
 def api_routes(client: TestClient) -> list[tuple[str, str]]:
@@ -40,9 +40,14 @@ def test_every_endpoint_refuses_missing_expired_and_revoked_credentials(world: W
         assert {("GET", "/nodes"), ("GET", "/stores"), ("GET", "/regions"), ("GET", "/audit"), ("POST", "/api-keys")} <= set(routes)
         doc = client.get("/openapi.json").json()
         assert doc["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
-        for path in ("/nodes", "/stores", "/regions", "/me", "/users", "/api-keys", "/audit"):
+        # Either credential will do; the role each operation needs is the requirement's role.
+        for path, perm in (("/nodes", "fleet"), ("/stores", "fleet"), ("/regions", "fleet"), ("/me", None),
+                           ("/users", "users"), ("/api-keys", "users"), ("/audit", "audit")):
             op = doc["paths"][path]["get"]
-            assert op["security"] == [{"apiKey": []}], path
+            roles = [perm] if perm else []
+            assert op["security"] == [{"apiKey": roles}, {"session": roles}], path
+            assert set(op["responses"]) >= ({"401", "403"} if perm else {"401"}), path
+            assert op["responses"]["401"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Problem"}
             assert "schema" in op["responses"]["200"]["content"]["application/json"], path
         assert "UserCreate" in doc["components"]["schemas"] and "ApiKeyCreate" in doc["components"]["schemas"]
         # Both work before they expire / are revoked: the refusals below are about the state change.

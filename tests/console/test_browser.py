@@ -16,11 +16,13 @@ import uvicorn
 from sqlalchemy import Engine
 
 from broker.mosquitto import free_port
+from cloud.access import service
 from cloud.api import create_app
 from cloud.db import make_engine, migrate
 from tests.access.conftest import PASSWORD, make_world
 from tests.cloud.conftest import cloud_settings
 from tests.conftest import Broker
+from tests.console.csp import watch
 from tests.system.harness import System
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -78,7 +80,10 @@ def test_console_in_chromium(broker: Broker, sqlite_engine: Engine, tmp_path: Pa
     try:
         with Server(create_app(settings, run_worker=True, engine=sqlite_engine)) as server, sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            context = browser.new_context(viewport={"width": 1280, "height": 800})
+            # The live page runs under the Content-Security-Policy: it must never trip it.
+            seen = watch(context)
+            page = context.new_page()
             expect.set_options(timeout=20_000)
 
             # Sign in.
@@ -120,11 +125,19 @@ def test_console_in_chromium(broker: Broker, sqlite_engine: Engine, tmp_path: Pa
             expect(page.locator("#new-secret")).to_contain_text("osk_")
             page.screenshot(path=str(IMG / "console-api-keys.png"), full_page=True)
 
+            # Someone guessed the regional manager's password from one address: locked from there.
+            for _ in range(5):
+                assert service.sign_in(sqlite_engine, "regional", "a wrong guess", "203.0.113.5", service.Policy()) is None
             for name in ("store", "devices", "users", "user", "audit", "orders"):
                 path = {"store": "stores/st0001", "user": "users/regional"}.get(name, name)
                 page.goto(f"{server.url}/console/{path}")
                 expect(page.locator("main h1")).to_be_visible()
                 page.screenshot(path=str(IMG / f"console-{name}.png"), full_page=True)
+            page.goto(f"{server.url}/console/users/regional")
+            expect(page.locator("#unlock-user")).to_contain_text("203.0.113.5")
+            page.click("#unlock-user button")
+            expect(page.locator(".saved")).to_contain_text("Unlocked: regional can sign in again")
+            expect(page.locator("#unlock-user")).to_contain_text("Not locked.")
 
             # A form post without the CSRF token, sent by the browser with the session cookie, is refused.
             status = page.evaluate(
@@ -161,6 +174,7 @@ def test_console_in_chromium(broker: Broker, sqlite_engine: Engine, tmp_path: Pa
             assert answer is not None and answer.status == 404
             expect(regional.locator(".error")).to_contain_text("No store 'st0003'")
             expect(regional.locator("main")).not_to_contain_text("Shenzhen")
+            assert seen.violations == []
             browser.close()
     finally:
         system.close()

@@ -72,8 +72,9 @@ def test_console_forms_report_bad_input_by_field(world: World, admin: tuple[Test
     assert answer.status_code == 422 and "username: 1 to 64 characters" in answer.text
     answer = client.post("/console/users", data={"username": "ok", "password": PASSWORD, "role": "regional", "csrf_token": csrf})
     assert answer.status_code == 422 and "regions: a regional user needs at least one region" in answer.text
-    answer = client.post("/console/api-keys", data={"name": "k", "role": "hq", "expires_days": "soon", "csrf_token": csrf})
-    assert answer.status_code == 422 and "expires_days" in answer.text
+    for days in ("soon", "0", "3651", "9999999999", "\N{SUPERSCRIPT TWO}", "\N{FULLWIDTH DIGIT ONE}"):
+        answer = client.post("/console/api-keys", data={"name": "k", "role": "hq", "expires_days": days, "csrf_token": csrf})
+        assert answer.status_code == 422 and "expires_days" in answer.text and "from 1 to 3650" in answer.text, days
     assert row_count(world.engine, User) == len(GRANTS)
     created = client.post("/console/api-keys", data={"name": "tmall", "role": "hq", "csrf_token": csrf})
     secret = re.search(r'id="new-secret">(osk_[^<]+)<', created.text)
@@ -104,3 +105,10 @@ def test_admin_changes_a_users_role_scope_and_password_in_the_console(world: Wor
         assert [s["code"] for s in manager.get("/stores").json()] == ["st0002"]
     assert client.post("/console/users/nobody", data={"role": "hq", "csrf_token": csrf}).status_code == 404
     assert client.post("/console/users/regional", data={"role": "hq"}).status_code == 403
+
+
+def test_the_root_address_leads_to_the_console(world: World) -> None:
+    with world.app_client() as client:
+        root = client.get("/", follow_redirects=False)
+        assert root.status_code in (302, 303, 307) and root.headers["location"] == "/console/"
+        assert client.get("/").url.path == "/console/login"  # followed: signed out, so the sign-in page
