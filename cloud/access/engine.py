@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from cloud.access import api, models
+from pathlib import Path
+
+from cloud.access import api, console, models
 from cloud.access.scope import Perm
 from cloud.engine import EngineSpec, NavItem
 
@@ -10,6 +12,8 @@ ENGINE = EngineSpec(
     name="access",
     models=(models,),
     routers=(api.router,),
+    pages=(console.router,),
+    templates=Path(__file__).parent / "templates",
     nav=(
         NavItem("users", "Users", "/console/users", Perm.USERS, 70),
         NavItem("api-keys", "API keys", "/console/api-keys", Perm.USERS, 80),
