@@ -3,6 +3,11 @@
 The credentials file is the truth: at start the broker's dynsec file is generated from it, and on
 SIGHUP the difference is applied to the running broker (boxes added, removed, passwords changed)
 without dropping anyone whose credential did not change.
+
+With `--tls-cert`/`--tls-key` the broker listens with TLS on `--tls-port`, and by default only
+there: a plain listener beside it would let a box configured with mqtt:// (or someone in the path
+who strips TLS) send its password in clear text. `--plain` keeps it, for the weeks in which boxes
+move to mqtts:// one by one.
 """
 
 from __future__ import annotations
@@ -18,7 +23,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from broker.mosquitto import BrokerLayout, MosquittoError, MosquittoProcess, check_port_free
+from broker.mosquitto import (
+    BrokerLayout,
+    MosquittoError,
+    MosquittoProcess,
+    TlsListener,
+    check_port_free,
+    check_tls_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +92,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument(
         "--data-dir", type=Path, default=Path("var/broker"), help="config, persistence and log (default: %(default)s)"
     )
-    p.add_argument("--port", type=int, default=1883, help="listener port (default: %(default)s)")
+    p.add_argument("--port", type=int, default=1883, help="plain MQTT listener port (default: %(default)s)")
     p.add_argument("--bind", default="127.0.0.1", help="listener address (default: %(default)s)")
+    p.add_argument("--tls-cert", type=Path, metavar="FILE",
+                   help="the broker's certificate (PEM; intermediate CAs after it): adds a TLS listener")
+    p.add_argument("--tls-key", type=Path, metavar="FILE", help="the certificate's private key (PEM, unencrypted)")
+    p.add_argument("--tls-port", type=int, default=8883, help="TLS listener port (default: %(default)s)")
+    p.add_argument(
+        "--plain",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the plain listener on --port (default: yes without TLS, no with TLS: boxes still on "
+        "mqtt:// during a move to TLS need --plain)",
+    )
     p.add_argument(
         "--credentials",
         type=Path,
@@ -91,14 +114,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.set_defaults(func=run)
 
 
+def _listeners(args: argparse.Namespace) -> tuple[TlsListener | None, bool]:
+    """(the TLS listener, whether the plain one stays) from the command line; one line per mistake."""
+    for name in ("port", "tls_port"):
+        if not 1 <= getattr(args, name) <= 65535:
+            raise SystemExit(f"--{name.replace('_', '-')} {getattr(args, name)} is not a TCP port (1-65535)")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        given, missing = ("--tls-cert", "--tls-key") if args.tls_key is None else ("--tls-key", "--tls-cert")
+        raise SystemExit(f"{given} needs {missing} too: expected the certificate and its private key, found only one")
+    if args.tls_cert is None:
+        if args.plain is False:
+            raise SystemExit("--no-plain without --tls-cert/--tls-key leaves no listener: expected TLS files or --plain")
+        return None, True
+    plain = bool(args.plain)
+    if plain and args.tls_port == args.port:
+        raise SystemExit(f"--tls-port {args.tls_port} is also --port: expected two different ports")
+    tls = TlsListener(args.tls_cert, args.tls_key, args.tls_port)
+    try:
+        check_tls_files(tls)
+    except MosquittoError as exc:
+        raise SystemExit(str(exc)) from None
+    return tls, plain
+
+
 def run(args: argparse.Namespace) -> int:
-    if not 1 <= args.port <= 65535:
-        raise SystemExit(f"--port {args.port} is not a TCP port (1-65535)")
+    tls, plain = _listeners(args)
     creds = load_credentials(args.credentials)
     try:
-        layout = _layout(BrokerLayout(args.data_dir, args.port, args.bind), creds)
+        layout = _layout(BrokerLayout(args.data_dir, args.port, args.bind, tls=tls, plain=plain), creds)
         # Before anything is started or printed: a busy port is the operator's to fix.
-        check_port_free(args.bind, args.port)
+        for port in layout.ports:
+            check_port_free(args.bind, port)
     except (MosquittoError, ValueError) as exc:
         raise SystemExit(f"credentials file {args.credentials}: {exc}" if isinstance(exc, ValueError) else str(exc)) from None
     proc = MosquittoProcess(layout)
@@ -114,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
     except (MosquittoError, ValueError) as exc:
         raise SystemExit(str(exc)) from None
     print(
-        json.dumps({"broker": layout.url, "config": str(layout.conf_path), "log": str(layout.log_path), "pid": os.getpid()}),
+        json.dumps({"broker": layout.url, "listeners": layout.urls, "config": str(layout.conf_path),
+                    "log": str(layout.log_path), "pid": os.getpid()}),
         flush=True,
     )
     try:

@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
+import re
 import select
 import socket
 import ssl
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,12 +34,14 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 __all__ = [
     "BrokerAddress",
+    "BrokerCertificateError",
     "BusAuthError",
     "BusError",
     "BusNotConnected",
     "JitteredBackoff",
     "MqttConnection",
     "PublishRefused",
+    "TlsSetupError",
     "Will",
     "keepalive_for_deadline",
 ]
@@ -69,15 +74,58 @@ class PublishRefused(BusError):
         self.reason = reason
 
 
+class TlsSetupError(BusError, ValueError):
+    """The TLS settings cannot be used: the CA file is missing, unreadable or holds no certificate.
+    Retrying will not help; the message names the file and the problem."""
+
+
+class BrokerCertificateError(BusNotConnected):
+    """The broker's certificate did not verify against the trusted CAs, or names another host: the
+    connection was refused by us, before any credential was sent."""
+
+    def __init__(self, address: BrokerAddress, reason: str) -> None:
+        trusted = f"CA file {address.ca_file}" if address.ca_file else "the system's CA store"
+        super().__init__(f"certificate verify failed for broker {address}: {reason} (trusted: {trusted})")
+        self.address = address
+        self.reason = reason
+
+
+_PEM_CERT = re.compile(r"-----BEGIN CERTIFICATE-----\r?\n.*?-----END CERTIFICATE-----", re.DOTALL)
+
+
+def read_certificates(path: str | os.PathLike[str]) -> list[str]:
+    """The PEM certificates in `path`, in file order; `TlsSetupError` naming the file otherwise."""
+    try:
+        text = Path(path).read_text(encoding="ascii", errors="replace")
+    except OSError as exc:
+        raise TlsSetupError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    found = _PEM_CERT.findall(text)
+    if not found:
+        raise TlsSetupError(f"{path}: expected PEM certificates ('-----BEGIN CERTIFICATE-----'), found none")
+    try:
+        ssl.create_default_context(cadata="\n".join(found))
+    except ssl.SSLError as exc:
+        raise TlsSetupError(f"{path}: a certificate in it cannot be parsed ({exc.reason or exc})") from None
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class BrokerAddress:
     host: str
     port: int
     tls: bool = False
+    ca_file: str | None = None
+    """mqtts:// only: a PEM file of the CAs that may sign the broker's certificate (then only those are
+    trusted); None trusts the system's CA store. The host name is checked either way."""
+    pinned: bool = False
+    """`ca_file` holds the broker's own certificate (its first one): trust exactly that certificate,
+    under whatever name it was reached. For the broker's own admin client on loopback, which dials
+    127.0.0.1 while the certificate names the host's public name."""
 
     @classmethod
-    def from_url(cls, url: str) -> BrokerAddress:
-        """`mqtt://host:port` or `mqtts://host:port` (ports default to 1883 / 8883)."""
+    def from_url(cls, url: str, ca_file: str | os.PathLike[str] | None = None) -> BrokerAddress:
+        """`mqtt://host:port` or `mqtts://host:port` (ports default to 1883 / 8883); `ca_file` only
+        with mqtts:// (a CA given for a plain-text URL would silently not be used)."""
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise ValueError(f"Invalid broker URL {url!r}: expected mqtt://host[:port] or mqtts://host[:port]")
@@ -86,7 +134,28 @@ class BrokerAddress:
             port = parts.port or (8883 if tls else 1883)
         except ValueError:
             raise ValueError(f"Invalid broker URL {url!r}: the port is not a number from 1 to 65535") from None
-        return cls(parts.hostname, port, tls)
+        if ca_file is not None and not tls:
+            raise ValueError(
+                f"a CA file ({ca_file}) was given for the plain-text broker URL {url!r}: expected mqtts://host[:port]"
+            )
+        return cls(parts.hostname, port, tls, None if ca_file is None else os.fspath(ca_file))
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """How to verify the broker (None for mqtt://); reads `ca_file` now. Raises `TlsSetupError`."""
+        if not self.tls:
+            return None
+        if self.ca_file is None:
+            return ssl.create_default_context()
+        certs = read_certificates(self.ca_file)
+        if not self.pinned:
+            # With cadata, the system store is not loaded: a private CA is the only one trusted.
+            return ssl.create_default_context(cadata="\n".join(certs))
+        ctx = ssl.create_default_context(cadata=certs[0])
+        # The pinned certificate itself is the trust anchor (it need not be self-signed), so no
+        # other certificate passes, and no name needs to match.
+        ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        ctx.check_hostname = False
+        return ctx
 
     def __str__(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
@@ -181,8 +250,9 @@ class MqttConnection:
             manual_ack=manual_ack,
         )
         c.username_pw_set(username, password)
-        if address.tls:
-            c.tls_set_context(ssl.create_default_context())
+        tls = address.ssl_context()
+        if tls is not None:
+            c.tls_set_context(tls)
         if will is not None:
             c.will_set(will.topic, will.payload, qos=1, retain=will.retain)
         c.max_inflight_messages_set(max_inflight)
@@ -224,9 +294,22 @@ class MqttConnection:
                 ),
                 self.connect_timeout,
             )
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
-            self._shutdown(f"cannot reach broker {self.address}: {exc or type(exc).__name__}")
-            raise BusNotConnected(f"cannot reach broker {self.address}: {exc or type(exc).__name__}") from None
+        except ssl.SSLCertVerificationError as exc:
+            err: BusNotConnected = BrokerCertificateError(self.address, exc.verify_message or str(exc))
+            self._shutdown(str(err))
+            raise err from None
+        except (ssl.SSLError, ConnectionResetError) as exc:
+            if not self.address.tls:
+                raise self._unreachable(exc) from None
+            # A plain listener resets the connection or answers garbage to a TLS ClientHello.
+            reason = exc.reason if isinstance(exc, ssl.SSLError) else exc.strerror
+            err = BusNotConnected(
+                f"TLS handshake with broker {self.address} failed: {reason or exc} (is that port a TLS listener?)"
+            )
+            self._shutdown(str(err))
+            raise err from None
+        except (OSError, TimeoutError) as exc:
+            raise self._unreachable(exc) from None
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._shutdown(f"connect failed: {paho.error_string(rc)}")
             raise BusNotConnected(f"cannot connect to {self.address}: {paho.error_string(rc)}")
@@ -238,6 +321,11 @@ class MqttConnection:
             raise BusNotConnected(
                 f"broker {self.address} sent no CONNACK within {self.connect_timeout:.0f} s"
             ) from None
+
+    def _unreachable(self, exc: BaseException) -> BusNotConnected:
+        why = f"cannot reach broker {self.address}: {exc or type(exc).__name__}"
+        self._shutdown(why)
+        return BusNotConnected(why)
 
     async def disconnect(self, timeout: float = 5.0, *, end_session: bool = False) -> None:
         """Clean disconnect (the broker does not publish the will). With `end_session`, the broker
@@ -376,8 +464,16 @@ class MqttConnection:
         for _ in range(_READS_PER_WAKEUP):
             if self._client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS or fd is None or self._fd != fd:
                 return
-            if not select.select([fd], [], [], 0)[0]:
+            if not self._tls_pending() and not select.select([fd], [], [], 0)[0]:
                 return
+        if self._tls_pending():
+            # Bytes already decrypted wait inside the TLS layer, where the event loop cannot see
+            # them: without this they would wait for the next packet to arrive (up to a keep alive).
+            self._loop.call_soon(self._read)
+
+    def _tls_pending(self) -> bool:
+        sock = self._client.socket()
+        return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
 
     def _write(self) -> None:
         self._client.loop_write()
@@ -409,6 +505,9 @@ class MqttConnection:
 
     def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
         why = reason.getName() if isinstance(reason, ReasonCode) else str(reason)
+        if not self._connack.done() and not self.address.tls:
+            # A TLS listener drops a plain-text CONNECT without a word: say what it most likely is.
+            why += f" before any CONNACK (is {self.address.host}:{self.address.port} a TLS listener? then use mqtts://)"
         self._shutdown(f"disconnected: {why}")
 
     def _on_publish(self, _c: paho.Client, _u: Any, mid: int, reason: ReasonCode, _p: Any) -> None:
