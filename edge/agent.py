@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from broker.client import BrokerAddress, JitteredBackoff
+from broker.client import BrokerAddress, JitteredBackoff, TlsSetupError
 from broker.envelope import Envelope, MessageType
 from broker.payloads import CommandData, Payload, TelemetryData
 from edge.bus import BusClient, CommandRefused, software_version
@@ -34,7 +34,15 @@ from firmware_config import PASSWORD_ENV, BoxPaths, NodeConfig, PathError, confi
 if TYPE_CHECKING:
     from edge.catalogue.component import CatalogueComponent
 
-__all__ = ["AgentConfigError", "AgentStartError", "EdgeAgent", "OutboxInUse", "broker_password", "run_agent"]
+__all__ = [
+    "AgentConfigError",
+    "AgentStartError",
+    "EdgeAgent",
+    "OutboxInUse",
+    "broker_address",
+    "broker_password",
+    "run_agent",
+]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +77,17 @@ def broker_password(cfg: NodeConfig, paths: BoxPaths, env: Mapping[str, str] | N
     return secret
 
 
+def broker_address(cfg: NodeConfig, paths: BoxPaths) -> BrokerAddress:
+    """Where the broker is and, for mqtts://, which CA to trust: `broker.ca_file` is read now, so a
+    missing or wrong file stops the agent at start with one line instead of failing every connect."""
+    address = BrokerAddress.from_url(cfg.broker.url, paths.ca_file)
+    try:
+        address.ssl_context()
+    except TlsSetupError as exc:
+        raise AgentConfigError(f"broker.ca_file {exc}") from None
+    return address
+
+
 class EdgeAgent:
     """Runs until `stop()`. Holds the outbox lock from construction until `run()` ends (or `close()`)."""
 
@@ -87,6 +106,7 @@ class EdgeAgent:
         except PathError as exc:
             raise AgentConfigError(str(exc)) from None
         self.password = password if password is not None else broker_password(config, self.paths, env)
+        self.broker_address = broker_address(config, self.paths)
         self.config_hash = config_hash(config)
         self.software_version = software_version()
         self.outbox: Outbox | None = None
@@ -173,7 +193,7 @@ class EdgeAgent:
                 outbox,
                 node=cfg.node_id,
                 store=cfg.store_id,
-                address=BrokerAddress.from_url(cfg.broker.url),
+                address=self.broker_address,
                 password=self.password,
                 config_hash=self.config_hash,
                 devices=self.devices.infos,

@@ -31,6 +31,7 @@ from broker import topics
 from broker.client import (
     MOSQUITTO_2_0_KEEPALIVE_SLACK_S,
     BrokerAddress,
+    BrokerCertificateError,
     BusAuthError,
     BusError,
     BusNotConnected,
@@ -71,6 +72,12 @@ _READ_CHUNK = 1_000
 _STABLE_S = 10.0
 """A connection that lasted this long resets the backoff; a flapping one keeps backing off."""
 _STOP_GRACE_S = 3.0
+
+
+def _certificate_hint(exc: BrokerCertificateError) -> str:
+    if "mismatch" in exc.reason:  # "Hostname mismatch, …" or "IP address mismatch, …"
+        return "check broker.url: its host must be a name the broker's certificate holds"
+    return "check broker.ca_file: it must hold the CA that signed the broker's certificate"
 
 
 def software_version() -> str:
@@ -373,7 +380,12 @@ class BusClient:
         except BusNotConnected as exc:
             self._count["connect_failures"] += 1
             delay = self.backoff.next_delay()
-            log.warning("%s: %s; reconnecting in %.1f s", self.node, exc, delay)
+            if isinstance(exc, BrokerCertificateError):
+                # Not a network hiccup: it lasts until the box's config or the broker's certificate
+                # is fixed, so say which setting to look at.
+                log.error("%s: %s; %s; reconnecting in %.1f s", self.node, exc, _certificate_hint(exc), delay)
+            else:
+                log.warning("%s: %s; reconnecting in %.1f s", self.node, exc, delay)
             conn.abort()
             return delay
         except BaseException:

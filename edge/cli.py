@@ -64,7 +64,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         paths = resolve_paths(cfg)
     except PathError as exc:
         raise SystemExit(f"{args.file}: {exc}") from None
-    from edge.agent import AgentConfigError, broker_password
+    from edge.agent import AgentConfigError, broker_address, broker_password
 
     if cfg.broker.password is not None:
         secret = "in the config file"
@@ -77,6 +77,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         # The technician's shell rarely has the service's environment: say so, do not fail.
         secret = f"${PASSWORD_ENV} ({'set' if os.environ.get(PASSWORD_ENV) else 'not set in this shell'})"
+    try:
+        tls = broker_address(cfg, paths).tls
+    except AgentConfigError as exc:
+        raise SystemExit(f"{args.file}: {exc}") from None
     api = cfg.local_api
     rows = [
         ("data_dir", f"{paths.data_dir}  (from {paths.data_dir_source})"),
@@ -84,6 +88,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         ("lock", str(paths.outbox_lock)),
         ("catalogue", str(paths.catalogue) if cfg.catalogue.cloud_url else "(no catalogue: catalogue.cloud_url not set)"),
         ("password", secret),
+        *([("ca_file", str(paths.ca_file) if paths.ca_file else "(none: the system's CA store)")] if tls else []),
         ("local_api", f"http://{api.host}:{api.port}/status" if api.enabled else "(disabled)"),
     ]
     print(f"OK {config_hash(cfg)}")

@@ -8,7 +8,16 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from firmware_config.profiles import PROFILES
 
@@ -47,6 +56,10 @@ class BrokerConfig(_Strict):
     """How late the broker may act on an expired MQTT keep alive. Mosquitto 2.0.x sweeps about every
     5 s (up to ~6 s late); 0 for a broker that enforces the deadline exactly."""
     session_expiry_s: Annotated[int, Field(ge=0, le=2**32 - 1)] = 7 * 24 * 3600
+    ca_file: Path | None = None
+    """mqtts:// only: the PEM file of the CA(s) that signed the broker's certificate, relative to the
+    config file's directory; the box then trusts only those. Without it an mqtts:// broker must have
+    a certificate from a CA in the system's store. The broker's host name is checked either way."""
 
     @field_validator("url")
     @classmethod
@@ -60,6 +73,17 @@ class BrokerConfig(_Strict):
             raise ValueError(f"{value!r} has a bad port: expected a number from 1 to 65535") from None
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ValueError(f"{value!r} has a path or query: expected only mqtt[s]://host[:port]")
+        return value
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_needs_tls(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        url = info.data.get("url")  # absent when the URL itself was refused
+        if value is not None and isinstance(url, str) and urlsplit(url).scheme != "mqtts":
+            raise ValueError(
+                f"a CA file is given but broker.url {url!r} is plain MQTT: expected an mqtts:// URL "
+                "(or no ca_file)"
+            )
         return value
 
     @model_validator(mode="after")

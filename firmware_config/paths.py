@@ -40,6 +40,8 @@ class BoxPaths:
     """Held (flock) by the one agent that uses this outbox."""
     catalogue: Path
     password_file: Path | None
+    ca_file: Path | None
+    """The broker's CA file (`broker.ca_file`), if the config names one."""
 
 
 def _place(value: Path, base: Path) -> Path:
@@ -80,6 +82,7 @@ def resolve_paths(cfg: NodeConfig, env: Mapping[str, str] | None = None) -> BoxP
     outbox = _place(cfg.outbox.path, base) if cfg.outbox.path else node_dir / "outbox.db"
     catalogue = _place(cfg.catalogue.path, base) if cfg.catalogue.path else node_dir / "catalogue"
     secret = _place(cfg.broker.password_file, base) if cfg.broker.password_file else None
+    ca_file = _place(cfg.broker.ca_file, base) if cfg.broker.ca_file else None
     return BoxPaths(
         data_dir=data_dir,
         data_dir_source=source,
@@ -88,4 +91,5 @@ def resolve_paths(cfg: NodeConfig, env: Mapping[str, str] | None = None) -> BoxP
         outbox_lock=outbox.with_name(outbox.name + ".lock"),
         catalogue=catalogue,
         password_file=secret,
+        ca_file=ca_file,
     )

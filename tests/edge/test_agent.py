@@ -151,7 +151,7 @@ def test_cli_check_config_lists_every_problem_with_its_line(broker: Broker, tmp_
     assert res.stdout.splitlines() == [
         f"{bad}:{at + 1}: field 'broker.keepalive_s': Input should be greater than or equal to 5 (got 1)",
         f"{bad}:{at + 2}: field 'broker.colour': unknown key (expected one of: url, password, password_file, "
-        "keepalive_s, keepalive_check_slack_s, session_expiry_s)",
+        "keepalive_s, keepalive_check_slack_s, session_expiry_s, ca_file)",
     ]
     assert res.stderr == f"omnishelf: error: {bad}: 2 problem(s)\n"
 

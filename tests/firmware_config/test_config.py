@@ -87,7 +87,7 @@ PROBLEMS = [
     pytest.param(
         ("broker:\n", "broker:\n  usr: admin\n"),
         [
-            "4: field 'broker.usr': unknown key (expected one of: url, password, password_file, keepalive_s, keepalive_check_slack_s, session_expiry_s)"
+            "4: field 'broker.usr': unknown key (expected one of: url, password, password_file, keepalive_s, keepalive_check_slack_s, session_expiry_s, ca_file)"
         ],
         id="unknown-key",
     ),
