@@ -10,11 +10,11 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from broker import topics
-from broker.client import BrokerAddress
+from broker.client import BrokerAddress, TlsSetupError, read_certificates
 
 __all__ = ["DEFAULT_BROKER_PASSWORD", "Settings", "SettingsError", "default_data_dir", "load_settings"]
 
@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     BROKER_USERNAME: str = "cloud-1"
     """Also this worker's host id (its MQTT client id and host-state topic)."""
     BROKER_PASSWORD: SecretStr = SecretStr(DEFAULT_BROKER_PASSWORD)
+    BROKER_CA_FILE: str = ""
+    """mqtts:// only: the PEM file of the CA(s) that signed the broker's certificate; only those are
+    trusted then. Empty: the system's CA store. The broker's host name is checked either way."""
     ENV: Literal["development", "production"] = "development"
     # Boxes learn that this worker is gone (its retained state turns offline) within 1.5 x this.
     KEEPALIVE_S: int = Field(default=10, ge=5, le=300)
@@ -97,6 +100,21 @@ class Settings(BaseSettings):
         BrokerAddress.from_url(value)
         return value
 
+    @field_validator("BROKER_CA_FILE")
+    @classmethod
+    def _ca_file(cls, value: str, info: ValidationInfo) -> str:
+        if not value:
+            return value
+        url = info.data.get("BROKER_URL")  # absent when the URL itself was refused
+        if isinstance(url, str) and not BrokerAddress.from_url(url).tls:
+            raise ValueError(f"a CA file is set but OMNISHELF_BROKER_URL {url!r} is plain MQTT: expected an mqtts:// URL")
+        path = str(Path(value).expanduser().absolute())
+        try:
+            read_certificates(path)
+        except TlsSetupError as exc:
+            raise ValueError(str(exc)) from None
+        return path
+
     @field_validator("BROKER_USERNAME")
     @classmethod
     def _host_id(cls, value: str) -> str:
@@ -125,7 +143,7 @@ class Settings(BaseSettings):
 
     @property
     def broker_address(self) -> BrokerAddress:
-        return BrokerAddress.from_url(self.BROKER_URL)
+        return BrokerAddress.from_url(self.BROKER_URL, self.BROKER_CA_FILE or None)
 
 
 def load_settings(**overrides: object) -> Settings:

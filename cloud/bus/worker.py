@@ -29,6 +29,7 @@ from sqlalchemy import Engine, text
 
 from broker import topics
 from broker.client import (
+    BrokerCertificateError,
     BusAuthError,
     BusError,
     JitteredBackoff,
@@ -211,7 +212,12 @@ class CloudBus:
         except BusError as exc:
             conn.abort()
             delay = backoff.next_delay()
-            log.warning("%s: cannot connect to %s (%s); retry in %.1f s", self.host, s.broker_address, exc, delay)
+            if isinstance(exc, BrokerCertificateError):
+                # Lasts until the setting or the broker's certificate is fixed: say which to look at.
+                log.error("%s: %s; check OMNISHELF_BROKER_CA_FILE and the host in OMNISHELF_BROKER_URL; retry in %.1f s",
+                          self.host, exc, delay)
+            else:
+                log.warning("%s: cannot connect to %s (%s); retry in %.1f s", self.host, s.broker_address, exc, delay)
             return delay
         self.stats.connects += 1
         backoff.reset()
