@@ -65,10 +65,14 @@ class Proc:
 class System:
     """A broker, cloud workers and boxes as separate processes, for one test."""
 
-    def __init__(self, tmp: Path, broker: Broker, db_url: str) -> None:
+    def __init__(self, tmp: Path, broker: Broker, db_url: str, *, broker_url: str | None = None,
+                 ca_file: Path | None = None) -> None:
+        """`broker_url` and `ca_file`: how boxes and workers reach a TLS broker (default: `broker.url`)."""
         self.tmp = tmp
         self.broker = broker
         self.db_url = db_url
+        self.broker_url = broker_url or broker.url
+        self.ca_file = ca_file
         self.engine = sa.create_engine(db_url)
         self.procs: list[Proc] = []
         self.passwords: dict[str, str] = {}
@@ -92,18 +96,27 @@ class System:
             ["cloud", "worker"],
             {
                 "OMNISHELF_DATABASE_URL": self.db_url,
-                "OMNISHELF_BROKER_URL": self.broker.url,
+                "OMNISHELF_BROKER_URL": self.broker_url,
                 "OMNISHELF_BROKER_USERNAME": host,
                 "OMNISHELF_BROKER_PASSWORD": self.passwords[host],
+                **({"OMNISHELF_BROKER_CA_FILE": str(self.ca_file)} if self.ca_file else {}),
                 **env,
             },
         )
 
-    def box_config(self, node: str, *, burst: int = 0, scans_per_s: float = 0, keepalive_s: int = 30) -> Path:
+    def box_config(self, node: str, *, burst: int = 0, scans_per_s: float = 0, keepalive_s: int = 30,
+                   ca_file: Path | None = None) -> Path:
+        """`ca_file` (default: the one this System was given) is copied beside the config and named
+        relative to it, as a technician would."""
         if node not in self.passwords:
             self.passwords[node] = self.broker.add_node(node)
         secret = self.tmp / f"{node}.secret"
         secret.write_text(self.passwords[node])
+        ca_source = ca_file or self.ca_file
+        ca = None
+        if ca_source is not None:
+            ca = Path(f"{node}-ca.pem")
+            (self.tmp / ca).write_bytes(ca_source.read_bytes())
         # Only scans (no telemetry), so a test knows exactly how many messages the box produced.
         devices = (
             (SimulatorDevice(kind="simulator", burst=burst, scans_per_s=scans_per_s, orders_per_min=0, stock_every_s=0),)
@@ -113,7 +126,7 @@ class System:
         cfg = NodeConfig(
             node_id=node,
             store_id="st-test",
-            broker=BrokerConfig(url=self.broker.url, password_file=Path(secret.name), keepalive_s=keepalive_s),
+            broker=BrokerConfig(url=self.broker_url, password_file=Path(secret.name), keepalive_s=keepalive_s, ca_file=ca),
             outbox=OutboxConfig(path=Path(node) / "outbox.db"),
             devices=devices,
             telemetry_every_s=0,
@@ -121,7 +134,7 @@ class System:
         )
         return write_config(cfg, self.tmp / f"{node}.yaml")
 
-    def box(self, node: str, **config: int | float) -> Proc:
+    def box(self, node: str, **config: int | float | Path) -> Proc:
         return self._spawn(f"box-{node}-{len(self.procs)}", ["edge", "run", "--config", str(self.box_config(node, **config))])  # type: ignore[arg-type]
 
     def box_status(self, node: str) -> dict[str, int]:
@@ -160,7 +173,8 @@ class System:
         async def read() -> bool | None:
             got: list[bytes] = []
             conn = MqttConnection(
-                BrokerAddress.from_url(self.broker.url), "monitor", "monitor-pw", on_message=lambda m: got.append(bytes(m.payload))
+                BrokerAddress.from_url(self.broker_url, self.ca_file), "monitor", "monitor-pw",
+                on_message=lambda m: got.append(bytes(m.payload)),
             )
             await conn.connect()
             await conn.subscribe([topics.host_state(host)])
