@@ -115,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=logging.DEBUG if args.debug else getattr(logging, args.log_level),
             format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         )
+        if not args.debug:
+            # Alembic narrates every plugin it loads and every step it checks: noise on each command.
+            logging.getLogger("alembic").setLevel(logging.WARNING)
         func = getattr(args, "func", None)
         if func is None:
             parser.print_help()

@@ -134,6 +134,7 @@ class World:
     scratch: Path = field(init=False)
     env: dict[str, str] = field(init=False)
     placeholders: dict[str, str] = field(init=False)
+    secrets: dict[str, str] = field(init=False)
     background: list[subprocess.Popen[str]] = field(default_factory=list)
     api: str = ""
     key: str = ""
@@ -176,8 +177,6 @@ class World:
             "http://127.0.0.1:8000": self.api,
             "mqtt://127.0.0.1:1883": self.layout.url,
             "-p 1883": f"-p {self.layout.port}",
-            "osk_…": self.key,
-            "-P '…'": f"-P '{pw['ops']}'",
             "/etc/omnishelf": str(self.tmp / "etc/omnishelf"),
             "/var/lib/omnishelf": str(self.tmp / "var/lib/omnishelf"),
             "/home/tech": str(self.tmp / "home"),
@@ -185,6 +184,9 @@ class World:
             "https://cloud.example.com": self.api,
             "THE-PASSWORD-FROM-THE-OPERATOR": pw["st0001-k1"],
         }
+        # Secrets the docs elide with `…`: filled in where a command uses them; in output, `…`
+        # stays the wildcard it is.
+        self.secrets = {"osk_…": self.key, "-P '…'": f"-P '{pw['ops']}'"}
         cloud = subprocess.Popen(
             ["omnishelf", "cloud", "serve", "--port", str(http)], cwd=self.scratch, env=self.env, text=True,
             stdout=(self.tmp / "cloud.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
@@ -212,8 +214,9 @@ class World:
         if hasattr(self, "broker"):
             self.broker.stop()
 
-    def live(self, text: str) -> str:
-        for shown, real in self.placeholders.items():
+    def live(self, text: str, *, command: bool = True) -> str:
+        """`text` with the docs' placeholders replaced by the live values (secrets only in commands)."""
+        for shown, real in (self.placeholders | self.secrets if command else self.placeholders).items():
             text = text.replace(shown, real)
         return text
 
@@ -252,7 +255,7 @@ class World:
                              f"{done.stdout}{done.stderr}")
 
     def _command(self, cmd: Command, where: str, how: dict[str, str]) -> None:
-        expected = [self.live(line) for line in cmd.expected]
+        expected = [self.live(line, command=False) for line in cmd.expected]
         if "background" in how:
             self._background(cmd, expected, where)
             return
