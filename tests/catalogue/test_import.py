@@ -136,7 +136,7 @@ def test_images_from_a_folder_are_checked_stored_by_hash_with_one_thumbnail(cat_
     result = import_file(cat_engine, src, tmp_path / "cat", image_dir=pics)
     assert (result.rows_ok, result.rows_failed) == (1, 4)
     problems = {e.row: e.problem for e in report_rows(result.report_path)}
-    assert "8x8 px" in problems[2] and "not a readable image" in problems[3]
+    assert "8x8 px" in problems[2] and "not an image: expected JPEG, PNG or WebP, found 12 bytes" in problems[3]
     assert "not found" in problems[4] and "outside the image folder" in problems[5]
     with cat_engine.connect() as conn:
         images: list[dict[str, str]] = conn.scalar(select(products.c.images).where(products.c.sku == "SKU-0000001")) or []
