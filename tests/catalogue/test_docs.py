@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from decimal import Decimal
 from pathlib import Path
 
 from PIL import Image
@@ -40,9 +41,9 @@ def test_the_examples_import_and_do_what_the_text_says(cat_engine: Engine, tmp_p
 
     tea = service.get_product(cat_engine, "TEA-LJ-250")  # the seed's, updated by the examples
     assert (tea.status, tea.brand, tea.category, tea.prices, len(tea.images)) == ("discontinued", "West Lake", "Food > Tea",
-                                                                                  {"east": 158}, 2)
+                                                                                  {"east": Decimal("158.00")}, 2)
     watch = service.get_product(cat_engine, "WATCH-01")
-    assert (watch.brand, watch.prices, watch.gtins) == (None, {"east": 849}, ["06970000000017", "00000012345670"])
+    assert (watch.brand, watch.prices, watch.gtins) == (None, {"east": Decimal("849.00")}, ["06970000000017", "00000012345670"])
 
 
 def test_the_report_example_is_what_the_importer_writes(cat_engine: Engine, tmp_path: Path) -> None:
