@@ -30,7 +30,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from cloud.catalogue.files import FileStore, ImageError, ImageInfo, read_image_source
 from cloud.catalogue.models import CatalogueImport, CatalogueVersion, ImageFile, product_gtins, products
-from cloud.catalogue.schema import ImageRef, ProductContent, ProductRow, RowProblem, merge, row_from_csv
+from cloud.catalogue.schema import (
+    REQUIRED_FOR_NEW,
+    ImageRef,
+    ProductContent,
+    ProductRow,
+    RowProblem,
+    merge,
+    row_from_csv,
+)
 from cloud.db import write_transaction
 from cloud.models import Region
 
@@ -226,13 +234,17 @@ def _pydantic_errors(n: int, exc: ValidationError, record: dict[str, Any], csv_n
     return out
 
 
-def _raw_gtin(record: dict[str, Any], gtin: str) -> str:
-    """The GTIN as the user wrote it (13 digits, say) among the row's GTINs; `gtin` if not found."""
+def _gtins_as_written(record: dict[str, Any]) -> tuple[str, ...]:
     raw = record.get("gtins")
     items = raw.split("|") if isinstance(raw, str) else raw if isinstance(raw, list) else []
+    return tuple(item.strip() for item in items if isinstance(item, str))
+
+
+def _as_written(items: tuple[str, ...], gtin: str) -> str:
+    """`gtin` as the user wrote it (13 digits, say) among `items`; `gtin` itself if not found."""
     for item in items:
-        if isinstance(item, str) and item.strip().zfill(14) == gtin:
-            return item.strip()
+        if item.zfill(14) == gtin:
+            return item
     return gtin
 
 
@@ -242,8 +254,9 @@ class _Valid:
 
     n: int
     row: ProductRow
-    record: dict[str, Any]
-    """The row as read (for the report's values)."""
+    gtins_as_written: tuple[str, ...]
+    required_as_written: tuple[str, ...]
+    """The file's text of REQUIRED_FOR_NEW: what the report needs of the record, not the whole record."""
     images: tuple[ImageRef, ...]
     infos: tuple[ImageInfo, ...]
     fresh: ProductContent | list[RowProblem]
@@ -340,7 +353,7 @@ class _Importer:
             owner = self.gtin_owner.get(gtin)
             if owner is not None and owner != row.sku:
                 errors.append(RowError(n, "gtin", f"GTIN {gtin} already belongs to SKU {owner} in this file",
-                                       _raw_gtin(record, gtin)))
+                                       _as_written(_gtins_as_written(record), gtin)))
         images: list[ImageRef] = []
         infos: list[ImageInfo] = []
         for ref in row.images:
@@ -355,10 +368,11 @@ class _Importer:
             return errors
         fresh = merge(None, row, tuple(images), absent=self.absent)
         fresh_hash = fresh.digest() if isinstance(fresh, ProductContent) else None
-        return _Valid(n, row, record, tuple(images), tuple(infos), fresh, fresh_hash)
+        required = tuple(_text(record.get(name)) for name in REQUIRED_FOR_NEW)
+        return _Valid(n, row, _gtins_as_written(record), required, tuple(images), tuple(infos), fresh, fresh_hash)
 
     def _refused(self, v: _Valid, problems: list[RowProblem]) -> list[RowError]:
-        return [RowError(v.n, p.field, p.problem, _text(v.record.get(p.field))) for p in problems]
+        return [RowError(v.n, p.field, p.problem, v.required_as_written[REQUIRED_FOR_NEW.index(p.field)]) for p in problems]
 
     def write_batch(self, batch: list[_Valid], version: int) -> tuple[int, list[RowError]]:
         """Store the products `batch` changes; (products changed, rows refused by a check that
@@ -398,7 +412,7 @@ class _Importer:
                     if taken:
                         errors.extend(
                             RowError(v.n, "gtin", f"GTIN {g} already belongs to SKU {owners[g]} in the catalogue",
-                                     _raw_gtin(v.record, g))
+                                     _as_written(v.gtins_as_written, g))
                             for g in taken
                         )
                         continue
@@ -468,7 +482,7 @@ class _Importer:
             {
                 "sku": w.sku,
                 "gtin": c.gtins[0] if c.gtins else None,
-                "gtins": list(c.gtins),
+                "gtins": c.gtins,  # a JSON array all the same
                 "name_en": c.name_en,
                 "name_zh": c.name_zh,
                 "desc_en": c.desc_en,

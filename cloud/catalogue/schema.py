@@ -27,9 +27,18 @@ import hashlib
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    field_validator,
+)
 
 import gs1
 
@@ -172,20 +181,19 @@ class ProductRow(BaseModel):
         return " > ".join(parts)
 
 
-@dataclass(frozen=True, slots=True)
-class ImageRef:
+class ImageRef(NamedTuple):
     sha256: str
     """The image file (content address in the catalogue's file store)."""
     thumb: str
     """Its 256 px JPEG thumbnail."""
 
 
-@dataclass(frozen=True, slots=True)
-class ProductContent:
+class ProductContent(NamedTuple):
     """Everything an import sets on a product, normalised: what the change check compares.
 
-    Mappings are sorted tuples, so equal content compares (and hashes) equal whatever the order of
-    the file's columns or keys.
+    Immutable all the way down (tuples), and mappings are sorted, so equal content compares and
+    hashes equal whatever the order of the file's columns or keys. A NamedTuple rather than a
+    frozen dataclass: one is built per imported row, and a frozen dataclass takes 3x longer.
     """
 
     gtins: tuple[str, ...]
@@ -197,6 +205,7 @@ class ProductContent:
     brand: str | None
     category: str | None
     list_price: Decimal
+    """Quantized to cents, as every price here."""
     prices: tuple[tuple[str, Decimal], ...]
     """(region code, price), sorted by region."""
     attributes: tuple[tuple[str, str], ...]
@@ -212,13 +221,12 @@ class ProductContent:
         Only a shortcut: equal hashes mean equal content, and a hash that does not match (written
         by an older importer, say) only sends the product through a comparison of the content.
         """
-        doc = (
-            self.gtins, self.name_en, self.name_zh, self.desc_en, self.desc_zh, self.brand, self.category,
-            str(self.list_price), tuple((k, str(v)) for k, v in self.prices), self.attributes,
-            tuple((i.sha256, i.thumb) for i in self.images), self.status, self.serialised,
-        )
-        # repr of str/bool/None tuples is exact and done in C (json.dumps costs twice as much).
-        return hashlib.sha256(repr(doc).encode()).hexdigest()
+        return hashlib.sha256(_CONTENT_JSON.dump_json(self)).hexdigest()
+
+
+# JSON made by pydantic-core: exact (prices as "12.50" strings) and, per row of an import, twice as
+# fast as Python's repr or json.dumps of the same tuple.
+_CONTENT_JSON: TypeAdapter[ProductContent] = TypeAdapter(ProductContent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +238,8 @@ class RowProblem:
 def _merge_map(stored: tuple[tuple[str, Any], ...], given: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]:
     if given is None:
         return ()
+    if not stored:
+        return tuple(sorted((k, v) for k, v in given.items() if v is not None))
     out = dict(stored)
     for key, value in given.items():
         if value is None:
@@ -261,29 +271,33 @@ def merge(
                                              f"(leave the {absent} out to keep {str(getattr(stored, name))!r})"))
     if problems:
         return problems
+    if stored is None:
+        # What the row leaves out has its default in `row`, which is a new product's default.
+        assert row.name_en is not None and row.name_zh is not None and row.list_price is not None  # checked above
+        return ProductContent(
+            gtins=row.gtins, name_en=row.name_en, name_zh=row.name_zh, desc_en=row.desc_en, desc_zh=row.desc_zh,
+            brand=row.brand, category=row.category, list_price=row.list_price, prices=_merge_map((), row.prices),
+            attributes=_merge_map((), row.attributes), images=images, status=row.status, serialised=row.serialised,
+        )
 
-    def pick(name: str, default: Any) -> Any:
-        if name in given:
-            return getattr(row, name)
-        return default if stored is None else getattr(stored, name)
+    def pick(name: str) -> Any:
+        return getattr(row if name in given else stored, name)
 
-    kept_prices = stored.prices if stored else ()
-    kept_attributes = stored.attributes if stored else ()
     # The required fields are not None here: checked above, or kept from `stored`.
     return ProductContent(
-        gtins=pick("gtins", ()),
-        name_en=pick("name_en", None),
-        name_zh=pick("name_zh", None),
-        desc_en=pick("desc_en", None),
-        desc_zh=pick("desc_zh", None),
-        brand=pick("brand", None),
-        category=pick("category", None),
-        list_price=pick("list_price", None),
-        prices=_merge_map(kept_prices, row.prices) if "prices" in given else kept_prices,
-        attributes=_merge_map(kept_attributes, row.attributes) if "attributes" in given else kept_attributes,
-        images=images if "images" in given else (stored.images if stored else ()),
-        status=pick("status", "active"),
-        serialised=pick("serialised", False),
+        gtins=pick("gtins"),
+        name_en=pick("name_en"),
+        name_zh=pick("name_zh"),
+        desc_en=pick("desc_en"),
+        desc_zh=pick("desc_zh"),
+        brand=pick("brand"),
+        category=pick("category"),
+        list_price=pick("list_price"),
+        prices=_merge_map(stored.prices, row.prices) if "prices" in given else stored.prices,
+        attributes=_merge_map(stored.attributes, row.attributes) if "attributes" in given else stored.attributes,
+        images=images if "images" in given else stored.images,
+        status=pick("status"),
+        serialised=pick("serialised"),
     )
 
 
