@@ -155,9 +155,9 @@ class ProductRow(BaseModel):
     brand: OptName = None
     category: Category = None
     list_price: Price = None
-    prices: dict[RegionCode, Price] | None = None
+    prices: Annotated[dict[RegionCode, Price] | None, BeforeValidator(_blank_to_none)] = None
     """Region → price; a None price removes that region's override, a None dict removes them all."""
-    attributes: dict[AttrName, AttrValue] | None = None
+    attributes: Annotated[dict[AttrName, AttrValue] | None, BeforeValidator(_blank_to_none)] = None
     """Name → value; a None value removes that attribute, a None dict removes them all."""
     images: Annotated[tuple[ImageSource, ...], BeforeValidator(_split), Field(max_length=20)] = ()
     status: Annotated[Literal["active", "discontinued"], BeforeValidator(_status)] = "active"
