@@ -449,7 +449,8 @@ class _Importer:
         if self.postgres:
             # What this import keeps of a product must be what is stored when it writes (another
             # import may be running); SQLite's write transaction already holds the only write lock.
-            query = query.with_for_update()
+            # Locked in SKU order, so two imports locking overlapping batches cannot deadlock here.
+            query = query.order_by(products.c.sku).with_for_update()
         return {r.sku: _stored_content(r) for r in conn.execute(query)}
 
     def _gtin_owners(self, conn: Connection, gtins: list[str]) -> dict[str, str]:
