@@ -235,8 +235,8 @@ def read_status(target: Engine | Connection) -> SchemaStatus:
             between = [s.revision for s in script_dir.iterate_revisions(code, head)]
         except CommandError:  # known, but on another branch
             return SchemaStatus(SchemaState.UNKNOWN, head, code)
-        # iterate_revisions yields code..head inclusive, newest first; migrate applies all but head.
-        return SchemaStatus(SchemaState.OLDER, head, code, pending=tuple(reversed(between[:-1])))
+        # Newest first, from the code's head down to (not including) the database's: what migrate applies.
+        return SchemaStatus(SchemaState.OLDER, head, code, pending=tuple(reversed(between)))
     return _newer(target, head, code)
 
 
