@@ -1,17 +1,25 @@
 """Backup and restore of a cloud installation: its database and its catalogue files, with a manifest.
 
-The database is copied with the engine's own tools: SQLite's online backup API (one step, so one
-read transaction: a consistent snapshot while writers go on in WAL mode), PostgreSQL's `pg_dump
--Fc` inside an exported snapshot, in which the manifest's row counts and the list of files the
-database names are read too. So the manifest describes exactly what was dumped.
+The database is copied with the engine's own tools: SQLite's online backup API (in one step, from
+one read transaction: a consistent snapshot while writers go on in WAL mode), PostgreSQL's `pg_dump
+-Fc` inside an exported snapshot. The manifest's row counts and the list of files the database
+names are read in that same snapshot, so the manifest describes exactly what was dumped.
 
 Order, for files. The catalogue store is content-addressed and append-mostly: a file is written
-before the row naming it commits (import, sync-file build), and a pruned sync file is deleted only
-after the rows naming it are gone. So the catalogue directory is copied twice, before and after the
-database snapshot: a file the snapshot names existed when the snapshot was taken, so it is in the
-first copy unless it appeared after it, and then in the second unless it was pruned in between,
-which takes two newer catalogue versions published while the dump runs. Files the snapshot names
-that are missing anyway are listed in the manifest (`missing`) and reported, never hidden.
+before the row naming it commits (import, sync-file build), and the only files ever deleted are
+sync files, by the pruner, after it deleted their rows (`cloud.catalogue.sync._prune`). So:
+
+1. copy the catalogue directory (the bulk, no lock held);
+2. hold off the pruner (PostgreSQL: `LOCK TABLE catalogue_artifacts IN SHARE MODE`, which stops
+   only sync-file rows from being added or deleted; SQLite: `BEGIN IMMEDIATE`, every writer waits),
+   fix the database snapshot, copy the sync files it names, let go: a few milliseconds;
+3. dump the snapshot (`pg_dump --snapshot`, or SQLite's backup API from the open read transaction)
+   while the cloud goes on writing;
+4. copy the catalogue files that appeared meanwhile: every image or report the snapshot names was
+   written before its row, and images are never deleted.
+
+Every file the dumped database names is then in the backup; one that was already missing from the
+catalogue directory is listed in the manifest (`missing`) and reported, never hidden.
 
 Layout of a backup directory:
 
@@ -341,38 +349,97 @@ def _run(args: list[str], env: dict[str, str], what: str) -> None:
 # -- backup ---------------------------------------------------------------------------------------
 
 
-def _snapshot_sqlite(engine: Engine, dump: Path, catalogue_dir: Path) -> tuple[_Facts, None]:
+@dataclass
+class _Files:
+    """The catalogue copy in progress."""
+
+    src: Path
+    dst: Path
+    copied: dict[str, _Copied] = field(default_factory=dict)
+    damaged: set[str] = field(default_factory=set)
+
+    def copy_all(self) -> int:
+        return _copy_catalogue(self.src, self.dst, self.copied, self.damaged)
+
+    def copy_sync_files(self, shas: Iterable[Any]) -> None:
+        """Copy these content-addressed files now (the sync files a snapshot names: they are the
+        only files ever deleted, by the pruner, once newer versions exist)."""
+        for sha in shas:
+            if not (isinstance(sha, str) and _SHA.match(sha)):
+                continue
+            rel = f"files/{sha[:2]}/{sha}"
+            if rel in self.copied:
+                continue
+            path = self.src / rel
+            try:
+                st = path.stat()
+                digest, size = _copy_hashing(path, self.dst / rel)
+            except FileNotFoundError:  # reported as missing by the caller's check
+                continue
+            if digest != sha:
+                self.damaged.add(rel)
+            self.copied[rel] = _Copied(FileEntry(rel, digest, size), st.st_mtime_ns)
+
+
+GUARD_TIMEOUT_S = 60.0
+"""How long the backup waits for a running write transaction before it can hold off the pruner."""
+
+
+def _snapshot_sqlite(engine: Engine, dump: Path, files: _Files) -> tuple[_Facts, None]:
     database = engine.url.database
     if not database or database == ":memory:" or database.startswith("file:"):
         raise BackupError(BackupProblem.UNREACHABLE, f"database {engine.url} is not a SQLite file this command can copy")
     if not Path(database).is_file():
         raise BackupError(BackupProblem.UNREACHABLE, f"database file {database} does not exist")
     try:
-        src = sqlite3.connect(database, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+        src = sqlite3.connect(database, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        guard = sqlite3.connect(database, timeout=GUARD_TIMEOUT_S, isolation_level=None)
         dst = sqlite3.connect(dump)
         try:
-            # pages=-1: the whole database in one step, hence within one read transaction: a
-            # consistent snapshot, while writers in WAL mode carry on.
+            tables = {r[0] for r in src.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            # Hold every writer (the pruner among them) while the snapshot is fixed and the sync
+            # files it names are copied: milliseconds, not the whole copy.
+            guard.execute("BEGIN IMMEDIATE")
+            try:
+                src.execute("BEGIN")  # the snapshot starts with the first read below
+                if "catalogue_artifacts" in tables:
+                    files.copy_sync_files(r[0] for r in src.execute("SELECT sha256 FROM catalogue_artifacts"))
+                else:
+                    src.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            finally:
+                guard.execute("ROLLBACK")
+            # The whole database in one step, from `src`'s open read transaction: exactly the
+            # snapshot above, while writers in WAL mode carry on.
             src.backup(dst, pages=-1)
+            src.execute("COMMIT")
             # A self-contained file: no -wal or -shm beside it.
             dst.execute("PRAGMA journal_mode=DELETE")
         finally:
             dst.close()
+            guard.close()
             src.close()
     except sqlite3.Error as exc:
         raise BackupError(BackupProblem.TOOL_FAILED, f"SQLite backup of {database} failed: {exc}") from None
     copy = create_engine(f"sqlite:///{dump}")
     try:
         with copy.connect() as conn:
-            return _facts(conn, catalogue_dir), None
+            return _facts(conn, files.src), None
     finally:
         copy.dispose()
 
 
-def _snapshot_postgres(engine: Engine, dump: Path, catalogue_dir: Path) -> tuple[_Facts, str]:
+def _snapshot_postgres(engine: Engine, dump: Path, files: _Files) -> tuple[_Facts, str]:
     pg_dump = _tool("pg_dump")
     uri, env = _libpq(engine.url)
-    with engine.connect() as conn:
+    with engine.connect() as guard, engine.connect() as conn:
+        has_artifacts = inspect(guard).has_table("catalogue_artifacts")
+        guard.rollback()
+        if has_artifacts:
+            # SHARE mode: no sync file row is added or pruned until released, while everything
+            # else (ingest, imports) goes on. Taken before the snapshot, so that no prune is
+            # half done in it.
+            guard.execute(text(f"SET LOCAL lock_timeout = '{int(GUARD_TIMEOUT_S * 1000)}ms'"))
+            guard.execute(text("LOCK TABLE catalogue_artifacts IN SHARE MODE"))
         conn = conn.execution_options(isolation_level="REPEATABLE READ")
         with conn.begin():
             conn.execute(text("SET TRANSACTION READ ONLY"))
@@ -382,13 +449,16 @@ def _snapshot_postgres(engine: Engine, dump: Path, catalogue_dir: Path) -> tuple
             schema = conn.execute(text("SELECT current_schema()")).scalar_one_or_none()
             if schema is None:
                 raise BackupError(BackupProblem.UNREACHABLE, f"database {engine.url} has no schema on its search_path")
+            if has_artifacts:
+                files.copy_sync_files(conn.execute(text("SELECT sha256 FROM catalogue_artifacts")).scalars())
+            guard.rollback()
             _run(
                 [pg_dump, "--format=custom", f"--snapshot={snapshot}", f"--schema={schema}", f"--file={dump}",
                  "--no-password", f"--dbname={uri}"],
                 env,
                 "pg_dump",
             )
-            return _facts(conn, catalogue_dir), str(schema)
+            return _facts(conn, files.src), str(schema)
 
 
 def _check_destination(dest: Path, catalogue_dir: Path) -> None:
@@ -430,26 +500,25 @@ def backup(engine: Engine, catalogue_dir: Path, dest: Path, *, say: Callable[[st
 def _backup(engine: Engine, catalogue_dir: Path, dest: Path, say: Callable[[str], None]) -> Manifest:
     dialect = engine.dialect.name
     started = _now()
-    copied: dict[str, _Copied] = {}
-    damaged: set[str] = set()
-    files_root = dest / FILES_DIR
-    n = _copy_catalogue(catalogue_dir, files_root, copied, damaged)
+    files = _Files(catalogue_dir, dest / FILES_DIR)
+    # First the bulk, with no lock held; the snapshot's sync files under the guard; the rest after.
+    n = files.copy_all()
     say(f"catalogue files, first pass: {n} copied")
     dump = dest / DUMP_NAME[dialect]
     snapshot_at = _now()
     try:
         if dialect == "sqlite":
-            facts, schema = _snapshot_sqlite(engine, dump, catalogue_dir)
+            facts, schema = _snapshot_sqlite(engine, dump, files)
         else:
-            facts, schema = _snapshot_postgres(engine, dump, catalogue_dir)
+            facts, schema = _snapshot_postgres(engine, dump, files)
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise BackupError(BackupProblem.UNREACHABLE, f"reading database {engine.url} failed: {reason}") from None
     sha, size = _hash_file(dump)
     say(f"database: {sum(c for _, c in facts.rows)} rows in {len(facts.rows)} tables, {size / 1e6:.1f} MB dump")
-    n = _copy_catalogue(catalogue_dir, files_root, copied, damaged)
-    say(f"catalogue files, second pass: {n} copied ({len(copied)} in all)")
-    missing = sorted(facts.referenced - copied.keys())
+    n = files.copy_all()
+    say(f"catalogue files, second pass: {n} copied ({len(files.copied)} in all)")
+    missing = sorted(facts.referenced - files.copied.keys())
     for rel in missing:
         log.warning("catalogue file %s is named by the database but was not in %s", rel, catalogue_dir)
     manifest = Manifest(
@@ -466,9 +535,9 @@ def _backup(engine: Engine, catalogue_dir: Path, dest: Path, say: Callable[[str]
         catalogue_epoch=facts.epoch,
         rows=facts.rows,
         catalogue_dir=str(catalogue_dir.absolute()),
-        files=tuple(c.entry for _, c in sorted(copied.items())),
+        files=tuple(c.entry for _, c in sorted(files.copied.items())),
         missing=tuple(missing),
-        damaged=tuple(sorted(damaged)),
+        damaged=tuple(sorted(files.damaged)),
     )
     # Written last, aside then renamed: its presence means the backup finished.
     tmp = dest / f".{MANIFEST}.tmp"

@@ -4,20 +4,24 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.engine import make_url
 
+from broker.mosquitto import free_port
 from cloud.db import MIGRATIONS, alembic_config, write_transaction
 from cloud.transfer import moved_tables
 from tests.cloud.conftest import _pg_unreachable, db_url, engine  # noqa: F401 - fixtures
@@ -170,3 +174,47 @@ def table_rows(eng: Engine, *, skip: Callable[[str, str], bool] = lambda _t, _c:
             rows = conn.execute(select(*cols).order_by(*table.primary_key.columns)).all()
             out[table.name] = [tuple(r) for r in rows]
     return out
+
+
+@contextlib.contextmanager
+def serving(env: dict[str, str], *args: str, timeout: float = 30) -> Iterator[str]:
+    """`omnishelf cloud serve` in its own process until the block ends; yields its base URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "omnishelf.cli", "cloud", "serve", "--port", str(port), *args],
+        env={**os.environ, **env}, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert proc.poll() is None, f"serve exited: {proc.communicate()[0]}"
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the API did not come up"
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def named_files(eng: Engine) -> set[str]:
+    """The content-addressed catalogue files a database names (images, thumbnails, sync files)."""
+    from cloud.catalogue.models import Artifact, ImageFile
+
+    with eng.connect() as conn:
+        names = {sha for row in conn.execute(select(ImageFile.sha256, ImageFile.thumb_sha256)) for sha in row}
+        names |= set(conn.execute(select(Artifact.sha256)).scalars())
+    return names
