@@ -24,10 +24,9 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import psycopg
-from sqlalchemy import JSON, Connection, Engine, Integer, Table, func, inspect, select, text
+from sqlalchemy import Connection, Engine, Integer, Table, func, inspect, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from cloud.db import migrate
@@ -136,34 +135,38 @@ def _prepare_target(target: Engine) -> None:
         migrate(target)
 
 
-def _is_json(column: Any) -> bool:
-    return isinstance(column.type, JSON)
-
-
 def _copy_table(src: Connection, dst: Connection, table: Table, batch: int) -> int:
-    from psycopg.types.json import Json
+    """Stream one table with COPY, in primary-key order.
 
+    Values go as SQLite holds them, for PostgreSQL to parse: SQLAlchemy stores JSON as its text,
+    UUIDs as 32 hex digits, instants as naive UTC text (the target session's time zone is UTC) and
+    booleans as 0/1, all of which PostgreSQL's input functions read as the same values. Skipping
+    SQLAlchemy's conversions both ways is ~3x faster, and a value PostgreSQL cannot read fails the
+    COPY, hence the whole move, naming the table and the value; nothing is guessed.
+    """
     columns = list(table.columns)
-    json_at = [i for i, c in enumerate(columns) if _is_json(c)]
     # See the module doc: moved ledger rows are older than any transaction of the new server.
-    txid_at = [i for i, c in enumerate(columns) if table.name == "ingested_messages" and c.name == "txid"]
+    txid_at = next((i for i, c in enumerate(columns) if table.name == "ingested_messages" and c.name == "txid"), None)
     names = ", ".join(_quote(dst, c.name) for c in columns)
-    rows = src.execution_options(yield_per=batch).execute(select(table).order_by(*table.primary_key.columns))
+    order = ", ".join(_quote(src, c.name) for c in table.primary_key.columns)
+    rows = src.execution_options(yield_per=batch).exec_driver_sql(
+        f"SELECT {names} FROM {_quote(src, table.name)} ORDER BY {order}"
+    )
     raw = dst.connection.driver_connection
     assert raw is not None
     n = 0
     with raw.cursor() as cur, cur.copy(f"COPY {_quote(dst, table.name)} ({names}) FROM STDIN") as copy:
-        for row in rows:
-            values = list(row)
-            for i in json_at:
-                # Json(): a JSON value; None stays SQL NULL (what the application reads back as None).
-                if values[i] is not None:
-                    values[i] = Json(values[i])
-            for i in txid_at:
-                if values[i] is None:
-                    values[i] = 0
-            copy.write_row(values)
-            n += 1
+        if txid_at is None:
+            for row in rows:
+                copy.write_row(row)
+                n += 1
+        else:
+            for row in rows:
+                values = list(row)
+                if values[txid_at] is None:
+                    values[txid_at] = 0
+                copy.write_row(values)
+                n += 1
     return n
 
 
@@ -208,6 +211,8 @@ def move(source: Engine, target: Engine, *, batch: int = 5000, say: Callable[[st
         with source.connect() as src, src.begin(), target.connect() as dst, dst.begin():
             # One read transaction on the source: every table as of one instant (WAL snapshot).
             expected = {t.name: _count(src, t.name) for t in tables}
+            # SQLite's instants are naive UTC text (see _copy_table).
+            dst.exec_driver_sql("SET LOCAL TIME ZONE 'UTC'")
             # The target's migration made its own catalogue epoch: the source's replaces it.
             for t in reversed(tables):
                 dst.execute(t.delete())
