@@ -646,7 +646,7 @@ def _restore_sqlite(engine: Engine, dump: Path) -> None:
     Path(database).parent.mkdir(parents=True, exist_ok=True)
     engine.dispose()
     try:
-        src = sqlite3.connect(f"file:{dump}?mode=ro", uri=True)
+        src = sqlite3.connect(f"{dump.absolute().as_uri()}?mode=ro", uri=True)
         dst = sqlite3.connect(database, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
         try:
             # Through SQLite itself (not a file copy): the target's WAL and locks are respected, and

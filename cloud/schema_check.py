@@ -92,13 +92,15 @@ def _down(script: Any) -> str | None:
 def record_revisions(conn: Connection, script_dir: ScriptDirectory) -> None:
     """Record every revision from the database's head(s) down to the first, as this code knows
     them (called by the Alembic environment after each upgrade, in its transaction)."""
+    from alembic.util import CommandError
+
     _revisions.create(conn, checkfirst=True)
     heads = _database_heads(conn)
     known: dict[str, Any] = {}
     for head in heads:
         try:
             scripts = list(script_dir.iterate_revisions(head, "base"))
-        except Exception:  # a head this code does not know: an older host ran migrate; leave it be
+        except CommandError:  # a head this code does not know: recorded by the newer software that made it
             continue
         for s in scripts:
             known[s.revision] = s
