@@ -378,6 +378,7 @@ class _Files:
                 continue
             if digest != sha:
                 self.damaged.add(rel)
+                log.warning("catalogue file %s does not match its name (its bytes hash to %s): copied as found", rel, digest)
             self.copied[rel] = _Copied(FileEntry(rel, digest, size), st.st_mtime_ns)
 
 

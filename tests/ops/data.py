@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -111,8 +112,14 @@ def populate(eng: Engine, catalogue: Path, work: Path, *, messages: int = 100) -
         record_failure(conn, boom, Message.from_row(row), RuntimeError("boom: a handler bug"), now)
         downlink.send(conn, "st0001-k1", MessageType.COMMAND, CommandData(name="restock", args={"sku": "X-1"}), engine="ops")
         downlink.send(conn, "st0003-k1", MessageType.COMMAND, CommandData(name="ping"), engine="ops", expires_in=None)
-    step = followers.step(eng, Call("ops", "ops-follower", lambda _ctx, _msgs: None, batched=True), None, 10)
-    assert step.processed == 10  # a cursor part-way through the ledger
+    # A cursor part-way through the ledger. On PostgreSQL a follower reads only rows older than
+    # every running transaction, and the server is shared: wait for the horizon to pass them.
+    call = Call("ops", "ops-follower", lambda _ctx, _msgs: None, batched=True)
+    deadline = time.monotonic() + 30
+    while (step := followers.step(eng, call, None, 10)).processed == 0:
+        assert time.monotonic() < deadline, "the follower read nothing for 30 s"
+        time.sleep(0.1)
+    assert step.processed == 10
 
     out.skus = catalogue_import(eng, catalogue, work, 1, 20)
     ann = ensure_artifacts(eng, catalogue, keep=4)

@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -360,9 +361,13 @@ def test_restored_ledger_stays_readable_by_followers_on_another_server(databases
     assert lag_before == len(old_order) - 10  # the cursor still stands where it stood
     new = Incoming(topics.up("st0001-k1", "scan"), encode(scan_envelope("st0001-k1", 999)), datetime.now(UTC))
     store_batch(dst, [new])
-    seen = 0
-    while (step := followers.step(dst, call, None, 500)).processed:
+    # Followers read rows older than every running transaction (other tests share the server): poll.
+    seen, deadline = 0, time.monotonic() + 30
+    while seen < lag_before + 1 and time.monotonic() < deadline:
+        step = followers.step(dst, call, None, 500)
         seen += step.processed
+        if not step.processed:
+            time.sleep(0.1)
     assert seen == lag_before + 1 and followers.lag(dst, "ops-follower") == 0
     eng.dispose()
     dst.dispose()
