@@ -34,3 +34,20 @@ def test_every_command_in_the_page_works_as_shown(page: Path, world: World) -> N
     document = Sybil(parsers=parsers).parse(page)
     for example in document.examples():
         example.evaluate()
+
+
+RUNNABLE = {"console", "sh"}
+KNOWN = RUNNABLE | {"yaml", "json", "jsonl", "csv", "text", "python", "ini", "systemd"}
+
+
+@pytest.mark.parametrize("page", sorted([REPO / "README.md", *(REPO / "docs").glob("*.md")]),
+                         ids=lambda p: str(p.relative_to(REPO)))
+def test_every_code_block_says_what_it_is(page: Path) -> None:
+    """A fence without a language would slip past the runner: commands go in `console` (with their
+    output) or `sh` blocks, everything else names its format."""
+    import re
+
+    fences = re.findall(r"^ *```([^\n`]*)$", page.read_text(), re.M)
+    openings = fences[0::2]
+    bad = [f or "(none)" for f in openings if f.strip() not in KNOWN]
+    assert not bad, f"{page.name}: code blocks without a known language: {bad} (use one of {sorted(KNOWN)})"
