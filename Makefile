@@ -12,7 +12,7 @@ deb_list     = $(shell sed -e 's/$(hash).*//' packaging/debian/$(1).txt)
 SYSTEM_PKGS := $(call deb_list,broker)
 TEST_PKGS   := $(call deb_list,test)
 
-.PHONY: demo test lint typecheck unit bench system-deps test-deps venv clean
+.PHONY: demo test lint typecheck unit bench screenshots system-deps test-deps venv clean
 
 demo: system-deps venv
 	$(BIN)/omnishelf demo
@@ -27,6 +27,11 @@ typecheck: venv
 
 unit: system-deps test-deps venv
 	$(BIN)/pytest
+
+# The browser tests write their screenshots to var/screenshots/ (ignored); this writes them over the
+# tracked ones in docs/img/, to commit after looking at them.
+screenshots: system-deps test-deps venv
+	OMNISHELF_SCREENSHOTS=docs/img $(BIN)/pytest -q tests/console/test_browser.py tests/catalogue/test_console_browser.py
 
 bench: system-deps venv
 	$(BIN)/python -m bench.bus

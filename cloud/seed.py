@@ -11,10 +11,10 @@ import logging
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session
 
-from cloud.catalogue.models import Product
+from cloud.catalogue.models import Product, product_gtins
 from cloud.models import Node, Region, Store
 
 __all__ = ["DEMO_PRODUCTS", "DEMO_REGIONS", "DEMO_STORES", "DEMO_STORE_DETAILS", "DemoStore", "SeedResult", "seed"]
@@ -48,11 +48,12 @@ DEMO_STORE_DETAILS: dict[str, DemoStore] = {s.code: s for s in _STORES}
 # (sku, gtin, English name, Chinese name, list price in CNY)
 DEMO_PRODUCTS: tuple[tuple[str, str, str, str, Decimal], ...] = (
     ("TEA-LJ-250", "06901234567892", "Longjing green tea 250 g", "西湖龙井茶 250克", Decimal("168.00")),
-    ("RICE-WC-5KG", "06923456789015", "Wuchang rice 5 kg", "五常大米 5公斤", Decimal("89.90")),
-    ("SOY-LS-500", "06934567890127", "Light soy sauce 500 ml", "生抽酱油 500毫升", Decimal("12.50")),
-    ("MOON-LT-4", "06945678901239", "Lotus seed mooncakes, box of 4", "莲蓉月饼 4只装", Decimal("128.00")),
-    ("NOOD-LZ-1", "06956789012341", "Lanzhou beef noodles", "兰州牛肉面", Decimal("18.00")),
+    ("RICE-WC-5KG", "06923456789012", "Wuchang rice 5 kg", "五常大米 5公斤", Decimal("89.90")),
+    ("SOY-LS-500", "06934567890122", "Light soy sauce 500 ml", "生抽酱油 500毫升", Decimal("12.50")),
+    ("MOON-LT-4", "06945678901232", "Lotus seed mooncakes, box of 4", "莲蓉月饼 4只装", Decimal("128.00")),
+    ("NOOD-LZ-1", "06956789012342", "Lanzhou beef noodles", "兰州牛肉面", Decimal("18.00")),
 )
+"""GTINs as 14 digits with valid check digits (tests/catalogue/test_seed.py checks them with gs1)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,15 +106,24 @@ def seed(engine: Engine) -> SeedResult:
                 node.store = stores[demo.code]
 
         skus = set(session.scalars(select(Product.sku)))
-        added_products = 0
+        # A GTIN belongs to one product: one an import gave to another SKU stays there.
+        taken = set(session.scalars(select(product_gtins.c.gtin).where(product_gtins.c.gtin.in_([p[1] for p in DEMO_PRODUCTS]))))
+        added: list[Product] = []
         for sku, gtin, name_en, name_zh, price in DEMO_PRODUCTS:
             if sku not in skus:
-                session.add(Product(sku=sku, gtin=gtin, name_en=name_en, name_zh=name_zh, list_price=price))
-                added_products += 1
-        if added_products:
+                gtins = [gtin] if gtin not in taken else []
+                added.append(Product(sku=sku, gtin=gtins[0] if gtins else None, gtins=gtins, name_en=name_en,
+                                     name_zh=name_zh, list_price=price))
+        session.add_all(added)
+        added_products = len(added)
+        if added:
             from cloud.catalogue.importer import stamp_unversioned
 
             session.flush()
+            # The GTIN index is what the catalogue's search and GTIN ownership check read.
+            gtin_rows = [{"gtin": p.gtin, "product_id": p.id} for p in added if p.gtin]
+            if gtin_rows:
+                session.execute(insert(product_gtins), gtin_rows)
             stamp_unversioned(session.connection(), "seed")
 
     result = SeedResult(added_regions, added_stores, added_nodes, added_products)

@@ -21,7 +21,7 @@ class GtinError(ValueError):
 
 def check_digit(body: str) -> str:
     """The GS1 mod-10 check digit of `body` (a key without its check digit: weights 3,1,3,… from the right)."""
-    if not body.isdigit():
+    if not (body.isascii() and body.isdigit()):
         raise GtinError(f"GS1 keys are digits only, got {body!r}")
     total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
     return str(-total % 10)
@@ -30,8 +30,11 @@ def check_digit(body: str) -> str:
 def normalise_gtin(value: str) -> str:
     """A GTIN-8, -12, -13 or -14 as its 14-digit form; `GtinError` saying what is wrong otherwise."""
     code = value.strip()
-    if not code.isdigit() or len(code) not in (8, 12, 13, 14):
+    if not (code.isascii() and code.isdigit()) or len(code) not in (8, 12, 13, 14):
         raise GtinError(f"GTIN {code!r} must be 8, 12, 13 or 14 digits")
+    if check_digit(code[:-1]) == code[-1]:
+        # The common case, valid, without biip's full parse (a quarter of a bulk import's time).
+        return code.zfill(14)
     # Imported here: biip's GS1 prefix tables cost ~14 MB, a quarter of a box's memory budget,
     # and most of the box never needs them.
     from biip import ParseError

@@ -23,9 +23,11 @@ from importlib import metadata
 
 from cloud.engines import COMMANDS as ENGINE_COMMANDS
 
-COMMANDS: dict[str, tuple[str, str]] = {
+COMMANDS: dict[str, tuple[str, str]] = {  # name → ("module" or "module:function", help line)
     "broker": ("broker.cli", "run a Mosquitto configured for the omnishelf bus (ACL, credentials, persistence)"),
     "cloud": ("cloud.cli", "run the cloud core: API and bus workers; database migrations; seed data"),
+    "backup": ("cloud.cli:add_backup_parser", "back up the cloud's database and catalogue files (while it runs)"),
+    "restore": ("cloud.cli:add_restore_parser", "restore a cloud backup into an empty database and catalogue directory"),
     **ENGINE_COMMANDS,
     "edge": ("edge.cli", "run the store box agent (bus client, durable outbox, devices)"),
     "demo": ("omnishelf.demo", "run the whole system on this machine with embedded defaults"),
@@ -96,10 +98,12 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     wanted = next((a for a in argv if a in COMMANDS), None)
-    for name, (module, help_text) in COMMANDS.items():
+    for name, (spec, help_text) in COMMANDS.items():
         if name == wanted:
             require_roles(name)
-            importlib.import_module(module).add_parser(sub)
+            # "module" or "module:function"; the function adds the command to `sub`.
+            module, _, function = spec.partition(":")
+            getattr(importlib.import_module(module), function or "add_parser")(sub)
         else:
             sub.add_parser(name, help=help_text)
     return parser
@@ -115,6 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=logging.DEBUG if args.debug else getattr(logging, args.log_level),
             format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         )
+        if not args.debug:
+            # Alembic narrates every plugin it loads and every step it checks: noise on each command.
+            logging.getLogger("alembic").setLevel(logging.WARNING)
         func = getattr(args, "func", None)
         if func is None:
             parser.print_help()

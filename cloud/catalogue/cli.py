@@ -3,6 +3,9 @@
 Settings come from the same OMNISHELF_* variables as `omnishelf cloud` (DATABASE_URL,
 CATALOGUE_DIR). The running `omnishelf cloud serve` announces a new version to the boxes within
 OMNISHELF_CATALOGUE_POLL_S seconds of an import that changed something.
+
+Every command first says on stderr which database and catalogue directory it uses: a relative
+default run from another folder is a different (new, empty) database, and nothing else would say so.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import sys
 from pathlib import Path
 
 from sqlalchemy import Engine, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from cloud.cli import add_db_timeout, cli_settings, prepared_engine, usage
@@ -47,11 +51,28 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         add_db_timeout(p)
 
 
+def _database_shown(url: str) -> str:
+    """`url` as the user should see it: no password, and a SQLite file as an absolute path."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url
+    database = parsed.database
+    if parsed.get_backend_name() == "sqlite" and database:
+        if database == ":memory:" or database.startswith("file:"):
+            return f"sqlite:///{database}"
+        # Written out rather than rendered: SQLAlchemy would percent-encode a space in the path.
+        return f"sqlite:///{Path(database).resolve()}"
+    return parsed.render_as_string(hide_password=True)
 
-def _engine(args: argparse.Namespace) -> tuple[Engine, Path]:
 
+def _engine(args: argparse.Namespace) -> tuple[Engine, Path, str]:
+    """(engine, catalogue directory, the database as shown to the user), announced on stderr."""
     settings = cli_settings()
-    return prepared_engine(settings, args.db_timeout), Path(settings.CATALOGUE_DIR)
+    shown = _database_shown(settings.DATABASE_URL)
+    catalogue_dir = Path(settings.CATALOGUE_DIR)
+    print(f"catalogue: database {shown}, catalogue directory {catalogue_dir.resolve()}", file=sys.stderr)
+    return prepared_engine(settings, args.db_timeout), catalogue_dir, shown
 
 
 def _count_lines(path: Path) -> int | None:
@@ -82,7 +103,7 @@ def _import(args: argparse.Namespace) -> int:
         iter_records(path)
     except ImportError_ as exc:
         raise SystemExit(f"{path}: {exc}") from None
-    engine, catalogue_dir = _engine(args)
+    engine, catalogue_dir, shown = _engine(args)
     bar = None if args.no_progress else tqdm(total=_count_lines(path), unit="rows", unit_scale=True, desc=path.name, file=sys.stderr)
     try:
         result = import_file(engine, path, catalogue_dir, image_dir=args.images, progress=(lambda n: bar.update(n)) if bar else None)
@@ -105,13 +126,15 @@ def _import(args: argparse.Namespace) -> int:
     )
     if result.rows_failed:
         print(f"error report: {result.report_path}")
+    if result.unknown_regions and not result.known_regions:
+        print(f"no regions are defined in {shown}: is this the database you meant?", file=sys.stderr)
     return 1 if result.rows_failed and not result.rows_ok else 0
 
 
 def _history(args: argparse.Namespace) -> int:
     from cloud.catalogue.models import CatalogueImport
 
-    engine, _ = _engine(args)
+    engine, _, _ = _engine(args)
     try:
         with Session(engine) as conn:
             rows = conn.scalars(select(CatalogueImport).order_by(CatalogueImport.id.desc()).limit(args.limit)).all()
@@ -128,7 +151,7 @@ def _history(args: argparse.Namespace) -> int:
 def _version(args: argparse.Namespace) -> int:
     from cloud.catalogue.sync import ensure_artifacts
 
-    engine, catalogue_dir = _engine(args)
+    engine, catalogue_dir, _ = _engine(args)
     try:
         ann = ensure_artifacts(engine, catalogue_dir)
     finally:

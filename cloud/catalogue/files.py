@@ -14,6 +14,7 @@ import re
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,22 +44,46 @@ class ImageInfo:
     thumb_size: int
 
 
+def _found(data: bytes) -> str:
+    if not data:
+        return "an empty file"
+    return f"{len(data)} bytes starting {data[:8].hex(' ')}"
+
+
 def check_image(data: bytes, what: str) -> tuple[str, int, int]:
     """(mime, width, height) of an acceptable image; `ImageError` otherwise."""
     if len(data) > MAX_IMAGE_BYTES:
         raise ImageError(f"{what} is {len(data) / 1e6:.1f} MB: at most {MAX_IMAGE_BYTES // 2**20} MB allowed")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            fmt = img.format or ""
-            width, height = img.size
-            img.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        with warnings.catch_warnings():
+            # PIL warns, then refuses, far above MAX_SIDE x MAX_SIDE: our own check below (or the
+            # DecompressionBombError branch) says it in the user's terms.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                fmt = img.format or ""
+                width, height = img.size
+                img.verify()
+    except UnidentifiedImageError:
+        # PIL's own message names only our in-memory buffer (<_io.BytesIO object at 0x…>).
+        raise ImageError(f"{what} is not an image: expected JPEG, PNG or WebP, found {_found(data)}") from None
+    except Image.DecompressionBombError:
+        raise ImageError(f"{what} has too many pixels: each side must be {MIN_SIDE}-{MAX_SIDE} px") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{what} is not a readable image ({exc})") from None
     if fmt not in CHECKED_FORMATS:
         raise ImageError(f"{what} is {fmt or 'an unknown format'}: use JPEG, PNG or WebP")
     if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
         raise ImageError(f"{what} is {width}x{height} px: each side must be {MIN_SIDE}-{MAX_SIDE} px")
     return CHECKED_FORMATS[fmt], width, height
+
+
+def _thumbnail(data: bytes) -> bytes:
+    with Image.open(io.BytesIO(data)) as src:
+        src.thumbnail((THUMB_SIDE, THUMB_SIDE))
+        thumb_img = src if src.mode in ("RGB", "L") else src.convert("RGB")
+        out = io.BytesIO()
+        thumb_img.save(out, "JPEG", quality=80)
+    return out.getvalue()
 
 
 class FileStore:
@@ -87,13 +112,13 @@ class FileStore:
 
     def put_image(self, data: bytes, what: str) -> ImageInfo:
         mime, width, height = check_image(data, what)
+        try:
+            thumb = _thumbnail(data)
+        except (OSError, SyntaxError, ValueError) as exc:
+            # verify() checks the structure, not the pixels: a JPEG cut short fails only when decoded.
+            raise ImageError(f"{what} cannot be decoded: {exc}") from None
+        # Stored only once it is known to decode: a refused image leaves no file behind.
         sha = self.put(data)
-        with Image.open(io.BytesIO(data)) as src:
-            src.thumbnail((THUMB_SIDE, THUMB_SIDE))
-            thumb_img = src if src.mode in ("RGB", "L") else src.convert("RGB")
-            out = io.BytesIO()
-            thumb_img.save(out, "JPEG", quality=80)
-        thumb = out.getvalue()
         return ImageInfo(sha, mime, width, height, len(data), self.put(thumb), len(thumb))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
+from cloud import schema_check
 from cloud.engines import load_engines
 from cloud.models import Base
 
@@ -22,9 +23,14 @@ def run(connection: Connection) -> None:
         # SQLite cannot ALTER most things; batch mode rebuilds tables instead.
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        # The revision record (cloud.schema_check) is bookkeeping like alembic_version, not a model.
+        include_name=schema_check.include_name,
     )
     with context.begin_transaction():
         context.run_migrations()
+        # In the same transaction: older software reads the record to decide whether it may run
+        # against revisions it does not have (rolling upgrades).
+        schema_check.record_revisions(connection, context.script)
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from cloud.catalogue.schema import gtin_check_digit
+from gs1 import check_digit
 
 HEADER = ["sku", "gtin", "name_en", "name_zh", "brand", "category", "list_price", "price_east", "attr_size",
           "attr_colour", "status", "serialised", "images"]
@@ -16,7 +16,7 @@ _EN = ["green tea", "black tea", "rice", "soy sauce", "mooncake", "beef noodles"
 
 def gtin_for(i: int) -> str:
     body = f"690{i:09d}"
-    return body + gtin_check_digit(body)
+    return body + check_digit(body)
 
 
 def product_row(i: int, *, price: str | None = None, images: str = "") -> list[str]:

@@ -1,5 +1,5 @@
 """The catalogue pages in real headless Chromium: search, a product page showing its image, and the
-import history with its error report. Writes docs/img/catalogue-*.png (used by docs/catalogue.md)."""
+import history with its error report. Writes catalogue-*.png to var/screenshots/ (docs/img/ with `make screenshots`, used by docs/catalogue.md)."""
 
 from __future__ import annotations
 

@@ -14,12 +14,15 @@ from sqlalchemy.orm import Session
 from cloud.catalogue.models import Product
 from cloud.db import alembic_config, make_engine, migrate, normalize_url
 from cloud.models import Base, Node, Region, Store
+from cloud.schema_check import include_name
 from cloud.seed import DEMO_STORE_DETAILS, DEMO_STORES, seed
 
 
 def test_migrated_schema_equals_models(engine: Engine) -> None:
     with engine.connect() as conn:
-        ctx = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": False})
+        # include_name: what env.py compares (the revision record is bookkeeping, like alembic_version).
+        opts = {"compare_type": True, "compare_server_default": False, "include_name": include_name}
+        ctx = MigrationContext.configure(conn, opts=opts)
         assert compare_metadata(ctx, Base.metadata) == []
 
 

@@ -1,12 +1,13 @@
 """The console in real headless Chromium (Debian's, driven by Playwright), against a real broker,
 a real in-process ingest worker and a real `omnishelf edge run` box process.
 
-Writes one screenshot per console page to docs/img/ (used by docs/hq.md).
+Writes one screenshot per console page to var/screenshots/ (docs/img/ with `make screenshots`, used by docs/hq.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,9 @@ from tests.console.csp import watch
 from tests.system.harness import System
 
 CHROMIUM = Path("/usr/bin/chromium")
-IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
+IMG = Path(os.environ.get("OMNISHELF_SCREENSHOTS", Path(__file__).resolve().parents[2] / "var" / "screenshots"))
+"""Where the browser tests put their screenshots: an ignored folder, so `make test` leaves the
+tracked ones alone; `make screenshots` points it at docs/img/ to update them."""
 # No background traffic: Chromium must not try to reach the internet (see STACK-NOTES).
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--disable-quic"]
