@@ -158,7 +158,7 @@ class World:
         )
         self.broker = MosquittoProcess(self.layout)
         self.broker.start()
-        http = free_port()
+        http, box_api = free_port(), free_port()
         self.api = f"http://127.0.0.1:{http}"
         self.env = {
             "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
@@ -186,7 +186,14 @@ class World:
         }
         # Secrets the docs elide with `…`: filled in where a command uses them; in output, `…`
         # stays the wildcard it is.
-        self.secrets = {"osk_…": self.key, "-P '…'": f"-P '{pw['ops']}'"}
+        self.secrets = {
+            "osk_…": self.key,
+            "-P '…'": f"-P '{pw['ops']}'",
+            # The docs' box listens on the default port; here on a free one (other tests, other
+            # checkouts may hold 8480). Output showing it says `127.0.0.1:…`.
+            "127.0.0.1:8480": f"127.0.0.1:{box_api}",
+            "port: 8480": f"port: {box_api}",
+        }
         cloud = subprocess.Popen(
             ["omnishelf", "cloud", "serve", "--port", str(http)], cwd=self.scratch, env=self.env, text=True,
             stdout=(self.tmp / "cloud.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
@@ -238,7 +245,7 @@ class World:
             path = Path(self.live(how["file"]))
             path = path if path.is_absolute() else self.scratch / path
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(self.live(example.parsed))
+            path.write_text(self.live(example.parsed, command=True))
             return
         language = example.region.lexemes.get("arguments", "")
         if language == "sh":
