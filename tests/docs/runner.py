@@ -39,7 +39,7 @@ from sybil import Example
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 COMMAND_TIMEOUT_S = 120.0
-_DIRECTIVE = re.compile(r"<!--\s*doctest:\s*(.*?)\s*-->\s*$", re.S)
+_DIRECTIVE = re.compile(r"<!--\s*doctest:\s*(.*?)\s*-->$", re.S)
 _HEREDOC = re.compile(r"<<-?\s*['\"]?([A-Za-z_]+)['\"]?")
 
 
@@ -110,8 +110,9 @@ def matches(expected: list[str], actual: list[str]) -> bool:
 def directive(example: Example) -> dict[str, str]:
     """The `<!-- doctest: … -->` comment right before this block, as {key: value} (or {})."""
     before = example.document.text[: example.region.start].rstrip()
-    match = _DIRECTIVE.search(before[-400:])
-    if not match or not before.endswith("-->"):
+    # The last comment only: the one of a block shortly before must not reach over to this one.
+    match = _DIRECTIVE.match(before[before.rfind("<!--", max(len(before) - 400, 0)):]) if before.endswith("-->") else None
+    if not match:
         return {}
     body = match.group(1).strip()
     if body.startswith("skip"):
