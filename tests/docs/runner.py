@@ -241,6 +241,8 @@ class World:
         how = directive(example)
         if "skip" in how:
             return
+        if not self.api:
+            self.start()  # only for pages with something to run
         where = f"{Path(example.path).relative_to(REPO)}:{example.line}"
         if "file" in how:
             path = Path(self.live(how["file"]))

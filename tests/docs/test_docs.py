@@ -21,7 +21,6 @@ PAGES = [p for p in PAGES if str(p.relative_to(REPO)) not in NOT_YET]
 def world(tmp_path: Path) -> Iterator[World]:
     w = World(tmp_path)
     try:
-        w.start()
         yield w
     finally:
         w.stop()
