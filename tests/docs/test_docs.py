@@ -28,7 +28,7 @@ def world(tmp_path: Path) -> Iterator[World]:
 
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(REPO)) for p in PAGES])
 def test_every_command_in_the_page_works_as_shown(page: Path, world: World) -> None:
-    parsers = [CodeBlockParser(language=lang, evaluator=world.evaluate) for lang in ("console", "sh", "yaml", "json", "jsonl", "csv", "text")]
+    parsers = [CodeBlockParser(language=lang, evaluator=world.evaluate) for lang in ("console", "sh", "yaml", "json", "jsonl", "csv", "text", "ini")]
     document = Sybil(parsers=parsers).parse(page)
     for example in document.examples():
         example.evaluate()
