@@ -28,6 +28,7 @@ from edge.drivers import DriverRegistry, default_drivers
 from edge.localapi import LocalApi, Request, Route
 from edge.lock import OutboxInUse, OutboxLock
 from edge.outbox import Outbox, OutboxFull, Row
+from edge.outbox_db import OutboxTooNew
 from edge.sysinfo import CpuMeter, read_metrics
 from firmware_config import PASSWORD_ENV, BoxPaths, NodeConfig, PathError, config_hash, resolve_paths
 
@@ -180,12 +181,15 @@ class EdgeAgent:
         cfg = self.config
         tasks: dict[str, asyncio.Task[None]] = {}
         try:
-            self.outbox = outbox = await Outbox.open(
-                self.paths.outbox,
-                max_pending=cfg.outbox.max_pending,
-                retain_acked=cfg.outbox.retain_acked,
-                synchronous=cfg.outbox.synchronous.value,
-            )
+            try:
+                self.outbox = outbox = await Outbox.open(
+                    self.paths.outbox,
+                    max_pending=cfg.outbox.max_pending,
+                    retain_acked=cfg.outbox.retain_acked,
+                    synchronous=cfg.outbox.synchronous.value,
+                )
+            except OutboxTooNew as exc:
+                raise AgentConfigError(str(exc)) from None
             # A restart is when credentials or ACLs get fixed: give refused messages one more go.
             if requeued := await outbox.requeue_refused():
                 log.warning("%s: retrying %d message(s) the broker refused before", cfg.node_id, requeued)

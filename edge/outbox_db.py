@@ -50,6 +50,9 @@ CREATE INDEX IF NOT EXISTS commands_handled ON commands (handled);
 INSERT OR IGNORE INTO meta VALUES ('session', 0), ('last_seq', 0), ('schema', 2);
 UPDATE meta SET value = 2 WHERE key = 'schema' AND value < 2;
 """
+SCHEMA = 2
+"""The outbox layout this version writes. An older layout is upgraded in place (tables are only
+ever added); a newer one, written by a later release, is refused rather than misread."""
 
 T = TypeVar("T")
 
@@ -58,6 +61,10 @@ _COLUMNS = "seq, msg_id, type, session, ts, clock_synced, corr, data"
 
 class StoreFull(Exception):
     """SQLite could not grow the file (disk full, or the configured size cap reached)."""
+
+
+class OutboxTooNew(Exception):
+    """The outbox was written by a later release whose layout this one does not know."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +173,7 @@ class OutboxDb:
             if max_bytes is not None:
                 page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
                 self._db.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page)}")
+            self._refuse_newer()
             self._db.executescript(_SCHEMA)
         self._db.execute("PRAGMA busy_timeout = 5000")
         self.session = self._meta("session")
@@ -175,6 +183,16 @@ class OutboxDb:
         self.refused = self._count("refused")
         if not readonly:
             self.prune_commands()
+
+    def _refuse_newer(self) -> None:
+        has_meta = self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+        found = self._meta("schema") if has_meta else 0
+        if found > SCHEMA:
+            self._db.close()
+            raise OutboxTooNew(
+                f"outbox {self.path} has layout {found}, written by a later omnishelf; this version reads layout "
+                f"{SCHEMA} and older: install the later version again (its pending messages are safe in the file)"
+            )
 
     def close(self) -> None:
         self._db.close()

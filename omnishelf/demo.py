@@ -198,6 +198,9 @@ def run(args: argparse.Namespace) -> int:
     db_url = f"sqlite:///{(data / 'omnishelf.db').resolve()}"
     env = {
         **os.environ,
+        # Everything of the demo under its data dir: the catalogue files (sync files, images, import
+        # reports) too, not in the user's default data dir where another database's would mix with them.
+        "OMNISHELF_DATA_DIR": str(data.resolve()),
         "OMNISHELF_DATABASE_URL": db_url,
         "OMNISHELF_BROKER_URL": layout.url,
         "OMNISHELF_BROKER_USERNAME": CLOUD_USER,

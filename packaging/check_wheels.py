@@ -126,6 +126,8 @@ def resolve(extras: Sequence[str]) -> list[tuple[str, str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_") or k in ("PIP_CERT", "PIP_DEFAULT_TIMEOUT")}
     # No configuration file: a site's mirror, find-links or constraints would change the answer.
     env["PIP_CONFIG_FILE"] = os.devnull
+    # Its notice of a newer pip would otherwise be the last line of stderr, where the error is read.
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         cmd = [
@@ -134,7 +136,10 @@ def resolve(extras: Sequence[str]) -> list[tuple[str, str]]:
         ]  # fmt: skip
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if done.returncode != 0:
-            raise SystemExit(f"pip could not resolve omnishelf[{','.join(extras)}]: {done.stderr.strip().splitlines()[-1:]}")
+            lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+            # pip's own ERROR lines name the cause (also inside a failed build step); else its last line.
+            reason = [line for line in lines if line.startswith("ERROR:")][-2:] or lines[-1:]
+            raise SystemExit(f"pip could not resolve omnishelf[{','.join(extras)}]: {' '.join(reason)}")
         items = json.loads(report.read_text())["install"]
     found = [(item["metadata"]["name"], item["metadata"]["version"]) for item in items]
     return sorted((p for p in found if p[0].lower() != "omnishelf"), key=lambda p: p[0].lower())

@@ -16,16 +16,24 @@ How a Markdown file speaks to the runner:
   ends, once its output shows what the block shows), `<!-- doctest: exit=N -->`.
 
 Placeholders are declared once, in `World.placeholders`: the addresses, keys and paths the docs
-show (`http://127.0.0.1:8000`, `osk_…`, `/etc/omnishelf`, …) are replaced in commands, files and
-expected output by the live ones.
+show (`http://127.0.0.1:8000`, `osk_…`, `/etc/omnishelf`, `/opt/omnishelf`, …) are replaced in
+commands, files and expected output by the live ones. The system paths a host install writes to
+(`/etc/systemd/system`, `/etc/logrotate.d`, `/usr/local/sbin`, on the PATH) are directories of the
+world too, and the service account `omnishelf` that a test machine does not have is the test's own
+user and group (`-g omnishelf`, `chgrp omnishelf`; `runuser -u omnishelf --` runs as the test).
+The scratch directory is a copy of the checkout's files (what `git ls-files` lists, untracked
+ones included), so that a page can build the wheel from it as a reader does from a release.
 """
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import re
 import secrets
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,7 +47,7 @@ from sybil import Example
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 COMMAND_TIMEOUT_S = 120.0
-_DIRECTIVE = re.compile(r"<!--\s*doctest:\s*(.*?)\s*-->\s*$", re.S)
+_DIRECTIVE = re.compile(r"<!--\s*doctest:\s*(.*?)\s*-->$", re.S)
 _HEREDOC = re.compile(r"<<-?\s*['\"]?([A-Za-z_]+)['\"]?")
 
 
@@ -110,8 +118,9 @@ def matches(expected: list[str], actual: list[str]) -> bool:
 def directive(example: Example) -> dict[str, str]:
     """The `<!-- doctest: … -->` comment right before this block, as {key: value} (or {})."""
     before = example.document.text[: example.region.start].rstrip()
-    match = _DIRECTIVE.search(before[-400:])
-    if not match or not before.endswith("-->"):
+    # The last comment only: the one of a block shortly before must not reach over to this one.
+    match = _DIRECTIVE.match(before[before.rfind("<!--", max(len(before) - 400, 0)):]) if before.endswith("-->") else None
+    if not match:
         return {}
     body = match.group(1).strip()
     if body.startswith("skip"):
@@ -124,6 +133,27 @@ def directive(example: Example) -> dict[str, str]:
         key, _, value = part.partition("=")
         out[key] = value
     return out
+
+
+SYSTEM_DIRS = ("etc/systemd/system", "etc/logrotate.d", "usr/local/sbin")
+"""Where a host install writes besides /etc/omnishelf, /var/lib/omnishelf and /opt/omnishelf: directories of
+the world too."""
+
+
+INDEX_ACCESS = ("PIP_CERT", "PIP_INDEX_URL", "PIP_DEFAULT_TIMEOUT", "SSL_CERT_FILE", "SSL_CERT_DIR",
+                "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy")
+"""Environment variables passed to the pages' commands from the test's own: how pip and Python's TLS
+reach PyPI on this machine (a page's `pip install` and packaging/check_wheels.py need it)."""
+
+
+def checkout_files() -> list[str]:
+    """The checkout's files as git lists them: tracked ones and untracked ones that are not ignored."""
+    try:
+        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                             capture_output=True, check=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise DocFailure(f"the docs' scratch directory is a copy of the checkout, listed by git: {exc}") from None
+    return [name for name in out.decode().split("\0") if name and (REPO / name).is_file()]
 
 
 @dataclass
@@ -141,11 +171,13 @@ class World:
 
     def __post_init__(self) -> None:
         self.scratch = self.tmp / "scratch"
-        for d in ("scratch", "home", "etc/omnishelf", "var/lib/omnishelf"):
+        for d in ("scratch", "home", "etc/omnishelf", "var/lib/omnishelf", *SYSTEM_DIRS):
             (self.tmp / d).mkdir(parents=True, exist_ok=True)
-        # What a reader's checkout has: the example configs and packaging files the docs name.
-        for name in ("edge", "packaging", "docs"):
-            (self.scratch / name).symlink_to(REPO / name)
+        # What a reader's checkout has: the example configs and packaging files the docs name, and
+        # the source a wheel is built from. A copy, so that nothing a page does reaches the checkout.
+        for rel in checkout_files():
+            (self.scratch / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, self.scratch / rel)
 
     def start(self) -> None:
         from broker.mosquitto import BrokerLayout, MosquittoProcess, free_port
@@ -158,10 +190,10 @@ class World:
         )
         self.broker = MosquittoProcess(self.layout)
         self.broker.start()
-        http = free_port()
+        http, box_api = free_port(), free_port()
         self.api = f"http://127.0.0.1:{http}"
         self.env = {
-            "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "PATH": f"{VENV_BIN}:{self.tmp / 'usr/local/sbin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
             "HOME": str(self.tmp / "home"),
             "LANG": "C.UTF-8",
             # As in a terminal, where stdout is line-buffered: output and errors keep their order.
@@ -170,9 +202,12 @@ class World:
             "OMNISHELF_BROKER_USERNAME": "cloud-1",
             "OMNISHELF_BROKER_PASSWORD": pw["cloud-1"],
             "OMNISHELF_CATALOGUE_POLL_S": "0.5",
+            # How this machine reaches the package index (a page may build and install the wheel).
+            **{k: v for k, v in os.environ.items() if k in INDEX_ACCESS},
         }
         self.run_checked("omnishelf cloud seed")
         self.key = self.run_checked("omnishelf users api-key create --name docs --role hq").strip().split()[-1]
+        user, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
         self.placeholders = {
             "http://127.0.0.1:8000": self.api,
             "mqtt://127.0.0.1:1883": self.layout.url,
@@ -183,10 +218,25 @@ class World:
             "mqtts://mqtt.example.com:8883": self.layout.url,
             "https://cloud.example.com": self.api,
             "THE-PASSWORD-FROM-THE-OPERATOR": pw["st0001-k1"],
+            "/opt/omnishelf": str(self.tmp / "opt/omnishelf"),
+            **{f"/{d}": str(self.tmp / d) for d in SYSTEM_DIRS},
+            # The service account: a test machine has no user `omnishelf`, and adding one is root's.
+            "-o root -g omnishelf": f"-o {user} -g {group}",
+            "-o omnishelf -g omnishelf": f"-o {user} -g {group}",
+            "-g omnishelf": f"-g {group}",
+            "chgrp omnishelf": f"chgrp {group}",
+            "runuser -u omnishelf -- ": "",
         }
         # Secrets the docs elide with `…`: filled in where a command uses them; in output, `…`
         # stays the wildcard it is.
-        self.secrets = {"osk_…": self.key, "-P '…'": f"-P '{pw['ops']}'"}
+        self.secrets = {
+            "osk_…": self.key,
+            "-P '…'": f"-P '{pw['ops']}'",
+            # The docs' box listens on the default port; here on a free one (other tests, other
+            # checkouts may hold 8480). Output showing it says `127.0.0.1:…`.
+            "127.0.0.1:8480": f"127.0.0.1:{box_api}",
+            "port: 8480": f"port: {box_api}",
+        }
         cloud = subprocess.Popen(
             ["omnishelf", "cloud", "serve", "--port", str(http)], cwd=self.scratch, env=self.env, text=True,
             stdout=(self.tmp / "cloud.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
@@ -233,12 +283,14 @@ class World:
         how = directive(example)
         if "skip" in how:
             return
+        if not self.api:
+            self.start()  # only for pages with something to run
         where = f"{Path(example.path).relative_to(REPO)}:{example.line}"
         if "file" in how:
             path = Path(self.live(how["file"]))
             path = path if path.is_absolute() else self.scratch / path
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(self.live(example.parsed))
+            path.write_text(self.live(example.parsed, command=True))
             return
         language = example.region.lexemes.get("arguments", "")
         if language == "sh":

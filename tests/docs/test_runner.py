@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+from types import SimpleNamespace
+from typing import cast
 
-from tests.docs.runner import DocFailure, matches, parse_console
+import pytest
+from sybil import Example
+
+from tests.docs.runner import DocFailure, directive, matches, parse_console
 
 
 def test_console_blocks_fold_continuations_and_heredocs() -> None:
@@ -30,3 +34,20 @@ def test_console_blocks_fold_continuations_and_heredocs() -> None:
 )
 def test_output_matching(expected: list[str], actual: list[str], ok: bool) -> None:
     assert matches(expected, actual) is ok
+
+
+def _example(text: str) -> Example:
+    """The block that starts at the last fence of `text`, as far as `directive` reads a Sybil example."""
+    start = text.rindex("```")
+    return cast(Example, SimpleNamespace(document=SimpleNamespace(text=text), region=SimpleNamespace(start=start), line=1))
+
+
+def test_a_directive_steers_only_the_block_right_after_it() -> None:
+    first = "<!-- doctest: file=a.csv -->\n```csv\nsku\n```\n\n"
+    assert directive(_example(first)) == {}
+    assert directive(_example(first + "<!-- doctest: exit=1 -->\n```console")) == {"exit": "1"}
+    assert directive(_example(first + "Text.\n\n```console")) == {}
+    assert directive(_example(first + "<!-- example-engine -->\n```python")) == {}
+    assert directive(_example("<!-- doctest: skip — it runs forever -->\n```sh")) == {"skip": "it runs forever"}
+    with pytest.raises(DocFailure, match="must say why"):
+        directive(_example("<!-- doctest: skip -->\n```sh"))

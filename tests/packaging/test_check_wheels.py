@@ -1,7 +1,7 @@
 """packaging/check_wheels.py: which wheel a Raspberry Pi box (CPython 3.11, aarch64, glibc 2.36) takes.
 
 Table-driven over real file names from PyPI; the script's network half (pip's resolution, PyPI's
-JSON API) is run by hand and its output kept in docs/install.md.
+JSON API) runs in docs/install.md, whose doc test compares its output (versions aside).
 """
 
 from __future__ import annotations
