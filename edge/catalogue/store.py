@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from broker.syncfile import ProductRecord, PutLine, SyncFileError, SyncHeader, parse_header, parse_line
+from broker.syncfile import DelLine, ProductRecord, PutLine, SyncFileError, SyncHeader, parse_header, parse_line
 
 __all__ = ["CatalogueStore", "CorruptSyncFile", "SyncHeader"]
 
@@ -88,6 +88,17 @@ def _grams(name: str) -> set[str]:
     out = set(chars)
     out.update(text[i : i + 2] for i in range(len(text) - 1) if " " not in text[i : i + 2])
     return out
+
+
+def _items(lines: Iterator[str]) -> Iterator[tuple[int, PutLine | DelLine]]:
+    """The body's lines parsed, with their line numbers in the file (the header is line 1)."""
+    for n, line in enumerate(lines, start=2):
+        if not line.strip():
+            continue
+        try:
+            yield n, parse_line(line)
+        except SyncFileError as exc:
+            raise CorruptSyncFile(f"sync file line {n} is malformed ({exc})") from None
 
 
 def _price(p: ProductRecord, region: str | None) -> str:
@@ -211,21 +222,13 @@ class CatalogueStore:
             for batch in (products, gtins, grams, images):
                 batch.clear()
 
-        pid = 0
-        for n, line in enumerate(lines, start=2):
-            if not line.strip():
-                continue
-            try:
-                item = parse_line(line)
-            except SyncFileError as exc:
-                raise CorruptSyncFile(f"sync file line {n} is malformed ({exc})") from None
+        for pid, (n, item) in enumerate(_items(lines), start=1):
             if not isinstance(item, PutLine):
                 raise CorruptSyncFile(f"sync file line {n} deletes {item.sku!r}: a snapshot only puts products")
             p = item.p
             if p.sku in seen:
                 raise CorruptSyncFile(f"sync file line {n} puts SKU {p.sku!r} a second time: a snapshot holds each once")
             seen.add(p.sku)
-            pid += 1
             products.append((pid, p.sku, p.sku.lower(), p.name_en, p.name_en.lower(), p.name_zh, p.brand, p.category,
                              _price(p, region), p.model_dump_json()))
             gtins.extend((g, pid) for g in p.gtins)
@@ -238,13 +241,7 @@ class CatalogueStore:
         conn.execute("DELETE FROM meta WHERE key = 'bulk'")
 
     def _apply_lines(self, conn: sqlite3.Connection, lines: Iterator[str], region: str | None, fresh: bool = False) -> None:
-        for n, line in enumerate(lines, start=2):
-            if not line.strip():
-                continue
-            try:
-                item = parse_line(line)
-            except SyncFileError as exc:
-                raise CorruptSyncFile(f"sync file line {n} is malformed ({exc})") from None
+        for _, item in _items(lines):
             if isinstance(item, PutLine):
                 self._put(conn, item.p, region, fresh)
             else:

@@ -13,7 +13,8 @@ How a Markdown file speaks to the runner:
   `<!-- doctest: skip — why -->` (the reason is required), `<!-- doctest: file=PATH -->` (write the
   block to PATH instead of running it: an example config is then used by the next commands),
   `<!-- doctest: background -->` (start the block's command and leave it running until the page
-  ends, once its output shows what the block shows), `<!-- doctest: exit=N -->`.
+  ends, once its output shows what the block shows), `<!-- doctest: exit=N -->`,
+  `<!-- doctest: requires=postgresql -->` (run only where the test PostgreSQL answers).
 
 Placeholders are declared once, in `World.placeholders`: the addresses, keys and paths the docs
 show (`http://127.0.0.1:8000`, `osk_…`, `/etc/omnishelf`, `/opt/omnishelf`, …) are replaced in
@@ -156,6 +157,12 @@ def checkout_files() -> list[str]:
     return [name for name in out.decode().split("\0") if name and (REPO / name).is_file()]
 
 
+def postgres_problem() -> str | None:
+    from tests.cloud.conftest import _pg_unreachable
+
+    return _pg_unreachable()
+
+
 @dataclass
 class World:
     """A broker, a cloud (API, console and bus) with the demo data, an admin and an API key."""
@@ -190,7 +197,7 @@ class World:
         )
         self.broker = MosquittoProcess(self.layout)
         self.broker.start()
-        http, box_api = free_port(), free_port()
+        http, box_api, broker2, http2 = free_port(), free_port(), free_port(), free_port()
         self.api = f"http://127.0.0.1:{http}"
         self.env = {
             "PATH": f"{VENV_BIN}:{self.tmp / 'usr/local/sbin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
@@ -212,8 +219,12 @@ class World:
             "http://127.0.0.1:8000": self.api,
             "mqtt://127.0.0.1:1883": self.layout.url,
             "-p 1883": f"-p {self.layout.port}",
+            # A broker or cloud the docs start themselves, beside the world's own.
+            "--port 1883": f"--port {broker2}",
+            "--port 8000": f"--port {http2}",
             "/etc/omnishelf": str(self.tmp / "etc/omnishelf"),
             "/var/lib/omnishelf": str(self.tmp / "var/lib/omnishelf"),
+            "/var/backups/omnishelf": str(self.tmp / "var/backups/omnishelf"),
             "/home/tech": str(self.tmp / "home"),
             "mqtts://mqtt.example.com:8883": self.layout.url,
             "https://cloud.example.com": self.api,
@@ -229,6 +240,17 @@ class World:
         }
         # Secrets the docs elide with `…`: filled in where a command uses them; in output, `…`
         # stays the wildcard it is.
+        # The PostgreSQL the docs move to: its own database on the test server, dropped at the end.
+        pg = os.environ.get("OMNISHELF_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+        self.pg_name = f"omnishelf_docs_{secrets.token_hex(4)}"
+        pg_user = pg.split("://", 1)[1].split("@", 1)[0] or "postgres"
+        pg_host, pg_port = pg.rsplit("@", 1)[1].split("/", 1)[0].partition(":")[::2]
+        self.pg_base = pg.rsplit("/", 1)[0]
+        self.placeholders |= {
+            "postgresql+psycopg://omnishelf@db1/omnishelf": f"{self.pg_base.replace('postgresql://', 'postgresql+psycopg://', 1)}/{self.pg_name}",
+            "postgresql://omnishelf@db1/omnishelf": f"{self.pg_base}/{self.pg_name}",
+            "-h db1 -U omnishelf omnishelf": f"-h {pg_host} -p {pg_port or 5432} -U {pg_user} {self.pg_name}",
+        }
         self.secrets = {
             "osk_…": self.key,
             "-P '…'": f"-P '{pw['ops']}'",
@@ -263,6 +285,11 @@ class World:
                     p.wait()
         if hasattr(self, "broker"):
             self.broker.stop()
+        if hasattr(self, "pg_name") and postgres_problem() is None:
+            import psycopg
+
+            with psycopg.connect(f"{self.pg_base}/postgres", autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
 
     def live(self, text: str, *, command: bool = True) -> str:
         """`text` with the docs' placeholders replaced by the live values (secrets only in commands)."""
@@ -283,6 +310,8 @@ class World:
         how = directive(example)
         if "skip" in how:
             return
+        if how.get("requires") == "postgresql" and postgres_problem() is not None:
+            return  # the PostgreSQL tests skip too, saying why (tests/cloud/conftest.py)
         if not self.api:
             self.start()  # only for pages with something to run
         where = f"{Path(example.path).relative_to(REPO)}:{example.line}"
