@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+MIGRATION_LOCK_KEY = 0x6F6D6E69_6D696772  # "omnimigr": one PostgreSQL advisory lock, held while migrating
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -183,6 +184,10 @@ def migrate(url: str | URL | Engine, revision: str = "head") -> None:
 
         cfg = alembic_config()
         with write_transaction(engine) as conn:
+            if conn.dialect.name == "postgresql":
+                # Several hosts started at once each migrate an empty database: one does, the
+                # others wait here and then find nothing left to do (instead of a duplicate key).
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
     finally:

@@ -21,7 +21,7 @@ from broker.mosquitto import free_port
 from cloud.db import make_engine, migrate
 from cloud.schema_check import REVISIONS_TABLE, SchemaState, read_status
 from omnishelf.cli import main
-from tests.ops.conftest import apply_newer, cloud_env, omnishelf
+from tests.ops.conftest import REPO, Databases, apply_newer, cloud_env, omnishelf
 
 
 def _errors(err: str) -> int:
@@ -295,3 +295,35 @@ def test_the_record_survives_outside_the_models(db_url: str) -> None:
             assert compare_metadata(ctx, Base.metadata) == []
     finally:
         eng.dispose()
+
+
+_MIGRATE_AT_SIGNAL = """
+import sys, time
+from pathlib import Path
+from cloud.db import migrate
+go = Path(sys.argv[2])
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.001)
+migrate(sys.argv[1])
+"""
+
+
+@pytest.mark.postgres
+def test_hosts_migrating_an_empty_database_at_once_all_succeed(databases: Databases, tmp_path: Path) -> None:
+    # Imports done, every process waits for one file: they reach PostgreSQL within a millisecond
+    # or two of each other, as hosts started together by configuration management do.
+    url = databases.new("postgresql")
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _MIGRATE_AT_SIGNAL, url, str(go)], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(4)
+    ]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline() == "ready\n"
+    go.touch()
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(outputs)
+    status = read_status(make_engine(url))
+    assert status.state is SchemaState.CURRENT
