@@ -147,7 +147,9 @@ def run(args: argparse.Namespace) -> int:
             check_port_free(args.bind, port)
     except (MosquittoError, ValueError) as exc:
         raise SystemExit(f"credentials file {args.credentials}: {exc}" if isinstance(exc, ValueError) else str(exc)) from None
-    proc = MosquittoProcess(layout)
+    # Under systemd the unit's cgroup goes with us; anywhere else (a shell, a test) a killed
+    # supervisor must not leave Mosquitto holding the port.
+    proc = MosquittoProcess(layout, die_with_parent=True)
     stop = threading.Event()
     reload = threading.Event()
     # Installed before the broker starts: a SIGHUP (systemctl reload) or SIGTERM arriving while it

@@ -183,3 +183,22 @@ def test_broker_command_applies_credentials_live_on_sighup(tmp_path: Path) -> No
         asyncio.run(after_restart())
     finally:
         assert cmd.stop() == 0
+
+
+def test_a_killed_broker_command_takes_mosquitto_with_it(tmp_path: Path) -> None:
+    """Outside systemd (a shell, the demo, a test run cut short) nothing else would stop Mosquitto:
+    left running, it would hold the port and refuse the next start."""
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps({"nodes": {"n1": "pw1"}}))
+    cmd = BrokerCommand(creds, tmp_path / "b")
+    assert asyncio.run(can_connect(cmd.port, "n1", "pw1"))
+    cmd.proc.kill()
+    cmd.proc.wait(5)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", cmd.port), timeout=0.5).close()
+        except ConnectionRefusedError:
+            break
+        assert time.monotonic() < deadline, f"Mosquitto still listens on {cmd.port} after its supervisor was killed"
+        time.sleep(0.05)
