@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
@@ -87,6 +88,13 @@ def require_roles(command: str) -> None:
     raise SystemExit(f"{what} not installed: pip install '{DISTRIBUTION}[{','.join(missing)}]'")
 
 
+def _version() -> str:
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "(not installed)"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise SystemExit(f"{message} (see '{self.prog} --help')")
@@ -94,6 +102,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser = _Parser(prog="omnishelf", description="omnishelf: omnichannel retail boxes and cloud core")
+    parser.add_argument("--version", action="version", version=f"omnishelf {_version()}")
     parser.add_argument("--debug", action="store_true", help="log debug detail and show tracebacks")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -110,6 +119,19 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _run(argv)
+        # Flushed here, not at exit: a closed pipe must surface as the BrokenPipeError below.
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # The reader went away (`omnishelf … | head`): stop quietly, as a tool killed by SIGPIPE
+        # would, and keep the interpreter's final flush from raising again on the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _run(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
@@ -134,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        raise
     except Exception as exc:
         if debug:
             raise

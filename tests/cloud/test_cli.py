@@ -142,3 +142,23 @@ def test_serve_refuses_a_busy_port(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         port = s.getsockname()[1]
         assert main(["cloud", "serve", "--port", str(port)]) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
+    """`omnishelf … | head`: the pipe closes under the command; it stops as a tool killed by SIGPIPE
+    does (141), with nothing on stderr (no traceback, no 'internal error')."""
+    read_end, write_end = os.pipe()
+    # A command that prints with print() (argparse's --help swallows the error by itself).
+    proc = subprocess.Popen([sys.executable, "-m", "omnishelf.cli", "edge", "check-config", "edge/examples/kiosk.yaml"],
+                            cwd=Path(__file__).resolve().parents[2], stdout=write_end, stderr=subprocess.PIPE, text=True)
+    os.close(write_end)
+    os.close(read_end)  # long before the interpreter in the child has started
+    _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err) == (141, "")
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib import metadata
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"omnishelf {metadata.version('omnishelf')}\n"
