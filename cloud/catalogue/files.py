@@ -107,6 +107,10 @@ class FileStore:
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+                # On disk before the name is: the database row that names this file commits after
+                # us, and a power cut must not leave an empty file under the hash.
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, target)
         return sha
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 from pathlib import Path
 
@@ -186,3 +187,27 @@ def test_sync_files_of_old_versions_are_pruned(cat_engine: Engine, tmp_path: Pat
     assert not files.path(anns[0].snapshot.sha256).exists()  # version 1: two versions old
     assert files.path(anns[1].snapshot.sha256).exists()  # version 2: a box may still be fetching it
     assert all(files.path(f.sha256).exists() for f in (anns[2].snapshot, *anns[2].deltas))
+
+
+def test_a_stored_file_is_on_disk_before_its_name_appears(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The database row naming a file commits after `put`: after a power cut the name must not
+    point at bytes the disk never got (boxes would refuse the file by its hash)."""
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync")
+        real_fsync(fd)
+
+    def replace(src: str, dst: Path) -> None:
+        events.append("replace")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    store = FileStore(tmp_path)
+    sha = store.put(b"bytes of an image")
+    assert events == ["fsync", "replace"]
+    assert store.path(sha).read_bytes() == b"bytes of an image"
+    store.put(b"bytes of an image")  # already there: nothing written again
+    assert events == ["fsync", "replace"]
