@@ -197,7 +197,7 @@ class World:
         )
         self.broker = MosquittoProcess(self.layout)
         self.broker.start()
-        http, box_api, broker2, http2 = free_port(), free_port(), free_port(), free_port()
+        http, box_api, broker2, http2, tls = (free_port() for _ in range(5))
         self.api = f"http://127.0.0.1:{http}"
         self.env = {
             "PATH": f"{VENV_BIN}:{self.tmp / 'usr/local/sbin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
@@ -222,6 +222,9 @@ class World:
             # A broker or cloud the docs start themselves, beside the world's own.
             "--port 1883": f"--port {broker2}",
             "--port 8000": f"--port {http2}",
+            # The TLS broker of docs/multi-host.md, by the name on its certificate.
+            "--tls-port 8883": f"--tls-port {tls}",
+            "-connect broker.example.com:8883": f"-connect 127.0.0.1:{tls}",
             "/etc/omnishelf": str(self.tmp / "etc/omnishelf"),
             "/var/lib/omnishelf": str(self.tmp / "var/lib/omnishelf"),
             "/var/backups/omnishelf": str(self.tmp / "var/backups/omnishelf"),

@@ -12,9 +12,6 @@ from sybil.parsers.markdown import CodeBlockParser
 from tests.docs.runner import REPO, World
 
 PAGES = sorted([REPO / "README.md", *(REPO / "docs").glob("*.md")])
-NOT_YET = {"docs/multi-host.md"}
-"""Pages whose blocks are being made runnable in this change; empty when it is done."""
-PAGES = [p for p in PAGES if str(p.relative_to(REPO)) not in NOT_YET]
 
 
 @pytest.fixture

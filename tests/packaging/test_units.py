@@ -258,3 +258,22 @@ def test_box_config_template_is_valid_for_every_profile(profile: str) -> None:
     assert config.outbox.path == Path("/var/lib/omnishelf/outbox.db")
     assert config.catalogue.path == Path("/var/lib/omnishelf/catalogue")
     assert config.broker.password_file == Path("/etc/omnishelf/box.secret")
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_verifies_the_cloud_units_with_the_shared_catalogue_drop_in(tmp_path: Path) -> None:
+    """docs/multi-host.md's drop-in (the NFS mount the units must wait for and may write to), as the
+    guide writes it, appended to each cloud unit (a section may appear twice, as in a drop-in)."""
+    guide = (ROOT / "docs" / "multi-host.md").read_text()
+    found = re.search(r"printf '(\[Unit\][^']*)'", guide)
+    assert found, "docs/multi-host.md no longer writes the drop-in with printf"
+    drop_in = found.group(1).replace("\\n", "\n")
+    assert "RequiresMountsFor=/srv/omnishelf/catalogue" in drop_in and "ReadWritePaths=/srv/omnishelf/catalogue" in drop_in
+    here = Path(sys.executable).parent / "omnishelf"
+    names = []
+    for unit in ("omnishelf-cloud.service", "omnishelf-worker@.service"):
+        name = unit.replace("@.service", "@cloud-1.service")
+        (tmp_path / name).write_text((PKG / "systemd" / unit).read_text().replace(OMNISHELF, str(here)) + drop_in)
+        names.append(f"./{name}")
+    done = subprocess.run(["systemd-analyze", "verify", *names], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout + done.stderr) == (0, "")
