@@ -7,30 +7,15 @@ from __future__ import annotations
 import signal
 import sqlite3
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 
 from broker.envelope import MessageType
 from broker.payloads import CommandData
 from cloud.bus import downlink
 from cloud.db import make_engine, write_transaction
-from tests.conftest import Broker
 from tests.system.harness import System, wait_for
-from tests.system.test_end_to_end import db_url  # noqa: F401  (fixture)
-
-
-@pytest.fixture
-def system(tmp_path: Path, broker: Broker, db_url: str) -> Iterator[System]:  # noqa: F811
-    s = System(tmp_path, broker, db_url)
-    s.migrate()
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def send(system: System, node: str, name: str) -> uuid.UUID:

@@ -44,7 +44,6 @@ from firmware_config import (
 )
 from tests.broker.test_tls import HOST, Pki, make_pki
 from tests.system.harness import Proc, wait_for
-from tests.system.test_end_to_end import db_url  # noqa: F401  (fixture)
 
 ADMIN_PASSWORD = "multi-host-admin-pw"
 SKU = "TEA-MH-1"
@@ -265,7 +264,7 @@ def pki(tmp_path: Path) -> Pki:
 
 
 @pytest.fixture
-def site(tmp_path: Path, db_url: str, pki: Pki) -> Iterator[Site]:  # noqa: F811
+def site(tmp_path: Path, db_url: str, pki: Pki) -> Iterator[Site]:
     s = Site(tmp_path, db_url, pki)
     try:
         yield s
