@@ -263,7 +263,7 @@ def _apply(conn: Connection, new: list[tuple[Envelope, Incoming]], registry: Reg
         log.exception("applying node state for a batch of %d failed; the messages are stored", len(new))
     messages = [Message.from_envelope(env, item.received_at) for env, item in new]
     for msg in messages:
-        if msg.type is MessageType.ACK and downlink.apply_ack(conn, msg.node, msg.corr, msg.data, now):  # type: ignore[arg-type]
+        if isinstance(msg.data, p.AckData) and downlink.apply_ack(conn, msg.node, msg.corr, msg.data, now):
             out.acks += 1
     if registry:
         out.handler_failures += run_calls(conn, calls_for(registry, messages), now)
