@@ -150,6 +150,33 @@ def received_at(db_url: str, first: int, last: int) -> dict[int, float]:
     return out
 
 
+def _utc(raw: Any) -> float:
+    at = datetime.fromisoformat(raw) if isinstance(raw, str) else raw  # SQLite gives text
+    return float((at if at.tzinfo is not None else at.replace(tzinfo=UTC)).timestamp())
+
+
+def command_stages(db_url: str) -> dict[str, dict[str, float]]:
+    """Where a command's round trip goes, from the timestamps the system writes anyway: the
+    command's row (created, handed to the broker), the box's ack envelope (its clock: the same
+    machine here) and the ack's ledger row (received by the worker)."""
+    engine = sa.create_engine(db_url)
+    q = sa.text(
+        "SELECT d.created_at, d.last_sent_at, m.ts, m.received_at FROM downlink d "
+        "JOIN ingested_messages m ON m.corr = d.msg_id AND m.type = 'ack' WHERE d.type = 'command'"
+    )
+    with engine.connect() as c:
+        rows = c.execute(q).all()
+    engine.dispose()
+    # `last_sent_at` is written once the broker took the command; an ack stored before that
+    # (the box was quicker than our own bookkeeping) leaves it empty.
+    sent = [_utc(s) - _utc(c) for c, s, _, _ in rows if s is not None]
+    return {
+        "created_to_broker_took_it": {**percentiles_ms(sent), "acked_before_marked_sent": len(rows) - len(sent)},
+        "created_to_box_ack": percentiles_ms([_utc(a) - _utc(c) for c, _, a, _ in rows]),
+        "box_ack_to_worker": percentiles_ms([_utc(g) - _utc(a) for _, _, a, g in rows]),
+    }
+
+
 def scan(i: int) -> ScanData:
     return ScanData(code=f"0104012345678901215BENCH{i:08d}", station="bench")
 
@@ -387,6 +414,7 @@ async def pipeline(tmp: Path, db_url: str, layout: BrokerLayout, quick: bool, bo
             **percentiles_ms(list(acks.seen.values())),
             "poll_resolution_ms": 2,
             "acknowledged_ok": acks.ok,
+            "of_which": command_stages(db_url),
         }
         await asyncio.to_thread(stop_worker, worker)
         worker = start_worker(db_url, layout.url, layout.cloud_users["cloud-1"], tmp / "worker.log")
