@@ -8,8 +8,9 @@ module; every change here is a change of the bus contract and goes with its test
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any
+from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -29,6 +30,7 @@ __all__ = [
     "HostStateData",
     "OrderData",
     "OrderLine",
+    "ParsedCode",
     "Payload",
     "PopData",
     "RebirthData",
@@ -38,7 +40,9 @@ __all__ = [
     "StockData",
     "StockLevel",
     "TelemetryData",
+    "VerdictClass",
     "VerdictData",
+    "VerdictRule",
 ]
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
@@ -163,11 +167,79 @@ class TelemetryData(Payload):
     """The devices' current states (a device that failed since the birth shows here first)."""
 
 
+class VerdictClass(enum.StrEnum):
+    """What a scan at the counter says about the unit (the clerk's screen colours by it)."""
+
+    GENUINE = "genuine"
+    UNTRACKED = "untracked"
+    """A plain EAN/UPC: a product, not a unit; there is nothing to verify."""
+    UNKNOWN_CODE = "unknown_code"
+    MALFORMED = "malformed"
+    BATCH_OR_EXPIRY_MISMATCH = "batch_or_expiry_mismatch"
+    EXPIRED = "expired"
+    RECALLED = "recalled"
+    ALREADY_SOLD = "already_sold"
+    CLONED = "cloned"
+    DIVERTED = "diverted"
+    NOT_FOR_SALE_HERE = "not_for_sale_here"
+
+
+class VerdictRule(enum.StrEnum):
+    """The rule that decided the verdict (one verdict class may come from several rules)."""
+
+    COMMISSIONED_UNIT = "commissioned_unit"
+    """genuine: commissioned, received by a store, not sold, no alarm."""
+    DUPLICATE_SCAN = "duplicate_scan"
+    """The same unit scanned again at the same station inside the tolerance window: answered like the first."""
+    RETURN_ACCEPTED = "return_accepted"
+    PLAIN_PRODUCT_CODE = "plain_product_code"
+    NEVER_COMMISSIONED = "never_commissioned"
+    PARSE_ERROR = "parse_error"
+    ATTRIBUTES_DIFFER = "attributes_differ"
+    EXPIRY_PASSED = "expiry_passed"
+    BATCH_RECALLED = "batch_recalled"
+    UNIT_RECALLED = "unit_recalled"
+    SOLD_BEFORE = "sold_before"
+    DECOMMISSIONED = "decommissioned"
+    IMPOSSIBLE_TRAVEL = "impossible_travel"
+    WRONG_REGION = "wrong_region"
+    NEVER_RECEIVED = "never_received"
+    OFFLINE_CACHE = "offline_cache"
+    """Provisional, decided on the box from its cache while the cloud was unreachable."""
+
+
+class ParsedCode(Payload):
+    """A scanned code as the GS1 facade (`gs1`) read it: the unit's identity and printed attributes."""
+
+    form: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    """How it was written: element_string, hri, digital_link, epc_urn, ean."""
+    gtin: Annotated[str, StringConstraints(pattern=r"^[0-9]{14}$")] | None = None
+    serial: Annotated[str, StringConstraints(min_length=1, max_length=20)] | None = None
+    batch: Annotated[str, StringConstraints(min_length=1, max_length=20)] | None = None
+    expiry: date | None = None
+    sscc: Annotated[str, StringConstraints(pattern=r"^[0-9]{18}$")] | None = None
+    epc: Annotated[str, StringConstraints(max_length=200)] | None = None
+    """The unit's EPC URN (`urn:epc:id:sgtin:…` or `…:sscc:…`), the key the cloud stores events under."""
+
+
 class VerdictData(Payload):
+    """The cloud's (or, provisionally, the box's) answer to one `scan`; the envelope's `corr` is the
+    scan's msg_id, so a station matches them without parsing."""
+
+    scan_id: UUID
+    """The scan's msg_id (also the envelope's `corr`), kept in the payload for the box's local API."""
     code: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
-    verdict: Text
-    rule: Text
+    """The code as scanned."""
+    parsed: ParsedCode | None = None
+    """None only when the code could not be read (`malformed`)."""
+    verdict: VerdictClass
+    rule: VerdictRule
+    message: Annotated[str, StringConstraints(max_length=500)] = ""
+    """The reason in plain words, for the clerk ("sold in Chengdu 30 minutes ago")."""
     evidence: dict[str, Any] = Field(default_factory=dict)
+    """Which events, locations, distances and times the rule used (shape per rule)."""
+    provisional: bool = False
+    decided_at: AwareDatetime
 
 
 class AssignData(Payload):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta, timezone
 
 from broker import payloads as p
@@ -34,7 +35,16 @@ SAMPLES: dict[MessageType, p.Payload] = {
     MessageType.FULFIL: p.FulfilData(order_id="K-1001", status=p.FulfilStatus.READY),
     MessageType.ACK: p.AckData(ok=False, detail="config rejected: printer.port out of range"),
     MessageType.TELEMETRY: p.TelemetryData(metrics={"cpu": 0.25, "temp_c": 51.5}),
-    MessageType.VERDICT: p.VerdictData(code="0104012345678901215ABC", verdict="genuine", rule="known-serial"),
+    MessageType.VERDICT: p.VerdictData(
+        scan_id=uuid.UUID("01937a4e-0000-7000-8000-000000000001"),
+        code="0104012345678901215ABC",
+        parsed=p.ParsedCode(form="element_string", gtin="04012345678901", serial="5ABC",
+                            epc="urn:epc:id:sgtin:4012345.067890.5ABC"),
+        verdict=p.VerdictClass.GENUINE,
+        rule=p.VerdictRule.COMMISSIONED_UNIT,
+        message="Genuine: received at this store on 24 Nov",
+        decided_at=NOW,
+    ),
     MessageType.ASSIGN: p.AssignData(
         order_id="W-77", lines=(p.OrderLine(sku="SKU-0002", qty=1),), fulfilment=p.Fulfilment.PICKUP
     ),

@@ -95,7 +95,9 @@ def test_failures_and_unknown_types_are_acked_not_ok_with_one_line(broker: Broke
         refused = await cloud.send(NODE, MessageType.COMMAND, {"name": "x"})
         crashed = await cloud.send(NODE, MessageType.ASSIGN, {"order_id": "o1", "lines": [{"sku": "A", "qty": 1}],
                                                                "fulfilment": "pickup"})
-        unknown = await cloud.send(NODE, MessageType.VERDICT, {"code": "c", "verdict": "ok", "rule": "r"})
+        unknown = await cloud.send(NODE, MessageType.VERDICT, {
+            "scan_id": "01937a4e-0000-7000-8000-000000000001", "code": "c", "verdict": "malformed",
+            "rule": "parse_error", "decided_at": "2026-11-24T09:30:00+08:00"})
         await until(lambda: all(cloud.acks_for(c) for c in (refused, crashed, unknown)), what="three acks")
         details = [(ack(cloud.acks_for(c)[0]).ok, ack(cloud.acks_for(c)[0]).detail) for c in (refused, crashed, unknown)]
         assert details == [
