@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, event, func, select, text
 from sqlalchemy.orm import Session
 
+import cloud.db as cloud_db
 from cloud.catalogue.models import Product
-from cloud.db import alembic_config, make_engine, migrate, normalize_url
+from cloud.db import alembic_config, make_engine, migrate, normalize_url, write_transaction
 from cloud.models import Base, Node, Region, Store
 from cloud.schema_check import include_name
 from cloud.seed import DEMO_STORE_DETAILS, DEMO_STORES, seed
@@ -78,3 +81,79 @@ def test_url_rules() -> None:
         normalize_url("mysql://u@h/db")
     with pytest.raises(ValueError, match="Invalid database URL"):
         normalize_url("not a url")
+
+
+def _no_busy_wait(engine: Engine) -> None:
+    # busy_timeout=0: a writer that meets SQLite's lock fails at once instead of sleeping in the
+    # busy handler, so these tests see whether writers of one process ever meet it.
+    event.listen(engine, "connect", lambda dbapi_conn, _rec: dbapi_conn.execute("PRAGMA busy_timeout=0"))
+
+
+def test_sqlite_writers_of_one_process_queue_before_sqlite_lock(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'w.db'}")
+    _no_busy_wait(engine)
+    with write_transaction(engine) as db:
+        db.execute(text("CREATE TABLE t (x INTEGER)"))
+    holding, trying = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def second_writer() -> None:
+        holding.wait()
+        trying.set()
+        try:
+            with write_transaction(engine) as db:
+                db.execute(text("INSERT INTO t VALUES (2)"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=second_writer)
+    t.start()
+    with write_transaction(engine) as db:
+        db.execute(text("INSERT INTO t VALUES (1)"))
+        holding.set()
+        assert trying.wait(5)
+        # Hold on long enough for the second writer to reach BEGIN IMMEDIATE (microseconds after
+        # `trying`): without the gate it meets SQLite's lock and fails at once (busy_timeout=0).
+        time.sleep(0.2)
+    t.join(10)
+    assert errors == []
+    with engine.connect() as db:
+        assert db.execute(text("SELECT x FROM t ORDER BY x")).scalars().all() == [1, 2]
+
+
+@pytest.mark.parametrize("ending", ["commit", "error", "session-rollback", "invalidate"])
+def test_sqlite_write_gate_is_released_however_a_transaction_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ending: str
+) -> None:
+    monkeypatch.setattr(cloud_db, "SQLITE_BUSY_TIMEOUT_MS", 500)  # a leaked gate fails fast
+    engine = make_engine(f"sqlite:///{tmp_path / 'w.db'}")
+    with write_transaction(engine) as db:
+        db.execute(text("CREATE TABLE t (x INTEGER)"))
+    if ending == "commit":
+        with write_transaction(engine) as db:
+            db.execute(text("INSERT INTO t VALUES (1)"))
+    elif ending == "error":
+        with pytest.raises(ZeroDivisionError), write_transaction(engine) as db:
+            db.execute(text("INSERT INTO t VALUES (1)"))
+            _ = 1 / 0
+    elif ending == "session-rollback":
+        session = Session(engine.execution_options(omnishelf_write=True))
+        session.execute(text("INSERT INTO t VALUES (1)"))
+        session.close()  # never committed: the pool rolls the connection back
+    else:
+        conn = engine.connect().execution_options(omnishelf_write=True)
+        conn.begin()
+        conn.execute(text("INSERT INTO t VALUES (1)"))
+        conn.invalidate()
+        conn.close()
+    done: list[bool] = []
+    t = threading.Thread(target=lambda: done.append(_write_once(engine)))
+    t.start()
+    t.join(5)
+    assert done == [True]
+
+
+def _write_once(engine: Engine) -> bool:
+    with write_transaction(engine) as db:
+        db.execute(text("INSERT INTO t VALUES (9)"))
+    return True
