@@ -97,7 +97,11 @@ class Context:
     def orm(self) -> Session:
         """An ORM session on the same transaction (flushed when the handler returns)."""
         if self._orm is None:
-            self._orm = Session(bind=self.conn, autoflush=True, expire_on_commit=False)
+            # "rollback_only": the session writes into the handler's savepoint and closing it
+            # leaves that alone. The default would open a savepoint of the session's own when the
+            # connection is in one, and roll it back on close: every change silently lost.
+            self._orm = Session(bind=self.conn, autoflush=True, expire_on_commit=False,
+                                join_transaction_mode="rollback_only")
         return self._orm
 
     def send(

@@ -24,12 +24,12 @@ from broker import topics
 from broker.envelope import MessageType, decode, encode
 from broker.payloads import AckData, CommandData, OrderData, OrderLine, ScanData, StockData, StockLevel
 from cloud.access.scope import Principal, Role, Scope
-from cloud.bus import downlink
+from cloud.bus import Context, downlink
 from cloud.bus.worker import CloudBus
 from cloud.db import write_transaction
 from cloud.engines import EXTRA_ENV, load_engines
 from cloud.fleet import service
-from cloud.models import DownlinkCommand, FailedMessage
+from cloud.models import DownlinkCommand, FailedMessage, Region
 from tests.cloud import fake_engine
 from tests.cloud.conftest import box, cloud_settings, running, until
 from tests.conftest import Broker
@@ -286,3 +286,22 @@ def _stored(engine: Engine, msg_id: object) -> bool:
     with Session(engine) as s:
         return s.scalar(select(func.count()).select_from(IngestedMessage).where(IngestedMessage.msg_id == msg_id)) == 1
 
+
+
+def test_orm_changes_a_handler_makes_are_kept_with_its_savepoint(engine: Engine) -> None:
+    """`ctx.orm` writes into the handler's savepoint: kept when the handler returns, rolled back
+    with the savepoint when it raises (the session must not open and drop a savepoint of its own)."""
+    with write_transaction(engine) as conn:
+        with conn.begin_nested():
+            ctx = Context(conn, "t", datetime.now(UTC))
+            ctx.orm.add(Region(code="orm-kept", name="kept"))
+            ctx.finish()
+        with pytest.raises(RuntimeError), conn.begin_nested():
+            ctx = Context(conn, "t", datetime.now(UTC))
+            ctx.orm.add(Region(code="orm-dropped", name="dropped"))
+            ctx.orm.flush()
+            ctx.discard()
+            raise RuntimeError("the handler failed")
+    with engine.connect() as conn:
+        codes = conn.execute(select(Region.code).where(Region.code.like("orm-%"))).scalars().all()
+    assert codes == ["orm-kept"]
