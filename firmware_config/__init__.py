@@ -16,7 +16,9 @@ from firmware_config.models import (
     OutboxConfig,
     PrinterDevice,
     ScannerDevice,
+    SCAN_FORMATS,
     SimulatorDevice,
+    StationConfig,
     Synchronous,
 )
 from firmware_config.paths import DATA_DIR_ENV, BoxPaths, PathError, resolve_paths
@@ -40,7 +42,9 @@ __all__ = [
     "PathError",
     "PrinterDevice",
     "ScannerDevice",
+    "SCAN_FORMATS",
     "SimulatorDevice",
+    "StationConfig",
     "Synchronous",
     "config_hash",
     "load_config",
