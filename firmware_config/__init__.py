@@ -6,6 +6,7 @@ Imports nothing else of omnishelf (pydantic and PyYAML only), so both ends can d
 from firmware_config.hashing import config_hash
 from firmware_config.loader import PASSWORD_ENV, ConfigError, load_config, parse_config
 from firmware_config.models import (
+    SCAN_FORMATS,
     BackoffConfig,
     BrokerConfig,
     CatalogueConfig,
@@ -16,7 +17,6 @@ from firmware_config.models import (
     OutboxConfig,
     PrinterDevice,
     ScannerDevice,
-    SCAN_FORMATS,
     SimulatorDevice,
     StationConfig,
     Synchronous,
@@ -29,6 +29,7 @@ __all__ = [
     "DATA_DIR_ENV",
     "PASSWORD_ENV",
     "PROFILES",
+    "SCAN_FORMATS",
     "BackoffConfig",
     "BoxPaths",
     "BrokerConfig",
@@ -42,7 +43,6 @@ __all__ = [
     "PathError",
     "PrinterDevice",
     "ScannerDevice",
-    "SCAN_FORMATS",
     "SimulatorDevice",
     "StationConfig",
     "Synchronous",

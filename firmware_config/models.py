@@ -22,6 +22,7 @@ from pydantic import (
 from firmware_config.profiles import PROFILES
 
 __all__ = [
+    "SCAN_FORMATS",
     "BackoffConfig",
     "BrokerConfig",
     "CatalogueConfig",
@@ -32,7 +33,6 @@ __all__ = [
     "OutboxConfig",
     "PrinterDevice",
     "ScannerDevice",
-    "SCAN_FORMATS",
     "SimulatorDevice",
     "StationConfig",
     "Synchronous",

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from broker.envelope import Envelope, MessageType
-from broker.payloads import CommandData, ParsedCode, VerdictClass, VerdictData, VerdictRule
+from broker.payloads import AckData, CommandData, ParsedCode, ScanData, VerdictClass, VerdictData, VerdictRule
 from edge.agent import EdgeAgent
 from edge.station.component import StationComponent
-from edge.station.lists import LISTS_COMMAND, TraceListsArgs
-from edge.station.scanners import keystrokes
+from edge.station.lists import LISTS_COMMAND, ListUnit, RecalledBatch, TraceListsArgs
+from edge.station.scanners import CameraScanner, HidScanner, keystrokes
 from edge.station.testcard import Symbol, write_video
 from firmware_config import NodeConfig
 from tests.conftest import Broker
@@ -58,6 +58,16 @@ async def api(agent: EdgeAgent, method: str, path: str, body: dict[str, Any] | N
     return await asyncio.to_thread(http, agent, method, path, body)
 
 
+def sd(env: Envelope) -> ScanData:
+    assert isinstance(env.data, ScanData)
+    return env.data
+
+
+def ad(env: Envelope) -> AckData:
+    assert isinstance(env.data, AckData)
+    return env.data
+
+
 def station_of(agent: EdgeAgent) -> StationComponent:
     found = agent.component("station")
     assert isinstance(found, StationComponent)
@@ -65,8 +75,7 @@ def station_of(agent: EdgeAgent) -> StationComponent:
 
 
 def verdict_env(scan: Envelope, verdict: VerdictClass, rule: VerdictRule, message: str = "", **kw: Any) -> Envelope:
-    assert scan.data is not None
-    data = VerdictData(scan_id=scan.msg_id, code=scan.data.code, parsed=ParsedCode(form="element_string", gtin=GTIN),  # type: ignore[union-attr]
+    data = VerdictData(scan_id=scan.msg_id, code=sd(scan).code, parsed=ParsedCode(form="element_string", gtin=GTIN),
                        verdict=verdict, rule=rule, message=message, decided_at=datetime.now(UTC), **kw)
     return Envelope(type=MessageType.VERDICT, node=NODE, session=1, seq=0, corr=scan.msg_id, data=data)
 
@@ -87,11 +96,12 @@ def test_video_scans_reach_the_cloud_and_its_verdicts_the_local_api(broker: Brok
         # The same code held for 5 frames is one scan; shown again after another code, a new one.
         await until(lambda: len(cloud.of(MessageType.SCAN)) >= 3, what="three scans")
         scans = cloud.of(MessageType.SCAN)
-        assert [(s.data.code, s.data.purpose.value, s.data.station) for s in scans] == [  # type: ignore[union-attr]
+        assert [(sd(s).code, sd(s).purpose.value, sd(s).station) for s in scans] == [
             (DM_CODE, "sell", "cam"), (QR_LINK, "sell", "cam"), (DM_CODE, "sell", "cam")]
-        assert scans[0].data.symbology.startswith("]d") and scans[1].data.symbology == "]Q1"  # type: ignore[union-attr]
-        station = station_of(agent)
-        await until(lambda: station.scanners["cam"].stats.ended, what="end of the video")  # type: ignore[union-attr]
+        assert str(sd(scans[0]).symbology).startswith("]d") and sd(scans[1]).symbology == "]Q1"
+        cam = station_of(agent).scanners["cam"]
+        assert isinstance(cam, CameraScanner)
+        await until(lambda: cam.stats.ended, what="end of the video")
         assert len(cloud.of(MessageType.SCAN)) == 3
         # Online, with final_wait_s 0: no provisional verdict, the scan waits for the cloud.
         status, body = await api(agent, "GET", f"/station/verdicts/{scans[0].msg_id}")
@@ -99,8 +109,8 @@ def test_video_scans_reach_the_cloud_and_its_verdicts_the_local_api(broker: Brok
         command = verdict_env(scans[0], VerdictClass.GENUINE, VerdictRule.COMMISSIONED_UNIT, "received here on 2026-11-20")
         await cloud.resend(command)
         await until(lambda: bool(cloud.acks_for(command)), what="the verdict's ack")
-        ack = cloud.acks_for(command)[0].data
-        assert ack.ok and ack.detail == f"stored genuine for scan {scans[0].msg_id}"  # type: ignore[union-attr]
+        ack = ad(cloud.acks_for(command)[0])
+        assert ack.ok and ack.detail == f"stored genuine for scan {scans[0].msg_id}"
         status, body = await api(agent, "GET", f"/station/verdicts/{scans[0].msg_id}")
         assert status == 200
         assert {k: body["verdict"][k] for k in ("verdict", "rule", "provisional", "message")} == {
@@ -140,9 +150,10 @@ def test_hid_scanner_keystrokes_become_scans(broker: Broker, tmp_path: Path) -> 
             f.write(keystrokes("4006381333931"))  # an EAN-13 without a prefix
         await until(lambda: len(cloud.of(MessageType.SCAN)) >= 2, what="two scans")
         scans = cloud.of(MessageType.SCAN)
-        assert [(s.data.code, s.data.symbology, s.data.purpose.value) for s in scans] == [  # type: ignore[union-attr]
+        assert [(sd(s).code, sd(s).symbology, sd(s).purpose.value) for s in scans] == [
             (DM_CODE, "]d2", "receive"), ("4006381333931", None, "receive")]
-        assert station_of(agent).scanners["hid"].lines == 3  # type: ignore[union-attr]
+        hid = station_of(agent).scanners["hid"]
+        assert isinstance(hid, HidScanner) and hid.lines == 3
         await agent.stop()
         await asyncio.wait_for(task, 10)
         await cloud.close()
@@ -161,8 +172,8 @@ def test_offline_provisional_verdict_then_final_and_an_alert(broker: Broker, tmp
         await agent.ready.wait()
         assert agent.bus is not None
         await agent.bus.connected.wait()
-        lists = TraceListsArgs(version=3, received=({"gtin": GTIN, "serial": "SER001", "batch": "L001", "expiry": date(2030, 12, 31)},),  # type: ignore[arg-type]
-                               recalled_batches=({"gtin": GTIN, "batch": "B666", "reason": "contaminated"},))  # type: ignore[arg-type]
+        lists = TraceListsArgs(version=3, received=(ListUnit(gtin=GTIN, serial="SER001", batch="L001", expiry=date(2030, 12, 31)),),
+                               recalled_batches=(RecalledBatch(gtin=GTIN, batch="B666", reason="contaminated"),))
         push = await cloud.send(NODE, MessageType.COMMAND, CommandData(name=LISTS_COMMAND, args=lists.model_dump(mode="json")).model_dump())
         # Commands reach a box whose cloud is offline (its acks wait in the outbox with the scans).
         await until(lambda: station_of(agent).db.list_version == 3, what="the lists applied")
@@ -184,13 +195,13 @@ def test_offline_provisional_verdict_then_final_and_an_alert(broker: Broker, tmp
         await cloud.set_online(True)
         await until(lambda: len(cloud.of(MessageType.SCAN)) == 3, what="the held scans")
         await until(lambda: bool(cloud.acks_for(push)), what="the lists' ack")
-        assert cloud.acks_for(push)[0].data.detail == "version 3 applied (1 units)"  # type: ignore[union-attr]
+        assert ad(cloud.acks_for(push)[0]).detail == "version 3 applied (1 units)"
         first = next(s for s in cloud.of(MessageType.SCAN) if str(s.msg_id) == scan["scan_id"])
-        assert first.data.symbology == "]d2" and first.data.code == DM_CODE  # type: ignore[union-attr]
+        assert sd(first).symbology == "]d2" and sd(first).code == DM_CODE
         command = verdict_env(first, VerdictClass.CLONED, VerdictRule.IMPOSSIBLE_TRAVEL, "sold in Chengdu 30 minutes ago")
         await cloud.resend(command)
         await until(lambda: bool(cloud.acks_for(command)), what="the verdict's ack")
-        assert cloud.acks_for(command)[0].data.detail == f"replaced cloned for scan {first.msg_id} (was provisional genuine)"  # type: ignore[union-attr]
+        assert ad(cloud.acks_for(command)[0]).detail == f"replaced cloned for scan {first.msg_id} (was provisional genuine)"
         status, now = await api(agent, "GET", f"/station/verdicts/{first.msg_id}")
         assert (now["verdict"]["verdict"], now["verdict"]["provisional"]) == ("cloned", False)
         status, alerts = await api(agent, "GET", "/station/alerts")
@@ -205,7 +216,7 @@ def test_offline_provisional_verdict_then_final_and_an_alert(broker: Broker, tmp
         wrong = wrong.model_copy(update={"corr": uuid.uuid4()})
         await cloud.resend(wrong)
         await until(lambda: bool(cloud.acks_for(wrong)), what="the refusal")
-        assert not cloud.acks_for(wrong)[0].data.ok  # type: ignore[union-attr]
+        assert not ad(cloud.acks_for(wrong)[0]).ok
         status, now = await api(agent, "GET", f"/station/verdicts/{first.msg_id}")
         assert now["verdict"]["verdict"] == "cloned"
         await agent.stop()
@@ -227,7 +238,7 @@ def test_event_feed_long_poll_wakes_on_a_verdict(broker: Broker, tmp_path: Path)
         waiting = asyncio.create_task(api(agent, "GET", f"/station/events?after={last}&wait=20"))
         await asyncio.sleep(0.2)
         assert not waiting.done()
-        status, scan = await api(agent, "POST", "/station/scans", {"code": "hello"})  # unreadable: malformed, offline
+        status, _ = await api(agent, "POST", "/station/scans", {"code": "hello"})  # unreadable: malformed, offline
         status, woke = await asyncio.wait_for(waiting, 10)
         assert status == 200 and woke["events"][0]["kind"] == "scan"
         status, later = await api(agent, "GET", f"/station/events?after={woke['events'][0]['id']}&wait=5")
