@@ -211,17 +211,20 @@ class PrinterDriver:
             conn.close()
 
     async def run(self) -> None:
+        probe_due = True
         try:
-            await asyncio.to_thread(self._probe)
-            self._ready()
             while True:
                 job = self.db.next_job(self.cfg.name)
                 if job is None:
-                    self.wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.wake.wait(), _IDLE_PROBE_S)
-                    if not self.wake.is_set():
+                    if probe_due:
                         await asyncio.to_thread(self._probe)
+                        self._ready()
+                        probe_due = False
+                    self.wake.clear()
+                    try:
+                        await asyncio.wait_for(self.wake.wait(), _IDLE_PROBE_S)
+                    except TimeoutError:
+                        probe_due = True
                     continue
                 await asyncio.to_thread(self._print, job.id, job.data)
                 self.printed += 1

@@ -137,8 +137,7 @@ class StationDb:
         self._lock = threading.RLock()
         self.changed = threading.Condition(self._lock)
         """Notified after every new event (long-polling readers wait on it)."""
-        with self._tx() as db:
-            db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
 
