@@ -96,7 +96,7 @@ def test_receipts_and_labels_reach_the_printer_exactly_once(broker: Broker, tmp_
         assert (status, job["state"], job["new"]) == (200, "queued", True)
         _, retry = await api(agent, "POST", "/station/print/receipt", {"scan_ids": [scan["scan_id"]], "request_id": "sale-1"})
         assert (retry["id"], retry["new"]) == (job["id"], False)
-        await until(lambda: (station.db.job(job["id"]) or job).attempts >= 2, what="retries")  # type: ignore[union-attr]
+        await until(lambda: (station.db.job(job["id"]) or job).attempts >= 2, what="retries")
         assert peer.jobs == [] and station.db.job(job["id"]).state == "queued"  # type: ignore[union-attr]
         # Paper loaded: the job prints, once, byte for byte what was queued.
         peer.paper = True
