@@ -18,6 +18,7 @@ from edge.station.lists import TraceListsArgs, offline_verdict
 from edge.station.scanners import Debouncer, FrameDecoder
 from edge.station.station_db import StationDb
 from edge.station.testcard import Symbol, code_frame, write_video
+from firmware_config import load_config
 from tests.conftest import Broker
 from tests.edge.conftest import NODE, arun, until
 from tests.edge.test_station import station_config
@@ -140,3 +141,9 @@ def test_a_missing_camera_is_unavailable_and_retried(broker: Broker, tmp_path: P
         await asyncio.wait_for(task, 10)
 
     arun(main())
+
+
+def test_the_station_example_config_loads() -> None:
+    cfg = load_config(Path(__file__).resolve().parents[2] / "edge" / "examples" / "station.yaml")
+    assert cfg.station.enabled and cfg.station.printer == "till"
+    assert [(d.kind, d.name) for d in cfg.devices] == [("scanner", "counter-camera"), ("scanner", "handheld"), ("printer", "till")]
