@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import queue
 import stat
 import struct
 import threading
@@ -181,33 +182,63 @@ class CameraScanner:
             stop.set()
             await asyncio.to_thread(thread.join, 5)
 
-    def _capture(self, cap: Any, stop: threading.Event, put: Callable[[Decoded | BaseException | str], None]) -> None:
+    def _read(self, cap: Any, stop: threading.Event, frames: queue.Queue[tuple[float, Any] | BaseException | str]) -> None:
+        """Reader thread: frames (grey, with their time) while the decoder works on the previous one.
+        A live camera's stale frames are dropped (the newest matters); a file's never are."""
         import cv2
 
-        debounce = Debouncer(self.cfg.debounce_s)
         is_file = self.path is not None and self.path.is_file()
-        gap = 1.0 / self.cfg.max_fps if self.cfg.max_fps else 0.0
-        s = self.stats
-        s.started = time.monotonic()
-        next_at = time.monotonic()
+
+        def give(item: tuple[float, Any] | BaseException | str) -> None:
+            while not stop.is_set():
+                try:
+                    frames.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    if not is_file:
+                        with contextlib.suppress(queue.Empty):
+                            frames.get_nowait()
+
         try:
             while not stop.is_set():
                 ok, frame = cap.read()
                 if not ok:
                     if is_file and self.cfg.loop:
                         cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-                        debounce = Debouncer(self.cfg.debounce_s)
                         continue
-                    if is_file:
-                        s.ended = True
-                        put(f"end of {self.what} after {s.frames} frames; idle")
-                        return
-                    put(RuntimeError(f"{self.what} stopped giving frames (unplugged?)"))
+                    give("end" if is_file else RuntimeError(f"{self.what} stopped giving frames (unplugged?)"))
                     return
                 # The video's own clock for files (read faster than real time), ours for cameras.
                 t = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0 if is_file else time.monotonic()
-                if frame.ndim == 3:
-                    frame = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+                give((t, cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame))
+        except Exception as exc:
+            give(exc)
+        finally:
+            cap.release()
+
+    def _capture(self, cap: Any, stop: threading.Event, put: Callable[[Decoded | BaseException | str], None]) -> None:
+        frames: queue.Queue[tuple[float, Any] | BaseException | str] = queue.Queue(maxsize=4)
+        reader = threading.Thread(target=self._read, args=(cap, stop, frames), name=f"camera-read-{self.cfg.name}", daemon=True)
+        reader.start()
+        debounce = Debouncer(self.cfg.debounce_s)
+        gap = 1.0 / self.cfg.max_fps if self.cfg.max_fps else 0.0
+        s = self.stats
+        s.started = time.monotonic()
+        next_at = time.monotonic()
+        try:
+            while not stop.is_set():
+                try:
+                    item = frames.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if isinstance(item, BaseException):
+                    put(item)
+                    return
+                if isinstance(item, str):
+                    s.ended = True
+                    put(f"end of {self.what} after {s.frames} frames; idle")
+                    return
+                t, frame = item
                 started = time.perf_counter()
                 found = self.decoder.decode(frame)
                 s.decode_s += time.perf_counter() - started
@@ -227,7 +258,8 @@ class CameraScanner:
         except Exception as exc:  # handed to the driver, which raises it for the supervisor
             put(exc)
         finally:
-            cap.release()
+            stop.set()
+            reader.join(5)
 
 
 # -- byte streams: hid and serial ------------------------------------------------------------------
