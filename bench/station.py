@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import socket
 import tempfile
@@ -36,8 +37,14 @@ ROUNDS = 3
 
 
 class _Handle:
+    """The supervisor's side, as far as the bench needs it: the camera says when its video ended."""
+
+    def __init__(self) -> None:
+        self.ended = asyncio.Event()
+
     def ok(self, detail: str | None = None) -> None:
-        pass
+        if detail and detail.startswith("end of"):
+            self.ended.set()
 
     def unavailable(self, detail: str) -> None:
         pass
@@ -47,8 +54,8 @@ async def _publish(*_a: Any) -> Any:
     raise RuntimeError("not used")
 
 
-def _ctx() -> DriverContext:
-    return DriverContext(node_id="bench", device=_Handle(), publish=_publish)
+def _ctx(handle: _Handle | None = None) -> DriverContext:
+    return DriverContext(node_id="bench", device=handle or _Handle(), publish=_publish)
 
 
 def camera(tmp: Path, codes: int) -> dict[str, Any]:
@@ -97,11 +104,11 @@ def camera(tmp: Path, codes: int) -> dict[str, Any]:
         got.append(d)
 
     async def run() -> float:
-        driver = CameraScanner(cfg, _ctx(), sink, video)
+        handle = _Handle()
+        driver = CameraScanner(cfg, _ctx(handle), sink, video)
         started = time.perf_counter()
         task = asyncio.create_task(driver.run())
-        while not driver.stats.ended:
-            await asyncio.sleep(0.005)
+        await handle.ended.wait()
         elapsed = time.perf_counter() - started
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -152,10 +159,8 @@ class _Peer:
                     self.jobs += 1
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self.sock.close()
 
 
@@ -188,11 +193,18 @@ def printing(tmp: Path, jobs: int) -> dict[str, Any]:
 
         async def run() -> float:
             wake = asyncio.Event()
-            driver = PrinterDriver(cfg, _ctx(), db, wake, None, lambda *_a: None)
+            done = asyncio.Event()
+            readies = [0]
+
+            def on_state(_name: str, state: str, _detail: str | None) -> None:
+                readies[0] += state == "ready"
+                if readies[0] > jobs:  # the first "ready" is the probe before any job
+                    done.set()
+
+            driver = PrinterDriver(cfg, _ctx(), db, wake, None, on_state)
             started = time.perf_counter()
             task = asyncio.create_task(driver.run())
-            while driver.printed < jobs:
-                await asyncio.sleep(0.002)
+            await done.wait()
             elapsed = time.perf_counter() - started
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
