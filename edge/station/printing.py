@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -111,6 +112,7 @@ class _Connection:
         from escpos import printer
 
         self.cfg = cfg
+        self.path = path
         if cfg.connection == "network":
             self.dev: Any = printer.Network(cfg.host, cfg.port, timeout=cfg.timeout_s)
         elif cfg.connection == "usb":
@@ -118,10 +120,13 @@ class _Connection:
         elif cfg.connection == "serial":
             self.dev = printer.Serial(str(path), baudrate=cfg.baud, timeout=cfg.timeout_s)
         else:
-            self.dev = printer.File(str(path))
+            # Appended to, one job after the other (python-escpos's File truncates on every open).
+            self.dev = None
         self.where = f"{cfg.host}:{cfg.port}" if cfg.connection == "network" else str(path or f"usb {cfg.usb_vendor:04x}")
 
     def open(self) -> None:
+        if self.dev is None:
+            return
         try:
             self.dev.open()
         except Exception as exc:
@@ -146,15 +151,21 @@ class _Connection:
 
     def send(self, data: bytes) -> None:
         try:
+            if self.dev is None:
+                assert self.path is not None
+                with self.path.open("ab") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                return
             self.dev._raw(data)
-            if self.cfg.connection == "file":
-                self.dev.flush()
         except Exception as exc:
             raise PrinterProblem(f"offline: sending to the printer at {self.where} failed ({_why(exc)})") from None
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.dev.close()
+        if self.dev is not None:
+            with contextlib.suppress(Exception):
+                self.dev.close()
 
 
 def _why(exc: BaseException) -> str:
