@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from broker.envelope import Envelope, MessageType
-from broker.payloads import AckData, CommandData, ParsedCode, ScanData, VerdictClass, VerdictData, VerdictRule
+from broker.payloads import AckData, CommandData, ScanData, VerdictClass, VerdictData, VerdictRule
 from edge.agent import EdgeAgent
+from edge.station.codes import read_code
 from edge.station.component import StationComponent
 from edge.station.lists import LISTS_COMMAND, ListUnit, RecalledBatch, TraceListsArgs
 from edge.station.scanners import CameraScanner, HidScanner, keystrokes
@@ -75,14 +76,14 @@ def station_of(agent: EdgeAgent) -> StationComponent:
 
 
 def verdict_env(scan: Envelope, verdict: VerdictClass, rule: VerdictRule, message: str = "", **kw: Any) -> Envelope:
-    data = VerdictData(scan_id=scan.msg_id, code=sd(scan).code, parsed=ParsedCode(form="element_string", gtin=GTIN),
+    # What the cloud's reading of the code gives (the box's stop-gap reader stands in for it here).
+    data = VerdictData(scan_id=scan.msg_id, code=sd(scan).code, parsed=read_code(sd(scan).code, sd(scan).symbology),
                        verdict=verdict, rule=rule, message=message, decided_at=datetime.now(UTC), **kw)
     return Envelope(type=MessageType.VERDICT, node=NODE, session=1, seq=0, corr=scan.msg_id, data=data)
 
 
 def test_video_scans_reach_the_cloud_and_its_verdicts_the_local_api(broker: Broker, tmp_path: Path) -> None:
     video = tmp_path / "counter.avi"
-    write_video(video, [Symbol(DM_HRI, gs1=True), Symbol(QR_LINK, "qrcode"), Symbol(DM_HRI, gs1=True)], hold=5, gap=3)
     cfg = station_config(tmp_path, broker, broker.add_node(NODE), [
         {"kind": "scanner", "name": "cam", "source": "camera", "path": str(video), "formats": ["datamatrix", "qrcode"],
          "purpose": "sell", "debounce_s": 0.2},
@@ -93,6 +94,14 @@ def test_video_scans_reach_the_cloud_and_its_verdicts_the_local_api(broker: Brok
         await cloud.set_online(True)
         agent = EdgeAgent(cfg)
         task = asyncio.create_task(agent.run())
+        await agent.ready.wait()
+        assert agent.bus is not None
+        await agent.bus.cloud_available.wait()
+        # The camera is plugged in once the box knows the cloud is online (until then its driver
+        # reports it unavailable and retries): every scan then waits for the cloud's verdict.
+        part = tmp_path / "part.avi"  # written whole, then plugged in at once
+        write_video(part, [Symbol(DM_HRI, gs1=True), Symbol(QR_LINK, "qrcode"), Symbol(DM_HRI, gs1=True)], hold=5, gap=3)
+        part.rename(video)
         # The same code held for 5 frames is one scan; shown again after another code, a new one.
         await until(lambda: len(cloud.of(MessageType.SCAN)) >= 3, what="three scans")
         scans = cloud.of(MessageType.SCAN)

@@ -10,12 +10,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from broker.envelope import MessageType
+from broker.payloads import VerdictClass, VerdictRule
 from edge.agent import EdgeAgent
 from edge.station.printing import PAPER_QUERY
 from edge.station.station_db import StationDb
 from tests.conftest import Broker
-from tests.edge.conftest import NODE, arun, until
-from tests.edge.test_station import api, station_config, station_of
+from tests.edge.conftest import NODE, Cloud, arun, until
+from tests.edge.test_station import GTIN, api, station_config, station_of, verdict_env
 
 PAPER_OK = 0x12
 PAPER_OUT = 0x72
@@ -141,3 +143,35 @@ def test_a_restart_mid_job_never_prints_twice_and_loses_nothing(tmp_path: Path) 
     again = db.requeue(first.id)  # the clerk saw no receipt: one request reprints it
     assert again is not None and again.state == "queued" and db.next_job("till") == again
     db.close()
+
+
+def test_a_final_genuine_sale_prints_its_receipt_by_itself(broker: Broker, tmp_path: Path) -> None:
+    """auto_print: the cloud's final `genuine` for a sale queues the receipt; a provisional one does not."""
+    receipts = tmp_path / "receipts.bin"
+    cfg = station_config(tmp_path, broker, broker.add_node(NODE), [
+        {"kind": "printer", "name": "till", "connection": "file", "path": str(receipts)},
+    ], auto_print=True)
+
+    async def main() -> None:
+        cloud = await Cloud(broker).start()
+        await cloud.set_online(False)
+        agent = EdgeAgent(cfg)
+        task = asyncio.create_task(agent.run())
+        await agent.ready.wait()
+        station = station_of(agent)
+        _, scan = await api(agent, "POST", "/station/scans", {"code": f"01{GTIN}21SER7", "purpose": "sell", "wait_s": 5})
+        assert scan["verdict"]["provisional"] and station.db.jobs(10) == []
+        await cloud.set_online(True)
+        await until(lambda: bool(cloud.of(MessageType.SCAN)), what="the scan")
+        command = verdict_env(cloud.of(MessageType.SCAN)[0], VerdictClass.GENUINE, VerdictRule.COMMISSIONED_UNIT)
+        await cloud.resend(command)
+        await until(lambda: [j.state for j in station.db.jobs(10)] == ["printed"], what="the receipt printed")
+        job = station.db.jobs(10)[0]
+        assert (job.kind, job.scan_id) == ("receipt", scan["scan_id"])
+        assert receipts.read_bytes() == job.data
+        assert f"1P0https://id.gs1.org/01/{GTIN}/21/SER7".encode() in job.data
+        await agent.stop()
+        await asyncio.wait_for(task, 10)
+        await cloud.close()
+
+    arun(main())

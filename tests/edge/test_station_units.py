@@ -18,7 +18,7 @@ from edge.station.lists import TraceListsArgs, offline_verdict
 from edge.station.scanners import Debouncer, FrameDecoder
 from edge.station.station_db import StationDb
 from edge.station.testcard import Symbol, code_frame, write_video
-from firmware_config import load_config
+from firmware_config import ConfigError, load_config, parse_config
 from tests.conftest import Broker
 from tests.edge.conftest import NODE, arun, until
 from tests.edge.test_station import station_config
@@ -135,7 +135,9 @@ def test_a_missing_camera_is_unavailable_and_retried(broker: Broker, tmp_path: P
 
         await until(lambda: state()[0] == UNAVAILABLE and "does not exist" in str(state()[1]), what="unavailable")
         assert state() == (UNAVAILABLE, f"driver failed: RuntimeError: {video} does not exist (camera unplugged?)")
-        write_video(video, [Symbol(f"(01){GTIN}(21)S1", gs1=True)], hold=3, gap=1)
+        part = tmp_path / "part.avi"
+        write_video(part, [Symbol(f"(01){GTIN}(21)S1", gs1=True)], hold=3, gap=1)
+        part.rename(video)
         await until(lambda: state()[0] == OK, what="the camera back")
         await agent.stop()
         await asyncio.wait_for(task, 10)
@@ -147,3 +149,21 @@ def test_the_station_example_config_loads() -> None:
     cfg = load_config(Path(__file__).resolve().parents[2] / "edge" / "examples" / "station.yaml")
     assert cfg.station.enabled and cfg.station.printer == "till"
     assert [(d.kind, d.name) for d in cfg.devices] == [("scanner", "counter-camera"), ("scanner", "handheld"), ("printer", "till")]
+
+
+CONFIG_MISTAKES = [
+    ("  - kind: scanner\n    source: camera\n", "box.yaml:6: field 'devices[0]': a camera scanner needs 'path' (a video device or file) or 'camera' (a capture index)"),
+    ("  - kind: scanner\n    source: camera\n    camera: 0\n    formats: [qrcode, aztec]\n",
+     "box.yaml:9: field 'devices[0].formats[1]': Input should be 'datamatrix', 'qrcode', 'ean13', 'ean8', 'upca', 'upce', "
+     "'code128', 'databar', 'databar_expanded' or 'itf' (got 'aztec')"),
+    ("  - kind: printer\n    connection: usb\n    usb_vendor: 0x04b8\n", "box.yaml:6: field 'devices[0]': a usb printer needs 'usb_product' as well as 'usb_vendor'"),
+    ("  - kind: printer\n    connection: serial\n", "box.yaml:6: field 'devices[0]': a serial printer needs 'path'"),
+]
+
+
+@pytest.mark.parametrize(("devices", "problem"), CONFIG_MISTAKES)
+def test_station_config_mistakes_name_file_line_and_field(devices: str, problem: str) -> None:
+    text = "node_id: st1-k1\nstore_id: st1\nbroker: {url: 'mqtt://127.0.0.1'}\nstation: {enabled: true}\ndevices:\n" + devices
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "box.yaml")
+    assert info.value.problems == [problem]
