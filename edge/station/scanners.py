@@ -266,8 +266,9 @@ class CameraScanner:
 
 
 async def _chunks(path: Path, *, baud: int | None = None, grab: bool = False) -> AsyncIterator[bytes]:
-    """Bytes from a device (waiting for them) or from a file (followed as it grows). `grab` takes an
-    input device for this process alone (EVIOCGRAB): scanned codes must not type into a console."""
+    """Bytes from a device (waiting for them) or from a file (followed as it grows); first an empty
+    chunk once the device is open and set up. `grab` takes an input device for this process alone
+    (EVIOCGRAB): scanned codes must not type into a console."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as exc:
@@ -290,6 +291,7 @@ async def _chunks(path: Path, *, baud: int | None = None, grab: bool = False) ->
 
             with contextlib.suppress(OSError):
                 fcntl.ioctl(fd, _EVIOCGRAB, 1)
+        yield b""
         if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
             loop = asyncio.get_running_loop()
             ready = asyncio.Event()
@@ -336,11 +338,10 @@ class LineScanner:
     async def run(self) -> None:
         debounce = Debouncer(self.cfg.debounce_s)
         buf = b""
-        first = True
         async for data in _chunks(self.path, baud=self.cfg.baud):
-            if first:
+            if not data:
                 self.ctx.device.ok(f"reading {self.path}")
-                first = False
+                continue
             buf += data
             *lines, buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
             for raw in lines:
@@ -351,8 +352,6 @@ class LineScanner:
                 aim, code = split_aim(text)
                 if code and debounce.new(text, time.monotonic()):
                     await self.sink(self.cfg, Decoded(code, aim))
-        if first:
-            self.ctx.device.ok(f"reading {self.path}")
 
 
 # Linux input event codes (linux/input-event-codes.h), US layout.
@@ -415,8 +414,10 @@ class HidScanner:
         typed: list[str] = []
         shift: set[int] = set()
         ctrl: set[int] = set()
-        self.ctx.device.ok(f"reading {self.path}")
         async for data in _chunks(self.path, grab=True):
+            if not data:
+                self.ctx.device.ok(f"reading {self.path}")
+                continue
             buf += data
             n = len(buf) // _EVENT.size
             for i in range(n):
@@ -424,7 +425,11 @@ class HidScanner:
                 if type_ != _EV_KEY:
                     continue
                 if code in _SHIFTS or code in _CTRLS:
-                    (shift if code in _SHIFTS else ctrl).add(code) if value else (shift if code in _SHIFTS else ctrl).discard(code)
+                    held = shift if code in _SHIFTS else ctrl
+                    if value:
+                        held.add(code)
+                    else:
+                        held.discard(code)
                     continue
                 if value == 0:
                     continue

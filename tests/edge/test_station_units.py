@@ -167,3 +167,55 @@ def test_station_config_mistakes_name_file_line_and_field(devices: str, problem:
     with pytest.raises(ConfigError) as info:
         parse_config(text, "box.yaml")
     assert info.value.problems == [problem]
+
+
+class _Handle:
+    def __init__(self) -> None:
+        self.states: list[tuple[str, str | None]] = []
+
+    def ok(self, detail: str | None = None) -> None:
+        self.states.append((OK, detail))
+
+    def unavailable(self, detail: str) -> None:
+        self.states.append((UNAVAILABLE, detail))
+
+
+def test_serial_scanner_on_a_terminal_reads_lines_with_their_aim_prefix() -> None:
+    """A pseudo-terminal stands in for the serial port: the driver sets it raw at the configured baud."""
+    import os
+    import termios
+
+    from edge.drivers import DriverContext
+    from edge.station.scanners import Decoded, LineScanner
+    from firmware_config import ScannerDevice
+
+    master, slave = os.openpty()
+    path = Path(os.ttyname(slave))
+    got: list[Decoded] = []
+
+    async def sink(_cfg: ScannerDevice, d: Decoded) -> None:
+        got.append(d)
+
+    async def publish(*_a: Any) -> Any:
+        raise AssertionError("scanners hand codes to the station, they do not publish")
+
+    async def main() -> None:
+        cfg = ScannerDevice(kind="scanner", name="ser", source="serial", path=path, baud=115200)
+        handle = _Handle()
+        driver = LineScanner(cfg, DriverContext(node_id=NODE, device=handle, publish=publish), sink, path)
+        task = asyncio.create_task(driver.run())
+        await until(lambda: bool(handle.states), what="the port open")
+        assert termios.tcgetattr(slave)[4] == termios.B115200
+        os.write(master, f"]C101{GTIN}10L1\x1d21S1\r\n9506000134352\r".encode())
+        os.write(master, b"\n")
+        await until(lambda: len(got) == 2, what="two codes")
+        assert got == [Decoded(f"01{GTIN}10L1\x1d21S1", "]C1"), Decoded("9506000134352", None)]
+        assert handle.states == [(OK, f"reading {path}")]
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    try:
+        arun(main())
+    finally:
+        os.close(master)
+        os.close(slave)
