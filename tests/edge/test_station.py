@@ -260,3 +260,32 @@ def test_event_feed_long_poll_wakes_on_a_verdict(broker: Broker, tmp_path: Path)
         await asyncio.wait_for(task, 10)
 
     arun(main())
+
+
+def test_a_slow_cloud_gets_a_provisional_answer_meanwhile(broker: Broker, tmp_path: Path) -> None:
+    cfg = station_config(tmp_path, broker, broker.add_node(NODE), [], final_wait_s=0.3)
+
+    async def main() -> None:
+        cloud = await Cloud(broker).start()
+        await cloud.set_online(True)
+        agent = EdgeAgent(cfg)
+        task = asyncio.create_task(agent.run())
+        await agent.ready.wait()
+        assert agent.bus is not None
+        await agent.bus.cloud_available.wait()
+        _, scan = await api(agent, "POST", "/station/scans", {"code": DM_CODE, "wait_s": 5})
+        assert (scan["verdict"]["provisional"], scan["verdict"]["rule"]) == (True, "offline_cache")
+        await until(lambda: bool(cloud.of(MessageType.SCAN)), what="the scan")
+        command = verdict_env(cloud.of(MessageType.SCAN)[0], VerdictClass.UNKNOWN_CODE, VerdictRule.NEVER_COMMISSIONED)
+        await cloud.resend(command)
+        await until(lambda: bool(cloud.acks_for(command)), what="the verdict's ack")
+        _, now = await api(agent, "GET", f"/station/verdicts/{scan['scan_id']}")
+        assert (now["verdict"]["verdict"], now["verdict"]["provisional"]) == ("unknown_code", False)
+        # not_for_sale_here (provisional) → unknown_code: both alarms, nothing let through: no alert.
+        _, alerts = await api(agent, "GET", "/station/alerts")
+        assert alerts["alerts"] == []
+        await agent.stop()
+        await asyncio.wait_for(task, 10)
+        await cloud.close()
+
+    arun(main())

@@ -175,3 +175,45 @@ def test_a_final_genuine_sale_prints_its_receipt_by_itself(broker: Broker, tmp_p
         await cloud.close()
 
     arun(main())
+
+
+def test_the_queue_survives_a_restart_and_prints_each_job_once(broker: Broker, tmp_path: Path) -> None:
+    peer = PrinterPeer()
+    port = peer.port
+    peer.stop()  # the printer is off while the jobs are queued
+    cfg = station_config(tmp_path, broker, broker.add_node(NODE), [
+        {"kind": "printer", "name": "till", "host": "127.0.0.1", "port": port, "timeout_s": 2},
+    ])
+
+    async def first_run() -> list[int]:
+        agent = EdgeAgent(cfg)
+        task = asyncio.create_task(agent.run())
+        await agent.ready.wait()
+        _, scan = await api(agent, "POST", "/station/scans", {"code": f"01{GTIN}21SER8", "wait_s": 5})
+        ids = []
+        for _ in range(3):
+            _, job = await api(agent, "POST", "/station/print/label", {"scan_id": scan["scan_id"]})
+            ids.append(job["id"])
+        station = station_of(agent)
+        await until(lambda: station.printer_states["till"]["state"] == "offline", what="offline")
+        await agent.stop()
+        await asyncio.wait_for(task, 10)
+        return ids
+
+    async def second_run(ids: list[int]) -> list[bytes]:
+        agent = EdgeAgent(cfg)
+        task = asyncio.create_task(agent.run())
+        await agent.ready.wait()
+        station = station_of(agent)
+        assert [station.db.job(i).state for i in ids] == ["queued"] * 3  # type: ignore[union-attr]
+        back = PrinterPeer(port)
+        await until(lambda: all(station.db.job(i).state == "printed" for i in ids), what="all printed")  # type: ignore[union-attr]
+        data = [station.db.job(i).data for i in ids]  # type: ignore[union-attr]
+        await agent.stop()
+        await asyncio.wait_for(task, 10)
+        assert back.jobs == data  # in order, each once
+        back.stop()
+        return data
+
+    ids = arun(first_run())
+    assert len(arun(second_run(ids))) == 3
