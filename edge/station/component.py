@@ -211,9 +211,9 @@ class StationComponent(Component):
 
     def _after_verdict(self, v: VerdictData, purpose: str) -> None:
         parsed = v.parsed
-        if v.verdict == VerdictClass.GENUINE and purpose == "sell" and parsed and parsed.gtin and parsed.serial:
-            # Offline, the next scan of this unit must not look genuine again.
-            self.db.mark_sold(parsed.gtin, parsed.serial)
+        if v.verdict == VerdictClass.GENUINE and purpose in ("sell", "return") and parsed and parsed.gtin and parsed.serial:
+            # Offline, the next scan of a sold unit must not look genuine again; a returned one may.
+            self.db.mark_sold(parsed.gtin, parsed.serial, sold=purpose == "sell")
         if self.cfg.auto_print and not v.provisional and self.printer is not None and v.verdict == VerdictClass.GENUINE:
             try:
                 if purpose == "sell":

@@ -307,8 +307,10 @@ class StationDb:
                                ((u["gtin"], u["serial"], u["verdict"], u.get("reason")) for u in b["known_bad"]))
                 db.executemany("INSERT OR REPLACE INTO recalled_batches VALUES (?, ?, ?)",
                                ((u["gtin"], u["batch"], u.get("reason")) for u in b["recalled_batches"]))
-            # The cloud's lists know every sale it has seen; local marks are for sales made since.
-            db.execute("DELETE FROM units WHERE list = 'sold' AND (gtin, serial) IN (SELECT gtin, serial FROM units WHERE list = 'received')")
+            # A local sale mark matters while the cloud's list still holds the unit as received (the
+            # sale may not have reached it yet); for a unit no longer listed it says nothing more.
+            db.execute("DELETE FROM units WHERE list = 'sold' AND (gtin, serial) NOT IN "
+                       "(SELECT gtin, serial FROM units WHERE list = 'received')")
             db.execute("DELETE FROM list_parts WHERE version <= ?", (version,))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('list_version', ?)", (str(version),))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('list_applied_at', ?)", (_now(),))
@@ -346,9 +348,13 @@ class StationDb:
             list_version=self.list_version,
         )
 
-    def mark_sold(self, gtin: str, serial: str) -> None:
+    def mark_sold(self, gtin: str, serial: str, sold: bool = True) -> None:
+        """Record (or, for a return, forget) a sale made at this station, for offline answers."""
         with self._tx() as db:
-            db.execute("INSERT OR IGNORE INTO units (gtin, serial, list) VALUES (?, ?, 'sold')", (gtin, serial))
+            if sold:
+                db.execute("INSERT OR IGNORE INTO units (gtin, serial, list) VALUES (?, ?, 'sold')", (gtin, serial))
+            else:
+                db.execute("DELETE FROM units WHERE gtin = ? AND serial = ? AND list = 'sold'", (gtin, serial))
 
     # -- print queue -----------------------------------------------------------------------------
 

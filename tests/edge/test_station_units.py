@@ -99,6 +99,20 @@ def test_a_list_in_parts_is_used_only_once_whole(tmp_path: Path) -> None:
     db.close()
 
 
+def test_local_sale_marks_outlive_a_list_that_does_not_know_the_sale_yet(tmp_path: Path) -> None:
+    db = StationDb(tmp_path / "station.db")
+    db.put_list_part(1, 0, 1, LISTS.model_dump(mode="json"))
+    db.mark_sold(GTIN, "OK1")  # sold offline; the cloud has not heard of it
+    db.put_list_part(2, 0, 1, {**LISTS.model_dump(mode="json"), "version": 2})
+    assert db.unit(GTIN, "OK1", None).sold
+    db.mark_sold(GTIN, "OK1", sold=False)  # returned
+    assert not db.unit(GTIN, "OK1", None).sold
+    db.mark_sold(GTIN, "OK1")
+    db.put_list_part(3, 0, 1, {**LISTS.model_dump(mode="json"), "version": 3, "received": []})  # the cloud knows now
+    assert db.list_counts()["sold_here_since"] == 0
+    db.close()
+
+
 def test_debouncer_takes_a_held_code_once() -> None:
     d = Debouncer(1.0)
     assert [d.new("A", t) for t in (0.0, 0.1, 0.9, 1.8, 3.0)] == [True, False, False, False, True]
