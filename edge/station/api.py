@@ -1,5 +1,6 @@
 """The station's routes on the box's local API (for the station screen, the clerk's app, integrations).
 
+    GET  /station                       counts, whether the cloud is online, lists, printers, scanners, queue
     POST /station/scans                 {code, symbology?, purpose?, station?, wait_s?} → the scan and its verdict
     GET  /station/verdicts?limit=&pending=   latest scans, newest first, each with its verdict (or null)
     GET  /station/verdicts/{scan_id}    one scan and its verdict
@@ -158,7 +159,11 @@ def station_routes(station: StationComponent) -> tuple[Route, ...]:
             raise ApiError(HTTPStatus.NOT_FOUND, f"no print job {raw} on this station")
         return job.public()
 
+    def summary(_req: Request) -> Any:
+        return dict(station.status())
+
     return (
+        Route("GET", "/station", summary),
         Route("POST", "/station/scans", submit, body=ScanRequest),
         Route("GET", "/station/verdicts", verdicts, params=(integer("limit", 50, 1, 500), text("pending", max_len=1))),
         Route("GET", "/station/verdicts/{scan_id}", one),
