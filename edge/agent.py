@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from broker.client import BrokerAddress, JitteredBackoff, TlsSetupError
 from broker.envelope import Envelope, MessageType
 from broker.payloads import CommandData, Payload, TelemetryData
-from edge.bus import BusClient, CommandRefused, software_version
+from edge.bus import BusClient, CommandHandler, CommandRefused, software_version
 from edge.component import Component, ComponentContext, ComponentError
 from edge.components import COMPONENTS, ComponentFactory
 from edge.devices import DeviceSet
@@ -121,15 +121,7 @@ class EdgeAgent:
         self._lock = OutboxLock(self.paths.outbox_lock, self.paths.outbox)
         self._lock.acquire()
         try:
-            self.devices = DeviceSet(
-                config.devices,
-                drivers or default_drivers(),
-                node_id=config.node_id,
-                publish=self.publish,
-                backoff=lambda: JitteredBackoff(config.backoff.base_s, config.backoff.cap_s),
-                on_change=self._telemetry_wake.set,
-            )
-            ctx = ComponentContext(config=config, paths=self.paths, publish=self.publish)
+            ctx = ComponentContext(config=config, paths=self.paths, publish=self.publish, cloud_online=self._cloud_online)
             for factory in components:
                 try:
                     component = factory(ctx)
@@ -137,6 +129,20 @@ class EdgeAgent:
                     raise AgentConfigError(str(exc)) from None
                 if component is not None:
                     self.components.append(component)
+            registry = drivers or default_drivers()
+            self._named: dict[str, CommandHandler] = {}
+            for component in self.components:
+                for kind, driver in component.drivers().items():
+                    registry.register(kind, driver, replace=True)
+                self._named.update(component.named_commands())
+            self.devices = DeviceSet(
+                config.devices,
+                registry,
+                node_id=config.node_id,
+                publish=self.publish,
+                backoff=lambda: JitteredBackoff(config.backoff.base_s, config.backoff.cap_s),
+                on_change=self._telemetry_wake.set,
+            )
             if config.local_api.enabled:
                 self.api = self._build_api()
         except BaseException:
@@ -168,6 +174,9 @@ class EdgeAgent:
 
         found = self.component("catalogue")
         return found if isinstance(found, CatalogueComponent) else None
+
+    def _cloud_online(self) -> bool:
+        return self.bus is not None and self.bus.cloud_online
 
     async def publish(self, type: MessageType, data: Payload) -> Row:
         """Send a message through the outbox (for components and drivers)."""
@@ -299,10 +308,12 @@ class EdgeAgent:
 
     # -- the agent's own command, telemetry and status -----------------------------------------------
 
-    async def _on_command(self, env: Envelope) -> str:
+    async def _on_command(self, env: Envelope) -> str | None:
         assert isinstance(env.data, CommandData)
         if env.data.name == "ping":
             return "pong"
+        if (handler := self._named.get(env.data.name)) is not None:
+            return await handler(env)
         raise CommandRefused(f"command {env.data.name!r} is not supported by this box (software {self.software_version})")
 
     def telemetry(self, cpu: CpuMeter | None = None) -> TelemetryData:

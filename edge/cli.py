@@ -87,6 +87,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         ("outbox", str(paths.outbox)),
         ("lock", str(paths.outbox_lock)),
         ("catalogue", str(paths.catalogue) if cfg.catalogue.cloud_url else "(no catalogue: catalogue.cloud_url not set)"),
+        *([("station", str(paths.station))] if cfg.station.enabled else []),
         ("password", secret),
         *([("ca_file", str(paths.ca_file) if paths.ca_file else "(none: the system's CA store)")] if tls else []),
         ("local_api", f"http://{api.host}:{api.port}/status" if api.enabled else "(disabled)"),

@@ -5,6 +5,10 @@ tomorrow) is built from the config by its factory in `edge.components.COMPONENTS
 
 - `commands()`: its command handlers by `MessageType` (each command is run at most once and
   acknowledged by the bus; a handler returns the ack's detail or raises `CommandRefused`);
+- `named_commands()`: its handlers of generic `command` messages, by `CommandData.name` (the agent
+  owns the `command` type and hands each name to the component that declared it);
+- `drivers()`: device drivers by kind that feed this component (a scanner delivers its codes to the
+  station); the agent adds them to its driver registry;
 - `routes()`: its routes on the box's one local HTTP API;
 - `tasks()`: its background work, started by the agent after the bus and the API exist;
 - `status()`: a JSON-able dict shown under `components.<name>` on the API's `/status` (called on
@@ -23,6 +27,7 @@ from typing import Any
 from broker.envelope import MessageType
 from broker.payloads import Payload
 from edge.bus import CommandHandler, CommandRefused
+from edge.drivers import DriverFactory
 from edge.localapi import Route
 from edge.outbox import Row
 from firmware_config import BoxPaths, NodeConfig
@@ -42,6 +47,8 @@ class ComponentContext:
     paths: BoxPaths
     publish: Callable[[MessageType, Payload], Awaitable[Row]]
     """Send a message through the outbox (usable once the agent runs)."""
+    cloud_online: Callable[[], bool] = lambda: False
+    """Whether a cloud host's retained state says online right now (the bus's view)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +63,12 @@ class Component:
     name: str = "component"
 
     def commands(self) -> Mapping[MessageType, CommandHandler]:
+        return {}
+
+    def named_commands(self) -> Mapping[str, CommandHandler]:
+        return {}
+
+    def drivers(self) -> Mapping[str, DriverFactory]:
         return {}
 
     def routes(self) -> Sequence[Route]:

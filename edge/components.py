@@ -21,4 +21,12 @@ def _catalogue(ctx: ComponentContext) -> Component | None:
     return CatalogueComponent(ctx)
 
 
-COMPONENTS: tuple[ComponentFactory, ...] = (_catalogue,)
+def _station(ctx: ComponentContext) -> Component | None:
+    if not ctx.config.station.enabled:
+        return None
+    from edge.station.component import StationComponent
+
+    return StationComponent(ctx)
+
+
+COMPONENTS: tuple[ComponentFactory, ...] = (_catalogue, _station)

@@ -6,6 +6,7 @@ Imports nothing else of omnishelf (pydantic and PyYAML only), so both ends can d
 from firmware_config.hashing import config_hash
 from firmware_config.loader import PASSWORD_ENV, ConfigError, load_config, parse_config
 from firmware_config.models import (
+    SCAN_FORMATS,
     BackoffConfig,
     BrokerConfig,
     CatalogueConfig,
@@ -17,6 +18,7 @@ from firmware_config.models import (
     PrinterDevice,
     ScannerDevice,
     SimulatorDevice,
+    StationConfig,
     Synchronous,
 )
 from firmware_config.paths import DATA_DIR_ENV, BoxPaths, PathError, resolve_paths
@@ -27,6 +29,7 @@ __all__ = [
     "DATA_DIR_ENV",
     "PASSWORD_ENV",
     "PROFILES",
+    "SCAN_FORMATS",
     "BackoffConfig",
     "BoxPaths",
     "BrokerConfig",
@@ -41,6 +44,7 @@ __all__ = [
     "PrinterDevice",
     "ScannerDevice",
     "SimulatorDevice",
+    "StationConfig",
     "Synchronous",
     "config_hash",
     "load_config",

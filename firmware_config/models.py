@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -22,6 +22,7 @@ from pydantic import (
 from firmware_config.profiles import PROFILES
 
 __all__ = [
+    "SCAN_FORMATS",
     "BackoffConfig",
     "BrokerConfig",
     "CatalogueConfig",
@@ -33,6 +34,7 @@ __all__ = [
     "PrinterDevice",
     "ScannerDevice",
     "SimulatorDevice",
+    "StationConfig",
     "Synchronous",
 ]
 
@@ -136,21 +138,94 @@ class SimulatorDevice(_Strict):
     """Scans enqueued at start as fast as the outbox takes them."""
 
 
+ScannerSource = Literal["hid", "serial", "camera"]
+
+ScanFormat = Literal["datamatrix", "qrcode", "ean13", "ean8", "upca", "upce", "code128", "databar", "databar_expanded", "itf"]
+SCAN_FORMATS: tuple[str, ...] = get_args(ScanFormat)
+"""Symbologies a camera scanner may be told to look for (the decoder looks for no others)."""
+
+
 class ScannerDevice(_Strict):
+    """A code scanner feeding the scanning station (`station:`).
+
+    - `hid`: a keyboard-wedge scanner, read from its Linux input device (`path`: /dev/input/event*
+      or /dev/input/by-id/…; a file of the same records works too), one code per Enter;
+    - `serial`: a scanner on a serial port (or any file of lines: demos and tests), one code per line;
+    - `camera`: frames from `path` (a video device or a video file) or `camera` (an index), decoded
+      with zxing-cpp restricted to `formats`.
+    A scanner that sends an AIM symbology identifier (`]d2`, `]Q3`, `]C1`, `]e0`, …) has it kept."""
+
     kind: Literal["scanner"]
     name: Name = "scanner"
-    source: Literal["hid", "serial"] = "hid"
+    source: ScannerSource = "hid"
     path: Path | None = None
-    """The input device or serial port; default: the first one found."""
+    """The input device, serial port or video; default (hid, serial): the first one found. A relative
+    path is relative to the config file."""
     baud: Annotated[int, Field(ge=1200, le=921_600)] = 9600
+    camera: Annotated[int, Field(ge=0, le=63)] | None = None
+    """camera: the capture index (`/dev/video<N>`) when no `path` is given."""
+    formats: Annotated[tuple[ScanFormat, ...], Field(min_length=1, max_length=10)] = ("datamatrix", "qrcode", "ean13", "code128")
+    """camera: the symbologies to look for; fewer is faster and avoids false reads."""
+    try_rotate: bool = False
+    """camera: also look for codes turned 90°/270° (slower)."""
+    try_invert: bool = False
+    """camera: also look for light-on-dark codes (slower)."""
+    fallback_1d: bool = False
+    """camera: when zxing-cpp finds nothing, ask pyzbar (libzbar0) for the 1-D `formats` too."""
+    debounce_s: Annotated[float, Field(ge=0, le=3600)] = 2.0
+    """The same code seen again within this long of its last sighting is the same scan (a code held
+    in front of a camera, a double trigger)."""
+    max_fps: Annotated[float, Field(gt=0, le=240)] | None = None
+    """camera: decode at most this many frames per second (None: as fast as frames come)."""
+    loop: bool = False
+    """camera reading a video file: start again at its end (demos)."""
+    purpose: Literal["verify", "receive", "sell", "return"] = "verify"
+    """What this scanner's scans are for, unless the station is told otherwise."""
+
+    @model_validator(mode="after")
+    def _camera_source(self) -> ScannerDevice:
+        if self.source == "camera" and self.path is None and self.camera is None:
+            raise ValueError("a camera scanner needs 'path' (a video device or file) or 'camera' (a capture index)")
+        if self.source != "camera" and self.camera is not None:
+            raise ValueError(f"'camera' is for source: camera, not source: {self.source}")
+        return self
+
+
+PrinterConnection = Literal["network", "usb", "serial", "file"]
 
 
 class PrinterDevice(_Strict):
+    """An ESC/POS receipt or label printer, fed from the station's durable print queue."""
+
     kind: Literal["printer"]
     name: Name = "printer"
-    host: Name
+    connection: PrinterConnection = "network"
+    host: Name | None = None
+    """network: the printer's address."""
     port: Annotated[int, Field(ge=1, le=65535)] = 9100
     profile: Literal["escpos-58mm", "escpos-80mm", "zpl-203dpi", "zpl-300dpi"] = "escpos-80mm"
+    usb_vendor: Annotated[int, Field(ge=0, le=0xFFFF)] | None = None
+    """usb: the vendor id (e.g. 0x04b8)."""
+    usb_product: Annotated[int, Field(ge=0, le=0xFFFF)] | None = None
+    path: Path | None = None
+    """serial: the port (/dev/ttyUSB0); file: where the bytes are written (tests, spooling)."""
+    baud: Annotated[int, Field(ge=1200, le=921_600)] = 9600
+    timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
+    """Connecting, sending and waiting for a status answer each give up after this long."""
+    status_query: bool = True
+    """Ask the printer (DLE EOT) whether it is online and has paper before each job; turn off for a
+    printer that does not answer status queries (the job is then sent blind)."""
+
+    @model_validator(mode="after")
+    def _connection_fields(self) -> PrinterDevice:
+        needs = {"network": ("host", self.host), "serial": ("path", self.path), "file": ("path", self.path),
+                 "usb": ("usb_vendor", self.usb_vendor)}
+        field, value = needs[self.connection]
+        if value is None:
+            raise ValueError(f"a {self.connection} printer needs '{field}'")
+        if self.connection == "usb" and self.usb_product is None:
+            raise ValueError("a usb printer needs 'usb_product' as well as 'usb_vendor'")
+        return self
 
 
 class DisplayDevice(_Strict):
@@ -186,6 +261,29 @@ class CatalogueConfig(_Strict):
         except ValueError:
             raise ValueError(f"{value!r} has a bad port: expected a number from 1 to 65535") from None
         return value.rstrip("/")
+
+
+class StationConfig(_Strict):
+    """The scanning station: scans go to the cloud for a verdict (answered from the box's cache,
+    marked provisional, while the cloud is unreachable); receipts and labels print from a durable queue."""
+
+    enabled: bool = False
+    path: Path | None = None
+    """Default: <data_dir>/edge/<node_id>/station.db; a relative path is relative to the config file."""
+    final_wait_s: Annotated[float, Field(ge=0, le=60)] = 2.0
+    """With the cloud online, a scan without its verdict after this long gets a provisional one from
+    the cache meanwhile (0: only when the cloud is offline)."""
+    keep_verdicts: Annotated[int, Field(ge=100, le=10_000_000)] = 100_000
+    """Scans and verdicts kept for the local API; the oldest are dropped beyond it."""
+    print_jobs_keep: Annotated[int, Field(ge=10, le=1_000_000)] = 10_000
+    """Printed jobs kept for the local API (pending ones are never dropped)."""
+    receipt_header: Annotated[str, StringConstraints(max_length=200)] = ""
+    """The first line of every receipt and label (the store's name)."""
+    auto_print: bool = False
+    """Print a receipt for each final `genuine` sale and a label for each received unit, without a
+    request on the local API."""
+    printer: Name | None = None
+    """The printer device (by name) jobs go to; default: the first printer in `devices`."""
 
 
 class LocalApiConfig(_Strict):
@@ -226,6 +324,7 @@ class NodeConfig(_Strict):
     devices: tuple[DeviceConfig, ...] = ()
     catalogue: CatalogueConfig = CatalogueConfig()
     local_api: LocalApiConfig = LocalApiConfig()
+    station: StationConfig = StationConfig()
 
     @field_validator("node_id")
     @classmethod

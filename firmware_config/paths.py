@@ -39,6 +39,8 @@ class BoxPaths:
     outbox_lock: Path
     """Held (flock) by the one agent that uses this outbox."""
     catalogue: Path
+    station: Path
+    """The scanning station's database (scans, verdicts, offline lists, print queue)."""
     password_file: Path | None
     ca_file: Path | None
     """The broker's CA file (`broker.ca_file`), if the config names one."""
@@ -81,6 +83,7 @@ def resolve_paths(cfg: NodeConfig, env: Mapping[str, str] | None = None) -> BoxP
     base = cfg.base_dir or node_dir
     outbox = _place(cfg.outbox.path, base) if cfg.outbox.path else node_dir / "outbox.db"
     catalogue = _place(cfg.catalogue.path, base) if cfg.catalogue.path else node_dir / "catalogue"
+    station = _place(cfg.station.path, base) if cfg.station.path else node_dir / "station.db"
     secret = _place(cfg.broker.password_file, base) if cfg.broker.password_file else None
     ca_file = _place(cfg.broker.ca_file, base) if cfg.broker.ca_file else None
     return BoxPaths(
@@ -90,6 +93,7 @@ def resolve_paths(cfg: NodeConfig, env: Mapping[str, str] | None = None) -> BoxP
         outbox=outbox,
         outbox_lock=outbox.with_name(outbox.name + ".lock"),
         catalogue=catalogue,
+        station=station,
         password_file=secret,
         ca_file=ca_file,
     )

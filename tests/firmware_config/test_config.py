@@ -95,7 +95,7 @@ PROBLEMS = [
         ("store_id: st1\n", "store_id: st1\ncolour: red\n"),
         [
             "3: field 'colour': unknown key (expected one of: node_id, store_id, profile, data_dir, telemetry_every_s, "
-            "broker, outbox, backoff, devices, catalogue, local_api)"
+            "broker, outbox, backoff, devices, catalogue, local_api, station)"
         ],
         id="unknown-top-level-key",
     ),
@@ -158,7 +158,7 @@ PROBLEMS = [
     ),
     pytest.param(
         ("    host: 10.0.0.9\n", "    port: 9100\n"),
-        ["11: field 'devices[1].host': required but missing"],
+        ["11: field 'devices[1]': a network printer needs 'host'"],
         id="missing-device-field",
     ),
     pytest.param(
