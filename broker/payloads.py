@@ -12,11 +12,14 @@ from datetime import date, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 __all__ = [
+    "ALARM_CLASSES",
+    "TRACE_LISTS",
     "AckData",
     "AssignData",
+    "BadUnit",
     "BirthData",
     "CatalogData",
     "CatalogFile",
@@ -28,18 +31,22 @@ __all__ = [
     "FulfilStatus",
     "Fulfilment",
     "HostStateData",
+    "ListUnit",
     "OrderData",
     "OrderLine",
     "ParsedCode",
     "Payload",
     "PopData",
     "RebirthData",
+    "RecalledBatch",
+    "RecalledUnit",
     "ScanData",
     "ScanPurpose",
     "ScheduleData",
     "StockData",
     "StockLevel",
     "TelemetryData",
+    "TraceListsArgs",
     "VerdictClass",
     "VerdictData",
     "VerdictRule",
@@ -240,6 +247,80 @@ class VerdictData(Payload):
     """Which events, locations, distances and times the rule used (shape per rule)."""
     provisional: bool = False
     decided_at: AwareDatetime
+
+
+ALARM_CLASSES: frozenset[VerdictClass] = frozenset(VerdictClass) - {VerdictClass.GENUINE, VerdictClass.UNTRACKED}
+"""Verdict classes that stop a sale (the clerk's screen turns red)."""
+
+TRACE_LISTS = "trace_lists"
+"""`CommandData.name` of the command carrying a store's offline lists (`args`: `TraceListsArgs`)."""
+
+Gtin14 = Annotated[str, StringConstraints(pattern=r"^[0-9]{14}$")]
+Gs1Serial = Annotated[str, StringConstraints(min_length=1, max_length=20)]
+Reason = Annotated[str, StringConstraints(max_length=200)]
+
+
+class ListUnit(Payload):
+    """A unit received at the store and not sold (as far as the cloud knows)."""
+
+    gtin: Gtin14
+    serial: Gs1Serial
+    batch: Annotated[str, StringConstraints(min_length=1, max_length=20)] | None = None
+    expiry: date | None = None
+
+
+class RecalledUnit(Payload):
+    gtin: Gtin14
+    serial: Gs1Serial
+    reason: Reason = ""
+
+
+class RecalledBatch(Payload):
+    gtin: Gtin14
+    batch: Annotated[str, StringConstraints(min_length=1, max_length=20)]
+    reason: Reason = ""
+
+
+class BadUnit(Payload):
+    """A unit the cloud already knows to be bad (cloned, diverted, mismatched)."""
+
+    gtin: Gtin14
+    serial: Gs1Serial
+    verdict: VerdictClass
+    reason: Reason = ""
+
+    @model_validator(mode="after")
+    def _alarm(self) -> BadUnit:
+        if self.verdict not in ALARM_CLASSES:
+            raise ValueError(f"known_bad verdict {self.verdict.value!r} is not an alarm class")
+        return self
+
+
+class TraceListsArgs(Payload):
+    """What a scanning station answers from while the cloud is unreachable, for one store.
+
+    Sent as `CommandData(name=TRACE_LISTS, args=TraceListsArgs(...).model_dump(mode="json"))`. A
+    version is a full snapshot split into `parts` commands (an envelope holds at most 256 KiB: about
+    2,000 units per part); the box swaps a version in only once it holds all of its parts, so a
+    clerk never checks against half a list, and ignores parts of a version older than the one held.
+    """
+
+    version: Annotated[int, Field(ge=1, lt=2**63)]
+    """Increases with every snapshot the cloud makes for the store."""
+    part: Annotated[int, Field(ge=0)] = 0
+    """0-based."""
+    parts: Annotated[int, Field(ge=1, le=100_000)] = 1
+    store: Text | None = None
+    received: Annotated[tuple[ListUnit, ...], Field(max_length=50_000)] = ()
+    recalled_units: Annotated[tuple[RecalledUnit, ...], Field(max_length=50_000)] = ()
+    recalled_batches: Annotated[tuple[RecalledBatch, ...], Field(max_length=50_000)] = ()
+    known_bad: Annotated[tuple[BadUnit, ...], Field(max_length=50_000)] = ()
+
+    @model_validator(mode="after")
+    def _part_in_range(self) -> TraceListsArgs:
+        if self.part >= self.parts:
+            raise ValueError(f"part {self.part} of {self.parts}: expected 0..{self.parts - 1}")
+        return self
 
 
 class AssignData(Payload):

@@ -22,11 +22,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from broker.envelope import Envelope, MessageType
-from broker.payloads import CommandData, ScanData, ScanPurpose, VerdictClass, VerdictData
+from broker.payloads import TRACE_LISTS as LISTS_COMMAND
+from broker.payloads import CommandData, ScanData, ScanPurpose, TraceListsArgs, VerdictClass, VerdictData
 from edge.component import BackgroundTask, CommandHandler, CommandRefused, Component, ComponentContext, ComponentError
 from edge.drivers import Driver, DriverContext, DriverFactory
 from edge.localapi import Route
-from edge.station.lists import LISTS_COMMAND, TraceListsArgs, offline_verdict
+from edge.station.lists import offline_verdict
 from edge.station.printing import PrinterDriver, render_label, render_receipt
 from edge.station.scanners import CameraScanner, Decoded, HidScanner, LineScanner
 from edge.station.station_db import PrintJob, StationDb

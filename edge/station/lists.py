@@ -1,89 +1,19 @@
 """The offline lists the cloud pushes to a station, and the provisional verdict they give.
 
-The cloud sends them as a generic command: `MessageType.COMMAND` with
-`CommandData(name="trace_lists", args=TraceListsArgs(...).model_dump(mode="json"))`. A version is a
-full snapshot of what this store should know, split into `parts` commands (each envelope is at most
-256 KiB: about 2,000 units per part); the box swaps a version in only once all its parts are
-stored, so a clerk never checks against half a list. Parts of a version older than the one held are
-acknowledged and ignored.
+The lists arrive as the `trace_lists` command (`broker.payloads.TraceListsArgs`, the contract
+says how versions and parts work); `StationDb` keeps them.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Annotated, Any
-
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from typing import Any
 
 from broker.payloads import ParsedCode, VerdictClass, VerdictData, VerdictRule
 from edge.station.codes import CodeError, read_code
-from edge.station.station_db import ALARMS, StationDb
+from edge.station.station_db import StationDb
 
-__all__ = ["LISTS_COMMAND", "BadUnit", "ListUnit", "RecalledBatch", "RecalledUnit", "TraceListsArgs", "offline_verdict"]
-
-LISTS_COMMAND = "trace_lists"
-
-Gtin = Annotated[str, StringConstraints(pattern=r"^[0-9]{14}$")]
-Serial = Annotated[str, StringConstraints(min_length=1, max_length=20)]
-Batch = Annotated[str, StringConstraints(min_length=1, max_length=20)]
-Reason = Annotated[str, StringConstraints(max_length=200)]
-
-
-class _Item(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ListUnit(_Item):
-    """A unit received at this store and not sold (as far as the cloud knows)."""
-
-    gtin: Gtin
-    serial: Serial
-    batch: Batch | None = None
-    expiry: date | None = None
-
-
-class RecalledUnit(_Item):
-    gtin: Gtin
-    serial: Serial
-    reason: Reason = ""
-
-
-class RecalledBatch(_Item):
-    gtin: Gtin
-    batch: Batch
-    reason: Reason = ""
-
-
-class BadUnit(_Item):
-    """A unit the cloud already knows to be bad (cloned, diverted, sold, …)."""
-
-    gtin: Gtin
-    serial: Serial
-    verdict: VerdictClass
-    reason: Reason = ""
-
-    @model_validator(mode="after")
-    def _alarm(self) -> BadUnit:
-        if self.verdict not in ALARMS:
-            raise ValueError(f"known_bad verdict {self.verdict.value!r} is not an alarm class")
-        return self
-
-
-class TraceListsArgs(_Item):
-    version: Annotated[int, Field(ge=1)]
-    """Increases with every snapshot the cloud makes for this store."""
-    part: Annotated[int, Field(ge=0)] = 0
-    parts: Annotated[int, Field(ge=1, le=100_000)] = 1
-    received: Annotated[tuple[ListUnit, ...], Field(max_length=50_000)] = ()
-    recalled_units: Annotated[tuple[RecalledUnit, ...], Field(max_length=50_000)] = ()
-    recalled_batches: Annotated[tuple[RecalledBatch, ...], Field(max_length=50_000)] = ()
-    known_bad: Annotated[tuple[BadUnit, ...], Field(max_length=50_000)] = ()
-
-    @model_validator(mode="after")
-    def _part_in_range(self) -> TraceListsArgs:
-        if self.part >= self.parts:
-            raise ValueError(f"part {self.part} of {self.parts}: expected 0..{self.parts - 1}")
-        return self
+__all__ = ["offline_verdict"]
 
 
 def offline_verdict(db: StationDb, scan_id: Any, code: str, symbology: str | None, purpose: str,

@@ -19,12 +19,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from broker.payloads import VerdictClass, VerdictData
+from broker.payloads import ALARM_CLASSES, VerdictData
 
 __all__ = ["ALARMS", "PrintJob", "StationDb", "UnitFacts"]
 
-ALARMS = frozenset(VerdictClass) - {VerdictClass.GENUINE, VerdictClass.UNTRACKED}
-"""Verdict classes that stop a sale (the clerk's screen turns red)."""
+ALARMS = ALARM_CLASSES
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS scans (

@@ -13,11 +13,21 @@ from pathlib import Path
 from typing import Any
 
 from broker.envelope import Envelope, MessageType
-from broker.payloads import AckData, CommandData, ScanData, VerdictClass, VerdictData, VerdictRule
+from broker.payloads import TRACE_LISTS as LISTS_COMMAND
+from broker.payloads import (
+    AckData,
+    CommandData,
+    ListUnit,
+    RecalledBatch,
+    ScanData,
+    TraceListsArgs,
+    VerdictClass,
+    VerdictData,
+    VerdictRule,
+)
 from edge.agent import EdgeAgent
 from edge.station.codes import read_code
 from edge.station.component import StationComponent
-from edge.station.lists import LISTS_COMMAND, ListUnit, RecalledBatch, TraceListsArgs
 from edge.station.scanners import CameraScanner, HidScanner, keystrokes
 from edge.station.testcard import Symbol, write_video
 from firmware_config import NodeConfig

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from broker.payloads import ParsedCode, VerdictClass
+from broker.payloads import ParsedCode, TraceListsArgs, VerdictClass
 from edge.agent import EdgeAgent
 from edge.devices import OK, UNAVAILABLE
 from edge.station.codes import CodeError, read_code
-from edge.station.lists import TraceListsArgs, offline_verdict
+from edge.station.lists import offline_verdict
 from edge.station.scanners import Debouncer, FrameDecoder
 from edge.station.station_db import StationDb
 from edge.station.testcard import Symbol, code_frame, write_video
