@@ -14,7 +14,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
-from sqlalchemy import select
 
 from broker.payloads import ScanPurpose, VerdictData
 from cloud.access.scope import NotFound, Perm, Principal
@@ -213,8 +212,7 @@ def ack_alert(alert_id: Annotated[int, Path(ge=1, le=2**63 - 1)], body: AckIn, r
     with write_session(request.app.state.engine) as s, s.begin():
         alert = service.acknowledge(s, principal, alert_id, body.note, via=via(request))
         s.flush()
-        row = s.execute(select(service.ALERTS).where(service.ALERTS.c.id == alert.id)).first()
-        return _alert_json(row)
+        return _alert_json(alert)
 
 
 

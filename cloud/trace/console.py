@@ -58,7 +58,7 @@ def chart_svg(counts: dict[tuple[str, str], int], days: int = 30, today: date | 
     w, h, bar = 640, 200, 640 / days
     parts = []
     for i, d in enumerate(dates):
-        y = h - 20
+        y = float(h - 20)
         for k in kinds:
             n = counts.get((d, k), 0)
             if n:

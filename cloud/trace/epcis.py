@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, Table, update
 
 from cloud.trace.events import store_event
 from cloud.trace.models import Capture
@@ -181,7 +181,7 @@ def capture(engine: Engine, capture_id: uuid.UUID, events: list[tuple[dict[str, 
     """Store validated events in batches, moving the job's progress with each batch."""
     from cloud.access.service import write_session
 
-    table = Capture.__table__
+    table: Table = Capture.__table__  # type: ignore[assignment]
     done = stored = 0
     try:
         for chunk in _batches(events, batch):

@@ -124,10 +124,10 @@ def _apply(conn: Connection, event: dict[str, Any], row: dict[str, Any], keyed: 
 
     if kind == "ObjectEvent" and action == "ADD" and units and step in (None, "commissioning"):
         lot, expiry = _ilmd(event)
-        values = [{"gtin": g, "serial": s, "batch": lot, "expiry": expiry, "state": "commissioned",
+        rows = [{"gtin": g, "serial": s, "batch": lot, "expiry": expiry, "state": "commissioned",
                    "location_id": loc_id, "received_at_store": False, "recalled": False,
                    "seen_location_id": loc_id, "seen_at": when} for g, s in units]
-        conn.execute(insert_for(conn, UNITS).values(values).on_conflict_do_nothing(index_elements=["gtin", "serial"]))
+        conn.execute(insert_for(conn, UNITS).values(rows).on_conflict_do_nothing(index_elements=["gtin", "serial"]))
         return
     if kind == "AggregationEvent" and parent_code is not None and parent_code.sscc:
         sscc = parent_code.sscc

@@ -48,7 +48,11 @@ def on_scan(ctx: Context, msg: Message) -> None:
     data = msg.data
     assert isinstance(data, ScanData)
     store_id = ctx.conn.execute(select(_NODES.c.store_id).where(_NODES.c.id == msg.node)).scalar()
-    loc_id = location_for_store(ctx.conn, store_id) if store_id is not None else None
+    if store_id is None:
+        # A box assigned to no store scans nowhere: no place to judge clones or diversion by. Its
+        # scans stay in the ledger; assigning the box (fleet) makes its next scans count.
+        return
+    loc_id = location_for_store(ctx.conn, store_id)
     scan = ScanIn(code=data.code, station=data.station, purpose=data.purpose, at=msg.ts, msg_id=msg.msg_id,
                   node=msg.node, location_id=loc_id, position=msg.position, provisional=data.provisional)
     verdict = verify(ctx.conn, scan, RULES, ctx.now)
@@ -59,6 +63,9 @@ def on_birth(ctx: Context, msg: Message) -> None:
     store_id = ctx.conn.execute(select(_NODES.c.store_id).where(_NODES.c.id == msg.node)).scalar()
     if store_id is None:
         return
+    if ctx.conn.execute(select(UNITS.c.id).limit(1)).first() is None \
+            and ctx.conn.execute(select(_RECALLS.c.id).limit(1)).first() is None:
+        return  # traceability is not in use here: nothing to cache, no command to wait for
     for part in lists_commands(ctx.conn, store_id, RULES):
         ctx.send(msg.node, MessageType.COMMAND, part, expires_in=timedelta(hours=12))
 

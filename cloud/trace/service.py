@@ -161,9 +161,9 @@ def scan(session: Session, principal: Principal, *, code: str, station: str, pur
             store = get_store(session, principal.scope, location)
             loc_id = location_for_store(conn, store.id)
         elif row.store_id is not None:
-            store = session.get(Store, row.store_id)
-            assert store is not None
-            get_store(session, principal.scope, store.code)  # scope check
+            owner = session.get(Store, row.store_id)
+            assert owner is not None
+            get_store(session, principal.scope, owner.code)  # scope check
             loc_id = row.id
         else:
             if not principal.scope.all:

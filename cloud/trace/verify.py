@@ -181,19 +181,14 @@ def _decide(conn: Connection, scan: ScanIn, code: gs1.Code, unit: Any, loc: Any,
             return (VerdictClass(last.verdict), VerdictRule.DUPLICATE_SCAN,
                     f"the same scan again within {rules.duplicate_window_s:.0f} s: {last.message}",
                     {**facts, "first_scan": str(last.msg_id), "first_rule": last.rule, "first_at": _iso(last.at)})
-    recall = None
     if unit.recalled:
-        recall = ("unit", None)
-    elif unit.batch is not None:
+        return VerdictClass.RECALLED, VerdictRule.UNIT_RECALLED, "this unit is recalled: do not sell", facts
+    if unit.batch is not None:
         hit = conn.execute(select(RECALLS.c.id, RECALLS.c.reason).where(
             RECALLS.c.gtin == unit.gtin, RECALLS.c.batch == unit.batch, RECALLS.c.serial.is_(None)).limit(1)).first()
         if hit is not None:
-            recall = ("batch", hit)
-    if recall is not None:
-        if recall[0] == "unit":
-            return VerdictClass.RECALLED, VerdictRule.UNIT_RECALLED, "this unit is recalled: do not sell", facts
-        return (VerdictClass.RECALLED, VerdictRule.BATCH_RECALLED,
-                f"batch {unit.batch} is recalled ({recall[1].reason}): do not sell", {**facts, "recall": recall[1].id})
+            return (VerdictClass.RECALLED, VerdictRule.BATCH_RECALLED,
+                    f"batch {unit.batch} is recalled ({hit.reason}): do not sell", {**facts, "recall": hit.id})
     if unit.state == "decommissioned":
         return VerdictClass.ALREADY_SOLD, VerdictRule.DECOMMISSIONED, "this unit was decommissioned", facts
     if unit.seen_location_id is not None and loc is not None and unit.seen_location_id != loc.id \

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from cloud.models import Region, Store
@@ -17,7 +17,7 @@ from tests.trace import chain
 
 
 @pytest.fixture
-def tworld(engine) -> World:  # type: ignore[no-untyped-def]  # noqa: F811
+def tworld(engine: Engine) -> World:  # noqa: F811
     w = make_world(engine)
     with Session(engine) as s, s.begin():
         south = s.scalar(select(Region).where(Region.code == "south"))

@@ -26,7 +26,7 @@ from tests.access.conftest import World
 from tests.cloud.conftest import Box, box, cloud_settings, running, until
 from tests.conftest import Broker
 from tests.trace import chain
-from tests.trace.test_chain import capture, receive_all
+from tests.trace.test_chain import capture
 
 el = chain.element
 
@@ -108,7 +108,7 @@ def test_every_verdict_class_over_the_bus(broker: Broker, tworld: World, hq: Tes
             await b3.send(later)
             await until(lambda: later.msg_id in verdicts(b3), what="the resale's verdict")
             assert verdicts(b3)[later.msg_id][1].verdict is VerdictClass.ALREADY_SOLD
-            malformed = [d for _e, d in verdicts(b1).values() if d.verdict is VerdictClass.MALFORMED][0]
+            malformed = next(d for _e, d in verdicts(b1).values() if d.verdict is VerdictClass.MALFORMED)
             assert malformed.message == "AI (01) GTIN: expected check digit 2, found 3 in '09506000134353'"
             assert malformed.parsed is None
 

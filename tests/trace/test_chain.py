@@ -24,7 +24,8 @@ def capture(client: TestClient, doc: dict[str, Any]) -> dict[str, Any]:
         time.sleep(0.05)
         status = client.get(answer.headers["Location"]).json()
     assert status["success"], status
-    return status
+    out: dict[str, Any] = status
+    return out
 
 
 def scan(client: TestClient, code: str, location: str, purpose: str = "verify", at: datetime | None = None,
@@ -34,7 +35,8 @@ def scan(client: TestClient, code: str, location: str, purpose: str = "verify", 
         body["at"] = at.isoformat()
     answer = client.post("/trace/scans", json=body)
     assert answer.status_code == 200, answer.text
-    return answer.json()
+    out: dict[str, Any] = answer.json()
+    return out
 
 
 def receive_all(client: TestClient, now: datetime) -> None:
