@@ -118,8 +118,8 @@ def validate_event(i: int, event: Any) -> datetime:
     if "disposition" in event:
         _vocab(where, "disposition", event["disposition"], DISPOSITIONS,
                ("urn:epcglobal:cbv:disp:", "https://ref.gs1.org/cbv/Disp-", "gs1:Disp-", "cbv:Disp-"))
-    if kind == "ObjectEvent" and not event.get("epcList") and not event.get("quantityList"):
-        raise EpcisError(EpcisReason.MISSING, f"{where}: needs a non-empty epcList or quantityList")
+    if kind == "ObjectEvent" and "epcList" not in event and "quantityList" not in event:
+        raise EpcisError(EpcisReason.MISSING, f"{where}: needs an epcList or a quantityList (what the event is about)")
     for name in ("epcList", "childEPCs", "inputEPCList", "outputEPCList"):
         if name in event and not (isinstance(event[name], list) and all(isinstance(e, str) for e in event[name])):
             raise EpcisError(EpcisReason.VALUE, f"{where}: {name} must be a list of identifiers")
@@ -139,7 +139,8 @@ def validate_event(i: int, event: Any) -> datetime:
                 raise EpcisError(EpcisReason.MISSING, f"{where}: each {name} entry needs a type and a {key}")
             t = entry["type"]
             bare = t.rsplit("SDT-", 1)[-1].rsplit("sdt:", 1)[-1] if isinstance(t, str) else t
-            if not (isinstance(t, str) and (bare in SOURCE_TYPES or (_is_uri(t) and not t.startswith(("gs1:", "cbv:"))))):
+            # A CBV type (bare or in one of its URI forms), or any other URI / CURIE (a custom type).
+            if not (isinstance(t, str) and (bare in SOURCE_TYPES or _is_uri(t))):
                 raise EpcisError(EpcisReason.VOCABULARY, f"{where}: {name} type {t!r} is not owning_party, "
                                  "possessing_party, location nor a URI")
     ilmd = event.get("ilmd")
