@@ -127,31 +127,41 @@ def _apply(conn: Connection, event: dict[str, Any], row: dict[str, Any], keyed: 
         rows = [{"gtin": g, "serial": s, "batch": lot, "expiry": expiry, "state": "commissioned",
                    "location_id": loc_id, "received_at_store": False, "recalled": False,
                    "seen_location_id": loc_id, "seen_at": when} for g, s in units]
-        conn.execute(insert_for(conn, UNITS).values(rows).on_conflict_do_nothing(index_elements=["gtin", "serial"]))
+        conn.execute(insert_for(conn, UNITS).on_conflict_do_nothing(index_elements=["gtin", "serial"]), rows)
         return
     if kind == "AggregationEvent" and parent_code is not None and parent_code.sscc:
         sscc = parent_code.sscc
         if action == "ADD":
             conn.execute(insert_for(conn, CASES).values(sscc=sscc, location_id=loc_id)
                          .on_conflict_do_nothing(index_elements=["sscc"]))
-            if units:
-                conn.execute(update(UNITS).where(_unit_clause(units)).values(parent=sscc))
+            for chunk in _chunks(units):
+                conn.execute(update(UNITS).where(_unit_clause(chunk)).values(parent=sscc))
             for child in cases:
                 conn.execute(insert_for(conn, CASES).values(sscc=child, parent=sscc, location_id=loc_id)
                              .on_conflict_do_update(index_elements=["sscc"], set_={"parent": sscc}))
         elif action == "DELETE":
-            if units:
-                conn.execute(update(UNITS).where(_unit_clause(units), UNITS.c.parent == sscc).values(parent=None))
-            elif not cases:
+            for chunk in _chunks(units):
+                conn.execute(update(UNITS).where(_unit_clause(chunk), UNITS.c.parent == sscc).values(parent=None))
+            if not units and not cases:
                 conn.execute(update(UNITS).where(UNITS.c.parent == sscc).values(parent=None))
             if cases:
                 conn.execute(update(CASES).where(CASES.c.sscc.in_(cases)).values(parent=None))
     # Movements apply to the units named and to every unit inside the cases named (a case received
     # at goods-in receives what it holds).
     containers = [*cases] + ([parent_code.sscc] if parent_code is not None and parent_code.sscc else [])
-    target = _targets(conn, units, containers)
-    if target is None:
-        return
+    for i, chunk in enumerate(_chunks(units) or [[]]):
+        target = _targets(conn, chunk, containers if i == 0 else [])
+        if target is not None:
+            _move(conn, event, row, target, containers if i == 0 else [], step, loc_id, loc_kind, when)
+
+
+def _chunks(units: list[tuple[str, str]], size: int = 400) -> list[list[tuple[str, str]]]:
+    """Pieces small enough for SQLite's bound-parameter limit."""
+    return [units[i:i + size] for i in range(0, len(units), size)]
+
+
+def _move(conn: Connection, event: dict[str, Any], row: dict[str, Any], target: Any, containers: list[str],
+          step: str | None, loc_id: int | None, loc_kind: str | None, when: datetime) -> None:
     values: dict[str, Any] = {}
     if step == "shipping":
         dest_ids = [d.get("destination") for d in (event.get("destinationList") or []) if isinstance(d, dict)
