@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Table, select, update
+from sqlalchemy import Connection, Table, bindparam, select, update
 
 import gs1
 from broker.payloads import ParsedCode, ScanPurpose, VerdictClass, VerdictData, VerdictRule
@@ -85,10 +86,32 @@ def location_for_store(conn: Connection, store_id: int) -> int | None:
         lon=store.lon, store_id=store.id).returning(LOCATIONS.c.id)).scalar_one())
 
 
+_LOC_TTL_S = 30.0
+_loc_cache: dict[tuple[str, int], tuple[float, Any]] = {}
+_LOC_BY_ID = select(LOCATIONS).where(LOCATIONS.c.id == bindparam("id"))
+_UNIT_BY_KEY = select(UNITS).where(UNITS.c.gtin == bindparam("gtin"), UNITS.c.serial == bindparam("serial"))
+_SCAN_BY_ID = select(SCANS).where(SCANS.c.id == bindparam("id"))
+_BATCH_RECALL = select(RECALLS.c.id, RECALLS.c.reason).where(
+    RECALLS.c.gtin == bindparam("gtin"), RECALLS.c.batch == bindparam("batch"), RECALLS.c.serial.is_(None)).limit(1)
+_INSERT_SCAN = SCANS.insert().returning(SCANS.c.id)
+
+
 def _loc(conn: Connection, loc_id: int | None) -> Any:
+    """A location row, from a per-process cache of `_LOC_TTL_S` seconds: locations change rarely
+    (coordinates, region) and every scan needs one or two of them."""
     if loc_id is None:
         return None
-    return conn.execute(select(LOCATIONS).where(LOCATIONS.c.id == loc_id)).first()
+    key = (str(conn.engine.url), loc_id)
+    hit = _loc_cache.get(key)
+    now = time.monotonic()
+    if hit is not None and now - hit[0] < _LOC_TTL_S:
+        return hit[1]
+    row = conn.execute(_LOC_BY_ID, {"id": loc_id}).first()
+    if row is not None:
+        if len(_loc_cache) > 10_000:
+            _loc_cache.clear()
+        _loc_cache[key] = (now, row)
+    return row
 
 
 def _loc_brief(loc: Any) -> dict[str, Any] | None:
@@ -121,16 +144,16 @@ def verify(conn: Connection, scan: ScanIn, rules: TraceRules, now: datetime) -> 
     else:
         parsed = _parsed(code)
         if code.is_unit:
-            unit = conn.execute(select(UNITS).where(UNITS.c.gtin == code.gtin, UNITS.c.serial == code.serial)).first()
+            unit = conn.execute(_UNIT_BY_KEY, {"gtin": code.gtin, "serial": code.serial}).first()
         cls, rule, message, evidence = _decide(conn, scan, code, unit, loc, rules, now)
     evidence["location"] = _loc_brief(loc)
     evidence["scanned_at"] = _iso(scan.at)
-    scan_id = int(conn.execute(SCANS.insert().values(
+    scan_id = int(conn.execute(_INSERT_SCAN, dict(
         msg_id=scan.msg_id, node=scan.node, station=scan.station, purpose=scan.purpose.value, code=scan.code,
         gtin=parsed.gtin if parsed else None, serial=parsed.serial if parsed else None, location_id=scan.location_id,
         at=scan.at, verdict=cls.value, rule=rule.value, message=message[:500], evidence=evidence,
         provisional=scan.provisional.value if scan.provisional else None,
-    ).returning(SCANS.c.id)).scalar_one())
+    )).scalar_one())
     if unit is not None:
         _effects(conn, scan, unit, loc, cls, rule, scan_id, now)
     kind = ALERTING.get(cls)
@@ -174,7 +197,7 @@ def _decide(conn: Connection, scan: ScanIn, code: gs1.Code, unit: Any, loc: Any,
                 "printed " + " and ".join(f"{k} {v['printed']} differs from the commissioned {v['commissioned']}"
                                           for k, v in differ.items()), {**facts, "differ": differ})
     if unit.last_scan_id is not None:
-        last = conn.execute(select(SCANS).where(SCANS.c.id == unit.last_scan_id)).first()
+        last = conn.execute(_SCAN_BY_ID, {"id": unit.last_scan_id}).first()
         if (last is not None and last.station == scan.station and last.node == scan.node
                 and last.location_id == scan.location_id and last.purpose == scan.purpose.value
                 and abs((scan.at - last.at).total_seconds()) <= rules.duplicate_window_s):
@@ -184,8 +207,7 @@ def _decide(conn: Connection, scan: ScanIn, code: gs1.Code, unit: Any, loc: Any,
     if unit.recalled:
         return VerdictClass.RECALLED, VerdictRule.UNIT_RECALLED, "this unit is recalled: do not sell", facts
     if unit.batch is not None:
-        hit = conn.execute(select(RECALLS.c.id, RECALLS.c.reason).where(
-            RECALLS.c.gtin == unit.gtin, RECALLS.c.batch == unit.batch, RECALLS.c.serial.is_(None)).limit(1)).first()
+        hit = conn.execute(_BATCH_RECALL, {"gtin": unit.gtin, "batch": unit.batch}).first()
         if hit is not None:
             return (VerdictClass.RECALLED, VerdictRule.BATCH_RECALLED,
                     f"batch {unit.batch} is recalled ({hit.reason}): do not sell", {**facts, "recall": hit.id})
@@ -278,6 +300,10 @@ def _scan_event(scan: ScanIn, loc: Any, action: str, step: str, disposition: str
     return event
 
 
+_SEEN = update(UNITS).where(UNITS.c.id == bindparam("uid")).values(
+    last_scan_id=bindparam("last_scan_id"), seen_location_id=bindparam("seen_location_id"), seen_at=bindparam("seen_at"))
+
+
 def _effects(conn: Connection, scan: ScanIn, unit: Any, loc: Any, cls: VerdictClass, rule: VerdictRule,
              scan_id: int, now: datetime) -> None:
     values: dict[str, Any] = {"last_scan_id": scan_id}
@@ -299,7 +325,12 @@ def _effects(conn: Connection, scan: ScanIn, unit: Any, loc: Any, cls: VerdictCl
         disposition = "returned" if scan.purpose is ScanPurpose.RETURN else "sellable_accessible"
         values.update(state="received", location_id=loc.id if loc is not None else None, sold_at=None,
                       sold_location_id=None, sold_node=None, sold_session=None, sold_seq=None)
-    conn.execute(update(UNITS).where(UNITS.c.id == unit.id).values(**values))
+    if step is None:
+        conn.execute(_SEEN, {"uid": unit.id, "last_scan_id": scan_id,
+                             "seen_location_id": values.get("seen_location_id", unit.seen_location_id),
+                             "seen_at": values.get("seen_at", unit.seen_at)})
+    else:
+        conn.execute(update(UNITS).where(UNITS.c.id == unit.id).values(**values))
     if step is not None:
         event = _scan_event(scan, loc, "OBSERVE", step, disposition, epc=key)
         if scan.purpose is ScanPurpose.UNDO:
