@@ -99,15 +99,16 @@ def locations(session: Session) -> Sequence[Location]:
 
 
 def commission_csv(conn: Connection, text: str, actor: str, now: datetime) -> int:
-    """Commission units from CSV (gtin,serial,batch,expiry,location): each row a commissioning event
-    in spirit, stored as one ObjectEvent ADD per (location, gtin, batch, expiry) group."""
+    """Commission units from CSV (gtin,serial,batch,expiry,location[,at]): stored as one commissioning
+    ObjectEvent ADD per (location, gtin, batch, expiry, at) group; `at` (ISO 8601 with offset) is when
+    they were commissioned, now if absent."""
     from cloud.trace.events import store_event
 
     reader = csv.DictReader(io.StringIO(text))
     need = {"gtin", "serial", "batch", "expiry", "location"}
     if not reader.fieldnames or not need <= set(reader.fieldnames):
         raise InputError("file", f"CSV header must have {', '.join(sorted(need))}, found {reader.fieldnames}")
-    groups: dict[tuple[str, str, str, str], list[str]] = {}
+    groups: dict[tuple[str, str, str, str, str], list[str]] = {}
     locs: dict[str, Any] = {}
     for line, row in enumerate(reader, 2):
         try:
@@ -117,6 +118,12 @@ def commission_csv(conn: Connection, text: str, actor: str, now: datetime) -> in
             if not 1 <= len(serial) <= 20:
                 raise ValueError(f"serial must be 1-20 characters, got {len(serial)}")
             expiry = date.fromisoformat(row["expiry"]).isoformat() if row["expiry"] else ""
+            at = (row.get("at") or "").strip()
+            if at:
+                when = datetime.fromisoformat(at.replace("Z", "+00:00"))
+                if when.tzinfo is None:
+                    raise ValueError(f"at {at!r} needs a UTC offset (e.g. 2026-11-20T08:00:00+08:00)")
+                at = when.astimezone(UTC).isoformat()
         except (gs1.GtinError, gs1.CodeError, ValueError) as exc:
             raise InputError("file", f"line {line}: {exc}") from None
         loc_code = row["location"].strip()
@@ -124,24 +131,25 @@ def commission_csv(conn: Connection, text: str, actor: str, now: datetime) -> in
             locs[loc_code] = conn.execute(select(LOCATIONS).where(LOCATIONS.c.code == loc_code)).first()
             if locs[loc_code] is None:
                 raise InputError("file", f"line {line}: no location {loc_code!r}")
-        groups.setdefault((loc_code, gtin, row["batch"].strip(), expiry), []).append(serial)
+        groups.setdefault((loc_code, gtin, row["batch"].strip(), expiry, at), []).append(serial)
     n = 0
-    for (loc_code, gtin, batch, expiry), serials in groups.items():
+    for (loc_code, gtin, batch, expiry, at), serials in groups.items():
         loc = locs[loc_code]
+        when = datetime.fromisoformat(at) if at else now
         event: dict[str, Any] = {
             "type": "ObjectEvent", "action": "ADD", "bizStep": "commissioning", "disposition": "active",
-            "eventTime": now.isoformat(), "eventTimeZoneOffset": "+00:00",
+            "eventTime": when.isoformat(), "eventTimeZoneOffset": "+00:00",
             "epcList": [f"https://id.gs1.org/01/{gtin}/21/{s}" for s in serials],
             "ilmd": {k: v for k, v in (("cbvmda:lotNumber", batch), ("cbvmda:itemExpirationDate", expiry)) if v},
             "omnishelf:commissionedBy": actor,
         }
         if loc.gln:
             event["bizLocation"] = {"id": gs1.sgln_urn(loc.gln)}
-        store_event(conn, event, now, capture_id=None, now=now)
+        store_event(conn, event, when, capture_id=None, now=now)
         if not loc.gln:
             for i in range(0, len(serials), 500):  # SQLite's bound-parameter limit
                 conn.execute(update(UNITS).where(UNITS.c.gtin == gtin, UNITS.c.serial.in_(serials[i:i + 500]))
-                             .values(location_id=loc.id, seen_location_id=loc.id, seen_at=now))
+                             .values(location_id=loc.id, seen_location_id=loc.id, seen_at=when))
         n += len(serials)
     return n
 
