@@ -14,7 +14,7 @@ from typing import Any
 from broker import topics
 from broker.client import BrokerAddress, MqttConnection
 from broker.envelope import Envelope, MessageType, decode, encode
-from broker.payloads import AckData, BirthData, ScanData, ScanPurpose, VerdictData
+from broker.payloads import AckData, BirthData, DeathData, ScanData, ScanPurpose, VerdictData
 
 STATION = "st0003-k2"
 """A scanning station at store st0003 (the demo's boxes st000x-k1 are kiosks)."""
@@ -69,7 +69,7 @@ async def _station(broker_url: str, password: str, api: str, key: str) -> list[V
 
         async def send(kind: MessageType, data: Any, corr: Any = None) -> Envelope:
             nonlocal seq
-            if kind is not MessageType.BIRTH:
+            if kind not in (MessageType.BIRTH, MessageType.DEATH):
                 seq += 1
             env = Envelope(type=kind, node=STATION, session=session, seq=seq, data=data, corr=corr)
             await conn.publish(topics.up(STATION, kind.value), encode(env))
@@ -92,6 +92,7 @@ async def _station(broker_url: str, password: str, api: str, key: str) -> list[V
             if all(s.msg_id in got for s in scans):
                 break
             await asyncio.sleep(0.1)
+        await send(MessageType.DEATH, DeathData())  # the station leaves: offline in the console, not stale
         return [got[s.msg_id] for s in scans if s.msg_id in got]
     finally:
         await conn.disconnect()
