@@ -188,11 +188,14 @@ def _alert_json(a: Any) -> dict[str, Any]:
 @router.get("/trace/alerts", tags=["trace"])
 def list_alerts(request: Request, principal: Business, kind: Annotated[str | None, Query(max_length=32)] = None,
                 gtin: Annotated[str | None, Query(max_length=14)] = None,
+                region: Annotated[str | None, Query(max_length=32)] = None,
+                store: Annotated[str | None, Query(max_length=32)] = None,
                 since: datetime | None = None, until: datetime | None = None,
                 format: Annotated[str, Query(pattern="^(json|csv)$")] = "json") -> Any:
     """Alerts in the caller's regions and stores, newest first; `format=csv` for a spreadsheet."""
     with request.app.state.sessionmaker() as s:
-        rows = service.alerts(s.connection(), principal.scope, kind=kind, gtin=gtin, since=since, until=until)
+        rows = service.alerts(s.connection(), principal.scope, kind=kind, gtin=gtin, region=region, store=store,
+                              since=since, until=until)
     if format == "csv":
         out = io.StringIO()
         w = csv.writer(out)

@@ -290,7 +290,32 @@ def recall(session: Session, principal: Principal, *, gtin: str, batch: str | No
     audit(session, principal.actor, "trace.recall", "trace_recall", f"{g}/{batch or ','.join(serials)}"[:128],
           after={"gtin": g, "batch": batch, "serials": serials, "reason": reason}, via=via)
     session.flush()
+    push_lists(session.connection(), now)
     return len(rows)
+
+
+def push_lists(conn: Connection, now: datetime) -> int:
+    """Send every active box in a store its `trace_lists` again (after a recall: the boxes answer
+    offline from them); in the caller's transaction, through the durable downlink. Returns the boxes."""
+    from datetime import timedelta
+
+    from broker.envelope import MessageType
+    from cloud.bus import downlink
+    from cloud.models import Node
+    from cloud.trace.handlers import RULES, lists_commands
+
+    nodes = conn.execute(select(Node.id, Node.store_id).where(Node.store_id.is_not(None), Node.retired_at.is_(None))).all()
+    by_store: dict[int, list[str]] = {}
+    for node_id, store_id in nodes:
+        if store_id is not None:
+            by_store.setdefault(store_id, []).append(node_id)
+    for store_id, node_ids in by_store.items():
+        parts = lists_commands(conn, store_id, RULES)
+        for node_id in node_ids:
+            for part in parts:
+                downlink.send(conn, node_id, MessageType.COMMAND, part, engine="trace", expires_in=timedelta(hours=12),
+                              now=now)
+    return len(nodes)
 
 
 def _alert_scope(scope: Scope) -> Any:
@@ -300,9 +325,15 @@ def _alert_scope(scope: Scope) -> Any:
     return ALERTS.c.store_id.in_(stores) | ALERTS.c.region_id.in_(scope.region_ids)
 
 
-def alerts(conn: Connection, scope: Scope, *, kind: str | None = None, region_id: int | None = None,
-           store_id: int | None = None, gtin: str | None = None, since: datetime | None = None,
+def alerts(conn: Connection, scope: Scope, *, kind: str | None = None, region: str | None = None,
+           store: str | None = None, gtin: str | None = None, since: datetime | None = None,
            until: datetime | None = None, limit: int = 500) -> list[Any]:
+    """Alerts in the scope, newest first; `region`/`store` are codes (an unknown one matches nothing)."""
+    region_id = store_id = None
+    if region is not None:
+        region_id = conn.execute(select(Region.id).where(Region.code == region)).scalar() or -1
+    if store is not None:
+        store_id = conn.execute(select(Store.id).where(Store.code == store)).scalar() or -1
     stmt = select(ALERTS).where(_alert_scope(scope))
     for col, value in ((ALERTS.c.kind, kind), (ALERTS.c.region_id, region_id), (ALERTS.c.store_id, store_id),
                        (ALERTS.c.gtin, gtin)):

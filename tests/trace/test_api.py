@@ -136,3 +136,26 @@ def test_locations_csv_refuses_a_bad_line_naming_it(hq: TestClient, tworld: Worl
     assert "wh-1" not in codes and "fac-suzhou" in codes
 
 
+
+
+def test_a_recall_pushes_the_lists_to_every_store_box(tworld: World, hq: TestClient) -> None:
+    from cloud.models import DownlinkCommand
+
+    doc, _plan = chain.supply_chain(per_store=1)
+    capture(hq, doc)
+    assert hq.post("/trace/recalls", json={"gtin": chain.GTIN, "batch": "LX", "reason": "expired stock"}).status_code == 201
+    with Session(tworld.engine) as s:
+        sent = s.scalars(select(DownlinkCommand).where(DownlinkCommand.type == "command")).all()
+    assert sorted(c.node for c in sent) == ["st0001-k1", "st0002-k1", "st0003-k1"]  # stray-1 has no store
+    assert all(c.data["name"] == "trace_lists" and c.data["args"]["recalled_batches"] == [[chain.GTIN, "LX"]]
+               for c in sent)
+
+
+def test_alerts_filter_by_region_and_store(tworld: World, hq: TestClient) -> None:
+    doc, _plan = chain.supply_chain(per_store=1)
+    capture(hq, doc)
+    scan(hq, chain.element("UNKNOWN1"), "st0001", "sell")
+    scan(hq, chain.element("UNKNOWN2"), "st0003", "sell")
+    codes = {f: [a["code"][-8:] for a in hq.get("/trace/alerts", params=p).json()]
+             for f, p in (("east", {"region": "east"}), ("st3", {"store": "st0003"}), ("nowhere", {"region": "mars"}))}
+    assert codes == {"east": ["UNKNOWN1"], "st3": ["UNKNOWN2"], "nowhere": []}
