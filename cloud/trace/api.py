@@ -26,6 +26,15 @@ from cloud.trace.models import Capture
 __all__ = ["router"]
 
 router = APIRouter()
+Problem: dict[int | str, dict[str, Any]] = {
+    404: {"description": "unknown, or outside your scope"},
+    422: {"description": "invalid input (the field and the reason)"},
+}
+CaptureProblem: dict[int | str, dict[str, Any]] = {
+    400: {"description": "an invalid EPCIS document: the event and field at fault, nothing stored"},
+    413: {"description": "the document is larger than the limit"},
+    **Problem,
+}
 Business = Annotated[Principal, Depends(require(Perm.BUSINESS))]
 Code = Annotated[str, Path(min_length=1, max_length=1024)]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
@@ -70,7 +79,7 @@ class AckIn(BaseModel):
     note: Annotated[str, StringConstraints(min_length=1, max_length=500)]
 
 
-@router.post("/trace/scans", response_model=VerdictData, tags=["trace"])
+@router.post("/trace/scans", response_model=VerdictData, tags=["trace"], responses=Problem)
 def post_scan(body: ScanRequest, request: Request, principal: Business) -> VerdictData:
     """Verify a code as a station would (same rules, same verdict as a `scan` over the bus)."""
     with write_session(request.app.state.engine) as s, s.begin():
@@ -78,14 +87,14 @@ def post_scan(body: ScanRequest, request: Request, principal: Business) -> Verdi
                             location=body.location, at=body.at, rules=RULES)
 
 
-@router.get("/trace/items/{code:path}", tags=["trace"])
+@router.get("/trace/items/{code:path}", tags=["trace"], responses=Problem)
 def item_journey(code: Code, request: Request, principal: Business) -> dict[str, Any]:
     """The unit's journey: its events and those of the cases it travelled in, in time order."""
     with request.app.state.sessionmaker() as s:
         return service.journey(s.connection(), code)
 
 
-@router.post("/epcis/capture", status_code=202, tags=["epcis"])
+@router.post("/epcis/capture", status_code=202, tags=["epcis"], responses=CaptureProblem)
 async def post_capture(request: Request, principal: Business, background: BackgroundTasks) -> JSONResponse:
     """Capture an EPCIS 2.0 JSON-LD document: checked whole first (an invalid one is refused with the
     reason, nothing stored), then stored in batches; 202 with the capture job's id."""
@@ -112,7 +121,7 @@ def _invalid(message: str, reason: str = "not_json") -> JSONResponse:
                         status_code=400)
 
 
-@router.get("/epcis/capture/{capture_id}", tags=["epcis"])
+@router.get("/epcis/capture/{capture_id}", tags=["epcis"], responses=Problem)
 def capture_status(capture_id: uuid.UUID, request: Request, principal: Business) -> dict[str, Any]:
     with request.app.state.sessionmaker() as s:
         job = s.get(Capture, capture_id)
@@ -124,7 +133,7 @@ def capture_status(capture_id: uuid.UUID, request: Request, principal: Business)
                 "finishedAt": job.finished_at.isoformat() if job.finished_at else None}
 
 
-@router.get("/epcis/events", tags=["epcis"])
+@router.get("/epcis/events", tags=["epcis"], responses=Problem)
 def get_events(request: Request, principal: Business,
                limit: Annotated[int, Query(alias="perPage", ge=1, le=10_000)] = 1000) -> dict[str, Any]:
     """EPCIS query: MATCH_epc, MATCH_anyEPC, EQ_bizStep, GE_eventTime, LT_eventTime, EQ_bizLocation."""
@@ -137,14 +146,14 @@ def get_events(request: Request, principal: Business,
             "schemaVersion": "2.0", "epcisBody": {"queryResults": {"resultsBody": {"eventList": events}}}}
 
 
-@router.get("/trace/locations", tags=["trace"])
+@router.get("/trace/locations", tags=["trace"], responses=Problem)
 def list_locations(request: Request, principal: Business) -> list[dict[str, Any]]:
     with request.app.state.sessionmaker() as s:
         return [{"code": x.code, "kind": x.kind, "name": x.name, "gln": x.gln, "region_id": x.region_id,
                  "lat": x.lat, "lon": x.lon} for x in service.locations(s)]
 
 
-@router.post("/trace/locations", status_code=201, tags=["trace"])
+@router.post("/trace/locations", status_code=201, tags=["trace"], responses=Problem)
 def create_location(body: LocationIn, request: Request, principal: Business) -> dict[str, Any]:
     with write_session(request.app.state.engine) as s, s.begin():
         loc = service.create_location(s, principal, code=body.code, kind=body.kind, name=body.name, gln=body.gln,
@@ -152,7 +161,7 @@ def create_location(body: LocationIn, request: Request, principal: Business) -> 
         return {"code": loc.code, "kind": loc.kind, "gln": loc.gln, "id": loc.id}
 
 
-@router.post("/trace/locations/import", tags=["trace"])
+@router.post("/trace/locations/import", tags=["trace"], responses=Problem)
 async def import_locations(request: Request, principal: Business) -> dict[str, int]:
     """CSV body: code,kind,name,gln,region,lat,lon."""
     text = (await request.body()).decode("utf-8", errors="replace")
@@ -160,7 +169,7 @@ async def import_locations(request: Request, principal: Business) -> dict[str, i
         return {"imported": service.import_locations(s, principal, text, via=via(request))}
 
 
-@router.post("/trace/commission", tags=["trace"])
+@router.post("/trace/commission", tags=["trace"], responses=Problem)
 async def commission(request: Request, principal: Business) -> dict[str, int]:
     """CSV body: gtin,serial,batch,expiry,location (expiry YYYY-MM-DD or empty)."""
     text = (await request.body()).decode("utf-8", errors="replace")
@@ -172,7 +181,7 @@ async def commission(request: Request, principal: Business) -> dict[str, int]:
         return {"commissioned": n}
 
 
-@router.post("/trace/recalls", status_code=201, tags=["trace"])
+@router.post("/trace/recalls", status_code=201, tags=["trace"], responses=Problem)
 def post_recall(body: RecallIn, request: Request, principal: Business) -> dict[str, int]:
     with write_session(request.app.state.engine) as s, s.begin():
         return {"recalls": service.recall(s, principal, gtin=body.gtin, batch=body.batch, serials=body.serials,
@@ -185,7 +194,9 @@ def _alert_json(a: Any) -> dict[str, Any]:
             "acked_at": a.acked_at.isoformat() if a.acked_at else None, "acked_by": a.acked_by, "note": a.note}
 
 
-@router.get("/trace/alerts", tags=["trace"])
+@router.get("/trace/alerts", tags=["trace"], responses={
+    200: {"description": "the alerts (JSON, or CSV with format=csv)",
+          "content": {"application/json": {}, "text/csv": {"schema": {"type": "string"}}}}, **Problem})
 def list_alerts(request: Request, principal: Business, kind: Annotated[str | None, Query(max_length=32)] = None,
                 gtin: Annotated[str | None, Query(max_length=14)] = None,
                 region: Annotated[str | None, Query(max_length=32)] = None,
@@ -209,7 +220,7 @@ def list_alerts(request: Request, principal: Business, kind: Annotated[str | Non
     return [_alert_json(a) for a in rows]
 
 
-@router.post("/trace/alerts/{alert_id}/ack", tags=["trace"])
+@router.post("/trace/alerts/{alert_id}/ack", tags=["trace"], responses=Problem)
 def ack_alert(alert_id: Annotated[int, Path(ge=1, le=2**63 - 1)], body: AckIn, request: Request,
               principal: Business) -> dict[str, Any]:
     with write_session(request.app.state.engine) as s, s.begin():
