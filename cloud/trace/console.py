@@ -86,10 +86,28 @@ def trace_page(request: Request, principal: Reader, code: Annotated[str, Query(m
                 problem = exc.message
         rows = service.alerts(conn, principal.scope, kind=kind or None, limit=200)
         chart = chart_svg(service.alerts_per_day(conn, principal.scope))
+        places = service.locations(s)
     points = [e["place"] for e in (journey or {}).get("events", []) if e.get("place")]
     dedup = [p for i, p in enumerate(points) if i == 0 or p != points[i - 1]]
     return render(request, "trace.html", principal, active="trace", code=code, journey=journey, problem=problem,
-                  map=map_svg(dedup), alerts=rows, chart=chart, kind=kind, kinds=sorted(COLOURS))
+                  map=map_svg(dedup), alerts=rows, chart=chart, kind=kind, kinds=sorted(COLOURS),
+                  locations=places)
+
+
+@router.post("/console/trace/recalls")
+def recall(request: Request, principal: Poster, gtin: Annotated[str, Form(min_length=8, max_length=14)],
+           reason: Annotated[str, Form(min_length=1, max_length=500)],
+           batch: Annotated[str, Form(max_length=20)] = "", serials: Annotated[str, Form(max_length=20_000)] = "",
+           ) -> Response:
+    """A recall of a GTIN's batch, or of units (serials separated by spaces, commas or lines)."""
+    units = [x for x in serials.replace(",", " ").split() if x]
+    with write_session(request.app.state.engine) as s, s.begin():
+        try:
+            service.recall(s, principal, gtin=gtin, batch=batch.strip() or None, serials=units, reason=reason,
+                           via="console")
+        except InputError as exc:
+            return render(request, "error.html", principal, status_code=422, message=str(exc), title="Recall refused")
+    return RedirectResponse("/console/trace", status_code=303)
 
 
 @router.post("/console/trace/alerts/{alert_id}/ack")

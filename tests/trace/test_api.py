@@ -159,3 +159,23 @@ def test_alerts_filter_by_region_and_store(tworld: World, hq: TestClient) -> Non
     codes = {f: [a["code"][-8:] for a in hq.get("/trace/alerts", params=p).json()]
              for f, p in (("east", {"region": "east"}), ("st3", {"store": "st0003"}), ("nowhere", {"region": "mars"}))}
     assert codes == {"east": ["UNKNOWN1"], "st3": ["UNKNOWN2"], "nowhere": []}
+
+
+def test_console_recall_form_and_locations(tworld: World, hq: TestClient) -> None:
+    import re
+
+    with tworld.app_client() as client:
+        sign_in(client, "hq")
+        page = client.get("/console/trace").text
+        assert "Suzhou factory" in page and chain.GLNS["fac-suzhou"] in page
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+        assert token
+        answer = client.post("/console/trace/recalls", data={"csrf_token": token[1], "gtin": chain.GTIN,
+                                                            "serials": "S1, S2", "reason": "tampered"},
+                             follow_redirects=False)
+        assert answer.status_code == 303, answer.text
+        bad = client.post("/console/trace/recalls", data={"csrf_token": token[1], "gtin": chain.GTIN, "reason": "x"})
+        assert bad.status_code == 422 and "give the batch, or the serials" in bad.text
+    with Session(tworld.engine) as s:
+        entry = s.scalars(select(AuditEntry).where(AuditEntry.action == "trace.recall")).one()
+        assert entry.via == "console" and entry.after is not None and entry.after["serials"] == ["S1", "S2"]
