@@ -248,7 +248,9 @@ def query_events(conn: Connection, params: dict[str, list[str]], limit: int) -> 
     stmt = select(EVENTS)
     if "MATCH_epc" in params:
         keys = [key_of(v)[0] for v in params["MATCH_epc"]]
-        stmt = stmt.where(EVENTS.c.id.in_(select(EPCS.c.event_id).where(EPCS.c.epc.in_(keys), EPCS.c.role == "epc")))
+        # The standard's MATCH_epc: epcList or childEPCs (MATCH_anyEPC adds parentID, inputs, outputs).
+        stmt = stmt.where(EVENTS.c.id.in_(select(EPCS.c.event_id).where(EPCS.c.epc.in_(keys),
+                                                                       EPCS.c.role.in_(("epc", "child")))))
     if "MATCH_anyEPC" in params:
         keys = [key_of(v)[0] for v in params["MATCH_anyEPC"]]
         stmt = stmt.where(EVENTS.c.id.in_(select(EPCS.c.event_id).where(EPCS.c.epc.in_(keys))))

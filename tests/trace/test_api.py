@@ -179,3 +179,24 @@ def test_console_recall_form_and_locations(tworld: World, hq: TestClient) -> Non
     with Session(tworld.engine) as s:
         entry = s.scalars(select(AuditEntry).where(AuditEntry.action == "trace.recall")).one()
         assert entry.via == "console" and entry.after is not None and entry.after["serials"] == ["S1", "S2"]
+
+
+def test_event_query_parameters(tworld: World, hq: TestClient) -> None:
+    doc, plan = chain.supply_chain(per_store=2)
+    capture(hq, doc)
+    serial = plan["st0001"][0]
+
+    def steps(**params: str) -> list[str]:
+        body = hq.get("/epcis/events", params=params).json()
+        return [e["bizStep"] for e in body["epcisBody"]["queryResults"]["resultsBody"]["eventList"]]
+
+    # MATCH_epc: epcList or childEPCs (the packing names the unit as a child); the case's shipping
+    # names the case, found with MATCH_anyEPC of the case only
+    assert steps(MATCH_epc=f"urn:epc:id:sgtin:95060001343.05.{serial}") == ["commissioning", "packing"]
+    assert steps(MATCH_anyEPC=chain.case(1)) == ["packing", "shipping", "receiving", "shipping"]
+    assert steps(EQ_bizStep="shipping", EQ_bizLocation=chain.sgln("dc-east")) == ["shipping"] * 2  # to st0001, st0002
+    t0 = doc["epcisBody"]["eventList"][0]["eventTime"]
+    assert steps(MATCH_anyEPC=chain.case(1), LT_eventTime=t0) == []
+    assert steps(MATCH_anyEPC=chain.case(1), GE_eventTime=t0)[:1] == ["packing"]
+    bad = hq.get("/epcis/events", params={"MATCH_foo": "x"})
+    assert bad.status_code == 422 and "unknown query parameter" in bad.text
