@@ -6,7 +6,6 @@ as one line on stderr (exit 1), never a traceback."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,19 +51,25 @@ def _read(path: Path) -> str:
 def _capture(args: argparse.Namespace) -> int:
     from cloud.trace import epcis
 
+    # Two passes over the file, event by event: the first checks the whole document (an invalid one
+    # stores nothing), the second stores it in batches with progress. Memory stays flat.
     try:
-        events = epcis.validate(json.loads(_read(args.file)))
-    except json.JSONDecodeError as exc:
-        raise SystemExit(f"{args.file}: not JSON ({exc})") from None
+        total = epcis.check_file(args.file)
+    except OSError as exc:
+        raise SystemExit(f"cannot read {args.file}: {exc}") from None
     except epcis.EpcisError as exc:
         raise SystemExit(f"{args.file}: refused, nothing stored: {exc}") from None
+    except Exception as exc:  # ijson's parse errors (not JSON, truncated): one line, not a traceback
+        raise SystemExit(f"{args.file}: not a JSON document ({type(exc).__name__}: {exc})") from None
     engine = prepared_engine(cli_settings(), args.db_timeout)
     try:
-        capture_id = epcis.start(engine, "cli", len(events), datetime.now(UTC))
-        bar = tqdm(total=len(events), unit="event", disable=args.no_progress, file=sys.stderr)
-        for i in range(0, len(events), args.batch):
-            epcis.capture(engine, capture_id, events[i:i + args.batch], batch=args.batch)
-            bar.update(len(events[i:i + args.batch]))
+        capture_id = epcis.start(engine, "cli", total, datetime.now(UTC))
+        bar = tqdm(total=total, unit="event", disable=args.no_progress, file=sys.stderr)
+
+        def advance(n: int) -> None:
+            bar.update(n)
+
+        epcis.capture(engine, capture_id, epcis.file_events(args.file), batch=args.batch, progress=advance)
         bar.close()
         from sqlalchemy.orm import Session
 
@@ -73,8 +78,8 @@ def _capture(args: argparse.Namespace) -> int:
         with Session(engine) as s:
             job = s.get(Capture, capture_id)
             assert job is not None
-            print(f"capture {capture_id}: {len(events)} events, {job.status}; the last batch stored "
-                  f"{job.stored} new" + (f"; {job.errors[0]}" if job.errors else ""))
+            print(f"capture {capture_id}: {total} events, {job.status}; {job.stored} new"
+                  + (f"; {job.errors[0]}" if job.errors else ""))
             return 0 if job.status == "succeeded" else 1
     finally:
         engine.dispose()

@@ -10,8 +10,9 @@ from __future__ import annotations
 import enum
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, Table, update
@@ -19,7 +20,8 @@ from sqlalchemy import Engine, Table, update
 from cloud.trace.events import store_event
 from cloud.trace.models import Capture
 
-__all__ = ["BIZ_STEPS", "DISPOSITIONS", "EpcisError", "EpcisReason", "capture", "events_of", "validate"]
+__all__ = ["BIZ_STEPS", "DISPOSITIONS", "EpcisError", "EpcisReason", "capture", "check_file", "events_of",
+           "file_events", "validate"]
 
 BIZ_STEPS = frozenset(["accepting", "arriving", "assembling", "collecting", "commissioning", "consigning", "creating_class_instance", "cycle_counting", "decommissioning", "departing", "destroying", "disassembling", "dispensing", "encoding", "entering_exiting", "holding", "inspecting", "installing", "killing", "loading", "other", "packing", "picking", "receiving", "removing", "repackaging", "repairing", "replacing", "reserving", "retail_selling", "sampling", "sensor_reporting", "shipping", "staging_outbound", "stock_taking", "stocking", "storing", "transporting", "unloading", "unpacking", "void_shipping"])
 DISPOSITIONS = frozenset(["active", "available", "completeness_inferred", "completeness_verified", "conformant", "container_closed", "container_open", "damaged", "destroyed", "dispensed", "disposed", "encoded", "expired", "in_progress", "in_transit", "inactive", "mismatch_instance", "mismatch_class", "mismatch_quantity", "needs_replacement", "no_pedigree_match", "non_conformant", "non_sellable_other", "partially_dispensed", "recalled", "reserved", "retail_sold", "returned", "sellable_accessible", "sellable_not_accessible", "stolen", "unavailable", "unknown"])
@@ -162,9 +164,16 @@ def validate(doc: Any) -> list[tuple[dict[str, Any], datetime]]:
     return [(e, validate_event(i, e)) for i, e in enumerate(events_of(doc), 1)]
 
 
-def _batches(items: list[tuple[dict[str, Any], datetime]], size: int) -> Iterator[list[tuple[dict[str, Any], datetime]]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+def _batches(items: Iterable[tuple[dict[str, Any], datetime]], size: int
+             ) -> Iterator[list[tuple[dict[str, Any], datetime]]]:
+    chunk: list[tuple[dict[str, Any], datetime]] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def start(engine: Engine, actor: str, total: int, now: datetime) -> uuid.UUID:
@@ -177,9 +186,10 @@ def start(engine: Engine, actor: str, total: int, now: datetime) -> uuid.UUID:
     return capture_id
 
 
-def capture(engine: Engine, capture_id: uuid.UUID, events: list[tuple[dict[str, Any], datetime]],
-            batch: int = BATCH) -> None:
-    """Store validated events in batches, moving the job's progress with each batch."""
+def capture(engine: Engine, capture_id: uuid.UUID, events: Iterable[tuple[dict[str, Any], datetime]],
+            batch: int = BATCH, progress: Callable[[int], None] | None = None) -> None:
+    """Store validated events in batches (one transaction each), moving the job's progress with
+    each batch, then mark the job finished. `events` may be a stream (a file read event by event)."""
     from cloud.access.service import write_session
 
     table: Table = Capture.__table__  # type: ignore[assignment]
@@ -194,9 +204,57 @@ def capture(engine: Engine, capture_id: uuid.UUID, events: list[tuple[dict[str, 
                         stored += 1
                 done += len(chunk)
                 conn.execute(update(table).where(table.c.id == capture_id).values(done=done, stored=stored))
+            if progress is not None:
+                progress(len(chunk))
         status, errors = "succeeded", None
     except Exception as exc:  # recorded on the job; the events stored so far stay (capture is idempotent)
         status, errors = "failed", [f"event {done + 1}..{done + batch}: {type(exc).__name__}: {exc}"[:500]]
     with write_session(engine) as s, s.begin():
         s.connection().execute(update(table).where(table.c.id == capture_id).values(
             status=status, errors=errors, finished_at=datetime.now(UTC)))
+
+
+def _header(path: Path) -> tuple[set[str], Any]:
+    """The document's top-level keys and its `type`, read as a stream (the file may be gigabytes)."""
+    import ijson
+
+    keys: set[str] = set()
+    kind: Any = None
+    with path.open("rb") as f:
+        for prefix, event, value in ijson.parse(f, use_float=True):
+            if prefix == "" and event == "map_key":
+                keys.add(value)
+            elif prefix == "type" and event == "string":
+                kind = value
+    return keys, kind
+
+
+def file_events(path: Path) -> Iterator[tuple[dict[str, Any], datetime]]:
+    """The events of an EPCIS document file, each validated, read one at a time (memory stays flat
+    for a document of millions of events). Raises `EpcisError` at the first problem; a caller that
+    must store nothing of an invalid document runs through it once before storing (`check_file`)."""
+    import ijson
+
+    keys, kind = _header(path)
+    if "@context" not in keys:
+        raise EpcisError(EpcisReason.CONTEXT, f"{kind or 'document'}: @context is missing "
+                         "(JSON-LD needs the EPCIS context)")
+    if kind in EVENT_TYPES:
+        with path.open("rb") as f:
+            import json
+
+            doc = json.load(f)
+        yield doc, validate_event(1, doc)
+        return
+    if kind != "EPCISDocument":
+        raise EpcisError(EpcisReason.NOT_A_DOCUMENT, f"type must be EPCISDocument, found {kind!r}")
+    if "epcisBody" not in keys:
+        raise EpcisError(EpcisReason.MISSING, "EPCISDocument: epcisBody.eventList is missing")
+    with path.open("rb") as f:
+        for i, event in enumerate(ijson.items(f, "epcisBody.eventList.item", use_float=True), 1):
+            yield event, validate_event(i, event)
+
+
+def check_file(path: Path) -> int:
+    """Validate a whole document file as a stream; its number of events, or `EpcisError`."""
+    return sum(1 for _ in file_events(path))

@@ -200,3 +200,27 @@ def test_event_query_parameters(tworld: World, hq: TestClient) -> None:
     assert steps(MATCH_anyEPC=chain.case(1), GE_eventTime=t0)[:1] == ["packing"]
     bad = hq.get("/epcis/events", params={"MATCH_foo": "x"})
     assert bad.status_code == 422 and "unknown query parameter" in bad.text
+
+
+def test_cli_streams_a_large_document_in_batches_and_refuses_a_bad_last_event(
+        tworld: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from cloud.trace.models import Capture, Event
+
+    monkeypatch.setenv("OMNISHELF_DATABASE_URL", tworld.settings.DATABASE_URL)
+    n = 3000
+    base = datetime(2026, 11, 1, tzinfo=UTC)
+    events = [chain.event("ObjectEvent", base, "inspecting", "fac-suzhou", eventID=f"urn:uuid:00000000-0000-4000-8000-{i:012d}",
+                          epcList=[chain.unit(f"B{i:06d}")]) for i in range(n)]
+    path = tmp_path / "big.json"
+    bad = [*events[:-1], {**events[-1], "eventTimeZoneOffset": "8:00"}]
+    path.write_text(json.dumps(chain.document(bad)))
+    assert main(["trace", "capture", str(path), "--no-progress"]) == 2
+    assert f"event {n} (ObjectEvent): eventTimeZoneOffset must be ±HH:MM, found '8:00'" in capsys.readouterr().err
+    with Session(tworld.engine) as s:
+        assert s.scalar(select(Event.id).limit(1)) is None  # nothing stored
+    path.write_text(json.dumps(chain.document(events)))
+    assert main(["trace", "capture", str(path), "--no-progress", "--batch", "1000"]) == 0
+    assert f"{n} events, succeeded; {n} new" in capsys.readouterr().out
+    with Session(tworld.engine) as s:
+        job = s.scalars(select(Capture)).one()
+        assert (job.total, job.done, job.stored, job.status) == (n, n, n, "succeeded")
