@@ -83,9 +83,10 @@ def _ilmd(event: dict[str, Any]) -> tuple[str | None, date | None]:
 
 
 def store_event(conn: Connection, event: dict[str, Any], event_time: datetime, *, capture_id: uuid.UUID | None,
-                now: datetime) -> int | None:
+                now: datetime, location_id: int | None = None) -> int | None:
     """Insert one (validated) event and apply it; the new row's id, or None if it was already stored
-    (same eventID, or same content hash)."""
+    (same eventID, or same content hash). `location_id` is where it happened when the event cannot
+    say it (a location without a GLN)."""
     digest = event_hash(event)
     event_id = str(event.get("eventID") or digest)
     row = {
@@ -110,14 +111,17 @@ def store_event(conn: Connection, event: dict[str, Any], event_time: datetime, *
     keyed = [(key_of(ident), role) for ident, role in roles]
     if keyed:
         conn.execute(EPCS.insert(), [{"event_id": new_id, "epc": k[:200], "role": role} for (k, _c), role in keyed])
-    _apply(conn, event, row, keyed, event_time)
+    _apply(conn, event, row, keyed, event_time, location_id)
     return int(new_id)
 
 
 def _apply(conn: Connection, event: dict[str, Any], row: dict[str, Any], keyed: list[tuple[tuple[str, Any], str]],
-           when: datetime) -> None:
+           when: datetime, location_id: int | None) -> None:
     step, action, kind = row["biz_step"], row["action"], row["type"]
     loc_id, _loc_region, loc_kind = _location_id(conn, row["biz_location"])
+    if loc_id is None and location_id is not None:
+        loc_id = location_id
+        loc_kind = conn.execute(select(LOCATIONS.c.kind).where(LOCATIONS.c.id == location_id)).scalar()
     units = [(c.gtin, c.serial) for (_k, c), role in keyed if c is not None and c.gtin and c.serial and role != "parent"]
     cases = [c.sscc for (_k, c), role in keyed if c is not None and c.sscc and role in ("epc", "child")]
     parent_code = next((c for (_k, c), role in keyed if role == "parent" and c is not None), None)

@@ -145,11 +145,7 @@ def commission_csv(conn: Connection, text: str, actor: str, now: datetime) -> in
         }
         if loc.gln:
             event["bizLocation"] = {"id": gs1.sgln_urn(loc.gln)}
-        store_event(conn, event, when, capture_id=None, now=now)
-        if not loc.gln:
-            for i in range(0, len(serials), 500):  # SQLite's bound-parameter limit
-                conn.execute(update(UNITS).where(UNITS.c.gtin == gtin, UNITS.c.serial.in_(serials[i:i + 500]))
-                             .values(location_id=loc.id, seen_location_id=loc.id, seen_at=when))
+        store_event(conn, event, when, capture_id=None, now=now, location_id=loc.id)
         n += len(serials)
     return n
 
