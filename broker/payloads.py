@@ -96,6 +96,9 @@ class ScanPurpose(enum.StrEnum):
     RECEIVE = "receive"
     SELL = "sell"
     RETURN = "return"
+    UNDO = "undo"
+    """Undo this station's sale of the unit (within the cloud's undo window): recorded as an event,
+    never a deletion."""
 
 
 class ScanData(Payload):
@@ -104,6 +107,10 @@ class ScanData(Payload):
     symbology: Text | None = None
     station: Text
     purpose: ScanPurpose = ScanPurpose.VERIFY
+    provisional: VerdictClass | None = None
+    """The verdict the box already gave the clerk from its offline cache (rule `offline_cache`), if
+    it answered before the cloud could. When the cloud's final verdict differs, it raises an alert
+    (a provisional `genuine` that is really `cloned` is the case that matters)."""
 
 
 class OrderLine(Payload):

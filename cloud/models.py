@@ -273,6 +273,8 @@ class DownlinkCommand(Base):
     last_sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     acked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     detail: Mapped[str | None] = mapped_column(String(500))
+    corr: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    """The message this command answers (a verdict names its scan): the envelope's `corr`."""
 
 
 class FollowerCursor(Base):

@@ -1,15 +1,61 @@
 """GS1 identification keys for the whole project: one facade over biip.
 
-Imports nothing else of omnishelf, so the cloud, the box and the tests share it. This is the small
-part the catalogue and the box need today (GTINs, check digits, element strings as a scanner
-transmits them); traceability extends it (AI parsing, Digital Link, EPC URNs) behind the same facade.
+Imports nothing else of omnishelf, so the cloud, the box and the tests share it.
+
+- GTINs: `normalise_gtin`, `is_valid_gtin`, `check_digit`, `element_string` (the catalogue, the box's
+  generator).
+- Any scanned code: `parse_code(text) -> Code` reads element strings (GS/FNC1, with or without a
+  symbology identifier such as `]d2` `]Q3` `]C1` `]e0`), parenthesised HRI, GS1 Digital Link URIs on
+  any domain, EPC URNs (sgtin, sscc, sgln, lgtin) and plain EAN/UPC. `CodeError.reason` (a
+  `CodeErrorReason`) says what kind of problem; the message names the AI, the expectation and what
+  was found. A printed expiry day 00 is the month's last day.
+- Writing back: `to_element_string`, `to_hri`, `to_digital_link`, `sgtin_urn`, `sscc_urn`,
+  `sgln_urn`, `lgtin_urn`; `parse_code` of each gives the same `Code` back (round trips).
+
+Importing `gs1` is cheap: biip and its prefix tables load on the first parse.
 """
 
 from __future__ import annotations
 
 from datetime import date
 
-__all__ = ["GS", "GtinError", "check_digit", "element_string", "is_valid_gtin", "normalise_gtin"]
+from gs1._codes import (
+    Code,
+    CodeError,
+    CodeErrorReason,
+    Form,
+    lgtin_urn,
+    parse_code,
+    parse_epc_urn,
+    sgln_urn,
+    sgtin_urn,
+    sscc_urn,
+    to_digital_link,
+    to_element_string,
+    to_hri,
+)
+
+__all__ = [
+    "GS",
+    "Code",
+    "CodeError",
+    "CodeErrorReason",
+    "Form",
+    "GtinError",
+    "check_digit",
+    "element_string",
+    "is_valid_gtin",
+    "lgtin_urn",
+    "normalise_gtin",
+    "parse_code",
+    "parse_epc_urn",
+    "sgln_urn",
+    "sgtin_urn",
+    "sscc_urn",
+    "to_digital_link",
+    "to_element_string",
+    "to_hri",
+]
 
 GS = "\x1d"
 """FNC1 as transmitted by scanners: ends a variable-length element that is not last."""

@@ -198,6 +198,16 @@ def with_station(cfg: NodeConfig, data: Path) -> NodeConfig:
     })
 
 
+def _trace(api: str, key: str, broker_url: str, password: str) -> list[str]:
+    """Traceability in the demo (see omnishelf/demo_trace.py); a failure there is reported, not fatal."""
+    from omnishelf import demo_trace
+
+    try:
+        return demo_trace.run(api, key, broker_url, password)
+    except Exception as exc:  # the rest of the demo is worth running anyway
+        return [f"  traceability demo failed: {type(exc).__name__}: {exc}"]
+
+
 def run(args: argparse.Namespace) -> int:
     from cloud.seed import DEMO_STORES  # the demo boxes are the seeded demo stores' nodes
 
@@ -206,13 +216,15 @@ def run(args: argparse.Namespace) -> int:
     http_port = _port(args.http_port, "http")
     stores: dict[str, str] = dict(DEMO_STORES)  # store code -> node id
     nodes = list(stores.values())
-    passwords = _secrets(data / "secrets.json", [CLOUD_USER, MONITOR_USER, ADMIN_USER, *nodes])
+    from omnishelf import demo_trace
+
+    passwords = _secrets(data / "secrets.json", [CLOUD_USER, MONITOR_USER, ADMIN_USER, *nodes, demo_trace.STATION])
 
     layout = BrokerLayout(
         data / "broker",
         mqtt_port,
         cloud_users={CLOUD_USER: passwords[CLOUD_USER]},
-        node_users={n: passwords[n] for n in nodes},
+        node_users={n: passwords[n] for n in [*nodes, demo_trace.STATION]},
         monitor_users={MONITOR_USER: passwords[MONITOR_USER]},
     )
     broker = MosquittoProcess(layout, die_with_parent=True)
@@ -263,6 +275,7 @@ def run(args: argparse.Namespace) -> int:
             )
             sup.start(f"edge-{node}", "edge", "run", "--config", str(cfg))
         first = nodes[0]
+        trace_lines = _trace(api, api_key, layout.url, passwords[demo_trace.STATION])
 
         print(
             "\n".join(
@@ -289,6 +302,7 @@ def run(args: argparse.Namespace) -> int:
                     "  watch the bus:",
                     f"    mosquitto_sub -h 127.0.0.1 -p {mqtt_port} -V mqttv5 -u {MONITOR_USER} -i {MONITOR_USER} "
                     f"-P '{passwords[MONITOR_USER]}' -t '{topics.everything_filter()}' -v",
+                    *trace_lines,
                     "",
                     "Ctrl-C stops everything.",
                 ]

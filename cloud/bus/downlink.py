@@ -80,8 +80,12 @@ def send(
     expires_in: timedelta | None = timedelta(hours=24),
     key: str | None = None,
     now: datetime | None = None,
+    corr: uuid.UUID | None = None,
 ) -> uuid.UUID:
     """Queue a command to `node` in the caller's transaction; return its msg_id.
+
+    `corr` is the msg_id of the message this command answers (a verdict names its scan): it goes
+    into the command's envelope, so the box matches the answer without reading the payload.
 
     Raises `ValueError` (before writing anything) for a type that is not a command, a bad node id,
     or data that does not fit the type's payload. With `key`, sending the same key again returns
@@ -108,7 +112,7 @@ def send(
     msg_id = new_msg_id()
     values = dict(
         msg_id=msg_id, key=key, node=node, type=kind.value, data=payload.model_dump(mode="json"), retain=retain,
-        engine=engine, status="pending", created_at=now, expires_at=(now + expires_in) if expires_in else None,
+        engine=engine, status="pending", created_at=now, corr=corr, expires_at=(now + expires_in) if expires_in else None,
         next_attempt_at=now, attempts=0,
     )
     if key is None:
@@ -209,7 +213,7 @@ def claim_due(conn: Connection, now: datetime, limit: int = 200) -> list[Claimed
         payload: bytes | None = None
         error: str | None = None
         try:
-            env = Envelope(type=kind, msg_id=r.msg_id, node=r.node, session=0, seq=r.id,
+            env = Envelope(type=kind, msg_id=r.msg_id, node=r.node, session=0, seq=r.id, corr=r.corr,
                            data=PAYLOADS[kind].model_validate(r.data))
             payload = encode(env)
         except (ContractError, ValueError) as exc:

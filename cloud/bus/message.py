@@ -113,12 +113,14 @@ class Context:
         retain: bool = False,
         expires_in: timedelta | None = timedelta(hours=24),
         key: str | None = None,
+        corr: uuid.UUID | None = None,
     ) -> uuid.UUID:
-        """Queue a command to `node` in this transaction (see `cloud.bus.downlink.send`)."""
+        """Queue a command to `node` in this transaction (see `cloud.bus.downlink.send`); `corr`
+        names the message it answers (e.g. `msg.msg_id` for a verdict)."""
         from cloud.bus import downlink
 
         return downlink.send(self.conn, node, type, data, engine=self.engine, retain=retain,
-                             expires_in=expires_in, key=key, now=self.now)
+                             expires_in=expires_in, key=key, now=self.now, corr=corr)
 
     def finish(self) -> None:
         """Flush what the handler left in the ORM session (raises like the handler would)."""

@@ -25,7 +25,8 @@ def api_routes(client: TestClient) -> list[tuple[str, str]]:
         if path in PUBLIC:
             continue
         for param, value in (("node_id", "st0001-k1"), ("username", "admin"), ("name", "hq-key"), ("sku", "TEA-LJ-250"),
-                             ("import_id", "1"), ("code", "east"), ("failed_id", "1")):
+                             ("import_id", "1"), ("code", "east"), ("failed_id", "1"), ("alert_id", "1"),
+                             ("capture_id", "00000000-0000-4000-8000-000000000001")):
             path = path.replace("{" + param + "}", value)
         assert "{" not in path, f"give {path} a sample id in this test"
         out.extend((m.upper(), path) for m in ops)

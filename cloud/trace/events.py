@@ -1,0 +1,211 @@
+"""Storing EPCIS events and applying what they mean to units (state, place, case, destination).
+
+Used by the EPCIS capture and by the verification (a sale, a receipt, a return at a station are
+events too), inside the caller's transaction."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Table, or_, select, tuple_, update
+
+from cloud.db import insert_for
+from cloud.trace.keys import gln_of, key_of
+from cloud.trace.models import Case, Event, EventEpc, Location, Unit
+
+__all__ = ["event_hash", "store_event"]
+
+UNITS: Table = Unit.__table__  # type: ignore[assignment]
+CASES: Table = Case.__table__  # type: ignore[assignment]
+EVENTS: Table = Event.__table__  # type: ignore[assignment]
+EPCS: Table = EventEpc.__table__  # type: ignore[assignment]
+LOCATIONS: Table = Location.__table__  # type: ignore[assignment]
+
+_VOLATILE = {"eventID", "recordTime", "@context", "errorDeclaration"}
+
+
+def event_hash(event: dict[str, Any]) -> str:
+    """A content hash of the event (what it says, not when it was recorded nor its id): the same
+    event captured twice without an eventID is recognised. sha-256 over canonical JSON (sorted
+    keys), written as a `ni:` URI like the standard's event hash (not the same digest)."""
+    body = {k: v for k, v in event.items() if k not in _VOLATILE}
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+    return f"ni:///sha-256;{digest}?ver=omnishelf1"
+
+
+def step_of(value: str | None) -> str | None:
+    """'urn:epcglobal:cbv:bizstep:shipping' / 'https://ref.gs1.org/cbv/BizStep-shipping' → 'shipping'."""
+    if value is None:
+        return None
+    for sep in ("bizstep:", "BizStep-", "disp:", "Disp-"):
+        if sep in value:
+            return value.rsplit(sep, 1)[1]
+    return value
+
+
+def _location_id(conn: Connection, ident: str | None) -> tuple[int | None, int | None, str | None]:
+    """(location id, region id, kind) of an SGLN / Digital Link location, by GLN (unique index)."""
+    gln = gln_of(ident)
+    if gln is None:
+        return None, None, None
+    row = conn.execute(select(LOCATIONS.c.id, LOCATIONS.c.region_id, LOCATIONS.c.kind)
+                       .where(LOCATIONS.c.gln == gln)).first()
+    return (row.id, row.region_id, row.kind) if row else (None, None, None)
+
+
+def _ids(event: dict[str, Any], *names: str) -> list[str]:
+    out: list[str] = []
+    for name in names:
+        value = event.get(name)
+        if isinstance(value, list):
+            out.extend(v for v in value if isinstance(v, str))
+    return out
+
+
+def _ilmd(event: dict[str, Any]) -> tuple[str | None, date | None]:
+    ilmd = event.get("ilmd") or {}
+    lot = expiry = None
+    for key, value in ilmd.items():
+        name = key.rsplit(":", 1)[-1]
+        if name == "lotNumber" and isinstance(value, str):
+            lot = value[:20]
+        elif name == "itemExpirationDate" and isinstance(value, str):
+            try:
+                expiry = date.fromisoformat(value[:10])
+            except ValueError:
+                expiry = None
+    return lot, expiry
+
+
+def store_event(conn: Connection, event: dict[str, Any], event_time: datetime, *, capture_id: uuid.UUID | None,
+                now: datetime, location_id: int | None = None) -> int | None:
+    """Insert one (validated) event and apply it; the new row's id, or None if it was already stored
+    (same eventID, or same content hash). `location_id` is where it happened when the event cannot
+    say it (a location without a GLN)."""
+    digest = event_hash(event)
+    event_id = str(event.get("eventID") or digest)
+    row = {
+        "event_id": event_id[:200], "hash": digest, "type": event["type"], "action": event.get("action"),
+        "event_time": event_time, "tz_offset": event.get("eventTimeZoneOffset", "+00:00"),
+        "biz_step": step_of(event.get("bizStep")), "disposition": step_of(event.get("disposition")),
+        "biz_location": (event.get("bizLocation") or {}).get("id"), "read_point": (event.get("readPoint") or {}).get("id"),
+        "capture_id": capture_id, "recorded_at": now, "doc": event,
+    }
+    new_id = conn.execute(insert_for(conn, EVENTS).values(**row).on_conflict_do_nothing().returning(EVENTS.c.id)).scalar()
+    if new_id is None:
+        return None
+    parent = event.get("parentID")
+    roles: list[tuple[str, str]] = [(e, "epc") for e in _ids(event, "epcList", "inputEPCList", "outputEPCList")]
+    roles += [(e, "child") for e in _ids(event, "childEPCs")]
+    if isinstance(parent, str):
+        roles.append((parent, "parent"))
+    for q in [*(event.get("quantityList") or []), *(event.get("childQuantityList") or []),
+              *(event.get("inputQuantityList") or []), *(event.get("outputQuantityList") or [])]:
+        if isinstance(q, dict) and isinstance(q.get("epcClass"), str):
+            roles.append((q["epcClass"], "class"))
+    keyed = [(key_of(ident), role) for ident, role in roles]
+    if keyed:
+        conn.execute(EPCS.insert(), [{"event_id": new_id, "epc": k[:200], "role": role} for (k, _c), role in keyed])
+    _apply(conn, event, row, keyed, event_time, location_id)
+    return int(new_id)
+
+
+def _apply(conn: Connection, event: dict[str, Any], row: dict[str, Any], keyed: list[tuple[tuple[str, Any], str]],
+           when: datetime, location_id: int | None) -> None:
+    step, action, kind = row["biz_step"], row["action"], row["type"]
+    loc_id, _loc_region, loc_kind = _location_id(conn, row["biz_location"])
+    if loc_id is None and location_id is not None:
+        loc_id = location_id
+        loc_kind = conn.execute(select(LOCATIONS.c.kind).where(LOCATIONS.c.id == location_id)).scalar()
+    units = [(c.gtin, c.serial) for (_k, c), role in keyed if c is not None and c.gtin and c.serial and role != "parent"]
+    cases = [c.sscc for (_k, c), role in keyed if c is not None and c.sscc and role in ("epc", "child")]
+    parent_code = next((c for (_k, c), role in keyed if role == "parent" and c is not None), None)
+
+    if kind == "ObjectEvent" and action == "ADD" and units and step in (None, "commissioning"):
+        lot, expiry = _ilmd(event)
+        rows = [{"gtin": g, "serial": s, "batch": lot, "expiry": expiry, "state": "commissioned",
+                   "location_id": loc_id, "received_at_store": False, "recalled": False,
+                   "seen_location_id": loc_id, "seen_at": when} for g, s in units]
+        conn.execute(insert_for(conn, UNITS).on_conflict_do_nothing(index_elements=["gtin", "serial"]), rows)
+        return
+    if kind == "AggregationEvent" and parent_code is not None and parent_code.sscc:
+        sscc = parent_code.sscc
+        if action == "ADD":
+            conn.execute(insert_for(conn, CASES).values(sscc=sscc, location_id=loc_id)
+                         .on_conflict_do_nothing(index_elements=["sscc"]))
+            for chunk in _chunks(units):
+                conn.execute(update(UNITS).where(_unit_clause(chunk)).values(parent=sscc))
+            for child in cases:
+                conn.execute(insert_for(conn, CASES).values(sscc=child, parent=sscc, location_id=loc_id)
+                             .on_conflict_do_update(index_elements=["sscc"], set_={"parent": sscc}))
+        elif action == "DELETE":
+            for chunk in _chunks(units):
+                conn.execute(update(UNITS).where(_unit_clause(chunk), UNITS.c.parent == sscc).values(parent=None))
+            if not units and not cases:
+                conn.execute(update(UNITS).where(UNITS.c.parent == sscc).values(parent=None))
+            if cases:
+                conn.execute(update(CASES).where(CASES.c.sscc.in_(cases)).values(parent=None))
+    # Movements apply to the units named and to every unit inside the cases named (a case received
+    # at goods-in receives what it holds).
+    containers = [*cases] + ([parent_code.sscc] if parent_code is not None and parent_code.sscc else [])
+    for i, chunk in enumerate(_chunks(units) or [[]]):
+        target = _targets(conn, chunk, containers if i == 0 else [])
+        if target is not None:
+            _move(conn, event, row, target, containers if i == 0 else [], step, loc_id, loc_kind, when)
+
+
+def _chunks(units: list[tuple[str, str]], size: int = 400) -> list[list[tuple[str, str]]]:
+    """Pieces small enough for SQLite's bound-parameter limit."""
+    return [units[i:i + size] for i in range(0, len(units), size)]
+
+
+def _move(conn: Connection, event: dict[str, Any], row: dict[str, Any], target: Any, containers: list[str],
+          step: str | None, loc_id: int | None, loc_kind: str | None, when: datetime) -> None:
+    values: dict[str, Any] = {}
+    if step == "shipping":
+        dest_ids = [d.get("destination") for d in (event.get("destinationList") or []) if isinstance(d, dict)
+                    and str(d.get("type", "")).endswith("location")]
+        dest_ids = dest_ids or [d.get("destination") for d in (event.get("destinationList") or []) if isinstance(d, dict)]
+        for dest in dest_ids:
+            dest_id, dest_region, _k = _location_id(conn, dest)
+            if dest_id is not None:
+                values.update(ship_dest_id=dest_id, ship_region_id=dest_region)
+                break
+        values["state"] = "in_transit"
+    elif step == "receiving":
+        values.update(state="received", location_id=loc_id)
+        if loc_kind == "store":
+            values["received_at_store"] = True
+    elif step == "retail_selling":
+        values.update(state="sold", sold_at=when, sold_location_id=loc_id)
+    elif step in ("decommissioning", "destroying") or row["disposition"] in ("destroyed", "inactive"):
+        values["state"] = "decommissioned"
+    elif step == "returning":
+        values.update(state="received", location_id=loc_id, sold_at=None)
+    if values:
+        conn.execute(update(UNITS).where(target).values(**values))
+    if loc_id is not None:
+        conn.execute(update(UNITS).where(target, or_(UNITS.c.seen_at.is_(None), UNITS.c.seen_at < when))
+                     .values(seen_location_id=loc_id, seen_at=when))
+        if containers:
+            conn.execute(update(CASES).where(CASES.c.sscc.in_(containers)).values(location_id=loc_id))
+
+
+def _unit_clause(units: Iterable[tuple[str, str]]) -> Any:
+    return tuple_(UNITS.c.gtin, UNITS.c.serial).in_(list(units))
+
+
+def _targets(conn: Connection, units: list[tuple[str, str]], containers: list[str]) -> Any:
+    clauses = []
+    if units:
+        clauses.append(_unit_clause(units))
+    if containers:
+        # Units directly in the cases, and in cases inside them (a pallet of cases): two levels.
+        inner = list(conn.execute(select(CASES.c.sscc).where(CASES.c.parent.in_(containers))).scalars())
+        clauses.append(UNITS.c.parent.in_([*containers, *inner]))
+    return or_(*clauses) if clauses else None

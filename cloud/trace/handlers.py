@@ -1,0 +1,96 @@
+"""Bus handlers of cloud.trace: a `scan` gets its verdict (a `verdict` command whose `corr` is the
+scan's msg_id); a `birth` gets the box its offline lists (`trace_lists` commands).
+
+`trace_lists` is a `command` (`CommandData(name="trace_lists", args=…)`), sent in parts because an
+envelope holds at most 256 KiB. `args`:
+
+- `version` (int): the same for every part of one set; a box replaces its cache only when it holds
+  every part of a newer version.
+- `part` (int, 1-based), `parts` (int).
+- `store` (str): the store code the lists are for.
+- `received` (list of `[gtin14, serial, batch|null, "YYYY-MM-DD"|null]`): units received at this
+  store and not sold (what the box may answer `genuine` for while offline).
+- `recalled_batches` (list of `[gtin14, batch]`), `recalled_units` (list of `[gtin14, serial]`),
+  `known_bad` (list of `[gtin14, serial, verdict]`: units found cloned, diverted or mismatched):
+  in part 1 only (empty lists in the others).
+
+A box answering offline puts its answer in the scan's `provisional` field (`ScanData.provisional`);
+when the cloud's final verdict differs it raises a `provisional_overturned` alert.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Table, select
+
+from broker.envelope import MessageType
+from broker.payloads import CommandData, ScanData
+from cloud.bus import Context, Message
+from cloud.models import Node, Store
+from cloud.trace.events import UNITS
+from cloud.trace.models import Alert, Recall
+from cloud.trace.rules import TraceRules
+from cloud.trace.verify import ScanIn, location_for_store, verify
+
+__all__ = ["lists_commands", "on_birth", "on_scan"]
+
+_NODES: Table = Node.__table__  # type: ignore[assignment]
+_STORES: Table = Store.__table__  # type: ignore[assignment]
+_RECALLS: Table = Recall.__table__  # type: ignore[assignment]
+_ALERTS: Table = Alert.__table__  # type: ignore[assignment]
+RULES = TraceRules.from_env()
+
+
+def on_scan(ctx: Context, msg: Message) -> None:
+    data = msg.data
+    assert isinstance(data, ScanData)
+    store_id = ctx.conn.execute(select(_NODES.c.store_id).where(_NODES.c.id == msg.node)).scalar()
+    if store_id is None:
+        # A box assigned to no store scans nowhere: no place to judge clones or diversion by. Its
+        # scans stay in the ledger; assigning the box (fleet) makes its next scans count.
+        return
+    loc_id = location_for_store(ctx.conn, store_id)
+    scan = ScanIn(code=data.code, station=data.station, purpose=data.purpose, at=msg.ts, msg_id=msg.msg_id,
+                  node=msg.node, location_id=loc_id, position=msg.position, provisional=data.provisional)
+    verdict = verify(ctx.conn, scan, RULES, ctx.now)
+    ctx.send(msg.node, MessageType.VERDICT, verdict.data, corr=msg.msg_id, expires_in=timedelta(hours=24))
+
+
+def on_birth(ctx: Context, msg: Message) -> None:
+    store_id = ctx.conn.execute(select(_NODES.c.store_id).where(_NODES.c.id == msg.node)).scalar()
+    if store_id is None:
+        return
+    if ctx.conn.execute(select(UNITS.c.id).limit(1)).first() is None \
+            and ctx.conn.execute(select(_RECALLS.c.id).limit(1)).first() is None:
+        return  # traceability is not in use here: nothing to cache, no command to wait for
+    for part in lists_commands(ctx.conn, store_id, RULES):
+        ctx.send(msg.node, MessageType.COMMAND, part, expires_in=timedelta(hours=12))
+
+
+def lists_commands(conn: Connection, store_id: int, rules: TraceRules) -> list[CommandData]:
+    """The `trace_lists` parts for a store's boxes (see the module's docstring)."""
+    loc_id = location_for_store(conn, store_id)
+    store = conn.execute(select(_STORES.c.code).where(_STORES.c.id == store_id)).scalar_one()
+    received = [[r.gtin, r.serial, r.batch, r.expiry.isoformat() if r.expiry else None] for r in conn.execute(
+        select(UNITS.c.gtin, UNITS.c.serial, UNITS.c.batch, UNITS.c.expiry)
+        .where(UNITS.c.location_id == loc_id, UNITS.c.state == "received"))]
+    recalls = conn.execute(select(_RECALLS.c.gtin, _RECALLS.c.batch, _RECALLS.c.serial)).all()
+    bad = conn.execute(select(_ALERTS.c.gtin, _ALERTS.c.serial, _ALERTS.c.kind)
+                       .where(_ALERTS.c.kind.in_(("cloned", "diverted", "batch_or_expiry_mismatch")),
+                              _ALERTS.c.serial.is_not(None))
+                       .order_by(_ALERTS.c.id.desc()).limit(rules.list_part)).all()
+    version = time.time_ns() // 1000
+    chunks = [received[i:i + rules.list_part] for i in range(0, len(received), rules.list_part)] or [[]]
+    out = []
+    for i, chunk in enumerate(chunks, 1):
+        args: dict[str, Any] = {"version": version, "part": i, "parts": len(chunks), "store": store, "received": chunk,
+                                "recalled_batches": [], "recalled_units": [], "known_bad": []}
+        if i == 1:
+            args["recalled_batches"] = sorted({(r.gtin, r.batch) for r in recalls if r.serial is None and r.batch})
+            args["recalled_units"] = sorted({(r.gtin, r.serial) for r in recalls if r.serial is not None})
+            args["known_bad"] = sorted({(r.gtin, r.serial, r.kind) for r in bad})
+        out.append(CommandData(name="trace_lists", args=args))
+    return out

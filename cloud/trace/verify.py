@@ -1,0 +1,360 @@
+"""The verdict on one scan: the same rules for a scan over the bus and over REST.
+
+`verify()` runs in the caller's transaction (the ledger's for a bus scan): it reads only by unique
+keys (the unit by GTIN + serial, its last scan by id, recalls by GTIN + batch, the location by store
+or GLN), records the scan with its verdict, applies the scan's effect (a sale, a receipt, a return,
+an undo: each an EPCIS event) and raises the alerts HQ must see.
+
+Rules, first match wins: malformed → plain product code (untracked) → unknown → printed batch or
+expiry differ → duplicate scan at the same station (answered like the first) → recalled →
+decommissioned → cloned (impossible travel since its last sighting) → sold before (a return or an
+undo at this store is accepted instead) → expired → diverted (region differs from its last shipping
+destination's) → never received by a store → genuine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Table, bindparam, select, update
+
+import gs1
+from broker.payloads import ParsedCode, ScanPurpose, VerdictClass, VerdictData, VerdictRule
+from cloud.models import Region, Store
+from cloud.trace.events import LOCATIONS, UNITS
+from cloud.trace.keys import case_key, unit_key
+from cloud.trace.models import Alert, Recall, Scan
+from cloud.trace.rules import TraceRules
+
+__all__ = ["ScanIn", "Verdict", "haversine_km", "location_for_store", "verify"]
+
+SCANS: Table = Scan.__table__  # type: ignore[assignment]
+RECALLS: Table = Recall.__table__  # type: ignore[assignment]
+ALERTS: Table = Alert.__table__  # type: ignore[assignment]
+_STORES: Table = Store.__table__  # type: ignore[assignment]
+_REGIONS: Table = Region.__table__  # type: ignore[assignment]
+
+ALERTING = {VerdictClass.CLONED: "cloned", VerdictClass.DIVERTED: "diverted", VerdictClass.UNKNOWN_CODE: "unknown_code",
+            VerdictClass.BATCH_OR_EXPIRY_MISMATCH: "batch_or_expiry_mismatch"}
+"""Verdicts that raise an alert whatever the purpose (a recall or a resale alerts on a sale attempt)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScanIn:
+    code: str
+    station: str
+    purpose: ScanPurpose
+    at: datetime
+    """When the scan happened (the box's clock if it was synced, else the cloud's receive time)."""
+    msg_id: uuid.UUID
+    node: str | None = None
+    location_id: int | None = None
+    position: tuple[int, int] | None = None
+    provisional: VerdictClass | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    data: VerdictData
+    scan_row: int
+
+
+def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance on a sphere of the Earth's mean radius."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * 6371.0088 * math.asin(min(1.0, math.sqrt(a)))
+
+
+def location_for_store(conn: Connection, store_id: int) -> int | None:
+    """The location of a store, made from the store's row the first time it is needed."""
+    found = conn.execute(select(LOCATIONS.c.id).where(LOCATIONS.c.store_id == store_id)).scalar()
+    if found is not None:
+        return int(found)
+    store = conn.execute(select(_STORES).where(_STORES.c.id == store_id)).first()
+    if store is None:
+        return None
+    return int(conn.execute(LOCATIONS.insert().values(
+        code=store.code, kind="store", name=store.name, gln=None, region_id=store.region_id, lat=store.lat,
+        lon=store.lon, store_id=store.id).returning(LOCATIONS.c.id)).scalar_one())
+
+
+_LOC_TTL_S = 30.0
+_loc_cache: dict[tuple[str, int], tuple[float, Any]] = {}
+_LOC_BY_ID = select(LOCATIONS).where(LOCATIONS.c.id == bindparam("id"))
+_UNIT_BY_KEY = select(UNITS).where(UNITS.c.gtin == bindparam("gtin"), UNITS.c.serial == bindparam("serial"))
+_SCAN_BY_ID = select(SCANS).where(SCANS.c.id == bindparam("id"))
+_BATCH_RECALL = select(RECALLS.c.id, RECALLS.c.reason).where(
+    RECALLS.c.gtin == bindparam("gtin"), RECALLS.c.batch == bindparam("batch"), RECALLS.c.serial.is_(None)).limit(1)
+_INSERT_SCAN = SCANS.insert().returning(SCANS.c.id)
+
+
+def _loc(conn: Connection, loc_id: int | None) -> Any:
+    """A location row, from a per-process cache of `_LOC_TTL_S` seconds: locations change rarely
+    (coordinates, region) and every scan needs one or two of them."""
+    if loc_id is None:
+        return None
+    key = (str(conn.engine.url), loc_id)
+    hit = _loc_cache.get(key)
+    now = time.monotonic()
+    if hit is not None and now - hit[0] < _LOC_TTL_S:
+        return hit[1]
+    row = conn.execute(_LOC_BY_ID, {"id": loc_id}).first()
+    if row is not None:
+        if len(_loc_cache) > 10_000:
+            _loc_cache.clear()
+        _loc_cache[key] = (now, row)
+    return row
+
+
+def _loc_brief(loc: Any) -> dict[str, Any] | None:
+    if loc is None:
+        return None
+    return {"code": loc.code, "kind": loc.kind, "name": loc.name, "gln": loc.gln, "lat": loc.lat, "lon": loc.lon,
+            "region_id": loc.region_id}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat() if value is not None else None
+
+
+def _parsed(code: gs1.Code) -> ParsedCode:
+    fields = dataclasses.asdict(code)
+    return ParsedCode(**{k: fields[k] for k in ("form", "gtin", "serial", "batch", "expiry", "sscc", "epc")})
+
+
+def verify(conn: Connection, scan: ScanIn, rules: TraceRules, now: datetime) -> Verdict:
+    """Decide, record and apply one scan (see the module's docstring for the order of the rules)."""
+    loc = _loc(conn, scan.location_id)
+    parsed: ParsedCode | None = None
+    unit: Any = None
+    try:
+        code = gs1.parse_code(scan.code)
+    except gs1.CodeError as exc:
+        cls, rule, message = VerdictClass.MALFORMED, VerdictRule.PARSE_ERROR, str(exc)
+        evidence: dict[str, Any] = {"reason": exc.reason.value, "ai": exc.ai, "expected": exc.expected,
+                                    "found": exc.found}
+    else:
+        parsed = _parsed(code)
+        if code.is_unit:
+            unit = conn.execute(_UNIT_BY_KEY, {"gtin": code.gtin, "serial": code.serial}).first()
+        cls, rule, message, evidence = _decide(conn, scan, code, unit, loc, rules, now)
+    evidence["location"] = _loc_brief(loc)
+    evidence["scanned_at"] = _iso(scan.at)
+    scan_id = int(conn.execute(_INSERT_SCAN, dict(
+        msg_id=scan.msg_id, node=scan.node, station=scan.station, purpose=scan.purpose.value, code=scan.code,
+        gtin=parsed.gtin if parsed else None, serial=parsed.serial if parsed else None, location_id=scan.location_id,
+        at=scan.at, verdict=cls.value, rule=rule.value, message=message[:500], evidence=evidence,
+        provisional=scan.provisional.value if scan.provisional else None,
+    )).scalar_one())
+    if unit is not None:
+        _effects(conn, scan, unit, loc, cls, rule, scan_id, now)
+    kind = ALERTING.get(cls)
+    if cls is VerdictClass.RECALLED and scan.purpose is ScanPurpose.SELL:
+        kind = "recalled_sold"
+    if cls is VerdictClass.ALREADY_SOLD and scan.purpose is ScanPurpose.SELL:
+        kind = "already_sold"
+    if kind is not None:
+        _alert(conn, kind, scan, parsed, loc, scan_id, message, evidence, now)
+    if scan.provisional is not None and scan.provisional is not cls:
+        _alert(conn, "provisional_overturned", scan, parsed, loc, scan_id,
+               f"the box answered {scan.provisional.value} offline; the final verdict is {cls.value}: {message}"[:500],
+               {**evidence, "provisional": scan.provisional.value, "final": cls.value}, now)
+    data = VerdictData(scan_id=scan.msg_id, code=scan.code[:1024], parsed=parsed, verdict=cls, rule=rule,
+                       message=message[:500], evidence=evidence, provisional=False, decided_at=now)
+    return Verdict(data, scan_id)
+
+
+Decision = tuple[VerdictClass, VerdictRule, str, dict[str, Any]]
+
+
+def _decide(conn: Connection, scan: ScanIn, code: gs1.Code, unit: Any, loc: Any, rules: TraceRules,
+            now: datetime) -> Decision:
+    if not code.is_unit:
+        if code.sscc and scan.purpose is ScanPurpose.RECEIVE:
+            return _receive_case(conn, scan, code.sscc, loc)
+        return (VerdictClass.UNTRACKED, VerdictRule.PLAIN_PRODUCT_CODE,
+                "a product code, not a unit code: nothing to verify", {"gtin": code.gtin, "sscc": code.sscc})
+    if unit is None:
+        return (VerdictClass.UNKNOWN_CODE, VerdictRule.NEVER_COMMISSIONED,
+                "this unit code was never commissioned by the brand", {"key": unit_key(code.gtin or "", code.serial or "")})
+    facts: dict[str, Any] = {"unit": {"gtin": unit.gtin, "serial": unit.serial, "batch": unit.batch,
+                                      "expiry": unit.expiry.isoformat() if unit.expiry else None, "state": unit.state}}
+    differ = {}
+    if code.batch is not None and unit.batch is not None and code.batch != unit.batch:
+        differ["batch"] = {"printed": code.batch, "commissioned": unit.batch}
+    if code.expiry is not None and unit.expiry is not None and code.expiry != unit.expiry:
+        differ["expiry"] = {"printed": code.expiry.isoformat(), "commissioned": unit.expiry.isoformat()}
+    if differ:
+        return (VerdictClass.BATCH_OR_EXPIRY_MISMATCH, VerdictRule.ATTRIBUTES_DIFFER,
+                "printed " + " and ".join(f"{k} {v['printed']} differs from the commissioned {v['commissioned']}"
+                                          for k, v in differ.items()), {**facts, "differ": differ})
+    if unit.last_scan_id is not None:
+        last = conn.execute(_SCAN_BY_ID, {"id": unit.last_scan_id}).first()
+        if (last is not None and last.station == scan.station and last.node == scan.node
+                and last.location_id == scan.location_id and last.purpose == scan.purpose.value
+                and abs((scan.at - last.at).total_seconds()) <= rules.duplicate_window_s):
+            return (VerdictClass(last.verdict), VerdictRule.DUPLICATE_SCAN,
+                    f"the same scan again within {rules.duplicate_window_s:.0f} s: {last.message}",
+                    {**facts, "first_scan": str(last.msg_id), "first_rule": last.rule, "first_at": _iso(last.at)})
+    if unit.recalled:
+        return VerdictClass.RECALLED, VerdictRule.UNIT_RECALLED, "this unit is recalled: do not sell", facts
+    if unit.batch is not None:
+        hit = conn.execute(_BATCH_RECALL, {"gtin": unit.gtin, "batch": unit.batch}).first()
+        if hit is not None:
+            return (VerdictClass.RECALLED, VerdictRule.BATCH_RECALLED,
+                    f"batch {unit.batch} is recalled ({hit.reason}): do not sell", {**facts, "recall": hit.id})
+    if unit.state == "decommissioned":
+        return VerdictClass.ALREADY_SOLD, VerdictRule.DECOMMISSIONED, "this unit was decommissioned", facts
+    if unit.seen_location_id is not None and loc is not None and unit.seen_location_id != loc.id \
+            and unit.seen_at is not None:
+        seen = _loc(conn, unit.seen_location_id)
+        if seen is not None:
+            km = haversine_km(seen.lat, seen.lon, loc.lat, loc.lon)
+            hours = abs((scan.at - unit.seen_at).total_seconds()) / 3600
+            speed = math.inf if hours == 0 else km / hours
+            if km >= rules.min_distance_km and speed > rules.max_speed_kmh:
+                return (VerdictClass.CLONED, VerdictRule.IMPOSSIBLE_TRAVEL,
+                        f"seen at {seen.name} {hours * 60:.0f} min before, {km:.0f} km away: a copy of the code",
+                        {**facts, "from": _loc_brief(seen), "from_at": _iso(unit.seen_at),
+                         "distance_km": round(km, 1), "elapsed_s": round(hours * 3600, 1),
+                         "speed_kmh": None if math.isinf(speed) else round(speed, 1), "limit_kmh": rules.max_speed_kmh})
+    if unit.state == "sold" and not _before_sale(unit, scan):
+        sold_here = loc is not None and unit.sold_location_id == loc.id
+        sold = {**facts, "sold_at": _iso(unit.sold_at), "sold_location": _loc_brief(_loc(conn, unit.sold_location_id)),
+                "sold_node": unit.sold_node}
+        if scan.purpose is ScanPurpose.RETURN:
+            return VerdictClass.GENUINE, VerdictRule.RETURN_ACCEPTED, "return accepted: the unit is back in stock", sold
+        if scan.purpose is ScanPurpose.UNDO and sold_here and unit.sold_at is not None \
+                and (scan.at - unit.sold_at) <= timedelta(seconds=rules.undo_window_s):
+            return VerdictClass.GENUINE, VerdictRule.RETURN_ACCEPTED, "sale undone: the unit is back in stock", sold
+        return (VerdictClass.ALREADY_SOLD, VerdictRule.SOLD_BEFORE,
+                f"already sold{' here' if sold_here else ''} at {_iso(unit.sold_at)}", sold)
+    if scan.purpose in (ScanPurpose.RETURN, ScanPurpose.UNDO):
+        return VerdictClass.NOT_FOR_SALE_HERE, VerdictRule.NEVER_RECEIVED, "this unit was not sold: nothing to take back", facts
+    if unit.expiry is not None and unit.expiry < scan.at.date():
+        return (VerdictClass.EXPIRED, VerdictRule.EXPIRY_PASSED, f"expired on {unit.expiry.isoformat()}", facts)
+    if unit.ship_region_id is not None and loc is not None and loc.region_id is not None \
+            and loc.region_id != unit.ship_region_id:
+        return (VerdictClass.DIVERTED, VerdictRule.WRONG_REGION,
+                f"shipped to region {_region_code(conn, unit.ship_region_id)}, offered in {_region_code(conn, loc.region_id)}",
+                {**facts, "shipped_to": _loc_brief(_loc(conn, unit.ship_dest_id)), "ship_region_id": unit.ship_region_id,
+                 "scan_region_id": loc.region_id})
+    if not unit.received_at_store and scan.purpose is not ScanPurpose.RECEIVE:
+        return (VerdictClass.NOT_FOR_SALE_HERE, VerdictRule.NEVER_RECEIVED,
+                f"never received by a store (it is {unit.state.replace('_', ' ')})", facts)
+    return VerdictClass.GENUINE, VerdictRule.COMMISSIONED_UNIT, "genuine", facts
+
+
+def _region_code(conn: Connection, region_id: int | None) -> str:
+    if region_id is None:
+        return "?"
+    return str(conn.execute(select(_REGIONS.c.code).where(_REGIONS.c.id == region_id)).scalar() or region_id)
+
+
+def _before_sale(unit: Any, scan: ScanIn) -> bool:
+    """A scan from the box that sold the unit, older in that box's stream than the sale, came first
+    even if it is handled after (several workers): it is not a scan 'after the sale'."""
+    return (scan.node is not None and scan.position is not None and unit.sold_node == scan.node
+            and unit.sold_session is not None and (unit.sold_session, unit.sold_seq) > scan.position)
+
+
+def _receive_case(conn: Connection, scan: ScanIn, sscc: str, loc: Any) -> Decision:
+    from cloud.trace.events import CASES
+
+    inner = list(conn.execute(select(CASES.c.sscc).where(CASES.c.parent == sscc)).scalars())
+    target = UNITS.c.parent.in_([sscc, *inner])
+    count = len(conn.execute(select(UNITS.c.id).where(target)).all())
+    if count == 0:
+        return (VerdictClass.UNKNOWN_CODE, VerdictRule.NEVER_COMMISSIONED, "no unit was ever packed in this case",
+                {"sscc": sscc})
+    conn.execute(update(UNITS).where(target).values(
+        state="received", location_id=loc.id if loc is not None else None,
+        received_at_store=loc is not None and loc.kind == "store"))
+    if loc is not None:
+        conn.execute(update(UNITS).where(target, (UNITS.c.seen_at.is_(None)) | (UNITS.c.seen_at <= scan.at))
+                     .values(seen_location_id=loc.id, seen_at=scan.at))
+    _store_only(conn, _scan_event(scan, loc, "OBSERVE", "receiving", "in_progress", epc=case_key(sscc)), scan.at, scan.at)
+    return (VerdictClass.GENUINE, VerdictRule.COMMISSIONED_UNIT, f"case received with the {count} units inside",
+            {"sscc": sscc, "units": count})
+
+
+def _scan_event(scan: ScanIn, loc: Any, action: str, step: str, disposition: str, *, parent: str | None = None,
+                epc: str | None = None) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "type": "ObjectEvent", "eventID": f"urn:uuid:{uuid.uuid5(scan.msg_id, step)}", "action": action,
+        "eventTime": scan.at.isoformat(), "eventTimeZoneOffset": "+00:00", "bizStep": step, "disposition": disposition,
+        "readPoint": {"id": f"urn:omnishelf:station:{scan.node or 'api'}:{scan.station}"},
+    }
+    if loc is not None and loc.gln:
+        event["bizLocation"] = {"id": gs1.sgln_urn(loc.gln)}
+    if epc:
+        event["epcList"] = [epc]
+    return event
+
+
+_SEEN = update(UNITS).where(UNITS.c.id == bindparam("uid")).values(
+    last_scan_id=bindparam("last_scan_id"), seen_location_id=bindparam("seen_location_id"), seen_at=bindparam("seen_at"))
+
+
+def _effects(conn: Connection, scan: ScanIn, unit: Any, loc: Any, cls: VerdictClass, rule: VerdictRule,
+             scan_id: int, now: datetime) -> None:
+    values: dict[str, Any] = {"last_scan_id": scan_id}
+    if loc is not None and (unit.seen_at is None or unit.seen_at <= scan.at):
+        values.update(seen_location_id=loc.id, seen_at=scan.at)
+    key = unit_key(unit.gtin, unit.serial)
+    step = None
+    if rule is VerdictRule.COMMISSIONED_UNIT and scan.purpose is ScanPurpose.SELL:
+        step, disposition = "retail_selling", "retail_sold"
+        values.update(state="sold", sold_at=scan.at, sold_location_id=loc.id if loc is not None else None,
+                      sold_node=scan.node, sold_session=scan.position[0] if scan.position else None,
+                      sold_seq=scan.position[1] if scan.position else None)
+    elif rule is VerdictRule.COMMISSIONED_UNIT and scan.purpose is ScanPurpose.RECEIVE:
+        step, disposition = "receiving", "sellable_not_accessible"
+        values.update(state="received", location_id=loc.id if loc is not None else None,
+                      received_at_store=loc is not None and loc.kind == "store")
+    elif rule is VerdictRule.RETURN_ACCEPTED:
+        step = "returning" if scan.purpose is ScanPurpose.RETURN else "retail_selling"
+        disposition = "returned" if scan.purpose is ScanPurpose.RETURN else "sellable_accessible"
+        values.update(state="received", location_id=loc.id if loc is not None else None, sold_at=None,
+                      sold_location_id=None, sold_node=None, sold_session=None, sold_seq=None)
+    if step is None:
+        conn.execute(_SEEN, {"uid": unit.id, "last_scan_id": scan_id,
+                             "seen_location_id": values.get("seen_location_id", unit.seen_location_id),
+                             "seen_at": values.get("seen_at", unit.seen_at)})
+    else:
+        conn.execute(update(UNITS).where(UNITS.c.id == unit.id).values(**values))
+    if step is not None:
+        event = _scan_event(scan, loc, "OBSERVE", step, disposition, epc=key)
+        if scan.purpose is ScanPurpose.UNDO:
+            event["omnishelf:undoesSale"] = True
+        # Its effect on the unit is written above (the store's location may have no GLN to resolve).
+        _store_only(conn, event, scan.at, now)
+
+
+def _store_only(conn: Connection, event: dict[str, Any], when: datetime, now: datetime) -> None:
+    from cloud.trace.events import EPCS, EVENTS, event_hash, step_of
+
+    digest = event_hash(event)
+    new_id = conn.execute(EVENTS.insert().values(
+        event_id=event["eventID"], hash=digest, type=event["type"], action=event["action"], event_time=when,
+        tz_offset="+00:00", biz_step=step_of(event["bizStep"]), disposition=event.get("disposition"),
+        biz_location=(event.get("bizLocation") or {}).get("id"), read_point=event["readPoint"]["id"],
+        capture_id=None, recorded_at=now, doc=event).returning(EVENTS.c.id)).scalar_one()
+    conn.execute(EPCS.insert().values(event_id=new_id, epc=event["epcList"][0], role="epc"))
+
+
+def _alert(conn: Connection, kind: str, scan: ScanIn, parsed: ParsedCode | None, loc: Any, scan_id: int,
+           message: str, evidence: dict[str, Any], now: datetime) -> None:
+    store_id = loc.store_id if loc is not None else None
+    conn.execute(ALERTS.insert().values(
+        kind=kind, at=now, code=scan.code[:1024], gtin=parsed.gtin if parsed else None,
+        serial=parsed.serial if parsed else None, location_id=loc.id if loc is not None else None, store_id=store_id,
+        region_id=loc.region_id if loc is not None else None, scan_id=scan_id, message=message[:500], evidence=evidence))
