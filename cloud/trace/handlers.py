@@ -1,18 +1,8 @@
 """Bus handlers of cloud.trace: a `scan` gets its verdict (a `verdict` command whose `corr` is the
 scan's msg_id); a `birth` gets the box its offline lists (`trace_lists` commands).
 
-`trace_lists` is a `command` (`CommandData(name="trace_lists", args=…)`), sent in parts because an
-envelope holds at most 256 KiB. `args`:
-
-- `version` (int): the same for every part of one set; a box replaces its cache only when it holds
-  every part of a newer version.
-- `part` (int, 1-based), `parts` (int).
-- `store` (str): the store code the lists are for.
-- `received` (list of `[gtin14, serial, batch|null, "YYYY-MM-DD"|null]`): units received at this
-  store and not sold (what the box may answer `genuine` for while offline).
-- `recalled_batches` (list of `[gtin14, batch]`), `recalled_units` (list of `[gtin14, serial]`),
-  `known_bad` (list of `[gtin14, serial, verdict]`: units found cloned, diverted or mismatched):
-  in part 1 only (empty lists in the others).
+`trace_lists` is a `command` (`CommandData(name=TRACE_LISTS, args=TraceListsArgs)`, the contract in
+`broker.payloads` says how versions and parts work), sent on every birth and after each recall.
 
 A box answering offline puts its answer in the scan's `provisional` field (`ScanData.provisional`);
 when the cloud's final verdict differs it raises a `provisional_overturned` alert.
@@ -22,12 +12,21 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy import Connection, Table, select
 
 from broker.envelope import MessageType
-from broker.payloads import CommandData, ScanData
+from broker.payloads import (
+    TRACE_LISTS,
+    BadUnit,
+    CommandData,
+    ListUnit,
+    RecalledBatch,
+    RecalledUnit,
+    ScanData,
+    TraceListsArgs,
+    VerdictClass,
+)
 from cloud.bus import Context, Message
 from cloud.models import Node, Store
 from cloud.trace.events import UNITS
@@ -71,26 +70,32 @@ def on_birth(ctx: Context, msg: Message) -> None:
 
 
 def lists_commands(conn: Connection, store_id: int, rules: TraceRules) -> list[CommandData]:
-    """The `trace_lists` parts for a store's boxes (see the module's docstring)."""
+    """The `trace_lists` parts for a store's boxes (`broker.payloads.TraceListsArgs`)."""
     loc_id = location_for_store(conn, store_id)
     store = conn.execute(select(_STORES.c.code).where(_STORES.c.id == store_id)).scalar_one()
-    received = [[r.gtin, r.serial, r.batch, r.expiry.isoformat() if r.expiry else None] for r in conn.execute(
+    received = [ListUnit(gtin=r.gtin, serial=r.serial, batch=r.batch or None, expiry=r.expiry) for r in conn.execute(
         select(UNITS.c.gtin, UNITS.c.serial, UNITS.c.batch, UNITS.c.expiry)
         .where(UNITS.c.location_id == loc_id, UNITS.c.state == "received"))]
-    recalls = conn.execute(select(_RECALLS.c.gtin, _RECALLS.c.batch, _RECALLS.c.serial)).all()
-    bad = conn.execute(select(_ALERTS.c.gtin, _ALERTS.c.serial, _ALERTS.c.kind)
+    recalls = conn.execute(select(_RECALLS.c.gtin, _RECALLS.c.batch, _RECALLS.c.serial, _RECALLS.c.reason)).all()
+    bad = conn.execute(select(_ALERTS.c.gtin, _ALERTS.c.serial, _ALERTS.c.kind, _ALERTS.c.message)
                        .where(_ALERTS.c.kind.in_(("cloned", "diverted", "batch_or_expiry_mismatch")),
                               _ALERTS.c.serial.is_not(None))
                        .order_by(_ALERTS.c.id.desc()).limit(rules.list_part)).all()
     version = time.time_ns() // 1000
     chunks = [received[i:i + rules.list_part] for i in range(0, len(received), rules.list_part)] or [[]]
-    out = []
-    for i, chunk in enumerate(chunks, 1):
-        args: dict[str, Any] = {"version": version, "part": i, "parts": len(chunks), "store": store, "received": chunk,
-                                "recalled_batches": [], "recalled_units": [], "known_bad": []}
-        if i == 1:
-            args["recalled_batches"] = sorted({(r.gtin, r.batch) for r in recalls if r.serial is None and r.batch})
-            args["recalled_units"] = sorted({(r.gtin, r.serial) for r in recalls if r.serial is not None})
-            args["known_bad"] = sorted({(r.gtin, r.serial, r.kind) for r in bad})
-        out.append(CommandData(name="trace_lists", args=args))
-    return out
+    # The lists of recalls and known-bad units go with the first part (they are short).
+    first = {
+        "recalled_batches": tuple(sorted({RecalledBatch(gtin=r.gtin, batch=r.batch, reason=r.reason[:200])
+                                          for r in recalls if r.serial is None and r.batch}, key=str)),
+        "recalled_units": tuple(sorted({RecalledUnit(gtin=r.gtin, serial=r.serial, reason=r.reason[:200])
+                                        for r in recalls if r.serial is not None}, key=str)),
+        "known_bad": tuple(sorted({BadUnit(gtin=r.gtin, serial=r.serial, verdict=VerdictClass(r.kind),
+                                           reason=r.message[:200]) for r in bad}, key=str)),
+    }
+    return [
+        CommandData(name=TRACE_LISTS, args=TraceListsArgs(
+            version=version, part=i, parts=len(chunks), store=store, received=tuple(chunk),
+            **(first if i == 0 else {}),
+        ).model_dump(mode="json"))
+        for i, chunk in enumerate(chunks)
+    ]

@@ -147,13 +147,18 @@ class StationComponent(Component):
 
     async def scan(self, code: str, symbology: str | None, *, station: str, purpose: ScanPurpose, source: str) -> uuid.UUID:
         """Record a scan: outbox first (raises `OutboxFull`, or `ValidationError` for a bad code)."""
-        data = ScanData(code=code, symbology=symbology, station=station, purpose=purpose)
+        # Offline, the box answers first and says so in the scan: the cloud raises an alert at HQ
+        # when its final verdict overturns the one the clerk acted on.
+        offline = None if self.ctx.cloud_online() else offline_verdict(
+            self.db, uuid.UUID(int=0), code, symbology, purpose.value)
+        data = ScanData(code=code, symbology=symbology, station=station, purpose=purpose,
+                        provisional=offline.verdict if offline else None)
         row = await self.ctx.publish(MessageType.SCAN, data)
         scan_id = row.msg_id
         self.db.add_scan(str(scan_id), data.code, symbology, data.station, purpose.value, source)
         self.counts["scans"] += 1
-        if not self.ctx.cloud_online():
-            self._provisional(scan_id, data)
+        if offline is not None:
+            self._record_provisional(offline.model_copy(update={"scan_id": scan_id}), data)
         elif self.cfg.final_wait_s > 0:
             loop = asyncio.get_running_loop()
             handle = loop.call_later(self.cfg.final_wait_s, self._provisional_if_pending, scan_id, data)
@@ -166,7 +171,9 @@ class StationComponent(Component):
             self._provisional(scan_id, data)
 
     def _provisional(self, scan_id: uuid.UUID, data: ScanData) -> None:
-        verdict = offline_verdict(self.db, scan_id, data.code, data.symbology, data.purpose.value)
+        self._record_provisional(offline_verdict(self.db, scan_id, data.code, data.symbology, data.purpose.value), data)
+
+    def _record_provisional(self, verdict: VerdictData, data: ScanData) -> None:
         outcome, _ = self.db.set_verdict(verdict)
         if outcome != "kept final":
             self.counts["provisional"] += 1

@@ -221,6 +221,9 @@ def test_offline_provisional_verdict_then_final_and_an_alert(broker: Broker, tmp
         assert ad(cloud.acks_for(push)[0]).detail == "version 3 applied (1 units)"
         first = next(s for s in cloud.of(MessageType.SCAN) if str(s.msg_id) == scan["scan_id"])
         assert sd(first).symbology == "]d2" and sd(first).code == DM_CODE
+        # Each scan tells the cloud what the clerk was told offline (HQ is alerted if it is overturned).
+        assert sorted(str(sd(s).provisional) for s in cloud.of(MessageType.SCAN)) == [
+            "already_sold", "genuine", "recalled"]
         command = verdict_env(first, VerdictClass.CLONED, VerdictRule.IMPOSSIBLE_TRAVEL, "sold in Chengdu 30 minutes ago")
         await cloud.resend(command)
         await until(lambda: bool(cloud.acks_for(command)), what="the verdict's ack")

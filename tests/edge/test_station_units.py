@@ -25,18 +25,22 @@ from tests.edge.test_station import station_config
 
 GTIN = "09506000134352"
 
+EPC = "urn:epc:id:sgtin:95060001343.05.S1"  # biip's prefix table gives this GTIN an 11-digit company prefix
 READS = [
-    (f"]d201{GTIN}1730123110L001\x1d21S1", None, ParsedCode(form="element_string", gtin=GTIN, serial="S1", batch="L001", expiry=date(2030, 12, 31))),
-    (f"01{GTIN}21S1", "]d2", ParsedCode(form="element_string", gtin=GTIN, serial="S1")),
-    (f"(01){GTIN}(17)301200(21)S1", None, ParsedCode(form="hri", gtin=GTIN, serial="S1", expiry=date(2030, 12, 31))),
-    (f"https://id.gs1.org/01/{GTIN}/10/B2/21/S1", "]Q1", ParsedCode(form="digital_link", gtin=GTIN, serial="S1", batch="B2")),
+    (f"]d201{GTIN}1730123110L001\x1d21S1", None,
+     ParsedCode(form="element_string", gtin=GTIN, serial="S1", batch="L001", expiry=date(2030, 12, 31), epc=EPC)),
+    (f"01{GTIN}21S1", "]d2", ParsedCode(form="element_string", gtin=GTIN, serial="S1", epc=EPC)),
+    (f"(01){GTIN}(17)301200(21)S1", None, ParsedCode(form="hri", gtin=GTIN, serial="S1", expiry=date(2030, 12, 31), epc=EPC)),
+    (f"https://id.gs1.org/01/{GTIN}/10/B2/21/S1", "]Q1",
+     ParsedCode(form="digital_link", gtin=GTIN, serial="S1", batch="B2", epc=EPC)),
     ("9506000134352", "]E0", ParsedCode(form="ean", gtin=GTIN)),
-    ("urn:epc:id:sgtin:9506000.013435.S1", None, ParsedCode(form="epc_urn", epc="urn:epc:id:sgtin:9506000.013435.S1")),
+    ("urn:epc:id:sgtin:9506000.013435.S1", None,
+     ParsedCode(form="epc_urn", gtin=GTIN, serial="S1", epc="urn:epc:id:sgtin:9506000.013435.S1")),
 ]
 BAD_READS = [
-    ("0109506000134353", "Invalid GTIN check digit for '09506000134353': Expected 2, got 3."),
-    ("hello", "Failed to get GS1 Application Identifier from 'hello'."),
-    ("https://example.com/x", "'https://example.com/x' is a URL but not a GS1 Digital Link (expected /01/<GTIN>/…)"),
+    ("0109506000134353", "AI (01) GTIN: expected check digit 2, found 3 in '09506000134353'"),
+    ("hello", "No GS1 Application Identifier starts 'hell' in 'hello'"),
+    ("https://example.com/x", "Digital Link 'https://example.com/x': Expected a primary identifier in the path, got '/x'."),
 ]
 
 
@@ -72,7 +76,7 @@ OFFLINE = [
     (f"01{GTIN}21SOLD", "sell", VerdictClass.ALREADY_SOLD, "sold at this store before (offline record)"),
     (f"01{GTIN}21SOLD", "return", VerdictClass.GENUINE, "received at this store (offline check; the cloud confirms when the link is back)"),
     ("9506000134352", "verify", VerdictClass.UNTRACKED, "a product code, not a unit's: nothing to verify"),
-    ("0109506000134353", "verify", VerdictClass.MALFORMED, "Invalid GTIN check digit for '09506000134353': Expected 2, got 3."),
+    ("0109506000134353", "verify", VerdictClass.MALFORMED, "AI (01) GTIN: expected check digit 2, found 3 in '09506000134353'"),
 ]
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from broker.envelope import MessageType, decode
-from broker.payloads import CommandData
+from broker.payloads import TRACE_LISTS, CommandData, RecalledBatch, TraceListsArgs
 from cloud.access.models import AuditEntry
 from cloud.bus import downlink
 from cloud.db import write_transaction
@@ -147,8 +147,9 @@ def test_a_recall_pushes_the_lists_to_every_store_box(tworld: World, hq: TestCli
     with Session(tworld.engine) as s:
         sent = s.scalars(select(DownlinkCommand).where(DownlinkCommand.type == "command")).all()
     assert sorted(c.node for c in sent) == ["st0001-k1", "st0002-k1", "st0003-k1"]  # stray-1 has no store
-    assert all(c.data["name"] == "trace_lists" and c.data["args"]["recalled_batches"] == [[chain.GTIN, "LX"]]
-               for c in sent)
+    assert all(c.data["name"] == TRACE_LISTS for c in sent)
+    assert all(TraceListsArgs.model_validate(c.data["args"]).recalled_batches
+               == (RecalledBatch(gtin=chain.GTIN, batch="LX", reason="expired stock"),) for c in sent)
 
 
 def test_alerts_filter_by_region_and_store(tworld: World, hq: TestClient) -> None:

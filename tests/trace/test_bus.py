@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from broker import topics
 from broker.envelope import Envelope, MessageType, decode, encode
-from broker.payloads import CommandData, ScanData, ScanPurpose, VerdictClass, VerdictData
+from broker.payloads import CommandData, ScanData, ScanPurpose, TraceListsArgs, VerdictClass, VerdictData
 from cloud.bus.worker import CloudBus
 from cloud.engines import load_engines
 from cloud.trace.models import Alert, Scan
@@ -80,10 +80,10 @@ def test_every_verdict_class_over_the_bus(broker: Broker, tworld: World, hq: Tes
             await until(lambda: any(t == lists_topic for t, _ in b1.received), what="the trace lists")
             lists = [decode(raw, t).data for t, raw in b1.received if t == lists_topic]
             assert isinstance(lists[0], CommandData) and lists[0].name == "trace_lists"
-            args = lists[0].args
-            assert (args["part"], args["parts"], args["store"]) == (1, 1, "st0001")
-            assert sorted(r[1] for r in args["received"]) == sorted(east)
-            assert args["recalled_units"] == [[chain.GTIN, east[4]]]
+            args = TraceListsArgs.model_validate(lists[0].args)
+            assert (args.part, args.parts, args.store) == (0, 1, "st0001")
+            assert sorted(u.serial for u in args.received) == sorted(east)
+            assert [(u.gtin, u.serial) for u in args.recalled_units] == [(chain.GTIN, east[4])]
 
             expect: list[tuple[Box, str, ScanPurpose, VerdictClass, str]] = [
                 (b1, el(east[0]), ScanPurpose.SELL, VerdictClass.GENUINE, "commissioned_unit"),
