@@ -173,21 +173,20 @@ def box_config(
 
 
 def with_station(cfg: NodeConfig, data: Path) -> NodeConfig:
-    """The demo's scanning station: the box's camera reads a generated video of unit codes (looped),
-    scans go to the cloud; until the cloud's traceability engine answers, each verdict is the box's
-    provisional one from its offline lists (and receipts print to a file)."""
+    """The demo's scanning station: the box's camera reads a generated video of unit codes (looped)
+    that the traceability demo commissioned and received at the box's store; scans go to the cloud,
+    whose verdicts come back (the box answers provisionally from its lists if the cloud is slow or
+    away), and receipts print to a file."""
     from edge.station.testcard import Symbol, write_video
     from firmware_config import PrinterDevice, ScannerDevice, StationConfig
-    from gs1 import check_digit
+    from omnishelf.demo_trace import STATION_ITEMS, station_gtin
 
     folder = (data / "station").resolve()
     folder.mkdir(parents=True, exist_ok=True)
     video = folder / "counter.avi"
     if not video.exists():
-        symbols: list[Symbol | None] = []
-        for item in range(1, 6):
-            body = f"0950600{item:06d}"
-            symbols.append(Symbol(f"(01){body}{check_digit(body)}(17)281231(10)L{item:03d}(21)DEMO{item:04d}", gs1=True))
+        symbols: list[Symbol | None] = [
+            Symbol(f"(01){station_gtin(i)}(17)281231(10)L{i:03d}(21)DEMO{i:04d}", gs1=True) for i in STATION_ITEMS]
         write_video(video, symbols, hold=8, gap=8, fps=5)
     scanner = ScannerDevice(kind="scanner", name="counter-camera", source="camera", path=video, loop=True, max_fps=5,
                             formats=("datamatrix", "qrcode"), purpose="sell")
@@ -259,6 +258,8 @@ def run(args: argparse.Namespace) -> int:
         cloud = sup.start("cloud", "cloud", "serve", "--host", "127.0.0.1", "--port", str(http_port))
         api = f"http://127.0.0.1:{http_port}"
         _wait_http(f"{api}/health", cloud)
+        # Before the boxes: the camera station's first scans must find their units commissioned.
+        trace_lines = _trace(api, api_key, layout.url, passwords[demo_trace.STATION])
         local_ports: dict[str, int] = {}
         for store, node in stores.items():
             secret = data / "secrets" / node
@@ -275,7 +276,6 @@ def run(args: argparse.Namespace) -> int:
             )
             sup.start(f"edge-{node}", "edge", "run", "--config", str(cfg))
         first = nodes[0]
-        trace_lines = _trace(api, api_key, layout.url, passwords[demo_trace.STATION])
 
         print(
             "\n".join(
@@ -297,8 +297,8 @@ def run(args: argparse.Namespace) -> int:
                     f"  a box's local API (what its kiosk uses, works offline): http://127.0.0.1:{local_ports[first]}/status",
                     f"    curl -s 'http://127.0.0.1:{local_ports[first]}/search?q=tea'   ({first})",
                     f"    curl -sG --data-urlencode 'q=龙井' http://127.0.0.1:{local_ports[first]}/search",
-                    f"  its scanning station (a camera reading a generated video; verdicts stay provisional until the"
-                    f" cloud answers): curl -s 'http://127.0.0.1:{local_ports[first]}/station/verdicts?limit=5'",
+                    f"  its scanning station (a camera reading a generated video of five units received at {first}'s store;"
+                    f" first pass genuine, then already sold): curl -s 'http://127.0.0.1:{local_ports[first]}/station/verdicts?limit=5'",
                     "  watch the bus:",
                     f"    mosquitto_sub -h 127.0.0.1 -p {mqtt_port} -V mqttv5 -u {MONITOR_USER} -i {MONITOR_USER} "
                     f"-P '{passwords[MONITOR_USER]}' -t '{topics.everything_filter()}' -v",

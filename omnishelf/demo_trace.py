@@ -15,10 +15,18 @@ from broker import topics
 from broker.client import BrokerAddress, MqttConnection
 from broker.envelope import Envelope, MessageType, decode, encode
 from broker.payloads import AckData, BirthData, DeathData, ScanData, ScanPurpose, VerdictData
+from gs1 import check_digit
 
 STATION = "st0003-k2"
 """A scanning station at store st0003 (the demo's boxes st000x-k1 are kiosks)."""
 GTIN = "09506000134352"
+STATION_ITEMS = range(1, 6)
+
+
+def station_gtin(item: int) -> str:
+    """The GTIN of the demo camera station's item `item` (the video `omnishelf.demo` draws)."""
+    body = f"0950600{item:06d}"
+    return body + check_digit(body)
 
 
 def _call(api: str, key: str, method: str, path: str, body: bytes | None = None,
@@ -43,6 +51,15 @@ def master_data(api: str, key: str) -> list[str]:
     for serial, store in (("D0001", "st0001"), ("D0002", "st0003"), ("D0003", "st0003")):
         _call(api, key, "POST", "/trace/scans", json.dumps({
             "code": f"(01){GTIN}(21){serial}", "location": store, "purpose": "receive"}).encode())
+    # The units on the video the demo's camera station (st0001-k1) reads: received at its store, so
+    # its first pass sells them (genuine), later passes find them sold.
+    station_rows = "".join(
+        f"{station_gtin(i)},DEMO{i:04d},L{i:03d},2028-12-31,fac-suzhou,{made}\n" for i in STATION_ITEMS)
+    _call(api, key, "POST", "/trace/commission", f"gtin,serial,batch,expiry,location,at\n{station_rows}".encode(),
+          "text/csv")
+    for i in STATION_ITEMS:
+        _call(api, key, "POST", "/trace/scans", json.dumps({
+            "code": f"(01){station_gtin(i)}(21)DEMO{i:04d}", "location": "st0001", "purpose": "receive"}).encode())
     # D0001 is sold in Shanghai now: its code turning up in Shenzhen next is a copy.
     _call(api, key, "POST", "/trace/scans", json.dumps({
         "code": f"(01){GTIN}(21)D0001", "location": "st0001", "purpose": "sell", "station": "till-1"}).encode())

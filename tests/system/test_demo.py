@@ -95,6 +95,16 @@ def test_demo_runs_the_whole_system_and_stops_cleanly(tmp_path: Path) -> None:
         assert re.search(r"http://\S+/console/bus/failed", text)
         # Traceability: the demo's scanning station got a verdict over the bus for each of its scans.
         assert "D0002: genuine (commissioned_unit)" in text and "D0001: cloned (impossible_travel)" in text, text
+        # The first box's camera station reads the generated video; the cloud knows those units
+        # (received at its store), so the final verdicts of the first pass are genuine sales.
+        verdicts_url = re.search(r"curl -s '(http://\S+/station/verdicts)\?limit=5'", text).group(1)  # type: ignore[union-attr]
+
+        def a_final_genuine_sale() -> bool:
+            scans = _get(f"{verdicts_url}?limit=20")["scans"]  # type: ignore[index]
+            return any(s["verdict"] and s["verdict"]["verdict"] == "genuine" and not s["verdict"]["provisional"]
+                       and s["code"].endswith("DEMO0001") for s in scans)
+
+        wait_for(lambda: _ok(a_final_genuine_sale), 60, "the camera station's first unit verified genuine by the cloud")
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) == 5, [c.cmdline() for c in children]  # broker, cloud, three boxes
     finally:
