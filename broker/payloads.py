@@ -8,7 +8,7 @@ module; every change here is a change of the bus contract and goes with its test
 from __future__ import annotations
 
 import enum
-from datetime import date, datetime, time
+from datetime import date, time
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -28,16 +28,16 @@ __all__ = [
     "FulfilStatus",
     "Fulfilment",
     "HostStateData",
+    "MediaRef",
     "OrderData",
     "OrderLine",
     "ParsedCode",
     "Payload",
-    "MediaRef",
     "PopData",
+    "RebirthData",
     "RuleCampaign",
     "RuleDaypart",
     "RuleItem",
-    "RebirthData",
     "ScanData",
     "ScanPurpose",
     "ScheduleData",
