@@ -23,6 +23,7 @@ ENGINE_MODULES: tuple[str, ...] = (
     "cloud.access.engine",
     "cloud.fleet.engine",
     "cloud.catalogue.engine",
+    "cloud.signage.engine",
 )
 """Each module holds `ENGINE: EngineSpec`. Order: handlers of one type run in this order."""
 
@@ -30,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "users": ("cloud.access.cli", "console users and API keys (create the first admin here)"),
     "fleet": ("cloud.fleet.cli", "operate the bus: failed messages and their replay, commands sent to boxes"),
     "catalogue": ("cloud.catalogue.cli", "product master data: bulk import (CSV/JSON), import history, catalogue version"),
+    "signage": ("cloud.signage.cli", "signage: media upload, publish and roll back, what a store's screens play, proof of play"),
 }
 """`omnishelf <name>` → (module with `add_parser(subparsers)`, help line), for the engines' commands."""
 
