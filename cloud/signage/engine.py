@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-from cloud.engine import EngineSpec
-from cloud.signage import models
+from pathlib import Path
 
-ENGINE = EngineSpec(name="signage", models=(models,))
+from broker.envelope import MessageType
+from cloud.access.scope import Perm
+from cloud.engine import EngineSpec, Handler, NavItem, Task
+from cloud.signage import api, console, handlers, models
+
+ENGINE = EngineSpec(
+    name="signage",
+    models=(models,),
+    routers=(api.router,),
+    pages=(console.router,),
+    templates=Path(__file__).parent / "templates",
+    nav=(NavItem("signage", "Signage", "/console/signage", Perm.BUSINESS, 50),),
+    handlers=(Handler(MessageType.POP, handlers.on_pop), Handler(MessageType.ACK, handlers.on_ack)),
+    tasks=(Task("signage-refresher", handlers.refresher),),
+)
