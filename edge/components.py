@@ -21,4 +21,12 @@ def _catalogue(ctx: ComponentContext) -> Component | None:
     return CatalogueComponent(ctx)
 
 
-COMPONENTS: tuple[ComponentFactory, ...] = (_catalogue,)
+def _signage(ctx: ComponentContext) -> Component | None:
+    if ctx.config.signage.cloud_url is None:
+        return None
+    from edge.signage.component import SignageComponent
+
+    return SignageComponent(ctx)
+
+
+COMPONENTS: tuple[ComponentFactory, ...] = (_catalogue, _signage)

@@ -59,7 +59,7 @@ def setup_campaigns(c: TestClient, tmp: Path) -> tuple[str, str]:
 def test_publish_sends_each_screen_its_schedule_and_the_calendar_is_the_same_expansion(world: World, tmp_path: Path) -> None:
     with client(world, tmp_path) as c:
         login(c, "hq")
-        red, clip = setup_campaigns(c, tmp_path)
+        red, _clip = setup_campaigns(c, tmp_path)
         # Served by hash, with ranges (a resumed download).
         whole = c.get(f"/signage/media/{red}")
         assert hashlib.sha256(whole.content).hexdigest() == red
