@@ -18,7 +18,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, Table, func, select
 from sqlalchemy.orm import Session, joinedload
 
 from broker.envelope import MessageType
@@ -35,6 +35,7 @@ from cloud.access.scope import (
 )
 from cloud.access.service import InputError, audit
 from cloud.bus import downlink
+from cloud.db import insert_for
 from cloud.models import Node, Region, Store
 from cloud.signage.media import MediaError, MediaStore
 from cloud.signage.models import Campaign, Media, Play, PlayDropped, Playlist, Publication, ScreenState
@@ -495,16 +496,16 @@ OVERLAP_SLACK = timedelta(seconds=1)
 FUTURE_SLACK = timedelta(minutes=5)
 
 
-def drop(session: Session, node: str, reason: str, now: datetime) -> None:
-    row = session.scalars(select(PlayDropped).where(PlayDropped.node == node, PlayDropped.reason == reason)).one_or_none()
-    if row is None:
-        session.add(PlayDropped(node=node, reason=reason, count=1, last_at=now))
-    else:
-        row.count += 1
-        row.last_at = now
+def drop(conn: Connection, node: str, reason: str, now: datetime) -> None:
+    """Count an implausible record (in the handler's transaction: once per stored message)."""
+    t: Table = PlayDropped.__table__  # type: ignore[assignment]
+    conn.execute(
+        insert_for(conn, t).values(node=node, reason=reason, count=1, last_at=now)
+        .on_conflict_do_update(index_elements=["node", "reason"], set_={"count": t.c.count + 1, "last_at": now})
+    )
 
 
-def implausible(session: Session, node: str, screen: str, start: datetime, duration_ms: int, received_at: datetime) -> str | None:
+def implausible(conn: Connection, node: str, screen: str, start: datetime, duration_ms: int, received_at: datetime) -> str | None:
     """Why a proof-of-play record cannot be true, or None."""
     if duration_ms <= 0:
         return "empty"
@@ -513,7 +514,7 @@ def implausible(session: Session, node: str, screen: str, start: datetime, durat
     end = start + timedelta(milliseconds=duration_ms)
     if start > received_at + FUTURE_SLACK:
         return "future"
-    near = session.execute(
+    near = conn.execute(
         select(Play.started_at, Play.duration_ms).where(
             Play.node == node, Play.screen == screen, Play.started_at < end - OVERLAP_SLACK,
             Play.started_at > start - timedelta(milliseconds=MAX_PLAY_MS),

@@ -142,7 +142,9 @@ class SignageComponent(Component):
             self._fetch_wake.clear()
             delay = 600.0
             try:
-                await asyncio.to_thread(self.fetch_round)
+                if await asyncio.to_thread(self.fetch_round):
+                    # The player may be showing a fallback for a file that just arrived.
+                    self.player.wake()
                 self.backoff.reset()
                 if any(not self.cache.has(s) for s in await asyncio.to_thread(self.needed)):
                     delay = self.backoff.next_delay()

@@ -152,6 +152,8 @@ class Player:
         self.deadline: datetime | None = None
         self.sleeping = asyncio.Event()
         """Set while the player waits for its next deadline (tests step a ManualClock on it)."""
+        self.turns = 0
+        """Decisions taken so far (one per boundary or wake-up)."""
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._slots: tuple[Slot, ...] = ()
@@ -233,6 +235,7 @@ class Player:
                     await self._end(now)
                     self._start(key, shown, slot, now)
                 self.deadline = until
+                self.turns += 1
                 self.sleeping.set()
                 await self.clock.sleep_until(until, self._wake)
         finally:
