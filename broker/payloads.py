@@ -331,10 +331,10 @@ class MediaRef(Payload):
 class ScheduleData(Payload):
     """A screen's timeline (retained; the latest wins) and the rules it was expanded from.
 
-    `items` is the cloud's expansion from `valid_from`, as much of it as fits in one message; the
-    box expands `campaigns` + `default` itself (the same code, `signage_rules`), checks that it gets
-    `items` and `timeline_hash` (the whole window's digest), and keeps expanding past `valid_until`
-    while it is offline."""
+    `items` is the head of the cloud's expansion from `valid_from`, as much of it as fits in one
+    message; the box expands `campaigns` + `default` itself (the same code, `signage_rules`),
+    checks that it gets `items` and `timeline_hash` (the digest of the whole window's plan:
+    `signage_rules.Plan.digest`), and keeps expanding past `valid_until` while it is offline."""
 
     version: Count
     timeline_hash: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")] | None = None
@@ -347,8 +347,6 @@ class ScheduleData(Payload):
     campaigns: Annotated[tuple[RuleCampaign, ...], Field(max_length=200)] = ()
     default: Annotated[tuple[RuleItem, ...], Field(max_length=500)] = ()
     media: Annotated[tuple[MediaRef, ...], Field(max_length=1000)] = ()
-    published: bool = True
-    """False: everything was unpublished; the box stops what plays at once and shows the default."""
 
     @model_validator(mode="after")
     def _window(self) -> ScheduleData:

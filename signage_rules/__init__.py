@@ -50,14 +50,21 @@ __all__ = [
     "Daypart",
     "Item",
     "Layer",
+    "Plan",
     "Rules",
     "RulesError",
+    "Run",
     "Screen",
     "Slot",
+    "Spot",
     "active_intervals",
     "always_on",
     "current",
     "expand",
+    "expand_many",
+    "plan",
+    "plan_many",
+    "targeted",
     "targets",
     "timeline_hash",
     "validate",
@@ -263,39 +270,121 @@ def _midnights(zone: ZoneInfo, start: datetime, end: datetime) -> list[datetime]
 # -- expansion ------------------------------------------------------------------------------------
 
 
-def _fill(
-    items_by_campaign: Sequence[tuple[str | None, tuple[Item, ...]]],
-    layer: Layer,
-    start: datetime,
-    end: datetime,
-    holes: Sequence[tuple[datetime, datetime]],
-    zone: ZoneInfo,
-    out: list[Slot],
-) -> None:
-    """Play the interleaved playlists from `start` to `end`, skipping `holes` (interrupt spots):
-    the rotation continues after a hole rather than restarting."""
-    # Round-robin over campaigns, each through its own items: A1 B1 A2 B2 A3 B1 … (a short
-    # playlist wraps around inside the longer one's cycle).
-    longest = max(len(i) for _, i in items_by_campaign)
-    rotation = [(cid, items[idx % len(items)]) for idx in range(longest) for cid, items in items_by_campaign]
+@dataclass(frozen=True, slots=True)
+class Run:
+    """A stretch in which one layer holds the screen: its playlist (the winners' items interleaved)
+    plays from `start`, in order and round and round, skipping the `holes` (interrupt spots)."""
+
+    start: datetime
+    end: datetime
+    layer: Layer
+    rotation: tuple[tuple[str | None, Item], ...]
+    """(campaign id or None for the default playlist, item) in playing order; empty: nothing plays."""
+    holes: tuple[tuple[datetime, datetime], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Spot:
+    start: datetime
+    end: datetime
+    campaign: str
+    items: tuple[Item, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A screen's timeline in compact form: every slot follows from it by arithmetic (`slots`).
+    The cloud computes, hashes and sends plans; the box and the console materialise the slots of
+    the window they need."""
+
+    timezone: str
+    runs: tuple[Run, ...]
+    spots: tuple[Spot, ...]
+
+    def slots(self, start: datetime, end: datetime, limit: int | None = None) -> tuple[Slot, ...]:
+        """The slots overlapping [start, end), in order (at most `limit`)."""
+        zone = _zone(self.timezone)
+        out: list[Slot] = []
+        spots = iter(self.spots)
+        spot = next(spots, None)
+        cap = limit if limit is not None else 1 << 62
+        for run in self.runs:
+            if run.end <= start:
+                continue
+            if run.start >= end or len(out) >= cap:
+                break
+            # Spots before this run's slots (and inside it) are interleaved in time order.
+            for slot in _run_slots(run, start, end, zone):
+                while spot is not None and spot.start <= slot.start:
+                    if spot.end > start and spot.start < end:
+                        out.extend(_spot_slots(spot, zone))
+                    spot = next(spots, None)
+                out.append(slot)
+                if len(out) >= cap:
+                    break
+        while spot is not None and spot.start < end and len(out) < cap:
+            if spot.end > start:
+                out.extend(_spot_slots(spot, zone))
+            spot = next(spots, None)
+        return tuple(out[:cap])
+
+    def digest(self) -> str:
+        """A short, stable hash of the whole plan (what the box compares with the cloud's)."""
+        h = hashlib.sha256(self.timezone.encode())
+        for r in self.runs:
+            h.update(f"R{r.start.timestamp()}|{r.end.timestamp()}|{r.layer.value}|".encode())
+            for cid, it in r.rotation:
+                h.update(f"{cid}:{it.media}:{float(it.duration_s)!r};".encode())
+            for a, b in r.holes:
+                h.update(f"H{a.timestamp()}|{b.timestamp()};".encode())
+        for sp in self.spots:
+            h.update(f"S{sp.start.timestamp()}|{sp.end.timestamp()}|{sp.campaign}|".encode())
+            for it in sp.items:
+                h.update(f"{it.media}:{float(it.duration_s)!r};".encode())
+        return h.hexdigest()[:32]
+
+
+def _spot_slots(spot: Spot, zone: ZoneInfo) -> list[Slot]:
+    out = []
+    t = spot.start
+    for item in spot.items:
+        e = min(t + timedelta(seconds=item.duration_s), spot.end)
+        out.append(Slot(t, e, item.media, Layer.INTERRUPT, spot.campaign, t.astimezone(zone)))
+        t = e
+    return out
+
+
+def _run_slots(run: Run, start: datetime, end: datetime, zone: ZoneInfo) -> Iterable[Slot]:
+    """The slots of `run` overlapping [start, end). The walk is in float seconds (cheap) and only
+    the slots in the window become objects."""
+    if not run.rotation:
+        return
+    base = run.start
+    t = 0.0
+    stop_all = (run.end - base).total_seconds()
+    lo, hi = (start - base).total_seconds(), (end - base).total_seconds()
+    holes = [((a - base).total_seconds(), (b - base).total_seconds()) for a, b in run.holes]
+    durations = [it.duration_s for _, it in run.rotation]
+    n = len(durations)
     k = 0
-    t = start
-    hi = 0
-    while t < end:
-        while hi < len(holes) and holes[hi][1] <= t:
-            hi += 1
-        if hi < len(holes) and holes[hi][0] <= t:
-            t = holes[hi][1]
+    hi_i = 0
+    while t < stop_all and t < hi:
+        while hi_i < len(holes) and holes[hi_i][1] <= t:
+            hi_i += 1
+        if hi_i < len(holes) and holes[hi_i][0] <= t:
+            t = holes[hi_i][1]
             continue
-        stop = min(end, holes[hi][0]) if hi < len(holes) else end
-        cid, item = rotation[k % len(rotation)]
+        stop = min(stop_all, holes[hi_i][0]) if hi_i < len(holes) else stop_all
+        e = min(stop, t + durations[k % n])
+        if e > lo:
+            cid, item = run.rotation[k % n]
+            a = base + timedelta(seconds=t)
+            yield Slot(a, base + timedelta(seconds=e), item.media, run.layer, cid, a.astimezone(zone))
         k += 1
-        e = min(stop, t + timedelta(seconds=item.duration_s))
-        out.append(Slot(t, e, item.media, layer, cid, t.astimezone(zone)))
         t = e
 
 
-def _spots(
+def _spot_times(
     campaign: Campaign, active: Sequence[tuple[datetime, datetime]], start: datetime, end: datetime
 ) -> list[tuple[datetime, datetime]]:
     """Evenly spaced spots of an interrupt campaign: `n` per UTC hour at (i + ½)·3600/n s past
@@ -316,89 +405,191 @@ def _spots(
     return out
 
 
-def expand(rules: Rules, screen: Screen, start: datetime, end: datetime, *, clock_trusted: bool = True) -> tuple[Slot, ...]:
-    """The slots `screen` plays from `start` to `end` (UTC, aware), in order, without gaps when a
-    default playlist exists. Slots overlapping the window are returned whole, so any window gives
-    the same slots where windows overlap. Pure: same input, same output, anywhere.
+_Actives = dict[str, list[tuple[datetime, datetime]]]
+
+
+def _spot_order(x: tuple[datetime, int, str, datetime, Campaign]) -> tuple[datetime, int, str]:
+    return x[0], x[1], x[2]
+
+
+def plan(
+    rules: Rules, screen: Screen, start: datetime, end: datetime, *, clock_trusted: bool = True,
+    _actives: _Actives | None = None, _spot_cache: dict[str, list[tuple[datetime, datetime]]] | None = None,
+) -> Plan:
+    """The compact timeline of `screen` from `start` to `end` (UTC, aware): runs and spots
+    overlapping the window, whole, so any window gives the same runs where windows overlap.
+    Pure: same input, same output, anywhere.
 
     `clock_trusted=False` (a box whose clock never synced): only always-on campaigns and the
     default playlist, because no date or time of day can be told."""
     start, end = _aware(start, "start"), _aware(end, "end")
-    if end <= start:
-        return ()
     zone = _zone(screen.timezone)
+    if end <= start:
+        return Plan(screen.timezone, (), ())
     mine = [c for c in rules.campaigns if targets(c, screen) and (clock_trusted or always_on(c))]
     # Padded by a day each side so that runs and spots that straddle the window are whole.
     lo, hi = start - timedelta(days=1), end + timedelta(days=1)
-    actives = {c.id: active_intervals(c, zone, lo, hi) for c in mine}
+    actives: _Actives = {}
+    for c in mine:
+        got = _actives.get(c.id) if _actives is not None else None
+        if got is None:
+            got = active_intervals(c, zone, lo, hi)
+            if _actives is not None:
+                _actives[c.id] = got
+        actives[c.id] = got
     base = [c for c in mine if c.layer is not Layer.INTERRUPT]
-    cuts = {lo, hi, *_midnights(zone, lo, hi)}
-    for c in base:
-        for s, e in actives[c.id]:
-            cuts.update((max(s, lo), min(e, hi)))
-    bounds = sorted(cuts)
 
-    # Runs: maximal pieces in which the same set of campaigns holds the screen.
-    runs: list[tuple[datetime, datetime, Layer, tuple[Campaign, ...]]] = []
-    for a, b in itertools.pairwise(bounds):
-        live = [c for c in base if any(s <= a and b <= e for s, e in actives[c.id])]
-        over = [c for c in live if c.layer is Layer.OVERRIDE]
-        pool, layer = (over, Layer.OVERRIDE) if over else (live, Layer.NORMAL)
+    # A sweep over the boundaries: which base campaigns are active between two of them.
+    events: list[tuple[datetime, int, int]] = []
+    for n, c in enumerate(base):
+        for s, e in actives[c.id]:
+            if e > lo and s < hi:
+                events.append((max(s, lo), 1, n))
+                events.append((min(e, hi), -1, n))
+    midnights = _midnights(zone, lo, hi)
+    cuts = sorted({lo, hi, *midnights, *(t for t, _, _ in events)})
+    events.sort()  # at one instant an end (-1) comes before a start (+1)
+    live: set[int] = set()
+    ei = 0
+    midnight_set = set(midnights)
+    runs_raw: list[tuple[datetime, datetime, Layer, tuple[Campaign, ...]]] = []
+    for a, b in itertools.pairwise(cuts):
+        while ei < len(events) and events[ei][0] <= a:
+            _, kind, n = events[ei]
+            if kind > 0:
+                live.add(n)
+            else:
+                live.discard(n)
+            ei += 1
+        cands = [base[n] for n in live]
+        over = [c for c in cands if c.layer is Layer.OVERRIDE]
+        pool, layer = (over, Layer.OVERRIDE) if over else (cands, Layer.NORMAL)
         if pool:
             top = max(c.priority for c in pool)
             winners = tuple(sorted((c for c in pool if c.priority == top), key=lambda c: c.id))
         else:
             winners, layer = (), Layer.DEFAULT
-        if runs and runs[-1][1] == a and runs[-1][2] is layer and runs[-1][3] == winners and not _is_midnight(a, zone):
-            runs[-1] = (runs[-1][0], b, layer, winners)
+        if runs_raw and runs_raw[-1][1] == a and runs_raw[-1][2] is layer and runs_raw[-1][3] == winners \
+                and a not in midnight_set:
+            runs_raw[-1] = (runs_raw[-1][0], b, layer, winners)
         else:
-            runs.append((a, b, layer, winners))
+            runs_raw.append((a, b, layer, winners))
 
     # Interrupt spots, placed over anything but an override; two campaigns' spots never overlap
-    # (the later one waits for the earlier to end).
-    spots: list[tuple[datetime, datetime, Campaign]] = []
-    for c in sorted((c for c in mine if c.layer is Layer.INTERRUPT), key=lambda c: (-c.priority, c.id)):
-        for a, b in _spots(c, actives[c.id], lo, hi):
-            spots.append((a, b, c))
-    spots.sort(key=lambda x: (x[0], -x[2].priority, x[2].id))
+    # (the later one waits for the earlier to end). Only spots near the window matter (a chain of
+    # waiting spots is minutes long, not hours).
+    slo, shi = start - timedelta(hours=1), end + timedelta(hours=1)
+    cands_spots: list[tuple[datetime, int, str, datetime, Campaign]] = []
+    for c in mine:
+        if c.layer is Layer.INTERRUPT:
+            key = "spots:" + c.id
+            times = _spot_cache.get(key) if _spot_cache is not None else None
+            if times is None:
+                times = _spot_times(c, actives[c.id], slo, shi)
+                if _spot_cache is not None:
+                    _spot_cache[key] = times
+            cands_spots.extend((a, -c.priority, c.id, b, c) for a, b in times)
+    cands_spots.sort(key=_spot_order)
+    overrides = [(a, b) for a, b, layer, _ in runs_raw if layer is Layer.OVERRIDE]
     placed: list[tuple[datetime, datetime, Campaign]] = []
-    for a, b, c in spots:
+    oi = 0
+    for a, _, _, b, c in cands_spots:
         if placed and a < placed[-1][1]:
             shift = placed[-1][1] - a
             a, b = a + shift, b + shift
-        if _overlaps_override(a, b, runs):
+        # Both lists are in time order: one pointer walks the overrides.
+        while oi < len(overrides) and overrides[oi][1] <= a:
+            oi += 1
+        if oi < len(overrides) and overrides[oi][0] < b:
             continue
         placed.append((a, b, c))
 
-    out: list[Slot] = []
+    runs: list[Run] = []
     starts = [p[0] for p in placed]
-    for a, b, layer, winners in runs:
-        i, j = bisect.bisect_left(starts, a), bisect.bisect_left(starts, b)
-        holes = [] if layer is Layer.OVERRIDE else [(s, e) for s, e, _ in placed[i:j]]
-        # A spot that started in the previous run and reaches into this one.
-        if layer is not Layer.OVERRIDE and i > 0 and placed[i - 1][1] > a:
-            holes.insert(0, (placed[i - 1][0], placed[i - 1][1]))
+    for a, b, layer, winners in runs_raw:
+        if b <= start or a >= end:
+            continue
+        holes: list[tuple[datetime, datetime]] = []
+        if layer is not Layer.OVERRIDE:
+            i, j = bisect.bisect_left(starts, a), bisect.bisect_left(starts, b)
+            if i > 0 and placed[i - 1][1] > a:
+                i -= 1  # a spot that started in the previous run and reaches into this one
+            holes = [(s, e) for s, e, _ in placed[i:j]]
+        rotation: tuple[tuple[str | None, Item], ...]
         if winners:
-            _fill([(c.id, c.items) for c in winners], layer, a, b, holes, zone, out)
-        elif rules.default:
-            _fill([(None, rules.default)], Layer.DEFAULT, a, b, holes, zone, out)
-    for a, b, c in placed:
-        t = a
-        for item in c.items:
-            e = t + timedelta(seconds=item.duration_s)
-            out.append(Slot(t, min(e, b), item.media, Layer.INTERRUPT, c.id, t.astimezone(zone)))
-            t = e
-    out.sort(key=lambda s: s.start)
-    return tuple(s for s in out if s.end > start and s.start < end)
+            longest = max(len(c.items) for c in winners)
+            # Round-robin over the campaigns, each through its own items: A1 B1 A2 B2 A3 B1 …
+            rotation = tuple((c.id, c.items[k % len(c.items)]) for k in range(longest) for c in winners)
+        else:
+            rotation = tuple((None, it) for it in rules.default)
+        runs.append(Run(a, b, layer, rotation, tuple(holes)))
+    spots = tuple(Spot(a, b, c.id, c.items) for a, b, c in placed if b > start and a < end)
+    return Plan(screen.timezone, tuple(runs), spots)
 
 
-def _is_midnight(t: datetime, zone: ZoneInfo) -> bool:
-    local = t.astimezone(zone)
-    return local.time() == time(0) and _local(local.date(), time(0), zone, end=False) == t
+def expand(rules: Rules, screen: Screen, start: datetime, end: datetime, *, clock_trusted: bool = True) -> tuple[Slot, ...]:
+    """The slots `screen` plays from `start` to `end` (UTC, aware), in order, without gaps when a
+    default playlist exists; slots overlapping the window are returned whole (see `plan`)."""
+    start, end = _aware(start, "start"), _aware(end, "end")
+    return plan(rules, screen, start, end, clock_trusted=clock_trusted).slots(start, end)
 
 
-def _overlaps_override(a: datetime, b: datetime, runs: Sequence[tuple[datetime, datetime, Layer, tuple[Campaign, ...]]]) -> bool:
-    return any(ra < b and a < rb and layer is Layer.OVERRIDE for ra, rb, layer, _ in runs)
+def targeted(rules: Rules, screens: Iterable[Screen]) -> dict[str, tuple[Campaign, ...]]:
+    """node → the campaigns of `rules` that target it (in the rules' order)."""
+    # Index the targeting: most campaigns name regions or stores, so a screen looks only at those
+    # naming its region or store, plus the untargeted ones, instead of at all of them.
+    by_region: dict[str, list[Campaign]] = {}
+    by_store: dict[str, list[Campaign]] = {}
+    anywhere: list[Campaign] = []
+    for c in rules.campaigns:
+        if c.stores:
+            for code in c.stores:
+                by_store.setdefault(code, []).append(c)
+        elif c.regions:
+            for code in c.regions:
+                by_region.setdefault(code, []).append(c)
+        else:
+            anywhere.append(c)
+    order = {c.id: n for n, c in enumerate(rules.campaigns)}
+    out: dict[str, tuple[Campaign, ...]] = {}
+    for screen in screens:
+        pool = {c.id: c for c in (*anywhere, *by_region.get(screen.region, ()), *by_store.get(screen.store, ()))}
+        out[screen.node] = tuple(sorted((c for c in pool.values() if targets(c, screen)), key=lambda c: order[c.id]))
+    return out
+
+
+def plan_many(
+    rules: Rules, screens: Iterable[Screen], start: datetime, end: datetime,
+    mine: dict[str, tuple[Campaign, ...]] | None = None,
+) -> dict[str, Plan]:
+    """`plan` for many screens: node → plan. Screens with the same zone and the same targeted
+    campaigns (`mine`, computed by `targeted` if not given) get the same plan, computed once; each
+    campaign's active intervals and spots are computed once per zone."""
+    screens = list(screens)
+    mine = mine if mine is not None else targeted(rules, screens)
+    done: dict[tuple[str, tuple[str, ...]], Plan] = {}
+    zone_actives: dict[str, _Actives] = {}
+    zone_spots: dict[str, dict[str, list[tuple[datetime, datetime]]]] = {}
+    out: dict[str, Plan] = {}
+    for screen in screens:
+        own = mine[screen.node]
+        key = (screen.timezone, tuple(c.id for c in own))
+        p = done.get(key)
+        if p is None:
+            # Targeting is settled: plan the screen's own campaigns.
+            p = done[key] = plan(Rules(own, rules.default), screen, start, end,
+                                 _actives=zone_actives.setdefault(screen.timezone, {}),
+                                 _spot_cache=zone_spots.setdefault(screen.timezone, {}))
+        out[screen.node] = p
+    return out
+
+
+def expand_many(rules: Rules, screens: Iterable[Screen], start: datetime, end: datetime) -> dict[str, tuple[Slot, ...]]:
+    """`expand` for many screens (node → slots), through `plan_many`."""
+    start, end = _aware(start, "start"), _aware(end, "end")
+    plans = plan_many(rules, screens, start, end)
+    made: dict[int, tuple[Slot, ...]] = {}
+    return {node: made.setdefault(id(p), p.slots(start, end)) for node, p in plans.items()}
 
 
 def current(slots: Sequence[Slot], now: datetime) -> int:
@@ -411,7 +602,7 @@ def current(slots: Sequence[Slot], now: datetime) -> int:
 
 
 def timeline_hash(slots: Iterable[Slot]) -> str:
-    """A short, stable digest of a timeline (what the box compares with the cloud's)."""
+    """A short, stable digest of a materialised timeline."""
     h = hashlib.sha256()
     for s in slots:
         h.update(json.dumps([s.start.timestamp(), s.end.timestamp(), s.media, s.layer.value, s.campaign]).encode())

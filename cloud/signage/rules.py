@@ -12,7 +12,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from broker.payloads import MediaRef, RuleCampaign, RuleDaypart, RuleItem, ScheduleData, ScheduleItem, SignageLayer
-from signage_rules import Campaign, Daypart, Item, Layer, Rules, Screen, expand, targets, timeline_hash
+from signage_rules import Campaign, Daypart, Item, Layer, Plan, Rules
 
 __all__ = ["HORIZON", "ITEMS_BUDGET", "doc_hash", "rules_from_doc", "schedule_for"]
 
@@ -21,6 +21,8 @@ HORIZON = timedelta(hours=48)
 ITEMS_BUDGET = 150_000
 """Bytes of explicit items per schedule message (the envelope's limit is 256 KiB): beyond them the
 box relies on its own expansion, which it checks against `timeline_hash` anyway."""
+ITEMS_MAX = 2000
+"""The payload's own limit on explicit items."""
 
 
 def _date(v: Any) -> date | None:
@@ -58,27 +60,25 @@ def _rule_campaign(c: Campaign) -> RuleCampaign:
 
 
 def schedule_for(
-    rules: Rules, screen: Screen, version: int, start: datetime, media: dict[str, MediaRef], *, published: bool = True,
-    screen_name: str = "main",
+    mine: tuple[Campaign, ...], default: tuple[Item, ...], timeline: Plan, version: int, start: datetime,
+    media: dict[str, MediaRef], *, screen_name: str = "main",
 ) -> ScheduleData:
-    """The `schedule` command for one screen: its campaigns, the default playlist, the 48 h expansion
-    (as many explicit items as fit) and the whole expansion's hash."""
+    """The `schedule` command for one screen: the campaigns that target it, the default playlist,
+    the head of its 48 h timeline as explicit items (as many as fit) and the whole plan's digest."""
     end = start + HORIZON
-    slots = expand(rules, screen, start, end)
-    mine = tuple(c for c in rules.campaigns if targets(c, screen))
     items: list[ScheduleItem] = []
     size = 0
-    for s in slots:
+    for s in timeline.slots(start, end, limit=ITEMS_MAX):
         item = ScheduleItem(media=s.media, start=s.start, end=s.end, layer=SignageLayer(s.layer.value), campaign=s.campaign,
                             local_start=s.local_start)
         size += len(item.model_dump_json())
         if size > ITEMS_BUDGET:
             break
         items.append(item)
-    needed = {i.media for c in mine for i in c.items} | {i.media for i in rules.default}
+    needed = {i.media for c in mine for i in c.items} | {i.media for i in default}
     return ScheduleData(
-        version=version, timeline_hash=timeline_hash(slots), screen=screen_name, timezone=screen.timezone,
+        version=version, timeline_hash=timeline.digest(), screen=screen_name, timezone=timeline.timezone,
         valid_from=start, valid_until=end, items=tuple(items), campaigns=tuple(_rule_campaign(c) for c in mine),
-        default=tuple(RuleItem(media=i.media, duration_s=i.duration_s) for i in rules.default),
-        media=tuple(media[m] for m in sorted(needed) if m in media), published=published,
+        default=tuple(RuleItem(media=i.media, duration_s=i.duration_s) for i in default),
+        media=tuple(media[m] for m in sorted(needed) if m in media),
     )

@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Table, func, select
 from sqlalchemy.orm import Session, joinedload
 
 from broker.envelope import MessageType
-from broker.payloads import MediaRef
+from broker.payloads import MediaRef, ScheduleData
 from cloud.access.scope import (
     Forbidden,
     NotFound,
@@ -39,8 +39,8 @@ from cloud.db import insert_for
 from cloud.models import Node, Region, Store
 from cloud.signage.media import MediaError, MediaStore
 from cloud.signage.models import Campaign, Media, Play, PlayDropped, Playlist, Publication, ScreenState
-from cloud.signage.rules import campaign_from_doc, doc_hash, rules_from_doc, schedule_for
-from signage_rules import Layer, Rules, RulesError, Screen, Slot, expand, validate
+from cloud.signage.rules import HORIZON, campaign_from_doc, doc_hash, rules_from_doc, schedule_for
+from signage_rules import Layer, Rules, RulesError, Screen, Slot, expand, plan_many, targeted, validate
 
 __all__ = [
     "ENGINE_NAME",
@@ -368,22 +368,24 @@ def send_schedules(session: Session, pub: Publication, now: datetime, nodes: Seq
     rules = rules_from_doc(pub.rules)
     start = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     refs = media_refs(session, {i.media for c in rules.campaigns for i in c.items} | {i.media for i in rules.default})
-    cache: dict[tuple[str, str, str, frozenset[str]], Any] = {}
-    n = 0
-    for node, state in _screens(session, nodes):
-        screen = screen_of(node, state)
-        key = (screen.timezone, screen.store, screen.region, screen.tags)
-        # Screens alike (same store and tags) get the same expansion: computed once.
-        data = cache.get(key)
+    pairs = _screens(session, nodes)
+    screens = [screen_of(node, state) for node, state in pairs]
+    mine = targeted(rules, screens)
+    # Screens alike (same zone, same campaigns) share one plan and one payload.
+    plans = plan_many(rules, screens, start, start + HORIZON, mine)
+    made: dict[tuple[int, str], ScheduleData] = {}
+    for node, state in pairs:
+        timeline = plans[node.id]
+        data = made.get((id(timeline), state.screen))
         if data is None:
-            data = cache[key] = schedule_for(rules, screen, pub.version, start, refs, screen_name=state.screen)
+            data = made[(id(timeline), state.screen)] = schedule_for(
+                mine[node.id], rules.default, timeline, pub.version, start, refs, screen_name=state.screen)
         msg_id = downlink.send(session, node.id, MessageType.SCHEDULE, data, engine=ENGINE_NAME, retain=True,
                                expires_in=SCHEDULE_EXPIRES, key=f"signage:{node.id}:{pub.version}:{start.isoformat()}",
                                now=now)
         state.sent_version, state.sent_hash, state.sent_from, state.sent_msg_id = (
             pub.version, data.timeline_hash, start, str(msg_id))
-        n += 1
-    return n
+    return len(pairs)
 
 
 def refresh(session: Session, now: datetime) -> int:

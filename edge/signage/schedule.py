@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from broker.payloads import RuleItem, ScheduleData
-from signage_rules import Campaign, Daypart, Item, Layer, Rules, RulesError, Screen, expand, timeline_hash
+from signage_rules import Campaign, Daypart, Item, Layer, Rules, RulesError, Screen, plan
 
 __all__ = ["agreement", "load", "rules_of", "save", "screen_of"]
 
@@ -25,7 +25,7 @@ def rules_of(data: ScheduleData) -> Rules:
         tuple(Campaign(id=c.id, layer=Layer(c.layer.value), items=_items(c.items), priority=c.priority,
                        start_date=c.start_date, end_date=c.end_date, sov_s=c.sov_s,
                        dayparts=tuple(Daypart(frozenset(d.weekdays), d.start, d.end) for d in c.dayparts))
-              for c in data.campaigns if data.published),
+              for c in data.campaigns),
         _items(data.default),
     )
 
@@ -37,15 +37,18 @@ def screen_of(data: ScheduleData, node: str) -> Screen:
 def agreement(data: ScheduleData, node: str) -> str | None:
     """None if this box's expansion of the rules is the cloud's (its items and its hash); else why not."""
     try:
-        slots = expand(rules_of(data), screen_of(data, node), data.valid_from, data.valid_until)
+        timeline = plan(rules_of(data), screen_of(data, node), data.valid_from, data.valid_until)
     except RulesError as exc:
         return f"the rules cannot be expanded here: {exc}"
+    slots = timeline.slots(data.valid_from, data.valid_until, limit=len(data.items))
+    if len(slots) < len(data.items):
+        return f"the cloud sent {len(data.items)} items, this box expands only {len(slots)}"
     for n, (mine, theirs) in enumerate(zip(slots, data.items, strict=False)):
         if (mine.start, mine.end, mine.media, mine.campaign) != (theirs.start, theirs.end, theirs.media, theirs.campaign):
             return (f"item {n} differs: the cloud says {theirs.campaign or 'default'} at {theirs.start.isoformat()}, "
                     f"this box expands {mine.campaign or 'default'} at {mine.start.isoformat()}")
-    if data.timeline_hash is not None and timeline_hash(slots) != data.timeline_hash:
-        return f"the timeline hash differs (cloud {data.timeline_hash}, box {timeline_hash(slots)})"
+    if data.timeline_hash is not None and timeline.digest() != data.timeline_hash:
+        return f"the timeline hash differs (cloud {data.timeline_hash}, box {timeline.digest()})"
     return None
 
 

@@ -19,7 +19,7 @@ from cloud.models import DownlinkCommand, Store
 from cloud.settings import Settings
 from cloud.signage.rules import rules_from_doc
 from cloud.signage.service import current_publication
-from signage_rules import Screen, expand, timeline_hash
+from signage_rules import Screen, expand, plan
 from tests.access.conftest import World, sign_in
 from tests.signage.conftest import png, video
 
@@ -90,7 +90,7 @@ def test_publish_sends_each_screen_its_schedule_and_the_calendar_is_the_same_exp
         store = s.scalars(select(Store).where(Store.code == "st0001")).one()
         screen = Screen("st0001-k1", "st0001", "east", store.timezone)
         slots2 = expand(rules_from_doc(pub.rules), screen, data.valid_from, data.valid_until)
-        assert data.timeline_hash == timeline_hash(slots2)
+        assert data.timeline_hash == plan(rules_from_doc(pub.rules), screen, data.valid_from, data.valid_until).digest()
         assert [(i.start, i.media) for i in data.items] == [(x.start, x.media) for x in slots2[: len(data.items)]]
 
 
