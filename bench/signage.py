@@ -1,8 +1,9 @@
 """Signage benchmark: expanding 48 h timelines for many screens, the box's decision, switch jitter.
 
 Prints one JSON document. Each figure comes with a baseline measured in the same run:
-- expansion: `signage_rules.expand_many` for every screen, against a bare loop that only copies
-  the same number of items (tuples) the expansion produced;
+- expansion: `signage_rules.plan_many` for every screen plus, per distinct timeline, the head of
+  explicit items and the digest the `schedule` command carries (what a publication costs the
+  cloud), against a bare loop that only copies as many items (tuples) as the timelines hold;
 - decision: `signage_rules.current` (what plays now) on a screen's 48 h timeline, against a bare
   `bisect` on a list of floats of the same length;
 - switch jitter: the player (`edge.signage.player.Player`, real clock, real asyncio timers) over
@@ -27,7 +28,8 @@ from datetime import time as dtime
 from pathlib import Path
 from typing import Any
 
-from signage_rules import Campaign, Daypart, Item, Layer, Rules, Screen, current, expand, expand_many
+from cloud.signage.rules import ITEMS_MAX
+from signage_rules import Campaign, Daypart, Item, Layer, Rules, Screen, current, expand, plan_many
 
 TARGETS = {"expand_all_s": 10.0, "decision_us": 100.0, "switch_jitter_p99_ms": 20.0}
 ZONES = ("Asia/Shanghai", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Australia/Sydney")
@@ -72,32 +74,45 @@ def bench_expand(n_screens: int, n_campaigns: int) -> dict[str, Any]:
     # 48 h across the Berlin and New York spring DST switches.
     start = datetime(2026, 3, 28, 12, tzinfo=UTC)
     end = start + timedelta(hours=48)
+    t, cpu = time.perf_counter(), time.process_time()
+    plans = plan_many(rules, screens, start, end)
+    distinct = {id(p): p for p in plans.values()}
+    # What the cloud does per distinct timeline besides: the payload's head of explicit items and
+    # the digest of the whole plan.
+    for p in distinct.values():
+        p.slots(start, end, limit=ITEMS_MAX)
+        p.digest()
+    took, took_cpu = time.perf_counter() - t, time.process_time() - cpu
+    # How many slots the plans stand for (materialised for a sample, outside the timing).
+    sample = list(distinct.values())[:40]
     t = time.perf_counter()
-    out = expand_many(rules, screens, start, end)
-    took = time.perf_counter() - t
-    items = sum(len(v) for v in out.values())
-    distinct = len({id(v) for v in out.values()})
-    # Baseline: copy the same number of 5-tuples, once each, in a bare loop.
+    counts = [len(p.slots(start, end)) for p in sample]
+    materialise_ms = (time.perf_counter() - t) / len(sample) * 1000
+    per_screen_items = statistics.fmean(counts)
+    items = round(per_screen_items * n_screens)
+    # Baseline: a bare loop copying that many 5-tuples (what handing out materialised timelines
+    # would cost at the least).
     src = [(i, i + 1, "m", "normal", "c") for i in range(1000)]
     t = time.perf_counter()
-    copied: list[tuple[Any, ...]] = []
     n = 0
     while n < items:
-        chunk = src[: min(1000, items - n)]
-        for x in chunk:
-            copied.append((x[0], x[1], x[2], x[3], x[4]))
-        n += len(chunk)
+        copied = [(x[0], x[1], x[2], x[3], x[4]) for x in src[: min(1000, items - n)]]
+        n += len(copied)
     base = time.perf_counter() - t
     return {
-        "screens": n_screens, "campaigns": n_campaigns, "hours": 48, "items": items, "distinct_timelines": distinct,
-        "expand_all_s": round(took, 3), "expand_per_screen_ms": round(took / n_screens * 1000, 3),
-        "baseline_copy_items_s": round(base, 3), "ratio_to_baseline": round(took / base, 1) if base else None,
-        "target_expand_all_s": TARGETS["expand_all_s"], "scaled_to_10000_screens_s": round(took / n_screens * 10_000, 2),
+        "screens": n_screens, "campaigns": n_campaigns, "hours": 48, "distinct_timelines": len(distinct),
+        "items_per_screen_mean": round(per_screen_items), "items_total": items,
+        "expand_all_s": round(took, 3), "expand_all_cpu_s": round(took_cpu, 3),
+        "expand_per_screen_ms": round(took / n_screens * 1000, 3),
+        "expand_per_distinct_timeline_ms": round(took / len(distinct) * 1000, 3),
+        "materialise_48h_ms_per_timeline": round(materialise_ms, 2),
+        "baseline_copy_items_s": round(base, 3), "ratio_to_baseline": round(took / base, 2) if base else None,
+        "target_expand_all_s": TARGETS["expand_all_s"],
     }
 
 
 def bench_decision() -> dict[str, Any]:
-    rules, screens = world(50, 200)
+    rules, screens = world(50, 1000)
     start = datetime(2026, 3, 28, 12, tzinfo=UTC)
     slots = expand(rules, screens[0], start, start + timedelta(hours=48))
     rnd = random.Random(3)
@@ -109,8 +124,8 @@ def bench_decision() -> dict[str, Any]:
     floats = [s.start.timestamp() for s in slots]
     fprobes = [p.timestamp() for p in probes]
     t = time.perf_counter()
-    for p in fprobes:
-        bisect.bisect_right(floats, p)
+    for fp in fprobes:
+        bisect.bisect_right(floats, fp)
     base = (time.perf_counter() - t) / len(probes)
     return {"timeline_items": len(slots), "decision_us": round(took * 1e6, 2), "baseline_bisect_us": round(base * 1e6, 3),
             "target_decision_us": TARGETS["decision_us"]}
@@ -145,7 +160,7 @@ async def _jitter(switches: int, item_s: float) -> dict[str, Any]:
         player.load(data)
         task = asyncio.create_task(player.run())
         assert player.stats.jitter_ms is not None
-        while len(player.stats.jitter_ms) < switches:
+        while len(player.stats.jitter_ms) < switches:  # noqa: ASYNC110 - a bench, not a product loop
             await asyncio.sleep(0.05)
         await player.stop()
         await task
@@ -168,11 +183,11 @@ async def _jitter(switches: int, item_s: float) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="1,000 screens x 200 campaigns, 100 switches (a few seconds)")
+    ap.add_argument("--quick", action="store_true", help="1,000 screens x 1,000 campaigns, 100 switches (a few seconds)")
     ap.add_argument("--screens", type=int, default=10_000)
     ap.add_argument("--campaigns", type=int, default=1_000)
     args = ap.parse_args()
-    screens, campaigns, switches = (1_000, 200, 100) if args.quick else (args.screens, args.campaigns, 500)
+    screens, campaigns, switches = (1_000, 1_000, 100) if args.quick else (args.screens, args.campaigns, 500)
     result: dict[str, Any] = {
         "mode": "quick" if args.quick else "full",
         "expand": bench_expand(screens, campaigns),
@@ -180,7 +195,8 @@ def main() -> None:
         "switch": asyncio.run(_jitter(switches, 0.05)),
     }
     result["meets_targets"] = {
-        "expand_all_s": result["expand"]["scaled_to_10000_screens_s"] <= TARGETS["expand_all_s"],
+        # One core's time (the machine may be shared): the CPU time of this process.
+        "expand_all_s": result["expand"]["expand_all_cpu_s"] <= TARGETS["expand_all_s"] * screens / 10_000,
         "decision_us": result["decision"]["decision_us"] <= TARGETS["decision_us"],
         "switch_jitter_p99_ms": result["switch"]["jitter_p99_ms"] <= TARGETS["switch_jitter_p99_ms"],
     }

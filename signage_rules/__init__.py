@@ -330,18 +330,14 @@ class Plan:
 
     def digest(self) -> str:
         """A short, stable hash of the whole plan (what the box compares with the cloud's)."""
-        h = hashlib.sha256(self.timezone.encode())
+        parts = [self.timezone]
         for r in self.runs:
-            h.update(f"R{r.start.timestamp()}|{r.end.timestamp()}|{r.layer.value}|".encode())
-            for cid, it in r.rotation:
-                h.update(f"{cid}:{it.media}:{float(it.duration_s)!r};".encode())
-            for a, b in r.holes:
-                h.update(f"H{a.timestamp()}|{b.timestamp()};".encode())
-        for sp in self.spots:
-            h.update(f"S{sp.start.timestamp()}|{sp.end.timestamp()}|{sp.campaign}|".encode())
-            for it in sp.items:
-                h.update(f"{it.media}:{float(it.duration_s)!r};".encode())
-        return h.hexdigest()[:32]
+            parts.append(f"R{r.start.timestamp()!r}|{r.end.timestamp()!r}|{r.layer.value}")
+            parts.extend(f"{cid}:{it.media}:{float(it.duration_s)!r}" for cid, it in r.rotation)
+            parts.extend(f"H{a.timestamp()!r}|{b.timestamp()!r}" for a, b in r.holes)
+        parts.extend(f"S{sp.start.timestamp()!r}|{sp.end.timestamp()!r}|{sp.campaign}|"
+                     + ";".join(f"{it.media}:{float(it.duration_s)!r}" for it in sp.items) for sp in self.spots)
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
 def _spot_slots(spot: Spot, zone: ZoneInfo) -> list[Slot]:
@@ -354,32 +350,44 @@ def _spot_slots(spot: Spot, zone: ZoneInfo) -> list[Slot]:
     return out
 
 
+_US = timedelta(microseconds=1)
+
+
 def _run_slots(run: Run, start: datetime, end: datetime, zone: ZoneInfo) -> Iterable[Slot]:
-    """The slots of `run` overlapping [start, end). The walk is in float seconds (cheap) and only
-    the slots in the window become objects."""
+    """The slots of `run` overlapping [start, end). The walk is in whole microseconds from the run's
+    start (exact, so any window gives the same instants), skips whole playlist cycles that end
+    before the window, and only the slots in the window become objects."""
     if not run.rotation:
         return
     base = run.start
-    t = 0.0
-    stop_all = (run.end - base).total_seconds()
-    lo, hi = (start - base).total_seconds(), (end - base).total_seconds()
-    holes = [((a - base).total_seconds(), (b - base).total_seconds()) for a, b in run.holes]
-    durations = [it.duration_s for _, it in run.rotation]
+    stop_all = (run.end - base) // _US
+    lo, hi = (start - base) // _US, (end - base) // _US
+    holes = [((a - base) // _US, (b - base) // _US) for a, b in run.holes]
+    durations = [round(it.duration_s * 1_000_000) for _, it in run.rotation]
     n = len(durations)
+    cycle = sum(durations)
+    t = 0
     k = 0
-    hi_i = 0
+    h = 0
     while t < stop_all and t < hi:
-        while hi_i < len(holes) and holes[hi_i][1] <= t:
-            hi_i += 1
-        if hi_i < len(holes) and holes[hi_i][0] <= t:
-            t = holes[hi_i][1]
+        while h < len(holes) and holes[h][1] <= t:
+            h += 1
+        if h < len(holes) and holes[h][0] <= t:
+            t = holes[h][1]
             continue
-        stop = min(stop_all, holes[hi_i][0]) if hi_i < len(holes) else stop_all
+        stop = min(stop_all, holes[h][0]) if h < len(holes) else stop_all
+        # Whole cycles before the window (and before the next hole) change nothing: skip them.
+        ahead = min(lo, stop) - t
+        if ahead > cycle:
+            skip = ahead // cycle
+            t += skip * cycle
+            k += skip * n
+            continue
         e = min(stop, t + durations[k % n])
         if e > lo:
             cid, item = run.rotation[k % n]
-            a = base + timedelta(seconds=t)
-            yield Slot(a, base + timedelta(seconds=e), item.media, run.layer, cid, a.astimezone(zone))
+            a = base + t * _US
+            yield Slot(a, base + e * _US, item.media, run.layer, cid, a.astimezone(zone))
         k += 1
         t = e
 
@@ -506,6 +514,7 @@ def plan(
 
     runs: list[Run] = []
     starts = [p[0] for p in placed]
+    rotations: dict[tuple[str, ...], tuple[tuple[str | None, Item], ...]] = {}
     for a, b, layer, winners in runs_raw:
         if b <= start or a >= end:
             continue
@@ -517,9 +526,13 @@ def plan(
             holes = [(s, e) for s, e, _ in placed[i:j]]
         rotation: tuple[tuple[str | None, Item], ...]
         if winners:
-            longest = max(len(c.items) for c in winners)
-            # Round-robin over the campaigns, each through its own items: A1 B1 A2 B2 A3 B1 …
-            rotation = tuple((c.id, c.items[k % len(c.items)]) for k in range(longest) for c in winners)
+            ids = tuple(c.id for c in winners)
+            cached = rotations.get(ids)
+            if cached is None:
+                longest = max(len(c.items) for c in winners)
+                # Round-robin over the campaigns, each through its own items: A1 B1 A2 B2 A3 B1 …
+                cached = rotations[ids] = tuple((c.id, c.items[k % len(c.items)]) for k in range(longest) for c in winners)
+            rotation = cached
         else:
             rotation = tuple((None, it) for it in rules.default)
         runs.append(Run(a, b, layer, rotation, tuple(holes)))

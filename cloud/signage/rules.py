@@ -21,8 +21,9 @@ HORIZON = timedelta(hours=48)
 ITEMS_BUDGET = 150_000
 """Bytes of explicit items per schedule message (the envelope's limit is 256 KiB): beyond them the
 box relies on its own expansion, which it checks against `timeline_hash` anyway."""
-ITEMS_MAX = 2000
-"""The payload's own limit on explicit items."""
+ITEMS_MAX = 240
+"""Explicit items per message (about an hour of 15 s spots): enough to inspect and to cross-check;
+the digest covers the rest of the window."""
 
 
 def _date(v: Any) -> date | None:

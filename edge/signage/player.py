@@ -31,14 +31,18 @@ from edge.clock import clock_synced
 from edge.filecache import FileCache
 from edge.signage import schedule as sched
 from edge.signage.screen import Screen, Shown
-from signage_rules import Rules, Slot, current, expand
+from signage_rules import Plan, Rules, Slot, current, plan
 
 __all__ = ["Clock", "ManualClock", "Player", "SystemClock"]
 
 log = logging.getLogger(__name__)
 
-WINDOW = timedelta(hours=6)
-"""How far ahead the player expands at a time (it re-expands before reaching the end)."""
+PLAN_SPAN = timedelta(hours=24)
+"""How far ahead the player plans at a time (a plan is compact: runs and spots)."""
+SLOTS_SPAN = timedelta(minutes=10)
+SLOTS_MAX = 500
+"""The slots materialised at a time: a few minutes ahead, so a switch never waits for a long
+expansion (materialising skips whole playlist cycles, so the next batch is cheap too)."""
 IDLE_RECHECK = timedelta(seconds=60)
 MAX_PLAY = timedelta(hours=6)
 OVERLAP_SLACK = timedelta(seconds=1)
@@ -158,6 +162,8 @@ class Player:
         self._stop = asyncio.Event()
         self._slots: tuple[Slot, ...] = ()
         self._window: tuple[datetime, datetime, bool] | None = None
+        self._plan: Plan | None = None
+        self._plan_window: tuple[datetime, datetime, bool] | None = None
         self._last_end: datetime | None = None
 
     # -- schedule ------------------------------------------------------------------------------------
@@ -166,20 +172,30 @@ class Player:
         """Play `data` from now on (the caller checked and saved it); wakes the loop at once."""
         self.data = data
         self.rules = sched.rules_of(data)
-        self._window = None
+        self._window = self._plan_window = None
         self.wake()
 
     def wake(self) -> None:
         self._wake.set()
 
     def timeline(self, now: datetime) -> tuple[Slot, ...]:
+        """The slots around `now` (a few minutes' worth, from the current plan)."""
         trusted = self.clock.trusted()
+        pw = self._plan_window
+        if self._plan is None or pw is None or now < pw[0] or now + SLOTS_SPAN >= pw[1] or pw[2] != trusted:
+            start, end = now - timedelta(minutes=1), now + PLAN_SPAN
+            self._plan = plan(self.rules, sched.screen_of(self.data, self.node), start, end, clock_trusted=trusted) \
+                if self.data is not None else Plan("UTC", (), ())
+            self._plan_window = (start, end, trusted)
+            self._window = None
         w = self._window
-        if w is None or now < w[0] or now + IDLE_RECHECK >= w[1] or w[2] != trusted:
-            start, end = now - timedelta(minutes=1), now + WINDOW
-            self._slots = expand(self.rules, sched.screen_of(self.data, self.node), start, end, clock_trusted=trusted) \
-                if self.data is not None else ()
-            self._window = (start, end, trusted)
+        # w = (from, refresh at, trusted): a new batch is made a little before this one runs out.
+        if w is None or now < w[0] or now >= w[1]:
+            start, end = now - timedelta(seconds=1), now + SLOTS_SPAN
+            slots = self._plan.slots(start, end, limit=SLOTS_MAX)
+            refresh = slots[-3].start if len(slots) == SLOTS_MAX else end - IDLE_RECHECK
+            self._slots = slots
+            self._window = (start, refresh, trusted)
         return self._slots
 
     def upcoming(self, now: datetime, n: int = 5) -> list[Slot]:
