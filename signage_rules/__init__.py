@@ -42,6 +42,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 __all__ = [
@@ -416,13 +417,22 @@ def _spot_times(
 _Actives = dict[str, list[tuple[datetime, datetime]]]
 
 
+@dataclass
+class _Cache:
+    """What `plan_many` computes once per zone and shares between the screens' plans."""
+
+    actives: _Actives = field(default_factory=dict)
+    spot_times: dict[str, list[tuple[datetime, datetime]]] = field(default_factory=dict)
+    placed: dict[tuple[Any, ...], list[tuple[datetime, datetime, Campaign]]] = field(default_factory=dict)
+
+
 def _spot_order(x: tuple[datetime, int, str, datetime, Campaign]) -> tuple[datetime, int, str]:
     return x[0], x[1], x[2]
 
 
 def plan(
     rules: Rules, screen: Screen, start: datetime, end: datetime, *, clock_trusted: bool = True,
-    _actives: _Actives | None = None, _spot_cache: dict[str, list[tuple[datetime, datetime]]] | None = None,
+    _cache: _Cache | None = None,
 ) -> Plan:
     """The compact timeline of `screen` from `start` to `end` (UTC, aware): runs and spots
     overlapping the window, whole, so any window gives the same runs where windows overlap.
@@ -438,12 +448,11 @@ def plan(
     # Padded by a day each side so that runs and spots that straddle the window are whole.
     lo, hi = start - timedelta(days=1), end + timedelta(days=1)
     actives: _Actives = {}
+    cache = _cache or _Cache()
     for c in mine:
-        got = _actives.get(c.id) if _actives is not None else None
+        got = cache.actives.get(c.id)
         if got is None:
-            got = active_intervals(c, zone, lo, hi)
-            if _actives is not None:
-                _actives[c.id] = got
+            got = cache.actives[c.id] = active_intervals(c, zone, lo, hi)
         actives[c.id] = got
     base = [c for c in mine if c.layer is not Layer.INTERRUPT]
 
@@ -487,30 +496,31 @@ def plan(
     # (the later one waits for the earlier to end). Only spots near the window matter (a chain of
     # waiting spots is minutes long, not hours).
     slo, shi = start - timedelta(hours=1), end + timedelta(hours=1)
-    cands_spots: list[tuple[datetime, int, str, datetime, Campaign]] = []
-    for c in mine:
-        if c.layer is Layer.INTERRUPT:
-            key = "spots:" + c.id
-            times = _spot_cache.get(key) if _spot_cache is not None else None
-            if times is None:
-                times = _spot_times(c, actives[c.id], slo, shi)
-                if _spot_cache is not None:
-                    _spot_cache[key] = times
-            cands_spots.extend((a, -c.priority, c.id, b, c) for a, b in times)
-    cands_spots.sort(key=_spot_order)
     overrides = [(a, b) for a, b, layer, _ in runs_raw if layer is Layer.OVERRIDE]
-    placed: list[tuple[datetime, datetime, Campaign]] = []
-    oi = 0
-    for a, _, _, b, c in cands_spots:
-        if placed and a < placed[-1][1]:
-            shift = placed[-1][1] - a
-            a, b = a + shift, b + shift
-        # Both lists are in time order: one pointer walks the overrides.
-        while oi < len(overrides) and overrides[oi][1] <= a:
-            oi += 1
-        if oi < len(overrides) and overrides[oi][0] < b:
-            continue
-        placed.append((a, b, c))
+    interrupts = [c for c in mine if c.layer is Layer.INTERRUPT]
+    # Screens that differ only in their normal campaigns share the placement of their spots.
+    pkey = ("placed", tuple(c.id for c in interrupts), tuple(overrides))
+    placed = cache.placed.get(pkey, [])
+    if pkey not in cache.placed:
+        cands_spots: list[tuple[datetime, int, str, datetime, Campaign]] = []
+        for c in interrupts:
+            times = cache.spot_times.get(c.id)
+            if times is None:
+                times = cache.spot_times[c.id] = _spot_times(c, actives[c.id], slo, shi)
+            cands_spots.extend((a, -c.priority, c.id, b, c) for a, b in times)
+        cands_spots.sort(key=_spot_order)
+        oi = 0
+        for a, _, _, b, c in cands_spots:
+            if placed and a < placed[-1][1]:
+                shift = placed[-1][1] - a
+                a, b = a + shift, b + shift
+            # Both lists are in time order: one pointer walks the overrides.
+            while oi < len(overrides) and overrides[oi][1] <= a:
+                oi += 1
+            if oi < len(overrides) and overrides[oi][0] < b:
+                continue
+            placed.append((a, b, c))
+        cache.placed[pkey] = placed
 
     runs: list[Run] = []
     starts = [p[0] for p in placed]
@@ -581,8 +591,7 @@ def plan_many(
     screens = list(screens)
     mine = mine if mine is not None else targeted(rules, screens)
     done: dict[tuple[str, tuple[str, ...]], Plan] = {}
-    zone_actives: dict[str, _Actives] = {}
-    zone_spots: dict[str, dict[str, list[tuple[datetime, datetime]]]] = {}
+    caches: dict[str, _Cache] = {}
     out: dict[str, Plan] = {}
     for screen in screens:
         own = mine[screen.node]
@@ -591,8 +600,7 @@ def plan_many(
         if p is None:
             # Targeting is settled: plan the screen's own campaigns.
             p = done[key] = plan(Rules(own, rules.default), screen, start, end,
-                                 _actives=zone_actives.setdefault(screen.timezone, {}),
-                                 _spot_cache=zone_spots.setdefault(screen.timezone, {}))
+                                 _cache=caches.setdefault(screen.timezone, _Cache()))
         out[screen.node] = p
     return out
 
