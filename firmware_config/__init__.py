@@ -16,6 +16,7 @@ from firmware_config.models import (
     OutboxConfig,
     PrinterDevice,
     ScannerDevice,
+    SignageConfig,
     SimulatorDevice,
     Synchronous,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "PathError",
     "PrinterDevice",
     "ScannerDevice",
+    "SignageConfig",
     "SimulatorDevice",
     "Synchronous",
     "config_hash",

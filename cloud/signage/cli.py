@@ -93,8 +93,13 @@ def _upload(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"signage: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return 2
-    return _run(args, lambda s, media: service.media_view(
-        service.upload_media(s, _principal(), MediaStore(media), args.file.name, data, via="cli")))
+    def up(s: Session, media: Path) -> str:
+        m = service.upload_media(s, _principal(), MediaStore(media), args.file.name, data, via="cli")
+        length = f", {m.duration_s:g} s" if m.duration_s else ""
+        print(f"{args.file.name}: {m.kind} {m.width}x{m.height}{length}, {m.size} bytes", file=sys.stderr)
+        return m.sha256
+
+    return _run(args, up)
 
 
 def _playlist(args: argparse.Namespace) -> int:
@@ -136,7 +141,7 @@ def _rollback(args: argparse.Namespace) -> int:
 
 def _publications(args: argparse.Namespace) -> int:
     return _run(args, lambda s, _m: "\n".join(
-        f"{p.version}\t{p.created_at:%Y-%m-%d %H:%M}Z\t{p.created_by}\t{p.note or ''}" for p in service.list_publications(s))
+        f"{p.version}  {p.created_at:%Y-%m-%d %H:%M}Z  {p.created_by}  {p.note or ''}" for p in service.list_publications(s))
         or "no publication yet")
 
 
