@@ -107,11 +107,12 @@ def bar_chart(rows: list[dict[str, Any]], label: str, value: str, title: str) ->
         return Markup("")
     top = max(float(r[value]) for r in rows) or 1.0
     bar_h, gap, left, width = 18, 6, 180, 420
-    height = len(rows) * (bar_h + gap) + 30
+    height = len(rows) * (bar_h + gap) + 34
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" width="{left + width + 80}" '
-             f'height="{height}" viewBox="0 0 {left + width + 80} {height}"><title>{escape(title)}</title>']
+             f'height="{height}" viewBox="0 0 {left + width + 80} {height}"><title>{escape(title)}</title>'
+             f'<text x="0" y="14" font-size="13" font-weight="600">{escape(title.capitalize())}</text>']
     for i, r in enumerate(rows):
-        y = 20 + i * (bar_h + gap)
+        y = 24 + i * (bar_h + gap)
         w = max(1.0, width * float(r[value]) / top)
         name = escape(str(r[label] if r[label] is not None else "(default)"))
         parts.append(f'<text x="{left - 6}" y="{y + 13}" text-anchor="end" font-size="12">{name}</text>'
