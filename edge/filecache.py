@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -138,6 +139,11 @@ class FileCache:
             have = 0
         if have < size:
             self._download(url, part, have, size)
+        got = part.stat().st_size
+        if got < size:
+            # The connection ended early: what arrived stays, the next attempt resumes from it.
+            self.stats.fetch_errors += 1
+            raise FetchError(f"GET {url}: {got} of {size} bytes arrived; will resume")
         if _sha_of(part) != sha256:
             part.unlink(missing_ok=True)
             self.stats.rejected += 1
@@ -172,7 +178,7 @@ class FileCache:
         except urllib.error.HTTPError as exc:
             self.stats.fetch_errors += 1
             raise FetchError(f"GET {url}: HTTP {exc.code}", exc.code) from None
-        except (urllib.error.URLError, OSError) as exc:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             # What arrived stays in the .part file: the next attempt resumes from there.
             self.stats.fetch_errors += 1
             raise FetchError(f"GET {url}: {getattr(exc, 'reason', exc)}") from None
