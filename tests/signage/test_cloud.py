@@ -188,3 +188,24 @@ def test_a_store_in_berlin_switches_at_local_time_on_the_dst_day(world: World, t
         assert next(s for s in dst_day if s["campaign"] == "evening")["start"] == "2026-03-29T16:00:00Z"
         assert next(s for s in dst_day if s["campaign"] == "evening")["local_start"].startswith("2026-03-29T18:00:00+02:00")
     _ = datetime.now(UTC) + timedelta(0)
+
+
+def test_screen_tags_change_what_a_screen_plays(world: World, tmp_path: Path) -> None:
+    with client(world, tmp_path) as c:
+        login(c, "hq")
+        red = upload(c, png("red"), "red.png").json()["sha256"]
+        c.put("/signage/playlists", json={"name": "house", "items": [{"media": red}], "is_default": True})
+        c.put("/signage/campaigns", json={"id": "win", "name": "Window", "playlist": "house", "tags": ["window"]})
+        c.post("/signage/publish", json={})
+        start = {"start": "2026-12-05T12:00:00+08:00", "hours": 0.01}
+        assert {s["campaign"] for s in c.get("/signage/calendar/st0002-k1", params=start).json()} == {None}
+        r = c.patch("/signage/screens/st0002-k1", json={"tags": ["window", " big "]})
+        assert r.status_code == 200 and r.json()["tags"] == ["big", "window"]
+        assert {s["campaign"] for s in c.get("/signage/calendar/st0002-k1", params=start).json()} == {"win"}
+        screens = {s["node"]: s for s in c.get("/signage/screens").json()}
+        # Its schedule is out of date: the refresher sends a new one.
+        assert screens["st0002-k1"]["sent_version"] is None and screens["st0001-k1"]["sent_version"] == 1
+    with Session(world.engine) as s, s.begin():
+        from cloud.signage.service import refresh
+
+        assert refresh(s, datetime.now(UTC)) == 1

@@ -223,9 +223,15 @@ def test_offline_for_a_day_keeps_playing_and_uploads_every_play_once(broker: Bro
                 assert at(12).isoformat(timespec="milliseconds") in promo_starts
                 assert at(12, d=date(2026, 11, 22)).isoformat(timespec="milliseconds") in promo_starts
                 assert sent >= 26 * 3
+                # HQ publishes while the store is cut off: the box gets the latest once back.
+                with write_session(engine) as s, s.begin():
+                    service.publish(s, HQ, "while the store was offline")
                 # The link comes back.
                 await asyncio.to_thread(broker.process.start)
                 await until(lambda: plays(engine) == sent, timeout=30, what=f"all {sent} plays in the cloud")
+                await until(lambda: sig.player.data is not None and sig.player.data.version == 2, timeout=15,
+                            what="the latest schedule on the reconnected box")
+                await until(lambda: playing_version(engine) == 2, what="version 2 acknowledged")
                 with Session(engine) as s:
                     rows = service.report(s, Scope(all=True), ["day"])
                     assert sum(r["plays"] for r in rows) == sent
