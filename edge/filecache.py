@@ -139,15 +139,8 @@ class FileCache:
             have = 0
         if have < size:
             self._download(url, part, have, size)
-        got = part.stat().st_size
-        if got < size:
-            # The connection ended early: what arrived stays, the next attempt resumes from it.
-            self.stats.fetch_errors += 1
-            raise FetchError(f"GET {url}: {got} of {size} bytes arrived; will resume")
         if _sha_of(part) != sha256:
-            part.unlink(missing_ok=True)
-            self.stats.rejected += 1
-            raise VerifyError(f"{url}: the bytes do not hash to the announced {sha256[:12]}…; deleted, will fetch again")
+            raise self._reject(part, f"{url}: the bytes do not hash to the announced {sha256[:12]}…; deleted, will fetch again")
         os.replace(part, target)
         with self._lock:
             self._index[sha256] = [float(size), time.time()]
@@ -155,23 +148,29 @@ class FileCache:
         self.stats.stored += 1
         return True
 
+    def _reject(self, part: Path, message: str) -> VerifyError:
+        part.unlink(missing_ok=True)
+        self.stats.rejected += 1
+        return VerifyError(message)
+
     def _download(self, url: str, part: Path, have: int, size: int) -> None:
         headers = {"Range": f"bytes={have}-"} if have else {}
         req = urllib.request.Request(url, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                status = resp.status
-                if have and status != 206:
+                if have and resp.status != 206:
                     # The server ignored the range: start again from the first byte.
                     have = 0
                 elif have:
                     self.stats.resumed += 1
+                length = resp.headers.get("Content-Length")
+                body = int(length) if length and length.isdigit() else None
+                written = have
                 with open(part, "ab" if have else "wb") as f:
-                    written = have
                     while chunk := resp.read(_CHUNK):
                         written += len(chunk)
                         if written > size:
-                            raise VerifyError(f"{url}: longer than the announced {size} bytes")
+                            break
                         f.write(chunk)
                     f.flush()
                     os.fsync(f.fileno())
@@ -182,6 +181,14 @@ class FileCache:
             # What arrived stays in the .part file: the next attempt resumes from there.
             self.stats.fetch_errors += 1
             raise FetchError(f"GET {url}: {getattr(exc, 'reason', exc)}") from None
+        if written > size:
+            raise self._reject(part, f"{url}: longer than the announced {size} bytes; deleted, will fetch again")
+        if body is not None and written < have + body:
+            # The connection ended early (http.client does not raise for that): resume next time.
+            self.stats.fetch_errors += 1
+            raise FetchError(f"GET {url}: the connection ended after {written} of {size} bytes; will resume")
+        if written < size:
+            raise self._reject(part, f"{url}: {written} bytes, not the announced {size}; deleted, will fetch again")
 
     def _make_room(self, size: int, pinned: set[str]) -> bool:
         with self._lock:
