@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Reques
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, PlainTextResponse
 from pydantic import AwareDatetime, BaseModel, Field
+from sqlalchemy.orm import Session
 
 from cloud.access.scope import Perm, Principal
 from cloud.access.service import InputError, write_session
@@ -45,8 +46,9 @@ def _store(request: Request) -> MediaStore:
     return MediaStore(media_dir(request))
 
 
-def _session(request: Request) -> Any:
-    return request.app.state.sessionmaker()
+def _session(request: Request) -> Session:
+    s: Session = request.app.state.sessionmaker()
+    return s
 
 
 @router.get("/media/{sha256}", response_class=FileResponse, responses={404: {"description": "no such media"}})

@@ -40,7 +40,19 @@ from cloud.models import Node, Region, Store
 from cloud.signage.media import MediaError, MediaStore
 from cloud.signage.models import Campaign, Media, Play, PlayDropped, Playlist, Publication, ScreenState
 from cloud.signage.rules import HORIZON, campaign_from_doc, doc_hash, rules_from_doc, schedule_for
-from signage_rules import Layer, Rules, RulesError, Screen, Slot, expand, plan_many, targeted, validate
+from signage_rules import (
+    Layer,
+    Rules,
+    RulesError,
+    Screen,
+    Slot,
+    active_intervals,
+    expand,
+    plan_many,
+    targeted,
+    targets,
+    validate,
+)
 
 __all__ = [
     "ENGINE_NAME",
@@ -448,8 +460,6 @@ def calendar(session: Session, scope: Scope, node_id: str, start: datetime, end:
     t = start
     zone = ZoneInfo(screen.timezone)
     mine = [c for c in rules.campaigns if c.layer is not Layer.INTERRUPT]
-    from signage_rules import active_intervals, targets
-
     actives = {c.id: active_intervals(c, zone, start - timedelta(days=1), end + timedelta(days=1))
                for c in mine if targets(c, screen)}
     for s in slots:
@@ -476,7 +486,6 @@ def region_at(session: Session, scope: Scope, region_code: str, weekday: int, at
     for node in visible_nodes(session, scope, store_ids=[s.id for s in stores]):
         if node.store is None:
             continue
-        node.store.region = regions[region_code]
         screen = screen_of(node, session.get(ScreenState, node.id))
         zone = ZoneInfo(screen.timezone)
         d = today or datetime.now(zone).date()
