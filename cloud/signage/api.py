@@ -256,6 +256,8 @@ def calendar(
     draft: Annotated[bool, Query(description="the drafts as they stand, not a publication")] = False,
 ) -> list[SlotOut]:
     a = _aware(start, "start") if start else datetime.now(UTC)
+    if not (datetime(2000, 1, 1, tzinfo=UTC) <= a <= datetime(2200, 1, 1, tzinfo=UTC)):
+        raise InputError("start", f"{a.isoformat()} is outside the years 2000 to 2200", location="query")
     with _session(request) as session:
         screen, rows = service.calendar(session, principal.scope, node_id, a, a + timedelta(hours=hours), version, draft)
     from zoneinfo import ZoneInfo
@@ -287,19 +289,24 @@ def plays_report(request: Request, principal: Business, by: By = ["campaign"],  
         return service.report(session, principal.scope, by, first, last, campaign)
 
 
-@managed.get("/reports/plays.csv", response_class=PlainTextResponse, responses=Problem)
+class CsvResponse(PlainTextResponse):
+    media_type = "text/csv"
+
+
+@managed.get("/reports/plays.csv", response_class=CsvResponse, responses=Problem)
 def plays_csv(request: Request, principal: Business, by: By = ["campaign"],  # noqa: B006
               first: date | None = None, last: date | None = None,
-              campaign: Annotated[str | None, Query(max_length=64)] = None) -> PlainTextResponse:
+              campaign: Annotated[str | None, Query(max_length=64)] = None) -> CsvResponse:
     with _session(request) as session:
         rows = service.report(session, principal.scope, by, first, last, campaign)
-    return PlainTextResponse(service.report_csv(rows, by), media_type="text/csv",
-                             headers={"Content-Disposition": 'attachment; filename="proof-of-play.csv"'})
+    return CsvResponse(service.report_csv(rows, by), headers={"Content-Disposition": 'attachment; filename="proof-of-play.csv"'})
 
 
 @managed.get("/reports/delivery/{campaign_id}", responses=Problem)
 def delivery(campaign_id: Annotated[str, PathParam(max_length=64)], request: Request, principal: Business,
              first: date, last: date) -> dict[str, Any]:
+    if not (date(2000, 1, 1) <= first <= date(2200, 12, 31)):
+        raise InputError("first", f"{first.isoformat()} is outside 2000-01-01 to 2200-12-31", location="query")
     if last < first or (last - first).days > 92:
         raise InputError("last", "give last on or after first, at most 92 days later", location="query")
     with _session(request) as session:

@@ -74,6 +74,8 @@ def calendar(
         nodes = [n for n in visible_nodes(s, principal.scope) if n.store is not None]
         regions = visible_regions(s, principal.scope)
         try:
+            if day is not None and not _sane(day):
+                raise InputError("day", f"{day.isoformat()} is outside 2000-01-01 to 2200-12-31", location="query")
             if node:
                 n = next((x for x in nodes if x.id == node), None)
                 zone = ZoneInfo(n.store.timezone) if n and n.store else UTC
@@ -99,6 +101,10 @@ def calendar(
     return render(request, "signage_calendar.html", principal, active="signage", nodes=nodes, node=node, rows=folded,
                   screen=screen, message=message, regions=regions, region=region, weekday=weekday, at=at.strftime("%H:%M"),
                   region_rows=region_rows, weekdays=WEEKDAYS, day=(day.isoformat() if day else ""), hours=hours)
+
+
+def _sane(d: date) -> bool:
+    return date(2000, 1, 1) <= d <= date(2200, 12, 31)
 
 
 def bar_chart(rows: list[dict[str, Any]], label: str, value: str, title: str) -> Markup:
@@ -127,10 +133,12 @@ def reports(
     request: Request, principal: Reader, by: Annotated[str, Query(pattern="^(campaign|region|store|screen|day)$")] = "campaign",
     first: date | None = None, last: date | None = None, campaign: Annotated[str, Query(max_length=64)] = "",
 ) -> HTMLResponse:
+    a, b = first or date.today(), last or first or date.today()
     with _session(request) as s:
         rows = service.report(s, principal.scope, [by], first, last, campaign or None)
-        plan = service.delivery(s, principal.scope, campaign, first or date.today(), last or first or date.today()) \
-            if campaign else None
+        # The plan is an expansion per screen and day: only for a sensible range.
+        plan = service.delivery(s, principal.scope, campaign, a, b) \
+            if campaign and _sane(a) and _sane(b) and 0 <= (b - a).days <= 92 else None
     qs = f"by={by}" + (f"&first={first}" if first else "") + (f"&last={last}" if last else "") + \
         (f"&campaign={campaign}" if campaign else "")
     return render(request, "signage_reports.html", principal, active="signage", rows=rows, by=by, campaign=campaign,
