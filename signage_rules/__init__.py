@@ -282,6 +282,8 @@ class Run:
     rotation: tuple[tuple[str | None, Item], ...]
     """(campaign id or None for the default playlist, item) in playing order; empty: nothing plays."""
     holes: tuple[tuple[datetime, datetime], ...] = ()
+    rotation_text: str = field(default="", compare=False, repr=False)
+    """`rotation` as the digest writes it (computed once per playlist mix, not once per run)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,11 +336,15 @@ class Plan:
         parts = [self.timezone]
         for r in self.runs:
             parts.append(f"R{r.start.timestamp()!r}|{r.end.timestamp()!r}|{r.layer.value}")
-            parts.extend(f"{cid}:{it.media}:{float(it.duration_s)!r}" for cid, it in r.rotation)
+            parts.append(r.rotation_text or _rotation_text(r.rotation))
             parts.extend(f"H{a.timestamp()!r}|{b.timestamp()!r}" for a, b in r.holes)
         parts.extend(f"S{sp.start.timestamp()!r}|{sp.end.timestamp()!r}|{sp.campaign}|"
                      + ";".join(f"{it.media}:{float(it.duration_s)!r}" for it in sp.items) for sp in self.spots)
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+def _rotation_text(rotation: tuple[tuple[str | None, Item], ...]) -> str:
+    return "\n".join(f"{cid}:{it.media}:{float(it.duration_s)!r}" for cid, it in rotation)
 
 
 def _spot_slots(spot: Spot, zone: ZoneInfo) -> list[Slot]:
@@ -424,6 +430,7 @@ class _Cache:
     actives: _Actives = field(default_factory=dict)
     spot_times: dict[str, list[tuple[datetime, datetime]]] = field(default_factory=dict)
     placed: dict[tuple[Any, ...], list[tuple[datetime, datetime, Campaign]]] = field(default_factory=dict)
+    rotations: dict[tuple[str | None, ...], tuple[tuple[tuple[str | None, Item], ...], str]] = field(default_factory=dict)
 
 
 def _spot_order(x: tuple[datetime, int, str, datetime, Campaign]) -> tuple[datetime, int, str]:
@@ -524,7 +531,7 @@ def plan(
 
     runs: list[Run] = []
     starts = [p[0] for p in placed]
-    rotations: dict[tuple[str, ...], tuple[tuple[str | None, Item], ...]] = {}
+    rotations = cache.rotations
     for a, b, layer, winners in runs_raw:
         if b <= start or a >= end:
             continue
@@ -534,18 +541,20 @@ def plan(
             if i > 0 and placed[i - 1][1] > a:
                 i -= 1  # a spot that started in the previous run and reaches into this one
             holes = [(s, e) for s, e, _ in placed[i:j]]
-        rotation: tuple[tuple[str | None, Item], ...]
-        if winners:
-            ids = tuple(c.id for c in winners)
-            cached = rotations.get(ids)
-            if cached is None:
+        # Campaign ids name their items within one set of rules (the cache lives for one call of
+        # plan_many, or one plan); None stands for the default playlist.
+        ids: tuple[str | None, ...] = tuple(c.id for c in winners) if winners else (None,)
+        cached = rotations.get(ids)
+        if cached is None:
+            if winners:
                 longest = max(len(c.items) for c in winners)
                 # Round-robin over the campaigns, each through its own items: A1 B1 A2 B2 A3 B1 …
-                cached = rotations[ids] = tuple((c.id, c.items[k % len(c.items)]) for k in range(longest) for c in winners)
-            rotation = cached
-        else:
-            rotation = tuple((None, it) for it in rules.default)
-        runs.append(Run(a, b, layer, rotation, tuple(holes)))
+                rot: tuple[tuple[str | None, Item], ...] = tuple(
+                    (c.id, c.items[k % len(c.items)]) for k in range(longest) for c in winners)
+            else:
+                rot = tuple((None, it) for it in rules.default)
+            cached = rotations[ids] = (rot, _rotation_text(rot))
+        runs.append(Run(a, b, layer, cached[0], tuple(holes), cached[1]))
     spots = tuple(Spot(a, b, c.id, c.items) for a, b, c in placed if b > start and a < end)
     return Plan(screen.timezone, tuple(runs), spots)
 
