@@ -8,7 +8,7 @@ module; every change here is a change of the bus contract and goes with its test
 from __future__ import annotations
 
 import enum
-from datetime import date, datetime
+from datetime import date, time
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -32,6 +32,7 @@ __all__ = [
     "Fulfilment",
     "HostStateData",
     "ListUnit",
+    "MediaRef",
     "OrderData",
     "OrderLine",
     "ParsedCode",
@@ -40,9 +41,14 @@ __all__ = [
     "RebirthData",
     "RecalledBatch",
     "RecalledUnit",
+    "RuleCampaign",
+    "RuleDaypart",
+    "RuleItem",
     "ScanData",
     "ScanPurpose",
     "ScheduleData",
+    "ScheduleItem",
+    "SignageLayer",
     "StockData",
     "StockLevel",
     "TelemetryData",
@@ -143,14 +149,31 @@ class StockData(Payload):
     """True: these are all the SKUs the store has; absent SKUs are zero."""
 
 
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class SignageLayer(enum.StrEnum):
+    OVERRIDE = "override"
+    NORMAL = "normal"
+    INTERRUPT = "interrupt"
+    DEFAULT = "default"
+
+
 class PopData(Payload):
-    """Proof of play: one item of a signage timeline was shown."""
+    """Proof of play: one item of a signage timeline was shown (sent once per play, through the outbox)."""
 
     screen: Text
-    media_id: Text
+    media_id: Sha256
+    """The sha256 of the media shown."""
     campaign_id: Text | None = None
+    """None: the default playlist."""
+    layer: SignageLayer = SignageLayer.NORMAL
+    schedule_version: Count | None = None
+    """The version of the schedule the box played from."""
     started_at: AwareDatetime
+    """The box's UTC clock when the item appeared (the envelope's `clock_synced` says whether to trust it)."""
     duration_ms: Annotated[int, Field(ge=0, le=86_400_000)]
+    """Measured on the box's monotonic clock (a clock step during the play does not change it)."""
 
 
 class FulfilStatus(enum.StrEnum):
@@ -341,11 +364,90 @@ class ConfigData(Payload):
     config: dict[str, Any]
 
 
+Duration = Annotated[float, Field(gt=0, le=86_400)]
+CampaignId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._\-]+$")]
+
+
+class ScheduleItem(Payload):
+    """One slot of a screen's timeline: exact UTC instants, and the store-local start alongside."""
+
+    media: Sha256
+    start: AwareDatetime
+    end: AwareDatetime
+    layer: SignageLayer
+    campaign: CampaignId | None = None
+    """None: the default playlist."""
+    local_start: AwareDatetime | None = None
+    """`start` in the store's zone (for people; the box plays by `start`)."""
+
+
+class RuleItem(Payload):
+    media: Sha256
+    duration_s: Duration
+
+
+class RuleDaypart(Payload):
+    weekdays: Annotated[tuple[Annotated[int, Field(ge=0, le=6)], ...], Field(min_length=1, max_length=7)]
+    """0 = Monday … 6 = Sunday: the days a slot starts on."""
+    start: time
+    end: time
+    """`end <= start`: the slot crosses midnight."""
+
+
+class RuleCampaign(Payload):
+    """A campaign as the box needs it to extend its horizon (already targeted to this screen)."""
+
+    id: CampaignId
+    layer: Annotated[SignageLayer, Field(description="override, normal or interrupt")]
+    priority: Annotated[int, Field(ge=0, le=1000)] = 0
+    items: Annotated[tuple[RuleItem, ...], Field(min_length=1, max_length=500)]
+    start_date: date | None = None
+    end_date: date | None = None
+    dayparts: Annotated[tuple[RuleDaypart, ...], Field(max_length=50)] = ()
+    sov_s: Annotated[int, Field(ge=0, le=1800)] = 0
+
+
+class MediaRef(Payload):
+    """A media file the screen may need: fetched over HTTP, trusted only if it hashes to `sha256`."""
+
+    sha256: Sha256
+    size: Count
+    mime: Text
+    path: Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=r"^/[A-Za-z0-9/._\-]*$")]
+
+
 class ScheduleData(Payload):
+    """A screen's timeline (retained; the latest wins) and the rules it was expanded from.
+
+    `items` is the head of the cloud's expansion from `valid_from`, as much of it as fits in one
+    message; the box expands `campaigns` + `default` itself (the same code, `signage_rules`),
+    checks that it gets `items` and `timeline_hash` (the digest of the whole window's plan:
+    `signage_rules.Plan.digest`), and keeps expanding past `valid_until` while it is offline."""
+
     version: Count
-    valid_from: datetime
-    valid_until: datetime
-    items: tuple[dict[str, Any], ...] = ()
+    timeline_hash: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")] | None = None
+    screen: Text = "main"
+    timezone: Text = "UTC"
+    """The store's IANA zone: dayparts are wall times there."""
+    valid_from: AwareDatetime
+    valid_until: AwareDatetime
+    items: Annotated[tuple[ScheduleItem, ...], Field(max_length=2000)] = ()
+    campaigns: Annotated[tuple[RuleCampaign, ...], Field(max_length=200)] = ()
+    default: Annotated[tuple[RuleItem, ...], Field(max_length=500)] = ()
+    media: Annotated[tuple[MediaRef, ...], Field(max_length=1000)] = ()
+
+    @model_validator(mode="after")
+    def _window(self) -> ScheduleData:
+        if self.valid_until <= self.valid_from:
+            raise ValueError(f"valid_until {self.valid_until.isoformat()} must be after valid_from {self.valid_from.isoformat()}")
+        previous = None
+        for item in self.items:
+            if item.end <= item.start:
+                raise ValueError(f"item at {item.start.isoformat()} ends at {item.end.isoformat()}, not after it starts")
+            if previous is not None and item.start < previous:
+                raise ValueError(f"items must be in time order without overlap: one starts at {item.start.isoformat()}, before the previous one ends at {previous.isoformat()}")
+            previous = item.end
+        return self
 
 
 class CatalogFile(Payload):

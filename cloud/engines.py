@@ -24,6 +24,7 @@ ENGINE_MODULES: tuple[str, ...] = (
     "cloud.fleet.engine",
     "cloud.catalogue.engine",
     "cloud.trace.engine",
+    "cloud.signage.engine",
 )
 """Each module holds `ENGINE: EngineSpec`. Order: handlers of one type run in this order."""
 
@@ -32,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fleet": ("cloud.fleet.cli", "operate the bus: failed messages and their replay, commands sent to boxes"),
     "catalogue": ("cloud.catalogue.cli", "product master data: bulk import (CSV/JSON), import history, catalogue version"),
     "trace": ("cloud.trace.cli", "traceability: capture EPCIS documents, commission units from CSV, verify a code"),
+    "signage": ("cloud.signage.cli", "signage: media upload, publish and roll back, what a store's screens play, proof of play"),
 }
 """`omnishelf <name>` → (module with `add_parser(subparsers)`, help line), for the engines' commands."""
 

@@ -29,4 +29,12 @@ def _station(ctx: ComponentContext) -> Component | None:
     return StationComponent(ctx)
 
 
-COMPONENTS: tuple[ComponentFactory, ...] = (_catalogue, _station)
+def _signage(ctx: ComponentContext) -> Component | None:
+    if ctx.config.signage.cloud_url is None:
+        return None
+    from edge.signage.component import SignageComponent
+
+    return SignageComponent(ctx)
+
+
+COMPONENTS: tuple[ComponentFactory, ...] = (_catalogue, _station, _signage)

@@ -305,6 +305,27 @@ class LocalApiConfig(_Strict):
     max_body_bytes: Annotated[int, Field(ge=0, le=16 * 1024**2)] = 64 * 1024
 
 
+class SignageConfig(_Strict):
+    """The signage player: plays the timeline the cloud publishes for this box's screen."""
+
+    cloud_url: str | None = None
+    """Where media files are fetched (http[s]://host[:port]); None: no player on this box."""
+    path: Path | None = None
+    """Default: <data_dir>/edge/<node_id>/signage (the schedule, the media cache, the screen log);
+    a relative path is relative to the config file."""
+    screen: Name = "main"
+    media_budget_mb: Annotated[float, Field(ge=1, le=1_000_000)] = 2048
+    """Disk the media cache may use; least recently used files not needed soon are evicted beyond it."""
+    fetch_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30
+    prefetch_h: Annotated[float, Field(gt=0, le=240)] = 48
+    """Media needed within this many hours is downloaded ahead of time."""
+
+    @field_validator("cloud_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return CatalogueConfig._http_url(value)
+
+
 DeviceConfig = Annotated[SimulatorDevice | ScannerDevice | PrinterDevice | DisplayDevice, Field(discriminator="kind")]
 
 
@@ -325,6 +346,7 @@ class NodeConfig(_Strict):
     catalogue: CatalogueConfig = CatalogueConfig()
     local_api: LocalApiConfig = LocalApiConfig()
     station: StationConfig = StationConfig()
+    signage: SignageConfig = SignageConfig()
 
     @field_validator("node_id")
     @classmethod

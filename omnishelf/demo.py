@@ -24,7 +24,15 @@ from pathlib import Path
 
 from broker import topics
 from broker.mosquitto import BrokerLayout, MosquittoError, MosquittoProcess, die_with_parent, free_port
-from firmware_config import BrokerConfig, CatalogueConfig, LocalApiConfig, NodeConfig, SimulatorDevice, write_config
+from firmware_config import (
+    BrokerConfig,
+    CatalogueConfig,
+    LocalApiConfig,
+    NodeConfig,
+    SignageConfig,
+    SimulatorDevice,
+    write_config,
+)
 
 CLOUD_USER = "cloud-1"
 MONITOR_USER = "ops"
@@ -167,6 +175,7 @@ def box_config(
         telemetry_every_s=10,
         broker=BrokerConfig(url=f"mqtt://127.0.0.1:{mqtt_port}", password_file=password_file.resolve(), keepalive_s=10),
         catalogue=CatalogueConfig(cloud_url=cloud_url, image_budget_mb=64),
+        signage=SignageConfig(cloud_url=cloud_url, media_budget_mb=64),
         local_api=LocalApiConfig(port=local_api_port),
         devices=(SimulatorDevice(kind="simulator", scans_per_s=0.5, orders_per_min=2),),
     )
@@ -205,6 +214,18 @@ def _trace(api: str, key: str, broker_url: str, password: str) -> list[str]:
         return demo_trace.run(api, key, broker_url, password)
     except Exception as exc:  # the rest of the demo is worth running anyway
         return [f"  traceability demo failed: {type(exc).__name__}: {exc}"]
+
+
+def _signage(db_url: str, data: Path) -> None:
+    """Signage content for the demo boxes, published once (see cloud.signage.demo)."""
+    from cloud.db import make_engine
+    from cloud.signage.demo import setup
+
+    engine = make_engine(db_url)
+    try:
+        setup(engine, data / "catalogue" / "signage")
+    finally:
+        engine.dispose()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -255,6 +276,7 @@ def run(args: argparse.Namespace) -> int:
         sup.run_once("cloud-migrate", "cloud", "migrate")
         sup.run_once("cloud-seed", "cloud", "seed")
         api_key = _console_access(db_url, data / "secrets.json", passwords)
+        _signage(db_url, data)
         cloud = sup.start("cloud", "cloud", "serve", "--host", "127.0.0.1", "--port", str(http_port))
         api = f"http://127.0.0.1:{http_port}"
         _wait_http(f"{api}/health", cloud)
@@ -299,6 +321,9 @@ def run(args: argparse.Namespace) -> int:
                     f"    curl -sG --data-urlencode 'q=龙井' http://127.0.0.1:{local_ports[first]}/search",
                     f"  its scanning station (a camera reading a generated video of five units received at {first}'s store;"
                     f" first pass genuine, then already sold): curl -s 'http://127.0.0.1:{local_ports[first]}/station/verdicts?limit=5'",
+                    f"  signage: what {first}'s screen shows, line by line:  tail -f {data / 'edge' / first / 'signage' / 'screen.log'}",
+                    f"    now playing and next: curl -s http://127.0.0.1:{local_ports[first]}/signage/now;"
+                    f"  calendar: {api}/console/signage/calendar?node={first}",
                     "  watch the bus:",
                     f"    mosquitto_sub -h 127.0.0.1 -p {mqtt_port} -V mqttv5 -u {MONITOR_USER} -i {MONITOR_USER} "
                     f"-P '{passwords[MONITOR_USER]}' -t '{topics.everything_filter()}' -v",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, time, timedelta, timezone
 
 from broker import payloads as p
 from broker.envelope import MessageType
@@ -31,7 +31,8 @@ SAMPLES: dict[MessageType, p.Payload] = {
         address="上海市黄浦区南京东路 1 号",
     ),
     MessageType.STOCK: p.StockData(levels=(p.StockLevel(sku="SKU-0001", on_hand=7),), snapshot=True),
-    MessageType.POP: p.PopData(screen="door", media_id="m-1", started_at=NOW, duration_ms=15000),
+    MessageType.POP: p.PopData(screen="door", media_id="a" * 64, campaign_id="xmas", layer=p.SignageLayer.NORMAL,
+                               schedule_version=3, started_at=NOW, duration_ms=15000),
     MessageType.FULFIL: p.FulfilData(order_id="K-1001", status=p.FulfilStatus.READY),
     MessageType.ACK: p.AckData(ok=False, detail="config rejected: printer.port out of range"),
     MessageType.TELEMETRY: p.TelemetryData(metrics={"cpu": 0.25, "temp_c": 51.5}),
@@ -49,7 +50,20 @@ SAMPLES: dict[MessageType, p.Payload] = {
         order_id="W-77", lines=(p.OrderLine(sku="SKU-0002", qty=1),), fulfilment=p.Fulfilment.PICKUP
     ),
     MessageType.CONFIG: p.ConfigData(config_hash="cd" * 32, config={"node_id": "st0001-k1"}),
-    MessageType.SCHEDULE: p.ScheduleData(version=3, valid_from=NOW, valid_until=NOW + timedelta(hours=48)),
+    MessageType.SCHEDULE: p.ScheduleData(
+        version=3,
+        timeline_hash="0123456789abcdef" * 2,
+        screen="main",
+        timezone="Asia/Shanghai",
+        valid_from=NOW,
+        valid_until=NOW + timedelta(hours=48),
+        items=(p.ScheduleItem(media="a" * 64, start=NOW, end=NOW + timedelta(seconds=15), layer=p.SignageLayer.NORMAL,
+                              campaign="xmas", local_start=NOW),),
+        campaigns=(p.RuleCampaign(id="xmas", layer=p.SignageLayer.NORMAL, items=(p.RuleItem(media="a" * 64, duration_s=15),),
+                                  dayparts=(p.RuleDaypart(weekdays=(5, 6), start=time(22), end=time(2)),)),),
+        default=(p.RuleItem(media="b" * 64, duration_s=10),),
+        media=(p.MediaRef(sha256="a" * 64, size=1000, mime="image/png", path="/signage/media/" + "a" * 64),),
+    ),
     MessageType.CATALOG: p.CatalogData(
         version=12,
         region="east",

@@ -52,7 +52,7 @@ def test_every_message_type_is_stored_once(broker: Broker, engine: Engine) -> No
                 (MessageType.ORDER, OrderData(order_id="o1", channel="kiosk", lines=(OrderLine(sku="A-1", qty=2),),
                                                fulfilment="pickup")),
                 (MessageType.STOCK, StockData(levels=(StockLevel(sku="A-1", on_hand=5),))),
-                (MessageType.POP, PopData(screen="s1", media_id="m1", started_at=datetime.now(UTC), duration_ms=5000)),
+                (MessageType.POP, PopData(screen="s1", media_id="a" * 64, started_at=datetime.now(UTC), duration_ms=5000)),
                 (MessageType.FULFIL, FulfilData(order_id="o1", status=FulfilStatus.READY)),
                 (MessageType.ACK, AckData(ok=True)),
                 (MessageType.TELEMETRY, TelemetryData(metrics={"cpu": 0.5})),

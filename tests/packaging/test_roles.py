@@ -32,6 +32,7 @@ PACKAGE_ROLES: dict[str, frozenset[str]] = {
     "broker": frozenset({"core"}),
     "firmware_config": frozenset({"core"}),
     "gs1": frozenset({"core"}),
+    "signage_rules": frozenset({"core"}),
     "provisioning": frozenset({"core"}),
     "omnishelf": frozenset({"core"}),
     "edge": frozenset({"core", "edge"}),
@@ -162,7 +163,7 @@ def test_box_packages_import_nothing_of_the_cloud_when_loaded() -> None:
     assert {"fastapi", "sqlalchemy", "kivy"} <= set(forbidden)
     script = f"""
 import importlib, json, pkgutil, sys
-for package in ("broker", "edge", "firmware_config", "gs1"):
+for package in ("broker", "edge", "firmware_config", "gs1", "signage_rules"):
     importlib.import_module(package)
     for info in pkgutil.walk_packages(sys.modules[package].__path__, package + "."):
         importlib.import_module(info.name)

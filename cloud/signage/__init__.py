@@ -1,0 +1,1 @@
+"""Signage: media, playlists, campaigns, versioned publications → per-screen timelines; proof of play."""
