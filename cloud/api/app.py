@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 from cloud import console
 from cloud.access.service import access_policy
 from cloud.access.web import install_error_handlers
-from cloud.api import health, security
+from cloud.api import health, params, security
 from cloud.bus.worker import CloudBus
 from cloud.db import make_engine, make_sessionmaker
 from cloud.engine import EngineSpec
@@ -75,6 +75,7 @@ def create_app(
     install_error_handlers(app)
     console.mount(app, specs)
     security.install(app)
+    params.install(app)
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:

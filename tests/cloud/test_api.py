@@ -104,3 +104,19 @@ def test_api_docs_work_without_internet(engine: Engine) -> None:
                 assert not url.startswith(("http:", "https:", "//")), f"{page} loads {url} from outside"
                 assert client.get(url).status_code == 200, f"{page}: {url} is not served"
         assert "/nodes" in client.get("/openapi.json").json()["paths"]
+
+
+def test_a_query_parameter_that_takes_one_value_refuses_several(engine: Engine) -> None:
+    seed(engine)
+    auth = {"Authorization": f"Bearer {create_api_key(engine, 'reader', 'hq')}"}
+    settings = Settings(DATABASE_URL=engine.url.render_as_string(hide_password=False))
+    with TestClient(create_app(settings, run_worker=False, engine=engine), headers=auth) as client:
+        twice = client.get("/audit?actor=a&actor=b")
+        assert twice.status_code == 422
+        assert twice.json()["detail"] == [
+            {"loc": ["query", "actor"], "msg": "given 2 times; this parameter takes one value", "type": "value_error"}]
+        assert client.get("/audit?actor=a&limit=3").status_code == 200
+        # A list parameter takes every value it is given, next to a single one that is refused.
+        assert client.get("/signage/reports/plays?by=campaign&by=region").status_code == 200
+        mixed = client.get("/signage/reports/plays?by=campaign&by=region&campaign=a&campaign=b")
+        assert mixed.status_code == 422 and [d["loc"] for d in mixed.json()["detail"]] == [["query", "campaign"]]
