@@ -23,6 +23,7 @@ ENGINE_MODULES: tuple[str, ...] = (
     "cloud.access.engine",
     "cloud.fleet.engine",
     "cloud.catalogue.engine",
+    "cloud.orders.engine",
 )
 """Each module holds `ENGINE: EngineSpec`. Order: handlers of one type run in this order."""
 
