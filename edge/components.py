@@ -21,4 +21,12 @@ def _catalogue(ctx: ComponentContext) -> Component | None:
     return CatalogueComponent(ctx)
 
 
-COMPONENTS: tuple[ComponentFactory, ...] = (_catalogue,)
+def _orders(ctx: ComponentContext) -> Component | None:
+    if not ctx.config.orders.enabled:
+        return None
+    from edge.orders.component import OrderDeskComponent
+
+    return OrderDeskComponent(ctx)
+
+
+COMPONENTS: tuple[ComponentFactory, ...] = (_catalogue, _orders)

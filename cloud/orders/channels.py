@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, select, update
 
 from cloud.db import write_transaction
@@ -129,7 +130,7 @@ def map_order(channel: str, mapping: Mapping[str, Any], body: Any) -> OrderInput
         out["channel_order_id"] = str(out["channel_order_id"])
     try:
         return OrderInput.model_validate(out)
-    except service.ValidationError as exc:
+    except ValidationError as exc:
         raise service.refusal_from_validation(exc) from None
 
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 from scipy.spatial import cKDTree  # type: ignore[import-untyped]
-from shapely.geometry import Point, Polygon
-from shapely.prepared import prep
+from shapely.geometry import Point, Polygon  # type: ignore[import-untyped]
+from shapely.prepared import prep  # type: ignore[import-untyped]
 
 __all__ = ["EARTH_KM", "SpatialIndex", "Zone", "great_circle_km", "unit_vectors"]
 

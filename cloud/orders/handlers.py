@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import json
 
+from pydantic import ValidationError
+from sqlalchemy import select
+
 from broker.payloads import FulfilData, OrderData, StockData
+from cloud.access.scope import NotFound
 from cloud.bus import Context, Message
 from cloud.orders import service
 from cloud.orders.stock import LevelIn, apply_levels
@@ -26,14 +30,14 @@ def on_order(ctx: Context, msg: Message) -> None:
     if data.fulfilment.value == "pickup" and not data.pickup_store:
         # A kiosk pickup without a store named is collected where it was ordered.
         body["pickup_store"] = ctx.conn.execute(
-            service.select(service.LOCS.c.code).select_from(
+            select(service.LOCS.c.code).select_from(
                 service.NODES.join(service.LOCS, service.LOCS.c.store_id == service.NODES.c.store_id))
             .where(service.NODES.c.id == msg.node)).scalar()
     text = json.dumps(body, ensure_ascii=False)
     try:
         order = service.OrderInput.model_validate(body)
         service.intake(ctx.conn, order, actor=f"bus:{msg.node}", now=ctx.now, source_node=msg.node)
-    except service.ValidationError as exc:
+    except ValidationError as exc:
         service.inbox_add(ctx.conn, channel=data.channel, source="bus", refused=service.refusal_from_validation(exc),
                           raw=text, now=ctx.now)
     except service.Refused as refused:
@@ -53,7 +57,7 @@ def on_fulfil(ctx: Context, msg: Message) -> None:
     assert isinstance(data, FulfilData)
     try:
         service.apply_fulfil(ctx.conn, data, actor=f"bus:{msg.node}", node=msg.node, pos=msg.position, now=ctx.now)
-    except (service.Refused, service.IllegalTransition, service.NotFound) as exc:
+    except (service.Refused, service.IllegalTransition, NotFound) as exc:
         refused = exc if isinstance(exc, service.Refused) else service.Refused(service.Refusal.CONFLICT, str(exc))
         service.inbox_add(ctx.conn, channel="store", source="bus", refused=refused,
                           raw=json.dumps(data.model_dump(mode="json") | {"node": msg.node}), now=ctx.now)

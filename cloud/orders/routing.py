@@ -43,7 +43,7 @@ class Candidate:
     lat: float
     lon: float
     atp: Mapping[str, int]
-    """Available to promise per SKU of the order (on hand − reserved − safety, never below 0)."""
+    """Available to promise per SKU of the order (on hand - reserved - safety, never below 0)."""
     zone: Zone | None = None
     capacity_left: int | None = None
     priority: int = 0

@@ -253,7 +253,7 @@ def check(conn: Connection, order: OrderInput) -> int | None:
             raise Refused(Refusal.BAD_QUANTITY, f"line {i} ({line.sku}): quantity {line.qty} must be 1..10000")
         if line.discount > line.price * line.qty:
             raise Refused(Refusal.INVALID, f"line {i} ({line.sku}): discount {line.discount} exceeds the line's "
-                                           f"price × quantity {line.price * line.qty}")
+                                           f"price x quantity {line.price * line.qty}")
     skus = sorted({line.sku for line in order.lines})
     if len(skus) != len(order.lines):
         raise Refused(Refusal.INVALID, "a SKU appears on two lines: give one line per SKU")
@@ -650,7 +650,7 @@ def _derived_state(conn: Connection, order_id: int) -> str | None:
                                                             ASSIGN.c.state.in_(ACTIVE_ASSIGNMENT))).scalars())
     if not states:
         return None
-    return min(states, key=lambda s: RANK[s])
+    return str(min(states, key=lambda s: RANK[s]))
 
 
 # -- releasing -------------------------------------------------------------------------------------
@@ -762,9 +762,9 @@ def apply_fulfil(conn: Connection, data: FulfilData, *, actor: str, node: str | 
     to = FULFIL_STATE[data.status]
     if a.state not in RANK:
         return str(o.state)  # withdrawn / expired / rejected: the store is told separately
-    if to == "picked_up" and node is None:
-        if not pickup_code or not o.pickup_code or not secrets.compare_digest(pickup_code, o.pickup_code):
-            raise Refused(Refusal.INVALID, "the pickup code does not match this order's")
+    if to == "picked_up" and node is None and (
+            not pickup_code or not o.pickup_code or not secrets.compare_digest(pickup_code, o.pickup_code)):
+        raise Refused(Refusal.INVALID, "the pickup code does not match this order's")
     if to == "rejected":
         if RANK[a.state] >= RANK["shipped"]:
             raise IllegalTransition(f"assignment {a.id} is {a.state}: too late to reject")

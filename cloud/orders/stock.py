@@ -1,6 +1,6 @@
 """The stock ledger per (SKU, location): on hand, reserved, safety stock, and every movement.
 
-Available to promise (ATP) = on hand − reserved − safety, never shown below zero. Store boxes feed
+Available to promise (ATP) = on hand - reserved - safety, never shown below zero. Store boxes feed
 `on_hand` through `stock` messages (order-safe: a message older than the one a row came from never
 overwrites it); warehouses through REST/CSV. Reservations change `reserved` under row locks (see
 `cloud.orders.service.reserve`).

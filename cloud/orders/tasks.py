@@ -26,7 +26,7 @@ FEED_TIMEOUT_S = 10.0
 def http_post(url: str, body: bytes, headers: dict[str, str]) -> int:
     req = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
-        with urllib.request.urlopen(req, timeout=FEED_TIMEOUT_S) as resp:  # noqa: S310 (a configured channel URL)
+        with urllib.request.urlopen(req, timeout=FEED_TIMEOUT_S) as resp:
             return int(resp.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)

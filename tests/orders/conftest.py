@@ -27,9 +27,9 @@ STORES = {
 SKUS = ("TEA-1", "RICE-1", "SOY-1")
 
 
-def seed(engine: Engine, skus: Iterable[str] = SKUS, stores: dict[str, tuple[float, float, str]] | None = None) -> None:
+def seed(eng: Engine, skus: Iterable[str] = SKUS, stores: dict[str, tuple[float, float, str]] | None = None) -> None:
     stores = STORES if stores is None else stores
-    with write_transaction(engine) as conn:
+    with write_transaction(eng) as conn:
         have = set(conn.execute(select(products.c.sku)).scalars())
         rows = [{"sku": s, "name_en": s, "name_zh": s, "list_price": Decimal("10.00")} for s in skus if s not in have]
         if rows:
@@ -44,8 +44,8 @@ def seed(engine: Engine, skus: Iterable[str] = SKUS, stores: dict[str, tuple[flo
             service.store_location(conn, node)
 
 
-def stock(engine: Engine, code: str, levels: dict[str, int], safety: int | None = None) -> None:
-    with write_transaction(engine) as conn:
+def stock(eng: Engine, code: str, levels: dict[str, int], safety: int | None = None) -> None:
+    with write_transaction(eng) as conn:
         loc = service.location_id(conn, code)
         apply_levels(conn, loc, [LevelIn(s, n, safety) for s, n in levels.items()], source="test", now=NOW)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
@@ -14,7 +15,7 @@ from cloud.orders import service
 from tests.orders.conftest import NOW, order, seed, stock
 
 
-def _get(engine: Engine, order_id: int) -> dict:
+def _get(engine: Engine, order_id: int) -> dict[str, Any]:
     with engine.connect() as conn:
         from cloud.access.scope import Scope
 
@@ -26,9 +27,9 @@ def _intake(engine: Engine, o: service.OrderInput, **kw: object) -> service.Inta
         return service.intake(conn, o, actor="test", now=NOW, **kw)  # type: ignore[arg-type]
 
 
-def _step(engine: Engine, order_id: int, status: FulfilStatus, node: str | None, seq: int, **kw: object) -> str:
+def _step(engine: Engine, order_id: int, status: FulfilStatus, node: str | None, seq: int, **kw: Any) -> str:
     with write_transaction(engine) as conn:
-        return service.apply_fulfil(conn, FulfilData(order_id=str(order_id), status=status, **kw), actor=f"bus:{node}",  # type: ignore[arg-type]
+        return service.apply_fulfil(conn, FulfilData(order_id=str(order_id), status=status, **kw), actor=f"bus:{node}",
                                     node=node, pos=(1, seq) if node else None, now=NOW)
 
 
@@ -75,7 +76,7 @@ REFUSALS = [
 
 
 @pytest.mark.parametrize(("change", "reason", "detail"), REFUSALS)
-def test_each_bad_order_is_refused_with_its_reason(engine: Engine, change: dict, reason: service.Refusal,
+def test_each_bad_order_is_refused_with_its_reason(engine: Engine, change: dict[str, Any], reason: service.Refusal,
                                                     detail: str) -> None:
     seed(engine)
     lines = change.pop("lines", [("TEA-1", 1)])
