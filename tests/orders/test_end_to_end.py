@@ -124,7 +124,7 @@ def test_kiosk_order_routed_to_another_store_fulfilled_and_fed_to_the_channel(
                 assert status == 200, placed
 
                 def held_by_b() -> list[Any]:
-                    return call(b, "GET", "/desk/orders")[1]
+                    return list(call(b, "GET", "/desk/orders")[1])
 
                 await until(lambda: bool(held_by_b()), timeout=20, what="the assignment on B's order desk")
                 [held] = held_by_b()
