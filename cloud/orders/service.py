@@ -505,7 +505,23 @@ def reserve(conn: Connection, order_id: int, allocation: dict[int, list[tuple[st
                                            source=f"order:{order_id}"))
 
 
-RACE_RETRIES = 8
+RACE_RETRIES = 6
+"""Optimistic tries (plan on unlocked reads, lock only what was chosen); the last locks every candidate."""
+
+
+def _lock_candidates(conn: Connection, order: OrderIn, k: int, now: datetime) -> None:
+    if conn.dialect.name != "postgresql":
+        return  # SQLite: the write transaction already holds the database's write lock
+    locs = _locations(conn)
+    if order.fulfilment == "pickup" and order.pickup_location is not None:
+        ids = [order.pickup_location]
+    elif order.lat is not None and order.lon is not None:
+        ids = locs.index.nearest(order.lat, order.lon, k)
+    else:
+        return
+    conn.execute(select(STOCK.c.location_id).where(STOCK.c.location_id.in_(ids),
+                                                   STOCK.c.sku.in_([s for s, _ in order.lines]))
+                 .order_by(STOCK.c.location_id, STOCK.c.sku).with_for_update()).all()
 
 
 def route(conn: Connection, order_id: int, *, actor: str, now: datetime | None = None,
@@ -528,18 +544,25 @@ def route(conn: Connection, order_id: int, *, actor: str, now: datetime | None =
     for rule in group.rules:
         k = rule.candidates
         chosen: Plan | None = None
-        for _attempt in range(RACE_RETRIES):
+        for attempt in range(RACE_RETRIES):
+            nested = conn.begin_nested()
+            if attempt == RACE_RETRIES - 1:
+                # Lost every race: lock all the candidates' rows (in the one fixed order), so the plan
+                # made now holds until commit.
+                _lock_candidates(conn, order, k, now)
             cands, total = candidates(conn, order, k, now)
             p = plan(order, cands, rule)
             # Widen the search when the nearest ones lack stock (never beyond every location).
             while not p.filled and len(cands) >= k and k < total and order.lat is not None:
                 k *= 4
+                if attempt == RACE_RETRIES - 1:
+                    _lock_candidates(conn, order, k, now)
                 cands, total = candidates(conn, order, k, now)
                 p = plan(order, cands, rule)
             if not p.filled:
+                nested.commit()
                 chosen = p
                 break
-            nested = conn.begin_nested()
             try:
                 reserve(conn, order_id, p.allocation, now)
             except _Raced:

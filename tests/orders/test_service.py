@@ -79,6 +79,7 @@ REFUSALS = [
 def test_each_bad_order_is_refused_with_its_reason(engine: Engine, change: dict[str, Any], reason: service.Refusal,
                                                     detail: str) -> None:
     seed(engine)
+    change = dict(change)
     lines = change.pop("lines", [("TEA-1", 1)])
     with pytest.raises(service.Refused) as exc:
         _intake(engine, order("BAD", lines, **change))
