@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 
 from cloud.access.models import AuditEntry
 from cloud.db import write_transaction
@@ -134,11 +134,11 @@ def test_webhook_signature_and_replay_window(shop: tuple[World, TestClient]) -> 
 
 
 def test_a_store_user_sees_only_its_stores_orders(shop: tuple[World, TestClient]) -> None:
-    world, client = shop
+    w, client = shop
     near = client.post("/orders", json=body("NEAR-1")).json()  # → st0001 (east)
     south = client.post("/orders", json=body("FAR-1", lat=22.54, lon=114.06)).json()  # → st0003
-    with world.app_client() as store:
-        store.headers["Authorization"] = f"Bearer {world.keys['store']}"
+    with w.app_client() as store:
+        store.headers["Authorization"] = f"Bearer {w.keys['store']}"
         assert [o["id"] for o in store.get("/orders").json()] == [south["id"]]
         assert store.get(f"/orders/{near['id']}").status_code == 404
         assert store.post(f"/orders/{near['id']}/cancel", json={}).status_code == 404

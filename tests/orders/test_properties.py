@@ -56,7 +56,7 @@ def _covers(o: OrderIn, group: tuple[Candidate, ...]) -> bool:
 
 @settings(max_examples=300, deadline=None)
 @given(locations, orders, filters, st.sampled_from(["single", "partial"]))
-def test_plan_never_over_allocates_and_honours_every_filter(locs, o_, fs, mode) -> None:  # type: ignore[no-untyped-def]
+def test_plan_never_over_allocates_and_honours_every_filter(locs, o_, fs, mode) -> None:
     cands = _cands(locs)
     o = OrderIn(id=1, channel="web", fulfilment="delivery", lines=tuple(sorted(o_[2].items())), lat=o_[0], lon=o_[1])
     p = plan(o, cands, Rule(name="r", filters=tuple(fs), assignment=mode, max_locations=6))
@@ -78,7 +78,7 @@ def test_plan_never_over_allocates_and_honours_every_filter(locs, o_, fs, mode) 
 
 @settings(max_examples=300, deadline=None)
 @given(locations, orders, filters)
-def test_single_picks_the_nearest_eligible_location(locs, o_, fs) -> None:  # type: ignore[no-untyped-def]
+def test_single_picks_the_nearest_eligible_location(locs, o_, fs) -> None:
     cands = _cands(locs)
     o = OrderIn(id=1, channel="web", fulfilment="delivery", lines=tuple(sorted(o_[2].items())), lat=o_[0], lon=o_[1])
     p = plan(o, cands, Rule(name="r", filters=tuple(fs), assignment="single"))
@@ -94,7 +94,7 @@ def test_single_picks_the_nearest_eligible_location(locs, o_, fs) -> None:  # ty
 
 @settings(max_examples=300, deadline=None)
 @given(locations, orders)
-def test_partial_uses_the_fewest_locations_it_can(locs, o_) -> None:  # type: ignore[no-untyped-def]
+def test_partial_uses_the_fewest_locations_it_can(locs, o_) -> None:
     cands = _cands(locs)
     o = OrderIn(id=1, channel="web", fulfilment="delivery", lines=tuple(sorted(o_[2].items())), lat=o_[0], lon=o_[1])
     p = plan(o, cands, Rule(name="r", assignment="partial", max_locations=6))
@@ -111,7 +111,7 @@ def test_partial_uses_the_fewest_locations_it_can(locs, o_) -> None:  # type: ig
 @given(st.lists(st.dictionaries(st.sampled_from(["TEA-1", "RICE-1"]), st.integers(1, 4), min_size=1),
                 min_size=1, max_size=12),
        st.dictionaries(st.sampled_from(["sta", "stb", "stc"]), st.integers(0, 5)))
-def test_routing_orders_in_the_database_never_reserves_more_than_available(tmp_path: Path, batch, levels) -> None:  # type: ignore[no-untyped-def]
+def test_routing_orders_in_the_database_never_reserves_more_than_available(tmp_path: Path, batch, levels) -> None:
     db = tmp_path / f"p{abs(hash((str(batch), str(levels))))}.db"
     engine = make_engine(f"sqlite:///{db}")
     try:
