@@ -50,7 +50,8 @@ def run(engine: Engine, url: str, total: int) -> None:
     assert [e for e, _ in results] == [0] * WORKERS
     with engine.connect() as conn:
         assert service.oversold(conn) == 0
-        states = dict(conn.execute(select(service.ORDERS.c.state, func.count()).group_by(service.ORDERS.c.state)).all())
+        states: dict[str, int] = {s: int(n) for s, n in conn.execute(
+            select(service.ORDERS.c.state, func.count()).group_by(service.ORDERS.c.state))}
         reserved = dict(conn.execute(select(service.STOCK.c.sku, func.sum(service.STOCK.c.reserved))
                                      .group_by(service.STOCK.c.sku)).all())
         held = dict(conn.execute(select(service.RESV.c.sku, func.sum(service.RESV.c.qty))
