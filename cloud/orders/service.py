@@ -55,9 +55,12 @@ from cloud.orders.models import (
 )
 from cloud.orders.routing import Candidate, OrderIn, Plan, plan
 from cloud.orders.rules import DEFAULT_RULES, RuleError, RuleSet, Unfilled, parse_rules
+from cloud.orders.stock import LevelIn, apply_levels
 
 __all__ = [
     "ORDERS",
+    "LevelIn",
+    "apply_levels",
     "IllegalTransition",
     "OrderInput",
     "Refusal",

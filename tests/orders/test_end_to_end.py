@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -163,5 +164,66 @@ def test_kiosk_order_routed_to_another_store_fulfilled_and_fed_to_the_channel(
         assert [x["state"] for x in feed.bodies] == trail
         assert feed.bad == []
         assert {x["order"] for x in feed.bodies} == {"K-A-1"}
+
+    asyncio.run(asyncio.wait_for(main(), 90))
+
+
+def test_an_offline_store_gets_its_assignment_later_or_is_told_it_expired(
+    broker: Broker, engine: Engine, tmp_path: Path
+) -> None:
+    """Store B is offline: an order assigned to it waits in the downlink and reaches B when it
+    comes back. A second order's reservation expires while B is still away: it is released, the
+    order goes to C, and B learns on its return that it was withdrawn (the assign itself expired)."""
+    seed(engine)
+    with write_transaction(engine) as conn:
+        # 1.5 s to accept: the second order expires while B is away.
+        service.save_rules(conn, {"groups": [{"name": "all", "rules": [{"name": "nearest"}]}],
+                                  "accept_minutes": 0.025}, actor="test")
+        for code, n in (("stb", 5), ("stc", 5)):
+            service.apply_levels(conn, service.location_id(conn, code), [service.LevelIn("TEA-1", n)], source="t",
+                                 now=service._now())
+
+    async def main() -> None:
+        bus = CloudBus(await cloud_settings(broker, engine), engine)
+        async with running(bus):
+            with write_transaction(engine) as conn:
+                first = service.intake(conn, service.OrderInput.model_validate({
+                    "channel": "web", "channel_order_id": "OFF-1", "fulfilment": "pickup", "pickup_store": "stb",
+                    "lines": [{"sku": "TEA-1", "qty": 1}]}), actor="test")
+                # The first one is given an hour (its reservation and its assign command).
+                later = service._now() + timedelta(hours=1)
+                conn.execute(service.ASSIGN.update().values(accept_by=later))
+                conn.execute(DownlinkCommand.__table__.update().values(expires_at=later))
+                second = service.intake(conn, service.OrderInput.model_validate({
+                    "channel": "web", "channel_order_id": "OFF-2", "fulfilment": "delivery", "lat": 31.241,
+                    "lon": 121.491, "lines": [{"sku": "TEA-1", "qty": 2}]}), actor="test")
+            assert (first.state, second.state) == ("routed", "routed")
+            await until_db(engine, lambda s: [r.location for r in s.execute(
+                select(service.ASSIGN.c.state, service.LOCS.c.code.label("location"))
+                .join(service.LOCS, service.LOCS.c.id == service.ASSIGN.c.location_id)
+                .where(service.ASSIGN.c.order_id == second.id, service.ASSIGN.c.state == "routed"))] == ["stc"],
+                timeout=20, what="the second order's reservation at B to expire and the order to move to C")
+            b = box(broker, tmp_path, "stb-k1", "stb")
+            task = asyncio.create_task(b.run())
+            try:
+                await asyncio.wait_for(b.ready.wait(), 20)
+
+                def desk() -> dict[str, str]:
+                    return {x["order_id"]: x["state"] for x in call(b, "GET", "/desk/orders")[1]}
+
+                await until(lambda: desk() == {str(first.id): "assigned", str(second.id): "withdrawn"}, timeout=20,
+                            what="B to hold the first order and know the second was withdrawn")
+            finally:
+                await b.stop()
+                await asyncio.wait_for(task, 15)
+        with engine.connect() as conn:
+            stock_rows = {r.code: (r.on_hand, r.reserved) for r in conn.execute(
+                select(service.LOCS.c.code, service.STOCK.c.on_hand, service.STOCK.c.reserved)
+                .join(service.LOCS, service.LOCS.c.id == service.STOCK.c.location_id))}
+            cmds = sorted((r.data["order_id"], r.data["action"], r.status) for r in conn.execute(
+                select(DownlinkCommand.__table__).where(DownlinkCommand.node == "stb-k1")))
+        assert stock_rows == {"stb": (5, 1), "stc": (5, 2)}
+        assert cmds == [(str(first.id), "assign", "delivered"), (str(second.id), "assign", "expired"),
+                        (str(second.id), "withdraw", "delivered")]
 
     asyncio.run(asyncio.wait_for(main(), 90))
