@@ -59,13 +59,13 @@ from cloud.orders.stock import LevelIn, apply_levels
 
 __all__ = [
     "ORDERS",
-    "LevelIn",
-    "apply_levels",
     "IllegalTransition",
+    "LevelIn",
     "OrderInput",
     "Refusal",
     "Refused",
     "apply_fulfil",
+    "apply_levels",
     "cancel",
     "expire_due",
     "intake",

@@ -13,13 +13,13 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 
 from broker.envelope import MessageType
 from broker.payloads import StockData, StockLevel
@@ -193,7 +193,7 @@ def test_an_offline_store_gets_its_assignment_later_or_is_told_it_expired(
                 # The first one is given an hour (its reservation and its assign command).
                 later = service._now() + timedelta(hours=1)
                 conn.execute(service.ASSIGN.update().values(accept_by=later))
-                conn.execute(DownlinkCommand.__table__.update().values(expires_at=later))
+                conn.execute(update(DownlinkCommand).values(expires_at=later))
                 second = service.intake(conn, service.OrderInput.model_validate({
                     "channel": "web", "channel_order_id": "OFF-2", "fulfilment": "delivery", "lat": 31.241,
                     "lon": 121.491, "lines": [{"sku": "TEA-1", "qty": 2}]}), actor="test")

@@ -38,7 +38,7 @@ def test_status_feed_is_signed_and_retried_until_accepted(engine: Engine) -> Non
     assert channels.deliver_due(engine, post, later) == 1  # received, retried
     assert [(c[1]["state"], c[1]["from"]) for c in post.calls] == [("received", None), ("routed", "received"),
                                                                     ("received", None)]
-    url, body, headers = post.calls[0]
+    _url, body, headers = post.calls[0]
     raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
     channels.verify(SECRET, 10**9, headers["X-Omnishelf-Timestamp"], headers["X-Omnishelf-Signature"], raw)
     with engine.connect() as conn:
