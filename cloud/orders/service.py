@@ -26,8 +26,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
-from sqlalchemy import Connection, Table, func, select, tuple_, update
+from sqlalchemy import Connection, Table, and_, func, or_, select, tuple_, update
 
 from broker.envelope import MessageType
 from broker.payloads import AssignAction, AssignData, FulfilData, FulfilStatus, OrderLine
@@ -37,7 +38,7 @@ from cloud.bus import downlink
 from cloud.catalogue.models import products
 from cloud.db import insert_for
 from cloud.models import Node, Region, Store
-from cloud.orders.geo import SpatialIndex, Zone
+from cloud.orders.geo import SpatialIndex, Zone, unit_vectors
 from cloud.orders.models import (
     Assignment,
     Channel,
@@ -445,17 +446,38 @@ def _with_stock(conn: Connection, locs: _Locations, ids: Sequence[int], skus: Se
     return out
 
 
-def candidates(conn: Connection, order: OrderIn, k: int, now: datetime) -> tuple[list[Candidate], int]:
-    """The `k` nearest active locations with their stock for the order's SKUs; and how many exist."""
+def candidate_ids(conn: Connection, order: OrderIn, k: int, stocked: str | None = None) -> tuple[list[int], int]:
+    """Ids of the `k` nearest active locations (and how many there are). With `stocked` ("all":
+    holding every line's quantity, "any": some of one line), only among locations that do, found
+    through the stock table's SKU index: for orders the nearest ones cannot fill, without looking
+    at every location."""
     locs = _locations(conn)
-    skus = [s for s, _ in order.lines]
     if order.fulfilment == "pickup" and order.pickup_location is not None:
-        ids = [order.pickup_location] if order.pickup_location in locs.base else []
-    elif order.lat is not None and order.lon is not None:
-        ids = locs.index.nearest(order.lat, order.lon, k)
-    else:
-        ids = []
-    return _with_stock(conn, locs, ids, skus, now), locs.index.size
+        return ([order.pickup_location] if order.pickup_location in locs.base else []), locs.index.size
+    if order.lat is None or order.lon is None:
+        return [], locs.index.size
+    if stocked is None:
+        return locs.index.nearest(order.lat, order.lon, k), locs.index.size
+    atp = STOCK.c.on_hand - STOCK.c.reserved - STOCK.c.safety
+    cond = [and_(STOCK.c.sku == s, atp >= (q if stocked == "all" else 1)) for s, q in order.lines]
+    stmt = select(STOCK.c.location_id).where(or_(*cond)).group_by(STOCK.c.location_id)
+    if stocked == "all":
+        stmt = stmt.having(func.count() == len(order.lines))
+    ids = [i for i in conn.execute(stmt).scalars() if i in locs.base and locs.base[i].active]
+    if not ids:
+        return [], locs.index.size
+    pts = np.array([(locs.base[i].lat, locs.base[i].lon) for i in ids])
+    d = np.linalg.norm(unit_vectors(pts[:, 0], pts[:, 1]) - unit_vectors(order.lat, order.lon), axis=1)
+    keep = k + len(order.excluded)
+    order_idx = np.argsort(d, kind="stable")[:keep]
+    return [ids[int(j)] for j in order_idx], locs.index.size
+
+
+def candidates(conn: Connection, order: OrderIn, k: int, now: datetime,
+               stocked: str | None = None) -> tuple[list[Candidate], int]:
+    """The candidates of `candidate_ids` with their stock for the order's SKUs."""
+    ids, total = candidate_ids(conn, order, k, stocked)
+    return _with_stock(conn, _locations(conn), ids, [s for s, _ in order.lines], now), total
 
 
 # -- routing ---------------------------------------------------------------------------------------
@@ -512,17 +534,10 @@ RACE_RETRIES = 6
 """Optimistic tries (plan on unlocked reads, lock only what was chosen); the last locks every candidate."""
 
 
-def _lock_candidates(conn: Connection, order: OrderIn, k: int, now: datetime) -> None:
-    if conn.dialect.name != "postgresql":
+def _lock_rows(conn: Connection, ids: Sequence[int], order: OrderIn) -> None:
+    if conn.dialect.name != "postgresql" or not ids:
         return  # SQLite: the write transaction already holds the database's write lock
-    locs = _locations(conn)
-    if order.fulfilment == "pickup" and order.pickup_location is not None:
-        ids = [order.pickup_location]
-    elif order.lat is not None and order.lon is not None:
-        ids = locs.index.nearest(order.lat, order.lon, k)
-    else:
-        return
-    conn.execute(select(STOCK.c.location_id).where(STOCK.c.location_id.in_(ids),
+    conn.execute(select(STOCK.c.location_id).where(STOCK.c.location_id.in_(list(ids)),
                                                    STOCK.c.sku.in_([s for s, _ in order.lines]))
                  .order_by(STOCK.c.location_id, STOCK.c.sku).with_for_update()).all()
 
@@ -544,24 +559,25 @@ def route(conn: Connection, order_id: int, *, actor: str, now: datetime | None =
     except RuleError as exc:
         return _unfillable(conn, o, version, None, {"error": str(exc)}, str(exc), actor, now)
     tried: list[dict[str, Any]] = []
+    skus = [s for s, _ in order.lines]
     for rule in group.rules:
         k = rule.candidates
         chosen: Plan | None = None
         for attempt in range(RACE_RETRIES):
             nested = conn.begin_nested()
-            if attempt == RACE_RETRIES - 1:
+            last = attempt == RACE_RETRIES - 1
+            ids, total = candidate_ids(conn, order, k)
+            if last:
                 # Lost every race: lock all the candidates' rows (in the one fixed order), so the plan
                 # made now holds until commit.
-                _lock_candidates(conn, order, k, now)
-            cands, total = candidates(conn, order, k, now)
-            p = plan(order, cands, rule)
-            # Widen the search when the nearest ones lack stock (never beyond every location).
-            while not p.filled and len(cands) >= k and k < total and order.lat is not None:
-                k *= 4
-                if attempt == RACE_RETRIES - 1:
-                    _lock_candidates(conn, order, k, now)
-                cands, total = candidates(conn, order, k, now)
-                p = plan(order, cands, rule)
+                _lock_rows(conn, ids, order)
+            p = plan(order, _with_stock(conn, _locations(conn), ids, skus, now), rule)
+            if not p.filled and len(ids) < total and order.lat is not None:
+                # The nearest lack stock: the nearest among those that hold it.
+                ids, _ = candidate_ids(conn, order, k, "all" if rule.assignment == "single" else "any")
+                if last:
+                    _lock_rows(conn, ids, order)
+                p = plan(order, _with_stock(conn, _locations(conn), ids, skus, now), rule)
             if not p.filled:
                 nested.commit()
                 chosen = p
@@ -578,7 +594,7 @@ def route(conn: Connection, order_id: int, *, actor: str, now: datetime | None =
             tried.append({"rule": rule.name, "note": "stock kept changing while reserving", "candidates": []})
             continue
         entry = {"rule": rule.name, "assignment": rule.assignment, "note": chosen.note,
-                 "candidates": chosen.candidates, "considered": len(chosen.candidates)}
+                 "candidates": _shown(chosen.candidates), "considered": len(chosen.candidates)}
         tried.append(entry)
         if chosen.filled:
             _assign(conn, o, order, chosen, ruleset, now)
@@ -612,6 +628,24 @@ def route(conn: Connection, order_id: int, *, actor: str, now: datetime | None =
         break
     return _unfillable(conn, o, version, group.name, {"group": group.name, "rules": tried},
                        _why(order, tried), actor, now)
+
+
+EXPLAIN_MAX = 25
+"""Candidates kept in a decision's explanation: the chosen ones and the nearest others; the rest are
+counted by reason (an order that searched a thousand locations does not store a thousand rows)."""
+
+
+def _shown(cands: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if len(cands) <= EXPLAIN_MAX:
+        return cands
+    ranked = sorted(cands, key=lambda c: (not c.get("chosen"), c.get("distance_km") or 0.0))
+    kept, rest = ranked[:EXPLAIN_MAX], ranked[EXPLAIN_MAX:]
+    reasons: dict[str, int] = {}
+    for c in rest:
+        reason = str(c.get("dropped", "")).split(":")[0]
+        reasons[reason] = reasons.get(reason, 0) + 1
+    summary = "; ".join(f"{n} x {r}" for r, n in sorted(reasons.items(), key=lambda x: -x[1]))
+    return [*kept, {"code": f"(+{len(rest)} more)", "distance_km": None, "stock": {}, "dropped": summary}]
 
 
 def _why(order: OrderIn, tried: list[dict[str, Any]]) -> str:

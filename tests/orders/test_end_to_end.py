@@ -213,6 +213,9 @@ def test_an_offline_store_gets_its_assignment_later_or_is_told_it_expired(
 
                 await until(lambda: desk() == {str(first.id): "assigned", str(second.id): "withdrawn"}, timeout=20,
                             what="B to hold the first order and know the second was withdrawn")
+                await until_db(engine, lambda s: sorted(s.execute(select(DownlinkCommand.status).where(
+                    DownlinkCommand.node == "stb-k1")).scalars()) == ["delivered", "delivered", "expired"],
+                    timeout=20, what="B's acks")
             finally:
                 await b.stop()
                 await asyncio.wait_for(task, 15)
