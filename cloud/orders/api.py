@@ -17,7 +17,7 @@ from sqlalchemy import Connection, select
 
 from broker.payloads import FulfilData, FulfilStatus
 from cloud.access.scope import Perm, Principal
-from cloud.access.web import require, via
+from cloud.access.web import Problem, error_responses, require, via
 from cloud.api.deps import EngineDep
 from cloud.db import write_transaction
 from cloud.orders import channels, dryrun, service
@@ -26,7 +26,12 @@ from cloud.orders.stock import LevelIn, StockError, apply_levels, atp_rows, low_
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["orders"])
+_ANSWERS: dict[int | str, dict[str, Any]] = {
+    **error_responses(400, 401, 403, 404),
+    409: {"model": Problem, "description": "not allowed in the order's current state (named in `detail`)"},
+    422: {"description": "refused: `detail` names the field or the reason (refused orders are kept in the inbox)"},
+}
+router = APIRouter(tags=["orders"], responses=_ANSWERS)
 Business = Annotated[Principal, Depends(require(Perm.BUSINESS))]
 OrderId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 Code = Annotated[str, Path(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_\-]+$")]

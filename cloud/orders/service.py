@@ -939,8 +939,8 @@ class LocationInput(BaseModel):
     zone_radius_km: Annotated[float, Field(gt=0, le=20_000)] | None = None
     zone_polygon: Annotated[list[tuple[float, float]], Field(min_length=3, max_length=10_000)] | None = None
     capacity_per_day: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
-    priority: int = 0
-    cost: Annotated[float, Field(ge=0)] = 0.0
+    priority: Annotated[int, Field(ge=-1_000_000, le=1_000_000)] = 0
+    cost: Annotated[float, Field(ge=0, le=1e9)] = 0.0
     active: bool = True
 
 
