@@ -322,6 +322,7 @@ def put_channel(name: Annotated[str, Path(pattern=r"^[a-z0-9_\-]{1,64}$")], body
             conn.execute(service.CHANNELS.insert().values(name=name, **values))
         service.audit(conn, principal.actor, "channel.put", name, via=via(request), object_type="channel",
                       after={k: v for k, v in values.items() if k != "secret"})
+    service.invalidate_channels()
     return {"name": name}
 
 

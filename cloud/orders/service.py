@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
-from sqlalchemy import Connection, Table, and_, func, or_, select, tuple_, update
+from sqlalchemy import Connection, Table, and_, bindparam, func, or_, select, tuple_, update
 
 from broker.envelope import MessageType
 from broker.payloads import AssignAction, AssignData, FulfilData, FulfilStatus, OrderLine
@@ -165,7 +165,7 @@ def _now() -> datetime:
 
 
 def set_state(conn: Connection, order_id: int, to: str, *, actor: str, reason: str, now: datetime,
-              current: str | None = None) -> str:
+              current: str | None = None, channel: str | None = None, extra: dict[str, Any] | None = None) -> str:
     """Move an order to `to`, recording who/when/why, and queue the channel's status feed; return
     the state it was in. Raises `IllegalTransition` naming the current state."""
     if current is None:
@@ -175,20 +175,41 @@ def set_state(conn: Connection, order_id: int, to: str, *, actor: str, reason: s
     if to not in TRANSITIONS.get(current, frozenset()):
         allowed = ", ".join(sorted(TRANSITIONS.get(current, ()))) or "nothing (it is final)"
         raise IllegalTransition(f"order {order_id} is {current}: it cannot become {to} (from {current}: {allowed})")
-    conn.execute(update(ORDERS).where(ORDERS.c.id == order_id).values(state=to, updated_at=now))
+    conn.execute(update(ORDERS).where(ORDERS.c.id == order_id).values(state=to, updated_at=now, **(extra or {})))
     conn.execute(TRANS.insert().values(order_id=order_id, from_state=current, to_state=to, at=now,
                                        actor=actor[:120], reason=reason[:500]))
-    _feed_status(conn, order_id, current, to, reason, now)
+    _feed_status(conn, order_id, current, to, reason, now, channel)
     return current
 
 
-def _feed_status(conn: Connection, order_id: int, from_state: str | None, to: str, reason: str, now: datetime) -> None:
+_feeds: dict[str, tuple[float, frozenset[str]]] = {}
+FEED_CHANNELS_TTL_S = 2.0
+"""A channel given a status feed is fed from then on (on another host within this)."""
+
+
+def _feed_channels(conn: Connection) -> frozenset[str]:
+    key = _db_key(conn)
+    hit = _feeds.get(key)
+    if hit is not None and time.monotonic() - hit[0] < FEED_CHANNELS_TTL_S:
+        return hit[1]
+    names = frozenset(conn.execute(select(CHANNELS.c.name).where(CHANNELS.c.status_url.is_not(None))).scalars())
+    _feeds[key] = (time.monotonic(), names)
+    return names
+
+
+def invalidate_channels() -> None:
+    _feeds.clear()
+
+
+def _feed_status(conn: Connection, order_id: int, from_state: str | None, to: str, reason: str, now: datetime,
+                 channel: str | None = None) -> None:
+    if channel is not None and channel not in _feed_channels(conn):
+        return
     o = conn.execute(select(ORDERS.c.channel, ORDERS.c.channel_order_id, ORDERS.c.carrier, ORDERS.c.tracking)
                      .where(ORDERS.c.id == order_id)).first()
     if o is None:
         return
-    has_feed = conn.execute(select(CHANNELS.c.status_url).where(CHANNELS.c.name == o.channel)).scalar()
-    if not has_feed:
+    if channel is None and o.channel not in _feed_channels(conn):
         return
     conn.execute(FEED.insert().values(
         channel=o.channel, kind="status", status="pending", attempts=0, next_attempt_at=now, created_at=now,
@@ -320,17 +341,17 @@ def intake(conn: Connection, order: OrderInput, *, actor: str, now: datetime | N
     ])
     conn.execute(TRANS.insert().values(order_id=new_id, from_state=None, to_state="received", at=now,
                                        actor=actor[:120], reason=f"received from {order.channel}"))
-    _feed_status(conn, new_id, None, "received", f"received from {order.channel}", now)
+    _feed_status(conn, new_id, None, "received", f"received from {order.channel}", now, order.channel)
     state = "received"
-    rules = current_rules(conn)[1]
-    held = _checks(conn, rules, order, float(amount), new_id)
+    in_force = current_rules(conn)
+    held = _checks(conn, in_force[1], order, float(amount), new_id)
     if held:
         set_state(conn, new_id, "held", actor="system:checks", reason=held, now=now, current="received")
-        conn.execute(DECIDE.insert().values(order_id=new_id, at=now, ruleset_version=current_rules(conn)[0],
+        conn.execute(DECIDE.insert().values(order_id=new_id, at=now, ruleset_version=in_force[0],
                                             outcome="held", rule=None, explanation={"check": held}))
         state = "held"
     elif route_now:
-        state = route(conn, new_id, actor="system:router", now=now)
+        state = route(conn, new_id, actor="system:router", now=now, rules=in_force)
     return IntakeResult(new_id, state, True, code)
 
 
@@ -356,11 +377,24 @@ def _checks(conn: Connection, rules: RuleSet, order: OrderInput, amount: float, 
 # -- rules -----------------------------------------------------------------------------------------
 
 
+_parsed_rules: dict[tuple[str, int], RuleSet] = {}
+
+
 def current_rules(conn: Connection) -> tuple[int, RuleSet]:
-    row = conn.execute(select(RULESETS.c.version, RULESETS.c.spec).order_by(RULESETS.c.version.desc()).limit(1)).first()
-    if row is None:
+    """The rule set in force (the newest version); parsed once per version and database."""
+    version = conn.execute(select(func.max(RULESETS.c.version))).scalar()
+    if version is None:
         return 0, DEFAULT_RULES
-    return int(row.version), parse_rules(row.spec)
+    key = (_db_key(conn), int(version))
+    rules = _parsed_rules.get(key)
+    if rules is None:
+        spec = conn.execute(select(RULESETS.c.spec).where(RULESETS.c.version == version)).scalar_one()
+        rules = _parsed_rules[key] = parse_rules(spec)
+    return int(version), rules
+
+
+def _db_key(conn: Connection) -> str:
+    return conn.engine.url.render_as_string(hide_password=True) + str(conn.engine.url.query)
 
 
 def save_rules(conn: Connection, spec: Any, *, actor: str, note: str | None = None, via: str = "api") -> int:
@@ -383,6 +417,8 @@ class _Locations:
     base: dict[int, Candidate]
     capacity: dict[int, int]
     loaded: float
+    meta: dict[int, tuple[str | None, int | None]]
+    """id → (its box, its fleet store id)."""
 
 
 _cache: dict[str, _Locations] = {}
@@ -397,7 +433,7 @@ def invalidate_locations() -> None:
 
 
 def _locations(conn: Connection) -> _Locations:
-    key = conn.engine.url.render_as_string(hide_password=True) + str(conn.engine.url.query)
+    key = _db_key(conn)
     with _cache_lock:
         hit = _cache.get(key)
         if hit is not None and time.monotonic() - hit.loaded < INDEX_TTL_S:
@@ -405,7 +441,9 @@ def _locations(conn: Connection) -> _Locations:
     rows = conn.execute(select(LOCS)).all()
     base: dict[int, Candidate] = {}
     capacity: dict[int, int] = {}
+    meta: dict[int, tuple[str | None, int | None]] = {}
     for r in rows:
+        meta[r.id] = (r.node, r.store_id)
         zone = None
         if r.zone_radius_km is not None or r.zone_polygon:
             zone = Zone(r.lat, r.lon, r.zone_radius_km, tuple(tuple(p) for p in r.zone_polygon) if r.zone_polygon else None)
@@ -415,7 +453,7 @@ def _locations(conn: Connection) -> _Locations:
             capacity[r.id] = r.capacity_per_day
     active = [c for c in base.values() if c.active]
     loc = _Locations(SpatialIndex([c.id for c in active], [c.lat for c in active], [c.lon for c in active]),
-                     base, capacity, time.monotonic())
+                     base, capacity, time.monotonic(), meta)
     with _cache_lock:
         _cache[key] = loc
     return loc
@@ -483,7 +521,8 @@ def candidates(conn: Connection, order: OrderIn, k: int, now: datetime,
 # -- routing ---------------------------------------------------------------------------------------
 
 
-def _order_in(conn: Connection, order_id: int, *, lock: bool = True) -> tuple[Any, OrderIn]:
+def _order_in(conn: Connection, order_id: int, *, lock: bool = True) -> tuple[Any, OrderIn, list[str]]:
+    """The order's row, what of it is still to route, and the states of its active assignments."""
     stmt = select(ORDERS).where(ORDERS.c.id == order_id)
     if lock and conn.dialect.name == "postgresql":
         stmt = stmt.with_for_update(of=ORDERS)
@@ -494,13 +533,15 @@ def _order_in(conn: Connection, order_id: int, *, lock: bool = True) -> tuple[An
     for r in conn.execute(select(LINES.c.sku, LINES.c.qty).where(LINES.c.order_id == order_id).order_by(LINES.c.line_no)):
         need[r.sku] = need.get(r.sku, 0) + r.qty
     # What active assignments already cover is not routed again (a split order re-routes its rejected part).
-    for a in conn.execute(select(ASSIGN.c.lines).where(ASSIGN.c.order_id == order_id,
-                                                       ASSIGN.c.state.in_(ACTIVE_ASSIGNMENT))):
+    active: list[str] = []
+    for a in conn.execute(select(ASSIGN.c.lines, ASSIGN.c.state).where(ASSIGN.c.order_id == order_id,
+                                                                       ASSIGN.c.state.in_(ACTIVE_ASSIGNMENT))):
+        active.append(a.state)
         for sku, qty in a.lines:
             need[sku] = need.get(sku, 0) - int(qty)
     lines = tuple((s, q) for s, q in need.items() if q > 0)
     return o, OrderIn(id=o.id, channel=o.channel, fulfilment=o.fulfilment, lines=lines, lat=o.lat, lon=o.lon,
-                      pickup_location=o.pickup_location_id, excluded=frozenset(o.excluded or ()))
+                      pickup_location=o.pickup_location_id, excluded=frozenset(o.excluded or ())), active
 
 
 class _Raced(Exception):
@@ -521,13 +562,13 @@ def reserve(conn: Connection, order_id: int, allocation: dict[int, list[tuple[st
         r = rows.get((loc, sku))
         if r is None or r.on_hand - r.reserved - r.safety < qty:
             raise _Raced(f"{sku} at location {loc}")
-    for loc, sku, qty in wanted:
-        r = rows[(loc, sku)]
-        conn.execute(update(STOCK).where(STOCK.c.location_id == loc, STOCK.c.sku == sku)
-                     .values(reserved=STOCK.c.reserved + qty))
-        conn.execute(MOVES.insert().values(location_id=loc, sku=sku, at=now, kind="reserve", on_hand_delta=0,
-                                           reserved_delta=qty, on_hand_after=r.on_hand, reserved_after=r.reserved + qty,
-                                           source=f"order:{order_id}"))
+    conn.execute(update(STOCK).where(STOCK.c.location_id == bindparam("l"), STOCK.c.sku == bindparam("s"))
+                 .values(reserved=STOCK.c.reserved + bindparam("q")),
+                 [{"l": loc, "s": sku, "q": qty} for loc, sku, qty in wanted])
+    conn.execute(MOVES.insert(), [
+        {"location_id": loc, "sku": sku, "at": now, "kind": "reserve", "on_hand_delta": 0, "reserved_delta": qty,
+         "on_hand_after": rows[(loc, sku)].on_hand, "reserved_after": rows[(loc, sku)].reserved + qty,
+         "source": f"order:{order_id}"} for loc, sku, qty in wanted])
 
 
 RACE_RETRIES = 6
@@ -548,7 +589,7 @@ def route(conn: Connection, order_id: int, *, actor: str, now: datetime | None =
     the decision. Returns the order's new state."""
     now = now or _now()
     version, ruleset = rules or current_rules(conn)
-    o, order = _order_in(conn, order_id)
+    o, order, active = _order_in(conn, order_id)
     if o.state not in ("received", "held", "rejected", "routed", "unfulfillable", "accepted"):
         raise IllegalTransition(f"order {order_id} is {o.state}: only received, held, rejected, routed or "
                                 f"unfulfillable orders are routed")
@@ -597,15 +638,17 @@ def route(conn: Connection, order_id: int, *, actor: str, now: datetime | None =
                  "candidates": _shown(chosen.candidates), "considered": len(chosen.candidates)}
         tried.append(entry)
         if chosen.filled:
-            _assign(conn, o, order, chosen, ruleset, now)
+            extra = _assign(conn, o, order, chosen, ruleset, now) | {"route_after": None, "queued_since": None}
             conn.execute(DECIDE.insert().values(order_id=order_id, at=now, ruleset_version=version, outcome="routed",
                                                 rule=rule.name, explanation={"group": group.name, "rules": tried}))
-            target = _derived_state(conn, order_id) or "routed"
+            target = min([*active, "routed"], key=lambda st: RANK[st])
             if target != o.state or o.state == "routed":
-                where = ", ".join(_codes(conn, chosen.allocation))
-                set_state(conn, order_id, target, actor=actor, now=now, current=o.state,
-                          reason=f"rule {rule.name!r}: assigned to {where}")
-            conn.execute(update(ORDERS).where(ORDERS.c.id == order_id).values(route_after=None, queued_since=None))
+                base = _locations(conn).base
+                where = ", ".join(sorted(base[i].code for i in chosen.allocation if i in base))
+                set_state(conn, order_id, target, actor=actor, now=now, current=o.state, channel=o.channel,
+                          reason=f"rule {rule.name!r}: assigned to {where}", extra=extra)
+            else:
+                conn.execute(update(ORDERS).where(ORDERS.c.id == order_id).values(**extra))
             return target
         if rule.unfilled is Unfilled.NEXT_RULE:
             continue
@@ -669,30 +712,27 @@ def _unfillable(conn: Connection, o: Any, version: int, group: str | None, expla
     return "unfulfillable"
 
 
-def _codes(conn: Connection, allocation: dict[int, list[tuple[str, int]]]) -> list[str]:
-    return list(conn.execute(select(LOCS.c.code).where(LOCS.c.id.in_(list(allocation))).order_by(LOCS.c.code)).scalars())
-
-
-def _assign(conn: Connection, o: Any, order: OrderIn, p: Plan, ruleset: RuleSet, now: datetime) -> None:
+def _assign(conn: Connection, o: Any, order: OrderIn, p: Plan, ruleset: RuleSet, now: datetime) -> dict[str, Any]:
+    """Write the assignments and reservations of `p`, send each box its `assign`; return the
+    order's new scoping columns (the first location's store and region)."""
     accept_by = now + timedelta(minutes=ruleset.accept_minutes)
-    locs = {r.id: r for r in conn.execute(select(LOCS.c.id, LOCS.c.node, LOCS.c.store_id, LOCS.c.region).where(
-        LOCS.c.id.in_(list(p.allocation))))}
-    first = True
+    locs = _locations(conn)
+    scoping: dict[str, Any] = {}
     for loc_id, lines in sorted(p.allocation.items()):
-        loc = locs[loc_id]
+        node, store_id = locs.meta.get(loc_id, (None, None))
         aid = int(conn.execute(ASSIGN.insert().values(
-            order_id=o.id, location_id=loc_id, node=loc.node, state="routed", lines=[[s, q] for s, q in lines],
+            order_id=o.id, location_id=loc_id, node=node, state="routed", lines=[[s, q] for s, q in lines],
             created_at=now, accept_by=accept_by,
         ).returning(ASSIGN.c.id)).scalar_one())
         conn.execute(RESV.insert(), [{"assignment_id": aid, "order_id": o.id, "location_id": loc_id, "sku": s,
                                       "qty": q, "status": "active", "created_at": now} for s, q in lines])
-        if first:
-            conn.execute(update(ORDERS).where(ORDERS.c.id == o.id).values(store_id=loc.store_id, region=loc.region))
-            first = False
-        if loc.node:
-            msg = downlink.send(conn, loc.node, MessageType.ASSIGN, _assign_data(conn, o, aid, lines, accept_by),
+        if not scoping:
+            scoping = {"store_id": store_id, "region": locs.base[loc_id].region if loc_id in locs.base else None}
+        if node:
+            msg = downlink.send(conn, node, MessageType.ASSIGN, _assign_data(conn, o, aid, lines, accept_by),
                                 engine=ENGINE, expires_in=accept_by - now, key=f"orders-assign-{aid}", now=now)
             conn.execute(update(ASSIGN).where(ASSIGN.c.id == aid).values(command=msg))
+    return scoping
 
 
 def _assign_data(conn: Connection, o: Any, aid: int, lines: Sequence[tuple[str, int]], accept_by: datetime | None,
@@ -761,7 +801,7 @@ def _exclude(conn: Connection, order_id: int, location_id: int) -> None:
 def cancel(conn: Connection, order_id: int, *, actor: str, reason: str, now: datetime | None = None) -> str:
     """Cancel (intercept) an order not yet shipped: reservations back, stores told to drop it."""
     now = now or _now()
-    o, _ = _order_in(conn, order_id)
+    o, _, _ = _order_in(conn, order_id)
     if "cancelled" not in TRANSITIONS[o.state]:
         raise IllegalTransition(f"order {order_id} is {o.state}: it cannot be cancelled any more")
     _release_all(conn, order_id, now, f"cancelled: {reason}")
@@ -782,7 +822,7 @@ def approve(conn: Connection, order_id: int, *, actor: str, now: datetime | None
 def reroute(conn: Connection, order_id: int, *, actor: str, reason: str, now: datetime | None = None) -> str:
     """Withdraw the not-yet-accepted assignments and route again, excluding those locations."""
     now = now or _now()
-    o, _ = _order_in(conn, order_id)
+    o, _, _ = _order_in(conn, order_id)
     if o.state not in ("routed", "unfulfillable", "rejected", "received"):
         raise IllegalTransition(f"order {order_id} is {o.state}: only received, routed, rejected or unfulfillable "
                                 f"orders are re-routed")
@@ -806,7 +846,7 @@ def apply_fulfil(conn: Connection, data: FulfilData, *, actor: str, node: str | 
         order_id = int(data.order_id)
     except ValueError:
         raise Refused(Refusal.INVALID, f"order_id {data.order_id!r} is not an omnishelf order number") from None
-    o, _ = _order_in(conn, order_id)
+    o, _, _ = _order_in(conn, order_id)
     stmt = select(ASSIGN).where(ASSIGN.c.order_id == order_id)
     if data.assignment is not None:
         stmt = stmt.where(ASSIGN.c.id == data.assignment)
