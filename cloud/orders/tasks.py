@@ -19,7 +19,7 @@ __all__ = ["TICK_S", "housekeeper", "tick"]
 
 log = logging.getLogger(__name__)
 
-TICK_S = 0.5
+TICK_S = 1.0
 FEED_TIMEOUT_S = 10.0
 
 
@@ -38,23 +38,42 @@ class _Cursor:
     last: int | None = None
 
 
+def _due(engine: Engine, now: datetime) -> tuple[bool, bool, int, bool, bool]:
+    """Cheap reads first: a write transaction (SQLite's write lock) only when there is work."""
+    with engine.connect() as conn:
+        expired = conn.execute(select(service.ASSIGN.c.id).where(
+            service.ASSIGN.c.state == "routed", service.ASSIGN.c.accept_by <= now).limit(1)).first() is not None
+        queued = conn.execute(select(service.ORDERS.c.id).where(service.ORDERS.c.route_after <= now).limit(1)
+                              ).first() is not None
+        top = conn.execute(select(func.max(MOVES.c.id))).scalar() or 0
+        atp_feeds = conn.execute(select(service.CHANNELS.c.name).where(service.CHANNELS.c.atp_url.is_not(None))
+                                 .limit(1)).first() is not None
+        feed = conn.execute(select(service.FEED.c.id).where(service.FEED.c.status == "pending",
+                                                            service.FEED.c.next_attempt_at <= now).limit(1)
+                            ).first() is not None
+    return expired, queued, int(top), atp_feeds, feed
+
+
 def tick(engine: Engine, cursor: type[_Cursor] = _Cursor, post: object = http_post) -> dict[str, int]:
     now = datetime.now(UTC)
-    with write_transaction(engine) as conn:
-        expired = service.expire_due(conn, now)
-    with write_transaction(engine) as conn:
-        queued = service.route_queued(conn, now)
-    atp = 0
-    with write_transaction(engine) as conn:
-        top = conn.execute(select(func.max(MOVES.c.id))).scalar() or 0
-        if cursor.last is None:
-            cursor.last = top
-        elif top > cursor.last:
+    expired_due, queued_due, top, atp_feeds, feed_due = _due(engine, now)
+    expired = queued = atp = sent = 0
+    if expired_due:
+        with write_transaction(engine) as conn:
+            expired = service.expire_due(conn, now)
+    if queued_due:
+        with write_transaction(engine) as conn:
+            queued = service.route_queued(conn, now)
+    if cursor.last is None or not atp_feeds:
+        cursor.last = top
+    elif top > cursor.last:
+        with write_transaction(engine) as conn:
             skus = sorted(set(conn.execute(select(MOVES.c.sku).where(MOVES.c.id > cursor.last, MOVES.c.id <= top))
                               .scalars()))
             atp = channels.queue_atp(conn, skus, now)
-            cursor.last = top
-    sent = channels.deliver_due(engine, post, now)
+        cursor.last = top
+    if feed_due or atp:
+        sent = channels.deliver_due(engine, post, now)
     return {"expired": expired, "queued": queued, "atp": atp, "sent": sent}
 
 
