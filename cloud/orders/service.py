@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
-from sqlalchemy import Connection, Table, and_, bindparam, func, or_, select, tuple_, update
+from sqlalchemy import Connection, Table, and_, bindparam, func, or_, select, update
 
 from broker.envelope import MessageType
 from broker.payloads import AssignAction, AssignData, FulfilData, FulfilStatus, OrderLine
@@ -553,8 +553,10 @@ def reserve(conn: Connection, order_id: int, allocation: dict[int, list[tuple[st
     under the lock, add to `reserved`. Raises `_Raced` (nothing written) if a row no longer has it."""
     wanted = sorted((loc, sku, qty) for loc, lines in allocation.items() for sku, qty in lines)
     keys = [(loc, sku) for loc, sku, _ in wanted]
+    # OR of (location, sku) pairs rather than a row-value IN: SQLite uses the primary key for this.
     stmt = select(STOCK.c.location_id, STOCK.c.sku, STOCK.c.on_hand, STOCK.c.reserved, STOCK.c.safety).where(
-        tuple_(STOCK.c.location_id, STOCK.c.sku).in_(keys)).order_by(STOCK.c.location_id, STOCK.c.sku)
+        or_(*(and_(STOCK.c.location_id == loc, STOCK.c.sku == sku) for loc, sku in keys))
+    ).order_by(STOCK.c.location_id, STOCK.c.sku)
     if conn.dialect.name == "postgresql":
         stmt = stmt.with_for_update()
     rows = {(r.location_id, r.sku): r for r in conn.execute(stmt)}
