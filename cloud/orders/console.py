@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
 
 from cloud.access.scope import NotFound, Perm, Principal
 from cloud.api.deps import EngineDep
@@ -77,6 +78,67 @@ def orders_page(request: Request, principal: Reader, engine: EngineDep, state: F
         held = service.list_orders(conn, principal.scope, state="held", limit=100)
     return render(request, "orders_list.html", principal, active="orders", rows=rows, held=held, states=STATES,
                   filters={"state": state, "channel": channel, "store": store, "region": region}, page=page)
+
+
+def parse_lines(text: str) -> list[dict[str, Any]]:
+    """The call-centre form's lines: one per line, `SKU quantity [price] [discount]`."""
+    out = []
+    for i, raw in enumerate(text.splitlines(), start=1):
+        parts = raw.split()
+        if not parts:
+            continue
+        if len(parts) < 2:
+            raise service.Refused(service.Refusal.MISSING_FIELD, f"line {i}: expected 'SKU quantity [price] [discount]'")
+        try:
+            qty = int(parts[1])
+            price = float(parts[2]) if len(parts) > 2 else 0.0
+            discount = float(parts[3]) if len(parts) > 3 else 0.0
+        except ValueError:
+            raise service.Refused(service.Refusal.INVALID, f"line {i}: {raw.strip()!r}: quantity, price and discount "
+                                                           "must be numbers") from None
+        out.append({"sku": parts[0], "qty": qty, "price": price, "discount": discount})
+    return out
+
+
+@router.get("/orders/new", response_class=HTMLResponse)
+def new_order_page(request: Request, principal: Reader) -> HTMLResponse:
+    return render(request, "orders_new.html", principal, active="orders", error=None, form={})
+
+
+@router.post("/orders/new", response_class=HTMLResponse)
+def new_order(request: Request, principal: Writer, engine: EngineDep,
+              channel_order_id: Annotated[str, Form(max_length=200)] = "",
+              customer: Annotated[str, Form(max_length=200)] = "", contact: Annotated[str, Form(max_length=200)] = "",
+              fulfilment: Annotated[str, Form(pattern="^(delivery|pickup)$")] = "delivery",
+              address: Annotated[str, Form(max_length=500)] = "", lat: Annotated[str, Form(max_length=20)] = "",
+              lon: Annotated[str, Form(max_length=20)] = "", pickup_store: Annotated[str, Form(max_length=32)] = "",
+              lines: Annotated[str, Form(max_length=20_000)] = "") -> Response:
+    """The call centre's order form: the same checks, routing and inbox as every other channel."""
+    form = {"channel_order_id": channel_order_id, "customer": customer, "contact": contact, "fulfilment": fulfilment,
+            "address": address, "lat": lat, "lon": lon, "pickup_store": pickup_store, "lines": lines}
+    raw: dict[str, Any] = {"channel": "callcentre", "channel_order_id": channel_order_id, "fulfilment": fulfilment,
+                           **{k: v for k, v in form.items() if v and k in ("customer", "contact", "address",
+                                                                           "pickup_store")}}
+    try:
+        raw["lines"] = parse_lines(lines)
+        for k, v in (("lat", lat), ("lon", lon)):
+            if v.strip():
+                try:
+                    raw[k] = float(v)
+                except ValueError:
+                    raise service.Refused(service.Refusal.INVALID, f"{k} {v!r} is not a number") from None
+        try:
+            order = service.OrderInput.model_validate(raw)
+        except ValidationError as exc:
+            raise service.refusal_from_validation(exc) from None
+        with write_transaction(engine) as conn:
+            result = service.intake(conn, order, actor=principal.actor)
+            service.audit(conn, principal.actor, "order.create", str(result.id), via="console",
+                          after={"state": result.state, "created": result.created})
+    except service.Refused as exc:
+        return render(request, "orders_new.html", principal, status_code=422, active="orders",
+                      error=f"{exc.reason.value}: {exc.detail}", form=form)
+    return RedirectResponse(f"/console/orders/{result.id}", 303)
 
 
 @router.get("/orders/inbox", response_class=HTMLResponse)

@@ -199,3 +199,20 @@ def test_console_pages_and_an_audited_cancel(world: World) -> None:  # noqa: F81
     assert [tuple(a) for a in audit] == [("user:hq", "order.cancel", str(oid))]
 
 
+
+
+def test_call_centre_form_places_an_order_or_names_the_problem(shop: tuple[World, TestClient]) -> None:
+    w, _ = shop
+    with w.app_client() as client:
+        csrf = sign_in(client, "hq")
+        form = {"csrf_token": csrf, "channel_order_id": "TEL-1", "customer": "c-9", "fulfilment": "delivery",
+                "lat": "31.236", "lon": "121.475", "lines": "TEA-LJ-250 1 168\nSOY-LS-500 2 12.5 1"}
+        bad = client.post("/console/orders/new", data=form | {"lines": "TEA-LJ-250 one"})
+        assert bad.status_code == 422
+        assert "invalid: line 1: &#39;TEA-LJ-250 one&#39;: quantity, price and discount must be numbers" in bad.text
+        done = client.post("/console/orders/new", data=form, follow_redirects=False)
+        assert done.status_code == 303
+        oid = int(done.headers["location"].rsplit("/", 1)[1])
+        client.headers["X-CSRF-Token"] = csrf
+        got = client.get(f"/orders/{oid}").json()
+    assert (got["channel"], got["state"], got["amount"]) == ("callcentre", "routed", 192.0)
