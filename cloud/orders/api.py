@@ -62,8 +62,7 @@ class IntakeOut(BaseModel):
 def _intake(engine: Any, order: service.OrderInput, actor: str, channel: str, source: str, raw: str,
             response: Response) -> IntakeOut:
     try:
-        with write_transaction(engine) as conn:
-            r = service.intake(conn, order, actor=actor)
+        r = service.retrying(engine, lambda conn: service.intake(conn, order, actor=actor))
     except service.Refused as refused:
         with write_transaction(engine) as conn:
             item = service.inbox_add(conn, channel=channel, source=source, refused=refused, raw=raw,

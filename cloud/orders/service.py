@@ -789,8 +789,9 @@ def _withdraw(conn: Connection, o: Any, a: Any, now: datetime, state: str, why: 
 
 def _release_all(conn: Connection, order_id: int, now: datetime, why: str) -> None:
     o = conn.execute(select(ORDERS).where(ORDERS.c.id == order_id)).one()
-    for a in conn.execute(select(ASSIGN).where(ASSIGN.c.order_id == order_id,
-                                               ASSIGN.c.state.in_(ACTIVE_ASSIGNMENT))).all():
+    # By location: the stock rows are locked in (location, sku) order, as routing locks them.
+    for a in conn.execute(select(ASSIGN).where(ASSIGN.c.order_id == order_id, ASSIGN.c.state.in_(ACTIVE_ASSIGNMENT))
+                          .order_by(ASSIGN.c.location_id)).all():
         _withdraw(conn, o, a, now, "withdrawn", why)
 
 
@@ -912,6 +913,26 @@ def _path(current: str, target: str) -> list[str]:
         i, j = chain.index(current), chain.index(target)
         return chain[i + 1:j + 1]
     return [target]
+
+
+def retrying(engine: Any, fn: Any, attempts: int = 4) -> Any:
+    """Run `fn(conn)` in a write transaction, again if PostgreSQL chose it as a deadlock's victim
+    (routing locks in one order, but releasing then re-routing in one transaction cannot)."""
+    from sqlalchemy.exc import OperationalError
+
+    from cloud.db import write_transaction
+
+    for attempt in range(attempts):
+        try:
+            with write_transaction(engine) as conn:
+                return fn(conn)
+        except OperationalError as exc:
+            code = getattr(exc.orig, "sqlstate", None)
+            if code not in ("40P01", "40001") or attempt == attempts - 1:
+                raise
+            log.info("orders: transaction retried after %s", code)
+            time.sleep(0.01 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 # -- expiry and the queue --------------------------------------------------------------------------

@@ -58,12 +58,13 @@ def tick(engine: Engine, cursor: type[_Cursor] = _Cursor, post: object = http_po
     now = datetime.now(UTC)
     expired_due, queued_due, top, atp_feeds, feed_due = _due(engine, now)
     expired = queued = atp = sent = 0
-    if expired_due:
-        with write_transaction(engine) as conn:
-            expired = service.expire_due(conn, now)
+    # One assignment (one order) per transaction: each releases and routes again on its own.
+    while expired_due and expired < 500:
+        n = service.retrying(engine, lambda conn: service.expire_due(conn, now, limit=1))
+        expired += n
+        expired_due = n > 0
     if queued_due:
-        with write_transaction(engine) as conn:
-            queued = service.route_queued(conn, now)
+        queued = service.retrying(engine, lambda conn: service.route_queued(conn, now))
     if cursor.last is None or not atp_feeds:
         cursor.last = top
     elif top > cursor.last:
