@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "users": ("cloud.access.cli", "console users and API keys (create the first admin here)"),
     "fleet": ("cloud.fleet.cli", "operate the bus: failed messages and their replay, commands sent to boxes"),
     "catalogue": ("cloud.catalogue.cli", "product master data: bulk import (CSV/JSON), import history, catalogue version"),
+    "orders": ("cloud.orders.cli", "orders and stock: warehouse stock import (CSV), the inbox, routing rules"),
 }
 """`omnishelf <name>` → (module with `add_parser(subparsers)`, help line), for the engines' commands."""
 
