@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Connection, select
 
 from broker.payloads import FulfilData, FulfilStatus
-from cloud.access.scope import Perm, Principal
+from cloud.access.scope import Forbidden, NotFound, Perm, Principal
 from cloud.access.web import Problem, error_responses, require, via
 from cloud.api.deps import EngineDep
 from cloud.db import write_transaction
@@ -50,6 +50,21 @@ def _answering(engine: Any) -> Iterator[Connection]:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     except (RuleError, StockError) as exc:
         raise HTTPException(422, str(exc)) from None
+
+
+def _own_location(conn: Connection, principal: Principal, code: str) -> int:
+    """The location's id if the caller's scope holds it (a store user: its stores'); else 404."""
+    loc = service.location_id(conn, code)
+    ids = service.visible_location_ids(conn, principal.scope)
+    if ids is not None and loc not in ids:
+        raise NotFound(f"no location {code!r} (unknown, or outside your regions and stores)")
+    return loc
+
+
+def _everywhere(principal: Principal, what: str) -> None:
+    """Rules and channels apply to every store: only principals who see every store change them."""
+    if not principal.scope.all:
+        raise Forbidden(f"{what} apply to every store: only a principal with access to all stores may change them")
 
 
 class IntakeOut(BaseModel):
@@ -228,7 +243,7 @@ def put_stock(location: Code, levels: Annotated[list[LevelBody], Body(max_length
               engine: EngineDep, principal: Business) -> dict[str, int]:
     """Set levels at a location (a warehouse's feed): on hand, safety stock, low-stock minimum."""
     with _answering(engine) as conn:
-        loc = service.location_id(conn, location)
+        loc = _own_location(conn, principal, location)
         n = apply_levels(conn, loc, [LevelIn(lv.sku, lv.on_hand, lv.safety, lv.min_level) for lv in levels],
                          source=f"{via(request)}:{principal.actor}", now=service._now(), kind="adjust")
         service.audit(conn, principal.actor, "stock.put", location, detail=f"{n} rows", via=via(request),
@@ -243,7 +258,7 @@ async def stock_csv(request: Request, engine: EngineDep, principal: Business) ->
     with _answering(engine) as conn:
         n = 0
         for code, levels in parse_csv(text).items():
-            loc = service.location_id(conn, code)
+            loc = _own_location(conn, principal, code)
             n += apply_levels(conn, loc, levels, source=f"csv:{principal.actor}", now=service._now(), kind="adjust")
         service.audit(conn, principal.actor, "stock.csv", "-", detail=f"{n} rows", via=via(request),
                       object_type="stock")
@@ -260,6 +275,7 @@ def stock_movements(location: Code, sku: Annotated[str, Path(max_length=64)], en
 @router.put("/locations/{code}")
 def put_location(code: Code, body: service.LocationInput, request: Request, engine: EngineDep,
                  principal: Business) -> dict[str, int]:
+    _everywhere(principal, "locations")
     with _answering(engine) as conn:
         return {"id": service.put_location(conn, code, body, actor=principal.actor, via=via(request))}
 
@@ -278,6 +294,7 @@ def get_rules(engine: EngineDep, principal: Business) -> dict[str, Any]:
 def put_rules(spec: Annotated[dict[str, Any], Body()], request: Request, engine: EngineDep,
               principal: Business) -> dict[str, int]:
     """Validated before saving (422 names the rule and field); saved as a new version."""
+    _everywhere(principal, "routing rules")
     with _answering(engine) as conn:
         return {"version": service.save_rules(conn, spec, actor=principal.actor, via=via(request))}
 
@@ -307,6 +324,7 @@ class ChannelIn(BaseModel):
 @router.put("/channels/{name}")
 def put_channel(name: Annotated[str, Path(pattern=r"^[a-z0-9_\-]{1,64}$")], body: ChannelIn, request: Request,
                 engine: EngineDep, principal: Business) -> dict[str, str]:
+    _everywhere(principal, "channels")
     mapping = body.mapping
     if isinstance(mapping, str):
         if mapping not in channels.EXAMPLES:

@@ -240,6 +240,9 @@ def routing_action(request: Request, principal: Writer, engine: EngineDep,
     result, error, code = None, None, 200
     try:
         parsed = json.loads(spec)
+        if action == "save" and not principal.scope.all:
+            raise RuleError("routing rules apply to every store: only a principal with access to all stores may "
+                            "change them")
         if action == "save":
             with write_transaction(engine) as conn:
                 service.save_rules(conn, parsed, actor=principal.actor, via="console")

@@ -216,3 +216,15 @@ def test_call_centre_form_places_an_order_or_names_the_problem(shop: tuple[World
         client.headers["X-CSRF-Token"] = csrf
         got = client.get(f"/orders/{oid}").json()
     assert (got["channel"], got["state"], got["amount"]) == ("callcentre", "routed", 192.0)
+
+
+def test_a_store_user_changes_only_its_own_stock_and_no_rules(shop: tuple[World, TestClient]) -> None:
+    w, _ = shop
+    with w.app_client() as store:
+        store.headers["Authorization"] = f"Bearer {w.keys['store']}"  # st0003 only
+        assert store.put("/stock/st0003", json=[{"sku": "TEA-LJ-250", "on_hand": 1}]).status_code == 200
+        other = store.put("/stock/st0001", json=[{"sku": "TEA-LJ-250", "on_hand": 1}])
+        assert (other.status_code, other.json()["detail"]) == (
+            404, "no location 'st0001' (unknown, or outside your regions and stores)")
+        rules = store.put("/routing/rules", json={"groups": [{"name": "g", "rules": [{"name": "r"}]}]})
+        assert rules.status_code == 403 and "only a principal with access to all stores" in rules.json()["detail"]
