@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Query, Request
@@ -71,13 +72,21 @@ def decision_map(order: dict[str, Any], width: int = 560, height: int = 360) -> 
 
 @router.get("/orders", response_class=HTMLResponse)
 def orders_page(request: Request, principal: Reader, engine: EngineDep, state: Filter = "", channel: Filter = "",
-                store: Filter = "", region: Filter = "", page: Annotated[int, Query(ge=1, le=100_000)] = 1) -> HTMLResponse:
+                store: Filter = "", region: Filter = "",
+                since: Annotated[str, Query(pattern=r"^(|\d{4}-\d{2}-\d{2})$")] = "",
+                page: Annotated[int, Query(ge=1, le=100_000)] = 1) -> HTMLResponse:
+    try:
+        start = datetime.fromisoformat(since).replace(tzinfo=UTC) if since else None
+    except ValueError:
+        start = None
     with engine.connect() as conn:
         rows = service.list_orders(conn, principal.scope, state=state or None, channel=channel or None,
-                                   store=store or None, region=region or None, limit=100, offset=(page - 1) * 100)
+                                   store=store or None, region=region or None, since=start, limit=100,
+                                   offset=(page - 1) * 100)
         held = service.list_orders(conn, principal.scope, state="held", limit=100)
     return render(request, "orders_list.html", principal, active="orders", rows=rows, held=held, states=STATES,
-                  filters={"state": state, "channel": channel, "store": store, "region": region}, page=page)
+                  filters={"state": state, "channel": channel, "store": store, "region": region, "since": since},
+                  page=page)
 
 
 def parse_lines(text: str) -> list[dict[str, Any]]:

@@ -228,3 +228,14 @@ def test_a_store_user_changes_only_its_own_stock_and_no_rules(shop: tuple[World,
             404, "no location 'st0001' (unknown, or outside your regions and stores)")
         rules = store.put("/routing/rules", json={"groups": [{"name": "g", "rules": [{"name": "r"}]}]})
         assert rules.status_code == 403 and "only a principal with access to all stores" in rules.json()["detail"]
+
+
+def test_console_orders_filter_by_date(shop: tuple[World, TestClient]) -> None:
+    w, client = shop
+    oid = client.post("/orders", json=body("DATE-1")).json()["id"]
+    with w.app_client() as console:
+        sign_in(console, "hq")
+        today = console.get("/console/orders", params={"since": "2000-01-01"}).text
+        future = console.get("/console/orders", params={"since": "2999-01-01"}).text
+        assert console.get("/console/orders", params={"since": "yesterday"}).status_code == 422
+    assert f'href="/console/orders/{oid}"' in today and f'href="/console/orders/{oid}"' not in future
