@@ -25,7 +25,7 @@ from importlib import resources
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, func, select, update
 
 from cloud.db import write_transaction
 from cloud.orders import service
@@ -183,12 +183,20 @@ def deliver_due(engine: Engine, post: Any, now: datetime | None = None, limit: i
         if conn.dialect.name == "postgresql":
             stmt = stmt.with_for_update(of=FEED, skip_locked=True)
         due = conn.execute(stmt).all()
+        # A channel sees its messages in order: nothing is posted behind an older one still waiting
+        # (backing off after a failure, or being posted by another host).
+        waiting = dict(conn.execute(select(FEED.c.channel, func.min(FEED.c.id)).where(
+            FEED.c.status == "pending", FEED.c.next_attempt_at > now).group_by(FEED.c.channel)).all())
+        due = [d for d in due if d.id < waiting.get(d.channel, d.id + 1)]
         # Claimed for a while: another host does not post them at the same time.
         if due:
             conn.execute(update(FEED).where(FEED.c.id.in_([d.id for d in due]))
                          .values(next_attempt_at=now + timedelta(seconds=30)))
     sent = 0
+    failed: set[str] = set()
     for d in due:
+        if d.channel in failed:
+            continue  # behind a failed one: it waits for it (claimed, then held back by the rule above)
         url = d.status_url if d.kind == "status" else d.atp_url
         raw = json.dumps(d.body, separators=(",", ":"), ensure_ascii=False).encode()
         ts = int(time.time())
@@ -209,6 +217,7 @@ def deliver_due(engine: Engine, post: Any, now: datetime | None = None, limit: i
                                                                           last_error=None))
                 sent += 1
             else:
+                failed.add(d.channel)
                 attempts = d.attempts + 1
                 delay = min(RETRY_CAP_S, RETRY_BASE_S * 2 ** attempts)
                 conn.execute(update(FEED).where(FEED.c.id == d.id).values(

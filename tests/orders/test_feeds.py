@@ -33,11 +33,12 @@ def test_status_feed_is_signed_and_retried_until_accepted(engine: Engine) -> Non
                                                       replay_window_s=300, atp_buffer=0))
         service.intake(conn, order("F1", [("TEA-1", 1)]), actor="test", now=NOW)
     post = Post([500, 200, 200])
-    assert channels.deliver_due(engine, post, NOW) == 1  # received: 500; routed: 200
+    assert channels.deliver_due(engine, post, NOW) == 0  # received: 500; routed waits behind it
+    assert channels.deliver_due(engine, post, NOW.replace(minute=0, second=1)) == 0  # still backing off: in order
     later = NOW.replace(hour=13)
-    assert channels.deliver_due(engine, post, later) == 1  # received, retried
-    assert [(c[1]["state"], c[1]["from"]) for c in post.calls] == [("received", None), ("routed", "received"),
-                                                                    ("received", None)]
+    assert channels.deliver_due(engine, post, later) == 2  # received retried, then routed
+    assert [(c[1]["state"], c[1]["from"]) for c in post.calls] == [("received", None), ("received", None),
+                                                                    ("routed", "received")]
     _url, body, headers = post.calls[0]
     raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
     channels.verify(SECRET, 10**9, headers["X-Omnishelf-Timestamp"], headers["X-Omnishelf-Signature"], raw)
