@@ -137,6 +137,11 @@ class OrderData(Payload):
 class StockLevel(Payload):
     sku: Sku
     on_hand: Annotated[int, Field(ge=0, le=10_000_000)]
+    delta: Annotated[int, Field(ge=-10_000_000, le=10_000_000)] | None = None
+    """A change (a counter sale -1, goods in +24) instead of a level: the cloud adds it to its count,
+    and `on_hand` is then only the box's own count after it. Not allowed in a snapshot."""
+    reason: Annotated[str, StringConstraints(max_length=32)] | None = None
+    """What the change was (sale, goods_in, return, adjust)."""
 
 
 class StockData(Payload):

@@ -17,7 +17,7 @@ from broker.payloads import FulfilData, OrderData, StockData
 from cloud.access.scope import NotFound
 from cloud.bus import Context, Message
 from cloud.orders import service
-from cloud.orders.stock import LevelIn, apply_levels
+from cloud.orders.stock import LevelIn, apply_deltas, apply_levels
 
 __all__ = ["on_fulfil", "on_order", "on_stock"]
 
@@ -48,8 +48,15 @@ def on_stock(ctx: Context, msg: Message) -> None:
     data = msg.data
     assert isinstance(data, StockData)
     location = service.store_location(ctx.conn, msg.node)
-    apply_levels(ctx.conn, location, [LevelIn(sku=lv.sku, on_hand=lv.on_hand) for lv in data.levels],
-                 source=f"bus:{msg.node}:{msg.msg_id}", now=ctx.now, pos=msg.position, snapshot=data.snapshot)
+    source = f"bus:{msg.node}:{msg.msg_id}"
+    if data.snapshot and any(lv.delta is not None for lv in data.levels):
+        raise ValueError("a stock snapshot holds levels, not deltas: the box sent a delta in a snapshot")
+    levels = [LevelIn(sku=lv.sku, on_hand=lv.on_hand) for lv in data.levels if lv.delta is None]
+    if levels or data.snapshot:
+        apply_levels(ctx.conn, location, levels, source=source, now=ctx.now, pos=msg.position, snapshot=data.snapshot)
+    deltas = [(lv.sku, lv.delta, lv.reason) for lv in data.levels if lv.delta is not None]
+    if deltas:
+        apply_deltas(ctx.conn, location, deltas, source=source, now=ctx.now, pos=msg.position)
 
 
 def on_fulfil(ctx: Context, msg: Message) -> None:

@@ -195,6 +195,9 @@ class Movement(Base):
     reserved_after: Mapped[int] = mapped_column(Integer)
     source: Mapped[str] = mapped_column(String(200))
     """e.g. `bus:<msg_id>`, `order:17`, `csv:warehouse.csv`, `user:alice`."""
+    pos_session: Mapped[int | None] = mapped_column(BigInteger)
+    pos_seq: Mapped[int | None] = mapped_column(BigInteger)
+    """A store's delta: the position of its message (a snapshot older than it does not erase it)."""
 
 
 class Assignment(Base):

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Table, and_, func, or_, select, update
 from cloud.db import insert_for
 from cloud.orders.models import Location, Movement, StockRow
 
-__all__ = ["LevelIn", "StockError", "apply_levels", "atp_rows", "low_stock", "parse_csv"]
+__all__ = ["LevelIn", "StockError", "apply_deltas", "apply_levels", "atp_rows", "low_stock", "parse_csv"]
 
 STOCK: Table = StockRow.__table__  # type: ignore[assignment]
 MOVES: Table = Movement.__table__  # type: ignore[assignment]
@@ -63,6 +63,7 @@ def apply_levels(conn: Connection, location_id: int, levels: Sequence[LevelIn], 
             insert_for(conn, STOCK).on_conflict_do_nothing(index_elements=["location_id", "sku"]),
             [{"location_id": location_id, "sku": lv.sku, "on_hand": 0, "reserved": 0, "safety": 0} for lv in missing],
         )
+    later = _deltas_after(conn, location_id, pos) if pos is not None else {}
     for lv in levels:
         values: dict[str, Any] = {"updated_at": now}
         if lv.safety is not None:
@@ -73,6 +74,8 @@ def apply_levels(conn: Connection, location_id: int, levels: Sequence[LevelIn], 
         if lv.on_hand is not None:
             values["on_hand"] = lv.on_hand
             if pos is not None:
+                # The store's changes newer than this level were applied already: keep them on top.
+                values["on_hand"] = max(0, lv.on_hand + later.get(lv.sku, 0))
                 values |= {"pos_session": pos[0], "pos_seq": pos[1]}
                 where.append(_older(pos))
         row = conn.execute(
@@ -102,6 +105,41 @@ def apply_levels(conn: Connection, location_id: int, levels: Sequence[LevelIn], 
                 on_hand_after=0, reserved_after=r.reserved, source=f"{source} (absent from the snapshot)"[:200],
             ))
         changed += len(stale)
+    return changed
+
+
+def _deltas_after(conn: Connection, location_id: int, pos: tuple[int, int]) -> dict[str, int]:
+    """Per SKU, the sum of the store's deltas newer than `pos` already applied (a late, older level
+    keeps them on top of itself)."""
+    s, q = pos
+    return {sku: int(n) for sku, n in conn.execute(
+        select(MOVES.c.sku, func.sum(MOVES.c.on_hand_delta)).where(
+            MOVES.c.location_id == location_id, MOVES.c.kind == "delta",
+            or_(MOVES.c.pos_session > s, and_(MOVES.c.pos_session == s, MOVES.c.pos_seq > q)))
+        .group_by(MOVES.c.sku))}
+
+
+def apply_deltas(conn: Connection, location_id: int, deltas: Sequence[tuple[str, int, str | None]], *, source: str,
+                 now: datetime, pos: tuple[int, int]) -> int:
+    """A store's changes (sku, delta, reason) at `pos`: added to on hand unless a level at least as
+    new is already there (it counted them). Returns rows changed."""
+    changed = 0
+    for sku, delta, reason in deltas:
+        conn.execute(insert_for(conn, STOCK).on_conflict_do_nothing(index_elements=["location_id", "sku"]),
+                     [{"location_id": location_id, "sku": sku, "on_hand": 0, "reserved": 0, "safety": 0}])
+        row = conn.execute(
+            update(STOCK).where(STOCK.c.location_id == location_id, STOCK.c.sku == sku, _older(pos))
+            .values(on_hand=func.max(STOCK.c.on_hand + delta, 0) if conn.dialect.name == "sqlite"
+                    else func.greatest(STOCK.c.on_hand + delta, 0), updated_at=now)
+            .returning(STOCK.c.on_hand, STOCK.c.reserved)
+        ).first()
+        if row is None:
+            continue
+        changed += 1
+        conn.execute(MOVES.insert().values(
+            location_id=location_id, sku=sku, at=now, kind="delta", on_hand_delta=delta, reserved_delta=0,
+            on_hand_after=row.on_hand, reserved_after=row.reserved, source=f"{source} ({reason or 'change'})"[:200],
+            pos_session=pos[0], pos_seq=pos[1]))
     return changed
 
 

@@ -229,3 +229,26 @@ def test_stock_snapshot_never_overwritten_by_an_older_message(engine: Engine) ->
         apply_levels(conn, loc, [LevelIn("TEA-1", 9)], source="m3", now=NOW, pos=(2, 6), snapshot=True)
         rows = {r.sku: r.on_hand for r in conn.execute(select(service.STOCK))}
     assert rows == {"TEA-1": 9, "RICE-1": 0}
+
+
+def test_store_deltas_and_levels_in_any_order_give_the_same_count(engine: Engine) -> None:
+    """A snapshot (seq 5: 10), a sale (seq 6: -1) and goods in (seq 7: +4) give 13 whatever order the
+    workers handle them in; a delta older than the snapshot is already in it."""
+    import itertools
+
+    from cloud.orders.stock import LevelIn, apply_deltas, apply_levels
+
+    seed(engine)
+    steps = [("level", (1, 5), 10), ("delta", (1, 6), -1), ("delta", (1, 7), 4)]
+    for i, order_ in enumerate(itertools.permutations(steps)):
+        sku = f"S{i}"
+        with write_transaction(engine) as conn:
+            loc = service.location_id(conn, "sta")
+            for kind, pos, n in order_:
+                if kind == "level":
+                    apply_levels(conn, loc, [LevelIn(sku, n)], source="t", now=NOW, pos=pos)
+                else:
+                    apply_deltas(conn, loc, [(sku, n, "sale")], source="t", now=NOW, pos=pos)
+            apply_deltas(conn, loc, [(sku, -3, "sale")], source="t", now=NOW, pos=(1, 4))  # older than the level
+            got = conn.execute(select(service.STOCK.c.on_hand).where(service.STOCK.c.sku == sku)).scalar_one()
+        assert got == 13, order_

@@ -77,6 +77,8 @@ def upgrade() -> None:
     sa.Column('on_hand_after', sa.Integer(), nullable=False),
     sa.Column('reserved_after', sa.Integer(), nullable=False),
     sa.Column('source', sa.String(length=200), nullable=False),
+    sa.Column('pos_session', sa.BigInteger(), nullable=True),
+    sa.Column('pos_seq', sa.BigInteger(), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_orders_movements'))
     )
     op.create_index('ix_orders_movements_loc_sku', 'orders_movements', ['location_id', 'sku'], unique=False)
