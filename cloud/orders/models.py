@@ -80,6 +80,8 @@ class Order(Base):
     route_after: Mapped[datetime | None] = mapped_column(UtcDateTime)
     """Queued: route again at this time (unfilled policy `queue`)."""
     queued_since: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    merged_with: Mapped[int | None] = mapped_column(BigInteger)
+    """An earlier order of the same customer and address it is sent out with (a `merge` check)."""
     excluded: Mapped[list[int] | None] = mapped_column(JSON)
     """Locations that rejected it or let it expire: never routed there again."""
     carrier: Mapped[str | None] = mapped_column(String(200))

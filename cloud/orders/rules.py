@@ -149,10 +149,13 @@ class Group(_Strict):
 
 
 class Check(_Strict):
-    """Before routing: `hold` an order for review when all conditions hold (e.g. amount over a limit)."""
+    """Before routing: `hold` an order for review when all conditions hold (e.g. amount over a limit),
+    or `merge` it with an order of the same customer and address placed within `window_minutes`
+    (routed to the same location when that location can fill it, so they go out together)."""
 
     name: Name
-    action: Literal["hold", "approve"] = "hold"
+    action: Literal["hold", "approve", "merge"] = "hold"
+    window_minutes: Annotated[float, Field(gt=0, le=7 * 24 * 60)] = 30
     amount_over: float | None = None
     channels: tuple[str, ...] = ()
     """Only orders of these channels (empty: all)."""

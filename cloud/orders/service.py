@@ -55,7 +55,7 @@ from cloud.orders.models import (
     Transition,
 )
 from cloud.orders.routing import Candidate, OrderIn, Plan, plan
-from cloud.orders.rules import DEFAULT_RULES, RuleError, RuleSet, Unfilled, parse_rules
+from cloud.orders.rules import DEFAULT_RULES, Filter, FilterField, Op, Rule, RuleError, RuleSet, Unfilled, parse_rules
 from cloud.orders.stock import LevelIn, apply_levels
 
 __all__ = [
@@ -350,13 +350,38 @@ def intake(conn: Connection, order: OrderInput, *, actor: str, now: datetime | N
         conn.execute(DECIDE.insert().values(order_id=new_id, at=now, ruleset_version=in_force[0],
                                             outcome="held", rule=None, explanation={"check": held}))
         state = "held"
-    elif route_now:
-        state = route(conn, new_id, actor="system:router", now=now, rules=in_force)
+    else:
+        merge = _merge_target(conn, in_force[1], order, new_id, now)
+        if merge is not None:
+            conn.execute(update(ORDERS).where(ORDERS.c.id == new_id).values(merged_with=merge))
+        if route_now:
+            state = route(conn, new_id, actor="system:router", now=now, rules=in_force)
     return IntakeResult(new_id, state, True, code)
+
+
+def _merge_target(conn: Connection, rules: RuleSet, order: OrderInput, order_id: int, now: datetime) -> int | None:
+    """The earlier order this one goes out with (a `merge` check), if any."""
+    for c in rules.checks:
+        if c.action != "merge" or (c.channels and order.channel not in c.channels) or not order.customer:
+            continue
+        if not order.address and order.lat is None and not order.pickup_store:
+            continue
+        same_place = (ORDERS.c.address == order.address) if order.address else (
+            (ORDERS.c.lat == order.lat) & (ORDERS.c.lon == order.lon)) if order.lat is not None else (
+            ORDERS.c.pickup_location_id == select(LOCS.c.id).where(LOCS.c.code == order.pickup_store).scalar_subquery())
+        found = conn.execute(select(ORDERS.c.id).where(
+            ORDERS.c.customer == order.customer, ORDERS.c.id != order_id, ORDERS.c.fulfilment == order.fulfilment,
+            ORDERS.c.created_at >= now - timedelta(minutes=c.window_minutes), same_place,
+            ORDERS.c.state.in_(("routed", "accepted", "picking"))).order_by(ORDERS.c.id.desc()).limit(1)).scalar()
+        if found is not None:
+            return int(found)
+    return None
 
 
 def _checks(conn: Connection, rules: RuleSet, order: OrderInput, amount: float, order_id: int) -> str | None:
     for c in rules.checks:
+        if c.action == "merge":
+            continue
         if c.channels and order.channel not in c.channels:
             continue
         if c.amount_over is not None and amount <= c.amount_over:
@@ -603,13 +628,29 @@ def route(conn: Connection, order_id: int, *, actor: str, now: datetime | None =
         return _unfillable(conn, o, version, None, {"error": str(exc)}, str(exc), actor, now)
     tried: list[dict[str, Any]] = []
     skus = [s for s, _ in order.lines]
-    for rule in group.rules:
+    rules_to_try = list(group.rules)
+    merge_ids: list[int] = []
+    if o.merged_with is not None:
+        siblings = sorted(set(conn.execute(select(ASSIGN.c.location_id).where(
+            ASSIGN.c.order_id == o.merged_with, ASSIGN.c.state.in_(ACTIVE_ASSIGNMENT))).scalars()))
+        if siblings:
+            # Sent out with the earlier order: its locations first, if one can fill this one.
+            rules_to_try.insert(0, Rule(name=f"merge with order {o.merged_with}", assignment="single",
+                                        filters=(Filter(field=FilterField.LOCATION, op=Op.IN,
+                                                        value=[_locations(conn).base[i].code for i in siblings
+                                                               if i in _locations(conn).base]),),
+                                        candidates=max(1, len(siblings))))
+            merge_ids = siblings
+    for rule in rules_to_try:
         k = rule.candidates
         chosen: Plan | None = None
         for attempt in range(RACE_RETRIES):
             nested = conn.begin_nested()
             last = attempt == RACE_RETRIES - 1
-            ids, total = candidate_ids(conn, order, k)
+            if rule.name.startswith("merge with order ") and o.merged_with is not None:
+                ids, total = list(merge_ids), len(merge_ids)
+            else:
+                ids, total = candidate_ids(conn, order, k)
             if last:
                 # Lost every race: lock all the candidates' rows (in the one fixed order), so the plan
                 # made now holds until commit.

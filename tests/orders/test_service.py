@@ -252,3 +252,23 @@ def test_store_deltas_and_levels_in_any_order_give_the_same_count(engine: Engine
             apply_deltas(conn, loc, [(sku, -3, "sale")], source="t", now=NOW, pos=(1, 4))  # older than the level
             got = conn.execute(select(service.STOCK.c.on_hand).where(service.STOCK.c.sku == sku)).scalar_one()
         assert got == 13, order_
+
+
+def test_a_merge_check_sends_a_second_order_out_with_the_first(engine: Engine) -> None:
+    seed(engine)
+    stock(engine, "stb", {"TEA-1": 3, "SOY-1": 2})
+    stock(engine, "sta", {"SOY-1": 9})
+    with write_transaction(engine) as conn:
+        service.save_rules(conn, {"checks": [{"name": "same parcel", "action": "merge", "window_minutes": 60}],
+                                  "groups": [{"name": "all", "rules": [{"name": "nearest"}]}]}, actor="test")
+    first = _intake(engine, order("M1", [("TEA-1", 1)], customer="c-7", address="Nanjing Rd 1"))
+    # The second order's coordinates are sta's: alone it would go there (the control, another customer).
+    second = _intake(engine, order("M2", [("SOY-1", 1)], customer="c-7", address="Nanjing Rd 1", lat=31.2304,
+                                   lon=121.4737))
+    other = _intake(engine, order("M3", [("SOY-1", 1)], customer="c-8", address="Nanjing Rd 1", lat=31.2304,
+                                  lon=121.4737))
+    got, control = _get(engine, second.id), _get(engine, other.id)
+    assert [a["location"] for a in _get(engine, first.id)["assignments"]] == ["stb"]
+    assert [a["location"] for a in got["assignments"]] == ["stb"]
+    assert got["decisions"][-1]["rule"] == f"merge with order {first.id}"
+    assert [a["location"] for a in control["assignments"]] == ["sta"]  # nearest to that point, no merge

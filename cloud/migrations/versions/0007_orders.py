@@ -131,6 +131,7 @@ def upgrade() -> None:
     sa.Column('updated_at', UtcDateTime(), nullable=False),
     sa.Column('route_after', UtcDateTime(), nullable=True),
     sa.Column('queued_since', UtcDateTime(), nullable=True),
+    sa.Column('merged_with', sa.BigInteger(), nullable=True),
     sa.Column('excluded', sa.JSON(), nullable=True),
     sa.Column('carrier', sa.String(length=200), nullable=True),
     sa.Column('tracking', sa.String(length=200), nullable=True),
