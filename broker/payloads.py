@@ -18,6 +18,7 @@ __all__ = [
     "ALARM_CLASSES",
     "TRACE_LISTS",
     "AckData",
+    "AssignAction",
     "AssignData",
     "BadUnit",
     "BirthData",
@@ -119,9 +120,18 @@ class ScanData(Payload):
     (a provisional `genuine` that is really `cloned` is the case that matters)."""
 
 
+Money = Annotated[float, Field(ge=0, le=10_000_000)]
+Latitude = Annotated[float, Field(ge=-90, le=90)]
+Longitude = Annotated[float, Field(ge=-180, le=180)]
+
+
 class OrderLine(Payload):
     sku: Sku
     qty: Annotated[int, Field(gt=0, le=10_000)]
+    price: Money | None = None
+    """Unit price the shopper pays (before the line's discount)."""
+    discount: Money = 0
+    """The order's discounts allocated to this line (a total for the line, not per unit)."""
 
 
 class Fulfilment(enum.StrEnum):
@@ -136,11 +146,22 @@ class OrderData(Payload):
     fulfilment: Fulfilment
     contact: Text | None = None
     address: Annotated[str, StringConstraints(max_length=500)] | None = None
+    customer: Text | None = None
+    lat: Latitude | None = None
+    """Delivery address coordinates (geocoding is not the box's job: a delivery needs them)."""
+    lon: Longitude | None = None
+    pickup_store: Text | None = None
+    """Pickup: the store code where the shopper collects; None means the box's own store."""
 
 
 class StockLevel(Payload):
     sku: Sku
     on_hand: Annotated[int, Field(ge=0, le=10_000_000)]
+    delta: Annotated[int, Field(ge=-10_000_000, le=10_000_000)] | None = None
+    """A change (a counter sale -1, goods in +24) instead of a level: the cloud adds it to its count,
+    and `on_hand` is then only the box's own count after it. Not allowed in a snapshot."""
+    reason: Annotated[str, StringConstraints(max_length=32)] | None = None
+    """What the change was (sale, goods_in, return, adjust)."""
 
 
 class StockData(Payload):
@@ -179,16 +200,28 @@ class PopData(Payload):
 class FulfilStatus(enum.StrEnum):
     ACCEPTED = "accepted"
     PICKED = "picked"
+    """Picking finished (older boxes): the cloud records it as `picking`."""
     READY = "ready"
+    """Ready for pickup."""
     HANDED_OVER = "handed_over"
+    """Collected by the shopper (older boxes): the cloud records it as `picked_up`."""
     SHIPPED = "shipped"
     REJECTED = "rejected"
+    PICKING = "picking"
+    PACKED = "packed"
+    PICKED_UP = "picked_up"
+    """Collected by the shopper, the pickup code verified by the box."""
+    DELIVERED = "delivered"
 
 
 class FulfilData(Payload):
     order_id: Text
     status: FulfilStatus
     note: Annotated[str, StringConstraints(max_length=500)] | None = None
+    assignment: Annotated[int, Field(ge=1, lt=2**63)] | None = None
+    """The assignment (from `AssignData.assignment`) the store acts on; one order may be split."""
+    carrier: Text | None = None
+    tracking: Text | None = None
 
 
 class AckData(Payload):
@@ -353,10 +386,27 @@ class TraceListsArgs(Payload):
         return self
 
 
+class AssignAction(enum.StrEnum):
+    ASSIGN = "assign"
+    WITHDRAW = "withdraw"
+    """The order moved on (reservation expired, cancelled, re-routed): the store must not fulfil it."""
+
+
 class AssignData(Payload):
     order_id: Text
     lines: Annotated[tuple[OrderLine, ...], Field(min_length=1, max_length=500)]
     fulfilment: Fulfilment
+    assignment: Annotated[int, Field(ge=1, lt=2**63)] | None = None
+    """The cloud's assignment id: one order split across stores has one per store."""
+    action: AssignAction = AssignAction.ASSIGN
+    accept_by: AwareDatetime | None = None
+    """The reservation expires (and the order is routed elsewhere) unless accepted by then."""
+    pickup_code_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
+    """Pickup: the box verifies the shopper's code against this hash (the code itself never travels)."""
+    customer: Text | None = None
+    contact: Text | None = None
+    address: Annotated[str, StringConstraints(max_length=500)] | None = None
+    channel: Text | None = None
 
 
 class ConfigData(Payload):

@@ -25,6 +25,7 @@ ENGINE_MODULES: tuple[str, ...] = (
     "cloud.catalogue.engine",
     "cloud.trace.engine",
     "cloud.signage.engine",
+    "cloud.orders.engine",
 )
 """Each module holds `ENGINE: EngineSpec`. Order: handlers of one type run in this order."""
 
@@ -34,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "catalogue": ("cloud.catalogue.cli", "product master data: bulk import (CSV/JSON), import history, catalogue version"),
     "trace": ("cloud.trace.cli", "traceability: capture EPCIS documents, commission units from CSV, verify a code"),
     "signage": ("cloud.signage.cli", "signage: media upload, publish and roll back, what a store's screens play, proof of play"),
+    "orders": ("cloud.orders.cli", "orders and stock: warehouse stock import (CSV), the inbox, routing rules"),
 }
 """`omnishelf <name>` → (module with `add_parser(subparsers)`, help line), for the engines' commands."""
 

@@ -37,4 +37,12 @@ def _signage(ctx: ComponentContext) -> Component | None:
     return SignageComponent(ctx)
 
 
-COMPONENTS: tuple[ComponentFactory, ...] = (_catalogue, _station, _signage)
+def _orders(ctx: ComponentContext) -> Component | None:
+    if not ctx.config.orders.enabled:
+        return None
+    from edge.orders.component import OrderDeskComponent
+
+    return OrderDeskComponent(ctx)
+
+
+COMPONENTS: tuple[ComponentFactory, ...] = (_catalogue, _station, _signage, _orders)

@@ -286,6 +286,15 @@ class StationConfig(_Strict):
     """The printer device (by name) jobs go to; default: the first printer in `devices`."""
 
 
+class OrderDeskConfig(_Strict):
+    """The store's order desk: orders the cloud assigns to this store, and the staff's steps on them
+    (accept, pick, pack, ship or ready for pickup, handed over) through the local API."""
+
+    enabled: bool = False
+    path: Path | None = None
+    """Default: <data_dir>/edge/<node_id>/orders.db; a relative path is relative to the config file."""
+
+
 class LocalApiConfig(_Strict):
     """The box's one HTTP API for the kiosk UI and local tools (`/status`, and what the box's
     components add: catalogue products, categories, search, images)."""
@@ -344,6 +353,7 @@ class NodeConfig(_Strict):
     backoff: BackoffConfig = BackoffConfig()
     devices: tuple[DeviceConfig, ...] = ()
     catalogue: CatalogueConfig = CatalogueConfig()
+    orders: OrderDeskConfig = OrderDeskConfig()
     local_api: LocalApiConfig = LocalApiConfig()
     station: StationConfig = StationConfig()
     signage: SignageConfig = SignageConfig()

@@ -15,7 +15,9 @@ from tests.access.conftest import GRANTS, PASSWORD, SEES, World, row_count
 
 # Public on purpose: load balancers, API docs, and the content-addressed catalogue files that boxes
 # (which hold no HTTP credentials) download. Anything else must refuse to answer without credentials.
-PUBLIC = {"/health", "/openapi.json", "/docs", "/catalogue/files/{sha256}", "/signage/media/{sha256}"}
+PUBLIC = {"/health", "/openapi.json", "/docs", "/catalogue/files/{sha256}", "/signage/media/{sha256}",
+          # A marketplace's webhook: authenticated by its HMAC signature instead (tests/orders/test_api.py).
+          "/channels/{name}/webhook"}
 
 
 def api_routes(client: TestClient) -> list[tuple[str, str]]:
@@ -27,7 +29,8 @@ def api_routes(client: TestClient) -> list[tuple[str, str]]:
         for param, value in (("node_id", "st0001-k1"), ("username", "admin"), ("name", "hq-key"), ("sku", "TEA-LJ-250"),
                              ("import_id", "1"), ("code", "east"), ("failed_id", "1"), ("alert_id", "1"),
                              ("capture_id", "00000000-0000-4000-8000-000000000001"), ("campaign_id", "c1"),
-                             ("version", "1"), ("region", "east")):
+                             ("version", "1"), ("region", "east"), ("order_id", "1"),
+                             ("item_id", "1"), ("location", "st0001")):
             path = path.replace("{" + param + "}", value)
         assert "{" not in path, f"give {path} a sample id in this test"
         out.extend((m.upper(), path) for m in ops)

@@ -26,14 +26,19 @@ SAMPLES: dict[MessageType, p.Payload] = {
     MessageType.ORDER: p.OrderData(
         order_id="K-1001",
         channel="kiosk",
-        lines=(p.OrderLine(sku="SKU-0001", qty=2),),
+        lines=(p.OrderLine(sku="SKU-0001", qty=2, price=12.5, discount=1.0),),
         fulfilment=p.Fulfilment.DELIVERY,
         address="上海市黄浦区南京东路 1 号",
+        customer="c-42",
+        lat=31.2397,
+        lon=121.4998,
     ),
-    MessageType.STOCK: p.StockData(levels=(p.StockLevel(sku="SKU-0001", on_hand=7),), snapshot=True),
+    MessageType.STOCK: p.StockData(levels=(p.StockLevel(sku="SKU-0001", on_hand=7),
+                                           p.StockLevel(sku="SKU-0002", on_hand=3, delta=-1, reason="sale"))),
     MessageType.POP: p.PopData(screen="door", media_id="a" * 64, campaign_id="xmas", layer=p.SignageLayer.NORMAL,
                                schedule_version=3, started_at=NOW, duration_ms=15000),
-    MessageType.FULFIL: p.FulfilData(order_id="K-1001", status=p.FulfilStatus.READY),
+    MessageType.FULFIL: p.FulfilData(order_id="K-1001", status=p.FulfilStatus.SHIPPED, assignment=3, carrier="SF",
+                                     tracking="SF1234567890"),
     MessageType.ACK: p.AckData(ok=False, detail="config rejected: printer.port out of range"),
     MessageType.TELEMETRY: p.TelemetryData(metrics={"cpu": 0.25, "temp_c": 51.5}),
     MessageType.VERDICT: p.VerdictData(
@@ -47,7 +52,8 @@ SAMPLES: dict[MessageType, p.Payload] = {
         decided_at=NOW,
     ),
     MessageType.ASSIGN: p.AssignData(
-        order_id="W-77", lines=(p.OrderLine(sku="SKU-0002", qty=1),), fulfilment=p.Fulfilment.PICKUP
+        order_id="W-77", lines=(p.OrderLine(sku="SKU-0002", qty=1),), fulfilment=p.Fulfilment.PICKUP,
+        assignment=3, accept_by=NOW + timedelta(minutes=15), pickup_code_sha256="c" * 64, channel="web",
     ),
     MessageType.CONFIG: p.ConfigData(config_hash="cd" * 32, config={"node_id": "st0001-k1"}),
     MessageType.SCHEDULE: p.ScheduleData(

@@ -1,7 +1,7 @@
 """Signage: media, playlists, campaigns, publications, screens, proof of play (tables prefixed signage_).
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-11-28
 """
 
@@ -15,7 +15,7 @@ from alembic import op
 from cloud.models import UtcDateTime
 
 revision: str = "0008"
-down_revision: str | None = "0006"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,211 @@
+"""Routing benchmark: orders routed and reserved per second (p50/p99) on SQLite and PostgreSQL, with
+one worker process and with four, next to two baselines measured in the same run: the bare
+nearest-neighbour query (cKDTree on unit vectors) and a bare single-row `UPDATE … RETURNING`
+committed on its own (the least a reservation can cost on that database).
+
+Each order is the full intake: idempotency lookup, checks (catalogue, coordinates), the order and
+its lines, routing (spatial index → stock of the k nearest → plan → row locks → reserve), the
+assignment, reservations, movements, the decision with its explanation, transitions; committed.
+Locations are warehouses (no box), so no downlink rows are written.
+
+    python -m bench.routing --quick          (1,000 locations x 500 SKUs, 50 SKUs stocked per location)
+    python -m bench.routing                  (10,000 locations x 5,000 SKUs, 200 stocked per location)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import random
+import secrets
+import sys
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, insert, text
+
+from cloud.catalogue.models import products
+from cloud.db import make_engine, migrate, write_transaction
+from cloud.orders import service
+from cloud.orders.geo import SpatialIndex
+from cloud.orders.models import Location, StockRow
+
+PG_URL = os.environ.get("OMNISHELF_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return round(s[min(len(s) - 1, int(q * len(s)))] * 1000, 3)
+
+
+def setup(engine: Engine, locations: int, skus: int, per_location: int, rng: random.Random) -> None:
+    migrate(engine)
+    with write_transaction(engine) as conn:
+        conn.execute(insert(products), [{"sku": f"B{i:05d}", "name_en": "b", "name_zh": "b",
+                                         "list_price": Decimal("1.00")} for i in range(skus)])
+        conn.execute(insert(Location), [{"code": f"W{i:05d}", "kind": "warehouse", "lat": rng.uniform(22, 41),
+                                         "lon": rng.uniform(100, 122), "priority": 0, "cost": 0.0, "active": True}
+                                        for i in range(locations)])
+        batch: list[dict[str, Any]] = []
+        for loc in range(1, locations + 1):
+            for s in rng.sample(range(skus), per_location):
+                batch.append({"location_id": loc, "sku": f"B{s:05d}", "on_hand": 1000, "reserved": 0, "safety": 0})
+                if len(batch) >= 20_000:
+                    conn.execute(insert(StockRow), batch)
+                    batch = []
+        if batch:
+            conn.execute(insert(StockRow), batch)
+
+
+def _worker(url: str, worker: int, n: int, skus: int, out: Any) -> None:
+    try:
+        _work(url, worker, n, skus, out)
+    except BaseException:
+        import traceback
+
+        out.put((worker, None, traceback.format_exc(), {}))
+        raise
+
+
+def _work(url: str, worker: int, n: int, skus: int, out: Any) -> None:
+    rng = random.Random(1000 + worker)
+    engine = make_engine(url, pool_size=2) if not url.startswith("sqlite") else make_engine(url)
+    with engine.connect() as conn:
+        service._locations(conn)  # warm the spatial index outside the timing
+    service.INDEX_TTL_S = 3600.0
+    lat: list[float] = []
+    states: dict[str, int] = {}
+    start = time.perf_counter()
+    for i in range(n):
+        lines = {f"B{rng.randrange(skus):05d}": rng.randint(1, 3) for _ in range(rng.randint(1, 5))}
+        order = service.OrderInput.model_validate({
+            "channel": "bench", "channel_order_id": f"w{worker}-{i}-{secrets.token_hex(3)}", "fulfilment": "delivery",
+            "lat": rng.uniform(22, 41), "lon": rng.uniform(100, 122),
+            "lines": [{"sku": s, "qty": q, "price": 1} for s, q in lines.items()]})
+        t0 = time.perf_counter()
+        with write_transaction(engine) as conn:
+            r = service.intake(conn, order, actor="bench")
+        lat.append(time.perf_counter() - t0)
+        states[r.state] = states.get(r.state, 0) + 1
+    out.put((worker, time.perf_counter() - start, lat, states))
+    engine.dispose()
+
+
+def route_run(url: str, workers: int, per_worker: int, skus: int) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(url, w, per_worker, skus, q)) for w in range(workers)]
+    for p in procs:
+        p.start()
+    results = [q.get(timeout=3600) for _ in procs]
+    for p in procs:
+        p.join()
+    failed = [r for r in results if r[1] is None]
+    if failed:
+        raise RuntimeError(f"worker {failed[0][0]} failed:\n{failed[0][2]}")
+    lat = [x for r in results for x in r[2]]
+    wall = max(r[1] for r in results)
+    states: dict[str, int] = {}
+    for r in results:
+        for k, v in r[3].items():
+            states[k] = states.get(k, 0) + v
+    return {"workers": workers, "orders": len(lat), "orders_per_s": round(len(lat) / wall, 1),
+            "per_worker_orders_per_s": round(len(lat) / wall / workers, 1), "p50_ms": _pct(lat, 0.5),
+            "p99_ms": _pct(lat, 0.99), "states": states}
+
+
+def nn_baseline(locations: int, rng: random.Random, n: int = 5000) -> dict[str, Any]:
+    ids = list(range(locations))
+    idx = SpatialIndex(ids, [rng.uniform(22, 41) for _ in ids], [rng.uniform(100, 122) for _ in ids])
+    lat = []
+    for _ in range(n):
+        la, lo = rng.uniform(22, 41), rng.uniform(100, 122)
+        t0 = time.perf_counter()
+        idx.nearest(la, lo, 64)
+        lat.append(time.perf_counter() - t0)
+    return {"what": "cKDTree k=64 nearest of one point", "queries_per_s": round(n / sum(lat)),
+            "p50_ms": _pct(lat, 0.5), "p99_ms": _pct(lat, 0.99)}
+
+
+def update_baseline(engine: Engine, n: int = 2000) -> dict[str, Any]:
+    rng = random.Random(7)
+    with engine.connect() as conn:
+        keys = conn.execute(text("SELECT location_id, sku FROM orders_stock LIMIT 5000")).all()
+    lat = []
+    for _ in range(n):
+        loc, sku = rng.choice(keys)
+        t0 = time.perf_counter()
+        with write_transaction(engine) as conn:
+            conn.execute(text("UPDATE orders_stock SET reserved = reserved + 1 WHERE location_id = :l AND sku = :s "
+                              "AND on_hand - reserved - safety >= 1 RETURNING reserved"), {"l": loc, "s": sku}).first()
+        lat.append(time.perf_counter() - t0)
+    return {"what": "single-row UPDATE … RETURNING, one transaction each", "per_s": round(n / sum(lat)),
+            "p50_ms": _pct(lat, 0.5), "p99_ms": _pct(lat, 0.99)}
+
+
+def _pg_database() -> tuple[str, Any] | None:
+    try:
+        import psycopg
+
+        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
+    except Exception:
+        return None
+    name = f"bench_routing_{secrets.token_hex(4)}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    return PG_URL.rsplit("/", 1)[0] + "/" + name, (admin, name)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes (a minute on a busy 2-core machine)")
+    ap.add_argument("--no-pg", action="store_true", help="SQLite only")
+    args = ap.parse_args()
+    if args.quick:
+        locations, skus, per_location, per_worker = 1000, 500, 50, 150
+    else:
+        locations, skus, per_location, per_worker = 10_000, 5000, 200, 2000
+    rng = random.Random(1)
+    result: dict[str, Any] = {"mode": "quick" if args.quick else "full", "locations": locations, "skus": skus,
+                              "stock_rows": locations * per_location, "lines_per_order": "1-5",
+                              "nearest_neighbour": nn_baseline(locations, random.Random(2))}
+    backends: list[tuple[str, str, Any]] = []
+    tmp = tempfile.mkdtemp(prefix="bench-routing-")
+    backends.append(("sqlite", f"sqlite:///{Path(tmp) / 'bench.db'}", None))
+    if not args.no_pg:
+        pg = _pg_database()
+        if pg is not None:
+            backends.append(("postgresql", pg[0], pg[1]))
+        else:
+            result["postgresql"] = f"skipped: {PG_URL} not reachable"
+    for name, url, cleanup in backends:
+        engine = make_engine(url)
+        try:
+            t0 = time.perf_counter()
+            setup(engine, locations, skus, per_location, rng)
+            entry: dict[str, Any] = {"setup_s": round(time.perf_counter() - t0, 1),
+                                     "update_returning": update_baseline(engine)}
+            for workers in (1, 4):
+                entry[f"workers_{workers}"] = route_run(url, workers, per_worker, skus)
+            with engine.connect() as conn:
+                entry["oversold_rows"] = service.oversold(conn)
+            one, four = entry["workers_1"]["orders_per_s"], entry["workers_4"]["orders_per_s"]
+            entry["scaling_4_vs_1"] = round(four / one, 2) if one else None
+            entry["order_vs_update_cost"] = round(entry["update_returning"]["per_s"] / one, 1) if one else None
+            result[name] = entry
+        finally:
+            engine.dispose()
+            if cleanup is not None:
+                admin, dbname = cleanup
+                admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+                admin.close()
+    json.dump(result, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Orders from every channel, the stock ledger, routing with reservations, store fulfilment."""

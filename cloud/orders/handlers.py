@@ -1,0 +1,70 @@
+"""Bus handlers of the orders engine, run in the ledger transaction of each new message.
+
+- `order` (kiosk): an order, stored once per (channel, order id), checked and routed; a payload
+  that cannot be accepted goes to the inbox with its reason (never dropped, never an exception).
+- `stock`: on hand at the box's store, order-safe by (session, seq) per row.
+- `fulfil`: a store's step on an assignment (accept … picked up, or reject → routed again).
+"""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from broker.payloads import FulfilData, OrderData, StockData
+from cloud.access.scope import NotFound
+from cloud.bus import Context, Message
+from cloud.orders import service
+from cloud.orders.stock import LevelIn, apply_deltas, apply_levels
+
+__all__ = ["on_fulfil", "on_order", "on_stock"]
+
+
+def on_order(ctx: Context, msg: Message) -> None:
+    data = msg.data
+    assert isinstance(data, OrderData)
+    raw = data.model_dump(mode="json")
+    body = service.from_bus_order(raw, data.channel)
+    if data.fulfilment.value == "pickup" and not data.pickup_store:
+        # A kiosk pickup without a store named is collected where it was ordered.
+        body["pickup_store"] = ctx.conn.execute(
+            select(service.LOCS.c.code).select_from(
+                service.NODES.join(service.LOCS, service.LOCS.c.store_id == service.NODES.c.store_id))
+            .where(service.NODES.c.id == msg.node)).scalar()
+    text = json.dumps(body, ensure_ascii=False)
+    try:
+        order = service.OrderInput.model_validate(body)
+        service.intake(ctx.conn, order, actor=f"bus:{msg.node}", now=ctx.now, source_node=msg.node)
+    except ValidationError as exc:
+        service.inbox_add(ctx.conn, channel=data.channel, source="bus", refused=service.refusal_from_validation(exc),
+                          raw=text, now=ctx.now)
+    except service.Refused as refused:
+        service.inbox_add(ctx.conn, channel=data.channel, source="bus", refused=refused, raw=text, now=ctx.now)
+
+
+def on_stock(ctx: Context, msg: Message) -> None:
+    data = msg.data
+    assert isinstance(data, StockData)
+    location = service.store_location(ctx.conn, msg.node)
+    source = f"bus:{msg.node}:{msg.msg_id}"
+    if data.snapshot and any(lv.delta is not None for lv in data.levels):
+        raise ValueError("a stock snapshot holds levels, not deltas: the box sent a delta in a snapshot")
+    levels = [LevelIn(sku=lv.sku, on_hand=lv.on_hand) for lv in data.levels if lv.delta is None]
+    if levels or data.snapshot:
+        apply_levels(ctx.conn, location, levels, source=source, now=ctx.now, pos=msg.position, snapshot=data.snapshot)
+    deltas = [(lv.sku, lv.delta, lv.reason) for lv in data.levels if lv.delta is not None]
+    if deltas:
+        apply_deltas(ctx.conn, location, deltas, source=source, now=ctx.now, pos=msg.position)
+
+
+def on_fulfil(ctx: Context, msg: Message) -> None:
+    data = msg.data
+    assert isinstance(data, FulfilData)
+    try:
+        service.apply_fulfil(ctx.conn, data, actor=f"bus:{msg.node}", node=msg.node, pos=msg.position, now=ctx.now)
+    except (service.Refused, service.IllegalTransition, NotFound) as exc:
+        refused = exc if isinstance(exc, service.Refused) else service.Refused(service.Refusal.CONFLICT, str(exc))
+        service.inbox_add(ctx.conn, channel="store", source="bus", refused=refused,
+                          raw=json.dumps(data.model_dump(mode="json") | {"node": msg.node}), now=ctx.now)

@@ -1,0 +1,188 @@
+"""The routing decision, as a pure function of an order, its candidate locations and one rule.
+
+No database here: the service feeds candidates (from the spatial index, with their stock) and
+reserves what `plan` chose, under row locks. Keeping the decision pure is what lets the property
+tests compare it with brute force, and the dry run replay a rule set over past orders.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cloud.orders.geo import Zone, great_circle_km
+from cloud.orders.rules import FilterField, Rule, SortKey
+
+__all__ = ["Candidate", "OrderIn", "Plan", "plan"]
+
+COMBINATION_POOL = 24
+"""Partial assignment looks for the fewest locations among this many best-sorted candidates."""
+
+
+@dataclass(frozen=True)
+class OrderIn:
+    id: int
+    channel: str
+    fulfilment: str
+    lines: tuple[tuple[str, int], ...]
+    """(sku, qty), one per SKU."""
+    lat: float | None = None
+    lon: float | None = None
+    pickup_location: int | None = None
+    excluded: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: int
+    code: str
+    kind: str
+    region: str | None
+    lat: float
+    lon: float
+    atp: Mapping[str, int]
+    """Available to promise per SKU of the order (on hand - reserved - safety, never below 0)."""
+    zone: Zone | None = None
+    capacity_left: int | None = None
+    priority: int = 0
+    cost: float = 0.0
+    active: bool = True
+
+
+@dataclass
+class Plan:
+    rule: str
+    allocation: dict[int, list[tuple[str, int]]] = field(default_factory=dict)
+    """location id → [(sku, qty)]; empty when the rule could not fill the order."""
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    """Each candidate: code, distance_km, stock, and `dropped` (why) or `chosen`."""
+    note: str = ""
+
+    @property
+    def filled(self) -> bool:
+        return bool(self.allocation)
+
+
+def _distance(order: OrderIn, c: Candidate) -> float | None:
+    if order.lat is None or order.lon is None:
+        return None
+    return round(great_circle_km(order.lat, order.lon, c.lat, c.lon), 3)
+
+
+def _value(f: FilterField, order: OrderIn, c: Candidate, dist: float | None) -> Any:
+    if f is FilterField.AVAILABLE_STOCK:
+        return min((c.atp.get(s, 0) for s, _ in order.lines), default=0)
+    if f is FilterField.CAPACITY_LEFT:
+        return c.capacity_left
+    if f is FilterField.REGION:
+        return c.region
+    if f is FilterField.KIND:
+        return c.kind
+    if f is FilterField.FULFILMENT:
+        return order.fulfilment
+    if f is FilterField.DISTANCE_KM:
+        return dist
+    if f is FilterField.IN_ZONE:
+        return order.lat is not None and order.lon is not None and (c.zone is None or c.zone.contains(order.lat, order.lon))
+    return c.code
+
+
+def _sort_key(rule: Rule, order: OrderIn, c: Candidate, dist: float | None) -> tuple[Any, ...]:
+    key: list[Any] = []
+    for s in rule.sorts:
+        if s.key is SortKey.DISTANCE:
+            v: float = dist if dist is not None else 0.0
+        elif s.key is SortKey.STOCK_BALANCE:
+            v = float(sum(c.atp.get(sku, 0) for sku, _ in order.lines))
+        elif s.key is SortKey.COST:
+            v = c.cost
+        else:
+            v = float(c.priority)
+        key.append(-v if s.desc else v)
+    # Ties: nearest, then the lowest id, so that the same input always gives the same plan.
+    return (*key, dist if dist is not None else 0.0, c.id)
+
+
+def _shortage(order: OrderIn, c: Candidate) -> str | None:
+    short = [f"{s} needs {q}, has {c.atp.get(s, 0)}" for s, q in order.lines if c.atp.get(s, 0) < q]
+    return "not enough stock: " + "; ".join(short) if short else None
+
+
+def plan(order: OrderIn, candidates: Sequence[Candidate], rule: Rule) -> Plan:
+    """What `rule` does with `order` given `candidates` (explained whether it fills the order or not)."""
+    result = Plan(rule=rule.name)
+    eligible: list[tuple[tuple[Any, ...], Candidate, dict[str, Any]]] = []
+    for c in candidates:
+        dist = _distance(order, c)
+        row: dict[str, Any] = {"id": c.id, "code": c.code, "kind": c.kind, "lat": c.lat, "lon": c.lon,
+                               "distance_km": dist, "stock": {s: c.atp.get(s, 0) for s, _ in order.lines}}
+        result.candidates.append(row)
+        reason = None
+        if not c.active:
+            reason = "location inactive"
+        elif c.id in order.excluded:
+            reason = "rejected this order before, or let its reservation expire"
+        elif order.fulfilment == "pickup" and order.pickup_location is not None and c.id != order.pickup_location:
+            reason = "not the pickup store the shopper chose"
+        elif order.fulfilment == "delivery" and order.lat is not None and order.lon is not None \
+                and c.zone is not None and not c.zone.contains(order.lat, order.lon):
+            reason = "the address is outside its delivery zone"
+        else:
+            for f in rule.filters:
+                actual = _value(f.field, order, c, dist)
+                if not f.test(actual):
+                    reason = f"filter {f.field.value} {f.op.value} {f.value!r} failed ({actual!r})"
+                    break
+        if reason is None:
+            if rule.assignment == "single":
+                reason = _shortage(order, c)
+            elif not any(c.atp.get(s, 0) > 0 for s, _ in order.lines):
+                reason = "none of the order's SKUs available"
+        if reason is not None:
+            row["dropped"] = reason
+            continue
+        eligible.append((_sort_key(rule, order, c, dist), c, row))
+    eligible.sort(key=lambda e: e[0])
+    if not eligible:
+        result.note = "no eligible location"
+        return result
+    if rule.assignment == "single":
+        _, c, row = eligible[0]
+        result.allocation = {c.id: list(order.lines)}
+        row["chosen"] = True
+        for _, _, other in eligible[1:]:
+            other["dropped"] = "eligible, but sorted after the chosen one"
+        return result
+    return _partial(order, eligible, rule, result)
+
+
+def _partial(order: OrderIn, eligible: list[tuple[tuple[Any, ...], Candidate, dict[str, Any]]], rule: Rule,
+             result: Plan) -> Plan:
+    pool = eligible[:COMBINATION_POOL]
+    need = dict(order.lines)
+    for k in range(1, min(rule.max_locations, len(pool)) + 1):
+        for combo in itertools.combinations(pool, k):
+            if all(sum(c.atp.get(s, 0) for _, c, _ in combo) >= q for s, q in need.items()):
+                alloc: dict[int, list[tuple[str, int]]] = {}
+                for s, q in order.lines:
+                    left = q
+                    for _, c, _ in combo:
+                        take = min(left, c.atp.get(s, 0))
+                        if take > 0:
+                            alloc.setdefault(c.id, []).append((s, take))
+                            left -= take
+                        if left == 0:
+                            break
+                result.allocation = alloc
+                for _, c, row in eligible:
+                    if c.id in alloc:
+                        row["chosen"] = True
+                    else:
+                        row["dropped"] = "not needed: the order is filled by fewer or better-sorted locations"
+                return result
+    for _, _, row in eligible:
+        row["dropped"] = f"together with the others, not enough stock within {rule.max_locations} locations"
+    result.note = f"no combination of at most {rule.max_locations} locations holds the order"
+    return result

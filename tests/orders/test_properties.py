@@ -1,0 +1,131 @@
+"""Property tests (hypothesis) of the routing decision and of reservations in the database."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import select
+
+from cloud.db import make_engine, migrate, write_transaction
+from cloud.orders import service
+from cloud.orders.geo import great_circle_km
+from cloud.orders.routing import Candidate, OrderIn, plan
+from cloud.orders.rules import Filter, FilterField, Op, Rule
+from tests.orders.conftest import order, seed, stock
+
+SKUS = ("A", "B", "C")
+
+locations = st.lists(
+    st.tuples(st.floats(30.0, 32.0), st.floats(120.0, 122.0), st.dictionaries(st.sampled_from(SKUS), st.integers(0, 6)),
+              st.sampled_from(["store", "warehouse"]), st.sampled_from(["east", "south"])),
+    min_size=1, max_size=6,
+)
+orders = st.tuples(
+    st.floats(30.0, 32.0), st.floats(120.0, 122.0),
+    st.dictionaries(st.sampled_from(SKUS), st.integers(1, 6), min_size=1),
+)
+filters = st.lists(st.one_of(
+    st.builds(Filter, field=st.just(FilterField.DISTANCE_KM), op=st.just(Op.LE), value=st.floats(5, 300)),
+    st.builds(Filter, field=st.just(FilterField.KIND), op=st.just(Op.EQ), value=st.sampled_from(["store", "warehouse"])),
+    st.builds(Filter, field=st.just(FilterField.REGION), op=st.just(Op.IN), value=st.just(["east"])),
+    st.builds(Filter, field=st.just(FilterField.AVAILABLE_STOCK), op=st.just(Op.GE), value=st.integers(0, 4)),
+), max_size=2)
+
+
+def _cands(locs: list[tuple[float, float, dict[str, int], str, str]]) -> list[Candidate]:
+    return [Candidate(id=i + 1, code=f"L{i + 1}", kind=k, region=r, lat=la, lon=lo, atp=atp)
+            for i, (la, lo, atp, k, r) in enumerate(locs)]
+
+
+def _passes(o: OrderIn, c: Candidate, fs: list[Filter]) -> bool:
+    dist = great_circle_km(o.lat or 0, o.lon or 0, c.lat, c.lon)
+    for f in fs:
+        actual = {FilterField.DISTANCE_KM: dist, FilterField.KIND: c.kind, FilterField.REGION: c.region,
+                  FilterField.AVAILABLE_STOCK: min(c.atp.get(s, 0) for s, _ in o.lines)}[f.field]
+        if not f.test(actual):
+            return False
+    return True
+
+
+def _covers(o: OrderIn, group: tuple[Candidate, ...]) -> bool:
+    return all(sum(c.atp.get(s, 0) for c in group) >= q for s, q in o.lines)
+
+
+@settings(max_examples=300, deadline=None)
+@given(locations, orders, filters, st.sampled_from(["single", "partial"]))
+def test_plan_never_over_allocates_and_honours_every_filter(locs, o_, fs, mode) -> None:
+    cands = _cands(locs)
+    o = OrderIn(id=1, channel="web", fulfilment="delivery", lines=tuple(sorted(o_[2].items())), lat=o_[0], lon=o_[1])
+    p = plan(o, cands, Rule(name="r", filters=tuple(fs), assignment=mode, max_locations=6))
+    by_id = {c.id: c for c in cands}
+    if p.filled:
+        got: dict[str, int] = {}
+        for loc, lines in p.allocation.items():
+            assert _passes(o, by_id[loc], fs)
+            for sku, qty in lines:
+                assert 0 < qty <= by_id[loc].atp.get(sku, 0)
+                got[sku] = got.get(sku, 0) + qty
+        assert got == dict(o.lines)
+    else:
+        eligible = [c for c in cands if _passes(o, c, fs)]
+        assert not _covers(o, tuple(eligible)) or mode == "single"
+        if mode == "single":
+            assert not any(_covers(o, (c,)) for c in eligible)
+
+
+@settings(max_examples=300, deadline=None)
+@given(locations, orders, filters)
+def test_single_picks_the_nearest_eligible_location(locs, o_, fs) -> None:
+    cands = _cands(locs)
+    o = OrderIn(id=1, channel="web", fulfilment="delivery", lines=tuple(sorted(o_[2].items())), lat=o_[0], lon=o_[1])
+    p = plan(o, cands, Rule(name="r", filters=tuple(fs), assignment="single"))
+    eligible = [c for c in cands if _passes(o, c, fs) and _covers(o, (c,))]
+    if not eligible:
+        assert not p.filled
+        return
+    [chosen] = p.allocation
+    best = min(great_circle_km(o.lat or 0, o.lon or 0, c.lat, c.lon) for c in eligible)
+    chosen_c = next(c for c in cands if c.id == chosen)
+    assert abs(great_circle_km(o.lat or 0, o.lon or 0, chosen_c.lat, chosen_c.lon) - best) < 1e-6
+
+
+@settings(max_examples=300, deadline=None)
+@given(locations, orders)
+def test_partial_uses_the_fewest_locations_it_can(locs, o_) -> None:
+    cands = _cands(locs)
+    o = OrderIn(id=1, channel="web", fulfilment="delivery", lines=tuple(sorted(o_[2].items())), lat=o_[0], lon=o_[1])
+    p = plan(o, cands, Rule(name="r", assignment="partial", max_locations=6))
+    useful = [c for c in cands if any(c.atp.get(s, 0) > 0 for s, _ in o.lines)]
+    fewest = next((k for k in range(1, len(useful) + 1)
+                   if any(_covers(o, g) for g in itertools.combinations(useful, k))), None)
+    if fewest is None:
+        assert not p.filled
+    else:
+        assert len(p.allocation) == fewest
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.dictionaries(st.sampled_from(["TEA-1", "RICE-1"]), st.integers(1, 4), min_size=1),
+                min_size=1, max_size=12),
+       st.dictionaries(st.sampled_from(["sta", "stb", "stc"]), st.integers(0, 5)))
+def test_routing_orders_in_the_database_never_reserves_more_than_available(tmp_path: Path, batch, levels) -> None:
+    db = tmp_path / f"p{abs(hash((str(batch), str(levels))))}.db"
+    engine = make_engine(f"sqlite:///{db}")
+    try:
+        migrate(engine)
+        seed(engine)
+        for code, n in levels.items():
+            stock(engine, code, {"TEA-1": n, "RICE-1": n}, safety=1)
+        for i, lines in enumerate(batch):
+            with write_transaction(engine) as conn:
+                service.intake(conn, order(f"P{i}", sorted(lines.items())), actor="test")
+        with engine.connect() as conn:
+            assert service.oversold(conn) == 0
+            states = set(conn.execute(select(service.ORDERS.c.state)).scalars())
+        assert states <= {"routed", "unfulfillable"}
+    finally:
+        engine.dispose()
+        service.invalidate_locations()
