@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     OMNISHELF_BROKER_URL."""
     PROVISION_CA_FILE: str = ""
     """The CA a claimed box trusts for an mqtts:// broker. Default: OMNISHELF_BROKER_CA_FILE."""
+    PROVISION_LOCAL_API_PORT: int = Field(default=8480, ge=0, le=65535)
+    """The local API port in a claimed box's first config (0: any free port, for several simulated
+    boxes on one host)."""
     ENROL_TOKEN_TTL_S: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
     """How long an enrolment token made without an explicit lifetime stays usable."""
     REVOKE_SYNC_S: float = Field(default=2.0, gt=0, le=3600)

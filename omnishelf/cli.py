@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {  # name → ("module" or "module:functi
     "restore": ("cloud.cli:add_restore_parser", "restore a cloud backup into an empty database and catalogue directory"),
     **ENGINE_COMMANDS,
     "edge": ("edge.cli", "run the store box agent (bus client, durable outbox, devices)"),
+    "provision": ("provisioning.cli", "claim boxes in setup mode for a store (technician); a box's setup mode"),
     "demo": ("omnishelf.demo", "run the whole system on this machine with embedded defaults"),
 }
 

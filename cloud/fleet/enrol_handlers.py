@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import update
+from sqlalchemy import insert, update
 
-from cloud.access.service import audit
+from cloud.access.models import AuditEntry
 from cloud.bus import Context, Message
 from cloud.fleet.models import Identity
 
@@ -18,5 +18,8 @@ def on_birth(ctx: Context, msg: Message) -> None:
         .values(first_birth_at=ctx.now)
     ).rowcount
     if first:
-        audit(ctx.orm, f"node:{msg.node}", "node.first_birth", "node", msg.node,
-              after={"session": msg.session}, via="bus")
+        # Core, on the handler's connection: the effect and its audit entry commit with the ledger row.
+        ctx.conn.execute(insert(AuditEntry).values(
+            at=ctx.now, actor=f"node:{msg.node}", action="node.first_birth", object_type="node", object_id=msg.node,
+            after={"session": msg.session}, via="bus",
+        ))

@@ -32,7 +32,7 @@ from cloud.fleet.identity import BrokerAdmin, BrokerAdminError, new_password, pa
 from cloud.fleet.models import EnrolToken, Identity, NodeConfigState
 from cloud.models import Node, Store
 from cloud.settings import Settings
-from firmware_config import PROFILES, BrokerConfig, NodeConfig, render_config
+from firmware_config import PROFILES, BrokerConfig, LocalApiConfig, NodeConfig, render_config
 
 __all__ = [
     "ROLES",
@@ -212,6 +212,7 @@ def first_config(settings: Settings, node: str, store: str, profile: str) -> tup
     cfg = NodeConfig(
         node_id=node, store_id=store, profile=profile,
         broker=BrokerConfig(url=url, password_file=Path("broker.secret"), ca_file=Path("ca.pem") if ca_pem else None),
+        local_api=LocalApiConfig(port=settings.PROVISION_LOCAL_API_PORT),
     )
     return cfg, ca_pem
 
