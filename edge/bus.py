@@ -113,6 +113,9 @@ class BusStats:
     """Commands seen before (redelivered, or retained and handed over again): not run, not acked."""
     replayed: int
     connect_failures: int
+    refused_because: str | None = None
+    """Why the broker last refused this box's login (revoked, retired, wrong password), until a login
+    succeeds: the box waits `auth_failure_s` between tries and shows this on its `/status`."""
 
 
 @dataclass(slots=True)
@@ -231,6 +234,7 @@ class BusClient:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ever_connected = False
         self._in_progress: set[uuid.UUID] = set()
+        self._refused_because: str | None = None
 
     # -- public ------------------------------------------------------------------------------------
 
@@ -289,6 +293,7 @@ class BusClient:
             duplicate_commands=c["duplicate_commands"],
             replayed=c["replayed"],
             connect_failures=c["connect_failures"],
+            refused_because=self._refused_because,
         )
 
     def abort_connection(self) -> None:
@@ -361,6 +366,7 @@ class BusClient:
             await conn.subscribe([topics.node_dn_filter(self.node), topics.host_state_filter()])
             await self._publish_birth(conn, session)
             link.born = True
+            self._refused_because = None
             if self._ever_connected:
                 self._count["reconnects"] += 1
             self._ever_connected = True
@@ -369,6 +375,10 @@ class BusClient:
             return await self._serve(link)
         except BusAuthError as exc:
             self._count["auth_failures"] += 1
+            self._refused_because = (
+                f"{exc} (credential revoked, retired or replaced: the box tries again every "
+                f"{self.auth_failure_s:.0f} s; re-claim or reconfigure it)"
+            )
             log.error(
                 "%s: %s; retrying in %.0f s (a refusal does not heal by itself: check the node's password and ACL)",
                 self.node,

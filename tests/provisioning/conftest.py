@@ -117,9 +117,10 @@ class BoxProc:
                 self.popen.wait()
 
 
-def start_box(tmp: Path, serial: str, model: str = "pi5", *, then_run: bool = True) -> BoxProc:
-    config_dir = tmp / f"box-{serial}"
-    env = {**os.environ, "OMNISHELF_DATA_DIR": str(tmp / f"data-{serial}"), "PYTHONUNBUFFERED": "1"}
+def start_box(tmp: Path, serial: str, model: str = "pi5", *, then_run: bool = True, tag: str = "") -> BoxProc:
+    """A box process in setup mode (`tag`: a second life of the same hardware, e.g. after a repair)."""
+    config_dir = tmp / f"box-{serial}{tag}"
+    env = {**os.environ, "OMNISHELF_DATA_DIR": str(tmp / f"data-{serial}{tag}"), "PYTHONUNBUFFERED": "1"}
     args = [sys.executable, "-m", "omnishelf.cli", "provision", "setup-mode", "--serial", serial, "--model", model,
             "--config-dir", str(config_dir), "--interface", LOOPBACK, *(["--then-run"] if then_run else [])]
     popen = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -143,3 +144,25 @@ def boxes(tmp_path: Path) -> Iterator[list[BoxProc]]:
     finally:
         for b in started:
             b.stop()
+
+
+def claim_box(cloud: Cloud, box: BoxProc, *, store: str = "st0001", role: str = "kiosk", wait: float = 30.0) -> str:
+    """Claim `box` with a fresh token (confirming its pairing code); the node id."""
+    from provisioning import technician
+
+    token = cloud.token(store, role)
+    done = technician.claim(box.serial, store=store, role=role, token=token["token"], code=box.pairing_code,
+                            cloud_url=cloud.url, interface=LOOPBACK, wait_online_s=wait)
+    assert wait == 0 or done.online, f"{done.node_id} did not come online:\n" + "".join(box.log[-30:])
+    return done.node_id
+
+
+def local_api(box: BoxProc) -> str:
+    """The agent's local API URL, from its start line."""
+    line = next((ln for ln in box.log if "local API http://" in ln), None)
+    deadline = time.monotonic() + 20
+    while line is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        line = next((ln for ln in box.log if "local API http://" in ln), None)
+    assert line is not None, "the agent never logged its local API:\n" + "".join(box.log[-30:])
+    return line.split("local API ")[1].split(",")[0].strip()
