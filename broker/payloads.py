@@ -249,8 +249,17 @@ class AssignData(Payload):
 
 
 class ConfigData(Payload):
+    """A whole box config (firmware_config, as the file's mapping) pushed by HQ. The box validates
+    it, applies it and acks `applied vN` or refuses naming the field; with `rollback_after_s`, a box
+    that cannot reach the cloud that long after applying goes back to its last good config by itself
+    (and acks the push again: `rolled back vN: …`)."""
+
     config_hash: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     config: dict[str, Any]
+    version: Count = 0
+    """The push's version for this box (increasing); 0: unversioned."""
+    rollback_after_s: Annotated[float, Field(ge=0, le=7 * 24 * 3600)] = 0
+    """0: no automatic rollback."""
 
 
 class ScheduleData(Payload):

@@ -129,7 +129,8 @@ class EdgeAgent:
                 backoff=lambda: JitteredBackoff(config.backoff.base_s, config.backoff.cap_s),
                 on_change=self._telemetry_wake.set,
             )
-            ctx = ComponentContext(config=config, paths=self.paths, publish=self.publish)
+            ctx = ComponentContext(config=config, paths=self.paths, publish=self.publish,
+                                   cloud_reachable=self._cloud_reachable)
             for factory in components:
                 try:
                     component = factory(ctx)
@@ -168,6 +169,10 @@ class EdgeAgent:
 
         found = self.component("catalogue")
         return found if isinstance(found, CatalogueComponent) else None
+
+    def _cloud_reachable(self) -> bool:
+        bus = self.bus
+        return bus is not None and bus.connected.is_set() and bus.cloud_online
 
     async def publish(self, type: MessageType, data: Payload) -> Row:
         """Send a message through the outbox (for components and drivers)."""

@@ -42,6 +42,8 @@ class ComponentContext:
     paths: BoxPaths
     publish: Callable[[MessageType, Payload], Awaitable[Row]]
     """Send a message through the outbox (usable once the agent runs)."""
+    cloud_reachable: Callable[[], bool] = lambda: False
+    """True while the box is connected to the broker, born, and a cloud host says it is online."""
 
 
 @dataclass(frozen=True, slots=True)

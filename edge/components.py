@@ -21,4 +21,10 @@ def _catalogue(ctx: ComponentContext) -> Component | None:
     return CatalogueComponent(ctx)
 
 
-COMPONENTS: tuple[ComponentFactory, ...] = (_catalogue,)
+def _config_push(ctx: ComponentContext) -> Component | None:
+    from edge.config_push import config_push_component
+
+    return config_push_component(ctx)
+
+
+COMPONENTS: tuple[ComponentFactory, ...] = (_catalogue, _config_push)

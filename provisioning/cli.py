@@ -8,6 +8,7 @@ import getpass
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -102,10 +103,31 @@ def cmd_claim(args: argparse.Namespace) -> int:
     return 0
 
 
+RESTART_MARKER = ".restart"
+"""Left beside the config by the box agent when it stops to run again on a new config (a config
+push, or its own rollback): the supervisor starts it again at once."""
+
+
 def _run_agent(config: Path) -> int:
-    # The agent replaces this process: systemd (or the test) keeps supervising one pid.
-    sys.stdout.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "omnishelf.cli", "edge", "run", "--config", str(config)])
+    """Supervise the box agent: run it again whenever it stopped for a config change."""
+    marker = config.parent / RESTART_MARKER
+    child: list[subprocess.Popen[bytes]] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        marker.unlink(missing_ok=True)  # a stop asked from outside is a stop, not a restart
+        if child:
+            child[0].send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    while True:
+        marker.unlink(missing_ok=True)
+        sys.stdout.flush()
+        child[:] = [subprocess.Popen([sys.executable, "-m", "omnishelf.cli", "edge", "run", "--config", str(config)])]
+        rc = child[0].wait()
+        if not marker.exists():
+            return rc
+        print(f"agent stopped for a config change (exit {rc}); starting it again", flush=True)
 
 
 def cmd_setup_mode(args: argparse.Namespace) -> int:

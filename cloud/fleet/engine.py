@@ -7,7 +7,7 @@ from pathlib import Path
 from broker.envelope import MessageType
 from cloud.access.scope import Perm
 from cloud.engine import EngineSpec, Handler, NavItem, Task
-from cloud.fleet import api, console, enrol_api, enrol_console, enrol_handlers, enrolment, handlers, models
+from cloud.fleet import api, config_push, console, enrol_api, enrol_console, enrol_handlers, enrolment, handlers, models
 
 ENGINE = EngineSpec(
     name="fleet",
@@ -24,6 +24,8 @@ ENGINE = EngineSpec(
         Handler(MessageType.BIRTH, handlers.on_birth),
         Handler(MessageType.TELEMETRY, handlers.on_telemetry),
         Handler(MessageType.BIRTH, enrol_handlers.on_birth),
+        Handler(MessageType.BIRTH, config_push.on_birth),
+        Handler(MessageType.ACK, config_push.on_ack),
     ),
     tasks=(Task("identity-sync", enrolment.identity_sync),),
 )

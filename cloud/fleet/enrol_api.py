@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from cloud.access.scope import Perm, Principal
 from cloud.access.service import write_session
 from cloud.access.web import require, via
-from cloud.fleet import enrolment
+from cloud.fleet import config_push, enrolment
 from cloud.fleet.identity import BrokerAdmin, BrokerAdminError
 
 __all__ = ["router"]
@@ -181,3 +181,29 @@ def reinstate_node(node_id: NodeId, request: Request, principal: Editor) -> Iden
     with write_session(request.app.state.engine) as session, session.begin():
         identity, problem = enrolment.reinstate_node(session, principal, admin_of(request), node_id, via=via(request))
         return IdentityPublic.model_validate(enrolment.identity_view(identity) | {"broker_problem": problem})
+
+
+class ConfigPushRequest(_Strict):
+    nodes: Annotated[list[Annotated[str, Field(min_length=1, max_length=63)]], Field(max_length=10_000)] = []
+    store: Annotated[str | None, Field(max_length=32)] = None
+    region: Annotated[str | None, Field(max_length=32)] = None
+    overrides: dict[str, Any] = {}
+    """Config keys over the box's enrolment config and profile (e.g. {"telemetry_every_s": 30})."""
+    rollback_after_s: Annotated[float, Field(ge=0, le=7 * 24 * 3600)] = 0
+
+
+@router.post("/config-pushes", status_code=201)
+def push_config(body: ConfigPushRequest, request: Request, principal: Editor) -> dict[str, Any]:
+    """Validate and queue a versioned config for each box named (or of a store or region)."""
+    with write_session(request.app.state.engine) as session, session.begin():
+        batch, _pushes = config_push.push_config(
+            session, principal, request.app.state.settings, overrides=body.overrides, nodes=body.nodes, store=body.store,
+            region=body.region, rollback_after_s=body.rollback_after_s, via=via(request))
+        return config_push.batch_progress(session, principal, batch)
+
+
+@router.get("/config-pushes/{batch}")
+def push_progress(batch: Annotated[str, Path(min_length=36, max_length=36)], request: Request, principal: Reader) -> dict[str, Any]:
+    """How many boxes of a push applied, rejected, are pending or rolled back."""
+    with Session(request.app.state.engine) as session:
+        return config_push.batch_progress(session, principal, batch)

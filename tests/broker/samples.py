@@ -48,7 +48,7 @@ SAMPLES: dict[MessageType, p.Payload] = {
     MessageType.ASSIGN: p.AssignData(
         order_id="W-77", lines=(p.OrderLine(sku="SKU-0002", qty=1),), fulfilment=p.Fulfilment.PICKUP
     ),
-    MessageType.CONFIG: p.ConfigData(config_hash="cd" * 32, config={"node_id": "st0001-k1"}),
+    MessageType.CONFIG: p.ConfigData(config_hash="cd" * 32, config={"node_id": "st0001-k1"}, version=3, rollback_after_s=300),
     MessageType.SCHEDULE: p.ScheduleData(version=3, valid_from=NOW, valid_until=NOW + timedelta(hours=48)),
     MessageType.CATALOG: p.CatalogData(
         version=12,
