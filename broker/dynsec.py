@@ -41,6 +41,7 @@ from broker.client import BrokerAddress, BusError, BusNotConnected, MqttConnecti
 __all__ = [
     "ADMIN_USER",
     "DEFAULT_ACCESS",
+    "ENROLLED_GROUP",
     "Acl",
     "AclType",
     "Applied",
@@ -51,7 +52,6 @@ __all__ = [
     "CredentialsError",
     "DynsecConfig",
     "DynsecError",
-    "ENROLLED_GROUP",
     "Role",
     "apply",
     "bus_config",

@@ -17,6 +17,7 @@ hash, which the cloud reads as the rollback. `/status` shows the state under `co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from broker.payloads import ConfigData
 from edge.component import BackgroundTask, CommandHandler, CommandRefused, Component, ComponentContext
 from firmware_config import ConfigError, config_hash, load_config, parse_config, write_config
 
-__all__ = ["CONFIG_NAME", "ConfigPushComponent", "RESTART_MARKER", "config_push_component"]
+__all__ = ["CONFIG_NAME", "RESTART_MARKER", "ConfigPushComponent", "config_push_component"]
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +129,8 @@ class ConfigPushComponent(Component):
                 (self.dir / GOOD_NAME).unlink(missing_ok=True)
                 log.info("%s: config v%s confirmed (the cloud is reachable with it)", self.ctx.config.node_id, self.state["version"])
                 return
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), 0.2)
-            except TimeoutError:
-                pass
         if self._stopping.is_set():
             return
         version = self.state["version"]

@@ -25,8 +25,8 @@ from cloud.access.scope import Principal, get_store
 from cloud.access.service import InputError, audit
 from cloud.bus import Context, Message, downlink
 from cloud.fleet.enrolment import first_config
-from cloud.fleet.service import get_region
 from cloud.fleet.models import ConfigPush, Identity, NodeConfigState
+from cloud.fleet.service import get_region
 from cloud.models import Node, Store
 from cloud.settings import Settings
 from firmware_config import ConfigError, NodeConfig, config_hash, parse_config
@@ -148,7 +148,7 @@ def recent_batches(session: Session, principal: Principal, limit: int = 10) -> l
         .where(ConfigPush.batch.is_not(None), ConfigPush.node_id.in_(select(Node.id).where(principal.scope.node_clause())))
         .group_by(ConfigPush.batch).order_by(newest.desc()).limit(limit)
     ).all()
-    return [batch_progress(session, principal, b) for b, _ in batches]
+    return [batch_progress(session, principal, b) for b, _ in batches if b is not None]
 
 
 # -- what the boxes say --------------------------------------------------------------------------

@@ -12,12 +12,12 @@ import httpx
 from sqlalchemy.orm import Session
 
 from broker.envelope import MessageType
+from broker.mosquitto import free_port
 from broker.payloads import ConfigData
 from cloud.access.service import write_session
 from cloud.bus import downlink
 from cloud.fleet.models import ConfigPush, NodeConfigState
 from cloud.models import Node
-from broker.mosquitto import free_port
 from tests.provisioning.conftest import BoxProc, Cloud, claim_box, start_box
 
 
