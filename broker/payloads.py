@@ -260,6 +260,10 @@ class ConfigData(Payload):
     """The push's version for this box (increasing); 0: unversioned."""
     rollback_after_s: Annotated[float, Field(ge=0, le=7 * 24 * 3600)] = 0
     """0: no automatic rollback."""
+    credential: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    """Credential rotation: the node's next broker password sealed to the box's own key
+    (`broker.sealing`). The box keeps its connection, offers the new password to its bus client and
+    acks; the cloud then switches the broker over, and the box's next login uses the new one."""
 
 
 class ScheduleData(Payload):

@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from broker.client import BrokerAddress, JitteredBackoff, TlsSetupError
@@ -130,7 +130,7 @@ class EdgeAgent:
                 on_change=self._telemetry_wake.set,
             )
             ctx = ComponentContext(config=config, paths=self.paths, publish=self.publish,
-                                   cloud_reachable=self._cloud_reachable)
+                                   cloud_reachable=self._cloud_reachable, offer_password=self._offer_password)
             for factory in components:
                 try:
                     component = factory(ctx)
@@ -169,6 +169,11 @@ class EdgeAgent:
 
         found = self.component("catalogue")
         return found if isinstance(found, CatalogueComponent) else None
+
+    def _offer_password(self, password: str, adopted: Callable[[str], None]) -> None:
+        if self.bus is None:
+            raise RuntimeError("the agent is not running: no password can be offered yet")
+        self.bus.offer_password(password, adopted)
 
     def _cloud_reachable(self) -> bool:
         bus = self.bus

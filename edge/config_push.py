@@ -32,6 +32,7 @@ import yaml
 
 from broker.envelope import Envelope, MessageType
 from broker.payloads import ConfigData
+from broker.sealing import SealError, load_or_create_key, open_sealed
 from edge.component import BackgroundTask, CommandHandler, CommandRefused, Component, ComponentContext
 from firmware_config import ConfigError, config_hash, load_config, parse_config, write_config
 
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 CONFIG_NAME = "box.yaml"
 GOOD_NAME = "box.yaml.good"
 STATE_NAME = "config-state.json"
+KEY_NAME = "identity.key"
+"""The box's own X25519 key, made in setup mode (provisioning): rotated passwords are sealed to it."""
 RESTART_MARKER = ".restart"
 RESTART_DELAY_S = 2.0
 """Time for the ack to leave through the outbox before the agent restarts on the new config."""
@@ -100,6 +103,18 @@ class ConfigPushComponent(Component):
         except ConfigError as exc:
             raise CommandRefused(f"rejected v{data.version}: {_problem(exc)}") from None
         own = self.ctx.config.node_id
+        if data.credential is not None:
+            try:
+                password = open_sealed(load_or_create_key(self.dir / KEY_NAME, create=False), data.credential).decode()
+            except (SealError, UnicodeDecodeError) as exc:
+                raise CommandRefused(f"rejected v{data.version}: field 'credential': {exc}") from None
+            self._write_secret(self._next_secret, password)
+            self.ctx.offer_password(password, self._adopt)
+            if data.config_hash == config_hash(self.ctx.config):
+                self.state["version"] = data.version
+                self._save_state()
+                log.info("%s: next broker password received (v%d); the bus switches at its next login", own, data.version)
+                return f"credential received v{data.version}"
         if cfg.node_id != own:
             raise CommandRefused(f"rejected v{data.version}: field 'node_id': {cfg.node_id!r} is not this box ({own!r})")
         if config_hash(cfg) != data.config_hash:
@@ -114,11 +129,38 @@ class ConfigPushComponent(Component):
         asyncio.get_running_loop().call_later(RESTART_DELAY_S, self._restart)
         return f"applied v{data.version}"
 
+    @property
+    def _next_secret(self) -> Path:
+        return self._secret.with_name(self._secret.name + ".next")
+
+    @property
+    def _secret(self) -> Path:
+        path = self.ctx.paths.password_file
+        return path if path is not None else self.dir / "broker.secret"
+
+    def _write_secret(self, path: Path, password: str) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(password + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+
+    def _adopt(self, password: str) -> None:
+        """The bus logged in with the rotated password: it becomes the stored one."""
+        self._write_secret(self._secret, password)
+        self._next_secret.unlink(missing_ok=True)
+        log.info("%s: rotated broker password in use and stored", self.ctx.config.node_id)
+
     def _restart(self) -> None:
         (self.dir / RESTART_MARKER).write_text("")
         os.kill(os.getpid(), signal.SIGTERM)
 
     async def _watch(self) -> None:
+        if self._next_secret.exists():
+            # A rotation that was under way when the agent restarted: offer the new password again.
+            self.ctx.offer_password(self._next_secret.read_text().strip(), self._adopt)
         if self.state.get("confirmed", True):
             return
         deadline = float(self.state["applied_at"]) + float(self.state["rollback_after_s"])

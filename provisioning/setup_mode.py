@@ -38,6 +38,7 @@ CONFIG_NAME = "box.yaml"
 SECRET_NAME = "broker.secret"
 CA_NAME = "ca.pem"
 KEY_NAME = "setup.key"
+IDENTITY_KEY_NAME = "identity.key"
 MAX_TRIES = 5
 _MAX_BODY = 256 * 1024
 
@@ -141,7 +142,8 @@ class SetupBox:
             if ca_pem:
                 self._write(CA_NAME, ca_pem.encode())
             self._write(CONFIG_NAME, config_yaml.encode())
-            (self.config_dir / KEY_NAME).unlink(missing_ok=True)  # its only job is done
+            # The key stays with the box: rotated passwords are sealed to it too.
+            (self.config_dir / KEY_NAME).replace(self.config_dir / IDENTITY_KEY_NAME)
             self.node_id = cfg.node_id
             self.claimed.set()
         log.info("claimed as %s (store %s)", cfg.node_id, cfg.store_id)

@@ -31,7 +31,7 @@ from cloud.models import Node, Store
 from cloud.settings import Settings
 from firmware_config import ConfigError, NodeConfig, config_hash, parse_config
 
-__all__ = ["batch_progress", "build_config", "on_ack", "on_birth", "push_config"]
+__all__ = ["batch_progress", "build_config", "on_ack", "on_birth", "push_config", "rotate_credential"]
 
 STATES = ("pending", "applied", "rejected", "rolled_back", "superseded")
 
@@ -125,6 +125,45 @@ def push_config(
     return batch, pushes
 
 
+def rotate_credential(
+    session: Session, principal: Principal, settings: Settings, node_id: str, *, via: str = "api"
+) -> ConfigPush:
+    """Give the box a new broker password without taking it offline: the password goes sealed to
+    the box's key with its current config (a push that changes nothing else); once the box acks, the
+    bus's reconciler sets it on the broker, and the box's next login uses it."""
+    from cloud.fleet.enrolment import get_identity
+    from cloud.fleet.identity import new_password, seal
+
+    identity = get_identity(session, principal.scope, node_id)
+    if identity.status != "active":
+        raise InputError("node", f"box {node_id!r} is {identity.status}: only an active box's credential can be rotated")
+    node = session.get(Node, node_id)
+    assert node is not None
+    latest = session.scalars(select(ConfigPush).where(ConfigPush.node_id == node_id, ConfigPush.status == "applied")
+                             .order_by(ConfigPush.version.desc()).limit(1)).first()
+    cfg = parse_config(yaml.safe_dump(latest.config, sort_keys=False), "config") if latest else build_config(settings, node, identity, {})
+    password = new_password()
+    state = session.get(NodeConfigState, node_id, with_for_update=True)
+    assert state is not None
+    state.desired_version += 1
+    digest = config_hash(cfg)
+    now = _now()
+    session.execute(update(ConfigPush).where(ConfigPush.node_id == node_id, ConfigPush.status == "pending")
+                    .values(status="superseded", updated_at=now))
+    data = ConfigData(config_hash=digest, config=cfg.model_dump(mode="json", exclude_defaults=True) | {"profile": cfg.profile},
+                      version=state.desired_version, credential=seal(identity.public_key, password.encode()))
+    msg_id = downlink.send(session, node_id, MessageType.CONFIG, data, engine="fleet", key=f"config:{node_id}:{state.desired_version}")
+    identity.pending_password, identity.pending_command_id = password, str(msg_id)
+    push = ConfigPush(node_id=node_id, version=state.desired_version, profile=cfg.profile or "", config=data.config,
+                      config_hash=digest, batch=None, status="pending", detail="credential rotation", command_id=str(msg_id),
+                      created_by=principal.actor, created_at=now, updated_at=now)
+    session.add(push)
+    session.flush()
+    audit(session, principal.actor, "node.rotate_credential", "node", node_id,
+          after={"credential_version": identity.credential_version + 1, "push_version": push.version}, via=via)
+    return push
+
+
 def batch_progress(session: Session, principal: Principal, batch: str) -> dict[str, Any]:
     rows = session.scalars(
         select(ConfigPush).where(ConfigPush.batch == batch,
@@ -174,6 +213,10 @@ def on_ack(ctx: Context, msg: Message) -> None:
         values |= {"status": "rejected", "field": _field_of(detail)}
     ctx.conn.execute(update(ConfigPush).where(ConfigPush.command_id == str(msg.corr), ConfigPush.status == "pending")
                      .values(**values))
+    if data.ok:
+        # A rotation the box took: the reconciler now sets the new password on the broker.
+        ctx.conn.execute(update(Identity).where(Identity.node_id == msg.node, Identity.pending_command_id == str(msg.corr))
+                         .values(broker_synced=False))
 
 
 def on_birth(ctx: Context, msg: Message) -> None:

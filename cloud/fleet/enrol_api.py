@@ -207,3 +207,11 @@ def push_progress(batch: Annotated[str, Path(min_length=36, max_length=36)], req
     """How many boxes of a push applied, rejected, are pending or rolled back."""
     with Session(request.app.state.engine) as session:
         return config_push.batch_progress(session, principal, batch)
+
+
+@router.post("/nodes/{node_id}/rotate-credential", status_code=202)
+def rotate_credential(node_id: NodeId, request: Request, principal: Editor) -> dict[str, Any]:
+    """Start a credential rotation (the box stays online; see `GET /nodes/{id}/identity`)."""
+    with write_session(request.app.state.engine) as session, session.begin():
+        push = config_push.rotate_credential(session, principal, request.app.state.settings, node_id, via=via(request))
+        return {"node": node_id, "push_version": push.version, "command_id": push.command_id}

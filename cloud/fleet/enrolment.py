@@ -313,6 +313,12 @@ def _apply(admin: BrokerAdmin | None, identity: Identity) -> str | None:
             admin.revoke(identity.node_id)
         elif identity.status == "retired":
             admin.retire(identity.node_id)
+        elif identity.pending_password is not None:
+            # The box acknowledged the sealed new password: switch the broker over (it drops the box,
+            # whose next login uses the new one).
+            admin.set_password(identity.node_id, identity.pending_password)
+            identity.pending_password, identity.pending_command_id = None, None
+            identity.credential_version += 1
         else:
             admin.reinstate(identity.node_id)
     except BrokerAdminError as exc:

@@ -10,54 +10,27 @@ the password on the wire; the password itself never exists outside the cloud and
 makes an X25519 key pair in setup mode and the cloud seals the password to its public key, so the
 technician's laptop relays only ciphertext.
 
-The seal (version 1): an ephemeral X25519 key pair; HKDF-SHA256 over the shared secret with
-info = SEAL_INFO + ephemeral public key + box public key; ChaCha20-Poly1305 with a zero nonce (the
-key is used once) and SEAL_INFO as associated data. Wire form: base64(ephemeral public key (32
-bytes) + ciphertext). `provisioning.sealing` opens it on the box.
+The seal is `broker.sealing` (one implementation for the cloud, the box and its setup mode).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from broker import dynsec
 from broker.client import BrokerAddress
+from broker.sealing import SealError, seal
 from cloud.settings import Settings
 
-__all__ = ["SEAL_INFO", "BrokerAdmin", "BrokerAdminError", "new_password", "parse_public_key", "seal"]
-
-SEAL_INFO = b"omnishelf-seal-v1"
-
+__all__ = ["BrokerAdmin", "BrokerAdminError", "SealError", "new_password", "parse_public_key", "seal"]
 
 def parse_public_key(value: str) -> bytes:
-    """The 32 raw bytes of a base64 X25519 public key; ValueError naming what is wrong."""
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError(f"{value[:60]!r} is not base64: expected the box's X25519 public key") from None
-    if len(raw) != 32:
-        raise ValueError(f"the public key has {len(raw)} bytes: expected 32 (X25519)")
-    return raw
+    """The raw bytes of a box's base64 X25519 public key; ValueError naming what is wrong."""
+    from broker.sealing import parse_public_key as parse
 
-
-def seal(box_public_key: str, secret: bytes) -> str:
-    """`secret` encrypted so that only the holder of the box's private key can read it."""
-    box_pub = parse_public_key(box_public_key)
-    eph = X25519PrivateKey.generate()
-    eph_pub = eph.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    shared = eph.exchange(X25519PublicKey.from_public_bytes(box_pub))
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=SEAL_INFO + eph_pub + box_pub).derive(shared)
-    ct = ChaCha20Poly1305(key).encrypt(b"\0" * 12, secret, SEAL_INFO)
-    return base64.b64encode(eph_pub + ct).decode()
+    return parse(value)
 
 
 def new_password() -> str:

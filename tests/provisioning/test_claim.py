@@ -51,6 +51,7 @@ def test_fresh_box_becomes_an_online_node(cloud: Cloud, boxes: list[BoxProc], tm
     secret = (box.config_dir / "broker.secret")
     assert secret.stat().st_mode & 0o777 == 0o600
     assert not (box.config_dir / "setup.key").exists()
+    assert (box.config_dir / "identity.key").stat().st_mode & 0o777 == 0o600
 
     with Session(cloud.engine) as s:
         node = s.get(Node, "st0001-k2")

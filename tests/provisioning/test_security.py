@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from broker import topics
 from broker.client import BrokerAddress, BusAuthError, MqttConnection, PublishRefused
 from cloud.fleet.models import Identity
+from cloud.models import Node
 from tests.conftest import Broker
 from tests.provisioning.conftest import BoxProc, Cloud, claim_box, local_api, start_box
 
@@ -139,3 +140,33 @@ def test_one_box_cannot_read_or_forge_anothers_traffic(cloud: Cloud, boxes: list
     asyncio.run(attempts())
     # B's password does not log in as A, nor A's as B.
     assert _refused(cloud.broker, a, _password(b_box)) and _refused(cloud.broker, b, _password(a_box))
+
+
+def test_rotation_keeps_the_box_online(cloud: Cloud, boxes: list[BoxProc], tmp_path: Path) -> None:
+    box = start_box(tmp_path, "SN-1400")
+    boxes.append(box)
+    node = claim_box(cloud, box)
+    api = local_api(box)
+    old = _password(box)
+    r = cloud.api.post(f"/nodes/{node}/rotate-credential")
+    assert r.status_code == 202, r.text
+
+    def rotated() -> bool:
+        with Session(cloud.engine) as s:
+            identity = s.get(Identity, node)
+            return identity is not None and identity.credential_version == 2 and identity.pending_password is None
+
+    _wait(rotated, 15, "the broker to take the new password")
+    nxt = box.config_dir / "broker.secret.next"
+    _wait(lambda: _password(box) != old and not nxt.exists(), 15, "the box to store the password it logged in with")
+    bus = httpx.get(f"{api}/status").json()["bus"]
+    assert bus["connected"] is True and bus["auth_failures"] == 0 and bus["refused_because"] is None
+    assert bus["reconnects"] >= 1  # the broker dropped the old login; the box was back at once
+    assert _refused(cloud.broker, node, old)
+
+    def online() -> bool:
+        with Session(cloud.engine) as s:
+            row = s.get(Node, node)
+            return row is not None and row.online
+
+    _wait(online, 10, "the box online on its new password")

@@ -58,6 +58,8 @@ def upgrade() -> None:
         sa.Column("revoked_at", UtcDateTime(), nullable=True),
         sa.Column("revoked_reason", sa.String(500), nullable=True),
         sa.Column("retired_at", UtcDateTime(), nullable=True),
+        sa.Column("pending_password", sa.String(100), nullable=True),
+        sa.Column("pending_command_id", sa.String(36), nullable=True),
         sa.ForeignKeyConstraint(["node_id"], ["nodes.id"], name="fk_fleet_identities_node_id_nodes"),
         sa.ForeignKeyConstraint(["token_id"], ["fleet_enrol_tokens.id"], name="fk_fleet_identities_token_id_fleet_enrol_tokens"),
         sa.PrimaryKeyConstraint("node_id", name="pk_fleet_identities"),
