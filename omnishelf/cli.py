@@ -37,7 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {  # name → ("module" or "module:functi
 
 ROLE_PACKAGES = ("broker", "cloud", "edge")
 """A command whose module is in one of these packages needs that role's extra (see pyproject.toml)."""
-ROLES: dict[str, tuple[str, ...]] = {"demo": ("broker", "cloud", "edge")}
+ROLES: dict[str, tuple[str, ...]] = {"demo": ("broker", "cloud", "edge"), "provision": ("edge",)}
 """Commands that need other roles than their module's package says."""
 
 
