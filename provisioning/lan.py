@@ -100,7 +100,28 @@ class _Collector(ServiceListener):
 
 def browse(types: Sequence[str], *, interface: str | None, timeout: float = 1.5, want: str | None = None) -> list[Found]:
     """Services of `types` seen within `timeout` seconds (sooner once an instance whose TXT `serial`
-    is `want` has been resolved)."""
+    is `want` has been resolved).
+
+    Runs on a thread of its own: zeroconf adopts an event loop running in the calling thread (a
+    caller inside asyncio, or Playwright's sync API), which would not turn while we wait here."""
+    result: list[list[Found]] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(_browse(types, interface, timeout, want))
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=run, name="zeroconf-browse", daemon=True)
+    t.start()
+    t.join()
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
+def _browse(types: Sequence[str], interface: str | None, timeout: float, want: str | None) -> list[Found]:
     found: dict[str, Found] = {}
     with zeroconf(interface) as zc:
         collector = _Collector()
