@@ -93,7 +93,8 @@ def bench_claims(cloud: _Cloud, broker: MosquittoProcess, tmp: Path, n: int) -> 
     agents: list[subprocess.Popen[bytes]] = []
     try:
         for i in range(n):
-            box = SetupBox(f"BENCH-{i:04d}", "pi5", tmp / f"box-{i}", interface=LOOPBACK)
+            box = SetupBox(f"BENCH-{i:04d}", "pi5", tmp / f"box-{i}", interface=LOOPBACK,
+                           screen=lambda line: print(line, file=sys.stderr))
             box.start()
             try:
                 token = cloud.api.post("/enrolment-tokens", json={"store": "st0002", "role": "kiosk"}).json()["token"]

@@ -22,6 +22,7 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -62,6 +63,8 @@ class SetupBox:
     """The IPv4 address to serve and advertise on (None: all interfaces)."""
     port: int = 0
     claimed: threading.Event = field(default_factory=threading.Event)
+    screen: Callable[[str], None] = field(default=lambda line: print(line, flush=True))
+    """Where the box shows its pairing code (its console; the setup-mode service's journal)."""
     node_id: str | None = None
     since: float = field(default_factory=time.time)
 
@@ -84,7 +87,7 @@ class SetupBox:
     def _new_pairing(self) -> _Pairing:
         pairing = _Pairing(crypto.new_pairing_code(), secrets.token_hex(16))
         # The box's "screen": the console / journal of the setup-mode service.
-        print(f"SETUP MODE  serial {self.serial}  model {self.model}  pairing code {pairing.code}", flush=True)
+        self.screen(f"SETUP MODE  serial {self.serial}  model {self.model}  pairing code {pairing.code}")
         return pairing
 
     # -- HTTP --------------------------------------------------------------------------------------
@@ -147,7 +150,7 @@ class SetupBox:
             self.node_id = cfg.node_id
             self.claimed.set()
         log.info("claimed as %s (store %s)", cfg.node_id, cfg.store_id)
-        print(f"CLAIMED  serial {self.serial}  node {cfg.node_id}  store {cfg.store_id}", flush=True)
+        self.screen(f"CLAIMED  serial {self.serial}  node {cfg.node_id}  store {cfg.store_id}")
         return 200, {"node_id": cfg.node_id, "status": "enrolled", "config_sha256": hashlib.sha256(config_yaml.encode()).hexdigest()}
 
     def _write(self, name: str, data: bytes) -> None:

@@ -62,11 +62,17 @@ def _serve(app: Any, port: int) -> tuple[uvicorn.Server, threading.Thread]:
 
 
 @pytest.fixture
-def cloud(broker: Broker, engine: Engine) -> Iterator[Cloud]:  # noqa: F811 - the imported fixture
+def cloud_overrides() -> dict[str, Any]:
+    """Extra cloud settings (a test module overrides this fixture, e.g. for a TLS broker)."""
+    return {}
+
+
+@pytest.fixture
+def cloud(broker: Broker, engine: Engine, cloud_overrides: dict[str, Any]) -> Iterator[Cloud]:  # noqa: F811
     seed(engine)
     settings = asyncio.run(cloud_settings(
         broker, engine, BROKER_ADMIN_SECRET_FILE=str(broker.layout.admin_secret_path), PROVISION_LOCAL_API_PORT=0,
-        REVOKE_SYNC_S=0.5,
+        REVOKE_SYNC_S=0.5, **cloud_overrides,
     ))
     port = free_port()
     server, thread = _serve(create_app(settings, run_worker=True, engine=engine), port)
@@ -102,6 +108,18 @@ class BoxProc:
             if line.startswith(prefix):
                 return line
         raise AssertionError(f"box {self.serial} printed no {prefix!r} line; output:\n" + "".join(self.log[-30:]))
+
+    def wait_for(self, text: str, timeout: float = 20.0) -> str:
+        """The first output line (so far or to come) containing `text`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = next((ln for ln in self.log if text in ln), None)
+            if found is not None:
+                return found
+            if self.popen.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"box {self.serial} printed nothing with {text!r}; output:\n" + "".join(self.log[-30:]))
 
     @property
     def pairing_code(self) -> str:
