@@ -54,6 +54,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     pr.add_argument("--timeout", type=float, default=2.0)
     pr.set_defaults(func=cmd_printers)
 
+    ap = cmds.add_parser("add-printer", help="push a printer found on the LAN into a claimed box's config")
+    ap.add_argument("node", help="the box's node id, e.g. st0042-k1")
+    ap.add_argument("printer", help="HOST or HOST:PORT of a raw-socket (ESC/POS) printer")
+    ap.add_argument("--profile", default="kiosk-pi5", help="the box's profile (default: %(default)s)")
+    ap.add_argument("--cloud", default=os.environ.get(CLOUD_ENV, "http://127.0.0.1:8000"))
+    ap.add_argument("--rollback-after", type=float, default=300.0, metavar="S",
+                    help="the box goes back to its config if it cannot reach the cloud this long after (default %(default)s)")
+    ap.set_defaults(func=cmd_add_printer)
+
     tp = cmds.add_parser("test-print", help="print an ESC/POS test page on a raw-socket printer")
     tp.add_argument("printer", help="HOST or HOST:PORT (port 9100 by default)")
     tp.add_argument("--label", default="omnishelf test page")
@@ -176,4 +185,32 @@ def cmd_test_print(args: argparse.Namespace) -> int:
     except PrinterError as exc:
         raise SystemExit(str(exc)) from None
     print(f"test page sent to {host}:{port or 9100} ({sent} bytes)")
+    return 0
+
+
+API_KEY_ENV = "OMNISHELF_API_KEY"
+
+
+def cmd_add_printer(args: argparse.Namespace) -> int:
+    from firmware_config import PrinterDevice
+    from provisioning.printers import PrinterError, devices_with_printer, test_print
+    from provisioning.technician import ClaimError, _http
+
+    host, _, port = args.printer.partition(":")
+    if port and not port.isdigit():
+        raise SystemExit(f"{args.printer!r}: expected HOST or HOST:PORT")
+    key = os.environ.get(API_KEY_ENV)
+    if not key:
+        raise SystemExit(f"${API_KEY_ENV} is not set: an API key of a console user who may edit the fleet is needed")
+    try:
+        test_print(host, int(port or 9100), f"omnishelf: printer for {args.node}")
+        devices = devices_with_printer(args.profile, PrinterDevice(kind="printer", host=host, port=int(port or 9100)))
+        status, answer = _http("POST", f"{args.cloud.rstrip('/')}/config-pushes",
+                               {"nodes": [args.node], "overrides": {"devices": devices}, "rollback_after_s": args.rollback_after},
+                               headers={"Authorization": f"Bearer {key}"})
+    except (PrinterError, ClaimError) as exc:
+        raise SystemExit(str(exc)) from None
+    if status != 201:
+        raise SystemExit(f"the cloud refused the push: {answer.get('detail')}")
+    print(f"test page printed; printer {host}:{port or 9100} pushed to {args.node} (batch {answer['batch'][:8]})")
     return 0

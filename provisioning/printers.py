@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
+from typing import Any
 
-from firmware_config import PrinterDevice
+from firmware_config import PROFILES, PrinterDevice
 from provisioning import lan
 
-__all__ = ["FoundPrinter", "PrinterError", "find_printers", "printer_device", "test_page", "test_print"]
+__all__ = ["FoundPrinter", "PrinterError", "devices_with_printer", "find_printers", "printer_device", "test_page", "test_print"]
 
 ESC, GS = b"\x1b", b"\x1d"
 
@@ -58,3 +59,12 @@ def printer_device(p: FoundPrinter, name: str = "printer") -> PrinterDevice:
     if p.kind != "raw":
         raise PrinterError(f"printer {p.name} speaks LPD, not raw ESC/POS on a socket: expected a _pdl-datastream printer")
     return PrinterDevice(kind="printer", name=name, host=p.host, port=p.port)
+
+
+def devices_with_printer(profile: str, printer: PrinterDevice) -> list[dict[str, Any]]:
+    """The `devices` of a config push that adds `printer` to a box of `profile`: the profile's
+    devices with its printer (if any) replaced (a pushed list replaces the profile's whole list)."""
+    if profile not in PROFILES:
+        raise PrinterError(f"unknown profile {profile!r}: expected one of {', '.join(sorted(PROFILES))}")
+    devices = [d for d in PROFILES[profile].get("devices", []) if d.get("kind") != "printer"]
+    return [*devices, printer.model_dump(mode="json")]

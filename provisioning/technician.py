@@ -62,9 +62,10 @@ def discover(interface: str | None, timeout: float = 1.5, want: str | None = Non
     return sorted(boxes, key=lambda b: b.serial)
 
 
-def _http(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 15.0) -> tuple[int, dict[str, Any]]:
+def _http(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 15.0,
+          headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read() or b"{}")
