@@ -186,9 +186,10 @@ class ConfigPushComponent(Component):
 
 
 def config_push_component(ctx: ComponentContext) -> Component | None:
-    """The component on a provisioned box: its config is `box.yaml` in its config directory."""
+    """The component on a provisioned box: its config is `box.yaml` beside its `identity.key`."""
     base = ctx.config.base_dir
-    if base is None or not (base / CONFIG_NAME).is_file():
+    # Provisioned: claimed with `omnishelf provision` (its key is there) and run by its supervisor.
+    if base is None or not (base / CONFIG_NAME).is_file() or not (base / KEY_NAME).is_file():
         return None
     try:
         if config_hash(load_config(base / CONFIG_NAME)) != config_hash(ctx.config):

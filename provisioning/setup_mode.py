@@ -39,6 +39,7 @@ CONFIG_NAME = "box.yaml"
 SECRET_NAME = "broker.secret"
 CA_NAME = "ca.pem"
 KEY_NAME = "setup.key"
+CODE_NAME = "pairing-code"
 IDENTITY_KEY_NAME = "identity.key"
 MAX_TRIES = 5
 _MAX_BODY = 256 * 1024
@@ -86,6 +87,9 @@ class SetupBox:
 
     def _new_pairing(self) -> _Pairing:
         pairing = _Pairing(crypto.new_pairing_code(), secrets.token_hex(16))
+        # Also on the box's disk (0600): a headless box's "screen" for whoever has its console.
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        self._write(CODE_NAME, pairing.code.encode() + b"\n")
         # The box's "screen": the console / journal of the setup-mode service.
         self.screen(f"SETUP MODE  serial {self.serial}  model {self.model}  pairing code {pairing.code}")
         return pairing
@@ -147,6 +151,7 @@ class SetupBox:
             self._write(CONFIG_NAME, config_yaml.encode())
             # The key stays with the box: rotated passwords are sealed to it too.
             (self.config_dir / KEY_NAME).replace(self.config_dir / IDENTITY_KEY_NAME)
+            (self.config_dir / CODE_NAME).unlink(missing_ok=True)
             self.node_id = cfg.node_id
             self.claimed.set()
         log.info("claimed as %s (store %s)", cfg.node_id, cfg.store_id)
