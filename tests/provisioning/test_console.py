@@ -14,6 +14,12 @@ from tests.access.conftest import PASSWORD
 from tests.console.test_browser import ARGS, CHROMIUM
 from tests.provisioning.conftest import LOOPBACK, BoxProc, Cloud, start_box
 
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    """SQLite only: nothing here depends on the database (the claim tests run on both)."""
+    return f"sqlite:///{tmp_path / 'cloud.db'}"
+
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (apt-get install chromium)")
 
 

@@ -11,9 +11,17 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from provisioning import lan, printers
 from provisioning.printers import FoundPrinter, find_printers
 from tests.provisioning.conftest import LOOPBACK, BoxProc, Cloud, claim_box, start_box
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    """SQLite only: nothing here depends on the database (the claim tests run on both)."""
+    return f"sqlite:///{tmp_path / 'cloud.db'}"
 
 
 class SocketPrinter:

@@ -16,6 +16,12 @@ from tests.provisioning.conftest import BoxProc, Cloud, claim_box, start_box
 
 
 @pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    """SQLite only: nothing here depends on the database (the claim tests run on both)."""
+    return f"sqlite:///{tmp_path / 'cloud.db'}"
+
+
+@pytest.fixture
 def pki(tmp_path: Path) -> Pki:
     return make_pki(tmp_path / "pki")
 
