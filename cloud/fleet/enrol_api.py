@@ -25,6 +25,10 @@ Editor = Annotated[Principal, Depends(require(Perm.FLEET_EDIT))]
 NodeId = Annotated[str, Path(min_length=1, max_length=63)]
 TokenId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 Short = Annotated[str, Field(min_length=1, max_length=64)]
+Problem: dict[int | str, dict[str, Any]] = {
+    404: {"description": "unknown, or outside your scope"},
+    422: {"description": "invalid input (the field and the reason)"},
+}
 
 
 class _Strict(BaseModel):
@@ -110,7 +114,7 @@ def _token_public(t: Any) -> dict[str, Any]:
     return enrolment.token_view(t)
 
 
-@router.post("/enrolment-tokens", response_model=TokenCreated, status_code=201)
+@router.post("/enrolment-tokens", response_model=TokenCreated, status_code=201, responses=Problem)
 def create_token(body: TokenCreate, request: Request, principal: Editor) -> TokenCreated:
     ttl = body.ttl_s or request.app.state.settings.ENROL_TOKEN_TTL_S
     with write_session(request.app.state.engine) as session, session.begin():
@@ -118,13 +122,13 @@ def create_token(body: TokenCreate, request: Request, principal: Editor) -> Toke
         return TokenCreated.model_validate(_token_public(token) | {"token": secret})
 
 
-@router.get("/enrolment-tokens", response_model=list[TokenPublic])
+@router.get("/enrolment-tokens", response_model=list[TokenPublic], responses=Problem)
 def list_tokens(request: Request, principal: Reader) -> list[TokenPublic]:
     with Session(request.app.state.engine) as session:
         return [TokenPublic.model_validate(_token_public(t)) for t in enrolment.list_tokens(session, principal.scope)]
 
 
-@router.post("/enrolment-tokens/{token_id}/revoke", response_model=TokenPublic)
+@router.post("/enrolment-tokens/{token_id}/revoke", response_model=TokenPublic, responses=Problem)
 def revoke_token(token_id: TokenId, request: Request, principal: Editor) -> TokenPublic:
     with write_session(request.app.state.engine) as session, session.begin():
         return TokenPublic.model_validate(_token_public(enrolment.revoke_token(session, principal, token_id, via=via(request))))
@@ -132,17 +136,14 @@ def revoke_token(token_id: TokenId, request: Request, principal: Editor) -> Toke
 
 @router.post(
     "/provision/claim", response_model=ClaimAnswer,
-    responses={403: {"description": "the token does not allow this claim (detail says why; reason for programs)"},
+    responses={**Problem, 403: {"description": "the token does not allow this claim (detail says why; reason for programs)"},
                503: {"description": "the broker did not take the credential"}},
 )
 def claim(body: ClaimRequest, request: Request) -> Any:
     """Enrol a box in setup mode. Authorised by the enrolment token alone (the technician needs no
     console account); the answer's password is sealed to the box's key."""
     settings = request.app.state.settings
-    try:
-        admin = BrokerAdmin.from_settings(settings)
-    except BrokerAdminError as exc:
-        return JSONResponse({"detail": str(exc), "reason": enrolment.Refusal.BROKER.value}, status_code=503)
+    admin = admin_of(request)  # None: refused after the token's checks, naming the missing setting
     try:
         with write_session(request.app.state.engine) as session, session.begin():
             result = enrolment.claim(session, settings, admin, token=body.token, serial=body.serial, model=body.model,
@@ -154,20 +155,20 @@ def claim(body: ClaimRequest, request: Request) -> Any:
                        config_yaml=result.config_yaml, sealed_password=result.sealed_password, ca_pem=result.ca_pem)
 
 
-@router.post("/provision/status")
+@router.post("/provision/status", responses=Problem)
 def claim_status(body: ClaimStatusRequest, request: Request) -> dict[str, Any]:
     """Whether the box claimed with this token is online (the technician's laptop waits on it)."""
     with Session(request.app.state.engine) as session:
         return enrolment.claim_status(session, body.token)
 
 
-@router.get("/nodes/{node_id}/identity", response_model=IdentityPublic)
+@router.get("/nodes/{node_id}/identity", response_model=IdentityPublic, responses=Problem)
 def get_identity(node_id: NodeId, request: Request, principal: Reader) -> IdentityPublic:
     with Session(request.app.state.engine) as session:
         return IdentityPublic.model_validate(enrolment.identity_view(enrolment.get_identity(session, principal.scope, node_id)))
 
 
-@router.post("/nodes/{node_id}/revoke", response_model=IdentityPublic)
+@router.post("/nodes/{node_id}/revoke", response_model=IdentityPublic, responses=Problem)
 def revoke_node(node_id: NodeId, body: RevokeRequest, request: Request, principal: Editor) -> IdentityPublic:
     """Disable the box's broker credential now (its connection drops within milliseconds)."""
     with write_session(request.app.state.engine) as session, session.begin():
@@ -176,7 +177,7 @@ def revoke_node(node_id: NodeId, body: RevokeRequest, request: Request, principa
         return IdentityPublic.model_validate(enrolment.identity_view(identity) | {"broker_problem": problem})
 
 
-@router.post("/nodes/{node_id}/reinstate", response_model=IdentityPublic)
+@router.post("/nodes/{node_id}/reinstate", response_model=IdentityPublic, responses=Problem)
 def reinstate_node(node_id: NodeId, request: Request, principal: Editor) -> IdentityPublic:
     with write_session(request.app.state.engine) as session, session.begin():
         identity, problem = enrolment.reinstate_node(session, principal, admin_of(request), node_id, via=via(request))
@@ -192,7 +193,7 @@ class ConfigPushRequest(_Strict):
     rollback_after_s: Annotated[float, Field(ge=0, le=7 * 24 * 3600)] = 0
 
 
-@router.post("/config-pushes", status_code=201)
+@router.post("/config-pushes", status_code=201, responses=Problem)
 def push_config(body: ConfigPushRequest, request: Request, principal: Editor) -> dict[str, Any]:
     """Validate and queue a versioned config for each box named (or of a store or region)."""
     with write_session(request.app.state.engine) as session, session.begin():
@@ -202,14 +203,14 @@ def push_config(body: ConfigPushRequest, request: Request, principal: Editor) ->
         return config_push.batch_progress(session, principal, batch)
 
 
-@router.get("/config-pushes/{batch}")
+@router.get("/config-pushes/{batch}", responses=Problem)
 def push_progress(batch: Annotated[str, Path(min_length=36, max_length=36)], request: Request, principal: Reader) -> dict[str, Any]:
     """How many boxes of a push applied, rejected, are pending or rolled back."""
     with Session(request.app.state.engine) as session:
         return config_push.batch_progress(session, principal, batch)
 
 
-@router.post("/nodes/{node_id}/rotate-credential", status_code=202)
+@router.post("/nodes/{node_id}/rotate-credential", status_code=202, responses=Problem)
 def rotate_credential(node_id: NodeId, request: Request, principal: Editor) -> dict[str, Any]:
     """Start a credential rotation (the box stays online; see `GET /nodes/{id}/identity`)."""
     with write_session(request.app.state.engine) as session, session.begin():

@@ -224,7 +224,7 @@ def _text(value: str, field: str) -> str:
 
 
 def claim(
-    session: Session, settings: Settings, admin: BrokerAdmin, *, token: str, serial: str, model: str, store: str,
+    session: Session, settings: Settings, admin: BrokerAdmin | None, *, token: str, serial: str, model: str, store: str,
     role: str, public_key: str, via: str = "api",
 ) -> ClaimResult:
     """Enrol the box `serial` as a new node of `store` in `role` (see the module's docstring)."""
@@ -259,6 +259,9 @@ def claim(
     audit(session, actor, "node.enrol", "node", node_id,
           after={"serial": serial, "model": model, "store": store, "role": role, "profile": profile}, via=via)
     password = new_password()
+    if admin is None:
+        raise ClaimRefused(Refusal.BROKER, "the cloud cannot create broker credentials: OMNISHELF_BROKER_ADMIN_SECRET_FILE "
+                                           "is not set or not readable (the operator points it at the broker's dynsec-admin.secret)")
     try:
         admin.grant(node_id, password)
     except BrokerAdminError as exc:
