@@ -31,7 +31,7 @@ from cloud.models import Node, Store
 from cloud.settings import Settings
 from firmware_config import ConfigError, NodeConfig, config_hash, parse_config
 
-__all__ = ["batch_progress", "build_config", "on_ack", "on_birth", "push_config", "rotate_credential"]
+__all__ = ["batch_progress", "build_config", "config_labels", "on_ack", "on_birth", "push_config", "rotate_credential"]
 
 STATES = ("pending", "applied", "rejected", "rolled_back", "superseded")
 
@@ -188,6 +188,26 @@ def recent_batches(session: Session, principal: Principal, limit: int = 10) -> l
         .group_by(ConfigPush.batch).order_by(newest.desc()).limit(limit)
     ).all()
     return [batch_progress(session, principal, b) for b, _ in batches if b is not None]
+
+
+def config_labels(session: Session, node_ids: list[str]) -> dict[str, str]:
+    """Per enrolled box, for the fleet page: the config version it runs, drift from what HQ pushed
+    last, and its last rollback (e.g. `v3 · drift (pushed v4) · rolled back v4 2026-11-28 10:02`)."""
+    if not node_ids:
+        return {}
+    rows = session.execute(
+        select(NodeConfigState, Node.config_hash).join(Node, Node.id == NodeConfigState.node_id)
+        .where(NodeConfigState.node_id.in_(node_ids))
+    ).all()
+    out = {}
+    for state, running in rows:
+        parts = [f"v{state.applied_version}"]
+        if state.desired_hash and running != state.desired_hash:
+            parts.append(f"drift (pushed v{state.desired_version})")
+        if state.last_rollback_at is not None:
+            parts.append(f"rolled back v{state.last_rollback_version} {state.last_rollback_at:%Y-%m-%d %H:%M}")
+        out[state.node_id] = " · ".join(parts)
+    return out
 
 
 # -- what the boxes say --------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from broker.mosquitto import free_port
 from broker.payloads import ConfigData
 from cloud.access.service import write_session
 from cloud.bus import downlink
+from cloud.fleet import config_push
 from cloud.fleet.models import ConfigPush, NodeConfigState
 from cloud.models import Node
 from tests.provisioning.conftest import BoxProc, Cloud, claim_box, start_box
@@ -103,6 +104,9 @@ def test_push_applied_rejected_and_rolled_back(cloud: Cloud, boxes: list[BoxProc
         assert state is not None and state.last_rollback_version == 3 and state.applied_version == 1
         node_row = s.get(Node, node)
         assert node_row is not None and node_row.online
+    with Session(cloud.engine) as s:
+        label = config_push.config_labels(s, [node])[node]
+    assert label.startswith("v1 · drift (pushed v3) · rolled back v3 "), label  # what the fleet page shows
     status = _box_status(box)["components"]["config"]
     assert status["version"] == 1
     assert status["last_rollback"]["reason"] == "could not reach the cloud within 3 s after applying v3"
