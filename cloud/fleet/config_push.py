@@ -10,13 +10,14 @@ what the claim gave it) with the role's profile, overlaid with HQ's `overrides`.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
 import yaml
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from broker.envelope import MessageType
@@ -25,13 +26,13 @@ from cloud.access.scope import Principal, get_store
 from cloud.access.service import InputError, audit
 from cloud.bus import Context, Message, downlink
 from cloud.fleet.enrolment import first_config
-from cloud.fleet.models import ConfigPush, Identity, NodeConfigState
+from cloud.fleet.models import ConfigPush, Identity, NodeConfigState, NodeTag
 from cloud.fleet.service import get_region
 from cloud.models import Node, Store
 from cloud.settings import Settings
 from firmware_config import ConfigError, NodeConfig, config_hash, parse_config
 
-__all__ = ["batch_progress", "build_config", "config_labels", "on_ack", "on_birth", "push_config", "rotate_credential"]
+__all__ = ["batch_progress", "build_config", "config_labels", "on_ack", "on_birth", "push_config", "rotate_credential", "set_tags", "visible_tags"]
 
 STATES = ("pending", "applied", "rejected", "rolled_back", "superseded")
 
@@ -66,7 +67,36 @@ def build_config(settings: Settings, node: Node, identity: Identity, overrides: 
         raise InputError("overrides", f"{node.id}: {problem}") from None
 
 
-def _targets(session: Session, principal: Principal, nodes: list[str], store: str | None, region: str | None) -> list[tuple[Node, Identity]]:
+TAG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+
+
+def set_tags(session: Session, principal: Principal, node_id: str, tags: list[str], *, via: str = "api") -> list[str]:
+    """Replace a box's tags (audited); each 1-32 characters of a-z, 0-9 and '-'."""
+    from cloud.access.scope import get_node
+
+    get_node(session, principal.scope, node_id)
+    clean = sorted({t.strip().lower() for t in tags})
+    bad = [t for t in clean if not TAG_RE.match(t)]
+    if bad:
+        raise InputError("tags", f"{bad[0]!r} is not a tag: 1-32 characters of a-z, 0-9 and '-', starting with a letter or digit")
+    before = sorted(session.scalars(select(NodeTag.tag).where(NodeTag.node_id == node_id)))
+    session.execute(delete(NodeTag).where(NodeTag.node_id == node_id))
+    session.add_all(NodeTag(node_id=node_id, tag=t) for t in clean)
+    session.flush()
+    audit(session, principal.actor, "node.tags", "node", node_id, before={"tags": before}, after={"tags": clean}, via=via)
+    return clean
+
+
+def visible_tags(session: Session, principal: Principal) -> list[str]:
+    return list(session.scalars(
+        select(NodeTag.tag).where(NodeTag.node_id.in_(select(Node.id).where(principal.scope.node_clause())))
+        .distinct().order_by(NodeTag.tag)
+    ))
+
+
+def _targets(
+    session: Session, principal: Principal, nodes: list[str], store: str | None, region: str | None, tag: str | None = None
+) -> list[tuple[Node, Identity]]:
     stmt = (select(Node, Identity).join(Identity, Identity.node_id == Node.id)
             .where(Identity.status == "active", Node.retired_at.is_(None), principal.scope.node_clause()))
     if nodes:
@@ -76,8 +106,10 @@ def _targets(session: Session, principal: Principal, nodes: list[str], store: st
     elif region:
         region_id = get_region(session, principal.scope, region).id
         stmt = stmt.where(Node.store_id.in_(select(Store.id).where(Store.region_id == region_id)))
+    elif tag:
+        stmt = stmt.where(Node.id.in_(select(NodeTag.node_id).where(NodeTag.tag == tag)))
     else:
-        raise InputError("target", "name the boxes: nodes, a store or a region")
+        raise InputError("target", "name the boxes: nodes, a store, a region or a tag")
     found = [(n, i) for n, i in session.execute(stmt.order_by(Node.id)).all()]
     missing = sorted(set(nodes) - {n.id for n, _ in found})
     if missing:
@@ -89,13 +121,14 @@ def _targets(session: Session, principal: Principal, nodes: list[str], store: st
 
 def push_config(
     session: Session, principal: Principal, settings: Settings, *, overrides: dict[str, Any], nodes: list[str] | None = None,
-    store: str | None = None, region: str | None = None, rollback_after_s: float = 0, via: str = "api",
+    store: str | None = None, region: str | None = None, tag: str | None = None, rollback_after_s: float = 0,
+    via: str = "api",
 ) -> tuple[str, list[ConfigPush]]:
     """Validate every box's new config first, then queue one versioned push per box (a newer push
     supersedes an unanswered older one). Returns the batch id and the pushes."""
     if not 0 <= rollback_after_s <= 7 * 24 * 3600:
         raise InputError("rollback_after_s", f"{rollback_after_s} is not 0 (no rollback) to 604800 s")
-    targets = _targets(session, principal, list(nodes or []), store, region)
+    targets = _targets(session, principal, list(nodes or []), store, region, tag)
     configs = [(n, build_config(settings, n, i, overrides)) for n, i in targets]
     batch = str(uuid.uuid4())
     now = _now()

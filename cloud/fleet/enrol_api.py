@@ -188,6 +188,7 @@ class ConfigPushRequest(_Strict):
     nodes: Annotated[list[Annotated[str, Field(min_length=1, max_length=63)]], Field(max_length=10_000)] = []
     store: Annotated[str | None, Field(max_length=32)] = None
     region: Annotated[str | None, Field(max_length=32)] = None
+    tag: Annotated[str | None, Field(max_length=32)] = None
     overrides: dict[str, Any] = {}
     """Config keys over the box's enrolment config and profile (e.g. {"telemetry_every_s": 30})."""
     rollback_after_s: Annotated[float, Field(ge=0, le=7 * 24 * 3600)] = 0
@@ -199,7 +200,7 @@ def push_config(body: ConfigPushRequest, request: Request, principal: Editor) ->
     with write_session(request.app.state.engine) as session, session.begin():
         batch, _pushes = config_push.push_config(
             session, principal, request.app.state.settings, overrides=body.overrides, nodes=body.nodes, store=body.store,
-            region=body.region, rollback_after_s=body.rollback_after_s, via=via(request))
+            region=body.region, tag=body.tag, rollback_after_s=body.rollback_after_s, via=via(request))
         return config_push.batch_progress(session, principal, batch)
 
 
@@ -216,3 +217,14 @@ def rotate_credential(node_id: NodeId, request: Request, principal: Editor) -> d
     with write_session(request.app.state.engine) as session, session.begin():
         push = config_push.rotate_credential(session, principal, request.app.state.settings, node_id, via=via(request))
         return {"node": node_id, "push_version": push.version, "command_id": push.command_id}
+
+
+class TagsRequest(_Strict):
+    tags: Annotated[list[Annotated[str, Field(min_length=1, max_length=32)]], Field(max_length=50)]
+
+
+@router.put("/nodes/{node_id}/tags", responses=Problem)
+def set_tags(node_id: NodeId, body: TagsRequest, request: Request, principal: Editor) -> dict[str, Any]:
+    """Replace the box's tags (config pushes can address a tag)."""
+    with write_session(request.app.state.engine) as session, session.begin():
+        return {"node": node_id, "tags": config_push.set_tags(session, principal, node_id, body.tags, via=via(request))}

@@ -48,7 +48,7 @@ def _page(request: Request, principal: Principal, *, code: int = 200, **extra: A
         batches = config_push.recent_batches(session, principal)
         return render(request, "enrolment.html", principal, status_code=code, tokens=tokens, identities=identities,
                       stores=visible_stores(session, principal.scope), roles=list(enrolment.ROLES), batches=batches,
-                      regions=visible_regions(session, principal.scope),
+                      regions=visible_regions(session, principal.scope), tags=config_push.visible_tags(session, principal),
                       can_edit=principal.can(Perm.FLEET_EDIT), **extra)
 
 
@@ -97,6 +97,7 @@ def enrolment_action(
                 batch, pushes = config_push.push_config(
                     session, principal, request.app.state.settings, overrides=extra,
                     store=code if kind == "store" else None, region=code if kind == "region" else None,
+                    tag=code if kind == "tag" else None,
                     rollback_after_s=rollback_after_s, via="console")
                 saved = f"Config pushed to {len(pushes)} box(es) (batch {batch[:8]})."
             else:

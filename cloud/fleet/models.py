@@ -13,7 +13,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from cloud.models import Base, Store, UtcDateTime
 
-__all__ = ["ConfigPush", "EnrolToken", "Identity", "NodeConfigState"]
+__all__ = ["ConfigPush", "EnrolToken", "Identity", "NodeConfigState", "NodeTag"]
 
 
 class EnrolToken(Base):
@@ -112,3 +112,12 @@ class NodeConfigState(Base):
     last_rollback_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     last_rollback_version: Mapped[int | None] = mapped_column(Integer)
     last_rollback_reason: Mapped[str | None] = mapped_column(String(500))
+
+
+class NodeTag(Base):
+    """A label HQ gives boxes to address them together (config pushes to a tag)."""
+
+    __tablename__ = "fleet_node_tags"
+
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(32), primary_key=True, index=True)

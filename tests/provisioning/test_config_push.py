@@ -111,3 +111,21 @@ def test_push_applied_rejected_and_rolled_back(cloud: Cloud, boxes: list[BoxProc
     assert status["version"] == 1
     assert status["last_rollback"]["reason"] == "could not reach the cloud within 3 s after applying v3"
     assert dead not in (box.config_dir / "box.yaml").read_text()
+
+
+def test_push_to_a_tag_counts_progress(cloud: Cloud, boxes: list[BoxProc], tmp_path: Path) -> None:
+    a, b = start_box(tmp_path, "SN-2100", then_run=False), start_box(tmp_path, "SN-2101", then_run=False)
+    boxes += [a, b]
+    na, nb = claim_box(cloud, a, wait=0), claim_box(cloud, b, store="st0002", wait=0)
+    assert cloud.api.put(f"/nodes/{na}/tags", json={"tags": ["Pilot", "east"]}).json() == {"node": na, "tags": ["east", "pilot"]}
+    bad = cloud.api.put(f"/nodes/{nb}/tags", json={"tags": ["no spaces"]})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["msg"].startswith("'no spaces' is not a tag")
+    r = cloud.api.post("/config-pushes", json={"tag": "pilot", "overrides": {"telemetry_every_s": 15}})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    # Only the tagged box; its agent is not running, so the push waits on the durable downlink.
+    assert {k: body[k] for k in ("total", "pending", "applied", "rejected", "rolled_back")} == {
+        "total": 1, "pending": 1, "applied": 0, "rejected": 0, "rolled_back": 0}
+    assert [p["node"] for p in body["pushes"]] == [na]
+    none = cloud.api.post("/config-pushes", json={"tag": "nobody", "overrides": {}})
+    assert none.status_code == 422 and none.json()["detail"][0]["msg"] == "no enrolled, active box there"

@@ -1,4 +1,4 @@
-"""Provisioning: enrolment tokens, box identities (broker credentials), config pushes.
+"""Provisioning: enrolment tokens, box identities (broker credentials), config pushes, node tags.
 
 Revision ID: 0009
 Revises: 0005
@@ -100,7 +100,19 @@ def upgrade() -> None:
     )
 
 
+    op.create_table(
+        "fleet_node_tags",
+        sa.Column("node_id", sa.String(63), nullable=False),
+        sa.Column("tag", sa.String(32), nullable=False),
+        sa.ForeignKeyConstraint(["node_id"], ["nodes.id"], name="fk_fleet_node_tags_node_id_nodes"),
+        sa.PrimaryKeyConstraint("node_id", "tag", name="pk_fleet_node_tags"),
+    )
+    op.create_index("ix_fleet_node_tags_tag", "fleet_node_tags", ["tag"])
+
+
 def downgrade() -> None:
+    op.drop_index("ix_fleet_node_tags_tag", "fleet_node_tags")
+    op.drop_table("fleet_node_tags")
     op.drop_table("fleet_node_config")
     op.drop_index("ix_fleet_config_pushes_command_id", "fleet_config_pushes")
     op.drop_index("ix_fleet_config_pushes_batch", "fleet_config_pushes")
