@@ -15,7 +15,9 @@ from tests.access.conftest import GRANTS, PASSWORD, SEES, World, row_count
 
 # Public on purpose: load balancers, API docs, and the content-addressed catalogue files that boxes
 # (which hold no HTTP credentials) download. Anything else must refuse to answer without credentials.
-PUBLIC = {"/health", "/openapi.json", "/docs", "/catalogue/files/{sha256}"}
+# The claim of a box in setup mode and its status are authorised by the single-use enrolment token in
+# the body (the technician needs no console account): tests/provisioning checks every refusal.
+PUBLIC = {"/health", "/openapi.json", "/docs", "/catalogue/files/{sha256}", "/provision/claim", "/provision/status"}
 
 
 def api_routes(client: TestClient) -> list[tuple[str, str]]:
@@ -25,7 +27,8 @@ def api_routes(client: TestClient) -> list[tuple[str, str]]:
         if path in PUBLIC:
             continue
         for param, value in (("node_id", "st0001-k1"), ("username", "admin"), ("name", "hq-key"), ("sku", "TEA-LJ-250"),
-                             ("import_id", "1"), ("code", "east"), ("failed_id", "1")):
+                             ("import_id", "1"), ("code", "east"), ("failed_id", "1"), ("token_id", "1"),
+                             ("batch", "00000000-0000-0000-0000-000000000000")):
             path = path.replace("{" + param + "}", value)
         assert "{" not in path, f"give {path} a sample id in this test"
         out.extend((m.upper(), path) for m in ops)
