@@ -48,6 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     s.add_argument("--config-dir", type=Path, required=True, help="where the claimed config, password and CA go")
     s.add_argument("--port", type=int, default=0, help="the setup API's port (default: any free one)")
     s.add_argument("--then-run", action="store_true", help="once claimed (or if already), become the box agent")
+    s.add_argument("--lockout", type=float, default=30.0, metavar="S",
+                   help="after 5 wrong pairing codes, refuse pairing this long (default: %(default)s)")
     s.set_defaults(func=cmd_setup_mode)
 
     pr = cmds.add_parser("printers", parents=[iface], help="list network printers on this LAN (zeroconf)")
@@ -142,7 +144,7 @@ def _run_agent(config: Path) -> int:
 def cmd_setup_mode(args: argparse.Namespace) -> int:
     from provisioning.setup_mode import SetupBox
 
-    box = SetupBox(args.serial, args.model, args.config_dir, interface=args.interface, port=args.port)
+    box = SetupBox(args.serial, args.model, args.config_dir, interface=args.interface, port=args.port, lockout_s=args.lockout)
     if box.config_path.exists():
         print(f"box {args.serial} is already claimed ({box.config_path}): not entering setup mode", flush=True)
         return _run_agent(box.config_path) if args.then_run else 0

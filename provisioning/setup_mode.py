@@ -68,10 +68,14 @@ class SetupBox:
     """Where the box shows its pairing code (its console; the setup-mode service's journal)."""
     node_id: str | None = None
     since: float = field(default_factory=time.time)
+    lockout_s: float = 30.0
+    """After MAX_TRIES wrong codes, no pairing at all for this long (then a new code): 5 guesses per
+    30 s make guessing a 6-digit code a matter of months, not hours."""
 
     def __post_init__(self) -> None:
         self.key = crypto.BoxKey.load_or_create(self.config_dir / KEY_NAME)
         self._lock = threading.Lock()
+        self._locked_until = 0.0
         self._pairing = self._new_pairing()
         self._server: ThreadingHTTPServer | None = None
         self._zc_cm: Any = None
@@ -107,6 +111,9 @@ class SetupBox:
         with self._lock:
             if self.claimed.is_set():
                 return 409, {"error": f"box {self.serial} is already claimed (node {self.node_id})"}
+            wait = self._locked_until - time.monotonic()
+            if wait > 0:
+                return 429, {"error": f"too many wrong pairing codes: try again in {wait:.0f} s, with the code the box shows then"}
             p = self._pairing
             try:
                 key = self.key.pair_key(laptop_key, p.nonce, p.code)
@@ -117,8 +124,9 @@ class SetupBox:
                 left = MAX_TRIES - p.tries
                 log.warning("wrong pairing code tried (%d left)", left)
                 if left <= 0:
+                    self._locked_until = time.monotonic() + self.lockout_s
                     self._pairing = self._new_pairing()
-                    return 403, {"error": "pairing code does not match; too many tries: the box shows a new code now"}
+                    return 403, {"error": f"pairing code does not match; too many tries: the box shows a new code, usable in {self.lockout_s:.0f} s"}
                 return 403, {"error": f"pairing code does not match the one the box shows ({left} tries left)"}
             p.key = key
             return 200, {"box_proof": crypto.proof(key, "box")}

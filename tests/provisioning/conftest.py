@@ -135,12 +135,14 @@ class BoxProc:
                 self.popen.wait()
 
 
-def start_box(tmp: Path, serial: str, model: str = "pi5", *, then_run: bool = True, tag: str = "") -> BoxProc:
+def start_box(tmp: Path, serial: str, model: str = "pi5", *, then_run: bool = True, tag: str = "",
+              lockout_s: float | None = None) -> BoxProc:
     """A box process in setup mode (`tag`: a second life of the same hardware, e.g. after a repair)."""
     config_dir = tmp / f"box-{serial}{tag}"
     env = {**os.environ, "OMNISHELF_DATA_DIR": str(tmp / f"data-{serial}{tag}"), "PYTHONUNBUFFERED": "1"}
     args = [sys.executable, "-m", "omnishelf.cli", "provision", "setup-mode", "--serial", serial, "--model", model,
-            "--config-dir", str(config_dir), "--interface", LOOPBACK, *(["--then-run"] if then_run else [])]
+            "--config-dir", str(config_dir), "--interface", LOOPBACK, *(["--then-run"] if then_run else []),
+            *(["--lockout", str(lockout_s)] if lockout_s is not None else [])]
     popen = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     box = BoxProc(serial, config_dir, popen)
 
