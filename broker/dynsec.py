@@ -41,6 +41,7 @@ from broker.client import BrokerAddress, BusError, BusNotConnected, MqttConnecti
 __all__ = [
     "ADMIN_USER",
     "DEFAULT_ACCESS",
+    "ENROLLED_GROUP",
     "Acl",
     "AclType",
     "Applied",
@@ -57,11 +58,15 @@ __all__ = [
     "cloud_host_role",
     "config_json",
     "describe",
+    "enrolled_entries",
+    "grant_commands",
     "hash_password",
     "node_role",
     "ping",
     "plan",
     "plugin_path",
+    "retire_commands",
+    "revoke_commands",
     "send",
 ]
 
@@ -70,6 +75,12 @@ RESPONSE_TOPIC = "$CONTROL/dynamic-security/v1/response"
 ADMIN_USER = "omnishelf_admin"
 """The internal client that applies credential changes. `_` cannot occur in a node or host id, so no
 entry of a credentials file can collide with it."""
+
+ENROLLED_GROUP = "enrolled"
+"""Clients the cloud created at run time for enrolled boxes (`omnishelf provision claim`) are members
+of this group. The credentials file does not list them, so a reload (`plan`) leaves them alone and a
+broker start carries them over from the plugin's own file (`enrolled_entries`): the cloud's fleet
+engine, not the file, is their source of truth, and a revoked (disabled) one stays disabled."""
 
 PBKDF2_ITERATIONS = 101
 """What the plugin itself uses for passwords set over `$CONTROL` (and `mosquitto_ctrl dynsec init`):
@@ -264,9 +275,12 @@ def hash_password(password: str, salt: bytes | None = None, iterations: int = PB
     }
 
 
-def config_json(config: DynsecConfig) -> str:
-    """The plugin's config file (`plugin_opt_config_file`), read once when Mosquitto starts."""
-    doc = {
+def config_json(config: DynsecConfig, keep: Mapping[str, list[dict[str, Any]]] | None = None) -> str:
+    """The plugin's config file (`plugin_opt_config_file`), read once when Mosquitto starts.
+
+    `keep`: entries carried over from the previous file (see `enrolled_entries`), added unless the
+    generated config has a client or role of the same name."""
+    doc: dict[str, Any] = {
         "defaultACLAccess": dict(config.default_access),
         "clients": [
             {
@@ -281,7 +295,56 @@ def config_json(config: DynsecConfig) -> str:
         "roles": [{"rolename": r.name, "acls": [a.as_json() for a in r.acls]} for r in config.roles],
         "groups": [],
     }
+    if keep:
+        for key, name_key in (("clients", "username"), ("roles", "rolename"), ("groups", "groupname")):
+            have = {item[name_key] for item in doc[key]}
+            doc[key] += [item for item in keep.get(key, []) if item.get(name_key) not in have]
     return json.dumps(doc, indent=1) + "\n"
+
+
+def enrolled_entries(previous_file_text: str) -> dict[str, list[dict[str, Any]]]:
+    """The enrolled clients (members of `ENROLLED_GROUP`), their roles and the group itself, as the
+    plugin stored them in its file (password hashes and the disabled flag included). Empty when the
+    text is not a plugin file: a broken file must not stop the broker from starting."""
+    try:
+        doc = json.loads(previous_file_text)
+        # The plugin records membership in the group's entry, not in the client's.
+        groups = [g for g in doc.get("groups", []) if g.get("groupname") == ENROLLED_GROUP]
+        members = {c.get("username") for g in groups for c in g.get("clients", [])}
+        clients = [c for c in doc.get("clients", []) if c.get("username") in members]
+        role_names = {r.get("rolename") for c in clients for r in c.get("roles", [])}
+        roles = [r for r in doc.get("roles", []) if r.get("rolename") in role_names]
+    except (ValueError, AttributeError, TypeError):
+        return {}
+    return {"clients": clients, "roles": roles, "groups": groups}
+
+
+def grant_commands(node: str, password: str) -> list[Command]:
+    """Create an enrolled node's role (its own topics only) and its credential, live. The first
+    command fails harmlessly ("Group already exists") on every enrolment but the first."""
+    return [
+        {"command": "createGroup", "groupname": ENROLLED_GROUP},
+        {"command": "createRole", "rolename": node_role(node), "acls": [a.as_json() for a in _node_acls(node)]},
+        {
+            "command": "createClient",
+            "username": _username(node),
+            "password": _secret(node, password),
+            "clientid": node,
+            "roles": [{"rolename": node_role(node)}],
+            "groups": [{"groupname": ENROLLED_GROUP}],
+        },
+    ]
+
+
+def revoke_commands(node: str) -> list[Command]:
+    """Disable a node's credential: the broker drops its live connection at once and refuses its
+    reconnects; the plugin saves the flag in its file, so it holds across broker restarts."""
+    return [{"command": "disableClient", "username": node}]
+
+
+def retire_commands(node: str) -> list[Command]:
+    """Delete a node's credential and role for good (its id is never issued again by the cloud)."""
+    return [{"command": "deleteClient", "username": node}, {"command": "deleteRole", "rolename": node_role(node)}]
 
 
 def plugin_path(machine: str | None = None, roots: Sequence[Path] = (Path("/usr/lib"), Path("/usr/local/lib"))) -> str:
@@ -402,8 +465,10 @@ def plan(state: BrokerState, desired: DynsecConfig, passwords_in_force: Mapping[
         ]
 
     wanted = {c.username: c for c in desired.clients}
+    enrolled = [c for c in state.clients if ENROLLED_GROUP in c.groups and c.username not in wanted]
+    enrolled_roles = {r for c in enrolled for r in c.roles}
     for have_client in sorted(state.clients, key=lambda c: c.username):
-        if have_client.username not in wanted:
+        if have_client.username not in wanted and ENROLLED_GROUP not in have_client.groups:
             # The plugin disconnects a deleted client at once; its reconnects get "Not authorized".
             cmds.append({"command": "deleteClient", "username": have_client.username})
     have_clients = {c.username: c for c in state.clients}
@@ -435,7 +500,10 @@ def plan(state: BrokerState, desired: DynsecConfig, passwords_in_force: Mapping[
         ]
 
     desired_roles = {r.name for r in desired.roles}
-    cmds += [{"command": "deleteRole", "rolename": name} for name in sorted(set(have_roles) - desired_roles)]
+    cmds += [
+        {"command": "deleteRole", "rolename": name}
+        for name in sorted(set(have_roles) - desired_roles - enrolled_roles)
+    ]
     return tuple(cmds)
 
 

@@ -247,7 +247,13 @@ class BrokerLayout:
         conf = mosquitto_conf(port=self.port, data_dir=self.data_dir, bind=self.bind, tls=self.tls, plain=self.plain)
         if os.geteuid() == 0:
             conf += "user root\n"
-        _write_private(self.dynsec_path, dynsec.config_json(config))
+        try:
+            keep = dynsec.enrolled_entries(self.dynsec_path.read_text())
+        except FileNotFoundError:
+            keep = {}
+        # The boxes the cloud enrolled at run time (and those it revoked) live only in the plugin's
+        # file: regenerating it from the credentials alone would forget them at every restart.
+        _write_private(self.dynsec_path, dynsec.config_json(config, keep))
         _write_private(self.conf_path, conf)
         for name in _STALE_FILES:
             (self.data_dir / name).unlink(missing_ok=True)

@@ -410,8 +410,21 @@ class AssignData(Payload):
 
 
 class ConfigData(Payload):
+    """A whole box config (firmware_config, as the file's mapping) pushed by HQ. The box validates
+    it, applies it and acks `applied vN` or refuses naming the field; with `rollback_after_s`, a box
+    that cannot reach the cloud that long after applying goes back to its last good config by itself
+    (and acks the push again: `rolled back vN: …`)."""
+
     config_hash: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     config: dict[str, Any]
+    version: Count = 0
+    """The push's version for this box (increasing); 0: unversioned."""
+    rollback_after_s: Annotated[float, Field(ge=0, le=7 * 24 * 3600)] = 0
+    """0: no automatic rollback."""
+    credential: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    """Credential rotation: the node's next broker password sealed to the box's own key
+    (`broker.sealing`). The box keeps its connection, offers the new password to its bus client and
+    acks; the cloud then switches the broker over, and the box's next login uses the new one."""
 
 
 Duration = Annotated[float, Field(gt=0, le=86_400)]

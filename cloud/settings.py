@@ -81,6 +81,26 @@ class Settings(BaseSettings):
     CATALOGUE_POLL_S: float = Field(default=2.0, gt=0, le=3600)
     """How often the serving process looks for a new catalogue version to announce."""
 
+    BROKER_ADMIN_SECRET_FILE: str = ""
+    """The broker's dynamic-security admin password file (`dynsec-admin.secret` in the broker's data
+    directory): with it the fleet engine grants, revokes and retires box credentials at run time.
+    Empty: boxes cannot be claimed or revoked from the cloud (say so, one line, when asked to)."""
+    BROKER_ADMIN_URL: str = ""
+    """Where the cloud reaches the broker as its admin. Default: OMNISHELF_BROKER_URL."""
+    PROVISION_BROKER_URL: str = ""
+    """The broker URL written into a claimed box's config (what the store LAN reaches). Default:
+    OMNISHELF_BROKER_URL."""
+    PROVISION_CA_FILE: str = ""
+    """The CA a claimed box trusts for an mqtts:// broker. Default: OMNISHELF_BROKER_CA_FILE."""
+    PROVISION_LOCAL_API_PORT: int = Field(default=8480, ge=0, le=65535)
+    """The local API port in a claimed box's first config (0: any free port, for several simulated
+    boxes on one host)."""
+    ENROL_TOKEN_TTL_S: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    """How long an enrolment token made without an explicit lifetime stays usable."""
+    REVOKE_SYNC_S: float = Field(default=2.0, gt=0, le=3600)
+    """How often the bus retries credential changes the broker has not confirmed (a broker that was
+    down when a box was revoked): a revocation bites within this once the broker is back."""
+
     @model_validator(mode="before")
     @classmethod
     def _defaults_from_data_dir(cls, values: Any) -> Any:

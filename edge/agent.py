@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from broker.client import BrokerAddress, JitteredBackoff, TlsSetupError
@@ -121,7 +121,8 @@ class EdgeAgent:
         self._lock = OutboxLock(self.paths.outbox_lock, self.paths.outbox)
         self._lock.acquire()
         try:
-            ctx = ComponentContext(config=config, paths=self.paths, publish=self.publish, cloud_online=self._cloud_online)
+            ctx = ComponentContext(config=config, paths=self.paths, publish=self.publish, cloud_online=self._cloud_online,
+                                   cloud_reachable=self._cloud_reachable, offer_password=self._offer_password)
             for factory in components:
                 try:
                     component = factory(ctx)
@@ -177,6 +178,15 @@ class EdgeAgent:
 
     def _cloud_online(self) -> bool:
         return self.bus is not None and self.bus.cloud_online
+
+    def _offer_password(self, password: str, adopted: Callable[[str], None]) -> None:
+        if self.bus is None:
+            raise RuntimeError("the agent is not running: no password can be offered yet")
+        self.bus.offer_password(password, adopted)
+
+    def _cloud_reachable(self) -> bool:
+        bus = self.bus
+        return bus is not None and bus.connected.is_set() and bus.cloud_online
 
     async def publish(self, type: MessageType, data: Payload) -> Row:
         """Send a message through the outbox (for components and drivers)."""

@@ -113,6 +113,9 @@ class BusStats:
     """Commands seen before (redelivered, or retained and handed over again): not run, not acked."""
     replayed: int
     connect_failures: int
+    refused_because: str | None = None
+    """Why the broker last refused this box's login (revoked, retired, wrong password), until a login
+    succeeds: the box waits `auth_failure_s` between tries and shows this on its `/status`."""
 
 
 @dataclass(slots=True)
@@ -231,6 +234,12 @@ class BusClient:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ever_connected = False
         self._in_progress: set[uuid.UUID] = set()
+        self._refused_because: str | None = None
+        # Credential rotation (see `offer_password`).
+        self._offered: str | None = None
+        self._previous: str | None = None
+        self._on_adopted: Callable[[str], None] | None = None
+        self._flips = 0
 
     # -- public ------------------------------------------------------------------------------------
 
@@ -252,6 +261,28 @@ class BusClient:
         if kind in self._handlers:
             raise ValueError(f"a handler for {kind.value!r} commands is already registered")
         self._handlers[kind] = handler
+
+    def offer_password(self, password: str, adopted: Callable[[str], None] | None = None) -> None:
+        """A new password the cloud is about to give this node on the broker (credential rotation).
+        The current connection is kept; when a login is refused the other password is tried at once
+        (at most twice in a row), so the box follows the broker's switch within one reconnect. Once a
+        login succeeds with the new one, `adopted(password)` is called (to make it the stored one)."""
+        self._offered = password
+        self._on_adopted = adopted
+
+    def _flip_password(self) -> bool:
+        """After a refused login: switch between the current and the offered password (True), or
+        not (False: there is nothing else to try, or both were just refused)."""
+        if self._offered is None or self._flips >= 2:
+            return False
+        self._flips += 1
+        if self._password != self._offered:
+            self._previous, self._password = self._password, self._offered
+        elif self._previous is not None:
+            self._password = self._previous
+        else:
+            return False
+        return True
 
     @property
     def handled_types(self) -> frozenset[MessageType]:
@@ -289,6 +320,7 @@ class BusClient:
             duplicate_commands=c["duplicate_commands"],
             replayed=c["replayed"],
             connect_failures=c["connect_failures"],
+            refused_because=self._refused_because,
         )
 
     def abort_connection(self) -> None:
@@ -361,6 +393,13 @@ class BusClient:
             await conn.subscribe([topics.node_dn_filter(self.node), topics.host_state_filter()])
             await self._publish_birth(conn, session)
             link.born = True
+            self._refused_because = None
+            self._flips = 0
+            if self._offered is not None and self._password == self._offered:
+                adopted, self._on_adopted, self._offered, self._previous = self._on_adopted, None, None, None
+                log.info("%s: logged in with the rotated password", self.node)
+                if adopted is not None:
+                    adopted(self._password)
             if self._ever_connected:
                 self._count["reconnects"] += 1
             self._ever_connected = True
@@ -368,7 +407,16 @@ class BusClient:
             self.connected.set()
             return await self._serve(link)
         except BusAuthError as exc:
+            if self._flip_password():
+                log.info("%s: login refused (%s); trying the %s password", self.node, exc,
+                         "new" if self._password == self._offered else "previous")
+                await conn.disconnect(timeout=1.0)
+                return 0.0
             self._count["auth_failures"] += 1
+            self._refused_because = (
+                f"{exc} (credential revoked, retired or replaced: the box tries again every "
+                f"{self.auth_failure_s:.0f} s; re-claim or reconfigure it)"
+            )
             log.error(
                 "%s: %s; retrying in %.0f s (a refusal does not heal by itself: check the node's password and ACL)",
                 self.node,

@@ -49,6 +49,10 @@ class ComponentContext:
     """Send a message through the outbox (usable once the agent runs)."""
     cloud_online: Callable[[], bool] = lambda: False
     """Whether a cloud host's retained state says online right now (the bus's view)."""
+    cloud_reachable: Callable[[], bool] = lambda: False
+    """True while the box is connected to the broker, born, and a cloud host says it is online."""
+    offer_password: Callable[[str, Callable[[str], None]], None] = lambda _pw, _adopted: None
+    """Credential rotation: hand the bus a new broker password (see `edge.bus.BusClient.offer_password`)."""
 
 
 @dataclass(frozen=True, slots=True)

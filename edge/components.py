@@ -45,4 +45,10 @@ def _orders(ctx: ComponentContext) -> Component | None:
     return OrderDeskComponent(ctx)
 
 
-COMPONENTS: tuple[ComponentFactory, ...] = (_catalogue, _station, _signage, _orders)
+def _config_push(ctx: ComponentContext) -> Component | None:
+    from edge.config_push import config_push_component
+
+    return config_push_component(ctx)
+
+
+COMPONENTS: tuple[ComponentFactory, ...] = (_catalogue, _station, _signage, _orders, _config_push)

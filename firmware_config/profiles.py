@@ -35,4 +35,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "outbox": {"synchronous": "NORMAL", "retain_acked": 2_000},
         "devices": [{"kind": "display", "width": 1920, "height": 1080}],
     },
+    # Store gateway: no peripherals of its own; relays for the store, so the deepest outbox.
+    "gateway": {
+        "broker": {"keepalive_s": 30},
+        "outbox": {"max_pending": 1_000_000, "synchronous": "FULL"},
+        "devices": [],
+    },
 }

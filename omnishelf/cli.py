@@ -31,12 +31,13 @@ COMMANDS: dict[str, tuple[str, str]] = {  # name → ("module" or "module:functi
     "restore": ("cloud.cli:add_restore_parser", "restore a cloud backup into an empty database and catalogue directory"),
     **ENGINE_COMMANDS,
     "edge": ("edge.cli", "run the store box agent (bus client, durable outbox, devices)"),
+    "provision": ("provisioning.cli", "claim boxes in setup mode for a store (technician); a box's setup mode"),
     "demo": ("omnishelf.demo", "run the whole system on this machine with embedded defaults"),
 }
 
 ROLE_PACKAGES = ("broker", "cloud", "edge")
 """A command whose module is in one of these packages needs that role's extra (see pyproject.toml)."""
-ROLES: dict[str, tuple[str, ...]] = {"demo": ("broker", "cloud", "edge")}
+ROLES: dict[str, tuple[str, ...]] = {"demo": ("broker", "cloud", "edge"), "provision": ("edge",)}
 """Commands that need other roles than their module's package says."""
 
 

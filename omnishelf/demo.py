@@ -146,6 +146,43 @@ def _console_access(db_url: str, secrets_file: Path, passwords: dict[str, str]) 
         engine.dispose()
 
 
+# -- provisioning: one box goes through setup mode and is claimed ----------------------------------
+
+DEMO_SERIAL = "DEMO-0001"
+
+
+def _provision_demo_box(sup: Supervisor, data: Path, api: str, api_key: str) -> str:
+    """A simulated factory-fresh box in setup mode (zeroconf on loopback only), claimed for store
+    st0001 with an enrolment token and its pairing code, as a technician would; on later runs of the
+    demo the box is already claimed and starts as an agent. Returns the banner's description."""
+    from provisioning.technician import ClaimError, claim
+
+    config_dir = (data / "provisioned" / DEMO_SERIAL).resolve()
+    already = (config_dir / "box.yaml").exists()
+    sup.start("setup-mode", "provision", "setup-mode", "--serial", DEMO_SERIAL, "--model", "pi5", "--config-dir",
+              str(config_dir), "--interface", "127.0.0.1", "--then-run")
+    if already:
+        return f"{DEMO_SERIAL} (claimed on an earlier run; {config_dir / 'box.yaml'})"
+    code_file = config_dir / "pairing-code"
+    deadline = time.monotonic() + 30
+    while not code_file.exists():
+        if time.monotonic() > deadline:
+            return f"{DEMO_SERIAL}: setup mode did not start (see {data / 'logs'})"
+        time.sleep(0.05)
+    request = urllib.request.Request(
+        f"{api}/enrolment-tokens", data=json.dumps({"store": "st0001", "role": "kiosk"}).encode(), method="POST",
+        headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        token = json.loads(answer.read())["token"]
+    try:
+        done = claim(DEMO_SERIAL, store="st0001", role="kiosk", token=token, code=code_file.read_text().strip(),
+                     cloud_url=api, interface="127.0.0.1", wait_online_s=30)
+    except ClaimError as exc:
+        return f"{DEMO_SERIAL}: claim failed: {exc}"
+    return f"{DEMO_SERIAL} -> {done.node_id} ({'online' if done.online else 'not online yet'}, claimed in {done.seconds:.1f} s)"
+
+
 def tail(log: Path, lines: int = 8) -> str:
     if not log.exists():
         return "(no log)"
@@ -316,6 +353,9 @@ def run(args: argparse.Namespace) -> int:
         "OMNISHELF_BROKER_URL": layout.url,
         "OMNISHELF_BROKER_USERNAME": CLOUD_USER,
         "OMNISHELF_BROKER_PASSWORD": passwords[CLOUD_USER],
+        # Provisioning: the cloud grants claimed boxes their credentials as the broker's admin.
+        "OMNISHELF_BROKER_ADMIN_SECRET_FILE": str(layout.admin_secret_path.resolve()),
+        "OMNISHELF_PROVISION_LOCAL_API_PORT": "0",
     }
     sup = Supervisor(data / "logs", env)
     stopping = False
@@ -352,6 +392,7 @@ def run(args: argparse.Namespace) -> int:
             sup.start(f"edge-{node}", "edge", "run", "--config", str(cfg))
         first = nodes[0]
         orders_line = orders_demo(api, api_key, stores, local_ports)
+        claimed = _provision_demo_box(sup, data, api, api_key)
 
         print(
             "\n".join(
@@ -367,6 +408,8 @@ def run(args: argparse.Namespace) -> int:
                     "  a box, its devices and the commands sent to it (each acknowledged by the box):",
                     f"    {api}/console/nodes/{first}",
                     f"    curl -s -H 'Authorization: Bearer {api_key}' {api}/nodes/{first}/commands",
+                    f"  a box claimed from setup mode (technician's flow, docs/technician.md): {claimed}",
+                    f"    tokens, enrolled boxes, revocation, config pushes: {api}/console/enrolment",
                     f"  messages an engine could not process (replay them there): {api}/console/bus/failed",
                     orders_line,
                     f"  health and ingest counters:    curl -s {api}/health",

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from cloud.access.scope import NotFound, Principal, Role, Scope
 from cloud.access.service import write_session
 from cloud.cli import add_db_timeout, cli_settings, prepared_engine, usage
-from cloud.fleet import service
+from cloud.fleet import enrol_cli, service
 from cloud.models import IngestedMessage
 
 __all__ = ["add_parser"]
@@ -63,7 +63,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     rg.add_argument("node", metavar="NODE")
     rg.set_defaults(func=_reset_gap)
 
-    for p in (fl, fs, fr, fd, cm, rg):
+    for p in (fl, fs, fr, fd, cm, rg, *enrol_cli.add_parsers(cmds)):
         add_db_timeout(p)
 
 

@@ -27,7 +27,7 @@ from cloud.access.scope import (
 )
 from cloud.access.service import InputError, write_session
 from cloud.console.pages import console_user, form_user, render
-from cloud.fleet import service
+from cloud.fleet import config_push, service
 from cloud.models import IngestedMessage, Node, Store
 
 __all__ = ["router", "store_map"]
@@ -105,6 +105,7 @@ def _fleet(request: Request, principal: Principal, region: str, q: str, state: s
         else:
             unassigned = []
         failed = service.failed_counts(session, principal.scope).get("failed", 0)
+        config = config_push.config_labels(session, [n.id for n in [*nodes, *unassigned]])
     if state in ("online", "offline"):
         nodes = [n for n in nodes if n.online == (state == "online")]
         unassigned = [n for n in unassigned if n.online == (state == "online")]
@@ -121,7 +122,7 @@ def _fleet(request: Request, principal: Principal, region: str, q: str, state: s
     return {
         "regions": regions, "tree": tree, "unassigned": unassigned, "map": store_map(stores, counts),
         "online": sum(n.online for n in all_nodes), "total": len(all_nodes),
-        "filters": {"region": region, "q": q, "state": state}, "failed": failed,
+        "filters": {"region": region, "q": q, "state": state}, "failed": failed, "config": config,
     }
 
 

@@ -203,6 +203,11 @@ def retire_node(session: Session, principal: Principal, node_id: str, *, via: st
     )
     session.flush()
     audit(session, principal.actor, "node.retire", "node", node_id, before=before, after=node_view(node), via=via)
+    # An enrolled box's credential is deleted for good: the bus's reconciler tells the broker
+    # within OMNISHELF_REVOKE_SYNC_S (the id is never issued again).
+    from cloud.fleet.enrolment import retire_identity
+
+    retire_identity(session, principal.actor, None, node_id, via=via)
     return node
 
 

@@ -6,7 +6,7 @@
 #
 #   sh packaging/box/setup-box.sh PROFILE [REQUIREMENT]
 #
-# PROFILE: kiosk-pi5, scan-station or signage-player (firmware_config/profiles.py).
+# PROFILE: kiosk-pi5, scan-station, signage-player or gateway (firmware_config/profiles.py).
 # REQUIREMENT: what pip installs, without extras (default: omnishelf, from PyPI); a wheel file
 # works too: dist/omnishelf-0.1.0-py3-none-any.whl.
 # The box's identity (box.yaml, box.secret) is written afterwards, per box: docs/install.md.
@@ -21,8 +21,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 # Boxes with a screen run the Kivy UI (extra `kiosk`) and need its libraries; the others do not.
 case $profile in
     kiosk-pi5 | signage-player) extras=edge,kiosk lists="base kiosk" ;;
-    scan-station) extras=edge lists="base" ;;
-    *) echo "setup-box.sh: unknown profile '$profile': expected kiosk-pi5, scan-station or signage-player" >&2; exit 2 ;;
+    scan-station | gateway) extras=edge lists="base" ;;
+    *) echo "setup-box.sh: unknown profile '$profile': expected kiosk-pi5, scan-station, signage-player or gateway" >&2; exit 2 ;;
 esac
 [ "$(id -u)" = 0 ] || { echo "setup-box.sh: run as root" >&2; exit 2; }
 

@@ -15,7 +15,10 @@ from tests.access.conftest import GRANTS, PASSWORD, SEES, World, row_count
 
 # Public on purpose: load balancers, API docs, and the content-addressed catalogue files that boxes
 # (which hold no HTTP credentials) download. Anything else must refuse to answer without credentials.
+# The claim of a box in setup mode and its status are authorised by the single-use enrolment token in
+# the body (the technician needs no console account): tests/provisioning checks every refusal.
 PUBLIC = {"/health", "/openapi.json", "/docs", "/catalogue/files/{sha256}", "/signage/media/{sha256}",
+          "/provision/claim", "/provision/status",
           # A marketplace's webhook: authenticated by its HMAC signature instead (tests/orders/test_api.py).
           "/channels/{name}/webhook"}
 
@@ -30,7 +33,8 @@ def api_routes(client: TestClient) -> list[tuple[str, str]]:
                              ("import_id", "1"), ("code", "east"), ("failed_id", "1"), ("alert_id", "1"),
                              ("capture_id", "00000000-0000-4000-8000-000000000001"), ("campaign_id", "c1"),
                              ("version", "1"), ("region", "east"), ("order_id", "1"),
-                             ("item_id", "1"), ("location", "st0001")):
+                             ("item_id", "1"), ("location", "st0001"), ("token_id", "1"),
+                             ("batch", "00000000-0000-0000-0000-000000000000")):
             path = path.replace("{" + param + "}", value)
         assert "{" not in path, f"give {path} a sample id in this test"
         out.extend((m.upper(), path) for m in ops)

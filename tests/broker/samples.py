@@ -55,7 +55,7 @@ SAMPLES: dict[MessageType, p.Payload] = {
         order_id="W-77", lines=(p.OrderLine(sku="SKU-0002", qty=1),), fulfilment=p.Fulfilment.PICKUP,
         assignment=3, accept_by=NOW + timedelta(minutes=15), pickup_code_sha256="c" * 64, channel="web",
     ),
-    MessageType.CONFIG: p.ConfigData(config_hash="cd" * 32, config={"node_id": "st0001-k1"}),
+    MessageType.CONFIG: p.ConfigData(config_hash="cd" * 32, config={"node_id": "st0001-k1"}, version=3, rollback_after_s=300),
     MessageType.SCHEDULE: p.ScheduleData(
         version=3,
         timeline_hash="0123456789abcdef" * 2,

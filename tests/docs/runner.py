@@ -209,6 +209,12 @@ class World:
             "OMNISHELF_BROKER_USERNAME": "cloud-1",
             "OMNISHELF_BROKER_PASSWORD": pw["cloud-1"],
             "OMNISHELF_CATALOGUE_POLL_S": "0.5",
+            # docs/technician.md claims a box: the cloud grants credentials as the broker's admin,
+            # zeroconf stays on loopback (never multicast on this machine's network), and the
+            # claimed box's local API takes a free port.
+            "OMNISHELF_BROKER_ADMIN_SECRET_FILE": str(self.layout.admin_secret_path),
+            "OMNISHELF_ZEROCONF_INTERFACE": "127.0.0.1",
+            "OMNISHELF_PROVISION_LOCAL_API_PORT": "0",
             # How this machine reaches the package index (a page may build and install the wheel).
             **{k: v for k, v in os.environ.items() if k in INDEX_ACCESS},
         }

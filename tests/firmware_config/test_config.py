@@ -163,7 +163,7 @@ PROBLEMS = [
     ),
     pytest.param(
         ("store_id: st1\n", "store_id: st1\nprofile: toaster\n"),
-        ["3: field 'profile': unknown profile 'toaster': expected one of kiosk-pi5, scan-station, signage-player"],
+        ["3: field 'profile': unknown profile 'toaster': expected one of gateway, kiosk-pi5, scan-station, signage-player"],
         id="unknown-profile",
     ),
     pytest.param(

@@ -78,11 +78,13 @@ def test_demo_runs_the_whole_system_and_stops_cleanly(tmp_path: Path) -> None:
 
         def all_online() -> bool:
             nodes = _get(nodes_url, key)
-            # The three boxes (the traceability demo's scanning station, st0003-k2, came and went).
-            boxes = [n for n in nodes if n["id"].endswith("-k1")] if isinstance(nodes, list) else []
-            return len(boxes) == 3 and all(n["online"] for n in boxes)
+            # The three demo boxes and the one claimed from setup mode (omnishelf.demo._provision_demo_box);
+            # the traceability demo's scanning station, st0003-k2, came and went.
+            boxes = [n for n in nodes if n["id"] != "st0003-k2"] if isinstance(nodes, list) else []
+            return len(boxes) == 4 and all(n["online"] for n in boxes)
 
-        wait_for(lambda: _ok(all_online), 60, "all three demo boxes online")
+        assert re.search(r"a box claimed from setup mode .*: DEMO-0001 -> st0001-k2 \(online, claimed in ", text), text
+        wait_for(lambda: _ok(all_online), 60, "all four demo boxes online")
         status = _get(box_status)
         assert isinstance(status, dict) and status["bus"]["connected"] and "catalogue" in status["components"]
         wait_for(lambda: _ok(lambda: any(p["sku"] == "TEA-LJ-250" for p in _get(f"{search_url}?q=tea"))), 60,  # type: ignore[attr-defined]
@@ -106,7 +108,8 @@ def test_demo_runs_the_whole_system_and_stops_cleanly(tmp_path: Path) -> None:
 
         wait_for(lambda: _ok(a_final_genuine_sale), 60, "the camera station's first unit verified genuine by the cloud")
         children = psutil.Process(proc.pid).children(recursive=True)
-        assert len(children) == 5, [c.cmdline() for c in children]  # broker, cloud, three boxes
+        # broker, cloud, three boxes, the claimed box's supervisor and its agent
+        assert len(children) == 7, [c.cmdline() for c in children]
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -1,0 +1,172 @@
+"""Device security with enrolled identities on a real broker: revocation bites a live connection at
+once and holds across broker restarts (also when the broker was down at the time); the revoked box
+backs off and says why on its /status; a retired identity never comes back; one box cannot read or
+forge another's traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.orm import Session
+
+from broker import topics
+from broker.client import BrokerAddress, BusAuthError, MqttConnection, PublishRefused
+from cloud.fleet.models import Identity
+from cloud.models import Node
+from tests.conftest import Broker
+from tests.provisioning.conftest import BoxProc, Cloud, claim_box, local_api, start_box
+
+
+def _password(box: BoxProc) -> str:
+    return (box.config_dir / "broker.secret").read_text().strip()
+
+
+async def _login(broker: Broker, node: str, password: str) -> MqttConnection:
+    conn = MqttConnection(BrokerAddress.from_url(broker.url), node, password)
+    await conn.connect()
+    return conn
+
+
+def _refused(broker: Broker, node: str, password: str) -> bool:
+    async def attempt() -> bool:
+        try:
+            conn = await _login(broker, node, password)
+        except BusAuthError:
+            return True
+        await conn.disconnect()
+        return False
+
+    return asyncio.run(attempt())
+
+
+def _wait(cond: object, timeout: float, what: str) -> float:
+    start = time.monotonic()
+    while not cond():  # type: ignore[operator]
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+def test_revocation_bites_at_once_and_survives_restarts(cloud: Cloud, boxes: list[BoxProc], tmp_path: Path) -> None:
+    box = start_box(tmp_path, "SN-1000")
+    boxes.append(box)
+    node = claim_box(cloud, box)
+    api = local_api(box)
+    assert httpx.get(f"{api}/status").json()["bus"]["connected"] is True
+
+    answer = cloud.api.post(f"/nodes/{node}/revoke", json={"reason": "reported stolen"}).json()
+    assert (answer["status"], answer["broker_synced"], answer["broker_problem"]) == ("revoked", True, None)
+
+    def refused_locally() -> bool:
+        bus = httpx.get(f"{api}/status").json()["bus"]
+        return bus["connected"] is False and bus["refused_because"] is not None
+
+    _wait(refused_locally, 10, "the box to be dropped and refused")
+    status = httpx.get(f"{api}/status").json()["bus"]
+    assert "Not authorized" in status["refused_because"] and "re-claim or reconfigure" in status["refused_because"]
+    assert status["auth_failures"] == 1  # it backs off (auth_failure_s), it does not hammer
+
+    password = _password(box)
+    assert _refused(cloud.broker, node, password)
+    cloud.broker.process.restart()
+    assert _refused(cloud.broker, node, password), "a broker restart brought a revoked identity back"
+
+    # Reinstated: the same credential works again (no re-claim needed for a box found again).
+    assert cloud.api.post(f"/nodes/{node}/reinstate").json()["status"] == "active"
+    assert not _refused(cloud.broker, node, password)
+
+
+def test_revocation_while_the_broker_is_down_is_applied_when_it_returns(
+    cloud: Cloud, boxes: list[BoxProc], tmp_path: Path
+) -> None:
+    box = start_box(tmp_path, "SN-1100", then_run=False)
+    boxes.append(box)
+    node = claim_box(cloud, box, wait=0)
+    password = _password(box)
+    assert not _refused(cloud.broker, node, password)
+    cloud.broker.process.stop()
+    answer = cloud.api.post(f"/nodes/{node}/revoke", json={"reason": "lost"}).json()
+    assert answer["status"] == "revoked" and answer["broker_synced"] is False
+    assert answer["broker_problem"].startswith("cannot talk to Mosquitto's dynamic security plugin")
+    cloud.broker.process.start()
+    _wait(lambda: _refused(cloud.broker, node, password), 10, "the reconciler to disable the credential")
+    with Session(cloud.engine) as s:
+        identity = s.get(Identity, node)
+        assert identity is not None and identity.broker_synced
+
+
+def test_retired_identity_never_comes_back(cloud: Cloud, boxes: list[BoxProc], tmp_path: Path) -> None:
+    box = start_box(tmp_path, "SN-1200", then_run=False)
+    boxes.append(box)
+    node = claim_box(cloud, box, wait=0)
+    password = _password(box)
+    assert cloud.api.patch(f"/nodes/{node}", json={"retired": True}).status_code == 200
+    _wait(lambda: _refused(cloud.broker, node, password), 10, "the retired credential to be deleted")
+    cloud.broker.process.restart()
+    assert _refused(cloud.broker, node, password)
+    assert cloud.api.post(f"/nodes/{node}/reinstate").json()["detail"][0]["msg"] == (
+        f"box {node!r} is retired: only a revoked box can be reinstated"
+    )
+    # The same hardware, repaired, is claimed again: it gets a new id, never the retired one.
+    again = start_box(tmp_path, "SN-1200", then_run=False, tag="-repaired")
+    boxes.append(again)
+    second = claim_box(cloud, again, wait=0)
+    assert second != node and second.startswith("st0001-k")
+    assert _refused(cloud.broker, node, password)
+    assert not _refused(cloud.broker, second, _password(again))
+
+
+def test_one_box_cannot_read_or_forge_anothers_traffic(cloud: Cloud, boxes: list[BoxProc], tmp_path: Path) -> None:
+    a_box, b_box = start_box(tmp_path, "SN-1300", then_run=False), start_box(tmp_path, "SN-1301", then_run=False)
+    boxes += [a_box, b_box]
+    a, b = claim_box(cloud, a_box, wait=0), claim_box(cloud, b_box, role="scan-station", wait=0)
+
+    async def attempts() -> None:
+        conn = await _login(cloud.broker, a, _password(a_box))
+        try:
+            with pytest.raises(BusAuthError, match="Not authorized"):
+                await conn.subscribe([topics.node_dn_filter(b)])
+            with pytest.raises(PublishRefused, match="Not authorized"):
+                await conn.publish(topics.up(b, "scan"), b"{}")
+            await conn.publish(topics.up(a, "scan"), b"{}")  # its own topic: accepted (the fence)
+        finally:
+            await conn.disconnect()
+
+    asyncio.run(attempts())
+    # B's password does not log in as A, nor A's as B.
+    assert _refused(cloud.broker, a, _password(b_box)) and _refused(cloud.broker, b, _password(a_box))
+
+
+def test_rotation_keeps_the_box_online(cloud: Cloud, boxes: list[BoxProc], tmp_path: Path) -> None:
+    box = start_box(tmp_path, "SN-1400")
+    boxes.append(box)
+    node = claim_box(cloud, box)
+    api = local_api(box)
+    old = _password(box)
+    r = cloud.api.post(f"/nodes/{node}/rotate-credential")
+    assert r.status_code == 202, r.text
+
+    def rotated() -> bool:
+        with Session(cloud.engine) as s:
+            identity = s.get(Identity, node)
+            return identity is not None and identity.credential_version == 2 and identity.pending_password is None
+
+    _wait(rotated, 15, "the broker to take the new password")
+    nxt = box.config_dir / "broker.secret.next"
+    _wait(lambda: _password(box) != old and not nxt.exists(), 15, "the box to store the password it logged in with")
+    bus = httpx.get(f"{api}/status").json()["bus"]
+    assert bus["connected"] is True and bus["auth_failures"] == 0 and bus["refused_because"] is None
+    assert bus["reconnects"] >= 1  # the broker dropped the old login; the box was back at once
+    assert _refused(cloud.broker, node, old)
+
+    def online() -> bool:
+        with Session(cloud.engine) as s:
+            row = s.get(Node, node)
+            return row is not None and row.online
+
+    _wait(online, 10, "the box online on its new password")
