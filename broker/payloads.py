@@ -26,6 +26,7 @@ __all__ = [
     "CatalogFile",
     "CommandData",
     "ConfigData",
+    "ConfigRollback",
     "DeathData",
     "DeviceInfo",
     "FulfilData",
@@ -81,6 +82,15 @@ class DeviceInfo(Payload):
     """Why the device is not 'ok' (e.g. 'no answer from 192.168.1.50:9100: connection refused')."""
 
 
+class ConfigRollback(Payload):
+    """A config the box went back from by itself (it could not reach the cloud in time after applying it)."""
+
+    version: Count
+    """The pushed version it left."""
+    reason: Annotated[str, StringConstraints(max_length=500)]
+    at: AwareDatetime
+
+
 class BirthData(Payload):
     software_version: Text
     config_hash: Annotated[str, StringConstraints(max_length=128)]
@@ -92,6 +102,8 @@ class BirthData(Payload):
     """Messages in the box's outbox not yet acknowledged by the broker."""
     oldest_seq: Count | None = None
     """Lowest `seq` the box still holds (pending or kept for replay); older ones cannot be resent."""
+    config_rollback: ConfigRollback | None = None
+    """The box's last automatic config rollback, said in every birth after it (the cloud records it once)."""
 
 
 class DeathData(Payload):

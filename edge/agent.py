@@ -121,7 +121,7 @@ class EdgeAgent:
         self._lock = OutboxLock(self.paths.outbox_lock, self.paths.outbox)
         self._lock.acquire()
         try:
-            ctx = ComponentContext(config=config, paths=self.paths, publish=self.publish, cloud_online=self._cloud_online,
+            ctx = ComponentContext(config=config, paths=self.paths, publish=self.publish,
                                    cloud_reachable=self._cloud_reachable, offer_password=self._offer_password)
             for factory in components:
                 try:
@@ -176,13 +176,17 @@ class EdgeAgent:
         found = self.component("catalogue")
         return found if isinstance(found, CatalogueComponent) else None
 
-    def _cloud_online(self) -> bool:
-        return self.bus is not None and self.bus.cloud_online
 
     def _offer_password(self, password: str, adopted: Callable[[str], None]) -> None:
         if self.bus is None:
             raise RuntimeError("the agent is not running: no password can be offered yet")
         self.bus.offer_password(password, adopted)
+
+    def _birth_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        for component in self.components:
+            fields.update(component.birth())
+        return fields
 
     def _cloud_reachable(self) -> bool:
         bus = self.bus
@@ -220,6 +224,7 @@ class EdgeAgent:
                 password=self.password,
                 config_hash=self.config_hash,
                 devices=self.devices.infos,
+                birth_fields=self._birth_fields,
                 keepalive=cfg.broker.keepalive_s,
                 keepalive_check_slack_s=cfg.broker.keepalive_check_slack_s,
                 session_expiry=cfg.broker.session_expiry_s,
@@ -391,6 +396,8 @@ class EdgeAgent:
 
 def run_agent(config: NodeConfig) -> None:
     """Run the agent in the foreground until SIGTERM or SIGINT, then stop cleanly."""
+    if config.log_level is not None:
+        logging.getLogger().setLevel(config.log_level)
 
     async def main() -> None:
         agent = EdgeAgent(config)

@@ -189,6 +189,7 @@ class BusClient:
         password: str,
         config_hash: str,
         devices: Sequence[DeviceInfo] | Callable[[], Sequence[DeviceInfo]] = (),
+        birth_fields: Callable[[], Mapping[str, Any]] = dict,
         username: str | None = None,
         keepalive: int = 30,
         keepalive_check_slack_s: float = MOSQUITTO_2_0_KEEPALIVE_SLACK_S,
@@ -208,6 +209,8 @@ class BusClient:
         fixed = tuple(devices) if not callable(devices) else ()
         self.device_states: Callable[[], Sequence[DeviceInfo]] = devices if callable(devices) else (lambda: fixed)
         """What the birth reports about the devices (asked at each birth)."""
+        self.birth_fields = birth_fields
+        """More members of the birth, from the box's components (asked at each birth)."""
         self.keepalive = keepalive
         # The broker's sweep makes wills late; ask for a shorter keep alive so that the cloud still
         # learns of a silent box within 1.5 x the configured `keepalive`.
@@ -455,6 +458,7 @@ class BusClient:
             last_seq=stats.last_seq,
             pending=stats.pending,
             oldest_seq=stats.oldest_seq,
+            **self.birth_fields(),
         )
         try:
             await conn.publish(topics.birth(self.node), self._envelope(MessageType.BIRTH, birth, session))

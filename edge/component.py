@@ -12,7 +12,8 @@ tomorrow) is built from the config by its factory in `edge.components.COMPONENTS
 - `routes()`: its routes on the box's one local HTTP API;
 - `tasks()`: its background work, started by the agent after the bus and the API exist;
 - `status()`: a JSON-able dict shown under `components.<name>` on the API's `/status` (called on
-  an API worker thread: read only what is safe to read from another thread).
+  an API worker thread: read only what is safe to read from another thread);
+- `birth()`: fields it adds to the box's birth (e.g. the config component's last rollback).
 
 Stopping: the agent calls `stop()` (ask the tasks to finish), waits for the tasks a few seconds,
 cancels what is left, and calls `close()` once nothing of the component runs any more.
@@ -47,8 +48,6 @@ class ComponentContext:
     paths: BoxPaths
     publish: Callable[[MessageType, Payload], Awaitable[Row]]
     """Send a message through the outbox (usable once the agent runs)."""
-    cloud_online: Callable[[], bool] = lambda: False
-    """Whether a cloud host's retained state says online right now (the bus's view)."""
     cloud_reachable: Callable[[], bool] = lambda: False
     """True while the box is connected to the broker, born, and a cloud host says it is online."""
     offer_password: Callable[[str, Callable[[str], None]], None] = lambda _pw, _adopted: None
@@ -82,6 +81,10 @@ class Component:
         return ()
 
     def status(self) -> Mapping[str, Any]:
+        return {}
+
+    def birth(self) -> Mapping[str, Any]:
+        """Fields this component adds to every birth (`broker.payloads.BirthData` members)."""
         return {}
 
     async def stop(self) -> None:

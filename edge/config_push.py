@@ -25,13 +25,14 @@ import shutil
 import signal
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from broker.envelope import Envelope, MessageType
-from broker.payloads import ConfigData
+from broker.payloads import ConfigData, ConfigRollback
 from broker.sealing import SealError, load_or_create_key, open_sealed
 from edge.component import BackgroundTask, CommandHandler, CommandRefused, Component, ComponentContext
 from firmware_config import ConfigError, config_hash, load_config, parse_config, write_config
@@ -88,6 +89,13 @@ class ConfigPushComponent(Component):
     def status(self) -> Mapping[str, Any]:
         return {"file": str(self.file), "version": self.state.get("version", 0),
                 "confirmed": self.state.get("confirmed", True), "last_rollback": self.state.get("last_rollback")}
+
+    def birth(self) -> Mapping[str, Any]:
+        last = self.state.get("last_rollback")
+        if not last:
+            return {}
+        return {"config_rollback": ConfigRollback(version=int(last["version"]), reason=str(last["reason"])[:500],
+                                                  at=datetime.fromtimestamp(float(last["at"]), UTC))}
 
     async def stop(self) -> None:
         self._stopping.set()

@@ -348,6 +348,9 @@ class NodeConfig(_Strict):
     $STATE_DIRECTORY (systemd's StateDirectory=), else ~/.local/state/omnishelf."""
     telemetry_every_s: Annotated[float, Field(ge=0, le=86_400)] = 60.0
     """Box health and device states this often; 0 disables telemetry."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = None
+    """The agent's log level (a config push can turn a box's logging up and down); None: the
+    command line's (`omnishelf --log-level`, INFO by default)."""
     broker: BrokerConfig
     outbox: OutboxConfig = OutboxConfig()
     backoff: BackoffConfig = BackoffConfig()

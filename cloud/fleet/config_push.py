@@ -274,7 +274,7 @@ def on_ack(ctx: Context, msg: Message) -> None:
 
 def on_birth(ctx: Context, msg: Message) -> None:
     """A birth says which config the box runs: the pushed one (applied), or - after it acked a push
-    that asked for rollback - its previous one (rolled back)."""
+    that asked for rollback - its previous one (rolled back; the box says why in `config_rollback`)."""
     data = msg.data
     assert isinstance(data, BirthData)
     # Only a birth the bus accepted as the node's current session counts (order-safe).
@@ -294,7 +294,9 @@ def on_birth(ctx: Context, msg: Message) -> None:
         ctx.conn.execute(update(NodeConfigState).where(NodeConfigState.node_id == msg.node)
                          .values(applied_version=push.version))
     elif push.status == "applied":
-        reason = f"the box came back on its previous config ({data.config_hash[:12]}…) after applying v{push.version}"
+        told = data.config_rollback
+        reason = (f"the box rolled back by itself: {told.reason}" if told is not None and told.version == push.version
+                  else f"the box came back on its previous config ({data.config_hash[:12]}…) after applying v{push.version}")
         ctx.conn.execute(update(ConfigPush).where(ConfigPush.id == push.id)
                          .values(status="rolled_back", detail=reason, updated_at=ctx.now))
         ctx.conn.execute(update(NodeConfigState).where(NodeConfigState.node_id == msg.node)

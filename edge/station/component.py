@@ -128,7 +128,7 @@ class StationComponent(Component):
     def status(self) -> Mapping[str, Any]:
         return {
             **self.db.counts(), **{f"{k}_count": v for k, v in self.counts.items()},
-            "cloud_online": self.ctx.cloud_online(),
+            "cloud_online": self.ctx.cloud_reachable(),
             "lists": self.db.list_counts(),
             "printers": self.printer_states,
             "print_jobs": self.db.job_counts(),
@@ -149,7 +149,7 @@ class StationComponent(Component):
         """Record a scan: outbox first (raises `OutboxFull`, or `ValidationError` for a bad code)."""
         # Offline, the box answers first and says so in the scan: the cloud raises an alert at HQ
         # when its final verdict overturns the one the clerk acted on.
-        offline = None if self.ctx.cloud_online() else offline_verdict(
+        offline = None if self.ctx.cloud_reachable() else offline_verdict(
             self.db, uuid.UUID(int=0), code, symbology, purpose.value)
         data = ScanData(code=code, symbology=symbology, station=station, purpose=purpose,
                         provisional=offline.verdict if offline else None)

@@ -20,6 +20,8 @@ SAMPLES: dict[MessageType, p.Payload] = {
         last_seq=41,
         pending=3,
         oldest_seq=1,
+        config_rollback=p.ConfigRollback(version=4, reason="could not reach the cloud within 300 s after applying v4",
+                                         at=NOW),
     ),
     MessageType.DEATH: p.DeathData(),
     MessageType.SCAN: p.ScanData(code="\x1d0104012345678901215ABC123", symbology="datamatrix", station="till-1"),

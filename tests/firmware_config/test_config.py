@@ -95,9 +95,14 @@ PROBLEMS = [
         ("store_id: st1\n", "store_id: st1\ncolour: red\n"),
         [
             "3: field 'colour': unknown key (expected one of: node_id, store_id, profile, data_dir, telemetry_every_s, "
-            "broker, outbox, backoff, devices, catalogue, orders, local_api, station, signage)"
+            "log_level, broker, outbox, backoff, devices, catalogue, orders, local_api, station, signage)"
         ],
         id="unknown-top-level-key",
+    ),
+    pytest.param(
+        ("store_id: st1\n", "store_id: st1\nlog_level: LOUD\n"),
+        ["3: field 'log_level': Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR' (got 'LOUD')"],
+        id="log-level",
     ),
     pytest.param(
         ("    burst: 10\n", "    burst: 10\n    speed: 3\n"),

@@ -102,6 +102,9 @@ def test_push_applied_rejected_and_rolled_back(cloud: Cloud, boxes: list[BoxProc
     with Session(cloud.engine) as s:
         state = s.get(NodeConfigState, node)
         assert state is not None and state.last_rollback_version == 3 and state.applied_version == 1
+        # The box said why in its birth, and the cloud recorded its words.
+        assert state.last_rollback_reason == (
+            "the box rolled back by itself: could not reach the cloud within 3 s after applying v3")
         node_row = s.get(Node, node)
         assert node_row is not None and node_row.online
     with Session(cloud.engine) as s:
