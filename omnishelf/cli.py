@@ -26,6 +26,7 @@ from cloud.engines import COMMANDS as ENGINE_COMMANDS
 
 COMMANDS: dict[str, tuple[str, str]] = {  # name → ("module" or "module:function", help line)
     "broker": ("broker.cli", "run a Mosquitto configured for the omnishelf bus (ACL, credentials, persistence)"),
+    "pki": ("broker.pki", "the deployment's CA and the broker's TLS certificate"),
     "cloud": ("cloud.cli", "run the cloud core: API and bus workers; database migrations; seed data"),
     "backup": ("cloud.cli:add_backup_parser", "back up the cloud's database and catalogue files (while it runs)"),
     "restore": ("cloud.cli:add_restore_parser", "restore a cloud backup into an empty database and catalogue directory"),
