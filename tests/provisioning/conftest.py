@@ -29,6 +29,9 @@ from tests.cloud.conftest import cloud_settings, db_url, engine  # noqa: F401 - 
 from tests.conftest import Broker
 
 LOOPBACK = "127.0.0.1"
+DISCOVER_S = 20.0
+"""How long a claim in the tests looks for the box (it stops as soon as the box answers): a loaded
+machine answered zeroconf after more than the 5 s a technician waits."""
 
 
 @dataclass
@@ -172,7 +175,8 @@ def claim_box(cloud: Cloud, box: BoxProc, *, store: str = "st0001", role: str = 
 
     token = cloud.token(store, role)
     done = technician.claim(box.serial, store=store, role=role, token=token["token"], code=box.pairing_code,
-                            cloud_url=cloud.url, interface=LOOPBACK, wait_online_s=wait)
+                            cloud_url=cloud.url, interface=LOOPBACK, wait_online_s=wait,
+                            discover_timeout=DISCOVER_S)
     assert wait == 0 or done.online, f"{done.node_id} did not come online:\n" + "".join(box.log[-30:])
     return done.node_id
 

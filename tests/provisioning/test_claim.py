@@ -19,13 +19,14 @@ from cloud.fleet.models import EnrolToken, Identity
 from cloud.models import Node
 from provisioning import technician
 from provisioning.technician import ClaimError
-from tests.provisioning.conftest import LOOPBACK, BoxProc, Cloud, start_box
+from tests.provisioning.conftest import DISCOVER_S, LOOPBACK, BoxProc, Cloud, start_box
 
 
 def _claim(cloud: Cloud, box: BoxProc, token: str, *, code: str | None = None, store: str = "st0001",
            role: str = "kiosk", wait: float = 30.0) -> technician.Claimed:
     return technician.claim(box.serial, store=store, role=role, token=token, code=code or box.pairing_code,
-                            cloud_url=cloud.url, interface=LOOPBACK, wait_online_s=wait)
+                            cloud_url=cloud.url, interface=LOOPBACK, wait_online_s=wait,
+                            discover_timeout=DISCOVER_S)
 
 
 def test_fresh_box_becomes_an_online_node(cloud: Cloud, boxes: list[BoxProc], tmp_path: Path) -> None:
