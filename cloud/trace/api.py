@@ -91,7 +91,7 @@ def post_scan(body: ScanRequest, request: Request, principal: Business) -> Verdi
 def item_journey(code: Code, request: Request, principal: Business) -> dict[str, Any]:
     """The unit's journey: its events and those of the cases it travelled in, in time order."""
     with request.app.state.sessionmaker() as s:
-        return service.journey(s.connection(), code)
+        return service.journey(s.connection(), code, principal.scope)
 
 
 @router.post("/epcis/capture", status_code=202, tags=["epcis"], responses=CaptureProblem)
@@ -141,7 +141,7 @@ def get_events(request: Request, principal: Business,
     for k, v in request.query_params.multi_items():
         params.setdefault(k, []).extend(x for x in v.split("|") if x)
     with request.app.state.sessionmaker() as s:
-        events = service.query_events(s.connection(), params, limit)
+        events = service.query_events(s.connection(), params, limit, principal.scope)
     return {"@context": ["https://ref.gs1.org/standards/epcis/epcis-context.jsonld"], "type": "EPCISQueryDocument",
             "schemaVersion": "2.0", "epcisBody": {"queryResults": {"resultsBody": {"eventList": events}}}}
 

@@ -81,9 +81,11 @@ def trace_page(request: Request, principal: Reader, code: Annotated[str, Query(m
         conn = s.connection()
         if code:
             try:
-                journey = service.journey(conn, code)
+                journey = service.journey(conn, code, principal.scope)
             except InputError as exc:
                 problem = exc.message
+            except NotFound as exc:
+                problem = str(exc)
         rows = service.alerts(conn, principal.scope, kind=kind or None, limit=200)
         chart = chart_svg(service.alerts_per_day(conn, principal.scope))
         places = service.locations(s)

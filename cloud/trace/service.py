@@ -191,8 +191,28 @@ def resolve(code: str) -> tuple[str, gs1.Code]:
     return key, parsed
 
 
-def journey(conn: Connection, code: str) -> dict[str, Any]:
-    """Every event of the unit and of the cases it travelled in, in time order (indexed by key)."""
+def _visible_glns(conn: Connection, scope: Scope) -> frozenset[str] | None:
+    """The GLNs of the locations `scope` sees (None: all of them): a store in its scope, or a
+    factory/distributor/warehouse in one of its regions."""
+    if scope.all:
+        return None
+    stores = select(Store.id).where(scope.store_clause())
+    return frozenset(conn.execute(select(LOCATIONS.c.gln).where(
+        LOCATIONS.c.gln.is_not(None),
+        LOCATIONS.c.store_id.in_(stores) | LOCATIONS.c.region_id.in_(scope.region_ids))).scalars())
+
+
+def _sees(glns: frozenset[str] | None, row: Any) -> bool:
+    """Whether an event happened at a location the caller sees (where it happened, else where it was read)."""
+    from cloud.trace.keys import gln_of
+
+    return glns is None or (gln_of(row.biz_location) or gln_of(row.read_point)) in glns
+
+
+def journey(conn: Connection, code: str, scope: Scope | None = None) -> dict[str, Any]:
+    """Every event of the unit and of the cases it travelled in, in time order (indexed by key).
+    With a `scope` that does not see every location, only the events at locations it sees; a unit
+    with none of them is not found, as an unknown one."""
     key, parsed = resolve(code)
     keys = {key}
     unit = None
@@ -212,6 +232,11 @@ def journey(conn: Connection, code: str) -> dict[str, Any]:
                     keys.add(case_key(outer))
     ids = select(EPCS.c.event_id).where(EPCS.c.epc.in_(sorted(keys)))
     rows = conn.execute(select(EVENTS).where(EVENTS.c.id.in_(ids)).order_by(EVENTS.c.event_time, EVENTS.c.id)).all()
+    if scope is not None and not scope.all:
+        visible = _visible_glns(conn, scope)
+        rows = [r for r in rows if _sees(visible, r)]
+        if not rows:
+            raise NotFound(f"No unit {code!r} in your scope")
     glns = {r.biz_location for r in rows if r.biz_location}
     places: dict[str, Any] = {}
     for ident in glns:
@@ -236,8 +261,10 @@ def journey(conn: Connection, code: str) -> dict[str, Any]:
 QUERY_PARAMS = ("MATCH_epc", "MATCH_anyEPC", "EQ_bizStep", "GE_eventTime", "LT_eventTime", "EQ_bizLocation")
 
 
-def query_events(conn: Connection, params: dict[str, list[str]], limit: int) -> list[dict[str, Any]]:
-    """EPCIS query with the parameters that matter here (each may repeat: values are ORed)."""
+def query_events(conn: Connection, params: dict[str, list[str]], limit: int,
+                 scope: Scope | None = None) -> list[dict[str, Any]]:
+    """EPCIS query with the parameters that matter here (each may repeat: values are ORed); with a
+    `scope` that does not see every location, only events at locations it sees."""
     unknown = sorted(set(params) - set(QUERY_PARAMS) - {"perPage", "nextPageToken"})
     if unknown:
         raise InputError(unknown[0], f"unknown query parameter; supported: {', '.join(QUERY_PARAMS)}", location="query")
@@ -265,8 +292,21 @@ def query_events(conn: Connection, params: dict[str, list[str]], limit: int) -> 
             if when.tzinfo is None:
                 when = when.replace(tzinfo=UTC)
             stmt = stmt.where(EVENTS.c.event_time >= when if op == "ge" else EVENTS.c.event_time < when)
-    rows = conn.execute(stmt.order_by(EVENTS.c.event_time, EVENTS.c.id).limit(limit)).all()
-    return [r.doc for r in rows]
+    stmt = stmt.order_by(EVENTS.c.event_time, EVENTS.c.id)
+    if scope is None or scope.all:
+        return [r.doc for r in conn.execute(stmt.limit(limit))]
+    # Where an event happened is an identifier to parse (SGLN URN, Digital Link), not a column to
+    # join: read in pages and keep the visible ones until the page is full.
+    visible = _visible_glns(conn, scope)
+    out: list[dict[str, Any]] = []
+    offset, page = 0, max(limit, 500)
+    while len(out) < limit:
+        rows = conn.execute(stmt.offset(offset).limit(page)).all()
+        out.extend(r.doc for r in rows if _sees(visible, r))
+        if len(rows) < page:
+            break
+        offset += page
+    return out[:limit]
 
 
 def recall(session: Session, principal: Principal, *, gtin: str, batch: str | None, serials: list[str], reason: str,

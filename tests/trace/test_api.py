@@ -225,3 +225,28 @@ def test_cli_streams_a_large_document_in_batches_and_refuses_a_bad_last_event(
     with Session(tworld.engine) as s:
         job = s.scalars(select(Capture)).one()
         assert (job.total, job.done, job.stored, job.status) == (n, n, n, "succeeded")
+
+
+def test_journeys_and_event_queries_show_a_regional_user_only_the_places_it_sees(tworld: World, hq: TestClient) -> None:
+    doc, plan = chain.supply_chain(per_store=1)
+    capture(hq, doc)
+    east_unit, south_unit = plan["st0001"][0], plan["st0003"][0]
+    whole = hq.get(f"/trace/items/(01){chain.GTIN}(21){south_unit}").json()
+    assert {e["place"]["code"] for e in whole["events"] if e["place"]} == {"fac-suzhou", "dc-south"}
+    with tworld.app_client(headers={"Authorization": f"Bearer {tworld.keys['regional']}"}) as east:
+        # The east's own unit: the factory and the east's distributor, both in the east.
+        mine = east.get(f"/trace/items/(01){chain.GTIN}(21){east_unit}").json()
+        assert {e["place"]["code"] for e in mine["events"] if e["place"]} == {"fac-suzhou", "dc-east"}
+        # A south unit: only what happened in the east (its factory), never the south's distributor.
+        theirs = east.get(f"/trace/items/(01){chain.GTIN}(21){south_unit}").json()
+        assert {e["place"]["code"] for e in theirs["events"] if e["place"]} == {"fac-suzhou"}
+        assert len(theirs["events"]) < len(whole["events"])
+        # The EPCIS query the same way: receiving happened at both distributors, the east sees its own.
+        steps = east.get("/epcis/events", params={"EQ_bizStep": "receiving"}).json()
+        places = {e["bizLocation"]["id"] for e in steps["epcisBody"]["queryResults"]["resultsBody"]["eventList"]}
+        assert places == {chain.sgln("dc-east")}
+        everything = hq.get("/epcis/events", params={"EQ_bizStep": "receiving"}).json()
+        assert len(everything["epcisBody"]["queryResults"]["resultsBody"]["eventList"]) == 2
+    with tworld.app_client(headers={"Authorization": f"Bearer {tworld.keys['store']}"}) as store:
+        # A store user (st0003) sees its store only, where nothing of this chain happened yet.
+        assert store.get(f"/trace/items/(01){chain.GTIN}(21){south_unit}").status_code == 404
