@@ -25,8 +25,13 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy .
 
+# Two workers, a test file each at a time: most tests wait on brokers, processes and browsers, and
+# every test has its own broker, port, directory and PostgreSQL schema. `pytest` alone runs serially.
+# The API fuzz test runs on its own: schemathesis draws one test per operation, and under xdist they
+# collapse into one.
 unit: system-deps test-deps venv
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile --ignore=tests/test_api_fuzz.py
+	$(BIN)/pytest tests/test_api_fuzz.py
 
 # The browser tests write their screenshots to var/screenshots/ (ignored); this writes them over the
 # tracked ones in docs/img/, to commit after looking at them.
