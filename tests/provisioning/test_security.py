@@ -95,9 +95,13 @@ def test_revocation_while_the_broker_is_down_is_applied_when_it_returns(
     assert answer["broker_problem"].startswith("cannot talk to Mosquitto's dynamic security plugin")
     cloud.broker.process.start()
     _wait(lambda: _refused(cloud.broker, node, password), 10, "the reconciler to disable the credential")
-    with Session(cloud.engine) as s:
-        identity = s.get(Identity, node)
-        assert identity is not None and identity.broker_synced
+
+    def recorded() -> bool:  # the reconciler writes it down once the broker confirmed (just after)
+        with Session(cloud.engine) as s:
+            identity = s.get(Identity, node)
+            return identity is not None and identity.broker_synced
+
+    _wait(recorded, 10, "the reconciler to record the broker in sync")
 
 
 def test_retired_identity_never_comes_back(cloud: Cloud, boxes: list[BoxProc], tmp_path: Path) -> None:
