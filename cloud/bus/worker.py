@@ -106,6 +106,7 @@ class CloudBus:
         self._db_lock = asyncio.Lock()
         self._relay_wake = asyncio.Event()
         self._next_expiry_check = 0.0
+        self._consuming: MqttConnection | None = None
         self._follower_wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._running = False
@@ -119,6 +120,12 @@ class CloudBus:
     @property
     def connected(self) -> bool:
         return self._conn is not None and self._conn.is_connected
+
+    @property
+    def consuming(self) -> bool:
+        """Connected and subscribed: a message published now reaches us (before the SUBACK, the
+        broker answers a first publish "no matching subscribers" and keeps nothing)."""
+        return self.connected and self._consuming is self._conn
 
     def wake_relay(self) -> None:
         """Publish due commands now (thread-safe: called after a commit in any thread)."""
@@ -206,6 +213,7 @@ class CloudBus:
         try:
             present = await conn.connect()
             await conn.subscribe(self._filters())
+            self._consuming = conn
             await conn.publish(topics.host_state(self.host), encode(self._host_state(online=True)), retain=True)
         except BusAuthError as exc:
             conn.abort()

@@ -130,7 +130,7 @@ def node_row(engine: Engine, node: str) -> Node | None:
 async def running(worker: CloudBus) -> AsyncIterator[CloudBus]:
     task = asyncio.create_task(worker.run())
     try:
-        await until(lambda: worker.connected or task.done(), what="worker to connect")
+        await until(lambda: worker.consuming or task.done(), what="worker to connect")
         if task.done():
             task.result()
         yield worker

@@ -62,7 +62,7 @@ def test_the_documented_engine_works(broker: Broker, engine: Engine, example: Mo
         settings = await cloud_settings(broker, engine)
         app = create_app(settings, run_worker=True, engine=engine, engines=engines)
         with TestClient(app) as client:
-            await until(lambda: app.state.bus.connected, what="bus connected")
+            await until(lambda: app.state.bus.consuming, what="bus connected")
             async with box(broker, "st0001-k1") as b:
                 await b.birth()
                 levels = {1: 3, 2: 0, 3: 5}  # seq → on hand of TEA: sent out of order below

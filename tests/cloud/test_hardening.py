@@ -139,7 +139,7 @@ def test_health_goes_unhealthy_while_ingest_stalls(broker: Broker, tmp_path: Any
         app = create_app(settings, run_worker=True, engine=engine)
         with TestClient(app) as client:
             bus = app.state.bus
-            await until(lambda: bus.connected, what="bus connected")
+            await until(lambda: bus.consuming, what="bus connected")
             async with box(broker, "st1-k1") as b:
                 assert client.get("/health").json()["worker"]["status"] == "ok"
                 holder = threading.Thread(target=hold_the_write_lock)
@@ -181,7 +181,7 @@ def test_a_stopped_worker_neither_delays_data_nor_hides_a_death(broker: Broker, 
                 # reaches the other worker, because every worker subscribes to deaths itself.
                 w3 = CloudBus(await cloud_settings(broker, engine, "cloud-3"), engine)
                 task = asyncio.create_task(w3.run())
-                await until(lambda: w3.connected, what="w3 connected")
+                await until(lambda: w3.consuming, what="w3 connected")
                 assert w3._conn is not None
                 w3._conn.abort()
                 task.cancel()
