@@ -188,6 +188,34 @@ class System:
 
         return asyncio.run(read())
 
+    def fence(self, timeout: float = 60) -> None:
+        """Publish a marker as the node `fence` and wait until the worker has stored it. The broker
+        hands a worker its messages in the order it routed them and the worker commits batches in
+        that order, so whatever was on its way before the marker (a redelivery, a duplicate) has
+        been stored or refused by the time the marker is in the ledger."""
+        import asyncio
+
+        from broker import topics
+        from broker.client import BrokerAddress, MqttConnection
+        from broker.envelope import Envelope, encode
+        from broker.payloads import ScanData
+        from broker.topics import MessageType
+
+        if "fence" not in self.passwords:
+            self.passwords["fence"] = self.broker.add_node("fence")
+        seq = len(self.ledger("fence")) + 1
+
+        async def publish() -> None:
+            conn = MqttConnection(BrokerAddress.from_url(self.broker_url, self.ca_file), "fence", self.passwords["fence"])
+            await conn.connect()
+            env = Envelope(type=MessageType.SCAN, node="fence", session=1, seq=seq,
+                           data=ScanData(code="6901234567892", station="fence"))
+            await conn.publish(topics.up("fence", "scan"), encode(env))
+            await conn.disconnect()
+
+        asyncio.run(publish())
+        wait_for(lambda: len(self.ledger("fence")) >= seq, timeout, f"fence {seq} stored")
+
     # -- the cloud's view --------------------------------------------------------------------------
 
     def ledger(self, node: str) -> list[tuple[int, str]]:

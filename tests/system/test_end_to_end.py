@@ -4,7 +4,6 @@ and the database, each started and killed the way they are in the field."""
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 
@@ -22,7 +21,7 @@ def test_offline_box_traffic_arrives_exactly_once(system: System) -> None:
     assert system.ledger("st-off") == []
     system.worker()
     wait_for(lambda: len(system.ledger("st-off")) >= 1000, 90, "1,000 messages in the ledger")
-    time.sleep(0.5)  # anything duplicated would land now
+    system.fence()  # anything duplicated would have landed before the fence
     system.assert_complete("st-off", 1000)
     assert system.online("st-off") is True
     assert box.alive
@@ -39,7 +38,7 @@ def test_box_killed_mid_burst_loses_nothing(system: System) -> None:
     system.box("st-crash")  # same outbox, no new burst: only what the first run accepted
     last = pending["last_seq"]
     wait_for(lambda: len(system.ledger("st-crash")) >= last, 120, f"all {last} messages after the restart")
-    time.sleep(0.5)
+    system.fence()
     system.assert_complete("st-crash", last)
 
 
@@ -55,7 +54,9 @@ def test_broker_restart_mid_stream(system: System, how: str) -> None:
         system.broker.process.kill()
     else:
         system.broker.process.stop()
-    time.sleep(1.0)  # the box keeps producing into its outbox meanwhile
+    produced = system.box_status("st-restart")["last_seq"]
+    # The box keeps producing into its outbox meanwhile.
+    wait_for(lambda: system.box_status("st-restart")["last_seq"] >= produced + 100, 30, "the box to queue while the broker is down")
     system.broker.process.start()
     before = len(system.ledger("st-restart"))
     wait_for(lambda: len(system.ledger("st-restart")) > before + 200, 60, "traffic to resume after the restart")
@@ -84,5 +85,5 @@ def test_unclean_disconnect_marks_offline_within_keepalive(system: System) -> No
     # death of its old session, delivered in any order, does not knock it offline.
     wait_for(lambda: (system.session("st-death") or 0) > (first_session or 0), 30, "a new session's birth")
     wait_for(lambda: system.online("st-death") is True, 10, "online again")
-    time.sleep(1.0)
+    system.fence()  # a late death of the old session would have been applied before the fence
     assert system.online("st-death") is True
