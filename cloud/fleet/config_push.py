@@ -165,11 +165,15 @@ def rotate_credential(
     the box's key with its current config (a push that changes nothing else); once the box acks, the
     bus's reconciler sets it on the broker, and the box's next login uses it."""
     from cloud.fleet.enrolment import get_identity
-    from cloud.fleet.identity import new_password, seal
+    from cloud.fleet.identity import BrokerAdmin, BrokerAdminError, new_password, seal
 
     identity = get_identity(session, principal.scope, node_id)
     if identity.status != "active":
         raise InputError("node", f"box {node_id!r} is {identity.status}: only an active box's credential can be rotated")
+    try:
+        admin = BrokerAdmin.from_settings(settings)
+    except BrokerAdminError as exc:
+        raise InputError("node", f"cannot rotate {node_id!r}'s credential: {exc}") from None
     node = session.get(Node, node_id)
     assert node is not None
     latest = session.scalars(select(ConfigPush).where(ConfigPush.node_id == node_id, ConfigPush.status == "applied")
@@ -186,7 +190,7 @@ def rotate_credential(
     data = ConfigData(config_hash=digest, config=cfg.model_dump(mode="json", exclude_defaults=True) | {"profile": cfg.profile},
                       version=state.desired_version, credential=seal(identity.public_key, password.encode()))
     msg_id = downlink.send(session, node_id, MessageType.CONFIG, data, engine="fleet", key=f"config:{node_id}:{state.desired_version}")
-    identity.pending_password, identity.pending_command_id = password, str(msg_id)
+    identity.pending_password, identity.pending_command_id = admin.wrap_pending(node_id, password), str(msg_id)
     push = ConfigPush(node_id=node_id, version=state.desired_version, profile=cfg.profile or "", config=data.config,
                       config_hash=digest, batch=None, status="pending", detail="credential rotation", command_id=str(msg_id),
                       created_by=principal.actor, created_at=now, updated_at=now)

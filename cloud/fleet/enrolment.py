@@ -319,7 +319,7 @@ def _apply(admin: BrokerAdmin | None, identity: Identity) -> str | None:
         elif identity.pending_password is not None:
             # The box acknowledged the sealed new password: switch the broker over (it drops the box,
             # whose next login uses the new one).
-            admin.set_password(identity.node_id, identity.pending_password)
+            admin.set_password(identity.node_id, admin.unwrap_pending(identity.node_id, identity.pending_password))
             identity.pending_password, identity.pending_command_id = None, None
             identity.credential_version += 1
         else:

@@ -15,9 +15,16 @@ The seal is `broker.sealing` (one implementation for the cloud, the box and its 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from broker import dynsec
 from broker.client import BrokerAddress
@@ -90,3 +97,33 @@ class BrokerAdmin:
 
     def set_password(self, node: str, password: str) -> None:
         self.run([{"command": "setClientPassword", "username": node, "password": password}])
+
+    # A rotated password waits in the database until the box has acknowledged it; only then does
+    # the cloud set it on the broker, which takes it in clear. Kept wrapped under a key derived
+    # from the admin secret, a database dump or backup alone does not yield a box's next login.
+
+    def wrap_pending(self, node: str, password: str) -> str:
+        nonce = secrets.token_bytes(12)
+        sealed = AESGCM(self._pending_key()).encrypt(nonce, password.encode(), node.encode())
+        return _PENDING_PREFIX + base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode()
+
+    def unwrap_pending(self, node: str, wrapped: str) -> str:
+        if not wrapped.startswith(_PENDING_PREFIX):
+            raise BrokerAdminError(f"the pending password of {node!r} is not in a form this cloud knows; rotate again")
+        body = wrapped.removeprefix(_PENDING_PREFIX)
+        try:
+            raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+            return AESGCM(self._pending_key()).decrypt(raw[:12], raw[12:], node.encode()).decode()
+        except (InvalidTag, ValueError, binascii.Error):
+            raise BrokerAdminError(
+                f"the pending password of {node!r} cannot be opened (the broker admin secret changed since the "
+                "rotation?); rotate the credential again"
+            ) from None
+
+    def _pending_key(self) -> bytes:
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"omnishelf pending broker password").derive(
+            self.password.encode()
+        )
+
+
+_PENDING_PREFIX = "v1:"

@@ -69,8 +69,9 @@ class Identity(Base):
     revoked_reason: Mapped[str | None] = mapped_column(String(500))
     retired_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     pending_password: Mapped[str | None] = mapped_column(String(100))
-    """A rotation in flight: the next password, kept only until the broker has it (it is set on the
-    broker once the box acknowledged receiving it, then erased)."""
+    """A rotation in flight: the next password, wrapped under a key derived from the broker admin
+    secret (`BrokerAdmin.wrap_pending`), kept only until the broker has it (it is set on the broker
+    once the box acknowledged receiving it, then erased)."""
     pending_command_id: Mapped[str | None] = mapped_column(String(36))
     """The downlink command that carried the sealed next password to the box."""
 

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from broker import topics
 from broker.client import BrokerAddress, BusAuthError, MqttConnection, PublishRefused
+from cloud.fleet.identity import BrokerAdmin, BrokerAdminError, new_password
 from cloud.fleet.models import Identity
 from cloud.models import Node
 from tests.conftest import Broker
@@ -155,6 +156,11 @@ def test_rotation_keeps_the_box_online(cloud: Cloud, boxes: list[BoxProc], tmp_p
     r = cloud.api.post(f"/nodes/{node}/rotate-credential")
     assert r.status_code == 202, r.text
 
+    with Session(cloud.engine) as s:
+        identity = s.get(Identity, node)
+        # Until the box acknowledges, the next password waits wrapped, never in clear.
+        assert identity is not None and (identity.pending_password is None or identity.pending_password.startswith("v1:"))
+
     def rotated() -> bool:
         with Session(cloud.engine) as s:
             identity = s.get(Identity, node)
@@ -174,3 +180,19 @@ def test_rotation_keeps_the_box_online(cloud: Cloud, boxes: list[BoxProc], tmp_p
             return row is not None and row.online
 
     _wait(online, 10, "the box online on its new password")
+
+
+def test_a_pending_password_is_wrapped_to_the_admin_secret_and_the_node() -> None:
+    admin = BrokerAdmin(BrokerAddress.from_url("mqtt://127.0.0.1:1"), "admin-secret")
+    wrapped = admin.wrap_pending("st0001-k1", "next-password")
+    assert "next-password" not in wrapped and len(wrapped) <= 100  # the column's width
+    assert admin.unwrap_pending("st0001-k1", wrapped) == "next-password"
+    with pytest.raises(BrokerAdminError, match="cannot be opened"):
+        admin.unwrap_pending("st0001-k2", wrapped)  # bound to its node: not moved to another box's row
+    other = BrokerAdmin(admin.address, "another-secret")
+    with pytest.raises(BrokerAdminError, match=r"admin secret changed since the rotation\?\); rotate the credential again"):
+        other.unwrap_pending("st0001-k1", wrapped)
+    with pytest.raises(BrokerAdminError, match="not in a form this cloud knows"):
+        admin.unwrap_pending("st0001-k1", "next-password")
+    long = admin.wrap_pending("st0001-k1", new_password())
+    assert len(long) <= 100
