@@ -197,6 +197,8 @@ def main() -> None:
     ap.add_argument("--db", help="database URL (default: a temporary SQLite file)")
     ap.add_argument("--units", type=int, help="units commissioned (default 1,000,000; --quick 100,000)")
     ap.add_argument("--rate", type=float, default=200.0, help="scans per second end to end (default 200)")
+    ap.add_argument("--e2e-only", action="store_true",
+                    help="commission, then only the bus figures (bare round trip, scan → verdict)")
     args = ap.parse_args()
     units = args.units or (100_000 if args.quick else 1_000_000)
     scans = 2_000 if args.quick else 20_000
@@ -214,8 +216,9 @@ def main() -> None:
         with engine.begin() as c:  # the store received them all (set up, not measured)
             c.execute(sa.update(UNITS).values(state="received", received_at_store=True, location_id=loc,
                                               seen_location_id=loc, seen_at=datetime.now(UTC) - timedelta(days=1)))
-        result["capture"] = capture_rate(engine, 2_000 if args.quick else 20_000)
-        result["in_process"] = in_process(engine, loc, units, scans)
+        if not args.e2e_only:
+            result["capture"] = capture_rate(engine, 2_000 if args.quick else 20_000)
+            result["in_process"] = in_process(engine, loc, units, scans)
         pw = {u: secrets.token_urlsafe(12) for u in ("cloud-1", "echo", NODE)}
         layout = BrokerLayout(tmp / "broker", free_port(), cloud_users={"cloud-1": pw["cloud-1"], "echo": pw["echo"]},
                               node_users={NODE: pw[NODE]})
@@ -229,17 +232,18 @@ def main() -> None:
         finally:
             broker.stop()
             engine.dispose()
-    ip = result["in_process"]
-    result["ratios"] = {"verify_to_bare_lookup": round(ip["verify_per_s"] / ip["bare_pk_lookup_per_s"], 3),
-                        "e2e_p99_to_bare_round_trip_p99": round(result["end_to_end"]["p99_ms"]
+    result["ratios"] = {"e2e_p99_to_bare_round_trip_p99": round(result["end_to_end"]["p99_ms"]
                                                                  / result["baseline_round_trip"]["p99_ms"], 1)}
     result["meets_targets"] = {
-        "verify_per_s": ip["verify_per_s"] >= TARGETS["verify_per_s"],
-        "verify_to_lookup": result["ratios"]["verify_to_bare_lookup"] >= TARGETS["verify_to_lookup"],
         "e2e_p99_ms": result["end_to_end"]["p99_ms"] < TARGETS["e2e_p99_ms"],
         "commission_per_s (target is for PostgreSQL)": result["commissioning"]["codes_per_s"]
         >= TARGETS["commission_per_s_pg"],
     }
+    if "in_process" in result:
+        ip = result["in_process"]
+        result["ratios"]["verify_to_bare_lookup"] = round(ip["verify_per_s"] / ip["bare_pk_lookup_per_s"], 3)
+        result["meets_targets"]["verify_per_s"] = ip["verify_per_s"] >= TARGETS["verify_per_s"]
+        result["meets_targets"]["verify_to_lookup"] = result["ratios"]["verify_to_bare_lookup"] >= TARGETS["verify_to_lookup"]
     print(json.dumps(result, indent=2))
 
 
