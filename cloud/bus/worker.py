@@ -5,8 +5,10 @@ BATCH_MAX messages per transaction in a thread (ledger, node state, the engines'
 after the commit acknowledges each message, so a crash means redelivery, never loss, and the
 ledger's unique msg_id makes the redelivery harmless.
 
-Out: the relay publishes committed downlink rows (commands) to boxes that are online and retries
-them until acknowledged or expired; the gap check asks boxes to resend what is missing.
+Out: commands the engines' handlers wrote in a batch go out right after its commit, from this
+worker, with no transaction of their own (`downlink.publish_after_commit`); the relay publishes the
+other committed downlink rows (commands) to boxes that are online and retries them all until
+acknowledged or expired; the gap check asks boxes to resend what is missing.
 
 Alongside: the engines' followers (ledger cursors) and background tasks. `omnishelf cloud worker`
 and `omnishelf cloud serve` run the same `CloudBus`, so every host runs the same parts.
