@@ -46,6 +46,7 @@ from cloud.models import DownlinkCommand, Node, UtcDateTime
 __all__ = [
     "ACTIVE",
     "NOTIFY_CHANNEL",
+    "AcksApplied",
     "Claimed",
     "Hand",
     "add_waker",
@@ -76,6 +77,11 @@ RETRY_CAP_S = 60.0
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+# Built once and executed with parameters: building `insert().values(...)` per command cost more
+# than executing it (measured: ~1 ms of a verdict's ~1.1 ms).
+_INSERT = _DOWNLINK.insert()
 
 
 def send(
@@ -129,11 +135,11 @@ def send(
         # Published by this worker right after the commit: the row says so already (see the
         # module docstring for a worker that dies before it publishes).
         values.update(status="sent", attempts=1, last_sent_at=now, next_attempt_at=now + timedelta(seconds=retry_delay(1)))
-        row_id = c.execute(_DOWNLINK.insert().values(**values)).inserted_primary_key[0]
+        row_id = c.execute(_INSERT, values).inserted_primary_key[0]
         hand.add(_claimed(row_id, msg_id, node, kind, retain, corr, payload, values["expires_at"], now, 0))
         return msg_id
     if key is None:
-        c.execute(_DOWNLINK.insert().values(**values))
+        c.execute(_INSERT, values)
     else:
         # Another host may be sending the same keyed command right now: the first one wins.
         inserted = c.execute(
@@ -386,23 +392,43 @@ def apply_ack(conn: Connection, node: str, corr: uuid.UUID | None, ack: AckData,
     return bool(result.rowcount)
 
 
-def apply_acks(conn: Connection, acks: Sequence[tuple[str, uuid.UUID | None, AckData]], now: datetime) -> int:
+@dataclass(frozen=True, slots=True)
+class AcksApplied:
+    matched: int
+    """Acks that closed a command (pending, sent or expired until now)."""
+    engines: dict[tuple[str, uuid.UUID], str]
+    """(node, corr) → the engine that sent the command, for every ack naming a command of its own box."""
+
+
+def apply_acks(conn: Connection, acks: Sequence[tuple[str, uuid.UUID | None, AckData]], now: datetime) -> AcksApplied:
     """`apply_ack` for a batch's acks (node, corr, ack): the plain "ok" ones, nearly all of them, in
-    one statement. Returns how many matched a command."""
-    plain = [(node, corr) for node, corr, ack in acks if corr is not None and ack.ok and not ack.detail]
+    one statement that also says which engine sent each command (only that engine's ack handlers
+    are told of the ack). An ack repeated for a command already closed costs one more read."""
+    named = [(node, corr, ack) for node, corr, ack in acks if corr is not None]
+    plain = [(corr, node) for node, corr, ack in named if ack.ok and not ack.detail]
+    engines: dict[tuple[str, uuid.UUID], str] = {}
     matched = 0
     if plain:
-        result = conn.execute(
+        for msg_id, node, engine in conn.execute(
             update(_DOWNLINK)
-            .where(tuple_(_DOWNLINK.c.msg_id, _DOWNLINK.c.node).in_([(corr, node) for node, corr in plain]),
+            .where(tuple_(_DOWNLINK.c.msg_id, _DOWNLINK.c.node).in_(plain),
                    _DOWNLINK.c.status.in_(("pending", "sent", "expired")))
             .values(status="delivered", acked_at=now, detail=None)
-        )
-        matched += int(result.rowcount or 0)
-    for node, corr, ack in acks:
-        if corr is not None and not (ack.ok and not ack.detail):
+            .returning(_DOWNLINK.c.msg_id, _DOWNLINK.c.node, _DOWNLINK.c.engine)
+        ):
+            engines[(node, uuid.UUID(str(msg_id)))] = engine
+            matched += 1
+    for node, corr, ack in named:
+        if not (ack.ok and not ack.detail):
             matched += apply_ack(conn, node, corr, ack, now)
-    return matched
+    rest = [(corr, node) for node, corr, _ in named if (node, corr) not in engines]
+    if rest:
+        for msg_id, node, engine in conn.execute(
+            select(_DOWNLINK.c.msg_id, _DOWNLINK.c.node, _DOWNLINK.c.engine)
+            .where(tuple_(_DOWNLINK.c.msg_id, _DOWNLINK.c.node).in_(rest))
+        ):
+            engines[(node, uuid.UUID(str(msg_id)))] = engine
+    return AcksApplied(matched, engines)
 
 
 def node_summary(conn: Connection | Session, nodes: Sequence[str] | None = None) -> dict[str, dict[str, int]]:

@@ -269,10 +269,18 @@ def _apply(conn: Connection, new: list[tuple[Envelope, Incoming]], registry: Reg
         log.exception("applying node state for a batch of %d failed; the messages are stored", len(new))
     messages = [Message.from_envelope(env, item.received_at) for env, item in new]
     acks = [(msg.node, msg.corr, msg.data) for msg in messages if isinstance(msg.data, p.AckData)]
+    engines: dict[tuple[str, Any], str] = {}
     if acks:
-        out.acks += downlink.apply_acks(conn, acks, now)
+        applied = downlink.apply_acks(conn, acks, now)
+        out.acks += applied.matched
+        engines = applied.engines
     if registry:
-        out.handler_failures += run_calls(conn, calls_for(registry, messages), now)
+        calls = calls_for(registry, messages)
+        if acks:
+            # An ack concerns the engine that sent the command it answers, and no other.
+            calls = [(call, msg) for call, msg in calls
+                     if msg.type is not MessageType.ACK or engines.get((msg.node, msg.corr)) == call.engine]
+        out.handler_failures += run_calls(conn, calls, now)
 
 
 def store_one_by_one(engine: Engine, items: Sequence[Incoming], registry: Registry | None = None) -> BatchOutcome:

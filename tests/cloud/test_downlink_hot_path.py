@@ -254,16 +254,39 @@ def test_acks_of_a_batch_are_applied_together(engine: Engine) -> None:
         c = downlink.send(conn, "st1-k2", MessageType.COMMAND, CommandData(name="c"), engine="t", now=now)
         d = downlink.send(conn, "st1-k2", MessageType.COMMAND, CommandData(name="d"), engine="t", now=now)
     with write_transaction(engine) as conn:
-        matched = downlink.apply_acks(conn, [
+        applied = downlink.apply_acks(conn, [
             ("st1-k1", a, AckData(ok=True)),
             ("st1-k1", c, AckData(ok=True)),  # another box's command: not this box's to close
             ("st1-k2", d, AckData(ok=False, detail="no paper")),
             ("st1-k2", None, AckData(ok=True)),
         ], now)
-    assert matched == 2
+    assert applied.matched == 2
+    assert applied.engines == {("st1-k1", a): "t", ("st1-k2", d): "t"}
     assert {r.data["name"]: (r.status, r.detail) for r in _rows(engine)} == {
         "a": ("delivered", None), "b": ("pending", None), "c": ("pending", None), "d": ("failed", "no paper")}
-    assert b
+    with write_transaction(engine) as conn:  # the same ack again: nothing to close, the engine still known
+        again = downlink.apply_acks(conn, [("st1-k1", a, AckData(ok=True)), ("st1-k1", b, AckData(ok=True))], now)
+    assert again.matched == 1 and again.engines == {("st1-k1", a): "t", ("st1-k1", b): "t"}
+
+
+def test_an_ack_reaches_only_the_engine_that_sent_the_command(engine: Engine) -> None:
+    now = datetime.now(UTC)
+    with Session(engine) as s, s.begin():
+        s.add(Node(id="st1-k1", online=True))
+    with write_transaction(engine) as conn:
+        mine = downlink.send(conn, "st1-k1", MessageType.COMMAND, CommandData(name="mine"), engine="hand", now=now)
+        theirs = downlink.send(conn, "st1-k1", MessageType.COMMAND, CommandData(name="x"), engine="other", now=now)
+    seen: list[Any] = []
+    reg = Registry()
+    reg.add(MessageType.ACK, Call("hand", "on_ack", lambda _ctx, msg: seen.append(msg.corr)))
+
+    def ack(seq: int, corr: Any) -> Incoming:
+        env = Envelope(type=MessageType.ACK, node="st1-k1", session=1, seq=seq, corr=corr, data=AckData(ok=True))
+        return Incoming("shelf/v1/up/st1-k1/ack", encode(env), datetime.now(UTC))
+
+    out = store_batch(engine, [ack(1, theirs), ack(2, mine), ack(3, None), ack(4, mine)], reg)
+    assert out.acks == 2 and seen == [mine, mine]
+    assert {r.data["name"]: r.status for r in _rows(engine)} == {"mine": "delivered", "x": "delivered"}
 
 
 # -- a worker killed between its commit and its publish --------------------------------------------
