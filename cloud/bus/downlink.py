@@ -34,7 +34,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, and_, case, event, exists, func, literal, literal_column, select, text, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Table,
+    and_,
+    case,
+    event,
+    exists,
+    func,
+    literal,
+    literal_column,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from broker import topics
@@ -125,18 +141,19 @@ def send(
             .values(status="superseded", detail="a newer retained command of the same type replaced it")
         )
     msg_id = new_msg_id()
-    values = dict(
+    expires_at = (now + expires_in) if expires_in else None
+    values: dict[str, Any] = dict(
         msg_id=msg_id, key=key, node=node, type=kind.value, data=payload.model_dump(mode="json"), retain=retain,
-        engine=engine, status="pending", created_at=now, corr=corr, expires_at=(now + expires_in) if expires_in else None,
-        next_attempt_at=now, attempts=0,
+        engine=engine, status="pending", created_at=now, corr=corr, expires_at=expires_at, next_attempt_at=now,
+        attempts=0,
     )
     hand: Hand | None = c.info.get(_HAND)
     if key is None and hand is not None and hand.takes(c, node, now):
         # Published by this worker right after the commit: the row says so already (see the
         # module docstring for a worker that dies before it publishes).
         values.update(status="sent", attempts=1, last_sent_at=now, next_attempt_at=now + timedelta(seconds=retry_delay(1)))
-        row_id = c.execute(_INSERT, values).inserted_primary_key[0]
-        hand.add(_claimed(row_id, msg_id, node, kind, retain, corr, payload, values["expires_at"], now, 0))
+        row_id = int(c.execute(_INSERT, values).inserted_primary_key[0])  # type: ignore[index]
+        hand.add(_claimed(row_id, msg_id, node, kind, retain, corr, payload, expires_at, now, 0))
         return msg_id
     if key is None:
         c.execute(_INSERT, values)
@@ -295,14 +312,25 @@ def without_waiting_for_disk(conn: Connection) -> None:
         conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
 
 
-def claim_due(conn: Connection, now: datetime, limit: int = 200) -> list[Claimed]:
-    """Claim commands due for (re)publishing to online, active boxes, in id order."""
+def claim_due(conn: Connection, now: datetime, limit: int = 200, ack_lag: timedelta = timedelta(0)) -> list[Claimed]:
+    """Claim commands due for (re)publishing to online, active boxes, in id order.
+
+    `ack_lag`: how far behind the caller's ingest is. A retry then waits that much longer, since
+    the ack it would otherwise repeat the command for may be among the messages not stored yet
+    (without this, a worker that falls behind republishes everything, and the duplicate acks
+    put it further behind)."""
+    due_clause: ColumnElement[bool]
+    if ack_lag > timedelta(0):
+        due_clause = (_DOWNLINK.c.next_attempt_at <= now - ack_lag) | (
+            (_DOWNLINK.c.attempts == 0) & (_DOWNLINK.c.next_attempt_at <= now))
+    else:
+        due_clause = _DOWNLINK.c.next_attempt_at <= now
     due = (
         select(_DOWNLINK.c.id)
         .join(_NODES, _NODES.c.id == _DOWNLINK.c.node)
         .where(
             _DOWNLINK.c.status.in_(ACTIVE),
-            _DOWNLINK.c.next_attempt_at <= now,
+            due_clause,
             _NODES.c.online.is_(True),
             _NODES.c.retired_at.is_(None),
             _DOWNLINK.c.expires_at.is_(None) | (_DOWNLINK.c.expires_at > now),

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as paho
@@ -536,13 +536,19 @@ class CloudBus:
         with write_transaction(self.engine) as db:
             downlink.without_waiting_for_disk(db)
             expired = downlink.expire(db, now) if expire else 0
-            claimed = downlink.claim_due(db, now, RELAY_BATCH)
+            claimed = downlink.claim_due(db, now, RELAY_BATCH, timedelta(seconds=self._ingest_lag()))
         if expire:
             self._next_expiry_check = time.monotonic() + EXPIRY_CHECK_S
         if expired:
             self.stats.commands_expired += expired
             log.warning("%s: %d command(s) expired without an acknowledgement", self.host, expired)
         return claimed
+
+    def _ingest_lag(self) -> float:
+        """Seconds the oldest message received and not yet committed has waited (0 when caught up)."""
+        inflight, inflight_since = self._inflight
+        arrivals = [t for t in (inflight_since if inflight else None, self._pending[0][2] if self._pending else None) if t]
+        return time.monotonic() - min(arrivals) if arrivals else 0.0
 
     def _start_pg_listener(self) -> threading.Event | None:
         """PostgreSQL: LISTEN for commands written by other processes (an API host), so they go out

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -339,3 +339,21 @@ def test_a_command_written_in_the_ingest_batch_survives_kill_9_before_its_publis
                     first.kill()
 
     asyncio.run(body())
+
+
+def test_a_retry_waits_as_long_as_the_ingest_lags_behind_a_first_attempt_does_not(engine: Engine) -> None:
+    now = datetime.now(UTC)
+    with Session(engine) as s, s.begin():
+        s.add(Node(id="st1-k1", online=True))
+    with write_transaction(engine) as conn:
+        retry = downlink.send(conn, "st1-k1", MessageType.COMMAND, CommandData(name="r"), engine="t", now=now)
+    with write_transaction(engine) as conn:
+        assert [c.msg_id for c in downlink.claim_due(conn, now)] == [retry]
+        conn.execute(downlink._DOWNLINK.update().values(next_attempt_at=now))  # its retry falls due now
+        first = downlink.send(conn, "st1-k1", MessageType.COMMAND, CommandData(name="f"), engine="t", now=now)
+    with write_transaction(engine) as conn:
+        assert [c.msg_id for c in downlink.claim_due(conn, now, ack_lag=timedelta(seconds=5))] == [first]
+    with write_transaction(engine) as conn:
+        later = now + timedelta(seconds=5)
+        (again,) = downlink.claim_due(conn, later, ack_lag=timedelta(seconds=5))
+    assert (again.msg_id, again.attempts) == (retry, 1)
