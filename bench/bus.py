@@ -167,11 +167,11 @@ def command_stages(db_url: str) -> dict[str, dict[str, float]]:
     with engine.connect() as c:
         rows = c.execute(q).all()
     engine.dispose()
-    # `last_sent_at` is written once the broker took the command; an ack stored before that
-    # (the box was quicker than our own bookkeeping) leaves it empty.
+    # `last_sent_at` is the relay's claim, which is its "sent" mark (it publishes right after);
+    # a command written in an ingest batch is marked sent as it is written.
     sent = [_utc(s) - _utc(c) for c, s, _, _ in rows if s is not None]
     return {
-        "created_to_broker_took_it": {**percentiles_ms(sent), "acked_before_marked_sent": len(rows) - len(sent)},
+        "created_to_claimed_for_publishing": {**percentiles_ms(sent), "never_claimed": len(rows) - len(sent)},
         "created_to_box_ack": percentiles_ms([_utc(a) - _utc(c) for c, _, a, _ in rows]),
         "box_ack_to_worker": percentiles_ms([_utc(g) - _utc(a) for _, _, a, g in rows]),
     }

@@ -129,6 +129,13 @@ async def end_to_end(engine: sa.Engine, layout: BrokerLayout, pw: dict[str, str]
                         BROKER_URL=f"mqtt://127.0.0.1:{layout.port}", BROKER_USERNAME="cloud-1",
                         BROKER_PASSWORD=pw["cloud-1"])
     bus = CloudBus(settings, engine, load_engines())
+    writes = [0]
+
+    def committed(conn: Any) -> None:
+        if conn.get_execution_options().get("omnishelf_write", False):
+            writes[0] += 1
+
+    sa.event.listen(engine, "commit", committed)
     task = asyncio.create_task(bus.run())
     sent: dict[uuid.UUID, float] = {}
     got: dict[uuid.UUID, float] = {}
@@ -170,25 +177,38 @@ async def end_to_end(engine: sa.Engine, layout: BrokerLayout, pw: dict[str, str]
         await asyncio.sleep(1.0)  # the birth marks the box online (the relay publishes to online boxes only)
         acker = asyncio.create_task(acknowledge())
         rng = random.Random(3)
+        writes_before, cpu_before = writes[0], time.process_time()
         start = time.perf_counter()
-        seq[0] = n
+        # One counter for scans and acks, as on a box: a seq numbered ahead of the ones still to
+        # come looks like a gap to the cloud, which then asks for a rebirth.
         for i in range(1, n + 1):
-            env = Envelope(type=MessageType.SCAN, node=NODE, session=1, seq=i,
-                           data=ScanData(code=element(f"U{rng.randrange(units):09d}"), station="till-e2e"))
+            code = element(f"U{rng.randrange(units):09d}")
             due = start + i / rate
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            seq[0] += 1
+            env = Envelope(type=MessageType.SCAN, node=NODE, session=1, seq=seq[0],
+                           data=ScanData(code=code, station="till-e2e"))
             sent[env.msg_id] = time.perf_counter()
             await box.publish(topics.up(NODE, "scan"), encode(env))
         end = time.monotonic() + 30
         while len(got) < n and time.monotonic() < end:  # noqa: ASYNC110 - polling a counter the callback fills
             await asyncio.sleep(0.05)
+        # Until the last ack is stored too: what one round trip costs, whatever the machine's load.
+        while bus.stats.acks < len(got) and time.monotonic() < end:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        cost = {"write_transactions_per_scan": round((writes[0] - writes_before) / max(1, len(got)), 2),
+                "cpu_ms_per_scan": round((time.process_time() - cpu_before) * 1000 / max(1, len(got)), 2),
+                "commands_published": bus.stats.commands_published, "acks_matched": bus.stats.acks}
         acker.cancel()
     finally:
         await box.disconnect()
         await bus.stop()
         await task
+    sa.event.remove(engine, "commit", committed)
     lat = [got[k] - sent[k] for k in sent if k in got]
-    return {"scans": n, "rate_per_s": rate, "verdicts": len(lat), **percentiles_ms(lat)}
+    return {"scans": n, "rate_per_s": rate, "verdicts": len(lat), **percentiles_ms(lat), **cost,
+            "cost_note": "CPU of this process (cloud worker and box), write transactions of the worker, "
+                         "from the first scan until the last verdict's ack is stored"}
 
 
 def main() -> None:
@@ -197,6 +217,8 @@ def main() -> None:
     ap.add_argument("--db", help="database URL (default: a temporary SQLite file)")
     ap.add_argument("--units", type=int, help="units commissioned (default 1,000,000; --quick 100,000)")
     ap.add_argument("--rate", type=float, default=200.0, help="scans per second end to end (default 200)")
+    ap.add_argument("--e2e-only", action="store_true",
+                    help="commission, then only the bus figures (bare round trip, scan → verdict)")
     args = ap.parse_args()
     units = args.units or (100_000 if args.quick else 1_000_000)
     scans = 2_000 if args.quick else 20_000
@@ -214,8 +236,9 @@ def main() -> None:
         with engine.begin() as c:  # the store received them all (set up, not measured)
             c.execute(sa.update(UNITS).values(state="received", received_at_store=True, location_id=loc,
                                               seen_location_id=loc, seen_at=datetime.now(UTC) - timedelta(days=1)))
-        result["capture"] = capture_rate(engine, 2_000 if args.quick else 20_000)
-        result["in_process"] = in_process(engine, loc, units, scans)
+        if not args.e2e_only:
+            result["capture"] = capture_rate(engine, 2_000 if args.quick else 20_000)
+            result["in_process"] = in_process(engine, loc, units, scans)
         pw = {u: secrets.token_urlsafe(12) for u in ("cloud-1", "echo", NODE)}
         layout = BrokerLayout(tmp / "broker", free_port(), cloud_users={"cloud-1": pw["cloud-1"], "echo": pw["echo"]},
                               node_users={NODE: pw[NODE]})
@@ -229,17 +252,18 @@ def main() -> None:
         finally:
             broker.stop()
             engine.dispose()
-    ip = result["in_process"]
-    result["ratios"] = {"verify_to_bare_lookup": round(ip["verify_per_s"] / ip["bare_pk_lookup_per_s"], 3),
-                        "e2e_p99_to_bare_round_trip_p99": round(result["end_to_end"]["p99_ms"]
+    result["ratios"] = {"e2e_p99_to_bare_round_trip_p99": round(result["end_to_end"]["p99_ms"]
                                                                  / result["baseline_round_trip"]["p99_ms"], 1)}
     result["meets_targets"] = {
-        "verify_per_s": ip["verify_per_s"] >= TARGETS["verify_per_s"],
-        "verify_to_lookup": result["ratios"]["verify_to_bare_lookup"] >= TARGETS["verify_to_lookup"],
         "e2e_p99_ms": result["end_to_end"]["p99_ms"] < TARGETS["e2e_p99_ms"],
         "commission_per_s (target is for PostgreSQL)": result["commissioning"]["codes_per_s"]
         >= TARGETS["commission_per_s_pg"],
     }
+    if "in_process" in result:
+        ip = result["in_process"]
+        result["ratios"]["verify_to_bare_lookup"] = round(ip["verify_per_s"] / ip["bare_pk_lookup_per_s"], 3)
+        result["meets_targets"]["verify_per_s"] = ip["verify_per_s"] >= TARGETS["verify_per_s"]
+        result["meets_targets"]["verify_to_lookup"] = result["ratios"]["verify_to_bare_lookup"] >= TARGETS["verify_to_lookup"]
     print(json.dumps(result, indent=2))
 
 

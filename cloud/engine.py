@@ -30,7 +30,11 @@ __all__ = ["EngineSpec", "Follower", "Handler", "NavItem", "Task", "TaskContext"
 
 @dataclass(frozen=True, slots=True)
 class Handler:
-    """Run `fn(ctx, msg)` in the ledger transaction of every newly stored message of `type`."""
+    """Run `fn(ctx, msg)` in the ledger transaction of every newly stored message of `type`.
+
+    An `ack` goes only to the handlers of the engine that sent the command it answers (its `corr`,
+    from the same box): the other engines never see it, and the bus's own bookkeeping (the command
+    delivered or failed) is done before any handler runs."""
 
     type: MessageType
     fn: HandlerFn

@@ -249,6 +249,9 @@ class DownlinkCommand(Base):
     __table_args__ = (
         Index("ix_downlink_due", "status", "next_attempt_at"),
         Index("ix_downlink_node_type", "node", "type", "status"),
+        # Only the commands not yet published: "does this box have one waiting?" stays cheap.
+        Index("ix_downlink_pending_node", "node", postgresql_where=text("status = 'pending'"),
+              sqlite_where=text("status = 'pending'")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

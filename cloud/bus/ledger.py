@@ -82,6 +82,8 @@ class Incoming:
 
 @dataclass
 class BatchOutcome:
+    publish: list[downlink.Claimed] = field(default_factory=list)
+    """Commands this batch's transaction wrote (and committed) for its worker to publish now."""
     stored: int = 0
     duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
@@ -243,9 +245,13 @@ def store_batch(engine: Engine, items: Sequence[Incoming], registry: Registry | 
             if dups:
                 _check_conflicts(conn, dups, out)
             if new:
-                _apply(conn, new, registry, out)
-    # Commands written by handlers wake the relay by themselves (after this commit); a box that
-    # came online may have commands waiting for it.
+                # The batch's boxes are connected: what the handlers send them goes out right
+                # after this commit, from this worker, with no claim of its own.
+                with downlink.publish_after_commit(conn, {env.node for env, _ in new}) as hand:
+                    _apply(conn, new, registry, out)
+                out.publish = hand.claimed
+    # Other commands written by handlers wake the relay by themselves (after this commit); a box
+    # that came online may have commands waiting for it.
     out.wake_relay = out.births > 0
     return out
 
@@ -262,11 +268,19 @@ def _apply(conn: Connection, new: list[tuple[Envelope, Incoming]], registry: Reg
         out.node_state_errors += 1
         log.exception("applying node state for a batch of %d failed; the messages are stored", len(new))
     messages = [Message.from_envelope(env, item.received_at) for env, item in new]
-    for msg in messages:
-        if isinstance(msg.data, p.AckData) and downlink.apply_ack(conn, msg.node, msg.corr, msg.data, now):
-            out.acks += 1
+    acks = [(msg.node, msg.corr, msg.data) for msg in messages if isinstance(msg.data, p.AckData)]
+    engines: dict[tuple[str, Any], str] = {}
+    if acks:
+        applied = downlink.apply_acks(conn, acks, now)
+        out.acks += applied.matched
+        engines = applied.engines
     if registry:
-        out.handler_failures += run_calls(conn, calls_for(registry, messages), now)
+        calls = calls_for(registry, messages)
+        if acks:
+            # An ack concerns the engine that sent the command it answers, and no other.
+            calls = [(call, msg) for call, msg in calls
+                     if msg.type is not MessageType.ACK or engines.get((msg.node, msg.corr)) == call.engine]
+        out.handler_failures += run_calls(conn, calls, now)
 
 
 def store_one_by_one(engine: Engine, items: Sequence[Incoming], registry: Registry | None = None) -> BatchOutcome:
@@ -294,6 +308,7 @@ def _add(total: BatchOutcome, one: BatchOutcome) -> None:
                  "handler_failures", "acks", "node_state_errors"):
         setattr(total, name, getattr(total, name) + getattr(one, name))
     total.rejected.update(one.rejected)
+    total.publish.extend(one.publish)
     total.wake_relay = total.wake_relay or one.wake_relay
 
 

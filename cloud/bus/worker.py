@@ -5,8 +5,10 @@ BATCH_MAX messages per transaction in a thread (ledger, node state, the engines'
 after the commit acknowledges each message, so a crash means redelivery, never loss, and the
 ledger's unique msg_id makes the redelivery harmless.
 
-Out: the relay publishes committed downlink rows (commands) to boxes that are online and retries
-them until acknowledged or expired; the gap check asks boxes to resend what is missing.
+Out: commands the engines' handlers wrote in a batch go out right after its commit, from this
+worker, with no transaction of their own (`downlink.publish_after_commit`); the relay publishes the
+other committed downlink rows (commands) to boxes that are online and retries them all until
+acknowledged or expired; the gap check asks boxes to resend what is missing.
 
 Alongside: the engines' followers (ledger cursors) and background tasks. `omnishelf cloud worker`
 and `omnishelf cloud serve` run the same `CloudBus`, so every host runs the same parts.
@@ -21,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as paho
@@ -105,6 +107,7 @@ class CloudBus:
         self._db_failed = asyncio.Event()
         self._db_lock = asyncio.Lock()
         self._relay_wake = asyncio.Event()
+        self._publishing: set[asyncio.Future[None]] = set()
         self._next_expiry_check = 0.0
         self._consuming: MqttConnection | None = None
         self._follower_wake = asyncio.Event()
@@ -380,9 +383,12 @@ class CloudBus:
             return
         finally:
             self._inflight = (0, 0.0)
-        # Committed: only now may the broker forget these messages.
+        # Committed: only now may the broker forget these messages, and the commands the batch
+        # wrote to its boxes go out.
         for conn, mid, _, _ in batch:
             conn.ack(mid)
+        if outcome.publish:
+            self._publish_claimed(outcome.publish)
         self.stats.failing_batches = 0
         self.stats.last_commit = time.monotonic()
         self.stats.last_batch_ms = (self.stats.last_commit - started) * 1000
@@ -470,6 +476,27 @@ class CloudBus:
         claimed = await asyncio.to_thread(self._claim, woken)
         if not claimed:
             return False
+        await self._publish(conn, claimed)
+        return len(claimed) == RELAY_BATCH
+
+    def _publish_claimed(self, claimed: list[downlink.Claimed]) -> None:
+        """Publish commands the last batch wrote (already marked sent), in the order written;
+        without a connection now, their retry falls due in a second or two and the relay sends them."""
+        conn = self._conn
+        if conn is None or not conn.is_connected:
+            return
+        task = asyncio.ensure_future(self._publish(conn, claimed))
+        self._publishing.add(task)
+        task.add_done_callback(self._published)
+
+    def _published(self, task: asyncio.Future[None]) -> None:
+        self._publishing.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("%s: recording refused commands failed: %s", self.host, exc)
+
+    async def _publish(self, conn: MqttConnection, claimed: list[downlink.Claimed]) -> None:
+        """Publish claimed commands (their rows say `sent` already): what the broker refuses, or
+        what no longer fits the contract, is marked failed; what is lost on the way is retried."""
         futures: list[tuple[downlink.Claimed, asyncio.Future[Any]]] = []
         failed: list[tuple[int, str]] = []
         for c in claimed:
@@ -477,29 +504,24 @@ class CloudBus:
                 failed.append((c.id, c.error or "cannot be encoded"))
                 continue
             futures.append((c, conn.publish(c.topic, c.payload, retain=c.retain, expiry_s=c.expiry_s)))
-        published: list[tuple[int, int]] = []
+        published = 0
         if futures:
             done = await asyncio.gather(*(asyncio.wait_for(f, 10) for _, f in futures), return_exceptions=True)
             for (c, _), result in zip(futures, done, strict=True):
                 if isinstance(result, PublishRefused):
                     failed.append((c.id, f"the broker refused it: {result}"))
-                elif isinstance(result, BaseException):
-                    continue  # not sent: the claim runs out and the command is tried again
-                else:
-                    published.append((c.id, c.attempts))
-        now = datetime.now(UTC)
+                elif not isinstance(result, BaseException):
+                    published += 1
+                # else not sent: its retry falls due and it is tried again
+        if failed:
+            def record() -> None:
+                with write_transaction(self.engine) as db:
+                    for row_id, why in failed:
+                        downlink.mark_failed(db, row_id, why)
 
-        def record() -> None:
-            with write_transaction(self.engine) as db:
-                downlink.without_waiting_for_disk(db)
-                downlink.mark_sent(db, published, now)
-                for row_id, why in failed:
-                    downlink.mark_failed(db, row_id, why)
-
-        await asyncio.to_thread(record)
-        self.stats.commands_published += len(published)
+            await asyncio.to_thread(record)
+        self.stats.commands_published += published
         self.stats.commands_refused += len(failed)
-        return len(claimed) == RELAY_BATCH
 
     def _claim(self, woken: bool) -> list[downlink.Claimed]:
         now = datetime.now(UTC)
@@ -514,13 +536,19 @@ class CloudBus:
         with write_transaction(self.engine) as db:
             downlink.without_waiting_for_disk(db)
             expired = downlink.expire(db, now) if expire else 0
-            claimed = downlink.claim_due(db, now, RELAY_BATCH)
+            claimed = downlink.claim_due(db, now, RELAY_BATCH, timedelta(seconds=self._ingest_lag()))
         if expire:
             self._next_expiry_check = time.monotonic() + EXPIRY_CHECK_S
         if expired:
             self.stats.commands_expired += expired
             log.warning("%s: %d command(s) expired without an acknowledgement", self.host, expired)
         return claimed
+
+    def _ingest_lag(self) -> float:
+        """Seconds the oldest message received and not yet committed has waited (0 when caught up)."""
+        inflight, inflight_since = self._inflight
+        arrivals = [t for t in (inflight_since if inflight else None, self._pending[0][2] if self._pending else None) if t]
+        return time.monotonic() - min(arrivals) if arrivals else 0.0
 
     def _start_pg_listener(self) -> threading.Event | None:
         """PostgreSQL: LISTEN for commands written by other processes (an API host), so they go out
