@@ -94,9 +94,15 @@ def list_media(request: Request, principal: Business) -> list[MediaOut]:
         return [MediaOut.model_validate(service.media_view(m)) for m in service.list_media(session)]
 
 
+class TransitionIn(BaseModel):
+    kind: Annotated[str, Field(pattern="^(cut|fade)$", description="how the item comes on screen")]
+    ms: Annotated[int, Field(ge=0, le=5000, description="the transition's length; 0 for a cut")] = 0
+
+
 class PlaylistItemIn(BaseModel):
     media: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     duration_s: Annotated[float, Field(ge=1, le=3600)] = 10
+    transition: TransitionIn | None = None
 
 
 class PlaylistIn(BaseModel):

@@ -129,13 +129,40 @@ def _items(session: Session, items: Sequence[dict[str, Any]]) -> list[dict[str, 
             raise InputError(f"items.{n}.media", f"no media {sha!r}: upload it first (POST /signage/media)")
         if media.duration_s is not None:
             # A video plays its own length, whatever was asked.
-            out.append({"media": sha, "duration_s": media.duration_s})
-            continue
-        duration = it.get("duration_s", 10)
-        if not isinstance(duration, int | float) or not 1 <= duration <= 3600:
-            raise InputError(f"items.{n}.duration_s", f"an image shows 1 to 3600 s, got {duration!r}")
-        out.append({"media": sha, "duration_s": float(duration)})
+            duration = media.duration_s
+        else:
+            duration = it.get("duration_s", 10)
+            if not isinstance(duration, int | float) or isinstance(duration, bool) or not 1 <= duration <= 3600:
+                raise InputError(f"items.{n}.duration_s", f"an image shows 1 to 3600 s, got {duration!r}")
+        item: dict[str, Any] = {"media": sha, "duration_s": float(duration)}
+        transition = _transition(it.get("transition"), float(duration), f"items.{n}.transition")
+        if transition is not None:
+            # Only when given: items without one keep the document (and its hashes) they always had.
+            item["transition"] = transition
+        out.append(item)
     return out
+
+
+TRANSITIONS = ("cut", "fade")
+MAX_TRANSITION_MS = 5000
+
+
+def _transition(raw: Any, duration_s: float, field: str) -> dict[str, Any] | None:
+    """`{"kind": "cut"|"fade", "ms": n}` checked (how the item comes on screen), or None."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise InputError(field, f"expected {{kind: {' or '.join(TRANSITIONS)}, ms: milliseconds}}, got {raw!r}")
+    kind, ms = raw.get("kind"), raw.get("ms", 0)
+    if kind not in TRANSITIONS:
+        raise InputError(f"{field}.kind", f"expected one of {', '.join(TRANSITIONS)}, got {kind!r}")
+    if not isinstance(ms, int) or isinstance(ms, bool) or not 0 <= ms <= MAX_TRANSITION_MS:
+        raise InputError(f"{field}.ms", f"expected whole milliseconds from 0 to {MAX_TRANSITION_MS}, got {ms!r}")
+    if kind == "cut" and ms:
+        raise InputError(f"{field}.ms", f"a cut is instant: give 0 ms, got {ms}")
+    if ms >= duration_s * 1000:
+        raise InputError(f"{field}.ms", f"{ms} ms is not shorter than the item itself ({duration_s:g} s)")
+    return {"kind": kind, "ms": ms}
 
 
 def create_playlist(
