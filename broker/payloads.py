@@ -51,6 +51,7 @@ __all__ = [
     "ScheduleData",
     "ScheduleItem",
     "SignageLayer",
+    "SignageTransition",
     "StockData",
     "StockLevel",
     "TelemetryData",
@@ -443,6 +444,15 @@ Duration = Annotated[float, Field(gt=0, le=86_400)]
 CampaignId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._\-]+$")]
 
 
+class SignageTransition(Payload):
+    """How an item comes on screen. Optional everywhere: a box that predates transitions ignores the
+    field (payloads ignore unknown keys) and cuts, which is what an item without one means."""
+
+    kind: Annotated[str, StringConstraints(pattern="^(cut|fade)$")]
+    ms: Annotated[int, Field(ge=0, le=5000)] = 0
+    """The transition's length; 0 for a cut."""
+
+
 class ScheduleItem(Payload):
     """One slot of a screen's timeline: exact UTC instants, and the store-local start alongside."""
 
@@ -454,11 +464,13 @@ class ScheduleItem(Payload):
     """None: the default playlist."""
     local_start: AwareDatetime | None = None
     """`start` in the store's zone (for people; the box plays by `start`)."""
+    transition: SignageTransition | None = None
 
 
 class RuleItem(Payload):
     media: Sha256
     duration_s: Duration
+    transition: SignageTransition | None = None
 
 
 class RuleDaypart(Payload):

@@ -118,7 +118,7 @@ def test_hq_builds_and_publishes_a_programme_in_chromium(sqlite_engine, tmp_path
         page.fill("input[name=name]", "Late night special")
         page.click("#save-campaign")
         expect(page.locator("#campaigns tbody tr", has_text="late-night")).to_contain_text("Late night special")
-        expect(page.locator("#campaigns tbody tr", has_text="late-night")).to_contain_text("Sat 22:00–02:00")
+        expect(page.locator("#campaigns tbody tr", has_text="late-night")).to_contain_text("Sat 22:00\u201302:00")
         page.screenshot(path=str(IMG / "console-signage-campaigns.png"), full_page=True)
 
         page.goto(f"{server.url}/console/signage")
