@@ -522,6 +522,10 @@ class ScheduleData(Payload):
     campaigns: Annotated[tuple[RuleCampaign, ...], Field(max_length=200)] = ()
     default: Annotated[tuple[RuleItem, ...], Field(max_length=500)] = ()
     media: Annotated[tuple[MediaRef, ...], Field(max_length=1000)] = ()
+    screens: Annotated[tuple[ScheduleData, ...], Field(max_length=15)] = ()
+    """A box driving several screens gets one schedule for all (one retained `schedule` per box):
+    this one is its first screen's, `screens` the others' (each a whole schedule, the same
+    version, no nested `screens`). A box that predates it ignores the field and plays the first."""
 
     @model_validator(mode="after")
     def _window(self) -> ScheduleData:
@@ -534,6 +538,11 @@ class ScheduleData(Payload):
             if previous is not None and item.start < previous:
                 raise ValueError(f"items must be in time order without overlap: one starts at {item.start.isoformat()}, before the previous one ends at {previous.isoformat()}")
             previous = item.end
+        names = [self.screen, *(s.screen for s in self.screens)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"screens must have distinct names, got {', '.join(names)}")
+        if any(s.screens for s in self.screens):
+            raise ValueError("a screen's schedule inside `screens` carries no further `screens`")
         return self
 
 

@@ -70,7 +70,7 @@ def calendar(
     request: Request, principal: Reader, node: Annotated[str, Query(max_length=63)] = "",
     day: Annotated[date | None, Query()] = None, hours: Annotated[float, Query(gt=0, le=72)] = 24,
     region: Annotated[str, Query(max_length=32)] = "", weekday: Annotated[int, Query(ge=0, le=6)] = 5,
-    at: Annotated[time, Query()] = time(19),
+    at: Annotated[time, Query()] = time(19), screen_name: Annotated[str, Query(alias="screen", max_length=200)] = "",
 ) -> HTMLResponse:
     rows: list[Any] = []
     screen = None
@@ -87,7 +87,8 @@ def calendar(
                 zone = ZoneInfo(n.store.timezone) if n and n.store else UTC
                 d = day or datetime.now(zone).date()
                 start = datetime.combine(d, time(0), tzinfo=zone).astimezone(UTC)
-                screen, rows = service.calendar(s, principal.scope, node, start, start + timedelta(hours=hours))
+                screen, rows = service.calendar(s, principal.scope, node, start, start + timedelta(hours=hours),
+                                                screen_name=screen_name or None)
             if region:
                 region_rows = service.region_at(s, principal.scope, region, weekday, at)
         except (NotFound, InputError) as exc:
@@ -106,7 +107,8 @@ def calendar(
             folded.append(v | {"key": key, "n": 1})
     return render(request, "signage_calendar.html", principal, active="signage", nodes=nodes, node=node, rows=folded,
                   screen=screen, message=message, regions=regions, region=region, weekday=weekday, at=at.strftime("%H:%M"),
-                  region_rows=region_rows, weekdays=WEEKDAYS, day=(day.isoformat() if day else ""), hours=hours)
+                  region_rows=region_rows, weekdays=WEEKDAYS, day=(day.isoformat() if day else ""), hours=hours,
+                  screen_name=screen_name)
 
 
 def _sane(d: date) -> bool:

@@ -82,19 +82,21 @@ def _rule_campaign(c: Campaign) -> RuleCampaign:
 
 def schedule_for(
     mine: tuple[Campaign, ...], default: tuple[Item, ...], timeline: Plan, version: int, start: datetime,
-    media: dict[str, MediaRef], *, screen_name: str = "main",
+    media: dict[str, MediaRef], *, screen_name: str = "main", share: int = 1,
 ) -> ScheduleData:
     """The `schedule` command for one screen: the campaigns that target it, the default playlist,
-    the head of its 48 h timeline as explicit items (as many as fit) and the whole plan's digest."""
+    the head of its 48 h timeline as explicit items (as many as fit) and the whole plan's digest.
+    `share`: how many screens' schedules travel in one message (they split the items' budget)."""
     end = start + HORIZON
     items: list[ScheduleItem] = []
     size = 0
-    for s in timeline.slots(start, end, limit=ITEMS_MAX):
+    budget = ITEMS_BUDGET // max(1, share)
+    for s in timeline.slots(start, end, limit=ITEMS_MAX // max(1, share)):
         t = s.transition
         item = ScheduleItem(media=s.media, start=s.start, end=s.end, layer=SignageLayer(s.layer.value), campaign=s.campaign,
                             local_start=s.local_start, transition=SignageTransition(kind=t.kind, ms=t.ms) if t else None)
         size += len(item.model_dump_json())
-        if size > ITEMS_BUDGET:
+        if size > budget:
             break
         items.append(item)
     needed = {i.media for c in mine for i in c.items} | {i.media for i in default}
