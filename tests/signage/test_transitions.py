@@ -64,7 +64,8 @@ def test_transitions_reach_the_schedule_and_the_box_expands_the_same_timeline(wo
     assert data.default[0].transition is not None and data.default[0].transition.kind == "fade"
     assert data.default[1].transition is None
     by_media = {i.media: i.transition for i in data.items}
-    assert by_media[red] is not None and (by_media[red].kind, by_media[red].ms) == ("fade", 750)
+    faded = by_media[red]
+    assert faded is not None and (faded.kind, faded.ms) == ("fade", 750)
     assert by_media[blue] is None
     # The box expands the rules itself and gets the cloud's items and hash, transitions included.
     assert sched.agreement(data, "st0001-k1") is None
