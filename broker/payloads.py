@@ -51,6 +51,7 @@ __all__ = [
     "ScheduleData",
     "ScheduleItem",
     "SignageLayer",
+    "SignageTransition",
     "StockData",
     "StockLevel",
     "TelemetryData",
@@ -443,6 +444,15 @@ Duration = Annotated[float, Field(gt=0, le=86_400)]
 CampaignId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._\-]+$")]
 
 
+class SignageTransition(Payload):
+    """How an item comes on screen. Optional everywhere: a box that predates transitions ignores the
+    field (payloads ignore unknown keys) and cuts, which is what an item without one means."""
+
+    kind: Annotated[str, StringConstraints(pattern="^(cut|fade)$")]
+    ms: Annotated[int, Field(ge=0, le=5000)] = 0
+    """The transition's length; 0 for a cut."""
+
+
 class ScheduleItem(Payload):
     """One slot of a screen's timeline: exact UTC instants, and the store-local start alongside."""
 
@@ -454,11 +464,13 @@ class ScheduleItem(Payload):
     """None: the default playlist."""
     local_start: AwareDatetime | None = None
     """`start` in the store's zone (for people; the box plays by `start`)."""
+    transition: SignageTransition | None = None
 
 
 class RuleItem(Payload):
     media: Sha256
     duration_s: Duration
+    transition: SignageTransition | None = None
 
 
 class RuleDaypart(Payload):
@@ -510,6 +522,10 @@ class ScheduleData(Payload):
     campaigns: Annotated[tuple[RuleCampaign, ...], Field(max_length=200)] = ()
     default: Annotated[tuple[RuleItem, ...], Field(max_length=500)] = ()
     media: Annotated[tuple[MediaRef, ...], Field(max_length=1000)] = ()
+    screens: Annotated[tuple[ScheduleData, ...], Field(max_length=15)] = ()
+    """A box driving several screens gets one schedule for all (one retained `schedule` per box):
+    this one is its first screen's, `screens` the others' (each a whole schedule, the same
+    version, no nested `screens`). A box that predates it ignores the field and plays the first."""
 
     @model_validator(mode="after")
     def _window(self) -> ScheduleData:
@@ -522,6 +538,11 @@ class ScheduleData(Payload):
             if previous is not None and item.start < previous:
                 raise ValueError(f"items must be in time order without overlap: one starts at {item.start.isoformat()}, before the previous one ends at {previous.isoformat()}")
             previous = item.end
+        names = [self.screen, *(s.screen for s in self.screens)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"screens must have distinct names, got {', '.join(names)}")
+        if any(s.screens for s in self.screens):
+            raise ValueError("a screen's schedule inside `screens` carries no further `screens`")
         return self
 
 

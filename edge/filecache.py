@@ -1,10 +1,11 @@
 """A content-addressed file cache on the box: verified, resumable downloads and LRU eviction under
 a disk budget, for any capability that fetches files named by sha256 over an authenticated bus.
 
-The rule is the catalogue image cache's (`edge.catalogue.sync`): a file is trusted only if its
-bytes hash to the value that came over the bus; it is written aside and renamed, so a reader never
-sees a partial file under its hash; the budget is kept by evicting the least recently used files.
-What this module adds for large media: an interrupted download resumes with an HTTP Range request
+Used by the signage player (media) and the catalogue (product images, `edge.catalogue.sync`). A
+file is trusted only if its bytes hash to the value that came over the bus; it is written aside and
+renamed, so a reader never sees a partial file under its hash; the budget is kept by evicting the
+least recently used files (`on_evict` tells the owner, e.g. so the catalogue wants the image again).
+Small files fetched whole are handed over with `put`; for large media an interrupted download resumes with an HTTP Range request
 from the bytes already on disk, and the caller pins the files needed soon: only unpinned files make
 way (a full cache must not evict and re-fetch what is about to play, for ever); a file that does not
 fit beside the pinned ones is not fetched and counted (`no_room`).
@@ -26,7 +27,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,8 +65,10 @@ class CacheStats:
 class FileCache:
     """Files under `root/ab/abcdef…`; thread-safe (downloads run on worker threads)."""
 
-    def __init__(self, root: Path, budget_bytes: int, *, timeout: float = 30.0) -> None:
+    def __init__(self, root: Path, budget_bytes: int, *, timeout: float = 30.0,
+                 on_evict: Callable[[str], None] | None = None) -> None:
         self.root = root
+        self.on_evict = on_evict
         self.root.mkdir(parents=True, exist_ok=True)
         self.budget = budget_bytes
         self.timeout = timeout
@@ -118,6 +121,40 @@ class FileCache:
     def count(self) -> int:
         with self._lock:
             return len(self._index)
+
+    # -- storing ------------------------------------------------------------------------------------
+
+    def put(self, sha256: str, data: bytes, *, pinned: Iterable[str] = (), older_than: float | None = None) -> bool:
+        """Store `data` (already downloaded whole) under `sha256` if it hashes to it; True if the file
+        is now cached, False if there was no room. `older_than`: only files last used before this
+        time (epoch s) may make way. Raises `VerifyError` for bytes that are not the announced ones."""
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            self.stats.rejected += 1
+            raise VerifyError(f"bytes announced as {sha256[:12]}… hash to {actual[:12]}…; not stored, will fetch again")
+        if self.has(sha256):
+            self.touch(sha256)
+            return True
+        if len(data) > self.budget or not self._make_room(len(data), set(pinned), older_than):
+            self.stats.no_room += 1
+            return False
+        target = self.path(sha256)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".put-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        with self._lock:
+            self._index[sha256] = [float(len(data)), time.time()]
+            self._save()
+        self.stats.stored += 1
+        return True
 
     # -- fetching ------------------------------------------------------------------------------------
 
@@ -190,28 +227,40 @@ class FileCache:
         if written < size:
             raise self._reject(part, f"{url}: {written} bytes, not the announced {size}; deleted, will fetch again")
 
-    def _make_room(self, size: int, pinned: set[str]) -> bool:
-        with self._lock:
-            used = sum(v[0] for v in self._index.values())
-            if used + size <= self.budget:
-                return True
-            victims = sorted((v[1], k) for k, v in self._index.items() if k not in pinned)
-            freed = 0.0
-            chosen = []
-            for _, k in victims:
-                if used - freed + size <= self.budget:
-                    break
-                chosen.append(k)
-                freed += self._index[k][0]
-            if used - freed + size > self.budget:
-                return False
-            for k in chosen:
-                with contextlib.suppress(FileNotFoundError):
-                    self.path(k).unlink()
-                del self._index[k]
-                self.stats.evicted += 1
-            self._save()
+    def _make_room(self, size: int, pinned: set[str], older_than: float | None = None) -> bool:
+        evicted: list[str] = []
+        try:
+            with self._lock:
+                return self._make_room_locked(size, pinned, older_than, evicted)
+        finally:
+            # Outside the lock: the owner's callback may read the cache.
+            for k in evicted:
+                if self.on_evict is not None:
+                    self.on_evict(k)
+
+    def _make_room_locked(self, size: int, pinned: set[str], older_than: float | None, evicted: list[str]) -> bool:
+        used = sum(v[0] for v in self._index.values())
+        if used + size <= self.budget:
             return True
+        victims = sorted((v[1], k) for k, v in self._index.items()
+                         if k not in pinned and (older_than is None or v[1] < older_than))
+        freed = 0.0
+        chosen = []
+        for _, k in victims:
+            if used - freed + size <= self.budget:
+                break
+            chosen.append(k)
+            freed += self._index[k][0]
+        if used - freed + size > self.budget:
+            return False
+        for k in chosen:
+            with contextlib.suppress(FileNotFoundError):
+                self.path(k).unlink()
+            del self._index[k]
+            self.stats.evicted += 1
+            evicted.append(k)
+        self._save()
+        return True
 
 
 def _sha_of(path: Path) -> str:

@@ -314,8 +314,15 @@ class LocalApiConfig(_Strict):
     max_body_bytes: Annotated[int, Field(ge=0, le=16 * 1024**2)] = 64 * 1024
 
 
+class SignageScreenConfig(_Strict):
+    """One screen the box drives (e.g. the kiosk's attract loop, a signage screen by the door)."""
+
+    name: Name
+    """As HQ names it (`PATCH /signage/screens/{node}`): its tags and timeline are its own."""
+
+
 class SignageConfig(_Strict):
-    """The signage player: plays the timeline the cloud publishes for this box's screen."""
+    """The signage player: plays the timeline the cloud publishes for each of this box's screens."""
 
     cloud_url: str | None = None
     """Where media files are fetched (http[s]://host[:port]); None: no player on this box."""
@@ -328,11 +335,27 @@ class SignageConfig(_Strict):
     fetch_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30
     prefetch_h: Annotated[float, Field(gt=0, le=240)] = 48
     """Media needed within this many hours is downloaded ahead of time."""
+    screens: Annotated[tuple[SignageScreenConfig, ...], Field(max_length=16)] = ()
+    """Several screens, one timeline each; empty: one screen named `screen`. The first is the
+    default (the one `GET /signage/now` answers for when no screen is named)."""
 
     @field_validator("cloud_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         return CatalogueConfig._http_url(value)
+
+    @field_validator("screens")
+    @classmethod
+    def _distinct(cls, value: tuple[SignageScreenConfig, ...]) -> tuple[SignageScreenConfig, ...]:
+        names = [s.name for s in value]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"screen names must be distinct, {', '.join(dup)} is listed twice")
+        return value
+
+    def screen_names(self) -> tuple[str, ...]:
+        """The screens this box drives, the default first."""
+        return tuple(s.name for s in self.screens) or (self.screen,)
 
 
 DeviceConfig = Annotated[SimulatorDevice | ScannerDevice | PrinterDevice | DisplayDevice, Field(discriminator="kind")]

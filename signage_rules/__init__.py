@@ -58,6 +58,7 @@ __all__ = [
     "Screen",
     "Slot",
     "Spot",
+    "Transition",
     "active_intervals",
     "always_on",
     "current",
@@ -74,6 +75,7 @@ __all__ = [
 SOV_TOLERANCE = 0.05
 """Share of voice is honoured within ±5 % per full hour of an interrupt campaign's activity."""
 _HOUR = 3600.0
+TRANSITIONS = ("cut", "fade")
 
 
 class RulesError(ValueError):
@@ -88,11 +90,28 @@ class Layer(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Transition:
+    """How an item comes on screen (the screen renders it; timing is the item's own start)."""
+
+    kind: str
+    """'cut' or 'fade'."""
+    ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Item:
     media: str
     """sha256 of the media file."""
     duration_s: float
     """How long it shows (a video's own length)."""
+    transition: Transition | None = None
+    """None: the screen's own way (a cut)."""
+
+    def text(self) -> str:
+        """The item as the digests write it; an item without a transition reads as it always did,
+        so plans without transitions keep their hashes."""
+        base = f"{self.media}:{float(self.duration_s)!r}"
+        return base if self.transition is None else f"{base}:{self.transition.kind}/{self.transition.ms}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +170,8 @@ class Slot:
     """None for the default playlist."""
     local_start: datetime = field(compare=False)
     """The same instant as `start`, in the store's zone (for people and the calendar)."""
+    transition: Transition | None = field(default=None, compare=False)
+    """How the screen brings this slot's media on (its item's transition)."""
 
 
 # -- checks ---------------------------------------------------------------------------------------
@@ -171,6 +192,10 @@ def validate(campaign: Campaign) -> Campaign:
     for item in campaign.items:
         if not item.duration_s > 0:
             raise RulesError(f"{what}: item {item.media[:12]}… lasts {item.duration_s} s, expected more than 0")
+        t = item.transition
+        if t is not None and (t.kind not in TRANSITIONS or not 0 <= t.ms < item.duration_s * 1000 or (t.kind == "cut" and t.ms)):
+            raise RulesError(f"{what}: item {item.media[:12]}… has transition {t.kind} {t.ms} ms, expected one of "
+                             f"{', '.join(TRANSITIONS)} shorter than the item (a cut: 0 ms)")
     if campaign.start_date and campaign.end_date and campaign.end_date < campaign.start_date:
         raise RulesError(f"{what} ends ({campaign.end_date}) before it starts ({campaign.start_date})")
     for dp in campaign.dayparts:
@@ -339,12 +364,12 @@ class Plan:
             parts.append(r.rotation_text or _rotation_text(r.rotation))
             parts.extend(f"H{a.timestamp()!r}|{b.timestamp()!r}" for a, b in r.holes)
         parts.extend(f"S{sp.start.timestamp()!r}|{sp.end.timestamp()!r}|{sp.campaign}|"
-                     + ";".join(f"{it.media}:{float(it.duration_s)!r}" for it in sp.items) for sp in self.spots)
+                     + ";".join(it.text() for it in sp.items) for sp in self.spots)
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
 def _rotation_text(rotation: tuple[tuple[str | None, Item], ...]) -> str:
-    return "\n".join(f"{cid}:{it.media}:{float(it.duration_s)!r}" for cid, it in rotation)
+    return "\n".join(f"{cid}:{it.text()}" for cid, it in rotation)
 
 
 def _spot_slots(spot: Spot, zone: ZoneInfo) -> list[Slot]:
@@ -352,7 +377,7 @@ def _spot_slots(spot: Spot, zone: ZoneInfo) -> list[Slot]:
     t = spot.start
     for item in spot.items:
         e = min(t + timedelta(seconds=item.duration_s), spot.end)
-        out.append(Slot(t, e, item.media, Layer.INTERRUPT, spot.campaign, t.astimezone(zone)))
+        out.append(Slot(t, e, item.media, Layer.INTERRUPT, spot.campaign, t.astimezone(zone), item.transition))
         t = e
     return out
 
@@ -394,7 +419,7 @@ def _run_slots(run: Run, start: datetime, end: datetime, zone: ZoneInfo) -> Iter
         if e > lo:
             cid, item = run.rotation[k % n]
             a = base + t * _US
-            yield Slot(a, base + e * _US, item.media, run.layer, cid, a.astimezone(zone))
+            yield Slot(a, base + e * _US, item.media, run.layer, cid, a.astimezone(zone), item.transition)
         k += 1
         t = e
 
@@ -635,5 +660,8 @@ def timeline_hash(slots: Iterable[Slot]) -> str:
     """A short, stable digest of a materialised timeline."""
     h = hashlib.sha256()
     for s in slots:
-        h.update(json.dumps([s.start.timestamp(), s.end.timestamp(), s.media, s.layer.value, s.campaign]).encode())
+        row: list[Any] = [s.start.timestamp(), s.end.timestamp(), s.media, s.layer.value, s.campaign]
+        if s.transition is not None:
+            row.append([s.transition.kind, s.transition.ms])
+        h.update(json.dumps(row).encode())
     return h.hexdigest()[:32]

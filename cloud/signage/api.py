@@ -94,9 +94,15 @@ def list_media(request: Request, principal: Business) -> list[MediaOut]:
         return [MediaOut.model_validate(service.media_view(m)) for m in service.list_media(session)]
 
 
+class TransitionIn(BaseModel):
+    kind: Annotated[str, Field(pattern="^(cut|fade)$", description="how the item comes on screen")]
+    ms: Annotated[int, Field(ge=0, le=5000, description="the transition's length; 0 for a cut")] = 0
+
+
 class PlaylistItemIn(BaseModel):
     media: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     duration_s: Annotated[float, Field(ge=1, le=3600)] = 10
+    transition: TransitionIn | None = None
 
 
 class PlaylistIn(BaseModel):
@@ -214,7 +220,8 @@ def publications(request: Request, principal: Business) -> list[PublicationOut]:
 
 class ScreenIn(BaseModel):
     tags: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=100)] = []
-    screen: Annotated[str, Field(min_length=1, max_length=200)] = "main"
+    screen: Annotated[str, Field(min_length=1, max_length=200,
+                                 description="which screen of the box (added if new); default: its first")] | None = None
 
 
 @managed.get("/screens")
@@ -227,8 +234,21 @@ def screens(request: Request, principal: Business) -> list[dict[str, Any]]:
 def set_screen(node_id: Annotated[str, PathParam(min_length=1, max_length=63)], body: ScreenIn, request: Request,
                principal: Business) -> dict[str, Any]:
     with write_session(request.app.state.engine) as session, session.begin():
-        s = service.set_screen(session, principal, node_id, body.tags, body.screen, via=via(request))
+        name = body.screen
+        if name is None:
+            first = service.screen_state(session, node_id)
+            name = first.screen if first else service.DEFAULT_SCREEN
+        s = service.set_screen(session, principal, node_id, body.tags, name, via=via(request))
         return {"node": s.node, "tags": s.tags, "screen": s.screen}
+
+
+@managed.delete("/screens/{node_id}/{screen}", status_code=204, responses=Problem)
+def remove_screen(node_id: Annotated[str, PathParam(min_length=1, max_length=63)],
+                  screen: Annotated[str, PathParam(min_length=1, max_length=200)], request: Request,
+                  principal: Business) -> None:
+    """The box no longer drives this screen: its next schedule leaves it out."""
+    with write_session(request.app.state.engine) as session, session.begin():
+        service.remove_screen(session, principal, node_id, screen, via=via(request))
 
 
 class SlotOut(BaseModel):
@@ -254,15 +274,17 @@ def calendar(
     hours: Annotated[float, Query(gt=0, le=24 * 14)] = 24,
     version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
     draft: Annotated[bool, Query(description="the drafts as they stand, not a publication")] = False,
+    screen: Annotated[str | None, Query(max_length=200, description="which screen of the box; default: its first")] = None,
 ) -> list[SlotOut]:
     a = _aware(start, "start") if start else datetime.now(UTC)
     if not (datetime(2000, 1, 1, tzinfo=UTC) <= a <= datetime(2200, 1, 1, tzinfo=UTC)):
         raise InputError("start", f"{a.isoformat()} is outside the years 2000 to 2200", location="query")
     with _session(request) as session:
-        screen, rows = service.calendar(session, principal.scope, node_id, a, a + timedelta(hours=hours), version, draft)
+        target, rows = service.calendar(session, principal.scope, node_id, a, a + timedelta(hours=hours), version, draft,
+                                        screen)
     from zoneinfo import ZoneInfo
 
-    zone = ZoneInfo(screen.timezone)
+    zone = ZoneInfo(target.timezone)
     return [SlotOut(start=r.start, end=r.end, local_start=r.start.astimezone(zone), media=r.slot.media if r.slot else None,
                     layer=r.slot.layer.value if r.slot else None, campaign=r.slot.campaign if r.slot else None,
                     conflict=list(r.conflict)) for r in rows]

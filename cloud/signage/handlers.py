@@ -66,16 +66,19 @@ def on_ack(ctx: Context, msg: Message) -> None:
     if row is None or row.type != "schedule" or row.node != msg.node:
         return
     version = int(row.data["version"])
-    mine = ScreenState.node == msg.node
-    if not ack.ok:
-        conn.execute(update(ScreenState).where(mine).values(
-            refused=f"version {version}: {ack.detail or 'no reason given'}"[:2000]))
-        return
-    # Acks may be handled out of order: an older version never replaces a newer one.
-    conn.execute(update(ScreenState).where(
-        mine, or_(ScreenState.playing_version.is_(None), ScreenState.playing_version <= version)
-    ).values(playing_version=version, playing_hash=row.data.get("timeline_hash"), playing_since=msg.received_at,
-             refused=None))
+    # One command carries every screen of the box: each screen's row gets its own timeline's hash.
+    parts = [row.data, *(row.data.get("screens") or [])]
+    for part in parts:
+        mine = (ScreenState.node == msg.node) & (ScreenState.screen == part.get("screen", "main"))
+        if not ack.ok:
+            conn.execute(update(ScreenState).where(mine).values(
+                refused=f"version {version}: {ack.detail or 'no reason given'}"[:2000]))
+            continue
+        # Acks may be handled out of order: an older version never replaces a newer one.
+        conn.execute(update(ScreenState).where(
+            mine, or_(ScreenState.playing_version.is_(None), ScreenState.playing_version <= version)
+        ).values(playing_version=version, playing_hash=part.get("timeline_hash"), playing_since=msg.received_at,
+                 refused=None))
 
 
 async def refresher(ctx: TaskContext) -> None:

@@ -103,12 +103,13 @@ class Publication(Base):
 
 
 class ScreenState(Base):
-    """Per box: its screen's tags, the schedule last sent to it and the one it says it plays."""
+    """Per screen of a box (most have one, `main`): its tags, the schedule last sent to it and the
+    one it says it plays."""
 
     __tablename__ = "signage_screens"
 
     node: Mapped[str] = mapped_column(ForeignKey("nodes.id"), primary_key=True)
-    screen: Mapped[str] = mapped_column(String(200), default="main")
+    screen: Mapped[str] = mapped_column(String(200), primary_key=True, default="main")
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     sent_version: Mapped[int | None] = mapped_column(Integer)
     sent_hash: Mapped[str | None] = mapped_column(String(32))

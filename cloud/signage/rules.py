@@ -11,8 +11,17 @@ import json
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from broker.payloads import MediaRef, RuleCampaign, RuleDaypart, RuleItem, ScheduleData, ScheduleItem, SignageLayer
-from signage_rules import Campaign, Daypart, Item, Layer, Plan, Rules
+from broker.payloads import (
+    MediaRef,
+    RuleCampaign,
+    RuleDaypart,
+    RuleItem,
+    ScheduleData,
+    ScheduleItem,
+    SignageLayer,
+    SignageTransition,
+)
+from signage_rules import Campaign, Daypart, Item, Layer, Plan, Rules, Transition
 
 __all__ = ["HORIZON", "ITEMS_BUDGET", "doc_hash", "rules_from_doc", "schedule_for"]
 
@@ -30,10 +39,21 @@ def _date(v: Any) -> date | None:
     return None if v is None else date.fromisoformat(v)
 
 
+def item_from_doc(i: dict[str, Any]) -> Item:
+    t = i.get("transition")
+    return Item(i["media"], float(i["duration_s"]), Transition(t["kind"], int(t.get("ms", 0))) if t else None)
+
+
+def rule_item(i: Item) -> RuleItem:
+    t = i.transition
+    return RuleItem(media=i.media, duration_s=i.duration_s,
+                    transition=SignageTransition(kind=t.kind, ms=t.ms) if t else None)
+
+
 def campaign_from_doc(c: dict[str, Any]) -> Campaign:
     return Campaign(
         id=c["id"], layer=Layer(c["layer"]), priority=int(c.get("priority", 0)),
-        items=tuple(Item(i["media"], float(i["duration_s"])) for i in c["items"]),
+        items=tuple(item_from_doc(i) for i in c["items"]),
         start_date=_date(c.get("start_date")), end_date=_date(c.get("end_date")),
         dayparts=tuple(Daypart(frozenset(d["weekdays"]), time.fromisoformat(d["start"]), time.fromisoformat(d["end"]))
                        for d in c.get("dayparts", ())),
@@ -44,7 +64,7 @@ def campaign_from_doc(c: dict[str, Any]) -> Campaign:
 
 def rules_from_doc(doc: dict[str, Any]) -> Rules:
     return Rules(tuple(campaign_from_doc(c) for c in doc.get("campaigns", ())),
-                 tuple(Item(i["media"], float(i["duration_s"])) for i in doc.get("default", ())))
+                 tuple(item_from_doc(i) for i in doc.get("default", ())))
 
 
 def doc_hash(doc: dict[str, Any]) -> str:
@@ -54,7 +74,7 @@ def doc_hash(doc: dict[str, Any]) -> str:
 def _rule_campaign(c: Campaign) -> RuleCampaign:
     return RuleCampaign(
         id=c.id, layer=SignageLayer(c.layer.value), priority=c.priority,
-        items=tuple(RuleItem(media=i.media, duration_s=i.duration_s) for i in c.items),
+        items=tuple(rule_item(i) for i in c.items),
         start_date=c.start_date, end_date=c.end_date, sov_s=c.sov_s,
         dayparts=tuple(RuleDaypart(weekdays=tuple(sorted(d.weekdays)), start=d.start, end=d.end) for d in c.dayparts),
     )
@@ -62,24 +82,27 @@ def _rule_campaign(c: Campaign) -> RuleCampaign:
 
 def schedule_for(
     mine: tuple[Campaign, ...], default: tuple[Item, ...], timeline: Plan, version: int, start: datetime,
-    media: dict[str, MediaRef], *, screen_name: str = "main",
+    media: dict[str, MediaRef], *, screen_name: str = "main", share: int = 1,
 ) -> ScheduleData:
     """The `schedule` command for one screen: the campaigns that target it, the default playlist,
-    the head of its 48 h timeline as explicit items (as many as fit) and the whole plan's digest."""
+    the head of its 48 h timeline as explicit items (as many as fit) and the whole plan's digest.
+    `share`: how many screens' schedules travel in one message (they split the items' budget)."""
     end = start + HORIZON
     items: list[ScheduleItem] = []
     size = 0
-    for s in timeline.slots(start, end, limit=ITEMS_MAX):
+    budget = ITEMS_BUDGET // max(1, share)
+    for s in timeline.slots(start, end, limit=ITEMS_MAX // max(1, share)):
+        t = s.transition
         item = ScheduleItem(media=s.media, start=s.start, end=s.end, layer=SignageLayer(s.layer.value), campaign=s.campaign,
-                            local_start=s.local_start)
+                            local_start=s.local_start, transition=SignageTransition(kind=t.kind, ms=t.ms) if t else None)
         size += len(item.model_dump_json())
-        if size > ITEMS_BUDGET:
+        if size > budget:
             break
         items.append(item)
     needed = {i.media for c in mine for i in c.items} | {i.media for i in default}
     return ScheduleData(
         version=version, timeline_hash=timeline.digest(), screen=screen_name, timezone=timeline.timezone,
         valid_from=start, valid_until=end, items=tuple(items), campaigns=tuple(_rule_campaign(c) for c in mine),
-        default=tuple(RuleItem(media=i.media, duration_s=i.duration_s) for i in default),
+        default=tuple(rule_item(i) for i in default),
         media=tuple(media[m] for m in sorted(needed) if m in media),
     )

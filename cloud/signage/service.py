@@ -129,13 +129,40 @@ def _items(session: Session, items: Sequence[dict[str, Any]]) -> list[dict[str, 
             raise InputError(f"items.{n}.media", f"no media {sha!r}: upload it first (POST /signage/media)")
         if media.duration_s is not None:
             # A video plays its own length, whatever was asked.
-            out.append({"media": sha, "duration_s": media.duration_s})
-            continue
-        duration = it.get("duration_s", 10)
-        if not isinstance(duration, int | float) or not 1 <= duration <= 3600:
-            raise InputError(f"items.{n}.duration_s", f"an image shows 1 to 3600 s, got {duration!r}")
-        out.append({"media": sha, "duration_s": float(duration)})
+            duration = media.duration_s
+        else:
+            duration = it.get("duration_s", 10)
+            if not isinstance(duration, int | float) or isinstance(duration, bool) or not 1 <= duration <= 3600:
+                raise InputError(f"items.{n}.duration_s", f"an image shows 1 to 3600 s, got {duration!r}")
+        item: dict[str, Any] = {"media": sha, "duration_s": float(duration)}
+        transition = _transition(it.get("transition"), float(duration), f"items.{n}.transition")
+        if transition is not None:
+            # Only when given: items without one keep the document (and its hashes) they always had.
+            item["transition"] = transition
+        out.append(item)
     return out
+
+
+TRANSITIONS = ("cut", "fade")
+MAX_TRANSITION_MS = 5000
+
+
+def _transition(raw: Any, duration_s: float, field: str) -> dict[str, Any] | None:
+    """`{"kind": "cut"|"fade", "ms": n}` checked (how the item comes on screen), or None."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise InputError(field, f"expected {{kind: {' or '.join(TRANSITIONS)}, ms: milliseconds}}, got {raw!r}")
+    kind, ms = raw.get("kind"), raw.get("ms", 0)
+    if kind not in TRANSITIONS:
+        raise InputError(f"{field}.kind", f"expected one of {', '.join(TRANSITIONS)}, got {kind!r}")
+    if not isinstance(ms, int) or isinstance(ms, bool) or not 0 <= ms <= MAX_TRANSITION_MS:
+        raise InputError(f"{field}.ms", f"expected whole milliseconds from 0 to {MAX_TRANSITION_MS}, got {ms!r}")
+    if kind == "cut" and ms:
+        raise InputError(f"{field}.ms", f"a cut is instant: give 0 ms, got {ms}")
+    if ms >= duration_s * 1000:
+        raise InputError(f"{field}.ms", f"{ms} ms is not shorter than the item itself ({duration_s:g} s)")
+    return {"kind": kind, "ms": ms}
 
 
 def create_playlist(
@@ -353,77 +380,132 @@ def list_publications(session: Session, limit: int = 50) -> Sequence[Publication
 # -- screens and schedules -------------------------------------------------------------------------
 
 
+DEFAULT_SCREEN = "main"
+
+
 def screen_of(node: Node, state: ScreenState | None) -> Screen:
     assert node.store is not None
-    return Screen(node=node.id, store=node.store.code, region=node.store.region.code, timezone=node.store.timezone,
+    # Screens of one box are told apart by name; the first screen keeps the box's id (its key in
+    # the expansion, as before there were several).
+    key = node.id if state is None or state.screen == DEFAULT_SCREEN else f"{node.id}/{state.screen}"
+    return Screen(node=key, store=node.store.code, region=node.store.region.code, timezone=node.store.timezone,
                   tags=frozenset(state.tags if state else ()))
 
 
-def _screens(session: Session, nodes: Sequence[str] | None = None) -> list[tuple[Node, ScreenState]]:
+def _ordered(states: Sequence[ScreenState]) -> list[ScreenState]:
+    """A box's screens, the one its schedule carries at the top level first (`main`, else by name)."""
+    return sorted(states, key=lambda st: (st.screen != DEFAULT_SCREEN, st.screen))
+
+
+def _screens(session: Session, nodes: Sequence[str] | None = None) -> list[tuple[Node, list[ScreenState]]]:
     stmt = (select(Node).options(joinedload(Node.store).joinedload(Store.region))
             .where(Node.store_id.is_not(None), Node.retired_at.is_(None)))
     if nodes is not None:
         stmt = stmt.where(Node.id.in_(list(nodes)))
     out = []
-    states = {s.node: s for s in session.scalars(select(ScreenState))}
+    states: dict[str, list[ScreenState]] = defaultdict(list)
+    for st in session.scalars(select(ScreenState)):
+        states[st.node].append(st)
     for node in session.scalars(stmt.order_by(Node.id)).unique():
-        state = states.get(node.id)
-        if state is None:
-            state = ScreenState(node=node.id, screen="main", tags=[])
+        mine = states.get(node.id)
+        if not mine:
+            state = ScreenState(node=node.id, screen=DEFAULT_SCREEN, tags=[])
             session.add(state)
-        out.append((node, state))
+            mine = [state]
+        out.append((node, _ordered(mine)))
     return out
 
 
+def screen_state(session: Session, node_id: str, screen: str | None = None) -> ScreenState | None:
+    """The state of `screen` of a box (None: its first screen), or None if it has no such screen."""
+    states = _ordered(session.scalars(select(ScreenState).where(ScreenState.node == node_id)).all())
+    if screen is None:
+        return states[0] if states else None
+    return next((st for st in states if st.screen == screen), None)
+
+
 def send_schedules(session: Session, pub: Publication, now: datetime, nodes: Sequence[str] | None = None) -> int:
-    """Queue the `schedule` of `pub` to every screen (or `nodes`), from the current hour on."""
+    """Queue the `schedule` of `pub` to every box (or `nodes`), from the current hour on: one
+    retained command per box, carrying each of its screens' timelines."""
     rules = rules_from_doc(pub.rules)
     start = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     refs = media_refs(session, {i.media for c in rules.campaigns for i in c.items} | {i.media for i in rules.default})
-    pairs = _screens(session, nodes)
-    screens = [screen_of(node, state) for node, state in pairs]
+    boxes = _screens(session, nodes)
+    screens = [screen_of(node, st) for node, states in boxes for st in states]
     mine = targeted(rules, screens)
     # Screens alike (same zone, same campaigns) share one plan and one payload.
     plans = plan_many(rules, screens, start, start + HORIZON, mine)
-    made: dict[tuple[int, str], ScheduleData] = {}
-    for node, state in pairs:
-        timeline = plans[node.id]
-        data = made.get((id(timeline), state.screen))
-        if data is None:
-            data = made[(id(timeline), state.screen)] = schedule_for(
-                mine[node.id], rules.default, timeline, pub.version, start, refs, screen_name=state.screen)
-        msg_id = downlink.send(session, node.id, MessageType.SCHEDULE, data, engine=ENGINE_NAME, retain=True,
-                               expires_in=SCHEDULE_EXPIRES, key=f"signage:{node.id}:{pub.version}:{start.isoformat()}",
-                               now=now)
-        state.sent_version, state.sent_hash, state.sent_from, state.sent_msg_id = (
-            pub.version, data.timeline_hash, start, str(msg_id))
-    return len(pairs)
+    made: dict[tuple[int, str, int], ScheduleData] = {}
+    for node, states in boxes:
+        parts = []
+        for st in states:
+            key = screen_of(node, st).node
+            timeline = plans[key]
+            cache_key = (id(timeline), st.screen, len(states))
+            data = made.get(cache_key)
+            if data is None:
+                # The explicit items of all screens share one message's budget.
+                data = made[cache_key] = schedule_for(mine[key], rules.default, timeline, pub.version, start, refs,
+                                                      screen_name=st.screen, share=len(states))
+            parts.append(data)
+        top = parts[0] if len(parts) == 1 else parts[0].model_copy(update={"screens": tuple(parts[1:])})
+        hashes = ",".join(p.timeline_hash or "" for p in parts)
+        msg_id = downlink.send(session, node.id, MessageType.SCHEDULE, top, engine=ENGINE_NAME, retain=True,
+                               expires_in=SCHEDULE_EXPIRES, now=now,
+                               key=f"signage:{node.id}:{pub.version}:{start.isoformat()}:{doc_hash({'h': hashes})[:16]}")
+        for st, data in zip(states, parts, strict=True):
+            st.sent_version, st.sent_hash, st.sent_from, st.sent_msg_id = (pub.version, data.timeline_hash, start, str(msg_id))
+    return len(boxes)
 
 
 def refresh(session: Session, now: datetime) -> int:
-    """Send the current publication to screens that never got it or whose window is getting old
-    (new boxes, boxes moved to another store, the 48 h window rolling forward)."""
+    """Send the current publication to boxes that never got it or whose window is getting old
+    (new boxes, boxes moved to another store, a screen added or retagged, the 48 h window rolling)."""
     pub = current_publication(session)
     if pub is None:
         return 0
-    due = [node.id for node, state in _screens(session)
-           if state.sent_version != pub.version or state.sent_from is None or now - state.sent_from >= REFRESH_AFTER]
+    due = [node.id for node, states in _screens(session)
+           if any(st.sent_version != pub.version or st.sent_from is None or now - st.sent_from >= REFRESH_AFTER
+                  for st in states)]
     return send_schedules(session, pub, now, due) if due else 0
 
 
-def set_screen(session: Session, principal: Principal, node_id: str, tags: Sequence[str], screen: str = "main", *,
-               via: str = "api") -> ScreenState:
+def set_screen(session: Session, principal: Principal, node_id: str, tags: Sequence[str], screen: str = DEFAULT_SCREEN,
+               *, via: str = "api") -> ScreenState:
+    """Set the tags of one screen of a box (added if the box had no screen of that name: a box's
+    config lists the screens it drives, HQ names them the same here)."""
     node = get_node(session, principal.scope, node_id)
-    state = session.get(ScreenState, node.id) or ScreenState(node=node.id)
-    session.add(state)
-    before = {"tags": state.tags, "screen": state.screen}
+    screen = screen.strip()
+    if not 1 <= len(screen) <= 200:
+        raise InputError("screen", "a screen name has 1 to 200 characters")
+    if screen != DEFAULT_SCREEN and screen_state(session, node.id) is None:
+        # Every box has its first screen (`main`) implicitly: naming a second one keeps it.
+        session.add(ScreenState(node=node.id, screen=DEFAULT_SCREEN, tags=[]))
+    state = screen_state(session, node.id, screen)
+    if state is None:
+        state = ScreenState(node=node.id, screen=screen, tags=[])
+        session.add(state)
+    before = {"tags": list(state.tags or []), "screen": screen}
     state.tags = sorted({t.strip() for t in tags if t.strip()})
-    state.screen = screen
-    # Its schedule depends on its tags: the refresher sends a new one.
+    # Its schedule depends on its tags: the refresher sends the box a new one.
+    for st in session.scalars(select(ScreenState).where(ScreenState.node == node.id)):
+        st.sent_version = None
     state.sent_version = None
     audit(session, principal.actor, "signage.screen.update", "node", node.id, before=before,
           after={"tags": state.tags, "screen": screen}, via=via)
     return state
+
+
+def remove_screen(session: Session, principal: Principal, node_id: str, screen: str, *, via: str = "api") -> None:
+    node = get_node(session, principal.scope, node_id)
+    state = screen_state(session, node.id, screen)
+    if state is None:
+        raise NotFound(f"No screen {screen!r} on box {node.id}")
+    for st in session.scalars(select(ScreenState).where(ScreenState.node == node.id)):
+        st.sent_version = None
+    before = {"tags": list(state.tags or []), "screen": screen}
+    session.delete(state)
+    audit(session, principal.actor, "signage.screen.remove", "node", node.id, before=before, via=via)
 
 
 # -- calendar --------------------------------------------------------------------------------------
@@ -447,14 +529,17 @@ def _published_rules(session: Session, version: int | None) -> tuple[Publication
 
 
 def calendar(session: Session, scope: Scope, node_id: str, start: datetime, end: datetime,
-             version: int | None = None, draft: bool = False) -> tuple[Screen, list[CalendarRow]]:
+             version: int | None = None, draft: bool = False, screen_name: str | None = None) -> tuple[Screen, list[CalendarRow]]:
     """What `node_id`'s screen plays from `start` to `end`: the very expansion its box runs, with
     the empty stretches and the campaigns that lost to another (conflicts) marked."""
     node = get_node(session, scope, node_id)
     if node.store is None:
         raise InputError("node", f"box {node_id} is in no store yet: assign it to a store first", location="query")
     rules = rules_from_doc(draft_doc(session)) if draft else _published_rules(session, version)[1]
-    screen = screen_of(node, session.get(ScreenState, node.id))
+    state = screen_state(session, node.id, screen_name)
+    if screen_name is not None and state is None:
+        raise NotFound(f"No screen {screen_name!r} on box {node.id}")
+    screen = screen_of(node, state)
     slots = expand(rules, screen, start, end)
     rows: list[CalendarRow] = []
     t = start
@@ -486,7 +571,7 @@ def region_at(session: Session, scope: Scope, region_code: str, weekday: int, at
     for node in visible_nodes(session, scope, store_ids=[s.id for s in stores]):
         if node.store is None:
             continue
-        screen = screen_of(node, session.get(ScreenState, node.id))
+        screen = screen_of(node, screen_state(session, node.id))
         zone = ZoneInfo(screen.timezone)
         d = today or datetime.now(zone).date()
         d = d + timedelta(days=(weekday - d.weekday()) % 7)
@@ -587,7 +672,7 @@ def delivery(session: Session, scope: Scope, campaign_id: str, first: date, last
     for node in visible_nodes(session, scope):
         if node.store is None:
             continue
-        screen = screen_of(node, session.get(ScreenState, node.id))
+        screen = screen_of(node, screen_state(session, node.id))
         zone = ZoneInfo(screen.timezone)
         a = datetime.combine(first, time(0), tzinfo=zone).astimezone(UTC)
         b = datetime.combine(last + timedelta(days=1), time(0), tzinfo=zone).astimezone(UTC)
@@ -613,11 +698,15 @@ def dropped_counts(session: Session, scope: Scope) -> list[dict[str, Any]]:
 
 
 def screens_view(session: Session, scope: Scope) -> list[dict[str, Any]]:
-    states = {s.node: s for s in session.scalars(select(ScreenState))}
+    """One row per screen of each box in scope (a box without any yet: its first screen, `main`)."""
+    states: dict[str, list[ScreenState]] = defaultdict(list)
+    for st in session.scalars(select(ScreenState)):
+        states[st.node].append(st)
     out = []
     for n in visible_nodes(session, scope):
-        s = states.get(n.id)
-        out.append({"node": n.id, "store": n.store.code if n.store else None, "online": n.online,
-                    "tags": s.tags if s else [], "sent_version": s.sent_version if s else None,
-                    "playing_version": s.playing_version if s else None, "refused": s.refused if s else None})
+        rows: list[ScreenState | None] = [*_ordered(states.get(n.id, []))] or [None]
+        for s in rows:
+            out.append({"node": n.id, "screen": s.screen if s else DEFAULT_SCREEN, "store": n.store.code if n.store else None,
+                        "online": n.online, "tags": s.tags if s else [], "sent_version": s.sent_version if s else None,
+                        "playing_version": s.playing_version if s else None, "refused": s.refused if s else None})
     return out

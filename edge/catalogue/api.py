@@ -31,7 +31,10 @@ def _image_type(data: bytes) -> str:
     return "application/octet-stream"
 
 
-def catalogue_routes(store: CatalogueStore, on_missing_image: Callable[[str], None] | None = None) -> tuple[Route, ...]:
+def catalogue_routes(store: CatalogueStore, on_missing_image: Callable[[str], None] | None = None,
+                     on_image_served: Callable[[str], None] | None = None) -> tuple[Route, ...]:
+    """`on_image_served`: an image was shown (the file cache's least-recently-used order)."""
+
     def products(req: Request) -> Any:
         category = req.params["category"]
         assert isinstance(category, str | None)
@@ -69,6 +72,8 @@ def catalogue_routes(store: CatalogueStore, on_missing_image: Callable[[str], No
         except FileNotFoundError:
             store.image_forget(sha)
             raise ApiError(HTTPStatus.NOT_FOUND, f"image {sha} is not on this box yet") from None
+        if on_image_served is not None:
+            on_image_served(sha)
         return Response(data, content_type=_image_type(data), headers={"Cache-Control": "public, max-age=31536000, immutable"})
 
     return (

@@ -45,7 +45,7 @@ class CatalogueComponent(Component):
         return await self.sync.accept(env.data)
 
     def routes(self) -> Sequence[Route]:
-        return catalogue_routes(self.store, self.sync.request_image)
+        return catalogue_routes(self.store, self.sync.request_image, self.sync.images.touch)
 
     def tasks(self) -> Sequence[BackgroundTask]:
         return (BackgroundTask("catalogue-sync", self.sync.run),)

@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from broker.client import JitteredBackoff
 from broker.payloads import CatalogData, CatalogFile
 from edge.catalogue.store import CatalogueStore, CorruptSyncFile
+from edge.filecache import FileCache, VerifyError
 
 __all__ = ["CatalogueSync", "FetchError", "SyncStats"]
 
@@ -75,6 +76,8 @@ class CatalogueSync:
         self.store = store
         self.cloud_url = cloud_url.rstrip("/")
         self.image_budget = image_budget_bytes
+        self.images = FileCache(store.image_dir, max(0, image_budget_bytes), timeout=timeout, on_evict=self._evicted)
+        """The verified image files (index, LRU, budget): the box's one file cache implementation."""
         self.timeout = timeout
         self.backoff = backoff or JitteredBackoff(1.0, 60.0)
         self.stats = SyncStats()
@@ -278,7 +281,8 @@ class CatalogueSync:
                 self._loop.call_soon_threadsafe(self._images_wake.set)
 
     def fetch_images(self, batch: int = 50) -> int:
-        """Download wanted images up to the budget; return how many were stored. Blocking."""
+        """Download wanted images up to the budget into the shared verified cache (`edge.filecache`,
+        the signage player's too); return how many were stored. Blocking."""
         stored = 0
         if self.image_budget <= 0:
             return 0
@@ -293,38 +297,22 @@ class CatalogueSync:
                 self.stats.last_error = str(exc)
                 self.store.image_later(sha)
                 continue
-            if hashlib.sha256(data).hexdigest() != sha:
+            try:
+                # Only images used less recently than the one wanted make way for it: otherwise a
+                # full cache would evict and re-fetch the same images for ever.
+                if not self.images.put(sha, data, older_than=used_at):
+                    break
+            except VerifyError:
                 # Never stored, never served: asked for again on the next round.
                 self.stats.images_rejected += 1
                 log.warning("catalogue: image %s… failed verification; will fetch again", sha[:12])
                 continue
-            if not self._make_room(len(data), used_at):
-                break
-            path = self.store.image_path(sha)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
             self.store.image_stored(sha, len(data))
             self.stats.images_stored += 1
             stored += 1
         return stored
 
-    def _make_room(self, size: int, used_at: float) -> bool:
-        # Only images used less recently than the one wanted make way for it: otherwise a full cache
-        # would evict and re-fetch the same images for ever.
-        used = self.store.image_bytes_used()
-        while used + size > self.image_budget:
-            victims = self.store.lru_images(used_at, 20)
-            if not victims:
-                return False
-            for sha, vsize in victims:
-                with contextlib.suppress(FileNotFoundError):
-                    self.store.image_path(sha).unlink()
-                self.store.image_forget(sha)
-                self.stats.images_evicted += 1
-                used -= vsize
-                if used + size <= self.image_budget:
-                    break
-        return True
+    def _evicted(self, sha256: str) -> None:
+        """The cache made room: the image is wanted again (fetched when asked for)."""
+        self.store.image_forget(sha256)
+        self.stats.images_evicted += 1

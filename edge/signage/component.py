@@ -1,5 +1,10 @@
 """The signage player as a box component: the `schedule` command, media prefetch into the shared
-file cache, the player loop, and `GET /signage/now` on the local API.
+file cache, one player loop per screen the box drives, and `GET /signage/now` on the local API.
+
+A box may drive several screens (`signage.screens` in its config: e.g. the kiosk's attract loop and
+a signage screen by the door), each with its own timeline: one `schedule` command carries them all
+(the first screen's at the top level, the others in `screens`), each screen's player plays its own
+and names its screen in proof of play. The media cache is shared.
 
 The latest accepted schedule is kept in `schedule.json` beside the cache: the bus runs a command
 once only, so after a restart (maybe without a link) the box resumes from that file.
@@ -11,6 +16,7 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +25,7 @@ from broker.envelope import Envelope, MessageType
 from broker.payloads import PopData, ScheduleData
 from edge.component import BackgroundTask, CommandHandler, CommandRefused, Component, ComponentContext, ComponentError
 from edge.filecache import FetchError, FileCache, VerifyError
-from edge.localapi import Request, Route
+from edge.localapi import ApiError, Request, Route, text
 from edge.signage import schedule as sched
 from edge.signage.player import Clock, Player
 from edge.signage.screen import LogScreen, Screen
@@ -41,7 +47,8 @@ def signage_dir(ctx: ComponentContext) -> Path:
 class SignageComponent(Component):
     name = "signage"
 
-    def __init__(self, ctx: ComponentContext, *, clock: Clock | None = None, screen: Screen | None = None) -> None:
+    def __init__(self, ctx: ComponentContext, *, clock: Clock | None = None, screen: Screen | None = None,
+                 screens: Mapping[str, Screen] | None = None) -> None:
         cfg = ctx.config.signage
         assert cfg.cloud_url is not None
         self.cloud_url = cfg.cloud_url
@@ -55,9 +62,15 @@ class SignageComponent(Component):
         self.backoff = JitteredBackoff(ctx.config.backoff.base_s, ctx.config.backoff.cap_s)
         self.state_file = self.dir / "schedule.json"
         self.screen_log = self.dir / "screen.log"
+        """The first screen's log (the others': screen-<name>.log)."""
         self._publish = ctx.publish
-        self.player = Player(ctx.config.node_id, cfg.screen, screen or LogScreen(self.screen_log), self.cache,
-                             self._send_pop, clock)
+        self.players: dict[str, Player] = {}
+        for n, name in enumerate(cfg.screen_names()):
+            log_path = self.screen_log if n == 0 else self.dir / f"screen-{_file_safe(name)}.log"
+            own = (screen if n == 0 else None) or (screens or {}).get(name) or LogScreen(log_path)
+            self.players[name] = Player(ctx.config.node_id, name, own, self.cache, self._send_pop, clock)
+        self.player = next(iter(self.players.values()))
+        """The first (default) screen's player."""
         self.refused = 0
         self.last_error: str | None = None
         self._fetch_wake = asyncio.Event()
@@ -65,7 +78,25 @@ class SignageComponent(Component):
         self._accepting = asyncio.Lock()
         saved = sched.load(self.state_file)
         if saved is not None:
-            self.player.load(saved)
+            for name, part in self._parts(saved)[0].items():
+                self.players[name].load(part)
+
+    def _parts(self, data: ScheduleData) -> tuple[dict[str, ScheduleData], list[str]]:
+        """Each configured screen's part of `data`, and the names of parts no screen here has.
+        The top level goes to the screen of its name, else to the first screen (a cloud that knows
+        one screen per box names it as HQ set it)."""
+        parts: dict[str, ScheduleData] = {}
+        unknown: list[str] = []
+        for part in (data.model_copy(update={"screens": ()}), *data.screens):
+            if part.screen in self.players:
+                parts.setdefault(part.screen, part)
+            else:
+                unknown.append(part.screen)
+        first = next(iter(self.players))
+        if first not in parts and data.screen not in self.players:
+            parts[first] = data.model_copy(update={"screens": ()})
+            unknown.remove(data.screen)
+        return parts, unknown
 
     async def _send_pop(self, pop: PopData) -> None:
         await self._publish(MessageType.POP, pop)
@@ -83,40 +114,47 @@ class SignageComponent(Component):
             held = self.player.data
             if held is not None and (data.version, data.valid_from) < (held.version, held.valid_from):
                 return f"schedule version {data.version} ignored: playing version {held.version}, sent later"
-            problem = await asyncio.to_thread(sched.agreement, data, self.player.node)
-            if problem is not None:
-                self.refused += 1
-                self.last_error = problem
-                raise CommandRefused(f"schedule version {data.version} refused: {problem}")
+            parts, unknown = self._parts(data)
+            for name, part in parts.items():
+                problem = await asyncio.to_thread(sched.agreement, part, self.player.node)
+                if problem is not None:
+                    self.refused += 1
+                    self.last_error = f"screen {name}: {problem}"
+                    raise CommandRefused(f"schedule version {data.version} refused for screen {name}: {problem}")
             await asyncio.to_thread(sched.save, self.state_file, data)
-            self.player.load(data)
+            for name, part in parts.items():
+                self.players[name].load(part)
             self._fetch_wake.set()
-            return f"playing schedule version {data.version} ({data.timeline_hash})"
+            extra = f"; no screen here named {', '.join(unknown)}" if unknown else ""
+            missing = [n for n in self.players if n not in parts]
+            extra += f"; nothing for screen {', '.join(missing)}" if missing else ""
+            return f"playing schedule version {data.version} ({data.timeline_hash}){extra}"
 
     # -- prefetch ------------------------------------------------------------------------------------
 
     def needed(self) -> list[str]:
-        """Media the screen needs within the prefetch horizon, in the order it first needs them,
-        then the default playlist (the fallback)."""
-        data = self.player.data
-        if data is None:
-            return []
-        now = self.player.clock.now()
+        """Media the screens need within the prefetch horizon, in the order they first need them,
+        then the default playlists (the fallback)."""
         order: dict[str, None] = {}
-        for i in data.default:
-            order.setdefault(i.media, None)
-        slots = expand(sched.rules_of(data), sched.screen_of(data, self.player.node), now,
-                       now + timedelta(hours=self.prefetch_h))
-        for s in slots:
-            order.setdefault(s.media, None)
+        players = [p for p in self.players.values() if p.data is not None]
+        for p in players:
+            assert p.data is not None
+            for i in p.data.default:
+                order.setdefault(i.media, None)
+        for p in players:
+            assert p.data is not None
+            now = p.clock.now()
+            slots = expand(sched.rules_of(p.data), sched.screen_of(p.data, p.node), now,
+                           now + timedelta(hours=self.prefetch_h))
+            for s in slots:
+                order.setdefault(s.media, None)
         return list(order)
 
     def fetch_round(self) -> int:
         """Fetch what is needed and missing; return how many files were stored. Blocking."""
-        data = self.player.data
-        if data is None:
+        refs = {m.sha256: m for p in self.players.values() if p.data is not None for m in p.data.media}
+        if not refs:
             return 0
-        refs = {m.sha256: m for m in data.media}
         needed = self.needed()
         stored = 0
         for sha in needed:
@@ -143,8 +181,9 @@ class SignageComponent(Component):
             delay = 600.0
             try:
                 if await asyncio.to_thread(self.fetch_round):
-                    # The player may be showing a fallback for a file that just arrived.
-                    self.player.wake()
+                    # A player may be showing a fallback for a file that just arrived.
+                    for p in self.players.values():
+                        p.wake()
                 self.backoff.reset()
                 if any(not self.cache.has(s) for s in await asyncio.to_thread(self.needed)):
                     delay = self.backoff.next_delay()
@@ -163,17 +202,30 @@ class SignageComponent(Component):
     # -- the component -------------------------------------------------------------------------------
 
     def tasks(self) -> Sequence[BackgroundTask]:
-        return (BackgroundTask("signage-player", self.player.run), BackgroundTask("signage-fetch", self._fetch_loop))
+        players = tuple(BackgroundTask("signage-player" if n == 0 else f"signage-player-{name}", p.run)
+                        for n, (name, p) in enumerate(self.players.items()))
+        return (*players, BackgroundTask("signage-fetch", self._fetch_loop))
 
     def routes(self) -> Sequence[Route]:
-        def now(_req: Request) -> Any:
-            return self.player.now_playing()
+        def now(req: Request) -> Any:
+            name = req.params.get("screen")
+            if not name:
+                return self.player.now_playing() | {"screen": self.player.screen_name}
+            p = self.players.get(str(name))
+            if p is None:
+                raise ApiError(HTTPStatus.NOT_FOUND,
+                               f"no screen {name!r} on this box: it drives {', '.join(self.players)}")
+            return p.now_playing() | {"screen": p.screen_name}
 
-        return (Route("GET", "/signage/now", now),)
+        def screens(_req: Request) -> Any:
+            return {"screens": [p.now_playing() | {"screen": name} for name, p in self.players.items()]}
+
+        return (Route("GET", "/signage/now", now, params=(text("screen", max_len=200),)),
+                Route("GET", "/signage/screens", screens))
 
     def status(self) -> Mapping[str, Any]:
         d, st, cs = self.player.data, self.player.stats, self.cache.stats
-        return {
+        out: dict[str, Any] = {
             "version": d.version if d else None, "timeline_hash": d.timeline_hash if d else None,
             "valid_until": d.valid_until.isoformat() if d else None, "clock_trusted": self.player.clock.trusted(),
             "plays": st.plays, "switches": st.switches, "fallbacks": st.fallbacks, "idle": st.idle,
@@ -181,8 +233,19 @@ class SignageComponent(Component):
             "media": self.cache.count(), "media_bytes": self.cache.used_bytes(), "media_rejected": cs.rejected,
             "media_evicted": cs.evicted, "media_resumed": cs.resumed, "last_error": self.last_error,
         }
+        if len(self.players) > 1:
+            # The top-level figures are the first screen's; each screen's own follow.
+            out["screens"] = {name: {"timeline_hash": p.data.timeline_hash if p.data else None, "plays": p.stats.plays,
+                                     "switches": p.stats.switches, "fallbacks": p.stats.fallbacks, "idle": p.stats.idle}
+                              for name, p in self.players.items()}
+        return out
 
     async def stop(self) -> None:
         self._stop.set()
         self._fetch_wake.set()
-        await self.player.stop()
+        for p in self.players.values():
+            await p.stop()
+
+
+def _file_safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80]

@@ -228,7 +228,9 @@ class Player:
             slot = slots[i]
             path = self._path(slot.media)
             if path is not None:
-                return Shown(slot.media, path, slot.campaign, slot.layer.value, "scheduled"), slot, slot.end
+                t = slot.transition
+                return (Shown(slot.media, path, slot.campaign, slot.layer.value, "scheduled",
+                              t.kind if t else None, t.ms if t else 0), slot, slot.end)
             return self._fallback(int(slot.start.timestamp())), slot, slot.end
         j = bisect.bisect_right(slots, now, key=lambda s: s.start)
         until = slots[j].start if j < len(slots) else now + IDLE_RECHECK
@@ -310,9 +312,11 @@ class Player:
             "clock_trusted": self.clock.trusted(),
             "now": None if p is None else {
                 "media": p.shown.media, "campaign": p.shown.campaign, "layer": p.shown.layer, "reason": p.shown.reason,
+                "transition": {"kind": p.shown.transition, "ms": p.shown.transition_ms} if p.shown.transition else None,
                 "since": p.started.isoformat(), "until": self.deadline.isoformat() if self.deadline else None,
             },
             "next": [{"media": s.media, "campaign": s.campaign, "layer": s.layer.value, "start": s.start.isoformat(),
-                      "end": s.end.isoformat(), "local_start": s.local_start.isoformat(), "ready": self.cache.has(s.media)}
+                      "end": s.end.isoformat(), "local_start": s.local_start.isoformat(), "ready": self.cache.has(s.media),
+                      "transition": {"kind": s.transition.kind, "ms": s.transition.ms} if s.transition else None}
                      for s in self.upcoming(now)],
         }

@@ -10,13 +10,14 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from broker.payloads import RuleItem, ScheduleData
-from signage_rules import Campaign, Daypart, Item, Layer, Rules, RulesError, Screen, plan
+from signage_rules import Campaign, Daypart, Item, Layer, Rules, RulesError, Screen, Transition, plan
 
 __all__ = ["agreement", "load", "rules_of", "save", "screen_of"]
 
 
 def _items(items: tuple[RuleItem, ...]) -> tuple[Item, ...]:
-    return tuple(Item(i.media, i.duration_s) for i in items)
+    return tuple(Item(i.media, i.duration_s, Transition(i.transition.kind, i.transition.ms) if i.transition else None)
+                 for i in items)
 
 
 def rules_of(data: ScheduleData) -> Rules:

@@ -22,6 +22,9 @@ class Shown:
     layer: str
     reason: str
     """'scheduled', 'fallback' (the scheduled file was not ready) or 'idle'."""
+    transition: str | None = None
+    """How to bring it on: 'cut' or 'fade' (None: a cut, the screen's own way)."""
+    transition_ms: int = 0
 
 
 class Screen(Protocol):
@@ -29,7 +32,8 @@ class Screen(Protocol):
 
 
 class LogScreen:
-    """Appends `{"at": …, "media": …, "campaign": …, "layer": …, "reason": …}` per change to `path`."""
+    """Appends `{"at": …, "media": …, "campaign": …, "layer": …, "reason": …}` per change to `path`,
+    with `"transition": {"kind": …, "ms": …}` when the item has one."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -37,7 +41,10 @@ class LogScreen:
         self._lock = threading.Lock()
 
     def show(self, what: Shown, at: datetime) -> None:
-        line = json.dumps({"at": at.isoformat(timespec="milliseconds"), "media": what.media, "campaign": what.campaign,
-                           "layer": what.layer, "reason": what.reason})
+        row: dict[str, object] = {"at": at.isoformat(timespec="milliseconds"), "media": what.media,
+                                  "campaign": what.campaign, "layer": what.layer, "reason": what.reason}
+        if what.transition is not None:
+            row["transition"] = {"kind": what.transition, "ms": what.transition_ms}
+        line = json.dumps(row)
         with self._lock, open(self.path, "a", encoding="utf-8") as f:
             f.write(line + "\n")

@@ -264,3 +264,23 @@ def test_switches_on_a_real_timer_within_milliseconds(tmp_path: Path) -> None:
 
     jitter = asyncio.run(asyncio.wait_for(main(), 20))
     assert min(jitter) >= 0 and sorted(jitter)[len(jitter) // 2] < 50
+
+
+def test_put_verifies_keeps_the_budget_and_tells_the_owner_what_it_evicted(tmp_path: Path) -> None:
+    """What the catalogue's image cache uses: bytes fetched whole, handed over, verified; only files
+    used before `older_than` make way, and the owner hears of each eviction."""
+    evicted: list[str] = []
+    cache = FileCache(tmp_path, 250, on_evict=evicted.append)
+    blobs = [bytes([i]) * 100 for i in range(3)]
+    shas = [hashlib.sha256(b).hexdigest() for b in blobs]
+    with pytest.raises(VerifyError, match=f"bytes announced as {shas[0][:12]}"):
+        cache.put(shas[0], blobs[1])
+    assert cache.stats.rejected == 1 and not cache.has(shas[0])
+    assert cache.put(shas[0], blobs[0]) and cache.put(shas[1], blobs[1])
+    # Nothing was used before 0: no room, nothing evicted.
+    assert not cache.put(shas[2], blobs[2], older_than=0.0)
+    assert cache.stats.no_room == 1 and evicted == []
+    cache.touch(shas[0])
+    assert cache.put(shas[2], blobs[2], older_than=float("inf"))
+    assert evicted == [shas[1]] and cache.has(shas[0]) and cache.has(shas[2]) and not cache.path(shas[1]).exists()
+    assert cache.path(shas[2]).read_bytes() == blobs[2] and cache.used_bytes() == 200

@@ -131,7 +131,7 @@ def screen_log(sig: SignageComponent) -> list[dict[str, Any]]:
 
 def playing_version(engine: Engine) -> int | None:
     with Session(engine) as s:
-        state = s.get(ScreenState, NODE)
+        state = s.get(ScreenState, (NODE, "main"))
         return state.playing_version if state else None
 
 

@@ -67,7 +67,7 @@ def test_each_play_is_counted_once_and_implausible_ones_are_dropped(broker: Brok
                         created_at=t0, next_attempt_at=t0))
                 await b.send(b.envelope(MessageType.ACK, AckData(ok=True, detail="playing"),
                                         corr=uuid.UUID(corr)))
-            await until_db(engine, lambda s: (s.get(ScreenState, NODE) or ScreenState()).playing_version == 3,
+            await until_db(engine, lambda s: (s.get(ScreenState, (NODE, "main")) or ScreenState()).playing_version == 3,
                            what="playing version 3")
             fence = b.envelope(MessageType.POP, pop(t0 - timedelta(hours=10), 1000, campaign="fence"))
             await b.send(fence)
@@ -75,7 +75,7 @@ def test_each_play_is_counted_once_and_implausible_ones_are_dropped(broker: Brok
 
     asyncio.run(asyncio.wait_for(main(), 60))
     with Session(engine) as s:
-        assert s.get(ScreenState, NODE).playing_version == 3  # type: ignore[union-attr]
+        assert s.get(ScreenState, (NODE, "main")).playing_version == 3  # type: ignore[union-attr]
         dropped = {d["reason"]: d["count"] for d in service.dropped_counts(s, Scope(all=True))}
         assert dropped == {"overlap": 1, "empty": 1, "over_long": 1, "future": 1}
         rows = service.report(s, Scope(all=True), ["campaign"])
