@@ -52,7 +52,10 @@ def _config_push(ctx: ComponentContext) -> Component | None:
 
 
 def _clerks(ctx: ComponentContext) -> Component | None:
-    if not ctx.config.clerks.enabled:
+    enabled = ctx.config.clerks.enabled
+    if enabled is None:
+        enabled = ctx.config.station.enabled or ctx.config.orders.enabled
+    if not enabled:
         return None
     from edge.clerks.component import ClerksComponent
 

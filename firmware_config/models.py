@@ -298,7 +298,9 @@ class OrderDeskConfig(_Strict):
 class ClerksConfig(_Strict):
     """Clerks' PIN sign-in on this box, from the store's roster the cloud sends (works offline)."""
 
-    enabled: bool = True
+    enabled: bool | None = None
+    """None: on a box where clerks work (with the scanning station or the order desk); true or false
+    to say so."""
     path: Path | None = None
     """Default: <data_dir>/edge/<node_id>/clerks.db; a relative path is relative to the config file."""
     max_failures: Annotated[int, Field(ge=1, le=20)] = 5

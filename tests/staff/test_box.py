@@ -38,7 +38,7 @@ def agent(broker: Broker, tmp: Path, password: str, **clerks: Any) -> EdgeAgent:
     cfg = NodeConfig.model_validate({
         "node_id": NODE, "store_id": "st0001", "data_dir": str(tmp / NODE), "telemetry_every_s": 0,
         "broker": {"url": broker.url, "keepalive_s": 5, "password": password},
-        "backoff": {"base_s": 0.05, "cap_s": 0.5}, "local_api": {"port": 0}, "clerks": clerks,
+        "backoff": {"base_s": 0.05, "cap_s": 0.5}, "local_api": {"port": 0}, "clerks": {"enabled": True, **clerks},
     })
     return EdgeAgent(cfg)
 
