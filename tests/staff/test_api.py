@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -16,7 +15,7 @@ from broker.pins import verify_pin
 from cloud.access.models import AuditEntry
 from cloud.models import DownlinkCommand
 from cloud.staff.models import Clerk
-from tests.staff.conftest import World
+from tests.access.conftest import World
 
 PIN = "2580"
 

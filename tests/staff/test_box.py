@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -27,9 +27,9 @@ from cloud.models import DownlinkCommand
 from edge.agent import EdgeAgent
 from edge.clerks.component import ClerksComponent
 from firmware_config import NodeConfig
+from tests.access.conftest import World
 from tests.cloud.conftest import cloud_settings, running, until, until_db
 from tests.conftest import Broker
-from tests.staff.conftest import World
 
 NODE = "st0001-k1"
 
@@ -240,8 +240,9 @@ def test_forged_or_misrouted_rosters_are_refused_with_the_reason(broker: Broker,
                 ]
                 for args, why in cases:
                     msg_id = await asyncio.to_thread(forge, args)
-                    await until_db(world.engine, lambda _s, m=msg_id: row(m).status in ("delivered", "failed"),
-                                   what="the forged roster's ack")
+                    def answered(_s: Session, m: str = msg_id) -> bool:
+                        return row(m).status in ("delivered", "failed")
+                    await until_db(world.engine, answered, what="the forged roster's ack")
                     r = row(msg_id)
                     assert r.status == "failed" and why in (r.detail or ""), (r.status, r.detail)
                 # The version already held is acknowledged and ignored (a fence: it is

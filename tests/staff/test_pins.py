@@ -5,14 +5,24 @@ from __future__ import annotations
 
 import pytest
 
-from broker.pins import DEFAULT, PinHashError, PinParams, PinProblem, WeakPin, check_pin, hash_pin, parse_hash, verify_pin
+from broker.pins import (
+    DEFAULT,
+    PinHashError,
+    PinParams,
+    PinProblem,
+    WeakPin,
+    check_pin,
+    hash_pin,
+    parse_hash,
+    verify_pin,
+)
 
 REFUSED = [
     ("", PinProblem.FORMAT),
     ("123", PinProblem.FORMAT),
     ("123456789", PinProblem.FORMAT),
     ("12 34", PinProblem.FORMAT),
-    ("１２３５", PinProblem.FORMAT),  # full-width digits
+    ("\uff11\uff12\uff13\uff15", PinProblem.FORMAT),  # full-width digits
     ("0000", PinProblem.SAME_DIGIT),
     ("99999999", PinProblem.SAME_DIGIT),
     ("0123", PinProblem.RUN),
