@@ -40,7 +40,10 @@ def roster(version: int, *clerks: tuple[int, str, bool]) -> Envelope:
 
 
 def apply(c: ClerksComponent, env: Envelope) -> str:
-    return asyncio.run(c.named_commands()[CLERK_ROSTER](env)) or ""
+    async def run() -> str | None:
+        return await c.named_commands()[CLERK_ROSTER](env)
+
+    return asyncio.run(run()) or ""
 
 
 def test_parallel_wrong_pins_cannot_beat_the_count(tmp_path: Path) -> None:
