@@ -194,6 +194,10 @@ class ClerksComponent(Component):
         with self._clerk_lock(clerk_id):
             now = self.clock()
             state = self.db.attempts(clerk_id)
+            if state.locked_until > now + self.cfg.lock_max_s:
+                # Locked while the box's clock ran ahead (then corrected): no lock outlasts its cap.
+                state = Attempts(state.failures, state.lockouts, now + self.cfg.lock_max_s)
+                self.db.set_attempts(clerk_id, state)
             if state.locked_until > now:
                 raise self._locked(clerk, state, now)
             if state.locked_until:
