@@ -88,3 +88,17 @@ def test_deactivation_ends_sessions_and_refuses_sign_in(tmp_path: Path) -> None:
     again = component(tmp_path)
     assert again.db.version == 2 and again.sign_in(2, PIN).clerk.name == "Bo"
     again.close()
+
+
+def test_a_lock_set_while_the_clock_ran_ahead_lasts_no_longer_than_its_cap(tmp_path: Path) -> None:
+    c = component(tmp_path, max_failures=1, lock_s=60, lock_max_s=600)
+    apply(c, roster(1, (1, "Ana", True)))
+    real = c.clock
+    c.clock = lambda: real() + 86_400  # the box's clock a day ahead, later corrected
+    with pytest.raises(Locked):
+        c.sign_in(1, "1470")
+    c.clock = real
+    with pytest.raises(Locked) as err:
+        c.sign_in(1, PIN)
+    assert 599 <= err.value.retry_after_s <= 600
+    c.close()
