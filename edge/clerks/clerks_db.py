@@ -103,11 +103,17 @@ class ClerksDb:
 
     # -- the roster --------------------------------------------------------------------------------
 
-    def swap(self, roster: ClerkRosterArgs) -> tuple[int, int]:
-        """Replace the roster with `roster` in one transaction. A clerk whose PIN hash changed (a
-        manager reset it) starts with no failed tries and no lockout; sessions of clerks no longer
-        active are ended. Returns (clerks whose lockout was cleared, sessions ended)."""
+    def swap(self, roster: ClerkRosterArgs) -> tuple[int, int] | int:
+        """Replace the roster with `roster` in one transaction, if it is newer than the one held
+        (checked in that transaction: two rosters handled at once cannot swap an older one in last).
+        A clerk whose PIN hash changed (a manager reset it) starts with no failed tries and no
+        lockout; sessions of clerks no longer active are ended. Returns (clerks whose lockout was
+        cleared, sessions ended), or the version held when `roster` is not newer."""
         with self._tx() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
+            held = int(row[0]) if row else 0
+            if roster.version <= held:
+                return held
             old = dict(conn.execute("SELECT id, pin_hash FROM roster").fetchall())
             conn.execute("DELETE FROM roster")
             conn.executemany("INSERT INTO roster (id, name, staff_number, pin_hash, active) VALUES (?, ?, ?, ?, ?)",

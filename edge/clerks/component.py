@@ -141,7 +141,10 @@ class ClerksComponent(Component):
             return f"roster version {roster.version} is older than the held version {held}: ignored"
         if roster.version == held:
             return f"roster version {held} is already held"
-        cleared, ended = await asyncio.to_thread(self.db.swap, roster)
+        swapped = await asyncio.to_thread(self.db.swap, roster)
+        if isinstance(swapped, int):  # a newer one came in meanwhile
+            return f"roster version {roster.version} is not newer than the held version {swapped}: ignored"
+        cleared, ended = swapped
         self.counts["rosters_applied"] += 1
         active = sum(c.active for c in roster.clerks)
         log.info("clerks: roster version %d applied (%d clerks, %d active)", roster.version, len(roster.clerks), active)
