@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Select, select, update
+from sqlalchemy import Connection, Select, func, select, update
 from sqlalchemy.orm import Session, joinedload
 
 from broker.envelope import MessageType
@@ -117,7 +117,7 @@ def create_clerk(session: Session, principal: Principal, store: str, name: str, 
     target = get_store(session, principal.scope, store)
     clean, number = _name(name), _staff_number(staff_number)
     _unique_number(session, target.id, number)
-    count = len(session.scalars(select(Clerk.id).where(Clerk.store_id == target.id)).all())
+    count = session.scalar(select(func.count()).select_from(Clerk).where(Clerk.store_id == target.id)) or 0
     if count >= MAX_CLERKS:
         raise InputError("store", f"store {target.code!r} already has {count} clerks, the most one roster carries")
     now = _now()
