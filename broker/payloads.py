@@ -16,6 +16,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 
 __all__ = [
     "ALARM_CLASSES",
+    "CLERK_ROSTER",
     "TRACE_LISTS",
     "AckData",
     "AssignAction",
@@ -24,6 +25,7 @@ __all__ = [
     "BirthData",
     "CatalogData",
     "CatalogFile",
+    "ClerkRosterArgs",
     "CommandData",
     "ConfigData",
     "ConfigRollback",
@@ -43,6 +45,7 @@ __all__ = [
     "RebirthData",
     "RecalledBatch",
     "RecalledUnit",
+    "RosterClerk",
     "RuleCampaign",
     "RuleDaypart",
     "RuleItem",
@@ -588,3 +591,41 @@ class RebirthData(Payload):
 
 class HostStateData(Payload):
     online: bool
+
+
+CLERK_ROSTER = "clerk_roster"
+"""`CommandData.name` of the command carrying a store's clerks (`args`: `ClerkRosterArgs`)."""
+
+
+class RosterClerk(Payload):
+    """One clerk of the store, as the box needs it to sign them in offline (never the PIN itself)."""
+
+    id: Annotated[int, Field(ge=1, lt=2**63)]
+    name: Text
+    staff_number: Annotated[str, StringConstraints(min_length=1, max_length=32, strip_whitespace=True)] | None = None
+    pin_hash: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    """`broker.pins` format; the box refuses the roster if a hash's parameters are out of bounds."""
+    active: bool = True
+
+
+class ClerkRosterArgs(Payload):
+    """The whole roster of one store (a full snapshot, never a delta).
+
+    Sent as `CommandData(name=CLERK_ROSTER, args=ClerkRosterArgs(...).model_dump(mode="json"))` to
+    every box of the store when a clerk changes and on each box's birth. The box swaps it in whole
+    and ignores a version older than the one it holds.
+    """
+
+    version: Annotated[int, Field(ge=1, lt=2**63)]
+    """Increases with every change to the store's clerks."""
+    store: Text
+    """The store's code: a box refuses the roster of another store."""
+    clerks: Annotated[tuple[RosterClerk, ...], Field(max_length=500)] = ()
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> ClerkRosterArgs:
+        ids = [c.id for c in self.clerks]
+        if len(ids) != len(set(ids)):
+            dup = sorted({i for i in ids if ids.count(i) > 1})
+            raise ValueError(f"clerk ids must be unique in a roster: {dup} appear more than once")
+        return self

@@ -26,6 +26,7 @@ ENGINE_MODULES: tuple[str, ...] = (
     "cloud.trace.engine",
     "cloud.signage.engine",
     "cloud.orders.engine",
+    "cloud.staff.engine",
 )
 """Each module holds `ENGINE: EngineSpec`. Order: handlers of one type run in this order."""
 

@@ -51,4 +51,15 @@ def _config_push(ctx: ComponentContext) -> Component | None:
     return config_push_component(ctx)
 
 
-COMPONENTS: tuple[ComponentFactory, ...] = (_catalogue, _station, _signage, _orders, _config_push)
+def _clerks(ctx: ComponentContext) -> Component | None:
+    enabled = ctx.config.clerks.enabled
+    if enabled is None:
+        enabled = ctx.config.station.enabled or ctx.config.orders.enabled
+    if not enabled:
+        return None
+    from edge.clerks.component import ClerksComponent
+
+    return ClerksComponent(ctx)
+
+
+COMPONENTS: tuple[ComponentFactory, ...] = (_catalogue, _station, _signage, _orders, _config_push, _clerks)

@@ -295,6 +295,29 @@ class OrderDeskConfig(_Strict):
     """Default: <data_dir>/edge/<node_id>/orders.db; a relative path is relative to the config file."""
 
 
+class ClerksConfig(_Strict):
+    """Clerks' PIN sign-in on this box, from the store's roster the cloud sends (works offline)."""
+
+    enabled: bool | None = None
+    """None: on a box where clerks work (with the scanning station or the order desk); true or false
+    to say so."""
+    path: Path | None = None
+    """Default: <data_dir>/edge/<node_id>/clerks.db; a relative path is relative to the config file."""
+    max_failures: Annotated[int, Field(ge=1, le=20)] = 5
+    """Wrong PINs in a row after which the clerk is locked out."""
+    lock_s: Annotated[float, Field(ge=1, le=86_400)] = 60.0
+    """The first lockout; each further one in a row doubles it, up to `lock_max_s`."""
+    lock_max_s: Annotated[float, Field(ge=1, le=7 * 86_400)] = 3600.0
+    session_ttl_s: Annotated[float, Field(ge=60, le=7 * 86_400)] = 12 * 3600.0
+    """How long a sign-in lasts (a shift), unless the clerk signs out first."""
+
+    @model_validator(mode="after")
+    def _lock_order(self) -> ClerksConfig:
+        if self.lock_max_s < self.lock_s:
+            raise ValueError(f"lock_max_s ({self.lock_max_s}) is shorter than lock_s ({self.lock_s}): expected at least lock_s")
+        return self
+
+
 class LocalApiConfig(_Strict):
     """The box's one HTTP API for the kiosk UI and local tools (`/status`, and what the box's
     components add: catalogue products, categories, search, images)."""
@@ -383,6 +406,7 @@ class NodeConfig(_Strict):
     local_api: LocalApiConfig = LocalApiConfig()
     station: StationConfig = StationConfig()
     signage: SignageConfig = SignageConfig()
+    clerks: ClerksConfig = ClerksConfig()
 
     @field_validator("node_id")
     @classmethod

@@ -44,6 +44,8 @@ class BoxPaths:
     password_file: Path | None
     ca_file: Path | None
     """The broker's CA file (`broker.ca_file`), if the config names one."""
+    clerks: Path
+    """The clerks' roster and sign-in state (lockouts, sessions)."""
 
 
 def _place(value: Path, base: Path) -> Path:
@@ -96,4 +98,5 @@ def resolve_paths(cfg: NodeConfig, env: Mapping[str, str] | None = None) -> BoxP
         station=station,
         password_file=secret,
         ca_file=ca_file,
+        clerks=_place(cfg.clerks.path, base) if cfg.clerks.path else node_dir / "clerks.db",
     )

@@ -1,0 +1,1 @@
+"""Clerks: store-scoped staff who sign in at the store's boxes with a short PIN."""
