@@ -18,6 +18,7 @@ _GS_SYMBOL = "\u241d"
 _SYMBOLOGY = re.compile(r"^\][A-Za-z][0-9A-Za-z]")
 _URN_ESCAPE = '"%&/<>?'
 """Characters the EPC Tag Data Standard percent-encodes inside URN components."""
+_URN_ESCAPE_SET = frozenset(_URN_ESCAPE)
 
 
 class CodeErrorReason(enum.StrEnum):
@@ -101,7 +102,8 @@ def check_digit(body: str) -> str:
     """The GS1 mod-10 check digit of `body` (weights 3,1,3,… from the right)."""
     if not (body.isascii() and body.isdigit()):
         raise _err(CodeErrorReason.CHARSET, f"GS1 keys are digits only, got {body!r}", found=body)
-    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
+    backwards = body[::-1]
+    total = 3 * sum(map(int, backwards[0::2])) + sum(map(int, backwards[1::2]))
     return str(-total % 10)
 
 
@@ -441,7 +443,7 @@ def _urn_escape(value: str, what: str) -> str:
     if not value or not _CSET82.match(value):
         raise _err(CodeErrorReason.CHARSET, f"{what} {value!r}: expected GS1 character set 82",
                    expected="GS1 character set 82", found=value)
-    return quote(value, safe="!'()*+,-.:;=_") if any(c in _URN_ESCAPE for c in value) else value
+    return value if _URN_ESCAPE_SET.isdisjoint(value) else quote(value, safe="!'()*+,-.:;=_")
 
 
 def sgtin_urn(gtin: str, serial: str, company_prefix_length: int | None = None) -> str:

@@ -22,7 +22,7 @@ from cloud.trace.events import CASES, EPCS, EVENTS, LOCATIONS, UNITS
 from cloud.trace.keys import case_key, key_of
 from cloud.trace.models import Alert, Location, Recall, Registration
 from cloud.trace.rules import TraceRules
-from cloud.trace.verify import ALERTS, ScanIn, location_for_store, verify
+from cloud.trace.verify import ALERTS, ScanIn, forget_master_data, location_for_store, verify
 
 __all__ = ["acknowledge", "alerts", "commission_csv", "create_location", "import_locations", "journey",
            "query_events", "recall", "register", "scan"]
@@ -71,6 +71,7 @@ def create_location(session: Session, principal: Principal, *, code: str, kind: 
     if gln is not None and session.scalar(select(Location.id).where(Location.gln == gln, Location.code != code)):
         raise InputError("gln", f"GLN {gln} belongs to another location")
     session.flush()
+    forget_master_data()
     audit(session, principal.actor, "trace.location.save", "trace_location", code,
           after={"kind": kind, "gln": gln, "region": region, "lat": lat, "lon": lon}, via=via)
     return loc
