@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import Dialect
-from sqlalchemy.sql.expression import Executable
+from sqlalchemy.sql.expression import ClauseElement
 
 __all__ = ["Prepared"]
 
@@ -43,7 +43,7 @@ class Prepared:
     """A Core statement run with its dialect's SQL and its types' processors, without SQLAlchemy's
     per-execution work."""
 
-    def __init__(self, statement: Executable) -> None:
+    def __init__(self, statement: ClauseElement) -> None:
         self.statement = statement
         self._by_dialect: dict[str, _Compiled] = {}
 
@@ -62,7 +62,7 @@ class Prepared:
         returning = getattr(compiled, "returning", None) or []
         columns = columns or list(returning)
         results = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns]
-        row = namedtuple("row", [c.key for c in columns]) if columns else None  # type: ignore[misc]  # noqa: PYI024
+        row = namedtuple("row", [c.key for c in columns]) if columns else None
         return _Compiled(compiled.string, names, positional, binds, results, row)
 
     def _prepared(self, conn: Connection) -> _Compiled:
