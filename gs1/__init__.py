@@ -69,7 +69,8 @@ def check_digit(body: str) -> str:
     """The GS1 mod-10 check digit of `body` (a key without its check digit: weights 3,1,3,… from the right)."""
     if not (body.isascii() and body.isdigit()):
         raise GtinError(f"GS1 keys are digits only, got {body!r}")
-    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
+    backwards = body[::-1]
+    total = 3 * sum(map(int, backwards[0::2])) + sum(map(int, backwards[1::2]))
     return str(-total % 10)
 
 

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+import tempfile
 import uuid
 from datetime import datetime
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
 
 from broker.payloads import ScanPurpose, VerdictData
 from cloud.access.scope import NotFound, Perm, Principal
@@ -38,7 +41,8 @@ CaptureProblem: dict[int | str, dict[str, Any]] = {
 Business = Annotated[Principal, Depends(require(Perm.BUSINESS))]
 Code = Annotated[str, Path(min_length=1, max_length=1024)]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
-MAX_DOCUMENT = 64 * 1024 * 1024
+MAX_DOCUMENT = 1024 * 1024 * 1024
+"""Bytes a captured document may have (it is spooled to disk, not held in memory)."""
 
 
 class ScanRequest(BaseModel):
@@ -96,24 +100,53 @@ def item_journey(code: Code, request: Request, principal: Business) -> dict[str,
 
 @router.post("/epcis/capture", status_code=202, tags=["epcis"], responses=CaptureProblem)
 async def post_capture(request: Request, principal: Business, background: BackgroundTasks) -> JSONResponse:
-    """Capture an EPCIS 2.0 JSON-LD document: checked whole first (an invalid one is refused with the
-    reason, nothing stored), then stored in batches; 202 with the capture job's id."""
-    raw = await request.body()
-    if len(raw) > MAX_DOCUMENT:
-        return JSONResponse({"type": "epcisException:CaptureLimitExceededException",
-                             "title": f"document is {len(raw)} bytes, the limit is {MAX_DOCUMENT}"}, status_code=413)
+    """Capture an EPCIS 2.0 JSON-LD document: spooled to a file as it arrives (memory stays flat
+    for a document of millions of events), checked whole (an invalid one is refused with the event
+    and field at fault, nothing stored), then stored in batches; 202 with the capture job's id."""
+    limit = MAX_DOCUMENT
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return _too_large(int(declared), limit)
+    spool = tempfile.NamedTemporaryFile(prefix="omnishelf-epcis-", suffix=".json", delete=False)  # noqa: SIM115
+    path = FilePath(spool.name)
+    handed_over = False
     try:
-        doc = json.loads(raw)
-        events = epcis.validate(doc)
-    except json.JSONDecodeError as exc:
-        return _invalid(f"not JSON: {exc}")
-    except epcis.EpcisError as exc:
-        return _invalid(str(exc), exc.reason.value)
-    engine = request.app.state.engine
-    capture_id = epcis.start(engine, principal.actor, len(events), datetime.now().astimezone())
-    background.add_task(epcis.capture, engine, capture_id, events)
-    return JSONResponse({"captureID": str(capture_id), "events": len(events)}, status_code=202,
-                        headers={"Location": f"/epcis/capture/{capture_id}"})
+        size = 0
+        with spool:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    return _too_large(size, limit)
+                spool.write(chunk)
+        try:
+            total = await run_in_threadpool(epcis.check_file, path)
+        except epcis.EpcisError as exc:
+            return _invalid(str(exc), exc.reason.value)
+        except Exception as exc:  # ijson's parse errors (not JSON, truncated)
+            return _invalid(f"not JSON: {exc}")
+        engine = request.app.state.engine
+        capture_id = epcis.start(engine, principal.actor, total, datetime.now().astimezone())
+        background.add_task(_capture_spooled, engine, capture_id, path)
+        handed_over = True
+        return JSONResponse({"captureID": str(capture_id), "events": total}, status_code=202,
+                            headers={"Location": f"/epcis/capture/{capture_id}"})
+    finally:
+        if not handed_over:
+            await run_in_threadpool(path.unlink, missing_ok=True)
+
+
+def _capture_spooled(engine: Engine, capture_id: uuid.UUID, path: FilePath) -> None:
+    try:
+        epcis.capture(engine, capture_id, epcis.file_events(path))
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _too_large(size: int, limit: int) -> JSONResponse:
+    return JSONResponse({"type": "epcisException:CaptureLimitExceededException",
+                         "title": f"document is {size} bytes or more, the limit is {limit} bytes: split it into "
+                                  "several documents, or capture it with `omnishelf trace capture FILE`"},
+                        status_code=413)
 
 
 def _invalid(message: str, reason: str = "not_json") -> JSONResponse:

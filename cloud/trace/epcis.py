@@ -222,6 +222,9 @@ def _header(path: Path) -> tuple[set[str], Any]:
     kind: Any = None
     with path.open("rb") as f:
         for prefix, event, value in ijson.parse(f, use_float=True):
+            if prefix == "" and event not in ("start_map", "map_key", "end_map"):
+                raise EpcisError(EpcisReason.NOT_A_DOCUMENT, "an EPCIS document is a JSON object, found "
+                                 f"{'a list' if event == 'start_array' else 'a ' + event}")
             if prefix == "" and event == "map_key":
                 keys.add(value)
             elif prefix == "type" and event == "string":

@@ -109,7 +109,9 @@ def store_event(conn: Connection, event: dict[str, Any], event_time: datetime, *
         if isinstance(q, dict) and isinstance(q.get("epcClass"), str):
             roles.append((q["epcClass"], "class"))
     keyed = [(key_of(ident), role) for ident, role in roles]
-    if keyed:
+    if len(keyed) >= COPY_FROM and conn.dialect.name == "postgresql":
+        _copy(conn, "trace_event_epcs", ("event_id", "epc", "role"), ((new_id, k[:200], role) for (k, _c), role in keyed))
+    elif keyed:
         conn.execute(EPCS.insert(), [{"event_id": new_id, "epc": k[:200], "role": role} for (k, _c), role in keyed])
     _apply(conn, event, row, keyed, event_time, location_id)
     return int(new_id)
@@ -128,6 +130,9 @@ def _apply(conn: Connection, event: dict[str, Any], row: dict[str, Any], keyed: 
 
     if kind == "ObjectEvent" and action == "ADD" and units and step in (None, "commissioning"):
         lot, expiry = _ilmd(event)
+        if len(units) >= COPY_FROM and conn.dialect.name == "postgresql":
+            _copy_units(conn, units, lot, expiry, loc_id, when)
+            return
         rows = [{"gtin": g, "serial": s, "batch": lot, "expiry": expiry, "state": "commissioned",
                    "location_id": loc_id, "received_at_store": False, "recalled": False,
                    "seen_location_id": loc_id, "seen_at": when} for g, s in units]
@@ -157,6 +162,40 @@ def _apply(conn: Connection, event: dict[str, Any], row: dict[str, Any], keyed: 
         target = _targets(conn, chunk, containers if i == 0 else [])
         if target is not None:
             _move(conn, event, row, target, containers if i == 0 else [], step, loc_id, loc_kind, when)
+
+
+COPY_FROM = 500
+"""From this many rows, PostgreSQL gets them by COPY (a bulk commissioning: ~5 x an executemany)."""
+
+
+def _copy(conn: Connection, table: str, columns: tuple[str, ...], rows: Iterable[tuple[Any, ...]]) -> None:
+    """COPY rows into `table` on the connection's psycopg cursor, in the caller's transaction."""
+    raw: Any = conn.connection.driver_connection
+    with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+_UNIT_COPY = ("gtin", "serial", "batch", "expiry", "state", "location_id", "received_at_store", "recalled",
+              "seen_location_id", "seen_at")
+
+
+def _copy_units(conn: Connection, units: list[tuple[str, str]], lot: str | None, expiry: date | None,
+                loc_id: int | None, when: datetime) -> None:
+    """Commission many units on PostgreSQL: COPY into a scratch table, then one INSERT … ON CONFLICT
+    DO NOTHING (COPY alone cannot skip units already commissioned: capture stays idempotent)."""
+    raw: Any = conn.connection.driver_connection
+    with raw.cursor() as cur:
+        cur.execute("CREATE TEMP TABLE IF NOT EXISTS trace_units_in (gtin varchar(14), serial varchar(20), "
+                    "batch varchar(20), expiry date, state varchar(16), location_id integer, received_at_store boolean, "
+                    "recalled boolean, seen_location_id integer, seen_at timestamptz) ON COMMIT DROP")
+        with cur.copy(f"COPY trace_units_in ({', '.join(_UNIT_COPY)}) FROM STDIN") as copy:
+            for g, s in units:
+                copy.write_row((g, s, lot, expiry, "commissioned", loc_id, False, False, loc_id, when))
+        cols = ", ".join(_UNIT_COPY)
+        cur.execute(f"INSERT INTO trace_units ({cols}) SELECT {cols} FROM trace_units_in "
+                    "ON CONFLICT (gtin, serial) DO NOTHING")
+        cur.execute("DROP TABLE trace_units_in")
 
 
 def _chunks(units: list[tuple[str, str]], size: int = 400) -> list[list[tuple[str, str]]]:

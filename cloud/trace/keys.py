@@ -6,6 +6,7 @@ with URNs, one sent with Digital Links and a scanned DataMatrix all meet on the 
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import quote, unquote
 
@@ -15,6 +16,8 @@ __all__ = ["case_key", "gln_of", "key_of", "unit_key"]
 
 
 def unit_key(gtin: str, serial: str) -> str:
+    if serial.isascii() and serial.isalnum():  # nothing to escape: most serials, skipped `quote`'s cost
+        return f"https://id.gs1.org/01/{gtin}/21/{serial}"
     return f"https://id.gs1.org/01/{gtin}/21/{quote(serial, safe='')}"
 
 
@@ -26,6 +29,12 @@ _CANONICAL_UNIT = re.compile(r"^https://id\.gs1\.org/01/(\d{14})/21/([!%-?A-Z_a-
 _SERIAL = re.compile(r"^[!%-?A-Z_a-z\x22]{1,20}$")
 
 
+@functools.lru_cache(maxsize=1024)
+def _gtin_ok(gtin: str) -> bool:
+    # A bulk event names one GTIN thousands of times: its check digit is computed once.
+    return gs1.check_digit(gtin[:-1]) == gtin[-1]
+
+
 def key_of(identifier: str) -> tuple[str, gs1.Code | None]:
     """(canonical key, parsed code) of an EPC as an event names it; an identifier that is not a
     unit, a case or a batch class (e.g. an `idpat`) keys as itself, with no code."""
@@ -33,8 +42,10 @@ def key_of(identifier: str) -> tuple[str, gs1.Code | None]:
     if m is not None:
         # The form this engine writes itself (CSV commissioning, bulk events): checked without biip,
         # which costs ~0.15 ms a code (a 100,000-unit commissioning would spend 15 s parsing).
-        gtin, serial = m.group(1), unquote(m.group(2))
-        if gs1.check_digit(gtin[:-1]) == gtin[-1] and _SERIAL.match(serial):
+        gtin, serial = m.group(1), m.group(2)
+        if "%" in serial:
+            serial = unquote(serial)
+        if _gtin_ok(gtin) and _SERIAL.match(serial):
             return unit_key(gtin, serial), gs1.Code(form="digital_link", gtin=gtin, serial=serial)
     try:
         code = gs1.parse_code(identifier)

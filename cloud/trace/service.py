@@ -22,7 +22,7 @@ from cloud.trace.events import CASES, EPCS, EVENTS, LOCATIONS, UNITS
 from cloud.trace.keys import case_key, key_of
 from cloud.trace.models import Alert, Location, Recall, Registration
 from cloud.trace.rules import TraceRules
-from cloud.trace.verify import ALERTS, ScanIn, location_for_store, verify
+from cloud.trace.verify import ALERTS, ScanIn, forget_master_data, location_for_store, verify
 
 __all__ = ["acknowledge", "alerts", "commission_csv", "create_location", "import_locations", "journey",
            "query_events", "recall", "register", "scan"]
@@ -71,6 +71,7 @@ def create_location(session: Session, principal: Principal, *, code: str, kind: 
     if gln is not None and session.scalar(select(Location.id).where(Location.gln == gln, Location.code != code)):
         raise InputError("gln", f"GLN {gln} belongs to another location")
     session.flush()
+    forget_master_data()
     audit(session, principal.actor, "trace.location.save", "trace_location", code,
           after={"kind": kind, "gln": gln, "region": region, "lat": lat, "lon": lon}, via=via)
     return loc
@@ -110,14 +111,20 @@ def commission_csv(conn: Connection, text: str, actor: str, now: datetime) -> in
         raise InputError("file", f"CSV header must have {', '.join(sorted(need))}, found {reader.fieldnames}")
     groups: dict[tuple[str, str, str, str, str], list[str]] = {}
     locs: dict[str, Any] = {}
+    # A file names a few GTINs and expiry dates a hundred thousand times: each is checked once.
+    gtins: dict[str, str] = {}
+    expiries: dict[str, str] = {}
     for line, row in enumerate(reader, 2):
         try:
-            gtin = gs1.normalise_gtin(row["gtin"])
+            raw_gtin, raw_expiry = row["gtin"], row["expiry"]
+            gtin = gtins.get(raw_gtin) or gtins.setdefault(raw_gtin, gs1.normalise_gtin(raw_gtin))
             serial = row["serial"].strip()
             gs1.sgtin_urn(gtin, serial, 7)  # the serial must be a valid AI (21) value
             if not 1 <= len(serial) <= 20:
                 raise ValueError(f"serial must be 1-20 characters, got {len(serial)}")
-            expiry = date.fromisoformat(row["expiry"]).isoformat() if row["expiry"] else ""
+            expiry = expiries.get(raw_expiry) if raw_expiry in expiries else expiries.setdefault(
+                raw_expiry, date.fromisoformat(raw_expiry).isoformat() if raw_expiry else "")
+            assert expiry is not None
             at = (row.get("at") or "").strip()
             if at:
                 when = datetime.fromisoformat(at.replace("Z", "+00:00"))
