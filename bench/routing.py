@@ -31,7 +31,7 @@ from sqlalchemy import Engine, insert, text
 
 from cloud.catalogue.models import products
 from cloud.db import make_engine, migrate, write_transaction
-from cloud.orders import service
+from cloud.orders import candidates, service
 from cloud.orders.geo import SpatialIndex
 from cloud.orders.models import Location, StockRow
 
@@ -76,8 +76,8 @@ def _work(url: str, worker: int, n: int, skus: int, out: Any) -> None:
     rng = random.Random(1000 + worker)
     engine = make_engine(url, pool_size=2) if not url.startswith("sqlite") else make_engine(url)
     with engine.connect() as conn:
-        service._locations(conn)  # warm the spatial index outside the timing
-    service.INDEX_TTL_S = 3600.0
+        service.routing_state(conn)  # warm the rules and the spatial index outside the timing
+    candidates.INDEX_TTL_S = 3600.0
     lat: list[float] = []
     states: dict[str, int] = {}
     start = time.perf_counter()
