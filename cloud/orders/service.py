@@ -53,6 +53,7 @@ from cloud.orders.models import (
     RuleSetRow,
     StockRow,
     Transition,
+    VersionRow,
 )
 from cloud.orders.routing import OrderIn, Plan
 from cloud.orders.rules import DEFAULT_RULES, Filter, FilterField, Op, Rule, RuleError, RuleSet, Unfilled, parse_rules
@@ -91,6 +92,7 @@ DECIDE: Table = Decision.__table__  # type: ignore[assignment]
 RULESETS: Table = RuleSetRow.__table__  # type: ignore[assignment]
 CHANNELS: Table = Channel.__table__  # type: ignore[assignment]
 FEED: Table = FeedItem.__table__  # type: ignore[assignment]
+VERSIONS: Table = VersionRow.__table__  # type: ignore[assignment]
 AUDIT: Table = AuditEntry.__table__  # type: ignore[assignment]
 STORES: Table = Store.__table__  # type: ignore[assignment]
 NODES: Table = Node.__table__  # type: ignore[assignment]

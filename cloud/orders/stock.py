@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -167,10 +168,15 @@ FROM want w JOIN locked l ON l.location_id = w.location_id AND l.sku = w.sku
 WHERE s.location_id = w.location_id AND s.sku = w.sku AND s.on_hand - s.reserved - s.safety >= w.qty
 RETURNING s.location_id, s.sku, s.on_hand, s.reserved
 """)
-# SQLite: one writer holds the database, so row by row is as safe (and each is a B-tree probe in process).
-_RESERVE_ROW = text(
-    "UPDATE orders_stock SET reserved = reserved + :q WHERE location_id = :l AND sku = :s"
-    " AND on_hand - reserved - safety >= :q RETURNING location_id, sku, on_hand, reserved")
+# SQLite: one writer holds the database (no lock order to keep); the rows come as one JSON array so
+# that the text, and so the prepared statement, is the same for every order.
+_RESERVE_SQLITE = text("""
+WITH want AS (SELECT value ->> 0 AS location_id, value ->> 1 AS sku, value ->> 2 AS qty FROM json_each(:rows))
+UPDATE orders_stock SET reserved = orders_stock.reserved + want.qty FROM want
+WHERE orders_stock.location_id = want.location_id AND orders_stock.sku = want.sku
+  AND orders_stock.on_hand - orders_stock.reserved - orders_stock.safety >= want.qty
+RETURNING location_id, sku, on_hand, reserved
+""")
 _UNRESERVE = update(STOCK).where(STOCK.c.location_id == bindparam("l"), STOCK.c.sku == bindparam("s")).values(
     reserved=STOCK.c.reserved - bindparam("q"))
 _MOVE = MOVES.insert()
@@ -187,7 +193,7 @@ def reserve(conn: Connection, order_id: int, allocation: dict[int, list[tuple[st
         got = conn.execute(_RESERVE_PG, {"locs": [w[0] for w in wanted], "skus": [w[1] for w in wanted],
                                          "qtys": [w[2] for w in wanted]}).all()
     else:
-        got = [r for loc, sku, qty in wanted for r in conn.execute(_RESERVE_ROW, {"l": loc, "s": sku, "q": qty})]
+        got = conn.execute(_RESERVE_SQLITE, {"rows": json.dumps(wanted)}).all()
     if len(got) < len(wanted):
         taken = {(r[0], r[1]) for r in got}
         back = [{"l": loc, "s": sku, "q": qty} for loc, sku, qty in wanted if (loc, sku) in taken]
