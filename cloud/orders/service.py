@@ -1092,10 +1092,56 @@ def inbox(conn: Connection, status: str | None = "open", limit: int = 100) -> li
             for r in conn.execute(stmt.order_by(INBOX.c.id.desc()).limit(limit))]
 
 
+FULFIL_SOURCE = "fulfil"
+"""The inbox source of a store's step that could not be applied (its raw: `fulfil_raw`)."""
+
+
+def fulfil_raw(data: FulfilData, node: str, position: tuple[int, int], msg_id: str) -> str:
+    """A refused `fulfil` as the inbox keeps it: the step, the box that sent it, its position."""
+    return json.dumps({"fulfil": data.model_dump(mode="json"), "node": node, "position": list(position),
+                       "msg_id": msg_id}, ensure_ascii=False)
+
+
+def _replay_fulfil(conn: Connection, item: Any, raw: str, data: Any, *, actor: str, via: str) -> IntakeResult:
+    """Apply a refused store step again (fixed, or after fixing what it refers to), exactly once:
+    the item is claimed by a conditional update in the transaction that applies it."""
+    try:
+        if not isinstance(data, dict) or not isinstance(data.get("fulfil"), dict) or not data.get("node"):
+            raise Refused(Refusal.MISSING_FIELD, "a store step needs 'fulfil' (the step) and 'node' (the box)")
+        step = FulfilData.model_validate(data["fulfil"])
+        pos = data.get("position")
+        position = (int(pos[0]), int(pos[1])) if isinstance(pos, list) and len(pos) == 2 else None
+        order_id = int(step.order_id) if step.order_id.isdigit() else 0
+    except ValidationError as exc:
+        refused = refusal_from_validation(exc)
+        conn.execute(update(INBOX).where(INBOX.c.id == item.id).values(reason=refused.reason.value,
+                                                                        detail=refused.detail[:500], raw=raw))
+        raise refused from None
+    claimed = conn.execute(update(INBOX).where(INBOX.c.id == item.id, INBOX.c.status == "open").values(
+        status="replayed", order_id=order_id or None, raw=raw, resolved_by=actor[:120], resolved_at=_now())).rowcount
+    if not claimed:
+        raise IllegalTransition(f"inbox item {item.id} was replayed meanwhile: only open items are replayed")
+    nested = conn.begin_nested()
+    try:
+        state = apply_fulfil(conn, step, actor=f"{actor} (replay of inbox item {item.id})", node=str(data["node"]),
+                             pos=position)
+    except (Refused, IllegalTransition, NotFound) as exc:
+        nested.rollback()
+        refused = exc if isinstance(exc, Refused) else Refused(Refusal.CONFLICT, str(exc))
+        conn.execute(update(INBOX).where(INBOX.c.id == item.id).values(
+            status="open", reason=refused.reason.value, detail=refused.detail[:500], raw=raw, resolved_by=None,
+            resolved_at=None))
+        raise refused from None
+    nested.commit()
+    audit(conn, actor, "inbox.replay", str(item.id), detail=f"store step {step.status.value} of order {step.order_id}",
+          via=via, object_type="order_inbox")
+    return IntakeResult(order_id, state, False, None)
+
+
 def replay_inbox(conn: Connection, item_id: int, *, actor: str, body: str | None = None,
                  via: str = "api") -> IntakeResult:
-    """Accept an inbox item again, as it was or with `body` (the fixed JSON order); refused again →
-    the item stays open with the new reason."""
+    """Accept an inbox item again, as it was or with `body` (the fixed JSON order, or store step);
+    refused again → the item stays open with the new reason."""
     item = conn.execute(select(INBOX).where(INBOX.c.id == item_id)).first()
     if item is None:
         raise NotFound(f"no inbox item {item_id}")
@@ -1106,6 +1152,8 @@ def replay_inbox(conn: Connection, item_id: int, *, actor: str, body: str | None
         data = json.loads(raw)
     except ValueError as exc:
         raise Refused(Refusal.NOT_JSON, f"the body is not JSON ({exc})") from None
+    if item.source == FULFIL_SOURCE:
+        return _replay_fulfil(conn, item, raw, data, actor=actor, via=via)
     if isinstance(data, dict) and "channel_order_id" not in data and "order_id" in data:
         data = from_bus_order(data, item.channel)
     try:
@@ -1179,6 +1227,24 @@ def oversold(conn: Connection) -> int:
         STOCK.c.reserved > STOCK.c.on_hand - STOCK.c.safety, STOCK.c.reserved > 0)).scalar_one())
 
 
-__all__ += ["approve", "current_rules", "discard_inbox", "get_order", "inbox", "inbox_add", "invalidate_locations",
-            "list_orders", "movements", "put_location", "replay_inbox", "reroute", "route_queued", "routing_state",
-            "save_rules", "set_state", "store_location"]
+__all__ += [
+    "FULFIL_SOURCE",
+    "approve",
+    "current_rules",
+    "discard_inbox",
+    "fulfil_raw",
+    "get_order",
+    "inbox",
+    "inbox_add",
+    "invalidate_locations",
+    "list_orders",
+    "movements",
+    "put_location",
+    "replay_inbox",
+    "reroute",
+    "route_queued",
+    "routing_state",
+    "save_rules",
+    "set_state",
+    "store_location",
+]
