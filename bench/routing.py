@@ -10,8 +10,8 @@ committed. Locations are warehouses (no box), so no downlink rows are written. E
 worker's CPU time per order and the SQL statements per order (counted by SQLAlchemy's events), which
 depend far less on a shared machine's load than the rates do.
 
-`batched_20` commits 20 orders per transaction, as the bus worker does when kiosk orders arrive
-together (one ledger transaction per batch): the same routing, one commit per 20 orders. One order
+`batched_10` commits 10 orders per transaction, as the bus worker does when kiosk orders arrive
+together (one ledger transaction per batch): the same routing, one commit per 10 orders. One order
 per transaction (the REST API, webhooks) cannot beat the bare committed `UPDATE`: its commit is the
 floor.
 
@@ -209,12 +209,12 @@ def main() -> None:
             for workers in (1, 4):
                 entry[f"workers_{workers}"] = route_run(url, workers, per_worker, skus)
             for workers in (1, 4):
-                entry[f"workers_{workers}_batched_20"] = route_run(url, workers, per_worker, skus, batch=20)
+                entry[f"workers_{workers}_batched_10"] = route_run(url, workers, per_worker, skus, batch=10)
             with engine.connect() as conn:
                 entry["oversold_rows"] = service.oversold(conn)
             one, four = entry["workers_1"]["orders_per_s"], entry["workers_4"]["orders_per_s"]
             entry["scaling_4_vs_1"] = round(four / one, 2) if one else None
-            b1, b4 = entry["workers_1_batched_20"]["orders_per_s"], entry["workers_4_batched_20"]["orders_per_s"]
+            b1, b4 = entry["workers_1_batched_10"]["orders_per_s"], entry["workers_4_batched_10"]["orders_per_s"]
             entry["scaling_4_vs_1_batched"] = round(b4 / b1, 2) if b1 else None
             entry["order_vs_update_cost"] = round(entry["update_returning"]["per_s"] / one, 1) if one else None
             result[name] = entry
