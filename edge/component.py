@@ -15,6 +15,9 @@ tomorrow) is built from the config by its factory in `edge.components.COMPONENTS
   an API worker thread: read only what is safe to read from another thread);
 - `birth()`: fields it adds to the box's birth (e.g. the config component's last rollback).
 
+Components offer each other services through `ComponentContext.shared` (the station's print queue
+to the order desk), set while they are built and looked up when used: no component imports another.
+
 Stopping: the agent calls `stop()` (ask the tasks to finish), waits for the tasks a few seconds,
 cancels what is left, and calls `close()` once nothing of the component runs any more.
 """
@@ -22,8 +25,8 @@ cancels what is left, and calls `close()` once nothing of the component runs any
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from broker.envelope import MessageType
 from broker.payloads import Payload
@@ -33,11 +36,29 @@ from edge.localapi import Route
 from edge.outbox import Row
 from firmware_config import BoxPaths, NodeConfig
 
-__all__ = ["BackgroundTask", "CommandHandler", "CommandRefused", "Component", "ComponentContext", "ComponentError"]
+__all__ = ["BackgroundTask", "CommandHandler", "CommandRefused", "Component", "ComponentContext", "ComponentError",
+           "PrintQueue", "Shared"]
 
 
 class ComponentError(RuntimeError):
     """A component cannot start on this box; the message names what and why (shown as one line)."""
+
+
+class PrintQueue(Protocol):
+    """The box's durable queue of ESC/POS jobs for its receipt printer (the station offers it)."""
+
+    def queue_document(self, kind: str, render: Callable[[str], bytes], *, request_id: str) -> tuple[int, bool]:
+        """Queue what `render(printer profile)` returns; return (job id, new). A `request_id` queued
+        before returns that job (a step repeated prints nothing twice). Raises `ValueError` saying
+        why when there is nothing to print on."""
+        ...
+
+
+@dataclass(slots=True)
+class Shared:
+    """Services one component offers the others (None: no component on this box offers it)."""
+
+    print_queue: PrintQueue | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +73,8 @@ class ComponentContext:
     """True while the box is connected to the broker, born, and a cloud host says it is online."""
     offer_password: Callable[[str, Callable[[str], None]], None] = lambda _pw, _adopted: None
     """Credential rotation: hand the bus a new broker password (see `edge.bus.BusClient.offer_password`)."""
+    shared: Shared = field(default_factory=Shared)
+    """Services the components offer each other (one object for all the components of a box)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,8 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from cloud.orders import service
-from cloud.orders.routing import OrderIn, plan
+from cloud.orders.candidates import Pool, plan_rule
+from cloud.orders.routing import OrderIn
 from cloud.orders.rules import Unfilled, parse_rules
 
 __all__ = ["dry_run"]
@@ -19,6 +20,7 @@ def dry_run(conn: Connection, spec: Any, last: int = 50) -> dict[str, Any]:
     now = datetime.now(UTC)
     out: list[dict[str, Any]] = []
     counts: dict[str, int] = {}
+    locs = service.routing_state(conn)[2]
     orders = conn.execute(select(service.ORDERS).order_by(service.ORDERS.c.id.desc()).limit(last)).all()
     for o in orders:
         lines = tuple((r.sku, r.qty) for r in conn.execute(
@@ -27,9 +29,10 @@ def dry_run(conn: Connection, spec: Any, last: int = 50) -> dict[str, Any]:
                         pickup_location=o.pickup_location_id)
         group = rules.group_for(o.channel)
         outcome, where, rule_name = "unfulfillable", [], None
+        # The same search as routing (the nearest, else the nearest holding the order), reserving nothing.
+        pool = Pool(conn, locs, order, now, max(r.candidates for r in group.rules))
         for rule in group.rules:
-            cands, _ = service.candidates(conn, order, rule.candidates, now)
-            p = plan(order, cands, rule)
+            p = plan_rule(pool, rule)
             if p.filled:
                 outcome, rule_name = "routed", rule.name
                 where = sorted(c["code"] for c in p.candidates if c.get("chosen"))

@@ -3,7 +3,8 @@
 - `order` (kiosk): an order, stored once per (channel, order id), checked and routed; a payload
   that cannot be accepted goes to the inbox with its reason (never dropped, never an exception).
 - `stock`: on hand at the box's store, order-safe by (session, seq) per row.
-- `fulfil`: a store's step on an assignment (accept … picked up, or reject → routed again).
+- `fulfil`: a store's step on an assignment (accept … picked up, or reject → routed again); a step
+  that cannot be applied goes to the inbox with its reason, and is applied once when replayed.
 """
 
 from __future__ import annotations
@@ -66,5 +67,6 @@ def on_fulfil(ctx: Context, msg: Message) -> None:
         service.apply_fulfil(ctx.conn, data, actor=f"bus:{msg.node}", node=msg.node, pos=msg.position, now=ctx.now)
     except (service.Refused, service.IllegalTransition, NotFound) as exc:
         refused = exc if isinstance(exc, service.Refused) else service.Refused(service.Refusal.CONFLICT, str(exc))
-        service.inbox_add(ctx.conn, channel="store", source="bus", refused=refused,
-                          raw=json.dumps(data.model_dump(mode="json") | {"node": msg.node}), now=ctx.now)
+        # Kept with who sent it and its position, so that a replay after a fix applies it as the box sent it.
+        service.inbox_add(ctx.conn, channel="store", source=service.FULFIL_SOURCE, refused=refused,
+                          raw=service.fulfil_raw(data, msg.node, msg.position, str(msg.msg_id)), now=ctx.now)

@@ -44,6 +44,7 @@ __all__ = [
     "RuleSetRow",
     "StockRow",
     "Transition",
+    "VersionRow",
 ]
 
 
@@ -183,9 +184,13 @@ class Movement(Base):
     """The stock ledger's history: every change of on hand or reserved, with its source."""
 
     __tablename__ = "orders_movements"
-    __table_args__ = (Index("ix_orders_movements_loc_sku", "location_id", "sku"),)
+    __table_args__ = (Index("ix_orders_movements_loc_sku", "location_id", "sku"),
+                      Index("ix_orders_movements_txid_id", "txid", "id"))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    txid: Mapped[int | None] = mapped_column(BigInteger)
+    """PostgreSQL: the id of the transaction that wrote the row (a column default), so that the ATP
+    feed reads movements in commit order (as followers read the ledger); null on SQLite."""
     location_id: Mapped[int] = mapped_column(Integer)
     sku: Mapped[str] = mapped_column(String(64))
     at: Mapped[datetime] = mapped_column(UtcDateTime)
@@ -302,3 +307,13 @@ class FeedItem(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     last_error: Mapped[str | None] = mapped_column(String(500))
+
+
+class VersionRow(Base):
+    """A counter bumped in the transaction of each change that in-process caches must see (the
+    location index: `locations`). Read on every routing, written only by those rare changes."""
+
+    __tablename__ = "orders_versions"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)

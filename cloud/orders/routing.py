@@ -12,7 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloud.orders.geo import Zone, great_circle_km
+import numpy as np
+
+from cloud.orders.geo import EARTH_KM, Zone
 from cloud.orders.rules import FilterField, Rule, SortKey
 
 __all__ = ["Candidate", "OrderIn", "Plan", "plan"]
@@ -65,10 +67,18 @@ class Plan:
         return bool(self.allocation)
 
 
-def _distance(order: OrderIn, c: Candidate) -> float | None:
+def _distances(order: OrderIn, candidates: Sequence[Candidate]) -> list[float | None]:
+    """`great_circle_km` from the order to each candidate, rounded to metres, in one numpy pass."""
     if order.lat is None or order.lon is None:
-        return None
-    return round(great_circle_km(order.lat, order.lon, c.lat, c.lon), 3)
+        return [None] * len(candidates)
+    if not candidates:
+        return []
+    lat = np.array([c.lat for c in candidates])
+    lon = np.array([c.lon for c in candidates])
+    p1, p2 = np.radians(order.lat), np.radians(lat)
+    h = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(np.radians(lon - order.lon) / 2) ** 2
+    km = 2 * EARTH_KM * np.arcsin(np.minimum(1.0, np.sqrt(h)))
+    return [round(float(d), 3) for d in km]
 
 
 def _value(f: FilterField, order: OrderIn, c: Candidate, dist: float | None) -> Any:
@@ -114,8 +124,7 @@ def plan(order: OrderIn, candidates: Sequence[Candidate], rule: Rule) -> Plan:
     """What `rule` does with `order` given `candidates` (explained whether it fills the order or not)."""
     result = Plan(rule=rule.name)
     eligible: list[tuple[tuple[Any, ...], Candidate, dict[str, Any]]] = []
-    for c in candidates:
-        dist = _distance(order, c)
+    for c, dist in zip(candidates, _distances(order, candidates), strict=True):
         row: dict[str, Any] = {"id": c.id, "code": c.code, "kind": c.kind, "lat": c.lat, "lon": c.lon,
                                "distance_km": dist, "stock": {s: c.atp.get(s, 0) for s, _ in order.lines}}
         result.candidates.append(row)
@@ -158,30 +167,59 @@ def plan(order: OrderIn, candidates: Sequence[Candidate], rule: Rule) -> Plan:
     return _partial(order, eligible, rule, result)
 
 
+VECTOR_MAX_K = 3
+"""Combinations of up to this many locations are searched with numpy at once; more, one by one."""
+
+
+def _first_cover(atp: np.ndarray[Any, Any], need: np.ndarray[Any, Any], k: int) -> tuple[int, ...] | None:
+    """The first `k`-combination of rows of `atp` (in `itertools.combinations` order) whose sum
+    covers `need`, or None."""
+    n = atp.shape[0]
+    if k > VECTOR_MAX_K:
+        return next((combo for combo in itertools.combinations(range(n), k)
+                     if bool((atp[list(combo)].sum(axis=0) >= need).all())), None)
+    if k == 1:
+        ok = (atp >= need).all(axis=1)
+    elif k == 2:
+        ok = ((atp[:, None, :] + atp[None, :, :]) >= need).all(axis=-1)
+        ok &= np.triu(np.ones((n, n), dtype=bool), 1)
+    else:
+        ok = ((atp[:, None, None, :] + atp[None, :, None, :] + atp[None, None, :, :]) >= need).all(axis=-1)
+        i, j, m = np.ogrid[:n, :n, :n]
+        ok &= (i < j) & (j < m)
+    # argwhere walks the array in C order: (i, j, m) lexicographically, as itertools.combinations does.
+    hits = np.argwhere(ok)
+    return tuple(int(x) for x in hits[0]) if len(hits) else None
+
+
 def _partial(order: OrderIn, eligible: list[tuple[tuple[Any, ...], Candidate, dict[str, Any]]], rule: Rule,
              result: Plan) -> Plan:
     pool = eligible[:COMBINATION_POOL]
-    need = dict(order.lines)
+    skus = [s for s, _ in order.lines]
+    atp = np.array([[c.atp.get(s, 0) for s in skus] for _, c, _ in pool], dtype=np.int64).reshape(len(pool), len(skus))
+    need = np.array([q for _, q in order.lines], dtype=np.int64)
     for k in range(1, min(rule.max_locations, len(pool)) + 1):
-        for combo in itertools.combinations(pool, k):
-            if all(sum(c.atp.get(s, 0) for _, c, _ in combo) >= q for s, q in need.items()):
-                alloc: dict[int, list[tuple[str, int]]] = {}
-                for s, q in order.lines:
-                    left = q
-                    for _, c, _ in combo:
-                        take = min(left, c.atp.get(s, 0))
-                        if take > 0:
-                            alloc.setdefault(c.id, []).append((s, take))
-                            left -= take
-                        if left == 0:
-                            break
-                result.allocation = alloc
-                for _, c, row in eligible:
-                    if c.id in alloc:
-                        row["chosen"] = True
-                    else:
-                        row["dropped"] = "not needed: the order is filled by fewer or better-sorted locations"
-                return result
+        found = _first_cover(atp, need, k)
+        if found is None:
+            continue
+        combo = [pool[i] for i in found]
+        alloc: dict[int, list[tuple[str, int]]] = {}
+        for s, q in order.lines:
+            left = q
+            for _, c, _ in combo:
+                take = min(left, c.atp.get(s, 0))
+                if take > 0:
+                    alloc.setdefault(c.id, []).append((s, take))
+                    left -= take
+                if left == 0:
+                    break
+        result.allocation = alloc
+        for _, c, row in eligible:
+            if c.id in alloc:
+                row["chosen"] = True
+            else:
+                row["dropped"] = "not needed: the order is filled by fewer or better-sorted locations"
+        return result
     for _, _, row in eligible:
         row["dropped"] = f"together with the others, not enough stock within {rule.max_locations} locations"
     result.note = f"no combination of at most {rule.max_locations} locations holds the order"

@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import secrets
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,9 +25,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
-from sqlalchemy import Connection, Table, and_, bindparam, func, or_, select, update
+from sqlalchemy import Connection, Table, bindparam, func, select, update
 
 from broker.envelope import MessageType
 from broker.payloads import AssignAction, AssignData, FulfilData, FulfilStatus, OrderLine
@@ -38,7 +36,9 @@ from cloud.bus import downlink
 from cloud.catalogue.models import products
 from cloud.db import insert_for
 from cloud.models import Node, Region, Store
-from cloud.orders.geo import SpatialIndex, Zone, unit_vectors
+from cloud.orders import candidates as _candidates
+from cloud.orders.candidates import Locations, Pool, invalidate_locations, plan_rule
+from cloud.orders.geo import Zone
 from cloud.orders.models import (
     Assignment,
     Channel,
@@ -53,10 +53,12 @@ from cloud.orders.models import (
     RuleSetRow,
     StockRow,
     Transition,
+    VersionRow,
 )
-from cloud.orders.routing import Candidate, OrderIn, Plan, plan
+from cloud.orders.routing import OrderIn, Plan
 from cloud.orders.rules import DEFAULT_RULES, Filter, FilterField, Op, Rule, RuleError, RuleSet, Unfilled, parse_rules
-from cloud.orders.stock import LevelIn, apply_levels
+from cloud.orders.stock import LevelIn, Shortage, apply_levels
+from cloud.orders.stock import reserve as reserve
 
 __all__ = [
     "ORDERS",
@@ -90,6 +92,7 @@ DECIDE: Table = Decision.__table__  # type: ignore[assignment]
 RULESETS: Table = RuleSetRow.__table__  # type: ignore[assignment]
 CHANNELS: Table = Channel.__table__  # type: ignore[assignment]
 FEED: Table = FeedItem.__table__  # type: ignore[assignment]
+VERSIONS: Table = VersionRow.__table__  # type: ignore[assignment]
 AUDIT: Table = AuditEntry.__table__  # type: ignore[assignment]
 STORES: Table = Store.__table__  # type: ignore[assignment]
 NODES: Table = Node.__table__  # type: ignore[assignment]
@@ -164,20 +167,39 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+# Built once: constructing SQLAlchemy statements per order cost as much as running them.
+_STATE_OF = select(ORDERS.c.state).where(ORDERS.c.id == bindparam("_order"))
+_UPDATE_ORDER = update(ORDERS).where(ORDERS.c.id == bindparam("_order"))
+"""SET whichever columns the parameters name (besides `_order`)."""
+_TRANSITION = TRANS.insert()
+_DECISION = DECIDE.insert()
+
+
+def transition_row(order_id: int, from_state: str | None, to: str, *, actor: str, reason: str,
+                   now: datetime) -> dict[str, Any]:
+    return {"order_id": order_id, "from_state": from_state, "to_state": to, "at": now, "actor": actor[:120],
+            "reason": reason[:500]}
+
+
 def set_state(conn: Connection, order_id: int, to: str, *, actor: str, reason: str, now: datetime,
-              current: str | None = None, channel: str | None = None, extra: dict[str, Any] | None = None) -> str:
+              current: str | None = None, channel: str | None = None, extra: dict[str, Any] | None = None,
+              pending: list[dict[str, Any]] | None = None) -> str:
     """Move an order to `to`, recording who/when/why, and queue the channel's status feed; return
-    the state it was in. Raises `IllegalTransition` naming the current state."""
+    the state it was in. Raises `IllegalTransition` naming the current state. With `pending`, the
+    transition row is appended there for the caller to insert with the others of its transaction."""
     if current is None:
-        current = conn.execute(select(ORDERS.c.state).where(ORDERS.c.id == order_id)).scalar()
+        current = conn.execute(_STATE_OF, {"_order": order_id}).scalar()
         if current is None:
             raise NotFound(f"no order {order_id}")
     if to not in TRANSITIONS.get(current, frozenset()):
         allowed = ", ".join(sorted(TRANSITIONS.get(current, ()))) or "nothing (it is final)"
         raise IllegalTransition(f"order {order_id} is {current}: it cannot become {to} (from {current}: {allowed})")
-    conn.execute(update(ORDERS).where(ORDERS.c.id == order_id).values(state=to, updated_at=now, **(extra or {})))
-    conn.execute(TRANS.insert().values(order_id=order_id, from_state=current, to_state=to, at=now,
-                                       actor=actor[:120], reason=reason[:500]))
+    conn.execute(_UPDATE_ORDER, {"_order": order_id, "state": to, "updated_at": now, **(extra or {})})
+    row = transition_row(order_id, current, to, actor=actor, reason=reason, now=now)
+    if pending is None:
+        conn.execute(_TRANSITION, [row])
+    else:
+        pending.append(row)
     _feed_status(conn, order_id, current, to, reason, now, channel)
     return current
 
@@ -271,7 +293,23 @@ def refusal_from_validation(exc: ValidationError) -> Refused:
     return Refused(Refusal.INVALID, f"field '{where}': {err['msg']} (got {str(err.get('input'))[:60]!r})")
 
 
-def check(conn: Connection, order: OrderInput) -> int | None:
+_KNOWN_SKUS = select(products.c.sku).where(products.c.sku.in_(bindparam("skus", expanding=True)))
+_EXISTING = select(ORDERS.c.id, ORDERS.c.state, ORDERS.c.pickup_code).where(
+    ORDERS.c.channel == bindparam("channel"), ORDERS.c.channel_order_id == bindparam("channel_order_id"))
+_LINES_INSERT = LINES.insert()
+_INSERT_ORDER: dict[str, Any] = {}
+"""Per dialect: the order, once per (channel, channel order id), returning its id (None if it exists)."""
+
+
+def _insert_order(conn: Connection) -> Any:
+    stmt = _INSERT_ORDER.get(conn.dialect.name)
+    if stmt is None:
+        stmt = _INSERT_ORDER[conn.dialect.name] = insert_for(conn, ORDERS).on_conflict_do_nothing(
+            index_elements=["channel", "channel_order_id"]).returning(ORDERS.c.id)
+    return stmt
+
+
+def check(conn: Connection, order: OrderInput, locs: Locations | None = None) -> int | None:
     """Refuse what cannot be routed (naming the line and value); return the pickup location id."""
     for i, line in enumerate(order.lines, start=1):
         if line.qty <= 0 or line.qty > 10_000:
@@ -282,7 +320,7 @@ def check(conn: Connection, order: OrderInput) -> int | None:
     skus = sorted({line.sku for line in order.lines})
     if len(skus) != len(order.lines):
         raise Refused(Refusal.INVALID, "a SKU appears on two lines: give one line per SKU")
-    known = set(conn.execute(select(products.c.sku).where(products.c.sku.in_(skus))).scalars())
+    known = set(conn.execute(_KNOWN_SKUS, {"skus": skus}).scalars())
     unknown = [s for s in skus if s not in known]
     if unknown:
         raise Refused(Refusal.UNKNOWN_SKU, f"unknown SKU {', '.join(unknown)}: not in the catalogue")
@@ -291,7 +329,7 @@ def check(conn: Connection, order: OrderInput) -> int | None:
     if order.fulfilment == "pickup":
         if not order.pickup_store:
             raise Refused(Refusal.MISSING_FIELD, "a pickup order needs pickup_store (the location code)")
-        loc = conn.execute(select(LOCS.c.id).where(LOCS.c.code == order.pickup_store)).scalar()
+        loc = (locs or _candidates.locations(conn)).by_code.get(order.pickup_store)
         if loc is None:
             raise Refused(Refusal.UNKNOWN_STORE, f"pickup store {order.pickup_store!r} is not a known location")
         return int(loc)
@@ -305,16 +343,36 @@ def inbox_add(conn: Connection, *, channel: str, source: str, refused: Refused, 
     ).returning(INBOX.c.id)).scalar_one())
 
 
+@dataclass(frozen=True)
+class _Head:
+    """What routing reads of an order's row, for an order this transaction has just inserted."""
+
+    id: int
+    state: str
+    channel: str
+    fulfilment: str
+    customer: str | None
+    contact: str | None
+    address: str | None
+    pickup_code: str | None
+    merged_with: int | None = None
+    queued_since: datetime | None = None
+
+
 def intake(conn: Connection, order: OrderInput, *, actor: str, now: datetime | None = None,
            source_node: str | None = None, route_now: bool = True) -> IntakeResult:
     """Store a new order (or answer the stored one: the channel's order id is the idempotency key),
     run the checks and route it. Raises `Refused` for what cannot be accepted."""
     now = now or _now()
-    found = conn.execute(select(ORDERS.c.id, ORDERS.c.state, ORDERS.c.pickup_code).where(
-        ORDERS.c.channel == order.channel, ORDERS.c.channel_order_id == order.channel_order_id)).first()
-    if found is not None:
-        return IntakeResult(found.id, found.state, False, found.pickup_code)
-    pickup = check(conn, order)
+    version, ruleset, locs = routing_state(conn)
+    key = {"channel": order.channel, "channel_order_id": order.channel_order_id}
+    try:
+        pickup = check(conn, order, locs)
+    except Refused:
+        found = conn.execute(_EXISTING, key).first()
+        if found is not None:  # accepted before (the catalogue or locations changed since): the same answer
+            return IntakeResult(found.id, found.state, False, found.pickup_code)
+        raise
     amount = sum(Decimal(str(ln.price)) * ln.qty - Decimal(str(ln.discount)) for ln in order.lines)
     region = None
     if source_node:
@@ -322,40 +380,45 @@ def intake(conn: Connection, order: OrderInput, *, actor: str, now: datetime | N
             NODES.join(STORES, STORES.c.id == NODES.c.store_id).join(REGIONS, REGIONS.c.id == STORES.c.region_id)
         ).where(NODES.c.id == source_node)).scalar()
     code = f"{secrets.randbelow(10**6):06d}" if order.fulfilment == "pickup" else None
-    new_id = conn.execute(
-        insert_for(conn, ORDERS).values(
-            channel=order.channel, channel_order_id=order.channel_order_id, state="received",
-            fulfilment=order.fulfilment, customer=order.customer, contact=order.contact, address=order.address,
-            lat=order.lat, lon=order.lon, pickup_location_id=pickup, pickup_code=code, amount=amount,
-            source_node=source_node, region=region, created_at=now, updated_at=now,
-            raw=order.model_dump(mode="json"),
-        ).on_conflict_do_nothing(index_elements=["channel", "channel_order_id"]).returning(ORDERS.c.id)
-    ).scalar()
-    if new_id is None:  # the same channel order arrived on another host at the same moment
-        again = conn.execute(select(ORDERS.c.id, ORDERS.c.state, ORDERS.c.pickup_code).where(
-            ORDERS.c.channel == order.channel, ORDERS.c.channel_order_id == order.channel_order_id)).one()
+    # No lookup first: the unique (channel, channel order id) answers "stored already" in the insert.
+    new_id = conn.execute(_insert_order(conn), {
+        **key, "state": "received", "fulfilment": order.fulfilment, "customer": order.customer,
+        "contact": order.contact, "address": order.address, "lat": order.lat, "lon": order.lon,
+        "pickup_location_id": pickup, "pickup_code": code, "amount": amount, "source_node": source_node,
+        "region": region, "created_at": now, "updated_at": now, "raw": order.model_dump(mode="json"),
+    }).scalar()
+    if new_id is None:  # stored before, or by another host at the same moment
+        again = conn.execute(_EXISTING, key).one()
         return IntakeResult(again.id, again.state, False, again.pickup_code)
-    conn.execute(LINES.insert(), [
+    conn.execute(_LINES_INSERT, [
         {"order_id": new_id, "line_no": i, "sku": ln.sku, "qty": ln.qty, "price": ln.price, "discount": ln.discount}
         for i, ln in enumerate(order.lines, start=1)
     ])
-    conn.execute(TRANS.insert().values(order_id=new_id, from_state=None, to_state="received", at=now,
-                                       actor=actor[:120], reason=f"received from {order.channel}"))
+    # The transitions of this transaction go in together, at the end.
+    pending = [transition_row(new_id, None, "received", actor=actor, reason=f"received from {order.channel}", now=now)]
     _feed_status(conn, new_id, None, "received", f"received from {order.channel}", now, order.channel)
     state = "received"
-    in_force = current_rules(conn)
-    held = _checks(conn, in_force[1], order, float(amount), new_id)
+    held = _checks(conn, ruleset, order, float(amount), new_id)
     if held:
-        set_state(conn, new_id, "held", actor="system:checks", reason=held, now=now, current="received")
-        conn.execute(DECIDE.insert().values(order_id=new_id, at=now, ruleset_version=in_force[0],
-                                            outcome="held", rule=None, explanation={"check": held}))
+        set_state(conn, new_id, "held", actor="system:checks", reason=held, now=now, current="received",
+                  pending=pending)
+        conn.execute(_DECISION, {"order_id": new_id, "at": now, "ruleset_version": version, "outcome": "held",
+                                 "rule": None, "explanation": {"check": held}})
         state = "held"
     else:
-        merge = _merge_target(conn, in_force[1], order, new_id, now)
+        merge = _merge_target(conn, ruleset, order, new_id, now)
         if merge is not None:
-            conn.execute(update(ORDERS).where(ORDERS.c.id == new_id).values(merged_with=merge))
+            conn.execute(_UPDATE_ORDER, {"_order": new_id, "merged_with": merge})
         if route_now:
-            state = route(conn, new_id, actor="system:router", now=now, rules=in_force)
+            head = _Head(id=new_id, state="received", channel=order.channel, fulfilment=order.fulfilment,
+                         customer=order.customer, contact=order.contact, address=order.address, pickup_code=code,
+                         merged_with=merge)
+            wanted = OrderIn(id=new_id, channel=order.channel, fulfilment=order.fulfilment,
+                             lines=tuple((ln.sku, ln.qty) for ln in order.lines), lat=order.lat, lon=order.lon,
+                             pickup_location=pickup)
+            state = route(conn, new_id, actor="system:router", now=now, rules=(version, ruleset), locs=locs,
+                          known=(head, wanted, []), pending=pending)
+    conn.execute(_TRANSITION, pending)
     return IntakeResult(new_id, state, True, code)
 
 
@@ -405,17 +468,28 @@ def _checks(conn: Connection, rules: RuleSet, order: OrderInput, amount: float, 
 _parsed_rules: dict[tuple[str, int], RuleSet] = {}
 
 
-def current_rules(conn: Connection) -> tuple[int, RuleSet]:
-    """The rule set in force (the newest version); parsed once per version and database."""
-    version = conn.execute(select(func.max(RULESETS.c.version))).scalar()
+def _rules_at(conn: Connection, version: int | None) -> tuple[int, RuleSet]:
     if version is None:
         return 0, DEFAULT_RULES
-    key = (_db_key(conn), int(version))
+    key = (_db_key(conn), version)
     rules = _parsed_rules.get(key)
     if rules is None:
         spec = conn.execute(select(RULESETS.c.spec).where(RULESETS.c.version == version)).scalar_one()
         rules = _parsed_rules[key] = parse_rules(spec)
-    return int(version), rules
+    return version, rules
+
+
+def current_rules(conn: Connection) -> tuple[int, RuleSet]:
+    """The rule set in force (the newest version); parsed once per version and database."""
+    return _rules_at(conn, _candidates.versions(conn)[0])
+
+
+def routing_state(conn: Connection) -> tuple[int, RuleSet, Locations]:
+    """The rule set in force and the location index, both checked against the database's versions
+    in one query (each is reloaded only when it changed)."""
+    rules_version, locations_version = _candidates.versions(conn)
+    version, rules = _rules_at(conn, rules_version)
+    return version, rules, _candidates.locations(conn, locations_version)
 
 
 def _db_key(conn: Connection) -> str:
@@ -433,114 +507,17 @@ def save_rules(conn: Connection, spec: Any, *, actor: str, note: str | None = No
     return version
 
 
-# -- the location index ----------------------------------------------------------------------------
+# -- the location index ---------------------------------------------------------------------------
 
 
-@dataclass
-class _Locations:
-    index: SpatialIndex
-    base: dict[int, Candidate]
-    capacity: dict[int, int]
-    loaded: float
-    meta: dict[int, tuple[str | None, int | None]]
-    """id → (its box, its fleet store id)."""
+def _locations(conn: Connection) -> Locations:
+    return _candidates.locations(conn)
 
 
-_cache: dict[str, _Locations] = {}
-_cache_lock = threading.Lock()
-INDEX_TTL_S = 5.0
-"""Locations change rarely; another host's edit is seen within this (this host's at once)."""
-
-
-def invalidate_locations() -> None:
-    with _cache_lock:
-        _cache.clear()
-
-
-def _locations(conn: Connection) -> _Locations:
-    key = _db_key(conn)
-    with _cache_lock:
-        hit = _cache.get(key)
-        if hit is not None and time.monotonic() - hit.loaded < INDEX_TTL_S:
-            return hit
-    rows = conn.execute(select(LOCS)).all()
-    base: dict[int, Candidate] = {}
-    capacity: dict[int, int] = {}
-    meta: dict[int, tuple[str | None, int | None]] = {}
-    for r in rows:
-        meta[r.id] = (r.node, r.store_id)
-        zone = None
-        if r.zone_radius_km is not None or r.zone_polygon:
-            zone = Zone(r.lat, r.lon, r.zone_radius_km, tuple(tuple(p) for p in r.zone_polygon) if r.zone_polygon else None)
-        base[r.id] = Candidate(id=r.id, code=r.code, kind=r.kind, region=r.region, lat=r.lat, lon=r.lon, atp={},
-                               zone=zone, priority=r.priority or 0, cost=r.cost or 0.0, active=bool(r.active))
-        if r.capacity_per_day is not None:
-            capacity[r.id] = r.capacity_per_day
-    active = [c for c in base.values() if c.active]
-    loc = _Locations(SpatialIndex([c.id for c in active], [c.lat for c in active], [c.lon for c in active]),
-                     base, capacity, time.monotonic(), meta)
-    with _cache_lock:
-        _cache[key] = loc
-    return loc
-
-
-def _with_stock(conn: Connection, locs: _Locations, ids: Sequence[int], skus: Sequence[str],
-                now: datetime) -> list[Candidate]:
-    if not ids:
-        return []
-    atp: dict[int, dict[str, int]] = {}
-    for r in conn.execute(select(STOCK.c.location_id, STOCK.c.sku, STOCK.c.on_hand - STOCK.c.reserved - STOCK.c.safety)
-                          .where(STOCK.c.location_id.in_(list(ids)), STOCK.c.sku.in_(list(skus)))):
-        atp.setdefault(r[0], {})[r[1]] = max(0, int(r[2]))
-    used: dict[int, int] = {}
-    capped = [i for i in ids if i in locs.capacity]
-    if capped:
-        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        for loc_id, n in conn.execute(select(ASSIGN.c.location_id, func.count()).where(
-                ASSIGN.c.location_id.in_(capped), ASSIGN.c.created_at >= day,
-                ASSIGN.c.state.not_in(("rejected", "expired", "withdrawn"))).group_by(ASSIGN.c.location_id)):
-            used[loc_id] = int(n)
-    out = []
-    for i in ids:
-        b = locs.base[i]
-        cap = locs.capacity.get(i)
-        out.append(Candidate(b.id, b.code, b.kind, b.region, b.lat, b.lon, atp.get(i, {}), b.zone,
-                             None if cap is None else cap - used.get(i, 0), b.priority, b.cost, b.active))
-    return out
-
-
-def candidate_ids(conn: Connection, order: OrderIn, k: int, stocked: str | None = None) -> tuple[list[int], int]:
-    """Ids of the `k` nearest active locations (and how many there are). With `stocked` ("all":
-    holding every line's quantity, "any": some of one line), only among locations that do, found
-    through the stock table's SKU index: for orders the nearest ones cannot fill, without looking
-    at every location."""
-    locs = _locations(conn)
-    if order.fulfilment == "pickup" and order.pickup_location is not None:
-        return ([order.pickup_location] if order.pickup_location in locs.base else []), locs.index.size
-    if order.lat is None or order.lon is None:
-        return [], locs.index.size
-    if stocked is None:
-        return locs.index.nearest(order.lat, order.lon, k), locs.index.size
-    atp = STOCK.c.on_hand - STOCK.c.reserved - STOCK.c.safety
-    cond = [and_(STOCK.c.sku == s, atp >= (q if stocked == "all" else 1)) for s, q in order.lines]
-    stmt = select(STOCK.c.location_id).where(or_(*cond)).group_by(STOCK.c.location_id)
-    if stocked == "all":
-        stmt = stmt.having(func.count() == len(order.lines))
-    ids = [i for i in conn.execute(stmt).scalars() if i in locs.base and locs.base[i].active]
-    if not ids:
-        return [], locs.index.size
-    pts = np.array([(locs.base[i].lat, locs.base[i].lon) for i in ids])
-    d = np.linalg.norm(unit_vectors(pts[:, 0], pts[:, 1]) - unit_vectors(order.lat, order.lon), axis=1)
-    keep = k + len(order.excluded)
-    order_idx = np.argsort(d, kind="stable")[:keep]
-    return [ids[int(j)] for j in order_idx], locs.index.size
-
-
-def candidates(conn: Connection, order: OrderIn, k: int, now: datetime,
-               stocked: str | None = None) -> tuple[list[Candidate], int]:
-    """The candidates of `candidate_ids` with their stock for the order's SKUs."""
-    ids, total = candidate_ids(conn, order, k, stocked)
-    return _with_stock(conn, _locations(conn), ids, [s for s, _ in order.lines], now), total
+def candidates(conn: Connection, order: OrderIn, k: int, now: datetime) -> tuple[list[Any], int]:
+    """The `k` nearest active locations with their stock of the order's SKUs, and how many there are."""
+    pool = Pool(conn, _locations(conn), order, now, k)
+    return pool.near(k), pool.total
 
 
 # -- routing ---------------------------------------------------------------------------------------
@@ -569,54 +546,24 @@ def _order_in(conn: Connection, order_id: int, *, lock: bool = True) -> tuple[An
                       pickup_location=o.pickup_location_id, excluded=frozenset(o.excluded or ())), active
 
 
-class _Raced(Exception):
-    """Stock changed between the plan and the lock: plan again."""
-
-
-def reserve(conn: Connection, order_id: int, allocation: dict[int, list[tuple[str, int]]], now: datetime) -> None:
-    """Take `allocation` from stock: lock the rows in (location, sku) order, check availability
-    under the lock, add to `reserved`. Raises `_Raced` (nothing written) if a row no longer has it."""
-    wanted = sorted((loc, sku, qty) for loc, lines in allocation.items() for sku, qty in lines)
-    keys = [(loc, sku) for loc, sku, _ in wanted]
-    # OR of (location, sku) pairs rather than a row-value IN: SQLite uses the primary key for this.
-    stmt = select(STOCK.c.location_id, STOCK.c.sku, STOCK.c.on_hand, STOCK.c.reserved, STOCK.c.safety).where(
-        or_(*(and_(STOCK.c.location_id == loc, STOCK.c.sku == sku) for loc, sku in keys))
-    ).order_by(STOCK.c.location_id, STOCK.c.sku)
-    if conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
-    rows = {(r.location_id, r.sku): r for r in conn.execute(stmt)}
-    for loc, sku, qty in wanted:
-        r = rows.get((loc, sku))
-        if r is None or r.on_hand - r.reserved - r.safety < qty:
-            raise _Raced(f"{sku} at location {loc}")
-    conn.execute(update(STOCK).where(STOCK.c.location_id == bindparam("l"), STOCK.c.sku == bindparam("s"))
-                 .values(reserved=STOCK.c.reserved + bindparam("q")),
-                 [{"l": loc, "s": sku, "q": qty} for loc, sku, qty in wanted])
-    conn.execute(MOVES.insert(), [
-        {"location_id": loc, "sku": sku, "at": now, "kind": "reserve", "on_hand_delta": 0, "reserved_delta": qty,
-         "on_hand_after": rows[(loc, sku)].on_hand, "reserved_after": rows[(loc, sku)].reserved + qty,
-         "source": f"order:{order_id}"} for loc, sku, qty in wanted])
-
-
 RACE_RETRIES = 6
 """Optimistic tries (plan on unlocked reads, lock only what was chosen); the last locks every candidate."""
 
 
-def _lock_rows(conn: Connection, ids: Sequence[int], order: OrderIn) -> None:
-    if conn.dialect.name != "postgresql" or not ids:
-        return  # SQLite: the write transaction already holds the database's write lock
-    conn.execute(select(STOCK.c.location_id).where(STOCK.c.location_id.in_(list(ids)),
-                                                   STOCK.c.sku.in_([s for s, _ in order.lines]))
-                 .order_by(STOCK.c.location_id, STOCK.c.sku).with_for_update()).all()
-
-
 def route(conn: Connection, order_id: int, *, actor: str, now: datetime | None = None,
-          rules: tuple[int, RuleSet] | None = None) -> str:
+          rules: tuple[int, RuleSet] | None = None, locs: Locations | None = None,
+          known: tuple[Any, OrderIn, list[str]] | None = None, pending: list[dict[str, Any]] | None = None) -> str:
     """Route what of the order is not assigned yet, reserve it and send it to the stores; record
-    the decision. Returns the order's new state."""
+    the decision. Returns the order's new state. `known`: the order as `_order_in` would read it
+    (an order this transaction has just inserted); `pending`: see `set_state`."""
     now = now or _now()
-    version, ruleset = rules or current_rules(conn)
-    o, order, active = _order_in(conn, order_id)
+    if rules is None or locs is None:
+        version, ruleset, locs = routing_state(conn)
+        if rules is not None:
+            version, ruleset = rules
+    else:
+        version, ruleset = rules
+    o, order, active = known if known is not None else _order_in(conn, order_id)
     if o.state not in ("received", "held", "rejected", "routed", "unfulfillable", "accepted"):
         raise IllegalTransition(f"order {order_id} is {o.state}: only received, held, rejected, routed or "
                                 f"unfulfillable orders are routed")
@@ -625,11 +572,10 @@ def route(conn: Connection, order_id: int, *, actor: str, now: datetime | None =
     try:
         group = ruleset.group_for(order.channel)
     except RuleError as exc:
-        return _unfillable(conn, o, version, None, {"error": str(exc)}, str(exc), actor, now)
+        return _unfillable(conn, o, version, None, {"error": str(exc)}, str(exc), actor, now, pending)
     tried: list[dict[str, Any]] = []
-    skus = [s for s, _ in order.lines]
     rules_to_try = list(group.rules)
-    merge_ids: list[int] = []
+    merge_ids: list[int] | None = None
     if o.merged_with is not None:
         siblings = sorted(set(conn.execute(select(ASSIGN.c.location_id).where(
             ASSIGN.c.order_id == o.merged_with, ASSIGN.c.state.in_(ACTIVE_ASSIGNMENT))).scalars()))
@@ -637,41 +583,24 @@ def route(conn: Connection, order_id: int, *, actor: str, now: datetime | None =
             # Sent out with the earlier order: its locations first, if one can fill this one.
             rules_to_try.insert(0, Rule(name=f"merge with order {o.merged_with}", assignment="single",
                                         filters=(Filter(field=FilterField.LOCATION, op=Op.IN,
-                                                        value=[_locations(conn).base[i].code for i in siblings
-                                                               if i in _locations(conn).base]),),
+                                                        value=[locs.base[i].code for i in siblings
+                                                               if i in locs.base]),),
                                         candidates=max(1, len(siblings))))
             merge_ids = siblings
+    pool = Pool(conn, locs, order, now, max(r.candidates for r in rules_to_try))
     for rule in rules_to_try:
-        k = rule.candidates
+        only = merge_ids if merge_ids is not None and rule is rules_to_try[0] else None
         chosen: Plan | None = None
         for attempt in range(RACE_RETRIES):
-            nested = conn.begin_nested()
-            last = attempt == RACE_RETRIES - 1
-            if rule.name.startswith("merge with order ") and o.merged_with is not None:
-                ids, total = list(merge_ids), len(merge_ids)
-            else:
-                ids, total = candidate_ids(conn, order, k)
-            if last:
-                # Lost every race: lock all the candidates' rows (in the one fixed order), so the plan
-                # made now holds until commit.
-                _lock_rows(conn, ids, order)
-            p = plan(order, _with_stock(conn, _locations(conn), ids, skus, now), rule)
-            if not p.filled and len(ids) < total and order.lat is not None:
-                # The nearest lack stock: the nearest among those that hold it.
-                ids, _ = candidate_ids(conn, order, k, "all" if rule.assignment == "single" else "any")
-                if last:
-                    _lock_rows(conn, ids, order)
-                p = plan(order, _with_stock(conn, _locations(conn), ids, skus, now), rule)
-            if not p.filled:
-                nested.commit()
-                chosen = p
-                break
-            try:
-                reserve(conn, order_id, p.allocation, now)
-            except _Raced:
-                nested.rollback()
-                continue
-            nested.commit()
+            # Lost every race but this one: lock all the candidates' rows (in the one fixed order),
+            # so the plan made now holds until commit.
+            p = plan_rule(pool, rule, lock=attempt == RACE_RETRIES - 1, only=only)
+            if p.filled:
+                try:
+                    reserve(conn, order_id, p.allocation, now)
+                except Shortage:
+                    pool.forget()
+                    continue
             chosen = p
             break
         if chosen is None:  # lost every race: stock is moving under us; treat as unfilled now
@@ -681,17 +610,16 @@ def route(conn: Connection, order_id: int, *, actor: str, now: datetime | None =
                  "candidates": _shown(chosen.candidates), "considered": len(chosen.candidates)}
         tried.append(entry)
         if chosen.filled:
-            extra = _assign(conn, o, order, chosen, ruleset, now) | {"route_after": None, "queued_since": None}
-            conn.execute(DECIDE.insert().values(order_id=order_id, at=now, ruleset_version=version, outcome="routed",
-                                                rule=rule.name, explanation={"group": group.name, "rules": tried}))
+            extra = _assign(conn, o, chosen, ruleset, now, locs) | {"route_after": None, "queued_since": None}
+            conn.execute(_DECISION, {"order_id": order_id, "at": now, "ruleset_version": version, "outcome": "routed",
+                                     "rule": rule.name, "explanation": {"group": group.name, "rules": tried}})
             target = min([*active, "routed"], key=lambda st: RANK[st])
             if target != o.state or o.state == "routed":
-                base = _locations(conn).base
-                where = ", ".join(sorted(base[i].code for i in chosen.allocation if i in base))
+                where = ", ".join(sorted(locs.base[i].code for i in chosen.allocation if i in locs.base))
                 set_state(conn, order_id, target, actor=actor, now=now, current=o.state, channel=o.channel,
-                          reason=f"rule {rule.name!r}: assigned to {where}", extra=extra)
+                          reason=f"rule {rule.name!r}: assigned to {where}", extra=extra, pending=pending)
             else:
-                conn.execute(update(ORDERS).where(ORDERS.c.id == order_id).values(**extra))
+                conn.execute(_UPDATE_ORDER, {"_order": order_id, **extra})
             return target
         if rule.unfilled is Unfilled.NEXT_RULE:
             continue
@@ -709,11 +637,11 @@ def route(conn: Connection, order_id: int, *, actor: str, now: datetime | None =
                                                 explanation={"group": group.name, "rules": tried}))
             _release_all(conn, order_id, now, "queued too long")
             set_state(conn, order_id, "cancelled", actor=actor, now=now, current=o.state,
-                      reason=f"rule {rule.name!r}: unfilled for {rule.cancel_after_days} days")
+                      reason=f"rule {rule.name!r}: unfilled for {rule.cancel_after_days} days", pending=pending)
             return "cancelled"
         break
     return _unfillable(conn, o, version, group.name, {"group": group.name, "rules": tried},
-                       _why(order, tried), actor, now)
+                       _why(order, tried), actor, now, pending)
 
 
 EXPLAIN_MAX = 25
@@ -744,38 +672,42 @@ def _why(order: OrderIn, tried: list[dict[str, Any]]) -> str:
 
 
 def _unfillable(conn: Connection, o: Any, version: int, group: str | None, explanation: dict[str, Any],
-                reason: str, actor: str, now: datetime) -> str:
-    conn.execute(DECIDE.insert().values(order_id=o.id, at=now, ruleset_version=version, outcome="unfulfillable",
-                                        rule=None, explanation=explanation | {"reason": reason}))
+                reason: str, actor: str, now: datetime, pending: list[dict[str, Any]] | None = None) -> str:
+    conn.execute(_DECISION, {"order_id": o.id, "at": now, "ruleset_version": version, "outcome": "unfulfillable",
+                             "rule": None, "explanation": explanation | {"reason": reason}})
     if o.state == "unfulfillable":
         return "unfulfillable"
     if o.state in ("accepted",):
         return str(o.state)
-    set_state(conn, o.id, "unfulfillable", actor=actor, now=now, current=o.state, reason=reason)
+    set_state(conn, o.id, "unfulfillable", actor=actor, now=now, current=o.state, reason=reason, pending=pending)
     return "unfulfillable"
 
 
-def _assign(conn: Connection, o: Any, order: OrderIn, p: Plan, ruleset: RuleSet, now: datetime) -> dict[str, Any]:
+_ASSIGN_INSERT = ASSIGN.insert().returning(ASSIGN.c.id, sort_by_parameter_order=True)
+_RESV_INSERT = RESV.insert()
+
+
+def _assign(conn: Connection, o: Any, p: Plan, ruleset: RuleSet, now: datetime, locs: Locations) -> dict[str, Any]:
     """Write the assignments and reservations of `p`, send each box its `assign`; return the
     order's new scoping columns (the first location's store and region)."""
     accept_by = now + timedelta(minutes=ruleset.accept_minutes)
-    locs = _locations(conn)
-    scoping: dict[str, Any] = {}
-    for loc_id, lines in sorted(p.allocation.items()):
-        node, store_id = locs.meta.get(loc_id, (None, None))
-        aid = int(conn.execute(ASSIGN.insert().values(
-            order_id=o.id, location_id=loc_id, node=node, state="routed", lines=[[s, q] for s, q in lines],
-            created_at=now, accept_by=accept_by,
-        ).returning(ASSIGN.c.id)).scalar_one())
-        conn.execute(RESV.insert(), [{"assignment_id": aid, "order_id": o.id, "location_id": loc_id, "sku": s,
-                                      "qty": q, "status": "active", "created_at": now} for s, q in lines])
-        if not scoping:
-            scoping = {"store_id": store_id, "region": locs.base[loc_id].region if loc_id in locs.base else None}
+    parts = sorted(p.allocation.items())
+    ids = list(conn.execute(_ASSIGN_INSERT, [
+        {"order_id": o.id, "location_id": loc_id, "node": locs.meta.get(loc_id, (None, None))[0], "state": "routed",
+         "lines": [[s, q] for s, q in lines], "created_at": now, "accept_by": accept_by} for loc_id, lines in parts
+    ]).scalars())
+    conn.execute(_RESV_INSERT, [
+        {"assignment_id": aid, "order_id": o.id, "location_id": loc_id, "sku": s, "qty": q, "status": "active",
+         "created_at": now} for aid, (loc_id, lines) in zip(ids, parts, strict=True) for s, q in lines])
+    for aid, (loc_id, lines) in zip(ids, parts, strict=True):
+        node = locs.meta.get(loc_id, (None, None))[0]
         if node:
             msg = downlink.send(conn, node, MessageType.ASSIGN, _assign_data(conn, o, aid, lines, accept_by),
                                 engine=ENGINE, expires_in=accept_by - now, key=f"orders-assign-{aid}", now=now)
             conn.execute(update(ASSIGN).where(ASSIGN.c.id == aid).values(command=msg))
-    return scoping
+    first = parts[0][0]
+    return {"store_id": locs.meta.get(first, (None, None))[1],
+            "region": locs.base[first].region if first in locs.base else None}
 
 
 def _assign_data(conn: Connection, o: Any, aid: int, lines: Sequence[tuple[str, int]], accept_by: datetime | None,
@@ -1020,12 +952,14 @@ def store_location(conn: Connection, node: str) -> int:
     if loc is not None:
         if loc.node is None:
             conn.execute(update(LOCS).where(LOCS.c.id == loc.id).values(node=node))
+            _candidates.bump_locations(conn)
         return int(loc.id)
     new = conn.execute(insert_for(conn, LOCS).values(
         code=row.code, kind="store", store_id=row.store_id, node=node, region=row.region, lat=row.lat, lon=row.lon,
         priority=0, cost=0.0, active=True,
     ).on_conflict_do_nothing().returning(LOCS.c.id)).scalar()
-    invalidate_locations()
+    if new is not None:
+        _candidates.bump_locations(conn)
     if new is None:
         return int(conn.execute(select(LOCS.c.id).where(LOCS.c.store_id == row.store_id)).scalar_one())
     return int(new)
@@ -1067,7 +1001,7 @@ def put_location(conn: Connection, code: str, body: LocationInput, *, actor: str
         conn.execute(update(LOCS).where(LOCS.c.id == existing).values(**values))
         loc_id = int(existing)
     audit(conn, actor, "location.put", code, after=body.model_dump(mode="json"), via=via, object_type="location")
-    invalidate_locations()
+    _candidates.bump_locations(conn)
     return loc_id
 
 
@@ -1158,10 +1092,56 @@ def inbox(conn: Connection, status: str | None = "open", limit: int = 100) -> li
             for r in conn.execute(stmt.order_by(INBOX.c.id.desc()).limit(limit))]
 
 
+FULFIL_SOURCE = "fulfil"
+"""The inbox source of a store's step that could not be applied (its raw: `fulfil_raw`)."""
+
+
+def fulfil_raw(data: FulfilData, node: str, position: tuple[int, int], msg_id: str) -> str:
+    """A refused `fulfil` as the inbox keeps it: the step, the box that sent it, its position."""
+    return json.dumps({"fulfil": data.model_dump(mode="json"), "node": node, "position": list(position),
+                       "msg_id": msg_id}, ensure_ascii=False)
+
+
+def _replay_fulfil(conn: Connection, item: Any, raw: str, data: Any, *, actor: str, via: str) -> IntakeResult:
+    """Apply a refused store step again (fixed, or after fixing what it refers to), exactly once:
+    the item is claimed by a conditional update in the transaction that applies it."""
+    try:
+        if not isinstance(data, dict) or not isinstance(data.get("fulfil"), dict) or not data.get("node"):
+            raise Refused(Refusal.MISSING_FIELD, "a store step needs 'fulfil' (the step) and 'node' (the box)")
+        step = FulfilData.model_validate(data["fulfil"])
+        pos = data.get("position")
+        position = (int(pos[0]), int(pos[1])) if isinstance(pos, list) and len(pos) == 2 else None
+        order_id = int(step.order_id) if step.order_id.isdigit() else 0
+    except ValidationError as exc:
+        refused = refusal_from_validation(exc)
+        conn.execute(update(INBOX).where(INBOX.c.id == item.id).values(reason=refused.reason.value,
+                                                                        detail=refused.detail[:500], raw=raw))
+        raise refused from None
+    claimed = conn.execute(update(INBOX).where(INBOX.c.id == item.id, INBOX.c.status == "open").values(
+        status="replayed", order_id=order_id or None, raw=raw, resolved_by=actor[:120], resolved_at=_now())).rowcount
+    if not claimed:
+        raise IllegalTransition(f"inbox item {item.id} was replayed meanwhile: only open items are replayed")
+    nested = conn.begin_nested()
+    try:
+        state = apply_fulfil(conn, step, actor=f"{actor} (replay of inbox item {item.id})", node=str(data["node"]),
+                             pos=position)
+    except (Refused, IllegalTransition, NotFound) as exc:
+        nested.rollback()
+        refused = exc if isinstance(exc, Refused) else Refused(Refusal.CONFLICT, str(exc))
+        conn.execute(update(INBOX).where(INBOX.c.id == item.id).values(
+            status="open", reason=refused.reason.value, detail=refused.detail[:500], raw=raw, resolved_by=None,
+            resolved_at=None))
+        raise refused from None
+    nested.commit()
+    audit(conn, actor, "inbox.replay", str(item.id), detail=f"store step {step.status.value} of order {step.order_id}",
+          via=via, object_type="order_inbox")
+    return IntakeResult(order_id, state, False, None)
+
+
 def replay_inbox(conn: Connection, item_id: int, *, actor: str, body: str | None = None,
                  via: str = "api") -> IntakeResult:
-    """Accept an inbox item again, as it was or with `body` (the fixed JSON order); refused again →
-    the item stays open with the new reason."""
+    """Accept an inbox item again, as it was or with `body` (the fixed JSON order, or store step);
+    refused again → the item stays open with the new reason."""
     item = conn.execute(select(INBOX).where(INBOX.c.id == item_id)).first()
     if item is None:
         raise NotFound(f"no inbox item {item_id}")
@@ -1172,6 +1152,8 @@ def replay_inbox(conn: Connection, item_id: int, *, actor: str, body: str | None
         data = json.loads(raw)
     except ValueError as exc:
         raise Refused(Refusal.NOT_JSON, f"the body is not JSON ({exc})") from None
+    if item.source == FULFIL_SOURCE:
+        return _replay_fulfil(conn, item, raw, data, actor=actor, via=via)
     if isinstance(data, dict) and "channel_order_id" not in data and "order_id" in data:
         data = from_bus_order(data, item.channel)
     try:
@@ -1245,6 +1227,24 @@ def oversold(conn: Connection) -> int:
         STOCK.c.reserved > STOCK.c.on_hand - STOCK.c.safety, STOCK.c.reserved > 0)).scalar_one())
 
 
-__all__ += ["approve", "current_rules", "discard_inbox", "get_order", "inbox", "inbox_add", "list_orders",
-            "movements", "put_location", "replay_inbox", "reroute", "route_queued", "save_rules", "set_state",
-            "store_location"]
+__all__ += [
+    "FULFIL_SOURCE",
+    "approve",
+    "current_rules",
+    "discard_inbox",
+    "fulfil_raw",
+    "get_order",
+    "inbox",
+    "inbox_add",
+    "invalidate_locations",
+    "list_orders",
+    "movements",
+    "put_location",
+    "replay_inbox",
+    "reroute",
+    "route_queued",
+    "routing_state",
+    "save_rules",
+    "set_state",
+    "store_location",
+]

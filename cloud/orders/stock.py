@@ -2,25 +2,27 @@
 
 Available to promise (ATP) = on hand - reserved - safety, never shown below zero. Store boxes feed
 `on_hand` through `stock` messages (order-safe: a message older than the one a row came from never
-overwrites it); warehouses through REST/CSV. Reservations change `reserved` under row locks (see
-`cloud.orders.service.reserve`).
+overwrites it); warehouses through REST/CSV. Reservations change `reserved` under row locks
+(`reserve`).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, and_, func, or_, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, func, or_, select, text, update
 
 from cloud.db import insert_for
 from cloud.orders.models import Location, Movement, StockRow
 
-__all__ = ["LevelIn", "StockError", "apply_deltas", "apply_levels", "atp_rows", "low_stock", "parse_csv"]
+__all__ = ["LevelIn", "Shortage", "StockError", "apply_deltas", "apply_levels", "atp_rows", "low_stock", "parse_csv",
+           "reserve"]
 
 STOCK: Table = StockRow.__table__  # type: ignore[assignment]
 MOVES: Table = Movement.__table__  # type: ignore[assignment]
@@ -141,6 +143,69 @@ def apply_deltas(conn: Connection, location_id: int, deltas: Sequence[tuple[str,
             on_hand_after=row.on_hand, reserved_after=row.reserved, source=f"{source} ({reason or 'change'})"[:200],
             pos_session=pos[0], pos_seq=pos[1]))
     return changed
+
+
+class Shortage(Exception):
+    """A row no longer has what the plan took from it (stock moved since it was read): plan again."""
+
+
+# PostgreSQL: every row of the order in ONE statement. The CTE locks them in (location, sku) order,
+# the order every transaction takes stock rows in, so concurrent orders queue instead of deadlocking;
+# the UPDATE then takes only rows that still have the quantity (re-checked on the newest version of
+# a row another transaction changed meanwhile). The arrays keep the text the same for every order,
+# so the server prepares it once per connection.
+_RESERVE_PG = text("""
+WITH want AS (
+    SELECT * FROM unnest(CAST(:locs AS integer[]), CAST(:skus AS varchar[]), CAST(:qtys AS integer[]))
+        AS w(location_id, sku, qty)
+), locked AS (
+    SELECT s.location_id, s.sku FROM orders_stock s
+    JOIN want w ON w.location_id = s.location_id AND w.sku = s.sku
+    ORDER BY s.location_id, s.sku FOR UPDATE OF s
+)
+UPDATE orders_stock s SET reserved = s.reserved + w.qty
+FROM want w JOIN locked l ON l.location_id = w.location_id AND l.sku = w.sku
+WHERE s.location_id = w.location_id AND s.sku = w.sku AND s.on_hand - s.reserved - s.safety >= w.qty
+RETURNING s.location_id, s.sku, s.on_hand, s.reserved
+""")
+# SQLite: one writer holds the database (no lock order to keep); the rows come as one JSON array so
+# that the text, and so the prepared statement, is the same for every order.
+_RESERVE_SQLITE = text("""
+WITH want AS (SELECT value ->> 0 AS location_id, value ->> 1 AS sku, value ->> 2 AS qty FROM json_each(:rows))
+UPDATE orders_stock SET reserved = orders_stock.reserved + want.qty FROM want
+WHERE orders_stock.location_id = want.location_id AND orders_stock.sku = want.sku
+  AND orders_stock.on_hand - orders_stock.reserved - orders_stock.safety >= want.qty
+RETURNING location_id, sku, on_hand, reserved
+""")
+_UNRESERVE = update(STOCK).where(STOCK.c.location_id == bindparam("l"), STOCK.c.sku == bindparam("s")).values(
+    reserved=STOCK.c.reserved - bindparam("q"))
+_MOVE = MOVES.insert()
+
+
+def reserve(conn: Connection, order_id: int, allocation: dict[int, list[tuple[str, int]]], now: datetime) -> None:
+    """Add `allocation` (location → [(sku, qty)]) to `reserved` where every row still has it, and
+    record the movements; else raise `Shortage` with nothing reserved (rows it had taken are given
+    back in the same transaction)."""
+    wanted = sorted((loc, sku, qty) for loc, lines in allocation.items() for sku, qty in lines)
+    if not wanted:
+        return
+    if conn.dialect.name == "postgresql":
+        got = conn.execute(_RESERVE_PG, {"locs": [w[0] for w in wanted], "skus": [w[1] for w in wanted],
+                                         "qtys": [w[2] for w in wanted]}).all()
+    else:
+        got = conn.execute(_RESERVE_SQLITE, {"rows": json.dumps(wanted)}).all()
+    if len(got) < len(wanted):
+        taken = {(r[0], r[1]) for r in got}
+        back = [{"l": loc, "s": sku, "q": qty} for loc, sku, qty in wanted if (loc, sku) in taken]
+        if back:
+            conn.execute(_UNRESERVE, back)
+        short = next(f"{sku} at location {loc}" for loc, sku, _ in wanted if (loc, sku) not in taken)
+        raise Shortage(short)
+    qty = {(loc, sku): q for loc, sku, q in wanted}
+    conn.execute(_MOVE, [
+        {"location_id": r[0], "sku": r[1], "at": now, "kind": "reserve", "on_hand_delta": 0,
+         "reserved_delta": qty[(r[0], r[1])], "on_hand_after": r[2], "reserved_after": r[3],
+         "source": f"order:{order_id}"} for r in sorted(got, key=lambda r: (r[0], r[1]))])
 
 
 def atp_expr() -> Any:

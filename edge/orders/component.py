@@ -10,8 +10,11 @@
       POST /desk/kiosk-order              an order placed at this box's kiosk (sent up as `order`)
   Each step goes up as a `fulfil` message through the outbox, so it survives an outage.
 
-Printing (pick list, packing slip, pickup slip) is not done here: the station's durable print
-queue is another component. `on_step` is the seam: set it to enqueue a slip for a step.
+Printing: accept prints the pick list, pack the packing slip, ready the pickup slip, through the
+station's durable print queue (offered to the other components as `ctx.shared.print_queue`; a box
+without a printer prints nothing and says so in the step's answer). A slip is queued once per
+(assignment, step): a step retried after a timeout does not print twice. `on_step` stays a seam
+for anything else that follows a step.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from http import HTTPStatus
 from typing import Annotated, Any
 
@@ -27,12 +32,23 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from broker.envelope import Envelope, MessageType
 from broker.payloads import AssignAction, AssignData, FulfilData, FulfilStatus, OrderData, Payload
-from edge.component import BackgroundTask, CommandHandler, CommandRefused, Component, ComponentContext, ComponentError
+from edge.component import (
+    BackgroundTask,
+    CommandHandler,
+    CommandRefused,
+    Component,
+    ComponentContext,
+    ComponentError,
+    Shared,
+)
 from edge.localapi import ApiError, Request, Route, integer, text
 from edge.orders.desk_db import DeskDb
+from edge.orders.slips import SLIPS, render_slip
 from edge.outbox import Row
 
 __all__ = ["STEPS", "OrderDeskComponent"]
+
+log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_S = 10.0
 
@@ -70,6 +86,8 @@ class OrderDeskComponent(Component):
         except OSError as exc:
             raise ComponentError(f"orders.path {path}: cannot open the order desk ({exc})") from None
         self._publish = ctx.publish
+        self._shared: Shared = ctx.shared
+        self.printed = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self.on_step: Callable[[str, Mapping[str, Any]], None] | None = None
@@ -119,6 +137,25 @@ class OrderDeskComponent(Component):
             raise ApiError(HTTPStatus.NOT_FOUND, f"no assignment {raw} at this store")
         return found
 
+    def _print(self, step: str, a: Mapping[str, Any]) -> dict[str, Any]:
+        """Queue the step's slip; what the step's answer says about it (nothing for steps without one).
+        The step itself is done (in the outbox) whatever happens here."""
+        if step not in SLIPS:
+            return {}
+        kind, _ = SLIPS[step]
+        queue = self._shared.print_queue
+        if queue is None:
+            return {"print": None, "print_note": "no printer on this box: nothing printed"}
+        try:
+            job, new = queue.queue_document(
+                kind, lambda profile: render_slip(step, a, profile=profile, when=datetime.now()),
+                request_id=f"orders-{a['assignment']}-{step}")
+        except Exception as exc:  # the step went up already: a slip that cannot be queued is reported, not raised
+            log.warning("order desk: the %s of assignment %s was not queued: %s", kind, a["assignment"], exc)
+            return {"print": None, "print_note": f"the {kind.replace('_', ' ')} was not queued: {exc}"}
+        self.printed += int(new)
+        return {"print": {"job": job, "kind": kind, "new": new}}
+
     def routes(self) -> Sequence[Route]:
         def listing(req: Request) -> Any:
             state = req.params["state"]
@@ -153,9 +190,10 @@ class OrderDeskComponent(Component):
                 tracking=body.tracking, note=body.note))
             if not self.db.set_state(a["assignment"], a["state"], to, body.carrier, body.tracking):
                 raise ApiError(HTTPStatus.CONFLICT, f"assignment {a['assignment']} changed meanwhile: reload it")
+            printed = self._print(name, a)
             if self.on_step is not None:
                 self.on_step(name, a)
-            return {"assignment": a["assignment"], "state": to, "seq": seq}
+            return {"assignment": a["assignment"], "state": to, "seq": seq, **printed}
 
         def kiosk_order(req: Request) -> Any:
             assert isinstance(req.body, OrderData)
@@ -178,7 +216,7 @@ class OrderDeskComponent(Component):
         await self._stop.wait()
 
     def status(self) -> Mapping[str, Any]:
-        return {"assignments": self.db.counts(), "sent": self.sent}
+        return {"assignments": self.db.counts(), "sent": self.sent, "slips_queued": self.printed}
 
     async def stop(self) -> None:
         self._stop.set()

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,8 @@ class StationComponent(Component):
             raise ComponentError(f"station.printer {self.cfg.printer!r} is not a printer in 'devices'")
         self.printer = next((p for p in printers if p.name == self.cfg.printer), printers[0] if printers else None)
         self.printer_states: dict[str, dict[str, Any]] = {p.name: {"state": "starting", "detail": None} for p in printers}
+        if self.printer is not None:
+            ctx.shared.print_queue = self  # the order desk's slips go through the same durable queue
         self.uncertain_jobs = self.db.jobs_uncertain_after_restart()
         if self.uncertain_jobs:
             log.warning("station: print job(s) %s may or may not have printed before the restart; listed as uncertain",
@@ -284,6 +286,15 @@ class StationComponent(Component):
         job, new = self.db.enqueue(self.printer.name, "label", data, scan_id=scan_id, request_id=request_id)
         self._queued(self.printer.name)
         return job, new
+
+    def queue_document(self, kind: str, render: Callable[[str], bytes], *, request_id: str) -> tuple[int, bool]:
+        """Another component's document (the order desk's slips): see `edge.component.PrintQueue`."""
+        if self.printer is None:
+            raise PrintRefused("this station has no printer in 'devices'")
+        job, new = self.db.enqueue(self.printer.name, kind, render(self.printer.profile), scan_id=None,
+                                   request_id=request_id)
+        self._queued(self.printer.name)
+        return job.id, new
 
     def reprint(self, job_id: int) -> PrintJob | None:
         job = self.db.requeue(job_id)

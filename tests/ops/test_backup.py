@@ -347,6 +347,11 @@ def test_restored_ledger_stays_readable_by_followers_on_another_server(databases
     populate(eng, tmp_path / "cat", tmp_path / "work", messages=5)
     far = 10**12  # an old server's transaction counter, far ahead of this one's
     with eng.begin() as conn:
+        # A stock movement (the orders engine's ATP feed reads them by txid too).
+        conn.execute(text("INSERT INTO orders_movements (location_id, sku, at, kind, on_hand_delta, reserved_delta, "
+                          "on_hand_after, reserved_after, source) VALUES (1, 'S', now(), 'level', 1, 0, 1, 0, 'test')"))
+    with eng.begin() as conn:
+        conn.execute(text("UPDATE orders_movements SET txid = txid + :d"), {"d": far})
         conn.execute(text("UPDATE ingested_messages SET txid = txid + :d"), {"d": far})
         conn.execute(text("UPDATE follower_cursors SET txid = txid + :d"), {"d": far})
         old_order = conn.execute(text("SELECT id FROM ingested_messages ORDER BY txid, id")).scalars().all()
@@ -356,7 +361,8 @@ def test_restored_ledger_stays_readable_by_followers_on_another_server(databases
     with dst.connect() as conn:
         assert conn.execute(text("SELECT id FROM ingested_messages ORDER BY txid, id")).scalars().all() == old_order
         top = conn.execute(text("SELECT max(txid) FROM ingested_messages")).scalar_one()
-        assert top < conn.execute(text("SELECT pg_current_xact_id()::text::bigint")).scalar_one()
+        moved = conn.execute(text("SELECT max(txid) FROM orders_movements")).scalar_one()
+        assert max(top, moved) < conn.execute(text("SELECT pg_current_xact_id()::text::bigint")).scalar_one()
     call = Call("ops", "ops-follower", lambda _ctx, _msgs: None, batched=True)
     lag_before = followers.lag(dst, "ops-follower")
     assert lag_before == len(old_order) - 10  # the cursor still stands where it stood

@@ -4,11 +4,13 @@ batched per channel, takes the channel's buffer off and counts only the location
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine, select
 
-from cloud.db import write_transaction
+from cloud.db import make_engine, write_transaction
 from cloud.orders import channels, service, tasks
 from tests.orders.conftest import NOW, order, seed, stock
 
@@ -52,17 +54,77 @@ def test_atp_feed_is_batched_buffered_and_limited_to_the_channels_locations(engi
         conn.execute(service.CHANNELS.insert().values(name="mkt", atp_url="http://feed/atp", replay_window_s=300,
                                                       atp_buffer=2, atp_locations=["sta", "stb"]))
 
-    class Cursor(tasks._Cursor):
-        last = None
-
     post = Post([])
-    tasks.tick(engine, Cursor, post)  # starts the cursor: nothing pushed for history
+    tasks.tick(engine, post)  # starts the cursor: nothing pushed for history
     assert post.calls == []
     stock(engine, "sta", {"TEA-1": 4, "RICE-1": 1})
     stock(engine, "stb", {"TEA-1": 3})
     stock(engine, "stc", {"TEA-1": 50})
-    done = tasks.tick(engine, Cursor, post)
+    done = tasks.tick(engine, post)
     assert (done["atp"], done["sent"]) == (1, 1)
     [(url, body, _)] = post.calls
     assert url == "http://feed/atp"
     assert body["items"] == [{"sku": "RICE-1", "available": 0}, {"sku": "TEA-1", "available": 5}]
+
+
+def ticks_until(engine: Engine, post: Post, calls: int, timeout: float = 20.0) -> None:
+    """Tick until the channel got `calls` messages in all. On PostgreSQL a movement is read once
+    every transaction older than it has ended, in any database of the server (other tests')."""
+    deadline = time.monotonic() + timeout
+    while len(post.calls) < calls:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for ATP message {calls}: {post.calls}")
+        tasks.tick(engine, post)
+        time.sleep(0.01)
+
+
+def test_atp_cursor_is_durable_neither_resending_nor_skipping(engine: Engine) -> None:
+    """The cursor is a row: another worker (or this one after a restart) goes on where it stopped."""
+    seed(engine)
+    with write_transaction(engine) as conn:
+        conn.execute(service.CHANNELS.insert().values(name="mkt", atp_url="http://feed/atp", replay_window_s=300,
+                                                      atp_buffer=0))
+    post = Post([])
+    tasks.tick(engine, post)
+    stock(engine, "sta", {"TEA-1": 4})
+    ticks_until(engine, post, 1)
+    # "Another worker" (a second engine on the same database: no state shared in memory).
+    other = make_engine(engine.url)
+    try:
+        assert tasks.tick(other, post) == {"expired": 0, "queued": 0, "atp": 0, "sent": 0}
+        stock(engine, "stb", {"RICE-1": 2})
+        ticks_until(other, post, 2)
+        stock(engine, "stc", {"SOY-1": 1})  # the fence: had either resent RICE-1, it would come before SOY-1
+        ticks_until(engine, post, 3)
+    finally:
+        other.dispose()
+    assert [[i["sku"] for i in c[1]["items"]] for c in post.calls] == [["TEA-1"], ["RICE-1"], ["SOY-1"]]
+    with engine.connect() as conn:
+        assert conn.execute(select(tasks._CURSORS.c.processed).where(
+            tasks._CURSORS.c.name == tasks.ATP_CURSOR)).scalar_one() == 3
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_atp_cursor_waits_for_a_movement_committed_late_with_a_smaller_id(engine: Engine) -> None:
+    """PostgreSQL hands out ids before commit: a movement of a transaction still running, with a
+    smaller id than one committed after it, is pushed when it commits, not skipped."""
+    seed(engine)
+    with write_transaction(engine) as conn:
+        conn.execute(service.CHANNELS.insert().values(name="mkt", atp_url="http://feed/atp", replay_window_s=300,
+                                                      atp_buffer=0))
+    post = Post([])
+    tasks.tick(engine, post)
+    slow = engine.connect()
+    try:
+        tx = slow.begin()
+        loc = service.location_id(slow, "sta")
+        service.apply_levels(slow, loc, [service.LevelIn("TEA-1", 7)], source="slow", now=NOW)  # the smaller id
+        stock(engine, "stb", {"RICE-1": 2})  # a larger id, committed first
+        assert tasks.tick(engine, post)["atp"] == 0  # RICE-1 waits: the slow transaction may still commit below it
+        tx.commit()
+    finally:
+        slow.close()
+    ticks_until(engine, post, 1)
+    [(_, body, _)] = post.calls
+    assert body["items"] == [{"sku": "RICE-1", "available": 2}, {"sku": "TEA-1", "available": 7}]

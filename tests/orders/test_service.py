@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import uuid
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
 
+from broker.envelope import MessageType
 from broker.payloads import FulfilData, FulfilStatus
+from cloud.bus import Context, Message
 from cloud.db import write_transaction
 from cloud.models import DownlinkCommand
-from cloud.orders import service
+from cloud.orders import handlers, service
 from tests.orders.conftest import NOW, order, seed, stock
 
 
@@ -272,3 +276,41 @@ def test_a_merge_check_sends_a_second_order_out_with_the_first(engine: Engine) -
     assert [a["location"] for a in got["assignments"]] == ["stb"]
     assert got["decisions"][-1]["rule"] == f"merge with order {first.id}"
     assert [a["location"] for a in control["assignments"]] == ["sta"]  # nearest to that point, no merge
+
+
+def test_a_refused_store_step_is_kept_and_applied_once_when_replayed_after_a_fix(engine: Engine) -> None:
+    seed(engine)
+    stock(engine, "stb", {"TEA-1": 3})
+    r = _intake(engine, order("REPLAY", [("TEA-1", 1)]))
+    with engine.connect() as conn:
+        aid = conn.execute(select(service.ASSIGN.c.id).where(service.ASSIGN.c.order_id == r.id)).scalar_one()
+    step = FulfilData(order_id=str(r.id), status=FulfilStatus.ACCEPTED, assignment=aid + 100)  # a stale assignment id
+    msg = Message(msg_id=uuid.uuid4(), node="stb-k1", type=MessageType.FULFIL, session=1, seq=5, ts=NOW,
+                  received_at=NOW, historical=False, corr=None, data=step)
+    with write_transaction(engine) as conn:
+        handlers.on_fulfil(Context(conn, "orders", NOW), msg)
+    with engine.connect() as conn:
+        [item] = service.inbox(conn)
+    assert (item["source"], item["reason"]) == ("fulfil", "conflict")
+    assert item["detail"] == f"order {r.id} has no assignment {aid + 100} for stb-k1"
+    kept = json.loads(item["raw"])
+    assert (kept["node"], kept["position"], kept["msg_id"]) == ("stb-k1", [1, 5], str(msg.msg_id))
+    # Replayed as it is: refused again, still open, nothing applied.
+    with write_transaction(engine) as conn, pytest.raises(service.Refused, match="has no assignment"):
+        service.replay_inbox(conn, item["id"], actor="user:ops")
+    assert _get(engine, r.id)["state"] == "routed"
+    # Fixed (the right assignment) and replayed: applied as the box sent it, once.
+    kept["fulfil"]["assignment"] = aid
+    with write_transaction(engine) as conn:
+        done = service.replay_inbox(conn, item["id"], actor="user:ops", body=json.dumps(kept))
+    assert (done.id, done.state) == (r.id, "accepted")
+    with write_transaction(engine) as conn, pytest.raises(service.IllegalTransition, match="only open items"):
+        service.replay_inbox(conn, item["id"], actor="user:ops", body=json.dumps(kept))
+    got = _get(engine, r.id)
+    assert [t["to_state"] for t in got["timeline"]].count("accepted") == 1
+    assert got["timeline"][-1]["actor"] == f"user:ops (replay of inbox item {item['id']})"
+    with engine.connect() as conn:
+        assert service.inbox(conn, status="replayed")[0]["order_id"] == r.id
+        pos = conn.execute(select(service.ASSIGN.c.pos_session, service.ASSIGN.c.pos_seq)
+                           .where(service.ASSIGN.c.id == aid)).one()
+    assert tuple(pos) == (1, 5)  # order-safe: a later step of the box still compares against it

@@ -1,0 +1,296 @@
+"""Where routing looks: the location index each process keeps, and one order's candidate locations
+with their stock, loaded in as few queries as its rules need.
+
+The index (every location, its zone, and a `cKDTree` of the active ones) is loaded once per process
+and checked on every routing against `orders_versions` (`locations`), which each change of a
+location bumps in its own transaction: an edit on any host is seen by the next order everywhere,
+and no order reloads thousands of locations. That version is read in the same query as the rule
+set's (`versions`), so the check costs no extra round trip.
+
+A `Pool` holds what one routing run has read: the k nearest locations' stock of the order's SKUs
+comes from ONE primary-key `IN` query (the largest k any rule asks for; each rule takes its first
+k), and only when those cannot fill the order does a second query look, through the stock table's
+SKU index, for the nearest locations that hold the SKUs. Plain reads: `reserve` (in
+`cloud.orders.stock`) re-checks under its row locks, and after a lost race the pool forgets what
+it read.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection, Table, bindparam, func, select, update
+
+from cloud.db import insert_for
+from cloud.orders.geo import SpatialIndex, Zone, unit_vectors
+from cloud.orders.models import Assignment, Location, RuleSetRow, StockRow, VersionRow
+from cloud.orders.routing import Candidate, OrderIn, Plan, plan
+from cloud.orders.rules import Rule
+
+__all__ = ["INDEX_TTL_S", "Locations", "Pool", "bump_locations", "invalidate_locations", "locations", "plan_rule",
+           "versions"]
+
+LOCS: Table = Location.__table__  # type: ignore[assignment]
+STOCK: Table = StockRow.__table__  # type: ignore[assignment]
+ASSIGN: Table = Assignment.__table__  # type: ignore[assignment]
+RULESETS: Table = RuleSetRow.__table__  # type: ignore[assignment]
+VERSIONS: Table = VersionRow.__table__  # type: ignore[assignment]
+
+LOCATIONS = "locations"
+INDEX_TTL_S = 300.0
+"""Reloaded after this even at the same version: a location edited by hand in SQL (not through
+the API, CLI or a box) is seen within it."""
+
+# Built once: constructing SQLAlchemy statements per order cost as much as running them.
+_ATP = STOCK.c.on_hand - STOCK.c.reserved - STOCK.c.safety
+_VERSIONS = select(
+    select(func.max(RULESETS.c.version)).scalar_subquery(),
+    select(VERSIONS.c.version).where(VERSIONS.c.name == LOCATIONS).scalar_subquery(),
+)
+_STOCK_OF = select(STOCK.c.location_id, STOCK.c.sku, _ATP).where(
+    STOCK.c.location_id.in_(bindparam("ids", expanding=True)), STOCK.c.sku.in_(bindparam("skus", expanding=True)))
+_STOCK_OF_LOCKED = _STOCK_OF.order_by(STOCK.c.location_id, STOCK.c.sku).with_for_update()
+"""The same rows locked in the one fixed order every transaction locks stock rows in."""
+_HOLDING_EACH = select(STOCK.c.location_id, STOCK.c.sku, _ATP).where(
+    STOCK.c.sku.in_(bindparam("skus", expanding=True)),
+    STOCK.c.location_id.in_(
+        select(STOCK.c.location_id).where(STOCK.c.sku.in_(bindparam("skus", expanding=True)), _ATP >= 1)
+        .group_by(STOCK.c.location_id).having(func.count() == bindparam("n"))),
+)
+"""The order's SKUs at the locations that hold some of every one of them (quantities are checked
+in Python: the statement stays the same for every order, so it is compiled once)."""
+_HOLDING_ANY = select(STOCK.c.location_id, STOCK.c.sku, _ATP).where(
+    STOCK.c.sku.in_(bindparam("skus", expanding=True)), _ATP >= 1)
+_USED_TODAY = select(ASSIGN.c.location_id, func.count()).where(
+    ASSIGN.c.location_id.in_(bindparam("ids", expanding=True)), ASSIGN.c.created_at >= bindparam("day"),
+    ASSIGN.c.state.not_in(("rejected", "expired", "withdrawn"))).group_by(ASSIGN.c.location_id)
+
+
+def versions(conn: Connection) -> tuple[int | None, int]:
+    """(the newest rule set's version or None, the locations' version) in one query."""
+    rules, locs = conn.execute(_VERSIONS).one()
+    return (None if rules is None else int(rules)), int(locs or 0)
+
+
+def bump_locations(conn: Connection) -> None:
+    """Record, in the caller's transaction, that locations changed: every process reloads its index."""
+    done = conn.execute(update(VERSIONS).where(VERSIONS.c.name == LOCATIONS)
+                        .values(version=VERSIONS.c.version + 1)).rowcount
+    if not done:
+        conn.execute(insert_for(conn, VERSIONS).values(name=LOCATIONS, version=1)
+                     .on_conflict_do_update(index_elements=["name"], set_={"version": VERSIONS.c.version + 1}))
+    invalidate_locations()
+
+
+@dataclass(frozen=True)
+class Locations:
+    """Every location of one database as this process last loaded it."""
+
+    version: int
+    loaded: float
+    index: SpatialIndex
+    """The active locations."""
+    base: dict[int, Candidate]
+    """id → the location as a candidate without stock."""
+    capacity: dict[int, int]
+    meta: dict[int, tuple[str | None, int | None]]
+    """id → (its box, its fleet store id)."""
+    by_code: dict[str, int]
+    rows: dict[int, int]
+    """id → its row in `vectors`."""
+    vectors: np.ndarray[Any, Any]
+    """Unit vectors of every location (distances to the holders of stock found by SKU)."""
+
+
+_cache: dict[str, Locations] = {}
+_cache_lock = threading.Lock()
+
+
+def invalidate_locations() -> None:
+    with _cache_lock:
+        _cache.clear()
+
+
+def _db_key(conn: Connection) -> str:
+    return conn.engine.url.render_as_string(hide_password=True) + str(conn.engine.url.query)
+
+
+def locations(conn: Connection, version: int | None = None) -> Locations:
+    """The location index, reloaded when `version` (from `versions`; read here when not given) is
+    not the one it was loaded at."""
+    if version is None:
+        version = versions(conn)[1]
+    key = _db_key(conn)
+    with _cache_lock:
+        hit = _cache.get(key)
+    if hit is not None and hit.version == version and time.monotonic() - hit.loaded < INDEX_TTL_S:
+        return hit
+    loaded = _load(conn, version)
+    with _cache_lock:
+        _cache[key] = loaded
+    return loaded
+
+
+def _load(conn: Connection, version: int) -> Locations:
+    base: dict[int, Candidate] = {}
+    capacity: dict[int, int] = {}
+    meta: dict[int, tuple[str | None, int | None]] = {}
+    for r in conn.execute(select(LOCS).order_by(LOCS.c.id)):
+        meta[r.id] = (r.node, r.store_id)
+        zone = None
+        if r.zone_radius_km is not None or r.zone_polygon:
+            zone = Zone(r.lat, r.lon, r.zone_radius_km, tuple(tuple(p) for p in r.zone_polygon) if r.zone_polygon else None)
+        base[r.id] = Candidate(id=r.id, code=r.code, kind=r.kind, region=r.region, lat=r.lat, lon=r.lon, atp={},
+                               zone=zone, priority=r.priority or 0, cost=r.cost or 0.0, active=bool(r.active))
+        if r.capacity_per_day is not None:
+            capacity[r.id] = r.capacity_per_day
+    active = [c for c in base.values() if c.active]
+    ids = list(base)
+    vectors = unit_vectors([base[i].lat for i in ids], [base[i].lon for i in ids]) if ids else np.zeros((0, 3))
+    return Locations(version=version, loaded=time.monotonic(),
+                     index=SpatialIndex([c.id for c in active], [c.lat for c in active], [c.lon for c in active]),
+                     base=base, capacity=capacity, meta=meta, by_code={c.code: c.id for c in base.values()},
+                     rows={i: n for n, i in enumerate(ids)}, vectors=vectors)
+
+
+class Pool:
+    """One order's candidates and their stock of its SKUs, as read during one routing run."""
+
+    def __init__(self, conn: Connection, locs: Locations, order: OrderIn, now: datetime, k_max: int) -> None:
+        self.conn = conn
+        self.locs = locs
+        self.order = order
+        self.now = now
+        self.k_max = k_max
+        self.skus = sorted({s for s, _ in order.lines})
+        self.total = locs.index.size
+        """How many active locations there are (fewer candidates than this: there are more to look at)."""
+        self._nearest: list[int] | None = None
+        self._atp: dict[int, dict[str, int]] = {}
+        self._read: set[int] = set()
+        """Locations whose stock of the order's SKUs was read (a missing row: none there)."""
+        self._used: dict[int, int] = {}
+        self._counted: set[int] = set()
+
+    def forget(self) -> None:
+        """Stock moved under us (a lost race): read it again next time."""
+        self._atp.clear()
+        self._read.clear()
+
+    def nearest_ids(self, k: int) -> list[int]:
+        """The `k` nearest active locations (only the pickup store for a pickup order that names one)."""
+        o = self.order
+        if o.fulfilment == "pickup" and o.pickup_location is not None:
+            return [o.pickup_location] if o.pickup_location in self.locs.base else []
+        if o.lat is None or o.lon is None:
+            return []
+        if self._nearest is None or len(self._nearest) < min(k, self.total):
+            self._nearest = self.locs.index.nearest(o.lat, o.lon, max(k, self.k_max))
+        return self._nearest[:k]
+
+    def near(self, k: int, *, lock: bool = False) -> list[Candidate]:
+        """The `k` nearest (see `nearest_ids`) with their stock; `lock`: their stock rows locked."""
+        ids = self.nearest_ids(k)
+        if lock:
+            self.lock(ids)
+        elif self._nearest is not None:
+            # One query for the nearest `k_max`: a later rule (or a retry) asking for fewer reads nothing.
+            self._read_stock(self._nearest)
+        return self.of(ids)
+
+    def stocked(self, mode: str, k: int, *, lock: bool = False) -> list[Candidate]:
+        """The `k` nearest active locations holding the order ("all": every line's quantity; "any":
+        some of one line), found through the stock table's SKU index."""
+        o = self.order
+        if o.fulfilment == "pickup" and o.pickup_location is not None:
+            return self.near(k, lock=lock)
+        if o.lat is None or o.lon is None or not self.skus:
+            return []
+        stmt, params = ((_HOLDING_EACH, {"skus": self.skus, "n": len(self.skus)}) if mode == "all"
+                        else (_HOLDING_ANY, {"skus": self.skus}))
+        found: dict[int, dict[str, int]] = {}
+        for loc, sku, atp in self.conn.execute(stmt, params):
+            found.setdefault(loc, {})[sku] = max(0, int(atp))
+        need = dict(o.lines)
+        base = self.locs.base
+        ids = [i for i, atp in found.items() if i in base and base[i].active and (
+            mode != "all" or all(atp.get(s, 0) >= q for s, q in need.items()))]
+        for i in found:
+            if i not in self._read:
+                self._atp[i] = found[i]
+                self._read.add(i)  # "any" omits SKUs with nothing available: none there, as far as routing goes
+        if not ids:
+            return []
+        rows = self.locs.rows
+        vec = self.locs.vectors[[rows[i] for i in ids]]
+        d = np.linalg.norm(vec - unit_vectors(o.lat, o.lon), axis=1)
+        keep = np.argsort(d, kind="stable")[:k + len(o.excluded)]
+        chosen = [ids[int(j)] for j in keep]
+        if lock:
+            self.lock(chosen)
+        return self.of(chosen)
+
+    def lock(self, ids: Sequence[int]) -> None:
+        """Lock the stock rows of `ids` (PostgreSQL; in the fixed order) and read them again."""
+        if not ids:
+            return
+        if self.conn.dialect.name != "postgresql":
+            self._read_stock(ids)  # the write transaction holds SQLite's write lock already
+            return
+        for i in ids:
+            self._read.discard(i)
+            self._atp.pop(i, None)
+        self._fill(self.conn.execute(_STOCK_OF_LOCKED, {"ids": sorted(set(ids)), "skus": self.skus}), ids)
+
+    def _read_stock(self, ids: Sequence[int]) -> None:
+        todo = sorted({i for i in ids if i not in self._read})
+        if todo:
+            self._fill(self.conn.execute(_STOCK_OF, {"ids": todo, "skus": self.skus}), todo)
+
+    def _fill(self, rows: Any, ids: Sequence[int]) -> None:
+        for loc, sku, atp in rows:
+            self._atp.setdefault(loc, {})[sku] = max(0, int(atp))
+        self._read.update(ids)
+
+    def of(self, ids: Sequence[int]) -> list[Candidate]:
+        """`ids` as candidates with their stock (read already) and capacity left today."""
+        base, capacity = self.locs.base, self.locs.capacity
+        self._read_stock(ids)
+        capped = [i for i in ids if i in capacity and i not in self._counted]
+        if capped:
+            day = self.now.replace(hour=0, minute=0, second=0, microsecond=0)
+            for loc_id, n in self.conn.execute(_USED_TODAY, {"ids": capped, "day": day}):
+                self._used[loc_id] = int(n)
+            self._counted.update(capped)
+        out = []
+        for i in ids:
+            b = base.get(i)
+            if b is None:
+                continue
+            cap = capacity.get(i)
+            out.append(Candidate(b.id, b.code, b.kind, b.region, b.lat, b.lon, self._atp.get(i, {}), b.zone,
+                                 None if cap is None else cap - self._used.get(i, 0), b.priority, b.cost, b.active))
+        return out
+
+
+def plan_rule(pool: Pool, rule: Rule, *, lock: bool = False, only: Sequence[int] | None = None) -> Plan:
+    """What `rule` does with the pool's order: among the rule's k nearest locations, else among the
+    k nearest that hold the order (`only`: among these locations). `lock`: plan on locked rows, so
+    that the plan holds until commit (after lost races)."""
+    order = pool.order
+    if only is not None:
+        if lock:
+            pool.lock(only)
+        return plan(order, pool.of(only), rule)
+    cands = pool.near(rule.candidates, lock=lock)
+    p = plan(order, cands, rule)
+    if not p.filled and len(cands) < pool.total and order.lat is not None:
+        # The nearest lack stock: the nearest among those that hold it.
+        p = plan(order, pool.stocked("all" if rule.assignment == "single" else "any", rule.candidates, lock=lock), rule)
+    return p
