@@ -51,4 +51,12 @@ def _config_push(ctx: ComponentContext) -> Component | None:
     return config_push_component(ctx)
 
 
-COMPONENTS: tuple[ComponentFactory, ...] = (_catalogue, _station, _signage, _orders, _config_push)
+def _kiosk(ctx: ComponentContext) -> Component | None:
+    if not ctx.config.kiosk.enabled:
+        return None
+    from edge.kiosk.component import KioskComponent
+
+    return KioskComponent(ctx)
+
+
+COMPONENTS: tuple[ComponentFactory, ...] = (_catalogue, _station, _signage, _orders, _config_push, _kiosk)
