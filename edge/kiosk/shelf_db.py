@@ -70,10 +70,17 @@ def pinyin_keys(name_zh: str) -> tuple[str, str]:
     Non-Chinese runs are kept as they are (lowercased), so "LV 龙井" still matches "lvlongjing"."""
     if not name_zh:
         return "", ""
-    syllables = [s.lower() for s in lazy_pinyin(name_zh, style=Style.NORMAL, errors="default") if s.strip()]
-    full = "".join(s.replace(" ", "") for s in syllables)
-    initials = "".join(s[0] for s in syllables if s[0].isalnum())
-    return full, initials
+    full: list[str] = []
+    initials: list[str] = []
+    for part in lazy_pinyin(name_zh, style=Style.NORMAL, errors="default"):
+        if part.isascii() and part.isalpha() and part.islower():  # one Chinese character's syllable
+            full.append(part)
+            initials.append(part[0])
+        else:  # a run of other characters (digits, Latin): kept whole in both spellings
+            kept = "".join(c for c in part.lower() if c.isalnum())
+            full.append(kept)
+            initials.append(kept)
+    return "".join(full), "".join(initials)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +204,7 @@ class ShelfDb:
             compact = _like(q.replace(" ", ""))
             where.append("(s.sku_l LIKE ? ESCAPE '\\' OR s.name_en_l LIKE ? ESCAPE '\\' OR s.name_zh LIKE ? ESCAPE '\\'"
                          " OR s.py_full LIKE ? ESCAPE '\\' OR s.py_initials LIKE ? ESCAPE '\\' OR s.brand LIKE ? ESCAPE '\\')")
-            args += [pat + "%", "%" + pat + "%", "%" + pat + "%", "%" + compact + "%", compact + "%", pat + "%"]
+            args += [pat + "%", "%" + pat + "%", "%" + pat + "%", "%" + compact + "%", "%" + compact + "%", pat + "%"]
             # Names that start with what was typed (in any of its spellings) first, then shorter names.
             order = ("(s.sku_l = ? OR s.name_en_l LIKE ? ESCAPE '\\' OR s.name_zh LIKE ? ESCAPE '\\'"
                      " OR s.py_full LIKE ? ESCAPE '\\' OR s.py_initials LIKE ? ESCAPE '\\') DESC,"
