@@ -143,13 +143,14 @@ class KioskApp(App):  # type: ignore[misc]
 
     def build(self) -> Shell:
         self.font_path = install_cjk_font()
+        # The shell's file first: it declares the shared widget styles the screens use.
+        root: Shell = Builder.load_file(str(HERE / "app.kv"))
         Builder.load_file(str(HERE / "keyboard.kv"))
         screens = []
         for name, module in SCREENS.items():
             mod = import_module(module)
             Builder.load_file(str(HERE / "screens" / f"{name}.kv"))
             screens.append(mod.SCREEN(name=name))
-        root: Shell = Builder.load_file(str(HERE / "app.kv"))
         self.sm = root.ids.sm
         self.sm.transition = FadeTransition(duration=0.15)
         for s in screens:

@@ -45,7 +45,7 @@ Line = dict[str, Any]
 
 PAGE = 40
 PRICE_BANDS: tuple[tuple[str, int | None, int | None], ...] = (
-    ("Any price", None, None), ("Under ¥50", None, 50), ("¥50–200", 50, 200), ("Over ¥200", 200, None))
+    ("Any price", None, None), ("Under ¥50", None, 50), ("¥50-200", 50, 200), ("Over ¥200", 200, None))
 _PHONE = re.compile(r"\+?[0-9][0-9 \-]{5,19}")
 
 
@@ -287,6 +287,13 @@ def availability_lines(av: dict[str, Any]) -> list[Line]:
 class ProductVM(EventDispatcher):  # type: ignore[misc]
     sku = StringProperty("")
     product = DictProperty()
+    name_zh = StringProperty("")
+    name_en = StringProperty("")
+    brand = StringProperty("")
+    desc_zh = StringProperty("")
+    desc_en = StringProperty("")
+    picture = StringProperty("")
+    """The image shown: the first full picture, else the grid's thumbnail."""
     price_text = StringProperty("")
     attributes = ListProperty()
     images = ListProperty()
@@ -304,6 +311,7 @@ class ProductVM(EventDispatcher):  # type: ignore[misc]
         self.sku = summary["sku"]
         # Show what the grid already knew at once; the details and figures fill in when they arrive.
         self.product = dict(summary)
+        self._texts(self.product)
         self.price_text = money(summary.get("price"))
         self.attributes, self.images, self.availability, self.qty, self.error = [], [], [], 1, ""
         self.loading = True
@@ -315,13 +323,25 @@ class ProductVM(EventDispatcher):  # type: ignore[misc]
         merged = dict(self.product)
         merged.update({k: v for k, v in p.items() if isinstance(k, str)})
         self.product = merged
+        self._texts(merged)
         self.price_text = money(p.get("price"))
-        attrs = p.get("attributes") if isinstance(p.get("attributes"), dict) else {}
+        attrs = p.get("attributes")
+        attrs = attrs if isinstance(attrs, dict) else {}
         self.attributes = [{"k": str(k), "v": str(v)} for k, v in list(attrs.items())[:12]]
-        imgs = p.get("images") if isinstance(p.get("images"), list) else []
+        imgs = p.get("images")
+        imgs = imgs if isinstance(imgs, list) else []
         self.images = [str(i["sha256"]) for i in imgs if isinstance(i, dict) and isinstance(i.get("sha256"), str)]
+        if self.images:
+            self.picture = self.images[0]
         self.loading = False
         self.loads += 1
+
+    def _texts(self, p: dict[str, Any]) -> None:
+        for key in ("name_zh", "name_en", "brand", "desc_zh", "desc_en"):
+            value = p.get(key)
+            setattr(self, key, value if isinstance(value, str) else "")
+        thumb = p.get("thumb")
+        self.picture = thumb if isinstance(thumb, str) else ""
 
     def _failed(self, msg: str) -> None:
         self.error = msg
@@ -353,12 +373,19 @@ class CheckoutVM(EventDispatcher):  # type: ignore[misc]
     focus = OptionProperty("name", options=["name", "phone", "address"])
     errors = DictProperty()
     """field → msgid of what is wrong with it (shown under the field)."""
+    name_error = StringProperty("")
+    phone_error = StringProperty("")
+    address_error = StringProperty("")
     busy = BooleanProperty(False)
     error = StringProperty("")
 
     def __init__(self, client: BoxClient, worker: Worker, **kw: Any) -> None:
         super().__init__(**kw)
         self.client, self.worker = client, worker
+
+    def on_fulfilment(self, _inst: Any, _value: str) -> None:
+        # Messages about the address form mean nothing once the shopper chose pickup (and back).
+        self._show({})
 
     def load_options(self) -> None:
         def done(info: dict[str, Any]) -> None:
@@ -395,8 +422,13 @@ class CheckoutVM(EventDispatcher):  # type: ignore[misc]
             for k, msg in checks.items():
                 if (only is None or k == only) and msg:
                     errors[k] = msg
-        self.errors = errors
+        self._show(errors)
         return not errors
+
+    def _show(self, errors: dict[str, str]) -> None:
+        self.errors = errors
+        for field in ("name", "phone", "address"):
+            setattr(self, f"{field}_error", errors.get(field, ""))
 
     def order_body(self, basket: list[dict[str, Any]]) -> dict[str, Any]:
         body: dict[str, Any] = {"lines": [{"sku": i["sku"], "qty": int(i["qty"])} for i in basket],
@@ -427,6 +459,7 @@ class CheckoutVM(EventDispatcher):  # type: ignore[misc]
     def wipe(self) -> None:
         self.fulfilment, self.name, self.phone, self.address, self.focus = "pickup", "", "", "", "name"
         self.errors, self.error, self.busy = {}, "", False
+        self.name_error = self.phone_error = self.address_error = ""
 
 
 class ConfirmVM(EventDispatcher):  # type: ignore[misc]

@@ -191,12 +191,11 @@ class KioskComponent(Component):
             source = "none"
         by_loc = {f.location: f for f in figures}
         here = by_loc.get(self.store_code)
-        stores = []
-        for s in self.cfg.nearby:
+        stores: list[dict[str, Any]] = []
+        for s in sorted(self.cfg.nearby, key=lambda s: s.km):
             f = by_loc.get(s.code)
             if f is not None and f.atp > 0:
                 stores.append({"code": s.code, "name": s.name, "km": s.km, "qty": f.atp})
-        stores.sort(key=lambda s: s["km"])
         wh = by_loc.get(self.cfg.warehouse)
         return {
             "sku": sku,

@@ -26,7 +26,7 @@ from typing import Any
 
 from pypinyin import Style, lazy_pinyin
 
-__all__ = ["Filters", "Figure", "ShelfDb", "pinyin_keys"]
+__all__ = ["Figure", "Filters", "ShelfDb", "pinyin_keys"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
