@@ -21,22 +21,22 @@ class BasketScreen(Screen):  # type: ignore[misc]
         app.session.bind(lang=self._stores)
         # The pickup row and the address form (with its keyboard) take turns: the one not in use is
         # taken out of the layout, so nothing invisible sits under a finger.
-        column = self.ids.place.parent
-        self._order = {w: i for i, w in enumerate(column.children)}
+        self._homes = {w: (w.parent, list(w.parent.children))
+                       for w in (self.ids.stores_row, self.ids.form, self.ids.keyboard)}
         app.checkout.bind(fulfilment=self._mode)
         self._mode()
         self._lines()
 
     def _mode(self, *_: Any) -> None:
         delivery = App.get_running_app().checkout.fulfilment == "delivery"
-        column = self.ids.place.parent
         wanted = {self.ids.stores_row: not delivery, self.ids.form: delivery, self.ids.keyboard: delivery}
         for w, show in wanted.items():
-            if not show and w.parent is column:
-                column.remove_widget(w)
+            home, order = self._homes[w]
+            if not show and w.parent is home:
+                home.remove_widget(w)
             elif show and w.parent is None:
-                # Back in its place: Kivy keeps children bottom-first, so count those below it.
-                column.add_widget(w, index=sum(1 for c in column.children if self._order[c] < self._order[w]))
+                # Back in its place: Kivy keeps children bottom-first, so count the siblings below it.
+                home.add_widget(w, index=sum(1 for c in home.children if order.index(c) < order.index(w)))
 
     def _lines(self, *_: Any) -> None:
         app = App.get_running_app()
