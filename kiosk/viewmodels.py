@@ -380,11 +380,14 @@ class CheckoutVM(EventDispatcher):  # type: ignore[misc]
     error = StringProperty("")
 
     def __init__(self, client: BoxClient, worker: Worker, **kw: Any) -> None:
+        self._checked: set[str] = set()
+        """Fields checked once (the shopper pressed 'place order'): their messages follow the typing."""
         super().__init__(**kw)
         self.client, self.worker = client, worker
 
     def on_fulfilment(self, _inst: Any, _value: str) -> None:
         # Messages about the address form mean nothing once the shopper chose pickup (and back).
+        self._checked.clear()
         self._show({})
 
     def load_options(self) -> None:
@@ -407,13 +410,15 @@ class CheckoutVM(EventDispatcher):  # type: ignore[misc]
         self._recheck()
 
     def _recheck(self) -> None:
-        # Once a field was flagged, its message follows the typing (cleared as soon as it is right).
-        if self.focus in self.errors:
+        # Once the form was checked, a field's message follows the typing (gone as soon as it is right,
+        # back if it goes wrong again); before that, nobody is told off for a half-typed number.
+        if self.focus in self._checked:
             self.validate(only=self.focus)
 
     def validate(self, only: str | None = None) -> bool:
         errors = {k: v for k, v in self.errors.items() if only is not None and k != only}
         if self.fulfilment == "delivery":
+            self._checked.update(("name", "phone", "address") if only is None else (only,))
             checks = {
                 "name": "Please enter a name" if len(self.name.strip()) < 2 else None,
                 "phone": "Please enter a phone number (6 to 20 digits)" if not _PHONE.fullmatch(self.phone.strip()) else None,
@@ -458,6 +463,7 @@ class CheckoutVM(EventDispatcher):  # type: ignore[misc]
 
     def wipe(self) -> None:
         self.fulfilment, self.name, self.phone, self.address, self.focus = "pickup", "", "", "", "name"
+        self._checked.clear()
         self.errors, self.error, self.busy = {}, "", False
         self.name_error = self.phone_error = self.address_error = ""
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import struct
+import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -23,6 +25,11 @@ from edge.agent import EdgeAgent
 from edge.catalogue.store import CatalogueStore
 from firmware_config import NodeConfig
 from tests.conftest import Broker
+
+# The view-model tests import Kivy in this process: no argument parsing, no ~/.kivy, quiet logs.
+os.environ.setdefault("KIVY_NO_ARGS", "1")
+os.environ.setdefault("KIVY_HOME", tempfile.mkdtemp(prefix="kivy-home-"))
+os.environ.setdefault("KCFG_KIVY_LOG_LEVEL", "warning")
 
 NODE = "st1-k1"
 STORE = "st1"

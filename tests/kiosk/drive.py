@@ -20,11 +20,11 @@ from typing import Any
 
 os.environ.setdefault("KIVY_NO_ARGS", "1")
 
-from kivy.clock import Clock  # noqa: E402
-from kivy.core.window import Window  # noqa: E402
-from kivy.tests.common import UnitTestTouch  # noqa: E402
+from kivy.clock import Clock
+from kivy.core.window import Window
+from kivy.tests.common import UnitTestTouch
 
-from kiosk.app import KioskApp  # noqa: E402
+from kiosk.app import KioskApp
 
 IMG = Path(os.environ.get("OMNISHELF_SCREENSHOTS", Path(__file__).resolve().parents[2] / "var" / "screenshots"))
 STEP_TIMEOUT_S = 30.0
@@ -89,6 +89,11 @@ class Driver:
         self.app.stop()
 
 
+def screen(app: KioskApp, name: str) -> Any:
+    assert app.sm is not None
+    return app.sm.get_screen(name)
+
+
 def settled(app: KioskApp) -> Callable[[], bool]:
     """No box call in flight (every answer applied) and no screen transition running (the screen
     manager ignores touches during one)."""
@@ -121,7 +126,7 @@ def shop(app: KioskApp, d: Driver) -> Step:
     yield "categories and thumbnails", lambda: bool(app.browse.categories) and app.worker.pending == 0
     yield from drawn(app)
     d.shot("browse")
-    browse = app.sm.get_screen("browse")
+    browse = screen(app, "browse")
     loads = app.browse.loads
     for ch in "lj":
         tap(browse.ids.keyboard.keys[ch])
@@ -149,13 +154,13 @@ def shop(app: KioskApp, d: Driver) -> Step:
     d.result["checks"]["availability"] = [app.fmt(ln) for ln in app.product.availability]
     yield from drawn(app)
     d.shot("product")
-    product = app.sm.get_screen("product")
+    product = screen(app, "product")
     yield from drawn(app)
     tap(product.ids.more)
     yield "two of it", lambda: app.product.qty == 2
     tap(product.ids.add)
     yield "the basket", lambda: app.screen == "basket" and app.session.count == 2
-    basket = app.sm.get_screen("basket")
+    basket = screen(app, "basket")
     yield "pickup stores listed", lambda: bool(basket.ids.stores.children)
     yield from drawn(app)
     d.shot("basket")
@@ -178,7 +183,7 @@ def shop(app: KioskApp, d: Driver) -> Step:
     tap(app.root.ids.reach)
     yield "reach off", lambda: not app.session.reach and app.root.ids.reach_spacer.height == 0
     tap(basket.ids.place)
-    yield "the confirmation with its QR code", lambda: app.screen == "confirm" and app.sm.get_screen("confirm").ids.qr.modules > 0
+    yield "the confirmation with its QR code", lambda: app.screen == "confirm" and screen(app, "confirm").ids.qr.modules > 0
     d.result["order_id"] = app.confirm.order_id
     d.result["confirm_url"] = app.confirm.confirm_url
     d.result["checks"]["basket_after"] = len(app.session.basket)
@@ -192,7 +197,7 @@ def idle(app: KioskApp, d: Driver) -> Step:
     tap_at(Window.width / 2, Window.height / 2)
     yield "the browse screen", lambda: app.screen == "browse" and bool(app.browse.items)
     app.session.add(app.browse.items[0], 1)
-    browse = app.sm.get_screen("browse")
+    browse = screen(app, "browse")
     yield from drawn(app)
     tap(browse.ids.keyboard.keys["l"])  # typed something, too
     yield "a basket and a query", lambda: app.session.count == 1 and app.browse.query == "l"

@@ -59,7 +59,7 @@ def test_shopper_orders_for_pickup_and_the_order_goes_up(broker: Broker, tmp_pat
             result = await drive("shop", box.api.url, SIZES[orientation], tmp_path)
             checks = result["checks"]
             assert checks["lj"][0] == "TEA-LJ-250" and checks["tapped"] == "TEA-LJ-250"
-            assert checks["availability"] == ["本店：货架上有 3 件", "Xihu Road（2.4 公里）：5 件", "仓库发货，2 天送达"]
+            assert checks["availability"] == ["本店：货架上有 3 件", "Xihu Road（2.4 公里）：5 件", "仓库发货，2 天送达"]  # noqa: RUF001
             assert checks["errors"] == {"name": "Please enter a name", "phone": "Please enter a phone number (6 to 20 digits)",
                                         "address": "Please enter street, number and city"}
             assert checks["reach_place_top"] < 0.6  # reach mode: the order button in the lower part
