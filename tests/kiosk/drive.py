@@ -70,7 +70,8 @@ class Driver:
                         a = self.app
                         self.finish(f"timed out after {STEP_TIMEOUT_S} s waiting for {what} (screen {a.screen}, "
                                     f"fulfilment {a.checkout.fulfilment}, errors {dict(a.checkout.errors)}, "
-                                    f"basket {len(a.session.basket)}, pending {a.worker.pending}, "
+                                    f"basket {len(a.session.basket)}, pending {a.worker.pending}, resets {a.session.resets}, "
+                                    f"query {a.browse.query!r}, idle {a.session.idle}, "
                                     f"checkout error {a.checkout.error!r}, browse error {a.browse.error!r})")
                     return
             # Two frames after a condition holds, so the screen shows what the view-models say.
@@ -210,7 +211,7 @@ def idle(app: KioskApp, d: Driver) -> Step:
                                    "active": app.session.active, "resets": app.session.resets}
 
 
-SCENARIOS = {"shop": (shop, 3600.0, 15), "idle": (idle, 1.0, 2)}
+SCENARIOS = {"shop": (shop, 3600.0, 15), "idle": (idle, 2.0, 6)}
 
 
 def main() -> None:
