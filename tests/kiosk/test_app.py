@@ -84,7 +84,7 @@ def test_idle_reset_wipes_the_basket_and_resumes_the_attract_loop(broker: Broker
         async with Box(broker, tmp_path, None) as box:
             assert box.api is not None
             result = await drive("idle", box.api.url, SIZES["portrait"], tmp_path)
-            assert 1 <= result["checks"]["countdown"] <= 6
+            assert 1 <= result["checks"]["countdown"] <= 4
             assert result["checks"]["after"] == {"basket": 0, "query": "", "active": False, "resets": 1}
         await cloud.close()
 
