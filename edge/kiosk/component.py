@@ -31,7 +31,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from broker.envelope import MessageType
 from broker.payloads import Fulfilment, OrderData, OrderLine
@@ -70,17 +70,18 @@ class KioskOrderBody(BaseModel):
     lat: Annotated[float, Field(ge=-90, le=90)] | None = None
     lon: Annotated[float, Field(ge=-180, le=180)] | None = None
 
-    @model_validator(mode="after")
-    def _delivery(self) -> KioskOrderBody:
+    def problems(self) -> list[str]:
+        """What is wrong with the shopper's details, one line each (the kiosk checks the same inline)."""
+        out = []
         if self.fulfilment == "delivery":
             missing = [f for f in ("name", "phone", "address") if not getattr(self, f)]
             if missing:
-                raise ValueError(f"a delivery needs {', '.join(missing)}: got none")
-            if self.address is not None and len(self.address) < 6:
-                raise ValueError(f"address {self.address!r} is too short: expected street, number and city")
+                out.append(f"a delivery needs {' and '.join(missing)}")
+            if self.address and len(self.address) < 6:
+                out.append(f"address {self.address!r} is too short: expected street, number and city")
         if self.phone and not _PHONE.fullmatch(self.phone):
-            raise ValueError(f"phone {self.phone!r} is not a phone number: expected 6-20 digits, spaces or '-'")
-        return self
+            out.append(f"phone {self.phone!r} is not a phone number: expected 6-20 digits, spaces or '-'")
+        return out
 
 
 def _b36(n: int) -> str:
@@ -216,6 +217,8 @@ class KioskComponent(Component):
         return f"{self.node}-{_b36(ms)}"
 
     def place(self, body: KioskOrderBody) -> dict[str, Any]:
+        if problems := body.problems():
+            raise ApiError(HTTPStatus.BAD_REQUEST, "; ".join(problems))
         if self._loop is None:
             raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "the kiosk's order service is starting: try again in a moment")
         pickup = None

@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS shelf (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS shelf_category ON shelf(category, sku);
 CREATE INDEX IF NOT EXISTS shelf_brand ON shelf(brand);
+CREATE TABLE IF NOT EXISTS pinyin (name_zh TEXT PRIMARY KEY, full TEXT NOT NULL, initials TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS stock (
     sku TEXT NOT NULL,
     location TEXT NOT NULL,
@@ -169,6 +170,11 @@ class ShelfDb:
             rows = src.execute("SELECT sku, name_en, name_zh, brand, category, price, data FROM products").fetchall()
         finally:
             src.close()
+        # pypinyin costs about a millisecond a name (its phrase dictionary picks the reading of each
+        # character in context): names seen before keep their spelling from the cache, so after the
+        # first build a catalogue update only pays for its new names.
+        known = {r[0]: (r[1], r[2]) for r in self._conn().execute("SELECT name_zh, full, initials FROM pinyin")}
+        fresh: dict[str, tuple[str, str]] = {}
         out: list[tuple[Any, ...]] = []
         for sku, name_en, name_zh, brand, category, price, data in rows:
             try:
@@ -176,7 +182,10 @@ class ShelfDb:
                 thumb = images[0].get("thumb") if images and isinstance(images[0], dict) else None
             except (ValueError, AttributeError):
                 thumb = None  # a malformed entry still shows, without a picture
-            full, initials = pinyin_keys(name_zh or "")
+            keys = known.get(name_zh or "") or fresh.get(name_zh or "")
+            if keys is None:
+                keys = fresh[name_zh or ""] = pinyin_keys(name_zh or "")
+            full, initials = keys
             out.append((sku, sku.lower(), name_en or "", (name_en or "").lower(), name_zh or "", full, initials,
                         brand, category, _price(price), str(price), thumb))
         with self._write_lock:
@@ -185,6 +194,8 @@ class ShelfDb:
             try:
                 conn.execute("DELETE FROM shelf")
                 conn.executemany("INSERT INTO shelf VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", out)
+                conn.executemany("INSERT OR IGNORE INTO pinyin(name_zh, full, initials) VALUES (?, ?, ?)",
+                                 [(n, f, i) for n, (f, i) in fresh.items()])
                 self._set_meta(conn, "indexed", identity)
                 conn.execute("COMMIT")
             except BaseException:
