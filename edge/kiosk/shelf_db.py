@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS shelf (
     category TEXT,
     price REAL,
     price_text TEXT NOT NULL,
-    thumb TEXT
+    thumb TEXT,
+    hay TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS shelf_category ON shelf(category, sku);
 CREATE INDEX IF NOT EXISTS shelf_brand ON shelf(brand);
@@ -186,14 +187,16 @@ class ShelfDb:
             if keys is None:
                 keys = fresh[name_zh or ""] = pinyin_keys(name_zh or "")
             full, initials = keys
+            # Every spelling in one lowercase string: a search is one instr() a row, not six LIKEs.
+            hay = "\x1f".join((sku.lower(), (name_en or "").lower(), name_zh or "", full, initials, (brand or "").lower()))
             out.append((sku, sku.lower(), name_en or "", (name_en or "").lower(), name_zh or "", full, initials,
-                        brand, category, _price(price), str(price), thumb))
+                        brand, category, _price(price), str(price), thumb, hay))
         with self._write_lock:
             conn = self._conn()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.execute("DELETE FROM shelf")
-                conn.executemany("INSERT INTO shelf VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", out)
+                conn.executemany("INSERT INTO shelf VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", out)
                 conn.executemany("INSERT OR IGNORE INTO pinyin(name_zh, full, initials) VALUES (?, ?, ?)",
                                  [(n, f, i) for n, (f, i) in fresh.items()])
                 self._set_meta(conn, "indexed", identity)
@@ -212,15 +215,15 @@ class ShelfDb:
         q = f.query.strip().lower()
         if q:
             pat = _like(q)
-            compact = _like(q.replace(" ", ""))
-            where.append("(s.sku_l LIKE ? ESCAPE '\\' OR s.name_en_l LIKE ? ESCAPE '\\' OR s.name_zh LIKE ? ESCAPE '\\'"
-                         " OR s.py_full LIKE ? ESCAPE '\\' OR s.py_initials LIKE ? ESCAPE '\\' OR s.brand LIKE ? ESCAPE '\\')")
-            args += [pat + "%", "%" + pat + "%", "%" + pat + "%", "%" + compact + "%", "%" + compact + "%", pat + "%"]
+            compact = q.replace(" ", "")
+            # Pinyin is typed with or without spaces between syllables ("long jing", "longjing").
+            where.append("(instr(s.hay, ?) > 0 OR instr(s.hay, ?) > 0)")
+            args += [q, compact]
             # Names that start with what was typed (in any of its spellings) first, then shorter names.
             order = ("(s.sku_l = ? OR s.name_en_l LIKE ? ESCAPE '\\' OR s.name_zh LIKE ? ESCAPE '\\'"
                      " OR s.py_full LIKE ? ESCAPE '\\' OR s.py_initials LIKE ? ESCAPE '\\') DESC,"
                      " length(s.name_zh) + length(s.name_en), s.sku")
-            order_args = [q, pat + "%", pat + "%", compact + "%", compact + "%"]
+            order_args = [q, pat + "%", pat + "%", _like(compact) + "%", _like(compact) + "%"]
         if f.category:
             where.append("s.category >= ? AND s.category < ?")
             args += [f.category, f.category + "\U0010ffff"]
