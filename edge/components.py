@@ -62,4 +62,12 @@ def _clerks(ctx: ComponentContext) -> Component | None:
     return ClerksComponent(ctx)
 
 
-COMPONENTS: tuple[ComponentFactory, ...] = (_catalogue, _station, _signage, _orders, _config_push, _clerks)
+def _kiosk(ctx: ComponentContext) -> Component | None:
+    if not ctx.config.kiosk.enabled:
+        return None
+    from edge.kiosk.component import KioskComponent
+
+    return KioskComponent(ctx)
+
+
+COMPONENTS: tuple[ComponentFactory, ...] = (_catalogue, _station, _signage, _orders, _config_push, _clerks, _kiosk)

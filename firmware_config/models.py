@@ -28,7 +28,9 @@ __all__ = [
     "CatalogueConfig",
     "DeviceConfig",
     "DisplayDevice",
+    "KioskConfig",
     "LocalApiConfig",
+    "NearbyStore",
     "NodeConfig",
     "OutboxConfig",
     "PrinterDevice",
@@ -381,6 +383,51 @@ class SignageConfig(_Strict):
         return tuple(s.name for s in self.screens) or (self.screen,)
 
 
+class NearbyStore(_Strict):
+    """A store the kiosk may name in "at <store> 2.4 km away" (its code is the cloud's location code)."""
+
+    code: Name
+    name: Name
+    km: Annotated[float, Field(ge=0, le=20_000)]
+
+
+class KioskConfig(_Strict):
+    """The cloud shelf's box side: catalogue paging and pinyin search, availability, kiosk orders."""
+
+    enabled: bool = False
+    path: Path | None = None
+    """Default: <data_dir>/edge/<node_id>/kiosk.db (the search index, the stock figures last seen,
+    the orders placed); a relative path is relative to the config file."""
+    stock_url: str | None = None
+    """The cloud API asked for stock figures (http[s]://host[:port], `GET /api/stock`); None: only
+    the figures already held."""
+    stock_api_key: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    """An API key with read access to stock (sent as a bearer token)."""
+    nearby: tuple[NearbyStore, ...] = ()
+    """Other stores shown with their distance when this one has none."""
+    warehouse: Name = "wh"
+    """The location code of the warehouse that ships to this store's shoppers."""
+    warehouse_days: Annotated[int, Field(ge=0, le=60)] = 2
+    confirm_url: Annotated[str, StringConstraints(min_length=1, max_length=500)] = "https://shop.example/o/{order_id}"
+    """The link on the confirmation QR code; `{order_id}` is replaced by the order number."""
+    refresh_s: Annotated[float, Field(gt=0, le=86_400)] = 300
+    """How often this store's stock figures are fetched while the cloud is reachable."""
+    stock_timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+    """A product page waits this long for the cloud's figures before answering from the cache."""
+
+    @field_validator("stock_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return CatalogueConfig._http_url(value)
+
+    @field_validator("confirm_url")
+    @classmethod
+    def _confirm(cls, value: str) -> str:
+        if "{order_id}" not in value or urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError(f"{value!r} is not a confirmation link: expected an http[s] URL with {{order_id}} in it")
+        return value
+
+
 DeviceConfig = Annotated[SimulatorDevice | ScannerDevice | PrinterDevice | DisplayDevice, Field(discriminator="kind")]
 
 
@@ -407,6 +454,7 @@ class NodeConfig(_Strict):
     station: StationConfig = StationConfig()
     signage: SignageConfig = SignageConfig()
     clerks: ClerksConfig = ClerksConfig()
+    kiosk: KioskConfig = KioskConfig()
 
     @field_validator("node_id")
     @classmethod

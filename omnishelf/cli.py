@@ -34,9 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {  # name → ("module" or "module:functi
     "edge": ("edge.cli", "run the store box agent (bus client, durable outbox, devices)"),
     "provision": ("provisioning.cli", "claim boxes in setup mode for a store (technician); a box's setup mode"),
     "demo": ("omnishelf.demo", "run the whole system on this machine with embedded defaults"),
+    "kiosk": ("kiosk.cli", "run the cloud shelf touchscreen (Kivy) against a box's local API"),
 }
 
-ROLE_PACKAGES = ("broker", "cloud", "edge")
+ROLE_PACKAGES = ("broker", "cloud", "edge", "kiosk")
 """A command whose module is in one of these packages needs that role's extra (see pyproject.toml)."""
 ROLES: dict[str, tuple[str, ...]] = {"demo": ("broker", "cloud", "edge"), "provision": ("edge",)}
 """Commands that need other roles than their module's package says."""

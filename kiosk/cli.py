@@ -1,0 +1,61 @@
+"""`omnishelf kiosk`: the cloud shelf on this box's screen (full-screen; `--windowed` for development)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from urllib.parse import urlsplit
+
+__all__ = ["add_parser"]
+
+BOX_ENV = "OMNISHELF_BOX_URL"
+DEFAULT_BOX = "http://127.0.0.1:8480"
+_SIZE = re.compile(r"([1-9][0-9]{2,4})x([1-9][0-9]{2,4})")
+
+
+def _box_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a box URL: expected http://host:port (the box's local API)")
+    return value.rstrip("/")
+
+
+def _size(value: str) -> tuple[int, int]:
+    m = _SIZE.fullmatch(value)
+    if not m:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a window size: expected WIDTHxHEIGHT, e.g. 1080x1920")
+    return int(m.group(1)), int(m.group(2))
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("kiosk", help="run the cloud shelf touchscreen (Kivy) against a box's local API")
+    p.add_argument("--box", type=_box_url, default=os.environ.get(BOX_ENV, DEFAULT_BOX),
+                   help=f"the box's local API (default: ${BOX_ENV}, else {DEFAULT_BOX})")
+    p.add_argument("--windowed", action="store_true", help="a window instead of full screen (development)")
+    p.add_argument("--size", type=_size, default=(1080, 1920), help="window size with --windowed (default 1080x1920)")
+    p.add_argument("--idle", type=float, default=90.0, help="seconds without a touch before the reset countdown")
+    p.set_defaults(func=cmd_kiosk)
+
+
+def cmd_kiosk(args: argparse.Namespace) -> int:
+    # Kivy reads its configuration at import: set it before the first kivy import.
+    os.environ.setdefault("KIVY_NO_ARGS", "1")
+    os.environ.setdefault("KIVY_NO_CONSOLELOG", "1")
+    from kivy.config import Config
+
+    if args.windowed:
+        Config.set("graphics", "fullscreen", "0")
+        Config.set("graphics", "width", str(args.size[0]))
+        Config.set("graphics", "height", str(args.size[1]))
+    else:
+        Config.set("graphics", "fullscreen", "auto")
+        Config.set("graphics", "show_cursor", "0")
+    from kiosk.app import KioskApp
+    from kiosk.fonts import FontMissing
+
+    try:
+        KioskApp(args.box, idle_s=args.idle).run()
+    except FontMissing as exc:
+        raise SystemExit(f"kiosk: {exc}") from None
+    return 0
