@@ -15,7 +15,7 @@ from alembic import op
 from cloud.models import UtcDateTime
 
 revision: str = "0015"
-down_revision: str | None = "0009"
+down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
