@@ -237,9 +237,13 @@ def _number(raw: str, field: str, kind: type[int] | type[float]) -> int | float:
 
 
 def _item_rows(form: Any) -> list[dict[str, Any]]:
-    return [{"media": str(form.get(f"item{n}_media", "")), "duration_s": str(form.get(f"item{n}_duration", "")).strip(),
-             "transition": str(form.get(f"item{n}_transition", "")), "ms": str(form.get(f"item{n}_ms", "")).strip()}
+    """The rows as typed, in the order their positions give (rows without a number keep theirs)."""
+    rows = [{"media": str(form.get(f"item{n}_media", "")), "duration_s": str(form.get(f"item{n}_duration", "")).strip(),
+             "transition": str(form.get(f"item{n}_transition", "")), "ms": str(form.get(f"item{n}_ms", "")).strip(),
+             "pos": str(form.get(f"item{n}_pos", "")).strip()}
             for n in range(_rows(form))]
+    order = sorted(range(len(rows)), key=lambda n: (int(rows[n]["pos"]) if rows[n]["pos"].isdigit() else n + 1, n))
+    return [rows[n] for n in order]
 
 
 def playlist_items(form: Any) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """HQ builds a whole signage programme in the console, in real headless Chromium: uploads media (a
 file that is not one is refused on the form), makes playlists (items in order, durations, a fade;
-a fade longer than its item is refused on the form), a draft campaign targeting a region with a
+a fade longer than its item is refused on the form; then reordered), a draft campaign targeting a region with a
 Saturday 22:00-02:00 slot (crossing midnight) in a date range (a range that ends before it starts
 is refused on the form), edits it, publishes, and the calendar shows the result. No CSP violation,
 no console error; every change is in the audit log as made in the console."""
@@ -89,6 +89,11 @@ def test_hq_builds_and_publishes_a_programme_in_chromium(sqlite_engine, tmp_path
         page.click("#save-playlist")
         expect(page.locator("#saved")).to_be_visible()
         expect(page.locator("#playlists tbody tr", has_text="promo")).to_contain_text("blue.png 15 s (fade 500 ms) → red.png 10 s (cut)")
+        # Reorder: the second item's number to 0 puts it first.
+        page.fill("input[name=item1_pos]", "0")
+        page.click("#save-playlist")
+        expect(page.locator("#playlists tbody tr", has_text="promo")).to_contain_text("red.png 10 s (cut) → blue.png 15 s (fade 500 ms)")
+        expect(page.locator("select[name=item0_media] option:checked")).to_have_text("red.png (image)")
         page.screenshot(path=str(IMG / "console-signage-playlists.png"), full_page=True)
 
         # A campaign: region east, Saturdays 22:00 to 02:00, December; the dates first the wrong way round.
@@ -141,13 +146,13 @@ def test_hq_builds_and_publishes_a_programme_in_chromium(sqlite_engine, tmp_path
     with Session(sqlite_engine) as s:
         assert s.scalar(select(Media).where(Media.name == "blue.png")) is not None
         promo = s.scalars(select(Playlist).where(Playlist.name == "promo")).one()
-        assert [i.get("transition") for i in promo.items] == [{"kind": "fade", "ms": 500}, {"kind": "cut", "ms": 0}]
+        assert [i.get("transition") for i in promo.items] == [{"kind": "cut", "ms": 0}, {"kind": "fade", "ms": 500}]
         c = s.get(Campaign, "late-night")
         assert c is not None and c.regions == ["east"] and c.dayparts == [{"weekdays": [5], "start": "22:00", "end": "02:00"}]
         assert s.scalar(select(Publication.version)) == 1
         actions = [a for a, v in s.execute(select(AuditEntry.action, AuditEntry.via).where(AuditEntry.actor == "user:hq"))
                    if v == "console"]
         assert actions.count("signage.media.upload") == 2
-        assert actions.count("signage.playlist.save") == 2
+        assert actions.count("signage.playlist.save") == 3
         assert actions.count("signage.campaign.save") == 2
         assert "signage.publish" in actions
