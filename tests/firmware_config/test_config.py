@@ -95,7 +95,7 @@ PROBLEMS = [
         ("store_id: st1\n", "store_id: st1\ncolour: red\n"),
         [
             "3: field 'colour': unknown key (expected one of: node_id, store_id, profile, data_dir, telemetry_every_s, "
-            "log_level, broker, outbox, backoff, devices, catalogue, orders, local_api, station, signage, clerks)"
+            "log_level, broker, outbox, backoff, devices, catalogue, orders, local_api, station, signage, clerks, kiosk)"
         ],
         id="unknown-top-level-key",
     ),

@@ -77,6 +77,7 @@ WEAK = [
     ("123456789", "4 to 8 digits"),
     ("12a4", "4 to 8 digits"),
     ("١٢٣٥", "4 to 8 digits"),  # Arabic-Indic digits are digits to Python, not to a keypad
+    ("5" * 33 + "-a-long-secret", "at most 32 characters"),  # refused by the schema: not repeated either
 ]
 
 
