@@ -7,6 +7,7 @@ reported), so "no violation" afterwards means something.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,6 +68,14 @@ def test_pages_and_docs_work_under_the_policy_without_violations(world: World) -
             answer = page.goto(f"{server.url}/console/{path}")
             assert answer is not None and answer.status == 200, path
             expect(page.locator("main h1")).to_contain_text(heading)
+        # Every page of the menu (each engine's): it renders, and its title is plain words (a
+        # template that lost a block's end puts its markup in the title, and in the tab).
+        menu = page.locator("header nav a").evaluate_all("links => links.map(a => [a.getAttribute('href'), a.textContent])")
+        assert len({label for _, label in menu}) == len(menu), f"a menu entry shows twice: {menu}"
+        for href, label in menu:
+            answer = page.goto(f"{server.url}{href}")
+            assert answer is not None and answer.status == 200, href
+            assert re.fullmatch(r"[^<>]+ · omnishelf HQ", page.title()), f"{href} ({label}): title {page.title()!r}"
         page.goto(f"{server.url}/console/api-keys")
         page.fill("#add-key input[name=name]", "csp-check")
         page.click("#add-key button[type=submit]")

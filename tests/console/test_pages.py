@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from cloud.access.models import ApiKey, User
 from tests.access.conftest import GRANTS, PASSWORD, World, row_count, sign_in
 
-PAGES = ["fleet", "orders", "stock", "traceability", "signage", "devices", "users", "users/regional", "api-keys", "audit",
+PAGES = ["fleet", "orders", "stock", "trace", "signage", "devices", "users", "users/regional", "api-keys", "audit",
          "stores/st0001"]
 
 
