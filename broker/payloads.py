@@ -108,6 +108,10 @@ class BirthData(Payload):
     """Lowest `seq` the box still holds (pending or kept for replay); older ones cannot be resent."""
     config_rollback: ConfigRollback | None = None
     """The box's last automatic config rollback, said in every birth after it (the cloud records it once)."""
+    commands: Annotated[tuple[Text, ...], Field(max_length=200)] | None = None
+    """The `CommandData.name`s this box runs (its components'), so the cloud sends a box only what it
+    can do: a kiosk-only box gets no clerk roster nor trace lists to refuse. None: not said (older
+    software), and every command is sent as before."""
 
 
 class DeathData(Payload):

@@ -146,6 +146,9 @@ class Node(Base):
     software_version: Mapped[str | None] = mapped_column(String(200))
     config_hash: Mapped[str | None] = mapped_column(String(128))
     devices: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    commands: Mapped[list[str] | None] = mapped_column(JSON)
+    """The `CommandData` names the box said (in its current session's birth) that it runs; None:
+    it did not say (older software), so it is sent every command."""
     devices_session: Mapped[int | None] = mapped_column(BigInteger)
     devices_seq: Mapped[int | None] = mapped_column(BigInteger)
     """Position (session, seq) of the message `devices` came from: an older one never overwrites it."""

@@ -183,7 +183,7 @@ class EdgeAgent:
         self.bus.offer_password(password, adopted)
 
     def _birth_fields(self) -> dict[str, Any]:
-        fields: dict[str, Any] = {}
+        fields: dict[str, Any] = {"commands": ("ping", *sorted(self._named))}
         for component in self.components:
             fields.update(component.birth())
         return fields

@@ -75,6 +75,7 @@ __all__ = [
     "notify",
     "publish_after_commit",
     "remove_waker",
+    "runs",
     "send",
 ]
 
@@ -98,6 +99,15 @@ def _now() -> datetime:
 # Built once and executed with parameters: building `insert().values(...)` per command cost more
 # than executing it (measured: ~1 ms of a verdict's ~1.1 ms).
 _INSERT = _DOWNLINK.insert()
+
+
+def runs(conn: Connection | Session, node: str, command: str) -> bool:
+    """Whether `node` runs the `CommandData` named `command`, as its birth said (a box that did not
+    say is taken to run everything: older software refuses what it cannot do, as before). An
+    engine asks before queuing a command that only some boxes have a component for."""
+    c = conn.connection() if isinstance(conn, Session) else conn
+    said = c.execute(select(_NODES.c.commands).where(_NODES.c.id == node)).scalar()
+    return said is None or command in said
 
 
 def send(

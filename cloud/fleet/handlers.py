@@ -25,7 +25,8 @@ def on_birth(ctx: Context, msg: Message) -> None:
     # The bus set `session` to this birth's if it accepted it; an older session's birth changes nothing.
     current = (_NODES.c.id == msg.node) & (_NODES.c.session == msg.session)
     ctx.conn.execute(
-        update(_NODES).where(current).values(software_version=data.software_version, config_hash=data.config_hash)
+        update(_NODES).where(current).values(software_version=data.software_version, config_hash=data.config_hash,
+                                             commands=None if data.commands is None else list(data.commands))
     )
     # Telemetry of this session handled before this birth (other worker) may already be newer.
     ctx.conn.execute(

@@ -212,6 +212,8 @@ def send_roster(conn: Connection, node: str, args: ClerkRosterArgs, *, now: date
 
     The key names the node and the version (a retried transaction sends it once); a birth adds its
     own id, so each birth gets the current roster again (a box whose disk was replaced has none)."""
+    if not downlink.runs(conn, node, CLERK_ROSTER):
+        return  # a box without the clerks component (a kiosk, a signage screen)
     prefix = f"staff-roster:{node}:"
     key = f"{prefix}{args.version}" + (f":{birth}" if birth else "")
     conn.execute(update(DownlinkCommand)

@@ -133,3 +133,21 @@ def test_staff_numbers_are_unique_per_store(world: World) -> None:
         assert r.status_code == 422 and "is not a staff number" in r.text
         r = client.post("/staff/clerks", json={"store": "st0001", "name": "  ", "pin": "2468"}, headers=h)
         assert r.status_code == 422 and "name" in r.text
+
+
+def test_a_box_that_said_it_has_no_clerks_component_gets_no_roster(world: World) -> None:
+    from sqlalchemy import update
+
+    from cloud.models import Node
+
+    with Session(world.engine) as s, s.begin():
+        # What the fleet handler records from births: a kiosk (no clerk_roster), a box that did not say.
+        s.execute(update(Node).where(Node.id == "st0001-k1").values(commands=["ping", "kiosk_refresh"]))
+    with world.app_client() as client:
+        r = client.post("/staff/clerks", json={"store": "st0001", "name": "Li Wei", "pin": PIN}, headers=_h(world, "hq"))
+        assert r.status_code == 201, r.text
+        assert _rosters(world, "st0001-k1") == []
+        with Session(world.engine) as s, s.begin():
+            s.execute(update(Node).where(Node.id == "st0001-k1").values(commands=None))
+        assert client.post(f"/staff/clerks/{r.json()['id']}/pin", json={"pin": "7351"}, headers=_h(world, "hq")).status_code == 200
+    assert [c.status for c in _rosters(world, "st0001-k1")] == ["pending"]

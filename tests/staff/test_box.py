@@ -23,7 +23,7 @@ from broker.payloads import CLERK_ROSTER, CommandData
 from cloud.bus import downlink
 from cloud.bus.worker import CloudBus
 from cloud.db import write_transaction
-from cloud.models import DownlinkCommand
+from cloud.models import DownlinkCommand, Node
 from edge.agent import EdgeAgent
 from edge.clerks.component import ClerksComponent
 from firmware_config import NodeConfig
@@ -101,6 +101,10 @@ def test_roster_reaches_the_box_and_clerks_sign_in_offline(broker: Broker, world
             async def online() -> None:
                 clerks = clerks_of(box)
                 await until(lambda: clerks.db.version == 1, what="the roster from the birth")
+                # The birth said what the box runs (the cloud sends a box only those commands).
+                with Session(world.engine) as s:
+                    said = s.scalars(select(Node.commands).where(Node.id == NODE)).one()
+                assert said is not None and {"ping", "clerk_roster"} <= set(said)
                 assert await acall(box, "GET", "/clerks") == (200, {
                     "store": "st0001", "roster_version": 1,
                     "clerks": [{"id": ana["id"], "name": "Ana", "staff_number": "A1"}]})
