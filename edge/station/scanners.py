@@ -138,8 +138,6 @@ class CameraScanner:
         self.sink = sink
         self.path = path
         self.stats = CaptureStats()
-        self.jpeg = False
-        """Frames arrive as JPEG and are decoded straight to grey (see `_jpeg_frames`)."""
         self.decoder = FrameDecoder(cfg.formats, try_rotate=cfg.try_rotate, try_invert=cfg.try_invert,
                                     fallback_1d=cfg.fallback_1d)
 
@@ -152,31 +150,11 @@ class CameraScanner:
 
         if self.path is not None and not self.path.exists():
             raise RuntimeError(f"{self.path} does not exist (camera unplugged?)")
-        source = str(self.path) if self.path is not None else int(self.cfg.camera or 0)
-        cap = cv2.VideoCapture(source)
+        cap = cv2.VideoCapture(str(self.path) if self.path is not None else int(self.cfg.camera or 0))
         if not cap.isOpened():
             cap.release()
             raise RuntimeError(f"cannot open {self.what}")
-        self.jpeg = self._jpeg_frames(cap)
-        if not self.jpeg and cap.get(cv2.CAP_PROP_FORMAT) == -1:
-            cap.release()  # asked for JPEG and could not read it: open it again, decoded by OpenCV
-            cap = cv2.VideoCapture(source)
         return cap
-
-    def _jpeg_frames(self, cap: Any) -> bool:
-        """Motion-JPEG sources (most USB cameras, our test videos) hand over each frame as its JPEG,
-        decoded straight to grey here: half the cost of OpenCV's colour frame + a grey conversion,
-        which on a small box is as much as the barcode decoding itself. True if that works here."""
-        import cv2
-
-        if int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little") != b"MJPG" or not cap.set(cv2.CAP_PROP_FORMAT, -1):
-            return False
-        ok, buf = cap.read()
-        if not ok or buf is None or cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE) is None:
-            return False
-        if self.path is not None and self.path.is_file():
-            cap.set(cv2.CAP_PROP_POS_FRAMES, 0)  # a file starts again at its first frame
-        return True
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -232,13 +210,7 @@ class CameraScanner:
                     return
                 # The video's own clock for files (read faster than real time), ours for cameras.
                 t = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0 if is_file else time.monotonic()
-                if self.jpeg:
-                    grey = cv2.imdecode(frame, cv2.IMREAD_GRAYSCALE)
-                    if grey is None:  # a torn frame from the camera: the next one will do
-                        continue
-                    give((t, grey))
-                else:
-                    give((t, cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame))
+                give((t, cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame))
         except Exception as exc:
             give(exc)
         finally:

@@ -120,7 +120,6 @@ def test_video_scans_reach_the_cloud_and_its_verdicts_the_local_api(broker: Brok
         assert str(sd(scans[0]).symbology).startswith("]d") and sd(scans[1]).symbology == "]Q1"
         cam = station_of(agent).scanners["cam"]
         assert isinstance(cam, CameraScanner)
-        assert cam.jpeg  # the Motion-JPEG video's frames went straight from JPEG to grey
         await until(lambda: cam.stats.ended, what="end of the video")
         assert len(cloud.of(MessageType.SCAN)) == 3
         # Online, with final_wait_s 0: no provisional verdict, the scan waits for the cloud.
