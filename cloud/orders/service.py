@@ -592,15 +592,22 @@ def route(conn: Connection, order_id: int, *, actor: str, now: datetime | None =
         only = merge_ids if merge_ids is not None and rule is rules_to_try[0] else None
         chosen: Plan | None = None
         for attempt in range(RACE_RETRIES):
+            last = attempt == RACE_RETRIES - 1
             # Lost every race but this one: lock all the candidates' rows (in the one fixed order),
-            # so the plan made now holds until commit.
-            p = plan_rule(pool, rule, lock=attempt == RACE_RETRIES - 1, only=only)
+            # so the plan made now holds until commit; in a savepoint, so that those locks go if it
+            # cannot fill the order and the next rule locks others.
+            locking = conn.begin_nested() if last and conn.dialect.name == "postgresql" else None
+            p = plan_rule(pool, rule, lock=last, only=only)
             if p.filled:
                 try:
                     reserve(conn, order_id, p.allocation, now)
                 except Shortage:
+                    if locking is not None:
+                        locking.rollback()
                     pool.forget()
                     continue
+            if locking is not None:
+                (locking.commit if p.filled else locking.rollback)()
             chosen = p
             break
         if chosen is None:  # lost every race: stock is moving under us; treat as unfilled now

@@ -184,14 +184,23 @@ _MOVE = MOVES.insert()
 
 def reserve(conn: Connection, order_id: int, allocation: dict[int, list[tuple[str, int]]], now: datetime) -> None:
     """Add `allocation` (location → [(sku, qty)]) to `reserved` where every row still has it, and
-    record the movements; else raise `Shortage` with nothing reserved (rows it had taken are given
-    back in the same transaction)."""
+    record the movements; else raise `Shortage` with nothing reserved (PostgreSQL: the savepoint is
+    rolled back, locks included; SQLite, one writer: what was taken is given back)."""
     wanted = sorted((loc, sku, qty) for loc, lines in allocation.items() for sku, qty in lines)
     if not wanted:
         return
     if conn.dialect.name == "postgresql":
+        # In a savepoint: a lost race must give back the row locks it took, not only the quantities.
+        # Kept, they would be held while the next try locks other rows, out of the fixed order: a
+        # deadlock with a router doing the same the other way round.
+        attempt = conn.begin_nested()
         got = conn.execute(_RESERVE_PG, {"locs": [w[0] for w in wanted], "skus": [w[1] for w in wanted],
                                          "qtys": [w[2] for w in wanted]}).all()
+        if len(got) < len(wanted):
+            attempt.rollback()
+            taken = {(r[0], r[1]) for r in got}
+            raise Shortage(next(f"{sku} at location {loc}" for loc, sku, _ in wanted if (loc, sku) not in taken))
+        attempt.commit()
     else:
         got = conn.execute(_RESERVE_SQLITE, {"rows": json.dumps(wanted)}).all()
     if len(got) < len(wanted):
