@@ -334,9 +334,9 @@ class KioskComponent(Component):
         while not self._stop.is_set():
             try:
                 await asyncio.to_thread(self.refresh_index)
-            except (OSError, sqlite3.Error) as exc:
-                self.last_error = f"search index: {exc}"
-                log.warning("kiosk: search index rebuild failed (%s)", exc)
+            except Exception as exc:  # e.g. the pinyin process died: said, and tried again, never silent
+                self.last_error = f"search index: {type(exc).__name__}: {exc}"
+                log.warning("kiosk: search index rebuild failed (%s); again in %.0f s", exc, INDEX_CHECK_S)
             if await self._wait(INDEX_CHECK_S):
                 return
 

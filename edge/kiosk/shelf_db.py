@@ -16,17 +16,17 @@ the local API's threads: one connection per thread, writes serialised by a lock.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pypinyin import Style, lazy_pinyin
-
-__all__ = ["Figure", "Filters", "ShelfDb", "pinyin_keys"]
+__all__ = ["Figure", "Filters", "ShelfDb", "pinyin_elsewhere", "pinyin_keys", "pinyin_many"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -72,6 +72,9 @@ def pinyin_keys(name_zh: str) -> tuple[str, str]:
     Non-Chinese runs are kept as they are (lowercased), so "LV 龙井" still matches "lvlongjing"."""
     if not name_zh:
         return "", ""
+    # Imported here, not at the top: only the short-lived pinyin process pays for its dictionaries.
+    from pypinyin import Style, lazy_pinyin
+
     full: list[str] = []
     initials: list[str] = []
     for part in lazy_pinyin(name_zh, style=Style.NORMAL, errors="default"):
@@ -83,6 +86,19 @@ def pinyin_keys(name_zh: str) -> tuple[str, str]:
             full.append(kept)
             initials.append(kept)
     return "".join(full), "".join(initials)
+
+
+def pinyin_many(names: Sequence[str]) -> list[tuple[str, str]]:
+    return [pinyin_keys(n) for n in names]
+
+
+def pinyin_elsewhere(names: Sequence[str]) -> list[tuple[str, str]]:
+    """`pinyin_many` in a short-lived process: pypinyin's dictionaries take about 55 MB once
+    loaded, most of the agent's memory budget, and are needed only while new names come in."""
+    if not names:
+        return []
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(pinyin_many, list(names)).result()
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +191,8 @@ class ShelfDb:
         # character in context): names seen before keep their spelling from the cache, so after the
         # first build a catalogue update only pays for its new names.
         known = {r[0]: (r[1], r[2]) for r in self._conn().execute("SELECT name_zh, full, initials FROM pinyin")}
-        fresh: dict[str, tuple[str, str]] = {}
+        new_names = sorted({str(r[2] or "") for r in rows} - set(known))
+        fresh = dict(zip(new_names, pinyin_elsewhere(new_names), strict=True))
         out: list[tuple[Any, ...]] = []
         for sku, name_en, name_zh, brand, category, price, data in rows:
             try:
@@ -183,10 +200,7 @@ class ShelfDb:
                 thumb = images[0].get("thumb") if images and isinstance(images[0], dict) else None
             except (ValueError, AttributeError):
                 thumb = None  # a malformed entry still shows, without a picture
-            keys = known.get(name_zh or "") or fresh.get(name_zh or "")
-            if keys is None:
-                keys = fresh[name_zh or ""] = pinyin_keys(name_zh or "")
-            full, initials = keys
+            full, initials = known.get(name_zh or "") or fresh[name_zh or ""]
             # Every spelling in one lowercase string: a search is one instr() a row, not six LIKEs.
             hay = "\x1f".join((sku.lower(), (name_en or "").lower(), name_zh or "", full, initials, (brand or "").lower()))
             out.append((sku, sku.lower(), name_en or "", (name_en or "").lower(), name_zh or "", full, initials,

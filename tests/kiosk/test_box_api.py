@@ -5,6 +5,8 @@ without the cloud, and an order placed while the cloud is away that arrives once
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -213,3 +215,21 @@ def test_order_placed_offline_reaches_the_cloud_when_it_is_back(broker: Broker, 
         await cloud.close()
 
     arun(main())
+
+
+def test_the_index_build_leaves_pypinyin_out_of_the_agent(tmp_path: Path) -> None:
+    """pypinyin's dictionaries (~55 MB) load in a short-lived process, never in the agent's."""
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from edge.kiosk.shelf_db import ShelfDb\n"
+        "from tests.kiosk.conftest import seed_catalogue\n"
+        f"seed_catalogue(Path({str(tmp_path / 'cat')!r}))\n"
+        f"db = ShelfDb(Path({str(tmp_path / 'kiosk.db')!r}))\n"
+        f"n = db.rebuild(Path({str(tmp_path / 'cat' / 'catalogue.db')!r}), 'e:1')\n"
+        "print(n, db.page(__import__('edge.kiosk.shelf_db').kiosk.shelf_db.Filters(query='lj'), 'st1', 5, 0)[0],"
+        " 'pypinyin' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert (done.returncode, done.stdout.strip()) == (0, "64 1 False"), done.stderr
