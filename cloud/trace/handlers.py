@@ -19,6 +19,7 @@ from broker.envelope import MessageType
 from broker.payloads import (
     TRACE_LISTS,
     BadUnit,
+    BirthData,
     CommandData,
     ListUnit,
     RecalledBatch,
@@ -59,6 +60,9 @@ def on_scan(ctx: Context, msg: Message) -> None:
 
 
 def on_birth(ctx: Context, msg: Message) -> None:
+    assert isinstance(msg.data, BirthData)
+    if msg.data.commands is not None and TRACE_LISTS not in msg.data.commands:
+        return  # no station on this box: it would only refuse the lists
     store_id = ctx.conn.execute(select(_NODES.c.store_id).where(_NODES.c.id == msg.node)).scalar()
     if store_id is None:
         return

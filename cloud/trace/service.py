@@ -345,14 +345,17 @@ def push_lists(conn: Connection, now: datetime) -> int:
     from datetime import timedelta
 
     from broker.envelope import MessageType
+    from broker.payloads import TRACE_LISTS
     from cloud.bus import downlink
     from cloud.models import Node
     from cloud.trace.handlers import RULES, lists_commands
 
-    nodes = conn.execute(select(Node.id, Node.store_id).where(Node.store_id.is_not(None), Node.retired_at.is_(None))).all()
+    nodes = conn.execute(select(Node.id, Node.store_id, Node.commands)
+                         .where(Node.store_id.is_not(None), Node.retired_at.is_(None))).all()
     by_store: dict[int, list[str]] = {}
-    for node_id, store_id in nodes:
-        if store_id is not None:
+    for node_id, store_id, said in nodes:
+        # Only the boxes that run a station (or did not say what they run).
+        if store_id is not None and (said is None or TRACE_LISTS in said):
             by_store.setdefault(store_id, []).append(node_id)
     for store_id, node_ids in by_store.items():
         parts = lists_commands(conn, store_id, RULES)
@@ -360,7 +363,7 @@ def push_lists(conn: Connection, now: datetime) -> int:
             for part in parts:
                 downlink.send(conn, node_id, MessageType.COMMAND, part, engine="trace", expires_in=timedelta(hours=12),
                               now=now)
-    return len(nodes)
+    return sum(len(ids) for ids in by_store.values())
 
 
 def _alert_scope(scope: Scope) -> Any:

@@ -138,15 +138,23 @@ def test_locations_csv_refuses_a_bad_line_naming_it(hq: TestClient, tworld: Worl
 
 
 
-def test_a_recall_pushes_the_lists_to_every_store_box(tworld: World, hq: TestClient) -> None:
+def test_a_recall_pushes_the_lists_to_every_store_box_with_a_station(tworld: World, hq: TestClient) -> None:
     from cloud.models import DownlinkCommand
+
+    from sqlalchemy import update
+
+    from cloud.models import Node
 
     doc, _plan = chain.supply_chain(per_store=1)
     capture(hq, doc)
+    with Session(tworld.engine) as s, s.begin():
+        # What the births said: st0002's box runs no station (a kiosk), st0003's did not say.
+        s.execute(update(Node).where(Node.id == "st0001-k1").values(commands=["ping", TRACE_LISTS]))
+        s.execute(update(Node).where(Node.id == "st0002-k1").values(commands=["ping", "kiosk_refresh"]))
     assert hq.post("/trace/recalls", json={"gtin": chain.GTIN, "batch": "LX", "reason": "expired stock"}).status_code == 201
     with Session(tworld.engine) as s:
         sent = s.scalars(select(DownlinkCommand).where(DownlinkCommand.type == "command")).all()
-    assert sorted(c.node for c in sent) == ["st0001-k1", "st0002-k1", "st0003-k1"]  # stray-1 has no store
+    assert sorted(c.node for c in sent) == ["st0001-k1", "st0003-k1"]  # stray-1 has no store
     assert all(c.data["name"] == TRACE_LISTS for c in sent)
     assert all(TraceListsArgs.model_validate(c.data["args"]).recalled_batches
                == (RecalledBatch(gtin=chain.GTIN, batch="LX", reason="expired stock"),) for c in sent)
