@@ -318,6 +318,26 @@ def orders_demo(api: str, key: str, stores: dict[str, str], ports: dict[str, int
             f"    {api}/console/orders   and on {b_node}: curl -s http://127.0.0.1:{ports[b_node]}/desk/orders")
 
 
+# -- clerks: the first store's clerk, whose PIN works at its station box even offline --------------
+
+DEMO_CLERK_PIN = "2580"
+
+
+def clerks_demo(api: str, key: str, store: str, node: str, port: int) -> str:
+    """A clerk for `store`, made before its boxes start (the roster reaches them with their birth).
+    Returns the banner lines."""
+    try:
+        clerk = _http("POST", f"{api}/staff/clerks", {"store": store, "name": "Demo Clerk", "staff_number": "D-1",
+                                                      "pin": DEMO_CLERK_PIN}, key)
+    except (OSError, ValueError) as exc:
+        return f"  clerks: the demo clerk could not be created ({exc})"
+    assert isinstance(clerk, dict)
+    return (f"  clerks: {store}'s boxes hold its roster (console: {api}/console/staff); sign in at {node} with the PIN, offline too:\n"
+            f"    curl -s http://127.0.0.1:{port}/clerks\n"
+            f"    curl -s -X POST -d '{{\"clerk_id\": {clerk['id']}, \"pin\": \"{DEMO_CLERK_PIN}\"}}' "
+            f"http://127.0.0.1:{port}/clerks/sign-in")
+
+
 def run(args: argparse.Namespace) -> int:
     from cloud.seed import DEMO_STORES  # the demo boxes are the seeded demo stores' nodes
 
@@ -375,14 +395,14 @@ def run(args: argparse.Namespace) -> int:
         _wait_http(f"{api}/health", cloud)
         # Before the boxes: the camera station's first scans must find their units commissioned.
         trace_lines = _trace(api, api_key, layout.url, passwords[demo_trace.STATION])
-        local_ports: dict[str, int] = {}
+        local_ports: dict[str, int] = {node: free_port() for node in nodes}
+        clerks_line = clerks_demo(api, api_key, next(iter(stores)), nodes[0], local_ports[nodes[0]])
         for store, node in stores.items():
             secret = data / "secrets" / node
             secret.parent.mkdir(parents=True, exist_ok=True)
             secret.write_text(passwords[node])
             secret.chmod(0o600)
             cfg = data / "edge" / f"{node}.yaml"
-            local_ports[node] = free_port()
             config = box_config(node, store, mqtt_port, secret, data, api, local_ports[node])
             write_config(
                 with_station(config, data) if node == nodes[0] else config,
@@ -412,6 +432,7 @@ def run(args: argparse.Namespace) -> int:
                     f"    tokens, enrolled boxes, revocation, config pushes: {api}/console/enrolment",
                     f"  messages an engine could not process (replay them there): {api}/console/bus/failed",
                     orders_line,
+                    clerks_line,
                     f"  health and ingest counters:    curl -s {api}/health",
                     f"  API documentation:             {api}/docs",
                     f"  a box's local API (what its kiosk uses, works offline): http://127.0.0.1:{local_ports[first]}/status",

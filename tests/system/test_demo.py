@@ -107,6 +107,17 @@ def test_demo_runs_the_whole_system_and_stops_cleanly(tmp_path: Path) -> None:
                        and s["code"].endswith("DEMO0001") for s in scans)
 
         wait_for(lambda: _ok(a_final_genuine_sale), 60, "the camera station's first unit verified genuine by the cloud")
+        # Clerks: the first store's roster reached its station box; the demo clerk signs in with the PIN.
+        sign_in = re.search(r"curl -s -X POST -d '(\{[^']+\})' (http://\S+/clerks/sign-in)", text)
+        assert sign_in, text
+
+        def signed_in() -> bool:
+            req = urllib.request.Request(sign_in[2], data=sign_in[1].encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return bool(json.loads(resp.read())["clerk"]["name"] == "Demo Clerk")
+
+        wait_for(lambda: _ok(signed_in), 60, "the demo clerk signed in at the first box")
         children = psutil.Process(proc.pid).children(recursive=True)
         # broker, cloud, three boxes, the claimed box's supervisor and its agent
         assert len(children) == 7, [c.cmdline() for c in children]
