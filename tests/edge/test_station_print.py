@@ -104,6 +104,8 @@ def test_receipts_and_labels_reach_the_printer_exactly_once(broker: Broker, tmp_
         peer.paper = True
         await until(lambda: station.db.job(job["id"]).state == "printed", what="printed")  # type: ignore[union-attr]
         data = station.db.job(job["id"]).data  # type: ignore[union-attr]
+        # The peer records a job when the station closes the connection, just after marking it printed.
+        await until(lambda: len(peer.jobs) >= 1, what="the printer to hold the receipt")
         assert peer.jobs == [data]
         assert b"Omnishelf Demo Store" in data and b"Serial SER1" in data and data.endswith(b"\x1dV\x00")  # full cut
         assert b"1P0https://id.gs1.org/01/09506000134352/21/SER1" in data  # the verified code, as a native QR
@@ -116,6 +118,7 @@ def test_receipts_and_labels_reach_the_printer_exactly_once(broker: Broker, tmp_
         assert station.db.job(label["id"]).last_error.startswith("offline: ")  # type: ignore[union-attr]
         peer = PrinterPeer(peer.port)
         await until(lambda: station.db.job(label["id"]).state == "printed", what="label printed")  # type: ignore[union-attr]
+        await until(lambda: len(peer.jobs) >= 1, what="the printer to hold the label")
         assert peer.jobs == [station.db.job(label["id"]).data]  # type: ignore[union-attr]
         status, refused = await api(agent, "POST", "/station/print/label", {"scan_id": "0190c3a0-0000-7000-8000-000000000000"})
         assert status == 409 and refused["error"].endswith("has no verdict yet: print once it is checked")
