@@ -278,6 +278,10 @@ class CloudBus:
         # session keeps the unacknowledged messages for redelivery (to us, if we come back within
         # WORKER_SESSION_EXPIRY_S; after that the boxes resend them when the cloud sees the gap).
         clean = not self._pending and not self._db_failed.is_set()
+        if self._publishing:
+            # Commands the last batches wrote: let the broker take them rather than leave them to
+            # another relay's retry.
+            await asyncio.wait(list(self._publishing), timeout=STOP_TIMEOUT_S)
         if conn is not None and conn.is_connected:
             await self._publish_offline(conn)
             await conn.disconnect(end_session=clean)
