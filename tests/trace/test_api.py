@@ -139,11 +139,9 @@ def test_locations_csv_refuses_a_bad_line_naming_it(hq: TestClient, tworld: Worl
 
 
 def test_a_recall_pushes_the_lists_to_every_store_box_with_a_station(tworld: World, hq: TestClient) -> None:
-    from cloud.models import DownlinkCommand
-
     from sqlalchemy import update
 
-    from cloud.models import Node
+    from cloud.models import DownlinkCommand, Node
 
     doc, _plan = chain.supply_chain(per_store=1)
     capture(hq, doc)
