@@ -1,7 +1,7 @@
 """Nodes: the commands a box said in its birth that it runs (null: it did not say).
 
-Revision ID: 0016
-Revises: 0015
+Revision ID: 0014
+Revises: 0013
 Create Date: 2026-11-29
 """
 
@@ -12,10 +12,13 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0016"
-down_revision: str | None = "0015"
+revision: str = "0014"
+down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+compatible = True
+"""A nullable column: software of 0013 runs on this schema unchanged (its births leave it null, which means 'send every command')."""
 
 
 def upgrade() -> None:

@@ -5,8 +5,8 @@ commit, unless an older command to the same box is still waiting (that one goes 
 relay, to keep each box's commands in order). This index answers "does this box have a command
 waiting?" from the few pending rows only, however many delivered ones the box has.
 
-Revision ID: 0013
-Revises: 0009
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-11-29
 """
 
@@ -17,10 +17,13 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0013"
-down_revision: str | None = "0012"
+revision: str = "0012"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+compatible = True
+"""An index only: software of 0011 runs on this schema unchanged."""
 
 _PENDING = sa.text("status = 'pending'")
 

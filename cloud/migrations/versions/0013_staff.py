@@ -1,7 +1,7 @@
 """Staff: clerks of each store (PIN hashes only) and each store's roster version.
 
-Revision ID: 0015
-Revises: 0009
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-11-29
 """
 
@@ -14,10 +14,13 @@ from alembic import op
 
 from cloud.models import UtcDateTime
 
-revision: str = "0015"
-down_revision: str | None = "0013"
+revision: str = "0013"
+down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+compatible = True
+"""New tables only: software of 0012 runs on this schema unchanged."""
 
 
 def upgrade() -> None:
