@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from http import HTTPStatus
@@ -25,7 +26,7 @@ from broker.envelope import Envelope, MessageType
 from broker.payloads import PopData, ScheduleData
 from edge.component import BackgroundTask, CommandHandler, CommandRefused, Component, ComponentContext, ComponentError
 from edge.filecache import FetchError, FileCache, VerifyError
-from edge.localapi import ApiError, Request, Route, text
+from edge.localapi import ApiError, Request, Response, Route, text
 from edge.signage import schedule as sched
 from edge.signage.player import Clock, Player
 from edge.signage.screen import LogScreen, Screen
@@ -34,6 +35,10 @@ from signage_rules import expand
 __all__ = ["SignageComponent", "signage_dir"]
 
 log = logging.getLogger(__name__)
+
+_SHA = re.compile(r"[0-9a-f]{64}")
+MAX_SERVED_BYTES = 64 * 1024 * 1024
+"""The local API answers from memory: a longer video is for the box's own screen, not the kiosk."""
 
 
 def signage_dir(ctx: ComponentContext) -> Path:
@@ -220,8 +225,28 @@ class SignageComponent(Component):
         def screens(_req: Request) -> Any:
             return {"screens": [p.now_playing() | {"screen": name} for name, p in self.players.items()]}
 
+        def media(req: Request) -> Response:
+            # What the kiosk's attract loop shows: only complete, verified files, never a partial one.
+            sha = req.args["sha256"]
+            if not _SHA.fullmatch(sha):
+                raise ApiError(HTTPStatus.BAD_REQUEST, f"{sha[:80]!r} is not a media id: expected 64 lowercase hex digits")
+            ref = next((m for p in self.players.values() if p.data is not None for m in p.data.media if m.sha256 == sha),
+                       None)
+            if ref is None or not self.cache.has(sha):
+                raise ApiError(HTTPStatus.NOT_FOUND, f"media {sha} is not on this box (not in its schedule, or not fetched yet)")
+            if ref.size > MAX_SERVED_BYTES:
+                raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                               f"media {sha} is {ref.size} bytes; the local API serves at most {MAX_SERVED_BYTES}")
+            try:
+                data = self.cache.path(sha).read_bytes()
+            except FileNotFoundError:
+                raise ApiError(HTTPStatus.NOT_FOUND, f"media {sha} is not on this box any more") from None
+            self.cache.touch(sha)
+            return Response(data, content_type=ref.mime, headers={"Cache-Control": "public, max-age=31536000, immutable"})
+
         return (Route("GET", "/signage/now", now, params=(text("screen", max_len=200),)),
-                Route("GET", "/signage/screens", screens))
+                Route("GET", "/signage/screens", screens),
+                Route("GET", "/signage/media/{sha256}", media))
 
     def status(self) -> Mapping[str, Any]:
         d, st, cs = self.player.data, self.player.stats, self.cache.stats

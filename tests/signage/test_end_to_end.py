@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, time, timedelta
@@ -125,6 +126,15 @@ def get_json(url: str) -> Any:
         return json.loads(resp.read())
 
 
+def fetch(url: str) -> tuple[int, str, bytes]:
+    """(status, content type, body), errors included."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.headers["Content-Type"], resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read()
+
+
 def screen_log(sig: SignageComponent) -> list[dict[str, Any]]:
     return [json.loads(line) for line in sig.screen_log.read_text().splitlines()]
 
@@ -164,6 +174,9 @@ def test_publish_plays_on_the_boundary_proof_counted_unpublish_stops_at_once(bro
                 assert now["version"] == 1
                 assert [n["campaign"] for n in now["next"]][:3] == [None, "promo", "promo"]
                 assert now["next"][1]["start"] == at(12).isoformat()
+                # The media the kiosk's attract loop shows: the verified file, byte for byte.
+                assert await asyncio.to_thread(fetch, f"{api.url}/signage/media/{m['blue']}") == (
+                    200, "image/png", sig.cache.path(m["blue"]).read_bytes())
 
                 await step_to(sig.player, clock, at(12, 0, 5))
                 log = screen_log(sig)
@@ -251,7 +264,7 @@ def test_wrong_checksum_is_never_played_and_missing_media_falls_back(broker: Bro
     async def main() -> None:
         async with cloud(broker, engine, cat_dir) as url:
             clock = ManualClock(at(11, 59, 50))
-            async with agent(box_config(tmp_path, broker, url), clock) as (_a, sig):
+            async with agent(box_config(tmp_path, broker, url), clock) as (a, sig):
                 publish(engine)
                 await until(lambda: sig.cache.has(m["red"]), what="default cached")
                 await until(lambda: sig.cache.stats.rejected >= 1, what="the bad file rejected")
@@ -263,5 +276,10 @@ def test_wrong_checksum_is_never_played_and_missing_media_falls_back(broker: Bro
                 assert (at_noon["media"], at_noon["reason"]) == (m["red"], "fallback")
                 assert not sig.cache.has(m["blue"])
                 assert sig.status()["media_rejected"] >= 1
+                # Nor is it served to the kiosk; a malformed id is named as such.
+                assert a.api is not None
+                for sha, code, why in ((m["blue"], 404, "not fetched yet"), ("F00", 400, "64 lowercase hex digits")):
+                    status, _type, body = await asyncio.to_thread(fetch, f"{a.api.url}/signage/media/{sha}")
+                    assert status == code and why in body.decode(), (status, body)
 
     asyncio.run(asyncio.wait_for(main(), 60))
