@@ -74,7 +74,7 @@ DUMP_NAME = {"sqlite": "database.sqlite", "postgresql": "database.pgdump"}
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
 # Tables whose rows a fresh migration creates by itself: a target holding only these is empty.
-_BOOKKEEPING = {"alembic_version", REVISIONS_TABLE, "catalogue_epoch"}
+_BOOKKEEPING = {"alembic_version", REVISIONS_TABLE, "catalogue_epoch", "orders_versions"}
 
 
 class BackupProblem(enum.Enum):

@@ -39,7 +39,7 @@ __all__ = ["MoveError", "MoveProblem", "MoveResult", "TableMoved", "move", "move
 log = logging.getLogger(__name__)
 
 # Tables a fresh migration fills by itself: a target holding only these is still empty.
-_BOOKKEEPING = {"alembic_version", REVISIONS_TABLE, "catalogue_epoch"}
+_BOOKKEEPING = {"alembic_version", REVISIONS_TABLE, "catalogue_epoch", "orders_versions"}
 _NOT_COPIED = {"alembic_version", REVISIONS_TABLE}
 """Written by the target's own migration (same revision as the source's, checked)."""
 
@@ -213,7 +213,7 @@ def move(source: Engine, target: Engine, *, batch: int = 5000, say: Callable[[st
             expected = {t.name: _count(src, t.name) for t in tables}
             # SQLite's instants are naive UTC text (see _copy_table).
             dst.exec_driver_sql("SET LOCAL TIME ZONE 'UTC'")
-            # The target's migration made its own catalogue epoch: the source's replaces it.
+            # The target's migration made its own catalogue epoch and orders versions: the source's replace them.
             for t in reversed(tables):
                 dst.execute(t.delete())
             for t in tables:

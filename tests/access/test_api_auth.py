@@ -34,7 +34,7 @@ def api_routes(client: TestClient) -> list[tuple[str, str]]:
                              ("capture_id", "00000000-0000-4000-8000-000000000001"), ("campaign_id", "c1"),
                              ("version", "1"), ("region", "east"), ("order_id", "1"),
                              ("item_id", "1"), ("location", "st0001"), ("token_id", "1"),
-                             ("batch", "00000000-0000-0000-0000-000000000000")):
+                             ("batch", "00000000-0000-0000-0000-000000000000"), ("screen", "main"), ("clerk_id", "1")):
             path = path.replace("{" + param + "}", value)
         assert "{" not in path, f"give {path} a sample id in this test"
         out.extend((m.upper(), path) for m in ops)

@@ -186,6 +186,6 @@ def test_a_write_to_the_source_during_the_move_commits_nothing(databases: Databa
         move(src, dst, say=say)
     assert wrote and caught.value.reason is MoveProblem.SOURCE_CHANGED
     assert "the source database changed during the move (regions: 2 → 3)" in str(caught.value)
-    assert all(not rows for name, rows in table_rows(dst).items() if name != "catalogue_epoch")
+    assert all(not rows for name, rows in table_rows(dst).items() if name not in ("catalogue_epoch", "orders_versions"))
     src.dispose()
     dst.dispose()
