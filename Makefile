@@ -30,7 +30,7 @@ typecheck: venv
 # The API fuzz test runs on its own: schemathesis draws one test per operation, and under xdist they
 # collapse into one.
 unit: system-deps test-deps venv
-	$(BIN)/pytest -n 2 --dist loadfile --ignore=tests/test_api_fuzz.py
+	$(BIN)/pytest -n 2 --dist loadfile --durations=20 --ignore=tests/test_api_fuzz.py
 	$(BIN)/pytest tests/test_api_fuzz.py
 
 # The browser tests write their screenshots to var/screenshots/ (ignored); this writes them over the

@@ -263,12 +263,14 @@ class CloudBus:
 
     async def _shutdown(self) -> None:
         conn = self._conn
+        left = False
         if conn is not None and conn.is_connected and not self._db_failed.is_set():
             # Leave first, so the broker assigns nothing new to us, then take in what it had already
             # assigned: ending the session below drops whatever is still queued for us.
             self._draining = True
             with contextlib.suppress(BusError, TimeoutError):
                 await conn.unsubscribe(self._filters())
+                left = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drain_until_quiet(), STOP_TIMEOUT_S)
         else:
@@ -283,6 +285,14 @@ class CloudBus:
             # another relay's retry.
             await asyncio.wait(list(self._publishing), timeout=STOP_TIMEOUT_S)
         if conn is not None and conn.is_connected:
+            if left and not clean:
+                # The session we keep must keep its subscription too: without it, what boxes publish
+                # until a worker is back matches no one, and the broker drops it.
+                try:
+                    await conn.subscribe(self._filters())
+                except (BusError, TimeoutError) as exc:
+                    log.warning("%s: could not subscribe again before leaving (%s): until a worker is back, "
+                                "boxes' messages are kept only in their outboxes", self.host, exc)
             await self._publish_offline(conn)
             await conn.disconnect(end_session=clean)
         log.info("%s: stopped%s (%s)", self.host, "" if clean else " keeping its broker session", self.stats.as_dict())
