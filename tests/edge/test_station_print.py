@@ -115,7 +115,9 @@ def test_receipts_and_labels_reach_the_printer_exactly_once(broker: Broker, tmp_
         _, label = await api(agent, "POST", "/station/print/label", {"scan_id": scan["scan_id"]})
         await until(lambda: station.printer_states["till"]["state"] == "offline", what="offline")
         assert station.printer_states["till"]["detail"].startswith(f"offline: cannot reach the printer at 127.0.0.1:{peer.port}")
-        assert station.db.job(label["id"]).last_error.startswith("offline: ")  # type: ignore[union-attr]
+        # The printer's state is told before the job's own attempt records its error.
+        await until(lambda: (station.db.job(label["id"]).last_error or "").startswith("offline: "),  # type: ignore[union-attr]
+                    what="the label's attempt failed offline")
         peer = PrinterPeer(peer.port)
         await until(lambda: station.db.job(label["id"]).state == "printed", what="label printed")  # type: ignore[union-attr]
         await until(lambda: len(peer.jobs) >= 1, what="the printer to hold the label")
