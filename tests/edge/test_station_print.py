@@ -170,7 +170,10 @@ def test_a_final_genuine_sale_prints_its_receipt_by_itself(broker: Broker, tmp_p
         await until(lambda: bool(cloud.of(MessageType.SCAN)), what="the scan")
         command = verdict_env(cloud.of(MessageType.SCAN)[0], VerdictClass.GENUINE, VerdictRule.COMMISSIONED_UNIT)
         await cloud.resend(command)
-        await until(lambda: [j.state for j in station.db.jobs(10)] == ["printed"], what=f"the receipt printed {[(j.kind, j.state, j.last_error) for j in station.db.jobs(10)]}")
+        try:
+            await until(lambda: [j.state for j in station.db.jobs(10)] == ["printed"], what="the receipt printed")
+        except AssertionError:
+            raise AssertionError(f"jobs: {[(j.kind, j.state, j.last_error) for j in station.db.jobs(10)]}") from None
         job = station.db.jobs(10)[0]
         assert (job.kind, job.scan_id) == ("receipt", scan["scan_id"])
         assert receipts.read_bytes() == job.data
