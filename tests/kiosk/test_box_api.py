@@ -33,14 +33,7 @@ def test_pinyin_keys(name: str, full: str, initials: str) -> None:
 
 
 async def _indexed(agent: EdgeAgent) -> None:
-    async def ready() -> bool:
-        status, body = await acall(agent, "GET", "/status")
-        return status == 200 and bool(body["components"]["kiosk"]["indexed"])
-
-    deadline = asyncio.get_running_loop().time() + 20
-    while not await ready():
-        assert asyncio.get_running_loop().time() < deadline, "the kiosk's search index was never built"
-        await asyncio.sleep(0.05)
+    await until(lambda: bool(kiosk_of(agent).db.indexed), timeout=20, what="the kiosk's search index built")
 
 
 class Box:

@@ -4,7 +4,6 @@ batched per channel, takes the channel's buffer off and counts only the location
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
@@ -13,6 +12,7 @@ from sqlalchemy import Engine, select
 from cloud.db import make_engine, write_transaction
 from cloud.orders import channels, service, tasks
 from tests.orders.conftest import NOW, order, seed, stock
+from tests.system.harness import wait_for
 
 SECRET = "s" * 20
 
@@ -31,12 +31,12 @@ def ticks_until(engine: Engine, post: Post, calls: int, timeout: float = 60.0) -
     """Tick until the channel got `calls` messages in all. On PostgreSQL a movement is read once
     every transaction older than it has ended, in any database of the server (other tests' and
     benchmarks' too, which on a shared machine can take tens of seconds)."""
-    deadline = time.monotonic() + timeout
-    while len(post.calls) < calls:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for ATP message {calls}: {post.calls}")
+
+    def ticked() -> bool:
         tasks.tick(engine, post)
-        time.sleep(0.01)
+        return len(post.calls) >= calls
+
+    wait_for(ticked, timeout, f"ATP message {calls}: {post.calls}", interval=0.01)
 
 
 def test_status_feed_is_signed_and_retried_until_accepted(engine: Engine) -> None:

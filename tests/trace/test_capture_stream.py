@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from sqlalchemy.orm import Session
 from cloud.trace import api
 from cloud.trace.models import Event
 from tests.access.conftest import World
+from tests.system.harness import wait_for
 
 HEAD = b'{"@context": ["https://ref.gs1.org/standards/epcis/epcis-context.jsonld"], "type": "EPCISDocument", ' \
        b'"schemaVersion": "2.0", "creationDate": "2026-11-20T08:00:00Z", "epcisBody": {"eventList": ['
@@ -52,11 +52,13 @@ def _events(w: World) -> int:
 
 
 def _finished(hq: TestClient, location: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 60
-    status: dict[str, Any] = hq.get(location).json()
-    while status["running"] and time.monotonic() < deadline:
-        time.sleep(0.05)
-        status = hq.get(location).json()
+    status: dict[str, Any] = {}
+
+    def done() -> bool:
+        status.update(hq.get(location).json())
+        return not status["running"]
+
+    wait_for(done, 60, "the capture job to finish", interval=0.05)
     return status
 
 
@@ -67,10 +69,8 @@ def test_a_streamed_document_is_captured_whole(tworld: World, hq: TestClient, sp
     status = _finished(hq, answer.headers["Location"])
     assert status["success"] and status["stored"] == 3000, status
     assert _events(tworld) == 3000
-    deadline = time.monotonic() + 10  # the job says finished just before its spool file is removed
-    while list(spool.glob("omnishelf-epcis-*")) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert list(spool.glob("omnishelf-epcis-*")) == []
+    # The job says finished just before its spool file is removed.
+    wait_for(lambda: not list(spool.glob("omnishelf-epcis-*")), 10, "the spool file removed", interval=0.02)
 
 
 def test_past_the_limit_it_is_refused_and_nothing_kept(tworld: World, hq: TestClient, spool: Path,
