@@ -225,13 +225,15 @@ class PrinterDriver:
         probe_due = True
         try:
             while True:
+                # Cleared before the queue is read, never after: a job queued while this loop probes
+                # the printer sets the event again, and the wait below returns at once.
+                self.wake.clear()
                 job = self.db.next_job(self.cfg.name)
                 if job is None:
                     if probe_due:
                         await asyncio.to_thread(self._probe)
                         self._ready()
                         probe_due = False
-                    self.wake.clear()
                     try:
                         await asyncio.wait_for(self.wake.wait(), _IDLE_PROBE_S)
                     except TimeoutError:
