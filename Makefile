@@ -47,7 +47,8 @@ venv: $(VENV)/.installed
 # Reinstall when the project's metadata or its set of packages changes (an editable install only
 # maps the packages that existed when it ran).
 $(VENV)/.installed: pyproject.toml $(wildcard */__init__.py)
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
+	@# A venv without a working pip is one an interrupted run left half made: start it again.
+	@$(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); } || { \
 	  echo "Cannot create a virtualenv: run 'sudo apt-get install python3-venv' and try again"; exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
