@@ -6,6 +6,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -75,3 +76,60 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
         yield b
     finally:
         b.process.kill()
+
+
+# -- spreading the suite over xdist's workers -----------------------------------------------------
+# `make test` hands whole files to its workers (a file's fixtures and brokers are set up once). Two
+# things kept the workers from finishing together: the documentation pages are one file, so a single
+# worker ran every page one after another (about 400 s); and the longest files came last, in name
+# order. Each page is now a unit of its own, and the longest units start first (the figures are the
+# durations `make test --durations` printed on a quiet machine; a unit not listed goes after them,
+# in name order).
+
+_SPLIT_BY_TEST = ("tests/docs/test_docs.py::test_every_command_in_the_page_works_as_shown",)
+_LONGEST_FIRST = (
+    "tests/docs/test_docs.py::test_every_command_in_the_page_works_as_shown[docs/install.md]",  # 115 s
+    "tests/system/test_multi_host.py",  # 40 s
+    "tests/docs/test_docs.py::test_every_command_in_the_page_works_as_shown[docs/hq.md]",
+    "tests/docs/test_docs.py::test_every_command_in_the_page_works_as_shown[docs/operator.md]",
+    "tests/docs/test_docs.py::test_every_command_in_the_page_works_as_shown[docs/catalogue.md]",
+    "tests/docs/test_docs.py::test_every_command_in_the_page_works_as_shown[docs/technician.md]",
+    "tests/docs/test_docs.py::test_every_command_in_the_page_works_as_shown[docs/signage.md]",
+    "tests/docs/test_docs.py::test_every_command_in_the_page_works_as_shown[docs/trace.md]",
+    "tests/kiosk/test_app.py",
+    "tests/packaging/test_install.py",
+    "tests/system/test_demo.py",
+    "tests/catalogue/test_import.py",
+    "tests/system/test_end_to_end.py",
+    "tests/console/test_browser.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        for i, prefix in enumerate(_LONGEST_FIRST):
+            if item.nodeid == prefix or item.nodeid.startswith(prefix + "::"):
+                return i
+        return len(_LONGEST_FIRST)
+
+    # Stable: the tests of one file keep their order.
+    items[:] = sorted(items, key=rank)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling  # type: ignore[import-untyped]
+
+    scheduler = LoadFileScheduling(config, log)
+    by_file = scheduler._split_scope
+
+    def split_scope(nodeid: str) -> str:
+        return nodeid if nodeid.startswith(_SPLIT_BY_TEST) else str(by_file(nodeid))
+
+    scheduler._split_scope = split_scope
+    # Collection order is the order units start in: the longest first (see above), not xdist's
+    # own reordering by the number of tests in a unit.
+    config.option.loadscopereorder = False
+    return cast(object, scheduler)
