@@ -387,6 +387,12 @@ class StationDb:
             rows = self._db.execute(_JOB_COLS + " ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         return [PrintJob(*r) for r in rows]
 
+    def jobs_waiting(self) -> dict[str, int]:
+        """Per printer, the jobs not printed yet (queued, or being sent)."""
+        with self._lock:
+            return dict(self._db.execute("SELECT printer, count(*) FROM print_jobs WHERE state IN ('queued', 'sending') "
+                                         "GROUP BY printer").fetchall())
+
     def job_counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self._db.execute("SELECT state, count(*) FROM print_jobs GROUP BY state").fetchall())
