@@ -156,12 +156,19 @@ class StationComponent(Component):
             "scanners": self.scanner_summary(),
         }
 
-    def _unavailable(self, name: str) -> str | None:
-        # The supervisor's handle (edge.devices.SupervisedDevice) keeps the state it last reported.
-        info = getattr(self._handles.get(name), "info", None)
-        if info is None or getattr(info, "state", None) != UNAVAILABLE:
-            return None
-        return str(getattr(info, "detail", None) or "unavailable")
+    def _device_state(self, name: str) -> tuple[str, str | None]:
+        """What the agent's supervisor last heard from the device's driver: ('ok' | 'unavailable' |
+        'starting', detail). The handle (edge.devices.SupervisedDevice) starts 'unavailable' before
+        its driver ever ran, which is 'starting' here, not a failure."""
+        handle = self._handles.get(name)
+        info = getattr(handle, "info", None)
+        if info is None:
+            return "starting", None
+        if getattr(info, "state", None) == UNAVAILABLE:
+            if not getattr(handle, "failures", 0):
+                return "starting", None
+            return "unavailable", str(getattr(info, "detail", None) or "unavailable")
+        return "ok", getattr(info, "detail", None)
 
     def printer_summary(self) -> dict[str, dict[str, Any]]:
         """Each printer: state (starting, ready, out_of_paper, offline, unavailable), detail, since,
@@ -170,24 +177,25 @@ class StationComponent(Component):
         out: dict[str, dict[str, Any]] = {}
         for name, st in list(self.printer_states.items()):
             row = {**st, "queued": waiting.get(name, 0), "default": self.printer is not None and name == self.printer.name}
-            failed = self._unavailable(name)
-            if failed is not None:
-                row.update(state="unavailable", detail=failed)
+            state, detail = self._device_state(name)
+            # The driver tells offline and out of paper itself; a driver that cannot even start
+            # (no such USB device, a serial port missing) only the supervisor knows about.
+            if state == "unavailable" and row["state"] in ("starting", "ready"):
+                row.update(state="unavailable", detail=detail)
             out[name] = row
         return out
 
     def scanner_summary(self) -> dict[str, dict[str, Any]]:
-        """Each configured scanner: state (starting, ready, unavailable), detail, and its counters."""
+        """Each configured scanner: state (starting, ready, unavailable, ended), detail, and its counters."""
         out: dict[str, dict[str, Any]] = {}
         for cfg in self.scanner_cfgs:
             driver = self.scanners.get(cfg.name)
             row: dict[str, Any] = {"source": cfg.source, "purpose": cfg.purpose, "state": "starting", "detail": None}
             if driver is not None:
-                row.update(_scanner_status(driver), state="ready")
-                failed = self._unavailable(cfg.name)
-                if failed is not None:
-                    row.update(state="unavailable", detail=failed)
-                elif row.get("ended"):
+                row.update(_scanner_status(driver))
+                state, detail = self._device_state(cfg.name)
+                row.update(state={"ok": "ready"}.get(state, state), detail=detail)
+                if row.get("ended"):
                     row.update(state="ended", detail="the video source ended")
             out[cfg.name] = row
         return out
@@ -309,6 +317,15 @@ class StationComponent(Component):
         if v.verdict == VerdictClass.GENUINE and purpose in ("sell", "return") and parsed and parsed.gtin and parsed.serial:
             # Offline, the next scan of a sold unit must not look genuine again; a returned one may.
             self.db.mark_sold(parsed.gtin, parsed.serial, sold=purpose == "sell")
+        if (purpose == "receive" and not v.provisional and self.printer is not None and v.parsed is not None
+                and v.parsed.sscc and "units" in v.evidence):
+            # A case received at goods-in always gets its label (the count against the notice),
+            # alarm or not: the intruders set aside need it as much as the shelf does.
+            try:
+                self.print_label(str(v.scan_id), request_id=f"goods-in-{v.scan_id}")
+            except PrintRefused as exc:
+                log.warning("station: goods-in label for %s: %s", v.scan_id, exc)
+            return
         if self.cfg.auto_print and not v.provisional and self.printer is not None and v.verdict == VerdictClass.GENUINE:
             try:
                 if purpose == "sell":

@@ -10,11 +10,24 @@ import hashlib
 import json
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from broker.envelope import MessageType
-from broker.payloads import CLERK_ROSTER, ClerkRef, ClerkRosterArgs, FulfilData, RosterClerk, ScanData, StockData
+from broker.envelope import Envelope, MessageType
+from broker.payloads import (
+    CLERK_ROSTER,
+    ClerkRef,
+    ClerkRosterArgs,
+    FulfilData,
+    ParsedCode,
+    RosterClerk,
+    ScanData,
+    StockData,
+    VerdictClass,
+    VerdictData,
+    VerdictRule,
+)
 from broker.pins import hash_pin
 from edge.agent import EdgeAgent
 from edge.clerks.component import ClerksComponent
@@ -206,6 +219,46 @@ def test_a_box_that_requires_sign_in_refuses_unattributed_writes(broker: Broker,
         await fence(cloud)
         assert [s.clerk for s in scans(cloud)] == [MEI]
         assert cloud.of(MessageType.STOCK) == []
+        await agent.stop()
+        await asyncio.wait_for(task, 10)
+        await cloud.close()
+
+    try:
+        arun(main())
+    finally:
+        stock.close()
+
+
+def test_a_case_received_prints_its_goods_in_label_with_the_count(broker: Broker, tmp_path: Path) -> None:
+    stock = StockApi()
+    sscc = "106141411234567897"
+
+    async def main() -> None:
+        cloud = await Cloud(broker).start()
+        await cloud.set_online(True)
+        agent = EdgeAgent(config(tmp_path, broker, stock.url))
+        task = asyncio.create_task(agent.run())
+        await agent.ready.wait()
+        assert agent.bus is not None
+        await agent.bus.cloud_available.wait()
+        status, body = await api(agent, "POST", "/station/scans", {"code": f"]C100{sscc}", "purpose": "receive"})
+        assert status == 200, body
+        await until(lambda: bool(cloud.of(MessageType.SCAN)), what="the case's scan")
+        scan = cloud.of(MessageType.SCAN)[0]
+        message = "23 of 24 received; 1 unit does not belong to this shipment"
+        verdict = VerdictData(
+            scan_id=scan.msg_id, code=f"00{sscc}", parsed=ParsedCode(form="element_string", sscc=sscc),
+            verdict=VerdictClass.DIVERTED, rule=VerdictRule.CASE_MISMATCH, message=message, decided_at=datetime.now(UTC),
+            evidence={"sscc": sscc, "units": 24, "expected": 23, "received": 23, "missing": 0,
+                      "intruders": ["(01)09506000134352(21)X1"]})
+        await cloud.resend(Envelope(type=MessageType.VERDICT, node=NODE, session=1, seq=0, corr=scan.msg_id, data=verdict))
+        receipts = tmp_path / "receipts.bin"
+        await until(lambda: any(j["state"] == "printed" for j in http(agent, "GET", "/station/print/jobs")[1]["jobs"]),
+                    what="the goods-in label printed")
+        printed = receipts.read_bytes()
+        assert message.encode() in printed and sscc.encode() in printed and b"Notice 23 units" in printed, printed
+        status, jobs = await api(agent, "GET", "/station/print/jobs")
+        assert [(j["kind"], j["scan_id"]) for j in jobs["jobs"]] == [("label", str(scan.msg_id))]
         await agent.stop()
         await asyncio.wait_for(task, 10)
         await cloud.close()
