@@ -120,8 +120,7 @@ def station_routes(station: StationComponent) -> tuple[Route, ...]:
             raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, str(exc) or "the box did not record the scan in time; try again") from None
         if body.wait_s:
             station.wait_verdict(str(scan_id), body.wait_s)
-        found = db.scan(str(scan_id))
-        return {**found, "clerk": who.model_dump() if who else None} if found is not None else found
+        return db.scan(str(scan_id))
 
     def verdicts(req: Request) -> Any:
         return {"scans": db.latest(int(req.params["limit"] or 50), pending=req.params["pending"] == "1")}

@@ -221,7 +221,8 @@ class StationComponent(Component):
                         provisional=offline.verdict if offline else None, clerk=clerk)
         row = await self.ctx.publish(MessageType.SCAN, data)
         scan_id = row.msg_id
-        self.db.add_scan(str(scan_id), data.code, symbology, data.station, purpose.value, source)
+        self.db.add_scan(str(scan_id), data.code, symbology, data.station, purpose.value, source,
+                         clerk.model_dump() if clerk else None)
         self.counts["scans"] += 1
         if offline is not None:
             self._record_provisional(offline.model_copy(update={"scan_id": scan_id}), data)

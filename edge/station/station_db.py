@@ -139,6 +139,9 @@ class StationDb:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        if "clerk" not in {r[1] for r in self._db.execute("PRAGMA table_info(scans)")}:
+            # Files from before clerks signed in at the station: their scans say no clerk.
+            self._db.execute("ALTER TABLE scans ADD COLUMN clerk TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -161,14 +164,16 @@ class StationDb:
 
     # -- scans and verdicts ----------------------------------------------------------------------
 
-    def add_scan(self, scan_id: str, code: str, symbology: str | None, station: str, purpose: str, source: str) -> None:
+    def add_scan(self, scan_id: str, code: str, symbology: str | None, station: str, purpose: str, source: str,
+                 clerk: dict[str, str] | None = None) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT OR IGNORE INTO scans (scan_id, code, symbology, station, purpose, source, scanned_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (scan_id, code, symbology, station, purpose, source, _now()),
+                "INSERT OR IGNORE INTO scans (scan_id, code, symbology, station, purpose, source, scanned_at, clerk) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (scan_id, code, symbology, station, purpose, source, _now(), json.dumps(clerk) if clerk else None),
             )
-            self._event(db, "scan", {"scan_id": scan_id, "code": code, "station": station, "purpose": purpose})
+            self._event(db, "scan", {"scan_id": scan_id, "code": code, "station": station, "purpose": purpose,
+                                     "clerk": clerk})
             n = db.execute("SELECT max(n) FROM scans").fetchone()[0] or 0
             if n % 1000 == 0 and n > self.keep_scans:
                 db.execute("DELETE FROM scans WHERE n <= ?", (n - self.keep_scans,))
@@ -443,7 +448,7 @@ class StationDb:
         return None if row is None else PrintJob(*row)
 
 
-_SCAN_COLS = "SELECT scan_id, code, symbology, station, purpose, source, scanned_at, body FROM scans"
+_SCAN_COLS = "SELECT scan_id, code, symbology, station, purpose, source, scanned_at, body, clerk FROM scans"
 _JOB_COLS = ("SELECT id, printer, kind, scan_id, data, state, attempts, last_error, created_at, printed_at FROM print_jobs")
 
 
@@ -451,4 +456,5 @@ def _scan_row(row: Sequence[Any]) -> dict[str, Any]:
     keys: Iterable[str] = ("scan_id", "code", "symbology", "station", "purpose", "source", "scanned_at")
     out = dict(zip(keys, row[:7], strict=True))
     out["verdict"] = json.loads(row[7]) if row[7] else None
+    out["clerk"] = json.loads(row[8]) if row[8] else None
     return out

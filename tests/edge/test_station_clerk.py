@@ -122,6 +122,10 @@ def test_a_signed_in_clerk_is_stamped_on_scans_steps_and_adjustments(broker: Bro
         assert status == 200 and body["clerk"] is None
         await fence(cloud)
         assert [(s.purpose.value, s.clerk) for s in scans(cloud)] == [("sell", MEI), ("verify", None)]
+        # The station's own history says who scanned (the app's list of scans).
+        status, latest = await api(agent, "GET", "/station/verdicts?limit=5")
+        assert [(s["purpose"], s["clerk"]) for s in latest["scans"]] == [("verify", None),
+                                                                          ("sell", {"id": "7", "name": "Mei Chen"})]
 
         # An order step carries the clerk to the cloud.
         assign = await cloud.send(NODE, MessageType.ASSIGN, {
