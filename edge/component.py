@@ -66,9 +66,10 @@ class StockLookup(Protocol):
     """A SKU's stock here and in nearby stores, from the cloud or the figures last fetched (the
     kiosk component offers it: one availability logic for the shopper's and the clerk's screens)."""
 
-    def station_stock(self, sku: str) -> dict[str, Any]:
+    def station_stock(self, sku: str, *, refresh: bool = True) -> dict[str, Any]:
         """`{"sku", "here": {"on_hand", "available"} | None, "nearby": [{"store", "name",
-        "distance_km", "available"}], "as_of", "source": "cloud" | "cache"}` (see docs/clerk.md)."""
+        "distance_km", "available"}], "as_of", "source": "cloud" | "cache"}` (see docs/clerk.md);
+        `refresh=False`: the figures held, without asking the cloud."""
         ...
 
 

@@ -183,10 +183,10 @@ class KioskComponent(Component):
         self.db.put_figures(rows, replace_location=self.store_code)
         return True
 
-    def _lookup(self, sku: str) -> tuple[list[Figure], float | None, str]:
+    def _lookup(self, sku: str, refresh: bool = True) -> tuple[list[Figure], float | None, str]:
         """The figures of one product, refreshed from the cloud when it answers in time."""
         source = "cache"
-        if self.cfg.stock_url is not None and self._reachable():
+        if refresh and self.cfg.stock_url is not None and self._reachable():
             try:
                 self.db.put_figures(self._fetch_stock({"sku": sku, "limit": 500}), replace_sku=sku)
                 source = "cloud"
@@ -217,10 +217,10 @@ class KioskComponent(Component):
             "age_s": None if fetched is None else max(0, round(time.time() - fetched)),
         }
 
-    def station_stock(self, sku: str) -> dict[str, Any]:
+    def station_stock(self, sku: str, *, refresh: bool = True) -> dict[str, Any]:
         """`edge.component.StockLookup`: the clerk's view of the same figures (on hand and available
         here, every nearby store with its available count, zero included: a clerk asks "who has it")."""
-        figures, fetched, source = self._lookup(sku)
+        figures, fetched, source = self._lookup(sku, refresh)
         by_loc = {f.location: f for f in figures}
         here = by_loc.get(self.store_code)
         nearby = [{"store": s.code, "name": s.name, "distance_km": s.km,

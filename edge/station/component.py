@@ -265,7 +265,7 @@ class StationComponent(Component):
         on_hand: int | None = None
         lookup = self.ctx.shared.stock
         if lookup is not None:
-            here = lookup.station_stock(sku).get("here")
+            here = lookup.station_stock(sku, refresh=False).get("here")  # the clerk waits on no network
             if isinstance(here, dict) and isinstance(here.get("on_hand"), int):
                 on_hand = max(0, here["on_hand"] + delta)
         ref = str(uuid.uuid4())
