@@ -316,10 +316,13 @@ def _receive_case(conn: Connection, scan: ScanIn, sscc: str, loc: Any) -> Decisi
     named: set[str] | None = None  # the unit keys the notice names, when it names units (not only the case)
     expected: int | None = None
     if loc is not None:
+        # The notice names this case, or the pallet it travelled on.
+        outer = conn.execute(select(CASES.c.parent).where(CASES.c.sscc == sscc)).scalar()
+        carriers = [case_key(sscc), *([case_key(outer)] if outer else [])]
         shipments = conn.execute(
             select(EVENTS.c.id, EVENTS.c.doc).where(
                 EVENTS.c.biz_step == "shipping",
-                EVENTS.c.id.in_(select(EPCS.c.event_id).where(EPCS.c.epc == case_key(sscc))))
+                EVENTS.c.id.in_(select(EPCS.c.event_id).where(EPCS.c.epc.in_(carriers))))
             .order_by(EVENTS.c.event_time.desc(), EVENTS.c.id.desc()).limit(20)).all()
         for ship in shipments:
             dests = [d.get("destination") for d in (ship.doc.get("destinationList") or []) if isinstance(d, dict)]

@@ -169,6 +169,8 @@ class OrderDeskComponent(Component):
             return self._assignment(req)
 
         def step(req: Request) -> Any:
+            # Who first: a clerk whose session ended learns that before anything about the order.
+            who = clerk_of(req, self._shared, required=self._require_clerk)
             a = self._assignment(req)
             name = req.args["step"]
             if name not in STEPS:
@@ -181,7 +183,6 @@ class OrderDeskComponent(Component):
             if a["state"] not in after:
                 raise ApiError(HTTPStatus.CONFLICT, f"assignment {a['assignment']} is {a['state']}: "
                                                     f"'{name}' needs it {' or '.join(after)}")
-            who = clerk_of(req, self._shared, required=self._require_clerk)
             if name == "ship" and not (body.carrier and body.tracking):
                 raise ApiError(HTTPStatus.BAD_REQUEST, "ship needs carrier and tracking")
             if name == "pickup":

@@ -114,3 +114,19 @@ def test_the_clerk_who_scanned_is_kept_and_shown_on_the_journey(broker: Broker, 
         sign_in(client, "hq")
         page = client.get("/console/trace", params={"code": chain.element(sold)})
         assert page.status_code == 200 and "by Mei Chen" in page.text
+
+
+def test_a_notice_that_names_the_pallet_counts_for_the_cases_on_it(hq: TestClient) -> None:
+    doc, _plan = chain.supply_chain(per_store=4)
+    capture(hq, doc)
+    # Re-routed: st0001's case goes on a pallet shipped to st0002.
+    t = datetime.now(UTC) - timedelta(hours=3)
+    pallet = chain.case(9)
+    capture(hq, chain.document([
+        chain.event("AggregationEvent", t, "packing", "dc-east", action="ADD", parentID=pallet,
+                    childEPCs=[chain.case(1)]),
+        chain.event("ObjectEvent", t + timedelta(minutes=5), "shipping", "dc-east", epcList=[pallet],
+                    disposition="in_transit", destinationList=[{"type": "location", "destination": chain.sgln("st0002")}]),
+    ]))
+    v = scan(hq, f"]C100{chain.sscc(1)}", "st0002", "receive")
+    assert (v["verdict"], v["message"], v["evidence"]["expected"]) == ("genuine", "4 of 4 units received", 4), v
