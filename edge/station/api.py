@@ -14,7 +14,7 @@
     GET  /station/print/jobs?limit=     the queue, newest first, and the printers' states
     POST /station/print/jobs/{id}/reprint
     GET  /station/stock/{sku}           on hand / available here and available in nearby stores
-    POST /station/stock/adjustments     {sku, delta, reason, note?} → 202 {adjustment_id, …}
+    POST /station/stock/adjustments     {sku, delta, reason, note?, request_id?} → 202 {adjustment_id, …, new}
 
 Writes (scans, stock adjustments, reprints) take `X-Clerk-Session: <token>` (`POST /clerks/sign-in`):
 the clerk is stamped on what goes up to the cloud (`edge.attribution`).
@@ -64,6 +64,8 @@ class AdjustmentRequest(_Body):
     """Units added (found, counted more) or taken away (damaged, lost): never 0."""
     reason: StockReason
     note: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] | None = None
+    request_id: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = None
+    """The same request_id again returns the adjustment already made (a retry never adjusts twice)."""
 
     @field_validator("delta")
     @classmethod
@@ -207,15 +209,13 @@ def station_routes(station: StationComponent) -> tuple[Route, ...]:
         assert isinstance(body, AdjustmentRequest)
         who = clerk(req)
         try:
-            ref, seq, on_hand = station.adjust_stock(body.sku, body.delta, body.reason, body.note or None, who)
+            answer, new = station.adjust_stock(body.sku, body.delta, body.reason, body.note or None, who, body.request_id)
         except OutboxFull as exc:
             raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"the box cannot take adjustments now: {exc}") from None
         except (RuntimeError, TimeoutError) as exc:
             raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE,
                            str(exc) or "the box did not record the adjustment in time; try again") from None
-        return json_response({"adjustment_id": ref, "sku": body.sku, "delta": body.delta, "reason": body.reason.value,
-                              "note": body.note or None, "clerk": who.model_dump() if who else None, "seq": seq,
-                              "on_hand_after": on_hand}, HTTPStatus.ACCEPTED)
+        return json_response({**answer, "new": new}, HTTPStatus.ACCEPTED)
 
     def summary(_req: Request) -> Any:
         return dict(station.status())

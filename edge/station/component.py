@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -85,6 +86,8 @@ class StationComponent(Component):
         self._print_wake: dict[str, asyncio.Event] = {}
         self._timers: set[asyncio.TimerHandle] = set()
         self._stopped = asyncio.Event()
+        self._adjusting = threading.Lock()
+        """One adjustment at a time: a retried request cannot slip past the check for its request_id."""
         self.counts = {"scans": 0, "final": 0, "provisional": 0, "lists_applied": 0, "refused_verdicts": 0,
                        "adjustments": 0}
 
@@ -255,32 +258,38 @@ class StationComponent(Component):
             self.scan(code, symbology, station=station, purpose=purpose, source="api", clerk=clerk), self.loop)
         return fut.result(timeout=10)
 
-    def adjust_stock(self, sku: str, delta: int, reason: StockReason, note: str | None,
-                     clerk: ClerkRef | None) -> tuple[str, int, int | None]:
+    def adjust_stock(self, sku: str, delta: int, reason: StockReason, note: str | None, clerk: ClerkRef | None,
+                     request_id: str | None = None) -> tuple[dict[str, Any], bool]:
         """A clerk's stock adjustment, up through the outbox as a `stock` delta (from an API worker
-        thread). Returns (the adjustment's id: its message's msg_id, its seq, on hand after it as
-        far as the box knows)."""
+        thread). Returns (the answer: adjustment_id, sku, delta, reason, note, clerk, seq,
+        on_hand_after; new). The same `request_id` again returns the first answer and sends nothing
+        (a request retried after a timeout adjusts once)."""
         if self.loop is None:
             raise RuntimeError("the station is starting; try again in a moment")
-        on_hand: int | None = None
-        lookup = self.ctx.shared.stock
-        if lookup is not None:
-            here = lookup.station_stock(sku, refresh=False).get("here")  # the clerk waits on no network
-            if isinstance(here, dict) and isinstance(here.get("on_hand"), int):
-                on_hand = max(0, here["on_hand"] + delta)
-        ref = str(uuid.uuid4())
-        # `on_hand` is the box's own count after the change, which the cloud does not take for a
-        # delta; 0 when the box knows no count.
-        level = StockLevel(sku=sku, on_hand=on_hand or 0, delta=delta, reason=reason.value, clerk=clerk, note=note,
-                           ref=ref)
-        async def publish() -> Row:
-            return await self.ctx.publish(MessageType.STOCK, StockData(levels=(level,)))
+        with self._adjusting:
+            if request_id is not None and (done := self.db.adjustment(request_id)) is not None:
+                return done, False
+            on_hand: int | None = None
+            lookup = self.ctx.shared.stock
+            if lookup is not None:
+                here = lookup.station_stock(sku, refresh=False).get("here")  # the clerk waits on no network
+                if isinstance(here, dict) and isinstance(here.get("on_hand"), int):
+                    on_hand = max(0, here["on_hand"] + delta)
+            ref = str(uuid.uuid4())
+            # `on_hand` is the box's own count after the change, which the cloud does not take for a
+            # delta; 0 when the box knows no count.
+            level = StockLevel(sku=sku, on_hand=on_hand or 0, delta=delta, reason=reason.value, clerk=clerk, note=note,
+                               ref=ref)
 
-        row = asyncio.run_coroutine_threadsafe(publish(), self.loop).result(timeout=10)
-        self.counts["adjustments"] += 1
-        self.db.emit("stock_adjusted", {"adjustment_id": ref, "sku": sku, "delta": delta, "reason": reason.value,
-                                        "clerk": clerk.model_dump() if clerk else None})
-        return ref, int(row.seq), on_hand
+            async def publish() -> Row:
+                return await self.ctx.publish(MessageType.STOCK, StockData(levels=(level,)))
+
+            row = asyncio.run_coroutine_threadsafe(publish(), self.loop).result(timeout=10)
+            self.counts["adjustments"] += 1
+            answer = {"adjustment_id": ref, "sku": sku, "delta": delta, "reason": reason.value, "note": note,
+                      "clerk": clerk.model_dump() if clerk else None, "seq": int(row.seq), "on_hand_after": on_hand}
+            self.db.adjusted(request_id or f"adjustment-{ref}", answer)
+            return answer, True
 
     def wait_verdict(self, scan_id: str, timeout: float) -> VerdictData | None:
         """The scan's verdict, waiting up to `timeout` s for one (final or provisional)."""

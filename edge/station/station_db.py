@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS events (
     body TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS adjustments (request_id TEXT PRIMARY KEY, answer TEXT NOT NULL, at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS list_parts (
     version INTEGER NOT NULL, part INTEGER NOT NULL, parts INTEGER NOT NULL, body TEXT NOT NULL,
     PRIMARY KEY (version, part)
@@ -277,6 +278,18 @@ class StationDb:
     def alert_exists(self, alert_id: int) -> bool:
         with self._lock:
             return self._db.execute("SELECT 1 FROM alerts WHERE id = ?", (alert_id,)).fetchone() is not None
+
+    def adjustment(self, request_id: str) -> dict[str, Any] | None:
+        """The answer given to a stock adjustment sent with `request_id`, if one was."""
+        with self._lock:
+            row = self._db.execute("SELECT answer FROM adjustments WHERE request_id = ?", (request_id,)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def adjusted(self, request_id: str, answer: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO adjustments (request_id, answer, at) VALUES (?, ?, ?)",
+                       (request_id, json.dumps(answer), _now()))
+            self._event(db, "stock_adjusted", answer)
 
     def emit(self, kind: str, body: dict[str, Any]) -> None:
         with self._tx() as db:

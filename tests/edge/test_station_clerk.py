@@ -164,12 +164,15 @@ def test_a_signed_in_clerk_is_stamped_on_scans_steps_and_adjustments(broker: Bro
                          ({"sku": "TEA 1", "delta": 1, "reason": "found"}, "body field 'sku': String should match")]:
             status, body = await api(agent, "POST", "/station/stock/adjustments", bad, token)
             assert status == 400 and body["error"].startswith(why), (bad, body)
-        status, body = await api(agent, "POST", "/station/stock/adjustments",
-                                 {"sku": "TEA-1", "delta": -2, "reason": "damaged", "note": "dropped a box"}, token)
+        adjustment = {"sku": "TEA-1", "delta": -2, "reason": "damaged", "note": "dropped a box", "request_id": "adj-1"}
+        status, body = await api(agent, "POST", "/station/stock/adjustments", adjustment, token)
         assert status == 202, body
-        assert {k: body[k] for k in ("sku", "delta", "reason", "note", "clerk", "on_hand_after")} == {
+        assert {k: body[k] for k in ("sku", "delta", "reason", "note", "clerk", "on_hand_after", "new")} == {
             "sku": "TEA-1", "delta": -2, "reason": "damaged", "note": "dropped a box",
-            "clerk": {"id": "7", "name": "Mei Chen"}, "on_hand_after": 6}
+            "clerk": {"id": "7", "name": "Mei Chen"}, "on_hand_after": 6, "new": True}
+        # Retried (the answer was lost on the way): the same adjustment, nothing sent again.
+        status, again = await api(agent, "POST", "/station/stock/adjustments", adjustment, token)
+        assert (status, again) == (202, {**body, "new": False})
         await fence(cloud)
         sent = [e.data for e in cloud.of(MessageType.STOCK) if isinstance(e.data, StockData)]
         assert len(sent) == 1 and not sent[0].snapshot
