@@ -25,6 +25,7 @@ __all__ = [
     "BirthData",
     "CatalogData",
     "CatalogFile",
+    "ClerkRef",
     "ClerkRosterArgs",
     "CommandData",
     "ConfigData",
@@ -57,6 +58,7 @@ __all__ = [
     "SignageTransition",
     "StockData",
     "StockLevel",
+    "StockReason",
     "TelemetryData",
     "TraceListsArgs",
     "VerdictClass",
@@ -128,6 +130,15 @@ class ScanPurpose(enum.StrEnum):
     never a deletion."""
 
 
+class ClerkRef(Payload):
+    """The clerk signed in at the box when it acted (PIN sign-in on the box, `edge.clerks`): stamped
+    on what the clerk does so the cloud records who did it. Older boxes send none."""
+
+    id: Annotated[str, StringConstraints(min_length=1, max_length=32, strip_whitespace=True)]
+    """The clerk's id on the store's roster (`RosterClerk.id`, as text)."""
+    name: Text
+
+
 class ScanData(Payload):
     code: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
     """The decoded content, GS1 separators included."""
@@ -138,6 +149,8 @@ class ScanData(Payload):
     """The verdict the box already gave the clerk from its offline cache (rule `offline_cache`), if
     it answered before the cloud could. When the cloud's final verdict differs, it raises an alert
     (a provisional `genuine` that is really `cloned` is the case that matters)."""
+    clerk: ClerkRef | None = None
+    """Who scanned (the clerk signed in at the station), if anyone was."""
 
 
 Money = Annotated[float, Field(ge=0, le=10_000_000)]
@@ -174,6 +187,17 @@ class OrderData(Payload):
     """Pickup: the store code where the shopper collects; None means the box's own store."""
 
 
+class StockReason(enum.StrEnum):
+    """Why a clerk adjusted a count by hand (`StockLevel.reason` of an adjustment from the station)."""
+
+    DAMAGED = "damaged"
+    LOST = "lost"
+    FOUND = "found"
+    COUNT = "count"
+    """A stock count found a different figure."""
+    OTHER = "other"
+
+
 class StockLevel(Payload):
     sku: Sku
     on_hand: Annotated[int, Field(ge=0, le=10_000_000)]
@@ -181,7 +205,13 @@ class StockLevel(Payload):
     """A change (a counter sale -1, goods in +24) instead of a level: the cloud adds it to its count,
     and `on_hand` is then only the box's own count after it. Not allowed in a snapshot."""
     reason: Annotated[str, StringConstraints(max_length=32)] | None = None
-    """What the change was (sale, goods_in, return, adjust)."""
+    """What the change was (sale, goods_in, return, adjust; a clerk's adjustment: a `StockReason`)."""
+    clerk: ClerkRef | None = None
+    """A clerk's adjustment: who made it."""
+    note: Annotated[str, StringConstraints(max_length=200)] | None = None
+    """A clerk's adjustment: their note."""
+    ref: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    """A clerk's adjustment: its id on the box (what the station answered the clerk)."""
 
 
 class StockData(Payload):
@@ -242,6 +272,8 @@ class FulfilData(Payload):
     """The assignment (from `AssignData.assignment`) the store acts on; one order may be split."""
     carrier: Text | None = None
     tracking: Text | None = None
+    clerk: ClerkRef | None = None
+    """Who took the step (the clerk signed in at the box), if anyone was."""
 
 
 class AckData(Payload):
@@ -296,6 +328,9 @@ class VerdictRule(enum.StrEnum):
     NEVER_RECEIVED = "never_received"
     OFFLINE_CACHE = "offline_cache"
     """Provisional, decided on the box from its cache while the cloud was unreachable."""
+    CASE_MISMATCH = "case_mismatch"
+    """Goods-in of a case: units inside it do not belong to the shipment to this store, or units the
+    shipping notice names are not in it (evidence: sscc, units, expected, intruders, missing)."""
 
 
 class ParsedCode(Payload):

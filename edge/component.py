@@ -29,15 +29,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from broker.envelope import MessageType
-from broker.payloads import Payload
+from broker.payloads import ClerkRef, Payload
 from edge.bus import CommandHandler, CommandRefused
 from edge.drivers import DriverFactory
 from edge.localapi import Route
 from edge.outbox import Row
 from firmware_config import BoxPaths, NodeConfig
 
-__all__ = ["BackgroundTask", "CommandHandler", "CommandRefused", "Component", "ComponentContext", "ComponentError",
-           "PrintQueue", "Shared"]
+__all__ = ["BackgroundTask", "ClerkSessions", "CommandHandler", "CommandRefused", "Component", "ComponentContext",
+           "ComponentError", "PrintQueue", "Shared", "StockLookup"]
 
 
 class ComponentError(RuntimeError):
@@ -54,11 +54,32 @@ class PrintQueue(Protocol):
         ...
 
 
+class ClerkSessions(Protocol):
+    """Who is signed in with a token (the clerks component offers it)."""
+
+    def clerk_ref(self, token: str) -> ClerkRef | None:
+        """The clerk signed in with `token`, or None (unknown, signed out, expired, deactivated)."""
+        ...
+
+
+class StockLookup(Protocol):
+    """A SKU's stock here and in nearby stores, from the cloud or the figures last fetched (the
+    kiosk component offers it: one availability logic for the shopper's and the clerk's screens)."""
+
+    def station_stock(self, sku: str, *, refresh: bool = True) -> dict[str, Any]:
+        """`{"sku", "here": {"on_hand", "available"} | None, "nearby": [{"store", "name",
+        "distance_km", "available"}], "as_of", "source": "cloud" | "cache"}` (see docs/clerk.md);
+        `refresh=False`: the figures held, without asking the cloud."""
+        ...
+
+
 @dataclass(slots=True)
 class Shared:
     """Services one component offers the others (None: no component on this box offers it)."""
 
     print_queue: PrintQueue | None = None
+    clerk_sessions: ClerkSessions | None = None
+    stock: StockLookup | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,6 +118,8 @@ class Request:
     """Query parameters, declared and validated by the route (absent optional ones: their default)."""
     body: BaseModel | None
     """The JSON body, validated against the route's `body` model (POST routes)."""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """The request's headers, names in lower case (a header given twice: its values joined by ', ')."""
 
 
 Handler = Callable[[Request], Response | Any]
@@ -535,7 +537,8 @@ class LocalApi:
             if route.method != head.method:
                 allowed.append(route.method)
                 continue
-            return route, Request(head.method, path, args, self._params(route, query), self._body(route, head, body))
+            return route, Request(head.method, path, args, self._params(route, query), self._body(route, head, body),
+                                  head.headers)
         if allowed:
             methods = ", ".join(sorted(set(allowed)))
             raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, f"{head.method} is not allowed on {path[:100]}: use {methods}",

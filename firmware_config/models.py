@@ -312,6 +312,9 @@ class ClerksConfig(_Strict):
     lock_max_s: Annotated[float, Field(ge=1, le=7 * 86_400)] = 3600.0
     session_ttl_s: Annotated[float, Field(ge=60, le=7 * 86_400)] = 12 * 3600.0
     """How long a sign-in lasts (a shift), unless the clerk signs out first."""
+    require_sign_in: bool = False
+    """True: the local API's clerk actions (scans, order steps, stock adjustments, reprints) are
+    refused (401) without a signed-in clerk's `X-Clerk-Session`; false: allowed unattributed."""
 
     @model_validator(mode="after")
     def _lock_order(self) -> ClerksConfig:

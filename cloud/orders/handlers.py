@@ -10,17 +10,18 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from broker.payloads import FulfilData, OrderData, StockData
+from broker.payloads import FulfilData, OrderData, StockData, StockLevel
 from cloud.access.scope import NotFound
 from cloud.bus import Context, Message
 from cloud.orders import service
 from cloud.orders.stock import LevelIn, apply_deltas, apply_levels
 
-__all__ = ["on_fulfil", "on_order", "on_stock"]
+__all__ = ["fulfil_actor", "on_fulfil", "on_order", "on_stock"]
 
 
 def on_order(ctx: Context, msg: Message) -> None:
@@ -57,14 +58,30 @@ def on_stock(ctx: Context, msg: Message) -> None:
         apply_levels(ctx.conn, location, levels, source=source, now=ctx.now, pos=msg.position, snapshot=data.snapshot)
     deltas = [(lv.sku, lv.delta, lv.reason) for lv in data.levels if lv.delta is not None]
     if deltas:
-        apply_deltas(ctx.conn, location, deltas, source=source, now=ctx.now, pos=msg.position)
+        extras = [_move_extras(lv) for lv in data.levels if lv.delta is not None]
+        apply_deltas(ctx.conn, location, deltas, source=source, now=ctx.now, pos=msg.position, extras=extras)
+
+
+def fulfil_actor(data: FulfilData, node: str) -> str:
+    """Who took a store's step, as the order's timeline shows it: the clerk signed in at the box
+    (newer boxes say), and the box."""
+    if data.clerk is None:
+        return f"bus:{node}"
+    return f"{data.clerk.name[:60]} (clerk {data.clerk.id}) at bus:{node}"[:120]
+
+
+def _move_extras(lv: StockLevel) -> dict[str, Any]:
+    """What a clerk's adjustment adds to its ledger row (reason, who, their note, the box's id)."""
+    return {"reason": lv.reason, "clerk_id": lv.clerk.id if lv.clerk else None,
+            "clerk_name": lv.clerk.name if lv.clerk else None, "note": lv.note, "ref": lv.ref}
 
 
 def on_fulfil(ctx: Context, msg: Message) -> None:
     data = msg.data
     assert isinstance(data, FulfilData)
     try:
-        service.apply_fulfil(ctx.conn, data, actor=f"bus:{msg.node}", node=msg.node, pos=msg.position, now=ctx.now)
+        service.apply_fulfil(ctx.conn, data, actor=fulfil_actor(data, msg.node), node=msg.node, pos=msg.position,
+                             now=ctx.now)
     except (service.Refused, service.IllegalTransition, NotFound) as exc:
         refused = exc if isinstance(exc, service.Refused) else service.Refused(service.Refusal.CONFLICT, str(exc))
         # Kept with who sent it and its position, so that a replay after a fix applies it as the box sent it.

@@ -205,6 +205,14 @@ class Movement(Base):
     pos_session: Mapped[int | None] = mapped_column(BigInteger)
     pos_seq: Mapped[int | None] = mapped_column(BigInteger)
     """A store's delta: the position of its message (a snapshot older than it does not erase it)."""
+    reason: Mapped[str | None] = mapped_column(String(32))
+    """A store's delta: what it was (sale, goods_in; a clerk's adjustment: damaged, lost, found, count, other)."""
+    clerk_id: Mapped[str | None] = mapped_column(String(32))
+    """A clerk's adjustment at the station: who (their id and name as the box sent them)."""
+    clerk_name: Mapped[str | None] = mapped_column(String(200))
+    note: Mapped[str | None] = mapped_column(String(200))
+    ref: Mapped[str | None] = mapped_column(String(64))
+    """A clerk's adjustment: its id on the box (what the station answered the clerk)."""
 
 
 class Assignment(Base):

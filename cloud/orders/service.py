@@ -1215,7 +1215,9 @@ def from_bus_order(data: dict[str, Any], channel: str) -> dict[str, Any]:
 def movements(conn: Connection, location: str, sku: str, limit: int = 100) -> list[dict[str, Any]]:
     loc = location_id(conn, location)
     return [dict(at=m.at.isoformat(), kind=m.kind, on_hand_delta=m.on_hand_delta, reserved_delta=m.reserved_delta,
-                 on_hand_after=m.on_hand_after, reserved_after=m.reserved_after, source=m.source)
+                 on_hand_after=m.on_hand_after, reserved_after=m.reserved_after, source=m.source, reason=m.reason,
+                 clerk=None if m.clerk_id is None else {"id": m.clerk_id, "name": m.clerk_name}, note=m.note,
+                 ref=m.ref)
             for m in conn.execute(select(MOVES).where(MOVES.c.location_id == loc, MOVES.c.sku == sku)
                                   .order_by(MOVES.c.id.desc()).limit(limit))]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -122,11 +122,13 @@ def _deltas_after(conn: Connection, location_id: int, pos: tuple[int, int]) -> d
 
 
 def apply_deltas(conn: Connection, location_id: int, deltas: Sequence[tuple[str, int, str | None]], *, source: str,
-                 now: datetime, pos: tuple[int, int]) -> int:
+                 now: datetime, pos: tuple[int, int], extras: Sequence[Mapping[str, Any]] | None = None) -> int:
     """A store's changes (sku, delta, reason) at `pos`: added to on hand unless a level at least as
-    new is already there (it counted them). Returns rows changed."""
+    new is already there (it counted them). `extras[i]`: what the ledger row of the i-th change also
+    records (a clerk's adjustment: reason, clerk_id, clerk_name, note, ref). Returns rows changed."""
     changed = 0
-    for sku, delta, reason in deltas:
+    for i, (sku, delta, reason) in enumerate(deltas):
+        extra = dict(extras[i]) if extras is not None else {}
         conn.execute(insert_for(conn, STOCK).on_conflict_do_nothing(index_elements=["location_id", "sku"]),
                      [{"location_id": location_id, "sku": sku, "on_hand": 0, "reserved": 0, "safety": 0}])
         row = conn.execute(
@@ -140,9 +142,14 @@ def apply_deltas(conn: Connection, location_id: int, deltas: Sequence[tuple[str,
         changed += 1
         conn.execute(MOVES.insert().values(
             location_id=location_id, sku=sku, at=now, kind="delta", on_hand_delta=delta, reserved_delta=0,
-            on_hand_after=row.on_hand, reserved_after=row.reserved, source=f"{source} ({reason or 'change'})"[:200],
-            pos_session=pos[0], pos_seq=pos[1]))
+            on_hand_after=row.on_hand, reserved_after=row.reserved, source=_delta_source(source, reason, extra),
+            pos_session=pos[0], pos_seq=pos[1], **extra))
     return changed
+
+
+def _delta_source(source: str, reason: str | None, extra: Mapping[str, Any]) -> str:
+    who = f" by {extra['clerk_name']}" if extra.get("clerk_name") else ""
+    return f"{source} ({reason or 'change'}){who}"[:200]
 
 
 class Shortage(Exception):

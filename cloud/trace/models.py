@@ -184,6 +184,9 @@ class Scan(Base):
     evidence: Mapped[dict[str, Any]] = mapped_column(JSON)
     provisional: Mapped[str | None] = mapped_column(String(32))
     """The verdict the box gave offline, if it reported one."""
+    clerk_id: Mapped[str | None] = mapped_column(String(32))
+    """Who scanned: the clerk signed in at the station (newer boxes say; null otherwise)."""
+    clerk_name: Mapped[str | None] = mapped_column(String(200))
 
 
 class Recall(Base):

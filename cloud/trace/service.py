@@ -260,7 +260,8 @@ def journey(conn: Connection, code: str, scope: Scope | None = None) -> dict[str
             "parent": unit.parent, "recalled": unit.recalled},
         "events": [{"eventID": r.event_id, "type": r.type, "action": r.action, "eventTime": r.event_time.isoformat(),
                     "bizStep": r.biz_step, "disposition": r.disposition, "bizLocation": r.biz_location,
-                    "place": places.get(r.biz_location or ""), "via": sorted(keys - {key}) if r.id else []}
+                    "place": places.get(r.biz_location or ""), "via": sorted(keys - {key}) if r.id else [],
+                    "clerk": (r.doc or {}).get("omnishelf:clerk")}
                    for r in rows],
     }
 

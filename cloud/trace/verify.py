@@ -301,23 +301,67 @@ def _before_sale(unit: Any, scan: ScanIn) -> bool:
 
 
 def _receive_case(conn: Connection, scan: ScanIn, sscc: str, loc: Any) -> Decision:
-    from cloud.trace.events import CASES
+    """Goods-in of a case: every unit inside is received at once, checked against the shipping notice
+    (the last shipping event that sent this case to this location). A unit that does not belong
+    (shipped elsewhere, or not named by a notice that names units) is an intruder: flagged, not
+    received; units the notice names that are not in the case are missing."""
+    from cloud.trace.events import CASES, EPCS, EVENTS, _location_id
 
     inner = list(conn.execute(select(CASES.c.sscc).where(CASES.c.parent == sscc)).scalars())
     target = UNITS.c.parent.in_([sscc, *inner])
-    count = len(conn.execute(select(UNITS.c.id).where(target)).all())
-    if count == 0:
+    units = conn.execute(select(UNITS.c.id, UNITS.c.gtin, UNITS.c.serial, UNITS.c.ship_dest_id).where(target)).all()
+    if not units:
         return (VerdictClass.UNKNOWN_CODE, VerdictRule.NEVER_COMMISSIONED, "no unit was ever packed in this case",
                 {"sscc": sscc})
-    conn.execute(update(UNITS).where(target).values(
+    named: set[str] | None = None  # the unit keys the notice names, when it names units (not only the case)
+    expected: int | None = None
+    if loc is not None:
+        # The notice names this case, or the pallet it travelled on.
+        outer = conn.execute(select(CASES.c.parent).where(CASES.c.sscc == sscc)).scalar()
+        carriers = [case_key(sscc), *([case_key(outer)] if outer else [])]
+        shipments = conn.execute(
+            select(EVENTS.c.id, EVENTS.c.doc).where(
+                EVENTS.c.biz_step == "shipping",
+                EVENTS.c.id.in_(select(EPCS.c.event_id).where(EPCS.c.epc.in_(carriers))))
+            .order_by(EVENTS.c.event_time.desc(), EVENTS.c.id.desc()).limit(20)).all()
+        for ship in shipments:
+            dests = [d.get("destination") for d in (ship.doc.get("destinationList") or []) if isinstance(d, dict)]
+            if any(_location_id(conn, d)[0] == loc.id for d in dests if isinstance(d, str)):
+                keys = set(conn.execute(select(EPCS.c.epc).where(EPCS.c.event_id == ship.id)).scalars())
+                named = {k for k in keys if not k.startswith("https://id.gs1.org/00/")} or None
+                expected = len(named) if named is not None else sum(1 for u in units if u.ship_dest_id == loc.id)
+                break
+    intruders: list[Any] = []
+    if loc is not None:
+        for u in units:
+            elsewhere = u.ship_dest_id is not None and u.ship_dest_id != loc.id
+            unnamed = named is not None and unit_key(u.gtin, u.serial) not in named
+            # Without a notice, a unit never shipped anywhere is not judged (nothing to judge it by).
+            if elsewhere or unnamed or (expected is not None and named is None and u.ship_dest_id != loc.id):
+                intruders.append(u)
+    in_case = {unit_key(u.gtin, u.serial) for u in units}
+    missing = len(named - in_case) if named is not None else 0
+    keep = target if not intruders else target & UNITS.c.id.not_in([u.id for u in intruders])
+    conn.execute(update(UNITS).where(keep).values(
         state="received", location_id=loc.id if loc is not None else None,
         received_at_store=loc is not None and loc.kind == "store"))
     if loc is not None:
-        conn.execute(update(UNITS).where(target, (UNITS.c.seen_at.is_(None)) | (UNITS.c.seen_at <= scan.at))
+        conn.execute(update(UNITS).where(keep, (UNITS.c.seen_at.is_(None)) | (UNITS.c.seen_at <= scan.at))
                      .values(seen_location_id=loc.id, seen_at=scan.at))
     _store_only(conn, _scan_event(scan, loc, "OBSERVE", "receiving", "in_progress", epc=case_key(sscc)), scan.at, scan.at)
-    return (VerdictClass.GENUINE, VerdictRule.COMMISSIONED_UNIT, f"case received with the {count} units inside",
-            {"sscc": sscc, "units": count})
+    n, received = len(units), len(units) - len(intruders)
+    evidence = {"sscc": sscc, "units": n, "expected": expected, "received": received,
+                "intruders": [f"(01){u.gtin}(21){u.serial}" for u in intruders[:200]], "missing": missing}
+    if not intruders and not missing:
+        return (VerdictClass.GENUINE, VerdictRule.COMMISSIONED_UNIT, f"{n} of {n} units received", evidence)
+    parts = [f"{received} of {n} received"]
+    if intruders:
+        k = len(intruders)
+        parts.append(f"{k} unit{'s do' if k > 1 else ' does'} not belong to this shipment")
+    if missing:
+        parts.append(f"{missing} unit{'s' if missing > 1 else ''} of the shipping notice "
+                     f"{'are' if missing > 1 else 'is'} not in the case")
+    return (VerdictClass.DIVERTED, VerdictRule.CASE_MISMATCH, "; ".join(parts), evidence)
 
 
 def _scan_event(scan: ScanIn, loc: Any, action: str, step: str, disposition: str, *, parent: str | None = None,

@@ -30,7 +30,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from broker.envelope import Envelope
-from broker.payloads import CLERK_ROSTER, ClerkRosterArgs, CommandData
+from broker.payloads import CLERK_ROSTER, ClerkRef, ClerkRosterArgs, CommandData
 from broker.pins import PinHashError, parse_hash, verify_pin
 from edge.clerks.clerks_db import Attempts, ClerksDb, RosterClerkRow, SessionRow
 from edge.component import CommandHandler, CommandRefused, Component, ComponentContext, ComponentError
@@ -108,6 +108,7 @@ class ClerksComponent(Component):
         self._locks: dict[int, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self.counts = {"rosters_applied": 0, "rosters_refused": 0, "sign_ins": 0, "wrong_pins": 0, "lockouts": 0}
+        ctx.shared.clerk_sessions = self  # the station and the order desk stamp actions with the clerk
 
     # -- wiring ------------------------------------------------------------------------------------
 
@@ -244,6 +245,11 @@ class ClerksComponent(Component):
 
     def who(self, token: str) -> SessionRow | None:
         return self.db.session(token, self.clock())
+
+    def clerk_ref(self, token: str) -> ClerkRef | None:
+        """`edge.component.ClerkSessions`: the clerk signed in with `token`, as messages carry it."""
+        found = self.who(token)
+        return None if found is None else ClerkRef(id=str(found.clerk.id), name=found.clerk.name[:200])
 
     def sign_out(self, token: str) -> bool:
         return self.db.end_session(token)

@@ -27,6 +27,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -36,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from broker.envelope import MessageType
 from broker.payloads import Fulfilment, OrderData, OrderLine
 from edge.component import BackgroundTask, Component, ComponentContext, ComponentError
-from edge.kiosk.shelf_db import Filters, ShelfDb
+from edge.kiosk.shelf_db import Figure, FigureRow, Filters, ShelfDb
 from edge.localapi import ApiError, Request, Route, integer, text
 from edge.outbox import Row
 
@@ -117,6 +118,7 @@ class KioskComponent(Component):
         self.last_error: str | None = None
         self.rebuilds = 0
         self._order_seq_ms = 0
+        ctx.shared.stock = self  # the clerk's station looks stock up through the same figures
 
     # -- the catalogue index -----------------------------------------------------------------------
 
@@ -149,7 +151,7 @@ class KioskComponent(Component):
 
     # -- stock figures -----------------------------------------------------------------------------
 
-    def _fetch_stock(self, query: Mapping[str, str | int]) -> list[tuple[str, str, str | None, int]]:
+    def _fetch_stock(self, query: Mapping[str, str | int]) -> list[FigureRow]:
         assert self.cfg.stock_url is not None
         url = f"{self.cfg.stock_url}/api/stock?{urllib.parse.urlencode(query)}"
         headers = {"Accept": "application/json"}
@@ -159,11 +161,13 @@ class KioskComponent(Component):
             body = json.loads(r.read())
         if not isinstance(body, list):
             raise ValueError(f"{url} answered {type(body).__name__}: expected a list of stock rows")
-        out = []
+        out: list[FigureRow] = []
         for row in body:
             if isinstance(row, dict) and isinstance(row.get("sku"), str) and isinstance(row.get("location"), str):
                 atp = row.get("atp", row.get("on_hand", 0))
-                out.append((row["sku"], row["location"], row.get("kind"), int(atp) if isinstance(atp, int) else 0))
+                on_hand = row.get("on_hand")
+                out.append((row["sku"], row["location"], row.get("kind"), int(atp) if isinstance(atp, int) else 0,
+                            on_hand if isinstance(on_hand, int) and not isinstance(on_hand, bool) else None))
         return out
 
     def refresh_store_stock(self) -> bool:
@@ -179,15 +183,20 @@ class KioskComponent(Component):
         self.db.put_figures(rows, replace_location=self.store_code)
         return True
 
-    def availability(self, sku: str) -> dict[str, Any]:
+    def _lookup(self, sku: str, refresh: bool = True) -> tuple[list[Figure], float | None, str]:
+        """The figures of one product, refreshed from the cloud when it answers in time."""
         source = "cache"
-        if self.cfg.stock_url is not None and self._reachable():
+        if refresh and self.cfg.stock_url is not None and self._reachable():
             try:
                 self.db.put_figures(self._fetch_stock({"sku": sku, "limit": 500}), replace_sku=sku)
                 source = "cloud"
             except (OSError, ValueError) as exc:
                 self.last_error = f"stock of {sku}: {exc}"
         figures, fetched = self.db.figures(sku)
+        return figures, fetched, source
+
+    def availability(self, sku: str) -> dict[str, Any]:
+        figures, fetched, source = self._lookup(sku)
         if fetched is None:
             source = "none"
         by_loc = {f.location: f for f in figures}
@@ -206,6 +215,23 @@ class KioskComponent(Component):
             "source": source,
             "as_of": fetched,
             "age_s": None if fetched is None else max(0, round(time.time() - fetched)),
+        }
+
+    def station_stock(self, sku: str, *, refresh: bool = True) -> dict[str, Any]:
+        """`edge.component.StockLookup`: the clerk's view of the same figures (on hand and available
+        here, every nearby store with its available count, zero included: a clerk asks "who has it")."""
+        figures, fetched, source = self._lookup(sku, refresh)
+        by_loc = {f.location: f for f in figures}
+        here = by_loc.get(self.store_code)
+        nearby = [{"store": s.code, "name": s.name, "distance_km": s.km,
+                   "available": by_loc[s.code].atp if s.code in by_loc else None}
+                  for s in sorted(self.cfg.nearby, key=lambda s: s.km)]
+        return {
+            "sku": sku,
+            "here": None if here is None else {"on_hand": here.on_hand, "available": here.atp},
+            "nearby": nearby,
+            "as_of": None if fetched is None else datetime.fromtimestamp(fetched, UTC).isoformat(timespec="seconds"),
+            "source": source,
         }
 
     # -- orders --------------------------------------------------------------------------------------

@@ -114,12 +114,18 @@ class Filters:
     """Only products this store has (its figures last seen) on the shelf."""
 
 
+FigureRow = tuple[str, str, str | None, int] | tuple[str, str, str | None, int, int | None]
+"""(sku, location, kind, atp) or with the on-hand count last."""
+
+
 @dataclass(frozen=True, slots=True)
 class Figure:
     location: str
     kind: str | None
     atp: int
     fetched_at: float
+    on_hand: int | None = None
+    """None: fetched before on-hand counts were kept, or not sent."""
 
 
 def _price(text: str) -> float | None:
@@ -141,7 +147,11 @@ class ShelfDb:
         self._write_lock = threading.Lock()
         self._all_conns: list[sqlite3.Connection] = []
         with self._write_lock:
-            self._conn().executescript(_SCHEMA)
+            conn = self._conn()
+            conn.executescript(_SCHEMA)
+            if "on_hand" not in {r["name"] for r in conn.execute("PRAGMA table_info(stock)")}:
+                # Files from before the clerk's station asked for it: figures fetched from now on carry it.
+                conn.execute("ALTER TABLE stock ADD COLUMN on_hand INTEGER")
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -281,9 +291,9 @@ class ShelfDb:
 
     # -- stock figures -----------------------------------------------------------------------------
 
-    def put_figures(self, rows: Iterable[tuple[str, str, str | None, int]], *, replace_location: str | None = None,
+    def put_figures(self, rows: Iterable[FigureRow], *, replace_location: str | None = None,
                     replace_sku: str | None = None, at: float | None = None) -> None:
-        """Store (sku, location, kind, atp) figures fetched at `at`; `replace_*` first drops what that
+        """Store (sku, location, kind, atp[, on_hand]) figures fetched at `at`; `replace_*` first drops what that
         location (a full listing of one store) or that SKU (all locations of one product) held."""
         stamp = time.time() if at is None else at
         with self._write_lock:
@@ -295,9 +305,10 @@ class ShelfDb:
                 if replace_sku is not None:
                     conn.execute("DELETE FROM stock WHERE sku = ?", (replace_sku,))
                 conn.executemany(
-                    "INSERT INTO stock(sku, location, kind, atp, fetched_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT(sku, location)"
-                    " DO UPDATE SET kind = excluded.kind, atp = excluded.atp, fetched_at = excluded.fetched_at",
-                    [(s, loc, k, a, stamp) for s, loc, k, a in rows])
+                    "INSERT INTO stock(sku, location, kind, atp, fetched_at, on_hand) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT(sku, location) DO UPDATE SET kind = excluded.kind, atp = excluded.atp, "
+                    "fetched_at = excluded.fetched_at, on_hand = excluded.on_hand",
+                    [(r[0], r[1], r[2], r[3], stamp, r[4] if len(r) > 4 else None) for r in rows])
                 if replace_sku is not None:
                     self._set_meta(conn, "sku_fetched:" + replace_sku, str(stamp))
                 if replace_location is not None:
@@ -309,9 +320,12 @@ class ShelfDb:
 
     def figures(self, sku: str) -> tuple[list[Figure], float | None]:
         """The figures held for one product, and when they were fetched (None: never)."""
-        rows = self._conn().execute("SELECT location, kind, atp, fetched_at FROM stock WHERE sku = ?", (sku,)).fetchall()
+        rows = self._conn().execute("SELECT location, kind, atp, fetched_at, on_hand FROM stock WHERE sku = ?",
+                                    (sku,)).fetchall()
         stamps = [float(v) for v in (self._meta("sku_fetched:" + sku),) if v] + [float(r["fetched_at"]) for r in rows]
-        return [Figure(r["location"], r["kind"], int(r["atp"]), float(r["fetched_at"])) for r in rows], (max(stamps) if stamps else None)
+        return ([Figure(r["location"], r["kind"], int(r["atp"]), float(r["fetched_at"]),
+                        None if r["on_hand"] is None else int(r["on_hand"])) for r in rows],
+                (max(stamps) if stamps else None))
 
     # -- orders placed -----------------------------------------------------------------------------
 

@@ -8,7 +8,8 @@
       POST /desk/orders/{assignment}/{step}   accept | reject | pick | pack | ship | ready | pickup | deliver
            body {"carrier", "tracking"} for ship, {"pickup_code"} for pickup, {"note"} for reject
       POST /desk/kiosk-order              an order placed at this box's kiosk (sent up as `order`)
-  Each step goes up as a `fulfil` message through the outbox, so it survives an outage.
+  Each step goes up as a `fulfil` message through the outbox, so it survives an outage; with an
+  `X-Clerk-Session` header (`edge.attribution`) it carries the clerk who took it.
 
 Printing: accept prints the pick list, pack the packing slip, ready the pickup slip, through the
 station's durable print queue (offered to the other components as `ctx.shared.print_queue`; a box
@@ -32,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from broker.envelope import Envelope, MessageType
 from broker.payloads import AssignAction, AssignData, FulfilData, FulfilStatus, OrderData, Payload
+from edge.attribution import clerk_of
 from edge.component import (
     BackgroundTask,
     CommandHandler,
@@ -87,6 +89,7 @@ class OrderDeskComponent(Component):
             raise ComponentError(f"orders.path {path}: cannot open the order desk ({exc})") from None
         self._publish = ctx.publish
         self._shared: Shared = ctx.shared
+        self._require_clerk = ctx.config.clerks.require_sign_in
         self.printed = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
@@ -166,6 +169,8 @@ class OrderDeskComponent(Component):
             return self._assignment(req)
 
         def step(req: Request) -> Any:
+            # Who first: a clerk whose session ended learns that before anything about the order.
+            who = clerk_of(req, self._shared, required=self._require_clerk)
             a = self._assignment(req)
             name = req.args["step"]
             if name not in STEPS:
@@ -187,13 +192,14 @@ class OrderDeskComponent(Component):
                     raise ApiError(HTTPStatus.FORBIDDEN, "the pickup code does not match this order's")
             seq = self._send(MessageType.FULFIL, FulfilData(
                 order_id=a["order_id"], status=status, assignment=a["assignment"], carrier=body.carrier,
-                tracking=body.tracking, note=body.note))
+                tracking=body.tracking, note=body.note, clerk=who))
             if not self.db.set_state(a["assignment"], a["state"], to, body.carrier, body.tracking):
                 raise ApiError(HTTPStatus.CONFLICT, f"assignment {a['assignment']} changed meanwhile: reload it")
             printed = self._print(name, a)
             if self.on_step is not None:
                 self.on_step(name, a)
-            return {"assignment": a["assignment"], "state": to, "seq": seq, **printed}
+            return {"assignment": a["assignment"], "state": to, "seq": seq,
+                    "clerk": who.model_dump() if who else None, **printed}
 
         def kiosk_order(req: Request) -> Any:
             assert isinstance(req.body, OrderData)

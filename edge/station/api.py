@@ -13,18 +13,25 @@
     POST /station/print/label           {scan_id, request_id?}
     GET  /station/print/jobs?limit=     the queue, newest first, and the printers' states
     POST /station/print/jobs/{id}/reprint
+    GET  /station/stock/{sku}           on hand / available here and available in nearby stores
+    POST /station/stock/adjustments     {sku, delta, reason, note?, request_id?} → 202 {adjustment_id, …, new}
+
+Writes (scans, stock adjustments, reprints) take `X-Clerk-Session: <token>` (`POST /clerks/sign-in`):
+the clerk is stamped on what goes up to the cloud (`edge.attribution`).
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
-from broker.payloads import ScanPurpose
-from edge.localapi import ApiError, Request, Route, integer, text
+from broker.payloads import ClerkRef, ScanPurpose, StockReason
+from edge.attribution import clerk_of
+from edge.localapi import ApiError, Request, Route, integer, json_response, text
 from edge.outbox import OutboxFull
 
 if TYPE_CHECKING:
@@ -33,6 +40,8 @@ if TYPE_CHECKING:
 __all__ = ["station_routes"]
 
 _WAIT_MAX_S = 25
+_DELTA_MAX = 10_000
+_SKU = re.compile(r"[A-Za-z0-9._\-/]{1,64}")
 
 
 class _Body(BaseModel):
@@ -47,6 +56,23 @@ class ScanRequest(_Body):
     station: Annotated[str, StringConstraints(min_length=1, max_length=200)] = "api"
     wait_s: Annotated[float, Field(ge=0, le=_WAIT_MAX_S)] = 0
     """Wait this long for a verdict (final, or provisional) before answering."""
+
+
+class AdjustmentRequest(_Body):
+    sku: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._\-/]{1,64}$")]
+    delta: Annotated[int, Field(ge=-_DELTA_MAX, le=_DELTA_MAX)]
+    """Units added (found, counted more) or taken away (damaged, lost): never 0."""
+    reason: StockReason
+    note: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] | None = None
+    request_id: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = None
+    """The same request_id again returns the adjustment already made (a retry never adjusts twice)."""
+
+    @field_validator("delta")
+    @classmethod
+    def _nonzero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("delta is 0: an adjustment adds (positive) or removes (negative) at least one unit")
+        return value
 
 
 class AckRequest(_Body):
@@ -76,14 +102,18 @@ def station_routes(station: StationComponent) -> tuple[Route, ...]:
 
     db = station.db
 
+    def clerk(req: Request) -> ClerkRef | None:
+        return clerk_of(req, station.ctx.shared, required=station.ctx.config.clerks.require_sign_in)
+
     def submit(req: Request) -> Any:
         body = req.body
         assert isinstance(body, ScanRequest)
         from edge.station.codes import split_aim
 
+        who = clerk(req)
         aim, code = split_aim(body.code)
         try:
-            scan_id = station.submit_threadsafe(code, body.symbology or aim, body.station, body.purpose)
+            scan_id = station.submit_threadsafe(code, body.symbology or aim, body.station, body.purpose, who)
         except OutboxFull as exc:
             raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"the box cannot take scans now: {exc}") from None
         except ValidationError as exc:
@@ -148,16 +178,44 @@ def station_routes(station: StationComponent) -> tuple[Route, ...]:
             raise ApiError(HTTPStatus.CONFLICT, str(exc)) from None
 
     def jobs(req: Request) -> Any:
-        return {"printers": station.printer_states, "jobs": [j.public() for j in db.jobs(int(req.params["limit"] or 50))]}
+        return {"printers": station.printer_summary(), "jobs": [j.public() for j in db.jobs(int(req.params["limit"] or 50))]}
 
     def reprint(req: Request) -> Any:
         raw = req.args["job_id"]
         if not raw.isdigit() or len(raw) > 12:
             raise ApiError(HTTPStatus.BAD_REQUEST, f"job id {raw[:30]!r} is not a number")
+        who = clerk(req)
         job = station.reprint(int(raw))
         if job is None:
             raise ApiError(HTTPStatus.NOT_FOUND, f"no print job {raw} on this station")
-        return job.public()
+        return {**job.public(), "clerk": who.model_dump() if who else None}
+
+    def stock(req: Request) -> Any:
+        sku = req.args["sku"]
+        if not _SKU.fullmatch(sku):
+            raise ApiError(HTTPStatus.BAD_REQUEST,
+                           f"{sku[:80]!r} is not a SKU: expected 1-64 characters of A-Z, a-z, 0-9, '.', '_', '-', '/'")
+        lookup = station.ctx.shared.stock
+        if lookup is None:
+            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "this box looks no stock up: enable the kiosk component "
+                                                           "(kiosk.enabled, kiosk.stock_url, kiosk.nearby) in its config")
+        found = lookup.station_stock(sku)
+        if found["source"] not in ("cloud", "cache"):
+            found["source"] = "cache"  # nothing fetched yet: an empty cache, said by here=null and as_of=null
+        return found
+
+    def adjust(req: Request) -> Any:
+        body = req.body
+        assert isinstance(body, AdjustmentRequest)
+        who = clerk(req)
+        try:
+            answer, new = station.adjust_stock(body.sku, body.delta, body.reason, body.note or None, who, body.request_id)
+        except OutboxFull as exc:
+            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"the box cannot take adjustments now: {exc}") from None
+        except (RuntimeError, TimeoutError) as exc:
+            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE,
+                           str(exc) or "the box did not record the adjustment in time; try again") from None
+        return json_response({**answer, "new": new}, HTTPStatus.ACCEPTED)
 
     def summary(_req: Request) -> Any:
         return dict(station.status())
@@ -175,4 +233,6 @@ def station_routes(station: StationComponent) -> tuple[Route, ...]:
         Route("POST", "/station/print/label", label, body=LabelRequest),
         Route("GET", "/station/print/jobs", jobs, params=(integer("limit", 50, 1, 500),)),
         Route("POST", "/station/print/jobs/{job_id}/reprint", reprint),
+        Route("GET", "/station/stock/{sku...}", stock),
+        Route("POST", "/station/stock/adjustments", adjust, body=AdjustmentRequest),
     )

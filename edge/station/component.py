@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -23,10 +24,23 @@ from pydantic import ValidationError
 
 from broker.envelope import Envelope, MessageType
 from broker.payloads import TRACE_LISTS as LISTS_COMMAND
-from broker.payloads import CommandData, ScanData, ScanPurpose, TraceListsArgs, VerdictClass, VerdictData
+from broker.payloads import (
+    ClerkRef,
+    CommandData,
+    ScanData,
+    ScanPurpose,
+    StockData,
+    StockLevel,
+    StockReason,
+    TraceListsArgs,
+    VerdictClass,
+    VerdictData,
+)
 from edge.component import BackgroundTask, CommandHandler, CommandRefused, Component, ComponentContext, ComponentError
-from edge.drivers import Driver, DriverContext, DriverFactory
+from edge.devices import UNAVAILABLE
+from edge.drivers import DeviceHandle, Driver, DriverContext, DriverFactory
 from edge.localapi import Route
+from edge.outbox import Row
 from edge.station.lists import offline_verdict
 from edge.station.printing import PrinterDriver, render_label, render_receipt
 from edge.station.scanners import CameraScanner, Decoded, HidScanner, LineScanner
@@ -65,11 +79,17 @@ class StationComponent(Component):
             log.warning("station: print job(s) %s may or may not have printed before the restart; listed as uncertain",
                         self.uncertain_jobs)
         self.scanners: dict[str, CameraScanner | HidScanner | LineScanner] = {}
+        self.scanner_cfgs = [d for d in ctx.config.devices if isinstance(d, ScannerDevice)]
+        self._handles: dict[str, DeviceHandle] = {}
+        """Each driven device's handle: the agent's supervisor says there when its driver failed."""
         self.loop: asyncio.AbstractEventLoop | None = None
         self._print_wake: dict[str, asyncio.Event] = {}
         self._timers: set[asyncio.TimerHandle] = set()
         self._stopped = asyncio.Event()
-        self.counts = {"scans": 0, "final": 0, "provisional": 0, "lists_applied": 0, "refused_verdicts": 0}
+        self._adjusting = threading.Lock()
+        """One adjustment at a time: a retried request cannot slip past the check for its request_id."""
+        self.counts = {"scans": 0, "final": 0, "provisional": 0, "lists_applied": 0, "refused_verdicts": 0,
+                       "adjustments": 0}
 
     # -- wiring ------------------------------------------------------------------------------------
 
@@ -93,12 +113,14 @@ class StationComponent(Component):
         else:
             driver = LineScanner(cfg, ctx, self._from_scanner, path)
         self.scanners[cfg.name] = driver
+        self._handles[cfg.name] = ctx.device
         return driver
 
     def _printer_driver(self, cfg: DeviceConfig, ctx: DriverContext) -> Driver:
         assert isinstance(cfg, PrinterDevice)
         wake = self._print_wake.setdefault(cfg.name, asyncio.Event())
         wake.set()
+        self._handles[cfg.name] = ctx.device
         return PrinterDriver(cfg, ctx, self.db, wake, self._place(cfg.path), self._printer_state)
 
     def commands(self) -> Mapping[MessageType, CommandHandler]:
@@ -132,10 +154,54 @@ class StationComponent(Component):
             **self.db.counts(), **{f"{k}_count": v for k, v in self.counts.items()},
             "cloud_online": self.ctx.cloud_reachable(),
             "lists": self.db.list_counts(),
-            "printers": self.printer_states,
+            "printers": self.printer_summary(),
             "print_jobs": self.db.job_counts(),
-            "scanners": {n: _scanner_status(s) for n, s in self.scanners.items()},
+            "scanners": self.scanner_summary(),
         }
+
+    def _device_state(self, name: str) -> tuple[str, str | None]:
+        """What the agent's supervisor last heard from the device's driver: ('ok' | 'unavailable' |
+        'starting', detail). The handle (edge.devices.SupervisedDevice) starts 'unavailable' before
+        its driver ever ran, which is 'starting' here, not a failure."""
+        handle = self._handles.get(name)
+        info = getattr(handle, "info", None)
+        if info is None:
+            return "starting", None
+        if getattr(info, "state", None) == UNAVAILABLE:
+            if not getattr(handle, "failures", 0):
+                return "starting", None
+            return "unavailable", str(getattr(info, "detail", None) or "unavailable")
+        return "ok", getattr(info, "detail", None)
+
+    def printer_summary(self) -> dict[str, dict[str, Any]]:
+        """Each printer: state (starting, ready, out_of_paper, offline, unavailable), detail, since,
+        and its jobs waiting (`queued`: queued or being sent)."""
+        waiting = self.db.jobs_waiting()
+        out: dict[str, dict[str, Any]] = {}
+        for name, st in list(self.printer_states.items()):
+            row = {**st, "queued": waiting.get(name, 0), "default": self.printer is not None and name == self.printer.name}
+            state, detail = self._device_state(name)
+            # The driver tells offline and out of paper itself; a driver that cannot even start
+            # (no such USB device, a serial port missing) only the supervisor knows about.
+            if state == "unavailable" and row["state"] in ("starting", "ready"):
+                row.update(state="unavailable", detail=detail)
+            out[name] = row
+        return out
+
+    def scanner_summary(self) -> dict[str, dict[str, Any]]:
+        """Each configured scanner: state (starting, ready, unavailable, ended), detail, and its counters."""
+        out: dict[str, dict[str, Any]] = {}
+        for cfg in self.scanner_cfgs:
+            driver = self.scanners.get(cfg.name)
+            row: dict[str, Any] = {"source": cfg.source, "purpose": cfg.purpose, "state": "starting", "detail": None}
+            if driver is not None:
+                row.update(_scanner_status(driver))
+                state, detail = self._device_state(cfg.name)
+                row.update(state={"ok": "ready"}.get(state, state), detail=detail)
+                if row.get("ended"):
+                    row.update(state="ended", detail="the video source ended")
+            out[cfg.name] = row
+        return out
 
     # -- scans -------------------------------------------------------------------------------------
 
@@ -147,17 +213,19 @@ class StationComponent(Component):
             # The scanner keeps scanning; the clerk sees no verdict and scans again.
             log.exception("station: scan from %s could not be recorded", cfg.name)
 
-    async def scan(self, code: str, symbology: str | None, *, station: str, purpose: ScanPurpose, source: str) -> uuid.UUID:
+    async def scan(self, code: str, symbology: str | None, *, station: str, purpose: ScanPurpose, source: str,
+                   clerk: ClerkRef | None = None) -> uuid.UUID:
         """Record a scan: outbox first (raises `OutboxFull`, or `ValidationError` for a bad code)."""
         # Offline, the box answers first and says so in the scan: the cloud raises an alert at HQ
         # when its final verdict overturns the one the clerk acted on.
         offline = None if self.ctx.cloud_reachable() else offline_verdict(
             self.db, uuid.UUID(int=0), code, symbology, purpose.value)
         data = ScanData(code=code, symbology=symbology, station=station, purpose=purpose,
-                        provisional=offline.verdict if offline else None)
+                        provisional=offline.verdict if offline else None, clerk=clerk)
         row = await self.ctx.publish(MessageType.SCAN, data)
         scan_id = row.msg_id
-        self.db.add_scan(str(scan_id), data.code, symbology, data.station, purpose.value, source)
+        self.db.add_scan(str(scan_id), data.code, symbology, data.station, purpose.value, source,
+                         clerk.model_dump() if clerk else None)
         self.counts["scans"] += 1
         if offline is not None:
             self._record_provisional(offline.model_copy(update={"scan_id": scan_id}), data)
@@ -181,12 +249,47 @@ class StationComponent(Component):
             self.counts["provisional"] += 1
             self._after_verdict(verdict, data.purpose.value)
 
-    def submit_threadsafe(self, code: str, symbology: str | None, station: str, purpose: ScanPurpose) -> uuid.UUID:
+    def submit_threadsafe(self, code: str, symbology: str | None, station: str, purpose: ScanPurpose,
+                          clerk: ClerkRef | None = None) -> uuid.UUID:
         """`scan` from an API worker thread (the outbox lives on the event loop)."""
         if self.loop is None:
             raise RuntimeError("the station is starting; try again in a moment")
-        fut = asyncio.run_coroutine_threadsafe(self.scan(code, symbology, station=station, purpose=purpose, source="api"), self.loop)
+        fut = asyncio.run_coroutine_threadsafe(
+            self.scan(code, symbology, station=station, purpose=purpose, source="api", clerk=clerk), self.loop)
         return fut.result(timeout=10)
+
+    def adjust_stock(self, sku: str, delta: int, reason: StockReason, note: str | None, clerk: ClerkRef | None,
+                     request_id: str | None = None) -> tuple[dict[str, Any], bool]:
+        """A clerk's stock adjustment, up through the outbox as a `stock` delta (from an API worker
+        thread). Returns (the answer: adjustment_id, sku, delta, reason, note, clerk, seq,
+        on_hand_after; new). The same `request_id` again returns the first answer and sends nothing
+        (a request retried after a timeout adjusts once)."""
+        if self.loop is None:
+            raise RuntimeError("the station is starting; try again in a moment")
+        with self._adjusting:
+            if request_id is not None and (done := self.db.adjustment(request_id)) is not None:
+                return done, False
+            on_hand: int | None = None
+            lookup = self.ctx.shared.stock
+            if lookup is not None:
+                here = lookup.station_stock(sku, refresh=False).get("here")  # the clerk waits on no network
+                if isinstance(here, dict) and isinstance(here.get("on_hand"), int):
+                    on_hand = max(0, here["on_hand"] + delta)
+            ref = str(uuid.uuid4())
+            # `on_hand` is the box's own count after the change, which the cloud does not take for a
+            # delta; 0 when the box knows no count.
+            level = StockLevel(sku=sku, on_hand=on_hand or 0, delta=delta, reason=reason.value, clerk=clerk, note=note,
+                               ref=ref)
+
+            async def publish() -> Row:
+                return await self.ctx.publish(MessageType.STOCK, StockData(levels=(level,)))
+
+            row = asyncio.run_coroutine_threadsafe(publish(), self.loop).result(timeout=10)
+            self.counts["adjustments"] += 1
+            answer = {"adjustment_id": ref, "sku": sku, "delta": delta, "reason": reason.value, "note": note,
+                      "clerk": clerk.model_dump() if clerk else None, "seq": int(row.seq), "on_hand_after": on_hand}
+            self.db.adjusted(request_id or f"adjustment-{ref}", answer)
+            return answer, True
 
     def wait_verdict(self, scan_id: str, timeout: float) -> VerdictData | None:
         """The scan's verdict, waiting up to `timeout` s for one (final or provisional)."""
@@ -224,6 +327,15 @@ class StationComponent(Component):
         if v.verdict == VerdictClass.GENUINE and purpose in ("sell", "return") and parsed and parsed.gtin and parsed.serial:
             # Offline, the next scan of a sold unit must not look genuine again; a returned one may.
             self.db.mark_sold(parsed.gtin, parsed.serial, sold=purpose == "sell")
+        if (purpose == "receive" and not v.provisional and self.printer is not None and v.parsed is not None
+                and v.parsed.sscc and "units" in v.evidence):
+            # A case received at goods-in always gets its label (the count against the notice),
+            # alarm or not: the intruders set aside need it as much as the shelf does.
+            try:
+                self.print_label(str(v.scan_id), request_id=f"goods-in-{v.scan_id}")
+            except PrintRefused as exc:
+                log.warning("station: goods-in label for %s: %s", v.scan_id, exc)
+            return
         if self.cfg.auto_print and not v.provisional and self.printer is not None and v.verdict == VerdictClass.GENUINE:
             try:
                 if purpose == "sell":

@@ -99,8 +99,17 @@ def render_label(v: VerdictData, *, header: str, profile: str, when: datetime) -
     p.set(align="left", bold=True)
     p.text(f"{header or 'Goods in'} - received {when.strftime('%Y-%m-%d %H:%M')}\n")
     p.set(align="left", normal_textsize=True)
-    _unit_lines(p, v.parsed, v.code)
-    p.qr(_verified_uri(v), native=True, size=4)
+    sscc = v.parsed.sscc if v.parsed is not None else None
+    if sscc and "units" in v.evidence:
+        # A case at goods-in: the count against the shipping notice, so the label says what came in.
+        p.text(f"SSCC   {sscc}\n")
+        p.text(f"{v.message[:120]}\n")
+        if v.evidence.get("expected") is not None:
+            p.text(f"Notice {v.evidence['expected']} units\n")
+        p.qr(f"https://id.gs1.org/00/{sscc}", native=True, size=4)
+    else:
+        _unit_lines(p, v.parsed, v.code)
+        p.qr(_verified_uri(v), native=True, size=4)
     p.cut()
     return bytes(p.output)
 
@@ -225,8 +234,8 @@ class PrinterDriver:
         probe_due = True
         try:
             while True:
-                # Cleared before the queue is read, never after: a job queued while this loop probes
-                # the printer sets the event again, and the wait below returns at once.
+                # Cleared before looking, never after: a job queued while the queue is read or the
+                # printer probed sets it again, instead of waiting for the next idle probe.
                 self.wake.clear()
                 job = self.db.next_job(self.cfg.name)
                 if job is None:
@@ -234,6 +243,7 @@ class PrinterDriver:
                         await asyncio.to_thread(self._probe)
                         self._ready()
                         probe_due = False
+                        continue
                     try:
                         await asyncio.wait_for(self.wake.wait(), _IDLE_PROBE_S)
                     except TimeoutError:

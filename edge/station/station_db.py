@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS events (
     body TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS adjustments (request_id TEXT PRIMARY KEY, answer TEXT NOT NULL, at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS list_parts (
     version INTEGER NOT NULL, part INTEGER NOT NULL, parts INTEGER NOT NULL, body TEXT NOT NULL,
     PRIMARY KEY (version, part)
@@ -139,6 +140,9 @@ class StationDb:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        if "clerk" not in {r[1] for r in self._db.execute("PRAGMA table_info(scans)")}:
+            # Files from before clerks signed in at the station: their scans say no clerk.
+            self._db.execute("ALTER TABLE scans ADD COLUMN clerk TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -161,14 +165,16 @@ class StationDb:
 
     # -- scans and verdicts ----------------------------------------------------------------------
 
-    def add_scan(self, scan_id: str, code: str, symbology: str | None, station: str, purpose: str, source: str) -> None:
+    def add_scan(self, scan_id: str, code: str, symbology: str | None, station: str, purpose: str, source: str,
+                 clerk: dict[str, str] | None = None) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT OR IGNORE INTO scans (scan_id, code, symbology, station, purpose, source, scanned_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (scan_id, code, symbology, station, purpose, source, _now()),
+                "INSERT OR IGNORE INTO scans (scan_id, code, symbology, station, purpose, source, scanned_at, clerk) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (scan_id, code, symbology, station, purpose, source, _now(), json.dumps(clerk) if clerk else None),
             )
-            self._event(db, "scan", {"scan_id": scan_id, "code": code, "station": station, "purpose": purpose})
+            self._event(db, "scan", {"scan_id": scan_id, "code": code, "station": station, "purpose": purpose,
+                                     "clerk": clerk})
             n = db.execute("SELECT max(n) FROM scans").fetchone()[0] or 0
             if n % 1000 == 0 and n > self.keep_scans:
                 db.execute("DELETE FROM scans WHERE n <= ?", (n - self.keep_scans,))
@@ -272,6 +278,18 @@ class StationDb:
     def alert_exists(self, alert_id: int) -> bool:
         with self._lock:
             return self._db.execute("SELECT 1 FROM alerts WHERE id = ?", (alert_id,)).fetchone() is not None
+
+    def adjustment(self, request_id: str) -> dict[str, Any] | None:
+        """The answer given to a stock adjustment sent with `request_id`, if one was."""
+        with self._lock:
+            row = self._db.execute("SELECT answer FROM adjustments WHERE request_id = ?", (request_id,)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def adjusted(self, request_id: str, answer: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO adjustments (request_id, answer, at) VALUES (?, ?, ?)",
+                       (request_id, json.dumps(answer), _now()))
+            self._event(db, "stock_adjusted", answer)
 
     def emit(self, kind: str, body: dict[str, Any]) -> None:
         with self._tx() as db:
@@ -387,6 +405,12 @@ class StationDb:
             rows = self._db.execute(_JOB_COLS + " ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         return [PrintJob(*r) for r in rows]
 
+    def jobs_waiting(self) -> dict[str, int]:
+        """Per printer, the jobs not printed yet (queued, or being sent)."""
+        with self._lock:
+            return dict(self._db.execute("SELECT printer, count(*) FROM print_jobs WHERE state IN ('queued', 'sending') "
+                                         "GROUP BY printer").fetchall())
+
     def job_counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self._db.execute("SELECT state, count(*) FROM print_jobs GROUP BY state").fetchall())
@@ -437,7 +461,7 @@ class StationDb:
         return None if row is None else PrintJob(*row)
 
 
-_SCAN_COLS = "SELECT scan_id, code, symbology, station, purpose, source, scanned_at, body FROM scans"
+_SCAN_COLS = "SELECT scan_id, code, symbology, station, purpose, source, scanned_at, body, clerk FROM scans"
 _JOB_COLS = ("SELECT id, printer, kind, scan_id, data, state, attempts, last_error, created_at, printed_at FROM print_jobs")
 
 
@@ -445,4 +469,5 @@ def _scan_row(row: Sequence[Any]) -> dict[str, Any]:
     keys: Iterable[str] = ("scan_id", "code", "symbology", "station", "purpose", "source", "scanned_at")
     out = dict(zip(keys, row[:7], strict=True))
     out["verdict"] = json.loads(row[7]) if row[7] else None
+    out["clerk"] = json.loads(row[8]) if row[8] else None
     return out

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from broker import payloads as p
 from broker import topics
 from broker.envelope import (
     MAX_ENVELOPE_BYTES,
@@ -110,6 +111,18 @@ REJECTS = [
         RejectReason.SCHEMA,
         "field 'colour': Extra inputs are not permitted",
     ),
+    (
+        "empty clerk id",
+        raw_of(valid_obj(data={"code": "x", "station": "s", "clerk": {"id": " ", "name": "Mei Chen"}})),
+        RejectReason.SCHEMA,
+        "field 'data.clerk.id': String should have at least 1 character",
+    ),
+    (
+        "clerk without a name",
+        raw_of(valid_obj(data={"code": "x", "station": "s", "clerk": {"id": "7"}})),
+        RejectReason.SCHEMA,
+        "field 'data.clerk.name': Field required",
+    ),
     ("bad node id", raw_of(valid_obj(node="St/1")), RejectReason.SCHEMA, "Invalid node id 'St/1'"),
     ("uuid4 msg_id", raw_of(valid_obj(msg_id=str(uuid.uuid4()))), RejectReason.SCHEMA, "msg_id must be a UUIDv7"),
     (
@@ -177,6 +190,19 @@ def test_msg_ids_are_uuid7_and_time_ordered() -> None:
     assert all(i.version == 7 for i in ids)
     assert ids == sorted(ids, key=lambda u: u.bytes)
     assert len(set(ids)) == 100
+
+
+def test_the_clerk_travels_on_scan_fulfil_and_stock_and_older_boxes_send_none() -> None:
+    mei = p.ClerkRef(id="7", name="Mei Chen")
+    for kind, data in ((MessageType.SCAN, SAMPLES[MessageType.SCAN].model_copy(update={"clerk": mei})),
+                       (MessageType.FULFIL, SAMPLES[MessageType.FULFIL].model_copy(update={"clerk": mei})),
+                       (MessageType.STOCK, p.StockData(levels=(p.StockLevel(
+                           sku="TEA-1", on_hand=6, delta=-2, reason=p.StockReason.DAMAGED.value, clerk=mei,
+                           note="dropped", ref="adj-1"),)))):
+        env = Envelope(type=kind, node="st0001-k1", session=1, seq=1, data=data)
+        assert decode(encode(env)).data == data
+    older = decode(raw_of(valid_obj(data={"code": "c", "station": "s"}))).data
+    assert isinstance(older, p.ScanData) and older.clerk is None
 
 
 def test_payloads_ignore_unknown_members_for_forward_compatibility() -> None:

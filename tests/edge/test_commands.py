@@ -175,10 +175,16 @@ def test_ack_and_command_record_commit_together_or_not_at_all(outbox_path: Path)
         await outbox.close()
         # A full disk: the ack is refused, and the command is not recorded as handled either.
         full = await Outbox.open(outbox_path.with_name("full.db"), max_bytes=64 * 1024)
-        for size in (900, 100, 1):  # fill the last pages too, down to what an ack row needs
+        for size in (900, 100, 1):  # fill the last pages too
             with pytest.raises(OutboxFull):
                 for _ in range(2000):
                     await full.put("scan", {"code": "x" * size, "station": "s"})
+        # Down to what an ack row needs: with acks of other commands (the smallest scan row, with its
+        # optional members, is larger than an ack).
+        with pytest.raises(OutboxFull):
+            for _ in range(2000):
+                filler = Envelope(type=MessageType.COMMAND, node=NODE, session=1, seq=0, data=CommandData(name="f"))
+                await full.acknowledge(filler, AckData(ok=True))
         other = Envelope(type=MessageType.COMMAND, node=NODE, session=1, seq=0, data=CommandData(name="y"))
         with pytest.raises(OutboxFull):
             await full.acknowledge(other, AckData(ok=True))

@@ -143,8 +143,9 @@ def test_video_scans_reach_the_cloud_and_its_verdicts_the_local_api(broker: Brok
         assert [s["scan_id"] for s in latest["scans"]] == [str(s.msg_id) for s in reversed(scans)]
         status, summary = await api(agent, "GET", "/station")
         assert (summary["scans"], summary["awaiting_verdict"], summary["final_count"], summary["cloud_online"]) == (3, 2, 1, True)
-        assert summary["scanners"]["cam"] == {"source": "camera", "frames": 24, "decoded": 15, "scans": 3,
-                                              "fps": summary["scanners"]["cam"]["fps"], "ended": True}
+        assert summary["scanners"]["cam"] == {"source": "camera", "purpose": "sell", "frames": 24, "decoded": 15,
+                                              "scans": 3, "fps": summary["scanners"]["cam"]["fps"], "ended": True,
+                                              "state": "ended", "detail": "the video source ended"}
         status, feed = await api(agent, "GET", "/station/events?after=0")
         kinds = [e["kind"] for e in feed["events"]]
         assert kinds.count("scan") == 3 and kinds.count("verdict") == 1

@@ -22,12 +22,14 @@ import pytest
 from sqlalchemy import Engine, select, update
 
 from broker.envelope import MessageType
-from broker.payloads import StockData, StockLevel
+from broker.payloads import ClerkRosterArgs, RosterClerk, StockData, StockLevel
+from broker.pins import hash_pin
 from cloud.bus.worker import CloudBus
 from cloud.db import write_transaction
 from cloud.models import DownlinkCommand
 from cloud.orders import service
 from edge.agent import EdgeAgent
+from edge.clerks.component import ClerksComponent
 from firmware_config import NodeConfig
 from tests.cloud.conftest import cloud_settings, running, until, until_db
 from tests.conftest import Broker
@@ -85,11 +87,14 @@ def box(broker: Broker, tmp: Path, node: str, store: str) -> EdgeAgent:
     return EdgeAgent(cfg)
 
 
-def call(agent: EdgeAgent, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+def call(agent: EdgeAgent, method: str, path: str, body: dict[str, Any] | None = None,
+         clerk_token: str | None = None) -> tuple[int, Any]:
     assert agent.api is not None
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    if clerk_token is not None:
+        headers["X-Clerk-Session"] = clerk_token
     req = urllib.request.Request(agent.api.url + path, method=method,
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Content-Type": "application/json"} if body is not None else {})
+                                 data=json.dumps(body).encode() if body is not None else None, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.loads(resp.read())
@@ -141,8 +146,16 @@ def test_kiosk_order_routed_to_another_store_fulfilled_and_fed_to_the_channel(
                 # A step out of order is refused on the box, naming the state.
                 assert await asyncio.to_thread(call, b, "POST", f"/desk/orders/{aid}/pack", {}) == (
                     409, {"error": f"assignment {aid} is assigned: 'pack' needs it picking", "status": 409})
+                # A clerk signed in at B takes the steps but the last: the order's timeline says who.
+                clerks = b.component("clerks")
+                assert isinstance(clerks, ClerksComponent)
+                clerks.db.swap(ClerkRosterArgs(version=1, store="stb", clerks=(
+                    RosterClerk(id=7, name="Mei Chen", pin_hash=hash_pin("2580")),)))
+                status, signed = await asyncio.to_thread(call, b, "POST", "/clerks/sign-in", {"clerk_id": 7, "pin": "2580"})
+                assert status == 200, signed
                 for step in ("accept", "pick", "pack", "ready"):
-                    status, out = await asyncio.to_thread(call, b, "POST", f"/desk/orders/{aid}/{step}", {})
+                    status, out = await asyncio.to_thread(call, b, "POST", f"/desk/orders/{aid}/{step}", {},
+                                                          signed["token"])
                     assert status == 200, out
                 wrong = "0" * 6 if code != "0" * 6 else "1" * 6
                 assert (await asyncio.to_thread(call, b, "POST", f"/desk/orders/{aid}/pickup",
@@ -157,10 +170,14 @@ def test_kiosk_order_routed_to_another_store_fulfilled_and_fed_to_the_channel(
                 await asyncio.gather(a.stop(), b.stop())
                 await asyncio.wait_for(asyncio.gather(*tasks), 15)
         with engine.connect() as conn:
-            trail = [r.to_state for r in conn.execute(select(service.TRANS).where(service.TRANS.c.order_id == order_id)
-                                                      .order_by(service.TRANS.c.id))]
+            rows = conn.execute(select(service.TRANS).where(service.TRANS.c.order_id == order_id)
+                                .order_by(service.TRANS.c.id)).all()
+            trail = [r.to_state for r in rows]
+            who = {r.to_state: r.actor for r in rows}
             assert service.totals(conn, ["TEA-1"]) == {"TEA-1": (2, 0)}
         assert trail == ["received", "routed", "accepted", "picking", "packed", "ready_for_pickup", "picked_up"]
+        assert who["accepted"] == who["ready_for_pickup"] == "Mei Chen (clerk 7) at bus:stb-k1"
+        assert who["picked_up"] == "bus:stb-k1"  # no clerk said: the box alone, as before
         assert [x["state"] for x in feed.bodies] == trail
         assert feed.bad == []
         assert {x["order"] for x in feed.bodies} == {"K-A-1"}

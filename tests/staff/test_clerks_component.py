@@ -102,3 +102,18 @@ def test_a_lock_set_while_the_clock_ran_ahead_lasts_no_longer_than_its_cap(tmp_p
         c.sign_in(1, PIN)
     assert 599 <= err.value.retry_after_s <= 600
     c.close()
+
+
+def test_clerk_ref_names_the_signed_in_clerk_until_they_are_deactivated(tmp_path: Path) -> None:
+    """What the station and the order desk stamp on a clerk's actions (`X-Clerk-Session`)."""
+    from broker.payloads import ClerkRef
+
+    c = component(tmp_path)
+    apply(c, roster(1, (1, "Ana", True)))
+    token = c.sign_in(1, PIN).token
+    assert c.ctx.shared.clerk_sessions is c
+    assert c.clerk_ref(token) == ClerkRef(id="1", name="Ana")
+    assert c.clerk_ref("garbage") is None
+    apply(c, roster(2, (1, "Ana", False)))
+    assert c.clerk_ref(token) is None
+    c.close()
