@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import re
 import sqlite3
 import threading
 import time
@@ -121,44 +122,26 @@ def pinyin_elsewhere(names: Sequence[str]) -> list[list[Part]]:
         return pool.submit(pinyin_many, list(names)).result()
 
 
-_MAX_KEY = 32
+_MAX_KEY = 12
 """Spellings are indexed from each word start up to this many characters (a longer query is cut)."""
+
+
+_WORD = re.compile(r"[^\W_]+")
+_UNIT = re.compile(r"[a-z0-9]+|[^\W_]")
 
 
 def _squeeze(text: str) -> str:
     """What search compares: lowercase letters, digits and characters only ("Mug-01" → mug01)."""
-    return "".join(c for c in text.lower() if c.isalnum())
+    return "".join(_WORD.findall(text.lower()))
 
 
 def _words(text: str) -> list[str]:
-    out, cur = [], []
-    for c in text.lower():
-        if c.isalnum():
-            cur.append(c)
-        elif cur:
-            out.append("".join(cur))
-            cur = []
-    if cur:
-        out.append("".join(cur))
-    return out
+    return _WORD.findall(text.lower())
 
 
 def _units_zh(text: str) -> list[str]:
-    """Chinese by character (each one a word start), other runs by word."""
-    out: list[str] = []
-    for w in _words(text):
-        run = ""
-        for c in w:
-            if c.isascii():
-                run += c
-            else:
-                if run:
-                    out.append(run)
-                    run = ""
-                out.append(c)
-        if run:
-            out.append(run)
-    return out
+    """Chinese by character (each one a word start), Latin and digit runs whole."""
+    return _UNIT.findall(text.lower())
 
 
 def _from_each_start(units: Sequence[str]) -> list[str]:
