@@ -27,6 +27,7 @@ from kivy.uix.screenmanager import FadeTransition, ScreenManager
 from kiosk.client import BoxClient
 from kiosk.fonts import install_cjk_font
 from kiosk.i18n import Catalogue
+from kiosk.textures import TextTextures
 from kiosk.viewmodels import AttractVM, BrowseVM, CheckoutVM, ConfirmVM, Line, ProductVM, SessionVM
 from kiosk.work import Worker
 
@@ -43,10 +44,13 @@ SCREENS: dict[str, str] = {
     "confirm": "kiosk.screens.confirm",
 }
 ATTRACT_POLL_S = 10.0
+BG = (0.06, 0.07, 0.09, 1)
+"""The shell's background (app.kv's BG), drawn as the window's clear colour."""
 
 
 class ImageCache:
-    """Thumbnails and pictures by sha256: fetched off the UI thread, turned into textures on it."""
+    """Thumbnails and pictures by sha256: fetched and decoded off the UI thread, turned into textures
+    on it (an upload, nothing else), the last `size` of them kept."""
 
     def __init__(self, client: BoxClient, worker: Worker, size: int = 300) -> None:
         self.client, self.worker, self.size = client, worker, size
@@ -63,16 +67,16 @@ class ImageCache:
             self._waiting[sha].append(cb)
             return
         self._waiting[sha] = [cb]
-        self.worker.run(lambda: self.client.image(sha), lambda data: self._arrived(sha, data),
+        self.worker.run(lambda: decode(self.client.image(sha), sha), lambda img: self._arrived(sha, img),
                         lambda _msg: self._done(sha, None))
 
-    def _arrived(self, sha: str, data: bytes) -> None:
-        ext = "png" if data[:4] == b"\x89PNG" else "jpg"
-        try:
-            tex: Texture | None = CoreImage(io.BytesIO(data), ext=ext).texture
-        except Exception:  # a corrupt picture shows the placeholder, it does not stop the kiosk
-            log.warning("kiosk: image %s could not be decoded", sha)
-            tex = None
+    def _arrived(self, sha: str, img: Any) -> None:
+        tex: Texture | None = None
+        if img is not None:
+            try:
+                tex = CoreImage(img).texture
+            except Exception:  # a corrupt picture shows the placeholder, it does not stop the kiosk
+                log.warning("kiosk: image %s could not be made a texture", sha)
         self._done(sha, tex)
 
     def _done(self, sha: str, tex: Texture | None) -> None:
@@ -81,6 +85,22 @@ class ImageCache:
             self._textures.popitem(last=False)
         for cb in self._waiting.pop(sha, []):
             cb(tex)
+
+
+def decode(data: bytes, sha: str) -> Any:
+    """The picture's pixels (a Kivy image loader holding them; None if unreadable), decoded on the
+    calling worker thread: only the texture upload is left for the UI thread."""
+    from kivy.core.image import ImageLoader
+
+    ext = "png" if data[:4] == b"\x89PNG" else "jpg"
+    for loader in ImageLoader.loaders:
+        if ext in loader.extensions() and loader.can_load_memory():
+            try:
+                return loader("__inline__", ext=ext, rawdata=io.BytesIO(data), inline=True, nocache=True)
+            except Exception:  # a corrupt picture shows the placeholder, it does not stop the kiosk
+                log.warning("kiosk: image %s could not be decoded", sha)
+                return None
+    return None
 
 
 class Shell(FloatLayout):  # type: ignore[misc]
@@ -114,6 +134,7 @@ class KioskApp(App):  # type: ignore[misc]
         self.worker = Worker()
         self.catalogue = Catalogue()
         self.images = ImageCache(self.client, self.worker)
+        self.texts = TextTextures()
         self.session = SessionVM(idle_s=idle_s, countdown_s=countdown_s)
         self.attract = AttractVM(self.client, self.worker)
         self.browse = BrowseVM(self.client, self.worker)
@@ -143,6 +164,7 @@ class KioskApp(App):  # type: ignore[misc]
 
     def build(self) -> Shell:
         self.font_path = install_cjk_font()
+        Window.clearcolor = BG
         # The shell's file first: it declares the shared widget styles the screens use.
         root: Shell = Builder.load_file(str(HERE / "app.kv"))
         Builder.load_file(str(HERE / "keyboard.kv"))

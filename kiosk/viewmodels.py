@@ -178,9 +178,14 @@ class BrowseVM(EventDispatcher):  # type: ignore[misc]
     loads = NumericProperty(0)
     """Answers applied (tests wait on it)."""
 
+    __events__ = ("on_page",)
+
     def __init__(self, client: BoxClient, worker: Worker, **kw: Any) -> None:
         super().__init__(**kw)
         self.client, self.worker = client, worker
+
+    def on_page(self, rows: list[dict[str, Any]], replace: bool) -> None:
+        """A page arrived: the grid replaces its rows with it, or appends it (no full refresh)."""
 
     # typing on the on-screen keyboard
     def key(self, ch: str) -> None:
@@ -236,7 +241,8 @@ class BrowseVM(EventDispatcher):  # type: ignore[misc]
     def load(self) -> None:
         """The first page for the current query and filters (an older answer in flight is dropped)."""
         self.loading = True
-        self.worker.run(self._fetch(0), lambda page: self._apply(page, replace=True), self._failed, key="browse")
+        self.worker.run(self._fetch(0), lambda page: self._apply(page, replace=True), self._failed, key="browse",
+                        latest_only=True)
 
     def load_more(self) -> None:
         if self.loading or len(self.items) >= self.total:
@@ -250,10 +256,14 @@ class BrowseVM(EventDispatcher):  # type: ignore[misc]
         rows = [{"sku": i["sku"], "name_en": str(i.get("name_en") or ""), "name_zh": str(i.get("name_zh") or ""),
                  "price": i.get("price"), "price_text": money(i.get("price")), "thumb": i.get("thumb") or "",
                  "here": i.get("here") or 0} for i in good]
-        self.items = rows if replace else [*self.items, *rows]
+        if replace:
+            self.items = rows
+        else:
+            self.items.extend(rows)
         self.total = int(page.get("total") or 0)
         self.error = ""
         self.loading = False
+        self.dispatch("on_page", rows, replace)
         self.loads += 1
 
     def _failed(self, msg: str) -> None:
