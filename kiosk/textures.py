@@ -1,4 +1,5 @@
-"""Rendered text kept as textures, so a grid card scrolled past again is not drawn again.
+"""Textures made without holding up the UI thread: rendered text kept for reuse, pictures decoded
+on a worker thread.
 
 A grid card is a few canvas instructions, not a tree of labels: each of its texts comes from here,
 rendered once (white; the card tints it) and kept in a small least-recently-used cache. On a
@@ -7,12 +8,34 @@ software-rendered screen a label's texture upload costs more than everything els
 
 from __future__ import annotations
 
+import io
+import logging
 from collections import OrderedDict
+from typing import Any
 
 from kivy.core.text import Label as CoreLabel
 from kivy.graphics.texture import Texture
 
-__all__ = ["TextTextures"]
+__all__ = ["TextTextures", "decode"]
+
+log = logging.getLogger(__name__)
+
+
+def decode(data: bytes, what: str) -> Any:
+    """The picture's pixels (a Kivy image loader holding them; None if unreadable), decoded on the
+    calling worker thread: only the texture upload is left for the UI thread
+    (`kivy.core.image.Image(decoded).texture`)."""
+    from kivy.core.image import ImageLoader
+
+    ext = "png" if data[:4] == b"\x89PNG" else "gif" if data[:4] == b"GIF8" else "jpg"
+    for loader in ImageLoader.loaders:
+        if ext in loader.extensions() and loader.can_load_memory():
+            try:
+                return loader("__inline__", ext=ext, rawdata=io.BytesIO(data), inline=True, nocache=True)
+            except Exception:  # a corrupt picture shows the placeholder, it does not stop the kiosk
+                log.warning("kiosk: %s could not be decoded", what)
+                return None
+    return None
 
 
 class TextTextures:

@@ -58,6 +58,7 @@ class ProductCard(RecycleDataViewBehavior, ButtonBehavior, Widget):  # type: ign
         self.here = 0
         self.index = 0
         self.missing = False
+        self._thumb_tex: Texture | None = None
         super().__init__(**kw)
         app = App.get_running_app()
         with self.canvas:
@@ -118,10 +119,12 @@ class ProductCard(RecycleDataViewBehavior, ButtonBehavior, Widget):  # type: ign
         _fs, inner_w, _price_y, _name_y, thumb_y = self._areas()
         self._thumb_bg.pos = (self.x + 10, thumb_y)
         self._thumb_bg.size = (inner_w, max(0.0, self.top - 10 - thumb_y))
-        self._picture(self._thumb.texture)
+        self._picture(self._thumb_tex)
         self._texts()
 
     def _picture(self, tex: Texture | None) -> None:
+        # Kept here: a Rectangle given no texture reads back Kivy's default white one.
+        self._thumb_tex = tex
         box_x, box_y = self._thumb_bg.pos
         box_w, box_h = self._thumb_bg.size
         if tex is None or box_w <= 0 or box_h <= 0:
