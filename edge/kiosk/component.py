@@ -14,6 +14,9 @@ Local API (the kiosk calls it; product details and images stay on the catalogue'
 
 An order is committed to the outbox before the answer: a shopper who saw an order number has an
 order that reaches the cloud, whenever the link comes back.
+
+The local API is announced by zeroconf (`_omnishelf-box._tcp`, see `edge.kiosk.discovery`) so that
+`omnishelf kiosk` finds its box when it was given no URL.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from broker.envelope import MessageType
 from broker.payloads import Fulfilment, OrderData, OrderLine
 from edge.component import BackgroundTask, Component, ComponentContext, ComponentError, Shared
+from edge.kiosk.discovery import announce
 from edge.kiosk.shelf_db import Filters, ShelfDb
 from edge.kiosk.slip import render_pickup_slip
 from edge.localapi import ApiError, Request, Route, integer, text
@@ -115,7 +119,10 @@ class KioskComponent(Component):
         self._publish = ctx.publish
         self._reachable = ctx.cloud_reachable
         self._shared: Shared = ctx.shared
+        self._api_url = ctx.local_api_url
         self.slips = 0
+        self.announced: str | None = None
+        """The zeroconf instance name the local API is announced under (None: not announced)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self.placed = 0
@@ -348,7 +355,26 @@ class KioskComponent(Component):
     # -- tasks -------------------------------------------------------------------------------------------
 
     def tasks(self) -> Sequence[BackgroundTask]:
-        return (BackgroundTask("kiosk-index", self._index_loop), BackgroundTask("kiosk-stock", self._stock_loop))
+        return (BackgroundTask("kiosk-index", self._index_loop), BackgroundTask("kiosk-stock", self._stock_loop),
+                BackgroundTask("kiosk-announce", self._announce))
+
+    async def _announce(self) -> None:
+        url = self._api_url()
+        if url is None:
+            return  # no local API on this box: nothing a kiosk could find
+        try:
+            ad = await asyncio.to_thread(announce, url, self.node, self.store_code)
+        except Exception as exc:  # the kiosk can still be given the URL: said, never fatal
+            self.last_error = f"zeroconf announcement: {type(exc).__name__}: {exc}"
+            log.warning("kiosk: could not announce the local API by zeroconf (%s); give kiosks its URL", exc)
+            return
+        self.announced = ad.name
+        log.info("kiosk: local API %s announced by zeroconf as %s", url, ad.name)
+        try:
+            await self._stop.wait()
+        finally:
+            self.announced = None
+            await asyncio.to_thread(ad.close)
 
     async def _wait(self, seconds: float) -> bool:
         """Sleep until `seconds` pass or the component stops; True if it stopped."""
@@ -378,7 +404,8 @@ class KioskComponent(Component):
 
     def status(self) -> Mapping[str, Any]:
         return {"indexed": self.db.indexed, "products": self.db.count(), "rebuilds": self.rebuilds,
-                "placed": self.placed, "slips_queued": self.slips, "last_error": self.last_error}
+                "placed": self.placed, "slips_queued": self.slips, "announced": self.announced,
+                "last_error": self.last_error}
 
     async def stop(self) -> None:
         self._stop.set()

@@ -18,13 +18,13 @@ from tests.kiosk.conftest import NODE, STORE, acall, seed_catalogue
 from tests.kiosk.test_box_api import kiosk_of
 
 
-def config(broker: Broker, tmp: Path, printer_port: int | None) -> NodeConfig:
-    seed_catalogue(tmp / NODE / "edge" / NODE / "catalogue")
+def config(broker: Broker, tmp: Path, printer_port: int | None, node: str = NODE) -> NodeConfig:
+    seed_catalogue(tmp / node / "edge" / node / "catalogue")
     devices = [] if printer_port is None else [
         {"kind": "printer", "name": "till", "host": "127.0.0.1", "port": printer_port, "timeout_s": 2}]
     return NodeConfig.model_validate({
-        "node_id": NODE, "store_id": STORE, "data_dir": str(tmp / NODE), "telemetry_every_s": 0,
-        "broker": {"url": broker.url, "keepalive_s": 5, "password": broker.add_node(NODE)},
+        "node_id": node, "store_id": STORE, "data_dir": str(tmp / node), "telemetry_every_s": 0,
+        "broker": {"url": broker.url, "keepalive_s": 5, "password": broker.add_node(node)},
         "backoff": {"base_s": 0.05, "cap_s": 0.3}, "local_api": {"port": 0}, "devices": devices,
         "catalogue": {"cloud_url": "http://127.0.0.1:9"},
         "station": {"enabled": printer_port is not None, "final_wait_s": 0},
