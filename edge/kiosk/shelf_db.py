@@ -38,6 +38,9 @@ from typing import Any
 
 __all__ = ["Figure", "Filters", "ShelfDb", "pinyin_elsewhere", "pinyin_keys", "pinyin_many"]
 
+_SEARCH_TABLE = """CREATE VIRTUAL TABLE IF NOT EXISTS shelf_search USING fts5(
+    head, rest, tokenize = 'unicode61 remove_diacritics 0', prefix = '1 2 3', detail = column)"""
+
 _SCHEMA_VERSION = 2
 """1: the shelf keyed by SKU, searched by a scan; 2: FTS5 prefix index, the shelf keyed by rank."""
 
@@ -56,8 +59,6 @@ CREATE TABLE IF NOT EXISTS shelf (
 );
 CREATE INDEX IF NOT EXISTS shelf_category ON shelf(category, sku);
 CREATE INDEX IF NOT EXISTS shelf_brand ON shelf(brand);
-CREATE VIRTUAL TABLE IF NOT EXISTS shelf_search USING fts5(
-    head, rest, tokenize = 'unicode61 remove_diacritics 0', prefix = '1 2 3', detail = column);
 CREATE TABLE IF NOT EXISTS pinyin_parts (name_zh TEXT PRIMARY KEY, parts TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS stock (
     sku TEXT NOT NULL,
@@ -214,6 +215,7 @@ class ShelfDb:
                                    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone()
                                    else "")
             conn.executescript(_SCHEMA)
+            conn.execute(_SEARCH_TABLE)
             conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
     def _conn(self) -> sqlite3.Connection:
@@ -285,7 +287,9 @@ class ShelfDb:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.execute("DELETE FROM shelf")
-                conn.execute("DELETE FROM shelf_search")
+                # Dropped and made again: FTS5 deletes row by row, and that took longer than the build.
+                conn.execute("DROP TABLE shelf_search")
+                conn.execute(_SEARCH_TABLE)
                 conn.executemany("INSERT INTO shelf VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", shelf)
                 conn.executemany("INSERT INTO shelf_search(rowid, head, rest) VALUES (?, ?, ?)", search)
                 conn.executemany("INSERT OR IGNORE INTO pinyin_parts(name_zh, parts) VALUES (?, ?)",

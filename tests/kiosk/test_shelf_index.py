@@ -109,3 +109,15 @@ def test_an_index_of_the_old_layout_is_dropped_and_built_again(tmp_path: Path) -
         assert found(db, "lj") == ["TEA-LJ-50", "TEA-LJ-250"]
     finally:
         db.close()
+
+
+def test_a_rebuild_replaces_what_was_indexed(tmp_path: Path) -> None:
+    db = ShelfDb(tmp_path / "kiosk.db")
+    try:
+        seed_catalogue(tmp_path / "v1", CATALOGUE)
+        db.rebuild(tmp_path / "v1" / "catalogue.db", "e:1")
+        seed_catalogue(tmp_path / "v2", [*CATALOGUE[1:], product("TEA-BL-1", "Keemun black tea", "祁门红茶", "45.00")])
+        assert db.rebuild(tmp_path / "v2" / "catalogue.db", "e:2") == len(CATALOGUE)
+        assert (db.indexed, found(db, "xhlj"), found(db, "qmhc"), db.count()) == ("e:2", [], ["TEA-BL-1"], len(CATALOGUE))
+    finally:
+        db.close()
