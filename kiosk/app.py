@@ -187,7 +187,13 @@ class KioskApp(App):  # type: ignore[misc]
 
     def on_start(self) -> None:
         self.started = True
-        Clock.schedule_once(self._build_rest, 0)
+        Window.bind(on_flip=self._first_frame_shown)
+
+    def _first_frame_shown(self, *_: Any) -> None:
+        # The other screens wait until the attract loop is on the glass (a touch before that builds
+        # the one it needs at once).
+        Window.unbind(on_flip=self._first_frame_shown)
+        Clock.schedule_once(self._build_rest, 0.1)
 
     def on_stop(self) -> None:
         self.worker.shutdown()
