@@ -265,10 +265,18 @@ class ShelfDb:
         # pypinyin costs about a millisecond a name (its phrase dictionary picks the reading of each
         # character in context): names seen before keep their spelling from the cache, so after the
         # first build a catalogue update only pays for its new names.
+        conn = self._conn()
+        # A product whose names and brand did not change keeps its tokens from the index in use.
+        held = {r[0]: (tuple(r[1:4]), r[4], r[5]) for r in conn.execute(
+            "SELECT s.sku, s.name_en, s.name_zh, coalesce(s.brand, ''), m.head, m.rest FROM shelf s"
+            " JOIN shelf_search m ON m.rowid = s.rank")}
+        todo = [r for r in rows if (held.get(r[0]) or ((),))[0] != (r[1] or "", r[2] or "", r[3] or "")]
+        names = {str(r[2] or "") for r in todo}
         known = {r[0]: [(t, bool(y)) for t, y in json.loads(r[1])]
-                 for r in self._conn().execute("SELECT name_zh, parts FROM pinyin_parts")}
-        new_names = sorted({str(r[2] or "") for r in rows} - set(known))
+                 for r in conn.execute("SELECT name_zh, parts FROM pinyin_parts") if r[0] in names}
+        new_names = sorted(names - set(known))
         fresh = dict(zip(new_names, pinyin_elsewhere(new_names), strict=True))
+        reuse = {r[0] for r in rows} - {r[0] for r in todo}
         # The fixed order pages come in: shorter names first (the likelier match), then by SKU.
         rows.sort(key=lambda r: (len(r[2] or "") + len(r[1] or ""), r[0]))
         shelf: list[tuple[Any, ...]] = []
@@ -279,9 +287,12 @@ class ShelfDb:
                 thumb = images[0].get("thumb") if images and isinstance(images[0], dict) else None
             except (ValueError, AttributeError):
                 thumb = None  # a malformed entry still shows, without a picture
-            parts = known.get(name_zh or "") or fresh[name_zh or ""]
             shelf.append((rank, sku, name_en or "", name_zh or "", brand, category, _price(price), str(price), thumb))
-            search.append((rank, *search_tokens(sku, name_en or "", name_zh or "", brand or "", parts)))
+            if sku in reuse:
+                search.append((rank, held[sku][1], held[sku][2]))
+            else:
+                parts = known.get(name_zh or "") or fresh[name_zh or ""]
+                search.append((rank, *search_tokens(sku, name_en or "", name_zh or "", brand or "", parts)))
         with self._write_lock:
             conn = self._conn()
             conn.execute("BEGIN IMMEDIATE")

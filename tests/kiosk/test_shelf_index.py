@@ -116,8 +116,13 @@ def test_a_rebuild_replaces_what_was_indexed(tmp_path: Path) -> None:
     try:
         seed_catalogue(tmp_path / "v1", CATALOGUE)
         db.rebuild(tmp_path / "v1" / "catalogue.db", "e:1")
-        seed_catalogue(tmp_path / "v2", [*CATALOGUE[1:], product("TEA-BL-1", "Keemun black tea", "祁门红茶", "45.00")])
+        # One product gone, one new, one renamed (its tokens are made again; the others' are kept).
+        renamed = product("RICE-WC-5KG", "Northeast rice 5 kg", "东北大米 5公斤", "89.90", brand="Wuchang")
+        seed_catalogue(tmp_path / "v2", [*CATALOGUE[1:3], renamed, *CATALOGUE[4:],
+                                         product("TEA-BL-1", "Keemun black tea", "祁门红茶", "45.00")])
         assert db.rebuild(tmp_path / "v2" / "catalogue.db", "e:2") == len(CATALOGUE)
         assert (db.indexed, found(db, "xhlj"), found(db, "qmhc"), db.count()) == ("e:2", [], ["TEA-BL-1"], len(CATALOGUE))
+        assert (found(db, "dbdm"), found(db, "northeast"), found(db, "wcdm")) == (["RICE-WC-5KG"], ["RICE-WC-5KG"], [])
+        assert found(db, "lj") == ["TEA-LJ-50"] and found(db, "lvbz") == ["CUP-LV"]
     finally:
         db.close()
