@@ -122,7 +122,8 @@ class EdgeAgent:
         self._lock.acquire()
         try:
             ctx = ComponentContext(config=config, paths=self.paths, publish=self.publish,
-                                   cloud_reachable=self._cloud_reachable, offer_password=self._offer_password)
+                                   cloud_reachable=self._cloud_reachable, offer_password=self._offer_password,
+                                   local_api_url=lambda: self.api.url if self.api is not None else None)
             for factory in components:
                 try:
                     component = factory(ctx)

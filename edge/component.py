@@ -96,6 +96,8 @@ class ComponentContext:
     """Credential rotation: hand the bus a new broker password (see `edge.bus.BusClient.offer_password`)."""
     shared: Shared = field(default_factory=Shared)
     """Services the components offer each other (one object for all the components of a box)."""
+    local_api_url: Callable[[], str | None] = lambda: None
+    """The box's local API as it listens (None: not started, or turned off), e.g. to announce it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,6 @@ Every view-model lives on the app; the screens only bind to them.
 
 from __future__ import annotations
 
-import io
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from kivy.uix.screenmanager import FadeTransition, ScreenManager
 from kiosk.client import BoxClient
 from kiosk.fonts import install_cjk_font
 from kiosk.i18n import Catalogue
+from kiosk.textures import TextTextures, decode
 from kiosk.viewmodels import AttractVM, BrowseVM, CheckoutVM, ConfirmVM, Line, ProductVM, SessionVM
 from kiosk.work import Worker
 
@@ -43,10 +43,13 @@ SCREENS: dict[str, str] = {
     "confirm": "kiosk.screens.confirm",
 }
 ATTRACT_POLL_S = 10.0
+BG = (0.06, 0.07, 0.09, 1)
+"""The shell's background (app.kv's BG), drawn as the window's clear colour."""
 
 
 class ImageCache:
-    """Thumbnails and pictures by sha256: fetched off the UI thread, turned into textures on it."""
+    """Thumbnails and pictures by sha256: fetched and decoded off the UI thread, turned into textures
+    on it (an upload, nothing else), the last `size` of them kept."""
 
     def __init__(self, client: BoxClient, worker: Worker, size: int = 300) -> None:
         self.client, self.worker, self.size = client, worker, size
@@ -63,16 +66,16 @@ class ImageCache:
             self._waiting[sha].append(cb)
             return
         self._waiting[sha] = [cb]
-        self.worker.run(lambda: self.client.image(sha), lambda data: self._arrived(sha, data),
+        self.worker.run(lambda: decode(self.client.image(sha), f"image {sha}"), lambda img: self._arrived(sha, img),
                         lambda _msg: self._done(sha, None))
 
-    def _arrived(self, sha: str, data: bytes) -> None:
-        ext = "png" if data[:4] == b"\x89PNG" else "jpg"
-        try:
-            tex: Texture | None = CoreImage(io.BytesIO(data), ext=ext).texture
-        except Exception:  # a corrupt picture shows the placeholder, it does not stop the kiosk
-            log.warning("kiosk: image %s could not be decoded", sha)
-            tex = None
+    def _arrived(self, sha: str, img: Any) -> None:
+        tex: Texture | None = None
+        if img is not None:
+            try:
+                tex = CoreImage(img).texture
+            except Exception:  # a corrupt picture shows the placeholder, it does not stop the kiosk
+                log.warning("kiosk: image %s could not be made a texture", sha)
         self._done(sha, tex)
 
     def _done(self, sha: str, tex: Texture | None) -> None:
@@ -114,14 +117,17 @@ class KioskApp(App):  # type: ignore[misc]
         self.worker = Worker()
         self.catalogue = Catalogue()
         self.images = ImageCache(self.client, self.worker)
+        self.texts = TextTextures()
         self.session = SessionVM(idle_s=idle_s, countdown_s=countdown_s)
-        self.attract = AttractVM(self.client, self.worker)
+        self.attract = AttractVM(self.client, self.worker, decode=decode)
         self.browse = BrowseVM(self.client, self.worker)
         self.product = ProductVM(self.client, self.worker)
         self.checkout = CheckoutVM(self.client, self.worker)
         self.confirm = ConfirmVM()
         self.sm: ScreenManager | None = None
         self.started = False
+        self.ready = False
+        """Every screen built (the first frame shows the attract loop before the others exist)."""
         self.font_path: Path | None = None
 
     # -- translation (kv: `app.t("Search", app.session.lang)` rebinds when the language changes) ------
@@ -143,18 +149,14 @@ class KioskApp(App):  # type: ignore[misc]
 
     def build(self) -> Shell:
         self.font_path = install_cjk_font()
+        Window.clearcolor = BG
         # The shell's file first: it declares the shared widget styles the screens use.
         root: Shell = Builder.load_file(str(HERE / "app.kv"))
-        Builder.load_file(str(HERE / "keyboard.kv"))
-        screens = []
-        for name, module in SCREENS.items():
-            mod = import_module(module)
-            Builder.load_file(str(HERE / "screens" / f"{name}.kv"))
-            screens.append(mod.SCREEN(name=name))
         self.sm = root.ids.sm
         self.sm.transition = FadeTransition(duration=0.15)
-        for s in screens:
-            self.sm.add_widget(s)
+        # Only the attract loop is needed for the first frame; the other screens are built one a
+        # frame after it (or at once when a shopper gets to one first), so the kiosk shows sooner.
+        self._add_screen("attract")
         self.sm.current = "attract"
         self.sm.bind(current=lambda _sm, name: setattr(self, "screen", name))
         Window.bind(size=self._resized)
@@ -165,8 +167,33 @@ class KioskApp(App):  # type: ignore[misc]
         self.attract.poll()
         return root
 
+    def _add_screen(self, name: str) -> None:
+        assert self.sm is not None
+        if self.sm.has_screen(name):
+            return
+        mod = import_module(SCREENS[name])
+        if name == "browse":
+            Builder.load_file(str(HERE / "keyboard.kv"))
+        Builder.load_file(str(HERE / "screens" / f"{name}.kv"))
+        self.sm.add_widget(mod.SCREEN(name=name))
+
+    def _build_rest(self, *_: Any) -> None:
+        left = [n for n in SCREENS if self.sm is not None and not self.sm.has_screen(n)]
+        if left:
+            self._add_screen(left[0])
+            Clock.schedule_once(self._build_rest, 0)
+        else:
+            self.ready = True
+
     def on_start(self) -> None:
         self.started = True
+        Window.bind(on_flip=self._first_frame_shown)
+
+    def _first_frame_shown(self, *_: Any) -> None:
+        # The other screens wait until the attract loop is on the glass (a touch before that builds
+        # the one it needs at once).
+        Window.unbind(on_flip=self._first_frame_shown)
+        Clock.schedule_once(self._build_rest, 0.1)
 
     def on_stop(self) -> None:
         self.worker.shutdown()
@@ -182,6 +209,7 @@ class KioskApp(App):  # type: ignore[misc]
 
     def go(self, name: str) -> None:
         if self.sm is not None:
+            self._add_screen(name)
             self.sm.current = name
 
     def touched(self) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import sys
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
-__all__ = ["add_parser"]
+__all__ = ["add_parser", "choose_box"]
 
 BOX_ENV = "OMNISHELF_BOX_URL"
 DEFAULT_BOX = "http://127.0.0.1:8480"
@@ -30,15 +32,35 @@ def _size(value: str) -> tuple[int, int]:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("kiosk", help="run the cloud shelf touchscreen (Kivy) against a box's local API")
-    p.add_argument("--box", type=_box_url, default=os.environ.get(BOX_ENV, DEFAULT_BOX),
-                   help=f"the box's local API (default: ${BOX_ENV}, else {DEFAULT_BOX})")
+    p.add_argument("--box", type=_box_url, default=None,
+                   help=f"the box's local API (default: ${BOX_ENV}, else the box found by zeroconf on the LAN,"
+                        f" else {DEFAULT_BOX})")
     p.add_argument("--windowed", action="store_true", help="a window instead of full screen (development)")
     p.add_argument("--size", type=_size, default=(1080, 1920), help="window size with --windowed (default 1080x1920)")
     p.add_argument("--idle", type=float, default=90.0, help="seconds without a touch before the reset countdown")
     p.set_defaults(func=cmd_kiosk)
 
 
+def choose_box(configured: str | None, env: str | None, find: Callable[[], str | None]) -> tuple[str, str]:
+    """(URL, how it was chosen): a configured URL wins; else zeroconf; else the box on this machine."""
+    if configured:
+        return configured, "--box"
+    if env:
+        return _box_url(env), f"${BOX_ENV}"
+    found = find()
+    if found:
+        return found, "found by zeroconf"
+    return DEFAULT_BOX, "no box found by zeroconf: trying this machine's"
+
+
 def cmd_kiosk(args: argparse.Namespace) -> int:
+    from kiosk.discover import find_box
+
+    try:
+        box, how = choose_box(args.box, os.environ.get(BOX_ENV), find_box)
+    except argparse.ArgumentTypeError as exc:
+        raise SystemExit(f"kiosk: ${BOX_ENV}: {exc}") from None
+    print(f"kiosk: box {box} ({how})", file=sys.stderr)
     # Kivy reads its configuration at import: set it before the first kivy import.
     os.environ.setdefault("KIVY_NO_ARGS", "1")
     os.environ.setdefault("KIVY_NO_CONSOLELOG", "1")
@@ -55,7 +77,7 @@ def cmd_kiosk(args: argparse.Namespace) -> int:
     from kiosk.fonts import FontMissing
 
     try:
-        KioskApp(args.box, idle_s=args.idle).run()
+        KioskApp(box, idle_s=args.idle).run()
     except FontMissing as exc:
         raise SystemExit(f"kiosk: {exc}") from None
     return 0

@@ -92,3 +92,18 @@ class BoxClient:
 
     def now_playing(self) -> dict[str, Any]:
         return dict(self._call("GET", "/signage/now"))
+
+    def media(self, sha256: str) -> tuple[bytes, str]:
+        """A signage file the box has verified, and its type (`image/png`, `video/mp4`, …)."""
+        path = f"/signage/media/{urllib.parse.quote(sha256)}"
+        try:
+            with urllib.request.urlopen(self.base_url + path, timeout=self.timeout) as resp:
+                return resp.read(), resp.headers.get_content_type()
+        except urllib.error.HTTPError as exc:
+            try:
+                message = str(json.loads(exc.read())["error"])
+            except (ValueError, KeyError, TypeError):
+                message = f"the box answered {exc.code} to GET {path}"
+            raise BoxError(message, exc.code) from None
+        except (OSError, ValueError) as exc:
+            raise BoxError(f"the box at {self.base_url} does not answer ({getattr(exc, 'reason', exc)})") from None

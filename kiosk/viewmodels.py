@@ -11,7 +11,9 @@ the one gettext catalogue (`kiosk.i18n`): a view-model never holds text in one l
 from __future__ import annotations
 
 import re
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from kivy.event import EventDispatcher
@@ -139,15 +141,32 @@ class SessionVM(EventDispatcher):  # type: ignore[misc]
 
 
 class AttractVM(EventDispatcher):  # type: ignore[misc]
-    """What the store's screens play now (the signage player), shown behind "touch to start"."""
+    """What the store's screens play now (the signage player), shown full screen behind "touch to start".
+
+    The box plays the timeline; the kiosk asks it what plays now and shows that file, fetched from
+    the box's verified media cache (`GET /signage/media/{sha256}`) and decoded off the UI thread.
+    A file the box has not got yet leaves the previous one (or the welcome) on screen."""
 
     playing = StringProperty("")
     campaign = StringProperty("")
     error = StringProperty("")
+    media = StringProperty("")
+    """The sha256 of the file on screen ("" : the welcome)."""
+    kind = OptionProperty("", options=["", "image", "video"])
+    picture = ObjectProperty(None, allownone=True)
+    """The decoded image (kind "image"), ready to become a texture on the UI thread."""
+    video = StringProperty("")
+    """A local copy of the video file (kind "video"), for a video player to open."""
+    shown = NumericProperty(0)
+    """Files put on screen (tests wait on it)."""
 
-    def __init__(self, client: BoxClient, worker: Worker, **kw: Any) -> None:
+    def __init__(self, client: BoxClient, worker: Worker, decode: Callable[[bytes, str], Any] | None = None,
+                 media_dir: Path | None = None, **kw: Any) -> None:
         super().__init__(**kw)
         self.client, self.worker = client, worker
+        self._decode = decode
+        self._media_dir = media_dir
+        self._fetching = ""
 
     def poll(self) -> None:
         self.worker.run(self.client.now_playing, self._done, self._failed, key="attract")
@@ -155,8 +174,49 @@ class AttractVM(EventDispatcher):  # type: ignore[misc]
     def _done(self, now: dict[str, Any]) -> None:
         cur = now.get("now") if isinstance(now, dict) else None
         self.error = ""
-        self.playing = str(cur.get("media") or "")[:12] if isinstance(cur, dict) else ""
+        sha = str(cur.get("media") or "") if isinstance(cur, dict) else ""
+        self.playing = sha[:12]
         self.campaign = str(cur.get("campaign") or "") if isinstance(cur, dict) else ""
+        if not sha:
+            self._show("", "", None, "")
+        elif sha != self.media and sha != self._fetching:
+            self._fetching = sha
+            self.worker.run(lambda: self._fetch(sha), self._fetched, self._media_failed, key="attract-media")
+
+    def _fetch(self, sha: str) -> tuple[str, str, Any, str]:
+        """(sha, kind, decoded picture, video path): runs on a worker thread."""
+        data, mime = self.client.media(sha)
+        if mime.startswith("image/"):
+            picture = self._decode(data, f"signage media {sha}") if self._decode is not None else None
+            if picture is None:
+                raise ValueError(f"signage media {sha[:12]} ({mime}) could not be decoded")
+            return sha, "image", picture, ""
+        if mime.startswith("video/"):
+            directory = self._media_dir or Path(tempfile.gettempdir()) / "omnishelf-kiosk-media"
+            directory.mkdir(parents=True, exist_ok=True)
+            path = directory / f"{sha}.{mime.split('/')[1].split(';')[0] or 'bin'}"
+            if not path.exists():
+                part = path.with_suffix(".part")
+                part.write_bytes(data)
+                part.replace(path)
+            return sha, "video", None, str(path)
+        raise ValueError(f"signage media {sha[:12]} is {mime}: the attract loop shows images and videos")
+
+    def _fetched(self, got: tuple[str, str, Any, str]) -> None:
+        sha, kind, picture, video = got
+        self._fetching = ""
+        self._show(sha, kind, picture, video)
+
+    def _show(self, sha: str, kind: str, picture: Any, video: str) -> None:
+        if sha == self.media:
+            return
+        self.media, self.picture, self.video, self.kind = sha, picture, video, kind
+        self.shown += 1
+
+    def _media_failed(self, msg: str) -> None:
+        # Not on the box yet (still downloading) or unreadable: what is on screen stays; the next poll tries again.
+        self._fetching = ""
+        self.error = msg
 
     def _failed(self, _msg: str) -> None:
         # A box without a signage player still has an attract screen: it just plays nothing.
@@ -178,9 +238,14 @@ class BrowseVM(EventDispatcher):  # type: ignore[misc]
     loads = NumericProperty(0)
     """Answers applied (tests wait on it)."""
 
+    __events__ = ("on_page",)
+
     def __init__(self, client: BoxClient, worker: Worker, **kw: Any) -> None:
         super().__init__(**kw)
         self.client, self.worker = client, worker
+
+    def on_page(self, rows: list[dict[str, Any]], replace: bool) -> None:
+        """A page arrived: the grid replaces its rows with it, or appends it (no full refresh)."""
 
     # typing on the on-screen keyboard
     def key(self, ch: str) -> None:
@@ -236,7 +301,8 @@ class BrowseVM(EventDispatcher):  # type: ignore[misc]
     def load(self) -> None:
         """The first page for the current query and filters (an older answer in flight is dropped)."""
         self.loading = True
-        self.worker.run(self._fetch(0), lambda page: self._apply(page, replace=True), self._failed, key="browse")
+        self.worker.run(self._fetch(0), lambda page: self._apply(page, replace=True), self._failed, key="browse",
+                        latest_only=True)
 
     def load_more(self) -> None:
         if self.loading or len(self.items) >= self.total:
@@ -250,10 +316,14 @@ class BrowseVM(EventDispatcher):  # type: ignore[misc]
         rows = [{"sku": i["sku"], "name_en": str(i.get("name_en") or ""), "name_zh": str(i.get("name_zh") or ""),
                  "price": i.get("price"), "price_text": money(i.get("price")), "thumb": i.get("thumb") or "",
                  "here": i.get("here") or 0} for i in good]
-        self.items = rows if replace else [*self.items, *rows]
+        if replace:
+            self.items = rows
+        else:
+            self.items.extend(rows)
         self.total = int(page.get("total") or 0)
         self.error = ""
         self.loading = False
+        self.dispatch("on_page", rows, replace)
         self.loads += 1
 
     def _failed(self, msg: str) -> None:

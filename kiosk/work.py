@@ -2,7 +2,9 @@
 
 Widgets and Kivy properties are touched only in the callbacks, which `Clock.schedule_once` runs on
 the UI thread. A call whose result arrives after a newer call of the same key was made is dropped
-(the shopper typed another letter: the older answer must not overwrite the newer one).
+(the shopper typed another letter: the older answer must not overwrite the newer one). With
+`latest_only`, such a call that has not started yet is not made at all: typing fast queues one
+search per key, and only the last one is worth asking the box.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ class Worker:
         self._ids = itertools.count(1)
         self.pending = 0
         """Calls whose callback has not run yet (tests wait for 0)."""
+        self.skipped = 0
+        """`latest_only` calls never made: a newer one of the same key came first."""
 
     def run(self, fn: Callable[[], T], done: Callable[[T], None], failed: Callable[[str], None],
-            key: str | None = None) -> None:
+            key: str | None = None, *, latest_only: bool = False) -> None:
         call_id = next(self._ids)
         if key is not None:
             self._latest[key] = call_id
@@ -48,6 +52,10 @@ class Worker:
             Clock.schedule_once(on_ui, 0)
 
         def job() -> None:
+            if latest_only and key is not None and self._latest.get(key) != call_id:
+                deliver(failed, "superseded")  # dropped on the UI thread like any stale answer
+                self.skipped += 1
+                return
             try:
                 value = fn()
             except BoxError as exc:

@@ -8,11 +8,15 @@ Local API (the kiosk calls it; product details and images stay on the catalogue'
     GET  /shelf/categories
     GET  /shelf/availability/{sku}
          {"here": {...}, "stores": [...], "warehouse": {...}, "source": "cloud"|"cache"|"none", "age_s"}
-    POST /shelf/orders   a basket → one `order` message through the outbox → {"order_id", "confirm_url"}
+    POST /shelf/orders   a basket → one `order` message through the outbox → {"order_id", "confirm_url"};
+                         a pickup order also prints the shopper's pickup slip when the box has a printer
     GET  /shelf/info     this store's code, the pickup stores, the warehouse's delivery days
 
 An order is committed to the outbox before the answer: a shopper who saw an order number has an
 order that reaches the cloud, whenever the link comes back.
+
+The local API is announced by zeroconf (`_omnishelf-box._tcp`, see `edge.kiosk.discovery`) so that
+`omnishelf kiosk` finds its box when it was given no URL.
 """
 
 from __future__ import annotations
@@ -36,8 +40,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from broker.envelope import MessageType
 from broker.payloads import Fulfilment, OrderData, OrderLine
-from edge.component import BackgroundTask, Component, ComponentContext, ComponentError
+from edge.component import BackgroundTask, Component, ComponentContext, ComponentError, Shared
+from edge.kiosk.discovery import announce
 from edge.kiosk.shelf_db import Figure, FigureRow, Filters, ShelfDb
+from edge.kiosk.slip import render_pickup_slip
 from edge.localapi import ApiError, Request, Route, integer, text
 from edge.outbox import Row
 
@@ -112,6 +118,11 @@ class KioskComponent(Component):
         self.catalogue_db = Path(ctx.paths.catalogue) / "catalogue.db"
         self._publish = ctx.publish
         self._reachable = ctx.cloud_reachable
+        self._shared: Shared = ctx.shared
+        self._api_url = ctx.local_api_url
+        self.slips = 0
+        self.announced: str | None = None
+        """The zeroconf instance name the local API is announced under (None: not announced)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self.placed = 0
@@ -278,9 +289,34 @@ class KioskComponent(Component):
         self.db.place(order_id, payload.model_dump(mode="json"))
         self.placed += 1
         total = sum((ln.price or 0) * ln.qty for ln in lines)
-        return {"order_id": order_id, "seq": int(row.seq), "total": round(float(total), 2),
-                "fulfilment": body.fulfilment, "pickup_store": pickup,
-                "confirm_url": self.cfg.confirm_url.replace("{order_id}", urllib.parse.quote(order_id))}
+        answer = {"order_id": order_id, "seq": int(row.seq), "total": round(float(total), 2),
+                  "fulfilment": body.fulfilment, "pickup_store": pickup,
+                  "confirm_url": self.cfg.confirm_url.replace("{order_id}", urllib.parse.quote(order_id))}
+        if pickup is not None:
+            named = [{"sku": ln.sku, "qty": ln.qty, "price": ln.price, "name_en": (self.db.item(ln.sku) or {}).get("name_en")}
+                     for ln in lines]
+            answer.update(self._print_slip(answer, named, pickup))
+        return answer
+
+    def _print_slip(self, answer: dict[str, Any], lines: list[dict[str, Any]], pickup: str) -> dict[str, Any]:
+        """Queue the shopper's pickup slip; what the answer says about it. The order is in the
+        outbox already, whatever happens here."""
+        queue = self._shared.print_queue
+        if queue is None:
+            return {"print": None, "print_note": "no printer on this box: no pickup slip"}
+        names = {s.code: s.name for s in self.cfg.nearby}
+        try:
+            job, new = queue.queue_document(
+                "kiosk_pickup_slip",
+                lambda profile: render_pickup_slip(answer, lines, store=self.store_code, pickup=pickup,
+                                                   pickup_name=names.get(pickup), confirm_url=answer["confirm_url"],
+                                                   profile=profile, when=datetime.now()),
+                request_id=f"kiosk-{answer['order_id']}")
+        except Exception as exc:  # a slip that cannot be queued is reported, never a lost order
+            log.warning("kiosk: the pickup slip of %s was not queued: %s", answer["order_id"], exc)
+            return {"print": None, "print_note": f"the pickup slip was not queued: {exc}"}
+        self.slips += int(new)
+        return {"print": {"job": job, "kind": "kiosk_pickup_slip", "new": new}}
 
     # -- local API -------------------------------------------------------------------------------------
 
@@ -344,7 +380,26 @@ class KioskComponent(Component):
     # -- tasks -------------------------------------------------------------------------------------------
 
     def tasks(self) -> Sequence[BackgroundTask]:
-        return (BackgroundTask("kiosk-index", self._index_loop), BackgroundTask("kiosk-stock", self._stock_loop))
+        return (BackgroundTask("kiosk-index", self._index_loop), BackgroundTask("kiosk-stock", self._stock_loop),
+                BackgroundTask("kiosk-announce", self._announce))
+
+    async def _announce(self) -> None:
+        url = self._api_url()
+        if url is None:
+            return  # no local API on this box: nothing a kiosk could find
+        try:
+            ad = await asyncio.to_thread(announce, url, self.node, self.store_code)
+        except Exception as exc:  # the kiosk can still be given the URL: said, never fatal
+            self.last_error = f"zeroconf announcement: {type(exc).__name__}: {exc}"
+            log.warning("kiosk: could not announce the local API by zeroconf (%s); give kiosks its URL", exc)
+            return
+        self.announced = ad.name
+        log.info("kiosk: local API %s announced by zeroconf as %s", url, ad.name)
+        try:
+            await self._stop.wait()
+        finally:
+            self.announced = None
+            await asyncio.to_thread(ad.close)
 
     async def _wait(self, seconds: float) -> bool:
         """Sleep until `seconds` pass or the component stops; True if it stopped."""
@@ -374,7 +429,8 @@ class KioskComponent(Component):
 
     def status(self) -> Mapping[str, Any]:
         return {"indexed": self.db.indexed, "products": self.db.count(), "rebuilds": self.rebuilds,
-                "placed": self.placed, "last_error": self.last_error}
+                "placed": self.placed, "slips_queued": self.slips, "announced": self.announced,
+                "last_error": self.last_error}
 
     async def stop(self) -> None:
         self._stop.set()

@@ -167,3 +167,58 @@ def call(agent: EdgeAgent, method: str, path: str, body: Any = None) -> tuple[in
 
 async def acall(agent: EdgeAgent, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     return await asyncio.to_thread(call, agent, method, path, body)
+
+
+class SignageBox:
+    """The box's signage routes as the kiosk's attract loop sees them (`GET /signage/now`, `GET
+    /signage/media/{sha256}`), on a real socket; what plays is set by the test. Everything else
+    answers 404 the way the box's local API does."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, tuple[bytes, str]] = {}
+        self.now: dict[str, Any] | None = None
+        self.calls: list[str] = []
+        box = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                box.calls.append(self.path)
+                path = urlsplit(self.path).path
+                if path == "/signage/now":
+                    self._send(200, json.dumps({"now": box.now, "next": []}).encode(), "application/json")
+                elif path.startswith("/signage/media/") and path.rsplit("/", 1)[1] in box.files:
+                    data, mime = box.files[path.rsplit("/", 1)[1]]
+                    self._send(200, data, mime)
+                else:
+                    self._send(404, json.dumps({"error": f"nothing at {path}", "status": 404}).encode(), "application/json")
+
+            def _send(self, status: int, body: bytes, mime: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", mime)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def play(self, data: bytes, mime: str, campaign: str = "Spring tea") -> str:
+        sha = hashlib.sha256(data).hexdigest()
+        self.files[sha] = (data, mime)
+        self.now = {"media": sha, "campaign": campaign, "layer": "campaign"}
+        return sha
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def signage_box() -> Iterator[SignageBox]:
+    s = SignageBox()
+    yield s
+    s.close()

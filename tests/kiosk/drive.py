@@ -215,7 +215,20 @@ def idle(app: KioskApp, d: Driver) -> Step:
                                    "active": app.session.active, "resets": app.session.resets}
 
 
-SCENARIOS = {"shop": (shop, 3600.0, 15), "idle": (idle, 3600.0, 15)}
+def attract(app: KioskApp, d: Driver) -> Step:
+    """The store's signage full screen while nobody touches the kiosk; a touch on it starts a session."""
+    yield "the app started", lambda: app.started and app.screen == "attract"
+    media = screen(app, "attract").ids.media
+    yield "the signage picture on screen", lambda: app.attract.shown >= 1 and media.showing
+    yield from drawn(app)
+    d.result["checks"]["picture"] = {"texture": list(media.texture.size), "drawn": [round(v) for v in media._rect.size],
+                                     "window": list(Window.size), "campaign": app.attract.campaign}
+    d.shot("attract-media")
+    tap_at(Window.width / 2, Window.height * 0.7)  # on the picture, not on the invitation
+    yield "a session", lambda: app.session.active and app.screen == "browse"
+
+
+SCENARIOS = {"shop": (shop, 3600.0, 15), "idle": (idle, 3600.0, 15), "attract": (attract, 3600.0, 15)}
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from broker.envelope import MessageType
 from broker.payloads import OrderData
 from tests.conftest import Broker
 from tests.edge.conftest import Cloud, arun, until
-from tests.kiosk.conftest import STORE, StockApi
+from tests.kiosk.conftest import STORE, SignageBox, StockApi, png
 from tests.kiosk.test_box_api import Box
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,5 +87,22 @@ def test_idle_reset_wipes_the_basket_and_resumes_the_attract_loop(broker: Broker
             assert 1 <= result["checks"]["countdown"] <= 4
             assert result["checks"]["after"] == {"basket": 0, "query": "", "active": False, "resets": 1}
         await cloud.close()
+
+    arun(main(), timeout=300)
+
+
+@pytest.mark.parametrize("orientation", ["portrait", "landscape"])
+def test_the_attract_loop_shows_the_signage_full_screen(signage_box: SignageBox, tmp_path: Path,
+                                                        orientation: str) -> None:
+    signage_box.play(png((30, 120, 200), 160), "image/png", campaign="Spring tea")
+
+    async def main() -> None:
+        result = await drive("attract", signage_box.url, SIZES[orientation], tmp_path)
+        picture = result["checks"]["picture"]
+        w, h = picture["window"]
+        # Square picture, drawn whole: as wide as the window in portrait, as high as it in landscape.
+        assert picture["texture"] == [160, 160] and picture["campaign"] == "Spring tea"
+        assert picture["drawn"] == [min(w, h)] * 2
+        assert any(c.startswith("/signage/media/") for c in signage_box.calls)
 
     arun(main(), timeout=300)

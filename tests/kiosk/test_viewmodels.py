@@ -15,14 +15,14 @@ import pytest
 from edge.agent import EdgeAgent
 from tests.conftest import Broker
 from tests.edge.conftest import Cloud
-from tests.kiosk.conftest import StockApi
+from tests.kiosk.conftest import SignageBox, StockApi, png
 from tests.kiosk.test_box_api import Box
 
 pytest.importorskip("kivy")
 from kivy.clock import Clock
 
 from kiosk.client import BoxClient
-from kiosk.viewmodels import BrowseVM, CheckoutVM, ProductVM, SessionVM, availability_lines
+from kiosk.viewmodels import AttractVM, BrowseVM, CheckoutVM, ProductVM, SessionVM, availability_lines
 from kiosk.work import Worker
 
 
@@ -182,3 +182,39 @@ def test_malformed_entries_are_skipped(worker: Worker) -> None:
     b = BrowseVM(BoxClient("http://127.0.0.1:9"), worker)
     b._apply({"total": 3, "items": [{"sku": "A", "price": "x"}, {"name_en": "no sku"}, "junk"]}, replace=True)
     assert [(i["sku"], i["price_text"]) for i in b.items] == [("A", "—")]
+
+
+def test_the_attract_loop_shows_what_the_box_plays(signage_box: SignageBox, tmp_path: Path) -> None:
+    from kiosk.textures import decode
+
+    worker = Worker()
+    vm = AttractVM(BoxClient(signage_box.url), worker, decode=decode, media_dir=tmp_path)
+    try:
+        vm.poll()
+        pump(lambda: worker.pending == 0, what="nothing plays yet")
+        assert (vm.shown, vm.kind, vm.media) == (0, "", "")
+        poster = png((200, 30, 30), 48)
+        sha = signage_box.play(poster, "image/png")
+        vm.poll()
+        pump(lambda: vm.shown == 1, what="the picture shown")
+        assert (vm.kind, vm.media, vm.campaign, vm.picture.width, vm.picture.height) == ("image", sha, "Spring tea", 48, 48)
+        # The next file is not on the box yet: the picture stays, the error says why, the next poll tries again.
+        signage_box.now = {"media": "ab" * 32, "campaign": "Later"}
+        vm.poll()
+        pump(lambda: worker.pending == 0 and vm.error != "", what="the missing file reported")
+        assert (vm.media, vm.shown) == (sha, 1) and "nothing at /signage/media/" in vm.error
+        clip = b"\x00\x00\x00\x18ftypmp42 not really a video"
+        video = signage_box.play(clip, "video/mp4", campaign="Tea ceremony")
+        vm.poll()
+        pump(lambda: vm.shown == 2, what="the video's copy made")
+        assert (vm.kind, vm.media, Path(vm.video).read_bytes()) == ("video", video, clip)
+        signage_box.play(b"<svg/>", "image/svg+xml")
+        vm.poll()
+        pump(lambda: worker.pending == 0 and "could not be decoded" in vm.error, what="an unreadable picture refused")
+        assert vm.media == video
+        signage_box.now = None
+        vm.poll()
+        pump(lambda: vm.shown == 3, what="the welcome again")
+        assert (vm.kind, vm.media) == ("", "")
+    finally:
+        worker.shutdown()
