@@ -14,7 +14,7 @@ message it came from and changes only for a newer one (`newer_clause`).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from broker.envelope import PAYLOADS, Envelope, MessageType
 from broker.payloads import Payload
 
-__all__ = ["Context", "HandlerFn", "Message", "Position", "newer_clause"]
+__all__ = ["BatchHandlerFn", "Context", "HandlerFn", "Message", "Position", "newer_clause"]
 
 Position = tuple[int, int]
 """(session, seq): the order of a box's messages (never its clock)."""
@@ -139,3 +139,6 @@ class Context:
 
 HandlerFn = Callable[[Context, Message], None]
 """`handler(ctx, msg)`: apply one message; raise to have it recorded as failed (its effects roll back)."""
+
+BatchHandlerFn = Callable[[Context, Sequence[Message]], None]
+"""`handler(ctx, [msg, …])`: apply several messages at once, as `HandlerFn` would in that order."""

@@ -11,6 +11,7 @@ when the cloud's final verdict differs it raises a `provisional_overturned` aler
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import timedelta
 
 from sqlalchemy import Connection, Table, select
@@ -33,9 +34,9 @@ from cloud.models import Node, Store
 from cloud.trace.events import UNITS
 from cloud.trace.models import Alert, Recall
 from cloud.trace.rules import TraceRules
-from cloud.trace.verify import ScanIn, location_for_store, verify
+from cloud.trace.verify import ScanIn, location_for_store, verify, verify_many
 
-__all__ = ["lists_commands", "on_birth", "on_scan"]
+__all__ = ["lists_commands", "on_birth", "on_scan", "on_scans"]
 
 _NODES: Table = Node.__table__  # type: ignore[assignment]
 _STORES: Table = Store.__table__  # type: ignore[assignment]
@@ -57,6 +58,29 @@ def on_scan(ctx: Context, msg: Message) -> None:
                   node=msg.node, location_id=loc_id, position=msg.position, provisional=data.provisional)
     verdict = verify(ctx.conn, scan, RULES, ctx.now)
     ctx.send(msg.node, MessageType.VERDICT, verdict.data, corr=msg.msg_id, expires_in=timedelta(hours=24))
+
+
+def on_scans(ctx: Context, msgs: Sequence[Message]) -> None:
+    """`on_scan` for a batch's scans at once (`cloud.engine.Handler.batch`): the boxes' stores in
+    one read, the verdicts by `verify_many`."""
+    nodes = sorted({m.node for m in msgs})
+    stores = {r.id: r.store_id for r in ctx.conn.execute(select(_NODES.c.id, _NODES.c.store_id).where(_NODES.c.id.in_(nodes)))}
+    locs: dict[int, int | None] = {}
+    scans: list[ScanIn] = []
+    for msg in msgs:
+        data = msg.data
+        assert isinstance(data, ScanData)
+        store_id = stores.get(msg.node)
+        if store_id is None:
+            continue  # as in on_scan: a box assigned to no store scans nowhere
+        if store_id not in locs:
+            locs[store_id] = location_for_store(ctx.conn, store_id)
+        scans.append(ScanIn(code=data.code, station=data.station, purpose=data.purpose, at=msg.ts, msg_id=msg.msg_id,
+                            node=msg.node, location_id=locs[store_id], position=msg.position,
+                            provisional=data.provisional))
+    for scan, verdict in zip(scans, verify_many(ctx.conn, scans, RULES, ctx.now), strict=True):
+        assert scan.node is not None
+        ctx.send(scan.node, MessageType.VERDICT, verdict.data, corr=scan.msg_id, expires_in=timedelta(hours=24))
 
 
 def on_birth(ctx: Context, msg: Message) -> None:
