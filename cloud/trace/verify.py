@@ -14,6 +14,7 @@ destination's) → never received by a store → genuine.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import uuid
@@ -22,7 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Table, bindparam, func, select, tuple_, update
+from sqlalchemy import ColumnElement, Connection, String, Table, bindparam, func, literal_column, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 
 import gs1
 from broker.payloads import ParsedCode, ScanPurpose, VerdictClass, VerdictData, VerdictRule
@@ -181,20 +183,29 @@ def verify(conn: Connection, scan: ScanIn, rules: TraceRules, now: datetime) -> 
 
 
 _UNIT_COLUMNS = _UNIT_BY_KEY.statement.selected_columns  # type: ignore[attr-defined]
-_UNITS_BY_KEYS = (
-    select(*_UNIT_COLUMNS)
-    .select_from(UNITS.outerjoin(_LAST, _LAST.c.id == UNITS.c.last_scan_id))
-    .where(tuple_(UNITS.c.gtin, UNITS.c.serial).in_(bindparam("keys", expanding=True)))
-)
-"""`_UNIT_BY_KEY` for many units at once (the unique (gtin, serial) index, one probe per key)."""
-_KEYS_PER_READ = 400
-"""Keys per read: two bound parameters each, under SQLite's limit whatever its build."""
+
+
+def _units_by_keys(keys: Any, on: ColumnElement[bool]) -> Prepared:
+    return Prepared(select(*_UNIT_COLUMNS).select_from(
+        keys.join(UNITS, on).outerjoin(_LAST, _LAST.c.id == UNITS.c.last_scan_id)))
+
+
+_JSON_KEYS = func.json_each(bindparam("keys", type_=String)).table_valued("value", name="k")
+_PG_KEYS = func.unnest(bindparam("gtins", type_=ARRAY(String)), bindparam("serials", type_=ARRAY(String))) \
+    .table_valued("gtin", "serial").render_derived(name="k")
+_UNITS_BY_KEYS = {
+    "sqlite": _units_by_keys(_JSON_KEYS, (UNITS.c.gtin == func.json_extract(_JSON_KEYS.c.value, literal_column("'$[0]'")))
+                             & (UNITS.c.serial == func.json_extract(_JSON_KEYS.c.value, literal_column("'$[1]'")))),
+    "postgresql": _units_by_keys(_PG_KEYS, (UNITS.c.gtin == _PG_KEYS.c.gtin) & (UNITS.c.serial == _PG_KEYS.c.serial)),
+}
+"""`_UNIT_BY_KEY` for many units in one statement: the keys come as one JSON array (SQLite) or two
+arrays (PostgreSQL) and drive the join, one probe of the unique (gtin, serial) index each. (A
+`(gtin, serial) IN (VALUES …)` made SQLite scan the table.)"""
 _UNIT_STATE = ("last_scan_id", "seen_location_id", "seen_at", "state", "location_id", "received_at_store", "sold_at",
                "sold_location_id", "sold_node", "sold_session", "sold_seq")
 """The unit's columns a scan may change (`_effect`), written back once per unit and batch."""
-_WRITE_UNIT = update(UNITS).where(UNITS.c.id == bindparam("uid")).values({c: bindparam(c) for c in _UNIT_STATE})
-_WRITE_SEEN = update(UNITS).where(UNITS.c.id == bindparam("uid")).values(
-    {c: bindparam(c) for c in ("last_scan_id", "seen_location_id", "seen_at")})
+_WRITE_UNIT = Prepared(update(UNITS).where(UNITS.c.id == bindparam("uid")).values(
+    {c: bindparam(c) for c in _UNIT_STATE}))
 _LAST_OF_SCAN = {"station": "last_station", "node": "last_node", "location_id": "last_location_id",
                  "purpose": "last_purpose", "at": "last_at", "verdict": "last_verdict", "rule": "last_rule",
                  "message": "last_message", "msg_id": "last_msg_id"}
@@ -205,7 +216,7 @@ class _Unit:
     """A unit as `_UNIT_BY_KEY` reads it, changed in memory by each scan of the batch in turn."""
 
     def __init__(self, row: Any) -> None:
-        self.__dict__.update(row._mapping)
+        self.__dict__.update(row._asdict())
         self.changed: set[str] = set()
 
     if TYPE_CHECKING:
@@ -214,7 +225,7 @@ class _Unit:
 
 def verify_many(conn: Connection, scans: Sequence[ScanIn], rules: TraceRules, now: datetime) -> list[Verdict]:
     """`verify` for many scans at once, with the same verdicts and effects as calling it for each in
-    turn (the bus's ingest batch): the units are read in one statement per `_KEYS_PER_READ`, decided
+    turn (the bus's ingest batch): the units are read in one statement, decided
     in memory, and the scans, units, events and alerts written with one statement each.
 
     Two scans of one unit are decided in turn, the second seeing the first (its sale, its last-scan
@@ -238,11 +249,14 @@ def verify_many(conn: Connection, scans: Sequence[ScanIn], rules: TraceRules, no
 
 
 def _read_units(conn: Connection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], _Unit]:
-    found: dict[tuple[str, str], _Unit] = {}
-    for i in range(0, len(keys), _KEYS_PER_READ):
-        for row in conn.execute(_UNITS_BY_KEYS, {"keys": keys[i:i + _KEYS_PER_READ]}):
-            found[(row.gtin, row.serial)] = _Unit(row)
-    return found
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        rows = _UNITS_BY_KEYS[dialect].all(conn, {"keys": json.dumps(keys)})
+    elif dialect == "postgresql":
+        rows = _UNITS_BY_KEYS[dialect].all(conn, {"gtins": [g for g, _s in keys], "serials": [s for _g, s in keys]})
+    else:
+        rows = [r for g, s in keys if (r := _UNIT_BY_KEY.first(conn, {"gtin": g, "serial": s})) is not None]
+    return {(r.gtin, r.serial): _Unit(r) for r in rows}
 
 
 def _in_box_order(scans: Sequence[ScanIn], slots: list[int], order: list[int]) -> None:
@@ -280,10 +294,12 @@ def _verify_set(conn: Connection, scans: Sequence[ScanIn], codes: Sequence[gs1.C
     last_scan: dict[int, int] = {}
     """unit id → the index in `rows` of its last scan of the batch."""
     touched: dict[int, _Unit] = {}
+    locs: dict[int | None, Any] = {}
     for slot in part:
         i = order[slot]
         scan, code = scans[i], codes[i]
-        loc = _loc(conn, scan.location_id)
+        loc = locs[scan.location_id] if scan.location_id in locs else locs.setdefault(
+            scan.location_id, _loc(conn, scan.location_id))
         parsed: ParsedCode | None = None
         unit: _Unit | None = None
         if isinstance(code, gs1.CodeError):
@@ -313,22 +329,19 @@ def _verify_set(conn: Connection, scans: Sequence[ScanIn], codes: Sequence[gs1.C
                 events.append((len(rows), event))
         rows.append(row)
         decided.append((i, parsed, loc, cls, rule, message, evidence))
-    ids = [r.id for r in conn.execute(SCANS.insert().returning(SCANS.c.id, sort_by_parameter_order=True), rows)]
-    full = [u for u in touched.values() if u.changed - {"seen_location_id", "seen_at"}]
-    seen = [u for u in touched.values() if not u.changed - {"seen_location_id", "seen_at"}]
-    if full:
-        conn.execute(_WRITE_UNIT, [{"uid": u.id, **{c: getattr(u, c) for c in _UNIT_STATE},
-                                    "last_scan_id": ids[last_scan[u.id]]} for u in full])
-    if seen:
-        conn.execute(_WRITE_SEEN, [{"uid": u.id, "last_scan_id": ids[last_scan[u.id]],
-                                    "seen_location_id": u.seen_location_id, "seen_at": u.seen_at} for u in seen])
+    # One multi-row INSERT … RETURNING each; its rows are matched back by their unique msg_id /
+    # eventID (asking SQLAlchemy to return them in order made it insert them one by one on SQLite).
+    by_msg = {r.msg_id: r.id for r in conn.execute(SCANS.insert().returning(SCANS.c.id, SCANS.c.msg_id), rows)}
+    ids = [by_msg[r["msg_id"]] for r in rows]
+    _WRITE_UNIT.execute_many(conn, [{**{c: getattr(u, c) for c in _UNIT_STATE}, "uid": u.id,
+                                     "last_scan_id": ids[last_scan[u.id]]} for u in touched.values()])
     if events:
         # Its effect on the unit is written above (the store's location may have no GLN to resolve).
         event_rows = [_event_row(event, rows[k]["at"], now) for k, event in events]
-        event_ids = [r.id for r in conn.execute(EVENTS.insert().returning(EVENTS.c.id, sort_by_parameter_order=True),
-                                                event_rows)]
-        conn.execute(EPCS.insert(), [{"event_id": eid, "epc": event["epcList"][0], "role": "epc"}
-                                     for eid, (_k, event) in zip(event_ids, events, strict=True)])
+        by_event = {r.event_id: r.id for r in conn.execute(EVENTS.insert().returning(EVENTS.c.id, EVENTS.c.event_id),
+                                                           event_rows)}
+        conn.execute(EPCS.insert(), [{"event_id": by_event[event["eventID"]], "epc": event["epcList"][0], "role": "epc"}
+                                     for _k, event in events])
     alerts: list[dict[str, Any]] = []
     for k, (i, parsed, loc, cls, rule, message, evidence) in enumerate(decided):
         scan = scans[i]
