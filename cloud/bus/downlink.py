@@ -441,7 +441,12 @@ class AcksApplied:
 def apply_acks(conn: Connection, acks: Sequence[tuple[str, uuid.UUID | None, AckData]], now: datetime) -> AcksApplied:
     """`apply_ack` for a batch's acks (node, corr, ack): the plain "ok" ones, nearly all of them, in
     one statement that also says which engine sent each command (only that engine's ack handlers
-    are told of the ack). An ack repeated for a command already closed costs one more read."""
+    are told of the ack). An ack repeated for a command already closed costs one more read.
+
+    The plain `msg_id IN (…)` next to the exact (msg_id, node) pairs is for the planner: with the
+    pairs alone SQLite went through every active command (or, for the repeated acks, the whole
+    table) instead of probing the unique msg_id index, which made a worker that fell behind slower
+    with every command it had sent."""
     named = [(node, corr, ack) for node, corr, ack in acks if corr is not None]
     plain = [(corr, node) for node, corr, ack in named if ack.ok and not ack.detail]
     engines: dict[tuple[str, uuid.UUID], str] = {}
@@ -449,7 +454,7 @@ def apply_acks(conn: Connection, acks: Sequence[tuple[str, uuid.UUID | None, Ack
     if plain:
         for msg_id, node, engine in conn.execute(
             update(_DOWNLINK)
-            .where(tuple_(_DOWNLINK.c.msg_id, _DOWNLINK.c.node).in_(plain),
+            .where(_DOWNLINK.c.msg_id.in_([m for m, _n in plain]), tuple_(_DOWNLINK.c.msg_id, _DOWNLINK.c.node).in_(plain),
                    _DOWNLINK.c.status.in_(("pending", "sent", "expired")))
             .values(status="delivered", acked_at=now, detail=None)
             .returning(_DOWNLINK.c.msg_id, _DOWNLINK.c.node, _DOWNLINK.c.engine)
@@ -463,7 +468,7 @@ def apply_acks(conn: Connection, acks: Sequence[tuple[str, uuid.UUID | None, Ack
     if rest:
         for msg_id, node, engine in conn.execute(
             select(_DOWNLINK.c.msg_id, _DOWNLINK.c.node, _DOWNLINK.c.engine)
-            .where(tuple_(_DOWNLINK.c.msg_id, _DOWNLINK.c.node).in_(rest))
+            .where(_DOWNLINK.c.msg_id.in_([m for m, _n in rest]), tuple_(_DOWNLINK.c.msg_id, _DOWNLINK.c.node).in_(rest))
         ):
             engines[(node, uuid.UUID(str(msg_id)))] = engine
     return AcksApplied(matched, engines)
