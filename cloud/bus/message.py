@@ -122,6 +122,18 @@ class Context:
         return downlink.send(self.conn, node, type, data, engine=self.engine, retain=retain,
                              expires_in=expires_in, key=key, now=self.now, corr=corr)
 
+    def send_many(
+        self,
+        commands: Sequence[tuple[str, MessageType | str, Payload | dict[str, Any], uuid.UUID | None]],
+        *,
+        expires_in: timedelta | None = timedelta(hours=24),
+    ) -> list[uuid.UUID]:
+        """`send` for many commands (node, type, data, corr) at once, in one statement (neither
+        keyed nor retained): what a batch handler answers with (see `cloud.bus.downlink.send_many`)."""
+        from cloud.bus import downlink
+
+        return downlink.send_many(self.conn, commands, engine=self.engine, expires_in=expires_in, now=self.now)
+
     def finish(self) -> None:
         """Flush what the handler left in the ORM session (raises like the handler would)."""
         if self._orm is not None:

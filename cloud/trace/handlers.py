@@ -78,9 +78,9 @@ def on_scans(ctx: Context, msgs: Sequence[Message]) -> None:
         scans.append(ScanIn(code=data.code, station=data.station, purpose=data.purpose, at=msg.ts, msg_id=msg.msg_id,
                             node=msg.node, location_id=locs[store_id], position=msg.position,
                             provisional=data.provisional))
-    for scan, verdict in zip(scans, verify_many(ctx.conn, scans, RULES, ctx.now), strict=True):
-        assert scan.node is not None
-        ctx.send(scan.node, MessageType.VERDICT, verdict.data, corr=scan.msg_id, expires_in=timedelta(hours=24))
+    verdicts = verify_many(ctx.conn, scans, RULES, ctx.now)
+    ctx.send_many([(scan.node or "", MessageType.VERDICT, verdict.data, scan.msg_id)
+                   for scan, verdict in zip(scans, verdicts, strict=True)], expires_in=timedelta(hours=24))
 
 
 def on_birth(ctx: Context, msg: Message) -> None:
