@@ -294,12 +294,14 @@ def _verify_set(conn: Connection, scans: Sequence[ScanIn], codes: Sequence[gs1.C
     last_scan: dict[int, int] = {}
     """unit id → the index in `rows` of its last scan of the batch."""
     touched: dict[int, _Unit] = {}
-    locs: dict[int | None, Any] = {}
+    locs: dict[int | None, tuple[Any, dict[str, Any] | None]] = {}
     for slot in part:
         i = order[slot]
         scan, code = scans[i], codes[i]
-        loc = locs[scan.location_id] if scan.location_id in locs else locs.setdefault(
-            scan.location_id, _loc(conn, scan.location_id))
+        if scan.location_id not in locs:
+            found = _loc(conn, scan.location_id)
+            locs[scan.location_id] = (found, _loc_brief(found))  # one brief per place, shared (never changed)
+        loc, brief = locs[scan.location_id]
         parsed: ParsedCode | None = None
         unit: _Unit | None = None
         if isinstance(code, gs1.CodeError):
@@ -311,7 +313,7 @@ def _verify_set(conn: Connection, scans: Sequence[ScanIn], codes: Sequence[gs1.C
             if code.is_unit:
                 unit = units.get((code.gtin or "", code.serial or ""))
             cls, rule, message, evidence = _decide(conn, scan, code, unit, loc, rules, now)
-        evidence["location"] = _loc_brief(loc)
+        evidence["location"] = brief
         evidence["scanned_at"] = _iso(scan.at)
         row = dict(msg_id=scan.msg_id, node=scan.node, station=scan.station, purpose=scan.purpose.value,
                    code=scan.code, gtin=parsed.gtin if parsed else None, serial=parsed.serial if parsed else None,
