@@ -201,11 +201,21 @@ _UNITS_BY_KEYS = {
 """`_UNIT_BY_KEY` for many units in one statement: the keys come as one JSON array (SQLite) or two
 arrays (PostgreSQL) and drive the join, one probe of the unique (gtin, serial) index each. (A
 `(gtin, serial) IN (VALUES …)` made SQLite scan the table.)"""
-_UNIT_STATE = ("last_scan_id", "seen_location_id", "seen_at", "state", "location_id", "received_at_store", "sold_at",
+_UNIT_STATE = ("seen_location_id", "seen_at", "state", "location_id", "received_at_store", "sold_at",
                "sold_location_id", "sold_node", "sold_session", "sold_seq")
-"""The unit's columns a scan may change (`_effect`), written back once per unit and batch."""
-_WRITE_UNIT = Prepared(update(UNITS).where(UNITS.c.id == bindparam("uid")).values(
-    {c: bindparam(c) for c in _UNIT_STATE}))
+"""The unit's columns a scan may change (`_effect`), besides `last_scan_id`: written back once per
+unit and batch, those that changed."""
+_writes: dict[tuple[str, ...], Prepared] = {}
+
+
+def _write_unit(columns: tuple[str, ...]) -> Prepared:
+    """The unit's UPDATE of `last_scan_id` and `columns` (a handful of shapes: seen, sold, received,
+    returned), built once each."""
+    found = _writes.get(columns)
+    if found is None:
+        found = _writes[columns] = Prepared(update(UNITS).where(UNITS.c.id == bindparam("uid")).values(
+            {c: bindparam(c) for c in ("last_scan_id", *columns)}))
+    return found
 _LAST_OF_SCAN = {"station": "last_station", "node": "last_node", "location_id": "last_location_id",
                  "purpose": "last_purpose", "at": "last_at", "verdict": "last_verdict", "rule": "last_rule",
                  "message": "last_message", "msg_id": "last_msg_id"}
@@ -335,8 +345,15 @@ def _verify_set(conn: Connection, scans: Sequence[ScanIn], codes: Sequence[gs1.C
     # eventID (asking SQLAlchemy to return them in order made it insert them one by one on SQLite).
     by_msg = {r.msg_id: r.id for r in conn.execute(SCANS.insert().returning(SCANS.c.id, SCANS.c.msg_id), rows)}
     ids = [by_msg[r["msg_id"]] for r in rows]
-    _WRITE_UNIT.execute_many(conn, [{**{c: getattr(u, c) for c in _UNIT_STATE}, "uid": u.id,
-                                     "last_scan_id": ids[last_scan[u.id]]} for u in touched.values()])
+    # Only the columns the batch's scans changed, as `_effects` writes them: a column written back
+    # unchanged could undo what another worker wrote to the unit since the read (PostgreSQL).
+    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for u in touched.values():
+        columns = tuple(c for c in _UNIT_STATE if c in u.changed)
+        by_columns.setdefault(columns, []).append(
+            {**{c: getattr(u, c) for c in columns}, "uid": u.id, "last_scan_id": ids[last_scan[u.id]]})
+    for columns, params in by_columns.items():
+        _write_unit(columns).execute_many(conn, params)
     if events:
         # Its effect on the unit is written above (the store's location may have no GLN to resolve).
         event_rows = [_event_row(event, rows[k]["at"], now) for k, event in events]

@@ -247,3 +247,32 @@ def test_the_handler_runs_the_batch_once_with_every_scan(places: tuple[Engine, i
         corr = {r.corr for r in c.execute(sa.text("SELECT corr FROM downlink WHERE type = 'verdict'"))}
     assert {uuid.UUID(str(x)) for x in corr} == {m.msg_id for m in msgs if m.node != "n3"}
 
+
+
+def test_a_batch_writes_back_only_what_its_scans_changed(places: tuple[Engine, int, int],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another worker sells the unit between the batch's read and its write (PostgreSQL: SQLite has
+    one writer at a time): the batch's verify scan must not write the unit's old state back."""
+    eng, loc_a, _b = places
+    if eng.dialect.name != "postgresql":
+        pytest.skip("SQLite lets no other writer in during the batch's transaction")
+    from cloud.trace import verify as verify_module
+
+    read = verify_module._read_units
+
+    def read_then_sold_elsewhere(conn: Connection, keys: Any) -> Any:
+        found = read(conn, keys)
+        with eng.begin() as other:
+            other.execute(sa.update(UNITS).where(UNITS.c.serial == "A1").values(state="sold", sold_node="n9"))
+        return found
+
+    monkeypatch.setattr(verify_module, "_read_units", read_then_sold_elsewhere)
+    scan = ScanIn(code=code("A1"), station="till-1", purpose=ScanPurpose.VERIFY, at=T0, msg_id=uuid.uuid4(),
+                  node="n1", location_id=loc_a, position=(1, 1))
+    with write_session(eng) as s, s.begin():
+        [verdict] = verify_many(s.connection(), [scan], TraceRules(), T0)
+    assert verdict.data.verdict is VerdictClass.GENUINE  # decided on what it read
+    with eng.connect() as c:
+        state, sold_node, last = c.execute(sa.select(UNITS.c.state, UNITS.c.sold_node, UNITS.c.last_scan_id)
+                                           .where(UNITS.c.serial == "A1")).one()
+    assert (state, sold_node, last) == ("sold", "n9", verdict.scan_row)
