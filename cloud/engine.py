@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from broker.envelope import MessageType
 from cloud.access.scope import Perm
-from cloud.bus.message import Context, HandlerFn, Message
+from cloud.bus.message import BatchHandlerFn, Context, HandlerFn, Message
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
@@ -38,6 +38,12 @@ class Handler:
 
     type: MessageType
     fn: HandlerFn
+    batch: BatchHandlerFn | None = None
+    """Optional, for speed: `batch(ctx, msgs)` applies all the batch's new messages of `type` at
+    once (set-based reads and writes), exactly as `fn` would one after the other in that order. It
+    runs once per batch, where the first of them would; if it raises, the batch's calls run again
+    one by one through `fn` (each in its own savepoint), so `fn` stays the reference: replays and
+    failures go through it."""
 
     @property
     def name(self) -> str:

@@ -1,7 +1,7 @@
 """Engine handlers inside the ledger transaction: isolation of failures, the failed list, replays.
 
-The happy path costs one savepoint per batch: every handler of every new message runs inside it.
-If one raises, that savepoint is rolled back and the calls run again one by one, each in its own
+The happy path costs one savepoint per batch: every handler of every new message runs inside it
+(a handler with a set-based form gets all its messages of the batch in one call). If one raises, that savepoint is rolled back and the calls run again one by one, each in its own
 savepoint, so the failing call's effects roll back alone and it goes to `failed_messages` (engine,
 handler, error, traceback) while the rest of the batch commits. A database that does not answer is
 not a handler's fault: those errors propagate and the whole batch is retried.
@@ -50,6 +50,9 @@ class Call:
     fn: Callable[[Context, Any], None]
     """`fn(ctx, msg)` for a handler, `fn(ctx, [msg, …])` for a follower (see `batched`)."""
     batched: bool = False
+    many: Callable[[Context, Sequence[Message]], None] | None = None
+    """A handler's set-based form (`cloud.engine.Handler.batch`): `run_calls` gives it all the
+    batch's messages of this call at once, and falls back to `fn` one by one if it raises."""
 
 
 class Registry:
@@ -86,6 +89,17 @@ def _invoke(conn: Connection, call: Call, msg: Message, now: datetime) -> None:
             call.fn(ctx, [msg])
         else:
             call.fn(ctx, msg)
+        ctx.finish()
+    except BaseException:
+        ctx.discard()
+        raise
+
+
+def _invoke_many(conn: Connection, call: Call, msgs: Sequence[Message], now: datetime) -> None:
+    assert call.many is not None
+    ctx = Context(conn, call.engine, now)
+    try:
+        call.many(ctx, msgs)
         ctx.finish()
     except BaseException:
         ctx.discard()
@@ -132,8 +146,17 @@ def run_calls(conn: Connection, calls: Sequence[tuple[Call, Message]], now: date
         return 0
 
     def whole() -> None:
+        grouped: dict[Call, list[Message]] = {}
         for call, msg in calls:
-            _invoke(conn, call, msg, now)
+            if call.many is not None:
+                grouped.setdefault(call, []).append(msg)
+        for call, msg in calls:
+            if call.many is None:
+                _invoke(conn, call, msg, now)
+                continue
+            msgs = grouped.pop(call, None)
+            if msgs is not None:  # once, where the first of its messages comes
+                _invoke_many(conn, call, msgs, now)
 
     return isolated(
         conn, whole, calls, lambda c: _invoke(conn, c[0], c[1], now),

@@ -40,6 +40,7 @@ from sqlalchemy import (
     Engine,
     Table,
     and_,
+    bindparam,
     case,
     event,
     exists,
@@ -77,6 +78,7 @@ __all__ = [
     "remove_waker",
     "runs",
     "send",
+    "send_many",
 ]
 
 log = logging.getLogger(__name__)
@@ -180,6 +182,60 @@ def send(
         c.execute(text("SELECT pg_notify(:ch, :node)"), {"ch": NOTIFY_CHANNEL, "node": node})
     after_commit(conn, notify)
     return msg_id
+
+
+def send_many(
+    conn: Connection,
+    commands: Sequence[tuple[str, MessageType | str, Payload | dict[str, Any], uuid.UUID | None]],
+    *,
+    engine: str,
+    expires_in: timedelta | None = timedelta(hours=24),
+    now: datetime | None = None,
+) -> list[uuid.UUID]:
+    """`send` for many commands (node, type, data, corr) at once, none keyed or retained: one
+    multi-row INSERT instead of one per command (an ingest batch's verdicts). Validates every
+    command before writing any; the msg_ids in the order given."""
+    if not commands:
+        return []
+    if expires_in is not None and expires_in <= timedelta(0):
+        raise ValueError(f"expires_in must be positive, got {expires_in}")
+    now = now or _now()
+    expires_at = (now + expires_in) if expires_in else None
+    hand: Hand | None = conn.info.get(_HAND)
+    rows: list[dict[str, Any]] = []
+    kept: list[tuple[MessageType, Payload] | None] = []
+    for node, type, data, corr in commands:
+        kind = MessageType(type)
+        topics.dn(node, kind)
+        model = PAYLOADS[kind]
+        payload = data if isinstance(data, model) else model.model_validate(data)
+        values: dict[str, Any] = dict(
+            msg_id=new_msg_id(), key=None, node=node, type=kind.value, data=payload.model_dump(mode="json"),
+            retain=False, engine=engine, status="pending", created_at=now, corr=corr, expires_at=expires_at,
+            next_attempt_at=now, attempts=0, last_sent_at=None,
+        )
+        if hand is not None and hand.takes(conn, node, now):
+            values.update(status="sent", attempts=1, last_sent_at=now,
+                          next_attempt_at=now + timedelta(seconds=retry_delay(1)))
+            kept.append((kind, payload))
+        else:
+            kept.append(None)
+        rows.append(values)
+    ids = {r.msg_id: r.id for r in conn.execute(_INSERT.returning(_DOWNLINK.c.id, _DOWNLINK.c.msg_id), rows)}
+    waiting: set[str] = set()
+    for values, took in zip(rows, kept, strict=True):
+        if took is None:
+            waiting.add(values["node"])
+            continue
+        assert hand is not None
+        hand.add(_claimed(ids[values["msg_id"]], values["msg_id"], values["node"], took[0], False, values["corr"],
+                          took[1], expires_at, now, 0))
+    if waiting:
+        if conn.dialect.name == "postgresql":
+            for node in sorted(waiting):
+                conn.execute(text("SELECT pg_notify(:ch, :node)"), {"ch": NOTIFY_CHANNEL, "node": node})
+        after_commit(conn, notify)
+    return [values["msg_id"] for values in rows]
 
 
 _wakers: list[Callable[[], None]] = []
@@ -438,22 +494,30 @@ class AcksApplied:
     """(node, corr) → the engine that sent the command, for every ack naming a command of its own box."""
 
 
+_PAIRS = (_DOWNLINK.c.msg_id.in_(bindparam("ids", expanding=True)),
+          tuple_(_DOWNLINK.c.msg_id, _DOWNLINK.c.node).in_(bindparam("pairs", expanding=True)))
+# Built once: building these IN lists element by element cost more than running them.
+_ACKED = (update(_DOWNLINK).where(*_PAIRS, _DOWNLINK.c.status.in_(("pending", "sent", "expired")))
+          .values(status="delivered", acked_at=bindparam("now"), detail=None)
+          .returning(_DOWNLINK.c.msg_id, _DOWNLINK.c.node, _DOWNLINK.c.engine))
+_SENT_BY = select(_DOWNLINK.c.msg_id, _DOWNLINK.c.node, _DOWNLINK.c.engine).where(*_PAIRS)
+
+
 def apply_acks(conn: Connection, acks: Sequence[tuple[str, uuid.UUID | None, AckData]], now: datetime) -> AcksApplied:
     """`apply_ack` for a batch's acks (node, corr, ack): the plain "ok" ones, nearly all of them, in
     one statement that also says which engine sent each command (only that engine's ack handlers
-    are told of the ack). An ack repeated for a command already closed costs one more read."""
+    are told of the ack). An ack repeated for a command already closed costs one more read.
+
+    The plain `msg_id IN (…)` next to the exact (msg_id, node) pairs is for the planner: with the
+    pairs alone SQLite went through every active command (or, for the repeated acks, the whole
+    table) instead of probing the unique msg_id index, which made a worker that fell behind slower
+    with every command it had sent."""
     named = [(node, corr, ack) for node, corr, ack in acks if corr is not None]
     plain = [(corr, node) for node, corr, ack in named if ack.ok and not ack.detail]
     engines: dict[tuple[str, uuid.UUID], str] = {}
     matched = 0
     if plain:
-        for msg_id, node, engine in conn.execute(
-            update(_DOWNLINK)
-            .where(tuple_(_DOWNLINK.c.msg_id, _DOWNLINK.c.node).in_(plain),
-                   _DOWNLINK.c.status.in_(("pending", "sent", "expired")))
-            .values(status="delivered", acked_at=now, detail=None)
-            .returning(_DOWNLINK.c.msg_id, _DOWNLINK.c.node, _DOWNLINK.c.engine)
-        ):
+        for msg_id, node, engine in conn.execute(_ACKED, {"ids": [m for m, _n in plain], "pairs": plain, "now": now}):
             engines[(node, uuid.UUID(str(msg_id)))] = engine
             matched += 1
     for node, corr, ack in named:
@@ -461,10 +525,7 @@ def apply_acks(conn: Connection, acks: Sequence[tuple[str, uuid.UUID | None, Ack
             matched += apply_ack(conn, node, corr, ack, now)
     rest = [(corr, node) for node, corr, _ in named if (node, corr) not in engines]
     if rest:
-        for msg_id, node, engine in conn.execute(
-            select(_DOWNLINK.c.msg_id, _DOWNLINK.c.node, _DOWNLINK.c.engine)
-            .where(tuple_(_DOWNLINK.c.msg_id, _DOWNLINK.c.node).in_(rest))
-        ):
+        for msg_id, node, engine in conn.execute(_SENT_BY, {"ids": [m for m, _n in rest], "pairs": rest}):
             engines[(node, uuid.UUID(str(msg_id)))] = engine
     return AcksApplied(matched, engines)
 

@@ -14,7 +14,7 @@ message it came from and changes only for a newer one (`newer_clause`).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from broker.envelope import PAYLOADS, Envelope, MessageType
 from broker.payloads import Payload
 
-__all__ = ["Context", "HandlerFn", "Message", "Position", "newer_clause"]
+__all__ = ["BatchHandlerFn", "Context", "HandlerFn", "Message", "Position", "newer_clause"]
 
 Position = tuple[int, int]
 """(session, seq): the order of a box's messages (never its clock)."""
@@ -122,6 +122,18 @@ class Context:
         return downlink.send(self.conn, node, type, data, engine=self.engine, retain=retain,
                              expires_in=expires_in, key=key, now=self.now, corr=corr)
 
+    def send_many(
+        self,
+        commands: Sequence[tuple[str, MessageType | str, Payload | dict[str, Any], uuid.UUID | None]],
+        *,
+        expires_in: timedelta | None = timedelta(hours=24),
+    ) -> list[uuid.UUID]:
+        """`send` for many commands (node, type, data, corr) at once, in one statement (neither
+        keyed nor retained): what a batch handler answers with (see `cloud.bus.downlink.send_many`)."""
+        from cloud.bus import downlink
+
+        return downlink.send_many(self.conn, commands, engine=self.engine, expires_in=expires_in, now=self.now)
+
     def finish(self) -> None:
         """Flush what the handler left in the ORM session (raises like the handler would)."""
         if self._orm is not None:
@@ -139,3 +151,6 @@ class Context:
 
 HandlerFn = Callable[[Context, Message], None]
 """`handler(ctx, msg)`: apply one message; raise to have it recorded as failed (its effects roll back)."""
+
+BatchHandlerFn = Callable[[Context, Sequence[Message]], None]
+"""`handler(ctx, [msg, …])`: apply several messages at once, as `HandlerFn` would in that order."""

@@ -78,7 +78,7 @@ def registry_of(engines: Sequence[EngineSpec]) -> Registry:
     reg = Registry()
     for spec in engines:
         for h in spec.handlers:
-            reg.add(h.type, Call(spec.name, h.name, h.fn))
+            reg.add(h.type, Call(spec.name, h.name, h.fn, many=h.batch))
         for f in spec.followers:
             reg.add_named(Call(spec.name, f.name, f.fn, batched=True))
     return reg

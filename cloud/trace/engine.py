@@ -16,5 +16,5 @@ ENGINE = EngineSpec(
     pages=(console.router,),
     templates=Path(__file__).parent / "templates",
     nav=(NavItem("trace", "Traceability", "/console/trace", Perm.BUSINESS, 30),),
-    handlers=(Handler(MessageType.SCAN, handlers.on_scan), Handler(MessageType.BIRTH, handlers.on_birth)),
+    handlers=(Handler(MessageType.SCAN, handlers.on_scan, batch=handlers.on_scans), Handler(MessageType.BIRTH, handlers.on_birth)),
 )

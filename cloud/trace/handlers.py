@@ -11,17 +11,16 @@ when the cloud's final verdict differs it raises a `provisional_overturned` aler
 from __future__ import annotations
 
 import time
-import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 
-from sqlalchemy import Connection, Table, select, update
+from sqlalchemy import Connection, Table, select
 
 from broker.envelope import MessageType
 from broker.payloads import (
     TRACE_LISTS,
     BadUnit,
     BirthData,
-    ClerkRef,
     CommandData,
     ListUnit,
     RecalledBatch,
@@ -32,12 +31,12 @@ from broker.payloads import (
 )
 from cloud.bus import Context, Message
 from cloud.models import Node, Store
-from cloud.trace.events import EVENTS, UNITS
+from cloud.trace.events import UNITS
 from cloud.trace.models import Alert, Recall
 from cloud.trace.rules import TraceRules
-from cloud.trace.verify import SCANS, ScanIn, location_for_store, verify
+from cloud.trace.verify import ScanIn, location_for_store, verify, verify_many
 
-__all__ = ["lists_commands", "on_birth", "on_scan"]
+__all__ = ["lists_commands", "on_birth", "on_scan", "on_scans"]
 
 _NODES: Table = Node.__table__  # type: ignore[assignment]
 _STORES: Table = Store.__table__  # type: ignore[assignment]
@@ -56,26 +55,37 @@ def on_scan(ctx: Context, msg: Message) -> None:
         return
     loc_id = location_for_store(ctx.conn, store_id)
     scan = ScanIn(code=data.code, station=data.station, purpose=data.purpose, at=msg.ts, msg_id=msg.msg_id,
-                  node=msg.node, location_id=loc_id, position=msg.position, provisional=data.provisional)
+                  node=msg.node, location_id=loc_id, position=msg.position, provisional=data.provisional,
+                  **_clerk(data))
     verdict = verify(ctx.conn, scan, RULES, ctx.now)
-    if data.clerk is not None:
-        _record_clerk(ctx.conn, verdict.scan_row, msg.msg_id, data.clerk)
     ctx.send(msg.node, MessageType.VERDICT, verdict.data, corr=msg.msg_id, expires_in=timedelta(hours=24))
 
 
-_SCAN_STEPS = ("receiving", "retail_selling", "returning")
-"""The events a scan may write (`verify._scan_event`: eventID = uuid5(scan's msg_id, step))."""
+def _clerk(data: ScanData) -> dict[str, str | None]:
+    return {"clerk_id": data.clerk.id, "clerk_name": data.clerk.name} if data.clerk else {}
 
 
-def _record_clerk(conn: Connection, scan_row: int, msg_id: uuid.UUID, clerk: ClerkRef) -> None:
-    """Who scanned: on the scan's row, and on the events it wrote (the item's journey shows it).
-    Only for scans that name a clerk: the others pay nothing."""
-    conn.execute(update(SCANS).where(SCANS.c.id == scan_row).values(clerk_id=clerk.id, clerk_name=clerk.name))
-    ids = [f"urn:uuid:{uuid.uuid5(msg_id, step)}" for step in _SCAN_STEPS]
-    for row in conn.execute(select(EVENTS.c.id, EVENTS.c.doc).where(EVENTS.c.event_id.in_(ids))).all():
-        # An extension member (namespaced, as EPCIS allows): who at the store, not part of the standard's event.
-        conn.execute(update(EVENTS).where(EVENTS.c.id == row.id).values(
-            doc={**row.doc, "omnishelf:clerk": {"id": clerk.id, "name": clerk.name}}))
+def on_scans(ctx: Context, msgs: Sequence[Message]) -> None:
+    """`on_scan` for a batch's scans at once (`cloud.engine.Handler.batch`): the boxes' stores in
+    one read, the verdicts by `verify_many`."""
+    nodes = sorted({m.node for m in msgs})
+    stores = {r.id: r.store_id for r in ctx.conn.execute(select(_NODES.c.id, _NODES.c.store_id).where(_NODES.c.id.in_(nodes)))}
+    locs: dict[int, int | None] = {}
+    scans: list[ScanIn] = []
+    for msg in msgs:
+        data = msg.data
+        assert isinstance(data, ScanData)
+        store_id = stores.get(msg.node)
+        if store_id is None:
+            continue  # as in on_scan: a box assigned to no store scans nowhere
+        if store_id not in locs:
+            locs[store_id] = location_for_store(ctx.conn, store_id)
+        scans.append(ScanIn(code=data.code, station=data.station, purpose=data.purpose, at=msg.ts, msg_id=msg.msg_id,
+                            node=msg.node, location_id=locs[store_id], position=msg.position,
+                            provisional=data.provisional, **_clerk(data)))
+    verdicts = verify_many(ctx.conn, scans, RULES, ctx.now)
+    ctx.send_many([(scan.node or "", MessageType.VERDICT, verdict.data, scan.msg_id)
+                   for scan, verdict in zip(scans, verdicts, strict=True)], expires_in=timedelta(hours=24))
 
 
 def on_birth(ctx: Context, msg: Message) -> None:

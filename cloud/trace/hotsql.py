@@ -72,16 +72,30 @@ class Prepared:
             found = self._by_dialect[dialect.name] = self._compile(dialect)
         return found
 
-    def _run(self, conn: Connection, params: Mapping[str, Any]) -> tuple[_Compiled, Any]:
-        c = self._prepared(conn)
+    @staticmethod
+    def _args(c: _Compiled, params: Mapping[str, Any]) -> Any:
         binds = c.binds
         if c.positional:
-            args: Any = [binds[n](params[n]) if n in binds else params[n] for n in c.names]
-        else:
-            args = {n: binds[n](params[n]) if n in binds else params[n] for n in c.names}
+            return [binds[n](params[n]) if n in binds else params[n] for n in c.names]
+        return {n: binds[n](params[n]) if n in binds else params[n] for n in c.names}
+
+    def _run(self, conn: Connection, params: Mapping[str, Any]) -> tuple[_Compiled, Any]:
+        c = self._prepared(conn)
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        cursor.execute(c.sql, args)
+        cursor.execute(c.sql, self._args(c, params))
         return c, cursor
+
+    def execute_many(self, conn: Connection, params: Sequence[Mapping[str, Any]]) -> None:
+        """Run a statement without rows once per parameter set, in one driver call (`executemany`:
+        one prepared statement on SQLite, pipelined on psycopg)."""
+        if not params:
+            return
+        c = self._prepared(conn)
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(c.sql, [self._args(c, p) for p in params])
+        finally:
+            cursor.close()
 
     def first(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """The first row (attribute access by column name), or None."""
@@ -93,6 +107,18 @@ class Prepared:
         if raw is None:
             return None
         return c.row._make([v if p is None else p(v) for p, v in zip(c.results, raw, strict=True)])
+
+    def all(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
+        """Every row (attribute access by column name)."""
+        c, cursor = self._run(conn, params)
+        try:
+            raw = cursor.fetchall()
+        finally:
+            cursor.close()
+        make, results = c.row._make, c.results
+        if not any(results):
+            return [make(r) for r in raw]
+        return [make([v if p is None else p(v) for p, v in zip(results, r, strict=True)]) for r in raw]
 
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> int:
         """Run a statement without rows; the number of rows it changed."""

@@ -12,7 +12,7 @@ from urllib.parse import quote, unquote
 
 import gs1
 
-__all__ = ["case_key", "gln_of", "key_of", "unit_key"]
+__all__ = ["SERIAL", "case_key", "gln_of", "key_of", "unit_key"]
 
 
 def unit_key(gtin: str, serial: str) -> str:
@@ -26,7 +26,8 @@ def case_key(sscc: str) -> str:
 
 
 _CANONICAL_UNIT = re.compile(r"^https://id\.gs1\.org/01/(\d{14})/21/([!%-?A-Z_a-z\x22]{1,60})$")
-_SERIAL = re.compile(r"^[!%-?A-Z_a-z\x22]{1,20}$")
+SERIAL = re.compile(r"^[!%-?A-Z_a-z\x22]{1,20}$")
+"""A valid AI (21) serial: 1-20 characters of GS1 character set 82."""
 
 
 @functools.lru_cache(maxsize=1024)
@@ -45,7 +46,7 @@ def key_of(identifier: str) -> tuple[str, gs1.Code | None]:
         gtin, serial = m.group(1), m.group(2)
         if "%" in serial:
             serial = unquote(serial)
-        if _gtin_ok(gtin) and _SERIAL.match(serial):
+        if _gtin_ok(gtin) and SERIAL.match(serial):
             return unit_key(gtin, serial), gs1.Code(form="digital_link", gtin=gtin, serial=serial)
     try:
         code = gs1.parse_code(identifier)

@@ -14,14 +14,17 @@ destination's) → never received by a store → genuine.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Table, bindparam, func, select, update
+from sqlalchemy import ColumnElement, Connection, String, Table, bindparam, func, literal_column, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 
 import gs1
 from broker.payloads import ParsedCode, ScanPurpose, VerdictClass, VerdictData, VerdictRule
@@ -32,7 +35,7 @@ from cloud.trace.keys import case_key, unit_key
 from cloud.trace.models import Alert, Recall, Scan
 from cloud.trace.rules import TraceRules
 
-__all__ = ["ScanIn", "Verdict", "forget_master_data", "haversine_km", "location_for_store", "verify"]
+__all__ = ["ScanIn", "Verdict", "forget_master_data", "haversine_km", "location_for_store", "verify", "verify_many"]
 
 SCANS: Table = Scan.__table__  # type: ignore[assignment]
 RECALLS: Table = Recall.__table__  # type: ignore[assignment]
@@ -57,6 +60,9 @@ class ScanIn:
     location_id: int | None = None
     position: tuple[int, int] | None = None
     provisional: VerdictClass | None = None
+    clerk_id: str | None = None
+    """Who scanned, when the box named its signed-in clerk (kept on the scan and its events)."""
+    clerk_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +113,7 @@ _UNIT_BY_KEY = Prepared(
 first recall of its batch (by the unique key's index and the recalls' (gtin, batch) index)."""
 _RECALL_REASON = select(RECALLS.c.reason).where(RECALLS.c.id == bindparam("id"))
 _SCAN_COLUMNS = ("msg_id", "node", "station", "purpose", "code", "gtin", "serial", "location_id", "at", "verdict",
-                 "rule", "message", "evidence", "provisional")
+                 "rule", "message", "evidence", "provisional", "clerk_id", "clerk_name")
 _INSERT_SCAN = Prepared(SCANS.insert().values({c: bindparam(c) for c in _SCAN_COLUMNS}).returning(SCANS.c.id))
 
 
@@ -168,24 +174,208 @@ def verify(conn: Connection, scan: ScanIn, rules: TraceRules, now: datetime) -> 
         msg_id=scan.msg_id, node=scan.node, station=scan.station, purpose=scan.purpose.value, code=scan.code,
         gtin=parsed.gtin if parsed else None, serial=parsed.serial if parsed else None, location_id=scan.location_id,
         at=scan.at, verdict=cls.value, rule=rule.value, message=message[:500], evidence=evidence,
-        provisional=scan.provisional.value if scan.provisional else None,
+        provisional=scan.provisional.value if scan.provisional else None, clerk_id=scan.clerk_id,
+        clerk_name=scan.clerk_name,
     ))[0])
     if unit is not None:
         _effects(conn, scan, unit, loc, cls, rule, scan_id, now)
-    kind = ALERTING.get(cls)
-    if cls is VerdictClass.RECALLED and scan.purpose is ScanPurpose.SELL:
-        kind = "recalled_sold"
-    if cls is VerdictClass.ALREADY_SOLD and scan.purpose is ScanPurpose.SELL:
-        kind = "already_sold"
-    if kind is not None:
-        _alert(conn, kind, scan, parsed, loc, scan_id, message, evidence, now)
-    if scan.provisional is not None and scan.provisional is not cls:
-        _alert(conn, "provisional_overturned", scan, parsed, loc, scan_id,
-               f"the box answered {scan.provisional.value} offline; the final verdict is {cls.value}: {message}"[:500],
-               {**evidence, "provisional": scan.provisional.value, "final": cls.value}, now)
+    for kind, text, facts in _alerts_of(scan, cls, message, evidence):
+        conn.execute(ALERTS.insert().values(_alert_row(kind, scan, parsed, loc, scan_id, text, facts, now)))
     data = VerdictData(scan_id=scan.msg_id, code=scan.code[:1024], parsed=parsed, verdict=cls, rule=rule,
                        message=message[:500], evidence=evidence, provisional=False, decided_at=now)
     return Verdict(data, scan_id)
+
+
+_UNIT_COLUMNS = _UNIT_BY_KEY.statement.selected_columns  # type: ignore[attr-defined]
+
+
+def _units_by_keys(keys: Any, on: ColumnElement[bool]) -> Prepared:
+    return Prepared(select(*_UNIT_COLUMNS).select_from(
+        keys.join(UNITS, on).outerjoin(_LAST, _LAST.c.id == UNITS.c.last_scan_id)))
+
+
+_JSON_KEYS = func.json_each(bindparam("keys", type_=String)).table_valued("value", name="k")
+_PG_KEYS = func.unnest(bindparam("gtins", type_=ARRAY(String)), bindparam("serials", type_=ARRAY(String))) \
+    .table_valued("gtin", "serial").render_derived(name="k")
+_UNITS_BY_KEYS = {
+    "sqlite": _units_by_keys(_JSON_KEYS, (UNITS.c.gtin == func.json_extract(_JSON_KEYS.c.value, literal_column("'$[0]'")))
+                             & (UNITS.c.serial == func.json_extract(_JSON_KEYS.c.value, literal_column("'$[1]'")))),
+    "postgresql": _units_by_keys(_PG_KEYS, (UNITS.c.gtin == _PG_KEYS.c.gtin) & (UNITS.c.serial == _PG_KEYS.c.serial)),
+}
+"""`_UNIT_BY_KEY` for many units in one statement: the keys come as one JSON array (SQLite) or two
+arrays (PostgreSQL) and drive the join, one probe of the unique (gtin, serial) index each. (A
+`(gtin, serial) IN (VALUES …)` made SQLite scan the table.)"""
+_UNIT_STATE = ("seen_location_id", "seen_at", "state", "location_id", "received_at_store", "sold_at",
+               "sold_location_id", "sold_node", "sold_session", "sold_seq")
+"""The unit's columns a scan may change (`_effect`), besides `last_scan_id`: written back once per
+unit and batch, those that changed."""
+_writes: dict[tuple[str, ...], Prepared] = {}
+
+
+def _write_unit(columns: tuple[str, ...]) -> Prepared:
+    """The unit's UPDATE of `last_scan_id` and `columns` (a handful of shapes: seen, sold, received,
+    returned), built once each."""
+    found = _writes.get(columns)
+    if found is None:
+        found = _writes[columns] = Prepared(update(UNITS).where(UNITS.c.id == bindparam("uid")).values(
+            {c: bindparam(c) for c in ("last_scan_id", *columns)}))
+    return found
+_LAST_OF_SCAN = {"station": "last_station", "node": "last_node", "location_id": "last_location_id",
+                 "purpose": "last_purpose", "at": "last_at", "verdict": "last_verdict", "rule": "last_rule",
+                 "message": "last_message", "msg_id": "last_msg_id"}
+"""The scan's row → the unit's `last_*` fields of `_UNIT_BY_KEY` (what the duplicate rule reads)."""
+
+
+class _Unit:
+    """A unit as `_UNIT_BY_KEY` reads it, changed in memory by each scan of the batch in turn."""
+
+    def __init__(self, row: Any) -> None:
+        self.__dict__.update(row._asdict())
+        self.changed: set[str] = set()
+
+    if TYPE_CHECKING:
+        def __getattr__(self, name: str) -> Any: ...  # the row's columns
+
+
+def verify_many(conn: Connection, scans: Sequence[ScanIn], rules: TraceRules, now: datetime) -> list[Verdict]:
+    """`verify` for many scans at once, with the same verdicts and effects as calling it for each in
+    turn (the bus's ingest batch): the units are read in one statement, decided
+    in memory, and the scans, units, events and alerts written with one statement each.
+
+    Two scans of one unit are decided in turn, the second seeing the first (its sale, its last-scan
+    fields); those of one box in the box's (session, seq) order. A case received at goods-in moves
+    every unit it holds: it is verified alone, between the scans before and after it."""
+    verdicts: list[Verdict | None] = [None] * len(scans)
+    codes: list[gs1.Code | gs1.CodeError] = []
+    for scan in scans:
+        try:
+            codes.append(gs1.parse_code(scan.code))
+        except gs1.CodeError as exc:
+            codes.append(exc)
+    start = 0
+    for i, (scan, code) in enumerate(zip(scans, codes, strict=True)):
+        if isinstance(code, gs1.Code) and not code.is_unit and code.sscc and scan.purpose is ScanPurpose.RECEIVE:
+            _verify_set(conn, scans, codes, range(start, i), rules, now, verdicts)
+            verdicts[i] = verify(conn, scan, rules, now)
+            start = i + 1
+    _verify_set(conn, scans, codes, range(start, len(scans)), rules, now, verdicts)
+    return [v for v in verdicts if v is not None]
+
+
+def _read_units(conn: Connection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], _Unit]:
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        rows = _UNITS_BY_KEYS[dialect].all(conn, {"keys": json.dumps(keys)})
+    elif dialect == "postgresql":
+        rows = _UNITS_BY_KEYS[dialect].all(conn, {"gtins": [g for g, _s in keys], "serials": [s for _g, s in keys]})
+    else:
+        rows = [r for g, s in keys if (r := _UNIT_BY_KEY.first(conn, {"gtin": g, "serial": s})) is not None]
+    return {(r.gtin, r.serial): _Unit(r) for r in rows}
+
+
+def _in_box_order(scans: Sequence[ScanIn], slots: list[int], order: list[int]) -> None:
+    """Within `slots` (the scans of one unit, in arrival order), put each box's scans in the box's
+    (session, seq) order; scans of different boxes keep their arrival order."""
+    by_node: dict[str | None, list[int]] = {}
+    for slot in slots:
+        by_node.setdefault(scans[slot].node, []).append(slot)
+    for node, mine in by_node.items():
+        if node is None or len(mine) < 2 or any(scans[s].position is None for s in mine):
+            continue
+        for slot, src in zip(mine, sorted(mine, key=lambda s: scans[s].position or (0, 0)), strict=True):
+            order[slot] = src
+
+
+def _verify_set(conn: Connection, scans: Sequence[ScanIn], codes: Sequence[gs1.Code | gs1.CodeError], part: range,
+                rules: TraceRules, now: datetime, verdicts: list[Verdict | None]) -> None:
+    if not part:
+        return
+    from cloud.trace.events import EPCS, EVENTS
+
+    slots_of: dict[tuple[str, str], list[int]] = {}
+    for i in part:
+        code = codes[i]
+        if isinstance(code, gs1.Code) and code.is_unit:
+            slots_of.setdefault((code.gtin or "", code.serial or ""), []).append(i)
+    units = _read_units(conn, list(slots_of)) if slots_of else {}
+    order = list(range(len(scans)))
+    for slots in slots_of.values():
+        if len(slots) > 1:
+            _in_box_order(scans, slots, order)
+    rows: list[dict[str, Any]] = []
+    decided: list[tuple[int, ParsedCode | None, Any, VerdictClass, VerdictRule, str, dict[str, Any]]] = []
+    events: list[tuple[int, dict[str, Any]]] = []
+    last_scan: dict[int, int] = {}
+    """unit id → the index in `rows` of its last scan of the batch."""
+    touched: dict[int, _Unit] = {}
+    locs: dict[int | None, tuple[Any, dict[str, Any] | None]] = {}
+    for slot in part:
+        i = order[slot]
+        scan, code = scans[i], codes[i]
+        if scan.location_id not in locs:
+            found = _loc(conn, scan.location_id)
+            locs[scan.location_id] = (found, _loc_brief(found))  # one brief per place, shared (never changed)
+        loc, brief = locs[scan.location_id]
+        parsed: ParsedCode | None = None
+        unit: _Unit | None = None
+        if isinstance(code, gs1.CodeError):
+            cls, rule, message = VerdictClass.MALFORMED, VerdictRule.PARSE_ERROR, str(code)
+            evidence: dict[str, Any] = {"reason": code.reason.value, "ai": code.ai, "expected": code.expected,
+                                        "found": code.found}
+        else:
+            parsed = _parsed(code)
+            if code.is_unit:
+                unit = units.get((code.gtin or "", code.serial or ""))
+            cls, rule, message, evidence = _decide(conn, scan, code, unit, loc, rules, now)
+        evidence["location"] = brief
+        evidence["scanned_at"] = _iso(scan.at)
+        row = dict(msg_id=scan.msg_id, node=scan.node, station=scan.station, purpose=scan.purpose.value,
+                   code=scan.code, gtin=parsed.gtin if parsed else None, serial=parsed.serial if parsed else None,
+                   location_id=scan.location_id, at=scan.at, verdict=cls.value, rule=rule.value, message=message[:500],
+                   evidence=evidence, provisional=scan.provisional.value if scan.provisional else None,
+                   clerk_id=scan.clerk_id, clerk_name=scan.clerk_name)
+        if unit is not None:
+            values, event = _effect(scan, unit, loc, rule)
+            unit.__dict__.update(values)
+            unit.changed.update(values)
+            for column, field in _LAST_OF_SCAN.items():
+                setattr(unit, field, row[column])
+            last_scan[unit.id] = len(rows)
+            touched[unit.id] = unit
+            if event is not None:
+                events.append((len(rows), event))
+        rows.append(row)
+        decided.append((i, parsed, loc, cls, rule, message, evidence))
+    # One multi-row INSERT … RETURNING each; its rows are matched back by their unique msg_id /
+    # eventID (asking SQLAlchemy to return them in order made it insert them one by one on SQLite).
+    by_msg = {r.msg_id: r.id for r in conn.execute(SCANS.insert().returning(SCANS.c.id, SCANS.c.msg_id), rows)}
+    ids = [by_msg[r["msg_id"]] for r in rows]
+    # Only the columns the batch's scans changed, as `_effects` writes them: a column written back
+    # unchanged could undo what another worker wrote to the unit since the read (PostgreSQL).
+    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for u in touched.values():
+        columns = tuple(c for c in _UNIT_STATE if c in u.changed)
+        by_columns.setdefault(columns, []).append(
+            {**{c: getattr(u, c) for c in columns}, "uid": u.id, "last_scan_id": ids[last_scan[u.id]]})
+    for columns, params in by_columns.items():
+        _write_unit(columns).execute_many(conn, params)
+    if events:
+        # Its effect on the unit is written above (the store's location may have no GLN to resolve).
+        event_rows = [_event_row(event, rows[k]["at"], now) for k, event in events]
+        by_event = {r.event_id: r.id for r in conn.execute(EVENTS.insert().returning(EVENTS.c.id, EVENTS.c.event_id),
+                                                           event_rows)}
+        conn.execute(EPCS.insert(), [{"event_id": by_event[event["eventID"]], "epc": event["epcList"][0], "role": "epc"}
+                                     for _k, event in events])
+    alerts: list[dict[str, Any]] = []
+    for k, (i, parsed, loc, cls, rule, message, evidence) in enumerate(decided):
+        scan = scans[i]
+        for kind, text, facts in _alerts_of(scan, cls, message, evidence):
+            alerts.append(_alert_row(kind, scan, parsed, loc, ids[k], text, facts, now))
+        data = VerdictData(scan_id=scan.msg_id, code=scan.code[:1024], parsed=parsed, verdict=cls, rule=rule,
+                           message=message[:500], evidence=evidence, provisional=False, decided_at=now)
+        verdicts[i] = Verdict(data, ids[k])
+    if alerts:
+        conn.execute(ALERTS.insert(), alerts)
 
 
 Decision = tuple[VerdictClass, VerdictRule, str, dict[str, Any]]
@@ -375,6 +565,9 @@ def _scan_event(scan: ScanIn, loc: Any, action: str, step: str, disposition: str
         event["bizLocation"] = {"id": gs1.sgln_urn(loc.gln)}
     if epc:
         event["epcList"] = [epc]
+    if scan.clerk_id is not None:
+        # An extension member (namespaced, as EPCIS allows): who at the store, not part of the standard's event.
+        event["omnishelf:clerk"] = {"id": scan.clerk_id, "name": scan.clerk_name}
     return event
 
 
@@ -382,12 +575,12 @@ _SEEN = Prepared(update(UNITS).where(UNITS.c.id == bindparam("uid")).values(
     last_scan_id=bindparam("last_scan_id"), seen_location_id=bindparam("seen_location_id"), seen_at=bindparam("seen_at")))
 
 
-def _effects(conn: Connection, scan: ScanIn, unit: Any, loc: Any, cls: VerdictClass, rule: VerdictRule,
-             scan_id: int, now: datetime) -> None:
-    values: dict[str, Any] = {"last_scan_id": scan_id}
+def _effect(scan: ScanIn, unit: Any, loc: Any, rule: VerdictRule) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """What a decided scan changes on its unit (columns → values, without `last_scan_id`) and the
+    EPCIS event it makes (a sale, a receipt, a return, an undo), if any."""
+    values: dict[str, Any] = {}
     if loc is not None and (unit.seen_at is None or unit.seen_at <= scan.at):
         values.update(seen_location_id=loc.id, seen_at=scan.at)
-    key = unit_key(unit.gtin, unit.serial)
     step = None
     if rule is VerdictRule.COMMISSIONED_UNIT and scan.purpose is ScanPurpose.SELL:
         step, disposition = "retail_selling", "retail_sold"
@@ -404,35 +597,63 @@ def _effects(conn: Connection, scan: ScanIn, unit: Any, loc: Any, cls: VerdictCl
         values.update(state="received", location_id=loc.id if loc is not None else None, sold_at=None,
                       sold_location_id=None, sold_node=None, sold_session=None, sold_seq=None)
     if step is None:
+        return values, None
+    event = _scan_event(scan, loc, "OBSERVE", step, disposition, epc=unit_key(unit.gtin, unit.serial))
+    if scan.purpose is ScanPurpose.UNDO:
+        event["omnishelf:undoesSale"] = True
+    return values, event
+
+
+def _effects(conn: Connection, scan: ScanIn, unit: Any, loc: Any, cls: VerdictClass, rule: VerdictRule,
+             scan_id: int, now: datetime) -> None:
+    values, event = _effect(scan, unit, loc, rule)
+    if event is None:
         _SEEN.execute(conn, {"uid": unit.id, "last_scan_id": scan_id,
                              "seen_location_id": values.get("seen_location_id", unit.seen_location_id),
                              "seen_at": values.get("seen_at", unit.seen_at)})
-    else:
-        conn.execute(update(UNITS).where(UNITS.c.id == unit.id).values(**values))
-    if step is not None:
-        event = _scan_event(scan, loc, "OBSERVE", step, disposition, epc=key)
-        if scan.purpose is ScanPurpose.UNDO:
-            event["omnishelf:undoesSale"] = True
-        # Its effect on the unit is written above (the store's location may have no GLN to resolve).
-        _store_only(conn, event, scan.at, now)
+        return
+    conn.execute(update(UNITS).where(UNITS.c.id == unit.id).values(last_scan_id=scan_id, **values))
+    # Its effect on the unit is written above (the store's location may have no GLN to resolve).
+    _store_only(conn, event, scan.at, now)
+
+
+def _event_row(event: dict[str, Any], when: datetime, now: datetime) -> dict[str, Any]:
+    from cloud.trace.events import event_hash, step_of
+
+    return dict(event_id=event["eventID"], hash=event_hash(event), type=event["type"], action=event["action"],
+                event_time=when, tz_offset="+00:00", biz_step=step_of(event["bizStep"]),
+                disposition=event.get("disposition"), biz_location=(event.get("bizLocation") or {}).get("id"),
+                read_point=event["readPoint"]["id"], capture_id=None, recorded_at=now, doc=event)
 
 
 def _store_only(conn: Connection, event: dict[str, Any], when: datetime, now: datetime) -> None:
-    from cloud.trace.events import EPCS, EVENTS, event_hash, step_of
+    from cloud.trace.events import EPCS, EVENTS
 
-    digest = event_hash(event)
-    new_id = conn.execute(EVENTS.insert().values(
-        event_id=event["eventID"], hash=digest, type=event["type"], action=event["action"], event_time=when,
-        tz_offset="+00:00", biz_step=step_of(event["bizStep"]), disposition=event.get("disposition"),
-        biz_location=(event.get("bizLocation") or {}).get("id"), read_point=event["readPoint"]["id"],
-        capture_id=None, recorded_at=now, doc=event).returning(EVENTS.c.id)).scalar_one()
+    new_id = conn.execute(EVENTS.insert().values(**_event_row(event, when, now)).returning(EVENTS.c.id)).scalar_one()
     conn.execute(EPCS.insert().values(event_id=new_id, epc=event["epcList"][0], role="epc"))
 
 
-def _alert(conn: Connection, kind: str, scan: ScanIn, parsed: ParsedCode | None, loc: Any, scan_id: int,
-           message: str, evidence: dict[str, Any], now: datetime) -> None:
-    store_id = loc.store_id if loc is not None else None
-    conn.execute(ALERTS.insert().values(
-        kind=kind, at=now, code=scan.code[:1024], gtin=parsed.gtin if parsed else None,
-        serial=parsed.serial if parsed else None, location_id=loc.id if loc is not None else None, store_id=store_id,
-        region_id=loc.region_id if loc is not None else None, scan_id=scan_id, message=message[:500], evidence=evidence))
+def _alert_row(kind: str, scan: ScanIn, parsed: ParsedCode | None, loc: Any, scan_id: int | None,
+               message: str, evidence: dict[str, Any], now: datetime) -> dict[str, Any]:
+    return dict(kind=kind, at=now, code=scan.code[:1024], gtin=parsed.gtin if parsed else None,
+                serial=parsed.serial if parsed else None, location_id=loc.id if loc is not None else None,
+                store_id=loc.store_id if loc is not None else None,
+                region_id=loc.region_id if loc is not None else None, scan_id=scan_id, message=message[:500],
+                evidence=evidence)
+
+
+def _alerts_of(scan: ScanIn, cls: VerdictClass, message: str, evidence: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """The alerts a verdict raises: (kind, message, evidence) each."""
+    found: list[tuple[str, str, dict[str, Any]]] = []
+    kind = ALERTING.get(cls)
+    if cls is VerdictClass.RECALLED and scan.purpose is ScanPurpose.SELL:
+        kind = "recalled_sold"
+    if cls is VerdictClass.ALREADY_SOLD and scan.purpose is ScanPurpose.SELL:
+        kind = "already_sold"
+    if kind is not None:
+        found.append((kind, message, evidence))
+    if scan.provisional is not None and scan.provisional is not cls:
+        found.append(("provisional_overturned",
+                      f"the box answered {scan.provisional.value} offline; the final verdict is {cls.value}: {message}",
+                      {**evidence, "provisional": scan.provisional.value, "final": cls.value}))
+    return found
