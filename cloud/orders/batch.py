@@ -200,11 +200,11 @@ _HOLDING_ALL_SQL = """
 WITH want AS ({want}),
 n AS (SELECT k, count(*) AS n FROM want GROUP BY k),
 held AS (
-    SELECT w.k, s.location_id FROM want w JOIN orders_stock s ON s.sku = w.sku
-    WHERE {atp} >= 1 GROUP BY w.k, s.location_id HAVING count(*) = (SELECT n.n FROM n WHERE n.k = w.k)
+    SELECT w.k, s.location_id, count(*) AS c FROM want w JOIN orders_stock s ON s.sku = w.sku
+    WHERE {atp} >= 1 GROUP BY w.k, s.location_id
 )
-SELECT h.k, s.location_id, s.sku, {atp} FROM held h JOIN want w ON w.k = h.k
-JOIN orders_stock s ON s.location_id = h.location_id AND s.sku = w.sku
+SELECT h.k, s.location_id, s.sku, {atp} FROM held h JOIN n ON n.k = h.k AND n.n = h.c
+JOIN want w ON w.k = h.k JOIN orders_stock s ON s.location_id = h.location_id AND s.sku = w.sku
 """
 _HOLDING_ALL = {d: text(_HOLDING_ALL_SQL.format(want=w, atp=_ATP_SQL)) for d, w in _WANT.items()}
 """Per SKU set of the batch (key k): the locations holding some of each SKU, with their stock of them."""
@@ -407,6 +407,22 @@ def _plan(conn: Connection, entries: list[_Entry], ruleset: RuleSet, locs: Locat
     final_taken: dict[Pair, int] = {}
     final_used: dict[int, int] = {}
     done = 0
+    # What almost every order needs, read before the first round: its nearest locations' stock, and
+    # the locations holding all its SKUs (asked for whenever the nearest cannot fill an order).
+    for e in entries:
+        want = e.want
+        skus = sorted({s for s, _ in want.lines})
+        if want.fulfilment == "pickup" and want.pickup_location is not None:
+            reads.want_pairs.update((want.pickup_location, s) for s in skus)
+        elif want.lat is not None and want.lon is not None and skus:
+            try:
+                k_max = max(r.candidates for r in ruleset.group_for(want.channel).rules)
+            except RuleError:
+                continue
+            e.nearest = locs.index.nearest(want.lat, want.lon, k_max)
+            reads.want_pairs.update((i, s) for i in e.nearest for s in skus)
+            reads.want_all.add(tuple(skus))
+    _fetch(conn, reads, now)
     for _ in range(MAX_PASSES):
         reads.taken, reads.used_batch = dict(final_taken), dict(final_used)
         stopped = False
