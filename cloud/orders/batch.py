@@ -298,6 +298,8 @@ class _Entry:
 
 
 _INSERT_ORDERS: dict[str, Any] = {}
+_ASSIGNED = service.ASSIGN.insert().returning(service.ASSIGN.c.id, service.ASSIGN.c.order_id,
+                                              service.ASSIGN.c.location_id)
 
 
 def _insert_orders(conn: Connection) -> Any:
@@ -587,7 +589,10 @@ def _write_routed(conn: Connection, routed: list[_Entry], after: dict[Pair, tupl
                 moves.append({"location_id": loc, "sku": sku, "at": now, "kind": "reserve", "on_hand_delta": 0,
                               "reserved_delta": qty, "on_hand_after": on_hand,
                               "reserved_after": reserved - still[(loc, sku)], "source": f"order:{e.id}"})
-    ids = list(conn.execute(service._ASSIGN_INSERT, assignments).scalars())
+    # Matched back by (order, location), one assignment each: asking for the rows in parameter
+    # order made SQLite insert them one statement each.
+    made = {(int(r.order_id), int(r.location_id)): int(r.id) for r in conn.execute(_ASSIGNED, assignments)}
+    ids = [made[(e.id, loc)] for e, loc, _ in owners]
     conn.execute(service._RESV_INSERT, [
         {"assignment_id": aid, "order_id": e.id, "location_id": loc, "sku": s, "qty": q, "status": "active",
          "created_at": now} for aid, (e, loc, lines) in zip(ids, owners, strict=True) for s, q in lines])
