@@ -424,6 +424,24 @@ def intake_batch(conn: Connection, orders: Sequence[service.OrderInput], *, acto
     return [r for r in results if r is not None]
 
 
+BATCH_TRIES = 2
+"""Optimistic tries of a batch (plan on plain reads, reserve if every row still has it); then it
+locks every stock row of its SKUs, in (location, sku) order, and plans on them."""
+
+_LOCK_SKUS = text("SELECT location_id, sku FROM orders_stock WHERE sku = ANY(CAST(:skus AS varchar[])) "
+                  "ORDER BY location_id, sku FOR UPDATE")
+
+
+def _lock_skus(conn: Connection, entries: list[_Entry]) -> None:
+    """Lock every stock row of the batch's SKUs, in the one order every transaction locks stock rows
+    in (PostgreSQL; SQLite's writer holds the database). Taken in one statement, with no stock lock
+    held before it (the lost tries' savepoints gave theirs back): the batch cannot deadlock with
+    another router, and nothing it reads can move until it commits. Heavy (every location holding
+    those SKUs), so only after the optimistic tries lost their races."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(_LOCK_SKUS, {"skus": sorted({s for e in entries for s, _ in e.want.lines})})
+
+
 def _plan(conn: Connection, entries: list[_Entry], ruleset: RuleSet, locs: Locations, now: datetime) -> None:
     """Each entry's outcome, exactly as routing the orders one after the other in the batch's order
     would decide it, on the batch's reads (read in a few rounds).
@@ -505,16 +523,22 @@ def _take(outcome: tuple[Any, ...], taken: dict[Pair, int], used: dict[int, int]
 
 def _route(conn: Connection, entries: list[_Entry], version: int, ruleset: RuleSet, locs: Locations,
            now: datetime) -> None:
-    _plan(conn, entries, ruleset, locs, now)
-    routed = [e for e in entries if e.outcome[0] == "routed"]
-    wanted: dict[Pair, int] = {}
-    for e in routed:
-        for loc, lines in e.outcome[3].allocation.items():
-            for sku, qty in lines:
-                wanted[(loc, sku)] = wanted.get((loc, sku), 0) + qty
-    after = _reserve(conn, wanted) if wanted else {}
-    if after is None:
-        # Stock moved since it was read: every order of the batch is routed alone, as `intake` does.
+    after: dict[Pair, tuple[int, int]] | None = None
+    for attempt in range(BATCH_TRIES + 1):
+        if attempt == BATCH_TRIES:
+            _lock_skus(conn, entries)
+        _plan(conn, entries, ruleset, locs, now)
+        routed = [e for e in entries if e.outcome[0] == "routed"]
+        wanted: dict[Pair, int] = {}
+        for e in routed:
+            for loc, lines in e.outcome[3].allocation.items():
+                for sku, qty in lines:
+                    wanted[(loc, sku)] = wanted.get((loc, sku), 0) + qty
+        after = _reserve(conn, wanted) if wanted else {}
+        if after is not None:
+            break
+        # Stock moved since it was read (the savepoint gave every lock back): read and plan again.
+    if after is None:  # pragma: no cover - every row it could read was locked for the last try
         for e in routed:
             e.outcome = ("alone",)
         routed = []
