@@ -115,9 +115,11 @@ class BatchPool(Pool):
         if missing:
             reads.want_pairs.update(missing)
             raise NeedData
+        atp, taken = reads.atp, reads.taken
         for i in ids:
             if i not in self._read:
-                self._atp[i] = {s: reads.left(i, s) for s in skus}
+                # `Reads.left`, inlined: this runs for every candidate of every order.
+                self._atp[i] = {s: max(0, atp.get((i, s), 0) - taken.get((i, s), 0)) for s in skus}
                 self._read.add(i)
 
     def stocked(self, mode: str, k: int, *, lock: bool = False) -> list[Candidate]:
@@ -245,7 +247,7 @@ def _fetch(conn: Connection, reads: Reads, now: datetime) -> None:
             params = {"rows": json.dumps(pairs)}
         for p in pairs:
             reads.atp[p] = 0  # no row: nothing there
-        for loc, sku, atp in conn.execute(_PAIRS[dialect], params):
+        for loc, sku, atp in conn.execute(_PAIRS[dialect], params).all():
             reads.atp[(loc, sku)] = max(0, int(atp))
         reads.want_pairs.clear()
     if reads.want_all:
@@ -254,7 +256,7 @@ def _fetch(conn: Connection, reads: Reads, now: datetime) -> None:
         params = ({"keys": [f[0] for f in flat], "skus": [f[1] for f in flat]} if dialect == "postgresql"
                   else {"rows": json.dumps(flat)})
         held: dict[int, set[int]] = {}
-        for k, loc, sku, atp in conn.execute(_HOLDING_ALL[dialect], params):
+        for k, loc, sku, atp in conn.execute(_HOLDING_ALL[dialect], params).all():
             held.setdefault(int(k), set()).add(int(loc))
             reads.atp[(int(loc), sku)] = max(0, int(atp))
         for n, key in enumerate(keys):
@@ -263,7 +265,7 @@ def _fetch(conn: Connection, reads: Reads, now: datetime) -> None:
     if reads.want_any:
         skus = sorted(reads.want_any)
         holders: dict[str, list[int]] = {s: [] for s in skus}
-        for loc, sku, atp in conn.execute(_HOLDING_ANY, {"skus": skus}):
+        for loc, sku, atp in conn.execute(_HOLDING_ANY, {"skus": skus}).all():
             holders[sku].append(int(loc))
             reads.atp[(int(loc), sku)] = max(0, int(atp))
         # Rows below 1 are not read: as far as routing goes, none there (`Reads.left` gives 0).
