@@ -9,17 +9,22 @@ a batch costs about 16 statements in all:
 
 1. the versions of the rules and locations, and the catalogue check of every SKU of the batch;
 2. the orders (one multi-row `INSERT … ON CONFLICT DO NOTHING RETURNING`) and their lines;
-3. the stock of every order's nearest locations (one query over exact (location, sku) pairs), then,
-   only for the orders the nearest cannot fill, the locations that hold their SKUs (one query for
-   every such order). Planning is the same `plan_rule` as `route`, on `BatchPool`: when it needs
+3. the stock of every order's nearest locations and the locations holding all of its SKUs (one
+   query each for the whole batch), then the holders of each SKU of the orders no single location
+   can fill (one more). Planning is the same `plan_rule` as `route`, on `BatchPool`: when it needs
    something not read yet it stops (`NeedData`), the batch reads what every stopped order needs in
-   one query, and those orders plan again. Orders are planned one after the other as if routed
-   serially: each sees the stock (and today's capacity) the earlier orders of the batch took;
+   one query, and plans again from there. Orders are planned one after the other exactly as if
+   routed serially in the batch's order: each sees the stock (and today's capacity) the earlier
+   orders of the batch took;
 4. one reservation for the whole batch (`reserve`'s conditional `UPDATE`, the quantities of every
    order summed per row, rows locked in (location, sku) order across the batch, in a savepoint on
-   PostgreSQL): either every row still has what the batch takes, or nothing is reserved and every
-   order of the batch is routed one by one by `service.route` (its retries, its last try locking
-   every candidate), so a batch never reserves what a serial run would have refused;
+   PostgreSQL): either every row still has what the batch takes, or nothing is reserved, the
+   savepoint gives the locks back, and the batch reads and plans again; after `BATCH_TRIES` it
+   locks every stock row of its SKUs in that same order, in one statement, and plans on them. No
+   stock lock is ever taken out of order while another is held, so batches and single orders
+   cannot deadlock each other (orders routed alone after the batch's reservation — a rule that
+   queues, `MAX_PASSES` exhausted — are the exception, as any transaction routing several orders
+   one by one is);
 5. the assignments, reservations, movements (with each order's own `reserved_after`, as if the
    orders had reserved one after the other), decisions, order states and transitions, each in one
    multi-row statement; the status feed rows of the channels that have one; `assign` commands to
@@ -92,9 +97,6 @@ class Reads:
 
     def left(self, loc: int, sku: str) -> int:
         return max(0, self.atp.get((loc, sku), 0) - self.taken.get((loc, sku), 0))
-
-    def wants(self) -> bool:
-        return bool(self.want_pairs or self.want_all or self.want_any or self.want_used)
 
 
 class BatchPool(Pool):

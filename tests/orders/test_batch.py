@@ -1,7 +1,7 @@
 """Orders routed in batches (`cloud.orders.batch.intake_batch`): the same decisions, explanations,
 reservations, movements and transitions as the same orders routed one after the other, in a fixed
 number of statements per batch; refusals and duplicates answered per order; a reservation that
-loses a race falls back to routing each order alone, never reserving what is not there."""
+loses a race reads and plans again, then locks its SKUs' rows, never reserving what is not there."""
 
 from __future__ import annotations
 
