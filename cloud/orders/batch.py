@@ -131,6 +131,11 @@ class BatchPool(Pool):
         if o.lat is None or o.lon is None or not self.skus:
             return []
         reads, skus = self.reads, self.skus
+        atp, taken = reads.atp, reads.taken
+
+        def left(i: int, s: str) -> int:
+            return atp.get((i, s), 0) - taken.get((i, s), 0)
+
         if mode == "all":
             key = tuple(skus)
             held = reads.holders_all.get(key)
@@ -138,28 +143,31 @@ class BatchPool(Pool):
                 reads.want_all.add(key)
                 raise NeedData
             # Held when read, and still after the batch's earlier orders (as a serial run would read).
-            found = [i for i in held if all(reads.left(i, s) >= 1 for s in skus)]
+            found = [i for i in held if all(left(i, s) >= 1 for s in skus)]
         else:
             todo = [s for s in skus if s not in reads.holders_any]
             if todo:
                 reads.want_any.update(todo)
                 raise NeedData
-            found = sorted({i for s in skus for i in reads.holders_any[s] if reads.left(i, s) >= 1})
+            found = sorted({i for s in skus for i in reads.holders_any[s] if left(i, s) >= 1})
         need = dict(o.lines)
         base = self.locs.base
         ids = [i for i in found if i in base and base[i].active and (
-            mode != "all" or all(reads.left(i, s) >= q for s, q in need.items()))]
-        for i in found:
-            if i not in self._read:
-                self._atp[i] = {s: reads.left(i, s) for s in skus}
-                self._read.add(i)
+            mode != "all" or all(left(i, s) >= q for s, q in need.items()))]
         if not ids:
             return []
         rows = self.locs.rows
         vec = self.locs.vectors[[rows[i] for i in ids]]
         d = np.linalg.norm(vec - unit_vectors(o.lat, o.lon), axis=1)
-        keep = np.argsort(d, kind="stable")[:k + len(o.excluded)]
-        return self.of([ids[int(j)] for j in keep])
+        chosen = [ids[int(j)] for j in np.argsort(d, kind="stable")[:k + len(o.excluded)]]
+        # Only the chosen are marked read (all of a split order's holders, ~400 a SKU at full size,
+        # cost more than the rest of its planning): what the holders query did not return for them
+        # has nothing available, as far as routing goes.
+        for i in chosen:
+            if i not in self._read:
+                self._atp[i] = {s: max(0, left(i, s)) for s in skus}
+                self._read.add(i)
+        return self.of(chosen)
 
     def of(self, ids: Sequence[int]) -> list[Candidate]:
         base, capacity, reads = self.locs.base, self.locs.capacity, self.reads
