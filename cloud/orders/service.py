@@ -297,6 +297,9 @@ _KNOWN_SKUS = select(products.c.sku).where(products.c.sku.in_(bindparam("skus", 
 _EXISTING = select(ORDERS.c.id, ORDERS.c.state, ORDERS.c.pickup_code).where(
     ORDERS.c.channel == bindparam("channel"), ORDERS.c.channel_order_id == bindparam("channel_order_id"))
 _LINES_INSERT = LINES.insert()
+_NODE_REGION = select(REGIONS.c.code).select_from(
+    NODES.join(STORES, STORES.c.id == NODES.c.store_id).join(REGIONS, REGIONS.c.id == STORES.c.region_id)
+).where(NODES.c.id == bindparam("node"))
 _INSERT_ORDER: dict[str, Any] = {}
 """Per dialect: the order, once per (channel, channel order id), returning its id (None if it exists)."""
 
@@ -309,8 +312,10 @@ def _insert_order(conn: Connection) -> Any:
     return stmt
 
 
-def check(conn: Connection, order: OrderInput, locs: Locations | None = None) -> int | None:
-    """Refuse what cannot be routed (naming the line and value); return the pickup location id."""
+def check(conn: Connection, order: OrderInput, locs: Locations | None = None, *,
+          known: set[str] | None = None) -> int | None:
+    """Refuse what cannot be routed (naming the line and value); return the pickup location id.
+    `known`: the catalogue's SKUs among the order's, when the caller read them (for a batch)."""
     for i, line in enumerate(order.lines, start=1):
         if line.qty <= 0 or line.qty > 10_000:
             raise Refused(Refusal.BAD_QUANTITY, f"line {i} ({line.sku}): quantity {line.qty} must be 1..10000")
@@ -320,7 +325,8 @@ def check(conn: Connection, order: OrderInput, locs: Locations | None = None) ->
     skus = sorted({line.sku for line in order.lines})
     if len(skus) != len(order.lines):
         raise Refused(Refusal.INVALID, "a SKU appears on two lines: give one line per SKU")
-    known = set(conn.execute(_KNOWN_SKUS, {"skus": skus}).scalars())
+    if known is None:
+        known = set(conn.execute(_KNOWN_SKUS, {"skus": skus}).scalars())
     unknown = [s for s in skus if s not in known]
     if unknown:
         raise Refused(Refusal.UNKNOWN_SKU, f"unknown SKU {', '.join(unknown)}: not in the catalogue")
@@ -376,9 +382,7 @@ def intake(conn: Connection, order: OrderInput, *, actor: str, now: datetime | N
     amount = sum(Decimal(str(ln.price)) * ln.qty - Decimal(str(ln.discount)) for ln in order.lines)
     region = None
     if source_node:
-        region = conn.execute(select(REGIONS.c.code).select_from(
-            NODES.join(STORES, STORES.c.id == NODES.c.store_id).join(REGIONS, REGIONS.c.id == STORES.c.region_id)
-        ).where(NODES.c.id == source_node)).scalar()
+        region = conn.execute(_NODE_REGION, {"node": source_node}).scalar()
     code = f"{secrets.randbelow(10**6):06d}" if order.fulfilment == "pickup" else None
     # No lookup first: the unique (channel, channel order id) answers "stored already" in the insert.
     new_id = conn.execute(_insert_order(conn), {
