@@ -7,7 +7,7 @@ import os
 import re
 from urllib.parse import urlsplit
 
-__all__ = ["add_parser"]
+__all__ = ["add_parser", "add_station_parser"]
 
 BOX_ENV = "OMNISHELF_BOX_URL"
 DEFAULT_BOX = "http://127.0.0.1:8480"
@@ -58,4 +58,43 @@ def cmd_kiosk(args: argparse.Namespace) -> int:
         KioskApp(args.box, idle_s=args.idle).run()
     except FontMissing as exc:
         raise SystemExit(f"kiosk: {exc}") from None
+    return 0
+
+
+def add_station_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("station", help="run the clerk's station touchscreen (Kivy) against a box's local API")
+    p.add_argument("--box", type=_box_url, default=os.environ.get(BOX_ENV, DEFAULT_BOX),
+                   help=f"the box's local API (default: ${BOX_ENV}, else {DEFAULT_BOX})")
+    p.add_argument("--windowed", action="store_true", help="a window instead of full screen (development)")
+    p.add_argument("--size", type=_size, default=(1080, 1920),
+                   help="window size with --windowed (default 1080x1920; 1920x1080 for landscape)")
+    p.set_defaults(func=cmd_station)
+
+
+def _configure(args: argparse.Namespace) -> None:
+    os.environ.setdefault("KIVY_NO_ARGS", "1")
+    os.environ.setdefault("KIVY_NO_CONSOLELOG", "1")
+    from kivy.config import Config
+
+    if args.windowed:
+        Config.set("graphics", "fullscreen", "0")
+        Config.set("graphics", "width", str(args.size[0]))
+        Config.set("graphics", "height", str(args.size[1]))
+    else:
+        Config.set("graphics", "fullscreen", "auto")
+        Config.set("graphics", "show_cursor", "0")
+    # A keyboard-wedge scanner types into the window: Escape must not close the station.
+    Config.set("kivy", "exit_on_escape", "0")
+
+
+def cmd_station(args: argparse.Namespace) -> int:
+    # Kivy reads its configuration at import: set it before the first kivy import.
+    _configure(args)
+    from kiosk.fonts import FontMissing
+    from kiosk.station.app import StationApp
+
+    try:
+        StationApp(args.box).run()
+    except FontMissing as exc:
+        raise SystemExit(f"station: {exc}") from None
     return 0
