@@ -28,12 +28,17 @@ class OrdersScreen(Screen):  # type: ignore[misc]
         app = App.get_running_app()
         vm = app.orders
         for st in ORDER_STATES:
-            chip = Factory.StateChip(state_name=st)
+            chip = Factory.StateChip()
+            chip.state_name = st
             self.ids.states.add_widget(chip)
         for r in REJECT_REASONS:
-            self.ids.reasons.add_widget(Factory.ReasonChip(reason=r))
+            chip = Factory.ReasonChip()
+            chip.reason = r
+            self.ids.reasons.add_widget(chip)
         for c in CARRIERS:
-            self.ids.carriers.add_widget(Factory.CarrierChip(carrier=c))
+            chip = Factory.CarrierChip()
+            chip.carrier = c
+            self.ids.carriers.add_widget(chip)
         kb = keyboard.OnScreenKeyboard(extra="-")
         kb.bind(on_key=lambda _k, ch: setattr(vm, "tracking", (vm.tracking + ch.upper())[:40]),
                 on_backspace=lambda _k: setattr(vm, "tracking", vm.tracking[:-1]),
@@ -51,7 +56,8 @@ class OrdersScreen(Screen):  # type: ignore[misc]
         box.clear_widgets()
         for o in app.orders.orders:
             n = sum(int(ln["qty"]) for ln in o.get("lines") or [])
-            row = Factory.OrderRow(order=o)
+            row = Factory.OrderRow()
+            row.order = o
             row.text = (f"#{o['assignment']}  {o['order_id']}  ·  " + app.tf("{n} items", {"n": n})
                         + "  ·  " + app.t(str(o.get("fulfilment") or "")))
             box.add_widget(row)

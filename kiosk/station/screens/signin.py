@@ -30,7 +30,9 @@ class SignInScreen(Screen):  # type: ignore[misc]
         box = self.ids.names
         box.clear_widgets()
         for c in app.signin.clerks:
-            b = Factory.ClerkButton(clerk_id=int(c["id"]), text=str(c["name"]) + (f"  ·  {c['staff_number']}" if c.get("staff_number") else ""))
+            b = Factory.ClerkButton()
+            b.clerk_id = int(c["id"])
+            b.text = str(c["name"]) + (f"  ·  {c['staff_number']}" if c.get("staff_number") else "")
             box.add_widget(b)
 
 

@@ -23,7 +23,9 @@ class StockScreen(Screen):  # type: ignore[misc]
         self.ids.kbbox.add_widget(kb)
         self.ids["keyboard"] = kb
         for r in REASONS:
-            self.ids.reasons.add_widget(Factory.AdjustReason(reason=r))
+            chip = Factory.AdjustReason()
+            chip.reason = r
+            self.ids.reasons.add_widget(chip)
 
     def nearby_text(self, result: dict[str, Any], _lang: str = "") -> str:
         app = App.get_running_app()
