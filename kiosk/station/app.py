@@ -108,6 +108,7 @@ class StationApp(App):  # type: ignore[misc]
         self.stopping = False
         self.last_event = -1
         self.feed_polls = 0
+        self.feed_error = ""
         self.lines: list[str] = []
         """Scanner lines received (tests read it)."""
         self.latencies: list[float] = []
@@ -126,6 +127,12 @@ class StationApp(App):  # type: ignore[misc]
             return self.t(msg).format(**args)
         except (KeyError, IndexError, ValueError):
             return msg
+
+    @staticmethod
+    def val(d: Any, key: str, default: Any = "") -> Any:
+        """`d.get(key, default)` for kv: the rule then re-runs when `d` (a DictProperty) is replaced
+        (a kv `x.d.get(...)` is bound to nothing Kivy can watch)."""
+        return d.get(key, default) if d else default
 
     def name_of(self, item: Any, _lang: str = "") -> str:
         zh, en = str(item.get("name_zh") or ""), str(item.get("name_en") or "")
@@ -266,7 +273,7 @@ class StationApp(App):  # type: ignore[misc]
 
         def call() -> dict[str, Any]:
             if after < 0:  # start at the end: the past is not news (after the last id: `last` says where that is)
-                return dict(self.feed_client.call("GET", f"/station/events?after={2**62}&wait=0"))
+                return dict(self.feed_client.call("GET", f"/station/events?after={10**15 - 1}&wait=0"))
             return dict(self.feed_client.call("GET", f"/station/events?after={after}&wait={EVENTS_WAIT_S}"))
 
         def done(out: dict[str, Any]) -> None:
@@ -277,7 +284,8 @@ class StationApp(App):  # type: ignore[misc]
             self.last_event = int(events[-1]["id"]) if events else int(out.get("last") or max(after, 0))
             self._follow()
 
-        def failed(_msg: str) -> None:
+        def failed(msg: str) -> None:
+            self.feed_error = msg
             # The box restarts or the feed is absent: try again shortly, without a storm.
             Clock.schedule_once(lambda _dt: self._follow(), 2.0)
 
@@ -288,4 +296,6 @@ class StationApp(App):  # type: ignore[misc]
         if kind == "verdict":
             self.verify.feed(ev) or self.goodsin.feed(ev)
         elif kind in ("printer", "print_queued", "printed", "print_uncertain"):
+            if kind == "printed":
+                self.goodsin.job_printed(int((ev.get("data") or {}).get("id") or 0))
             self.status.refresh()

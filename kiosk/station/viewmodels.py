@@ -31,6 +31,7 @@ from kiosk.work import Worker
 __all__ = [
     "ALARMS",
     "CARRIERS",
+    "ORDER_LABELS",
     "ORDER_STATES",
     "REASONS",
     "REJECT_REASONS",
@@ -74,6 +75,9 @@ TITLES: dict[str, str] = {
     "already_sold": "Already sold", "cloned": "Cloned code", "diverted": "Diverted", "not_for_sale_here": "Not for sale here",
 }
 ORDER_STATES = ("assigned", "accepted", "picking", "packed", "ready", "shipped")
+ORDER_LABELS: dict[str, str] = {"assigned": "New", "accepted": "Accepted", "picking": "Picking", "packed": "Packed",
+                                "ready": "Awaiting pickup", "shipped": "Shipped", "rejected": "Rejected",
+                                "picked_up": "Picked up", "delivered": "Delivered", "withdrawn": "Withdrawn"}
 REJECT_REASONS = ("Out of stock", "Damaged", "Cannot meet the deadline", "Store closing")
 CARRIERS = ("SF Express", "JD Logistics", "EMS", "ZTO")
 REASONS = ("damaged", "lost", "found", "count", "other")
@@ -334,6 +338,10 @@ class VerifyVM(_Scanning):
 
 
 class GoodsInVM(_Scanning):
+    def __init__(self, client: BoxClient, worker: Worker) -> None:
+        super().__init__(client, worker)
+        self.printed_jobs: set[int] = set()
+
     units = NumericProperty(-1)
     expected = NumericProperty(-1)
     """-1: the box does not count against the shipping notice (a box from before that)."""
@@ -366,6 +374,12 @@ class GoodsInVM(_Scanning):
         if verdict and not verdict.get("provisional") and not self.label and self.scan.get("scan_id"):
             self.print_label()
 
+    def job_printed(self, job_id: int) -> None:
+        # The feed may tell "printed" before the label's own answer is applied: remember it.
+        self.printed_jobs.add(job_id)
+        if job_id and job_id == self.label_job:
+            self.label = "printed"
+
     def print_label(self) -> None:
         """The case's label (once per scan: a retry returns the job queued); again: a reprint of it."""
         scan_id, job_id = str(self.scan["scan_id"]), int(self.label_job)
@@ -381,8 +395,9 @@ class GoodsInVM(_Scanning):
                 return {"state": "not printed", "error": str(exc)}
 
         def done(job: dict[str, Any]) -> None:
-            self.label = str(job.get("error") or job.get("state") or "")
             self.label_job = int(job.get("id") or 0)
+            printed = self.label_job in self.printed_jobs and not job_id
+            self.label = "printed" if printed else str(job.get("error") or job.get("state") or "")
         self.worker.run(call, done, lambda msg: setattr(self, "label", msg))
 
 

@@ -69,7 +69,7 @@ def test_clerk_verifies_sells_undoes_sees_an_alarm_and_receives_a_case(broker: B
             c = r["checks"]
             assert c["clerk"] == "Wang Fang"
             assert c["genuine"] == {"tone": "genuine", "title": "真品", "reason": "received at this store on 2026-11-20",
-                                    "product": "西湖龙井茶 250克", "sell_enabled": True}
+                                    "product": "西湖龙井茶 250克", "sell_enabled": True, "picture": True}
             assert c["sold"] == {"undo_enabled": True, "action": "已售出"}
             assert c["undone"] == {"undo_enabled": False, "action": "已撤销销售"}
             assert c["alarm"]["title"] == "克隆码" and c["alarm"]["reason"] == "this code was sold in Chengdu 30 minutes ago"
