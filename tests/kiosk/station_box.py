@@ -14,7 +14,19 @@ from typing import Any
 import paho.mqtt.client as paho
 
 from broker.envelope import Envelope, MessageType
-from broker.payloads import CLERK_ROSTER, ClerkRosterArgs, CommandData, RosterClerk, ScanData, VerdictClass, VerdictData, VerdictRule
+from broker.payloads import (
+    CLERK_ROSTER,
+    TRACE_LISTS,
+    ClerkRosterArgs,
+    CommandData,
+    ListUnit,
+    RosterClerk,
+    ScanData,
+    TraceListsArgs,
+    VerdictClass,
+    VerdictData,
+    VerdictRule,
+)
 from broker.pins import hash_pin
 from edge.agent import EdgeAgent
 from edge.station.codes import read_code
@@ -107,6 +119,11 @@ class VerdictCloud(Cloud):
             RosterClerk(id=i, name=n, staff_number=s, pin_hash=hash_pin(PIN)) for i, n, s in CLERKS))
         return await self.send(NODE, MessageType.COMMAND, CommandData(name=CLERK_ROSTER, args=args.model_dump(mode="json")).model_dump(mode="json"))
 
+    async def lists(self) -> Envelope:
+        """The store's offline lists: the genuine unit is received here (the box's provisional answer)."""
+        args = TraceListsArgs(version=1, store=STORE, received=(ListUnit(gtin=TEA_GTIN, serial="OK0001"),))
+        return await self.send(NODE, MessageType.COMMAND, CommandData(name=TRACE_LISTS, args=args.model_dump(mode="json")).model_dump(mode="json"))
+
     async def assign(self, assignment: int, order_id: str, pickup_code: str, *, minutes: float = 10) -> Envelope:
         return await self.send(NODE, MessageType.ASSIGN, {
             "order_id": order_id, "assignment": assignment, "fulfilment": "pickup", "channel": "tmall",
@@ -168,3 +185,5 @@ async def ready(cloud: VerdictCloud, agent: EdgeAgent) -> None:
     await until(lambda: bool(cloud.of(MessageType.BIRTH)), timeout=20, what="the box's birth")
     command = await cloud.roster()
     await until(lambda: bool(cloud.acks_for(command)), timeout=20, what="the roster's ack")
+    command = await cloud.lists()
+    await until(lambda: bool(cloud.acks_for(command)), timeout=20, what="the offline lists' ack")
