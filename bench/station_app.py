@@ -19,8 +19,9 @@ import secrets
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,17 @@ GTIN = "06950000000019"
 TARGETS = {"online_p99_ms": "< 150", "provisional_p99_ms": "< 50", "rss_mb": "< 200"}
 
 
+async def _until(cond: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / 0.02) + 1):
+        if cond():
+            return
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.02)
+    raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
+
+
 class _Cloud:
     """Answers every scan with a genuine verdict; sends the roster; says online/offline."""
 
@@ -74,7 +86,7 @@ class _Cloud:
         assert isinstance(data, ScanData)
         v = VerdictData(scan_id=scan.msg_id, code=data.code, parsed=read_code(data.code, data.symbology),
                         verdict=VerdictClass.GENUINE, rule=VerdictRule.COMMISSIONED_UNIT,
-                        message="received at this store", decided_at=__import__("datetime").datetime.now(__import__("datetime").UTC))
+                        message="received at this store", decided_at=datetime.now(UTC))
         env = Envelope(type=MessageType.VERDICT, node=NODE, session=1, seq=0, corr=scan.msg_id, data=v)
         await self.conn.publish(topics.dn(NODE, "verdict"), encode(env))
 
@@ -91,11 +103,8 @@ class _Cloud:
         env = Envelope(type=MessageType.COMMAND, node=NODE, session=1, seq=0,
                        data=CommandData(name=CLERK_ROSTER, args=args.model_dump(mode="json")))
         await self.conn.publish(topics.dn(NODE, "command"), encode(env))
-        deadline = time.monotonic() + 20
-        while not any(e.type == MessageType.ACK and e.corr == env.msg_id for e in self.received):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the box did not acknowledge the roster")
-            await asyncio.sleep(0.02)
+        await _until(lambda: any(e.type == MessageType.ACK and e.corr == env.msg_id for e in self.received),
+                     "the box's ack of the roster")
 
 
 def _seed(directory: Path) -> None:
@@ -190,7 +199,6 @@ def _with_box(tmp: Path, layout: BrokerLayout, pw: dict[str, str], n: int) -> di
     })
     agent = EdgeAgent(cfg)
     loop = asyncio.new_event_loop()
-    ready = threading.Event()
     figures: dict[str, Any] = {}
 
     async def main() -> None:
@@ -199,20 +207,19 @@ def _with_box(tmp: Path, layout: BrokerLayout, pw: dict[str, str], n: int) -> di
         await cloud.online(True)
         task = asyncio.create_task(agent.run())
         await asyncio.wait_for(agent.ready.wait(), 20)
-        while not any(e.type == MessageType.BIRTH for e in cloud.received):
-            await asyncio.sleep(0.02)
+        await _until(lambda: any(e.type == MessageType.BIRTH for e in cloud.received), "the box's birth")
         await cloud.roster()
         assert agent.api is not None
         url = agent.api.url
         figures["online"] = await asyncio.to_thread(_run_child, url, tmp, "online", n)
         await cloud.online(False)
-        while agent.component("station").status().get("cloud_online"):  # type: ignore[union-attr]
-            await asyncio.sleep(0.02)
+        station = agent.component("station")
+        assert station is not None
+        await _until(lambda: not station.status().get("cloud_online"), "the box to see the cloud offline")
         figures["cloud_unreachable"] = await asyncio.to_thread(_run_child, url, tmp, "offline", n)
         await agent.stop()
         await task
         await cloud.conn.disconnect()
-        ready.set()
 
     loop.run_until_complete(main())
     loop.close()

@@ -19,6 +19,7 @@ from typing import Any
 
 from kivy.app import App
 from kivy.clock import Clock
+from kivy.config import Config
 from kivy.core.window import Window
 from kivy.lang import Builder
 from kivy.properties import NumericProperty, ObjectProperty, StringProperty
@@ -154,6 +155,8 @@ class StationApp(App):  # type: ignore[misc]
     # -- building --------------------------------------------------------------------------------------
 
     def build(self) -> StationShell:
+        # A keyboard-wedge scanner types into the window: Escape must never close the station.
+        Config.set("kivy", "exit_on_escape", "0")
         install_cjk_font()
         root: StationShell = Builder.load_file(str(HERE / "app.kv"))
         Builder.load_file(str(KIOSK / "keyboard.kv"))

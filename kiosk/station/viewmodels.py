@@ -559,7 +559,7 @@ class OrdersVM(EventDispatcher):  # type: ignore[misc]
         for i, ln in enumerate(lines):
             if product and ln["sku"] == product["sku"] and self.picked.get(i, 0) < int(ln["qty"]):
                 self.picked = {**self.picked, i: self.picked.get(i, 0) + 1}
-                self.message, self.note, self.refused = "Picked {name}", {"name": name}, False
+                self.message, self.note, self.refused, self.error = "Picked {name}", {"name": name}, False, ""
                 return
         if product and any(ln["sku"] == product["sku"] for ln in lines):
             self.message, self.note, self.refused = "Already picked enough {name}", {"name": name}, True
@@ -586,6 +586,7 @@ class StockVM(EventDispatcher):  # type: ignore[misc]
         self.client, self.worker = client, worker
 
     def type(self, ch: str) -> None:
+        self.saved = ""
         if self.field == "note":
             self.note = (self.note + ch)[:200]
         else:
@@ -622,7 +623,7 @@ class StockVM(EventDispatcher):  # type: ignore[misc]
         if not sku:
             self.error = "Enter or scan a SKU"
             return
-        self.error, self.saved = "", ""
+        self.error = ""
 
         def call() -> dict[str, Any]:
             try:
@@ -639,6 +640,7 @@ class StockVM(EventDispatcher):  # type: ignore[misc]
         self.worker.run(call, done, lambda msg: setattr(self, "error", msg), key="stock")
 
     def adjust(self) -> None:
+        self.saved = ""
         if not self.result or not self.delta or not self.reason:
             self.error = "Choose how many and why"
             return

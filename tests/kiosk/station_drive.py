@@ -24,10 +24,6 @@ from typing import Any
 os.environ.setdefault("KIVY_NO_ARGS", "1")
 
 from kivy.clock import Clock
-from kivy.config import Config
-
-Config.set("kivy", "exit_on_escape", "0")
-
 from kivy.core.window import Window
 
 from kiosk.station.app import StationApp
@@ -250,14 +246,18 @@ def orders(app: StationApp, d: Driver) -> Step:
     d.result["checks"]["counts"] = dict(app.orders.counts)
 
 
+def answered(app: StationApp, before: int) -> Callable[[], bool]:
+    return lambda: app.signin.attempts > before
+
+
 def lockout(app: StationApp, d: Driver) -> Step:
     """Wrong PINs until the box locks the clerk; a clerk of another store is refused."""
     yield "the app started", lambda: app.started
     s = screen(app, "signin")
     for i in range(3):
-        n = app.signin.attempts
+        before = int(app.signin.attempts)
         yield from sign_in(app, d, pin="1111")
-        yield f"wrong PIN {i + 1} answered", lambda n=n: app.signin.attempts > n
+        yield f"wrong PIN {i + 1} answered", answered(app, before)
         d.result["checks"].setdefault("wrong", []).append([app.signin.reason, app.signin.message])
     yield from drawn(app)
     d.shot("signin-locked")

@@ -46,8 +46,9 @@ async def result(proc: asyncio.subprocess.Process, out: Path) -> dict[str, Any]:
     import json
 
     output, _ = await asyncio.wait_for(proc.communicate(), 240)
-    assert out.exists(), output.decode(errors="replace")[-3000:]
-    found: dict[str, Any] = json.loads(out.read_text())
+    text = await asyncio.to_thread(lambda: out.read_text() if out.exists() else None)
+    assert text is not None, output.decode(errors="replace")[-3000:]
+    found: dict[str, Any] = json.loads(text)
     assert found["ok"], (found.get("error"), output.decode(errors="replace")[-3000:])
     return found
 
@@ -74,7 +75,7 @@ def test_clerk_verifies_sells_undoes_sees_an_alarm_and_receives_a_case(broker: B
             assert c["undone"] == {"undo_enabled": False, "action": "已撤销销售"}
             assert c["alarm"]["title"] == "克隆码" and c["alarm"]["reason"] == "this code was sold in Chengdu 30 minutes ago"
             assert "请勿销售" in c["alarm"]["todo"] and c["alarm"]["sell_enabled"] is False
-            assert c["goodsin"]["count"] == "12 件，应到 11 件"
+            assert c["goodsin"]["count"] == "12 件，应到 11 件"  # noqa: RUF001
             assert len(c["goodsin"]["intruders"]) == 1 and "不属于本店或本批货" in c["goodsin"]["intruder_text"]
             assert c["goodsin"]["label"] == "printed"
             # This box has no stock lookup yet: the screen says so instead of an error.

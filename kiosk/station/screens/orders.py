@@ -47,8 +47,12 @@ class OrdersScreen(Screen):  # type: ignore[misc]
         self.ids["keyboard"] = kb
         vm.bind(orders=lambda *_: self.fill(), now=lambda *_: self.tick(), picked=lambda *_: self.fill_lines(),
                 current=lambda *_: self.fill_lines())
-        app.session.bind(lang=lambda *_: (self.fill(), self.fill_lines()))
+        app.session.bind(lang=lambda *_: self.relabel())
         self.fill()
+
+    def relabel(self) -> None:
+        self.fill()
+        self.fill_lines()
 
     def fill(self) -> None:
         app = App.get_running_app()
@@ -83,7 +87,7 @@ class OrdersScreen(Screen):  # type: ignore[misc]
             got = int(vm.picked.get(i, 0))
             row = Factory.PickRow()
             row.done = got >= int(ln["qty"])
-            row.text = f"{ln['sku']}   × {ln['qty']}" + (f"   ({got}/{ln['qty']})" if vm.current.get("state") == "picking" else "")
+            row.text = f"{ln['sku']}   x {ln['qty']}" + (f"   ({got}/{ln['qty']})" if vm.current.get("state") == "picking" else "")
             box.add_widget(row)
         self.tick()
 
