@@ -131,6 +131,8 @@ def _child(box_url: str, out: Path, n: int) -> None:
     app.session.signed_in(BoxClient(box_url).call("POST", "/clerks/sign-in", {"clerk_id": 1, "pin": PIN}))
     state = {"i": 0, "shown": 0, "frames": 0}
     result: dict[str, Any] = {}
+    flips: list[float] = []
+    Window.bind(on_flip=lambda *_: flips.append(time.perf_counter()))
 
     def type_line(line: str) -> None:
         for ch in line:
@@ -145,6 +147,9 @@ def _child(box_url: str, out: Path, n: int) -> None:
             return  # the last line's verdict is not drawn yet
         if state["i"] >= n:
             result["latencies_s"] = app.latencies
+            gaps = sorted(b - a for a, b in zip(flips, flips[1:], strict=False))
+            # How long one frame takes here: a verdict waits for up to two of them after the box answered.
+            result["frame_ms_p50"] = round(gaps[len(gaps) // 2] * 1000, 1) if gaps else None
             result["provisional"] = app.verify.verdict.get("provisional")
             result["rss_mb"] = round(psutil.Process().memory_info().rss / 2**20, 1)
             out.write_text(json.dumps(result))
@@ -158,16 +163,37 @@ def _child(box_url: str, out: Path, n: int) -> None:
     app.run()
 
 
+def _api_scans(box_url: str, n: int) -> dict[str, Any]:
+    """The same scans posted straight to the box's API (no app): what the app's figure is made of."""
+    from kiosk.client import BoxClient
+
+    client = BoxClient(box_url)
+    times = []
+    late = 0
+    for i in range(n):
+        t = time.perf_counter()
+        out = client.call("POST", "/station/scans", {"code": f"]d201{GTIN}21A{i:06d}{time.time_ns() % 10**6:06d}",
+                                                      "station": "bench", "wait_s": 0.9})
+        times.append(time.perf_counter() - t)
+        late += out.get("verdict") is None
+    return {"scans": n, "answered_without_verdict": late, **percentiles_ms(times)}
+
+
 def _run_child(box_url: str, tmp: Path, name: str, n: int) -> dict[str, Any]:
     out = tmp / f"{name}.json"
     env = {**os.environ, "KIVY_NO_ARGS": "1", "KIVY_HOME": str(tmp / "kivy"), "KCFG_KIVY_LOG_LEVEL": "warning",
            "KCFG_GRAPHICS_WIDTH": "1080", "KCFG_GRAPHICS_HEIGHT": "1920", "KCFG_GRAPHICS_MAXFPS": "0"}
     cmd = ["xvfb-run", "-a", "-s", "-screen 0 1080x1920x24", sys.executable, "-m", "bench.station", "--app-child",
            box_url, str(out), str(n)]
-    subprocess.run(cmd, env=env, cwd=Path(__file__).resolve().parents[1], timeout=600, check=False,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp / f"{name}.log"
+    with log.open("wb") as sink:
+        try:
+            subprocess.run(cmd, env=env, cwd=Path(__file__).resolve().parents[1], timeout=60 + n, check=False,
+                           stdout=sink, stderr=subprocess.STDOUT)
+        except subprocess.TimeoutExpired:
+            pass
     if not out.exists():
-        return {"error": f"the station app did not report ({name})"}
+        return {"error": f"the station app did not report ({name}): " + log.read_text(errors="replace")[-1500:]}
     found = json.loads(out.read_text())
     lat = [float(x) for x in found.pop("latencies_s")]
     return {**found, "scans": len(lat), **percentiles_ms(lat)}
@@ -211,11 +237,13 @@ def _with_box(tmp: Path, layout: BrokerLayout, pw: dict[str, str], n: int) -> di
         await cloud.roster()
         assert agent.api is not None
         url = agent.api.url
+        figures["api_scan_online"] = await asyncio.to_thread(_api_scans, url, n)
         figures["online"] = await asyncio.to_thread(_run_child, url, tmp, "online", n)
         await cloud.online(False)
         station = agent.component("station")
         assert station is not None
         await _until(lambda: not station.status().get("cloud_online"), "the box to see the cloud offline")
+        figures["api_scan_cloud_unreachable"] = await asyncio.to_thread(_api_scans, url, n)
         figures["cloud_unreachable"] = await asyncio.to_thread(_run_child, url, tmp, "offline", n)
         await agent.stop()
         await task

@@ -171,6 +171,8 @@ class StationApp(App):  # type: ignore[misc]
         Window.bind(size=self._resized, on_key_down=self._key_down)
         self._resized(Window, Window.size)
         self.session.bind(token=self._session_changed)
+        if self.session.token:  # signed in before the window opened (the bench does)
+            self._session_changed(self.session, self.session.token)
         Clock.schedule_interval(lambda _dt: self._tick(), 1.0)
         Clock.schedule_interval(lambda _dt: self.status.refresh(), STATUS_POLL_S)
         self.signin.load()
