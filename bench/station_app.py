@@ -13,6 +13,8 @@ scanner lines are typed through Kivy's keyboard event, and each latency ends at 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import os
 import secrets
@@ -147,7 +149,7 @@ def _child(box_url: str, out: Path, n: int) -> None:
             return  # the last line's verdict is not drawn yet
         if state["i"] >= n:
             result["latencies_s"] = app.latencies
-            gaps = sorted(b - a for a, b in zip(flips, flips[1:], strict=False))
+            gaps = sorted(b - a for a, b in itertools.pairwise(flips))
             # How long one frame takes here: a verdict waits for up to two of them after the box answered.
             result["frame_ms_p50"] = round(gaps[len(gaps) // 2] * 1000, 1) if gaps else None
             result["provisional"] = app.verify.verdict.get("provisional")
@@ -186,12 +188,9 @@ def _run_child(box_url: str, tmp: Path, name: str, n: int) -> dict[str, Any]:
     cmd = ["xvfb-run", "-a", "-s", "-screen 0 1080x1920x24", sys.executable, "-m", "bench.station", "--app-child",
            box_url, str(out), str(n)]
     log = tmp / f"{name}.log"
-    with log.open("wb") as sink:
-        try:
-            subprocess.run(cmd, env=env, cwd=Path(__file__).resolve().parents[1], timeout=60 + n, check=False,
-                           stdout=sink, stderr=subprocess.STDOUT)
-        except subprocess.TimeoutExpired:
-            pass
+    with log.open("wb") as sink, contextlib.suppress(subprocess.TimeoutExpired):
+        subprocess.run(cmd, env=env, cwd=Path(__file__).resolve().parents[1], timeout=60 + n, check=False,
+                       stdout=sink, stderr=subprocess.STDOUT)
     if not out.exists():
         return {"error": f"the station app did not report ({name}): " + log.read_text(errors="replace")[-1500:]}
     found = json.loads(out.read_text())
