@@ -30,6 +30,7 @@ from kiosk.app import ImageCache
 from kiosk.client import BoxClient
 from kiosk.fonts import install_cjk_font
 from kiosk.i18n import Catalogue
+from kiosk.station.client import StationClient
 from kiosk.station.sound import Tones
 from kiosk.station.viewmodels import (
     TITLES,
@@ -88,7 +89,8 @@ class StationApp(App):  # type: ignore[misc]
     def __init__(self, box_url: str, **kw: Any) -> None:
         super().__init__(**kw)
         self.title = "omnishelf station"
-        self.client = BoxClient(box_url)
+        self.client = StationClient(box_url)
+        self.client.on_session_lost = self.sign_out
         # The long poll holds its connection up to EVENTS_WAIT_S: its own client, its own timeout.
         self.feed_client = BoxClient(box_url, timeout=EVENTS_WAIT_S + 10)
         self.worker = Worker(threads=4)
@@ -214,6 +216,8 @@ class StationApp(App):  # type: ignore[misc]
             self.go("verify")
             self.orders.refresh()
         else:
+            for vm in (self.verify, self.goodsin, self.orders, self.stock):
+                vm.wipe()
             self.signin.load()
             self.go("signin")
 

@@ -26,6 +26,7 @@ from kivy.properties import (
 )
 
 from kiosk.client import BoxClient, BoxError
+from kiosk.station.client import SESSION_HEADER
 from kiosk.work import Worker
 
 __all__ = [
@@ -48,7 +49,6 @@ __all__ = [
 
 STATION = "clerk-app"
 """The `station` the app's scans carry (the box's counter scanner has its own name)."""
-SESSION_HEADER = "X-Clerk-Session"
 VERDICT_WAIT_S = 0.9
 """How long a scan waits on the box for a verdict (final, or provisional offline) before answering;
 later verdicts arrive through the event feed."""
@@ -241,6 +241,10 @@ class _Scanning(EventDispatcher):  # type: ignore[misc]
         """perf_counter() of the scanner line behind the scan shown (the bench's latency start)."""
         self.on_shown: Callable[[float], None] | None = None
 
+    def wipe(self) -> None:
+        """Nothing of the previous clerk's work stays on screen."""
+        self.scan, self.verdict, self.tone, self.error = {}, {}, "idle", ""
+
     def post(self, code: str, purpose: str, key: str, done: Callable[[dict[str, Any]], None] | None = None) -> None:
         body = {"code": code, "purpose": purpose, "station": STATION, "wait_s": VERDICT_WAIT_S}
         self.worker.run(lambda: dict(self.client.call("POST", "/station/scans", body)), done or self.answered,
@@ -282,6 +286,10 @@ class VerifyVM(_Scanning):
     action = StringProperty("verify")
     """What the screen shows the verdict of: verify, sell, undo, return."""
     sales = NumericProperty(0)
+
+    def wipe(self) -> None:
+        super().wipe()
+        self.product, self.sold_at, self.action = {}, 0, "verify"
 
     def on_line(self, code: str, at: float | None = None) -> None:
         self.line_at = at if at is not None else time.perf_counter()
@@ -373,6 +381,11 @@ class GoodsInVM(_Scanning):
         super().apply(verdict)
         if verdict and not verdict.get("provisional") and not self.label and self.scan.get("scan_id"):
             self.print_label()
+
+    def wipe(self) -> None:
+        super().wipe()
+        self.units, self.expected, self.intruders, self.missing, self.counted = -1, -1, [], [], False
+        self.label, self.label_job = "", 0
 
     def job_printed(self, job_id: int) -> None:
         # The feed may tell "printed" before the label's own answer is applied: remember it.
@@ -474,6 +487,9 @@ class OrdersVM(EventDispatcher):  # type: ignore[misc]
     def close(self) -> None:
         self.current = {}
         self.refresh()
+
+    def wipe(self) -> None:
+        self.current, self.picked, self.message, self.note, self.error = {}, {}, "", {}, ""
 
     @property
     def all_picked(self) -> bool:
@@ -584,6 +600,9 @@ class StockVM(EventDispatcher):  # type: ignore[misc]
     def __init__(self, client: BoxClient, worker: Worker) -> None:
         super().__init__()
         self.client, self.worker = client, worker
+
+    def wipe(self) -> None:
+        self.sku, self.result, self.delta, self.reason, self.note, self.error, self.saved = "", {}, 0, "", "", "", ""
 
     def type(self, ch: str) -> None:
         self.saved = ""

@@ -15,6 +15,7 @@ import pytest
 pytest.importorskip("kivy")
 
 from kiosk.client import BoxClient
+from kiosk.station.client import StationClient
 from kiosk.station.screens.orders import timer_text
 from kiosk.station.viewmodels import GoodsInVM, OrdersVM, StationSessionVM, StockVM, tone_of
 from kiosk.work import Worker
@@ -30,6 +31,7 @@ class StationPeer:
     (`contract=False`: a box from before them, answering 404 "no such path")."""
 
     def __init__(self, contract: bool = True) -> None:
+        self.session_ok = True
         self.posts: list[tuple[str, dict[str, Any], str | None]] = []
         peer = self
 
@@ -53,7 +55,10 @@ class StationPeer:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 peer.posts.append((self.path, body, self.headers.get("X-Clerk-Session")))
-                if not contract:
+                if not peer.session_ok:
+                    self._send(401, {"error": "no clerk is signed in with this session: sign in again", "status": 401,
+                                     "reason": "no_session"})
+                elif not contract:
                     self._send(404, {"error": f"no such path {self.path!r}: this box serves /station", "status": 404})
                 else:
                     self._send(200, {"id": 1, **body})
@@ -149,3 +154,24 @@ def test_order_timer_counts_down_to_the_acceptance_deadline(worker: Worker) -> N
     assert timer_text(vm.left_s(order)) == "-1:35"
     assert vm.left_s({**order, "state": "accepted"}) is None
     assert timer_text(7322) == "2:02:02"
+
+
+def test_a_write_refused_for_a_lost_session_signs_the_clerk_out(worker: Worker) -> None:
+    peer = StationPeer()
+    try:
+        client = StationClient(peer.url)
+        session = StationSessionVM(client)
+        client.on_session_lost = session.signed_out
+        session.signed_in({"token": "tok-2", "expires_at": "", "clerk": {"id": 7, "name": "Wang Fang"}})
+        vm = StockVM(client, worker)
+        vm.sku = "TEA-LJ-250"
+        vm.lookup()
+        pump(lambda: vm.loads == 1, what="the stock answer")
+        peer.session_ok = False
+        vm.delta, vm.reason = 1, "found"
+        vm.adjust()
+        pump(lambda: session.token == "", what="the app signed out")
+        assert vm.error == "no clerk is signed in with this session: sign in again"
+        assert "X-Clerk-Session" not in client.headers and session.clerk == {}
+    finally:
+        peer.close()
