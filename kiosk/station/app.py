@@ -116,7 +116,10 @@ class StationApp(App):  # type: ignore[misc]
         """Scanner lines received (tests read it)."""
         self.latencies: list[float] = []
         """Seconds from a scanner line to the frame that first showed its verdict (the bench reads it)."""
+        self.paints: list[float] = []
+        """Seconds from a verdict applied to the view-model to the frame that showed it (drawing only)."""
         self._paint_from: float | None = None
+        self._applied_at = 0.0
         self.verify.on_shown = self._shown
         self.goodsin.on_shown = self._shown
 
@@ -264,13 +267,15 @@ class StationApp(App):  # type: ignore[misc]
         tone = self.verify.tone if self.screen == "verify" else self.goodsin.tone
         self.tones.play(tone)
         if line_at:
-            self._paint_from = line_at
+            self._paint_from, self._applied_at = line_at, time.perf_counter()
             Window.bind(on_flip=self._flipped)
 
     def _flipped(self, *_a: Any) -> None:
         Window.unbind(on_flip=self._flipped)
         if self._paint_from is not None:
-            self.latencies.append(time.perf_counter() - self._paint_from)
+            now = time.perf_counter()
+            self.latencies.append(now - self._paint_from)
+            self.paints.append(now - self._applied_at)
             self._paint_from = None
 
     # -- the box's event feed ------------------------------------------------------------------------
