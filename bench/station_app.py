@@ -139,7 +139,10 @@ def _child(box_url: str, out: Path, n: int) -> None:
             Window.dispatch("on_key_down", ord(ch), 0, ch, [])
         Window.dispatch("on_key_down", 13, 40, None, [])
 
+    ticks: list[float] = []
+
     def step(_dt: float) -> None:
+        ticks.append(time.perf_counter())
         state["frames"] += 1
         if state["frames"] < 5 or app.screen != "verify":
             return
@@ -152,6 +155,10 @@ def _child(box_url: str, out: Path, n: int) -> None:
             result["latencies_s"] = [x for x in app.latencies if x == x]
             # Of which drawing: from the verdict applied to the view-model to the frame that shows it.
             result["paint"] = percentiles_ms(app.paints)
+            result["http"] = percentiles_ms(app.verify.http_s)
+            result["queued"] = percentiles_ms(app.verify.queued_s)
+            result["handover"] = percentiles_ms(app.verify.handover_s)
+            result["tick_gap"] = percentiles_ms([b - a for a, b in zip(ticks, ticks[1:], strict=False)])
             result["provisional"] = app.verify.verdict.get("provisional")
             result["rss_mb"] = round(psutil.Process().memory_info().rss / 2**20, 1)
             out.write_text(json.dumps(result))
@@ -185,7 +192,7 @@ def _api_scans(box_url: str, n: int) -> dict[str, Any]:
 def _run_child(box_url: str, tmp: Path, name: str, n: int) -> dict[str, Any]:
     out = tmp / f"{name}.json"
     env = {**os.environ, "KIVY_NO_ARGS": "1", "KIVY_HOME": str(tmp / "kivy"), "KCFG_KIVY_LOG_LEVEL": "warning",
-           "KCFG_GRAPHICS_WIDTH": "1080", "KCFG_GRAPHICS_HEIGHT": "1920", "KCFG_GRAPHICS_MAXFPS": "0"}
+           "KCFG_GRAPHICS_WIDTH": "1080", "KCFG_GRAPHICS_HEIGHT": "1920", "KCFG_GRAPHICS_MAXFPS": "60"}
     cmd = ["xvfb-run", "-a", "-s", "-screen 0 1080x1920x24", sys.executable, "-m", "bench.station", "--app-child",
            box_url, str(out), str(n)]
     log = tmp / f"{name}.log"

@@ -240,6 +240,11 @@ class _Scanning(EventDispatcher):  # type: ignore[misc]
         self.line_at = 0.0
         """perf_counter() of the scanner line behind the scan shown (the bench's latency start)."""
         self.on_shown: Callable[[float], None] | None = None
+        self.http_s: list[float] = []
+        """Seconds each scan's call took on its worker thread (the bench splits the latency with it)."""
+        self.queued_s: list[float] = []
+        self.done_at = 0.0
+        self.handover_s: list[float] = []
 
     def wipe(self) -> None:
         """Nothing of the previous clerk's work stays on screen."""
@@ -247,10 +252,20 @@ class _Scanning(EventDispatcher):  # type: ignore[misc]
 
     def post(self, code: str, purpose: str, key: str, done: Callable[[dict[str, Any]], None] | None = None) -> None:
         body = {"code": code, "purpose": purpose, "station": STATION, "wait_s": VERDICT_WAIT_S}
-        self.worker.run(lambda: dict(self.client.call("POST", "/station/scans", body)), done or self.answered,
-                        self.failed, key=key)
+
+        def call() -> dict[str, Any]:
+            started = time.perf_counter()
+            self.queued_s.append(started - self.line_at)
+            try:
+                return dict(self.client.call("POST", "/station/scans", body))
+            finally:
+                self.http_s.append(time.perf_counter() - started)
+                self.done_at = time.perf_counter()
+
+        self.worker.run(call, done or self.answered, self.failed, key=key)
 
     def answered(self, scan: dict[str, Any]) -> None:
+        self.handover_s.append(time.perf_counter() - self.done_at)
         self.scan, self.error = scan, ""
         self.apply(scan.get("verdict"))
 
