@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import secrets
@@ -152,13 +153,13 @@ def _child(box_url: str, out: Path, n: int) -> None:
             result["lost"] = result.get("lost", 0) + 1  # never answered: count it, go on
             app.latencies.append(float("nan"))
         if state["i"] >= n:
-            result["latencies_s"] = [x for x in app.latencies if x == x]
+            result["latencies_s"] = [x for x in app.latencies if x == x]  # NaN: a scan never answered
             # Of which drawing: from the verdict applied to the view-model to the frame that shows it.
-            result["paint"] = percentiles_ms(app.paints)
-            result["http"] = percentiles_ms(app.verify.http_s)
-            result["queued"] = percentiles_ms(app.verify.queued_s)
-            result["handover"] = percentiles_ms(app.verify.handover_s)
-            result["tick_gap"] = percentiles_ms([b - a for a, b in zip(ticks, ticks[1:], strict=False)])
+            result["paint"] = percentiles_ms(list(app.paints))
+            result["http"] = percentiles_ms(list(app.verify.http_s))
+            result["queued"] = percentiles_ms(list(app.verify.queued_s))
+            result["handover"] = percentiles_ms(list(app.verify.handover_s))
+            result["tick_gap"] = percentiles_ms([b - a for a, b in itertools.pairwise(ticks)])
             result["provisional"] = app.verify.verdict.get("provisional")
             result["rss_mb"] = round(psutil.Process().memory_info().rss / 2**20, 1)
             out.write_text(json.dumps(result))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from importlib import import_module
 from pathlib import Path
@@ -33,6 +34,7 @@ from kiosk.i18n import Catalogue
 from kiosk.station.client import StationClient
 from kiosk.station.sound import Tones
 from kiosk.station.viewmodels import (
+    KEEP,
     TITLES,
     TODO,
     GoodsInVM,
@@ -112,11 +114,11 @@ class StationApp(App):  # type: ignore[misc]
         self.last_event = -1
         self.feed_polls = 0
         self.feed_error = ""
-        self.lines: list[str] = []
+        self.lines: deque[str] = deque(maxlen=KEEP)
         """Scanner lines received (tests read it)."""
-        self.latencies: list[float] = []
+        self.latencies: deque[float] = deque(maxlen=KEEP)
         """Seconds from a scanner line to the frame that first showed its verdict (the bench reads it)."""
-        self.paints: list[float] = []
+        self.paints: deque[float] = deque(maxlen=KEEP)
         """Seconds from a verdict applied to the view-model to the frame that showed it (drawing only)."""
         self._paint_from: float | None = None
         self._applied_at = 0.0

@@ -10,6 +10,7 @@ import math
 import struct
 import tempfile
 import wave
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ def write_tone(path: Path, segments: tuple[tuple[float, float], ...]) -> Path:
 class Tones:
     def __init__(self) -> None:
         self.sounds: dict[str, Any] = {}
-        self.played: list[str] = []
+        self.played: deque[str] = deque(maxlen=1000)
         """Tones asked for (tests read it: the sound is asked for whether or not a device plays it)."""
         try:
             from kivy.core.audio import SoundLoader

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import urllib.parse
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -81,6 +82,8 @@ ORDER_LABELS: dict[str, str] = {"assigned": "New", "accepted": "Accepted", "pick
 REJECT_REASONS = ("Out of stock", "Damaged", "Cannot meet the deadline", "Store closing")
 CARRIERS = ("SF Express", "JD Logistics", "EMS", "ZTO")
 REASONS = ("damaged", "lost", "found", "count", "other")
+KEEP = 10_000
+"""Timings kept for the bench (the app runs all day: bounded)."""
 """Stock adjustment reasons (`POST /station/stock/adjustments`)."""
 
 
@@ -240,11 +243,11 @@ class _Scanning(EventDispatcher):  # type: ignore[misc]
         self.line_at = 0.0
         """perf_counter() of the scanner line behind the scan shown (the bench's latency start)."""
         self.on_shown: Callable[[float], None] | None = None
-        self.http_s: list[float] = []
+        self.http_s: deque[float] = deque(maxlen=KEEP)
         """Seconds each scan's call took on its worker thread (the bench splits the latency with it)."""
-        self.queued_s: list[float] = []
+        self.queued_s: deque[float] = deque(maxlen=KEEP)
         self.done_at = 0.0
-        self.handover_s: list[float] = []
+        self.handover_s: deque[float] = deque(maxlen=KEEP)
 
     def wipe(self) -> None:
         """Nothing of the previous clerk's work stays on screen."""

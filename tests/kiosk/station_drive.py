@@ -91,8 +91,8 @@ class Driver:
         self.result["error"] = error
         if error is not None:
             self.shot("failed")  # what the screen showed when the step failed (not a docs picture)
-        self.result["tones"] = self.app.tones.played
-        self.result["latencies"] = self.app.latencies
+        self.result["tones"] = list(self.app.tones.played)
+        self.result["latencies"] = list(self.app.latencies)
         self.out.write_text(json.dumps(self.result, ensure_ascii=False, indent=1))
         Clock.unschedule(self.frame)
         self.app.stop()
