@@ -198,7 +198,7 @@ def _run_child(box_url: str, tmp: Path, name: str, n: int) -> dict[str, Any]:
            box_url, str(out), str(n)]
     log = tmp / f"{name}.log"
     with log.open("wb") as sink, contextlib.suppress(subprocess.TimeoutExpired):
-        subprocess.run(cmd, env=env, cwd=Path(__file__).resolve().parents[1], timeout=60 + n, check=False,
+        subprocess.run(cmd, env=env, cwd=Path(__file__).resolve().parents[1], timeout=60 + 5 * n, check=False,
                        stdout=sink, stderr=subprocess.STDOUT)
     if not out.exists():
         return {"error": f"the station app did not report ({name}): " + log.read_text(errors="replace")[-1500:]}
