@@ -36,7 +36,7 @@ unit: system-deps test-deps venv
 # The browser tests write their screenshots to var/screenshots/ (ignored); this writes them over the
 # tracked ones in docs/img/, to commit after looking at them.
 screenshots: system-deps test-deps venv
-	OMNISHELF_SCREENSHOTS=docs/img $(BIN)/pytest -q tests/console/test_browser.py tests/catalogue/test_console_browser.py tests/kiosk/test_app.py
+	OMNISHELF_SCREENSHOTS=docs/img $(BIN)/pytest -q tests/console/test_browser.py tests/catalogue/test_console_browser.py tests/kiosk/test_app.py tests/kiosk/test_station_app.py
 
 bench: system-deps venv
 	$(BIN)/python -m bench.bus

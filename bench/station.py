@@ -8,7 +8,10 @@
   connection per job) to a local TCP printer peer, next to a bare socket doing the same exchange per
   job with no queue.
 
-    python -m bench.station [--quick]
+- app (`--app`): the clerk's station app, scanner line → repainted verdict, online and with the
+  cloud unreachable, next to the bare bus round trip, and the app's RSS (see bench/station_app.py).
+
+    python -m bench.station [--quick] [--app]
 """
 
 from __future__ import annotations
@@ -238,7 +241,19 @@ def printing(tmp: Path, jobs: int) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a short run (CI, busy machines)")
+    ap.add_argument("--app", action="store_true", help="the clerk's station app figures only (needs Xvfb)")
+    ap.add_argument("--app-child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.app_child:
+        from bench.station_app import _child
+
+        _child(args.app_child[0], Path(args.app_child[1]), int(args.app_child[2]))
+        return
+    if args.app:
+        from bench.station_app import app_figures
+
+        print(json.dumps({"app": app_figures(30 if args.quick else 200)}, indent=2))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         result = {
             "camera": camera(Path(tmp), 20 if args.quick else 100),

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-__all__ = ["add_parser", "choose_box"]
+__all__ = ["add_parser", "add_station_parser", "choose_box"]
 
 BOX_ENV = "OMNISHELF_BOX_URL"
 DEFAULT_BOX = "http://127.0.0.1:8480"
@@ -53,15 +53,43 @@ def choose_box(configured: str | None, env: str | None, find: Callable[[], str |
     return DEFAULT_BOX, "no box found by zeroconf: trying this machine's"
 
 
-def cmd_kiosk(args: argparse.Namespace) -> int:
+def _resolve_box(args: argparse.Namespace, who: str) -> str:
     from kiosk.discover import find_box
 
     try:
         box, how = choose_box(args.box, os.environ.get(BOX_ENV), find_box)
     except argparse.ArgumentTypeError as exc:
-        raise SystemExit(f"kiosk: ${BOX_ENV}: {exc}") from None
-    print(f"kiosk: box {box} ({how})", file=sys.stderr)
+        raise SystemExit(f"{who}: ${BOX_ENV}: {exc}") from None
+    print(f"{who}: box {box} ({how})", file=sys.stderr)
+    return box
+
+
+def cmd_kiosk(args: argparse.Namespace) -> int:
+    box = _resolve_box(args, "kiosk")
     # Kivy reads its configuration at import: set it before the first kivy import.
+    _configure(args)
+    from kiosk.app import KioskApp
+    from kiosk.fonts import FontMissing
+
+    try:
+        KioskApp(box, idle_s=args.idle).run()
+    except FontMissing as exc:
+        raise SystemExit(f"kiosk: {exc}") from None
+    return 0
+
+
+def add_station_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("station", help="run the clerk's station touchscreen (Kivy) against a box's local API")
+    p.add_argument("--box", type=_box_url, default=None,
+                   help=f"the box's local API (default: ${BOX_ENV}, else the box found by zeroconf on the LAN,"
+                        f" else {DEFAULT_BOX})")
+    p.add_argument("--windowed", action="store_true", help="a window instead of full screen (development)")
+    p.add_argument("--size", type=_size, default=(1080, 1920),
+                   help="window size with --windowed (default 1080x1920; 1920x1080 for landscape)")
+    p.set_defaults(func=cmd_station)
+
+
+def _configure(args: argparse.Namespace) -> None:
     os.environ.setdefault("KIVY_NO_ARGS", "1")
     os.environ.setdefault("KIVY_NO_CONSOLELOG", "1")
     from kivy.config import Config
@@ -73,11 +101,20 @@ def cmd_kiosk(args: argparse.Namespace) -> int:
     else:
         Config.set("graphics", "fullscreen", "auto")
         Config.set("graphics", "show_cursor", "0")
-    from kiosk.app import KioskApp
+    # A keyboard-wedge scanner types into the station's window, and a shopper may find a keyboard
+    # on a kiosk: Escape closes neither.
+    Config.set("kivy", "exit_on_escape", "0")
+
+
+def cmd_station(args: argparse.Namespace) -> int:
+    box = _resolve_box(args, "station")
+    # Kivy reads its configuration at import: set it before the first kivy import.
+    _configure(args)
     from kiosk.fonts import FontMissing
+    from kiosk.station.app import StationApp
 
     try:
-        KioskApp(box, idle_s=args.idle).run()
+        StationApp(box).run()
     except FontMissing as exc:
-        raise SystemExit(f"kiosk: {exc}") from None
+        raise SystemExit(f"station: {exc}") from None
     return 0

@@ -27,11 +27,17 @@ class BoxClient:
     def __init__(self, base_url: str, timeout: float = 5.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.headers: dict[str, str] = {}
+        """Sent with every request (the station's `X-Clerk-Session` once a clerk signed in)."""
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        """Any route of the local API (the station's screens use many): the decoded JSON answer."""
+        return self._call(method, path, body)
 
     def _call(self, method: str, path: str, body: Any = None, *, raw: bool = False) -> Any:
         data = None if body is None else json.dumps(body, ensure_ascii=False).encode()
-        req = urllib.request.Request(self.base_url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"} if data is not None else {})
+        headers = {**self.headers, **({"Content-Type": "application/json"} if data is not None else {})}
+        req = urllib.request.Request(self.base_url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 payload = resp.read()

@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {  # name → ("module" or "module:functi
     "provision": ("provisioning.cli", "claim boxes in setup mode for a store (technician); a box's setup mode"),
     "demo": ("omnishelf.demo", "run the whole system on this machine with embedded defaults"),
     "kiosk": ("kiosk.cli", "run the cloud shelf touchscreen (Kivy) against a box's local API"),
+    "station": ("kiosk.cli:add_station_parser", "run the clerk's station touchscreen (Kivy) against a box's local API"),
 }
 
 ROLE_PACKAGES = ("broker", "cloud", "edge", "kiosk")

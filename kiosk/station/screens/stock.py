@@ -1,0 +1,40 @@
+"""Stock: a SKU's stock here and in nearby stores (typed or scanned); an adjustment with a reason."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kivy.app import App
+from kivy.factory import Factory
+from kivy.uix.screenmanager import Screen
+
+from kiosk import keyboard
+from kiosk.station.viewmodels import REASONS
+
+__all__ = ["SCREEN", "StockScreen"]
+
+
+class StockScreen(Screen):  # type: ignore[misc]
+    def on_kv_post(self, _base: Any) -> None:
+        app = App.get_running_app()
+        vm = app.stock
+        kb = keyboard.OnScreenKeyboard(extra="-/")
+        kb.bind(on_key=lambda _k, ch: vm.type(ch), on_backspace=lambda _k: vm.back(), on_clear=lambda _k: vm.clear())
+        self.ids.kbbox.add_widget(kb)
+        self.ids["keyboard"] = kb
+        for r in REASONS:
+            chip = Factory.AdjustReason()
+            chip.reason = r
+            self.ids.reasons.add_widget(chip)
+
+    def nearby_text(self, result: dict[str, Any], _lang: str = "") -> str:
+        app = App.get_running_app()
+        rows = result.get("nearby") or []
+        if not rows:
+            return ""
+        return "\n".join(app.tf("{name} ({km} km): {n} available", {"name": r.get("name") or r.get("store"),
+                                                                  "km": r.get("distance_km"), "n": r.get("available")})
+                         for r in rows)
+
+
+SCREEN = StockScreen
