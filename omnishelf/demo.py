@@ -427,6 +427,15 @@ def run(args: argparse.Namespace) -> int:
             kiosk_line = (f"  the cloud shelf (kiosk) of {first}: no display here; on a desktop: {kiosk_cmd}\n"
                           f"    what it asks the box (pinyin initials find 龙井): "
                           f"curl -s 'http://127.0.0.1:{local_ports[first]}/shelf/products?q=lj'")
+        box_url = f"http://127.0.0.1:{local_ports[first]}"
+        station_cmd = f"omnishelf station --windowed --size 960x540 --box {box_url}"
+        if os.environ.get("DISPLAY"):
+            sup.start("station", "station", "--windowed", "--size", "960x540", "--box", box_url)
+            station_line = (f"  the clerk's station of {first} is open in a window (sign in with PIN {DEMO_CLERK_PIN});"
+                            f" another one: {station_cmd}")
+        else:
+            station_line = (f"  the clerk's station of {first}: no display here; on a desktop: {station_cmd}"
+                            f" (sign in with PIN {DEMO_CLERK_PIN})")
         orders_line = orders_demo(api, api_key, stores, local_ports)
         claimed = _provision_demo_box(sup, data, api, api_key)
 
@@ -448,6 +457,7 @@ def run(args: argparse.Namespace) -> int:
                     f"    tokens, enrolled boxes, revocation, config pushes: {api}/console/enrolment",
                     f"  messages an engine could not process (replay them there): {api}/console/bus/failed",
                     kiosk_line,
+                    station_line,
                     orders_line,
                     clerks_line,
                     f"  health and ingest counters:    curl -s {api}/health",

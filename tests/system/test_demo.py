@@ -119,6 +119,11 @@ def test_demo_runs_the_whole_system_and_stops_cleanly(tmp_path: Path) -> None:
         assert shelf, text
         wait_for(lambda: _ok(lambda: any(p["sku"] == "TEA-LJ-250" for p in _get(shelf[1])["items"])), 60,  # type: ignore[index]
                  "the kiosk index on the first box")
+        # The clerk's station app: the banner names the box it would open on, whose station API answers.
+        station = re.search(r"omnishelf station --windowed --size \S+ --box (http://\S+)", text)
+        assert station and "PIN 2580" in text, text
+        wait_for(lambda: _ok(lambda: "printers" in _get(f"{station[1]}/station")), 60,  # type: ignore[operator]
+                 "the station's box API on the first box")
         # Clerks: the first store's roster reached its station box; the demo clerk signs in with the PIN.
         sign_in = re.search(r"curl -s -X POST -d '(\{[^']+\})' (http://\S+/clerks/sign-in)", text)
         assert sign_in, text
