@@ -47,7 +47,12 @@ def tap_at(x: float, y: float) -> None:
 
 
 class Driver:
-    def __init__(self, app: KioskApp, scenario: Callable[[KioskApp, Driver], Step], out: Path) -> None:
+    """Runs a scenario's steps, one condition a frame; `prefix` names its screenshots. Subclasses
+    say what the app was doing when a step timed out (`state`) and add to the result (`report`)."""
+
+    prefix = "kiosk"
+
+    def __init__(self, app: Any, scenario: Callable[[Any, Any], Step], out: Path) -> None:
         self.app, self.out = app, out
         self.result: dict[str, Any] = {"ok": False, "shots": [], "checks": {}}
         self.steps = scenario(app, self)
@@ -56,10 +61,20 @@ class Driver:
 
     def shot(self, name: str) -> None:
         IMG.mkdir(parents=True, exist_ok=True)
-        target = IMG / f"kiosk-{name}-{self.app.orientation}.png"
-        written = Window.screenshot(name=str(IMG / "kiosk-tmp.png"))
+        target = IMG / f"{self.prefix}-{name}-{self.app.orientation}.png"
+        written = Window.screenshot(name=str(IMG / f"{self.prefix}-tmp.png"))
         Path(written).replace(target)
         self.result["shots"].append(str(target))
+
+    def state(self) -> str:
+        a = self.app
+        return (f"screen {a.screen}, fulfilment {a.checkout.fulfilment}, errors {dict(a.checkout.errors)}, "
+                f"basket {len(a.session.basket)}, pending {a.worker.pending}, resets {a.session.resets}, "
+                f"query {a.browse.query!r}, idle {a.session.idle}, "
+                f"checkout error {a.checkout.error!r}, browse error {a.browse.error!r}")
+
+    def report(self, error: str | None) -> None:
+        """Add to the result before it is written (`error`: the failure, or None)."""
 
     def frame(self, _dt: float) -> None:
         try:
@@ -67,14 +82,8 @@ class Driver:
                 what, cond = self.waiting
                 if not cond():
                     if time.monotonic() > self.deadline:
-                        a = self.app
-                        self.finish(f"timed out after {STEP_TIMEOUT_S} s waiting for {what} (screen {a.screen}, "
-                                    f"fulfilment {a.checkout.fulfilment}, errors {dict(a.checkout.errors)}, "
-                                    f"basket {len(a.session.basket)}, pending {a.worker.pending}, resets {a.session.resets}, "
-                                    f"query {a.browse.query!r}, idle {a.session.idle}, "
-                                    f"checkout error {a.checkout.error!r}, browse error {a.browse.error!r})")
+                        self.finish(f"timed out after {STEP_TIMEOUT_S} s waiting for {what} ({self.state()})")
                     return
-            # Two frames after a condition holds, so the screen shows what the view-models say.
             self.waiting = next(self.steps)
             self.deadline = time.monotonic() + STEP_TIMEOUT_S
         except StopIteration:
@@ -85,9 +94,16 @@ class Driver:
 
     def finish(self, error: str | None) -> None:
         self.result["error"] = error
+        self.report(error)
         self.out.write_text(json.dumps(self.result, ensure_ascii=False, indent=1))
         Clock.unschedule(self.frame)
         self.app.stop()
+
+    def run(self) -> None:
+        Clock.schedule_interval(self.frame, 0)
+        self.app.run()
+        if not self.out.exists():
+            self.out.write_text(json.dumps({"ok": False, "error": "the app stopped before the scenario ended"}))
 
 
 def screen(app: KioskApp, name: str) -> Any:
@@ -235,11 +251,7 @@ def main() -> None:
     scenario, box_url, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     fn, idle_s, countdown_s = SCENARIOS[scenario]
     app = KioskApp(box_url, idle_s=idle_s, countdown_s=countdown_s)
-    driver = Driver(app, fn, out)
-    Clock.schedule_interval(driver.frame, 0)
-    app.run()
-    if not out.exists():
-        out.write_text(json.dumps({"ok": False, "error": "the app stopped before the scenario ended"}))
+    Driver(app, fn, out).run()
 
 
 if __name__ == "__main__":

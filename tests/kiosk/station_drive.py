@@ -12,27 +12,21 @@ when it needs the test to act (the cloud going back online) and waits for the ef
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-import traceback
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("KIVY_NO_ARGS", "1")
 
-from kivy.clock import Clock
 from kivy.core.window import Window
 
 from kiosk.station.app import StationApp
-from tests.kiosk.drive import frames, tap
+from tests.kiosk import drive
+from tests.kiosk.drive import Step, frames, tap
 from tests.kiosk.station_box import CLERKS, CODES, PIN
-
-IMG = Path(os.environ.get("OMNISHELF_SCREENSHOTS", Path(__file__).resolve().parents[2] / "var" / "screenshots"))
-STEP_TIMEOUT_S = 30.0
-Step = Generator[tuple[str, Callable[[], bool]], None, None]
 
 
 def scanner(line: str) -> float:
@@ -46,56 +40,31 @@ def scanner(line: str) -> float:
     return at
 
 
-class Driver:
+class Driver(drive.Driver):
+    prefix = "station"
+
     def __init__(self, app: StationApp, scenario: Callable[[StationApp, Driver], Step], out: Path,
                  signals: Path | None) -> None:
-        self.app, self.out, self.signals = app, out, signals
-        self.result: dict[str, Any] = {"ok": False, "shots": [], "checks": {}}
-        self.steps = scenario(app, self)
-        self.waiting: tuple[str, Callable[[], bool]] | None = None
-        self.deadline = 0.0
-
-    def shot(self, name: str) -> None:
-        IMG.mkdir(parents=True, exist_ok=True)
-        target = IMG / f"station-{name}-{self.app.orientation}.png"
-        written = Window.screenshot(name=str(IMG / "station-tmp.png"))
-        Path(written).replace(target)
-        self.result["shots"].append(str(target))
+        super().__init__(app, scenario, out)
+        self.signals = signals
 
     def signal(self, name: str) -> None:
         assert self.signals is not None
         (self.signals / name).write_text("1")
 
-    def frame(self, _dt: float) -> None:
-        try:
-            if self.waiting is not None:
-                what, cond = self.waiting
-                if not cond():
-                    if time.monotonic() > self.deadline:
-                        a = self.app
-                        self.finish(f"timed out after {STEP_TIMEOUT_S} s waiting for {what} (screen {a.screen}, "
-                                    f"pending {a.worker.pending}, sign-in {a.signin.message!r}, verify {a.verify.tone} "
-                                    f"{dict(a.verify.verdict)} error {a.verify.error!r}, goods-in {a.goodsin.tone} "
-                                    f"{a.goodsin.error!r} label {a.goodsin.label!r} job {a.goodsin.label_job} feed {a.feed_polls} {a.last_event} {a.feed_error!r}, orders {a.orders.state} {dict(a.orders.current)} "
-                                    f"error {a.orders.error!r} msg {a.orders.message!r}, stock {a.stock.error!r})")
-                    return
-            self.waiting = next(self.steps)
-            self.deadline = time.monotonic() + STEP_TIMEOUT_S
-        except StopIteration:
-            self.result["ok"] = True
-            self.finish(None)
-        except Exception:
-            self.finish(traceback.format_exc())
+    def state(self) -> str:
+        a = self.app
+        return (f"screen {a.screen}, pending {a.worker.pending}, sign-in {a.signin.message!r}, verify {a.verify.tone} "
+                f"{dict(a.verify.verdict)} error {a.verify.error!r}, goods-in {a.goodsin.tone} "
+                f"{a.goodsin.error!r} label {a.goodsin.label!r} job {a.goodsin.label_job} feed {a.feed_polls} "
+                f"{a.last_event} {a.feed_error!r}, orders {a.orders.state} {dict(a.orders.current)} "
+                f"error {a.orders.error!r} msg {a.orders.message!r}, stock {a.stock.error!r}")
 
-    def finish(self, error: str | None) -> None:
-        self.result["error"] = error
+    def report(self, error: str | None) -> None:
         if error is not None:
             self.shot("failed")  # what the screen showed when the step failed (not a docs picture)
         self.result["tones"] = list(self.app.tones.played)
         self.result["latencies"] = list(self.app.latencies)
-        self.out.write_text(json.dumps(self.result, ensure_ascii=False, indent=1))
-        Clock.unschedule(self.frame)
-        self.app.stop()
 
 
 def screen(app: StationApp, name: str) -> Any:
@@ -306,11 +275,7 @@ def main() -> None:
     scenario, box_url, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     signals = Path(sys.argv[4]) if len(sys.argv) > 4 else None
     app = StationApp(box_url)
-    driver = Driver(app, SCENARIOS[scenario], out, signals)
-    Clock.schedule_interval(driver.frame, 0)
-    app.run()
-    if not out.exists():
-        out.write_text(json.dumps({"ok": False, "error": "the app stopped before the scenario ended"}))
+    Driver(app, SCENARIOS[scenario], out, signals).run()
 
 
 if __name__ == "__main__":
