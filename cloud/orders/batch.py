@@ -170,7 +170,7 @@ class BatchPool(Pool):
         return self.of(chosen)
 
     def of(self, ids: Sequence[int]) -> list[Candidate]:
-        base, capacity, reads = self.locs.base, self.locs.capacity, self.reads
+        capacity, reads = self.locs.capacity, self.reads
         self._read_stock(ids)
         capped = [i for i in ids if i in capacity and i not in self._counted]
         if capped:
@@ -181,15 +181,7 @@ class BatchPool(Pool):
             for i in capped:
                 self._used[i] = reads.used[i] + reads.used_batch.get(i, 0)
             self._counted.update(capped)
-        out = []
-        for i in ids:
-            b = base.get(i)
-            if b is None:
-                continue
-            cap = capacity.get(i)
-            out.append(Candidate(b.id, b.code, b.kind, b.region, b.lat, b.lon, self._atp.get(i, {}), b.zone,
-                                 None if cap is None else cap - self._used.get(i, 0), b.priority, b.cost, b.active))
-        return out
+        return self._candidates(ids)
 
 
 # -- the batch's reads -----------------------------------------------------------------------------

@@ -260,7 +260,7 @@ class Pool:
 
     def of(self, ids: Sequence[int]) -> list[Candidate]:
         """`ids` as candidates with their stock (read already) and capacity left today."""
-        base, capacity = self.locs.base, self.locs.capacity
+        capacity = self.locs.capacity
         self._read_stock(ids)
         capped = [i for i in ids if i in capacity and i not in self._counted]
         if capped:
@@ -268,6 +268,11 @@ class Pool:
             for loc_id, n in self.conn.execute(_USED_TODAY, {"ids": capped, "day": day}):
                 self._used[loc_id] = int(n)
             self._counted.update(capped)
+        return self._candidates(ids)
+
+    def _candidates(self, ids: Sequence[int]) -> list[Candidate]:
+        """`ids` as candidates, from the stock and today's use already read."""
+        base, capacity = self.locs.base, self.locs.capacity
         out = []
         for i in ids:
             b = base.get(i)
