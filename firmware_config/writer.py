@@ -19,6 +19,24 @@ from firmware_config.profiles import PROFILES
 
 __all__ = ["render_config", "write_config"]
 
+_YAML_BREAKS = frozenset("\x85\u2028\u2029")
+"""Characters YAML reads as line breaks: inside a plain or single-quoted scalar they fold to a
+space on reading (a password holding one came back changed), so such a string is written
+double-quoted, where the emitter escapes them."""
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    if _YAML_BREAKS.intersection(value):
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style='"')
+    return dumper.represent_str(value)
+
+
+_Dumper.add_representer(str, _str)
+
 
 def _pin_profile_keys(out: dict[str, Any], full: dict[str, Any], profile: dict[str, Any]) -> None:
     for key, value in profile.items():
@@ -45,7 +63,8 @@ def render_config(cfg: NodeConfig, *, header: str | None = None) -> str:
     data: dict[str, Any] = cfg.model_dump(mode="json", exclude_defaults=True)
     if cfg.profile is not None:
         _pin_profile_keys(data, full, PROFILES[cfg.profile])
-    text = yaml.safe_dump(_ordered(data, full), sort_keys=False, allow_unicode=True, default_flow_style=False, width=1000)
+    text = yaml.dump(_ordered(data, full), Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False,
+                     width=1000)
     if header:
         text = "".join(f"# {line}".rstrip() + "\n" for line in header.splitlines()) + text
     return text

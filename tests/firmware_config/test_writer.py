@@ -86,6 +86,14 @@ def test_render_then_parse_gives_the_same_config(cfg: NodeConfig) -> None:
     assert config_hash(parse_config(text)) == config_hash(cfg)
 
 
+def test_strings_with_characters_yaml_reads_as_line_breaks_come_back() -> None:
+    """NEL and the Unicode line/paragraph separators folded to spaces in a quoted scalar (hypothesis
+    found a password '\\x85' that came back as a space)."""
+    for secret in ("\x85", "a\u2028b", "x\u2029", "pass word"):
+        cfg = NodeConfig(node_id="k1", store_id="s", broker=BrokerConfig(url="mqtt://h", password=secret))
+        assert parse_config(render_config(cfg)) == cfg
+
+
 def test_profile_keys_are_written_so_the_profile_cannot_put_its_own_back() -> None:
     cfg = NodeConfig(node_id="k1", store_id="s", profile="kiosk-pi5", broker=BrokerConfig(url="mqtt://h"), devices=())
     text = render_config(cfg)
