@@ -158,6 +158,8 @@ def station_config(broker: Broker, tmp: Path, **station: Any) -> NodeConfig:
         "station": {"enabled": True, "final_wait_s": 5, **station},
         "orders": {"enabled": True},
         "clerks": {"enabled": True, "max_failures": 3, "lock_s": 600},
+        # The station looks stock up through the kiosk component (no cloud URL here: its cache answers).
+        "kiosk": {"enabled": True},
         "devices": [{"kind": "printer", "name": "till", "connection": "file", "path": str(tmp / "till.bin")}],
     })
 

@@ -78,8 +78,8 @@ def test_clerk_verifies_sells_undoes_sees_an_alarm_and_receives_a_case(broker: B
             assert c["goodsin"]["count"] == "12 件，应到 11 件"  # noqa: RUF001
             assert len(c["goodsin"]["intruders"]) == 1 and "不属于本店或本批货" in c["goodsin"]["intruder_text"]
             assert c["goodsin"]["label"] == "printed"
-            # This box has no stock lookup yet: the screen says so instead of an error.
-            assert c["stock"] == {"available": False, "here": "本机暂不支持库存查询"}
+            # The box looks stock up (its kiosk component; no cloud here, so from its empty cache).
+            assert c["stock"] == {"available": True, "here": "本店无此商品库存"}
             assert r["tones"][:2] == ["genuine", "genuine"] and "alarm" in r["tones"]
             # What went up: verify, sell, undo of one unit, then the clone; the case as a receipt.
             # (the box keeps the scanner's AIM prefix apart from the code)
