@@ -87,6 +87,16 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 # in name order).
 
 _SPLIT_BY_TEST = ("tests/docs/test_docs.py::test_every_command_in_the_page_works_as_shown",)
+_ZEROCONF = (
+    "tests/provisioning/test_claim.py",
+    "tests/provisioning/test_printers.py",
+    "tests/kiosk/test_discovery.py",
+    "tests/system/test_demo.py",
+    "tests/docs/test_docs.py::test_every_command_in_the_page_works_as_shown[docs/technician.md]",
+)
+"""Tests that advertise or browse zeroconf services on loopback, which every process on the machine
+shares: run at once on two workers, one test's boxes in setup mode showed in another's discovery
+(and a claim found the other test's box of the same serial). They run one after another, in one unit."""
 _LONGEST_FIRST = (
     "tests/docs/test_docs.py::test_every_command_in_the_page_works_as_shown[docs/install.md]",  # 115 s
     "tests/system/test_multi_host.py",  # 40 s
@@ -126,6 +136,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
     by_file = scheduler._split_scope
 
     def split_scope(nodeid: str) -> str:
+        if nodeid.startswith(_ZEROCONF):
+            return "zeroconf"
         return nodeid if nodeid.startswith(_SPLIT_BY_TEST) else str(by_file(nodeid))
 
     scheduler._split_scope = split_scope
