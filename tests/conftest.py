@@ -88,8 +88,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 
 _SPLIT_BY_TEST = ("tests/docs/test_docs.py::test_every_command_in_the_page_works_as_shown",)
 _ZEROCONF = (
-    "tests/provisioning/test_claim.py",
-    "tests/provisioning/test_printers.py",
+    "tests/provisioning/",  # boxes in setup mode, claimed by serial
     "tests/kiosk/test_discovery.py",
     "tests/system/test_demo.py",
     "tests/docs/test_docs.py::test_every_command_in_the_page_works_as_shown[docs/technician.md]",
