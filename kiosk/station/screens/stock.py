@@ -36,5 +36,18 @@ class StockScreen(Screen):  # type: ignore[misc]
                                                                   "km": r.get("distance_km"), "n": r.get("available")})
                          for r in rows)
 
+    def asof_text(self, result: dict[str, Any], _lang: str = "") -> str:
+        """How fresh the figures are, said plainly: the box's copy may be hours old while the link is down."""
+        if not result:
+            return ""
+        app = App.get_running_app()
+        as_of = str(result.get("as_of") or "")
+        if not as_of:
+            return str(app.t("No figure from the cloud yet"))
+        when = as_of.replace("T", " ")[:16]
+        if result.get("source") == "cloud":
+            return str(app.tf("As of {when}, from the cloud", {"when": when}))
+        return str(app.tf("As of {when}, this box's copy (the cloud is not answering)", {"when": when}))
+
 
 SCREEN = StockScreen
