@@ -21,7 +21,7 @@ ENGINE = EngineSpec(
         NavItem("routing", "Routing", "/console/routing", Perm.BUSINESS, 22),
     ),
     handlers=(
-        Handler(MessageType.ORDER, handlers.on_order),
+        Handler(MessageType.ORDER, handlers.on_order, batch=handlers.on_orders),
         Handler(MessageType.STOCK, handlers.on_stock),
         Handler(MessageType.FULFIL, handlers.on_fulfil),
     ),

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -19,23 +20,28 @@ from broker.payloads import FulfilData, OrderData, StockData, StockLevel
 from cloud.access.scope import NotFound
 from cloud.bus import Context, Message
 from cloud.orders import service
+from cloud.orders.batch import intake_batch
 from cloud.orders.stock import LevelIn, apply_deltas, apply_levels
 
-__all__ = ["fulfil_actor", "on_fulfil", "on_order", "on_stock"]
+__all__ = ["fulfil_actor", "on_fulfil", "on_order", "on_orders", "on_stock"]
 
 
-def on_order(ctx: Context, msg: Message) -> None:
+def _bus_order(ctx: Context, msg: Message) -> tuple[OrderData, dict[str, Any], str]:
+    """A box's `order` as the intake's input (its body, and that body's text for the inbox)."""
     data = msg.data
     assert isinstance(data, OrderData)
-    raw = data.model_dump(mode="json")
-    body = service.from_bus_order(raw, data.channel)
+    body = service.from_bus_order(data.model_dump(mode="json"), data.channel)
     if data.fulfilment.value == "pickup" and not data.pickup_store:
         # A kiosk pickup without a store named is collected where it was ordered.
         body["pickup_store"] = ctx.conn.execute(
             select(service.LOCS.c.code).select_from(
                 service.NODES.join(service.LOCS, service.LOCS.c.store_id == service.NODES.c.store_id))
             .where(service.NODES.c.id == msg.node)).scalar()
-    text = json.dumps(body, ensure_ascii=False)
+    return data, body, json.dumps(body, ensure_ascii=False)
+
+
+def on_order(ctx: Context, msg: Message) -> None:
+    data, body, text = _bus_order(ctx, msg)
     try:
         order = service.OrderInput.model_validate(body)
         service.intake(ctx.conn, order, actor=f"bus:{msg.node}", now=ctx.now, source_node=msg.node)
@@ -44,6 +50,28 @@ def on_order(ctx: Context, msg: Message) -> None:
                           raw=text, now=ctx.now)
     except service.Refused as refused:
         service.inbox_add(ctx.conn, channel=data.channel, source="bus", refused=refused, raw=text, now=ctx.now)
+
+
+def on_orders(ctx: Context, msgs: Sequence[Message]) -> None:
+    """`on_order` for a batch's orders at once (`cloud.engine.Handler.batch`): each box's orders in
+    its own (session, seq) order, routed together by `intake_batch` (the same decisions as one by
+    one, in a few statements for them all)."""
+    by_node: dict[str, list[tuple[OrderData, str, service.OrderInput]]] = {}
+    for msg in sorted(msgs, key=lambda m: (m.node, m.session, m.seq)):
+        data, body, text = _bus_order(ctx, msg)
+        try:
+            order = service.OrderInput.model_validate(body)
+        except ValidationError as exc:
+            service.inbox_add(ctx.conn, channel=data.channel, source="bus",
+                              refused=service.refusal_from_validation(exc), raw=text, now=ctx.now)
+            continue
+        by_node.setdefault(msg.node, []).append((data, text, order))
+    for node, items in by_node.items():
+        results = intake_batch(ctx.conn, [order for _, _, order in items], actor=f"bus:{node}", now=ctx.now,
+                               source_node=node)
+        for (data, text, _), result in zip(items, results, strict=True):
+            if isinstance(result, service.Refused):
+                service.inbox_add(ctx.conn, channel=data.channel, source="bus", refused=result, raw=text, now=ctx.now)
 
 
 def on_stock(ctx: Context, msg: Message) -> None:
