@@ -34,13 +34,14 @@ class BoxClient:
         """Any route of the local API (the station's screens use many): the decoded JSON answer."""
         return self._call(method, path, body)
 
-    def _call(self, method: str, path: str, body: Any = None, *, raw: bool = False) -> Any:
+    def _send(self, method: str, path: str, body: Any = None) -> tuple[bytes, str]:
+        """The answer's bytes and content type; every failure as a `BoxError` that says what."""
         data = None if body is None else json.dumps(body, ensure_ascii=False).encode()
         headers = {**self.headers, **({"Content-Type": "application/json"} if data is not None else {})}
         req = urllib.request.Request(self.base_url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                payload = resp.read()
+                return resp.read(), resp.headers.get_content_type()
         except urllib.error.HTTPError as exc:
             try:
                 message = str(json.loads(exc.read())["error"])
@@ -50,6 +51,9 @@ class BoxClient:
         except (OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
             raise BoxError(f"the box at {self.base_url} does not answer ({reason})") from None
+
+    def _call(self, method: str, path: str, body: Any = None, *, raw: bool = False) -> Any:
+        payload, _type = self._send(method, path, body)
         if raw:
             return payload
         try:
@@ -101,15 +105,4 @@ class BoxClient:
 
     def media(self, sha256: str) -> tuple[bytes, str]:
         """A signage file the box has verified, and its type (`image/png`, `video/mp4`, …)."""
-        path = f"/signage/media/{urllib.parse.quote(sha256)}"
-        try:
-            with urllib.request.urlopen(self.base_url + path, timeout=self.timeout) as resp:
-                return resp.read(), resp.headers.get_content_type()
-        except urllib.error.HTTPError as exc:
-            try:
-                message = str(json.loads(exc.read())["error"])
-            except (ValueError, KeyError, TypeError):
-                message = f"the box answered {exc.code} to GET {path}"
-            raise BoxError(message, exc.code) from None
-        except (OSError, ValueError) as exc:
-            raise BoxError(f"the box at {self.base_url} does not answer ({getattr(exc, 'reason', exc)})") from None
+        return self._send("GET", f"/signage/media/{urllib.parse.quote(sha256)}")
