@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 from edge.lock import lock_holder
@@ -113,13 +114,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     cfg, paths = _load(args.config)
     try:
         store = OutboxDb(paths.outbox, readonly=True)
+        try:
+            stats = store.stats()
+            refused = store.refused_rows()[-10:]
+        finally:
+            store.close()
     except FileNotFoundError:
         raise SystemExit(f"no outbox at {paths.outbox}: the agent has not run with this config yet") from None
-    try:
-        stats = store.stats()
-        refused = store.refused_rows()[-10:]
-    finally:
-        store.close()
+    except sqlite3.OperationalError as exc:
+        if "no such table" not in str(exc):
+            raise
+        # The agent has made the file and not yet its tables: it is starting this very moment.
+        raise SystemExit(f"no outbox at {paths.outbox} yet: the agent is creating it; try again in a moment") from None
     out = {"node_id": cfg.node_id, "outbox": str(paths.outbox), "agent_pid": lock_holder(paths.outbox_lock),
            **dataclasses.asdict(stats)}
     out["last_refused"] = [{"seq": s, "reason": r} for s, r in refused]

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ import psutil
 from broker.envelope import MessageType
 from edge.agent import EdgeAgent
 from edge.devices import UNAVAILABLE, no_driver
-from firmware_config import NodeConfig, config_hash, load_config
+from firmware_config import NodeConfig, config_hash, load_config, resolve_paths
 from firmware_config import write_config as write_config_file
 from gs1 import GS, is_valid_gtin
 from tests.conftest import Broker
@@ -171,6 +172,12 @@ def test_cli_status_reads_the_outbox_of_a_running_agent(broker: Broker, tmp_path
     config = write_config(tmp_path, broker, "secret", broker={"url": "mqtt://127.0.0.1:1", "password": "x"}, burst=7)
     res = _run("edge", "status", "--config", str(config))
     assert res.returncode == 2 and "no outbox at" in res.stderr and "the agent has not run with this config yet" in res.stderr
+    # Asked while an agent starts: the file exists, its tables do not yet.
+    outbox = resolve_paths(load_config(config)).outbox
+    outbox.parent.mkdir(parents=True, exist_ok=True)
+    sqlite3.connect(outbox).execute("PRAGMA user_version = 0").connection.close()
+    res = _run("edge", "status", "--config", str(config))
+    assert res.returncode == 2 and "the agent is creating it" in res.stderr and "internal error" not in res.stderr, res.stderr
     # Created by a run that cannot reach the broker: the messages wait on disk.
     proc = subprocess.Popen([*OMNISHELF, "edge", "run", "--config", str(config)], stderr=subprocess.PIPE)
     try:
