@@ -3,11 +3,12 @@ stores, their boxes and locations."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, event, insert, select
 
 from cloud.catalogue.models import products
 from cloud.db import write_transaction
@@ -57,3 +58,18 @@ def order(channel_order_id: str, lines: Sequence[tuple[str, int]], *, lat: float
         "channel": channel, "channel_order_id": channel_order_id, "fulfilment": fulfilment,
         "lines": [{"sku": s, "qty": q, "price": 10} for s, q in lines], "lat": lat, "lon": lon, **kw,
     })
+
+
+@contextmanager
+def counted(eng: Engine) -> Iterator[list[str]]:
+    """The SQL statements `eng` sends while the block runs, whitespace folded."""
+    seen: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        seen.append(" ".join(statement.split()))
+
+    event.listen(eng, "before_cursor_execute", count)
+    try:
+        yield seen
+    finally:
+        event.remove(eng, "before_cursor_execute", count)

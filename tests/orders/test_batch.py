@@ -6,17 +6,15 @@ loses a race reads and plans again, then locks its SKUs' rows, never reserving w
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, func, select
+from sqlalchemy import Engine, func, select
 
 from cloud.db import write_transaction
 from cloud.orders import batch, service
 from cloud.orders.service import LocationInput
-from tests.orders.conftest import order, seed, stock
+from tests.orders.conftest import counted, order, seed, stock
 
 # Ten stores in a 4 x 3 km grid, each with little of each SKU: orders compete for stock, some split,
 # some find nothing.
@@ -96,20 +94,6 @@ def test_a_batch_decides_exactly_as_the_orders_routed_one_after_the_other(engine
                for key, *_ in serial["assignments"]), "some order should be split"
     for what in ("states", "assignments", "decisions", "transitions", "movements", "stock"):
         assert batched[what] == serial[what], what
-
-
-@contextmanager
-def counted(engine: Engine) -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        seen.append(" ".join(statement.split()))
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
 
 
 BATCH_STATEMENTS = 19

@@ -3,15 +3,12 @@ a change putting a query back into the hot path fails here rather than in a benc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-from sqlalchemy import Engine, event, select
+from sqlalchemy import Engine, select
 
 from cloud.db import write_transaction
 from cloud.orders import service
 from cloud.orders.service import LocationInput
-from tests.orders.conftest import order, seed, stock
+from tests.orders.conftest import counted, order, seed, stock
 
 ROUTED_TO_A_WAREHOUSE = 13
 """Rules and locations' versions; the known SKUs; the order, its lines; the nearest locations'
@@ -21,20 +18,6 @@ begins implicitly, but reserves inside a savepoint: two statements more)."""
 ROUTED_TO_A_STORE = ROUTED_TO_A_WAREHOUSE + 4
 """And the `assign` command to the store's box through the durable downlink (its key looked up,
 its row, the relay woken on PostgreSQL, the assignment's pointer to it)."""
-
-
-@contextmanager
-def counted(engine: Engine) -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        seen.append(" ".join(statement.split()))
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
 
 
 def _warm(engine: Engine) -> None:
