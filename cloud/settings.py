@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     LOGIN_MAX_FAILURES: int = Field(default=5, ge=1, le=100)
     LOGIN_LOCKOUT_S: int = Field(default=900, ge=1)
     SESSION_TTL_S: int = Field(default=12 * 3600, ge=60)
+    PASSWORD_HASH: Literal["rfc9106-low-memory", "test-only-cheapest"] = "rfc9106-low-memory"
+    """argon2id parameters for new password hashes (stored hashes carry their own). The default is
+    RFC 9106's second recommendation (t=3, 64 MiB, p=4: about 0.1-0.4 s a hash here).
+    `test-only-cheapest` exists for test suites that create and sign in hundreds of users; it is
+    refused in production."""
     COOKIE_SECURE: bool | None = None
     """Secure session cookies; default: on, except over plain http in development."""
     CATALOGUE_DIR: str = ""
@@ -142,6 +147,13 @@ class Settings(BaseSettings):
             return topics.check_id(value, "broker username (host id)")
         except topics.TopicError as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("PASSWORD_HASH")
+    @classmethod
+    def _password_hash(cls, value: str, info: ValidationInfo) -> str:
+        if value == "test-only-cheapest" and info.data.get("ENV") == "production":
+            raise ValueError("test-only-cheapest hashes are for test suites; production keeps rfc9106-low-memory")
+        return value
 
     @field_validator("DATABASE_URL")
     @classmethod

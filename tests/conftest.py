@@ -13,6 +13,11 @@ import pytest
 from broker import dynsec, topics
 from broker.mosquitto import BrokerLayout, MosquittoProcess, free_port
 
+# Argon2 at its cheapest for the suite's hundreds of users and sign-ins, in this process and in the
+# `omnishelf` processes the tests start (they inherit the environment): what is hashed and checked
+# is under test, not the hash's strength. tests/access/test_password_cost.py checks the default.
+os.environ.setdefault("OMNISHELF_PASSWORD_HASH", "test-only-cheapest")
+
 PG_URL = os.environ.get("OMNISHELF_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 

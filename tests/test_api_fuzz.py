@@ -14,13 +14,11 @@ from typing import Any
 
 import pytest
 import schemathesis
-from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
 from sqlalchemy import Engine
 
-from cloud.access import service
 from cloud.access.models import ApiKey, User
 from cloud.access.web import COOKIE
 from cloud.api import create_app
@@ -45,19 +43,16 @@ class Admin:
 
 @pytest.fixture(scope="module")
 def admin_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin]:
-    with pytest.MonkeyPatch.context() as mp:
-        # Argon2 at its minimum cost: the fuzzer creates users, and hashing is not under test here.
-        mp.setattr(service, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
-        engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'cloud.db'}")
-        migrate(engine)
-        world = make_world(engine)
-        app = create_app(world.settings.model_copy(update={"CATALOGUE_DIR": str(tmp_path_factory.mktemp("cat"))}),
-                         run_worker=False, engine=engine)
-        # The lifespan sets the app's state (engine, sessions) and keeps it while this client is open.
-        with TestClient(app) as client:
-            csrf = sign_in(client, "admin", PASSWORD)
-            yield Admin(app, engine, client.cookies[COOKIE], csrf)
-        engine.dispose()
+    engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'cloud.db'}")
+    migrate(engine)
+    world = make_world(engine)
+    app = create_app(world.settings.model_copy(update={"CATALOGUE_DIR": str(tmp_path_factory.mktemp("cat"))}),
+                     run_worker=False, engine=engine)
+    # The lifespan sets the app's state (engine, sessions) and keeps it while this client is open.
+    with TestClient(app) as client:
+        csrf = sign_in(client, "admin", PASSWORD)
+        yield Admin(app, engine, client.cookies[COOKIE], csrf)
+    engine.dispose()
 
 
 # The document is read from an app built at import (no database is touched to draw it), so that

@@ -8,6 +8,7 @@ at all. Bad input raises `InputError` naming the field before anything is writte
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import re
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from argon2 import PasswordHasher
+from argon2 import PasswordHasher, profiles
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session, selectinload
@@ -27,7 +28,7 @@ from cloud.access.models import NAME_MAX, USERNAME_MAX, ApiKey, AuditEntry, User
 from cloud.access.scope import NotFound, Principal, Role, Scope
 from cloud.access.throttle import LockState
 from cloud.models import Region, Store
-from cloud.settings import Settings
+from cloud.settings import Settings, load_settings
 
 __all__ = [
     "API_KEY_PREFIX",
@@ -65,9 +66,20 @@ USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 # before it reaches a query, instead of failing in the driver.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
-_hasher = PasswordHasher()
-# Verified against when the username is unknown, so a miss costs as much time as a wrong password.
-_DUMMY_HASH = _hasher.hash("not a password of anyone")
+_PROFILES = {"rfc9106-low-memory": profiles.RFC_9106_LOW_MEMORY, "test-only-cheapest": profiles.CHEAPEST}
+
+
+@functools.cache
+def _hasher() -> PasswordHasher:
+    # Chosen on first use, not at import: every `omnishelf` command imports this module, and an
+    # argon2 hash costs a few hundred milliseconds of CPU here.
+    return PasswordHasher.from_parameters(_PROFILES[load_settings().PASSWORD_HASH])
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the username is unknown, so a miss costs as much time as a wrong password."""
+    return _hasher().hash("not a password of anyone")
 
 
 class InputError(ValueError):
@@ -275,7 +287,7 @@ def create_user(
     if session.scalars(select(User.id).where(User.username == username)).first() is not None:
         raise InputError("username", f"{username!r} already exists")
     user = User(
-        username=username, password_hash=_hasher.hash(password), role=r.value, active=True,
+        username=username, password_hash=_hasher().hash(password), role=r.value, active=True,
         created_at=_now(), regions=found_regions, stores=found_stores,
     )
     session.add(user)
@@ -304,7 +316,7 @@ def list_users(session: Session) -> Sequence[User]:
 def set_password(session: Session, actor: str, username: str, password: str, *, via: str = "api") -> None:
     check_password(password)
     user = get_user(session, username)
-    user.password_hash = _hasher.hash(password)
+    user.password_hash = _hasher().hash(password)
     throttle.clear_account(session, username)
     # A new password ends every existing sign-in of that user.
     for ws in session.scalars(select(WebSession).where(WebSession.user_id == user.id)):
@@ -367,11 +379,11 @@ def verify_password(session: Session, username: str, password: str) -> User | No
         select(User).where(User.username == username[:USERNAME_MAX])).one_or_none()
     if user is None:
         with contextlib.suppress(VerificationError):
-            _hasher.verify(_DUMMY_HASH, password[:PASSWORD_MAX])
+            _hasher().verify(_dummy_hash(), password[:PASSWORD_MAX])
         return None
     ok: bool
     try:
-        ok = _hasher.verify(user.password_hash, password[:PASSWORD_MAX])
+        ok = _hasher().verify(user.password_hash, password[:PASSWORD_MAX])
     except (VerificationError, InvalidHashError):
         ok = False
     return user if ok and user.active else None
@@ -399,7 +411,7 @@ def sign_in(engine: Engine, username: str, password: str, source: str | None, po
     with Session(engine) as session:
         user = verify_password(session, username, password)
         if user is not None:
-            user_id, rehash = user.id, _hasher.check_needs_rehash(user.password_hash)
+            user_id, rehash = user.id, _hasher().check_needs_rehash(user.password_hash)
     with write_session(engine) as session, session.begin():
         if user_id is None:
             for scope, key, until in throttle.failed(session, account, src, limits, _now()):
@@ -408,7 +420,7 @@ def sign_in(engine: Engine, username: str, password: str, source: str | None, po
         throttle.succeeded(session, account, src)
         signed_in = session.get_one(User, user_id)
         if rehash:
-            signed_in.password_hash = _hasher.hash(password)
+            signed_in.password_hash = _hasher().hash(password)
         return start_session(session, signed_in, policy)
 
 

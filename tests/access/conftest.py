@@ -40,15 +40,6 @@ SEES: dict[str, dict[str, list[str]]] = {
 }
 
 
-@pytest.fixture(autouse=True)
-def cheap_argon2(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Argon2 at its minimum cost: the tests check what is hashed and verified, not its strength
-    (production cost is ~0.1 s per hash, which would dominate these tests)."""
-    from argon2 import PasswordHasher
-
-    monkeypatch.setattr(service, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
-
-
 @dataclass
 class World:
     engine: Engine

@@ -209,6 +209,8 @@ class World:
             "OMNISHELF_BROKER_USERNAME": "cloud-1",
             "OMNISHELF_BROKER_PASSWORD": pw["cloud-1"],
             "OMNISHELF_CATALOGUE_POLL_S": "0.5",
+            # As for the rest of the suite (tests/conftest.py): the pages' sign-ins and users, cheaply.
+            "OMNISHELF_PASSWORD_HASH": "test-only-cheapest",
             # docs/technician.md claims a box: the cloud grants credentials as the broker's admin,
             # zeroconf stays on loopback (never multicast on this machine's network), and the
             # claimed box's local API takes a free port.
