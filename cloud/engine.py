@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from cloud.settings import Settings
 
-__all__ = ["EngineSpec", "Follower", "Handler", "NavItem", "Task", "TaskContext"]
+__all__ = ["CliCommand", "EngineSpec", "Follower", "Handler", "NavItem", "Task", "TaskContext"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +90,20 @@ class NavItem:
     """Place in the console's menu (lower first)."""
 
 
+@dataclass(frozen=True, slots=True)
+class CliCommand:
+    """`omnishelf <name>`: `module` holds `add_parser(subparsers)` (or name it: "module:function"),
+    imported only when this command runs.
+
+    Write it with string literals in the engine's `EngineSpec(...)`: the `omnishelf` command reads
+    it from the engine module's source, without importing the engine (`cloud.engines.cli_commands`),
+    so `omnishelf --help` stays fast and works on a box that has none of the cloud's libraries."""
+
+    name: str
+    module: str
+    help: str
+
+
 @dataclass(frozen=True)
 class EngineSpec:
     name: str
@@ -106,3 +120,5 @@ class EngineSpec:
     handlers: tuple[Handler, ...] = ()
     followers: tuple[Follower, ...] = ()
     tasks: tuple[Task, ...] = ()
+    cli: tuple[CliCommand, ...] = ()
+    """The engine's `omnishelf` commands (see `CliCommand`: literals only)."""

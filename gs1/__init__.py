@@ -2,8 +2,8 @@
 
 Imports nothing else of omnishelf, so the cloud, the box and the tests share it.
 
-- GTINs: `normalise_gtin`, `is_valid_gtin`, `check_digit`, `element_string` (the catalogue, the box's
-  generator).
+- GTINs: `normalise_gtin`, `is_valid_gtin`, `element_string` (the catalogue, the box's generator);
+  `check_digit` of any GS1 key's body (GTIN, SSCC, GLN; a `CodeError` for anything but ASCII digits).
 - Any scanned code: `parse_code(text) -> Code` reads element strings (GS/FNC1, with or without a
   symbology identifier such as `]d2` `]Q3` `]C1` `]e0`), parenthesised HRI, GS1 Digital Link URIs on
   any domain, EPC URNs (sgtin, sscc, sgln, lgtin) and plain EAN/UPC. `CodeError.reason` (a
@@ -24,6 +24,7 @@ from gs1._codes import (
     CodeError,
     CodeErrorReason,
     Form,
+    check_digit,
     lgtin_urn,
     parse_code,
     parse_epc_urn,
@@ -63,15 +64,6 @@ GS = "\x1d"
 
 class GtinError(ValueError):
     """Not a usable GTIN; the message names the value, what was expected and what was found."""
-
-
-def check_digit(body: str) -> str:
-    """The GS1 mod-10 check digit of `body` (a key without its check digit: weights 3,1,3,… from the right)."""
-    if not (body.isascii() and body.isdigit()):
-        raise GtinError(f"GS1 keys are digits only, got {body!r}")
-    backwards = body[::-1]
-    total = 3 * sum(map(int, backwards[0::2])) + sum(map(int, backwards[1::2]))
-    return str(-total % 10)
 
 
 def normalise_gtin(value: str) -> str:

@@ -99,7 +99,8 @@ def _err(reason: CodeErrorReason, message: str, **kw: str | None) -> CodeError:
 
 
 def check_digit(body: str) -> str:
-    """The GS1 mod-10 check digit of `body` (weights 3,1,3,… from the right)."""
+    """The GS1 mod-10 check digit of `body`, a key without its check digit (weights 3,1,3,… from
+    the right). The project's one implementation (`gs1.check_digit`)."""
     if not (body.isascii() and body.isdigit()):
         raise _err(CodeErrorReason.CHARSET, f"GS1 keys are digits only, got {body!r}", found=body)
     backwards = body[::-1]

@@ -22,21 +22,38 @@ import sys
 from collections.abc import Iterable, Sequence
 from importlib import metadata
 
-from cloud.engines import COMMANDS as ENGINE_COMMANDS
+from cloud.engines import EngineListError, cli_commands
 
-COMMANDS: dict[str, tuple[str, str]] = {  # name → ("module" or "module:function", help line)
+CORE_COMMANDS: dict[str, tuple[str, str]] = {  # name → ("module" or "module:function", help line)
     "broker": ("broker.cli", "run a Mosquitto configured for the omnishelf bus (ACL, credentials, persistence)"),
     "pki": ("broker.pki", "the deployment's CA and the broker's TLS certificate"),
     "cloud": ("cloud.cli", "run the cloud core: API and bus workers; database migrations; seed data"),
     "backup": ("cloud.cli:add_backup_parser", "back up the cloud's database and catalogue files (while it runs)"),
     "restore": ("cloud.cli:add_restore_parser", "restore a cloud backup into an empty database and catalogue directory"),
-    **ENGINE_COMMANDS,
+}
+BOX_COMMANDS: dict[str, tuple[str, str]] = {
     "edge": ("edge.cli", "run the store box agent (bus client, durable outbox, devices)"),
     "provision": ("provisioning.cli", "claim boxes in setup mode for a store (technician); a box's setup mode"),
     "demo": ("omnishelf.demo", "run the whole system on this machine with embedded defaults"),
     "kiosk": ("kiosk.cli", "run the cloud shelf touchscreen (Kivy) against a box's local API"),
     "station": ("kiosk.cli:add_station_parser", "run the clerk's station touchscreen (Kivy) against a box's local API"),
 }
+"""Besides these, each cloud engine declares its own commands in its `EngineSpec(cli=…)`."""
+
+
+def commands() -> dict[str, tuple[str, str]]:
+    """Every command, in the order --help lists them: the core's, the engines' (read from their
+    descriptors without importing them: `cloud.engines.cli_commands`), the box's. Raises
+    `SystemExit` with one line when an engine's declaration cannot be read or takes a name in use."""
+    try:
+        engines = cli_commands()
+    except EngineListError as exc:
+        raise SystemExit(str(exc)) from None
+    taken = sorted(set(engines) & (set(CORE_COMMANDS) | set(BOX_COMMANDS)))
+    if taken:
+        raise SystemExit(f"an engine declares the command {taken[0]!r}, which omnishelf has already")
+    return {**CORE_COMMANDS, **engines, **BOX_COMMANDS}
+
 
 ROLE_PACKAGES = ("broker", "cloud", "edge", "kiosk")
 """A command whose module is in one of these packages needs that role's extra (see pyproject.toml)."""
@@ -45,10 +62,13 @@ ROLES: dict[str, tuple[str, ...]] = {"demo": ("broker", "cloud", "edge"), "provi
 
 
 def roles_of(command: str) -> tuple[str, ...]:
-    """The extras `command` needs: its own entry in ROLES, else its module's package."""
+    """The extras `command` needs: its own entry in ROLES, else its module's package (an engine's
+    command needs the cloud, wherever its module lives: a site's engine may be its own package)."""
     if command in ROLES:
         return ROLES[command]
-    package = COMMANDS[command][0].split(".")[0]
+    if command not in CORE_COMMANDS and command not in BOX_COMMANDS:
+        return ("cloud",)
+    package = {**CORE_COMMANDS, **BOX_COMMANDS}[command][0].split(".")[0]
     return (package,) if package in ROLE_PACKAGES else ()
 
 
@@ -110,8 +130,9 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="log debug detail and show tracebacks")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    wanted = next((a for a in argv if a in COMMANDS), None)
-    for name, (spec, help_text) in COMMANDS.items():
+    every = commands()
+    wanted = next((a for a in argv if a in every), None)
+    for name, (spec, help_text) in every.items():
         if name == wanted:
             require_roles(name)
             # "module" or "module:function"; the function adds the command to `sub`.

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from cloud.access import api, console, models
 from cloud.access.scope import Perm
-from cloud.engine import EngineSpec, NavItem
+from cloud.engine import CliCommand, EngineSpec, NavItem
 
 ENGINE = EngineSpec(
     name="access",
@@ -19,4 +19,5 @@ ENGINE = EngineSpec(
         NavItem("api-keys", "API keys", "/console/api-keys", Perm.USERS, 80),
         NavItem("audit", "Audit", "/console/audit", Perm.AUDIT, 90),
     ),
+    cli=(CliCommand("users", "cloud.access.cli", "console users and API keys (create the first admin here)"),),
 )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from cloud.access.scope import Perm
 from cloud.catalogue import api, console, models, sync
-from cloud.engine import EngineSpec, NavItem, Task
+from cloud.engine import CliCommand, EngineSpec, NavItem, Task
 
 ENGINE = EngineSpec(
     name="catalogue",
@@ -16,4 +16,6 @@ ENGINE = EngineSpec(
     templates=Path(__file__).parent / "templates",
     nav=(NavItem("catalogue", "Catalogue", "/console/catalogue", Perm.BUSINESS, 15),),
     tasks=(Task("catalogue-announcer", sync.announcer),),
+    cli=(CliCommand("catalogue", "cloud.catalogue.cli",
+                    "product master data: bulk import (CSV/JSON), import history, catalogue version"),),
 )

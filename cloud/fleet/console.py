@@ -317,12 +317,13 @@ def failed_action(
     if action == "replay":
         results = service.replay_failed(request.app.state.engine, principal, wanted, via="console")
         return _failed_page(request, principal, "failed", "", results=results)
-    done = []
+    done: list[dict[str, Any]] = []
     for failed_id in wanted:
         try:
             with write_session(request.app.state.engine) as session, session.begin():
                 ok = service.discard_failed(session, principal, failed_id, via="console")
-        except NotFound:
-            ok = False
+        except NotFound as exc:  # unknown or outside the scope: said like a replay says it
+            done.append({"id": failed_id, "outcome": "unknown", "error": str(exc)})
+            continue
         done.append({"id": failed_id, "outcome": "discarded" if ok else "skipped", "error": None})
     return _failed_page(request, principal, "failed", "", results=done)

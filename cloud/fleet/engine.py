@@ -6,7 +6,7 @@ from pathlib import Path
 
 from broker.envelope import MessageType
 from cloud.access.scope import Perm
-from cloud.engine import EngineSpec, Handler, NavItem, Task
+from cloud.engine import CliCommand, EngineSpec, Handler, NavItem, Task
 from cloud.fleet import api, config_push, console, enrol_api, enrol_console, enrol_handlers, enrolment, handlers, models
 
 ENGINE = EngineSpec(
@@ -28,4 +28,6 @@ ENGINE = EngineSpec(
         Handler(MessageType.ACK, config_push.on_ack),
     ),
     tasks=(Task("identity-sync", enrolment.identity_sync),),
+    cli=(CliCommand("fleet", "cloud.fleet.cli",
+                    "operate the bus: failed messages and their replay, commands sent to boxes"),),
 )

@@ -283,7 +283,11 @@ def get_failed(session: Session, scope: Scope, failed_id: int) -> FailedMessage:
 
 
 def replay_failed(engine: Engine, principal: Principal, ids: Sequence[int], *, via: str = "api") -> list[ReplayResult]:
-    """Replay each failed message in its own transaction (exactly once each), audited."""
+    """Replay each failed message in its own transaction (exactly once each), audited.
+
+    An id that is unknown or outside the caller's scope is one `unknown` outcome among the others,
+    not an error for the whole request: the ids before it are replayed and committed already, and
+    the caller must hear about them."""
     from cloud.bus.worker import registry_of
     from cloud.engines import load_engines
 
@@ -291,7 +295,11 @@ def replay_failed(engine: Engine, principal: Principal, ids: Sequence[int], *, v
     results = []
     for failed_id in ids:
         with Session(engine.execution_options(omnishelf_write=True)) as session, session.begin():
-            get_failed(session, principal.scope, failed_id)
+            try:
+                get_failed(session, principal.scope, failed_id)
+            except NotFound as exc:
+                results.append(ReplayResult(failed_id, "unknown", str(exc)))
+                continue
             result = replay(session.connection(), failed_id, registry, principal.actor)
             audit(session, principal.actor, "failed.replay", "failed_message", str(failed_id),
                   after={"outcome": result.outcome, "error": result.error}, via=via)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from broker.envelope import MessageType
 from cloud.access.scope import Perm
-from cloud.engine import EngineSpec, Handler, NavItem, Task
+from cloud.engine import CliCommand, EngineSpec, Handler, NavItem, Task
 from cloud.orders import api, console, handlers, models, tasks
 
 ENGINE = EngineSpec(
@@ -26,4 +26,6 @@ ENGINE = EngineSpec(
         Handler(MessageType.FULFIL, handlers.on_fulfil),
     ),
     tasks=(Task("orders-housekeeper", tasks.housekeeper),),
+    cli=(CliCommand("orders", "cloud.orders.cli",
+                    "orders and stock: warehouse stock import (CSV), the inbox, routing rules"),),
 )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from broker.envelope import MessageType
 from cloud.access.scope import Perm
-from cloud.engine import EngineSpec, Handler, NavItem, Task
+from cloud.engine import CliCommand, EngineSpec, Handler, NavItem, Task
 from cloud.signage import api, console, handlers, models
 
 ENGINE = EngineSpec(
@@ -18,4 +18,6 @@ ENGINE = EngineSpec(
     nav=(NavItem("signage", "Signage", "/console/signage", Perm.BUSINESS, 50),),
     handlers=(Handler(MessageType.POP, handlers.on_pop), Handler(MessageType.ACK, handlers.on_ack)),
     tasks=(Task("signage-refresher", handlers.refresher),),
+    cli=(CliCommand("signage", "cloud.signage.cli",
+                    "signage: media upload, publish and roll back, what a store's screens play, proof of play"),),
 )

@@ -77,3 +77,20 @@ def test_a_relative_sqlite_path_is_shown_absolute(tmp_path: Path, monkeypatch: p
 ])
 def test_passwords_are_never_shown(url: str, shown: str) -> None:
     assert _database_shown(url) == shown
+
+
+def test_with_nothing_set_the_database_is_in_the_data_directory_whatever_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Run from another folder, a command once made a new empty ./omnishelf.db and refused every row."""
+    for var in ("OMNISHELF_DATABASE_URL", "OMNISHELF_CATALOGUE_DIR", "OMNISHELF_DATA_DIR", "STATE_DIRECTORY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["catalogue", "version"]) == 0
+    data = tmp_path / "home" / ".local" / "state" / "omnishelf"
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"catalogue: database sqlite:///{data / 'omnishelf.db'}, catalogue directory {data / 'catalogue'}")
+    assert (data / "omnishelf.db").exists() and list(elsewhere.iterdir()) == []

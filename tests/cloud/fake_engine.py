@@ -14,7 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from broker.envelope import MessageType
 from broker.payloads import CommandData, OrderData, ScanData, StockData
 from cloud.bus import Context, Message, newer_clause
-from cloud.engine import EngineSpec, Follower, Handler
+from cloud.engine import CliCommand, EngineSpec, Follower, Handler
 
 FAKE = MetaData()
 effects = Table(
@@ -89,4 +89,5 @@ ENGINE = EngineSpec(
         Handler(MessageType.ORDER, on_order),
     ),
     followers=(Follower("fake-follower", follow, types=frozenset({MessageType.SCAN}), batch=50),),
+    cli=(CliCommand("fake", "tests.cloud.fake_cli", "the fake engine's command (tests)"),),
 )

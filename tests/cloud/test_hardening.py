@@ -5,21 +5,26 @@ an attacker's test; a good message after each proves ingest went on."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import sqlite3
 import threading
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from broker import topics
-from broker.envelope import MessageType, decode, encode
-from broker.payloads import RebirthData
+from broker.envelope import Envelope, MessageType, decode, encode
+from broker.payloads import RebirthData, ScanData
 from cloud.api import create_app
+from cloud.bus.ledger import BatchOutcome, GapPolicy, Incoming, check_gaps, store_batch
 from cloud.bus.worker import CloudBus
-from cloud.models import RejectedMessage
+from cloud.models import DownlinkCommand, IngestedMessage, Node, RejectedMessage
 from tests.cloud.conftest import Box, box, cloud_settings, node_row, running, until
 from tests.conftest import Broker
 
@@ -115,6 +120,112 @@ def test_rebirths_back_off_go_only_to_online_boxes_and_give_up_with_an_alert(bro
             assert quiet is not None and quiet.rebirths == 0 and quiet.seq_high > quiet.seq_contig
 
     asyncio.run(body())
+
+
+def test_rebirth_intervals_double_up_to_the_cap_and_then_the_cloud_gives_up(engine: Engine) -> None:
+    """The schedule itself, in cloud time (the test above shows it on a real bus but is too fast to
+    tell a growing interval from a fixed one): checked every second, a gap gets its rebirths after
+    the grace period, then after 5, 10, 20 and 30 s (the cap), and after `max_rebirths` none more."""
+    policy = GapPolicy(grace_s=5.0, max_rebirths=5, backoff_cap_s=30.0)
+    t0 = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
+    with Session(engine) as s:
+        for node, online in (("st1-k1", True), ("st1-k2", False)):
+            s.add(Node(id=node, online=online, session=1, seq_contig=1, seq_high=3, gap_since=t0))
+        s.commit()
+    sent: list[tuple[int, str, int]] = []
+    for second in range(131):
+        for due in check_gaps(engine, policy, t0 + timedelta(seconds=second)):
+            sent.append((second, due.node, due.attempt))
+    assert sent == [(5, "st1-k1", 1), (10, "st1-k1", 2), (20, "st1-k1", 3), (40, "st1-k1", 4), (70, "st1-k1", 5)]
+    intervals = [b[0] - a[0] for a, b in itertools.pairwise(sent)]
+    assert intervals == [5, 10, 20, 30], "each wait doubles the one before, up to backoff_cap_s"
+    with Session(engine) as s:
+        k1, k2 = (s.get(Node, n) for n in ("st1-k1", "st1-k2"))
+        assert k1 is not None and k2 is not None
+        # Given up one (capped) interval after the last rebirth went unanswered.
+        assert k1.rebirths == 5 and k1.gap_abandoned_at == t0 + timedelta(seconds=100)
+        assert k2.rebirths == 0 and k2.gap_abandoned_at is None, "an offline box is not asked (nor given up on)"
+        commands = s.scalars(select(DownlinkCommand).order_by(DownlinkCommand.id)).all()
+    assert [(c.node, c.type, c.data["replay_from"]) for c in commands] == [("st1-k1", "rebirth", 2)] * 5
+    # Each rebirth expires when the next one is due, so a box that comes back late gets the newest only.
+    assert [(c.expires_at or c.created_at) - c.created_at for c in commands] == [
+        timedelta(seconds=d) for d in (5, 10, 20, 30, 30)]
+
+
+def test_a_decoder_bug_keeps_the_message_aside_and_ingest_goes_on(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`decode` promises ContractError only; anything else it raises (a bug on our side) must not
+    take the batch down: the message is kept as `unexpected` with the error, the next one stored."""
+    from broker.envelope import decode as real_decode
+
+    def buggy(payload: bytes, topic: str) -> Envelope:
+        if b"trips-the-bug" in payload:
+            raise KeyError("a decoder bug")
+        return real_decode(payload, topic)
+
+    monkeypatch.setattr("cloud.bus.ledger.decode", buggy)
+
+    def scan(seq: int, code: str) -> tuple[Envelope, Incoming]:
+        env = Envelope(type="scan", node="st1-k1", session=1, seq=seq, data=ScanData(code=code, station="s1"))
+        return env, Incoming(topics.up("st1-k1", "scan"), encode(env), datetime.now(UTC))
+
+    (_, bad), (good, good_item) = scan(1, "trips-the-bug"), scan(2, "fine")
+    out = store_batch(engine, [bad, good_item])
+    assert out.rejected == {"unexpected": 1} and out.stored == 1
+    with Session(engine) as s:
+        (row,) = s.scalars(select(RejectedMessage)).all()
+        stored = s.scalars(select(IngestedMessage.msg_id)).all()
+    assert (row.reason, row.node, row.topic) == ("unexpected", "st1-k1", topics.up("st1-k1", "scan"))
+    assert row.detail == "KeyError: 'a decoder bug'" and row.payload == bad.payload
+    assert stored == [good.msg_id]
+
+
+def test_health_says_failing_after_three_failed_batches_in_a_row(
+    broker: Broker, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database that answers pings but fails every batch: the worker reconnects between tries (so
+    it is never `stalled`), and /health must still say it is failing until a batch commits."""
+    real_store = store_batch
+    calls = 0
+    release = threading.Event()
+
+    def failing_three_times(*args: Any, **kwargs: Any) -> BatchOutcome:
+        nonlocal calls
+        calls += 1
+        if calls <= 3:
+            raise OperationalError("INSERT INTO ingested_messages ...", {}, Exception("the disk is full"))
+        release.wait(30)  # the fourth try holds here while the test looks at /health
+        return real_store(*args, **kwargs)
+
+    monkeypatch.setattr("cloud.bus.worker.store_batch", failing_three_times)
+
+    async def body() -> None:
+        settings = await cloud_settings(broker, engine, INGEST_STALL_S=300)
+        app = create_app(settings, run_worker=True, engine=engine)
+        with TestClient(app) as client:
+            bus = app.state.bus
+            await until(lambda: bus.consuming, what="bus connected")
+            async with box(broker, "st1-k1") as b:
+                assert _status(client) == (200, "ok")
+                await b.scan()
+                answer: dict[str, Any] = {}
+
+                def failing() -> bool:
+                    r = client.get("/health")
+                    answer.update(r.json())
+                    return bool(r.status_code == 503 and answer["worker"]["status"] == "failing")
+
+                await until(failing, timeout=20, what="failing")
+                assert answer["status"] == "unavailable"
+                assert answer["worker"]["failing_batches"] == 3 and "the disk is full" in answer["worker"]["last_error"]
+                release.set()
+                await until(lambda: _status(client) == (200, "ok"), timeout=20, what="healthy again")
+                # (A connection lost meanwhile would redeliver the scan once more: a duplicate, not a failure.)
+                assert bus.stats.stored == 1 and bus.stats.failing_batches == 0 and calls >= 4
+
+    try:
+        asyncio.run(body())
+    finally:
+        release.set()
 
 
 def test_health_goes_unhealthy_while_ingest_stalls(broker: Broker, tmp_path: Any) -> None:

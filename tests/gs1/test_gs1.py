@@ -6,7 +6,7 @@ from datetime import date
 
 import pytest
 
-from gs1 import GS, GtinError, check_digit, element_string, is_valid_gtin, normalise_gtin
+from gs1 import GS, CodeError, CodeErrorReason, GtinError, check_digit, element_string, is_valid_gtin, normalise_gtin
 
 
 @pytest.mark.parametrize(
@@ -35,8 +35,11 @@ def test_bad_gtins_say_why(value: str, message: str) -> None:
 def test_check_digit() -> None:
     assert check_digit("690123456789") == "2"
     assert check_digit("1061414100041") == "5"
-    with pytest.raises(GtinError):
-        check_digit("12a")
+    assert check_digit("37610425002123456") == "9"  # an SSCC's body, 17 digits
+    for bad in ("12a", "\uff11\uff12", ""):  # full-width digits are digits to str.isdigit, not to GS1
+        with pytest.raises(CodeError) as info:
+            check_digit(bad)
+        assert info.value.reason is CodeErrorReason.CHARSET and str(info.value) == f"GS1 keys are digits only, got {bad!r}"
 
 
 def test_element_string() -> None:
