@@ -40,8 +40,10 @@ id -u omnishelf >/dev/null 2>&1 ||
 [ -x /opt/omnishelf/bin/python ] || python3 -m venv /opt/omnishelf
 /opt/omnishelf/bin/python -m pip install --quiet --upgrade "$requirement[$extras]"
 
-# Config and secret: readable by the agent's group, writable by root only.
-install -d -o root -g omnishelf -m 0750 /etc/omnishelf
+# The config directory is the agent's: a claimed box writes its own config, password and key there
+# (setup mode, config pushes, their rollback, credential rotation; omnishelf-edge.service's
+# ReadWritePaths=). Others may not read it. The example is root's, readable by the agent.
+install -d -o omnishelf -g omnishelf -m 0750 /etc/omnishelf
 sed -e "s/^profile: .*/profile: $profile/" "$here/box/box.yaml" >/etc/omnishelf/box.yaml.example
 chown root:omnishelf /etc/omnishelf/box.yaml.example
 chmod 0640 /etc/omnishelf/box.yaml.example

@@ -55,7 +55,7 @@ def test_setup_box_makes_a_scan_station(wheel: Path, tmp_path: Path) -> None:
     assert lines[:8] == [
         "omnishelf box (scan-station, omnishelf[edge]) installed; next: /etc/omnishelf/box.yaml and box.secret (docs/install.md)",
         "user: omnishelf omnishelf",
-        "etc: root:omnishelf 750 root:omnishelf 640",
+        "etc: omnishelf:omnishelf 750 root:omnishelf 640",
         "enabled: /etc/systemd/system/omnishelf-edge.service",
         "fastapi: ModuleNotFoundError: No module named 'fastapi'",
         "omnishelf: error: the cloud role is not installed: pip install 'omnishelf[cloud]'",
