@@ -43,8 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     c.set_defaults(func=cmd_claim)
 
     s = cmds.add_parser("setup-mode", parents=[iface], help="(on the box) advertise, show a pairing code, take a claim")
-    s.add_argument("--serial", required=True)
-    s.add_argument("--model", required=True)
+    s.add_argument("--serial", help="the box's hardware serial (default: read from the device tree, /proc/cpuinfo or DMI)")
+    s.add_argument("--model", help="the box's hardware model, e.g. pi5 (default: read like the serial)")
     s.add_argument("--config-dir", type=Path, required=True, help="where the claimed config, password and CA go")
     s.add_argument("--port", type=int, default=0, help="the setup API's port (default: any free one)")
     s.add_argument("--then-run", action="store_true", help="once claimed (or if already), become the box agent")
@@ -141,12 +141,25 @@ def _run_agent(config: Path) -> int:
         print(f"agent stopped for a config change (exit {rc}); starting it again", flush=True)
 
 
+def _hardware(args: argparse.Namespace) -> tuple[str, str]:
+    """The serial and model given, else read from the machine (one clear line when it has none)."""
+    from provisioning.hardware import HardwareError, read_model, read_serial
+
+    try:
+        serial = args.serial or read_serial()[0]
+        model = args.model or read_model()[0]
+    except HardwareError as exc:
+        raise SystemExit(str(exc)) from None
+    return serial, model
+
+
 def cmd_setup_mode(args: argparse.Namespace) -> int:
     from provisioning.setup_mode import SetupBox
 
-    box = SetupBox(args.serial, args.model, args.config_dir, interface=args.interface, port=args.port, lockout_s=args.lockout)
+    serial, model = _hardware(args)
+    box = SetupBox(serial, model, args.config_dir, interface=args.interface, port=args.port, lockout_s=args.lockout)
     if box.config_path.exists():
-        print(f"box {args.serial} is already claimed ({box.config_path}): not entering setup mode", flush=True)
+        print(f"box {serial} is already claimed ({box.config_path}): not entering setup mode", flush=True)
         return _run_agent(box.config_path) if args.then_run else 0
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -9,7 +9,9 @@
 # PROFILE: kiosk-pi5, scan-station, signage-player or gateway (firmware_config/profiles.py).
 # REQUIREMENT: what pip installs, without extras (default: omnishelf, from PyPI); a wheel file
 # works too: dist/omnishelf-0.1.0-py3-none-any.whl.
-# The box's identity (box.yaml, box.secret) is written afterwards, per box: docs/install.md.
+# The box's identity comes afterwards, per box: it boots into setup mode (omnishelf-setup.service)
+# until a technician claims it (docs/technician.md), or box.yaml and box.secret are written by hand
+# (docs/install.md).
 set -eu
 
 usage="usage: setup-box.sh kiosk-pi5|scan-station|signage-player [REQUIREMENT]"
@@ -48,6 +50,9 @@ sed -e "s/^profile: .*/profile: $profile/" "$here/box/box.yaml" >/etc/omnishelf/
 chown root:omnishelf /etc/omnishelf/box.yaml.example
 chmod 0640 /etc/omnishelf/box.yaml.example
 
-install -m 0644 "$here/systemd/omnishelf-edge.service" /etc/systemd/system/omnishelf-edge.service
-systemctl enable omnishelf-edge.service
-echo "omnishelf box ($profile, omnishelf[$extras]) installed; next: /etc/omnishelf/box.yaml and box.secret (docs/install.md)"
+# Setup mode runs while /etc/omnishelf/box.yaml does not exist, the agent once it does.
+for unit in omnishelf-edge.service omnishelf-setup.service; do
+    install -m 0644 "$here/systemd/$unit" "/etc/systemd/system/$unit"
+done
+systemctl enable omnishelf-edge.service omnishelf-setup.service
+echo "omnishelf box ($profile, omnishelf[$extras]) installed; next: claim it in setup mode (docs/technician.md), or write /etc/omnishelf/box.yaml and box.secret (docs/install.md)"

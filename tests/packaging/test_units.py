@@ -72,11 +72,12 @@ def unit(name: str) -> Path:
     return PKG / "systemd" / name
 
 
-def test_the_four_units_exist() -> None:
+def test_the_units_exist() -> None:
     assert [u.name for u in UNITS] == [
         "omnishelf-broker.service",
         "omnishelf-cloud.service",
         "omnishelf-edge.service",
+        "omnishelf-setup.service",
         "omnishelf-worker@.service",
     ]
 
@@ -307,6 +308,37 @@ def test_the_edge_unit_may_write_what_the_agent_writes(tmp_path: Path, monkeypat
     made = re.search(rf"^install -d -o (\S+) -g (\S+) -m (\d+) {re.escape(config_dir)}$", script, re.M)
     assert made, f"setup-box.sh no longer creates {config_dir} with install -d"
     assert (made.group(1), int(made.group(3), 8) & 0o200) == (value(edge, "Service", "User"), 0o200)
+
+
+def test_a_box_without_a_config_runs_setup_mode_and_then_the_agent() -> None:
+    """omnishelf-setup.service runs exactly while the edge unit's config is missing, writes it where
+    the edge unit reads it, and starts the edge unit once it exits after a claim."""
+    edge, setup = unit("omnishelf-edge.service"), unit("omnishelf-setup.service")
+    config = exec_args(edge)[exec_args(edge).index("--config") + 1]
+    assert values(edge, "Unit", "ConditionPathExists") == [config]
+    assert values(setup, "Unit", "ConditionPathExists") == [f"!{config}"]
+    args = exec_args(setup)
+    assert args[:2] == ["provision", "setup-mode"]
+    assert Path(args[args.index("--config-dir") + 1]) / "box.yaml" == Path(config)
+    # No --then-run: the agent is the edge unit's (one agent, one journal); the serial and model are
+    # read from the hardware.
+    assert not {"--then-run", "--serial", "--model"} & set(args)
+    assert value(setup, "Unit", "OnSuccess") == edge.name
+    assert "2" in value(setup, "Service", "RestartPreventExitStatus").split()  # omnishelf's user errors
+    script = (PKG / "box" / "setup-box.sh").read_text()
+    assert re.search(r"^systemctl enable (.*)$", script, re.M).group(1).split() == [edge.name, setup.name]  # type: ignore[union-attr]
+
+
+def test_the_setup_unit_may_write_what_setup_mode_writes(tmp_path: Path) -> None:
+    setup = unit("omnishelf-setup.service")
+    args = exec_args(setup)
+    config_dir = args[args.index("--config-dir") + 1]
+    root = tmp_path / "root"
+    _where, before = claimed_box(root, config_dir)
+    written = changes(root, before)
+    assert {f"{config_dir}/{name}" for name in ("box.yaml", "broker.secret", "identity.key")} <= written
+    refused = sorted(p for p in written if sandbox_access(p, read_unit(setup)["Service"]) != "rw")
+    assert refused == [], f"{setup.name} does not let setup mode write these"
 
 
 # -- example env files --------------------------------------------------------------------------
