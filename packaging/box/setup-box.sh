@@ -6,7 +6,8 @@
 #
 #   sh packaging/box/setup-box.sh PROFILE [REQUIREMENT]
 #
-# PROFILE: kiosk-pi5, scan-station, signage-player or gateway (firmware_config/profiles.py).
+# PROFILE: a role's (kiosk, scan-station, signage-player, gateway) or a role's on a Raspberry Pi 5
+# (kiosk-pi5, scan-station-pi5, signage-player-pi5, gateway-pi5): firmware_config/profiles.py.
 # REQUIREMENT: what pip installs, without extras (default: omnishelf, from PyPI); a wheel file
 # works too: dist/omnishelf-0.1.0-py3-none-any.whl.
 # The box's identity comes afterwards, per box: it boots into setup mode (omnishelf-setup.service)
@@ -14,7 +15,8 @@
 # (docs/install.md).
 set -eu
 
-usage="usage: setup-box.sh kiosk-pi5|scan-station|signage-player [REQUIREMENT]"
+known="kiosk, kiosk-pi5, scan-station, scan-station-pi5, signage-player, signage-player-pi5, gateway or gateway-pi5"
+usage="usage: setup-box.sh PROFILE [REQUIREMENT], PROFILE one of $known"
 [ $# -ge 1 ] || { echo "$usage" >&2; exit 2; }
 profile=$1
 requirement=${2:-omnishelf}
@@ -22,9 +24,9 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 
 # Boxes with a screen run the Kivy UI (extra `kiosk`) and need its libraries; the others do not.
 case $profile in
-    kiosk-pi5 | signage-player) extras=edge,kiosk lists="base kiosk" ;;
-    scan-station | gateway) extras=edge lists="base" ;;
-    *) echo "setup-box.sh: unknown profile '$profile': expected kiosk-pi5, scan-station, signage-player or gateway" >&2; exit 2 ;;
+    kiosk | kiosk-pi5 | signage-player | signage-player-pi5) extras=edge,kiosk lists="base kiosk" ;;
+    scan-station | scan-station-pi5 | gateway | gateway-pi5) extras=edge lists="base" ;;
+    *) echo "setup-box.sh: unknown profile '$profile': expected one of $known" >&2; exit 2 ;;
 esac
 [ "$(id -u)" = 0 ] || { echo "setup-box.sh: run as root" >&2; exit 2; }
 

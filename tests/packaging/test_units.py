@@ -430,7 +430,8 @@ def test_box_script_refuses_an_unknown_profile() -> None:
     done = subprocess.run(["sh", str(PKG / "box" / "setup-box.sh"), "kiosk-pi4"], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == (
-        "setup-box.sh: unknown profile 'kiosk-pi4': expected kiosk-pi5, scan-station, signage-player or gateway\n"
+        "setup-box.sh: unknown profile 'kiosk-pi4': expected one of kiosk, kiosk-pi5, scan-station, scan-station-pi5, "
+        "signage-player, signage-player-pi5, gateway or gateway-pi5\n"
     )
 
 
