@@ -211,6 +211,14 @@ def push_progress(batch: Annotated[str, Path(min_length=36, max_length=36)], req
         return config_push.batch_progress(session, principal, batch)
 
 
+@router.get("/nodes/{node_id}/config", responses=Problem)
+def node_config(node_id: NodeId, request: Request, principal: Reader) -> dict[str, Any]:
+    """The config HQ means the box to run (its newest pending or applied push, else its enrolment
+    config): `profile`, `version`, `status` (`pending`, `applied` or `enrolment`) and `config`."""
+    with Session(request.app.state.engine) as session:
+        return config_push.current_config(session, principal, request.app.state.settings, node_id)
+
+
 @router.post("/nodes/{node_id}/rotate-credential", status_code=202, responses=Problem)
 def rotate_credential(node_id: NodeId, request: Request, principal: Editor) -> dict[str, Any]:
     """Start a credential rotation (the box stays online; see `GET /nodes/{id}/identity`)."""
