@@ -35,6 +35,12 @@ from firmware_config import ConfigError, NodeConfig, config_hash, parse_config
 __all__ = ["batch_progress", "build_config", "config_labels", "current_config", "on_ack", "on_birth", "push_config", "rotate_credential", "set_tags", "visible_tags"]
 
 STATES = ("pending", "applied", "rejected", "rolled_back", "superseded")
+DEFAULT_ROLLBACK_AFTER_S = 300.0
+"""A push asks the box to go back to its last good config if it cannot reach the cloud this long
+after applying (0: never). On by default, for the API, the console and `provision add-printer`
+alike: a push that breaks a box's connectivity (a wrong broker address, a bad network section)
+must not need a visit; a box that can reach the cloud confirms within seconds, so 5 minutes only
+ever elapse for a box the push cut off."""
 
 
 def _now() -> datetime:
@@ -121,7 +127,8 @@ def _targets(
 
 def push_config(
     session: Session, principal: Principal, settings: Settings, *, overrides: dict[str, Any], nodes: list[str] | None = None,
-    store: str | None = None, region: str | None = None, tag: str | None = None, rollback_after_s: float = 0,
+    store: str | None = None, region: str | None = None, tag: str | None = None,
+    rollback_after_s: float = DEFAULT_ROLLBACK_AFTER_S,
     via: str = "api",
 ) -> tuple[str, list[ConfigPush]]:
     """Validate every box's new config first, then queue one versioned push per box (a newer push

@@ -191,7 +191,8 @@ class ConfigPushRequest(_Strict):
     tag: Annotated[str | None, Field(max_length=32)] = None
     overrides: dict[str, Any] = {}
     """Config keys over the box's enrolment config and profile (e.g. {"telemetry_every_s": 30})."""
-    rollback_after_s: Annotated[float, Field(ge=0, le=7 * 24 * 3600)] = 0
+    rollback_after_s: Annotated[float, Field(ge=0, le=7 * 24 * 3600, description="0: no automatic rollback")] = (
+        config_push.DEFAULT_ROLLBACK_AFTER_S)
 
 
 @router.post("/config-pushes", status_code=201, responses=Problem)

@@ -207,3 +207,26 @@ def test_the_fleet_page_shows_each_boxs_config_version_drift_and_last_rollback(f
         "st0003-k1": "v0",  # enrolled, nothing pushed yet
         "stray-1": "\N{EN DASH}",  # never enrolled
     }
+
+
+def test_the_api_the_console_and_add_printer_ask_for_the_same_rollback_by_default(fleet: World) -> None:
+    from cloud.fleet.config_push import DEFAULT_ROLLBACK_AFTER_S
+    from omnishelf import cli
+
+    assert DEFAULT_ROLLBACK_AFTER_S == 300
+    add_printer = cli.build_parser(["provision"]).parse_args(["provision", "add-printer", "st0001-k1", "10.0.0.5"])
+    assert add_printer.rollback_after == DEFAULT_ROLLBACK_AFTER_S
+    with fleet.app_client(headers={"Authorization": f"Bearer {fleet.keys['hq']}"}) as api:
+        r = api.post("/config-pushes", json={"nodes": ["st0001-k1"], "overrides": {}})  # no rollback_after_s
+        assert r.status_code == 201, r.text
+    with fleet.app_client() as client:
+        csrf = sign_in(client, "hq")
+        page = client.get("/console/enrolment").text
+        assert f'name="rollback_after_s" type="number" min="0" max="604800" value="{DEFAULT_ROLLBACK_AFTER_S:.0f}"' in page
+        # A form post without the field (a script) gets the same.
+        done = client.post("/console/enrolment", data={"csrf_token": csrf, "action": "push", "target": "store:st0002",
+                                                       "overrides": "{}"})
+        assert done.status_code == 200, done.text
+    with Session(fleet.engine) as s:
+        sent = {c.node: c.data["rollback_after_s"] for c in s.scalars(select(DownlinkCommand).where(DownlinkCommand.type == "config"))}
+    assert sent == {"st0001-k1": DEFAULT_ROLLBACK_AFTER_S, "st0002-k1": DEFAULT_ROLLBACK_AFTER_S}
