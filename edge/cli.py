@@ -82,6 +82,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         tls = broker_address(cfg, paths).tls
     except AgentConfigError as exc:
         raise SystemExit(f"{args.file}: {exc}") from None
+    from edge.network import NetworkCheckError, check_network, network_summary
+
+    try:
+        check_network(cfg, paths)
+    except NetworkCheckError as exc:
+        raise SystemExit(f"{args.file}: {exc}") from None
     api = cfg.local_api
     rows = [
         ("data_dir", f"{paths.data_dir}  (from {paths.data_dir_source})"),
@@ -92,6 +98,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         ("password", secret),
         *([("ca_file", str(paths.ca_file) if paths.ca_file else "(none: the system's CA store)")] if tls else []),
         ("local_api", f"http://{api.host}:{api.port}/status" if api.enabled else "(disabled)"),
+        # Only a box whose file says something about its network (the rest have the image's).
+        *([("network", network_summary(cfg))] if "network" in cfg.model_fields_set else []),
     ]
     print(f"OK {config_hash(cfg)}")
     for name, value in rows:

@@ -35,7 +35,8 @@ from broker.envelope import Envelope, MessageType
 from broker.payloads import ConfigData, ConfigRollback
 from broker.sealing import SealError, load_or_create_key, open_sealed
 from edge.component import BackgroundTask, CommandHandler, CommandRefused, Component, ComponentContext
-from firmware_config import ConfigError, config_hash, load_config, parse_config, write_config
+from edge.network import NetworkCheckError, check_network, network_summary
+from firmware_config import ConfigError, PathError, config_hash, load_config, parse_config, resolve_paths, write_config
 
 __all__ = ["CONFIG_NAME", "RESTART_MARKER", "ConfigPushComponent", "config_push_component"]
 
@@ -88,7 +89,8 @@ class ConfigPushComponent(Component):
 
     def status(self) -> Mapping[str, Any]:
         return {"file": str(self.file), "version": self.state.get("version", 0),
-                "confirmed": self.state.get("confirmed", True), "last_rollback": self.state.get("last_rollback")}
+                "confirmed": self.state.get("confirmed", True), "last_rollback": self.state.get("last_rollback"),
+                "network": network_summary(self.ctx.config)}
 
     def birth(self) -> Mapping[str, Any]:
         last = self.state.get("last_rollback")
@@ -127,6 +129,14 @@ class ConfigPushComponent(Component):
             raise CommandRefused(f"rejected v{data.version}: field 'node_id': {cfg.node_id!r} is not this box ({own!r})")
         if config_hash(cfg) != data.config_hash:
             raise CommandRefused(f"rejected v{data.version}: field 'config_hash': does not match the config sent")
+        # Its relative paths will be relative to this box's config directory, once written there.
+        cfg._base_dir = self.dir
+        try:
+            check_network(cfg, resolve_paths(cfg))
+        except NetworkCheckError as exc:
+            raise CommandRefused(f"rejected v{data.version}: {exc}") from None
+        except PathError as exc:
+            raise CommandRefused(f"rejected v{data.version}: field 'data_dir': {exc}") from None
         shutil.copyfile(self.file, self.dir / GOOD_NAME)
         write_config(cfg, self.file, header=f"pushed v{data.version} by the cloud")
         self.state = {"version": data.version, "hash": data.config_hash, "applied_at": time.time(),

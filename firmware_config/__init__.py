@@ -16,6 +16,7 @@ from firmware_config.models import (
     KioskConfig,
     LocalApiConfig,
     NearbyStore,
+    NetworkConfig,
     NodeConfig,
     OrderDeskConfig,
     OutboxConfig,
@@ -26,6 +27,7 @@ from firmware_config.models import (
     SimulatorDevice,
     StationConfig,
     Synchronous,
+    WifiConfig,
 )
 from firmware_config.paths import DATA_DIR_ENV, BoxPaths, PathError, resolve_paths
 from firmware_config.profiles import PROFILES
@@ -47,6 +49,7 @@ __all__ = [
     "KioskConfig",
     "LocalApiConfig",
     "NearbyStore",
+    "NetworkConfig",
     "NodeConfig",
     "OrderDeskConfig",
     "OutboxConfig",
@@ -58,6 +61,7 @@ __all__ = [
     "SimulatorDevice",
     "StationConfig",
     "Synchronous",
+    "WifiConfig",
     "config_hash",
     "load_config",
     "parse_config",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Literal, get_args
@@ -31,6 +32,7 @@ __all__ = [
     "KioskConfig",
     "LocalApiConfig",
     "NearbyStore",
+    "NetworkConfig",
     "NodeConfig",
     "OutboxConfig",
     "PrinterDevice",
@@ -38,6 +40,7 @@ __all__ = [
     "SimulatorDevice",
     "StationConfig",
     "Synchronous",
+    "WifiConfig",
 ]
 
 _NODE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -431,6 +434,127 @@ class KioskConfig(_Strict):
         return value
 
 
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def _host_name(value: str) -> bool:
+    """A DNS host name (RFC 1123): dot-separated labels of a-z, 0-9 and '-', at most 253 characters."""
+    return len(value) <= 253 and all(_LABEL.match(label) for label in value.lower().split("."))
+
+
+def _ipv4(value: str, what: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not {what}: expected an IPv4 address such as 192.168.1.1") from None
+
+
+class WifiConfig(_Strict):
+    """The Wi-Fi network the box joins (WPA2/WPA3 personal) instead of its wired port."""
+
+    ssid: Annotated[str, StringConstraints(min_length=1)]
+    psk_file: Path
+    """A file on the box holding only the passphrase, relative to the config file's directory. Never
+    the passphrase itself: a config is pushed through the bus and shown in the console."""
+    country: str | None = None
+    """The regulatory domain (ISO 3166 code, e.g. GB): Raspberry Pi OS keeps Wi-Fi off until it is set."""
+
+    @field_validator("ssid")
+    @classmethod
+    def _ssid(cls, value: str) -> str:
+        if len(value.encode()) > 32:
+            raise ValueError(f"{value!r} is {len(value.encode())} bytes: an SSID has at most 32")
+        return value
+
+    @field_validator("country")
+    @classmethod
+    def _country(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Z]{2}", value):
+            raise ValueError(f"{value!r} is not a country code: expected two capital letters (ISO 3166), e.g. GB")
+        return value
+
+
+class NetworkConfig(_Strict):
+    """How the box is on the store LAN: its host name, wired or Wi-Fi, DHCP or a fixed address, and
+    the time servers it keeps its clock with (scans and orders carry the box's clock)."""
+
+    hostname: str | None = None
+    """None: the one the image gave it."""
+    wifi: WifiConfig | None = None
+    """None: the wired port."""
+    ipv4: Literal["dhcp", "static"] = "dhcp"
+    address: str | None = None
+    """static: the box's address with its prefix length, e.g. 192.168.1.20/24."""
+    gateway: str | None = None
+    """static: the router, inside `address`'s network."""
+    dns: Annotated[tuple[str, ...], Field(max_length=3)] = ()
+    """static: one to three name servers (DHCP gives them otherwise)."""
+    ntp: Annotated[tuple[str, ...], Field(max_length=4)] = ()
+    """Time servers (host names or IPv4 addresses); empty: the image's (or DHCP's)."""
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, value: str | None) -> str | None:
+        if value is not None and not _LABEL.match(value):
+            raise ValueError(f"{value!r} is not a host name: expected 1-63 characters of a-z, 0-9 and '-', "
+                             "not starting or ending with '-'")
+        return value
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            iface = ipaddress.IPv4Interface(value)
+        except ValueError:
+            iface = None
+        if iface is None or "/" not in value:
+            raise ValueError(f"{value!r} is not an address with its prefix length: expected e.g. 192.168.1.20/24")
+        if iface.network.prefixlen < 31 and iface.ip in (iface.network.network_address, iface.network.broadcast_address):
+            raise ValueError(f"{value!r} is the network's {'own' if iface.ip == iface.network.network_address else 'broadcast'} "
+                             "address: expected a host's address")
+        return str(iface)
+
+    @field_validator("gateway")
+    @classmethod
+    def _gateway(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        gateway = _ipv4(value, "a gateway")
+        address = info.data.get("address")  # absent when the address itself was refused
+        if isinstance(address, str):
+            iface = ipaddress.IPv4Interface(address)
+            if gateway not in iface.network or gateway == iface.ip:
+                raise ValueError(f"{value} is not another host of {iface.network}: expected the router's address there")
+        return str(gateway)
+
+    @field_validator("dns")
+    @classmethod
+    def _dns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(str(_ipv4(v, "a name server's address")) for v in value)
+
+    @field_validator("ntp")
+    @classmethod
+    def _ntp(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for v in value:
+            if not _host_name(v):
+                raise ValueError(f"{v!r} is not a time server: expected a host name or an IPv4 address")
+        return value
+
+    @model_validator(mode="after")
+    def _addressing(self) -> NetworkConfig:
+        given = [f for f in ("address", "gateway") if getattr(self, f) is not None] + (["dns"] if self.dns else [])
+        if self.ipv4 == "dhcp":
+            if given:
+                raise ValueError(f"{', '.join(given)} given with ipv4: dhcp: expected ipv4: static, or none of them")
+            return self
+        missing = [f for f in ("address", "gateway", "dns") if f not in given]
+        if missing:
+            raise ValueError(f"ipv4: static needs {', '.join(missing)}")
+        return self
+
+
 DeviceConfig = Annotated[SimulatorDevice | ScannerDevice | PrinterDevice | DisplayDevice, Field(discriminator="kind")]
 
 
@@ -458,6 +582,7 @@ class NodeConfig(_Strict):
     signage: SignageConfig = SignageConfig()
     clerks: ClerksConfig = ClerksConfig()
     kiosk: KioskConfig = KioskConfig()
+    network: NetworkConfig = NetworkConfig()
 
     @field_validator("node_id")
     @classmethod

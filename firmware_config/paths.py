@@ -46,6 +46,8 @@ class BoxPaths:
     """The broker's CA file (`broker.ca_file`), if the config names one."""
     clerks: Path
     """The clerks' roster and sign-in state (lockouts, sessions)."""
+    wifi_psk: Path | None = None
+    """The Wi-Fi passphrase file (`network.wifi.psk_file`), if the box joins a Wi-Fi network."""
 
 
 def _place(value: Path, base: Path) -> Path:
@@ -99,4 +101,5 @@ def resolve_paths(cfg: NodeConfig, env: Mapping[str, str] | None = None) -> BoxP
         password_file=secret,
         ca_file=ca_file,
         clerks=_place(cfg.clerks.path, base) if cfg.clerks.path else node_dir / "clerks.db",
+        wifi_psk=_place(cfg.network.wifi.psk_file, base) if cfg.network.wifi else None,
     )

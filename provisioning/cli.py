@@ -13,6 +13,8 @@ import sys
 import threading
 from pathlib import Path
 
+import yaml
+
 __all__ = ["add_parser"]
 
 INTERFACE_ENV = "OMNISHELF_ZEROCONF_INTERFACE"
@@ -43,8 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     c.set_defaults(func=cmd_claim)
 
     s = cmds.add_parser("setup-mode", parents=[iface], help="(on the box) advertise, show a pairing code, take a claim")
-    s.add_argument("--serial", required=True)
-    s.add_argument("--model", required=True)
+    s.add_argument("--serial", help="the box's hardware serial (default: read from the device tree, /proc/cpuinfo or DMI)")
+    s.add_argument("--model", help="the box's hardware model, e.g. pi5 (default: read like the serial)")
     s.add_argument("--config-dir", type=Path, required=True, help="where the claimed config, password and CA go")
     s.add_argument("--port", type=int, default=0, help="the setup API's port (default: any free one)")
     s.add_argument("--then-run", action="store_true", help="once claimed (or if already), become the box agent")
@@ -59,7 +61,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     ap = cmds.add_parser("add-printer", help="push a printer found on the LAN into a claimed box's config")
     ap.add_argument("node", help="the box's node id, e.g. st0042-k1")
     ap.add_argument("printer", help="HOST or HOST:PORT of a raw-socket (ESC/POS) printer")
-    ap.add_argument("--profile", default="kiosk-pi5", help="the box's profile (default: %(default)s)")
     ap.add_argument("--cloud", default=os.environ.get(CLOUD_ENV, "http://127.0.0.1:8000"))
     ap.add_argument("--rollback-after", type=float, default=300.0, metavar="S",
                     help="the box goes back to its config if it cannot reach the cloud this long after (default %(default)s)")
@@ -141,12 +142,25 @@ def _run_agent(config: Path) -> int:
         print(f"agent stopped for a config change (exit {rc}); starting it again", flush=True)
 
 
+def _hardware(args: argparse.Namespace) -> tuple[str, str]:
+    """The serial and model given, else read from the machine (one clear line when it has none)."""
+    from provisioning.hardware import HardwareError, read_model, read_serial
+
+    try:
+        serial = args.serial or read_serial()[0]
+        model = args.model or read_model()[0]
+    except HardwareError as exc:
+        raise SystemExit(str(exc)) from None
+    return serial, model
+
+
 def cmd_setup_mode(args: argparse.Namespace) -> int:
     from provisioning.setup_mode import SetupBox
 
-    box = SetupBox(args.serial, args.model, args.config_dir, interface=args.interface, port=args.port, lockout_s=args.lockout)
+    serial, model = _hardware(args)
+    box = SetupBox(serial, model, args.config_dir, interface=args.interface, port=args.port, lockout_s=args.lockout)
     if box.config_path.exists():
-        print(f"box {args.serial} is already claimed ({box.config_path}): not entering setup mode", flush=True)
+        print(f"box {serial} is already claimed ({box.config_path}): not entering setup mode", flush=True)
         return _run_agent(box.config_path) if args.then_run else 0
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -194,9 +208,9 @@ API_KEY_ENV = "OMNISHELF_API_KEY"
 
 
 def cmd_add_printer(args: argparse.Namespace) -> int:
-    from firmware_config import PrinterDevice
+    from firmware_config import ConfigError, PrinterDevice, parse_config
     from provisioning.printers import PrinterError, devices_with_printer, test_print
-    from provisioning.technician import ClaimError, _http
+    from provisioning.technician import ClaimError, _http, _why
 
     host, _, port = args.printer.partition(":")
     if port and not port.isdigit():
@@ -204,15 +218,29 @@ def cmd_add_printer(args: argparse.Namespace) -> int:
     key = os.environ.get(API_KEY_ENV)
     if not key:
         raise SystemExit(f"${API_KEY_ENV} is not set: an API key of a console user who may edit the fleet is needed")
+    cloud = args.cloud.rstrip("/")
+    auth = {"Authorization": f"Bearer {key}"}
     try:
+        # What HQ means the box to run now (its profile, the devices and settings pushed so far):
+        # the printer is added to that, so nothing pushed before is lost.
+        status, current = _http("GET", f"{cloud}/nodes/{args.node}/config", headers=auth)
+        if status != 200:
+            raise SystemExit(f"cannot read {args.node}'s config from the cloud: {_why(current)}")
+        try:
+            now = parse_config(yaml.safe_dump(current["config"], sort_keys=False), f"{args.node}'s config")
+        except ConfigError as exc:
+            raise SystemExit(f"{args.node}'s config on the cloud is not valid here: {exc.problems[0]}") from None
         test_print(host, int(port or 9100), f"omnishelf: printer for {args.node}")
-        devices = devices_with_printer(args.profile, PrinterDevice(kind="printer", host=host, port=int(port or 9100)))
-        status, answer = _http("POST", f"{args.cloud.rstrip('/')}/config-pushes",
-                               {"nodes": [args.node], "overrides": {"devices": devices}, "rollback_after_s": args.rollback_after},
-                               headers={"Authorization": f"Bearer {key}"})
+        devices = devices_with_printer([d.model_dump(mode="json", exclude_defaults=True) for d in now.devices],
+                                       PrinterDevice(kind="printer", host=host, port=int(port or 9100)))
+        overrides = {k: v for k, v in current["config"].items() if k not in ("node_id", "store_id")} | {"devices": devices}
+        status, answer = _http("POST", f"{cloud}/config-pushes",
+                               {"nodes": [args.node], "overrides": overrides, "rollback_after_s": args.rollback_after},
+                               headers=auth)
     except (PrinterError, ClaimError) as exc:
         raise SystemExit(str(exc)) from None
     if status != 201:
-        raise SystemExit(f"the cloud refused the push: {answer.get('detail')}")
-    print(f"test page printed; printer {host}:{port or 9100} pushed to {args.node} (batch {answer['batch'][:8]})")
+        raise SystemExit(f"the cloud refused the push: {_why(answer)}")
+    print(f"test page printed; printer {host}:{port or 9100} pushed to {args.node} "
+          f"(profile {current['profile']}, {len(devices)} devices; batch {answer['batch'][:8]})")
     return 0

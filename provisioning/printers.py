@@ -8,12 +8,15 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from firmware_config import PROFILES, PrinterDevice
+from pydantic import TypeAdapter
+
+from firmware_config import DeviceConfig, PrinterDevice
 from provisioning import lan
 
 __all__ = ["FoundPrinter", "PrinterError", "devices_with_printer", "find_printers", "printer_device", "test_page", "test_print"]
 
 ESC, GS = b"\x1b", b"\x1d"
+_device: TypeAdapter[DeviceConfig] = TypeAdapter(DeviceConfig)
 
 
 class PrinterError(RuntimeError):
@@ -61,10 +64,15 @@ def printer_device(p: FoundPrinter, name: str = "printer") -> PrinterDevice:
     return PrinterDevice(kind="printer", name=name, host=p.host, port=p.port)
 
 
-def devices_with_printer(profile: str, printer: PrinterDevice) -> list[dict[str, Any]]:
-    """The `devices` of a config push that adds `printer` to a box of `profile`: the profile's
-    devices with its printer (if any) replaced (a pushed list replaces the profile's whole list)."""
-    if profile not in PROFILES:
-        raise PrinterError(f"unknown profile {profile!r}: expected one of {', '.join(sorted(PROFILES))}")
-    devices = [d for d in PROFILES[profile].get("devices", []) if d.get("kind") != "printer"]
-    return [*devices, printer.model_dump(mode="json")]
+def devices_with_printer(devices: list[dict[str, Any]], printer: PrinterDevice) -> list[dict[str, Any]]:
+    """A box's `devices` with `printer` added: in place of a printer already at the same address
+    (keeping that one's name), else appended under a name no other device has. Every other device
+    stays as it was (a pushed list replaces the box's whole list)."""
+    new = printer.model_dump(mode="json", exclude_defaults=True)
+    same = next((i for i, d in enumerate(devices) if d.get("kind") == "printer" and d.get("connection", "network") == "network"
+                 and d.get("host") == printer.host and int(d.get("port", 9100)) == printer.port), None)
+    if same is not None:
+        return [*devices[:same], new | {"name": devices[same].get("name", "printer")}, *devices[same + 1:]]
+    taken = {_device.validate_python(d).name for d in devices}
+    name = next(n for n in (printer.name, *(f"{printer.name}-{i}" for i in range(2, len(devices) + 3))) if n not in taken)
+    return [*devices, new | {"name": name}]

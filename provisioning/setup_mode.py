@@ -156,10 +156,12 @@ class SetupBox:
             self._write(SECRET_NAME, password + b"\n")
             if ca_pem:
                 self._write(CA_NAME, ca_pem.encode())
-            self._write(CONFIG_NAME, config_yaml.encode())
             # The key stays with the box: rotated passwords are sealed to it too.
             (self.config_dir / KEY_NAME).replace(self.config_dir / IDENTITY_KEY_NAME)
             (self.config_dir / CODE_NAME).unlink(missing_ok=True)
+            # Last: box.yaml is what makes the box claimed (the agent's unit starts on it, setup mode
+            # is skipped), so it appears only once everything it needs is in place.
+            self._write(CONFIG_NAME, config_yaml.encode())
             self.node_id = cfg.node_id
             self.claimed.set()
         log.info("claimed as %s (store %s)", cfg.node_id, cfg.store_id)

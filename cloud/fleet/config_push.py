@@ -32,9 +32,15 @@ from cloud.models import Node, Store
 from cloud.settings import Settings
 from firmware_config import ConfigError, NodeConfig, config_hash, parse_config
 
-__all__ = ["batch_progress", "build_config", "config_labels", "on_ack", "on_birth", "push_config", "rotate_credential", "set_tags", "visible_tags"]
+__all__ = ["batch_progress", "build_config", "config_labels", "current_config", "on_ack", "on_birth", "push_config", "rotate_credential", "set_tags", "visible_tags"]
 
 STATES = ("pending", "applied", "rejected", "rolled_back", "superseded")
+DEFAULT_ROLLBACK_AFTER_S = 300.0
+"""A push asks the box to go back to its last good config if it cannot reach the cloud this long
+after applying (0: never). On by default, for the API, the console and `provision add-printer`
+alike: a push that breaks a box's connectivity (a wrong broker address, a bad network section)
+must not need a visit; a box that can reach the cloud confirms within seconds, so 5 minutes only
+ever elapse for a box the push cut off."""
 
 
 def _now() -> datetime:
@@ -121,7 +127,8 @@ def _targets(
 
 def push_config(
     session: Session, principal: Principal, settings: Settings, *, overrides: dict[str, Any], nodes: list[str] | None = None,
-    store: str | None = None, region: str | None = None, tag: str | None = None, rollback_after_s: float = 0,
+    store: str | None = None, region: str | None = None, tag: str | None = None,
+    rollback_after_s: float = DEFAULT_ROLLBACK_AFTER_S,
     via: str = "api",
 ) -> tuple[str, list[ConfigPush]]:
     """Validate every box's new config first, then queue one versioned push per box (a newer push
@@ -199,6 +206,25 @@ def rotate_credential(
     audit(session, principal.actor, "node.rotate_credential", "node", node_id,
           after={"credential_version": identity.credential_version + 1, "push_version": push.version}, via=via)
     return push
+
+
+def current_config(session: Session, principal: Principal, settings: Settings, node_id: str) -> dict[str, Any]:
+    """The config HQ means a box to run: its newest push still standing (pending or applied), else
+    its enrolment config with its profile. A change to one part (a printer added) starts from this,
+    so it keeps what earlier pushes set."""
+    from cloud.access.scope import get_node
+    from cloud.fleet.enrolment import get_identity
+
+    node = get_node(session, principal.scope, node_id)
+    identity = get_identity(session, principal.scope, node_id)
+    latest = session.scalars(select(ConfigPush).where(ConfigPush.node_id == node_id, ConfigPush.status.in_(("pending", "applied")))
+                             .order_by(ConfigPush.version.desc()).limit(1)).first()
+    if latest is not None:
+        return {"node": node_id, "profile": latest.profile, "version": latest.version, "status": latest.status,
+                "config": latest.config}
+    cfg = build_config(settings, node, identity, {})
+    return {"node": node_id, "profile": cfg.profile, "version": 0, "status": "enrolment",
+            "config": cfg.model_dump(mode="json", exclude_defaults=True) | {"profile": cfg.profile}}
 
 
 def batch_progress(session: Session, principal: Principal, batch: str) -> dict[str, Any]:

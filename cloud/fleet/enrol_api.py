@@ -191,7 +191,8 @@ class ConfigPushRequest(_Strict):
     tag: Annotated[str | None, Field(max_length=32)] = None
     overrides: dict[str, Any] = {}
     """Config keys over the box's enrolment config and profile (e.g. {"telemetry_every_s": 30})."""
-    rollback_after_s: Annotated[float, Field(ge=0, le=7 * 24 * 3600)] = 0
+    rollback_after_s: Annotated[float, Field(ge=0, le=7 * 24 * 3600, description="0: no automatic rollback")] = (
+        config_push.DEFAULT_ROLLBACK_AFTER_S)
 
 
 @router.post("/config-pushes", status_code=201, responses=Problem)
@@ -209,6 +210,14 @@ def push_progress(batch: Annotated[str, Path(min_length=36, max_length=36)], req
     """How many boxes of a push applied, rejected, are pending or rolled back."""
     with Session(request.app.state.engine) as session:
         return config_push.batch_progress(session, principal, batch)
+
+
+@router.get("/nodes/{node_id}/config", responses=Problem)
+def node_config(node_id: NodeId, request: Request, principal: Reader) -> dict[str, Any]:
+    """The config HQ means the box to run (its newest pending or applied push, else its enrolment
+    config): `profile`, `version`, `status` (`pending`, `applied` or `enrolment`) and `config`."""
+    with Session(request.app.state.engine) as session:
+        return config_push.current_config(session, principal, request.app.state.settings, node_id)
 
 
 @router.post("/nodes/{node_id}/rotate-credential", status_code=202, responses=Problem)

@@ -47,6 +47,7 @@ def _page(request: Request, principal: Principal, *, code: int = 200, **extra: A
         ]
         batches = config_push.recent_batches(session, principal)
         return render(request, "enrolment.html", principal, status_code=code, tokens=tokens, identities=identities,
+                      rollback_after_s=config_push.DEFAULT_ROLLBACK_AFTER_S,
                       stores=visible_stores(session, principal.scope), roles=list(enrolment.ROLES), batches=batches,
                       regions=visible_regions(session, principal.scope), tags=config_push.visible_tags(session, principal),
                       can_edit=principal.can(Perm.FLEET_EDIT), **extra)
@@ -69,7 +70,7 @@ def enrolment_action(
     reason: Annotated[str, Form(max_length=500)] = "",
     target: Annotated[str, Form(max_length=40)] = "",
     overrides: Annotated[str, Form(max_length=20_000)] = "{}",
-    rollback_after_s: Annotated[float, Form(ge=0, le=7 * 24 * 3600)] = 0,
+    rollback_after_s: Annotated[float, Form(ge=0, le=7 * 24 * 3600)] = config_push.DEFAULT_ROLLBACK_AFTER_S,
 ) -> HTMLResponse:
     new_token: str | None = None
     try:

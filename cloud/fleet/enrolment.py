@@ -56,8 +56,9 @@ log = logging.getLogger(__name__)
 ROLES: dict[str, str] = {"kiosk": "k", "scan-station": "s", "signage": "d", "gateway": "g"}
 """A box's role → the letter its node ids carry (st0042-k1: the store's first kiosk)."""
 
-ROLE_PROFILES: dict[str, str] = {"kiosk": "kiosk-pi5", "scan-station": "scan-station", "signage": "signage-player",
+ROLE_PROFILES: dict[str, str] = {"kiosk": "kiosk", "scan-station": "scan-station", "signage": "signage-player",
                                  "gateway": "gateway"}
+"""A box's role → the firmware_config profile of that role on any hardware."""
 TOKEN_PREFIX = "et_"
 _TEXT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -78,9 +79,9 @@ def _role(value: str, field: str = "role") -> str:
 
 def profile_for(role: str, model: str) -> str:
     """The firmware_config profile of a box: `<role profile>-<model>` when the hardware kind has its
-    own, else the role's."""
+    own (`kiosk-pi5`), else the role's (`kiosk`)."""
     base = ROLE_PROFILES[role]
-    specific = f"{ROLE_PROFILES[role]}-{model.lower()}"
+    specific = f"{base}-{model.lower()}"
     return specific if specific in PROFILES else base
 
 

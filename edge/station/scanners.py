@@ -332,7 +332,7 @@ class LineScanner:
         self.cfg = cfg
         self.ctx = ctx
         self.sink = sink
-        self.path = path or _first(("/dev/ttyACM0", "/dev/ttyUSB0"), "a serial scanner")
+        self.path = path or _first(("/dev/ttyACM0", "/dev/ttyUSB0"), "serial scanner")
         self.lines = 0
 
     async def run(self) -> None:
@@ -405,7 +405,7 @@ class HidScanner:
         self.cfg = cfg
         self.ctx = ctx
         self.sink = sink
-        self.path = path or _first_glob("/dev/input/by-id", "*-event-kbd", "a keyboard-wedge scanner")
+        self.path = path or _first_glob("/dev/input/by-id", "*-event-kbd", "keyboard-wedge scanner")
         self.lines = 0
 
     async def run(self) -> None:

@@ -6,13 +6,17 @@
 #
 #   sh packaging/box/setup-box.sh PROFILE [REQUIREMENT]
 #
-# PROFILE: kiosk-pi5, scan-station, signage-player or gateway (firmware_config/profiles.py).
+# PROFILE: a role's (kiosk, scan-station, signage-player, gateway) or a role's on a Raspberry Pi 5
+# (kiosk-pi5, scan-station-pi5, signage-player-pi5, gateway-pi5): firmware_config/profiles.py.
 # REQUIREMENT: what pip installs, without extras (default: omnishelf, from PyPI); a wheel file
 # works too: dist/omnishelf-0.1.0-py3-none-any.whl.
-# The box's identity (box.yaml, box.secret) is written afterwards, per box: docs/install.md.
+# The box's identity comes afterwards, per box: it boots into setup mode (omnishelf-setup.service)
+# until a technician claims it (docs/technician.md), or box.yaml and box.secret are written by hand
+# (docs/install.md).
 set -eu
 
-usage="usage: setup-box.sh kiosk-pi5|scan-station|signage-player [REQUIREMENT]"
+known="kiosk, kiosk-pi5, scan-station, scan-station-pi5, signage-player, signage-player-pi5, gateway or gateway-pi5"
+usage="usage: setup-box.sh PROFILE [REQUIREMENT], PROFILE one of $known"
 [ $# -ge 1 ] || { echo "$usage" >&2; exit 2; }
 profile=$1
 requirement=${2:-omnishelf}
@@ -20,9 +24,9 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 
 # Boxes with a screen run the Kivy UI (extra `kiosk`) and need its libraries; the others do not.
 case $profile in
-    kiosk-pi5 | signage-player) extras=edge,kiosk lists="base kiosk" ;;
-    scan-station | gateway) extras=edge lists="base" ;;
-    *) echo "setup-box.sh: unknown profile '$profile': expected kiosk-pi5, scan-station, signage-player or gateway" >&2; exit 2 ;;
+    kiosk | kiosk-pi5 | signage-player | signage-player-pi5) extras=edge,kiosk lists="base kiosk" ;;
+    scan-station | scan-station-pi5 | gateway | gateway-pi5) extras=edge lists="base" ;;
+    *) echo "setup-box.sh: unknown profile '$profile': expected one of $known" >&2; exit 2 ;;
 esac
 [ "$(id -u)" = 0 ] || { echo "setup-box.sh: run as root" >&2; exit 2; }
 
@@ -40,12 +44,17 @@ id -u omnishelf >/dev/null 2>&1 ||
 [ -x /opt/omnishelf/bin/python ] || python3 -m venv /opt/omnishelf
 /opt/omnishelf/bin/python -m pip install --quiet --upgrade "$requirement[$extras]"
 
-# Config and secret: readable by the agent's group, writable by root only.
-install -d -o root -g omnishelf -m 0750 /etc/omnishelf
+# The config directory is the agent's: a claimed box writes its own config, password and key there
+# (setup mode, config pushes, their rollback, credential rotation; omnishelf-edge.service's
+# ReadWritePaths=). Others may not read it. The example is root's, readable by the agent.
+install -d -o omnishelf -g omnishelf -m 0750 /etc/omnishelf
 sed -e "s/^profile: .*/profile: $profile/" "$here/box/box.yaml" >/etc/omnishelf/box.yaml.example
 chown root:omnishelf /etc/omnishelf/box.yaml.example
 chmod 0640 /etc/omnishelf/box.yaml.example
 
-install -m 0644 "$here/systemd/omnishelf-edge.service" /etc/systemd/system/omnishelf-edge.service
-systemctl enable omnishelf-edge.service
-echo "omnishelf box ($profile, omnishelf[$extras]) installed; next: /etc/omnishelf/box.yaml and box.secret (docs/install.md)"
+# Setup mode runs while /etc/omnishelf/box.yaml does not exist, the agent once it does.
+for unit in omnishelf-edge.service omnishelf-setup.service; do
+    install -m 0644 "$here/systemd/$unit" "/etc/systemd/system/$unit"
+done
+systemctl enable omnishelf-edge.service omnishelf-setup.service
+echo "omnishelf box ($profile, omnishelf[$extras]) installed; next: claim it in setup mode (docs/technician.md), or write /etc/omnishelf/box.yaml and box.secret (docs/install.md)"

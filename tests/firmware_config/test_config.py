@@ -66,6 +66,53 @@ def test_profile_supplies_defaults_the_file_overrides(tmp_path: Path) -> None:
     assert cfg.outbox.max_pending == 500_000
 
 
+NETWORK = """\
+network:
+  hostname: st1-k1
+  wifi:
+    ssid: Store Wi-Fi
+    psk_file: wifi.psk
+    country: GB
+  ipv4: static
+  address: 192.168.1.20/24
+  gateway: 192.168.1.1
+  dns: [192.168.1.1, 1.1.1.1]
+  ntp: [ntp.example.com, 192.168.1.1]
+"""
+
+
+def test_a_network_section_loads(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, VALID + NETWORK))
+    net = cfg.network
+    assert (net.hostname, net.ipv4, net.address, net.gateway, net.dns) == (
+        "st1-k1", "static", "192.168.1.20/24", "192.168.1.1", ("192.168.1.1", "1.1.1.1"))
+    assert net.wifi is not None and (net.wifi.ssid, net.wifi.psk_file, net.wifi.country) == ("Store Wi-Fi", Path("wifi.psk"), "GB")
+    assert net.ntp == ("ntp.example.com", "192.168.1.1")
+    # Without one: the image's network (wired, DHCP).
+    default = load_config(write(tmp_path, VALID)).network
+    assert (default.hostname, default.wifi, default.ipv4, default.ntp) == (None, None, "dhcp", ())
+
+
+def test_every_role_has_a_profile_and_one_for_the_pi5() -> None:
+    from cloud.fleet.enrolment import ROLE_PROFILES, profile_for
+    from firmware_config import PROFILES, NodeConfig
+    from firmware_config.profiles import HARDWARE_PROFILES
+
+    assert set(PROFILES) == {*ROLE_PROFILES.values(), *(f"{r}-pi5" for r in ROLE_PROFILES.values())}
+    for role, base in ROLE_PROFILES.items():
+        assert profile_for(role, "pi5") == profile_for(role, "PI5") == f"{base}-pi5"
+        assert profile_for(role, "cm4") == base  # hardware without its own profile: the role's
+        pi5 = PROFILES[f"{base}-pi5"]
+        assert pi5 != PROFILES[base]
+        # The hardware profile is the role's with the hardware's keys over it.
+        for key in PROFILES[base].keys() - HARDWARE_PROFILES["pi5"][base].keys():
+            assert pi5[key] == PROFILES[base][key], (base, key)
+        for name in (base, f"{base}-pi5"):
+            NodeConfig.model_validate({**PROFILES[name], "node_id": "a", "store_id": "s", "broker": {"url": "mqtt://h"}})
+    # The kiosk of a Pi 5 is the build the project has shipped all along.
+    assert [d["kind"] for d in PROFILES["kiosk-pi5"]["devices"]] == ["scanner", "printer", "display"]
+
+
 def test_config_hash_is_stable_and_leaves_secrets_out(tmp_path: Path) -> None:
     a = config_hash(load_config(write(tmp_path, VALID)))
     b = config_hash(load_config(write(tmp_path, VALID.replace("password: s3cret", "password: other"))))
@@ -95,7 +142,8 @@ PROBLEMS = [
         ("store_id: st1\n", "store_id: st1\ncolour: red\n"),
         [
             "3: field 'colour': unknown key (expected one of: node_id, store_id, profile, data_dir, telemetry_every_s, "
-            "log_level, broker, outbox, backoff, devices, catalogue, orders, local_api, station, signage, clerks, kiosk)"
+            "log_level, broker, outbox, backoff, devices, catalogue, orders, local_api, station, signage, clerks, kiosk, "
+            "network)"
         ],
         id="unknown-top-level-key",
     ),
@@ -168,8 +216,53 @@ PROBLEMS = [
     ),
     pytest.param(
         ("store_id: st1\n", "store_id: st1\nprofile: toaster\n"),
-        ["3: field 'profile': unknown profile 'toaster': expected one of gateway, kiosk-pi5, scan-station, signage-player"],
+        ["3: field 'profile': unknown profile 'toaster': expected one of gateway, gateway-pi5, kiosk, kiosk-pi5, "
+         "scan-station, scan-station-pi5, signage-player, signage-player-pi5"],
         id="unknown-profile",
+    ),
+    pytest.param(
+        ("store_id: st1\n", "store_id: st1\nnetwork:\n  hostname: Kiosk_1\n"),
+        ["4: field 'network.hostname': 'Kiosk_1' is not a host name: expected 1-63 characters of a-z, 0-9 and '-', "
+         "not starting or ending with '-'"],
+        id="network-hostname",
+    ),
+    pytest.param(
+        ("store_id: st1\n", "store_id: st1\nnetwork:\n  ipv4: static\n  address: 192.168.1.20\n"),
+        ["5: field 'network.address': '192.168.1.20' is not an address with its prefix length: expected e.g. 192.168.1.20/24"],
+        id="network-address-without-prefix",
+    ),
+    pytest.param(
+        ("store_id: st1\n", "store_id: st1\nnetwork:\n  ipv4: static\n  address: 192.168.1.20/24\n  gateway: 10.0.0.1\n"
+                            "  dns: [192.168.1.1]\n"),
+        ["6: field 'network.gateway': 10.0.0.1 is not another host of 192.168.1.0/24: expected the router's address there"],
+        id="network-gateway-elsewhere",
+    ),
+    pytest.param(
+        ("store_id: st1\n", "store_id: st1\nnetwork:\n  ipv4: static\n  address: 192.168.1.20/24\n"),
+        ["3: field 'network': ipv4: static needs gateway, dns"],
+        id="network-static-incomplete",
+    ),
+    pytest.param(
+        ("store_id: st1\n", "store_id: st1\nnetwork:\n  gateway: 192.168.1.1\n"),
+        ["3: field 'network': gateway given with ipv4: dhcp: expected ipv4: static, or none of them"],
+        id="network-dhcp-with-gateway",
+    ),
+    pytest.param(
+        ("store_id: st1\n", "store_id: st1\nnetwork:\n  wifi:\n    ssid: Store\n    country: uk\n"),
+        ["4: field 'network.wifi.psk_file': required but missing",
+         "6: field 'network.wifi.country': 'uk' is not a country code: expected two capital letters (ISO 3166), e.g. GB"],
+        id="network-wifi",
+    ),
+    pytest.param(
+        ("store_id: st1\n", "store_id: st1\nnetwork:\n  ntp: [ntp.example.com, 'ntp example']\n"),
+        ["4: field 'network.ntp': 'ntp example' is not a time server: expected a host name or an IPv4 address"],
+        id="network-ntp",
+    ),
+    pytest.param(
+        ("store_id: st1\n", "store_id: st1\nnetwork:\n  wifi:\n    ssid: Store\n    psk: hunter22\n"),
+        ["4: field 'network.wifi.psk_file': required but missing",
+         "6: field 'network.wifi.psk': unknown key (expected one of: ssid, psk_file, country)"],
+        id="network-wifi-passphrase-in-the-file",
     ),
     pytest.param(
         ("outbox:\n  synchronous: NORMAL\n", "outbox:\n  synchronous: OFF\n"),

@@ -72,6 +72,11 @@ def configs(draw: st.DrawFn) -> NodeConfig:
                                                          "image_budget_mb": st.floats(0, 10_000)}),
         "local_api": st.fixed_dictionaries({}, optional={"enabled": st.booleans(), "port": st.integers(0, 65535),
                                                          "request_timeout_s": st.floats(0.01, 600)}),
+        "network": st.sampled_from([
+            {"hostname": "st1-k1"},
+            {"wifi": {"ssid": "Store Wi-Fi", "psk_file": "wifi.psk", "country": "GB"}, "ntp": ["ntp.example.com"]},
+            {"ipv4": "static", "address": "10.1.2.3/16", "gateway": "10.1.0.1", "dns": ["10.1.0.1", "9.9.9.9"]},
+        ]),
     })))
     profile = data.get("profile")
     merged = {**PROFILES[profile], **data} if profile else data  # what the loader does, one level deep is enough here

@@ -33,9 +33,10 @@ tail -1 "$OVL/setup.log"
 echo "user: $(id -un omnishelf) $(id -gn omnishelf)"
 echo "etc: $(stat -c '%U:%G %a' /etc/omnishelf) $(stat -c '%U:%G %a' /etc/omnishelf/box.yaml.example)"
 echo "enabled: $(readlink /etc/systemd/system/multi-user.target.wants/omnishelf-edge.service)"
+echo "enabled: $(readlink /etc/systemd/system/multi-user.target.wants/omnishelf-setup.service)"
 echo "fastapi: $(/opt/omnishelf/bin/python -c 'import fastapi' 2>&1 | tail -1)"
 /opt/omnishelf/bin/omnishelf cloud serve 2>&1 || true
-if command -v systemd-analyze >/dev/null; then systemd-analyze verify /etc/systemd/system/omnishelf-edge.service && echo verified; else echo verified; fi
+if command -v systemd-analyze >/dev/null; then systemd-analyze verify /etc/systemd/system/omnishelf-edge.service /etc/systemd/system/omnishelf-setup.service && echo verified; else echo verified; fi
 cp /etc/omnishelf/box.yaml.example /etc/omnishelf/box.yaml
 install -m 0640 -g omnishelf /dev/null /etc/omnishelf/box.secret
 printf '%s\\n' 'THE BOX PASSWORD' > /etc/omnishelf/box.secret
@@ -52,15 +53,17 @@ def test_setup_box_makes_a_scan_station(wheel: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
-    assert lines[:8] == [
-        "omnishelf box (scan-station, omnishelf[edge]) installed; next: /etc/omnishelf/box.yaml and box.secret (docs/install.md)",
+    assert lines[:9] == [
+        "omnishelf box (scan-station, omnishelf[edge]) installed; next: claim it in setup mode (docs/technician.md), "
+        "or write /etc/omnishelf/box.yaml and box.secret (docs/install.md)",
         "user: omnishelf omnishelf",
-        "etc: root:omnishelf 750 root:omnishelf 640",
+        "etc: omnishelf:omnishelf 750 root:omnishelf 640",
         "enabled: /etc/systemd/system/omnishelf-edge.service",
+        "enabled: /etc/systemd/system/omnishelf-setup.service",
         "fastapi: ModuleNotFoundError: No module named 'fastapi'",
         "omnishelf: error: the cloud role is not installed: pip install 'omnishelf[cloud]'",
         "verified",
         "secret: root:omnishelf 640",
     ]
-    assert lines[8].startswith("OK sha256:")
+    assert lines[9].startswith("OK sha256:")
     assert not Path("/opt/omnishelf").exists()  # nothing leaked out of the namespace

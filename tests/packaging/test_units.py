@@ -8,19 +8,32 @@ lists are compared with the Makefile and docs/install.md.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+import edge.config_push as config_push
+from broker.envelope import Envelope, MessageType
+from broker.payloads import ConfigData
+from broker.sealing import load_or_create_key, public_key_of, seal
+from cloud.fleet.enrolment import first_config
 from cloud.settings import Settings, load_settings
-from firmware_config import PASSWORD_ENV, parse_config
+from edge.component import ComponentContext
+from firmware_config import PASSWORD_ENV, config_hash, load_config, parse_config, render_config, resolve_paths
 from firmware_config.profiles import PROFILES
 from omnishelf import cli
+from provisioning import crypto
+from provisioning.setup_mode import SetupBox
 
 ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "packaging"
@@ -59,11 +72,12 @@ def unit(name: str) -> Path:
     return PKG / "systemd" / name
 
 
-def test_the_four_units_exist() -> None:
+def test_the_units_exist() -> None:
     assert [u.name for u in UNITS] == [
         "omnishelf-broker.service",
         "omnishelf-cloud.service",
         "omnishelf-edge.service",
+        "omnishelf-setup.service",
         "omnishelf-worker@.service",
     ]
 
@@ -156,6 +170,177 @@ def syscalls(entry: str) -> set[str]:
     return found
 
 
+# -- what the box writes at run time, against its unit's sandbox -----------------------------------
+
+
+def sandbox_access(path: str, service: list[tuple[str, str]]) -> str:
+    """What the file-system sandbox of a unit's `[Service]` section lets its processes do at `path`:
+    'rw', 'ro' or 'none' (permissions aside), as systemd sets it up: ProtectSystem= and ProtectHome=
+    make the base, the *Directory= settings, PrivateTmp= and Read*Paths= open or close sub-trees,
+    and the longest matching prefix decides."""
+    settings: dict[str, list[str]] = {}
+    for key, val in service:
+        settings.setdefault(key, []).extend(val.split())
+    rules: dict[str, str] = {"/": "rw"}
+    protect = (settings.get("ProtectSystem") or ["no"])[-1]
+    if protect == "strict":
+        rules["/"] = "ro"
+    elif protect in ("yes", "true", "full"):
+        rules |= dict.fromkeys(["/usr", "/boot", "/efi"], "ro") | ({"/etc": "ro"} if protect == "full" else {})
+    home = (settings.get("ProtectHome") or ["no"])[-1]
+    if home in ("yes", "true", "tmpfs", "read-only"):
+        rules |= dict.fromkeys(["/home", "/root", "/run/user"], "ro" if home == "read-only" else "none")
+    if (settings.get("PrivateTmp") or ["no"])[-1] in ("yes", "true"):
+        rules |= {"/tmp": "rw", "/var/tmp": "rw"}
+    for key, base in {"StateDirectory": "/var/lib", "RuntimeDirectory": "/run", "CacheDirectory": "/var/cache",
+                      "LogsDirectory": "/var/log", "ConfigurationDirectory": "/etc"}.items():
+        rules |= {f"{base}/{name}": "rw" for name in settings.get(key, [])}
+    for key, mode in {"ReadWritePaths": "rw", "ReadOnlyPaths": "ro", "InaccessiblePaths": "none"}.items():
+        rules |= {entry.lstrip("-+"): mode for entry in settings.get(key, [])}
+    matches = [prefix for prefix in rules if path == prefix or path.startswith(prefix.rstrip("/") + "/")]
+    return rules[max(matches, key=len)]
+
+
+def test_sandbox_access_reads_the_settings_as_systemd_does() -> None:
+    strict = [("ProtectSystem", "strict"), ("ProtectHome", "yes"), ("PrivateTmp", "yes"), ("StateDirectory", "a b")]
+    assert [sandbox_access(p, strict) for p in ("/etc/x", "/var/lib/a/f", "/var/lib/b", "/var/lib/ab", "/tmp/f", "/root/f")] == [
+        "ro", "rw", "rw", "ro", "rw", "none"]
+    opened = [*strict, ("ReadWritePaths", "-/etc/x"), ("ReadOnlyPaths", "/etc/x/ro")]
+    assert [sandbox_access(p, opened) for p in ("/etc/x", "/etc/x/f", "/etc/xy", "/etc/x/ro/f")] == ["rw", "rw", "ro", "ro"]
+    assert sandbox_access("/etc/x", [("ProtectSystem", "full")]) == "ro"
+    assert sandbox_access("/etc/x", [("ProtectSystem", "yes")]) == "rw"
+
+
+def changes(root: Path, before: dict[str, tuple[int, int]]) -> set[str]:
+    """Files and directories under `root` created, replaced, changed or removed since `before` (a
+    `snapshot`), as absolute paths on the box (`root` standing for `/`)."""
+    after = snapshot(root)
+    changed = {p for p in after.keys() | before.keys() if after.get(p) != before.get(p)}
+    return {"/" + p for p in changed}
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in root.rglob("*") if not p.is_dir()}
+
+
+def claimed_box(root: Path, config_dir: str) -> tuple[Path, dict[str, tuple[int, int]]]:
+    """A box claimed in setup mode (its real code, without the network) with its config directory
+    at `root` + `config_dir`; the directory and a snapshot of `root` taken before the claim."""
+    where = root / config_dir.lstrip("/")
+    where.mkdir(parents=True)
+    before = snapshot(root)
+    box = SetupBox("SN-1", "pi5", where, screen=lambda _line: None)
+    laptop = X25519PrivateKey.generate()
+    info = box.info()
+    key = crypto.pair_key(laptop, info["public_key"], info["nonce"], box.pairing_code)
+    assert box.pair({"laptop_key": crypto.public_b64(laptop), "proof": crypto.proof(key, "laptop")})[0] == 200
+    cfg, _ca = first_config(Settings(), "st0001-k1", "st0001", "kiosk-pi5")
+    text, sealed = render_config(cfg), seal(info["public_key"], b"first password")
+    done = box.finish({"config_yaml": text, "sealed_password": sealed, "ca_pem": None,
+                       "mac": crypto.finish_mac(key, text, sealed, None)})
+    assert done[0] == 200, done
+    return where, before
+
+
+async def push_rotate_and_roll_back(config_dir: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What edge/config_push.py does on a claimed box, for real: a credential rotation, a config
+    push that is applied (the agent restarts on it), and its automatic rollback."""
+    restarts = asyncio.Event()
+    monkeypatch.setattr(config_push, "RESTART_DELAY_S", 0.0)
+    monkeypatch.setattr(os, "kill", lambda pid, sig: restarts.set())
+
+    def component(offered: list[tuple[str, Any]]) -> config_push.ConfigPushComponent:
+        cfg = load_config(config_dir / "box.yaml")
+        ctx = ComponentContext(config=cfg, paths=resolve_paths(cfg, {"STATE_DIRECTORY": str(state_dir)}),
+                               publish=lambda *_: None,  # type: ignore[arg-type]
+                               offer_password=lambda pw, adopt: offered.append((pw, adopt)))
+        found = config_push.config_push_component(ctx)
+        assert isinstance(found, config_push.ConfigPushComponent)
+        return found
+
+    def envelope(data: ConfigData) -> Envelope:
+        return Envelope(type=MessageType.CONFIG, node="st0001-k1", session=1, seq=1, data=data)
+
+    offered: list[tuple[str, Any]] = []
+    comp = component(offered)
+    cfg = load_config(config_dir / "box.yaml")
+    public = public_key_of(load_or_create_key(config_dir / "identity.key", create=False))
+    body = cfg.model_dump(mode="json", exclude_defaults=True) | {"profile": cfg.profile}
+    rotation = ConfigData(config_hash=config_hash(cfg), config=body, version=1, credential=seal(public, b"next password"))
+    assert await comp._on_config(envelope(rotation)) == "credential received v1"
+    ((password, adopt),) = offered
+    adopt(password)  # the bus logged in with it
+
+    pushed = body | {"telemetry_every_s": 30.0}
+    push = ConfigData(config_hash=config_hash(parse_config(yaml.safe_dump(pushed))), config=pushed, version=2,
+                      rollback_after_s=0.05)
+    assert await comp._on_config(envelope(push)) == "applied v2"
+    await asyncio.wait_for(restarts.wait(), 10)
+    restarts.clear()
+    # Restarted on v2, it does not reach the cloud in time: back to v1 by itself.
+    await asyncio.wait_for(component([])._watch(), 10)
+    assert restarts.is_set()
+    assert "telemetry_every_s" not in (config_dir / "box.yaml").read_text()
+
+
+def test_the_edge_unit_may_write_what_the_agent_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A claimed box's agent writes its config directory (config pushes, their rollback, the .restart
+    marker, credential rotation) and its state directory; under ProtectSystem=strict each of those
+    must be opened by the unit, and the directory must belong to the unit's user."""
+    edge = unit("omnishelf-edge.service")
+    service = read_unit(edge)["Service"]
+    args = exec_args(edge)
+    config_dir = str(Path(args[args.index("--config") + 1]).parent)
+    state_dir = f"/var/lib/{value(edge, 'Service', 'StateDirectory')}"
+    root = tmp_path / "root"
+    where, _ = claimed_box(root, config_dir)
+    before = snapshot(root)
+    asyncio.run(push_rotate_and_roll_back(where, root / state_dir.lstrip("/"), monkeypatch))
+    written = changes(root, before)
+    assert {f"{config_dir}/{name}" for name in ("box.yaml", "box.yaml.good", "config-state.json", ".restart", "broker.secret")} <= written
+    # The agent's own files, where its config puts them under the unit (STATE_DIRECTORY).
+    paths = resolve_paths(load_config(where / "box.yaml"), {"STATE_DIRECTORY": state_dir})
+    written |= {str(p) for p in (paths.outbox, paths.outbox_lock, paths.catalogue, paths.station, paths.clerks, paths.node_dir)}
+    refused = sorted(p for p in written if sandbox_access(p, service) != "rw")
+    assert refused == [], f"{edge.name} does not let the agent write these"
+    # The directory is the agent's (setup-box.sh makes it), not root's.
+    script = (PKG / "box" / "setup-box.sh").read_text()
+    made = re.search(rf"^install -d -o (\S+) -g (\S+) -m (\d+) {re.escape(config_dir)}$", script, re.M)
+    assert made, f"setup-box.sh no longer creates {config_dir} with install -d"
+    assert (made.group(1), int(made.group(3), 8) & 0o200) == (value(edge, "Service", "User"), 0o200)
+
+
+def test_a_box_without_a_config_runs_setup_mode_and_then_the_agent() -> None:
+    """omnishelf-setup.service runs exactly while the edge unit's config is missing, writes it where
+    the edge unit reads it, and starts the edge unit once it exits after a claim."""
+    edge, setup = unit("omnishelf-edge.service"), unit("omnishelf-setup.service")
+    config = exec_args(edge)[exec_args(edge).index("--config") + 1]
+    assert values(edge, "Unit", "ConditionPathExists") == [config]
+    assert values(setup, "Unit", "ConditionPathExists") == [f"!{config}"]
+    args = exec_args(setup)
+    assert args[:2] == ["provision", "setup-mode"]
+    assert Path(args[args.index("--config-dir") + 1]) / "box.yaml" == Path(config)
+    # No --then-run: the agent is the edge unit's (one agent, one journal); the serial and model are
+    # read from the hardware.
+    assert not {"--then-run", "--serial", "--model"} & set(args)
+    assert value(setup, "Unit", "OnSuccess") == edge.name
+    assert "2" in value(setup, "Service", "RestartPreventExitStatus").split()  # omnishelf's user errors
+    script = (PKG / "box" / "setup-box.sh").read_text()
+    assert re.search(r"^systemctl enable (.*)$", script, re.M).group(1).split() == [edge.name, setup.name]  # type: ignore[union-attr]
+
+
+def test_the_setup_unit_may_write_what_setup_mode_writes(tmp_path: Path) -> None:
+    setup = unit("omnishelf-setup.service")
+    args = exec_args(setup)
+    config_dir = args[args.index("--config-dir") + 1]
+    root = tmp_path / "root"
+    _where, before = claimed_box(root, config_dir)
+    written = changes(root, before)
+    assert {f"{config_dir}/{name}" for name in ("box.yaml", "broker.secret", "identity.key")} <= written
+    refused = sorted(p for p in written if sandbox_access(p, read_unit(setup)["Service"]) != "rw")
+    assert refused == [], f"{setup.name} does not let setup mode write these"
+
+
 # -- example env files --------------------------------------------------------------------------
 
 
@@ -245,7 +430,8 @@ def test_box_script_refuses_an_unknown_profile() -> None:
     done = subprocess.run(["sh", str(PKG / "box" / "setup-box.sh"), "kiosk-pi4"], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == (
-        "setup-box.sh: unknown profile 'kiosk-pi4': expected kiosk-pi5, scan-station, signage-player or gateway\n"
+        "setup-box.sh: unknown profile 'kiosk-pi4': expected one of kiosk, kiosk-pi5, scan-station, scan-station-pi5, "
+        "signage-player, signage-player-pi5, gateway or gateway-pi5\n"
     )
 
 

@@ -70,7 +70,9 @@ def test_printer_found_tested_and_pushed(cloud: Cloud, boxes: list[BoxProc], tmp
             capture_output=True, text=True, timeout=60, env={**os.environ, "OMNISHELF_API_KEY": key},
         )
         assert out.returncode == 0, out.stderr
-        assert out.stdout.startswith(f"test page printed; printer {LOOPBACK}:{printer.port} pushed to {node} (batch ")
+        # Added to the kiosk's own devices (its profile's scanner, printer and screen).
+        assert out.stdout.startswith(f"test page printed; printer {LOOPBACK}:{printer.port} pushed to {node} "
+                                     "(profile kiosk-pi5, 4 devices; batch ")
         deadline = time.monotonic() + 10
         while not printer.jobs and time.monotonic() < deadline:
             time.sleep(0.05)
