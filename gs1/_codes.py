@@ -328,7 +328,7 @@ def _fast_code(pairs: list[tuple[str, str]], form: Form, symbology: str | None) 
     return Code(form=form.value, gtin=gtin, serial=serial, batch=batch, expiry=expiry, epc=epc, symbology=symbology)
 
 
-_HRI_PAIR = re.compile(r"\((\d{2})\)([^(]*)")
+_HRI_PAIR = re.compile(r"\(([0-9]{2})\)([^(]*)")
 
 
 def _fast_hri(raw: str) -> list[tuple[str, str]] | None:
@@ -398,7 +398,7 @@ def _parse_hri(raw: str, symbology: str | None) -> Code:
         message = GS1Message.parse_hri(raw)
     except ParseError as exc:
         # Diagnose the same elements written as an element string (every AI closed by GS).
-        pairs = re.findall(r"\((\d{2,4})\)([^(]*)", raw)
+        pairs = re.findall(r"\(([0-9]{2,4})\)([^(]*)", raw)
         if not pairs or "".join(f"({a}){v}" for a, v in pairs) != raw:
             raise _err(CodeErrorReason.FORMAT, f"HRI {raw!r}: expected (AI)value pairs, found {raw!r}",
                        expected="(AI)value…", found=raw) from None

@@ -29,8 +29,8 @@ SOURCE_TYPES = frozenset({"owning_party", "possessing_party", "location"})
 EVENT_TYPES = frozenset({"ObjectEvent", "AggregationEvent", "TransactionEvent", "TransformationEvent",
                          "AssociationEvent"})
 ACTIONS = frozenset({"ADD", "OBSERVE", "DELETE"})
-_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
-_OFFSET = re.compile(r"^[+-]\d{2}:\d{2}$")
+_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$", re.ASCII)
+_OFFSET = re.compile(r"^[+-]\d{2}:\d{2}$", re.ASCII)
 _QUANTITY_KEYS = frozenset({"epcClass", "quantity", "uom"})
 BATCH = 1000
 

@@ -25,7 +25,7 @@ def case_key(sscc: str) -> str:
     return f"https://id.gs1.org/00/{sscc}"
 
 
-_CANONICAL_UNIT = re.compile(r"^https://id\.gs1\.org/01/(\d{14})/21/([!%-?A-Z_a-z\x22]{1,60})$")
+_CANONICAL_UNIT = re.compile(r"^https://id\.gs1\.org/01/([0-9]{14})/21/([!%-?A-Z_a-z\x22]{1,60})$")
 SERIAL = re.compile(r"^[!%-?A-Z_a-z\x22]{1,20}$")
 """A valid AI (21) serial: 1-20 characters of GS1 character set 82."""
 

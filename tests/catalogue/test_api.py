@@ -13,7 +13,7 @@ import gs1
 from cloud.api import create_app
 from cloud.catalogue.importer import import_file
 from cloud.settings import Settings
-from tests.access.conftest import World, cheap_argon2, sign_in, world  # noqa: F401 - fixtures
+from tests.access.conftest import World, sign_in, world  # noqa: F401 - fixtures
 
 BIG = "9223372036854775808"  # 2**63: one more than a BIGINT holds
 MAX = "9223372036854775807"

@@ -12,7 +12,7 @@ from PIL import Image
 from cloud.api import create_app
 from cloud.catalogue.importer import import_file
 from cloud.settings import Settings
-from tests.access.conftest import World, cheap_argon2, sign_in, world  # noqa: F401 - fixtures
+from tests.access.conftest import World, sign_in, world  # noqa: F401 - fixtures
 from tests.catalogue.gen import HEADER, product_row
 
 

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 from cloud.api import create_app
 from cloud.catalogue.importer import import_file
 from cloud.settings import Settings
-from tests.access.conftest import PASSWORD, World, cheap_argon2, world  # noqa: F401 - fixtures
+from tests.access.conftest import PASSWORD, World, world  # noqa: F401 - fixtures
 from tests.catalogue.gen import HEADER, product_row
 from tests.console.test_browser import ARGS, CHROMIUM, IMG, Server, pytestmark  # noqa: F401 - skip rule
 

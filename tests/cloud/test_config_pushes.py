@@ -20,7 +20,7 @@ from cloud.access.models import AuditEntry
 from cloud.fleet.models import ConfigPush, Identity, NodeConfigState
 from cloud.models import DownlinkCommand, Node
 from firmware_config import config_hash, parse_config
-from tests.access.conftest import World, cheap_argon2, row_count, sign_in, world  # noqa: F401  (fixtures)
+from tests.access.conftest import World, row_count, sign_in, world  # noqa: F401  (fixtures)
 from tests.cloud.conftest import db_url, engine  # noqa: F401  (fixtures)
 
 ENROLLED = {"st0001-k1": ("kiosk", "pi5"), "st0002-k1": ("scan-station", "pi5"), "st0003-k1": ("signage", "cm4")}

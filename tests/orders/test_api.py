@@ -18,7 +18,7 @@ from cloud.access.models import AuditEntry
 from cloud.db import write_transaction
 from cloud.orders import service
 from cloud.orders.channels import sign
-from tests.access.conftest import World, cheap_argon2, sign_in, world  # noqa: F401 - fixtures
+from tests.access.conftest import World, sign_in, world  # noqa: F401 - fixtures
 
 SECRET = "market-a-secret-0123456789"
 NEAR_ST1 = {"lat": 31.2360, "lon": 121.4750}

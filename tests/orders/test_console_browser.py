@@ -7,7 +7,7 @@ from __future__ import annotations
 from cloud.api import create_app
 from cloud.db import write_transaction
 from cloud.orders import service
-from tests.access.conftest import PASSWORD, World, cheap_argon2, world  # noqa: F401 - fixtures
+from tests.access.conftest import PASSWORD, World, world  # noqa: F401 - fixtures
 from tests.console.test_browser import ARGS, CHROMIUM, IMG, Server, pytestmark  # noqa: F401 - skip rule
 
 

@@ -14,7 +14,7 @@ from cloud.fleet import config_push
 from cloud.fleet.models import ConfigPush
 from omnishelf import cli
 from provisioning import printers
-from tests.access.conftest import World, cheap_argon2, world  # noqa: F401  (fixtures)
+from tests.access.conftest import World, world  # noqa: F401  (fixtures)
 from tests.cloud.conftest import db_url, engine  # noqa: F401  (fixtures)
 from tests.cloud.test_config_pushes import fleet  # noqa: F401  (fixture)
 from tests.console.test_browser import Server

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from tests.access.conftest import cheap_argon2, world  # noqa: F401 - fixtures
+from tests.access.conftest import world  # noqa: F401 - fixtures
 from tests.cloud.conftest import db_url, engine  # noqa: F401 - fixtures
 
 

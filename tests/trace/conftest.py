@@ -11,7 +11,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from cloud.models import Region, Store
-from tests.access.conftest import World, cheap_argon2, make_world  # noqa: F401 - fixtures
+from tests.access.conftest import World, make_world
 from tests.cloud.conftest import db_url, engine  # noqa: F401 - fixtures
 from tests.trace import chain
 
