@@ -5,9 +5,10 @@ one read transaction: a consistent snapshot while writers go on in WAL mode), Po
 -Fc` inside an exported snapshot. The manifest's row counts and the list of files the database
 names are read in that same snapshot, so the manifest describes exactly what was dumped.
 
-Order, for files. The catalogue store is content-addressed and append-mostly: a file is written
-before the row naming it commits (import, sync-file build), and the only files ever deleted are
-sync files, by the pruner, after it deleted their rows (`cloud.catalogue.sync._prune`). So:
+Order, for files. The catalogue store, and signage's beside it (`signage/`), are content-addressed
+and append-mostly: a file is written before the row naming it commits (import, sync-file build,
+media upload), and the only files ever deleted are sync files, by the pruner, after it deleted
+their rows (`cloud.catalogue.sync._prune`). So:
 
 1. copy the catalogue directory (the bulk, no lock held);
 2. hold off the pruner (PostgreSQL: `LOCK TABLE catalogue_artifacts IN SHARE MODE`, which stops
@@ -64,6 +65,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from broker.mosquitto import PERSISTENCE_FILE, MosquittoError, running_mosquitto, save_persistence
 from cloud.db import SQLITE_BUSY_TIMEOUT_MS
 from cloud.schema_check import REVISIONS_TABLE, software_version
+from cloud.signage.media import MEDIA_SUBDIR
 
 __all__ = [
     "BackupError",
@@ -235,8 +237,11 @@ def _hash_file(path: Path) -> tuple[str, int]:
 
 
 def _content_name(rel: str) -> str | None:
-    """The sha256 a content-addressed file (files/ab/abcd…) must have, else None."""
+    """The sha256 a content-addressed file must have (the catalogue's files/ab/abcd…, signage
+    media's signage/files/ab/abcd…), else None."""
     parts = rel.split("/")
+    if parts[0] == MEDIA_SUBDIR:
+        parts = parts[1:]
     if len(parts) == 3 and parts[0] == "files" and _SHA.match(parts[2]) and parts[1] == parts[2][:2]:
         return parts[2]
     return None
@@ -316,9 +321,9 @@ def _facts(conn: Connection, catalogue_dir: Path) -> _Facts:
         epoch = conn.execute(text("SELECT epoch FROM catalogue_epoch")).scalars().first()
     refs: set[str] = set()
 
-    def add_sha(sha: Any) -> None:
+    def add_sha(sha: Any, store: str = "") -> None:
         if isinstance(sha, str) and _SHA.match(sha):
-            refs.add(f"files/{sha[:2]}/{sha}")
+            refs.add(f"{store}files/{sha[:2]}/{sha}")
 
     if "catalogue_images" in tables:
         for sha, thumb in conn.execute(text("SELECT sha256, thumb_sha256 FROM catalogue_images")):
@@ -327,6 +332,11 @@ def _facts(conn: Connection, catalogue_dir: Path) -> _Facts:
     if "catalogue_artifacts" in tables:
         for (sha,) in conn.execute(text("SELECT sha256 FROM catalogue_artifacts")):
             add_sha(sha)
+    if "signage_media" in tables:
+        # Media and their thumbnails, in their own store beside the catalogue's (cloud.signage.media).
+        for sha, thumb in conn.execute(text("SELECT sha256, thumb_sha256 FROM signage_media")):
+            add_sha(sha, f"{MEDIA_SUBDIR}/")
+            add_sha(thumb, f"{MEDIA_SUBDIR}/")
     if "catalogue_imports" in tables:
         root = catalogue_dir.absolute()
         for (report,) in conn.execute(text("SELECT report_path FROM catalogue_imports WHERE report_path IS NOT NULL")):
@@ -877,7 +887,8 @@ def restore(source: Path, engine: Engine, catalogue_dir: Path, *, force: bool = 
     if manifest.missing:
         notes.append(
             f"{len(manifest.missing)} catalogue file(s) the database names were not in the source when the backup "
-            f"was taken (listed in the manifest's 'missing'); sync files of the newest version are rebuilt on start"
+            f"was taken (listed in the manifest's 'missing'); sync files of the newest version are rebuilt on start, "
+            f"a missing image or signage media file must be uploaded again"
         )
     return RestoreResult(manifest, sum(counts.values()), len(manifest.files), total, moved, tuple(notes),
                          broker_file, broker_aside)

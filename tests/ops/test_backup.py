@@ -479,3 +479,54 @@ def test_broker_persistence_is_saved_on_request_backed_up_and_restored(
     layout = BrokerLayout(target, free_port(), node_users={"node-a": node_pw}, cloud_users={"cloud-1": cloud_pw})
     with MosquittoProcess(layout):
         assert asyncio.run(_retained_host_state(layout, node_pw)) == marker
+
+
+# -- signage media: files the database names, like the catalogue's ----------------------------------
+
+
+def test_a_lost_or_damaged_signage_media_file_is_reported(
+    kind: str, databases: Databases, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from cloud.seed import seed
+    from cloud.signage.demo import setup
+    from cloud.signage.media import MEDIA_SUBDIR
+
+    url = databases.new(kind)
+    eng = make_engine(url)
+    migrate(eng)
+    seed(eng)  # the regions and stores the demo's campaigns target
+    cat = tmp_path / "cat"
+    assert setup(eng, cat / MEDIA_SUBDIR) is not None  # the demo's signage: three images and their thumbnails
+    with eng.connect() as conn:
+        media = {name: (sha, thumb) for name, sha, thumb in conn.execute(
+            text("SELECT name, sha256, thumb_sha256 FROM signage_media"))}
+    eng.dispose()
+
+    def rel(sha: str) -> str:
+        return f"{MEDIA_SUBDIR}/files/{sha[:2]}/{sha}"
+
+    lost, damaged = media["house.png"][0], media["tea.png"][0]
+    (cat / rel(lost)).unlink()
+    data = bytearray((cat / rel(damaged)).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (cat / rel(damaged)).write_bytes(bytes(data))
+
+    for k, v in cloud_env(tmp_path, url, catalogue=cat).items():
+        monkeypatch.setenv(k, v)
+    assert main(["backup", str(tmp_path / "bk")]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {rel(lost)} is named by the database but was not in the catalogue directory" in err, err
+    manifest = read_manifest(tmp_path / "bk")
+    assert manifest.missing == (rel(lost),)
+    assert manifest.damaged == (rel(damaged),)
+    listed = {f.path for f in manifest.files}
+    named = {rel(sha) for pair in media.values() for sha in pair}
+    assert listed == named - {rel(lost)}, "every other medium and thumbnail is copied and listed"
+
+    # Restored, the loss is said again (the damaged file comes back as it was found).
+    code, out, err = _restore_cli(tmp_path / "bk", databases.new(kind), tmp_path, monkeypatch, capsys)
+    assert code == 0, err
+    assert "note: 1 catalogue file(s) the database names were not in the source" in out
+    assert "a missing image or signage media file must be uploaded again" in out
+    assert not (tmp_path / "cat-dst" / rel(lost)).exists()
+    assert (tmp_path / "cat-dst" / rel(damaged)).read_bytes() == bytes(data)
