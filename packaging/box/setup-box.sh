@@ -12,7 +12,7 @@
 # The box's identity (box.yaml, box.secret) is written afterwards, per box: docs/install.md.
 set -eu
 
-usage="usage: setup-box.sh kiosk-pi5|scan-station|signage-player [REQUIREMENT]"
+usage="usage: setup-box.sh kiosk-pi5|scan-station|signage-player|gateway [REQUIREMENT]"
 [ $# -ge 1 ] || { echo "$usage" >&2; exit 2; }
 profile=$1
 requirement=${2:-omnishelf}
