@@ -48,4 +48,10 @@ chmod 0640 /etc/omnishelf/box.yaml.example
 
 install -m 0644 "$here/systemd/omnishelf-edge.service" /etc/systemd/system/omnishelf-edge.service
 systemctl enable omnishelf-edge.service
+# A box with a screen shows the cloud shelf on it, full screen (the clerk's station instead:
+# systemctl disable omnishelf-ui@kiosk; systemctl enable omnishelf-ui@station).
+if [ "$extras" = edge,kiosk ]; then
+    install -m 0644 "$here/systemd/omnishelf-ui@.service" /etc/systemd/system/omnishelf-ui@.service
+    systemctl enable omnishelf-ui@kiosk.service
+fi
 echo "omnishelf box ($profile, omnishelf[$extras]) installed; next: /etc/omnishelf/box.yaml and box.secret (docs/install.md)"

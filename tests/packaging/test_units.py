@@ -20,6 +20,7 @@ import pytest
 from cloud.settings import Settings, load_settings
 from firmware_config import PASSWORD_ENV, parse_config
 from firmware_config.profiles import PROFILES
+from kiosk.cli import BOX_ENV, DEFAULT_BOX
 from omnishelf import cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,6 +28,8 @@ PKG = ROOT / "packaging"
 UNITS = sorted((PKG / "systemd").glob("*.service"))
 OMNISHELF = "/opt/omnishelf/bin/omnishelf"
 """Where docs/install.md and packaging/box/setup-box.sh put the command."""
+INSTANCES = {"omnishelf-worker@.service": ("cloud-1",), "omnishelf-ui@.service": ("kiosk", "station")}
+"""The instances a template unit is run as (its first in the checks of one instance)."""
 
 
 def read_unit(path: Path) -> dict[str, list[tuple[str, str]]]:
@@ -59,11 +62,12 @@ def unit(name: str) -> Path:
     return PKG / "systemd" / name
 
 
-def test_the_four_units_exist() -> None:
+def test_the_five_units_exist() -> None:
     assert [u.name for u in UNITS] == [
         "omnishelf-broker.service",
         "omnishelf-cloud.service",
         "omnishelf-edge.service",
+        "omnishelf-ui@.service",
         "omnishelf-worker@.service",
     ]
 
@@ -75,16 +79,18 @@ def test_systemd_verifies_the_units(tmp_path: Path) -> None:
     assert here.exists()
     names = []
     for path in UNITS:
-        name = path.name.replace("@.service", "@cloud-1.service")
-        (tmp_path / name).write_text(path.read_text().replace(OMNISHELF, str(here)))
-        names.append(f"./{name}")
+        for instance in INSTANCES.get(path.name, ("",)):
+            name = path.name.replace("@.service", f"@{instance}.service")
+            (tmp_path / name).write_text(path.read_text().replace(OMNISHELF, str(here)))
+            names.append(f"./{name}")
     done = subprocess.run(["systemd-analyze", "verify", *names], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout + done.stderr) == (0, "")
 
 
-def exec_args(path: Path, key: str = "ExecStart") -> list[str]:
+def exec_args(path: Path, key: str = "ExecStart", instance: str | None = None) -> list[str]:
     """The `omnishelf` arguments of a unit's command, with its specifiers filled in."""
-    words = shlex.split(value(path, "Service", key).replace("%S", "/var/lib").replace("%i", "cloud-1"))
+    instance = instance or INSTANCES.get(path.name, ("",))[0]
+    words = shlex.split(value(path, "Service", key).replace("%S", "/var/lib").replace("%i", instance))
     if words[0] == "/usr/bin/env":
         words = words[1:]
         while "=" in words[0]:
@@ -93,9 +99,10 @@ def exec_args(path: Path, key: str = "ExecStart") -> list[str]:
     return words[1:]
 
 
-@pytest.mark.parametrize("path", UNITS, ids=lambda p: p.name)
-def test_exec_start_is_an_omnishelf_command(path: Path) -> None:
-    args = exec_args(path)
+@pytest.mark.parametrize(("path", "instance"), [(u, i) for u in UNITS for i in INSTANCES.get(u.name, ("",))],
+                         ids=lambda x: x.name if isinstance(x, Path) else x)
+def test_exec_start_is_an_omnishelf_command(path: Path, instance: str) -> None:
+    args = exec_args(path, instance=instance)
     parsed = cli.build_parser(args).parse_args(args)
     assert callable(getattr(parsed, "func", None)), args
 
@@ -108,8 +115,8 @@ def test_units_run_as_the_service_user_in_their_state_dir_and_log_to_the_journal
     assert service["Restart"] in ("on-failure", "always")
     for key, expected in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "PrivateTmp": "yes", "ProtectHome": "yes"}.items():
         assert service[key] == expected, key
-    # The journal, not files: no StandardOutput=/StandardError= redirections.
-    assert not {"StandardOutput", "StandardError"} & service.keys()
+    # The journal, not files (a unit whose input is a terminal says so: its output would follow).
+    assert service.get("StandardOutput", "journal") == service.get("StandardError", "journal") == "journal"
     assert read_unit(path)["Install"] == [("WantedBy", "multi-user.target")]
 
 
@@ -142,6 +149,28 @@ def test_edge_may_read_the_clock_sync_state() -> None:
         allowed |= syscalls(entry)
     assert "adjtimex" in allowed
     assert "clock_settime" not in allowed
+
+
+def test_the_screen_unit_runs_a_touchscreen_app_on_the_display_for_the_box_agent() -> None:
+    """omnishelf-ui@.service: `omnishelf kiosk` or `omnishelf station`, drawing with KMS/DRM (no X
+    server on the box), reading the agent's local API, with the devices' groups."""
+    ui = unit("omnishelf-ui@.service")
+    assert [exec_args(ui, instance=i) for i in INSTANCES[ui.name]] == [["kiosk"], ["station"]]
+    env = dict(e.split("=", 1) for e in values(ui, "Service", "Environment"))
+    assert env["SDL_VIDEODRIVER"] == "kmsdrm" and env["KIVY_WINDOW"] == "sdl2"
+    assert "DISPLAY" not in env
+    assert env[BOX_ENV] == DEFAULT_BOX == "http://127.0.0.1:8480"  # the agent's default local API
+    assert env["KIVY_HOME"] == f"%S/{value(ui, 'Service', 'StateDirectory')}"
+    assert set(value(ui, "Service", "SupplementaryGroups").split()) == {"video", "render", "input"}
+    assert "omnishelf-edge.service" in value(ui, "Unit", "Wants")
+    assert any("omnishelf-edge.service" in v for v in values(ui, "Unit", "After"))
+    assert value(ui, "Unit", "ConditionPathExists") == value(unit("omnishelf-edge.service"), "Unit", "ConditionPathExists")
+    # The first console is the app's: what a keyboard-wedge scanner types must not reach a login prompt.
+    assert value(ui, "Unit", "Conflicts") == "getty@tty1.service" and value(ui, "Service", "TTYPath") == "/dev/tty1"
+    assert "PrivateDevices" not in dict(read_unit(ui)["Service"])
+    # setup-box.sh installs it and enables the cloud shelf on the boxes with a screen.
+    script = (PKG / "box" / "setup-box.sh").read_text()
+    assert 'if [ "$extras" = edge,kiosk ]; then' in script and "systemctl enable omnishelf-ui@kiosk.service" in script
 
 
 def syscalls(entry: str) -> set[str]:
