@@ -307,3 +307,42 @@ def test_systemd_verifies_the_cloud_units_with_the_shared_catalogue_drop_in(tmp_
         names.append(f"./{name}")
     done = subprocess.run(["systemd-analyze", "verify", *names], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout + done.stderr) == (0, "")
+
+
+def _tls_drop_in() -> str:
+    """docs/multi-host.md's `systemctl edit omnishelf-broker` for TLS: the ```ini block after it."""
+    guide = (ROOT / "docs" / "multi-host.md").read_text()
+    found = re.search(r"then `systemctl edit omnishelf-broker`:\n\n```ini\n(.*?)```", guide, re.S)
+    assert found, "docs/multi-host.md: no ```ini block after `systemctl edit omnishelf-broker`"
+    return found.group(1)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_verifies_the_broker_unit_with_the_tls_drop_in(tmp_path: Path) -> None:
+    """docs/multi-host.md's TLS drop-in, as the guide writes it, appended to the broker's unit (a
+    section may appear twice, as in a drop-in; `ExecStart=` empties the unit's own first)."""
+    drop_in = _tls_drop_in()
+    here = Path(sys.executable).parent / "omnishelf"
+    name = "omnishelf-broker.service"
+    (tmp_path / name).write_text((unit(name).read_text() + drop_in).replace(OMNISHELF, str(here)))
+    done = subprocess.run(["systemd-analyze", "verify", f"./{name}"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout + done.stderr) == (0, "")
+
+
+def test_the_tls_drop_in_runs_the_broker_with_tls_only_in_its_state_dir(tmp_path: Path) -> None:
+    """What the drop-in's ExecStart asks of `omnishelf broker`: its own parser reads it, the data
+    directory is still the unit's, the listener is TLS only (no --plain), and the unit's own comment
+    shows the same line."""
+    sections = tmp_path / "drop-in.conf"
+    sections.write_text(_tls_drop_in())
+    starts = values(sections, "Service", "ExecStart")
+    assert starts[0] == "", "the drop-in must empty the unit's ExecStart before giving its own"
+    (command,) = starts[1:]
+    words = shlex.split(command.replace("%S", "/var/lib"))
+    assert words[0] == OMNISHELF
+    args = cli.build_parser(words[1:]).parse_args(words[1:])
+    broker = unit("omnishelf-broker.service")
+    assert args.data_dir == Path(f"/var/lib/{value(broker, 'Service', 'StateDirectory')}")
+    assert (args.tls_cert, args.tls_key) == (Path("/etc/omnishelf/broker.pem"), Path("/etc/omnishelf/broker.key"))
+    assert args.plain is None and args.tls_port == 8883  # TLS only, on the usual port
+    assert f"#   ExecStart={command}" in broker.read_text().splitlines()
