@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import itertools
 import os
 import shutil
 import signal
@@ -32,15 +33,19 @@ from broker import dynsec
 from broker.client import BrokerAddress, TlsSetupError, read_certificates
 
 __all__ = [
+    "PERSISTENCE_FILE",
     "BrokerLayout",
     "MosquittoError",
     "MosquittoProcess",
+    "Saved",
     "TlsListener",
     "check_port_free",
     "check_tls_files",
     "die_with_parent",
     "free_port",
     "mosquitto_conf",
+    "running_mosquitto",
+    "save_persistence",
 ]
 
 _PR_SET_PDEATHSIG = 1
@@ -136,6 +141,8 @@ def mosquitto_conf(
         "set_tcp_nodelay true",
         "persistence true",
         f"persistence_location {data_dir}/",
+        # Mosquitto's default name, said here because backups look for it (save_persistence).
+        f"persistence_file {PERSISTENCE_FILE}",
         "autosave_interval 60",
         # A stopped cloud worker's persistent session keeps what arrives meanwhile.
         f"max_queued_messages {max_queued_messages}",
@@ -158,6 +165,11 @@ def mosquitto_conf(
 
 
 DYNSEC_FILE = "dynsec.json"
+PERSISTENCE_FILE = "mosquitto.db"
+"""Mosquitto's persistence (queued messages, sessions of clients that are away, retained messages) in
+a layout's data directory. Mosquitto writes it whole to `mosquitto.db.new` and renames it over the
+old one (every `autosave_interval`, at a clean stop, and on SIGUSR1), so the file is always one
+complete save."""
 ADMIN_SECRET_FILE = "dynsec-admin.secret"
 # Written by omnishelf before it used the dynsec plugin: no longer read, and they hold password hashes.
 _STALE_FILES = ("passwd", "acl")
@@ -191,6 +203,10 @@ class BrokerLayout:
     @property
     def log_path(self) -> Path:
         return self.data_dir / "mosquitto.log"
+
+    @property
+    def persistence_path(self) -> Path:
+        return self.data_dir / PERSISTENCE_FILE
 
     @property
     def dynsec_path(self) -> Path:
@@ -333,7 +349,8 @@ class MosquittoProcess:
         for port in self.layout.ports:
             check_port_free(self.layout.bind, port)
         self.proc = subprocess.Popen(
-            [mosquitto_binary(), "-c", str(self.layout.conf_path)],
+            # Absolute: running_mosquitto() recognises the broker of a data directory by it.
+            [mosquitto_binary(), "-c", str(self.layout.conf_path.absolute())],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,
@@ -448,3 +465,99 @@ class MosquittoProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# -- the persistence file of a running broker (backups) ------------------------------------------
+
+
+def running_mosquitto(data_dir: Path, proc_root: Path = Path("/proc")) -> int | None:
+    """The pid of the Mosquitto running with `data_dir`'s config (as `MosquittoProcess` and so
+    `omnishelf broker` start it: `mosquitto -c <data_dir>/mosquitto.conf`), or None.
+
+    Read from /proc rather than a pid file: a pid file left by a broker that was killed could name
+    an unrelated process by now, and SIGUSR1 ends most processes."""
+    conf = (data_dir / "mosquitto.conf").resolve()
+    try:
+        entries = list(proc_root.iterdir())
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = [os.fsdecode(a) for a in (entry / "cmdline").read_bytes().split(b"\0") if a]
+        except OSError:  # gone meanwhile, or hidden from us
+            continue
+        if not argv or Path(argv[0]).name != "mosquitto":
+            continue
+        for flag, value in itertools.pairwise(argv[1:]):
+            if flag != "-c":
+                continue
+            path = Path(value)
+            if not path.is_absolute():  # relative to that process's working directory
+                try:
+                    path = Path(os.readlink(entry / "cwd")) / path
+                except OSError:
+                    continue
+            if path.resolve() == conf:
+                return int(entry.name)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """Where a broker's persistence file is, and how fresh it is."""
+
+    path: Path
+    pid: int | None
+    """The running Mosquitto that saved it on request, or None (not running, or not ours to signal)."""
+    detail: str
+    """One line for people: how the file came to be (saved on request, or when it was last saved)."""
+
+
+def _file_id(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def save_persistence(data_dir: Path, timeout: float = 60.0) -> Saved:
+    """Have the broker of `data_dir` write its persistence file now, and say where it is.
+
+    A running Mosquitto is sent SIGUSR1 (mosquitto(8): "write the persistence database to disk")
+    and this returns once it has renamed a new complete file into place (a new inode). Without a
+    running broker, the file is the one it wrote when it last stopped, or at its last autosave if
+    it was killed. Raises `MosquittoError` when `data_dir` is not a broker's data directory, or
+    when the broker does not save within `timeout`."""
+    if not (data_dir / "mosquitto.conf").is_file():
+        raise MosquittoError(
+            f"{data_dir} holds no mosquitto.conf: expected the --data-dir of 'omnishelf broker' (e.g. /var/lib/omnishelf-broker)"
+        )
+    path = data_dir / PERSISTENCE_FILE
+    pid = running_mosquitto(data_dir)
+    before = _file_id(path)
+
+    def as_found(why: str) -> Saved:
+        if before is None:
+            raise MosquittoError(f"{data_dir} holds no {PERSISTENCE_FILE} ({why}): the broker has not saved one yet")
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(before[1] / 1e9))
+        return Saved(path, None, f"{why}: its {PERSISTENCE_FILE} as last saved, at {when}")
+
+    if pid is None:
+        return as_found("the broker is not running")
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except ProcessLookupError:  # stopped meanwhile: it saved on the way out
+        return as_found("the broker stopped")
+    except PermissionError:
+        return as_found(f"Mosquitto (pid {pid}) runs as another user, who alone may ask it to save")
+    deadline = time.monotonic() + timeout
+    while _file_id(path) == before:
+        if time.monotonic() > deadline:
+            raise MosquittoError(
+                f"Mosquitto (pid {pid}) did not write {path} within {timeout:.0f} s of SIGUSR1; see {data_dir / 'mosquitto.log'}"
+            )
+        time.sleep(0.02)
+    return Saved(path, pid, f"saved by Mosquitto (pid {pid}) on request")

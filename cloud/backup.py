@@ -5,9 +5,10 @@ one read transaction: a consistent snapshot while writers go on in WAL mode), Po
 -Fc` inside an exported snapshot. The manifest's row counts and the list of files the database
 names are read in that same snapshot, so the manifest describes exactly what was dumped.
 
-Order, for files. The catalogue store is content-addressed and append-mostly: a file is written
-before the row naming it commits (import, sync-file build), and the only files ever deleted are
-sync files, by the pruner, after it deleted their rows (`cloud.catalogue.sync._prune`). So:
+Order, for files. The catalogue store, and signage's beside it (`signage/`), are content-addressed
+and append-mostly: a file is written before the row naming it commits (import, sync-file build,
+media upload), and the only files ever deleted are sync files, by the pruner, after it deleted
+their rows (`cloud.catalogue.sync._prune`). So:
 
 1. copy the catalogue directory (the bulk, no lock held);
 2. hold off the pruner (PostgreSQL: `LOCK TABLE catalogue_artifacts IN SHARE MODE`, which stops
@@ -26,6 +27,16 @@ Layout of a backup directory:
     manifest.json            written last: a directory without it is not a (finished) backup
     database.sqlite | database.pgdump
     catalogue/...            the catalogue directory's files, same relative paths
+    broker/mosquitto.db      with `broker_dir` only: the broker's persistence (see below)
+
+The broker's persistence (queued messages, sessions of clients that are away, retained messages)
+is another program's file, on the broker's host: it is included only when asked (`broker_dir`, the
+`--data-dir` of `omnishelf broker` on this host). Mosquitto cannot be asked for a snapshot at a
+chosen moment, but it can be asked to save now (SIGUSR1), and each save is a complete file renamed
+into place: the backup asks, waits for the new file and copies it (just before the database
+snapshot). The two are then moments apart, not one snapshot: what reached the cloud in between is
+in both (the ledger stores a message once), and what the broker had already handed over and the
+database did not yet hold the cloud asks the boxes for again (gap repair).
 """
 
 from __future__ import annotations
@@ -51,8 +62,10 @@ from sqlalchemy import Connection, Engine, create_engine, inspect, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 
+from broker.mosquitto import PERSISTENCE_FILE, MosquittoError, running_mosquitto, save_persistence
 from cloud.db import SQLITE_BUSY_TIMEOUT_MS
 from cloud.schema_check import REVISIONS_TABLE, software_version
+from cloud.signage.media import MEDIA_SUBDIR
 
 __all__ = [
     "BackupError",
@@ -70,6 +83,7 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 MANIFEST = "manifest.json"
 FILES_DIR = "catalogue"
+BROKER_FILE = f"broker/{PERSISTENCE_FILE}"
 DUMP_NAME = {"sqlite": "database.sqlite", "postgresql": "database.pgdump"}
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
@@ -96,6 +110,10 @@ class BackupProblem(enum.Enum):
     """The backup is of another kind of database than the target (SQLite vs PostgreSQL), or of another schema."""
     MISMATCH = "mismatch"
     """The restored database does not hold what the manifest says."""
+    NOT_IN_BACKUP = "not-in-backup"
+    """A part the restore was asked for (the broker's persistence) is not in the backup."""
+    BROKER_RUNNING = "broker-running"
+    """The broker whose persistence is to be restored is running (it would overwrite the file)."""
 
 
 class BackupError(RuntimeError):
@@ -140,6 +158,10 @@ class Manifest:
     """Files the database names that were not in the catalogue directory (see the module doc)."""
     damaged: tuple[str, ...] = ()
     """Content-addressed files whose bytes did not match their name in the source (copied as found)."""
+    broker_file: FileEntry | None = None
+    """The broker's persistence (path relative to the backup directory), when it was asked for."""
+    broker_saved: str | None = None
+    """How that file came to be: saved on request, or when the broker had last saved it."""
 
     @property
     def row_counts(self) -> dict[str, int]:
@@ -172,6 +194,8 @@ class Manifest:
             files=tuple(FileEntry(**f) for f in data["files"]),
             missing=tuple(data.get("missing", ())),
             damaged=tuple(data.get("damaged", ())),
+            broker_file=FileEntry(**data["broker_file"]) if data.get("broker_file") else None,
+            broker_saved=data.get("broker_saved"),
         )
 
 
@@ -213,8 +237,11 @@ def _hash_file(path: Path) -> tuple[str, int]:
 
 
 def _content_name(rel: str) -> str | None:
-    """The sha256 a content-addressed file (files/ab/abcd…) must have, else None."""
+    """The sha256 a content-addressed file must have (the catalogue's files/ab/abcd…, signage
+    media's signage/files/ab/abcd…), else None."""
     parts = rel.split("/")
+    if parts[0] == MEDIA_SUBDIR:
+        parts = parts[1:]
     if len(parts) == 3 and parts[0] == "files" and _SHA.match(parts[2]) and parts[1] == parts[2][:2]:
         return parts[2]
     return None
@@ -294,9 +321,9 @@ def _facts(conn: Connection, catalogue_dir: Path) -> _Facts:
         epoch = conn.execute(text("SELECT epoch FROM catalogue_epoch")).scalars().first()
     refs: set[str] = set()
 
-    def add_sha(sha: Any) -> None:
+    def add_sha(sha: Any, store: str = "") -> None:
         if isinstance(sha, str) and _SHA.match(sha):
-            refs.add(f"files/{sha[:2]}/{sha}")
+            refs.add(f"{store}files/{sha[:2]}/{sha}")
 
     if "catalogue_images" in tables:
         for sha, thumb in conn.execute(text("SELECT sha256, thumb_sha256 FROM catalogue_images")):
@@ -305,6 +332,11 @@ def _facts(conn: Connection, catalogue_dir: Path) -> _Facts:
     if "catalogue_artifacts" in tables:
         for (sha,) in conn.execute(text("SELECT sha256 FROM catalogue_artifacts")):
             add_sha(sha)
+    if "signage_media" in tables:
+        # Media and their thumbnails, in their own store beside the catalogue's (cloud.signage.media).
+        for sha, thumb in conn.execute(text("SELECT sha256, thumb_sha256 FROM signage_media")):
+            add_sha(sha, f"{MEDIA_SUBDIR}/")
+            add_sha(thumb, f"{MEDIA_SUBDIR}/")
     if "catalogue_imports" in tables:
         root = catalogue_dir.absolute()
         for (report,) in conn.execute(text("SELECT report_path FROM catalogue_imports WHERE report_path IS NOT NULL")):
@@ -475,8 +507,11 @@ def _check_destination(dest: Path, catalogue_dir: Path) -> None:
         )
 
 
-def backup(engine: Engine, catalogue_dir: Path, dest: Path, *, say: Callable[[str], None] = log.info) -> Manifest:
-    """Back up the database of `engine` and the files of `catalogue_dir` into `dest` (new or empty)."""
+def backup(engine: Engine, catalogue_dir: Path, dest: Path, *, broker_dir: Path | None = None,
+           say: Callable[[str], None] = log.info) -> Manifest:
+    """Back up the database of `engine` and the files of `catalogue_dir` into `dest` (new or empty),
+    and with `broker_dir` (the data directory of `omnishelf broker` on this host) the broker's
+    persistence file."""
     dialect = engine.dialect.name
     if dialect not in DUMP_NAME:
         raise BackupError(BackupProblem.WRONG_DATABASE, f"cannot back up a {dialect} database")
@@ -484,7 +519,7 @@ def backup(engine: Engine, catalogue_dir: Path, dest: Path, *, say: Callable[[st
     created = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
     try:
-        return _backup(engine, catalogue_dir, dest, say)
+        return _backup(engine, catalogue_dir, dest, broker_dir, say)
     except BaseException:
         # Leave no half backup behind (it would look like one to a hurried reader of the directory).
         if created:
@@ -498,13 +533,27 @@ def backup(engine: Engine, catalogue_dir: Path, dest: Path, *, say: Callable[[st
         raise
 
 
-def _backup(engine: Engine, catalogue_dir: Path, dest: Path, say: Callable[[str], None]) -> Manifest:
+def _copy_broker(broker_dir: Path, dest: Path, say: Callable[[str], None]) -> tuple[FileEntry, str]:
+    try:
+        saved = save_persistence(broker_dir)
+    except MosquittoError as exc:
+        raise BackupError(BackupProblem.TOOL_FAILED, f"broker persistence: {exc}") from None
+    # A later save renames a new file over this one: the copy goes on reading the complete old one.
+    sha, size = _copy_hashing(saved.path, dest / BROKER_FILE)
+    say(f"broker persistence: {PERSISTENCE_FILE}, {size / 1e3:.1f} kB, {saved.detail}")
+    return FileEntry(BROKER_FILE, sha, size), saved.detail
+
+
+def _backup(engine: Engine, catalogue_dir: Path, dest: Path, broker_dir: Path | None,
+            say: Callable[[str], None]) -> Manifest:
     dialect = engine.dialect.name
     started = _now()
     files = _Files(catalogue_dir, dest / FILES_DIR)
     # First the bulk, with no lock held; the snapshot's sync files under the guard; the rest after.
     n = files.copy_all()
     say(f"catalogue files, first pass: {n} copied")
+    # Just before the database's snapshot, so that the two are as close as they can be (module doc).
+    broker_file, broker_saved = _copy_broker(broker_dir, dest, say) if broker_dir is not None else (None, None)
     dump = dest / DUMP_NAME[dialect]
     snapshot_at = _now()
     try:
@@ -539,6 +588,8 @@ def _backup(engine: Engine, catalogue_dir: Path, dest: Path, say: Callable[[str]
         files=tuple(c.entry for _, c in sorted(files.copied.items())),
         missing=tuple(missing),
         damaged=tuple(sorted(files.damaged)),
+        broker_file=broker_file,
+        broker_saved=broker_saved,
     )
     # Written last, aside then renamed: its presence means the backup finished.
     tmp = dest / f".{MANIFEST}.tmp"
@@ -583,6 +634,10 @@ def _safe_rel(rel: str) -> bool:
 def verify(source: Path, manifest: Manifest) -> None:
     """Check that every file the manifest lists is there with its size and sha256."""
     entries = [(source / manifest.database_file.path, manifest.database_file)]
+    if manifest.broker_file is not None:
+        if manifest.broker_file.path != BROKER_FILE:
+            raise BackupError(BackupProblem.CORRUPT, f"{source / MANIFEST} names an unexpected broker file")
+        entries.append((source / BROKER_FILE, manifest.broker_file))
     for entry in manifest.files:
         if not _safe_rel(entry.path):
             raise BackupError(BackupProblem.CORRUPT, f"{source / MANIFEST} names a file outside the backup: {entry.path!r}")
@@ -613,6 +668,10 @@ class RestoreResult:
     moved_aside: Path | None = None
     """--force: where the catalogue directory's previous files went."""
     notes: tuple[str, ...] = field(default=())
+    broker_file: Path | None = None
+    """Where the broker's persistence was restored to (with `broker_dir`)."""
+    broker_moved_aside: Path | None = None
+    """--force: where the broker's previous persistence file went."""
 
 
 def _data_tables(conn: Connection) -> list[str]:
@@ -741,9 +800,29 @@ def _move_aside(root: Path) -> Path:
     return aside
 
 
+def _check_broker_target(source: Path, manifest: Manifest, broker_dir: Path) -> Path | None:
+    """Refuse a broker target the restore must not write into; return its persistence file if it has one."""
+    if manifest.broker_file is None:
+        raise BackupError(
+            BackupProblem.NOT_IN_BACKUP,
+            f"backup {source} holds no broker persistence (it was taken without --broker-data): "
+            f"restore without --broker-data",
+        )
+    pid = running_mosquitto(broker_dir)
+    if pid is not None:
+        raise BackupError(
+            BackupProblem.BROKER_RUNNING,
+            f"Mosquitto (pid {pid}) is running with {broker_dir}: stop the broker first (systemctl stop "
+            f"omnishelf-broker), or it writes its own {PERSISTENCE_FILE} over the restored one",
+        )
+    current = broker_dir / PERSISTENCE_FILE
+    return current if current.exists() else None
+
+
 def restore(source: Path, engine: Engine, catalogue_dir: Path, *, force: bool = False,
-            say: Callable[[str], None] = log.info) -> RestoreResult:
-    """Restore the backup in `source` into the database of `engine` and `catalogue_dir`."""
+            broker_dir: Path | None = None, say: Callable[[str], None] = log.info) -> RestoreResult:
+    """Restore the backup in `source` into the database of `engine` and `catalogue_dir`, and with
+    `broker_dir` the broker's persistence into that (stopped) broker's data directory."""
     manifest = read_manifest(source)
     if manifest.dialect != engine.dialect.name:
         hint = (" (restore it into SQLite, then 'omnishelf cloud move-to' PostgreSQL)"
@@ -762,12 +841,15 @@ def restore(source: Path, engine: Engine, catalogue_dir: Path, *, force: bool = 
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise BackupError(BackupProblem.UNREACHABLE, f"database {engine.url} cannot be read: {reason}") from None
     has_files = _has_files(catalogue_dir)
-    if (full or has_files) and not force:
+    old_broker_file = _check_broker_target(source, manifest, broker_dir) if broker_dir is not None else None
+    if (full or has_files or old_broker_file) and not force:
         what = []
         if full:
             what.append(f"database {engine.url} holds data ({', '.join(full[:3])}{'…' if len(full) > 3 else ''})")
         if has_files:
             what.append(f"catalogue directory {catalogue_dir} holds files")
+        if old_broker_file:
+            what.append(f"broker data directory {broker_dir} holds {PERSISTENCE_FILE}")
         raise BackupError(BackupProblem.NOT_EMPTY, f"{' and '.join(what)}: restore into an empty target, or pass --force to replace it")
     moved = _move_aside(catalogue_dir) if has_files else None
     dump = source / manifest.database_file.path
@@ -788,6 +870,10 @@ def restore(source: Path, engine: Engine, catalogue_dir: Path, *, force: bool = 
             raise BackupError(BackupProblem.CORRUPT, f"backup file {entry.path} changed while it was being restored")
         total += size
     say(f"{len(manifest.files)} catalogue files restored into {catalogue_dir} ({total / 1e6:.1f} MB)")
+    broker_file = broker_aside = None
+    if broker_dir is not None and manifest.broker_file is not None:
+        broker_file, broker_aside = _restore_broker(source, manifest.broker_file, broker_dir, old_broker_file)
+        say(f"broker persistence restored into {broker_file} (in the backup: {manifest.broker_saved})")
     with engine.connect() as conn:
         counts = table_rows(conn)
         epoch = conn.execute(text("SELECT epoch FROM catalogue_epoch")).scalars().first() if "catalogue_epoch" in counts else None
@@ -801,9 +887,28 @@ def restore(source: Path, engine: Engine, catalogue_dir: Path, *, force: bool = 
     if manifest.missing:
         notes.append(
             f"{len(manifest.missing)} catalogue file(s) the database names were not in the source when the backup "
-            f"was taken (listed in the manifest's 'missing'); sync files of the newest version are rebuilt on start"
+            f"was taken (listed in the manifest's 'missing'); sync files of the newest version are rebuilt on start, "
+            f"a missing image or signage media file must be uploaded again"
         )
-    return RestoreResult(manifest, sum(counts.values()), len(manifest.files), total, moved, tuple(notes))
+    return RestoreResult(manifest, sum(counts.values()), len(manifest.files), total, moved, tuple(notes),
+                         broker_file, broker_aside)
+
+
+def _restore_broker(source: Path, entry: FileEntry, broker_dir: Path, old: Path | None) -> tuple[Path, Path | None]:
+    """Put the backup's persistence file into `broker_dir` (the broker stopped: checked before);
+    a file already there is kept aside."""
+    broker_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    aside = None
+    if old is not None:
+        aside = old.with_name(f"{old.name}.before-restore-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}")
+        old.rename(aside)
+    target = broker_dir / PERSISTENCE_FILE
+    # Written aside and renamed (mode 0600, as Mosquitto writes it): a broker started meanwhile
+    # never reads half a file.
+    sha, size = _copy_hashing(source / entry.path, target)
+    if (sha, size) != (entry.sha256, entry.size):
+        raise BackupError(BackupProblem.CORRUPT, f"backup file {entry.path} changed while it was being restored")
+    return target, aside
 
 
 def _compare(manifest: Manifest, counts: dict[str, int], engine: Engine) -> None:

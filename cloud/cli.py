@@ -86,10 +86,14 @@ def add_backup_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="back up the cloud's database and catalogue files into a new directory (while it runs)",
         description="Writes DIR/manifest.json, the database (SQLite online backup, or pg_dump -Fc) and the "
         "catalogue files (OMNISHELF_CATALOGUE_DIR). Safe while the cloud runs: the database is one snapshot "
-        "and every catalogue file it names is copied. The broker's data directory and the credentials file "
-        "are not included: see docs/operator.md.",
+        "and every catalogue file it names is copied. The broker's persistence only with --broker-data; "
+        "its other files and the credentials file are not included: see docs/operator.md.",
     )
     parser.add_argument("dir", type=Path, metavar="DIR", help="a new (or empty) directory")
+    parser.add_argument("--broker-data", type=Path, metavar="BROKER_DIR",
+                        help="also copy the broker's persistence (mosquitto.db) from this --data-dir of 'omnishelf "
+                        "broker' on this host, e.g. /var/lib/omnishelf-broker; a running broker is asked to save "
+                        "it first (SIGUSR1)")
     add_db_timeout(parser)
     parser.set_defaults(func=_backup)
 
@@ -106,7 +110,10 @@ def add_restore_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     parser.add_argument("dir", type=Path, metavar="DIR", help="a directory written by 'omnishelf backup'")
     parser.add_argument("--force", action="store_true",
                         help="replace a database that holds data (its tables are dropped) and move the catalogue "
-                        "directory's files aside")
+                        "directory's files (and the broker's mosquitto.db) aside")
+    parser.add_argument("--broker-data", type=Path, metavar="BROKER_DIR",
+                        help="also put the backup's broker persistence (mosquitto.db) into this --data-dir of "
+                        "'omnishelf broker' on this host; the broker must be stopped")
     add_db_timeout(parser)
     parser.set_defaults(func=_restore)
 
@@ -268,7 +275,7 @@ def _backup(args: argparse.Namespace) -> int:
         _require_sqlite_file(url, "nothing to back up")
     engine = reachable_engine(settings.DATABASE_URL, args.db_timeout)
     try:
-        manifest = backup(engine, Path(settings.CATALOGUE_DIR), args.dir, say=print)
+        manifest = backup(engine, Path(settings.CATALOGUE_DIR), args.dir, broker_dir=args.broker_data, say=print)
     except BackupError as exc:
         raise SystemExit(str(exc)) from None
     except OSError as exc:
@@ -276,10 +283,12 @@ def _backup(args: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     rows = sum(n for _, n in manifest.rows)
-    size = manifest.database_file.size + sum(f.size for f in manifest.files)
+    broker = [manifest.broker_file] if manifest.broker_file is not None else []
+    size = manifest.database_file.size + sum(f.size for f in [*manifest.files, *broker])
     print(
         f"backup {args.dir}: database at revision {manifest.schema_revision} ({rows:,} rows, snapshot "
-        f"{manifest.snapshot_at}), {len(manifest.files)} catalogue files, {size / 1e6:.1f} MB in all"
+        f"{manifest.snapshot_at}), {len(manifest.files)} catalogue files{', the broker persistence' if broker else ''}, "
+        f"{size / 1e6:.1f} MB in all"
     )
     for rel in manifest.missing:
         print(f"warning: {rel} is named by the database but was not in the catalogue directory", file=sys.stderr)
@@ -294,7 +303,8 @@ def _restore(args: argparse.Namespace) -> int:
     engine = reachable_engine(settings.DATABASE_URL, args.db_timeout)
     what = f"database {engine.url.render_as_string()}"
     try:
-        result = restore(args.dir, engine, Path(settings.CATALOGUE_DIR), force=args.force, say=print)
+        result = restore(args.dir, engine, Path(settings.CATALOGUE_DIR), force=args.force,
+                         broker_dir=args.broker_data, say=print)
         status = read_status(engine)
     except BackupError as exc:
         raise SystemExit(str(exc)) from None
@@ -309,6 +319,8 @@ def _restore(args: argparse.Namespace) -> int:
     )
     if result.moved_aside is not None:
         print(f"the catalogue directory's previous files are in {result.moved_aside} (delete it once satisfied)")
+    if result.broker_moved_aside is not None:
+        print(f"the broker's previous persistence file is {result.broker_moved_aside} (delete it once satisfied)")
     for note in result.notes:
         print(f"note: {note}")
     print(status.describe(what))

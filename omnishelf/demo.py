@@ -267,10 +267,11 @@ def _signage(db_url: str, data: Path) -> None:
     """Signage content for the demo boxes, published once (see cloud.signage.demo)."""
     from cloud.db import make_engine
     from cloud.signage.demo import setup
+    from cloud.signage.media import MEDIA_SUBDIR
 
     engine = make_engine(db_url)
     try:
-        setup(engine, data / "catalogue" / "signage")
+        setup(engine, data / "catalogue" / MEDIA_SUBDIR)
     finally:
         engine.dispose()
 

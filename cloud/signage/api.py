@@ -22,7 +22,7 @@ from cloud.access.scope import Perm, Principal
 from cloud.access.service import InputError, write_session
 from cloud.access.web import require, via
 from cloud.signage import service
-from cloud.signage.media import MAX_VIDEO_BYTES, MediaStore
+from cloud.signage.media import MAX_VIDEO_BYTES, MEDIA_SUBDIR, MediaStore
 
 __all__ = ["media_dir", "router"]
 
@@ -39,7 +39,7 @@ Problem: dict[int | str, dict[str, Any]] = {
 
 def media_dir(request: Request) -> Path:
     """Signage media live beside the catalogue's files, in their own content-addressed store."""
-    return Path(getattr(request.app.state, "catalogue_dir", "var/catalogue")) / "signage"
+    return Path(getattr(request.app.state, "catalogue_dir", "var/catalogue")) / MEDIA_SUBDIR
 
 
 def _store(request: Request) -> MediaStore:

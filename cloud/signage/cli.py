@@ -22,7 +22,7 @@ from cloud.access.scope import NotFound, Principal, Role, Scope
 from cloud.access.service import InputError, write_session
 from cloud.cli import add_db_timeout, cli_settings, prepared_engine, usage
 from cloud.signage import service
-from cloud.signage.media import MediaStore
+from cloud.signage.media import MEDIA_SUBDIR, MediaStore
 
 __all__ = ["add_parser"]
 
@@ -69,7 +69,7 @@ def _principal() -> Principal:
 
 def _engine(args: argparse.Namespace) -> tuple[Engine, Path]:
     settings = cli_settings()
-    return prepared_engine(settings, args.db_timeout), Path(settings.CATALOGUE_DIR) / "signage"
+    return prepared_engine(settings, args.db_timeout), Path(settings.CATALOGUE_DIR) / MEDIA_SUBDIR
 
 
 def _run(args: argparse.Namespace, fn: Any) -> int:

@@ -16,7 +16,11 @@ from pathlib import Path
 
 from cloud.catalogue.files import MAX_SIDE, MIN_SIDE, FileStore, ImageError, check_image
 
-__all__ = ["MAX_VIDEO_BYTES", "MediaError", "MediaInfo", "MediaStore"]
+__all__ = ["MAX_VIDEO_BYTES", "MEDIA_SUBDIR", "MediaError", "MediaInfo", "MediaStore"]
+
+MEDIA_SUBDIR = "signage"
+"""Where signage media live, inside the catalogue directory (`<catalogue>/signage/files/ab/abcd…`);
+backups read them there too (cloud.backup)."""
 
 MAX_VIDEO_BYTES = 512 * 1024**2
 MAX_VIDEO_S = 3600.0

@@ -57,4 +57,10 @@ for unit in omnishelf-edge.service omnishelf-setup.service; do
     install -m 0644 "$here/systemd/$unit" "/etc/systemd/system/$unit"
 done
 systemctl enable omnishelf-edge.service omnishelf-setup.service
+# A box with a screen shows the cloud shelf on it, full screen (the clerk's station instead:
+# systemctl disable omnishelf-ui@kiosk; systemctl enable omnishelf-ui@station).
+if [ "$extras" = edge,kiosk ]; then
+    install -m 0644 "$here/systemd/omnishelf-ui@.service" /etc/systemd/system/omnishelf-ui@.service
+    systemctl enable omnishelf-ui@kiosk.service
+fi
 echo "omnishelf box ($profile, omnishelf[$extras]) installed; next: claim it in setup mode (docs/technician.md), or write /etc/omnishelf/box.yaml and box.secret (docs/install.md)"

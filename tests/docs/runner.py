@@ -219,6 +219,9 @@ class World:
             "OMNISHELF_PROVISION_LOCAL_API_PORT": "0",
             # How this machine reaches the package index (a page may build and install the wheel).
             **{k: v for k, v in os.environ.items() if k in INDEX_ACCESS},
+            # The code under test when it is not the virtualenv's own install (a git worktree run
+            # with the main checkout's venv and PYTHONPATH=<worktree>): the pages run it, not the other.
+            **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"},
         }
         self.run_checked("omnishelf cloud seed")
         self.key = self.run_checked("omnishelf users api-key create --name docs --role hq").strip().split()[-1]

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import json
 import os
+import secrets
 import sys
 import threading
 import time
@@ -20,7 +21,9 @@ import pytest
 from sqlalchemy import Engine, func, select, text
 
 from broker import topics
+from broker.client import BrokerAddress, MqttConnection
 from broker.envelope import encode
+from broker.mosquitto import BrokerLayout, MosquittoProcess, free_port
 from cloud.backup import MANIFEST, BackupError, BackupProblem, backup, read_manifest, restore
 from cloud.bus import followers
 from cloud.bus.dispatch import Call
@@ -378,3 +381,152 @@ def test_restored_ledger_stays_readable_by_followers_on_another_server(databases
     assert seen == lag_before + 1 and followers.lag(dst, "ops-follower") == 0
     eng.dispose()
     dst.dispose()
+
+
+# -- the broker's persistence (--broker-data) ------------------------------------------------------
+
+
+async def _retained_host_state(layout: BrokerLayout, node_password: str) -> bytes | None:
+    """The retained state of host cloud-1 as a box subscribing now receives it (None: nothing retained).
+    The fence: a message the box publishes to itself after subscribing arrives after any retained one."""
+    got: list[tuple[str, bytes]] = []
+    conn = MqttConnection(BrokerAddress.from_url(layout.url), "node-a", node_password,
+                          on_message=lambda m: got.append((m.topic, bytes(m.payload))))
+    await conn.connect()
+    try:
+        await conn.subscribe([topics.host_state_filter(), topics.node_dn_filter("node-a")])
+        cloud = MqttConnection(BrokerAddress.from_url(layout.url), "cloud-1", layout.cloud_users["cloud-1"])
+        await cloud.connect()
+        await cloud.publish(topics.dn("node-a", "rebirth"), b"fence")
+        await cloud.disconnect()
+        await until(lambda: any(t == topics.dn("node-a", "rebirth") for t, _ in got), timeout=10, what="the fence")
+    finally:
+        await conn.disconnect()
+    return next((p for t, p in got if t == topics.host_state("cloud-1")), None)
+
+
+def test_broker_persistence_is_saved_on_request_backed_up_and_restored(
+    broker: Broker, databases: Databases, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    node_pw, cloud_pw = broker.add_node("node-a"), broker.add_cloud("cloud-1")
+    marker = f"online {secrets.token_hex(8)}".encode()
+
+    async def publish_retained() -> None:
+        cloud = MqttConnection(BrokerAddress.from_url(broker.url), "cloud-1", cloud_pw)
+        await cloud.connect()
+        await cloud.publish(topics.host_state("cloud-1"), marker, retain=True)
+        await cloud.disconnect()
+
+    asyncio.run(publish_retained())
+    live = broker.layout.persistence_path
+    # Mosquitto saves every 60 s: the retained message is in its memory, not yet in its file.
+    assert not live.exists() or marker not in live.read_bytes()
+    url = databases.new("sqlite")
+    migrate(url)
+    for k, v in cloud_env(tmp_path, url, catalogue=tmp_path / "cat").items():
+        monkeypatch.setenv(k, v)
+
+    # Backup: the running broker is asked to save, and the backup holds the message it had in memory.
+    assert main(["backup", str(tmp_path / "bk"), "--broker-data", str(broker.layout.data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert broker.process.proc is not None
+    assert "broker persistence: mosquitto.db, " in out and f"saved by Mosquitto (pid {broker.process.proc.pid}) on request" in out
+    assert ", the broker persistence, " in out
+    manifest = read_manifest(tmp_path / "bk")
+    assert manifest.broker_file is not None and manifest.broker_file.path == "broker/mosquitto.db"
+    assert marker in (tmp_path / "bk" / "broker" / "mosquitto.db").read_bytes()
+    assert marker in live.read_bytes()  # what was copied is what Mosquitto saved
+
+    # A backup without the broker's file, restored with --broker-data: refused before anything is written.
+    assert main(["backup", str(tmp_path / "bk-nobroker")]) == 0
+    capsys.readouterr()
+    target = tmp_path / "restored-broker"
+    code, _, err = _restore_cli(tmp_path / "bk-nobroker", databases.new("sqlite"), tmp_path, monkeypatch, capsys,
+                                "--broker-data", str(target))
+    assert code == 2 and "holds no broker persistence (it was taken without --broker-data)" in err, err
+    # Into the running broker's own directory: refused (it would write its own file over it).
+    url2 = databases.new("sqlite")
+    code, _, err = _restore_cli(tmp_path / "bk", url2, tmp_path, monkeypatch, capsys,
+                                "--broker-data", str(broker.layout.data_dir), catalogue=tmp_path / "cat2")
+    assert code == 2 and f"Mosquitto (pid {broker.process.proc.pid}) is running with {broker.layout.data_dir}" in err, err
+    eng2 = make_engine(url2)
+    assert read_status(eng2).database is None and not (tmp_path / "cat2").exists()
+    eng2.dispose()
+
+    # Stopped, the broker's own file is taken as it is (it saved on the way out).
+    broker.process.stop()
+    assert main(["backup", str(tmp_path / "bk-stopped"), "--broker-data", str(broker.layout.data_dir)]) == 0
+    assert "the broker is not running: its mosquitto.db as last saved, at " in capsys.readouterr().out
+    assert marker in (tmp_path / "bk-stopped" / "broker" / "mosquitto.db").read_bytes()
+
+    # Restored into another broker's data directory, holding a file already: refused, then --force.
+    target.mkdir()
+    (target / "mosquitto.db").write_bytes(b"older")
+    url3 = databases.new("sqlite")
+    code, _, err = _restore_cli(tmp_path / "bk", url3, tmp_path, monkeypatch, capsys, "--broker-data", str(target),
+                                catalogue=tmp_path / "cat3")
+    assert code == 2 and f"broker data directory {target} holds mosquitto.db" in err and "--force" in err, err
+    code, out, err = _restore_cli(tmp_path / "bk", url3, tmp_path, monkeypatch, capsys, "--broker-data", str(target),
+                                  "--force", catalogue=tmp_path / "cat3")
+    assert code == 0, err
+    assert f"broker persistence restored into {target / 'mosquitto.db'}" in out
+    aside = [p for p in target.iterdir() if p.name.startswith("mosquitto.db.before-restore-")]
+    assert len(aside) == 1 and aside[0].read_bytes() == b"older" and f"previous persistence file is {aside[0]}" in out
+    assert (target / "mosquitto.db").stat().st_mode & 0o777 == 0o600
+
+    # A broker started on the restored directory has the retained message.
+    layout = BrokerLayout(target, free_port(), node_users={"node-a": node_pw}, cloud_users={"cloud-1": cloud_pw})
+    with MosquittoProcess(layout):
+        assert asyncio.run(_retained_host_state(layout, node_pw)) == marker
+
+
+# -- signage media: files the database names, like the catalogue's ----------------------------------
+
+
+def test_a_lost_or_damaged_signage_media_file_is_reported(
+    kind: str, databases: Databases, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from cloud.seed import seed
+    from cloud.signage.demo import setup
+    from cloud.signage.media import MEDIA_SUBDIR
+
+    url = databases.new(kind)
+    eng = make_engine(url)
+    migrate(eng)
+    seed(eng)  # the regions and stores the demo's campaigns target
+    cat = tmp_path / "cat"
+    assert setup(eng, cat / MEDIA_SUBDIR) is not None  # the demo's signage: three images and their thumbnails
+    with eng.connect() as conn:
+        media = {name: (sha, thumb) for name, sha, thumb in conn.execute(
+            text("SELECT name, sha256, thumb_sha256 FROM signage_media"))}
+    eng.dispose()
+
+    def rel(sha: str) -> str:
+        return f"{MEDIA_SUBDIR}/files/{sha[:2]}/{sha}"
+
+    lost, damaged = media["house.png"][0], media["tea.png"][0]
+    (cat / rel(lost)).unlink()
+    data = bytearray((cat / rel(damaged)).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (cat / rel(damaged)).write_bytes(bytes(data))
+
+    for k, v in cloud_env(tmp_path, url, catalogue=cat).items():
+        monkeypatch.setenv(k, v)
+    assert main(["backup", str(tmp_path / "bk")]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {rel(lost)} is named by the database but was not in the catalogue directory" in err, err
+    manifest = read_manifest(tmp_path / "bk")
+    assert manifest.missing == (rel(lost),)
+    assert manifest.damaged == (rel(damaged),)
+    listed = {f.path for f in manifest.files}
+    named = {rel(sha) for pair in media.values() for sha in pair}
+    assert listed == named - {rel(lost)}, "every other medium and thumbnail is copied and listed"
+
+    # Restored, the loss is said again (the damaged file comes back as it was found).
+    code, out, err = _restore_cli(tmp_path / "bk", databases.new(kind), tmp_path, monkeypatch, capsys)
+    assert code == 0, err
+    assert "note: 1 catalogue file(s) the database names were not in the source" in out
+    assert "a missing image or signage media file must be uploaded again" in out
+    assert not (tmp_path / "cat-dst" / rel(lost)).exists()
+    assert (tmp_path / "cat-dst" / rel(damaged)).read_bytes() == bytes(data)

@@ -188,7 +188,7 @@ def test_box_venv_runs_the_broker_and_the_agent(box: Venv, tmp_path: Path, spawn
     assert status.returncode == 0, status.stderr
     counters = json.loads(status.stdout)
     assert counters["session"] >= 1
-    assert counters["outbox"] == str(tmp_path / "state" / "outbox.db")
+    assert counters["outbox"] == str(tmp_path / "state" / "edge" / "st0001-k1" / "outbox.db")
 
     for proc in (agent, broker):
         proc.send_signal(signal.SIGTERM)

@@ -31,6 +31,7 @@ from cloud.settings import Settings, load_settings
 from edge.component import ComponentContext
 from firmware_config import PASSWORD_ENV, config_hash, load_config, parse_config, render_config, resolve_paths
 from firmware_config.profiles import PROFILES
+from kiosk.cli import BOX_ENV, DEFAULT_BOX
 from omnishelf import cli
 from provisioning import crypto
 from provisioning.setup_mode import SetupBox
@@ -40,6 +41,8 @@ PKG = ROOT / "packaging"
 UNITS = sorted((PKG / "systemd").glob("*.service"))
 OMNISHELF = "/opt/omnishelf/bin/omnishelf"
 """Where docs/install.md and packaging/box/setup-box.sh put the command."""
+INSTANCES = {"omnishelf-worker@.service": ("cloud-1",), "omnishelf-ui@.service": ("kiosk", "station")}
+"""The instances a template unit is run as (its first in the checks of one instance)."""
 
 
 def read_unit(path: Path) -> dict[str, list[tuple[str, str]]]:
@@ -78,6 +81,7 @@ def test_the_units_exist() -> None:
         "omnishelf-cloud.service",
         "omnishelf-edge.service",
         "omnishelf-setup.service",
+        "omnishelf-ui@.service",
         "omnishelf-worker@.service",
     ]
 
@@ -89,16 +93,18 @@ def test_systemd_verifies_the_units(tmp_path: Path) -> None:
     assert here.exists()
     names = []
     for path in UNITS:
-        name = path.name.replace("@.service", "@cloud-1.service")
-        (tmp_path / name).write_text(path.read_text().replace(OMNISHELF, str(here)))
-        names.append(f"./{name}")
+        for instance in INSTANCES.get(path.name, ("",)):
+            name = path.name.replace("@.service", f"@{instance}.service")
+            (tmp_path / name).write_text(path.read_text().replace(OMNISHELF, str(here)))
+            names.append(f"./{name}")
     done = subprocess.run(["systemd-analyze", "verify", *names], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout + done.stderr) == (0, "")
 
 
-def exec_args(path: Path, key: str = "ExecStart") -> list[str]:
+def exec_args(path: Path, key: str = "ExecStart", instance: str | None = None) -> list[str]:
     """The `omnishelf` arguments of a unit's command, with its specifiers filled in."""
-    words = shlex.split(value(path, "Service", key).replace("%S", "/var/lib").replace("%i", "cloud-1"))
+    instance = instance or INSTANCES.get(path.name, ("",))[0]
+    words = shlex.split(value(path, "Service", key).replace("%S", "/var/lib").replace("%i", instance))
     if words[0] == "/usr/bin/env":
         words = words[1:]
         while "=" in words[0]:
@@ -107,9 +113,10 @@ def exec_args(path: Path, key: str = "ExecStart") -> list[str]:
     return words[1:]
 
 
-@pytest.mark.parametrize("path", UNITS, ids=lambda p: p.name)
-def test_exec_start_is_an_omnishelf_command(path: Path) -> None:
-    args = exec_args(path)
+@pytest.mark.parametrize(("path", "instance"), [(u, i) for u in UNITS for i in INSTANCES.get(u.name, ("",))],
+                         ids=lambda x: x.name if isinstance(x, Path) else x)
+def test_exec_start_is_an_omnishelf_command(path: Path, instance: str) -> None:
+    args = exec_args(path, instance=instance)
     parsed = cli.build_parser(args).parse_args(args)
     assert callable(getattr(parsed, "func", None)), args
 
@@ -122,8 +129,8 @@ def test_units_run_as_the_service_user_in_their_state_dir_and_log_to_the_journal
     assert service["Restart"] in ("on-failure", "always")
     for key, expected in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "PrivateTmp": "yes", "ProtectHome": "yes"}.items():
         assert service[key] == expected, key
-    # The journal, not files: no StandardOutput=/StandardError= redirections.
-    assert not {"StandardOutput", "StandardError"} & service.keys()
+    # The journal, not files (a unit whose input is a terminal says so: its output would follow).
+    assert service.get("StandardOutput", "journal") == service.get("StandardError", "journal") == "journal"
     assert read_unit(path)["Install"] == [("WantedBy", "multi-user.target")]
 
 
@@ -156,6 +163,28 @@ def test_edge_may_read_the_clock_sync_state() -> None:
         allowed |= syscalls(entry)
     assert "adjtimex" in allowed
     assert "clock_settime" not in allowed
+
+
+def test_the_screen_unit_runs_a_touchscreen_app_on_the_display_for_the_box_agent() -> None:
+    """omnishelf-ui@.service: `omnishelf kiosk` or `omnishelf station`, drawing with KMS/DRM (no X
+    server on the box), reading the agent's local API, with the devices' groups."""
+    ui = unit("omnishelf-ui@.service")
+    assert [exec_args(ui, instance=i) for i in INSTANCES[ui.name]] == [["kiosk"], ["station"]]
+    env = dict(e.split("=", 1) for e in values(ui, "Service", "Environment"))
+    assert env["SDL_VIDEODRIVER"] == "kmsdrm" and env["KIVY_WINDOW"] == "sdl2"
+    assert "DISPLAY" not in env
+    assert env[BOX_ENV] == DEFAULT_BOX == "http://127.0.0.1:8480"  # the agent's default local API
+    assert env["KIVY_HOME"] == f"%S/{value(ui, 'Service', 'StateDirectory')}"
+    assert set(value(ui, "Service", "SupplementaryGroups").split()) == {"video", "render", "input"}
+    assert "omnishelf-edge.service" in value(ui, "Unit", "Wants")
+    assert any("omnishelf-edge.service" in v for v in values(ui, "Unit", "After"))
+    assert value(ui, "Unit", "ConditionPathExists") == value(unit("omnishelf-edge.service"), "Unit", "ConditionPathExists")
+    # The first console is the app's: what a keyboard-wedge scanner types must not reach a login prompt.
+    assert value(ui, "Unit", "Conflicts") == "getty@tty1.service" and value(ui, "Service", "TTYPath") == "/dev/tty1"
+    assert "PrivateDevices" not in dict(read_unit(ui)["Service"])
+    # setup-box.sh installs it and enables the cloud shelf on the boxes with a screen.
+    script = (PKG / "box" / "setup-box.sh").read_text()
+    assert 'if [ "$extras" = edge,kiosk ]; then' in script and "systemctl enable omnishelf-ui@kiosk.service" in script
 
 
 def syscalls(entry: str) -> set[str]:
@@ -441,8 +470,9 @@ def test_box_config_template_is_valid_for_every_profile(profile: str) -> None:
     text = re.sub(r"^profile: .*$", f"profile: {profile}", text, flags=re.M)
     config = parse_config(text, "box.yaml")
     assert config.profile == profile
-    assert config.outbox.path == Path("/var/lib/omnishelf/outbox.db")
-    assert config.catalogue.path == Path("/var/lib/omnishelf/catalogue")
+    # Every file of the box under /var/lib/omnishelf/edge/<node_id>/ (docs/technician.md), by hand too.
+    assert config.data_dir == Path("/var/lib/omnishelf")
+    assert config.outbox.path is None and config.catalogue.path is None
     assert config.broker.password_file == Path("/etc/omnishelf/box.secret")
 
 
@@ -463,3 +493,42 @@ def test_systemd_verifies_the_cloud_units_with_the_shared_catalogue_drop_in(tmp_
         names.append(f"./{name}")
     done = subprocess.run(["systemd-analyze", "verify", *names], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout + done.stderr) == (0, "")
+
+
+def _tls_drop_in() -> str:
+    """docs/multi-host.md's `systemctl edit omnishelf-broker` for TLS: the ```ini block after it."""
+    guide = (ROOT / "docs" / "multi-host.md").read_text()
+    found = re.search(r"then `systemctl edit omnishelf-broker`:\n\n```ini\n(.*?)```", guide, re.S)
+    assert found, "docs/multi-host.md: no ```ini block after `systemctl edit omnishelf-broker`"
+    return found.group(1)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_verifies_the_broker_unit_with_the_tls_drop_in(tmp_path: Path) -> None:
+    """docs/multi-host.md's TLS drop-in, as the guide writes it, appended to the broker's unit (a
+    section may appear twice, as in a drop-in; `ExecStart=` empties the unit's own first)."""
+    drop_in = _tls_drop_in()
+    here = Path(sys.executable).parent / "omnishelf"
+    name = "omnishelf-broker.service"
+    (tmp_path / name).write_text((unit(name).read_text() + drop_in).replace(OMNISHELF, str(here)))
+    done = subprocess.run(["systemd-analyze", "verify", f"./{name}"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout + done.stderr) == (0, "")
+
+
+def test_the_tls_drop_in_runs_the_broker_with_tls_only_in_its_state_dir(tmp_path: Path) -> None:
+    """What the drop-in's ExecStart asks of `omnishelf broker`: its own parser reads it, the data
+    directory is still the unit's, the listener is TLS only (no --plain), and the unit's own comment
+    shows the same line."""
+    sections = tmp_path / "drop-in.conf"
+    sections.write_text(_tls_drop_in())
+    starts = values(sections, "Service", "ExecStart")
+    assert starts[0] == "", "the drop-in must empty the unit's ExecStart before giving its own"
+    (command,) = starts[1:]
+    words = shlex.split(command.replace("%S", "/var/lib"))
+    assert words[0] == OMNISHELF
+    args = cli.build_parser(words[1:]).parse_args(words[1:])
+    broker = unit("omnishelf-broker.service")
+    assert args.data_dir == Path(f"/var/lib/{value(broker, 'Service', 'StateDirectory')}")
+    assert (args.tls_cert, args.tls_key) == (Path("/etc/omnishelf/broker.pem"), Path("/etc/omnishelf/broker.key"))
+    assert args.plain is None and args.tls_port == 8883  # TLS only, on the usual port
+    assert f"#   ExecStart={command}" in broker.read_text().splitlines()

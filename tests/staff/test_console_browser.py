@@ -1,7 +1,7 @@
 """The Clerks page in real headless Chromium under the console's CSP: a store user adds a clerk (a
 weak PIN is refused with the rule, nothing typed as a PIN comes back), renames them, resets the PIN,
 deactivates and reactivates them; another store's clerks are not offered. Writes staff-*.png to
-var/screenshots/."""
+var/screenshots/ (staff-clerks.png to docs/img/ with `make screenshots`, used by docs/hq.md)."""
 
 from __future__ import annotations
 

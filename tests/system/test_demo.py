@@ -1,5 +1,6 @@
-"""`omnishelf demo` (what `make demo` runs) as a user runs it: the banner's URLs and credentials work,
-every box comes online, a box serves the synced catalogue, and stopping leaves nothing running."""
+"""`omnishelf demo` (what `make demo` runs) as a user runs it: the banner is the one docs/operator.md
+shows, its URLs and credentials work, every box comes online, a box serves the synced catalogue, and
+stopping leaves nothing running."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ from pathlib import Path
 
 import psutil
 
+from tests.docs.runner import REPO, matches
 from tests.system.harness import wait_for
+
+OPERATOR_GUIDE = REPO / "docs" / "operator.md"
 
 
 def _get(url: str, key: str | None = None) -> object:
@@ -46,10 +50,49 @@ def _helper_process(p: psutil.Process) -> bool:
         return True  # a short-lived helper that ended meanwhile
 
 
+def documented_banner() -> list[str]:
+    """The banner as the operator guide shows it: the `text` block after its `make demo`."""
+    page = OPERATOR_GUIDE.read_text()
+    demo = page.find("```sh\nmake demo\n```\n")
+    start = page.find("```text\n", demo)
+    assert demo >= 0 and start >= 0, f"{OPERATOR_GUIDE}: no ```text block (the demo's banner) after `make demo`"
+    # The first block after the command, not a later one.
+    assert page.count("```", demo + len("```sh\nmake demo\n```\n"), start) == 0, f"{OPERATOR_GUIDE}: the block after `make demo` is not ```text"
+    start += len("```text\n")
+    return page[start:page.index("```", start)].splitlines()
+
+
+def as_documented(banner: list[str]) -> list[str]:
+    """The banner with this run's free ports in place of the defaults the guide shows (1883, 8000)."""
+    text = "\n".join(banner)
+    mqtt = re.search(r"broker\s+mqtt://127\.0\.0\.1:(\d+)\s", text)
+    http = re.search(r"cloud core\s+http://127\.0\.0\.1:(\d+)\s", text)
+    assert mqtt and http, text
+    out = []
+    for line in banner:
+        line = re.sub(rf"127\.0\.0\.1:{http[1]}\b", "127.0.0.1:8000", line)
+        line = re.sub(rf"127\.0\.0\.1:{mqtt[1]}\b", "127.0.0.1:1883", line)
+        out.append(re.sub(rf" -p {mqtt[1]} ", " -p 1883 ", line))
+    return out
+
+
+def test_the_documented_banner_is_read_from_the_guide() -> None:
+    """The comparison below can fail: the guide's block is found, and a banner line it does not
+    show (the key-less curl the guide once printed) does not match it."""
+    shown = documented_banner()
+    assert shown[0] == "omnishelf demo is running:" and shown[-1] == "Ctrl-C stops everything."
+    keyless = [line.replace("-H 'Authorization: Bearer osk_…' ", "") for line in shown]
+    assert keyless != shown
+    actual = [line.replace("osk_…", "osk_abc").replace("…", "x") for line in shown]
+    assert matches(shown, actual) and not matches(keyless, actual)
+
+
 def test_demo_runs_the_whole_system_and_stops_cleanly(tmp_path: Path) -> None:
-    data = tmp_path / "demo"
+    # As `make demo` runs it, with its default data directory relative to where it starts, so that
+    # the banner's paths read as the guide shows them.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "omnishelf.cli", "demo", "--data-dir", str(data), "--mqtt-port", "0", "--http-port", "0"],
+        [sys.executable, "-m", "omnishelf.cli", "demo", "--data-dir", "var/demo", "--mqtt-port", "0", "--http-port", "0"],
+        cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -74,6 +117,8 @@ def test_demo_runs_the_whole_system_and_stops_cleanly(tmp_path: Path) -> None:
             except queue.Empty:
                 raise AssertionError("no banner within 90 s:\n" + "\n".join(banner)) from None
         text = "\n".join(banner)
+        assert matches(documented_banner(), as_documented(banner)), (
+            f"the demo's banner is not the one {OPERATOR_GUIDE.relative_to(REPO)} shows after `make demo`; it printed:\n{text}")
         key, nodes_url = re.search(r"Bearer (osk_\S+)' (http://\S+/nodes)", text).groups()  # type: ignore[union-attr]
         search_url = re.search(r"curl -s '(http://\S+/search)\?q=tea'", text).group(1)  # type: ignore[union-attr]
         assert re.search(r"sign in as admin / \S+\)", text)
