@@ -24,7 +24,7 @@ NO_MATCHING_SUBSCRIBERS = 16
 CONTROL = "$CONTROL/dynamic-security/v1"
 
 
-async def until(cond: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+async def until(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not cond():
         if asyncio.get_running_loop().time() > deadline:

@@ -229,7 +229,7 @@ async def cloud_settings(broker: Broker, engine: Engine, host: str = "cloud-1", 
     return Settings(**values)
 
 
-async def until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+async def until(cond: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
     """Poll `cond` until true; fail naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not cond():
@@ -238,7 +238,7 @@ async def until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "co
         await asyncio.sleep(0.02)
 
 
-async def until_db(engine: Engine, cond: Callable[[Session], bool], timeout: float = 10.0, what: str = "db") -> None:
+async def until_db(engine: Engine, cond: Callable[[Session], bool], timeout: float = 30.0, what: str = "db") -> None:
     def check() -> bool:
         with Session(engine) as s:
             return cond(s)

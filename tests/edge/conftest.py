@@ -31,7 +31,7 @@ def arun(coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
     return asyncio.run(bounded())
 
 
-async def until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+async def until(cond: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
     """Poll `cond` until true; fail the test with `what` after `timeout`."""
     deadline = time.monotonic() + timeout
     while not cond():
