@@ -66,6 +66,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     except PathError as exc:
         raise SystemExit(f"{args.file}: {exc}") from None
     from edge.agent import AgentConfigError, broker_address, broker_password
+    from edge.components import clerks_enabled
 
     if cfg.broker.password is not None:
         secret = "in the config file"
@@ -95,6 +96,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         ("lock", str(paths.outbox_lock)),
         ("catalogue", str(paths.catalogue) if cfg.catalogue.cloud_url else "(no catalogue: catalogue.cloud_url not set)"),
         *([("station", str(paths.station))] if cfg.station.enabled else []),
+        *([("clerks", str(paths.clerks))] if clerks_enabled(cfg) else []),
+        *([("orders", str(paths.orders))] if cfg.orders.enabled else []),
+        *([("kiosk", str(paths.kiosk))] if cfg.kiosk.enabled else []),
+        *([("signage", str(paths.signage))] if cfg.signage.cloud_url else []),
         ("password", secret),
         *([("ca_file", str(paths.ca_file) if paths.ca_file else "(none: the system's CA store)")] if tls else []),
         ("local_api", f"http://{api.host}:{api.port}/status" if api.enabled else "(disabled)"),

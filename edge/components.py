@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from edge.component import Component, ComponentContext
+from firmware_config.models import NodeConfig
 
 __all__ = ["COMPONENTS", "ComponentFactory"]
 
@@ -51,11 +52,15 @@ def _config_push(ctx: ComponentContext) -> Component | None:
     return config_push_component(ctx)
 
 
+def clerks_enabled(cfg: NodeConfig) -> bool:
+    """Clerks sign in on a box that says so, or by default on one with a station or an order desk."""
+    if cfg.clerks.enabled is None:
+        return cfg.station.enabled or cfg.orders.enabled
+    return cfg.clerks.enabled
+
+
 def _clerks(ctx: ComponentContext) -> Component | None:
-    enabled = ctx.config.clerks.enabled
-    if enabled is None:
-        enabled = ctx.config.station.enabled or ctx.config.orders.enabled
-    if not enabled:
+    if not clerks_enabled(ctx.config):
         return None
     from edge.clerks.component import ClerksComponent
 

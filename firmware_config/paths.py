@@ -46,6 +46,12 @@ class BoxPaths:
     """The broker's CA file (`broker.ca_file`), if the config names one."""
     clerks: Path
     """The clerks' roster and sign-in state (lockouts, sessions)."""
+    orders: Path
+    """The order desk's database (assigned orders, their steps, the slips)."""
+    kiosk: Path
+    """The cloud shelf's index (categories, pinyin search, availability, the orders placed)."""
+    signage: Path
+    """The signage player's directory (schedules, the media cache, proof of play)."""
     wifi_psk: Path | None = None
     """The Wi-Fi passphrase file (`network.wifi.psk_file`), if the box joins a Wi-Fi network."""
 
@@ -101,5 +107,8 @@ def resolve_paths(cfg: NodeConfig, env: Mapping[str, str] | None = None) -> BoxP
         password_file=secret,
         ca_file=ca_file,
         clerks=_place(cfg.clerks.path, base) if cfg.clerks.path else node_dir / "clerks.db",
+        orders=_place(cfg.orders.path, base) if cfg.orders.path else node_dir / "orders.db",
+        kiosk=_place(cfg.kiosk.path, base) if cfg.kiosk.path else node_dir / "kiosk.db",
+        signage=_place(cfg.signage.path, base) if cfg.signage.path else node_dir / "signage",
         wifi_psk=_place(cfg.network.wifi.psk_file, base) if cfg.network.wifi else None,
     )

@@ -108,9 +108,7 @@ class KioskComponent(Component):
         self.cfg = cfg
         self.store_code = ctx.config.store_id
         self.node = ctx.config.node_id
-        path = cfg.path if cfg.path is not None else ctx.paths.node_dir / "kiosk.db"
-        if not path.is_absolute() and ctx.config.base_dir is not None:
-            path = ctx.config.base_dir / path
+        path = ctx.paths.kiosk
         try:
             self.db = ShelfDb(path)
         except (OSError, sqlite3.Error) as exc:

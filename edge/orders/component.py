@@ -79,10 +79,7 @@ class OrderDeskComponent(Component):
     name = "orders"
 
     def __init__(self, ctx: ComponentContext) -> None:
-        cfg = ctx.config.orders
-        path = cfg.path if cfg.path is not None else ctx.paths.node_dir / "orders.db"
-        if not path.is_absolute() and ctx.config.base_dir is not None:
-            path = ctx.config.base_dir / path
+        path = ctx.paths.orders
         try:
             self.db = DeskDb(path)
         except OSError as exc:

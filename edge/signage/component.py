@@ -42,11 +42,7 @@ MAX_SERVED_BYTES = 64 * 1024 * 1024
 
 
 def signage_dir(ctx: ComponentContext) -> Path:
-    cfg = ctx.config.signage
-    if cfg.path is None:
-        return ctx.paths.node_dir / "signage"
-    p = cfg.path.expanduser()
-    return p if p.is_absolute() else (ctx.config.base_dir or ctx.paths.node_dir) / p
+    return ctx.paths.signage
 
 
 class SignageComponent(Component):

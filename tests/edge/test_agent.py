@@ -140,6 +140,25 @@ def test_cli_check_config_prints_the_hash_and_the_paths_resolved_against_the_fil
     ]
 
 
+def test_cli_check_config_names_every_file_of_the_enabled_components(broker: Broker, tmp_path: Path) -> None:
+    """The technician's list of what a box keeps (docs/technician.md) comes from here: each enabled
+    component's file, its relative path resolved against the config file like the others."""
+    cfg = box_config(tmp_path, broker, "pw", data_dir="state", station={"enabled": True}, orders={"enabled": True},
+                     kiosk={"enabled": True, "path": "shelf/kiosk.db"},
+                     signage={"cloud_url": "http://127.0.0.1:9", "path": "/srv/signage"})
+    config = write_config_file(cfg, tmp_path / "etc" / "box.yaml")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMNISHELF_DATA_DIR", "STATE_DIRECTORY")}
+    res = _run("edge", "check-config", str(config), cwd=Path("/"), env=env)
+    assert res.returncode == 0, res.stderr
+    node_dir = tmp_path / "etc" / "state" / "edge" / NODE
+    rows = dict(line.split(None, 1) for line in res.stdout.splitlines()[1:])
+    assert rows["station"] == f"{node_dir}/station.db"
+    assert rows["clerks"] == f"{node_dir}/clerks.db"  # on by default with a station or an order desk
+    assert rows["orders"] == f"{node_dir}/orders.db"
+    assert rows["kiosk"] == f"{tmp_path}/etc/shelf/kiosk.db"
+    assert rows["signage"] == "/srv/signage"
+
+
 def test_cli_check_config_lists_every_problem_with_its_line(broker: Broker, tmp_path: Path) -> None:
     config = write_config(tmp_path, broker, "secret")
     lines = config.read_text().splitlines()
