@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 _READS_PER_WAKEUP = 200
 NOT_AUTHORIZED = 135
 BAD_CREDENTIALS = 134
+ADMINISTRATIVE_ACTION = 152
+"""The reason code of a DISCONNECT the broker sends when an admin changed the client's credential
+(Mosquitto's dynamic security: a new password, disabled, deleted); it sends no will then."""
 
 
 class BusError(Exception):
@@ -237,6 +240,8 @@ class MqttConnection:
         self._connack: asyncio.Future[bool] = self._loop.create_future()
         self.closed: asyncio.Future[str] = self._loop.create_future()
         """Resolves with a description of why the connection ended."""
+        self.disconnect_reason: int | None = None
+        """The reason code of the broker's DISCONNECT, when it sent one (MQTT 5)."""
         self._pubs: dict[int, tuple[str, asyncio.Future[ReasonCode]]] = {}
         self._subs: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self._misc: asyncio.Task[None] | None = None
@@ -349,6 +354,11 @@ class MqttConnection:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
         self._shutdown("aborted")
+
+    @property
+    def dropped_by_admin(self) -> bool:
+        """The broker ended this connection because an admin changed the client's credential."""
+        return self.disconnect_reason == ADMINISTRATIVE_ACTION
 
     @property
     def is_connected(self) -> bool:
@@ -505,6 +515,8 @@ class MqttConnection:
 
     def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
         why = reason.getName() if isinstance(reason, ReasonCode) else str(reason)
+        if isinstance(reason, ReasonCode) and self._connack.done() and not self.closed.done():
+            self.disconnect_reason = reason.value
         if not self._connack.done() and not self.address.tls:
             # A TLS listener drops a plain-text CONNECT without a word: say what it most likely is.
             why += f" before any CONNACK (is {self.address.host}:{self.address.port} a TLS listener? then use mqtts://)"

@@ -116,6 +116,9 @@ class BusStats:
     refused_because: str | None = None
     """Why the broker last refused this box's login (revoked, retired, wrong password), until a login
     succeeds: the box waits `auth_failure_s` between tries and shows this on its `/status`."""
+    last_offline_s: float | None = None
+    """How long the box was last without a connection: from losing its previous connection to the
+    birth of the current one (None before the first reconnect). A credential rotation shows here."""
 
 
 @dataclass(slots=True)
@@ -243,6 +246,8 @@ class BusClient:
         self._previous: str | None = None
         self._on_adopted: Callable[[str], None] | None = None
         self._flips = 0
+        self._lost_at: float | None = None
+        self._last_offline_s: float | None = None
 
     # -- public ------------------------------------------------------------------------------------
 
@@ -324,6 +329,7 @@ class BusClient:
             replayed=c["replayed"],
             connect_failures=c["connect_failures"],
             refused_because=self._refused_because,
+            last_offline_s=self._last_offline_s,
         )
 
     def abort_connection(self) -> None:
@@ -396,6 +402,8 @@ class BusClient:
             await conn.subscribe([topics.node_dn_filter(self.node), topics.host_state_filter()])
             await self._publish_birth(conn, session)
             link.born = True
+            if self._lost_at is not None:
+                self._last_offline_s, self._lost_at = time.monotonic() - self._lost_at, None
             self._refused_because = None
             self._flips = 0
             if self._offered is not None and self._password == self._offered:
@@ -443,6 +451,8 @@ class BusClient:
             conn.abort()
             raise
         finally:
+            if link is not None and link.born:
+                self._lost_at = time.monotonic()
             self.connected.clear()
             self._link = None
             if link is not None and link.replay is not None:
@@ -485,6 +495,15 @@ class BusClient:
         why = link.conn.closed.result() if link.conn.closed.done() else "sender stopped"
         if time.monotonic() - link.started >= _STABLE_S:
             self.backoff.reset()
+        if link.conn.dropped_by_admin and self._offered is not None and self._password != self._offered:
+            # Dropped for a credential change while the cloud's next password is here: the
+            # rotation switching the broker over. The old password is refused from now on, so log
+            # in with the new one at once; the backoff and a login bound to fail would only make
+            # the box's gap longer (and the broker publishes no will for this drop).
+            self._flip_password()
+            log.info("%s: connection ended for a credential change (%s); logging in with the new password",
+                     self.node, why)
+            return 0.0
         delay = self.backoff.next_delay()
         log.warning("%s: connection lost (%s); reconnecting in %.1f s", self.node, why, delay)
         return delay
