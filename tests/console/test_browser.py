@@ -11,6 +11,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -23,7 +24,7 @@ from cloud.db import make_engine, migrate
 from tests.access.conftest import PASSWORD, make_world
 from tests.cloud.conftest import cloud_settings
 from tests.conftest import Broker
-from tests.console.csp import watch
+from tests.console.csp import Watch, watch
 from tests.system.harness import System
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -35,6 +36,23 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
         "--disable-sync", "--no-first-run", "--disable-quic"]
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (apt-get install chromium)")
+
+
+def signed_in_page(p: Any, url: str, username: str, password: str, *, height: int = 800) -> tuple[Any, Watch]:
+    """A Chromium page (1280 wide) of a new browser, signed in to the console at `url`, and the
+    watch on its context (CSP violations, console errors)."""
+    from playwright.sync_api import expect
+
+    browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+    context = browser.new_context(viewport={"width": 1280, "height": height})
+    seen = watch(context)
+    page = context.new_page()
+    expect.set_options(timeout=20_000)
+    page.goto(f"{url}/console/login")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    return page, seen
 
 
 class Server:

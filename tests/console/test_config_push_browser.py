@@ -16,8 +16,7 @@ from cloud.api import create_app
 from cloud.fleet.models import ConfigPush, Identity, NodeConfigState
 from tests.access.conftest import PASSWORD, make_world
 from tests.cloud.test_config_pushes import ENROLLED, answer
-from tests.console.csp import watch
-from tests.console.test_browser import ARGS, CHROMIUM, Server, sqlite_engine  # noqa: F401 - fixture
+from tests.console.test_browser import CHROMIUM, Server, signed_in_page, sqlite_engine  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (apt-get install chromium)")
 
@@ -32,15 +31,7 @@ def test_push_to_a_region_from_the_console(sqlite_engine: Engine) -> None:  # no
                            broker_synced=True, enrolled_at=datetime.now(UTC), enrolled_by="test"))
             s.add(NodeConfigState(node_id=node, desired_version=0, applied_version=0))
     with Server(create_app(world.settings, run_worker=False, engine=sqlite_engine)) as server, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        seen = watch(context)
-        page = context.new_page()
-        expect.set_options(timeout=20_000)
-        page.goto(f"{server.url}/console/login")
-        page.fill("input[name=username]", "hq")
-        page.fill("input[name=password]", PASSWORD)
-        page.click("button[type=submit]")
+        page, seen = signed_in_page(p, server.url, "hq", PASSWORD, height=900)
         page.goto(f"{server.url}/console/enrolment")
         expect(page.locator("#batches tbody")).to_have_text("No push yet.")
 
@@ -79,5 +70,5 @@ def test_push_to_a_region_from_the_console(sqlite_engine: Engine) -> None:  # no
         page.goto(f"{server.url}/console/enrolment")
         expect(row).to_have_text([batch[:8], "2", "0", "1", "0", "1", "0",
                                   "st0002-k1: rejected v1: field 'telemetry_every_s': too often"])
-        browser.close()
+        page.context.browser.close()
     assert seen.violations == [] and seen.errors == []

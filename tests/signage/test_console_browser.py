@@ -18,8 +18,7 @@ from cloud.signage import service
 from cloud.signage.media import MediaStore
 from cloud.signage.models import Play
 from tests.access.conftest import PASSWORD, make_world
-from tests.console.csp import watch
-from tests.console.test_browser import ARGS, CHROMIUM, IMG, Server, sqlite_engine  # noqa: F401 - fixture
+from tests.console.test_browser import CHROMIUM, IMG, Server, signed_in_page, sqlite_engine  # noqa: F401 - fixture
 from tests.signage.conftest import png
 from tests.signage.test_end_to_end import HQ
 
@@ -52,15 +51,7 @@ def test_signage_console_in_chromium(sqlite_engine, tmp_path: Path) -> None:  # 
     settings = Settings(DATABASE_URL=world.settings.DATABASE_URL, CATALOGUE_DIR=str(cat))
     IMG.mkdir(parents=True, exist_ok=True)
     with Server(create_app(settings, run_worker=False, engine=sqlite_engine)) as server, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 800})
-        seen = watch(context)
-        page = context.new_page()
-        expect.set_options(timeout=20_000)
-        page.goto(f"{server.url}/console/login")
-        page.fill("input[name=username]", "hq")
-        page.fill("input[name=password]", PASSWORD)
-        page.click("button[type=submit]")
+        page, seen = signed_in_page(p, server.url, "hq", PASSWORD)
         page.goto(f"{server.url}/console/signage")
         expect(page.locator("#current-version")).to_have_text("none")
         page.fill("input[name=note]", "from the browser")
@@ -84,7 +75,7 @@ def test_signage_console_in_chromium(sqlite_engine, tmp_path: Path) -> None:  # 
         expect(page.locator("svg.chart").first).to_be_visible()
         assert page.locator("#csv").get_attribute("href") == "/signage/reports/plays.csv?by=campaign"
         page.screenshot(path=str(IMG / "console-signage-reports.png"), full_page=True)
-        browser.close()
+        page.context.browser.close()
     assert seen.violations == [] and seen.errors == []
     with Session(sqlite_engine) as s:
         assert service.report(s, Scope(all=True), ["campaign"]) == [{"campaign": "evening", "plays": 1, "seconds": 15.0}]

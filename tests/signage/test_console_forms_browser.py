@@ -18,8 +18,7 @@ from cloud.api import create_app
 from cloud.settings import Settings
 from cloud.signage.models import Campaign, Media, Playlist, Publication
 from tests.access.conftest import PASSWORD, make_world
-from tests.console.csp import watch
-from tests.console.test_browser import ARGS, CHROMIUM, IMG, Server, sqlite_engine  # noqa: F401 - fixture
+from tests.console.test_browser import CHROMIUM, IMG, Server, signed_in_page, sqlite_engine  # noqa: F401 - fixture
 from tests.signage.conftest import png
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (apt-get install chromium)")
@@ -37,15 +36,7 @@ def test_hq_builds_and_publishes_a_programme_in_chromium(sqlite_engine, tmp_path
     settings = Settings(DATABASE_URL=world.settings.DATABASE_URL, CATALOGUE_DIR=str(tmp_path / "cat"))
     IMG.mkdir(parents=True, exist_ok=True)
     with Server(create_app(settings, run_worker=False, engine=sqlite_engine)) as server, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        seen = watch(context)
-        page = context.new_page()
-        expect.set_options(timeout=20_000)
-        page.goto(f"{server.url}/console/login")
-        page.fill("input[name=username]", "hq")
-        page.fill("input[name=password]", PASSWORD)
-        page.click("button[type=submit]")
+        page, seen = signed_in_page(p, server.url, "hq", PASSWORD, height=900)
 
         # Media: a text file is refused with the API's own reason, on the form.
         page.goto(f"{server.url}/console/signage")
@@ -138,7 +129,7 @@ def test_hq_builds_and_publishes_a_programme_in_chromium(sqlite_engine, tmp_path
         expect(late).to_have_count(1)
         expect(rows.filter(has_text="Sun 06 Dec 02:00:00").first).to_contain_text("(default)")
         page.screenshot(path=str(IMG / "console-signage-forms-calendar.png"), full_page=True)
-        browser.close()
+        page.context.browser.close()
     assert seen.violations == []
     # The three refused forms answered 422 (Chromium logs each as a failed load); nothing else.
     assert [e.split(": console error: ")[0].rsplit("/", 1)[1] for e in seen.errors] == ["media", "playlists", "campaigns"]

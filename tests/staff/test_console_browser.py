@@ -14,8 +14,7 @@ from cloud.access.models import AuditEntry
 from cloud.api import create_app
 from cloud.staff.models import Clerk
 from tests.access.conftest import PASSWORD, make_world
-from tests.console.csp import watch
-from tests.console.test_browser import ARGS, CHROMIUM, IMG, Server, sqlite_engine  # noqa: F401 - fixture
+from tests.console.test_browser import CHROMIUM, IMG, Server, signed_in_page, sqlite_engine  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (apt-get install chromium)")
 
@@ -26,15 +25,7 @@ def test_clerks_page_in_chromium(sqlite_engine: Engine) -> None:  # noqa: F811 -
     world = make_world(sqlite_engine)
     IMG.mkdir(parents=True, exist_ok=True)
     with Server(create_app(world.settings, run_worker=False, engine=sqlite_engine)) as server, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 800})
-        seen = watch(context)
-        page = context.new_page()
-        expect.set_options(timeout=20_000)
-        page.goto(f"{server.url}/console/login")
-        page.fill("input[name=username]", "store")
-        page.fill("input[name=password]", PASSWORD)
-        page.click("button[type=submit]")
+        page, seen = signed_in_page(p, server.url, "store", PASSWORD)
         page.get_by_role("link", name="Clerks", exact=True).click()
         # The store user sees its one store only.
         expect(page.locator("#store option")).to_have_count(1)
@@ -78,7 +69,7 @@ def test_clerks_page_in_chromium(sqlite_engine: Engine) -> None:  # noqa: F811 -
         # Nothing blocked by the CSP, no script error: only the two refusals' own status codes.
         assert seen.violations == [], seen.violations
         assert [e.split("status of ", 1)[-1][:3] for e in seen.errors] == ["422", "404"], seen.errors
-        browser.close()
+        page.context.browser.close()
 
     with Session(sqlite_engine) as s:
         clerk = s.scalars(select(Clerk)).one()
