@@ -156,6 +156,7 @@ class OutboxDb:
         command_window_s: float = 7 * 24 * 3600,
     ) -> None:
         self.path = path
+        self._synchronous = "FULL" if synchronous == "FULL" else "NORMAL"
         self.command_window = command_window
         self.command_window_s = command_window_s
         self._since_prune = 0
@@ -169,7 +170,7 @@ class OutboxDb:
             # Autocommit mode: transactions are explicit, so one BEGIN … COMMIT is one fsync.
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'FULL' else 'NORMAL'}")
+            self._db.execute(f"PRAGMA synchronous = {self._synchronous}")
             if max_bytes is not None:
                 page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
                 self._db.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page)}")
@@ -204,8 +205,20 @@ class OutboxDb:
     def _count(self, state: str) -> int:
         return int(self._db.execute("SELECT count(*) FROM outbox WHERE state = ?", (state,)).fetchone()[0])
 
-    def _write(self, fn: Callable[[], T]) -> T:
-        """Run `fn` in one transaction; a full disk becomes `StoreFull`, with nothing half-written."""
+    def _write(self, fn: Callable[[], T], *, durable: bool = True) -> T:
+        """Run `fn` in one transaction; a full disk becomes `StoreFull`, with nothing half-written.
+
+        `durable=False` commits without an fsync of its own, for bookkeeping whose loss costs
+        only repeats (a row marked acknowledged, pruned): in WAL mode the next durable commit's
+        fsync makes it durable too, and a power cut before that leaves rows pending that the broker
+        had already taken, which go again and which the cloud's ledger drops by msg_id. Rows and
+        command records are always committed durably."""
+        if not durable and self._synchronous == "FULL":
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            try:
+                return self._write(fn)
+            finally:
+                self._db.execute("PRAGMA synchronous = FULL")
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -303,7 +316,8 @@ class OutboxDb:
             )
             return int(cur.rowcount)
 
-        changed = self._write(tx) if params else 0
+        # Half of a steady stream's commits, and each waited for the disk ahead of the next put.
+        changed = self._write(tx, durable=False) if params else 0
         self.pending -= changed
         self.acked += changed
         return changed
@@ -353,7 +367,7 @@ class OutboxDb:
                 ).rowcount
             )
 
-        deleted = self._write(tx)
+        deleted = self._write(tx, durable=False)
         self.acked -= deleted
         return deleted
 
