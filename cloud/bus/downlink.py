@@ -17,9 +17,11 @@ The hot path costs no transaction of its own. A command written in a bus worker'
 transaction (a verdict answering a scan) to a box that is online and has no older command waiting
 is written already marked `sent` and handed to that worker (`publish_after_commit`), which
 publishes it right after the commit: a worker killed in between leaves a `sent` row whose retry
-falls due in a second or two, and any relay publishes it then. A command written anywhere else is
-claimed by a relay, and the claim is the `sent` mark (one write transaction); a publish that fails
-is retried when that mark's retry falls due. Acks are applied in the ingest transaction, all of a
+falls due in a second or two, and any relay publishes it then. So is a command written in a
+write transaction of a process whose own cloud bus is connected (an engine's task, a REST call on
+an API host), to a box in the same state: that bus publishes it after the commit (`_local_hand`).
+A command written anywhere else is claimed by a relay, and the claim is the `sent` mark (one write
+transaction); a publish that fails is retried when that mark's retry falls due. Acks are applied in the ingest transaction, all of a
 batch's in one statement.
 """
 
@@ -33,7 +35,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     ColumnElement,
@@ -159,8 +161,8 @@ def send(
         engine=engine, status="pending", created_at=now, corr=corr, expires_at=expires_at, next_attempt_at=now,
         attempts=0,
     )
-    hand: Hand | None = c.info.get(_HAND)
-    if key is None and hand is not None and hand.takes(c, node, now):
+    hand: Hand | None = None if key is not None else c.info.get(_HAND) or _local_hand(conn, c)
+    if hand is not None and hand.takes(c, node, now):
         # Published by this worker right after the commit: the row says so already (see the
         # module docstring for a worker that dies before it publishes).
         values.update(status="sent", attempts=1, last_sent_at=now, next_attempt_at=now + timedelta(seconds=retry_delay(1)))
@@ -201,7 +203,7 @@ def send_many(
         raise ValueError(f"expires_in must be positive, got {expires_in}")
     now = now or _now()
     expires_at = (now + expires_in) if expires_in else None
-    hand: Hand | None = conn.info.get(_HAND)
+    hand: Hand | None = conn.info.get(_HAND) or _local_hand(conn, conn)
     rows: list[dict[str, Any]] = []
     kept: list[tuple[MessageType, Payload] | None] = []
     for node, type, data, corr in commands:
@@ -305,17 +307,24 @@ class Hand:
     not retired, and have no command still waiting to be published: an older one goes first,
     through the relay, so that a box gets its commands in the order they were written."""
 
-    nodes: frozenset[str]
+    nodes: frozenset[str] | None
+    """None: any box (a `local` hand), each asked about on its first command."""
     claimed: list[Claimed] = field(default_factory=list)
-    _ready: frozenset[str] | None = None
+    _ready: set[str] | None = None
+    _asked: set[str] = field(default_factory=set)
     _marks: list[int] = field(default_factory=list)
 
     def takes(self, conn: Connection, node: str, now: datetime) -> bool:
+        if self.nodes is None:
+            if node not in self._asked:
+                self._asked.add(node)
+                self._ready = (self._ready or set()) | set(conn.execute(_READY, {"b_ids": [node]}).scalars())
+            return node in (self._ready or ())
         if node not in self.nodes:
             return False
         if self._ready is None:
             # Once per transaction, on the first command: one indexed read for the whole batch.
-            self._ready = frozenset(conn.execute(_READY, {"b_ids": sorted(self.nodes)}).scalars())
+            self._ready = set(conn.execute(_READY, {"b_ids": sorted(self.nodes)}).scalars())
         return node in self._ready
 
     def add(self, claimed: Claimed) -> None:
@@ -334,24 +343,85 @@ class Hand:
             del self.claimed[self._marks.pop():]
 
 
+def _hand_of(conn: Connection) -> Hand | None:
+    hand: Hand | None = conn.info.get(_HAND) or conn.info.get(_LOCAL)
+    return hand
+
+
 def _on_savepoint(conn: Connection, _name: str) -> None:
-    if (hand := conn.info.get(_HAND)) is not None:
+    if (hand := _hand_of(conn)) is not None:
         hand.savepoint()
 
 
 def _on_release(conn: Connection, _name: str, _context: Any) -> None:
-    if (hand := conn.info.get(_HAND)) is not None:
+    if (hand := _hand_of(conn)) is not None:
         hand.release()
 
 
 def _on_rollback_savepoint(conn: Connection, _name: str, _context: Any) -> None:
-    if (hand := conn.info.get(_HAND)) is not None:
+    if (hand := _hand_of(conn)) is not None:
         hand.rollback()
+
+
+def _on_end(conn: Connection) -> None:
+    # A local hand lives for one transaction (its after-commit hook holds it until it publishes).
+    conn.info.pop(_LOCAL, None)
 
 
 event.listen(Engine, "savepoint", _on_savepoint)
 event.listen(Engine, "release_savepoint", _on_release)
 event.listen(Engine, "rollback_savepoint", _on_rollback_savepoint)
+event.listen(Engine, "commit", _on_end)
+event.listen(Engine, "rollback", _on_end)
+
+
+class LocalPublisher(Protocol):
+    """A cloud bus of this process that publishes commands committed outside its ingest batches."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def publish_committed(self, claimed: list[Claimed]) -> None:
+        """Publish commands whose transaction committed (thread-safe; rows already say `sent`)."""
+
+
+_LOCAL = "omnishelf.downlink_local_hand"
+_publishers: list[LocalPublisher] = []
+
+
+def add_publisher(publisher: LocalPublisher) -> None:
+    _publishers.append(publisher)
+
+
+def remove_publisher(publisher: LocalPublisher) -> None:
+    with contextlib.suppress(ValueError):
+        _publishers.remove(publisher)
+
+
+def _local_hand(target: Connection | Session, c: Connection) -> Hand | None:
+    """Where this process runs a connected cloud bus (a worker's or an API host's engine tasks,
+    its REST handlers), a command written in a write transaction is marked `sent` as it is
+    written and that bus publishes it right after the commit: no relay wake-up, no claim (a write
+    transaction of its own, behind the ingest batch on SQLite's one writer), the same guarantees as
+    a command written in an ingest batch (see the module docstring). A transaction whose commit
+    runs no after-commit hooks (not `write_transaction`, not a session) is left to the relay."""
+    hand: Hand | None = c.info.get(_LOCAL)
+    if hand is not None:
+        return hand
+    if isinstance(target, Connection) and not target.get_execution_options().get("omnishelf_write", False):
+        return None
+    publisher = next((p for p in _publishers if p.connected), None)
+    if publisher is None:
+        return None
+    local = Hand(None)
+    c.info[_LOCAL] = local
+
+    def publish() -> None:
+        if local.claimed:
+            publisher.publish_committed(list(local.claimed))
+
+    after_commit(target, publish)
+    return local
 
 
 @contextlib.contextmanager
