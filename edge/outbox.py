@@ -135,7 +135,7 @@ class Outbox:
 
     async def command_seen(self, msg_id: uuid.UUID) -> bool:
         """Whether a command with this id was handled (within the window)."""
-        return await self._run(lambda: self._store.command_seen(msg_id))
+        return self._store.command_seen(msg_id)  # from memory: no round trip to the file's thread
 
     async def _put(
         self,

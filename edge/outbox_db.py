@@ -182,6 +182,9 @@ class OutboxDb:
         self.pending = self._count("pending")
         self.acked = self._count("acked")
         self.refused = self._count("refused")
+        self._handled: set[str] | None = None
+        """The command window's msg_ids, in memory: a command's check costs no query (see
+        `command_seen`). None read-only: an older outbox may have no window."""
         if not readonly:
             self.prune_commands()
 
@@ -273,6 +276,8 @@ class OutboxDb:
 
         if rows:
             self._write(tx)
+            if commands and self._handled is not None:
+                self._handled.update(c[0] for c in commands)
             self.last_seq = seqs[-1]
             self.pending += len(rows)
             self._since_prune += len(commands)
@@ -281,6 +286,13 @@ class OutboxDb:
         return seqs
 
     def command_seen(self, msg_id: uuid.UUID) -> bool:
+        """Whether this command was handled (within the window). Without a query, so the event
+        loop may ask it directly: the set only grows under the writer thread once a record
+        committed, and is replaced whole after a prune; a command being handled meanwhile is in the
+        bus client's own in-progress set until its record committed."""
+        handled = self._handled
+        if handled is not None:
+            return str(msg_id) in handled
         row = self._db.execute("SELECT 1 FROM commands WHERE msg_id = ?", (str(msg_id),)).fetchone()
         return row is not None
 
@@ -298,7 +310,11 @@ class OutboxDb:
                 ).rowcount
             )
 
-        return self._write(tx)
+        # Not durable: a prune lost in a power cut only leaves records that the next one removes.
+        deleted = self._write(tx, durable=False)
+        if deleted or self._handled is None:
+            self._handled = {str(m) for (m,) in self._db.execute("SELECT msg_id FROM commands")}
+        return deleted
 
     def next_session(self) -> int:
         session = self.session + 1
