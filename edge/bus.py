@@ -387,7 +387,9 @@ class BusClient:
             session_expiry=self.session_expiry,
             keepalive=self.mqtt_keepalive,
             will=will,
-            max_inflight=self.window,
+            # Unbounded in paho: the link's window bounds what is in flight, and paho's own bound
+            # walks every message in flight on each PUBACK (~8 % of a box's time in a burst).
+            max_inflight=0,
             manual_ack=True,
             on_message=lambda msg: self._on_message(pubacks, msg),
         )
@@ -532,11 +534,16 @@ class BusClient:
         await self._flush_acks()
         cursor = 0
         buffer: deque[Row] = deque()
+        self.outbox.forget_fresh()
         while True:
             await self.cloud_available.wait()
             if not buffer:
                 self._wake.clear()
-                rows = await self.outbox.pending_after(cursor, _READ_CHUNK)
+                # What was just committed comes from memory; reading it back would wait behind the
+                # next put's commit on the outbox's one thread.
+                rows = self.outbox.fresh_after(cursor, _READ_CHUNK)
+                if rows is None:
+                    rows = await self.outbox.pending_after(cursor, _READ_CHUNK)
                 if not rows:
                     await self._wake.wait()
                     continue

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -40,6 +41,9 @@ _MAX_BATCH = 5_000
 _ENVELOPE_OVERHEAD = 512
 """Bytes an envelope adds around its `data` (ids, timestamps, names), rounded up."""
 
+_FRESH_MAX = 5_000
+"""Rows kept in memory for the sender after their commit (see `fresh_after`); older ones it reads back."""
+
 
 class OutboxFull(Exception):
     """The message was not stored: the outbox is at its bound (low-priority types) or the disk is
@@ -58,6 +62,8 @@ class Outbox:
         self._wake = asyncio.Event()
         self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="outbox-writer")
         self._closed = False
+        self._fresh: deque[Row] = deque()
+        self._fresh_gen = 0
         self.rejected_low_priority = 0
         self.rejected_disk_full = 0
 
@@ -129,7 +135,7 @@ class Outbox:
 
     async def command_seen(self, msg_id: uuid.UUID) -> bool:
         """Whether a command with this id was handled (within the window)."""
-        return await self._run(lambda: self._store.command_seen(msg_id))
+        return self._store.command_seen(msg_id)  # from memory: no round trip to the file's thread
 
     async def _put(
         self,
@@ -174,6 +180,7 @@ class Outbox:
                 continue
             batch, self._batch = self._batch[:_MAX_BATCH], self._batch[_MAX_BATCH:]
             session = self._store.session
+            gen = self._fresh_gen
             try:
                 seqs = await self._run(lambda b=batch: self._store.insert([r for r, _ in b]))  # type: ignore[misc]
             except StoreFull as exc:
@@ -184,9 +191,15 @@ class Outbox:
                 log.exception("outbox write failed")
                 self._fail(batch, exc)
             else:
-                for seq, (r, fut) in zip(seqs, batch, strict=True):
+                rows = [Row(seq, r.msg_id, r.type, session, r.ts, r.clock_synced, r.corr, r.data)
+                        for seq, (r, _) in zip(seqs, batch, strict=True)]
+                if gen == self._fresh_gen:  # else the sender started over meanwhile: it reads them back
+                    self._fresh.extend(rows)
+                    while len(self._fresh) > _FRESH_MAX:
+                        self._fresh.popleft()
+                for row, (_, fut) in zip(rows, batch, strict=True):
                     if not fut.done():
-                        fut.set_result(Row(seq, r.msg_id, r.type, session, r.ts, r.clock_synced, r.corr, r.data))
+                        fut.set_result(row)
 
     @staticmethod
     def _fail(batch: list[tuple[NewRow, asyncio.Future[Row]]], exc: Exception) -> None:
@@ -221,6 +234,29 @@ class Outbox:
         return await self._run(lambda: self._store.prune(self.retain_acked))
 
     # -- reads -------------------------------------------------------------------------------------
+
+    def forget_fresh(self) -> None:
+        """Start the in-memory tail of `fresh_after` afresh: a new sender (a new connection) calls it
+        before its first read, so the tail holds only rows committed since, none of which an
+        earlier sender can have sent."""
+        self._fresh.clear()
+        self._fresh_gen += 1
+
+    def fresh_after(self, seq: int, limit: int) -> list[Row] | None:
+        """The pending rows after `seq` (at most `limit`) from memory, without a round trip to the
+        file's thread: those committed since `forget_fresh()` and not yet handed out. [] when
+        there are none; None when memory cannot tell (rows between `seq` and the tail were
+        committed before, or dropped from a tail grown past its bound): read `pending_after` then.
+
+        For one sender that reads in seq order: rows up to `seq` are dropped as it passes them."""
+        fresh = self._fresh
+        while fresh and fresh[0].seq <= seq:
+            fresh.popleft()
+        if not fresh:
+            return [] if seq >= self._store.last_seq else None
+        if fresh[0].seq != seq + 1:
+            return None
+        return [fresh.popleft() for _ in range(min(limit, len(fresh)))]
 
     async def pending_after(self, seq: int, limit: int) -> list[Row]:
         return await self._run(lambda: self._store.pending_after(seq, limit))

@@ -156,6 +156,7 @@ class OutboxDb:
         command_window_s: float = 7 * 24 * 3600,
     ) -> None:
         self.path = path
+        self._synchronous = "FULL" if synchronous == "FULL" else "NORMAL"
         self.command_window = command_window
         self.command_window_s = command_window_s
         self._since_prune = 0
@@ -169,7 +170,7 @@ class OutboxDb:
             # Autocommit mode: transactions are explicit, so one BEGIN … COMMIT is one fsync.
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'FULL' else 'NORMAL'}")
+            self._db.execute(f"PRAGMA synchronous = {self._synchronous}")
             if max_bytes is not None:
                 page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
                 self._db.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page)}")
@@ -181,6 +182,9 @@ class OutboxDb:
         self.pending = self._count("pending")
         self.acked = self._count("acked")
         self.refused = self._count("refused")
+        self._handled: set[str] | None = None
+        """The command window's msg_ids, in memory: a command's check costs no query (see
+        `command_seen`). None read-only: an older outbox may have no window."""
         if not readonly:
             self.prune_commands()
 
@@ -204,8 +208,20 @@ class OutboxDb:
     def _count(self, state: str) -> int:
         return int(self._db.execute("SELECT count(*) FROM outbox WHERE state = ?", (state,)).fetchone()[0])
 
-    def _write(self, fn: Callable[[], T]) -> T:
-        """Run `fn` in one transaction; a full disk becomes `StoreFull`, with nothing half-written."""
+    def _write(self, fn: Callable[[], T], *, durable: bool = True) -> T:
+        """Run `fn` in one transaction; a full disk becomes `StoreFull`, with nothing half-written.
+
+        `durable=False` commits without an fsync of its own, for bookkeeping whose loss costs
+        only repeats (a row marked acknowledged, pruned): in WAL mode the next durable commit's
+        fsync makes it durable too, and a power cut before that leaves rows pending that the broker
+        had already taken, which go again and which the cloud's ledger drops by msg_id. Rows and
+        command records are always committed durably."""
+        if not durable and self._synchronous == "FULL":
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            try:
+                return self._write(fn)
+            finally:
+                self._db.execute("PRAGMA synchronous = FULL")
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -260,6 +276,8 @@ class OutboxDb:
 
         if rows:
             self._write(tx)
+            if commands and self._handled is not None:
+                self._handled.update(c[0] for c in commands)
             self.last_seq = seqs[-1]
             self.pending += len(rows)
             self._since_prune += len(commands)
@@ -268,6 +286,13 @@ class OutboxDb:
         return seqs
 
     def command_seen(self, msg_id: uuid.UUID) -> bool:
+        """Whether this command was handled (within the window). Without a query, so the event
+        loop may ask it directly: the set only grows under the writer thread once a record
+        committed, and is replaced whole after a prune; a command being handled meanwhile is in the
+        bus client's own in-progress set until its record committed."""
+        handled = self._handled
+        if handled is not None:
+            return str(msg_id) in handled
         row = self._db.execute("SELECT 1 FROM commands WHERE msg_id = ?", (str(msg_id),)).fetchone()
         return row is not None
 
@@ -285,7 +310,11 @@ class OutboxDb:
                 ).rowcount
             )
 
-        return self._write(tx)
+        # Not durable: a prune lost in a power cut only leaves records that the next one removes.
+        deleted = self._write(tx, durable=False)
+        if deleted or self._handled is None:
+            self._handled = {str(m) for (m,) in self._db.execute("SELECT msg_id FROM commands")}
+        return deleted
 
     def next_session(self) -> int:
         session = self.session + 1
@@ -303,7 +332,8 @@ class OutboxDb:
             )
             return int(cur.rowcount)
 
-        changed = self._write(tx) if params else 0
+        # Half of a steady stream's commits, and each waited for the disk ahead of the next put.
+        changed = self._write(tx, durable=False) if params else 0
         self.pending -= changed
         self.acked += changed
         return changed
@@ -353,7 +383,7 @@ class OutboxDb:
                 ).rowcount
             )
 
-        deleted = self._write(tx)
+        deleted = self._write(tx, durable=False)
         self.acked -= deleted
         return deleted
 

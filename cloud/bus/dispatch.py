@@ -1,10 +1,13 @@
 """Engine handlers inside the ledger transaction: isolation of failures, the failed list, replays.
 
-The happy path costs one savepoint per batch: every handler of every new message runs inside it
-(a handler with a set-based form gets all its messages of the batch in one call). If one raises, that savepoint is rolled back and the calls run again one by one, each in its own
-savepoint, so the failing call's effects roll back alone and it goes to `failed_messages` (engine,
-handler, error, traceback) while the rest of the batch commits. A database that does not answer is
-not a handler's fault: those errors propagate and the whole batch is retried.
+The happy path costs no savepoint: an ingest batch first runs whole, every handler of every new
+message in its transaction (a handler with a set-based form gets all its messages of the batch in
+one call). If one raises, that transaction is rolled back and the batch runs again with the
+handlers in one savepoint; if one raises again, that savepoint is rolled back and the calls run
+again one by one, each in its own savepoint, so the failing call's effects roll back alone and it
+goes to `failed_messages` (engine, handler, error, traceback) while the rest of the batch commits.
+A database that does not answer is not a handler's fault: those errors propagate and the whole
+batch is retried.
 """
 
 from __future__ import annotations
@@ -140,8 +143,11 @@ def isolated(
     return failures
 
 
-def run_calls(conn: Connection, calls: Sequence[tuple[Call, Message]], now: datetime) -> int:
-    """Run `calls` in `conn`'s transaction; return how many failed (each recorded in the failed list)."""
+def run_calls(conn: Connection, calls: Sequence[tuple[Call, Message]], now: datetime, *, careful: bool = True) -> int:
+    """Run `calls` in `conn`'s transaction; return how many failed (each recorded in the failed list).
+
+    `careful=False` is the ingest batch's first try (see `cloud.bus.ledger.store_batch`): no
+    savepoint, and a call that raises makes the caller roll back the whole transaction."""
     if not calls:
         return 0
 
@@ -158,6 +164,9 @@ def run_calls(conn: Connection, calls: Sequence[tuple[Call, Message]], now: date
             if msgs is not None:  # once, where the first of its messages comes
                 _invoke_many(conn, call, msgs, now)
 
+    if not careful:
+        whole()
+        return 0
     return isolated(
         conn, whole, calls, lambda c: _invoke(conn, c[0], c[1], now),
         lambda c, exc: record_failure(conn, c[0], c[1], exc, now),

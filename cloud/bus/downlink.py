@@ -17,22 +17,25 @@ The hot path costs no transaction of its own. A command written in a bus worker'
 transaction (a verdict answering a scan) to a box that is online and has no older command waiting
 is written already marked `sent` and handed to that worker (`publish_after_commit`), which
 publishes it right after the commit: a worker killed in between leaves a `sent` row whose retry
-falls due in a second or two, and any relay publishes it then. A command written anywhere else is
-claimed by a relay, and the claim is the `sent` mark (one write transaction); a publish that fails
-is retried when that mark's retry falls due. Acks are applied in the ingest transaction, all of a
+falls due in a second or two, and any relay publishes it then. So is a command written in a
+write transaction of a process whose own cloud bus is connected (an engine's task, a REST call on
+an API host), to a box in the same state: that bus publishes it after the commit (`_local_hand`).
+A command written anywhere else is claimed by a relay, and the claim is the `sent` mark (one write
+transaction); a publish that fails is retried when that mark's retry falls due. Acks are applied in the ingest transaction, all of a
 batch's in one statement.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import random
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     ColumnElement,
@@ -45,7 +48,6 @@ from sqlalchemy import (
     event,
     exists,
     func,
-    literal,
     literal_column,
     select,
     text,
@@ -159,8 +161,8 @@ def send(
         engine=engine, status="pending", created_at=now, corr=corr, expires_at=expires_at, next_attempt_at=now,
         attempts=0,
     )
-    hand: Hand | None = c.info.get(_HAND)
-    if key is None and hand is not None and hand.takes(c, node, now):
+    hand: Hand | None = None if key is not None else c.info.get(_HAND) or _local_hand(conn, c)
+    if hand is not None and hand.takes(c, node, now):
         # Published by this worker right after the commit: the row says so already (see the
         # module docstring for a worker that dies before it publishes).
         values.update(status="sent", attempts=1, last_sent_at=now, next_attempt_at=now + timedelta(seconds=retry_delay(1)))
@@ -201,7 +203,7 @@ def send_many(
         raise ValueError(f"expires_in must be positive, got {expires_in}")
     now = now or _now()
     expires_at = (now + expires_in) if expires_in else None
-    hand: Hand | None = conn.info.get(_HAND)
+    hand: Hand | None = conn.info.get(_HAND) or _local_hand(conn, conn)
     rows: list[dict[str, Any]] = []
     kept: list[tuple[MessageType, Payload] | None] = []
     for node, type, data, corr in commands:
@@ -289,6 +291,12 @@ def _claimed(row_id: int, msg_id: uuid.UUID, node: str, kind: MessageType, retai
 
 
 _HAND = "omnishelf.downlink_hand"
+# The literal 'pending' (not a bound parameter) lets both databases use the partial index of
+# pending rows.
+_READY = select(_NODES.c.id).where(
+    _NODES.c.id.in_(bindparam("b_ids", expanding=True)), _NODES.c.online.is_(True), _NODES.c.retired_at.is_(None),
+    ~exists().where(_DOWNLINK.c.node == _NODES.c.id, _DOWNLINK.c.status == literal_column("'pending'")),
+)
 
 
 @dataclass
@@ -299,23 +307,24 @@ class Hand:
     not retired, and have no command still waiting to be published: an older one goes first,
     through the relay, so that a box gets its commands in the order they were written."""
 
-    nodes: frozenset[str]
+    nodes: frozenset[str] | None
+    """None: any box (a `local` hand), each asked about on its first command."""
     claimed: list[Claimed] = field(default_factory=list)
-    _ready: frozenset[str] | None = None
+    _ready: set[str] | None = None
+    _asked: set[str] = field(default_factory=set)
     _marks: list[int] = field(default_factory=list)
 
     def takes(self, conn: Connection, node: str, now: datetime) -> bool:
+        if self.nodes is None:
+            if node not in self._asked:
+                self._asked.add(node)
+                self._ready = (self._ready or set()) | set(conn.execute(_READY, {"b_ids": [node]}).scalars())
+            return node in (self._ready or ())
         if node not in self.nodes:
             return False
         if self._ready is None:
             # Once per transaction, on the first command: one indexed read for the whole batch.
-            # The literal (not a bound parameter) lets both databases use the partial index of
-            # pending rows.
-            waiting = exists().where(_DOWNLINK.c.node == _NODES.c.id, _DOWNLINK.c.status == literal_column("'pending'"))
-            self._ready = frozenset(conn.execute(
-                select(_NODES.c.id).where(_NODES.c.id.in_(sorted(self.nodes)), _NODES.c.online.is_(True),
-                                          _NODES.c.retired_at.is_(None), ~waiting)
-            ).scalars())
+            self._ready = set(conn.execute(_READY, {"b_ids": sorted(self.nodes)}).scalars())
         return node in self._ready
 
     def add(self, claimed: Claimed) -> None:
@@ -334,24 +343,85 @@ class Hand:
             del self.claimed[self._marks.pop():]
 
 
+def _hand_of(conn: Connection) -> Hand | None:
+    hand: Hand | None = conn.info.get(_HAND) or conn.info.get(_LOCAL)
+    return hand
+
+
 def _on_savepoint(conn: Connection, _name: str) -> None:
-    if (hand := conn.info.get(_HAND)) is not None:
+    if (hand := _hand_of(conn)) is not None:
         hand.savepoint()
 
 
 def _on_release(conn: Connection, _name: str, _context: Any) -> None:
-    if (hand := conn.info.get(_HAND)) is not None:
+    if (hand := _hand_of(conn)) is not None:
         hand.release()
 
 
 def _on_rollback_savepoint(conn: Connection, _name: str, _context: Any) -> None:
-    if (hand := conn.info.get(_HAND)) is not None:
+    if (hand := _hand_of(conn)) is not None:
         hand.rollback()
+
+
+def _on_end(conn: Connection) -> None:
+    # A local hand lives for one transaction (its after-commit hook holds it until it publishes).
+    conn.info.pop(_LOCAL, None)
 
 
 event.listen(Engine, "savepoint", _on_savepoint)
 event.listen(Engine, "release_savepoint", _on_release)
 event.listen(Engine, "rollback_savepoint", _on_rollback_savepoint)
+event.listen(Engine, "commit", _on_end)
+event.listen(Engine, "rollback", _on_end)
+
+
+class LocalPublisher(Protocol):
+    """A cloud bus of this process that publishes commands committed outside its ingest batches."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def publish_committed(self, claimed: list[Claimed]) -> None:
+        """Publish commands whose transaction committed (thread-safe; rows already say `sent`)."""
+
+
+_LOCAL = "omnishelf.downlink_local_hand"
+_publishers: list[LocalPublisher] = []
+
+
+def add_publisher(publisher: LocalPublisher) -> None:
+    _publishers.append(publisher)
+
+
+def remove_publisher(publisher: LocalPublisher) -> None:
+    with contextlib.suppress(ValueError):
+        _publishers.remove(publisher)
+
+
+def _local_hand(target: Connection | Session, c: Connection) -> Hand | None:
+    """Where this process runs a connected cloud bus (a worker's or an API host's engine tasks,
+    its REST handlers), a command written in a write transaction is marked `sent` as it is
+    written and that bus publishes it right after the commit: no relay wake-up, no claim (a write
+    transaction of its own, behind the ingest batch on SQLite's one writer), the same guarantees as
+    a command written in an ingest batch (see the module docstring). A transaction whose commit
+    runs no after-commit hooks (not `write_transaction`, not a session) is left to the relay."""
+    hand: Hand | None = c.info.get(_LOCAL)
+    if hand is not None:
+        return hand
+    if isinstance(target, Connection) and not target.get_execution_options().get("omnishelf_write", False):
+        return None
+    publisher = next((p for p in _publishers if p.connected), None)
+    if publisher is None:
+        return None
+    local = Hand(None)
+    c.info[_LOCAL] = local
+
+    def publish() -> None:
+        if local.claimed:
+            publisher.publish_committed(list(local.claimed))
+
+    after_commit(target, publish)
+    return local
 
 
 @contextlib.contextmanager
@@ -385,9 +455,38 @@ def claim_due(conn: Connection, now: datetime, limit: int = 200, ack_lag: timede
     the ack it would otherwise repeat the command for may be among the messages not stored yet
     (without this, a worker that falls behind republishes everything, and the duplicate acks
     put it further behind)."""
+    lagging = ack_lag > timedelta(0)
+    steps = _retry_steps()
+    stmt = _claim_statement(conn.dialect.name == "postgresql", lagging, len(steps))
+    jitter = random.uniform(0.5, 1.0)  # one draw for the statement
+    params: dict[str, Any] = {
+        "b_now": now, "b_limit": limit, "b_retry_last": now + timedelta(seconds=RETRY_CAP_S * jitter),
+        **{f"b_retry_{n}": now + timedelta(seconds=delay * jitter) for n, delay in enumerate(steps, 1)},
+    }
+    if lagging:
+        params["b_due"] = now - ack_lag
+    rows = sorted(conn.execute(stmt, params).all(), key=lambda r: r.id)
+    return [_claimed(r.id, r.msg_id, r.node, MessageType(r.type), r.retain, r.corr, r.data, r.expires_at, now,
+                     r.attempts - 1) for r in rows]
+
+
+def _retry_steps() -> list[float]:
+    """The retry delays below the cap: after the 1st, 2nd, … publish (before the jitter)."""
+    steps, delay = [], RETRY_BASE_S
+    while delay < RETRY_CAP_S:
+        steps.append(delay)
+        delay *= 2
+    return steps
+
+
+@functools.cache
+def _claim_statement(postgresql: bool, lagging: bool, steps: int) -> Any:
+    """The claim, built once per (dialect, lagging): building it for every claim (a relay claims
+    for every command written outside an ingest batch) cost more than running it."""
+    now = bindparam("b_now", type_=UtcDateTime())
     due_clause: ColumnElement[bool]
-    if ack_lag > timedelta(0):
-        due_clause = (_DOWNLINK.c.next_attempt_at <= now - ack_lag) | (
+    if lagging:
+        due_clause = (_DOWNLINK.c.next_attempt_at <= bindparam("b_due", type_=UtcDateTime())) | (
             (_DOWNLINK.c.attempts == 0) & (_DOWNLINK.c.next_attempt_at <= now))
     else:
         due_clause = _DOWNLINK.c.next_attempt_at <= now
@@ -402,41 +501,26 @@ def claim_due(conn: Connection, now: datetime, limit: int = 200, ack_lag: timede
             _DOWNLINK.c.expires_at.is_(None) | (_DOWNLINK.c.expires_at > now),
         )
         .order_by(_DOWNLINK.c.id)
-        .limit(limit)
+        .limit(bindparam("b_limit"))
     )
-    if conn.dialect.name == "postgresql":
+    if postgresql:
         # Several relays (one per cloud host): each row is published by one of them at a time.
         due = due.with_for_update(of=_DOWNLINK, skip_locked=True)
+    # `now + retry_delay(attempts)` per row, in SQL.
+    attempts = _DOWNLINK.c.attempts + 1
+    last = bindparam("b_retry_last", type_=UtcDateTime())
+    retry_at = case(*((attempts <= n, bindparam(f"b_retry_{n}", type_=UtcDateTime())) for n in range(1, steps + 1)),
+                    else_=last) if steps else last
     # One statement, which is also the "sent" mark: the relay publishes what it claimed at once,
     # and a publish that fails (or a relay that dies) is retried when that mark's retry falls due,
     # by whichever relay claims it then. Each round trip to the database is a wait for its process
     # to be scheduled, which is most of a claim's time on a busy host.
-    rows = sorted(
-        conn.execute(
-            update(_DOWNLINK)
-            .where(_DOWNLINK.c.id.in_(due.scalar_subquery()))
-            .values(status="sent", attempts=_DOWNLINK.c.attempts + 1, last_sent_at=now,
-                    next_attempt_at=_retry_at(now, _DOWNLINK.c.attempts + 1))
-            .returning(*_DOWNLINK.c)
-        ).all(),
-        key=lambda r: r.id,
+    return (
+        update(_DOWNLINK)
+        .where(_DOWNLINK.c.id.in_(due.scalar_subquery()))
+        .values(status="sent", attempts=attempts, last_sent_at=now, next_attempt_at=retry_at)
+        .returning(*_DOWNLINK.c)
     )
-    return [_claimed(r.id, r.msg_id, r.node, MessageType(r.type), r.retain, r.corr, r.data, r.expires_at, now,
-                     r.attempts - 1) for r in rows]
-
-
-def _retry_at(now: datetime, attempts: Any) -> Any:
-    """`now + retry_delay(attempts)` per row, in SQL (one jitter draw for the statement)."""
-    jitter = random.uniform(0.5, 1.0)
-    steps = []
-    delay = RETRY_BASE_S
-    n = 1
-    while delay < RETRY_CAP_S:
-        steps.append((attempts <= n, literal(now + timedelta(seconds=delay * jitter), UtcDateTime())))
-        delay *= 2
-        n += 1
-    last = literal(now + timedelta(seconds=RETRY_CAP_S * jitter), UtcDateTime())
-    return case(*steps, else_=last) if steps else last
 
 
 def retry_delay(attempts: int, rng: random.Random | None = None) -> float:
@@ -473,16 +557,10 @@ def apply_ack(conn: Connection, node: str, corr: uuid.UUID | None, ack: AckData,
     irrelevant)."""
     if corr is None:
         return False
-    result = conn.execute(
-        update(_DOWNLINK)
-        .where(
-            _DOWNLINK.c.msg_id == corr,
-            _DOWNLINK.c.node == node,
-            _DOWNLINK.c.status.in_(("pending", "sent", "expired")),
-        )
-        .values(status="delivered" if ack.ok else "failed", acked_at=now,
-                detail=(ack.detail or None) if ack.ok else (ack.detail or "the box refused it without a reason")[:500])
-    )
+    result = conn.execute(_ACK_ONE, {
+        "b_id": corr, "b_node": node, "b_status": "delivered" if ack.ok else "failed", "b_now": now,
+        "b_detail": (ack.detail or None) if ack.ok else (ack.detail or "the box refused it without a reason")[:500],
+    })
     return bool(result.rowcount)
 
 
@@ -501,27 +579,38 @@ _ACKED = (update(_DOWNLINK).where(*_PAIRS, _DOWNLINK.c.status.in_(("pending", "s
           .values(status="delivered", acked_at=bindparam("now"), detail=None)
           .returning(_DOWNLINK.c.msg_id, _DOWNLINK.c.node, _DOWNLINK.c.engine))
 _SENT_BY = select(_DOWNLINK.c.msg_id, _DOWNLINK.c.node, _DOWNLINK.c.engine).where(*_PAIRS)
+_ACK_ONE = (update(_DOWNLINK)
+            .where(_DOWNLINK.c.msg_id == bindparam("b_id"), _DOWNLINK.c.node == bindparam("b_node"),
+                   _DOWNLINK.c.status.in_(("pending", "sent", "expired")))
+            .values(status=bindparam("b_status"), acked_at=bindparam("b_now"), detail=bindparam("b_detail")))
+_ACK_DETAIL = (update(_DOWNLINK).where(_DOWNLINK.c.msg_id == bindparam("b_id"), _DOWNLINK.c.node == bindparam("b_node"))
+               .values(detail=bindparam("b_detail")))
 
 
 def apply_acks(conn: Connection, acks: Sequence[tuple[str, uuid.UUID | None, AckData]], now: datetime) -> AcksApplied:
-    """`apply_ack` for a batch's acks (node, corr, ack): the plain "ok" ones, nearly all of them, in
+    """`apply_ack` for a batch's acks (node, corr, ack): the "ok" ones, nearly all of them, in
     one statement that also says which engine sent each command (only that engine's ack handlers
-    are told of the ack). An ack repeated for a command already closed costs one more read.
+    are told of the ack), and one more for the details those carry (a station's "stored genuine
+    for scan …"). An ack repeated for a command already closed costs one more read.
 
     The plain `msg_id IN (…)` next to the exact (msg_id, node) pairs is for the planner: with the
     pairs alone SQLite went through every active command (or, for the repeated acks, the whole
     table) instead of probing the unique msg_id index, which made a worker that fell behind slower
     with every command it had sent."""
     named = [(node, corr, ack) for node, corr, ack in acks if corr is not None]
-    plain = [(corr, node) for node, corr, ack in named if ack.ok and not ack.detail]
+    ok = [(corr, node) for node, corr, ack in named if ack.ok]
     engines: dict[tuple[str, uuid.UUID], str] = {}
     matched = 0
-    if plain:
-        for msg_id, node, engine in conn.execute(_ACKED, {"ids": [m for m, _n in plain], "pairs": plain, "now": now}):
+    if ok:
+        for msg_id, node, engine in conn.execute(_ACKED, {"ids": [m for m, _n in ok], "pairs": ok, "now": now}):
             engines[(node, uuid.UUID(str(msg_id)))] = engine
             matched += 1
+        details = [{"b_id": corr, "b_node": node, "b_detail": ack.detail} for node, corr, ack in named
+                   if ack.ok and ack.detail and (node, corr) in engines]
+        if details:
+            conn.execute(_ACK_DETAIL, details)
     for node, corr, ack in named:
-        if not (ack.ok and not ack.detail):
+        if not ack.ok:
             matched += apply_ack(conn, node, corr, ack, now)
     rest = [(corr, node) for node, corr, _ in named if (node, corr) not in engines]
     if rest:

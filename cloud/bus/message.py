@@ -87,7 +87,8 @@ class Context:
     """A handler's access to the transaction it runs in."""
 
     conn: Connection
-    """The ledger transaction (inside a savepoint of this handler's own)."""
+    """The ledger transaction: on the batch's first try the transaction itself (if a handler
+    raises, it is rolled back whole and the batch runs again), then inside a savepoint."""
     engine: str
     """The name of the engine whose handler runs (commands it sends are recorded as from it)."""
     now: datetime

@@ -147,6 +147,7 @@ class CloudBus:
         sys.setswitchinterval(min(switch_interval, GIL_SWITCH_INTERVAL_S))
         self._stopping.clear()
         downlink.add_waker(self.wake_relay)
+        downlink.add_publisher(self)
         background = [
             asyncio.create_task(self._flush_loop(), name=f"{self.host}-flush"),
             asyncio.create_task(self._gap_loop(), name=f"{self.host}-gaps"),
@@ -170,6 +171,7 @@ class CloudBus:
             await self._shutdown()
         finally:
             downlink.remove_waker(self.wake_relay)
+            downlink.remove_publisher(self)
             if listener is not None:
                 listener.set()
             for t in background:
@@ -492,6 +494,12 @@ class CloudBus:
             return False
         await self._publish(conn, claimed)
         return len(claimed) == RELAY_BATCH
+
+    def publish_committed(self, claimed: list[downlink.Claimed]) -> None:
+        """Publish commands another thread of this process committed already marked sent
+        (`downlink.LocalPublisher`; thread-safe)."""
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._publish_claimed, claimed)
 
     def _publish_claimed(self, claimed: list[downlink.Claimed]) -> None:
         """Publish commands the last batch wrote (already marked sent), in the order written;

@@ -177,12 +177,66 @@ def test_one_scan_to_verdict_round_trip_costs_two_write_transactions(
     assert _downlink_writes(scan_batch) == ["INSERT"], summary
     assert _downlink_writes(ack_batch) == ["UPDATE"], summary
     # The ack's batch is the bus's alone (no engine handles the acks of trace's verdicts): the
-    # ledger row in its savepoint, the node's lock and last-seen in theirs, the one ack UPDATE.
-    assert len(ack_batch) == 8, "\n".join(s[:100] for s in ack_batch)
+    # ledger row, the node's lock and last-seen, the one ack UPDATE, and no savepoint (a batch
+    # takes them only when its first try failed).
+    assert len(ack_batch) == 4, "\n".join(s[:100] for s in ack_batch)
 
 
 def _downlink_writes(statements: list[str]) -> list[str]:
     return [s.split()[0] for s in statements if s.startswith(("INSERT INTO downlink", "UPDATE downlink"))]
+
+
+def test_a_command_written_beside_a_running_bus_is_published_by_it_with_no_claim(
+    broker: Broker, engine: Engine, recorder: WriteTransactions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine's task (or a REST call) in a process whose cloud bus is connected: the command is
+    written already marked sent and that bus publishes it after the commit, so the round trip is
+    the sender's transaction and the ack's batch. Rolled back, it is never published (a fence sent
+    afterwards arrives alone). A transaction that runs no after-commit hooks is left to the relay."""
+    monkeypatch.setattr(downlink, "RETRY_BASE_S", 60.0)  # no retry may fall due while we count
+    with Session(engine) as s, s.begin():
+        s.add(Node(id=NODE))
+
+    def send(name: str, *, fail: bool = False) -> Any:
+        with write_transaction(engine) as conn:
+            msg_id = downlink.send(conn, NODE, MessageType.COMMAND, CommandData(name=name), engine="t")
+            if fail:
+                raise RuntimeError("rolled back")
+        return msg_id
+
+    async def body() -> None:
+        bus = CloudBus(await cloud_settings(broker, engine), engine, load_engines())
+        async with running(bus), box(broker, NODE) as b:
+            await _birth_until_online(b, engine)
+            await until(lambda: bus.connected, what="the bus connected")
+            acked: set[Any] = set()
+            published = bus.stats.commands_published
+            recorder.recording = True
+            direct = await asyncio.to_thread(send, "direct")
+            assert _status(engine, direct) == "sent"  # as it was written
+            with pytest.raises(RuntimeError):
+                await asyncio.to_thread(send, "rolled back", fail=True)
+            fence = await asyncio.to_thread(send, "fence")
+            await until(lambda: len(_received(b, "command")) == 2, what="both commands")
+            await _ack_all(b, "command", acked)
+            await until(lambda: _status(engine, fence) == "delivered" and _status(engine, direct) == "delivered",
+                        what="both acknowledged")
+            recorder.recording = False
+            assert [c.data for c in _received(b, "command")] == [CommandData(name="direct"), CommandData(name="fence")]
+            assert bus.stats.commands_published == published + 2
+
+            # Not a write transaction: nothing runs after its commit, so the relay claims it.
+            with engine.begin() as conn:
+                relayed = downlink.send(conn, NODE, MessageType.COMMAND, CommandData(name="relayed"), engine="t")
+            assert _status(engine, relayed) == "pending"
+            await until(lambda: len(_received(b, "command")) == 3, what="the relayed command")
+
+    asyncio.run(body())
+    writes = [_downlink_writes(t) for t in recorder.committed if _downlink_writes(t)]
+    claims = [st for t in recorder.committed for st in t if st.startswith("UPDATE downlink") and "last_sent_at" in st]
+    assert not claims, claims
+    # The two sends, and the acks' batch or batches (one statement for all of a batch's acks).
+    assert sorted(writes) in ([["INSERT"], ["INSERT"], ["UPDATE"], ["UPDATE"]], [["INSERT"], ["INSERT"], ["UPDATE"]]), writes
 
 
 # -- what a handler's failure takes with it --------------------------------------------------------

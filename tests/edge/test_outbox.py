@@ -184,3 +184,73 @@ def test_refused_rows_are_kept_until_requeued(outbox_path: Path) -> None:
         await ob.close()
 
     arun(main())
+
+
+def test_acked_marks_commit_without_their_own_fsync_and_puts_keep_theirs(outbox_path: Path) -> None:
+    """A row marked acknowledged may be lost in a power cut (it goes again; the cloud drops it by
+    msg_id), so that commit does not wait for the disk; every put still does."""
+    async def main() -> None:
+        ob = await Outbox.open(outbox_path, retain_acked=0)
+        db = ob._store._db
+        modes: list[int] = []
+        db.set_trace_callback(lambda sql: modes.append(db.execute("PRAGMA synchronous").fetchone()[0])
+                              if sql == "COMMIT" else None)
+        rows = [await ob.put("scan", SCAN) for _ in range(3)]
+        await ob.mark_acked([r.seq for r in rows])
+        await ob.prune()
+        await ob.put("scan", SCAN)
+        db.set_trace_callback(None)
+        assert modes == [2, 2, 2, 1, 1, 2]  # FULL for each put, NORMAL for the mark and the prune
+        assert ob.pending == 1
+        await ob.close()
+
+    arun(main())
+
+
+def test_fresh_rows_come_from_memory_exactly_as_the_file_would_give_them(
+    outbox_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender takes what was just committed from memory (`fresh_after`) rather than reading it
+    back; whenever memory answers, the answer is what `pending_after` reads from the file, through
+    reconnects (a new sender starts from seq 0), acks, and a tail grown past its bound."""
+    import asyncio
+    import random
+
+    import edge.outbox
+
+    monkeypatch.setattr(edge.outbox, "_FRESH_MAX", 7)
+    rng = random.Random(8)
+
+    async def main() -> None:
+        ob = await Outbox.open(outbox_path)
+        await asyncio.gather(*(ob.put("scan", SCAN) for _ in range(5)))  # before the first sender
+        cursor, sent, from_memory, from_file = 0, [], 0, 0
+        ob.forget_fresh()
+        for _ in range(400):
+            op = rng.random()
+            if op < 0.4:
+                await asyncio.gather(*(ob.put("scan", SCAN) for _ in range(rng.randint(1, 5))))
+            elif op < 0.8:
+                limit = rng.randint(1, 12)
+                fresh = ob.fresh_after(cursor, limit)
+                stored = [r.seq for r in await ob.pending_after(cursor, limit)]
+                if fresh is None:
+                    from_file += 1
+                    got = stored
+                else:
+                    from_memory += 1
+                    assert [r.seq for r in fresh] == stored, (cursor, limit)
+                    got = stored
+                if got:
+                    cursor = got[-1]
+                    sent.extend(got)
+            elif op < 0.95:
+                if sent:
+                    await ob.mark_acked(rng.sample(sent, rng.randint(1, len(sent))))
+            else:
+                cursor, sent = 0, []  # a new connection: its sender starts over
+                ob.forget_fresh()
+        assert from_memory > 50 and from_file > 50, (from_memory, from_file)  # both paths taken
+        await ob.close()
+
+    arun(main())
