@@ -47,6 +47,7 @@ from broker.client import BrokerAddress, MqttConnection
 from broker.envelope import Envelope, MessageType, encode
 from broker.mosquitto import BrokerLayout, MosquittoProcess, free_port
 from broker.payloads import ScanData
+from broker.runtime import freeze_startup_objects
 from edge.bus import BusClient
 from edge.outbox import Outbox
 from firmware_config import BrokerConfig, LocalApiConfig, NodeConfig, write_config
@@ -377,6 +378,7 @@ async def pipeline(tmp: Path, db_url: str, layout: BrokerLayout, quick: bool, bo
         return "ok"
 
     bus.on_command(MessageType.COMMAND, bench_command)
+    freeze_startup_objects()  # as `omnishelf edge run` does once its agent is built
     runner = asyncio.create_task(bus.run())
     watcher = LedgerWatcher(db_url, 0.02)
     watcher.start()
