@@ -451,11 +451,11 @@ async def pipeline(tmp: Path, db_url: str, layout: BrokerLayout, quick: bool, bo
         # process, as for any engine), the box handles and acknowledges it, the ack is stored.
         await asyncio.to_thread(stop_worker, worker)
         count, per_s = (400 if quick else 2000), 200
+        acks = AckWatcher(db_url, 0.002)
+        await asyncio.to_thread(acks.start)  # before the first command: it starts in a second or so
         worker = start_worker(db_url, layout.url, layout.cloud_users["cloud-1"], tmp / "worker.log",
                               OMNISHELF_EXTRA_ENGINES="bench.seam_engine",
                               OMNISHELF_BENCH_COMMANDS=f"{count}:{per_s}:{NODE}")
-        acks = AckWatcher(db_url, 0.002)
-        acks.start()
         try:
             await wait_until(lambda: acks.count >= count, 60 + count / per_s, "every command acknowledged")
         finally:
