@@ -47,6 +47,7 @@ from broker.client import BrokerAddress, MqttConnection
 from broker.envelope import Envelope, MessageType, encode
 from broker.mosquitto import BrokerLayout, MosquittoProcess, free_port
 from broker.payloads import ScanData
+from broker.runtime import freeze_startup_objects
 from edge.bus import BusClient
 from edge.outbox import Outbox
 from firmware_config import BrokerConfig, LocalApiConfig, NodeConfig, write_config
@@ -377,6 +378,7 @@ async def pipeline(tmp: Path, db_url: str, layout: BrokerLayout, quick: bool, bo
         return "ok"
 
     bus.on_command(MessageType.COMMAND, bench_command)
+    freeze_startup_objects()  # as `omnishelf edge run` does once its agent is built
     runner = asyncio.create_task(bus.run())
     watcher = LedgerWatcher(db_url, 0.02)
     watcher.start()
@@ -449,11 +451,11 @@ async def pipeline(tmp: Path, db_url: str, layout: BrokerLayout, quick: bool, bo
         # process, as for any engine), the box handles and acknowledges it, the ack is stored.
         await asyncio.to_thread(stop_worker, worker)
         count, per_s = (400 if quick else 2000), 200
+        acks = AckWatcher(db_url, 0.002)
+        await asyncio.to_thread(acks.start)  # before the first command: it starts in a second or so
         worker = start_worker(db_url, layout.url, layout.cloud_users["cloud-1"], tmp / "worker.log",
                               OMNISHELF_EXTRA_ENGINES="bench.seam_engine",
                               OMNISHELF_BENCH_COMMANDS=f"{count}:{per_s}:{NODE}")
-        acks = AckWatcher(db_url, 0.002)
-        acks.start()
         try:
             await wait_until(lambda: acks.count >= count, 60 + count / per_s, "every command acknowledged")
         finally:

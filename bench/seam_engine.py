@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 
@@ -32,10 +33,16 @@ async def send_commands(ctx: TaskContext) -> None:
     if not spec:
         await asyncio.Event().wait()  # nothing to do; stay idle rather than be restarted
     count, rate, node = spec.split(":") if spec else ("0", "1", "")
-    while True:  # the box must be online for the relay to publish to it
+    started = datetime.now(UTC)
+    # The box must be online, and this worker consuming: the box's row says online from before
+    # this worker started (the box stayed connected), and commands sent before this worker
+    # subscribed waited for it (their round trips measured its start, 1-1.5 s, not the path). The
+    # box births again when a cloud host comes online; once this worker stored that, it consumes.
+    while True:
         with ctx.engine.connect() as conn:
-            if conn.execute(select(Node.online).where(Node.id == node)).scalar():
-                break
+            row = conn.execute(select(Node.online, Node.last_seen).where(Node.id == node)).first()
+        if row is not None and row.online and row.last_seen is not None and row.last_seen >= started:
+            break
         await asyncio.sleep(0.05)
     start = time.perf_counter()
     for i in range(int(count)):

@@ -344,6 +344,7 @@ def _seed(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from broker.runtime import freeze_startup_objects
     from cloud.bus.worker import CloudBus
 
     settings = cli_settings()
@@ -352,6 +353,7 @@ def _worker(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         worker = CloudBus(settings, engine)
+        freeze_startup_objects()
         loop = asyncio.get_running_loop()
         stopping: set[asyncio.Task[None]] = set()
 
@@ -372,6 +374,7 @@ def _worker(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from broker.runtime import freeze_startup_objects
     from cloud.api import create_app
 
     settings = cli_settings()
@@ -380,6 +383,7 @@ def _serve(args: argparse.Namespace) -> int:
     _check_port_free(args.host, args.port)
     prepared_engine(settings, args.db_timeout).dispose()
     app = create_app(settings, run_worker=not args.no_worker)
+    freeze_startup_objects()
     # uvicorn turns SIGTERM/SIGINT into the lifespan shutdown (which stops the worker cleanly) and
     # then re-raises the signal to the previous handler; for SIGTERM that handler is a no-op here,
     # so a requested stop exits 0 instead of dying by the signal.

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from broker.client import BrokerAddress, JitteredBackoff, TlsSetupError
 from broker.envelope import Envelope, MessageType
 from broker.payloads import CommandData, Payload, TelemetryData
+from broker.runtime import freeze_startup_objects
 from edge.bus import BusClient, CommandHandler, CommandRefused, software_version
 from edge.component import Component, ComponentContext, ComponentError
 from edge.components import COMPONENTS, ComponentFactory
@@ -402,6 +403,7 @@ def run_agent(config: NodeConfig) -> None:
 
     async def main() -> None:
         agent = EdgeAgent(config)
+        freeze_startup_objects()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
