@@ -181,8 +181,13 @@ class ConfigPushComponent(Component):
             self.ctx.offer_password(self._next_secret.read_text().strip(), self._adopt)
         if self.state.get("confirmed", True):
             return
+        # The config this agent runs. A newer one applied meanwhile (it restarts the agent in
+        # RESTART_DELAY_S) is not this one to confirm: the restarted agent watches it.
+        running = self.state["version"]
         deadline = float(self.state["applied_at"]) + float(self.state["rollback_after_s"])
         while time.time() < deadline and not self._stopping.is_set():
+            if self.state.get("version") != running:
+                return
             if self.ctx.cloud_reachable():
                 self.state["confirmed"] = True
                 self._save_state()
