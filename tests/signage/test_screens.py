@@ -23,6 +23,7 @@ from cloud.signage import service
 from cloud.signage.models import Play, ScreenState
 from edge.signage.player import ManualClock
 from firmware_config import NodeConfig
+from firmware_config.paths import resolve_paths
 from tests.catalogue.test_sync import cloud
 from tests.cloud.conftest import until
 from tests.conftest import Broker
@@ -123,7 +124,7 @@ def test_a_one_screen_box_plays_the_first_screen_of_a_schedule_named_otherwise(t
 
     class Ctx:
         config = cfg
-        paths = None
+        paths = resolve_paths(cfg)
 
         async def publish(self, *_: Any) -> None:
             return None
