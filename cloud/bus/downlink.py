@@ -365,7 +365,9 @@ def _on_rollback_savepoint(conn: Connection, _name: str, _context: Any) -> None:
 
 def _on_end(conn: Connection) -> None:
     # A local hand lives for one transaction (its after-commit hook holds it until it publishes).
-    conn.info.pop(_LOCAL, None)
+    # An invalidated connection has no DBAPI connection (nor its info) left to clean.
+    if not conn.invalidated:
+        conn.info.pop(_LOCAL, None)
 
 
 event.listen(Engine, "savepoint", _on_savepoint)
