@@ -170,6 +170,15 @@ class Site:
 
     # -- what the database says --------------------------------------------------------------------
 
+    def logs(self, *prefixes: str, lines: int = 40) -> str:
+        """The last `lines` of each process log whose name starts with one of `prefixes`."""
+        out = []
+        for log in sorted(self.tmp.glob("*.log")):
+            if log.name.startswith(prefixes):
+                tail = log.read_text(errors="replace").splitlines()[-lines:]
+                out.append(f"--- {log.name}:\n" + "\n".join(tail))
+        return "\n".join(out)
+
     def rows(self, sql: str, **params: object) -> list[Any]:
         with self.engine.connect() as c:
             return list(c.execute(sa.text(sql), params).all())
@@ -305,7 +314,11 @@ def run_topology(site: Site, *, rounds: int, scans_per_s: float) -> None:
                                                 "--no-progress")
     for node in boxes:
         local = f"http://127.0.0.1:{site.local_api[node]}"
-        wait_for(lambda local=local: http_ok(f"{local}/products/{SKU}"), 30, f"{node} serving {SKU}")  # type: ignore[misc]
+        try:
+            wait_for(lambda local=local: http_ok(f"{local}/products/{SKU}"), 30, f"{node} serving {SKU}")  # type: ignore[misc]
+        except AssertionError as exc:
+            # Seen once in a full run and never alone: say what the box and the workers logged.
+            raise AssertionError(f"{exc}\n{site.logs(f'box-{node}', 'cloud-', 'api-')}") from None
         product = httpx.get(f"{local}/products/{SKU}", timeout=5).json()
         assert product["name_zh"] == "龙井茶"
         image = product["images"][0]["sha256"]
