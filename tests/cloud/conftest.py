@@ -124,20 +124,30 @@ class _Migrated:
             if tables != self.tables or head != self.head:
                 conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
                 return
-            with conn.transaction():
-                conn.execute("SET LOCAL lock_timeout = '10s'")
-                # Triggers (foreign keys among them) off: the tables are emptied in any order.
-                conn.execute("SET LOCAL session_replication_role = replica")
-                conn.execute("".join(f'DELETE FROM "{schema}"."{t}";' for t in sorted(self.tables - {"alembic_version"})))
-                for table, (columns, rows) in self.seed.items():
-                    cols = ", ".join(f'"{c}"' for c in columns)
-                    marks = ", ".join(["%s"] * len(columns))
-                    with conn.cursor() as cur:
-                        cur.executemany(f'INSERT INTO "{schema}"."{table}" ({cols}) OVERRIDING SYSTEM VALUE VALUES ({marks})', rows)
-                if self.sequences:
-                    conn.execute("SELECT " + ", ".join(f"setval('\"{schema}\".\"{n}\"', {v}, {c})" for n, (v, c) in self.sequences.items()))
-                conn.execute(f'UPDATE "{schema}".catalogue_epoch SET epoch = %s', (uuid.uuid4().hex,))
+            try:
+                self._reset(conn, schema)
+            except psycopg.Error:
+                # A role that may not turn triggers off (not a superuser), or a lock never freed:
+                # this schema is not reused.
+                conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+                return
         self.free_schemas.append(schema)
+
+    def _reset(self, conn: psycopg.Connection[Any], schema: str) -> None:
+        """Empty every table, write back the rows migrating wrote, set every sequence back."""
+        with conn.transaction():
+            conn.execute("SET LOCAL lock_timeout = '10s'")
+            # Triggers (foreign keys among them) off: the tables are emptied in any order.
+            conn.execute("SET LOCAL session_replication_role = replica")
+            conn.execute("".join(f'DELETE FROM "{schema}"."{t}";' for t in sorted(self.tables - {"alembic_version"})))
+            for table, (columns, rows) in self.seed.items():
+                cols = ", ".join(f'"{c}"' for c in columns)
+                marks = ", ".join(["%s"] * len(columns))
+                with conn.cursor() as cur:
+                    cur.executemany(f'INSERT INTO "{schema}"."{table}" ({cols}) OVERRIDING SYSTEM VALUE VALUES ({marks})', rows)
+            if self.sequences:
+                conn.execute("SELECT " + ", ".join(f"setval('\"{schema}\".\"{n}\"', {v}, {c})" for n, (v, c) in self.sequences.items()))
+            conn.execute(f'UPDATE "{schema}".catalogue_epoch SET epoch = %s', (uuid.uuid4().hex,))
 
 
 _migrated = _Migrated()
