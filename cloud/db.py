@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DisconnectionError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = [
@@ -68,7 +68,9 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     """An engine with the settings omnishelf relies on (see the SQLite notes below)."""
     parsed = normalize_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_pre_ping=True, **kwargs)
+        engine = create_engine(parsed, **kwargs)
+        _ping_when_idle(engine)
+        return engine
     database = parsed.database
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).parent.mkdir(parents=True, exist_ok=True)
@@ -77,6 +79,38 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", gate.begin)
     return engine
+
+
+PING_AFTER_IDLE_S = 5.0
+"""A pooled PostgreSQL connection that sat idle this long is pinged before use."""
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Ping a pooled connection before use only if it sat idle for PING_AFTER_IDLE_S.
+
+    What `pool_pre_ping` does for every checkout, and a round trip each time: one in six of a
+    small ingest batch's (the worker takes a connection per batch, hundreds a second). A connection
+    in steady use proved itself a moment ago; the one a restarted database or a dropped link has
+    broken is the one that waited. If the ping fails, the pool throws that connection away and
+    gives a new one (SQLAlchemy's "pessimistic disconnect handling" by event)."""
+
+    @event.listens_for(engine, "checkin")
+    def _idle_from(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE_S:
+            return
+        try:
+            with dbapi_conn.cursor() as cur:
+                cur.execute("SELECT 1")
+            # The ping opened a transaction (psycopg is not in autocommit): end it, or the
+            # first BEGIN would be inside it.
+            dbapi_conn.rollback()
+        except Exception as exc:
+            raise DisconnectionError(f"pooled connection failed its ping: {exc}") from exc
 
 
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -85,8 +85,8 @@ class Registry:
         return bool(self._by_type)
 
 
-def _invoke(conn: Connection, call: Call, msg: Message, now: datetime) -> None:
-    ctx = Context(conn, call.engine, now)
+def _invoke(conn: Connection, call: Call, msg: Message, now: datetime, stores: dict[str, int | None] | None = None) -> None:
+    ctx = Context(conn, call.engine, now, {} if stores is None else stores)
     try:
         if call.batched:
             call.fn(ctx, [msg])
@@ -98,9 +98,10 @@ def _invoke(conn: Connection, call: Call, msg: Message, now: datetime) -> None:
         raise
 
 
-def _invoke_many(conn: Connection, call: Call, msgs: Sequence[Message], now: datetime) -> None:
+def _invoke_many(conn: Connection, call: Call, msgs: Sequence[Message], now: datetime,
+                 stores: dict[str, int | None]) -> None:
     assert call.many is not None
-    ctx = Context(conn, call.engine, now)
+    ctx = Context(conn, call.engine, now, stores)
     try:
         call.many(ctx, msgs)
         ctx.finish()
@@ -143,13 +144,16 @@ def isolated(
     return failures
 
 
-def run_calls(conn: Connection, calls: Sequence[tuple[Call, Message]], now: datetime, *, careful: bool = True) -> int:
+def run_calls(conn: Connection, calls: Sequence[tuple[Call, Message]], now: datetime, *, careful: bool = True,
+              stores: dict[str, int | None] | None = None) -> int:
     """Run `calls` in `conn`'s transaction; return how many failed (each recorded in the failed list).
 
     `careful=False` is the ingest batch's first try (see `cloud.bus.ledger.store_batch`): no
-    savepoint, and a call that raises makes the caller roll back the whole transaction."""
+    savepoint, and a call that raises makes the caller roll back the whole transaction. `stores`:
+    the store of each node of the batch, as the ledger read it (`Context.store_of`)."""
     if not calls:
         return 0
+    stores = {} if stores is None else stores
 
     def whole() -> None:
         grouped: dict[Call, list[Message]] = {}
@@ -158,17 +162,17 @@ def run_calls(conn: Connection, calls: Sequence[tuple[Call, Message]], now: date
                 grouped.setdefault(call, []).append(msg)
         for call, msg in calls:
             if call.many is None:
-                _invoke(conn, call, msg, now)
+                _invoke(conn, call, msg, now, stores)
                 continue
             msgs = grouped.pop(call, None)
             if msgs is not None:  # once, where the first of its messages comes
-                _invoke_many(conn, call, msgs, now)
+                _invoke_many(conn, call, msgs, now, stores)
 
     if not careful:
         whole()
         return 0
     return isolated(
-        conn, whole, calls, lambda c: _invoke(conn, c[0], c[1], now),
+        conn, whole, calls, lambda c: _invoke(conn, c[0], c[1], now, stores),
         lambda c, exc: record_failure(conn, c[0], c[1], exc, now),
     )
 

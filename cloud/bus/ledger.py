@@ -297,12 +297,13 @@ def _store(
 def _apply(conn: Connection, new: list[tuple[Envelope, Incoming]], registry: Registry | None, out: BatchOutcome,
            careful: bool) -> None:
     now = max(item.received_at for _, item in new)
+    stores: dict[str, int | None] = {}
     if not careful:
-        _apply_node_state(conn, new, out)
+        stores = _apply_node_state(conn, new, out)
     else:
         try:
             with conn.begin_nested():
-                _apply_node_state(conn, new, out)
+                stores = _apply_node_state(conn, new, out)
         except Exception as exc:
             if is_database_fault(exc):
                 raise
@@ -322,7 +323,7 @@ def _apply(conn: Connection, new: list[tuple[Envelope, Incoming]], registry: Reg
             # An ack concerns the engine that sent the command it answers, and no other.
             calls = [(call, msg) for call, msg in calls
                      if msg.type is not MessageType.ACK or engines.get((msg.node, msg.corr)) == call.engine]
-        out.handler_failures += run_calls(conn, calls, now, careful=careful)
+        out.handler_failures += run_calls(conn, calls, now, careful=careful, stores=stores)
 
 
 def store_one_by_one(engine: Engine, items: Sequence[Incoming], registry: Registry | None = None) -> BatchOutcome:
@@ -354,7 +355,10 @@ def _add(total: BatchOutcome, one: BatchOutcome) -> None:
     total.wake_relay = total.wake_relay or one.wake_relay
 
 
-def _apply_node_state(conn: Connection, messages: list[tuple[Envelope, Incoming]], out: BatchOutcome) -> None:
+def _apply_node_state(conn: Connection, messages: list[tuple[Envelope, Incoming]],
+                      out: BatchOutcome) -> dict[str, int | None]:
+    """Apply the batch to its nodes' rows (seen, sessions, seqs, gaps), each locked until the
+    commit; return the store each node is assigned to, as read under that lock."""
     seen: dict[str, datetime] = {}
     seq_high: dict[str, int] = {}
     seqs: dict[str, set[int]] = {}
@@ -369,18 +373,25 @@ def _apply_node_state(conn: Connection, messages: list[tuple[Envelope, Incoming]
         else:
             lifecycle.append((env, item))
 
-    _ensure_nodes(conn, seen)
+    # The common case first, node by node in id order: the fast-forward's UPDATE locks the row
+    # as `_lock_nodes` would, and stopping at the first node it does not fit keeps every lock of
+    # this transaction in id order (the rest are locked by `_ensure_nodes`, all after it).
     with_lifecycle = {env.node for env, _ in lifecycle}
-    fast = {
-        node
-        for node, run in seqs.items()
-        if node not in with_lifecycle and _fast_forward(conn, node, min(run), max(run), len(run), seen[node])
-    }
-    if fast:
-        seen = {n: t for n, t in seen.items() if n not in fast}
-        seq_high = {n: h for n, h in seq_high.items() if n not in fast}
+    stores: dict[str, int | None] = {}
+    for node in sorted(seen):
+        run = seqs.get(node)
+        if run is None or node in with_lifecycle:
+            break
+        found = _fast_forward(conn, node, min(run), max(run), len(run), seen[node])
+        if found is None:
+            break
+        stores[node] = found[0]
+    if stores:
+        seen = {n: t for n, t in seen.items() if n not in stores}
+        seq_high = {n: h for n, h in seq_high.items() if n not in stores}
         if not seen:
-            return
+            return stores
+    stores.update(_ensure_nodes(conn, seen))
     conn.execute(_LAST_SEEN, [{"b_id": node, "b_seen": when} for node, when in seen.items()])
 
     # Applied in arrival order; the session conditions make the order of workers irrelevant.
@@ -412,6 +423,7 @@ def _apply_node_state(conn: Connection, messages: list[tuple[Envelope, Incoming]
             out.lost_seqs += _write_off(conn, node, contig[node], birth.oldest_seq)
             _advance(conn, {node})
     _mark_gaps(conn, touched, max(seen.values()))
+    return stores
 
 
 # Built once: constructing SQLAlchemy statements per batch cost as much as executing them.
@@ -449,8 +461,8 @@ def _utc(when: datetime) -> datetime:
     return when.astimezone(UTC)
 
 
-_LOCK_NODES = (select(_NODES.c.id).where(_NODES.c.id.in_(bindparam("b_ids", expanding=True))).order_by(_NODES.c.id)
-               .with_for_update())
+_LOCK_NODES = (select(_NODES.c.id, _NODES.c.store_id).where(_NODES.c.id.in_(bindparam("b_ids", expanding=True)))
+               .order_by(_NODES.c.id).with_for_update())
 _LAST_SEEN = (
     update(_NODES)
     .where(_NODES.c.id == bindparam("b_id"))
@@ -478,16 +490,17 @@ _MARK_GAPS = (
 )
 
 
-def _ensure_nodes(conn: Connection, nodes: Iterable[str]) -> None:
-    """Register unknown nodes and lock the batch's node rows (see `_lock_nodes`)."""
+def _ensure_nodes(conn: Connection, nodes: Iterable[str]) -> dict[str, int | None]:
+    """Register unknown nodes and lock the batch's node rows (see `_lock_nodes`); return their stores."""
     wanted = set(nodes)
-    known = set(_lock_nodes(conn, wanted))
-    missing = sorted(wanted - known)
+    known = _lock_nodes(conn, wanted)
+    missing = sorted(wanted - set(known))
     if missing:
         # Rows this transaction inserts are locked by it until the commit.
         stmt = insert_for(conn, _NODES).on_conflict_do_nothing(index_elements=["id"]).returning(_NODES.c.id)
         for node in conn.execute(stmt, [{"id": n} for n in missing]).scalars():
             log.info("first message from unknown node %r: registered it (no store assigned)", node)
+    return {**dict.fromkeys(missing), **known}
 
 
 # Built once: constructing SQLAlchemy statements per batch cost as much as executing them.
@@ -512,24 +525,28 @@ _FAST_FORWARD = (
             else_=_NODES.c.last_seen,
         ),
     )
+    .returning(_NODES.c.store_id)
 )
 
 
-def _fast_forward(conn: Connection, node: str, first: int, last: int, count: int, seen: datetime) -> bool:
+def _fast_forward(conn: Connection, node: str, first: int, last: int, count: int,
+                  seen: datetime) -> tuple[int | None] | None:
     """The common case in one statement: the batch holds a node's next seqs as one unbroken run
-    and no gap is open, so its contiguous seq simply moves to the run's end. Returns False (nothing
-    changed) when that does not hold; the general path then works it out."""
+    and no gap is open, so its contiguous seq simply moves to the run's end. Returns `(store,)`,
+    the node's store, or None when that does not hold (nothing changed); the general path then
+    works it out."""
     if last - first + 1 != count:
-        return False
-    result = conn.execute(_FAST_FORWARD, {"b_id": node, "b_prev": first - 1, "b_last": last, "b_seen": seen})
-    return bool(result.rowcount)
+        return None
+    row = conn.execute(_FAST_FORWARD, {"b_id": node, "b_prev": first - 1, "b_last": last, "b_seen": seen}).first()
+    return None if row is None else (row.store_id,)
 
 
-def _lock_nodes(conn: Connection, nodes: Iterable[str]) -> list[str]:
+def _lock_nodes(conn: Connection, nodes: Iterable[str]) -> dict[str, int | None]:
     """Lock node rows in one fixed order before updating them: two workers (or a batch and the gap
     check) that touch the same nodes then queue behind each other instead of deadlocking.
-    PostgreSQL only; SQLite has a single writer and ignores FOR UPDATE. Returns the ids that exist."""
-    return list(conn.execute(_LOCK_NODES, {"b_ids": sorted(nodes)}).scalars())
+    PostgreSQL only; SQLite has a single writer and ignores FOR UPDATE. Returns the store of each
+    node that exists."""
+    return {row.id: row.store_id for row in conn.execute(_LOCK_NODES, {"b_ids": sorted(nodes)})}
 
 
 def _birth(conn: Connection, env: Envelope, item: Incoming) -> bool:

@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, or_
+from sqlalchemy import ColumnElement, Connection, and_, or_, select
 from sqlalchemy.orm import Session
 
 from broker.envelope import PAYLOADS, Envelope, MessageType
 from broker.payloads import Payload
+from cloud.models import Node
 
 __all__ = ["BatchHandlerFn", "Context", "HandlerFn", "Message", "Position", "newer_clause"]
 
@@ -92,7 +93,17 @@ class Context:
     engine: str
     """The name of the engine whose handler runs (commands it sends are recorded as from it)."""
     now: datetime
+    stores: dict[str, int | None] = field(default_factory=dict, repr=False)
+    """The store each node is assigned to, as far as known (see `store_of`)."""
     _orm: Session | None = field(default=None, repr=False)
+
+    def store_of(self, node: str) -> int | None:
+        """The store `node` is assigned to (None: none, or an unknown node). For the batch's own
+        nodes the ledger read it already, under the lock it holds on their rows until the commit,
+        so this costs no query; another node's is read once."""
+        if node not in self.stores:
+            self.stores[node] = self.conn.execute(select(Node.store_id).where(Node.id == node)).scalar()
+        return self.stores[node]
 
     @property
     def orm(self) -> Session:

@@ -4,17 +4,14 @@ moved to the store holds the clerks who may sign in there."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
-
 from cloud.bus import Context, Message
-from cloud.models import Node
 from cloud.staff.service import roster_args, send_roster
 
 __all__ = ["on_birth"]
 
 
 def on_birth(ctx: Context, msg: Message) -> None:
-    store_id = ctx.conn.execute(select(Node.store_id).where(Node.id == msg.node)).scalar()
+    store_id = ctx.store_of(msg.node)
     if store_id is None:
         return
     args = roster_args(ctx.conn, store_id)

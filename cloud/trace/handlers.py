@@ -30,7 +30,7 @@ from broker.payloads import (
     VerdictClass,
 )
 from cloud.bus import Context, Message
-from cloud.models import Node, Store
+from cloud.models import Store
 from cloud.trace.events import UNITS
 from cloud.trace.models import Alert, Recall
 from cloud.trace.rules import TraceRules
@@ -38,7 +38,6 @@ from cloud.trace.verify import ScanIn, location_for_store, verify, verify_many
 
 __all__ = ["lists_commands", "on_birth", "on_scan", "on_scans"]
 
-_NODES: Table = Node.__table__  # type: ignore[assignment]
 _STORES: Table = Store.__table__  # type: ignore[assignment]
 _RECALLS: Table = Recall.__table__  # type: ignore[assignment]
 _ALERTS: Table = Alert.__table__  # type: ignore[assignment]
@@ -48,7 +47,7 @@ RULES = TraceRules.from_env()
 def on_scan(ctx: Context, msg: Message) -> None:
     data = msg.data
     assert isinstance(data, ScanData)
-    store_id = ctx.conn.execute(select(_NODES.c.store_id).where(_NODES.c.id == msg.node)).scalar()
+    store_id = ctx.store_of(msg.node)
     if store_id is None:
         # A box assigned to no store scans nowhere: no place to judge clones or diversion by. Its
         # scans stay in the ledger; assigning the box (fleet) makes its next scans count.
@@ -68,14 +67,12 @@ def _clerk(data: ScanData) -> dict[str, str | None]:
 def on_scans(ctx: Context, msgs: Sequence[Message]) -> None:
     """`on_scan` for a batch's scans at once (`cloud.engine.Handler.batch`): the boxes' stores in
     one read, the verdicts by `verify_many`."""
-    nodes = sorted({m.node for m in msgs})
-    stores = {r.id: r.store_id for r in ctx.conn.execute(select(_NODES.c.id, _NODES.c.store_id).where(_NODES.c.id.in_(nodes)))}
     locs: dict[int, int | None] = {}
     scans: list[ScanIn] = []
     for msg in msgs:
         data = msg.data
         assert isinstance(data, ScanData)
-        store_id = stores.get(msg.node)
+        store_id = ctx.store_of(msg.node)
         if store_id is None:
             continue  # as in on_scan: a box assigned to no store scans nowhere
         if store_id not in locs:
@@ -92,7 +89,7 @@ def on_birth(ctx: Context, msg: Message) -> None:
     assert isinstance(msg.data, BirthData)
     if msg.data.commands is not None and TRACE_LISTS not in msg.data.commands:
         return  # no station on this box: it would only refuse the lists
-    store_id = ctx.conn.execute(select(_NODES.c.store_id).where(_NODES.c.id == msg.node)).scalar()
+    store_id = ctx.store_of(msg.node)
     if store_id is None:
         return
     if ctx.conn.execute(select(UNITS.c.id).limit(1)).first() is None \
