@@ -35,7 +35,7 @@ from tests.conftest import Broker
 from tests.edge.conftest import Cloud, until
 from tests.kiosk.conftest import CATALOGUE, NODE, STORE, TEA_IMG, product, seed_catalogue
 
-__all__ = ["CLERKS", "CODES", "PIN", "StationBox", "VerdictCloud", "gs1_unit", "sscc"]
+__all__ = ["BLACK_GTIN", "CLERKS", "CODES", "PIN", "RICE_GTIN", "STATION_CATALOGUE", "TEA_GTIN", "StationBox", "VerdictCloud", "gs1_unit", "sscc"]
 
 PIN = "2580"
 CLERKS = ((7, "Wang Fang", "S-007"), (8, "Li Lei", "S-008"))

@@ -207,10 +207,12 @@ def orders(app: StationApp, d: Driver) -> Step:
     yield "ready for pickup", lambda: app.orders.current.get("state") == "ready" and app.worker.pending == 0
     yield from drawn(app)
     d.shot("orders-handover")
-    scanner("PK-000000")
+    # The shopper's code: the test's cloud (STATION_PICKUP_CODE) or the order's own from the real one.
+    code = os.environ.get("STATION_PICKUP_CODE", "PK-483920")
+    scanner("PK-000000" if code != "PK-000000" else "PK-111111")
     yield "a wrong pickup code refused", lambda: "pickup code" in app.orders.error
     d.result["checks"]["wrong_code"] = app.orders.error
-    scanner("PK-483920")
+    scanner(code)
     yield "handed over", lambda: not app.orders.current and app.orders.steps >= 5 and app.worker.pending == 0
     d.result["checks"]["counts"] = dict(app.orders.counts)
 

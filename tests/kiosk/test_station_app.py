@@ -29,11 +29,12 @@ pytestmark = pytest.mark.skipif(shutil.which("xvfb-run") is None,
                                 reason="needs Xvfb (packaging/debian/test.txt: sudo apt-get install xvfb)")
 
 
-async def drive(scenario: str, box_url: str, size: tuple[int, int], tmp: Path) -> tuple[asyncio.subprocess.Process, Path]:
+async def drive(scenario: str, box_url: str, size: tuple[int, int], tmp: Path,
+                **extra_env: str) -> tuple[asyncio.subprocess.Process, Path]:
     out = tmp / f"{scenario}-{size[0]}x{size[1]}.json"
     env = {**os.environ, "KIVY_NO_ARGS": "1", "KIVY_HOME": str(tmp / "kivy-home"),
            "KCFG_GRAPHICS_WIDTH": str(size[0]), "KCFG_GRAPHICS_HEIGHT": str(size[1]),
-           "KCFG_GRAPHICS_RESIZABLE": "0", "KCFG_KIVY_LOG_LEVEL": "warning"}
+           "KCFG_GRAPHICS_RESIZABLE": "0", "KCFG_KIVY_LOG_LEVEL": "warning", **extra_env}
     signals = tmp / "signals"
     signals.mkdir(exist_ok=True)
     proc = await asyncio.create_subprocess_exec(
