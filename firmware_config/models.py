@@ -405,7 +405,7 @@ class KioskConfig(_Strict):
     """Default: <data_dir>/edge/<node_id>/kiosk.db (the search index, the stock figures last seen,
     the orders placed); a relative path is relative to the config file."""
     stock_url: str | None = None
-    """The cloud API asked for stock figures (http[s]://host[:port], `GET /api/stock`); None: only
+    """The cloud API asked for stock figures (http[s]://host[:port], its `GET /stock`); None: only
     the figures already held."""
     stock_api_key: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
     """An API key with read access to stock (sent as a bearer token)."""

@@ -162,7 +162,7 @@ class KioskComponent(Component):
 
     def _fetch_stock(self, query: Mapping[str, str | int]) -> list[FigureRow]:
         assert self.cfg.stock_url is not None
-        url = f"{self.cfg.stock_url}/api/stock?{urllib.parse.urlencode(query)}"
+        url = f"{self.cfg.stock_url}/stock?{urllib.parse.urlencode(query)}"
         headers = {"Accept": "application/json"}
         if self.cfg.stock_api_key:
             headers["Authorization"] = f"Bearer {self.cfg.stock_api_key}"

@@ -86,7 +86,9 @@ def seed_catalogue(directory: Path, products: list[dict[str, Any]] = CATALOGUE, 
 
 
 class StockApi:
-    """The cloud's `GET /api/stock` (the shape `cloud.orders.stock.atp_rows` answers), on a real socket."""
+    """The cloud's `GET /stock` (the shape `cloud.orders.stock.atp_rows` answers), on a real socket.
+    Any other path is a 404, as on the cloud: the box once asked `/api/stock`, which only this
+    stand-in answered."""
 
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
@@ -99,8 +101,8 @@ class StockApi:
             def do_GET(self) -> None:
                 api.calls.append(self.path)
                 api.auth.append(self.headers.get("Authorization"))
-                if not api.up:
-                    self.send_response(503)
+                if not api.up or urlsplit(self.path).path != "/stock":
+                    self.send_response(503 if not api.up else 404)
                     self.end_headers()
                     return
                 q = parse_qs(urlsplit(self.path).query)
