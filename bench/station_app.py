@@ -1,7 +1,8 @@
 """The clerk's station app figures (`python -m bench.station --app`): from a keyboard-wedge line to
 the repainted screen showing its verdict, online (a cloud on the bus answers every scan) and with
 the cloud unreachable (the box's provisional verdict), next to the bare bus round trip measured in
-the same run; the app's resident memory after the scans.
+the same run; the app's resident memory after the scans, next to an empty Kivy app's (and its
+frame times) measured in the same run.
 
 The box is the real edge agent (station, clerks, catalogue) in this process on a local Mosquitto;
 the "cloud" is a bus peer that answers each scan with a verdict at once (the trace engine's own
@@ -218,7 +219,13 @@ def app_figures(n: int) -> dict[str, Any]:
         try:
             bare = bare_round_trip(layout.port, (NODE, pw[NODE], topics.up(NODE, "scan"), topics.dn(NODE, "verdict")),
                                    ("cloud-2", pw["cloud-2"], topics.up(NODE, "scan"), topics.dn(NODE, "verdict")), 300)
-            return {"bare_bus_round_trip": bare, **_with_box(tmp, layout, pw, n), "targets": TARGETS}
+            figures = _with_box(tmp, layout, pw, n)
+            # What any Kivy window costs here (SDL, the GL driver: Mesa's llvmpipe under Xvfb), so
+            # the app's memory and frames can be read against it: bench/kiosk.py's empty app.
+            from bench.kiosk import _run_child as kivy_child
+
+            return {"bare_bus_round_trip": bare, **figures, "empty_kivy_app": kivy_child("empty", "", tmp),
+                    "targets": TARGETS}
         finally:
             broker.stop()
 

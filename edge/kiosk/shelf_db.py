@@ -302,6 +302,10 @@ class ShelfDb:
             else:
                 parts = known.get(name_zh or "") or fresh[name_zh or ""]
                 search.append((rank, *search_tokens(sku, name_en or "", name_zh or "", brand or "", parts)))
+        before = {r[1]: tuple(r) for r in conn.execute("SELECT * FROM shelf")}
+        if len(before) == len(shelf) and all(before.get(row[1], (None,))[0] == row[0] for row in shelf):
+            self._update_in_place(before, shelf, search, {r[0] for r in todo}, fresh, identity)
+            return len(shelf)
         with self._write_lock:
             conn = self._conn()
             conn.execute("BEGIN IMMEDIATE")
@@ -322,6 +326,30 @@ class ShelfDb:
             # One segment per prefix length instead of many small ones: keystrokes read one b-tree each.
             conn.execute("INSERT INTO shelf_search(shelf_search) VALUES ('optimize')")
         return len(shelf)
+
+    def _update_in_place(self, before: dict[str, tuple[Any, ...]], shelf: list[tuple[Any, ...]],
+                         search: list[tuple[int, str, str]], renamed: set[str], fresh: dict[str, list[Part]],
+                         identity: str) -> None:
+        """The same products in the same order (a price, a picture or a category changed, or a name
+        for one as long): only the rows that differ are written, and only the renamed products'
+        search rows. Rebuilding every time cost a box 20-50 s of CPU for each catalogue update."""
+        changed = [row for row in shelf if before[row[1]] != row]
+        tokens = [(rank, head, rest) for (rank, head, rest), row in zip(search, shelf, strict=True) if row[1] in renamed]
+        with self._write_lock:
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany("UPDATE shelf SET sku = ?, name_en = ?, name_zh = ?, brand = ?, category = ?, price = ?,"
+                                 " price_text = ?, thumb = ? WHERE rank = ?", [(*row[1:], row[0]) for row in changed])
+                conn.executemany("DELETE FROM shelf_search WHERE rowid = ?", [(rank,) for rank, _h, _r in tokens])
+                conn.executemany("INSERT INTO shelf_search(rowid, head, rest) VALUES (?, ?, ?)", tokens)
+                conn.executemany("INSERT OR IGNORE INTO pinyin_parts(name_zh, parts) VALUES (?, ?)",
+                                 [(n, json.dumps(v, ensure_ascii=False)) for n, v in fresh.items()])
+                self._set_meta(conn, "indexed", identity)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
 
     def page(self, f: Filters, here: str, limit: int, offset: int) -> tuple[int, list[dict[str, Any]]]:
         """(total matching, one page): when searching, products whose spellings start with the query

@@ -126,3 +126,35 @@ def test_a_rebuild_replaces_what_was_indexed(tmp_path: Path) -> None:
         assert found(db, "lj") == ["TEA-LJ-50"] and found(db, "lvbz") == ["CUP-LV"]
     finally:
         db.close()
+
+
+def test_an_update_that_keeps_the_order_writes_only_what_changed(tmp_path: Path) -> None:
+    db = ShelfDb(tmp_path / "kiosk.db")
+    try:
+        shelf = [*CATALOGUE, *(product(f"SNACK-{i:03d}", f"Sesame snack no. {i}", f"芝麻小吃 {i} 号", "9.50")
+                               for i in range(200))]
+        seed_catalogue(tmp_path / "v1", shelf)
+        db.rebuild(tmp_path / "v1" / "catalogue.db", "e:1")
+        by_sku = {p["sku"]: p for p in shelf}
+        # A price change, and a rename to names as long as before: every product keeps its place.
+        rice = by_sku["RICE-WC-5KG"]
+        assert (len(rice["name_en"]), len(rice["name_zh"])) == (len("Dongbei rice 5 kg"), len("东北大米 5公斤"))
+        v2 = {**by_sku, "RICE-WC-5KG": {**rice, "name_en": "Dongbei rice 5 kg", "name_zh": "东北大米 5公斤"},
+              "CUP-LV": {**by_sku["CUP-LV"], "list_price": "1.00"}}
+        seed_catalogue(tmp_path / "v2", list(v2.values()))
+        writes = db._conn().total_changes
+        assert db.rebuild(tmp_path / "v2" / "catalogue.db", "e:2") == len(shelf)
+        # Two shelf rows, the renamed product's search row (out and in, with FTS5's own rows) and
+        # the meta; a rebuild writes every product's two rows again.
+        in_place = db._conn().total_changes - writes
+        # The new names are found, the old one's pinyin is not (the brand, Wuchang, is still its brand).
+        assert (db.indexed, found(db, "dbdm"), found(db, "dongbei"), found(db, "wcdm")) == (
+            "e:2", ["RICE-WC-5KG"], ["RICE-WC-5KG"], [])
+        seed_catalogue(tmp_path / "v3", [*v2.values(), product("NEW-1", "New", "新", "1.00")])
+        writes = db._conn().total_changes
+        db.rebuild(tmp_path / "v3" / "catalogue.db", "e:3")
+        assert in_place < 30 < 2 * len(shelf) < db._conn().total_changes - writes
+        assert db.item("CUP-LV")["price"] == 1.0  # type: ignore[index]
+        assert found(db, "lj") == ["TEA-LJ-50", "TEA-LJ-250"]  # the others' tokens untouched
+    finally:
+        db.close()
