@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Table, select, update
 from sqlalchemy import exc as sa_exc
 
 from broker.envelope import MessageType
-from cloud.bus.message import Context, HandlerFn, Message
+from cloud.bus.message import Context, HandlerFn, Message, NodeFacts
 from cloud.db import insert_for
 from cloud.models import FailedMessage, IngestedMessage
 
@@ -85,8 +85,8 @@ class Registry:
         return bool(self._by_type)
 
 
-def _invoke(conn: Connection, call: Call, msg: Message, now: datetime, stores: dict[str, int | None] | None = None) -> None:
-    ctx = Context(conn, call.engine, now, {} if stores is None else stores)
+def _invoke(conn: Connection, call: Call, msg: Message, now: datetime, nodes: dict[str, NodeFacts] | None = None) -> None:
+    ctx = Context(conn, call.engine, now, {} if nodes is None else nodes)
     try:
         if call.batched:
             call.fn(ctx, [msg])
@@ -99,9 +99,9 @@ def _invoke(conn: Connection, call: Call, msg: Message, now: datetime, stores: d
 
 
 def _invoke_many(conn: Connection, call: Call, msgs: Sequence[Message], now: datetime,
-                 stores: dict[str, int | None]) -> None:
+                 nodes: dict[str, NodeFacts]) -> None:
     assert call.many is not None
-    ctx = Context(conn, call.engine, now, stores)
+    ctx = Context(conn, call.engine, now, nodes)
     try:
         call.many(ctx, msgs)
         ctx.finish()
@@ -145,15 +145,15 @@ def isolated(
 
 
 def run_calls(conn: Connection, calls: Sequence[tuple[Call, Message]], now: datetime, *, careful: bool = True,
-              stores: dict[str, int | None] | None = None) -> int:
+              nodes: dict[str, NodeFacts] | None = None) -> int:
     """Run `calls` in `conn`'s transaction; return how many failed (each recorded in the failed list).
 
     `careful=False` is the ingest batch's first try (see `cloud.bus.ledger.store_batch`): no
-    savepoint, and a call that raises makes the caller roll back the whole transaction. `stores`:
-    the store of each node of the batch, as the ledger read it (`Context.store_of`)."""
+    savepoint, and a call that raises makes the caller roll back the whole transaction. `nodes`:
+    what the ledger read of each node of the batch (`Context.store_of`, `Context.runs`)."""
     if not calls:
         return 0
-    stores = {} if stores is None else stores
+    nodes = {} if nodes is None else nodes
 
     def whole() -> None:
         grouped: dict[Call, list[Message]] = {}
@@ -162,17 +162,17 @@ def run_calls(conn: Connection, calls: Sequence[tuple[Call, Message]], now: date
                 grouped.setdefault(call, []).append(msg)
         for call, msg in calls:
             if call.many is None:
-                _invoke(conn, call, msg, now, stores)
+                _invoke(conn, call, msg, now, nodes)
                 continue
             msgs = grouped.pop(call, None)
             if msgs is not None:  # once, where the first of its messages comes
-                _invoke_many(conn, call, msgs, now, stores)
+                _invoke_many(conn, call, msgs, now, nodes)
 
     if not careful:
         whole()
         return 0
     return isolated(
-        conn, whole, calls, lambda c: _invoke(conn, c[0], c[1], now, stores),
+        conn, whole, calls, lambda c: _invoke(conn, c[0], c[1], now, nodes),
         lambda c, exc: record_failure(conn, c[0], c[1], exc, now),
     )
 

@@ -42,7 +42,7 @@ from broker import topics
 from broker.envelope import SEQUENCED, ContractError, Envelope, MessageType, decode
 from cloud.bus import downlink
 from cloud.bus.dispatch import Registry, calls_for, is_database_fault, isolated, run_calls
-from cloud.bus.message import Message
+from cloud.bus.message import Message, NodeFacts
 from cloud.db import insert_for, write_transaction
 from cloud.models import REJECTED_PAYLOAD_MAX, IngestedMessage, Node, RejectedMessage, UtcDateTime
 
@@ -297,13 +297,13 @@ def _store(
 def _apply(conn: Connection, new: list[tuple[Envelope, Incoming]], registry: Registry | None, out: BatchOutcome,
            careful: bool) -> None:
     now = max(item.received_at for _, item in new)
-    stores: dict[str, int | None] = {}
+    nodes: dict[str, NodeFacts] = {}
     if not careful:
-        stores = _apply_node_state(conn, new, out)
+        nodes = _apply_node_state(conn, new, out)
     else:
         try:
             with conn.begin_nested():
-                stores = _apply_node_state(conn, new, out)
+                nodes = _apply_node_state(conn, new, out)
         except Exception as exc:
             if is_database_fault(exc):
                 raise
@@ -323,7 +323,7 @@ def _apply(conn: Connection, new: list[tuple[Envelope, Incoming]], registry: Reg
             # An ack concerns the engine that sent the command it answers, and no other.
             calls = [(call, msg) for call, msg in calls
                      if msg.type is not MessageType.ACK or engines.get((msg.node, msg.corr)) == call.engine]
-        out.handler_failures += run_calls(conn, calls, now, careful=careful, stores=stores)
+        out.handler_failures += run_calls(conn, calls, now, careful=careful, nodes=nodes)
 
 
 def store_one_by_one(engine: Engine, items: Sequence[Incoming], registry: Registry | None = None) -> BatchOutcome:
@@ -356,9 +356,10 @@ def _add(total: BatchOutcome, one: BatchOutcome) -> None:
 
 
 def _apply_node_state(conn: Connection, messages: list[tuple[Envelope, Incoming]],
-                      out: BatchOutcome) -> dict[str, int | None]:
+                      out: BatchOutcome) -> dict[str, NodeFacts]:
     """Apply the batch to its nodes' rows (seen, sessions, seqs, gaps), each locked until the
-    commit; return the store each node is assigned to, as read under that lock."""
+    commit; return what the handlers need of each node (its store, its commands), as read under
+    that lock."""
     seen: dict[str, datetime] = {}
     seq_high: dict[str, int] = {}
     seqs: dict[str, set[int]] = {}
@@ -377,7 +378,7 @@ def _apply_node_state(conn: Connection, messages: list[tuple[Envelope, Incoming]
     # as `_lock_nodes` would, and stopping at the first node it does not fit keeps every lock of
     # this transaction in id order (the rest are locked by `_ensure_nodes`, all after it).
     with_lifecycle = {env.node for env, _ in lifecycle}
-    stores: dict[str, int | None] = {}
+    facts: dict[str, NodeFacts] = {}
     for node in sorted(seen):
         run = seqs.get(node)
         if run is None or node in with_lifecycle:
@@ -385,13 +386,13 @@ def _apply_node_state(conn: Connection, messages: list[tuple[Envelope, Incoming]
         found = _fast_forward(conn, node, min(run), max(run), len(run), seen[node])
         if found is None:
             break
-        stores[node] = found[0]
-    if stores:
-        seen = {n: t for n, t in seen.items() if n not in stores}
-        seq_high = {n: h for n, h in seq_high.items() if n not in stores}
+        facts[node] = found
+    if facts:
+        seen = {n: t for n, t in seen.items() if n not in facts}
+        seq_high = {n: h for n, h in seq_high.items() if n not in facts}
         if not seen:
-            return stores
-    stores.update(_ensure_nodes(conn, seen))
+            return facts
+    facts.update(_ensure_nodes(conn, seen))
     conn.execute(_LAST_SEEN, [{"b_id": node, "b_seen": when} for node, when in seen.items()])
 
     # Applied in arrival order; the session conditions make the order of workers irrelevant.
@@ -423,7 +424,7 @@ def _apply_node_state(conn: Connection, messages: list[tuple[Envelope, Incoming]
             out.lost_seqs += _write_off(conn, node, contig[node], birth.oldest_seq)
             _advance(conn, {node})
     _mark_gaps(conn, touched, max(seen.values()))
-    return stores
+    return facts
 
 
 # Built once: constructing SQLAlchemy statements per batch cost as much as executing them.
@@ -461,7 +462,7 @@ def _utc(when: datetime) -> datetime:
     return when.astimezone(UTC)
 
 
-_LOCK_NODES = (select(_NODES.c.id, _NODES.c.store_id).where(_NODES.c.id.in_(bindparam("b_ids", expanding=True)))
+_LOCK_NODES = (select(_NODES.c.id, _NODES.c.store_id, _NODES.c.commands).where(_NODES.c.id.in_(bindparam("b_ids", expanding=True)))
                .order_by(_NODES.c.id).with_for_update())
 _LAST_SEEN = (
     update(_NODES)
@@ -490,8 +491,8 @@ _MARK_GAPS = (
 )
 
 
-def _ensure_nodes(conn: Connection, nodes: Iterable[str]) -> dict[str, int | None]:
-    """Register unknown nodes and lock the batch's node rows (see `_lock_nodes`); return their stores."""
+def _ensure_nodes(conn: Connection, nodes: Iterable[str]) -> dict[str, NodeFacts]:
+    """Register unknown nodes and lock the batch's node rows (see `_lock_nodes`); return their facts."""
     wanted = set(nodes)
     known = _lock_nodes(conn, wanted)
     missing = sorted(wanted - set(known))
@@ -500,7 +501,7 @@ def _ensure_nodes(conn: Connection, nodes: Iterable[str]) -> dict[str, int | Non
         stmt = insert_for(conn, _NODES).on_conflict_do_nothing(index_elements=["id"]).returning(_NODES.c.id)
         for node in conn.execute(stmt, [{"id": n} for n in missing]).scalars():
             log.info("first message from unknown node %r: registered it (no store assigned)", node)
-    return {**dict.fromkeys(missing), **known}
+    return {**dict.fromkeys(missing, NodeFacts(None, None)), **known}
 
 
 # Built once: constructing SQLAlchemy statements per batch cost as much as executing them.
@@ -525,28 +526,27 @@ _FAST_FORWARD = (
             else_=_NODES.c.last_seen,
         ),
     )
-    .returning(_NODES.c.store_id)
+    .returning(_NODES.c.store_id, _NODES.c.commands)
 )
 
 
 def _fast_forward(conn: Connection, node: str, first: int, last: int, count: int,
-                  seen: datetime) -> tuple[int | None] | None:
+                  seen: datetime) -> NodeFacts | None:
     """The common case in one statement: the batch holds a node's next seqs as one unbroken run
-    and no gap is open, so its contiguous seq simply moves to the run's end. Returns `(store,)`,
-    the node's store, or None when that does not hold (nothing changed); the general path then
-    works it out."""
+    and no gap is open, so its contiguous seq simply moves to the run's end. Returns the node's
+    facts, or None when that does not hold (nothing changed); the general path then works it out."""
     if last - first + 1 != count:
         return None
     row = conn.execute(_FAST_FORWARD, {"b_id": node, "b_prev": first - 1, "b_last": last, "b_seen": seen}).first()
-    return None if row is None else (row.store_id,)
+    return None if row is None else NodeFacts.of(row.store_id, row.commands)
 
 
-def _lock_nodes(conn: Connection, nodes: Iterable[str]) -> dict[str, int | None]:
+def _lock_nodes(conn: Connection, nodes: Iterable[str]) -> dict[str, NodeFacts]:
     """Lock node rows in one fixed order before updating them: two workers (or a batch and the gap
     check) that touch the same nodes then queue behind each other instead of deadlocking.
-    PostgreSQL only; SQLite has a single writer and ignores FOR UPDATE. Returns the store of each
+    PostgreSQL only; SQLite has a single writer and ignores FOR UPDATE. Returns the facts of each
     node that exists."""
-    return {row.id: row.store_id for row in conn.execute(_LOCK_NODES, {"b_ids": sorted(nodes)})}
+    return {row.id: NodeFacts.of(row.store_id, row.commands) for row in conn.execute(_LOCK_NODES, {"b_ids": sorted(nodes)})}
 
 
 def _birth(conn: Connection, env: Envelope, item: Incoming) -> bool:

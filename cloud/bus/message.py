@@ -26,7 +26,7 @@ from broker.envelope import PAYLOADS, Envelope, MessageType
 from broker.payloads import Payload
 from cloud.models import Node
 
-__all__ = ["BatchHandlerFn", "Context", "HandlerFn", "Message", "Position", "newer_clause"]
+__all__ = ["BatchHandlerFn", "Context", "HandlerFn", "Message", "NodeFacts", "Position", "newer_clause"]
 
 Position = tuple[int, int]
 """(session, seq): the order of a box's messages (never its clock)."""
@@ -83,6 +83,19 @@ def newer_clause(session_col: ColumnElement[Any], seq_col: ColumnElement[Any], m
 SendFn = Callable[..., uuid.UUID]
 
 
+@dataclass(frozen=True, slots=True)
+class NodeFacts:
+    """A node's row as a batch's handlers need it: its store and the commands its birth said it runs."""
+
+    store_id: int | None
+    commands: frozenset[str] | None
+    """None: its birth did not say (it runs everything)."""
+
+    @classmethod
+    def of(cls, store_id: int | None, commands: Sequence[str] | None) -> NodeFacts:
+        return cls(store_id, None if commands is None else frozenset(commands))
+
+
 @dataclass(eq=False)
 class Context:
     """A handler's access to the transaction it runs in."""
@@ -93,17 +106,29 @@ class Context:
     engine: str
     """The name of the engine whose handler runs (commands it sends are recorded as from it)."""
     now: datetime
-    stores: dict[str, int | None] = field(default_factory=dict, repr=False)
-    """The store each node is assigned to, as far as known (see `store_of`)."""
+    nodes: dict[str, NodeFacts] = field(default_factory=dict, repr=False)
+    """What is known of the nodes this handler deals with (see `store_of`, `runs`)."""
     _orm: Session | None = field(default=None, repr=False)
+
+    def _facts(self, node: str) -> NodeFacts:
+        facts = self.nodes.get(node)
+        if facts is None:
+            row = self.conn.execute(select(Node.store_id, Node.commands).where(Node.id == node)).first()
+            facts = self.nodes[node] = NodeFacts(None, None) if row is None else NodeFacts.of(row.store_id, row.commands)
+        return facts
 
     def store_of(self, node: str) -> int | None:
         """The store `node` is assigned to (None: none, or an unknown node). For the batch's own
         nodes the ledger read it already, under the lock it holds on their rows until the commit,
         so this costs no query; another node's is read once."""
-        if node not in self.stores:
-            self.stores[node] = self.conn.execute(select(Node.store_id).where(Node.id == node)).scalar()
-        return self.stores[node]
+        return self._facts(node).store_id
+
+    def runs(self, node: str, command: str) -> bool:
+        """Whether `node` runs the `CommandData` named `command`, as its last birth said (one that
+        did not say runs everything); read like `store_of`. An engine asks before queuing a command
+        that only some boxes have a component for."""
+        said = self._facts(node).commands
+        return said is None or command in said
 
     @property
     def orm(self) -> Session:

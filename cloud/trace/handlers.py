@@ -57,7 +57,8 @@ def on_scan(ctx: Context, msg: Message) -> None:
                   node=msg.node, location_id=loc_id, position=msg.position, provisional=data.provisional,
                   **_clerk(data))
     verdict = verify(ctx.conn, scan, RULES, ctx.now)
-    ctx.send(msg.node, MessageType.VERDICT, verdict.data, corr=msg.msg_id, expires_in=timedelta(hours=24))
+    if ctx.runs(msg.node, TRACE_LISTS):
+        ctx.send(msg.node, MessageType.VERDICT, verdict.data, corr=msg.msg_id, expires_in=timedelta(hours=24))
 
 
 def _clerk(data: ScanData) -> dict[str, str | None]:
@@ -81,8 +82,12 @@ def on_scans(ctx: Context, msgs: Sequence[Message]) -> None:
                             node=msg.node, location_id=locs[store_id], position=msg.position,
                             provisional=data.provisional, **_clerk(data)))
     verdicts = verify_many(ctx.conn, scans, RULES, ctx.now)
+    # A verdict goes to a box with a station, the component that shows it (the one that keeps the
+    # offline lists): another box that scans (a simulator, a data feed) would only refuse it, and
+    # its refusal would fill both logs. The scan is verified and recorded all the same.
     ctx.send_many([(scan.node or "", MessageType.VERDICT, verdict.data, scan.msg_id)
-                   for scan, verdict in zip(scans, verdicts, strict=True)], expires_in=timedelta(hours=24))
+                   for scan, verdict in zip(scans, verdicts, strict=True) if ctx.runs(scan.node or "", TRACE_LISTS)],
+                  expires_in=timedelta(hours=24))
 
 
 def on_birth(ctx: Context, msg: Message) -> None:

@@ -21,6 +21,7 @@ from broker.envelope import Envelope, MessageType, decode, encode
 from broker.payloads import CommandData, ScanData, ScanPurpose, TraceListsArgs, VerdictClass, VerdictData
 from cloud.bus.worker import CloudBus
 from cloud.engines import load_engines
+from cloud.models import DownlinkCommand, Node
 from cloud.trace.models import Alert, Scan
 from tests.access.conftest import World
 from tests.cloud.conftest import Box, box, cloud_settings, running, until
@@ -142,3 +143,25 @@ def test_every_verdict_class_over_the_bus(broker: Broker, tworld: World, hq: Tes
         assert bus.stats.handler_failures == 0
 
     asyncio.run(body())
+
+
+def test_a_box_without_a_station_gets_no_verdict_its_scans_are_recorded(broker: Broker, tworld: World) -> None:
+    """A box whose birth names no station (no `trace_lists`: a simulator, a feed) would only refuse
+    a verdict; its scans are verified and recorded all the same. One with a station gets its own."""
+    engine = tworld.engine
+
+    async def body() -> None:
+        bus = CloudBus(await cloud_settings(broker, engine), engine, load_engines())
+        async with running(bus), box(broker, "st0001-k1") as station, box(broker, "st0002-k1") as feed:
+            await station.birth(data={"store": "st0001", "commands": ["ping", "trace_lists"]})
+            await feed.birth(data={"store": "st0002", "commands": ["ping"]})
+            await until(lambda: count(engine, Node, Node.commands.is_not(None)) == 2, what="both births stored")
+            fed = feed.envelope(MessageType.SCAN, ScanData(code="]E04006381333931", station="feed"))
+            await feed.send(fed)
+            await until(lambda: count(engine, Scan, Scan.msg_id == fed.msg_id) == 1, what="the feed's scan recorded")
+            # Its verdict would have been written in the same transaction as the scan's row.
+            assert count(engine, DownlinkCommand, DownlinkCommand.node == "st0002-k1",
+                         DownlinkCommand.type == MessageType.VERDICT.value) == 0
+            assert (await ask(station, "]E04006381333931")).verdict is VerdictClass.UNTRACKED
+
+    asyncio.run(asyncio.wait_for(body(), 60))
