@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from sqlalchemy import select
 
 from cloud.access.scope import (
+    Forbidden,
     NotFound,
     Perm,
     Principal,
@@ -201,6 +202,8 @@ def region_create(
             service.create_region(session, principal, code, name, via="console")
     except InputError as exc:
         return _regions_page(request, principal, error=str(exc), code=422, rform={"code": code, "name": name})
+    except Forbidden as exc:
+        return _regions_page(request, principal, error=str(exc), code=403, rform={"code": code, "name": name})
     return RedirectResponse("/console/regions", status.HTTP_303_SEE_OTHER)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
-from cloud.access.scope import NotFound, Principal, Scope, get_node, get_store, visible_nodes
+from cloud.access.scope import Forbidden, NotFound, Principal, Scope, get_node, get_store, visible_nodes
 from cloud.access.service import InputError, audit
 from cloud.bus import downlink
 from cloud.bus.dispatch import ReplayResult, discard, replay
@@ -93,8 +93,9 @@ def store_view(s: Store) -> dict[str, Any]:
 
 
 def _require_all(scope: Scope, what: str) -> None:
+    # Not the request's fault but the caller's rights: 403, as for a role that may not do it at all.
     if not scope.all:
-        raise InputError("scope", f"{what} needs a principal that sees every region (admin or hq)")
+        raise Forbidden(f"{what} needs a principal that sees every region (admin or hq)")
 
 
 def get_region(session: Session, scope: Scope, code: str) -> Region:

@@ -7,6 +7,7 @@ import re
 from fastapi.testclient import TestClient
 
 from cloud.access.models import ApiKey, User
+from cloud.models import Region
 from tests.access.conftest import GRANTS, PASSWORD, World, row_count, sign_in
 
 PAGES = ["fleet", "orders", "stock", "trace", "signage", "devices", "users", "users/regional", "api-keys", "audit",
@@ -50,6 +51,16 @@ def test_a_regional_manager_cannot_open_another_regions_store(world: World) -> N
         assert "st0001-k1" in fleet and "st0003" not in fleet
         state = client.get("/console/fleet/state.json").json()
         assert sorted(n["id"] for n in state["nodes"]) == ["st0001-k1", "st0002-k1"]
+
+
+def test_a_regional_manager_is_told_a_new_region_is_not_theirs_to_make(world: World) -> None:
+    with world.app_client() as client:
+        csrf = sign_in(client, "regional")
+        answer = client.post("/console/regions", data={"code": "west", "name": "West", "csrf_token": csrf})
+        # The regions page again, saying why (not a bare "not allowed" page).
+        assert answer.status_code == 403 and "<h1>Regions" in answer.text
+        assert "creating a region needs a principal that sees every region (admin or hq)" in answer.text
+        assert row_count(world.engine, Region) == 2
 
 
 def test_form_posts_without_the_csrf_token_are_refused(world: World, admin: tuple[TestClient, str]) -> None:
