@@ -24,13 +24,14 @@ the local API's threads: one connection per thread, writes serialised by a lock.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,25 +307,16 @@ class ShelfDb:
         if len(before) == len(shelf) and all(before.get(row[1], (None,))[0] == row[0] for row in shelf):
             self._update_in_place(before, shelf, search, {r[0] for r in todo}, fresh, identity)
             return len(shelf)
+        with self._writing(fresh, identity) as conn:
+            conn.execute("DELETE FROM shelf")
+            # Dropped and made again: FTS5 deletes row by row, and that took longer than the build.
+            conn.execute("DROP TABLE shelf_search")
+            conn.execute(_SEARCH_TABLE)
+            conn.executemany("INSERT INTO shelf VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", shelf)
+            conn.executemany("INSERT INTO shelf_search(rowid, head, rest) VALUES (?, ?, ?)", search)
         with self._write_lock:
-            conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute("DELETE FROM shelf")
-                # Dropped and made again: FTS5 deletes row by row, and that took longer than the build.
-                conn.execute("DROP TABLE shelf_search")
-                conn.execute(_SEARCH_TABLE)
-                conn.executemany("INSERT INTO shelf VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", shelf)
-                conn.executemany("INSERT INTO shelf_search(rowid, head, rest) VALUES (?, ?, ?)", search)
-                conn.executemany("INSERT OR IGNORE INTO pinyin_parts(name_zh, parts) VALUES (?, ?)",
-                                 [(n, json.dumps(v, ensure_ascii=False)) for n, v in fresh.items()])
-                self._set_meta(conn, "indexed", identity)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
             # One segment per prefix length instead of many small ones: keystrokes read one b-tree each.
-            conn.execute("INSERT INTO shelf_search(shelf_search) VALUES ('optimize')")
+            self._conn().execute("INSERT INTO shelf_search(shelf_search) VALUES ('optimize')")
         return len(shelf)
 
     def _update_in_place(self, before: dict[str, tuple[Any, ...]], shelf: list[tuple[Any, ...]],
@@ -335,14 +327,21 @@ class ShelfDb:
         search rows. Rebuilding every time cost a box 20-50 s of CPU for each catalogue update."""
         changed = [row for row in shelf if before[row[1]] != row]
         tokens = [(rank, head, rest) for (rank, head, rest), row in zip(search, shelf, strict=True) if row[1] in renamed]
+        with self._writing(fresh, identity) as conn:
+            conn.executemany("UPDATE shelf SET sku = ?, name_en = ?, name_zh = ?, brand = ?, category = ?, price = ?,"
+                             " price_text = ?, thumb = ? WHERE rank = ?", [(*row[1:], row[0]) for row in changed])
+            conn.executemany("DELETE FROM shelf_search WHERE rowid = ?", [(rank,) for rank, _h, _r in tokens])
+            conn.executemany("INSERT INTO shelf_search(rowid, head, rest) VALUES (?, ?, ?)", tokens)
+
+    @contextlib.contextmanager
+    def _writing(self, fresh: dict[str, list[Part]], identity: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction for an index change, which also keeps the new names' pinyin and
+        records the catalogue indexed: all of it or nothing."""
         with self._write_lock:
             conn = self._conn()
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany("UPDATE shelf SET sku = ?, name_en = ?, name_zh = ?, brand = ?, category = ?, price = ?,"
-                                 " price_text = ?, thumb = ? WHERE rank = ?", [(*row[1:], row[0]) for row in changed])
-                conn.executemany("DELETE FROM shelf_search WHERE rowid = ?", [(rank,) for rank, _h, _r in tokens])
-                conn.executemany("INSERT INTO shelf_search(rowid, head, rest) VALUES (?, ?, ?)", tokens)
+                yield conn
                 conn.executemany("INSERT OR IGNORE INTO pinyin_parts(name_zh, parts) VALUES (?, ?)",
                                  [(n, json.dumps(v, ensure_ascii=False)) for n, v in fresh.items()])
                 self._set_meta(conn, "indexed", identity)
