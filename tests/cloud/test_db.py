@@ -157,3 +157,25 @@ def _write_once(engine: Engine) -> bool:
     with write_transaction(engine) as db:
         db.execute(text("INSERT INTO t VALUES (9)"))
     return True
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_pooled_connection_the_server_dropped_while_idle_is_replaced_not_used(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No ping on every checkout (a round trip each): a connection idle for PING_AFTER_IDLE_S is
+    pinged, and one the server ended meanwhile (a restart, a dropped link) is thrown away for a new
+    one instead of failing the caller's first statement."""
+    import psycopg
+
+    with engine.connect() as conn:
+        first = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    with engine.connect() as conn:  # back at once: the same connection
+        assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() == first
+    # The server ends it while it waits in the pool.
+    with psycopg.connect(engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
+                         autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (first,))
+    monkeypatch.setattr(cloud_db, "PING_AFTER_IDLE_S", 0.0)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != first
