@@ -15,6 +15,7 @@ defaults (each is refused when compiled). SQLAlchemy's cursor events do not see 
 
 from __future__ import annotations
 
+import re
 from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,12 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.expression import ClauseElement
 
 __all__ = ["Prepared"]
+
+_NAMED = re.compile(r"%\((\w+)\)s")
+"""A pyformat placeholder (psycopg's, as SQLAlchemy renders it): made positional (`%s`) in a multi-row INSERT."""
+_ROWS_PER_INSERT = 500
+"""Rows per multi-row INSERT: 500 x a scan's 16 values stays far below SQLite's and PostgreSQL's
+limits on bound parameters (32,766 and 65,535)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +53,7 @@ class Prepared:
     def __init__(self, statement: ClauseElement) -> None:
         self.statement = statement
         self._by_dialect: dict[str, _Compiled] = {}
+        self._many: dict[tuple[str, int], tuple[str, Sequence[str]]] = {}
 
     def _compile(self, dialect: Dialect) -> _Compiled:
         compiled: Any = self.statement.compile(dialect=dialect)
@@ -96,6 +104,54 @@ class Prepared:
             cursor.executemany(c.sql, [self._args(c, p) for p in params])
         finally:
             cursor.close()
+
+    def _rows_sql(self, c: _Compiled, n: int) -> tuple[str, Sequence[str]]:
+        """The single-row INSERT's SQL with `n` rows of VALUES, positional, and the bind names of one row."""
+        found = self._many.get((c.sql, n))
+        if found is None:
+            head, tail = c.sql.split(" VALUES (", 1)
+            row, returning, columns = tail.partition(") RETURNING ")
+            row, end = (row, returning[1:] + columns) if returning else (tail[:-1], "")
+            names = _NAMED.findall(row) or list(c.names)
+            row = "(" + _NAMED.sub("%s", row) + ")"
+            found = self._many[(c.sql, n)] = (f"{head} VALUES {', '.join([row] * n)}{end}", names)
+        return found
+
+    def insert_rows(self, conn: Connection, params: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """Run a single-row `INSERT … VALUES` (compiled from `insert().values({c: bindparam(c)})`) for
+        every parameter set as one multi-row INSERT per `_ROWS_PER_INSERT` sets; its RETURNING rows as
+        the driver gives them (raw values, no result processing; the order is the database's)."""
+        c = self._prepared(conn)
+        binds, out = c.binds, []
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            for start in range(0, len(params), _ROWS_PER_INSERT):
+                chunk = params[start:start + _ROWS_PER_INSERT]
+                sql, names = self._rows_sql(c, len(chunk))
+                args = [binds[n](p[n]) if n in binds else p[n] for p in chunk for n in names]
+                cursor.execute(sql, args)
+                if cursor.description is not None:
+                    out.extend(cursor.fetchall())
+        finally:
+            cursor.close()
+        return out
+
+    def dicts(self, conn: Connection, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Every row as a dict of column name → value (the columns' result processors applied)."""
+        c, cursor = self._run(conn, params)
+        try:
+            raw = cursor.fetchall()
+        finally:
+            cursor.close()
+        keys = c.row._fields
+        processed = [(i, p) for i, p in enumerate(c.results) if p is not None]
+        out = []
+        for r in raw:
+            values = list(r)
+            for i, p in processed:
+                values[i] = p(values[i])
+            out.append(dict(zip(keys, values, strict=True)))
+        return out
 
     def first(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """The first row (attribute access by column name), or None."""
