@@ -30,7 +30,7 @@ import gs1
 from broker.payloads import ParsedCode, ScanPurpose, VerdictClass, VerdictData, VerdictRule
 from cloud.models import Region, Store
 from cloud.trace.events import EPCS, EVENTS, LOCATIONS, UNITS
-from cloud.trace.hotsql import Prepared
+from cloud.trace.hotsql import InsertRows, Prepared, UpdateRows
 from cloud.trace.keys import case_key, unit_key
 from cloud.trace.models import Alert, Recall, Scan
 from cloud.trace.rules import TraceRules
@@ -115,17 +115,15 @@ _RECALL_REASON = Prepared(select(RECALLS.c.reason).where(RECALLS.c.id == bindpar
 _SCAN_COLUMNS = ("msg_id", "node", "station", "purpose", "code", "gtin", "serial", "location_id", "at", "verdict",
                  "rule", "message", "evidence", "provisional", "clerk_id", "clerk_name")
 _INSERT_SCAN = Prepared(SCANS.insert().values({c: bindparam(c) for c in _SCAN_COLUMNS}).returning(SCANS.c.id))
-_INSERT_SCANS = Prepared(SCANS.insert().values({c: bindparam(c) for c in _SCAN_COLUMNS})
-                         .returning(SCANS.c.id, SCANS.c.msg_id))
-"""A batch's scans: one multi-row INSERT (`Prepared.insert_rows`), matched back by their unique msg_id."""
+_INSERT_SCANS = InsertRows(SCANS, _SCAN_COLUMNS, ("id", "msg_id"))
+"""A batch's scans in one statement, matched back by their unique msg_id."""
 _EVENT_COLUMNS = ("event_id", "hash", "type", "action", "event_time", "tz_offset", "biz_step", "disposition",
                   "biz_location", "read_point", "capture_id", "recorded_at", "doc")
-_INSERT_EVENTS = Prepared(EVENTS.insert().values({c: bindparam(c) for c in _EVENT_COLUMNS})
-                          .returning(EVENTS.c.id, EVENTS.c.event_id))
-_INSERT_EPCS = Prepared(EPCS.insert().values({c: bindparam(c) for c in ("event_id", "epc", "role")}))
+_INSERT_EVENTS = InsertRows(EVENTS, _EVENT_COLUMNS, ("id", "event_id"))
+_INSERT_EPCS = InsertRows(EPCS, ("event_id", "epc", "role"))
 _ALERT_COLUMNS = ("kind", "at", "code", "gtin", "serial", "location_id", "store_id", "region_id", "scan_id", "message",
                   "evidence")
-_INSERT_ALERTS = Prepared(ALERTS.insert().values({c: bindparam(c) for c in _ALERT_COLUMNS}))
+_INSERT_ALERTS = InsertRows(ALERTS, _ALERT_COLUMNS)
 
 
 def _loc(conn: Connection, loc_id: int | None) -> Any:
@@ -220,16 +218,15 @@ _UNIT_STATE = ("seen_location_id", "seen_at", "state", "location_id", "received_
                "sold_location_id", "sold_node", "sold_session", "sold_seq")
 """The unit's columns a scan may change (`_effect`), besides `last_scan_id`: written back once per
 unit and batch, those that changed."""
-_writes: dict[tuple[str, ...], Prepared] = {}
+_writes: dict[tuple[str, ...], UpdateRows] = {}
 
 
-def _write_unit(columns: tuple[str, ...]) -> Prepared:
-    """The unit's UPDATE of `last_scan_id` and `columns` (a handful of shapes: seen, sold, received,
+def _write_unit(columns: tuple[str, ...]) -> UpdateRows:
+    """The units' UPDATE of `last_scan_id` and `columns` (a handful of shapes: seen, sold, received,
     returned), built once each."""
     found = _writes.get(columns)
     if found is None:
-        found = _writes[columns] = Prepared(update(UNITS).where(UNITS.c.id == bindparam("uid")).values(
-            {c: bindparam(c) for c in ("last_scan_id", *columns)}))
+        found = _writes[columns] = UpdateRows(UNITS, "id", ("last_scan_id", *columns))
     return found
 _LAST_OF_SCAN = {"station": "last_station", "node": "last_node", "location_id": "last_location_id",
                  "purpose": "last_purpose", "at": "last_at", "verdict": "last_verdict", "rule": "last_rule",
@@ -360,7 +357,7 @@ def _verify_set(conn: Connection, scans: Sequence[ScanIn], codes: Sequence[gs1.C
         decided.append((i, parsed, loc, cls, rule, message, evidence))
     # One multi-row INSERT … RETURNING each; its rows are matched back by their unique msg_id /
     # eventID (asking SQLAlchemy to return them in order made it insert them one by one on SQLite).
-    by_msg = {_uuid_hex(msg_id): scan_id for scan_id, msg_id in _INSERT_SCANS.insert_rows(conn, rows)}
+    by_msg = {_uuid_hex(msg_id): scan_id for scan_id, msg_id in _INSERT_SCANS.run(conn, rows)}
     ids = [by_msg[r["msg_id"].hex] for r in rows]
     # Only the columns the batch's scans changed, as `_effects` writes them: a column written back
     # unchanged could undo what another worker wrote to the unit since the read (PostgreSQL).
@@ -368,14 +365,14 @@ def _verify_set(conn: Connection, scans: Sequence[ScanIn], codes: Sequence[gs1.C
     for u in touched.values():
         columns = tuple(c for c in _UNIT_STATE if c in u.changed)
         by_columns.setdefault(columns, []).append(
-            {**{c: getattr(u, c) for c in columns}, "uid": u.id, "last_scan_id": ids[last_scan[u.id]]})
+            {**{c: getattr(u, c) for c in columns}, "id": u.id, "last_scan_id": ids[last_scan[u.id]]})
     for columns, params in by_columns.items():
-        _write_unit(columns).execute_many(conn, params)
+        _write_unit(columns).run(conn, params)
     if events:
         # Its effect on the unit is written above (the store's location may have no GLN to resolve).
         event_rows = [_event_row(event, rows[k]["at"], now) for k, event in events]
-        by_event = dict((event_id, new_id) for new_id, event_id in _INSERT_EVENTS.insert_rows(conn, event_rows))
-        _INSERT_EPCS.insert_rows(conn, [{"event_id": by_event[event["eventID"]], "epc": event["epcList"][0], "role": "epc"}
+        by_event = dict((event_id, new_id) for new_id, event_id in _INSERT_EVENTS.run(conn, event_rows))
+        _INSERT_EPCS.run(conn, [{"event_id": by_event[event["eventID"]], "epc": event["epcList"][0], "role": "epc"}
                                         for _k, event in events])
     alerts: list[dict[str, Any]] = []
     for k, (i, parsed, loc, cls, rule, message, evidence) in enumerate(decided):
@@ -386,7 +383,7 @@ def _verify_set(conn: Connection, scans: Sequence[ScanIn], codes: Sequence[gs1.C
                            message=message[:500], evidence=evidence, provisional=False, decided_at=now)
         verdicts[i] = Verdict(data, ids[k])
     if alerts:
-        _INSERT_ALERTS.insert_rows(conn, alerts)
+        _INSERT_ALERTS.run(conn, alerts)
 
 
 def _uuid_hex(value: Any) -> str:
@@ -650,8 +647,8 @@ def _event_row(event: dict[str, Any], when: datetime, now: datetime) -> dict[str
 
 
 def _store_only(conn: Connection, event: dict[str, Any], when: datetime, now: datetime) -> None:
-    ((new_id, _event_id),) = _INSERT_EVENTS.insert_rows(conn, [_event_row(event, when, now)])
-    _INSERT_EPCS.insert_rows(conn, [{"event_id": new_id, "epc": event["epcList"][0], "role": "epc"}])
+    ((new_id, _event_id),) = _INSERT_EVENTS.run(conn, [_event_row(event, when, now)])
+    _INSERT_EPCS.run(conn, [{"event_id": new_id, "epc": event["epcList"][0], "role": "epc"}])
 
 
 def _alert_row(kind: str, scan: ScanIn, parsed: ParsedCode | None, loc: Any, scan_id: int | None,
