@@ -224,7 +224,7 @@ def _statements_per_batch(engine: sa.Engine, scans: list[ScanIn], rules: TraceRu
             try:
                 verify_many(conn, scans, rules, datetime.now(UTC))
             finally:
-                psycopg.Cursor.execute, psycopg.Cursor.executemany = execute, executemany  # type: ignore[method-assign, assignment]
+                psycopg.Cursor.execute, psycopg.Cursor.executemany = execute, executemany  # type: ignore[method-assign]
     heads = [" ".join(q.split()[:3]) for q in seen]
     counted: dict[str, int] = {}
     for h in heads:

@@ -9,7 +9,9 @@ by the dialect; values go through each column type's own bind and result process
 skips the per-execution machinery. It runs in the caller's transaction, on its connection.
 
 Only plain statements: no expanding `IN`, no literal-execute parameters, no Python-side column
-defaults (each is refused when compiled). SQLAlchemy's cursor events do not see these statements;
+defaults (each is refused when compiled). `InsertRows` and `UpdateRows` write a batch's rows in one
+statement each the same way (rows of `VALUES` / an executemany on SQLite, one array per column and
+`unnest` on PostgreSQL). SQLAlchemy's cursor events do not see these statements;
 `tests/trace/test_statements.py` counts them at the driver.
 """
 
@@ -26,7 +28,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.expression import ClauseElement
 
-__all__ = ["Prepared"]
+__all__ = ["InsertRows", "Prepared", "UpdateRows"]
 
 _NAMED = re.compile(r"%\((\w+)\)s")
 """A pyformat placeholder (psycopg's, as SQLAlchemy renders it): made positional (`%s`) in a multi-row INSERT."""
