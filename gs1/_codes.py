@@ -249,6 +249,8 @@ def _with_epc(code: Code) -> Code:
 
 _FAST_AIS = {"01": 14, "17": 6, "10": 0, "21": 0}
 """AIs the fast path reads (length for fixed ones, 0 for variable ones closed by GS or the end)."""
+_COMMON = re.compile("01([0-9]{14})(?:17([0-9]{6}))?(?:10([!\"%-?A-Z_a-z]{1,20})\x1d)?21([!\"%-?A-Z_a-z]{1,20})")
+"""`01 GTIN [17 YYMMDD] [10 batch GS] 21 serial`, every value of the right length and characters."""
 _CSET82_CHARS = frozenset("!\"%&'()*+,-./0123456789:;<=>?ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz")
 
 
@@ -264,12 +266,18 @@ def _century(two_digit_year: int, today: date | None = None) -> int:
 
 
 def _fast_date(value: str) -> date | None:
+    return _fast_date_in(value, date.today().year)
+
+
+@functools.lru_cache(maxsize=4096)
+def _fast_date_in(value: str, this_year: int) -> date | None:
+    # Cached: a batch's codes print one expiry (the current year is in the key: the century window moves).
     if not value.isdigit():
         return None
     yy, month, day = int(value[:2]), int(value[2:4]), int(value[4:6])
     if not 1 <= month <= 12:
         return None
-    year = yy + _century(yy)
+    year = yy + _century(yy, date(this_year, 1, 1))
     last = calendar.monthrange(year, month)[1]
     if day > last:
         return None
@@ -278,6 +286,18 @@ def _fast_date(value: str) -> date | None:
 
 def _fast_pairs(raw: str) -> list[tuple[str, str]] | None:
     """An element string of AIs (01) (17) (10) (21) only, each once, as (AI, value); None otherwise."""
+    m = _COMMON.fullmatch(raw)
+    if m is not None:
+        # What a 2D scanner sends nearly always, in the order `element_string` writes it: one
+        # regular expression instead of the loop below (which gives the same pairs for it).
+        gtin, expiry, batch, serial = m.groups()
+        common = [("01", gtin)]
+        if expiry is not None:
+            common.append(("17", expiry))
+        if batch is not None:
+            common.append(("10", batch))
+        common.append(("21", serial))
+        return common
     pairs: list[tuple[str, str]] = []
     seen: set[str] = set()
     i, n = 0, len(raw)
@@ -307,7 +327,7 @@ def _fast_code(pairs: list[tuple[str, str]], form: Form, symbology: str | None) 
     expiry: date | None = None
     for ai, value in pairs:
         if ai == "01":
-            if len(value) != 14 or not value.isdigit() or check_digit(value[:13]) != value[13]:
+            if len(value) != 14 or not value.isdigit() or not _gtin_checks(value):
                 return None
             gtin = value
         elif ai == "17":
@@ -322,10 +342,22 @@ def _fast_code(pairs: list[tuple[str, str]], form: Form, symbology: str | None) 
     if gtin is None or serial is None:
         return None
     try:
-        epc: str | None = sgtin_urn(gtin, serial)
+        epc: str | None = _sgtin_head(gtin) + _urn_escape(serial, "Serial")
     except CodeError:
         epc = None
     return Code(form=form.value, gtin=gtin, serial=serial, batch=batch, expiry=expiry, epc=epc, symbology=symbology)
+
+
+@functools.lru_cache(maxsize=1024)
+def _gtin_checks(gtin: str) -> bool:
+    # Cached: a brand prints a handful of GTINs on millions of units.
+    return check_digit(gtin[:13]) == gtin[13]
+
+
+@functools.lru_cache(maxsize=1024)
+def _sgtin_head(gtin: str) -> str:
+    """`sgtin_urn` up to its serial (`urn:epc:id:sgtin:CompanyPrefix.IndicatorItemRef.`), per GTIN."""
+    return sgtin_urn(gtin, "0")[:-1]
 
 
 _HRI_PAIR = re.compile(r"\(([0-9]{2})\)([^(]*)")

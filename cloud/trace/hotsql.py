@@ -9,22 +9,32 @@ by the dialect; values go through each column type's own bind and result process
 skips the per-execution machinery. It runs in the caller's transaction, on its connection.
 
 Only plain statements: no expanding `IN`, no literal-execute parameters, no Python-side column
-defaults (each is refused when compiled). SQLAlchemy's cursor events do not see these statements;
+defaults (each is refused when compiled). `InsertRows` and `UpdateRows` write a batch's rows in one
+statement each the same way (rows of `VALUES` / an executemany on SQLite, one array per column and
+`unnest` on PostgreSQL). SQLAlchemy's cursor events do not see these statements;
 `tests/trace/test_statements.py` counts them at the driver.
 """
 
 from __future__ import annotations
 
+import re
 from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, String, Table, bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.expression import ClauseElement
 
-__all__ = ["Prepared"]
+__all__ = ["InsertRows", "Prepared", "UpdateRows"]
+
+_NAMED = re.compile(r"%\((\w+)\)s")
+"""A pyformat placeholder (psycopg's, as SQLAlchemy renders it): made positional (`%s`) in a multi-row INSERT."""
+_ROWS_PER_INSERT = 500
+"""Rows per multi-row INSERT: 500 x a scan's 16 values stays far below SQLite's and PostgreSQL's
+limits on bound parameters (32,766 and 65,535)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +53,13 @@ class Prepared:
     """A Core statement run with its dialect's SQL and its types' processors, without SQLAlchemy's
     per-execution work."""
 
-    def __init__(self, statement: ClauseElement) -> None:
+    def __init__(self, statement: ClauseElement, *, binary: bool = False) -> None:
         self.statement = statement
+        self.binary = binary
+        """psycopg sends the values in binary form (`%b`): an array's strings then go as they are,
+        where its text form escapes every quote of every element (a JSON document has dozens)."""
         self._by_dialect: dict[str, _Compiled] = {}
+        self._many: dict[tuple[str, int], tuple[str, Sequence[str]]] = {}
 
     def _compile(self, dialect: Dialect) -> _Compiled:
         compiled: Any = self.statement.compile(dialect=dialect)
@@ -63,7 +77,10 @@ class Prepared:
         columns = columns or list(returning)
         results = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns]
         row = namedtuple("row", [c.key for c in columns]) if columns else None
-        return _Compiled(compiled.string, names, positional, binds, results, row)
+        sql = compiled.string
+        if self.binary and dialect.name == "postgresql":
+            sql = _NAMED.sub(r"%(\1)b", sql)
+        return _Compiled(sql, names, positional, binds, results, row)
 
     def _prepared(self, conn: Connection) -> _Compiled:
         dialect = conn.dialect
@@ -97,6 +114,62 @@ class Prepared:
         finally:
             cursor.close()
 
+    def _rows_sql(self, c: _Compiled, n: int) -> tuple[str, Sequence[str]]:
+        """The single-row INSERT's SQL with `n` rows of VALUES, positional, and the bind names of one row."""
+        found = self._many.get((c.sql, n))
+        if found is None:
+            head, tail = c.sql.split(" VALUES (", 1)
+            row, returning, columns = tail.partition(") RETURNING ")
+            row, end = (row, returning[1:] + columns) if returning else (tail[:-1], "")
+            names = _NAMED.findall(row) or list(c.names)
+            row = "(" + _NAMED.sub("%s", row) + ")"
+            found = self._many[(c.sql, n)] = (f"{head} VALUES {', '.join([row] * n)}{end}", names)
+        return found
+
+    def insert_rows(self, conn: Connection, params: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """Run a single-row `INSERT … VALUES` (compiled from `insert().values({c: bindparam(c)})`) for
+        every parameter set as one multi-row INSERT per `_ROWS_PER_INSERT` sets; its RETURNING rows as
+        the driver gives them (raw values, no result processing; the order is the database's)."""
+        c = self._prepared(conn)
+        binds, out = c.binds, []
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            for start in range(0, len(params), _ROWS_PER_INSERT):
+                chunk = params[start:start + _ROWS_PER_INSERT]
+                sql, names = self._rows_sql(c, len(chunk))
+                args = [binds[n](p[n]) if n in binds else p[n] for p in chunk for n in names]
+                cursor.execute(sql, args)
+                if cursor.description is not None:
+                    out.extend(cursor.fetchall())
+        finally:
+            cursor.close()
+        return out
+
+    def raw(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
+        """Every row as the driver gives it (no result processing)."""
+        _c, cursor = self._run(conn, params)
+        try:
+            return list(cursor.fetchall()) if cursor.description is not None else []
+        finally:
+            cursor.close()
+
+    def dicts(self, conn: Connection, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Every row as a dict of column name → value (the columns' result processors applied)."""
+        c, cursor = self._run(conn, params)
+        try:
+            raw = cursor.fetchall()
+        finally:
+            cursor.close()
+        keys = c.row._fields
+        processed = [(i, p) for i, p in enumerate(c.results) if p is not None]
+        out = []
+        for r in raw:
+            values = list(r)
+            for i, p in processed:
+                values[i] = p(values[i])
+            out.append(dict(zip(keys, values, strict=True)))
+        return out
+
     def first(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """The first row (attribute access by column name), or None."""
         c, cursor = self._run(conn, params)
@@ -127,3 +200,62 @@ class Prepared:
             return int(cursor.rowcount)
         finally:
             cursor.close()
+
+
+def _array_of(table: Table, column: str) -> ARRAY[Any]:
+    """An array of the column's type; a string without its length (a cast to `varchar(n)` would cut
+    a longer value silently, where the column refuses it)."""
+    kind = table.c[column].type
+    return ARRAY(String() if isinstance(kind, String) else kind)
+
+
+class InsertRows:
+    """Many rows into one table in one statement: a multi-row `VALUES` on SQLite; on PostgreSQL an
+    `INSERT … SELECT * FROM unnest(one array per column)`, whose text is the same whatever the number
+    of rows (psycopg converts and caches a query's placeholders only below 4 KB of text, so a
+    100-row VALUES was re-parsed on every batch, and the server plans it once)."""
+
+    def __init__(self, table: Table, columns: Sequence[str], returning: Sequence[str] = ()) -> None:
+        self.columns = tuple(columns)
+        values = table.insert().values({c: bindparam(c) for c in columns})
+        arrays = func.unnest(*[bindparam(c, type_=_array_of(table, c)) for c in columns]) \
+            .table_valued(*columns).render_derived(name="v")
+        unnest = table.insert().from_select(list(columns), select(*[arrays.c[c] for c in columns]))
+        if returning:
+            values = values.returning(*[table.c[c] for c in returning])
+            unnest = unnest.returning(*[table.c[c] for c in returning])
+        self._values, self._unnest = Prepared(values), Prepared(unnest, binary=True)
+
+    def run(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """Insert `rows` (each a mapping with every column); the RETURNING rows as the driver gives
+        them, in the database's order (match them back by a unique column)."""
+        if not rows:
+            return []
+        if conn.dialect.name == "postgresql":
+            return self._unnest.raw(conn, {c: [r[c] for r in rows] for c in self.columns})
+        return self._values.insert_rows(conn, rows)
+
+
+class UpdateRows:
+    """One UPDATE per row by primary key, many rows at a time: an executemany on SQLite (one
+    prepared statement, in-process); on PostgreSQL one `UPDATE … FROM unnest(arrays)` (one statement
+    the server plans once, not one per row through the pipeline)."""
+
+    def __init__(self, table: Table, key: str, columns: Sequence[str]) -> None:
+        self.columns = (key, *columns)
+        self._one = Prepared(update(table).where(table.c[key] == bindparam("key_")).values(
+            {c: bindparam(c) for c in columns}))
+        arrays = func.unnest(*[bindparam(c, type_=_array_of(table, c)) for c in self.columns]) \
+            .table_valued(*self.columns).render_derived(name="v")
+        self._unnest = Prepared(update(table).where(table.c[key] == arrays.c[key]).values(
+            {c: arrays.c[c] for c in columns}), binary=True)
+        self._key = key
+
+    def run(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        if not rows:
+            return
+        if conn.dialect.name == "postgresql":
+            self._unnest.execute(conn, {c: [r[c] for r in rows] for c in self.columns})
+            return
+        key = self._key
+        self._one.execute_many(conn, [{**r, "key_": r[key]} for r in rows])

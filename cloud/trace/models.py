@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -65,7 +66,10 @@ class Unit(Base):
     """One item, one code: a commissioned GTIN + serial and what the rules need about it now."""
 
     __tablename__ = "trace_units"
-    __table_args__ = (UniqueConstraint("gtin", "serial"), Index("ix_trace_units_parent", "parent"))
+    __table_args__ = (UniqueConstraint("gtin", "serial"),
+                      # Packed units only: a bulk commissioning does not index 100,000 NULLs (migration 0016).
+                      Index("ix_trace_units_parent", "parent", postgresql_where=text("parent IS NOT NULL"),
+                            sqlite_where=text("parent IS NOT NULL")))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     gtin: Mapped[str] = mapped_column(String(14))
@@ -155,7 +159,9 @@ class EventEpc(Base):
     __table_args__ = (Index("ix_trace_event_epcs_epc", "epc", "event_id"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    event_id: Mapped[int] = mapped_column(ForeignKey("trace_events.id"), index=True)
+    event_id: Mapped[int] = mapped_column(BigId, index=True)
+    """The event's id; no foreign key: checked per row, it was half of a bulk commissioning's index
+    rows' COPY, and these rows are written only right after their event (migration 0016)."""
     epc: Mapped[str] = mapped_column(String(200))
     role: Mapped[str] = mapped_column(String(8))
     """epc (epcList/inputs/outputs), parent, child, class."""

@@ -29,8 +29,8 @@ from sqlalchemy.dialects.postgresql import ARRAY
 import gs1
 from broker.payloads import ParsedCode, ScanPurpose, VerdictClass, VerdictData, VerdictRule
 from cloud.models import Region, Store
-from cloud.trace.events import LOCATIONS, UNITS
-from cloud.trace.hotsql import Prepared
+from cloud.trace.events import EPCS, EVENTS, LOCATIONS, UNITS
+from cloud.trace.hotsql import InsertRows, Prepared, UpdateRows
 from cloud.trace.keys import case_key, unit_key
 from cloud.trace.models import Alert, Recall, Scan
 from cloud.trace.rules import TraceRules
@@ -111,10 +111,19 @@ _UNIT_BY_KEY = Prepared(
 )
 """The unit with all the rules need in one statement: its last scan (the duplicate rule) and the
 first recall of its batch (by the unique key's index and the recalls' (gtin, batch) index)."""
-_RECALL_REASON = select(RECALLS.c.reason).where(RECALLS.c.id == bindparam("id"))
+_RECALL_REASON = Prepared(select(RECALLS.c.reason).where(RECALLS.c.id == bindparam("id")))
 _SCAN_COLUMNS = ("msg_id", "node", "station", "purpose", "code", "gtin", "serial", "location_id", "at", "verdict",
                  "rule", "message", "evidence", "provisional", "clerk_id", "clerk_name")
 _INSERT_SCAN = Prepared(SCANS.insert().values({c: bindparam(c) for c in _SCAN_COLUMNS}).returning(SCANS.c.id))
+_INSERT_SCANS = InsertRows(SCANS, _SCAN_COLUMNS, ("id", "msg_id"))
+"""A batch's scans in one statement, matched back by their unique msg_id."""
+_EVENT_COLUMNS = ("event_id", "hash", "type", "action", "event_time", "tz_offset", "biz_step", "disposition",
+                  "biz_location", "read_point", "capture_id", "recorded_at", "doc")
+_INSERT_EVENTS = InsertRows(EVENTS, _EVENT_COLUMNS, ("id", "event_id"))
+_INSERT_EPCS = InsertRows(EPCS, ("event_id", "epc", "role"))
+_ALERT_COLUMNS = ("kind", "at", "code", "gtin", "serial", "location_id", "store_id", "region_id", "scan_id", "message",
+                  "evidence")
+_INSERT_ALERTS = InsertRows(ALERTS, _ALERT_COLUMNS)
 
 
 def _loc(conn: Connection, loc_id: int | None) -> Any:
@@ -209,16 +218,15 @@ _UNIT_STATE = ("seen_location_id", "seen_at", "state", "location_id", "received_
                "sold_location_id", "sold_node", "sold_session", "sold_seq")
 """The unit's columns a scan may change (`_effect`), besides `last_scan_id`: written back once per
 unit and batch, those that changed."""
-_writes: dict[tuple[str, ...], Prepared] = {}
+_writes: dict[tuple[str, ...], UpdateRows] = {}
 
 
-def _write_unit(columns: tuple[str, ...]) -> Prepared:
-    """The unit's UPDATE of `last_scan_id` and `columns` (a handful of shapes: seen, sold, received,
+def _write_unit(columns: tuple[str, ...]) -> UpdateRows:
+    """The units' UPDATE of `last_scan_id` and `columns` (a handful of shapes: seen, sold, received,
     returned), built once each."""
     found = _writes.get(columns)
     if found is None:
-        found = _writes[columns] = Prepared(update(UNITS).where(UNITS.c.id == bindparam("uid")).values(
-            {c: bindparam(c) for c in ("last_scan_id", *columns)}))
+        found = _writes[columns] = UpdateRows(UNITS, "id", ("last_scan_id", *columns))
     return found
 _LAST_OF_SCAN = {"station": "last_station", "node": "last_node", "location_id": "last_location_id",
                  "purpose": "last_purpose", "at": "last_at", "verdict": "last_verdict", "rule": "last_rule",
@@ -229,8 +237,8 @@ _LAST_OF_SCAN = {"station": "last_station", "node": "last_node", "location_id": 
 class _Unit:
     """A unit as `_UNIT_BY_KEY` reads it, changed in memory by each scan of the batch in turn."""
 
-    def __init__(self, row: Any) -> None:
-        self.__dict__.update(row._asdict())
+    def __init__(self, row: dict[str, Any]) -> None:
+        self.__dict__.update(row)
         self.changed: set[str] = set()
 
     if TYPE_CHECKING:
@@ -265,12 +273,12 @@ def verify_many(conn: Connection, scans: Sequence[ScanIn], rules: TraceRules, no
 def _read_units(conn: Connection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], _Unit]:
     dialect = conn.dialect.name
     if dialect == "sqlite":
-        rows = _UNITS_BY_KEYS[dialect].all(conn, {"keys": json.dumps(keys)})
+        rows = _UNITS_BY_KEYS[dialect].dicts(conn, {"keys": json.dumps(keys)})
     elif dialect == "postgresql":
-        rows = _UNITS_BY_KEYS[dialect].all(conn, {"gtins": [g for g, _s in keys], "serials": [s for _g, s in keys]})
+        rows = _UNITS_BY_KEYS[dialect].dicts(conn, {"gtins": [g for g, _s in keys], "serials": [s for _g, s in keys]})
     else:
-        rows = [r for g, s in keys if (r := _UNIT_BY_KEY.first(conn, {"gtin": g, "serial": s})) is not None]
-    return {(r.gtin, r.serial): _Unit(r) for r in rows}
+        rows = [r._asdict() for g, s in keys if (r := _UNIT_BY_KEY.first(conn, {"gtin": g, "serial": s})) is not None]
+    return {(r["gtin"], r["serial"]): _Unit(r) for r in rows}
 
 
 def _in_box_order(scans: Sequence[ScanIn], slots: list[int], order: list[int]) -> None:
@@ -290,8 +298,6 @@ def _verify_set(conn: Connection, scans: Sequence[ScanIn], codes: Sequence[gs1.C
                 rules: TraceRules, now: datetime, verdicts: list[Verdict | None]) -> None:
     if not part:
         return
-    from cloud.trace.events import EPCS, EVENTS
-
     slots_of: dict[tuple[str, str], list[int]] = {}
     for i in part:
         code = codes[i]
@@ -309,6 +315,8 @@ def _verify_set(conn: Connection, scans: Sequence[ScanIn], codes: Sequence[gs1.C
     """unit id → the index in `rows` of its last scan of the batch."""
     touched: dict[int, _Unit] = {}
     locs: dict[int | None, tuple[Any, dict[str, Any] | None]] = {}
+    reasons: dict[int, str | None] = {}
+    """A recall's reason, read once per batch however many of its units are scanned."""
     for slot in part:
         i = order[slot]
         scan, code = scans[i], codes[i]
@@ -326,7 +334,7 @@ def _verify_set(conn: Connection, scans: Sequence[ScanIn], codes: Sequence[gs1.C
             parsed = _parsed(code)
             if code.is_unit:
                 unit = units.get((code.gtin or "", code.serial or ""))
-            cls, rule, message, evidence = _decide(conn, scan, code, unit, loc, rules, now)
+            cls, rule, message, evidence = _decide(conn, scan, code, unit, loc, rules, now, reasons)
         evidence["location"] = brief
         evidence["scanned_at"] = _iso(scan.at)
         row = dict(msg_id=scan.msg_id, node=scan.node, station=scan.station, purpose=scan.purpose.value,
@@ -336,10 +344,11 @@ def _verify_set(conn: Connection, scans: Sequence[ScanIn], codes: Sequence[gs1.C
                    clerk_id=scan.clerk_id, clerk_name=scan.clerk_name)
         if unit is not None:
             values, event = _effect(scan, unit, loc, rule)
-            unit.__dict__.update(values)
+            fields = unit.__dict__
+            fields.update(values)
             unit.changed.update(values)
             for column, field in _LAST_OF_SCAN.items():
-                setattr(unit, field, row[column])
+                fields[field] = row[column]
             last_scan[unit.id] = len(rows)
             touched[unit.id] = unit
             if event is not None:
@@ -348,24 +357,23 @@ def _verify_set(conn: Connection, scans: Sequence[ScanIn], codes: Sequence[gs1.C
         decided.append((i, parsed, loc, cls, rule, message, evidence))
     # One multi-row INSERT … RETURNING each; its rows are matched back by their unique msg_id /
     # eventID (asking SQLAlchemy to return them in order made it insert them one by one on SQLite).
-    by_msg = {r.msg_id: r.id for r in conn.execute(SCANS.insert().returning(SCANS.c.id, SCANS.c.msg_id), rows)}
-    ids = [by_msg[r["msg_id"]] for r in rows]
+    by_msg = {_uuid_hex(msg_id): scan_id for scan_id, msg_id in _INSERT_SCANS.run(conn, rows)}
+    ids = [by_msg[r["msg_id"].hex] for r in rows]
     # Only the columns the batch's scans changed, as `_effects` writes them: a column written back
     # unchanged could undo what another worker wrote to the unit since the read (PostgreSQL).
     by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for u in touched.values():
         columns = tuple(c for c in _UNIT_STATE if c in u.changed)
         by_columns.setdefault(columns, []).append(
-            {**{c: getattr(u, c) for c in columns}, "uid": u.id, "last_scan_id": ids[last_scan[u.id]]})
+            {**{c: getattr(u, c) for c in columns}, "id": u.id, "last_scan_id": ids[last_scan[u.id]]})
     for columns, params in by_columns.items():
-        _write_unit(columns).execute_many(conn, params)
+        _write_unit(columns).run(conn, params)
     if events:
         # Its effect on the unit is written above (the store's location may have no GLN to resolve).
         event_rows = [_event_row(event, rows[k]["at"], now) for k, event in events]
-        by_event = {r.event_id: r.id for r in conn.execute(EVENTS.insert().returning(EVENTS.c.id, EVENTS.c.event_id),
-                                                           event_rows)}
-        conn.execute(EPCS.insert(), [{"event_id": by_event[event["eventID"]], "epc": event["epcList"][0], "role": "epc"}
-                                     for _k, event in events])
+        by_event = dict((event_id, new_id) for new_id, event_id in _INSERT_EVENTS.run(conn, event_rows))
+        _INSERT_EPCS.run(conn, [{"event_id": by_event[event["eventID"]], "epc": event["epcList"][0], "role": "epc"}
+                                        for _k, event in events])
     alerts: list[dict[str, Any]] = []
     for k, (i, parsed, loc, cls, rule, message, evidence) in enumerate(decided):
         scan = scans[i]
@@ -375,14 +383,20 @@ def _verify_set(conn: Connection, scans: Sequence[ScanIn], codes: Sequence[gs1.C
                            message=message[:500], evidence=evidence, provisional=False, decided_at=now)
         verdicts[i] = Verdict(data, ids[k])
     if alerts:
-        conn.execute(ALERTS.insert(), alerts)
+        _INSERT_ALERTS.run(conn, alerts)
+
+
+def _uuid_hex(value: Any) -> str:
+    """A UUID as the driver returns it (a `uuid.UUID` from psycopg, its 32 hex digits from SQLite's
+    CHAR(32)) → its 32 hex digits."""
+    return value.hex if isinstance(value, uuid.UUID) else str(value).replace("-", "")
 
 
 Decision = tuple[VerdictClass, VerdictRule, str, dict[str, Any]]
 
 
 def _decide(conn: Connection, scan: ScanIn, code: gs1.Code, unit: Any, loc: Any, rules: TraceRules,
-            now: datetime) -> Decision:
+            now: datetime, reasons: dict[int, str | None] | None = None) -> Decision:
     if not code.is_unit:
         if code.sscc and scan.purpose is ScanPurpose.RECEIVE:
             return _receive_case(conn, scan, code.sscc, loc)
@@ -412,7 +426,13 @@ def _decide(conn: Connection, scan: ScanIn, code: gs1.Code, unit: Any, loc: Any,
     if unit.recalled:
         return VerdictClass.RECALLED, VerdictRule.UNIT_RECALLED, "this unit is recalled: do not sell", facts
     if unit.recall_id is not None:
-        reason = conn.execute(_RECALL_REASON, {"id": unit.recall_id}).scalar()
+        if reasons is not None and unit.recall_id in reasons:
+            reason = reasons[unit.recall_id]
+        else:
+            found = _RECALL_REASON.first(conn, {"id": unit.recall_id})
+            reason = found.reason if found is not None else None
+            if reasons is not None:
+                reasons[unit.recall_id] = reason
         return (VerdictClass.RECALLED, VerdictRule.BATCH_RECALLED,
                 f"batch {unit.batch} is recalled ({reason}): do not sell", {**facts, "recall": unit.recall_id})
     if unit.state == "decommissioned":
@@ -495,7 +515,7 @@ def _receive_case(conn: Connection, scan: ScanIn, sscc: str, loc: Any) -> Decisi
     (the last shipping event that sent this case to this location). A unit that does not belong
     (shipped elsewhere, or not named by a notice that names units) is an intruder: flagged, not
     received; units the notice names that are not in the case are missing."""
-    from cloud.trace.events import CASES, EPCS, EVENTS, _location_id
+    from cloud.trace.events import CASES, _location_id
 
     inner = list(conn.execute(select(CASES.c.sscc).where(CASES.c.parent == sscc)).scalars())
     target = UNITS.c.parent.in_([sscc, *inner])
@@ -627,10 +647,8 @@ def _event_row(event: dict[str, Any], when: datetime, now: datetime) -> dict[str
 
 
 def _store_only(conn: Connection, event: dict[str, Any], when: datetime, now: datetime) -> None:
-    from cloud.trace.events import EPCS, EVENTS
-
-    new_id = conn.execute(EVENTS.insert().values(**_event_row(event, when, now)).returning(EVENTS.c.id)).scalar_one()
-    conn.execute(EPCS.insert().values(event_id=new_id, epc=event["epcList"][0], role="epc"))
+    ((new_id, _event_id),) = _INSERT_EVENTS.run(conn, [_event_row(event, when, now)])
+    _INSERT_EPCS.run(conn, [{"event_id": new_id, "epc": event["epcList"][0], "role": "epc"}])
 
 
 def _alert_row(kind: str, scan: ScanIn, parsed: ParsedCode | None, loc: Any, scan_id: int | None,
