@@ -135,6 +135,7 @@ def _commission_csv(conn: Connection, text: str, actor: str, now: datetime) -> i
     # A file names a few GTINs and expiry dates a hundred thousand times: each is checked once.
     gtins: dict[str, str] = {}
     expiries: dict[str, str] = {}
+    batches: set[str] = set()
     for line, values in enumerate(reader, 2):
         if not values:
             continue  # a blank line (DictReader skipped them too)
@@ -147,6 +148,12 @@ def _commission_csv(conn: Connection, text: str, actor: str, now: datetime) -> i
             if not SERIAL.match(serial):  # the fast check; gs1 says what is wrong
                 gs1.sgtin_urn(gtin, serial, 7)  # the serial must be a valid AI (21) value
                 raise ValueError(f"serial must be 1-20 characters, got {len(serial)}")
+            batch = values[i_batch].strip()
+            if batch and batch not in batches:
+                if not SERIAL.match(batch):  # AI (10) has the serial's rules: gs1 says what is wrong
+                    gs1.lgtin_urn(gtin, batch, 7)
+                    raise ValueError(f"batch must be 1-20 characters, got {len(batch)}")
+                batches.add(batch)
             expiry = expiries.get(raw_expiry) if raw_expiry in expiries else expiries.setdefault(
                 raw_expiry, date.fromisoformat(raw_expiry).isoformat() if raw_expiry else "")
             assert expiry is not None
@@ -163,7 +170,7 @@ def _commission_csv(conn: Connection, text: str, actor: str, now: datetime) -> i
             locs[loc_code] = conn.execute(select(LOCATIONS).where(LOCATIONS.c.code == loc_code)).first()
             if locs[loc_code] is None:
                 raise InputError("file", f"line {line}: no location {loc_code!r}")
-        groups.setdefault((loc_code, gtin, values[i_batch].strip(), expiry, at), []).append(serial)
+        groups.setdefault((loc_code, gtin, batch, expiry, at), []).append(serial)
     n = 0
     for (loc_code, gtin, batch, expiry, at), serials in groups.items():
         loc = locs[loc_code]

@@ -61,3 +61,20 @@ def test_a_bad_line_refuses_the_whole_file(engine: Engine) -> None:
         service.commission_csv(s.connection(), text, "t", datetime.now(UTC))
     with engine.connect() as c:
         assert c.execute(sa.select(sa.func.count()).select_from(UNITS)).scalar() == 0
+
+
+@pytest.mark.parametrize(("batch", "why"), [
+    ("L" * 21, "batch must be 1-20 characters, got 21"),
+    ("批次1", "Batch '批次1': expected GS1 character set 82"),
+    ("L 1", "Batch 'L 1': expected GS1 character set 82"),
+])
+def test_a_batch_that_is_no_ai_10_value_is_refused_naming_the_line(engine: Engine, batch: str, why: str) -> None:
+    """The batch is printed as AI (10), with a serial's rules: one a code cannot carry is refused
+    with its line, before anything is stored (it used to be stored, or to fail the insert)."""
+    _store(engine)
+    text = _csv(range(3)) + f"{GTIN},S9,{batch},2031-12-31,st1\n"
+    with write_session(engine) as s, s.begin(), pytest.raises(InputError) as refused:
+        service.commission_csv(s.connection(), text, "t", datetime.now(UTC))
+    assert refused.value.message == f"line 5: {why}"
+    with engine.connect() as c:
+        assert c.execute(sa.select(sa.func.count()).select_from(UNITS)).scalar() == 0
