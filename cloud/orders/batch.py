@@ -40,6 +40,7 @@ rule that queues take the per-order path for the orders concerned.
 
 from __future__ import annotations
 
+import itertools
 import json
 import secrets
 from collections.abc import Sequence
@@ -55,7 +56,7 @@ from broker.envelope import MessageType
 from cloud.bus import downlink
 from cloud.db import insert_for
 from cloud.orders import service
-from cloud.orders.candidates import _HOLDING_ANY, _USED_TODAY, Locations, Pool, plan_rule
+from cloud.orders.candidates import _USED_TODAY, Locations, Pool, plan_rule
 from cloud.orders.geo import unit_vectors
 from cloud.orders.routing import Candidate, OrderIn
 from cloud.orders.rules import RuleError, RuleSet, Unfilled
@@ -83,11 +84,13 @@ class Reads:
     taken: dict[Pair, int] = field(default_factory=dict)
     """Planned by the orders of the batch planned so far."""
     want_pairs: set[Pair] = field(default_factory=set)
-    holders_all: dict[tuple[str, ...], list[int]] = field(default_factory=dict)
-    """Per SKU set: the locations that held some of each when read."""
+    holders_all: dict[tuple[str, ...], tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = field(
+        default_factory=dict)
+    """Per SKU set: the locations that held some of each when read (ascending ids), and their
+    available stock of each (a row per location, a column per SKU of the set)."""
     want_all: set[tuple[str, ...]] = field(default_factory=set)
-    holders_any: dict[str, list[int]] = field(default_factory=dict)
-    """Per SKU: the locations that held some when read."""
+    holders_any: dict[str, tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = field(default_factory=dict)
+    """Per SKU: the locations that held some when read (ascending ids), and their available stock."""
     want_any: set[str] = field(default_factory=set)
     used: dict[int, int] = field(default_factory=dict)
     """Assignments today per capped location (as read) …"""
@@ -97,6 +100,19 @@ class Reads:
 
     def left(self, loc: int, sku: str) -> int:
         return max(0, self.atp.get((loc, sku), 0) - self.taken.get((loc, sku), 0))
+
+    def left_of(self, sku: str, ids: np.ndarray[Any, Any], atp: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """`atp` (of the ascending `ids`, as read) less what the batch's earlier orders took of `sku`
+        there (`left` for arrays: a split order's SKU has hundreds of holders at full size)."""
+        out = atp
+        for (loc, s), qty in self.taken.items():
+            if s == sku:
+                j = int(np.searchsorted(ids, loc))
+                if j < len(ids) and ids[j] == loc:
+                    if out is atp:
+                        out = atp.copy()
+                    out[j] -= qty
+        return out
 
 
 class BatchPool(Pool):
@@ -130,36 +146,45 @@ class BatchPool(Pool):
             return self.near(k, lock=lock)
         if o.lat is None or o.lon is None or not self.skus:
             return []
-        reads, skus = self.reads, self.skus
+        reads, skus, locs = self.reads, self.skus, self.locs
         atp, taken = reads.atp, reads.taken
 
         def left(i: int, s: str) -> int:
             return atp.get((i, s), 0) - taken.get((i, s), 0)
 
+        # In arrays: held when read, and still after the batch's earlier orders (as a serial run would
+        # read), in ascending ids as the per-row version sorted them.
         if mode == "all":
             key = tuple(skus)
-            held = reads.holders_all.get(key)
-            if held is None:
+            got = reads.holders_all.get(key)
+            if got is None:
                 reads.want_all.add(key)
                 raise NeedData
-            # Held when read, and still after the batch's earlier orders (as a serial run would read).
-            found = [i for i in held if all(left(i, s) >= 1 for s in skus)]
+            held, stock = got
+            ok = np.ones(len(held), dtype=bool)
+            enough = np.ones(len(held), dtype=bool)
+            need = dict(o.lines)
+            for n, s in enumerate(skus):
+                have = reads.left_of(s, held, stock[:, n])
+                ok &= have >= 1
+                enough &= have >= need[s]
+            ids_arr = held[ok & enough]
         else:
             todo = [s for s in skus if s not in reads.holders_any]
             if todo:
                 reads.want_any.update(todo)
                 raise NeedData
-            found = sorted({i for s in skus for i in reads.holders_any[s] if left(i, s) >= 1})
-        need = dict(o.lines)
-        base = self.locs.base
-        ids = [i for i in found if i in base and base[i].active and (
-            mode != "all" or all(left(i, s) >= q for s, q in need.items()))]
-        if not ids:
+            parts = []
+            for s in skus:
+                held, stock = reads.holders_any[s]
+                parts.append(held[reads.left_of(s, held, stock) >= 1])
+            ids_arr = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+        ids_arr = ids_arr[ids_arr < len(locs.row_of)]
+        ids_arr = ids_arr[locs.active_of[ids_arr] & (locs.row_of[ids_arr] >= 0)]
+        if not len(ids_arr):
             return []
-        rows = self.locs.rows
-        vec = self.locs.vectors[[rows[i] for i in ids]]
-        d = np.linalg.norm(vec - unit_vectors(o.lat, o.lon), axis=1)
-        chosen = [ids[int(j)] for j in np.argsort(d, kind="stable")[:k + len(o.excluded)]]
+        d = np.linalg.norm(locs.vectors[locs.row_of[ids_arr]] - unit_vectors(o.lat, o.lon), axis=1)
+        chosen = [int(i) for i in ids_arr[np.argsort(d, kind="stable")[:k + len(o.excluded)]]]
         # Only the chosen are marked read (all of a split order's holders, ~400 a SKU at full size,
         # cost more than the rest of its planning): what the holders query did not return for them
         # has nothing available, as far as routing goes.
@@ -180,6 +205,7 @@ class BatchPool(Pool):
                 raise NeedData
             for i in capped:
                 self._used[i] = reads.used[i] + reads.used_batch.get(i, 0)
+                self._made.pop(i, None)
             self._counted.update(capped)
         return self._candidates(ids)
 
@@ -213,8 +239,9 @@ held AS (
     SELECT w.k, s.location_id, count(*) AS c FROM want w {holders}
     GROUP BY w.k, s.location_id
 )
-SELECT h.k, s.location_id, s.sku, {atp} FROM held h JOIN n ON n.k = h.k AND n.n = h.c
+SELECT h.k, w.sku, {agg}(s.location_id), {agg}({atp}) FROM held h JOIN n ON n.k = h.k AND n.n = h.c
 JOIN want w ON w.k = h.k JOIN orders_stock s ON s.location_id = h.location_id AND s.sku = w.sku
+GROUP BY h.k, w.sku
 """
 _HOLDERS = {
     # OFFSET 0 keeps the subquery apart: each SKU's holders through the SKU index (joined plainly,
@@ -223,8 +250,35 @@ _HOLDERS = {
                    f"AND {_ATP_SQL} >= 1 OFFSET 0) AS s"),
     "sqlite": f"JOIN orders_stock s ON s.sku = w.sku WHERE {_ATP_SQL} >= 1",
 }
-_HOLDING_ALL = {d: text(_HOLDING_ALL_SQL.format(want=w, holders=_HOLDERS[d], atp=_ATP_SQL)) for d, w in _WANT.items()}
-"""Per SKU set of the batch (key k): the locations holding some of each SKU, with their stock of them."""
+# One row per (SKU set, SKU) or per SKU, its locations and their stock as two arrays: a split order's
+# SKU has ~400 holders at full size, and turning each into a Python row cost more than its planning.
+_AGG = {"postgresql": "array_agg", "sqlite": "json_group_array"}
+_HOLDING_ALL = {d: text(_HOLDING_ALL_SQL.format(want=w, holders=_HOLDERS[d], atp=_ATP_SQL, agg=_AGG[d]))
+                for d, w in _WANT.items()}
+"""Per SKU set of the batch (key k) and SKU: the locations holding some of each SKU of the set, with
+their stock of that SKU."""
+_HOLDING_ANY = {
+    "postgresql": text(f"SELECT s.sku, array_agg(s.location_id), array_agg({_ATP_SQL}) FROM orders_stock s "
+                       f"WHERE s.sku = ANY(CAST(:skus AS varchar[])) AND {_ATP_SQL} >= 1 GROUP BY s.sku"),
+    "sqlite": text(f"SELECT s.sku, json_group_array(s.location_id), json_group_array({_ATP_SQL}) "
+                   f"FROM json_each(:skus) AS w CROSS JOIN orders_stock s ON s.sku = w.value "
+                   f"WHERE {_ATP_SQL} >= 1 GROUP BY s.sku"),
+}
+"""Per SKU: the locations holding some, with their stock of it."""
+
+
+def _arrays(dialect: str, locs: Any, atp: Any) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """An aggregate's two arrays, as numpy, in ascending location ids (never below 0 available)."""
+    if dialect != "postgresql":
+        locs, atp = json.loads(locs), json.loads(atp)
+    ids = np.asarray(locs, dtype=np.int64)
+    order = np.argsort(ids, kind="stable")
+    return ids[order], np.maximum(np.asarray(atp, dtype=np.int64)[order], 0)
+
+
+def _remember(reads: Reads, sku: str, ids: np.ndarray[Any, Any], atp: np.ndarray[Any, Any]) -> None:
+    """What was read of `sku` at `ids`, also as pairs (a candidate chosen among them is read from there)."""
+    reads.atp.update(zip(zip(ids.tolist(), itertools.repeat(sku)), atp.tolist(), strict=True))
 
 
 def _fetch(conn: Connection, reads: Reads, now: datetime) -> None:
@@ -247,8 +301,7 @@ def _fetch(conn: Connection, reads: Reads, now: datetime) -> None:
                 params["skus"] += group
         else:
             params = {"rows": json.dumps(pairs)}
-        for p in pairs:
-            reads.atp[p] = 0  # no row: nothing there
+        reads.atp.update(dict.fromkeys(pairs, 0))  # no row: nothing there
         for loc, sku, atp in conn.execute(_PAIRS[dialect], params).all():
             reads.atp[(loc, sku)] = max(0, int(atp))
         reads.want_pairs.clear()
@@ -257,29 +310,34 @@ def _fetch(conn: Connection, reads: Reads, now: datetime) -> None:
         flat = [(n, s) for n, key in enumerate(keys) for s in key]
         params = ({"keys": [f[0] for f in flat], "skus": [f[1] for f in flat]} if dialect == "postgresql"
                   else {"rows": json.dumps(flat)})
-        held: dict[int, set[int]] = {}
-        for k, loc, sku, atp in conn.execute(_HOLDING_ALL[dialect], params).all():
-            held.setdefault(int(k), set()).add(int(loc))
-            reads.atp[(int(loc), sku)] = max(0, int(atp))
+        got: dict[tuple[int, str], tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = {}
+        for k, sku, locs, atp in conn.execute(_HOLDING_ALL[dialect], params).all():
+            got[(int(k), sku)] = ids, stock = _arrays(dialect, locs, atp)
+            _remember(reads, sku, ids, stock)
+        empty = np.zeros(0, dtype=np.int64)
         for n, key in enumerate(keys):
-            reads.holders_all[key] = sorted(held.get(n, ()))
+            # The same locations for every SKU of the set (those holding each), in ascending ids.
+            cols = [got.get((n, s), (empty, empty)) for s in key]
+            reads.holders_all[key] = (cols[0][0], np.stack([c[1] for c in cols], axis=1)
+                                      if len(cols[0][0]) else np.zeros((0, len(key)), dtype=np.int64))
         reads.want_all.clear()
     if reads.want_any:
         skus = sorted(reads.want_any)
-        holders: dict[str, list[int]] = {s: [] for s in skus}
-        for loc, sku, atp in conn.execute(_HOLDING_ANY, {"skus": skus}).all():
-            holders[sku].append(int(loc))
-            reads.atp[(int(loc), sku)] = max(0, int(atp))
+        empty = np.zeros(0, dtype=np.int64)
+        for s in skus:
+            reads.holders_any[s] = (empty, empty)
         # Rows below 1 are not read: as far as routing goes, none there (`Reads.left` gives 0).
-        for s, locs in holders.items():
-            reads.holders_any[s] = sorted(locs)
+        for sku, locs, atp in conn.execute(_HOLDING_ANY[dialect], {"skus": skus if dialect == "postgresql"
+                                                                    else json.dumps(skus)}).all():
+            reads.holders_any[sku] = ids, stock = _arrays(dialect, locs, atp)
+            _remember(reads, sku, ids, stock)
         reads.want_any.clear()
     if reads.want_used:
-        ids = sorted(reads.want_used)
+        capped = sorted(reads.want_used)
         day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        for i in ids:
+        for i in capped:
             reads.used[i] = 0
-        for loc, n in conn.execute(_USED_TODAY, {"ids": ids, "day": day}):
+        for loc, n in conn.execute(_USED_TODAY, {"ids": capped, "day": day}):
             reads.used[int(loc)] = int(n)
         reads.want_used.clear()
 
@@ -325,7 +383,7 @@ def _decide(pool: BatchPool, ruleset: RuleSet, order: OrderIn) -> tuple[Any, ...
     for rule in group.rules:
         p = plan_rule(pool, rule)
         tried.append({"rule": rule.name, "assignment": rule.assignment, "note": p.note,
-                      "candidates": service._shown(p.candidates), "considered": len(p.candidates)})
+                      "candidates": p.shown(), "considered": p.considered})
         if p.filled:
             return ("routed", group, rule, p, tried)
         if rule.unfilled is Unfilled.NEXT_RULE:
@@ -457,8 +515,7 @@ def _plan(conn: Connection, entries: list[_Entry], ruleset: RuleSet, locs: Locat
     final_taken: dict[Pair, int] = {}
     final_used: dict[int, int] = {}
     done = 0
-    # What almost every order needs, read before the first round: its nearest locations' stock, and
-    # the locations holding all its SKUs (asked for whenever the nearest cannot fill an order).
+    # What every order needs, read before the first round: its nearest locations' stock.
     for e in entries:
         want = e.want
         skus = sorted({s for s, _ in want.lines})
@@ -471,20 +528,23 @@ def _plan(conn: Connection, entries: list[_Entry], ruleset: RuleSet, locs: Locat
                 continue
             e.nearest = locs.index.nearest(want.lat, want.lon, k_max)
             reads.want_pairs.update((i, s) for i in e.nearest for s in skus)
-            reads.want_all.add(tuple(skus))
     _fetch(conn, reads, now)
-    # And the holders of each SKU for the orders no single location can fill even before the batch
-    # takes its share (they will be split): read now, not in a round of their own after planning.
+    # Then, in one more read rather than in rounds of their own after planning: the locations holding
+    # all the SKUs of the orders none of whose nearest can fill, and the holders of each SKU of the
+    # orders whose nearest cannot even cover it together (they will be split further out). Only a
+    # guess at what planning will ask for: what it misses, it asks for (`NeedData`).
+    atp = reads.atp
     for e in entries:
         want = e.want
         if e.nearest is None:
             continue
+        if any(all(atp.get((i, s), 0) >= q for s, q in want.lines) for i in e.nearest):
+            continue
         skus = sorted({s for s, _ in want.lines})
-        fills = [i for i in (*e.nearest, *reads.holders_all.get(tuple(skus), ()))
-                 if all(reads.atp.get((i, s), 0) >= q for s, q in want.lines)]
-        if not fills:
+        reads.want_all.add(tuple(skus))
+        if any(sum(atp.get((i, s), 0) for i in e.nearest) < q for s, q in want.lines):
             reads.want_any.update(s for s in skus if s not in reads.holders_any)
-    if reads.want_any:
+    if reads.want_all or reads.want_any:
         _fetch(conn, reads, now)
     for _ in range(MAX_PASSES):
         reads.taken, reads.used_batch = dict(final_taken), dict(final_used)

@@ -106,6 +106,10 @@ class Locations:
     """id → its row in `vectors`."""
     vectors: np.ndarray[Any, Any]
     """Unit vectors of every location (distances to the holders of stock found by SKU)."""
+    row_of: np.ndarray[Any, Any]
+    """id → its row in `vectors`, -1 for no location (`rows` for arrays of ids at once)."""
+    active_of: np.ndarray[Any, Any]
+    """id → whether that location is active."""
 
 
 _cache: dict[str, Locations] = {}
@@ -153,10 +157,14 @@ def _load(conn: Connection, version: int) -> Locations:
     active = [c for c in base.values() if c.active]
     ids = list(base)
     vectors = unit_vectors([base[i].lat for i in ids], [base[i].lon for i in ids]) if ids else np.zeros((0, 3))
+    row_of = np.full(max(ids, default=0) + 1, -1, dtype=np.int64)
+    row_of[ids] = np.arange(len(ids))
+    active_of = np.zeros(len(row_of), dtype=bool)
+    active_of[[c.id for c in active]] = True
     return Locations(version=version, loaded=time.monotonic(),
                      index=SpatialIndex([c.id for c in active], [c.lat for c in active], [c.lon for c in active]),
                      base=base, capacity=capacity, meta=meta, by_code={c.code: c.id for c in base.values()},
-                     rows={i: n for n, i in enumerate(ids)}, vectors=vectors)
+                     rows={i: n for n, i in enumerate(ids)}, vectors=vectors, row_of=row_of, active_of=active_of)
 
 
 class Pool:
@@ -177,11 +185,14 @@ class Pool:
         """Locations whose stock of the order's SKUs was read (a missing row: none there)."""
         self._used: dict[int, int] = {}
         self._counted: set[int] = set()
+        self._made: dict[int, Candidate] = {}
+        """Candidates built from what was read: each rule's passes look at the same nearest locations."""
 
     def forget(self) -> None:
         """Stock moved under us (a lost race): read it again next time."""
         self._atp.clear()
         self._read.clear()
+        self._made.clear()
 
     def nearest_ids(self, k: int) -> list[int]:
         """The `k` nearest active locations (only the pickup store for a pickup order that names one)."""
@@ -246,6 +257,7 @@ class Pool:
         for i in ids:
             self._read.discard(i)
             self._atp.pop(i, None)
+            self._made.pop(i, None)
         self._fill(self.conn.execute(_STOCK_OF_LOCKED, {"ids": sorted(set(ids)), "skus": self.skus}), ids)
 
     def _read_stock(self, ids: Sequence[int]) -> None:
@@ -268,19 +280,25 @@ class Pool:
             for loc_id, n in self.conn.execute(_USED_TODAY, {"ids": capped, "day": day}):
                 self._used[loc_id] = int(n)
             self._counted.update(capped)
+            for i in capped:
+                self._made.pop(i, None)
         return self._candidates(ids)
 
     def _candidates(self, ids: Sequence[int]) -> list[Candidate]:
         """`ids` as candidates, from the stock and today's use already read."""
-        base, capacity = self.locs.base, self.locs.capacity
+        base, capacity, made = self.locs.base, self.locs.capacity, self._made
         out = []
         for i in ids:
-            b = base.get(i)
-            if b is None:
-                continue
-            cap = capacity.get(i)
-            out.append(Candidate(b.id, b.code, b.kind, b.region, b.lat, b.lon, self._atp.get(i, {}), b.zone,
-                                 None if cap is None else cap - self._used.get(i, 0), b.priority, b.cost, b.active))
+            c = made.get(i)
+            if c is None:
+                b = base.get(i)
+                if b is None:
+                    continue
+                cap = capacity.get(i)
+                c = made[i] = Candidate(b.id, b.code, b.kind, b.region, b.lat, b.lon, self._atp.get(i, {}), b.zone,
+                                        None if cap is None else cap - self._used.get(i, 0), b.priority, b.cost,
+                                        b.active)
+            out.append(c)
         return out
 
 

@@ -66,10 +66,21 @@ def _outcome(engine: Engine) -> dict[str, Any]:
         }
 
 
-@pytest.mark.parametrize("size", [1, 7, 40])
-def test_a_batch_decides_exactly_as_the_orders_routed_one_after_the_other(engine: Engine, size: int) -> None:
+@pytest.mark.parametrize(("size", "nearest"), [(1, 64), (7, 64), (40, 64), (7, 2), (40, 2)])
+def test_a_batch_decides_exactly_as_the_orders_routed_one_after_the_other(engine: Engine, size: int,
+                                                                         nearest: int) -> None:
+    """`nearest` 2: rules that look at the 2 nearest only, so that most orders are planned on the
+    holders of their SKUs (found by SKU, as at full size) rather than on their nearest."""
     rng = random.Random(size)
     _grid(engine, rng)
+    if nearest != 64:
+        with engine.connect() as conn:
+            spec = service.current_rules(conn)[1].model_dump(mode="json")
+        for group in spec["groups"]:
+            for rule in group["rules"]:
+                rule["candidates"] = nearest
+        with write_transaction(engine) as conn:
+            service.save_rules(conn, spec, actor="test")
     orders = _orders(40, random.Random(100 + size))
     # One after the other, each in its own transaction …
     for o in orders:
