@@ -43,10 +43,11 @@ from __future__ import annotations
 import itertools
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -69,6 +70,8 @@ MAX_PASSES = 6
 trying many rules asks for one more read per rule at most)."""
 
 Pair = tuple[int, str]
+_NONE: Mapping[str, int] = MappingProxyType({})
+"""The stock of a candidate with none of the order's SKUs, shared (read only)."""
 
 
 class NeedData(Exception):
@@ -81,6 +84,9 @@ class Reads:
 
     atp: dict[Pair, int] = field(default_factory=dict)
     """Available to promise as read (a pair read but without a row: 0)."""
+    held_at: set[int] = field(default_factory=set)
+    """Locations where some SKU read had some available (elsewhere every pair read is 0: most of an
+    order's nearest hold none of its SKUs)."""
     taken: dict[Pair, int] = field(default_factory=dict)
     """Planned by the orders of the batch planned so far."""
     want_pairs: set[Pair] = field(default_factory=set)
@@ -128,17 +134,20 @@ class BatchPool(Pool):
         raise AssertionError("a batch plans on plain reads; locking tries go through service.route")
 
     def _read_stock(self, ids: Sequence[int]) -> None:
+        todo = [i for i in ids if i not in self._read]
+        if not todo:
+            return
         reads, skus = self.reads, self.skus
-        missing = [(i, s) for i in ids if i not in self._read for s in skus if (i, s) not in reads.atp]
+        missing = [(i, s) for i in todo for s in skus if (i, s) not in reads.atp]
         if missing:
             reads.want_pairs.update(missing)
             raise NeedData
-        atp, taken = reads.atp, reads.taken
-        for i in ids:
-            if i not in self._read:
-                # `Reads.left`, inlined: this runs for every candidate of every order.
-                self._atp[i] = {s: max(0, atp.get((i, s), 0) - taken.get((i, s), 0)) for s in skus}
-                self._read.add(i)
+        atp, taken, held = reads.atp, reads.taken, reads.held_at
+        for i in todo:
+            # `Reads.left`, inlined: this runs for every candidate of every order.
+            self._atp[i] = {s: max(0, atp.get((i, s), 0) - taken.get((i, s), 0)) for s in skus} \
+                if i in held else _NONE
+        self._read.update(todo)
 
     def stocked(self, mode: str, k: int, *, lock: bool = False) -> list[Candidate]:
         o = self.order
@@ -206,6 +215,7 @@ class BatchPool(Pool):
             for i in capped:
                 self._used[i] = reads.used[i] + reads.used_batch.get(i, 0)
                 self._made.pop(i, None)
+            self._near.clear()
             self._counted.update(capped)
         return self._candidates(ids)
 
@@ -279,6 +289,11 @@ def _arrays(dialect: str, locs: Any, atp: Any) -> tuple[np.ndarray[Any, Any], np
 def _remember(reads: Reads, sku: str, ids: np.ndarray[Any, Any], atp: np.ndarray[Any, Any]) -> None:
     """What was read of `sku` at `ids`, also as pairs (a candidate chosen among them is read from there)."""
     reads.atp.update(zip(zip(ids.tolist(), itertools.repeat(sku)), atp.tolist(), strict=True))
+    reads.held_at.update(ids[atp >= 1].tolist())
+
+
+def _int_array(values: list[int]) -> str:
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 def _fetch(conn: Connection, reads: Reads, now: datetime) -> None:
@@ -293,17 +308,23 @@ def _fetch(conn: Connection, reads: Reads, now: datetime) -> None:
             groups: dict[tuple[str, ...], list[int]] = {}
             for loc, skus in by_loc.items():
                 groups.setdefault(tuple(skus), []).append(loc)
-            params: dict[str, Any] = {"gl": [], "locs": [], "gs": [], "skus": []}
+            gl: list[int] = []
+            ls: list[int] = []
+            params: dict[str, Any] = {"gs": [], "skus": []}
             for g, (group, locs) in enumerate(groups.items()):
-                params["gl"] += [g] * len(locs)
-                params["locs"] += locs
+                gl += [g] * len(locs)
+                ls += locs
                 params["gs"] += [g] * len(group)
                 params["skus"] += group
+            # Thousands of integers: as array literals (the driver dumps a list element by element).
+            params["gl"], params["locs"] = _int_array(gl), _int_array(ls)
         else:
             params = {"rows": json.dumps(pairs)}
         reads.atp.update(dict.fromkeys(pairs, 0))  # no row: nothing there
         for loc, sku, atp in conn.execute(_PAIRS[dialect], params).all():
             reads.atp[(loc, sku)] = max(0, int(atp))
+            if atp >= 1:
+                reads.held_at.add(loc)
         reads.want_pairs.clear()
     if reads.want_all:
         keys = sorted(reads.want_all)
@@ -533,16 +554,17 @@ def _plan(conn: Connection, entries: list[_Entry], ruleset: RuleSet, locs: Locat
     # all the SKUs of the orders none of whose nearest can fill, and the holders of each SKU of the
     # orders whose nearest cannot even cover it together (they will be split further out). Only a
     # guess at what planning will ask for: what it misses, it asks for (`NeedData`).
-    atp = reads.atp
+    atp, held_at = reads.atp, reads.held_at
     for e in entries:
         want = e.want
         if e.nearest is None:
             continue
-        if any(all(atp.get((i, s), 0) >= q for s, q in want.lines) for i in e.nearest):
+        held = [i for i in e.nearest if i in held_at]
+        if any(all(atp.get((i, s), 0) >= q for s, q in want.lines) for i in held):
             continue
         skus = sorted({s for s, _ in want.lines})
         reads.want_all.add(tuple(skus))
-        if any(sum(atp.get((i, s), 0) for i in e.nearest) < q for s, q in want.lines):
+        if any(sum(atp.get((i, s), 0) for i in held) < q for s, q in want.lines):
             reads.want_any.update(s for s in skus if s not in reads.holders_any)
     if reads.want_all or reads.want_any:
         _fetch(conn, reads, now)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -180,19 +180,22 @@ class Pool:
         self.total = locs.index.size
         """How many active locations there are (fewer candidates than this: there are more to look at)."""
         self._nearest: list[int] | None = None
-        self._atp: dict[int, dict[str, int]] = {}
+        self._atp: dict[int, Mapping[str, int]] = {}
         self._read: set[int] = set()
         """Locations whose stock of the order's SKUs was read (a missing row: none there)."""
         self._used: dict[int, int] = {}
         self._counted: set[int] = set()
         self._made: dict[int, Candidate] = {}
         """Candidates built from what was read: each rule's passes look at the same nearest locations."""
+        self._near: dict[int, list[Candidate]] = {}
+        """`near(k)` as last returned (cleared with `_made`)."""
 
     def forget(self) -> None:
         """Stock moved under us (a lost race): read it again next time."""
         self._atp.clear()
         self._read.clear()
         self._made.clear()
+        self._near.clear()
 
     def nearest_ids(self, k: int) -> list[int]:
         """The `k` nearest active locations (only the pickup store for a pickup order that names one)."""
@@ -207,13 +210,18 @@ class Pool:
 
     def near(self, k: int, *, lock: bool = False) -> list[Candidate]:
         """The `k` nearest (see `nearest_ids`) with their stock; `lock`: their stock rows locked."""
+        if not lock and k in self._near:
+            return self._near[k]
         ids = self.nearest_ids(k)
         if lock:
             self.lock(ids)
         elif self._nearest is not None:
             # One query for the nearest `k_max`: a later rule (or a retry) asking for fewer reads nothing.
             self._read_stock(self._nearest)
-        return self.of(ids)
+        got = self.of(ids)
+        if not lock:
+            self._near[k] = got
+        return got
 
     def stocked(self, mode: str, k: int, *, lock: bool = False) -> list[Candidate]:
         """The `k` nearest active locations holding the order ("all": every line's quantity; "any":
@@ -258,6 +266,7 @@ class Pool:
             self._read.discard(i)
             self._atp.pop(i, None)
             self._made.pop(i, None)
+        self._near.clear()
         self._fill(self.conn.execute(_STOCK_OF_LOCKED, {"ids": sorted(set(ids)), "skus": self.skus}), ids)
 
     def _read_stock(self, ids: Sequence[int]) -> None:
@@ -267,7 +276,10 @@ class Pool:
 
     def _fill(self, rows: Any, ids: Sequence[int]) -> None:
         for loc, sku, atp in rows:
-            self._atp.setdefault(loc, {})[sku] = max(0, int(atp))
+            got = self._atp.get(loc)
+            if got is None:
+                got = self._atp[loc] = {}
+            got[sku] = max(0, int(atp))  # type: ignore[index]  # a dict: only `_fill` makes them here
         self._read.update(ids)
 
     def of(self, ids: Sequence[int]) -> list[Candidate]:
@@ -282,24 +294,44 @@ class Pool:
             self._counted.update(capped)
             for i in capped:
                 self._made.pop(i, None)
+            self._near.clear()
         return self._candidates(ids)
 
     def _candidates(self, ids: Sequence[int]) -> list[Candidate]:
         """`ids` as candidates, from the stock and today's use already read."""
-        base, capacity, made = self.locs.base, self.locs.capacity, self._made
+        made = self._made
         out = []
         for i in ids:
             c = made.get(i)
             if c is None:
-                b = base.get(i)
-                if b is None:
+                c = self._make(i)
+                if c is None:
                     continue
-                cap = capacity.get(i)
-                c = made[i] = Candidate(b.id, b.code, b.kind, b.region, b.lat, b.lon, self._atp.get(i, {}), b.zone,
-                                        None if cap is None else cap - self._used.get(i, 0), b.priority, b.cost,
-                                        b.active)
             out.append(c)
         return out
+
+    def _make(self, i: int) -> Candidate | None:
+        b = self.locs.base.get(i)
+        if b is None:
+            return None
+        cap = self.locs.capacity.get(i)
+        atp = self._atp.get(i)
+        # Most of an order's nearest hold none of its SKUs: the location as loaded is that candidate
+        # already (no stock, no capacity to count).
+        c = self._made[i] = b if cap is None and not atp else Candidate(
+            b.id, b.code, b.kind, b.region, b.lat, b.lon, atp or {}, b.zone,
+            None if cap is None else cap - self._used.get(i, 0), b.priority, b.cost, b.active)
+        return c
+
+
+def _may_fill(order: OrderIn, cands: Sequence[Candidate], rule: Rule) -> bool:
+    """False when `plan` surely cannot fill the order from `cands`: none holds all of it (single),
+    or together they do not hold it (partial)."""
+    lines = order.lines
+    held = [c.atp for c in cands if c.atp]
+    if rule.assignment == "single":
+        return any(all(atp.get(s, 0) >= q for s, q in lines) for atp in held)
+    return all(sum(atp.get(s, 0) for atp in held) >= q for s, q in lines)
 
 
 def plan_rule(pool: Pool, rule: Rule, *, lock: bool = False, only: Sequence[int] | None = None) -> Plan:
@@ -312,8 +344,10 @@ def plan_rule(pool: Pool, rule: Rule, *, lock: bool = False, only: Sequence[int]
             pool.lock(only)
         return plan(order, pool.of(only), rule)
     cands = pool.near(rule.candidates, lock=lock)
-    p = plan(order, cands, rule)
-    if not p.filled and len(cands) < pool.total and order.lat is not None:
+    further = len(cands) < pool.total and order.lat is not None
+    # A pass that cannot fill the order, when the next one replaces its plan, is not planned (nor explained).
+    p = plan(order, cands, rule) if not further or _may_fill(order, cands, rule) else Plan(rule=rule.name)
+    if not p.filled and further:
         # The nearest lack stock: the nearest among those that hold it.
         p = plan(order, pool.stocked("all" if rule.assignment == "single" else "any", rule.candidates, lock=lock), rule)
     return p

@@ -200,9 +200,9 @@ def plan(order: OrderIn, candidates: Sequence[Candidate], rule: Rule) -> Plan:
         if reason is None:
             atp = c.atp
             if single:
-                if any(atp.get(s, 0) < q for s, q in lines):
+                if not atp or any(atp.get(s, 0) < q for s, q in lines):
                     reason = _SHORT
-            elif not any(atp.get(s, 0) > 0 for s, _ in lines):
+            elif not atp or not any(atp.get(s, 0) > 0 for s, _ in lines):
                 reason = "none of the order's SKUs available"
         row = [c, dist, reason]
         rows.append(row)
