@@ -51,7 +51,8 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Table, text
+from sqlalchemy.sql import sqltypes
 
 from broker.envelope import MessageType
 from cloud.bus import downlink
@@ -363,6 +364,66 @@ def _fetch(conn: Connection, reads: Reads, now: datetime) -> None:
         reads.want_used.clear()
 
 
+# -- the batch's writes ----------------------------------------------------------------------------
+# On PostgreSQL each table's rows go as one JSON array in one statement: the driver's executemany
+# sends a statement per row (pipelined), and dumping its parameters cost more client CPU than
+# everything else a row costs. SQLite's executemany runs in C: kept.
+
+_JSON_SQL: dict[tuple[str, str, tuple[str, ...], str], tuple[Any, list[Any]]] = {}
+
+
+def _json_sql(conn: Connection, table: Table, cols: tuple[str, ...], kind: str, suffix: str) -> tuple[Any, list[Any]]:
+    key = (table.name, kind, cols, suffix)
+    got = _JSON_SQL.get(key)
+    if got is None:
+        dialect = conn.dialect
+        quote = dialect.identifier_preparer.quote
+        exprs: list[str] = []
+        procs: list[Any] = []
+        for n, c in enumerate(cols):
+            col = table.c["id" if c == "_order" else c]
+            typ = col.type.compile(dialect=dialect)
+            if isinstance(col.type, sqltypes.JSON):
+                exprs.append(f"CAST(e -> {n} AS {typ})")  # as the document, not as a quoted string
+                procs.append(None)
+            else:
+                exprs.append(f"CAST(e ->> {n} AS {typ})")
+                procs.append(col.type._cached_bind_processor(dialect))
+        rows = "json_array_elements(CAST(:rows AS json)) AS e"
+        if kind == "insert":
+            sql = (f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in cols)}) "
+                   f"SELECT {', '.join(exprs)} FROM {rows} {suffix}")
+        else:  # update, keyed by `_order` (the first column)
+            sets = ", ".join(f"{quote(c)} = {x}" for c, x in zip(cols[1:], exprs[1:], strict=True))
+            sql = f"UPDATE {quote(table.name)} AS t SET {sets} FROM {rows} WHERE t.id = {exprs[0]}"
+        got = _JSON_SQL[key] = (text(sql), procs)
+    return got
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _write(conn: Connection, table: Table, rows: list[dict[str, Any]], *, stmt: Any = None, kind: str = "insert",
+           suffix: str = "") -> Any:
+    """Insert `rows` into `table` (or, `kind` "update", set their columns on the orders their `_order`
+    names), every row naming the same columns; `stmt`: the statement used elsewhere than PostgreSQL."""
+    if not rows:
+        return []
+    if conn.dialect.name != "postgresql":
+        return conn.execute(stmt if stmt is not None else table.insert(), rows)
+    cols = tuple(rows[0])
+    if kind == "update":
+        cols = ("_order", *(c for c in cols if c != "_order"))
+    sql, procs = _json_sql(conn, table, cols, kind, suffix)
+    data = [[r[c] if p is None or r[c] is None else p(r[c]) for c, p in zip(cols, procs, strict=True)] for r in rows]
+    return conn.execute(sql, {"rows": json.dumps(data, default=_plain)})
+
+
 # -- the batch -------------------------------------------------------------------------------------
 
 
@@ -478,8 +539,10 @@ def intake_batch(conn: Connection, orders: Sequence[service.OrderInput], *, acto
             "source_node": source_node, "region": region, "created_at": now, "updated_at": now,
             "raw": o.model_dump(mode="json")})
         accepted.append((n, o, pickup, code))
-    new_ids = {(r.channel, r.channel_order_id): int(r.id) for r in conn.execute(_insert_orders(conn), rows)} if rows \
-        else {}
+    new_ids = {(r.channel, r.channel_order_id): int(r.id) for r in _write(
+        conn, service.ORDERS, rows, stmt=_insert_orders(conn),
+        suffix="ON CONFLICT (channel, channel_order_id) DO NOTHING RETURNING id, channel, channel_order_id")} \
+        if rows else {}
     entries: list[_Entry] = []
     again: list[tuple[int, service.OrderInput]] = []
     for n, o, pickup, code in accepted:
@@ -495,7 +558,7 @@ def intake_batch(conn: Connection, orders: Sequence[service.OrderInput], *, acto
                                           now=now)]
         entries.append(_Entry(n, o, oid, code, head, want, pending))
     if entries:
-        conn.execute(service._LINES_INSERT, [
+        _write(conn, service.LINES, [
             {"order_id": e.id, "line_no": i, "sku": ln.sku, "qty": ln.qty, "price": ln.price, "discount": ln.discount}
             for e in entries for i, ln in enumerate(e.order.lines, start=1)])
         _route(conn, entries, version, ruleset, locs, now)
@@ -659,16 +722,16 @@ def _route(conn: Connection, entries: list[_Entry], version: int, ruleset: RuleS
         record(e, "unfulfillable", reason, "system:router")
         unfilled.append({"_order": e.id, "state": "unfulfillable", "updated_at": now})
     if decisions:
-        conn.execute(service._DECISION, decisions)
-        conn.execute(service._UPDATE_ORDER, unfilled)
+        _write(conn, service.DECIDE, decisions)
+        _write(conn, service.ORDERS, unfilled, stmt=service._UPDATE_ORDER, kind="update")
     if feed:
-        conn.execute(service.FEED.insert(), feed)
+        _write(conn, service.FEED, feed)
     for e in entries:
         if e.outcome[0] == "alone":
             state = service.route(conn, e.id, actor="system:router", now=now, rules=(version, ruleset), locs=locs,
                                   known=(e.head, e.want, []), pending=e.pending)
             e.head = replace(e.head, state=state)
-    conn.execute(service._TRANSITION, [t for e in entries for t in e.pending])
+    _write(conn, service.TRANS, [t for e in entries for t in e.pending])
 
 
 def _write_routed(conn: Connection, routed: list[_Entry], after: dict[Pair, tuple[int, int]], version: int,
@@ -701,12 +764,13 @@ def _write_routed(conn: Connection, routed: list[_Entry], after: dict[Pair, tupl
                               "reserved_after": reserved - still[(loc, sku)], "source": f"order:{e.id}"})
     # Matched back by (order, location), one assignment each: asking for the rows in parameter
     # order made SQLite insert them one statement each.
-    made = {(int(r.order_id), int(r.location_id)): int(r.id) for r in conn.execute(_ASSIGNED, assignments)}
+    made = {(int(r.order_id), int(r.location_id)): int(r.id) for r in _write(
+        conn, service.ASSIGN, assignments, stmt=_ASSIGNED, suffix="RETURNING id, order_id, location_id")}
     ids = [made[(e.id, loc)] for e, loc, _ in owners]
-    conn.execute(service._RESV_INSERT, [
+    _write(conn, service.RESV, [
         {"assignment_id": aid, "order_id": e.id, "location_id": loc, "sku": s, "qty": q, "status": "active",
          "created_at": now} for aid, (e, loc, lines) in zip(ids, owners, strict=True) for s, q in lines])
-    conn.execute(service.MOVES.insert(), moves)
+    _write(conn, service.MOVES, moves)
     for aid, (e, loc, lines) in zip(ids, owners, strict=True):
         node = locs.meta.get(loc, (None, None))[0]
         if node:
@@ -726,6 +790,6 @@ def _write_routed(conn: Connection, routed: list[_Entry], after: dict[Pair, tupl
                         "route_after": None, "queued_since": None})
         where = ", ".join(sorted(locs.base[i].code for i in p.allocation if i in locs.base))
         record(e, "routed", f"rule {rule.name!r}: assigned to {where}", "system:router")
-    conn.execute(service._DECISION, decisions)
-    conn.execute(service._UPDATE_ORDER, updates)
+    _write(conn, service.DECIDE, decisions)
+    _write(conn, service.ORDERS, updates, stmt=service._UPDATE_ORDER, kind="update")
 

@@ -51,6 +51,10 @@ def _outcome(engine: Engine) -> dict[str, Any]:
         key = {r.id: r.channel_order_id for r in conn.execute(select(o.c.id, o.c.channel_order_id))}
         return {
             "states": sorted((key[r.id], r.state, r.store_id) for r in conn.execute(select(o.c.id, o.c.state, o.c.store_id))),
+            "orders": sorted((key[r.id], str(r.amount), repr(r.raw), r.fulfilment, r.lat, r.lon, r.region)
+                             for r in conn.execute(select(o))),
+            "lines": sorted((key[r.order_id], r.line_no, r.sku, r.qty, str(r.price), str(r.discount))
+                            for r in conn.execute(select(service.LINES))),
             "assignments": sorted((key[r.order_id], r.location_id, r.node, r.state, str(r.lines))
                                   for r in conn.execute(select(a))),
             "decisions": sorted((key[r.order_id], r.outcome, r.rule or "", repr(r.explanation))
@@ -103,7 +107,7 @@ def test_a_batch_decides_exactly_as_the_orders_routed_one_after_the_other(engine
     assert {"routed", "unfulfillable"} <= states, f"the stock should run out part way: {states}"
     assert any(len({loc for k, loc, *_ in serial["assignments"] if k == key}) > 1
                for key, *_ in serial["assignments"]), "some order should be split"
-    for what in ("states", "assignments", "decisions", "transitions", "movements", "stock"):
+    for what in ("states", "orders", "lines", "assignments", "decisions", "transitions", "movements", "stock"):
         assert batched[what] == serial[what], what
 
 
