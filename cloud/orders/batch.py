@@ -91,6 +91,10 @@ class Reads:
     taken: dict[Pair, int] = field(default_factory=dict)
     """Planned by the orders of the batch planned so far."""
     want_pairs: set[Pair] = field(default_factory=set)
+    want_groups: list[tuple[tuple[str, ...], list[int]]] = field(default_factory=list)
+    """(SKUs, locations): every pair of them (an order's nearest, read without a tuple per pair)."""
+    read_groups: dict[tuple[str, ...], set[int]] = field(default_factory=dict)
+    """Per SKU set, the locations where each of them was read (a missing pair: no row, nothing there)."""
     holders_all: dict[tuple[str, ...], tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = field(
         default_factory=dict)
     """Per SKU set: the locations that held some of each when read (ascending ids), and their
@@ -139,7 +143,8 @@ class BatchPool(Pool):
         if not todo:
             return
         reads, skus = self.reads, self.skus
-        missing = [(i, s) for i in todo for s in skus if (i, s) not in reads.atp]
+        known = reads.read_groups.get(tuple(skus), ())
+        missing = [(i, s) for i in todo if i not in known for s in skus if (i, s) not in reads.atp]
         if missing:
             reads.want_pairs.update(missing)
             raise NeedData
@@ -234,10 +239,11 @@ SELECT s.location_id, s.sku, s.atp FROM unnest(CAST(:gl AS integer[]), CAST(:loc
 JOIN unnest(CAST(:gs AS integer[]), CAST(:skus AS varchar[])) AS b(g, k) ON b.g = a.g
 CROSS JOIN LATERAL (SELECT s.location_id, s.sku, {_ATP_SQL} AS atp FROM orders_stock s
                     WHERE s.location_id = a.l AND s.sku = b.k LIMIT 1) AS s"""),
-    # CROSS JOIN: SQLite walks the pairs and looks each row up by its primary key.
+    # CROSS JOIN: SQLite walks the groups' pairs and looks each row up by its primary key.
     "sqlite": text(f"""
-SELECT s.location_id, s.sku, {_ATP_SQL} FROM json_each(:rows) AS w
-CROSS JOIN orders_stock s ON s.location_id = w.value ->> 0 AND s.sku = w.value ->> 1"""),
+SELECT s.location_id, s.sku, {_ATP_SQL} FROM json_each(:groups) AS g
+CROSS JOIN json_each(g.value, '$[0]') AS l CROSS JOIN json_each(g.value, '$[1]') AS k
+CROSS JOIN orders_stock s ON s.location_id = l.value AND s.sku = k.value"""),
 }
 _WANT = {
     "postgresql": "SELECT * FROM unnest(CAST(:keys AS integer[]), CAST(:skus AS varchar[])) AS w(k, sku)",
@@ -300,15 +306,17 @@ def _int_array(values: list[int]) -> str:
 def _fetch(conn: Connection, reads: Reads, now: datetime) -> None:
     """Read, in one query per kind, what the stopped orders asked for."""
     dialect = conn.dialect.name
-    if reads.want_pairs:
+    if reads.want_pairs or reads.want_groups:
         pairs = sorted(reads.want_pairs)
+        by_loc: dict[int, list[str]] = {}
+        for loc, sku in pairs:
+            by_loc.setdefault(loc, []).append(sku)
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for loc, skus in by_loc.items():
+            groups.setdefault(tuple(skus), []).append(loc)
+        for key, locs in reads.want_groups:
+            groups.setdefault(key, []).extend(locs)
         if dialect == "postgresql":
-            by_loc: dict[int, list[str]] = {}
-            for loc, sku in pairs:
-                by_loc.setdefault(loc, []).append(sku)
-            groups: dict[tuple[str, ...], list[int]] = {}
-            for loc, skus in by_loc.items():
-                groups.setdefault(tuple(skus), []).append(loc)
             gl: list[int] = []
             ls: list[int] = []
             params: dict[str, Any] = {"gs": [], "skus": []}
@@ -320,13 +328,16 @@ def _fetch(conn: Connection, reads: Reads, now: datetime) -> None:
             # Thousands of integers: as array literals (the driver dumps a list element by element).
             params["gl"], params["locs"] = _int_array(gl), _int_array(ls)
         else:
-            params = {"rows": json.dumps(pairs)}
+            params = {"groups": json.dumps([[locs, group] for group, locs in groups.items()])}
         reads.atp.update(dict.fromkeys(pairs, 0))  # no row: nothing there
+        for key, locs in reads.want_groups:
+            reads.read_groups.setdefault(key, set()).update(locs)
         for loc, sku, atp in conn.execute(_PAIRS[dialect], params).all():
             reads.atp[(loc, sku)] = max(0, int(atp))
             if atp >= 1:
                 reads.held_at.add(loc)
         reads.want_pairs.clear()
+        reads.want_groups.clear()
     if reads.want_all:
         keys = sorted(reads.want_all)
         flat = [(n, s) for n, key in enumerate(keys) for s in key]
@@ -611,7 +622,7 @@ def _plan(conn: Connection, entries: list[_Entry], ruleset: RuleSet, locs: Locat
             except RuleError:
                 continue
             e.nearest = locs.index.nearest(want.lat, want.lon, k_max)
-            reads.want_pairs.update((i, s) for i in e.nearest for s in skus)
+            reads.want_groups.append((tuple(skus), e.nearest))
     _fetch(conn, reads, now)
     # Then, in one more read rather than in rounds of their own after planning: the locations holding
     # all the SKUs of the orders none of whose nearest can fill, and the holders of each SKU of the
