@@ -60,7 +60,7 @@ from cloud.db import insert_for
 from cloud.orders import service
 from cloud.orders.candidates import _USED_TODAY, Locations, Pool, plan_rule
 from cloud.orders.geo import unit_vectors
-from cloud.orders.routing import Candidate, OrderIn
+from cloud.orders.routing import COMBINATION_POOL, VECTOR_MAX_K, Candidate, OrderIn, _first_cover
 from cloud.orders.rules import RuleError, RuleSet, Unfilled
 from cloud.orders.stock import _RESERVE_PG, _RESERVE_SQLITE, _UNRESERVE
 
@@ -638,7 +638,7 @@ def _plan(conn: Connection, entries: list[_Entry], ruleset: RuleSet, locs: Locat
             continue
         skus = sorted({s for s, _ in want.lines})
         reads.want_all.add(tuple(skus))
-        if any(sum(atp.get((i, s), 0) for i in held) < q for s, q in want.lines):
+        if not _nearest_cover(want, held, atp, ruleset):
             reads.want_any.update(s for s in skus if s not in reads.holders_any)
     if reads.want_all or reads.want_any:
         _fetch(conn, reads, now)
@@ -670,6 +670,24 @@ def _plan(conn: Connection, entries: list[_Entry], ruleset: RuleSet, locs: Locat
         _fetch(conn, reads, now)
     for e in entries[done:]:
         e.outcome = ("alone",)
+
+
+def _nearest_cover(want: OrderIn, held: list[int], atp: dict[Pair, int], ruleset: RuleSet) -> bool:
+    """Whether the order's nearest holders (nearest first) look able to fill it split, as a partial
+    rule plans it (the fewest of its best-sorted, up to `max_locations`): a guess for reading
+    ahead, no more (filters and sorts are not looked at)."""
+    lines = want.lines
+    rows = [[atp.get((i, s), 0) for s, _ in lines] for i in held]
+    rows = [r for r in rows if any(r)][:COMBINATION_POOL]
+    if not rows:
+        return False
+    have = np.array(rows, dtype=np.int64)
+    need = np.array([q for _, q in lines], dtype=np.int64)
+    if not bool((have.sum(axis=0) >= need).all()):
+        return False
+    most = max((r.max_locations for r in ruleset.group_for(want.channel).rules if r.assignment == "partial"),
+               default=0)
+    return any(_first_cover(have, need, k) is not None for k in range(1, min(most, VECTOR_MAX_K, len(rows)) + 1))
 
 
 def _take(outcome: tuple[Any, ...], taken: dict[Pair, int], used: dict[int, int]) -> None:
