@@ -40,7 +40,6 @@ rule that queues take the per-order path for the orders concerned.
 
 from __future__ import annotations
 
-import itertools
 import json
 import secrets
 from collections.abc import Mapping, Sequence
@@ -162,13 +161,10 @@ class BatchPool(Pool):
         if o.lat is None or o.lon is None or not self.skus:
             return []
         reads, skus, locs = self.reads, self.skus, self.locs
-        atp, taken = reads.atp, reads.taken
-
-        def left(i: int, s: str) -> int:
-            return atp.get((i, s), 0) - taken.get((i, s), 0)
-
         # In arrays: held when read, and still after the batch's earlier orders (as a serial run would
         # read), in ascending ids as the per-row version sorted them.
+        left: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = []
+        """Per SKU: the ids read and what is left there."""
         if mode == "all":
             key = tuple(skus)
             got = reads.holders_all.get(key)
@@ -177,13 +173,12 @@ class BatchPool(Pool):
                 raise NeedData
             held, stock = got
             ok = np.ones(len(held), dtype=bool)
-            enough = np.ones(len(held), dtype=bool)
             need = dict(o.lines)
             for n, s in enumerate(skus):
                 have = reads.left_of(s, held, stock[:, n])
-                ok &= have >= 1
-                enough &= have >= need[s]
-            ids_arr = held[ok & enough]
+                ok &= have >= need[s]  # need >= 1: held with some of each, too
+                left.append((held, have))
+            ids_arr = held[ok]
         else:
             todo = [s for s in skus if s not in reads.holders_any]
             if todo:
@@ -192,20 +187,30 @@ class BatchPool(Pool):
             parts = []
             for s in skus:
                 held, stock = reads.holders_any[s]
-                parts.append(held[reads.left_of(s, held, stock) >= 1])
+                have = reads.left_of(s, held, stock)
+                parts.append(held[have >= 1])
+                left.append((held, have))
             ids_arr = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
         ids_arr = ids_arr[ids_arr < len(locs.row_of)]
         ids_arr = ids_arr[locs.active_of[ids_arr] & (locs.row_of[ids_arr] >= 0)]
         if not len(ids_arr):
             return []
         d = np.linalg.norm(locs.vectors[locs.row_of[ids_arr]] - unit_vectors(o.lat, o.lon), axis=1)
-        chosen = [int(i) for i in ids_arr[np.argsort(d, kind="stable")[:k + len(o.excluded)]]]
+        chosen_arr = ids_arr[np.argsort(d, kind="stable")[:k + len(o.excluded)]]
         # Only the chosen are marked read (all of a split order's holders, ~400 a SKU at full size,
-        # cost more than the rest of its planning): what the holders query did not return for them
-        # has nothing available, as far as routing goes.
-        for i in chosen:
+        # cost more than the rest of its planning), from the holders' arrays: what the holders query
+        # did not return for them has nothing available, as far as routing goes.
+        cols: list[list[int]] = []
+        for held, have in left:
+            if not len(held):
+                cols.append([0] * len(chosen_arr))
+                continue
+            j = np.minimum(np.searchsorted(held, chosen_arr), len(held) - 1)
+            cols.append(np.where(held[j] == chosen_arr, np.maximum(have[j], 0), 0).tolist())
+        chosen = chosen_arr.tolist()
+        for n, i in enumerate(chosen):
             if i not in self._read:
-                self._atp[i] = {s: max(0, left(i, s)) for s in skus}
+                self._atp[i] = {s: col[n] for s, col in zip(skus, cols, strict=True)}
                 self._read.add(i)
         return self.of(chosen)
 
@@ -293,12 +298,6 @@ def _arrays(dialect: str, locs: Any, atp: Any) -> tuple[np.ndarray[Any, Any], np
     return ids[order], np.maximum(np.asarray(atp, dtype=np.int64)[order], 0)
 
 
-def _remember(reads: Reads, sku: str, ids: np.ndarray[Any, Any], atp: np.ndarray[Any, Any]) -> None:
-    """What was read of `sku` at `ids`, also as pairs (a candidate chosen among them is read from there)."""
-    reads.atp.update(zip(zip(ids.tolist(), itertools.repeat(sku)), atp.tolist(), strict=True))
-    reads.held_at.update(ids[atp >= 1].tolist())
-
-
 def _int_array(values: list[int]) -> str:
     return "{" + ",".join(map(str, values)) + "}"
 
@@ -345,8 +344,7 @@ def _fetch(conn: Connection, reads: Reads, now: datetime) -> None:
                   else {"rows": json.dumps(flat)})
         got: dict[tuple[int, str], tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = {}
         for k, sku, locs, atp in conn.execute(_HOLDING_ALL[dialect], params).all():
-            got[(int(k), sku)] = ids, stock = _arrays(dialect, locs, atp)
-            _remember(reads, sku, ids, stock)
+            got[(int(k), sku)] = _arrays(dialect, locs, atp)
         empty = np.zeros(0, dtype=np.int64)
         for n, key in enumerate(keys):
             # The same locations for every SKU of the set (those holding each), in ascending ids.
@@ -362,8 +360,7 @@ def _fetch(conn: Connection, reads: Reads, now: datetime) -> None:
         # Rows below 1 are not read: as far as routing goes, none there (`Reads.left` gives 0).
         for sku, locs, atp in conn.execute(_HOLDING_ANY[dialect], {"skus": skus if dialect == "postgresql"
                                                                     else json.dumps(skus)}).all():
-            reads.holders_any[sku] = ids, stock = _arrays(dialect, locs, atp)
-            _remember(reads, sku, ids, stock)
+            reads.holders_any[sku] = _arrays(dialect, locs, atp)
         reads.want_any.clear()
     if reads.want_used:
         capped = sorted(reads.want_used)
@@ -687,7 +684,11 @@ def _nearest_cover(want: OrderIn, held: list[int], atp: dict[Pair, int], ruleset
         return False
     most = max((r.max_locations for r in ruleset.group_for(want.channel).rules if r.assignment == "partial"),
                default=0)
-    return any(_first_cover(have, need, k) is not None for k in range(1, min(most, VECTOR_MAX_K, len(rows)) + 1))
+    if any(_first_cover(have, need, k) is not None for k in range(1, min(most, 2, len(rows)) + 1)):
+        return True
+    # Three or more: a cube of combinations, dearer than the guess is worth when there are many.
+    return most >= 3 and (len(rows) > 8 or any(
+        _first_cover(have, need, k) is not None for k in range(3, min(most, VECTOR_MAX_K, len(rows)) + 1)))
 
 
 def _take(outcome: tuple[Any, ...], taken: dict[Pair, int], used: dict[int, int]) -> None:

@@ -299,16 +299,9 @@ class Pool:
 
     def _candidates(self, ids: Sequence[int]) -> list[Candidate]:
         """`ids` as candidates, from the stock and today's use already read."""
-        made = self._made
-        out = []
-        for i in ids:
-            c = made.get(i)
-            if c is None:
-                c = self._make(i)
-                if c is None:
-                    continue
-            out.append(c)
-        return out
+        get, make = self._made.get, self._make
+        out = [get(i) or make(i) for i in ids]
+        return [c for c in out if c is not None]
 
     def _make(self, i: int) -> Candidate | None:
         b = self.locs.base.get(i)
@@ -316,11 +309,19 @@ class Pool:
             return None
         cap = self.locs.capacity.get(i)
         atp = self._atp.get(i)
-        # Most of an order's nearest hold none of its SKUs: the location as loaded is that candidate
-        # already (no stock, no capacity to count).
-        c = self._made[i] = b if cap is None and not atp else Candidate(
-            b.id, b.code, b.kind, b.region, b.lat, b.lon, atp or {}, b.zone,
-            None if cap is None else cap - self._used.get(i, 0), b.priority, b.cost, b.active)
+        if cap is None and not atp:
+            # Most of an order's nearest hold none of its SKUs: the location as loaded is that
+            # candidate already (no stock, no capacity to count).
+            self._made[i] = b
+            return b
+        # The location as loaded with its stock and capacity left: a copy of its fields (the
+        # dataclass's frozen __init__ sets them one by one, and this runs for every holder chosen).
+        c: Candidate = object.__new__(Candidate)
+        fields = c.__dict__
+        fields.update(b.__dict__)
+        fields["atp"] = atp or {}
+        fields["capacity_left"] = None if cap is None else cap - self._used.get(i, 0)
+        self._made[i] = c
         return c
 
 
@@ -328,10 +329,19 @@ def _may_fill(order: OrderIn, cands: Sequence[Candidate], rule: Rule) -> bool:
     """False when `plan` surely cannot fill the order from `cands`: none holds all of it (single),
     or together they do not hold it (partial)."""
     lines = order.lines
-    held = [c.atp for c in cands if c.atp]
-    if rule.assignment == "single":
-        return any(all(atp.get(s, 0) >= q for s, q in lines) for atp in held)
-    return all(sum(atp.get(s, 0) for atp in held) >= q for s, q in lines)
+    single = rule.assignment == "single"
+    total = dict.fromkeys((s for s, _ in lines), 0)
+    for c in cands:
+        atp = c.atp
+        if not atp:  # most of them: none of the order's SKUs
+            continue
+        if single:
+            if all(atp.get(s, 0) >= q for s, q in lines):
+                return True
+        else:
+            for s in total:
+                total[s] += atp.get(s, 0)
+    return not single and all(total[s] >= q for s, q in lines)
 
 
 def plan_rule(pool: Pool, rule: Rule, *, lock: bool = False, only: Sequence[int] | None = None) -> Plan:

@@ -181,7 +181,13 @@ def plan(order: OrderIn, candidates: Sequence[Candidate], rule: Rule) -> Plan:
     pickup = order.pickup_location if order.fulfilment == "pickup" else None
     zoned = order.fulfilment == "delivery" and order.lat is not None and order.lon is not None
     excluded = order.excluded
+    bare = _SHORT if single else "none of the order's SKUs available"
+    plain = not filters and pickup is None
     for c, dist in zip(candidates, _distances(order, candidates), strict=True):
+        if plain and not c.atp and c.active and c.zone is None and c.id not in excluded:
+            # Most candidates: nothing of the order there and nothing else to check first.
+            rows.append([c, dist, bare])
+            continue
         reason: str | None = None
         if not c.active:
             reason = "location inactive"
