@@ -57,7 +57,16 @@ from broker.envelope import MessageType
 from cloud.bus import downlink
 from cloud.db import insert_for
 from cloud.orders import service
-from cloud.orders.candidates import _USED_TODAY, Locations, Pool, plan_rule
+from cloud.orders.candidates import (
+    _ATP_SQL,
+    _HOLDING_ALL,
+    _HOLDING_ANY,
+    _USED_TODAY,
+    Locations,
+    Pool,
+    _arrays,
+    plan_rule,
+)
 from cloud.orders.geo import unit_vectors
 from cloud.orders.routing import COMBINATION_POOL, VECTOR_MAX_K, Candidate, OrderIn, _first_cover
 from cloud.orders.rules import RuleError, RuleSet, Unfilled
@@ -233,7 +242,6 @@ class BatchPool(Pool):
 
 # -- the batch's reads -----------------------------------------------------------------------------
 
-_ATP_SQL = "s.on_hand - s.reserved - s.safety"
 _PAIRS = {
     # LATERAL … LIMIT 1: one primary-key lookup per pair (joined plainly, the planner preferred
     # hashing the whole stock table: 45 ms for 2,000 pairs on 50,000 rows, and it grows with them).
@@ -250,54 +258,6 @@ SELECT s.location_id, s.sku, {_ATP_SQL} FROM json_each(:groups) AS g
 CROSS JOIN json_each(g.value, '$[0]') AS l CROSS JOIN json_each(g.value, '$[1]') AS k
 CROSS JOIN orders_stock s ON s.location_id = l.value AND s.sku = k.value"""),
 }
-_WANT = {
-    "postgresql": "SELECT * FROM unnest(CAST(:keys AS integer[]), CAST(:skus AS varchar[])) AS w(k, sku)",
-    "sqlite": "SELECT value ->> 0 AS k, value ->> 1 AS sku FROM json_each(:rows)",
-}
-_HOLDING_ALL_SQL = """
-WITH want AS ({want}),
-n AS (SELECT k, count(*) AS n FROM want GROUP BY k),
-held AS (
-    SELECT w.k, s.location_id, count(*) AS c FROM want w {holders}
-    GROUP BY w.k, s.location_id
-)
-SELECT h.k, w.sku, {agg}(s.location_id), {agg}({atp}) FROM held h JOIN n ON n.k = h.k AND n.n = h.c
-JOIN want w ON w.k = h.k JOIN orders_stock s ON s.location_id = h.location_id AND s.sku = w.sku
-GROUP BY h.k, w.sku
-"""
-_HOLDERS = {
-    # OFFSET 0 keeps the subquery apart: each SKU's holders through the SKU index (joined plainly,
-    # the planner hashed the whole stock table).
-    "postgresql": (f"CROSS JOIN LATERAL (SELECT s.location_id FROM orders_stock s WHERE s.sku = w.sku "
-                   f"AND {_ATP_SQL} >= 1 OFFSET 0) AS s"),
-    "sqlite": f"JOIN orders_stock s ON s.sku = w.sku WHERE {_ATP_SQL} >= 1",
-}
-# One row per (SKU set, SKU) or per SKU, its locations and their stock as two arrays: a split order's
-# SKU has ~400 holders at full size, and turning each into a Python row cost more than its planning.
-_AGG = {"postgresql": "array_agg", "sqlite": "json_group_array"}
-_HOLDING_ALL = {d: text(_HOLDING_ALL_SQL.format(want=w, holders=_HOLDERS[d], atp=_ATP_SQL, agg=_AGG[d]))
-                for d, w in _WANT.items()}
-"""Per SKU set of the batch (key k) and SKU: the locations holding some of each SKU of the set, with
-their stock of that SKU."""
-_HOLDING_ANY = {
-    "postgresql": text(f"SELECT s.sku, array_agg(s.location_id), array_agg({_ATP_SQL}) FROM orders_stock s "
-                       f"WHERE s.sku = ANY(CAST(:skus AS varchar[])) AND {_ATP_SQL} >= 1 GROUP BY s.sku"),
-    "sqlite": text(f"SELECT s.sku, json_group_array(s.location_id), json_group_array({_ATP_SQL}) "
-                   f"FROM json_each(:skus) AS w CROSS JOIN orders_stock s ON s.sku = w.value "
-                   f"WHERE {_ATP_SQL} >= 1 GROUP BY s.sku"),
-}
-"""Per SKU: the locations holding some, with their stock of it."""
-
-
-def _arrays(dialect: str, locs: Any, atp: Any) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    """An aggregate's two arrays, as numpy, in ascending location ids (never below 0 available)."""
-    if dialect != "postgresql":
-        locs, atp = json.loads(locs), json.loads(atp)
-    ids = np.asarray(locs, dtype=np.int64)
-    order = np.argsort(ids, kind="stable")
-    return ids[order], np.maximum(np.asarray(atp, dtype=np.int64)[order], 0)
-
-
 def _int_array(values: list[int]) -> str:
     return "{" + ",".join(map(str, values)) + "}"
 
