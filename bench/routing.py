@@ -18,6 +18,7 @@ API, webhooks) cannot beat the bare committed `UPDATE`: its commit is the floor.
 
     python -m bench.routing --quick          (1,000 locations x 500 SKUs, 50 SKUs stocked per location)
     python -m bench.routing                  (10,000 locations x 5,000 SKUs, 200 stocked per location)
+    python -m bench.routing --no-sqlite --orders 300   (the full size on PostgreSQL, 300 orders a worker)
 """
 
 from __future__ import annotations
@@ -186,19 +187,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes (a minute on a busy 2-core machine)")
     ap.add_argument("--no-pg", action="store_true", help="SQLite only")
+    ap.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only (the full size's SQLite setup is long)")
     ap.add_argument("--batch", type=int, default=10, help="orders per transaction of the batched runs")
+    ap.add_argument("--orders", type=int, default=None, help="orders per worker (default 150 quick, 2,000 full)")
     args = ap.parse_args()
     if args.quick:
         locations, skus, per_location, per_worker = 1000, 500, 50, 150
     else:
         locations, skus, per_location, per_worker = 10_000, 5000, 200, 2000
+    per_worker = args.orders or per_worker
     rng = random.Random(1)
     result: dict[str, Any] = {"mode": "quick" if args.quick else "full", "locations": locations, "skus": skus,
+                              "orders_per_worker": per_worker,
                               "stock_rows": locations * per_location, "lines_per_order": "1-5",
                               "nearest_neighbour": nn_baseline(locations, random.Random(2))}
     backends: list[tuple[str, str, Any]] = []
     tmp = tempfile.mkdtemp(prefix="bench-routing-")
-    backends.append(("sqlite", f"sqlite:///{Path(tmp) / 'bench.db'}", None))
+    if not args.no_sqlite:
+        backends.append(("sqlite", f"sqlite:///{Path(tmp) / 'bench.db'}", None))
     if not args.no_pg:
         pg = _pg_database()
         if pg is not None:
