@@ -64,6 +64,9 @@ def _outcome(engine: Engine) -> dict[str, Any]:
             "movements": sorted((key[int(r.source.split(":")[1])], r.location_id, r.sku, r.reserved_delta,
                                  r.reserved_after, r.on_hand_after) for r in conn.execute(select(m).where(
                                      m.c.kind == "reserve"))),
+            "feed": sorted((r.channel, r.kind, r.status, r.attempts, repr({k: v for k, v in r.body.items()
+                                                                              if k not in ("omnishelf_id", "at")}))
+                           for r in conn.execute(select(service.FEED))),
             "stock": sorted(tuple(r) for r in conn.execute(select(service.STOCK.c.location_id, service.STOCK.c.sku,
                                                                   service.STOCK.c.reserved))),
             "oversold": service.oversold(conn),
@@ -77,6 +80,9 @@ def test_a_batch_decides_exactly_as_the_orders_routed_one_after_the_other(engine
     holders of their SKUs (found by SKU, as at full size) rather than on their nearest."""
     rng = random.Random(size)
     _grid(engine, rng)
+    with write_transaction(engine) as conn:  # the orders' channel has a status feed: its rows too
+        conn.execute(service.CHANNELS.insert().values(name="web", status_url="http://feed/status"))
+    service.invalidate_channels()
     if nearest != 64:
         with engine.connect() as conn:
             spec = service.current_rules(conn)[1].model_dump(mode="json")
@@ -107,7 +113,8 @@ def test_a_batch_decides_exactly_as_the_orders_routed_one_after_the_other(engine
     assert {"routed", "unfulfillable"} <= states, f"the stock should run out part way: {states}"
     assert any(len({loc for k, loc, *_ in serial["assignments"] if k == key}) > 1
                for key, *_ in serial["assignments"]), "some order should be split"
-    for what in ("states", "orders", "lines", "assignments", "decisions", "transitions", "movements", "stock"):
+    assert serial["feed"], "the channel's status feed should have rows"
+    for what in ("states", "orders", "lines", "assignments", "decisions", "transitions", "movements", "feed", "stock"):
         assert batched[what] == serial[what], what
 
 
