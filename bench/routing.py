@@ -18,6 +18,8 @@ API, webhooks) cannot beat the bare committed `UPDATE`: its commit is the floor.
 
     python -m bench.routing --quick          (1,000 locations x 500 SKUs, 50 SKUs stocked per location)
     python -m bench.routing                  (10,000 locations x 5,000 SKUs, 200 stocked per location)
+    python -m bench.routing --no-sqlite --orders 300   (the full size on PostgreSQL, 300 orders a worker)
+    python -m bench.routing --quick --warm 50 --orders 300   (the steady state: 50 orders a worker first, untimed)
 """
 
 from __future__ import annotations
@@ -71,9 +73,9 @@ def setup(engine: Engine, locations: int, skus: int, per_location: int, rng: ran
             conn.execute(insert(StockRow), batch)
 
 
-def _worker(url: str, worker: int, n: int, skus: int, out: Any, batch: int = 1) -> None:
+def _worker(url: str, worker: int, n: int, skus: int, out: Any, batch: int = 1, warm: int = 0) -> None:
     try:
-        _work(url, worker, n, skus, out, batch)
+        _work(url, worker, n, skus, out, batch, warm)
     except BaseException:
         import traceback
 
@@ -81,7 +83,7 @@ def _worker(url: str, worker: int, n: int, skus: int, out: Any, batch: int = 1) 
         raise
 
 
-def _work(url: str, worker: int, n: int, skus: int, out: Any, batch: int) -> None:
+def _work(url: str, worker: int, n: int, skus: int, out: Any, batch: int, warm: int = 0) -> None:
     rng = random.Random(1000 + worker + 100 * batch)
     engine = make_engine(url, pool_size=2) if not url.startswith("sqlite") else make_engine(url)
     with engine.connect() as conn:
@@ -92,12 +94,22 @@ def _work(url: str, worker: int, n: int, skus: int, out: Any, batch: int) -> Non
     lat: list[float] = []
     states: dict[str, int] = {}
     orders = []
-    for i in range(n):
+    for i in range(n + warm):
         lines = {f"B{rng.randrange(skus):05d}": rng.randint(1, 3) for _ in range(rng.randint(1, 5))}
         orders.append(service.OrderInput.model_validate({
             "channel": "bench", "channel_order_id": f"w{worker}-{batch}-{i}-{secrets.token_hex(3)}",
             "fulfilment": "delivery", "lat": rng.uniform(22, 41), "lon": rng.uniform(100, 122),
             "lines": [{"sku": s, "qty": q, "price": 1} for s, q in lines.items()]}))
+    # `--warm`: orders routed before the timing (statements compiled and prepared, caches filled), so
+    # that a short run measures the steady state; their statements are not counted either.
+    for first in range(0, warm, batch):
+        with write_transaction(engine) as conn:
+            if batch == 1:
+                service.intake(conn, orders[first], actor="bench")
+            else:
+                batching.intake_batch(conn, orders[first:min(first + batch, warm)], actor="bench")
+    orders = orders[warm:]
+    statements[0] = 0
     cpu = time.process_time()
     start = time.perf_counter()
     for first in range(0, n, batch):
@@ -116,10 +128,10 @@ def _work(url: str, worker: int, n: int, skus: int, out: Any, batch: int) -> Non
     engine.dispose()
 
 
-def route_run(url: str, workers: int, per_worker: int, skus: int, batch: int = 1) -> dict[str, Any]:
+def route_run(url: str, workers: int, per_worker: int, skus: int, batch: int = 1, warm: int = 0) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(url, w, per_worker, skus, q, batch)) for w in range(workers)]
+    procs = [ctx.Process(target=_worker, args=(url, w, per_worker, skus, q, batch, warm)) for w in range(workers)]
     for p in procs:
         p.start()
     results = [q.get(timeout=3600) for _ in procs]
@@ -186,19 +198,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes (a minute on a busy 2-core machine)")
     ap.add_argument("--no-pg", action="store_true", help="SQLite only")
+    ap.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only (the full size's SQLite setup is long)")
     ap.add_argument("--batch", type=int, default=10, help="orders per transaction of the batched runs")
+    ap.add_argument("--orders", type=int, default=None, help="orders per worker (default 150 quick, 2,000 full)")
+    ap.add_argument("--warm", type=int, default=0, help="orders per worker routed before the timing (default 0)")
     args = ap.parse_args()
     if args.quick:
         locations, skus, per_location, per_worker = 1000, 500, 50, 150
     else:
         locations, skus, per_location, per_worker = 10_000, 5000, 200, 2000
+    per_worker = args.orders or per_worker
     rng = random.Random(1)
     result: dict[str, Any] = {"mode": "quick" if args.quick else "full", "locations": locations, "skus": skus,
+                              "orders_per_worker": per_worker, "warm_per_worker": args.warm,
                               "stock_rows": locations * per_location, "lines_per_order": "1-5",
                               "nearest_neighbour": nn_baseline(locations, random.Random(2))}
     backends: list[tuple[str, str, Any]] = []
     tmp = tempfile.mkdtemp(prefix="bench-routing-")
-    backends.append(("sqlite", f"sqlite:///{Path(tmp) / 'bench.db'}", None))
+    if not args.no_sqlite:
+        backends.append(("sqlite", f"sqlite:///{Path(tmp) / 'bench.db'}", None))
     if not args.no_pg:
         pg = _pg_database()
         if pg is not None:
@@ -215,7 +233,7 @@ def main() -> None:
             for workers, batch in ((1, 1), (4, 1), (1, args.batch), (4, args.batch)):
                 key = f"workers_{workers}" + (f"_batched_{batch}" if batch > 1 else "")
                 try:
-                    entry[key] = route_run(url, workers, per_worker, skus, batch=batch)
+                    entry[key] = route_run(url, workers, per_worker, skus, batch=batch, warm=args.warm)
                 except RuntimeError as exc:  # e.g. SQLite's busy timeout on an overloaded machine: say so, go on
                     entry[key] = {"failed": str(exc).strip().splitlines()[-1][:300]}
             with engine.connect() as conn:

@@ -42,22 +42,33 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Table, text
+from sqlalchemy.sql import sqltypes
 
 from broker.envelope import MessageType
 from cloud.bus import downlink
 from cloud.db import insert_for
 from cloud.orders import service
-from cloud.orders.candidates import _HOLDING_ANY, _USED_TODAY, Locations, Pool, plan_rule
+from cloud.orders.candidates import (
+    _ATP_SQL,
+    _HOLDING_ALL,
+    _HOLDING_ANY,
+    _USED_TODAY,
+    Locations,
+    Pool,
+    _arrays,
+    plan_rule,
+)
 from cloud.orders.geo import unit_vectors
-from cloud.orders.routing import Candidate, OrderIn
+from cloud.orders.routing import COMBINATION_POOL, VECTOR_MAX_K, Candidate, OrderIn, _first_cover
 from cloud.orders.rules import RuleError, RuleSet, Unfilled
 from cloud.orders.stock import _RESERVE_PG, _RESERVE_SQLITE, _UNRESERVE
 
@@ -68,6 +79,8 @@ MAX_PASSES = 6
 trying many rules asks for one more read per rule at most)."""
 
 Pair = tuple[int, str]
+_NONE: Mapping[str, int] = MappingProxyType({})
+"""The stock of a candidate with none of the order's SKUs, shared (read only)."""
 
 
 class NeedData(Exception):
@@ -80,14 +93,23 @@ class Reads:
 
     atp: dict[Pair, int] = field(default_factory=dict)
     """Available to promise as read (a pair read but without a row: 0)."""
+    held_at: set[int] = field(default_factory=set)
+    """Locations where some SKU read had some available (elsewhere every pair read is 0: most of an
+    order's nearest hold none of its SKUs)."""
     taken: dict[Pair, int] = field(default_factory=dict)
     """Planned by the orders of the batch planned so far."""
     want_pairs: set[Pair] = field(default_factory=set)
-    holders_all: dict[tuple[str, ...], list[int]] = field(default_factory=dict)
-    """Per SKU set: the locations that held some of each when read."""
+    want_groups: list[tuple[tuple[str, ...], list[int]]] = field(default_factory=list)
+    """(SKUs, locations): every pair of them (an order's nearest, read without a tuple per pair)."""
+    read_groups: dict[tuple[str, ...], set[int]] = field(default_factory=dict)
+    """Per SKU set, the locations where each of them was read (a missing pair: no row, nothing there)."""
+    holders_all: dict[tuple[str, ...], tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = field(
+        default_factory=dict)
+    """Per SKU set: the locations that held some of each when read (ascending ids), and their
+    available stock of each (a row per location, a column per SKU of the set)."""
     want_all: set[tuple[str, ...]] = field(default_factory=set)
-    holders_any: dict[str, list[int]] = field(default_factory=dict)
-    """Per SKU: the locations that held some when read."""
+    holders_any: dict[str, tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = field(default_factory=dict)
+    """Per SKU: the locations that held some when read (ascending ids), and their available stock."""
     want_any: set[str] = field(default_factory=set)
     used: dict[int, int] = field(default_factory=dict)
     """Assignments today per capped location (as read) …"""
@@ -97,6 +119,19 @@ class Reads:
 
     def left(self, loc: int, sku: str) -> int:
         return max(0, self.atp.get((loc, sku), 0) - self.taken.get((loc, sku), 0))
+
+    def left_of(self, sku: str, ids: np.ndarray[Any, Any], atp: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """`atp` (of the ascending `ids`, as read) less what the batch's earlier orders took of `sku`
+        there (`left` for arrays: a split order's SKU has hundreds of holders at full size)."""
+        out = atp
+        for (loc, s), qty in self.taken.items():
+            if s == sku:
+                j = int(np.searchsorted(ids, loc))
+                if j < len(ids) and ids[j] == loc:
+                    if out is atp:
+                        out = atp.copy()
+                    out[j] -= qty
+        return out
 
 
 class BatchPool(Pool):
@@ -112,17 +147,21 @@ class BatchPool(Pool):
         raise AssertionError("a batch plans on plain reads; locking tries go through service.route")
 
     def _read_stock(self, ids: Sequence[int]) -> None:
+        todo = [i for i in ids if i not in self._read]
+        if not todo:
+            return
         reads, skus = self.reads, self.skus
-        missing = [(i, s) for i in ids if i not in self._read for s in skus if (i, s) not in reads.atp]
+        known = reads.read_groups.get(tuple(skus), ())
+        missing = [(i, s) for i in todo if i not in known for s in skus if (i, s) not in reads.atp]
         if missing:
             reads.want_pairs.update(missing)
             raise NeedData
-        atp, taken = reads.atp, reads.taken
-        for i in ids:
-            if i not in self._read:
-                # `Reads.left`, inlined: this runs for every candidate of every order.
-                self._atp[i] = {s: max(0, atp.get((i, s), 0) - taken.get((i, s), 0)) for s in skus}
-                self._read.add(i)
+        atp, taken, held = reads.atp, reads.taken, reads.held_at
+        for i in todo:
+            # `Reads.left`, inlined: this runs for every candidate of every order.
+            self._atp[i] = {s: max(0, atp.get((i, s), 0) - taken.get((i, s), 0)) for s in skus} \
+                if i in held else _NONE
+        self._read.update(todo)
 
     def stocked(self, mode: str, k: int, *, lock: bool = False) -> list[Candidate]:
         o = self.order
@@ -130,42 +169,57 @@ class BatchPool(Pool):
             return self.near(k, lock=lock)
         if o.lat is None or o.lon is None or not self.skus:
             return []
-        reads, skus = self.reads, self.skus
-        atp, taken = reads.atp, reads.taken
-
-        def left(i: int, s: str) -> int:
-            return atp.get((i, s), 0) - taken.get((i, s), 0)
-
+        reads, skus, locs = self.reads, self.skus, self.locs
+        # In arrays: held when read, and still after the batch's earlier orders (as a serial run would
+        # read), in ascending ids as the per-row version sorted them.
+        left: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = []
+        """Per SKU: the ids read and what is left there."""
         if mode == "all":
             key = tuple(skus)
-            held = reads.holders_all.get(key)
-            if held is None:
+            got = reads.holders_all.get(key)
+            if got is None:
                 reads.want_all.add(key)
                 raise NeedData
-            # Held when read, and still after the batch's earlier orders (as a serial run would read).
-            found = [i for i in held if all(left(i, s) >= 1 for s in skus)]
+            held, stock = got
+            ok = np.ones(len(held), dtype=bool)
+            need = dict(o.lines)
+            for n, s in enumerate(skus):
+                have = reads.left_of(s, held, stock[:, n])
+                ok &= have >= need[s]  # need >= 1: held with some of each, too
+                left.append((held, have))
+            ids_arr = held[ok]
         else:
             todo = [s for s in skus if s not in reads.holders_any]
             if todo:
                 reads.want_any.update(todo)
                 raise NeedData
-            found = sorted({i for s in skus for i in reads.holders_any[s] if left(i, s) >= 1})
-        need = dict(o.lines)
-        base = self.locs.base
-        ids = [i for i in found if i in base and base[i].active and (
-            mode != "all" or all(left(i, s) >= q for s, q in need.items()))]
-        if not ids:
+            parts = []
+            for s in skus:
+                held, stock = reads.holders_any[s]
+                have = reads.left_of(s, held, stock)
+                parts.append(held[have >= 1])
+                left.append((held, have))
+            ids_arr = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+        ids_arr = ids_arr[ids_arr < len(locs.row_of)]
+        ids_arr = ids_arr[locs.active_of[ids_arr] & (locs.row_of[ids_arr] >= 0)]
+        if not len(ids_arr):
             return []
-        rows = self.locs.rows
-        vec = self.locs.vectors[[rows[i] for i in ids]]
-        d = np.linalg.norm(vec - unit_vectors(o.lat, o.lon), axis=1)
-        chosen = [ids[int(j)] for j in np.argsort(d, kind="stable")[:k + len(o.excluded)]]
+        d = np.linalg.norm(locs.vectors[locs.row_of[ids_arr]] - unit_vectors(o.lat, o.lon), axis=1)
+        chosen_arr = ids_arr[np.argsort(d, kind="stable")[:k + len(o.excluded)]]
         # Only the chosen are marked read (all of a split order's holders, ~400 a SKU at full size,
-        # cost more than the rest of its planning): what the holders query did not return for them
-        # has nothing available, as far as routing goes.
-        for i in chosen:
+        # cost more than the rest of its planning), from the holders' arrays: what the holders query
+        # did not return for them has nothing available, as far as routing goes.
+        cols: list[list[int]] = []
+        for held, have in left:
+            if not len(held):
+                cols.append([0] * len(chosen_arr))
+                continue
+            j = np.minimum(np.searchsorted(held, chosen_arr), len(held) - 1)
+            cols.append(np.where(held[j] == chosen_arr, np.maximum(have[j], 0), 0).tolist())
+        chosen = chosen_arr.tolist()
+        for n, i in enumerate(chosen):
             if i not in self._read:
-                self._atp[i] = {s: max(0, left(i, s)) for s in skus}
+                self._atp[i] = {s: col[n] for s, col in zip(skus, cols, strict=True)}
                 self._read.add(i)
         return self.of(chosen)
 
@@ -180,13 +234,14 @@ class BatchPool(Pool):
                 raise NeedData
             for i in capped:
                 self._used[i] = reads.used[i] + reads.used_batch.get(i, 0)
+                self._made.pop(i, None)
+            self._near.clear()
             self._counted.update(capped)
         return self._candidates(ids)
 
 
 # -- the batch's reads -----------------------------------------------------------------------------
 
-_ATP_SQL = "s.on_hand - s.reserved - s.safety"
 _PAIRS = {
     # LATERAL … LIMIT 1: one primary-key lookup per pair (joined plainly, the planner preferred
     # hashing the whole stock table: 45 ms for 2,000 pairs on 50,000 rows, and it grows with them).
@@ -197,91 +252,144 @@ SELECT s.location_id, s.sku, s.atp FROM unnest(CAST(:gl AS integer[]), CAST(:loc
 JOIN unnest(CAST(:gs AS integer[]), CAST(:skus AS varchar[])) AS b(g, k) ON b.g = a.g
 CROSS JOIN LATERAL (SELECT s.location_id, s.sku, {_ATP_SQL} AS atp FROM orders_stock s
                     WHERE s.location_id = a.l AND s.sku = b.k LIMIT 1) AS s"""),
-    # CROSS JOIN: SQLite walks the pairs and looks each row up by its primary key.
+    # CROSS JOIN: SQLite walks the groups' pairs and looks each row up by its primary key.
     "sqlite": text(f"""
-SELECT s.location_id, s.sku, {_ATP_SQL} FROM json_each(:rows) AS w
-CROSS JOIN orders_stock s ON s.location_id = w.value ->> 0 AND s.sku = w.value ->> 1"""),
+SELECT s.location_id, s.sku, {_ATP_SQL} FROM json_each(:groups) AS g
+CROSS JOIN json_each(g.value, '$[0]') AS l CROSS JOIN json_each(g.value, '$[1]') AS k
+CROSS JOIN orders_stock s ON s.location_id = l.value AND s.sku = k.value"""),
 }
-_WANT = {
-    "postgresql": "SELECT * FROM unnest(CAST(:keys AS integer[]), CAST(:skus AS varchar[])) AS w(k, sku)",
-    "sqlite": "SELECT value ->> 0 AS k, value ->> 1 AS sku FROM json_each(:rows)",
-}
-_HOLDING_ALL_SQL = """
-WITH want AS ({want}),
-n AS (SELECT k, count(*) AS n FROM want GROUP BY k),
-held AS (
-    SELECT w.k, s.location_id, count(*) AS c FROM want w {holders}
-    GROUP BY w.k, s.location_id
-)
-SELECT h.k, s.location_id, s.sku, {atp} FROM held h JOIN n ON n.k = h.k AND n.n = h.c
-JOIN want w ON w.k = h.k JOIN orders_stock s ON s.location_id = h.location_id AND s.sku = w.sku
-"""
-_HOLDERS = {
-    # OFFSET 0 keeps the subquery apart: each SKU's holders through the SKU index (joined plainly,
-    # the planner hashed the whole stock table).
-    "postgresql": (f"CROSS JOIN LATERAL (SELECT s.location_id FROM orders_stock s WHERE s.sku = w.sku "
-                   f"AND {_ATP_SQL} >= 1 OFFSET 0) AS s"),
-    "sqlite": f"JOIN orders_stock s ON s.sku = w.sku WHERE {_ATP_SQL} >= 1",
-}
-_HOLDING_ALL = {d: text(_HOLDING_ALL_SQL.format(want=w, holders=_HOLDERS[d], atp=_ATP_SQL)) for d, w in _WANT.items()}
-"""Per SKU set of the batch (key k): the locations holding some of each SKU, with their stock of them."""
+def _int_array(values: list[int]) -> str:
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 def _fetch(conn: Connection, reads: Reads, now: datetime) -> None:
     """Read, in one query per kind, what the stopped orders asked for."""
     dialect = conn.dialect.name
-    if reads.want_pairs:
+    if reads.want_pairs or reads.want_groups:
         pairs = sorted(reads.want_pairs)
+        by_loc: dict[int, list[str]] = {}
+        for loc, sku in pairs:
+            by_loc.setdefault(loc, []).append(sku)
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for loc, skus in by_loc.items():
+            groups.setdefault(tuple(skus), []).append(loc)
+        for key, locs in reads.want_groups:
+            groups.setdefault(key, []).extend(locs)
         if dialect == "postgresql":
-            by_loc: dict[int, list[str]] = {}
-            for loc, sku in pairs:
-                by_loc.setdefault(loc, []).append(sku)
-            groups: dict[tuple[str, ...], list[int]] = {}
-            for loc, skus in by_loc.items():
-                groups.setdefault(tuple(skus), []).append(loc)
-            params: dict[str, Any] = {"gl": [], "locs": [], "gs": [], "skus": []}
+            gl: list[int] = []
+            ls: list[int] = []
+            params: dict[str, Any] = {"gs": [], "skus": []}
             for g, (group, locs) in enumerate(groups.items()):
-                params["gl"] += [g] * len(locs)
-                params["locs"] += locs
+                gl += [g] * len(locs)
+                ls += locs
                 params["gs"] += [g] * len(group)
                 params["skus"] += group
+            # Thousands of integers: as array literals (the driver dumps a list element by element).
+            params["gl"], params["locs"] = _int_array(gl), _int_array(ls)
         else:
-            params = {"rows": json.dumps(pairs)}
-        for p in pairs:
-            reads.atp[p] = 0  # no row: nothing there
+            params = {"groups": json.dumps([[locs, group] for group, locs in groups.items()])}
+        reads.atp.update(dict.fromkeys(pairs, 0))  # no row: nothing there
+        for key, locs in reads.want_groups:
+            reads.read_groups.setdefault(key, set()).update(locs)
         for loc, sku, atp in conn.execute(_PAIRS[dialect], params).all():
             reads.atp[(loc, sku)] = max(0, int(atp))
+            if atp >= 1:
+                reads.held_at.add(loc)
         reads.want_pairs.clear()
+        reads.want_groups.clear()
     if reads.want_all:
         keys = sorted(reads.want_all)
         flat = [(n, s) for n, key in enumerate(keys) for s in key]
         params = ({"keys": [f[0] for f in flat], "skus": [f[1] for f in flat]} if dialect == "postgresql"
                   else {"rows": json.dumps(flat)})
-        held: dict[int, set[int]] = {}
-        for k, loc, sku, atp in conn.execute(_HOLDING_ALL[dialect], params).all():
-            held.setdefault(int(k), set()).add(int(loc))
-            reads.atp[(int(loc), sku)] = max(0, int(atp))
+        got: dict[tuple[int, str], tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = {}
+        for k, sku, locs, atp in conn.execute(_HOLDING_ALL[dialect], params).all():
+            got[(int(k), sku)] = _arrays(dialect, locs, atp)
+        empty = np.zeros(0, dtype=np.int64)
         for n, key in enumerate(keys):
-            reads.holders_all[key] = sorted(held.get(n, ()))
+            # The same locations for every SKU of the set (those holding each), in ascending ids.
+            cols = [got.get((n, s), (empty, empty)) for s in key]
+            reads.holders_all[key] = (cols[0][0], np.stack([c[1] for c in cols], axis=1)
+                                      if len(cols[0][0]) else np.zeros((0, len(key)), dtype=np.int64))
         reads.want_all.clear()
     if reads.want_any:
         skus = sorted(reads.want_any)
-        holders: dict[str, list[int]] = {s: [] for s in skus}
-        for loc, sku, atp in conn.execute(_HOLDING_ANY, {"skus": skus}).all():
-            holders[sku].append(int(loc))
-            reads.atp[(int(loc), sku)] = max(0, int(atp))
+        empty = np.zeros(0, dtype=np.int64)
+        for s in skus:
+            reads.holders_any[s] = (empty, empty)
         # Rows below 1 are not read: as far as routing goes, none there (`Reads.left` gives 0).
-        for s, locs in holders.items():
-            reads.holders_any[s] = sorted(locs)
+        for sku, locs, atp in conn.execute(_HOLDING_ANY[dialect], {"skus": skus if dialect == "postgresql"
+                                                                    else json.dumps(skus)}).all():
+            reads.holders_any[sku] = _arrays(dialect, locs, atp)
         reads.want_any.clear()
     if reads.want_used:
-        ids = sorted(reads.want_used)
+        capped = sorted(reads.want_used)
         day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        for i in ids:
+        for i in capped:
             reads.used[i] = 0
-        for loc, n in conn.execute(_USED_TODAY, {"ids": ids, "day": day}):
+        for loc, n in conn.execute(_USED_TODAY, {"ids": capped, "day": day}):
             reads.used[int(loc)] = int(n)
         reads.want_used.clear()
+
+
+# -- the batch's writes ----------------------------------------------------------------------------
+# On PostgreSQL each table's rows go as one JSON array in one statement: the driver's executemany
+# sends a statement per row (pipelined), and dumping its parameters cost more client CPU than
+# everything else a row costs. SQLite's executemany runs in C: kept.
+
+_JSON_SQL: dict[tuple[str, str, tuple[str, ...], str], tuple[Any, list[Any]]] = {}
+
+
+def _json_sql(conn: Connection, table: Table, cols: tuple[str, ...], kind: str, suffix: str) -> tuple[Any, list[Any]]:
+    key = (table.name, kind, cols, suffix)
+    got = _JSON_SQL.get(key)
+    if got is None:
+        dialect = conn.dialect
+        quote = dialect.identifier_preparer.quote
+        exprs: list[str] = []
+        procs: list[Any] = []
+        for n, c in enumerate(cols):
+            col = table.c["id" if c == "_order" else c]
+            typ = col.type.compile(dialect=dialect)
+            if isinstance(col.type, sqltypes.JSON):
+                exprs.append(f"CAST(e -> {n} AS {typ})")  # as the document, not as a quoted string
+                procs.append(None)
+            else:
+                exprs.append(f"CAST(e ->> {n} AS {typ})")
+                procs.append(col.type._cached_bind_processor(dialect))
+        rows = "json_array_elements(CAST(:rows AS json)) AS e"
+        if kind == "insert":
+            sql = (f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in cols)}) "
+                   f"SELECT {', '.join(exprs)} FROM {rows} {suffix}")
+        else:  # update, keyed by `_order` (the first column)
+            sets = ", ".join(f"{quote(c)} = {x}" for c, x in zip(cols[1:], exprs[1:], strict=True))
+            sql = f"UPDATE {quote(table.name)} AS t SET {sets} FROM {rows} WHERE t.id = {exprs[0]}"
+        got = _JSON_SQL[key] = (text(sql), procs)
+    return got
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _write(conn: Connection, table: Table, rows: list[dict[str, Any]], *, stmt: Any = None, kind: str = "insert",
+           suffix: str = "") -> Any:
+    """Insert `rows` into `table` (or, `kind` "update", set their columns on the orders their `_order`
+    names), every row naming the same columns; `stmt`: the statement used elsewhere than PostgreSQL."""
+    if not rows:
+        return []
+    if conn.dialect.name != "postgresql":
+        return conn.execute(stmt if stmt is not None else table.insert(), rows)
+    cols = tuple(rows[0])
+    if kind == "update":
+        cols = ("_order", *(c for c in cols if c != "_order"))
+    sql, procs = _json_sql(conn, table, cols, kind, suffix)
+    data = [[r[c] if p is None or r[c] is None else p(r[c]) for c, p in zip(cols, procs, strict=True)] for r in rows]
+    return conn.execute(sql, {"rows": json.dumps(data, default=_plain)})
 
 
 # -- the batch -------------------------------------------------------------------------------------
@@ -325,7 +433,7 @@ def _decide(pool: BatchPool, ruleset: RuleSet, order: OrderIn) -> tuple[Any, ...
     for rule in group.rules:
         p = plan_rule(pool, rule)
         tried.append({"rule": rule.name, "assignment": rule.assignment, "note": p.note,
-                      "candidates": service._shown(p.candidates), "considered": len(p.candidates)})
+                      "candidates": p.shown(), "considered": p.considered})
         if p.filled:
             return ("routed", group, rule, p, tried)
         if rule.unfilled is Unfilled.NEXT_RULE:
@@ -399,8 +507,10 @@ def intake_batch(conn: Connection, orders: Sequence[service.OrderInput], *, acto
             "source_node": source_node, "region": region, "created_at": now, "updated_at": now,
             "raw": o.model_dump(mode="json")})
         accepted.append((n, o, pickup, code))
-    new_ids = {(r.channel, r.channel_order_id): int(r.id) for r in conn.execute(_insert_orders(conn), rows)} if rows \
-        else {}
+    new_ids = {(r.channel, r.channel_order_id): int(r.id) for r in _write(
+        conn, service.ORDERS, rows, stmt=_insert_orders(conn),
+        suffix="ON CONFLICT (channel, channel_order_id) DO NOTHING RETURNING id, channel, channel_order_id")} \
+        if rows else {}
     entries: list[_Entry] = []
     again: list[tuple[int, service.OrderInput]] = []
     for n, o, pickup, code in accepted:
@@ -416,7 +526,7 @@ def intake_batch(conn: Connection, orders: Sequence[service.OrderInput], *, acto
                                           now=now)]
         entries.append(_Entry(n, o, oid, code, head, want, pending))
     if entries:
-        conn.execute(service._LINES_INSERT, [
+        _write(conn, service.LINES, [
             {"order_id": e.id, "line_no": i, "sku": ln.sku, "qty": ln.qty, "price": ln.price, "discount": ln.discount}
             for e in entries for i, ln in enumerate(e.order.lines, start=1)])
         _route(conn, entries, version, ruleset, locs, now)
@@ -457,8 +567,7 @@ def _plan(conn: Connection, entries: list[_Entry], ruleset: RuleSet, locs: Locat
     final_taken: dict[Pair, int] = {}
     final_used: dict[int, int] = {}
     done = 0
-    # What almost every order needs, read before the first round: its nearest locations' stock, and
-    # the locations holding all its SKUs (asked for whenever the nearest cannot fill an order).
+    # What every order needs, read before the first round: its nearest locations' stock.
     for e in entries:
         want = e.want
         skus = sorted({s for s, _ in want.lines})
@@ -470,21 +579,25 @@ def _plan(conn: Connection, entries: list[_Entry], ruleset: RuleSet, locs: Locat
             except RuleError:
                 continue
             e.nearest = locs.index.nearest(want.lat, want.lon, k_max)
-            reads.want_pairs.update((i, s) for i in e.nearest for s in skus)
-            reads.want_all.add(tuple(skus))
+            reads.want_groups.append((tuple(skus), e.nearest))
     _fetch(conn, reads, now)
-    # And the holders of each SKU for the orders no single location can fill even before the batch
-    # takes its share (they will be split): read now, not in a round of their own after planning.
+    # Then, in one more read rather than in rounds of their own after planning: the locations holding
+    # all the SKUs of the orders none of whose nearest can fill, and the holders of each SKU of the
+    # orders whose nearest cannot even cover it together (they will be split further out). Only a
+    # guess at what planning will ask for: what it misses, it asks for (`NeedData`).
+    atp, held_at = reads.atp, reads.held_at
     for e in entries:
         want = e.want
         if e.nearest is None:
             continue
+        held = [i for i in e.nearest if i in held_at]
+        if any(all(atp.get((i, s), 0) >= q for s, q in want.lines) for i in held):
+            continue
         skus = sorted({s for s, _ in want.lines})
-        fills = [i for i in (*e.nearest, *reads.holders_all.get(tuple(skus), ()))
-                 if all(reads.atp.get((i, s), 0) >= q for s, q in want.lines)]
-        if not fills:
+        reads.want_all.add(tuple(skus))
+        if not _nearest_cover(want, held, atp, ruleset):
             reads.want_any.update(s for s in skus if s not in reads.holders_any)
-    if reads.want_any:
+    if reads.want_all or reads.want_any:
         _fetch(conn, reads, now)
     for _ in range(MAX_PASSES):
         reads.taken, reads.used_batch = dict(final_taken), dict(final_used)
@@ -514,6 +627,28 @@ def _plan(conn: Connection, entries: list[_Entry], ruleset: RuleSet, locs: Locat
         _fetch(conn, reads, now)
     for e in entries[done:]:
         e.outcome = ("alone",)
+
+
+def _nearest_cover(want: OrderIn, held: list[int], atp: dict[Pair, int], ruleset: RuleSet) -> bool:
+    """Whether the order's nearest holders (nearest first) look able to fill it split, as a partial
+    rule plans it (the fewest of its best-sorted, up to `max_locations`): a guess for reading
+    ahead, no more (filters and sorts are not looked at)."""
+    lines = want.lines
+    rows = [[atp.get((i, s), 0) for s, _ in lines] for i in held]
+    rows = [r for r in rows if any(r)][:COMBINATION_POOL]
+    if not rows:
+        return False
+    have = np.array(rows, dtype=np.int64)
+    need = np.array([q for _, q in lines], dtype=np.int64)
+    if not bool((have.sum(axis=0) >= need).all()):
+        return False
+    most = max((r.max_locations for r in ruleset.group_for(want.channel).rules if r.assignment == "partial"),
+               default=0)
+    if any(_first_cover(have, need, k) is not None for k in range(1, min(most, 2, len(rows)) + 1)):
+        return True
+    # Three or more: a cube of combinations, dearer than the guess is worth when there are many.
+    return most >= 3 and (len(rows) > 8 or any(
+        _first_cover(have, need, k) is not None for k in range(3, min(most, VECTOR_MAX_K, len(rows)) + 1)))
 
 
 def _take(outcome: tuple[Any, ...], taken: dict[Pair, int], used: dict[int, int]) -> None:
@@ -577,16 +712,16 @@ def _route(conn: Connection, entries: list[_Entry], version: int, ruleset: RuleS
         record(e, "unfulfillable", reason, "system:router")
         unfilled.append({"_order": e.id, "state": "unfulfillable", "updated_at": now})
     if decisions:
-        conn.execute(service._DECISION, decisions)
-        conn.execute(service._UPDATE_ORDER, unfilled)
+        _write(conn, service.DECIDE, decisions)
+        _write(conn, service.ORDERS, unfilled, stmt=service._UPDATE_ORDER, kind="update")
     if feed:
-        conn.execute(service.FEED.insert(), feed)
+        _write(conn, service.FEED, feed)
     for e in entries:
         if e.outcome[0] == "alone":
             state = service.route(conn, e.id, actor="system:router", now=now, rules=(version, ruleset), locs=locs,
                                   known=(e.head, e.want, []), pending=e.pending)
             e.head = replace(e.head, state=state)
-    conn.execute(service._TRANSITION, [t for e in entries for t in e.pending])
+    _write(conn, service.TRANS, [t for e in entries for t in e.pending])
 
 
 def _write_routed(conn: Connection, routed: list[_Entry], after: dict[Pair, tuple[int, int]], version: int,
@@ -619,12 +754,13 @@ def _write_routed(conn: Connection, routed: list[_Entry], after: dict[Pair, tupl
                               "reserved_after": reserved - still[(loc, sku)], "source": f"order:{e.id}"})
     # Matched back by (order, location), one assignment each: asking for the rows in parameter
     # order made SQLite insert them one statement each.
-    made = {(int(r.order_id), int(r.location_id)): int(r.id) for r in conn.execute(_ASSIGNED, assignments)}
+    made = {(int(r.order_id), int(r.location_id)): int(r.id) for r in _write(
+        conn, service.ASSIGN, assignments, stmt=_ASSIGNED, suffix="RETURNING id, order_id, location_id")}
     ids = [made[(e.id, loc)] for e, loc, _ in owners]
-    conn.execute(service._RESV_INSERT, [
+    _write(conn, service.RESV, [
         {"assignment_id": aid, "order_id": e.id, "location_id": loc, "sku": s, "qty": q, "status": "active",
          "created_at": now} for aid, (e, loc, lines) in zip(ids, owners, strict=True) for s, q in lines])
-    conn.execute(service.MOVES.insert(), moves)
+    _write(conn, service.MOVES, moves)
     for aid, (e, loc, lines) in zip(ids, owners, strict=True):
         node = locs.meta.get(loc, (None, None))[0]
         if node:
@@ -644,6 +780,6 @@ def _write_routed(conn: Connection, routed: list[_Entry], after: dict[Pair, tupl
                         "route_after": None, "queued_since": None})
         where = ", ".join(sorted(locs.base[i].code for i in p.allocation if i in locs.base))
         record(e, "routed", f"rule {rule.name!r}: assigned to {where}", "system:router")
-    conn.execute(service._DECISION, decisions)
-    conn.execute(service._UPDATE_ORDER, updates)
+    _write(conn, service.DECIDE, decisions)
+    _write(conn, service.ORDERS, updates, stmt=service._UPDATE_ORDER, kind="update")
 

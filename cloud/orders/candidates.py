@@ -17,15 +17,16 @@ it read.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, Table, bindparam, func, select, update
+from sqlalchemy import Connection, Table, bindparam, func, select, text, update
 
 from cloud.db import insert_for
 from cloud.orders.geo import SpatialIndex, Zone, unit_vectors
@@ -57,19 +58,70 @@ _STOCK_OF = select(STOCK.c.location_id, STOCK.c.sku, _ATP).where(
     STOCK.c.location_id.in_(bindparam("ids", expanding=True)), STOCK.c.sku.in_(bindparam("skus", expanding=True)))
 _STOCK_OF_LOCKED = _STOCK_OF.order_by(STOCK.c.location_id, STOCK.c.sku).with_for_update()
 """The same rows locked in the one fixed order every transaction locks stock rows in."""
-_HOLDING_EACH = select(STOCK.c.location_id, STOCK.c.sku, _ATP).where(
-    STOCK.c.sku.in_(bindparam("skus", expanding=True)),
-    STOCK.c.location_id.in_(
-        select(STOCK.c.location_id).where(STOCK.c.sku.in_(bindparam("skus", expanding=True)), _ATP >= 1)
-        .group_by(STOCK.c.location_id).having(func.count() == bindparam("n"))),
-)
-"""The order's SKUs at the locations that hold some of every one of them (quantities are checked
-in Python: the statement stays the same for every order, so it is compiled once)."""
-_HOLDING_ANY = select(STOCK.c.location_id, STOCK.c.sku, _ATP).where(
-    STOCK.c.sku.in_(bindparam("skus", expanding=True)), _ATP >= 1)
+_STOCK_OF_PG = text("SELECT location_id, sku, on_hand - reserved - safety FROM orders_stock "
+                    "WHERE location_id = ANY(CAST(:ids AS integer[])) AND sku = ANY(CAST(:skus AS varchar[]))")
+_STOCK_OF_LOCKED_PG = text(f"{_STOCK_OF_PG.text} ORDER BY location_id, sku FOR UPDATE")
+"""On PostgreSQL the same, the ids as one array literal: an expanding IN of 64 ids made a new SQL
+text for every order, rendered, sent and parsed again (a third of an order's statement time)."""
+
+
+def _stock_of(conn: Connection, ids: Sequence[int], skus: list[str], *, lock: bool = False) -> Any:
+    if conn.dialect.name == "postgresql":
+        return conn.execute(_STOCK_OF_LOCKED_PG if lock else _STOCK_OF_PG,
+                            {"ids": "{" + ",".join(map(str, ids)) + "}", "skus": skus})
+    return conn.execute(_STOCK_OF_LOCKED if lock else _STOCK_OF, {"ids": list(ids), "skus": skus})
 _USED_TODAY = select(ASSIGN.c.location_id, func.count()).where(
     ASSIGN.c.location_id.in_(bindparam("ids", expanding=True)), ASSIGN.c.created_at >= bindparam("day"),
     ASSIGN.c.state.not_in(("rejected", "expired", "withdrawn"))).group_by(ASSIGN.c.location_id)
+
+
+_ATP_SQL = "s.on_hand - s.reserved - s.safety"
+_WANT = {
+    "postgresql": "SELECT * FROM unnest(CAST(:keys AS integer[]), CAST(:skus AS varchar[])) AS w(k, sku)",
+    "sqlite": "SELECT value ->> 0 AS k, value ->> 1 AS sku FROM json_each(:rows)",
+}
+_HOLDING_ALL_SQL = """
+WITH want AS ({want}),
+n AS (SELECT k, count(*) AS n FROM want GROUP BY k),
+held AS (
+    SELECT w.k, s.location_id, count(*) AS c FROM want w {holders}
+    GROUP BY w.k, s.location_id
+)
+SELECT h.k, w.sku, {agg}(s.location_id), {agg}({atp}) FROM held h JOIN n ON n.k = h.k AND n.n = h.c
+JOIN want w ON w.k = h.k JOIN orders_stock s ON s.location_id = h.location_id AND s.sku = w.sku
+GROUP BY h.k, w.sku
+"""
+_HOLDERS = {
+    # OFFSET 0 keeps the subquery apart: each SKU's holders through the SKU index (joined plainly,
+    # the planner hashed the whole stock table).
+    "postgresql": (f"CROSS JOIN LATERAL (SELECT s.location_id FROM orders_stock s WHERE s.sku = w.sku "
+                   f"AND {_ATP_SQL} >= 1 OFFSET 0) AS s"),
+    "sqlite": f"JOIN orders_stock s ON s.sku = w.sku WHERE {_ATP_SQL} >= 1",
+}
+# One row per (SKU set, SKU) or per SKU, its locations and their stock as two arrays: a split order's
+# SKU has ~400 holders at full size, and turning each into a Python row cost more than its planning.
+_AGG = {"postgresql": "array_agg", "sqlite": "json_group_array"}
+_HOLDING_ALL = {d: text(_HOLDING_ALL_SQL.format(want=w, holders=_HOLDERS[d], atp=_ATP_SQL, agg=_AGG[d]))
+                for d, w in _WANT.items()}
+"""Per SKU set of the batch (key k) and SKU: the locations holding some of each SKU of the set, with
+their stock of that SKU."""
+_HOLDING_ANY = {
+    "postgresql": text(f"SELECT s.sku, array_agg(s.location_id), array_agg({_ATP_SQL}) FROM orders_stock s "
+                       f"WHERE s.sku = ANY(CAST(:skus AS varchar[])) AND {_ATP_SQL} >= 1 GROUP BY s.sku"),
+    "sqlite": text(f"SELECT s.sku, json_group_array(s.location_id), json_group_array({_ATP_SQL}) "
+                   f"FROM json_each(:skus) AS w CROSS JOIN orders_stock s ON s.sku = w.value "
+                   f"WHERE {_ATP_SQL} >= 1 GROUP BY s.sku"),
+}
+"""Per SKU: the locations holding some, with their stock of it."""
+
+
+def _arrays(dialect: str, locs: Any, atp: Any) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """An aggregate's two arrays, as numpy, in ascending location ids (never below 0 available)."""
+    if dialect != "postgresql":
+        locs, atp = json.loads(locs), json.loads(atp)
+    ids = np.asarray(locs, dtype=np.int64)
+    order = np.argsort(ids, kind="stable")
+    return ids[order], np.maximum(np.asarray(atp, dtype=np.int64)[order], 0)
 
 
 def versions(conn: Connection) -> tuple[int | None, int]:
@@ -106,6 +158,10 @@ class Locations:
     """id → its row in `vectors`."""
     vectors: np.ndarray[Any, Any]
     """Unit vectors of every location (distances to the holders of stock found by SKU)."""
+    row_of: np.ndarray[Any, Any]
+    """id → its row in `vectors`, -1 for no location (`rows` for arrays of ids at once)."""
+    active_of: np.ndarray[Any, Any]
+    """id → whether that location is active."""
 
 
 _cache: dict[str, Locations] = {}
@@ -153,10 +209,14 @@ def _load(conn: Connection, version: int) -> Locations:
     active = [c for c in base.values() if c.active]
     ids = list(base)
     vectors = unit_vectors([base[i].lat for i in ids], [base[i].lon for i in ids]) if ids else np.zeros((0, 3))
+    row_of = np.full(max(ids, default=0) + 1, -1, dtype=np.int64)
+    row_of[ids] = np.arange(len(ids))
+    active_of = np.zeros(len(row_of), dtype=bool)
+    active_of[[c.id for c in active]] = True
     return Locations(version=version, loaded=time.monotonic(),
                      index=SpatialIndex([c.id for c in active], [c.lat for c in active], [c.lon for c in active]),
                      base=base, capacity=capacity, meta=meta, by_code={c.code: c.id for c in base.values()},
-                     rows={i: n for n, i in enumerate(ids)}, vectors=vectors)
+                     rows={i: n for n, i in enumerate(ids)}, vectors=vectors, row_of=row_of, active_of=active_of)
 
 
 class Pool:
@@ -172,16 +232,22 @@ class Pool:
         self.total = locs.index.size
         """How many active locations there are (fewer candidates than this: there are more to look at)."""
         self._nearest: list[int] | None = None
-        self._atp: dict[int, dict[str, int]] = {}
+        self._atp: dict[int, Mapping[str, int]] = {}
         self._read: set[int] = set()
         """Locations whose stock of the order's SKUs was read (a missing row: none there)."""
         self._used: dict[int, int] = {}
         self._counted: set[int] = set()
+        self._made: dict[int, Candidate] = {}
+        """Candidates built from what was read: each rule's passes look at the same nearest locations."""
+        self._near: dict[int, list[Candidate]] = {}
+        """`near(k)` as last returned (cleared with `_made`)."""
 
     def forget(self) -> None:
         """Stock moved under us (a lost race): read it again next time."""
         self._atp.clear()
         self._read.clear()
+        self._made.clear()
+        self._near.clear()
 
     def nearest_ids(self, k: int) -> list[int]:
         """The `k` nearest active locations (only the pickup store for a pickup order that names one)."""
@@ -196,13 +262,18 @@ class Pool:
 
     def near(self, k: int, *, lock: bool = False) -> list[Candidate]:
         """The `k` nearest (see `nearest_ids`) with their stock; `lock`: their stock rows locked."""
+        if not lock and k in self._near:
+            return self._near[k]
         ids = self.nearest_ids(k)
         if lock:
             self.lock(ids)
         elif self._nearest is not None:
             # One query for the nearest `k_max`: a later rule (or a retry) asking for fewer reads nothing.
             self._read_stock(self._nearest)
-        return self.of(ids)
+        got = self.of(ids)
+        if not lock:
+            self._near[k] = got
+        return got
 
     def stocked(self, mode: str, k: int, *, lock: bool = False) -> list[Candidate]:
         """The `k` nearest active locations holding the order ("all": every line's quantity; "any":
@@ -212,26 +283,54 @@ class Pool:
             return self.near(k, lock=lock)
         if o.lat is None or o.lon is None or not self.skus:
             return []
-        stmt, params = ((_HOLDING_EACH, {"skus": self.skus, "n": len(self.skus)}) if mode == "all"
-                        else (_HOLDING_ANY, {"skus": self.skus}))
-        found: dict[int, dict[str, int]] = {}
-        for loc, sku, atp in self.conn.execute(stmt, params):
-            found.setdefault(loc, {})[sku] = max(0, int(atp))
-        need = dict(o.lines)
-        base = self.locs.base
-        ids = [i for i, atp in found.items() if i in base and base[i].active and (
-            mode != "all" or all(atp.get(s, 0) >= q for s, q in need.items()))]
-        for i in found:
-            if i not in self._read:
-                self._atp[i] = found[i]
-                self._read.add(i)  # "any" omits SKUs with nothing available: none there, as far as routing goes
-        if not ids:
+        conn, skus, locs = self.conn, self.skus, self.locs
+        dialect = conn.dialect.name
+        # One row per SKU, its holders and their stock as two arrays (a SKU has ~400 holders at full
+        # size: a Python row each cost more than the rest of the order's planning).
+        per: dict[str, tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = {}
+        if mode == "all":
+            params: dict[str, Any] = ({"keys": [0] * len(skus), "skus": skus} if dialect == "postgresql"
+                                      else {"rows": json.dumps([(0, s) for s in skus])})
+            for _, sku, held, atp in conn.execute(_HOLDING_ALL[dialect], params).all():
+                per[sku] = _arrays(dialect, held, atp)
+        else:
+            for sku, held, atp in conn.execute(_HOLDING_ANY[dialect], {
+                    "skus": skus if dialect == "postgresql" else json.dumps(skus)}).all():
+                per[sku] = _arrays(dialect, held, atp)
+        empty = np.zeros(0, dtype=np.int64)
+        cols = [per.get(s, (empty, empty)) for s in skus]
+        if mode == "all":
+            # The same locations for every SKU (those holding some of each), in ascending ids.
+            ids_arr = cols[0][0]
+            if len(ids_arr):
+                need = dict(o.lines)
+                ok = np.ones(len(ids_arr), dtype=bool)
+                for s, (_, atp) in zip(skus, cols, strict=True):
+                    ok &= atp >= need[s]
+                ids_arr = ids_arr[ok]
+        else:
+            ids_arr = np.unique(np.concatenate([held for held, _ in cols]))
+        ids_arr = ids_arr[ids_arr < len(locs.row_of)]
+        ids_arr = ids_arr[locs.active_of[ids_arr] & (locs.row_of[ids_arr] >= 0)]
+        if not len(ids_arr):
             return []
-        rows = self.locs.rows
-        vec = self.locs.vectors[[rows[i] for i in ids]]
-        d = np.linalg.norm(vec - unit_vectors(o.lat, o.lon), axis=1)
-        keep = np.argsort(d, kind="stable")[:k + len(o.excluded)]
-        chosen = [ids[int(j)] for j in keep]
+        d = np.linalg.norm(locs.vectors[locs.row_of[ids_arr]] - unit_vectors(o.lat, o.lon), axis=1)
+        chosen_arr = ids_arr[np.argsort(d, kind="stable")[:k + len(o.excluded)]]
+        # Only the chosen are marked read: for them, what the holders query did not return has
+        # nothing available, as far as routing goes ("any" omits what is below 1).
+        stock: list[list[int]] = []
+        for held, atp in cols:
+            if not len(held):
+                stock.append([0] * len(chosen_arr))
+                continue
+            j = np.minimum(np.searchsorted(held, chosen_arr), len(held) - 1)
+            stock.append(np.where(held[j] == chosen_arr, atp[j], 0).tolist())
+        chosen = chosen_arr.tolist()
+        for n, i in enumerate(chosen):
+            if i not in self._read:
+                self._atp[i] = {s: col[n] for s, col in zip(skus, stock, strict=True)}
+                self._read.add(i)
+                self._made.pop(i, None)
         if lock:
             self.lock(chosen)
         return self.of(chosen)
@@ -246,16 +345,21 @@ class Pool:
         for i in ids:
             self._read.discard(i)
             self._atp.pop(i, None)
-        self._fill(self.conn.execute(_STOCK_OF_LOCKED, {"ids": sorted(set(ids)), "skus": self.skus}), ids)
+            self._made.pop(i, None)
+        self._near.clear()
+        self._fill(_stock_of(self.conn, sorted(set(ids)), self.skus, lock=True), ids)
 
     def _read_stock(self, ids: Sequence[int]) -> None:
         todo = sorted({i for i in ids if i not in self._read})
         if todo:
-            self._fill(self.conn.execute(_STOCK_OF, {"ids": todo, "skus": self.skus}), todo)
+            self._fill(_stock_of(self.conn, todo, self.skus), todo)
 
     def _fill(self, rows: Any, ids: Sequence[int]) -> None:
         for loc, sku, atp in rows:
-            self._atp.setdefault(loc, {})[sku] = max(0, int(atp))
+            got = self._atp.get(loc)
+            if got is None:
+                got = self._atp[loc] = {}
+            got[sku] = max(0, int(atp))  # type: ignore[index]  # a dict: only `_fill` makes them here
         self._read.update(ids)
 
     def of(self, ids: Sequence[int]) -> list[Candidate]:
@@ -268,20 +372,56 @@ class Pool:
             for loc_id, n in self.conn.execute(_USED_TODAY, {"ids": capped, "day": day}):
                 self._used[loc_id] = int(n)
             self._counted.update(capped)
+            for i in capped:
+                self._made.pop(i, None)
+            self._near.clear()
         return self._candidates(ids)
 
     def _candidates(self, ids: Sequence[int]) -> list[Candidate]:
         """`ids` as candidates, from the stock and today's use already read."""
-        base, capacity = self.locs.base, self.locs.capacity
-        out = []
-        for i in ids:
-            b = base.get(i)
-            if b is None:
-                continue
-            cap = capacity.get(i)
-            out.append(Candidate(b.id, b.code, b.kind, b.region, b.lat, b.lon, self._atp.get(i, {}), b.zone,
-                                 None if cap is None else cap - self._used.get(i, 0), b.priority, b.cost, b.active))
-        return out
+        get, make = self._made.get, self._make
+        out = [get(i) or make(i) for i in ids]
+        return [c for c in out if c is not None]
+
+    def _make(self, i: int) -> Candidate | None:
+        b = self.locs.base.get(i)
+        if b is None:
+            return None
+        cap = self.locs.capacity.get(i)
+        atp = self._atp.get(i)
+        if cap is None and not atp:
+            # Most of an order's nearest hold none of its SKUs: the location as loaded is that
+            # candidate already (no stock, no capacity to count).
+            self._made[i] = b
+            return b
+        # The location as loaded with its stock and capacity left: a copy of its fields (the
+        # dataclass's frozen __init__ sets them one by one, and this runs for every holder chosen).
+        c: Candidate = object.__new__(Candidate)
+        fields = c.__dict__
+        fields.update(b.__dict__)
+        fields["atp"] = atp or {}
+        fields["capacity_left"] = None if cap is None else cap - self._used.get(i, 0)
+        self._made[i] = c
+        return c
+
+
+def _may_fill(order: OrderIn, cands: Sequence[Candidate], rule: Rule) -> bool:
+    """False when `plan` surely cannot fill the order from `cands`: none holds all of it (single),
+    or together they do not hold it (partial)."""
+    lines = order.lines
+    single = rule.assignment == "single"
+    total = dict.fromkeys((s for s, _ in lines), 0)
+    for c in cands:
+        atp = c.atp
+        if not atp:  # most of them: none of the order's SKUs
+            continue
+        if single:
+            if all(atp.get(s, 0) >= q for s, q in lines):
+                return True
+        else:
+            for s in total:
+                total[s] += atp.get(s, 0)
+    return not single and all(total[s] >= q for s, q in lines)
 
 
 def plan_rule(pool: Pool, rule: Rule, *, lock: bool = False, only: Sequence[int] | None = None) -> Plan:
@@ -294,8 +434,10 @@ def plan_rule(pool: Pool, rule: Rule, *, lock: bool = False, only: Sequence[int]
             pool.lock(only)
         return plan(order, pool.of(only), rule)
     cands = pool.near(rule.candidates, lock=lock)
-    p = plan(order, cands, rule)
-    if not p.filled and len(cands) < pool.total and order.lat is not None:
+    further = len(cands) < pool.total and order.lat is not None
+    # A pass that cannot fill the order, when the next one replaces its plan, is not planned (nor explained).
+    p = plan(order, cands, rule) if not further or _may_fill(order, cands, rule) else Plan(rule=rule.name)
+    if not p.filled and further:
         # The nearest lack stock: the nearest among those that hold it.
         p = plan(order, pool.stocked("all" if rule.assignment == "single" else "any", rule.candidates, lock=lock), rule)
     return p

@@ -53,18 +53,67 @@ class Candidate:
     active: bool = True
 
 
+_CHOSEN = "chosen"
+_SHORT = "short"
+"""Markers in a plan's raw rows (a reason is otherwise the `dropped` text): the shortage text is
+only formatted for the rows an explanation shows."""
+
+EXPLAIN_MAX = 25
+"""Candidates kept in a decision's explanation: the chosen ones and the nearest others; the rest are
+counted by reason (an order that searched a thousand locations does not store a thousand rows)."""
+
+
 @dataclass
 class Plan:
     rule: str
     allocation: dict[int, list[tuple[str, int]]] = field(default_factory=dict)
     """location id → [(sku, qty)]; empty when the rule could not fill the order."""
-    candidates: list[dict[str, Any]] = field(default_factory=list)
-    """Each candidate: code, distance_km, stock, and `dropped` (why) or `chosen`."""
     note: str = ""
+    order: OrderIn | None = None
+    rows: list[list[Any]] = field(default_factory=list)
+    """Per candidate, in the order given: [candidate, distance_km, why dropped | _CHOSEN | _SHORT]."""
 
     @property
     def filled(self) -> bool:
         return bool(self.allocation)
+
+    @property
+    def considered(self) -> int:
+        return len(self.rows)
+
+    @property
+    def candidates(self) -> list[dict[str, Any]]:
+        """Each candidate: code, distance_km, stock, and `dropped` (why) or `chosen`."""
+        return [self._row(r) for r in self.rows]
+
+    def _row(self, r: list[Any]) -> dict[str, Any]:
+        c, dist, why = r
+        lines = self.order.lines if self.order is not None else ()
+        row: dict[str, Any] = {"id": c.id, "code": c.code, "kind": c.kind, "lat": c.lat, "lon": c.lon,
+                               "distance_km": dist, "stock": {s: c.atp.get(s, 0) for s, _ in lines}}
+        if why is _CHOSEN:
+            row["chosen"] = True
+        elif why is _SHORT:
+            row["dropped"] = _shortage(lines, c)
+        else:
+            row["dropped"] = why
+        return row
+
+    def shown(self) -> list[dict[str, Any]]:
+        """What an explanation keeps of the candidates: all of them up to `EXPLAIN_MAX`, else the
+        chosen and the nearest others, the rest counted by the reason they were dropped (the same
+        list as ranking every materialized row: only the kept ones are built)."""
+        if len(self.rows) <= EXPLAIN_MAX:
+            return self.candidates
+        ranked = sorted(self.rows, key=lambda r: (r[2] is not _CHOSEN, r[1] or 0.0))
+        kept, rest = ranked[:EXPLAIN_MAX], ranked[EXPLAIN_MAX:]
+        reasons: dict[str, int] = {}
+        for _, _, why in rest:
+            reason = "not enough stock" if why is _SHORT else "" if why is _CHOSEN else str(why).split(":")[0]
+            reasons[reason] = reasons.get(reason, 0) + 1
+        summary = "; ".join(f"{n} x {r}" for r, n in sorted(reasons.items(), key=lambda x: -x[1]))
+        return [*(self._row(r) for r in kept),
+                {"code": f"(+{len(rest)} more)", "distance_km": None, "stock": {}, "dropped": summary}]
 
 
 def _distances(order: OrderIn, candidates: Sequence[Candidate]) -> list[float | None]:
@@ -115,54 +164,66 @@ def _sort_key(rule: Rule, order: OrderIn, c: Candidate, dist: float | None) -> t
     return (*key, dist if dist is not None else 0.0, c.id)
 
 
-def _shortage(order: OrderIn, c: Candidate) -> str | None:
-    short = [f"{s} needs {q}, has {c.atp.get(s, 0)}" for s, q in order.lines if c.atp.get(s, 0) < q]
+def _shortage(lines: tuple[tuple[str, int], ...], c: Candidate) -> str | None:
+    short = [f"{s} needs {q}, has {c.atp.get(s, 0)}" for s, q in lines if c.atp.get(s, 0) < q]
     return "not enough stock: " + "; ".join(short) if short else None
 
 
 def plan(order: OrderIn, candidates: Sequence[Candidate], rule: Rule) -> Plan:
-    """What `rule` does with `order` given `candidates` (explained whether it fills the order or not)."""
-    result = Plan(rule=rule.name)
-    eligible: list[tuple[tuple[Any, ...], Candidate, dict[str, Any]]] = []
+    """What `rule` does with `order` given `candidates` (explained whether it fills the order or not;
+    the explanation's rows are built when asked for: a pass whose plan is discarded builds none)."""
+    result = Plan(rule=rule.name, order=order)
+    rows = result.rows
+    eligible: list[tuple[tuple[Any, ...], Candidate, list[Any]]] = []
+    lines = order.lines
+    single = rule.assignment == "single"
+    filters = rule.filters
+    pickup = order.pickup_location if order.fulfilment == "pickup" else None
+    zoned = order.fulfilment == "delivery" and order.lat is not None and order.lon is not None
+    excluded = order.excluded
+    bare = _SHORT if single else "none of the order's SKUs available"
+    plain = not filters and pickup is None
     for c, dist in zip(candidates, _distances(order, candidates), strict=True):
-        row: dict[str, Any] = {"id": c.id, "code": c.code, "kind": c.kind, "lat": c.lat, "lon": c.lon,
-                               "distance_km": dist, "stock": {s: c.atp.get(s, 0) for s, _ in order.lines}}
-        result.candidates.append(row)
-        reason = None
+        if plain and not c.atp and c.active and c.zone is None and c.id not in excluded:
+            # Most candidates: nothing of the order there and nothing else to check first.
+            rows.append([c, dist, bare])
+            continue
+        reason: str | None = None
         if not c.active:
             reason = "location inactive"
-        elif c.id in order.excluded:
+        elif c.id in excluded:
             reason = "rejected this order before, or let its reservation expire"
-        elif order.fulfilment == "pickup" and order.pickup_location is not None and c.id != order.pickup_location:
+        elif pickup is not None and c.id != pickup:
             reason = "not the pickup store the shopper chose"
-        elif order.fulfilment == "delivery" and order.lat is not None and order.lon is not None \
-                and c.zone is not None and not c.zone.contains(order.lat, order.lon):
+        elif zoned and c.zone is not None and not c.zone.contains(order.lat, order.lon):  # type: ignore[arg-type]
             reason = "the address is outside its delivery zone"
         else:
-            for f in rule.filters:
+            for f in filters:
                 actual = _value(f.field, order, c, dist)
                 if not f.test(actual):
                     reason = f"filter {f.field.value} {f.op.value} {f.value!r} failed ({actual!r})"
                     break
         if reason is None:
-            if rule.assignment == "single":
-                reason = _shortage(order, c)
-            elif not any(c.atp.get(s, 0) > 0 for s, _ in order.lines):
+            atp = c.atp
+            if single:
+                if not atp or any(atp.get(s, 0) < q for s, q in lines):
+                    reason = _SHORT
+            elif not atp or not any(atp.get(s, 0) > 0 for s, _ in lines):
                 reason = "none of the order's SKUs available"
-        if reason is not None:
-            row["dropped"] = reason
-            continue
-        eligible.append((_sort_key(rule, order, c, dist), c, row))
-    eligible.sort(key=lambda e: e[0])
+        row = [c, dist, reason]
+        rows.append(row)
+        if reason is None:
+            eligible.append((_sort_key(rule, order, c, dist), c, row))
     if not eligible:
         result.note = "no eligible location"
         return result
-    if rule.assignment == "single":
+    eligible.sort(key=lambda e: e[0])
+    if single:
         _, c, row = eligible[0]
         result.allocation = {c.id: list(order.lines)}
-        row["chosen"] = True
+        row[2] = _CHOSEN
         for _, _, other in eligible[1:]:
-            other["dropped"] = "eligible, but sorted after the chosen one"
+            other[2] = "eligible, but sorted after the chosen one"
         return result
     return _partial(order, eligible, rule, result)
 
@@ -192,7 +253,7 @@ def _first_cover(atp: np.ndarray[Any, Any], need: np.ndarray[Any, Any], k: int) 
     return tuple(int(x) for x in hits[0]) if len(hits) else None
 
 
-def _partial(order: OrderIn, eligible: list[tuple[tuple[Any, ...], Candidate, dict[str, Any]]], rule: Rule,
+def _partial(order: OrderIn, eligible: list[tuple[tuple[Any, ...], Candidate, list[Any]]], rule: Rule,
              result: Plan) -> Plan:
     pool = eligible[:COMBINATION_POOL]
     skus = [s for s, _ in order.lines]
@@ -215,12 +276,9 @@ def _partial(order: OrderIn, eligible: list[tuple[tuple[Any, ...], Candidate, di
                     break
         result.allocation = alloc
         for _, c, row in eligible:
-            if c.id in alloc:
-                row["chosen"] = True
-            else:
-                row["dropped"] = "not needed: the order is filled by fewer or better-sorted locations"
+            row[2] = _CHOSEN if c.id in alloc else "not needed: the order is filled by fewer or better-sorted locations"
         return result
     for _, _, row in eligible:
-        row["dropped"] = f"together with the others, not enough stock within {rule.max_locations} locations"
+        row[2] = f"together with the others, not enough stock within {rule.max_locations} locations"
     result.note = f"no combination of at most {rule.max_locations} locations holds the order"
     return result

@@ -618,7 +618,7 @@ def route(conn: Connection, order_id: int, *, actor: str, now: datetime | None =
             tried.append({"rule": rule.name, "note": "stock kept changing while reserving", "candidates": []})
             continue
         entry = {"rule": rule.name, "assignment": rule.assignment, "note": chosen.note,
-                 "candidates": _shown(chosen.candidates), "considered": len(chosen.candidates)}
+                 "candidates": chosen.shown(), "considered": chosen.considered}
         tried.append(entry)
         if chosen.filled:
             extra = _assign(conn, o, chosen, ruleset, now, locs) | {"route_after": None, "queued_since": None}
@@ -653,24 +653,6 @@ def route(conn: Connection, order_id: int, *, actor: str, now: datetime | None =
         break
     return _unfillable(conn, o, version, group.name, {"group": group.name, "rules": tried},
                        _why(order, tried), actor, now, pending)
-
-
-EXPLAIN_MAX = 25
-"""Candidates kept in a decision's explanation: the chosen ones and the nearest others; the rest are
-counted by reason (an order that searched a thousand locations does not store a thousand rows)."""
-
-
-def _shown(cands: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    if len(cands) <= EXPLAIN_MAX:
-        return cands
-    ranked = sorted(cands, key=lambda c: (not c.get("chosen"), c.get("distance_km") or 0.0))
-    kept, rest = ranked[:EXPLAIN_MAX], ranked[EXPLAIN_MAX:]
-    reasons: dict[str, int] = {}
-    for c in rest:
-        reason = str(c.get("dropped", "")).split(":")[0]
-        reasons[reason] = reasons.get(reason, 0) + 1
-    summary = "; ".join(f"{n} x {r}" for r, n in sorted(reasons.items(), key=lambda x: -x[1]))
-    return [*kept, {"code": f"(+{len(rest)} more)", "distance_km": None, "stock": {}, "dropped": summary}]
 
 
 def _why(order: OrderIn, tried: list[dict[str, Any]]) -> str:

@@ -51,6 +51,10 @@ def _outcome(engine: Engine) -> dict[str, Any]:
         key = {r.id: r.channel_order_id for r in conn.execute(select(o.c.id, o.c.channel_order_id))}
         return {
             "states": sorted((key[r.id], r.state, r.store_id) for r in conn.execute(select(o.c.id, o.c.state, o.c.store_id))),
+            "orders": sorted((key[r.id], str(r.amount), repr(r.raw), r.fulfilment, r.lat, r.lon, r.region)
+                             for r in conn.execute(select(o))),
+            "lines": sorted((key[r.order_id], r.line_no, r.sku, r.qty, str(r.price), str(r.discount))
+                            for r in conn.execute(select(service.LINES))),
             "assignments": sorted((key[r.order_id], r.location_id, r.node, r.state, str(r.lines))
                                   for r in conn.execute(select(a))),
             "decisions": sorted((key[r.order_id], r.outcome, r.rule or "", repr(r.explanation))
@@ -60,16 +64,33 @@ def _outcome(engine: Engine) -> dict[str, Any]:
             "movements": sorted((key[int(r.source.split(":")[1])], r.location_id, r.sku, r.reserved_delta,
                                  r.reserved_after, r.on_hand_after) for r in conn.execute(select(m).where(
                                      m.c.kind == "reserve"))),
+            "feed": sorted((r.channel, r.kind, r.status, r.attempts, repr({k: v for k, v in r.body.items()
+                                                                              if k not in ("omnishelf_id", "at")}))
+                           for r in conn.execute(select(service.FEED))),
             "stock": sorted(tuple(r) for r in conn.execute(select(service.STOCK.c.location_id, service.STOCK.c.sku,
                                                                   service.STOCK.c.reserved))),
             "oversold": service.oversold(conn),
         }
 
 
-@pytest.mark.parametrize("size", [1, 7, 40])
-def test_a_batch_decides_exactly_as_the_orders_routed_one_after_the_other(engine: Engine, size: int) -> None:
+@pytest.mark.parametrize(("size", "nearest"), [(1, 64), (7, 64), (40, 64), (7, 2), (40, 2)])
+def test_a_batch_decides_exactly_as_the_orders_routed_one_after_the_other(engine: Engine, size: int,
+                                                                         nearest: int) -> None:
+    """`nearest` 2: rules that look at the 2 nearest only, so that most orders are planned on the
+    holders of their SKUs (found by SKU, as at full size) rather than on their nearest."""
     rng = random.Random(size)
     _grid(engine, rng)
+    with write_transaction(engine) as conn:  # the orders' channel has a status feed: its rows too
+        conn.execute(service.CHANNELS.insert().values(name="web", status_url="http://feed/status"))
+    service.invalidate_channels()
+    if nearest != 64:
+        with engine.connect() as conn:
+            spec = service.current_rules(conn)[1].model_dump(mode="json")
+        for group in spec["groups"]:
+            for rule in group["rules"]:
+                rule["candidates"] = nearest
+        with write_transaction(engine) as conn:
+            service.save_rules(conn, spec, actor="test")
     orders = _orders(40, random.Random(100 + size))
     # One after the other, each in its own transaction …
     for o in orders:
@@ -92,7 +113,8 @@ def test_a_batch_decides_exactly_as_the_orders_routed_one_after_the_other(engine
     assert {"routed", "unfulfillable"} <= states, f"the stock should run out part way: {states}"
     assert any(len({loc for k, loc, *_ in serial["assignments"] if k == key}) > 1
                for key, *_ in serial["assignments"]), "some order should be split"
-    for what in ("states", "assignments", "decisions", "transitions", "movements", "stock"):
+    assert serial["feed"], "the channel's status feed should have rows"
+    for what in ("states", "orders", "lines", "assignments", "decisions", "transitions", "movements", "feed", "stock"):
         assert batched[what] == serial[what], what
 
 

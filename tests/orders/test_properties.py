@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -12,7 +13,7 @@ from sqlalchemy import select
 from cloud.db import make_engine, migrate, write_transaction
 from cloud.orders import service
 from cloud.orders.geo import great_circle_km
-from cloud.orders.routing import Candidate, OrderIn, plan
+from cloud.orders.routing import EXPLAIN_MAX, Candidate, OrderIn, plan
 from cloud.orders.rules import Filter, FilterField, Op, Rule
 from tests.orders.conftest import order, seed, stock
 
@@ -130,3 +131,31 @@ def test_routing_orders_in_the_database_never_reserves_more_than_available(tmp_p
     finally:
         engine.dispose()
         service.invalidate_locations()
+
+
+def _shown_eagerly(cands: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What an explanation kept when every candidate's row was built (before `Plan.shown`)."""
+    if len(cands) <= EXPLAIN_MAX:
+        return cands
+    ranked = sorted(cands, key=lambda c: (not c.get("chosen"), c.get("distance_km") or 0.0))
+    kept, rest = ranked[:EXPLAIN_MAX], ranked[EXPLAIN_MAX:]
+    reasons: dict[str, int] = {}
+    for c in rest:
+        reason = str(c.get("dropped", "")).split(":")[0]
+        reasons[reason] = reasons.get(reason, 0) + 1
+    summary = "; ".join(f"{n} x {r}" for r, n in sorted(reasons.items(), key=lambda x: -x[1]))
+    return [*kept, {"code": f"(+{len(rest)} more)", "distance_km": None, "stock": {}, "dropped": summary}]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(locations.filter(bool), min_size=4, max_size=12).map(lambda ls: [x for xs in ls for x in xs]),
+       orders, filters, st.sampled_from(["single", "partial"]))
+def test_the_explanation_shows_what_building_every_row_showed(locs, o_, fs, mode) -> None:
+    """Rows are built only for the candidates an explanation keeps: the same rows, chosen first then
+    the nearest, the rest counted by reason."""
+    cands = _cands(locs)
+    o = OrderIn(id=1, channel="web", fulfilment="delivery", lines=tuple(sorted(o_[2].items())), lat=o_[0], lon=o_[1])
+    p = plan(o, cands, Rule(name="r", filters=tuple(fs), assignment=mode, max_locations=3))
+    assert p.considered == len(cands) == len(p.candidates)
+    assert all(("chosen" in c) != ("dropped" in c) for c in p.candidates)
+    assert p.shown() == _shown_eagerly(p.candidates)
