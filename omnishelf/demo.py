@@ -428,6 +428,8 @@ def run(args: argparse.Namespace) -> int:
             kiosk_line = (f"  the cloud shelf (kiosk) of {first}: no display here; on a desktop: {kiosk_cmd}\n"
                           f"    what it asks the box (pinyin initials find 龙井): "
                           f"curl -s 'http://127.0.0.1:{local_ports[first]}/shelf/products?q=lj'")
+        kiosk_line += (f"\n    where a product is (this store, nearby stores, the warehouse: the cloud's stock figures): "
+                       f"curl -s 'http://127.0.0.1:{local_ports[first]}/shelf/availability/TEA-LJ-250'")
         box_url = f"http://127.0.0.1:{local_ports[first]}"
         station_cmd = f"omnishelf station --windowed --size 960x540 --box {box_url}"
         if os.environ.get("DISPLAY"):

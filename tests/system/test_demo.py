@@ -164,6 +164,11 @@ def test_demo_runs_the_whole_system_and_stops_cleanly(tmp_path: Path) -> None:
         assert shelf, text
         wait_for(lambda: _ok(lambda: any(p["sku"] == "TEA-LJ-250" for p in _get(shelf[1])["items"])), 60,  # type: ignore[index]
                  "the kiosk index on the first box")
+        # Where the tea is: the box asks the cloud's stock figures (the kiosk's own API key, its store's).
+        where = re.search(r"curl -s '(http://\S+/shelf/availability/TEA-LJ-250)'", text)
+        assert where, text
+        wait_for(lambda: _ok(lambda: _get(where[1])["source"] == "cloud"), 60,  # type: ignore[index]
+                 "the kiosk box's availability from the cloud")
         # The clerk's station app: the banner names the box it would open on, whose station API answers.
         station = re.search(r"omnishelf station --windowed --size \S+ --box (http://\S+)", text)
         assert station and "PIN 2580" in text, text
