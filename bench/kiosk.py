@@ -278,9 +278,10 @@ def _drive(app: Any, result: dict[str, Any], finish: Any) -> None:
             word = state["words"][0]
             if state["i"] == len(word):
                 state["words"].pop(0)
+                before = app.browse.loads  # the answer may be applied within load() (it waits briefly for it)
                 app.browse.query = ""
                 app.browse.load()
-                state.update(phase="wait-reset", loads=app.browse.loads, i=0)
+                state.update(phase="wait-reset", loads=before, i=0)
                 return
             state["loads"] = app.browse.loads
             state["t"] = time.perf_counter()

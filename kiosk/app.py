@@ -23,6 +23,7 @@ from kivy.properties import NumericProperty, ObjectProperty, StringProperty
 from kivy.uix.floatlayout import FloatLayout
 from kivy.uix.screenmanager import FadeTransition, ScreenManager
 
+from kiosk import clip  # noqa: F401  (registers the Clip* widgets for the kv files)
 from kiosk.client import BoxClient
 from kiosk.fonts import install_cjk_font
 from kiosk.i18n import Catalogue
