@@ -46,10 +46,6 @@ Line = dict[str, Any]
 """A message for the view: {"msg": English msgid with {fields}, "args": {field: value}}."""
 
 PAGE = 40
-ANSWER_WAIT_S = 0.03
-"""How long a search or filter waits on the UI thread for the box's answer, so that the frame being
-drawn shows the new grid with the key (the box's answer takes a few ms; a slower one comes a frame
-later, as every answer did before)."""
 PRICE_BANDS: tuple[tuple[str, int | None, int | None], ...] = (
     ("Any price", None, None), ("Under ¥50", None, 50), ("¥50-200", 50, 200), ("Over ¥200", 200, None))
 _PHONE = re.compile(r"\+?[0-9][0-9 \-]{5,19}")
@@ -306,7 +302,7 @@ class BrowseVM(EventDispatcher):  # type: ignore[misc]
         """The first page for the current query and filters (an older answer in flight is dropped)."""
         self.loading = True
         self.worker.run(self._fetch(0), lambda page: self._apply(page, replace=True), self._failed, key="browse",
-                        latest_only=True, wait_s=ANSWER_WAIT_S)
+                        latest_only=True)
 
     def load_more(self) -> None:
         if self.loading or len(self.items) >= self.total:

@@ -5,18 +5,12 @@ the UI thread. A call whose result arrives after a newer call of the same key wa
 (the shopper typed another letter: the older answer must not overwrite the newer one). With
 `latest_only`, such a call that has not started yet is not made at all: typing fast queues one
 search per key, and only the last one is worth asking the box.
-
-With `wait_s`, the UI thread waits up to that long for the answer and applies it at once when it
-comes in time: the frame being drawn then shows the keystroke and its results together, instead of
-the keystroke, then the results a frame later (a frame costs 30-100 ms on a software-rendered
-screen; the box answers a search in a few ms). A slower answer arrives on the clock as usual.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -42,29 +36,20 @@ class Worker:
         """`latest_only` calls never made: a newer one of the same key came first."""
 
     def run(self, fn: Callable[[], T], done: Callable[[T], None], failed: Callable[[str], None],
-            key: str | None = None, *, latest_only: bool = False, wait_s: float = 0.0) -> None:
+            key: str | None = None, *, latest_only: bool = False) -> None:
         call_id = next(self._ids)
         if key is not None:
             self._latest[key] = call_id
         self.pending += 1
-        lock = threading.Lock()
-        came = threading.Event()
-        handed: list[tuple[Callable[[Any], None], Any]] = []
-        waiting = [wait_s > 0]
-
-        def on_ui(cb: Callable[[Any], None], value: Any) -> None:
-            self.pending -= 1
-            if key is not None and self._latest.get(key) != call_id:
-                return
-            cb(value)
 
         def deliver(cb: Callable[[Any], None], value: Any) -> None:
-            with lock:
-                if waiting[0]:  # the UI thread is still waiting: it applies the answer itself
-                    handed.append((cb, value))
-                    came.set()
+            def on_ui(_dt: float) -> None:
+                self.pending -= 1
+                if key is not None and self._latest.get(key) != call_id:
                     return
-            Clock.schedule_once(lambda _dt: on_ui(cb, value), 0)
+                cb(value)
+
+            Clock.schedule_once(on_ui, 0)
 
         def job() -> None:
             if latest_only and key is not None and self._latest.get(key) != call_id:
@@ -82,12 +67,6 @@ class Worker:
                 deliver(done, value)
 
         self._pool.submit(job)
-        if wait_s > 0:
-            came.wait(wait_s)
-            with lock:
-                waiting[0] = False
-            for cb, value in handed:
-                on_ui(cb, value)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
