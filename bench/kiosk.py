@@ -278,7 +278,7 @@ def _drive(app: Any, result: dict[str, Any], finish: Any) -> None:
             word = state["words"][0]
             if state["i"] == len(word):
                 state["words"].pop(0)
-                before = app.browse.loads  # the answer may be applied within load() (it waits briefly for it)
+                before = app.browse.loads  # counted before load(): its answer counts however soon it comes
                 app.browse.query = ""
                 app.browse.load()
                 state.update(phase="wait-reset", loads=before, i=0)
