@@ -65,9 +65,9 @@ from cloud.orders.candidates import (
     Locations,
     Pool,
     _arrays,
+    nearest_holding,
     plan_rule,
 )
-from cloud.orders.geo import unit_vectors
 from cloud.orders.routing import COMBINATION_POOL, VECTOR_MAX_K, Candidate, OrderIn, _first_cover
 from cloud.orders.rules import RuleError, RuleSet, Unfilled
 from cloud.orders.stock import _RESERVE_PG, _RESERVE_SQLITE, _UNRESERVE
@@ -200,23 +200,13 @@ class BatchPool(Pool):
                 parts.append(held[have >= 1])
                 left.append((held, have))
             ids_arr = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
-        ids_arr = ids_arr[ids_arr < len(locs.row_of)]
-        ids_arr = ids_arr[locs.active_of[ids_arr] & (locs.row_of[ids_arr] >= 0)]
-        if not len(ids_arr):
-            return []
-        d = np.linalg.norm(locs.vectors[locs.row_of[ids_arr]] - unit_vectors(o.lat, o.lon), axis=1)
-        chosen_arr = ids_arr[np.argsort(d, kind="stable")[:k + len(o.excluded)]]
         # Only the chosen are marked read (all of a split order's holders, ~400 a SKU at full size,
         # cost more than the rest of its planning), from the holders' arrays: what the holders query
         # did not return for them has nothing available, as far as routing goes.
-        cols: list[list[int]] = []
-        for held, have in left:
-            if not len(held):
-                cols.append([0] * len(chosen_arr))
-                continue
-            j = np.minimum(np.searchsorted(held, chosen_arr), len(held) - 1)
-            cols.append(np.where(held[j] == chosen_arr, np.maximum(have[j], 0), 0).tolist())
-        chosen = chosen_arr.tolist()
+        chosen, cols = nearest_holding(locs, ids_arr, o.lat, o.lon, k + len(o.excluded),
+                                       [(held, np.maximum(have, 0)) for held, have in left])
+        if not chosen:
+            return []
         for n, i in enumerate(chosen):
             if i not in self._read:
                 self._atp[i] = {s: col[n] for s, col in zip(skus, cols, strict=True)}

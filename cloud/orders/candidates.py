@@ -219,6 +219,28 @@ def _load(conn: Connection, version: int) -> Locations:
                      rows={i: n for n, i in enumerate(ids)}, vectors=vectors, row_of=row_of, active_of=active_of)
 
 
+def nearest_holding(locs: Locations, ids: np.ndarray[Any, Any], lat: float, lon: float, n: int,
+                    columns: Sequence[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]]
+                    ) -> tuple[list[int], list[list[int]]]:
+    """The `n` nearest of `ids` that are active locations, nearest first, and for each column
+    (a SKU's holders in ascending id and their figures) the figure of each of them: 0 where the
+    column has no row for it."""
+    ids = ids[ids < len(locs.row_of)]
+    ids = ids[locs.active_of[ids] & (locs.row_of[ids] >= 0)]
+    if not len(ids):
+        return [], []
+    d = np.linalg.norm(locs.vectors[locs.row_of[ids]] - unit_vectors(lat, lon), axis=1)
+    chosen = ids[np.argsort(d, kind="stable")[:n]]
+    figures: list[list[int]] = []
+    for held, values in columns:
+        if not len(held):
+            figures.append([0] * len(chosen))
+            continue
+        j = np.minimum(np.searchsorted(held, chosen), len(held) - 1)
+        figures.append(np.where(held[j] == chosen, values[j], 0).tolist())
+    return chosen.tolist(), figures
+
+
 class Pool:
     """One order's candidates and their stock of its SKUs, as read during one routing run."""
 
@@ -310,22 +332,11 @@ class Pool:
                 ids_arr = ids_arr[ok]
         else:
             ids_arr = np.unique(np.concatenate([held for held, _ in cols]))
-        ids_arr = ids_arr[ids_arr < len(locs.row_of)]
-        ids_arr = ids_arr[locs.active_of[ids_arr] & (locs.row_of[ids_arr] >= 0)]
-        if not len(ids_arr):
-            return []
-        d = np.linalg.norm(locs.vectors[locs.row_of[ids_arr]] - unit_vectors(o.lat, o.lon), axis=1)
-        chosen_arr = ids_arr[np.argsort(d, kind="stable")[:k + len(o.excluded)]]
         # Only the chosen are marked read: for them, what the holders query did not return has
         # nothing available, as far as routing goes ("any" omits what is below 1).
-        stock: list[list[int]] = []
-        for held, atp in cols:
-            if not len(held):
-                stock.append([0] * len(chosen_arr))
-                continue
-            j = np.minimum(np.searchsorted(held, chosen_arr), len(held) - 1)
-            stock.append(np.where(held[j] == chosen_arr, atp[j], 0).tolist())
-        chosen = chosen_arr.tolist()
+        chosen, stock = nearest_holding(locs, ids_arr, o.lat, o.lon, k + len(o.excluded), cols)
+        if not chosen:
+            return []
         for n, i in enumerate(chosen):
             if i not in self._read:
                 self._atp[i] = {s: col[n] for s, col in zip(skus, stock, strict=True)}
