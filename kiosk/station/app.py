@@ -27,6 +27,7 @@ from kivy.properties import NumericProperty, ObjectProperty, StringProperty
 from kivy.uix.floatlayout import FloatLayout
 from kivy.uix.screenmanager import NoTransition, ScreenManager
 
+from kiosk import clip  # noqa: F401  (registers the Clip* widgets the kv files use)
 from kiosk.app import ImageCache
 from kiosk.client import BoxClient
 from kiosk.fonts import install_cjk_font
