@@ -217,6 +217,16 @@ event.listen(Session, "after_commit", lambda session: _run_after_commit(session.
 event.listen(Session, "after_rollback", lambda session: session.info.pop(_AFTER_COMMIT, None))
 
 
+def _forget_after_commit(conn: Connection) -> None:
+    # A `write_transaction` whose caller rolls back without raising must not run its hooks (they
+    # would publish commands that were never committed). An invalidated connection has no info.
+    if not conn.invalidated:
+        conn.info.pop(_AFTER_COMMIT, None)
+
+
+event.listen(Engine, "rollback", _forget_after_commit)
+
+
 @contextlib.contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
     """A transaction that will write: committed on success, rolled back on error."""

@@ -48,7 +48,9 @@ from sqlalchemy import (
     event,
     exists,
     func,
+    insert,
     literal_column,
+    null,
     select,
     text,
     tuple_,
@@ -162,6 +164,19 @@ def send(
         attempts=0,
     )
     hand: Hand | None = None if key is not None else c.info.get(_HAND) or _local_hand(conn, c)
+    if hand is not None and hand.first_ask(node):
+        # A local hand's first command to this box: the INSERT itself decides whether this bus
+        # publishes it (one round trip, not a read and then a write).
+        row = c.execute(_INSERT_IF_READY, {
+            **{f"v_{name}": value for name, value in values.items()},
+            "v_retry_at": now + timedelta(seconds=retry_delay(1)),
+        }).one()
+        if row.status == "sent":
+            hand.found_ready(node)
+            hand.add(_claimed(int(row.id), msg_id, node, kind, retain, corr, payload, expires_at, now, 0))
+        else:
+            _wake_relays(conn, c, node)
+        return msg_id
     if hand is not None and hand.takes(c, node, now):
         # Published by this worker right after the commit: the row says so already (see the
         # module docstring for a worker that dies before it publishes).
@@ -180,10 +195,16 @@ def send(
         ).scalar()
         if inserted is None:
             return uuid.UUID(str(c.execute(select(_DOWNLINK.c.msg_id).where(_DOWNLINK.c.key == key)).scalar_one()))
+    _wake_relays(conn, c, node)
+    return msg_id
+
+
+def _wake_relays(conn: Connection | Session, c: Connection, node: str) -> None:
+    """A command waits for a relay: wake the other hosts' (PostgreSQL) and this process's, after
+    the commit."""
     if c.dialect.name == "postgresql":
         c.execute(text("SELECT pg_notify(:ch, :node)"), {"ch": NOTIFY_CHANNEL, "node": node})
     after_commit(conn, notify)
-    return msg_id
 
 
 def send_many(
@@ -299,6 +320,34 @@ _READY = select(_NODES.c.id).where(
 )
 
 
+def _ready_insert() -> Any:
+    """`_INSERT` of a command marked as `_READY` says: `sent` (handed to this process's bus) to a
+    box that is online, not retired and has nothing pending, else `pending`; RETURNING its id and
+    status. Within one transaction the answer stays right for later commands: a pending one
+    written here is seen by the next."""
+    node = bindparam("v_node", type_=_DOWNLINK.c.node.type)
+    ready = select(exists().where(
+        _NODES.c.id == node, _NODES.c.online.is_(True), _NODES.c.retired_at.is_(None),
+        ~exists().where(_DOWNLINK.c.node == node, _DOWNLINK.c.status == literal_column("'pending'")),
+    ).label("ready")).subquery("r")
+    created = bindparam("v_created_at", type_=_DOWNLINK.c.created_at.type)
+    by_readiness = {
+        "status": case((ready.c.ready, literal_column("'sent'")), else_=literal_column("'pending'")),
+        "attempts": case((ready.c.ready, 1), else_=0),
+        "last_sent_at": case((ready.c.ready, created), else_=null()),
+        "next_attempt_at": case((ready.c.ready, bindparam("v_retry_at", type_=_DOWNLINK.c.next_attempt_at.type)),
+                                else_=created),
+    }
+    names = [c.name for c in _DOWNLINK.c if c.name not in ("id", "acked_at", "detail")]
+    columns = [by_readiness.get(name, node if name == "node" else created if name == "created_at"
+                                else bindparam(f"v_{name}", type_=_DOWNLINK.c[name].type)) for name in names]
+    return (insert(_DOWNLINK).from_select(names, select(*columns).select_from(ready))
+            .returning(_DOWNLINK.c.id, _DOWNLINK.c.status))
+
+
+_INSERT_IF_READY = _ready_insert()
+
+
 @dataclass
 class Hand:
     """Commands a bus worker writes in its ingest transaction and publishes itself after the commit.
@@ -326,6 +375,16 @@ class Hand:
             # Once per transaction, on the first command: one indexed read for the whole batch.
             self._ready = set(conn.execute(_READY, {"b_ids": sorted(self.nodes)}).scalars())
         return node in self._ready
+
+    def first_ask(self, node: str) -> bool:
+        """A local hand not yet asked about `node` (it is, from now on): the caller decides."""
+        if self.nodes is not None or node in self._asked:
+            return False
+        self._asked.add(node)
+        return True
+
+    def found_ready(self, node: str) -> None:
+        self._ready = (self._ready or set()) | {node}
 
     def add(self, claimed: Claimed) -> None:
         self.claimed.append(claimed)
@@ -561,7 +620,7 @@ def apply_ack(conn: Connection, node: str, corr: uuid.UUID | None, ack: AckData,
         return False
     result = conn.execute(_ACK_ONE, {
         "b_id": corr, "b_node": node, "b_status": "delivered" if ack.ok else "failed", "b_now": now,
-        "b_detail": (ack.detail or None) if ack.ok else (ack.detail or "the box refused it without a reason")[:500],
+        "b_detail": _ack_detail(ack),
     })
     return bool(result.rowcount)
 
@@ -589,11 +648,30 @@ _ACK_DETAIL = (update(_DOWNLINK).where(_DOWNLINK.c.msg_id == bindparam("b_id"), 
                .values(detail=bindparam("b_detail")))
 
 
+# PostgreSQL: every ack of a batch, ok or not, with or without a detail, in one statement (one
+# round trip; the acks of a station's verdicts all carry a detail). The literal states (not bound
+# parameters) let the planner use the partial index of active commands.
+_PG_ACKS = text(
+    "UPDATE downlink AS d SET status = v.status, acked_at = :now, detail = v.detail "
+    "FROM unnest(CAST(:ids AS uuid[]), CAST(:nodes AS varchar[]), CAST(:statuses AS varchar[]), "
+    "CAST(:details AS varchar[])) AS v(msg_id, node, status, detail) "
+    "WHERE d.msg_id = v.msg_id AND d.node = v.node AND d.status IN ('pending', 'sent', 'expired') "
+    "RETURNING d.msg_id, d.node, d.engine"
+)
+
+
+def _ack_detail(ack: AckData) -> str | None:
+    if ack.ok:
+        return ack.detail or None
+    return (ack.detail or "the box refused it without a reason")[:500]
+
+
 def apply_acks(conn: Connection, acks: Sequence[tuple[str, uuid.UUID | None, AckData]], now: datetime) -> AcksApplied:
-    """`apply_ack` for a batch's acks (node, corr, ack): the "ok" ones, nearly all of them, in
-    one statement that also says which engine sent each command (only that engine's ack handlers
-    are told of the ack), and one more for the details those carry (a station's "stored genuine
-    for scan …"). An ack repeated for a command already closed costs one more read.
+    """`apply_ack` for a batch's acks (node, corr, ack), saying which engine sent each command
+    (only that engine's ack handlers are told of the ack). On PostgreSQL one statement; on SQLite
+    (no round trips) the "ok" ones, nearly all of them, in one, and one more for the details those
+    carry (a station's "stored genuine for scan …"). An ack repeated for a command already closed
+    costs one more read.
 
     The plain `msg_id IN (…)` next to the exact (msg_id, node) pairs is for the planner: with the
     pairs alone SQLite went through every active command (or, for the repeated acks, the whole
@@ -603,6 +681,25 @@ def apply_acks(conn: Connection, acks: Sequence[tuple[str, uuid.UUID | None, Ack
     ok = [(corr, node) for node, corr, ack in named if ack.ok]
     engines: dict[tuple[str, uuid.UUID], str] = {}
     matched = 0
+    if named and conn.dialect.name == "postgresql":
+        # One answer per command, an "ok" before a refusal, as on SQLite (an UPDATE … FROM takes
+        # an unpredictable one of several rows that match the same command).
+        first: dict[tuple[str, uuid.UUID], AckData] = {}
+        for node, corr, ack in named:
+            if (node, corr) not in first or (ack.ok and not first[(node, corr)].ok):
+                first[(node, corr)] = ack
+        closed = conn.execute(_PG_ACKS, {
+            "now": now, "ids": [corr for _n, corr in first], "nodes": [node for node, _c in first],
+            "statuses": ["delivered" if ack.ok else "failed" for ack in first.values()],
+            "details": [_ack_detail(ack) for ack in first.values()],
+        })
+        for msg_id, node, engine in closed:
+            engines[(node, uuid.UUID(str(msg_id)))] = engine
+            matched += 1
+        ok = []
+        named_failed: list[tuple[str, uuid.UUID, AckData]] = []
+    else:
+        named_failed = [(node, corr, ack) for node, corr, ack in named if not ack.ok]
     if ok:
         for msg_id, node, engine in conn.execute(_ACKED, {"ids": [m for m, _n in ok], "pairs": ok, "now": now}):
             engines[(node, uuid.UUID(str(msg_id)))] = engine
@@ -611,9 +708,8 @@ def apply_acks(conn: Connection, acks: Sequence[tuple[str, uuid.UUID | None, Ack
                    if ack.ok and ack.detail and (node, corr) in engines]
         if details:
             conn.execute(_ACK_DETAIL, details)
-    for node, corr, ack in named:
-        if not ack.ok:
-            matched += apply_ack(conn, node, corr, ack, now)
+    for node, corr, ack in named_failed:
+        matched += apply_ack(conn, node, corr, ack, now)
     rest = [(corr, node) for node, corr, _ in named if (node, corr) not in engines]
     if rest:
         for msg_id, node, engine in conn.execute(_SENT_BY, {"ids": [m for m, _n in rest], "pairs": rest}):

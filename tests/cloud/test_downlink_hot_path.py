@@ -277,6 +277,60 @@ def test_a_command_written_beside_a_running_bus_is_published_by_it_with_no_claim
     writes = [_downlink_writes(t) for t in recorder.committed if _downlink_writes(t) and not _claim(t)]
     # The two sends, and the acks' batch or batches (one statement for all of a batch's acks).
     assert sorted(writes) in ([["INSERT"], ["INSERT"], ["UPDATE"], ["UPDATE"]], [["INSERT"], ["INSERT"], ["UPDATE"]]), writes
+    # A send is its INSERT alone: the box's readiness is decided in it, not read before.
+    sends = [t for t in recorder.committed if _downlink_writes(t) == ["INSERT"]]
+    assert [len(t) for t in sends] == [1, 1], sends
+
+
+class _Publisher:
+    """A connected cloud bus of this process, as `downlink` sees one: it records what it is given."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.published: list[list[downlink.Claimed]] = []
+
+    def publish_committed(self, claimed: list[downlink.Claimed]) -> None:
+        self.published.append(claimed)
+
+
+def test_a_local_send_decides_in_its_insert_whether_this_process_publishes_it(engine: Engine) -> None:
+    """Beside a connected bus: a command to an online box with nothing waiting is written `sent` and
+    handed to the bus after the commit; to an offline box, or behind a command still waiting, it is
+    written `pending` and the relay is woken, in the same transaction as in the next."""
+    with Session(engine) as s, s.begin():
+        s.add_all([Node(id="st1-k1", online=True), Node(id="st1-k2", online=False), Node(id="st1-k3", online=True)])
+    with write_transaction(engine) as conn:  # a command that waits for the relay (not beside a bus)
+        waiting = downlink.send(conn, "st1-k3", MessageType.COMMAND, CommandData(name="waiting"), engine="t")
+    publisher, woken = _Publisher(), list[bool]()
+
+    def wake() -> None:
+        woken.append(True)
+
+    downlink.add_publisher(publisher)
+    downlink.add_waker(wake)
+    try:
+        with write_transaction(engine) as conn:
+            ids = {name: downlink.send(conn, node, MessageType.COMMAND, CommandData(name=name), engine="t")
+                   for name, node in (("a1", "st1-k1"), ("b1", "st1-k2"), ("a2", "st1-k1"), ("b2", "st1-k2"),
+                                      ("c1", "st1-k3"))}
+            assert publisher.published == [] and woken == []  # nothing before the commit
+        with write_transaction(engine) as conn:
+            rolled = downlink.send(conn, "st1-k1", MessageType.COMMAND, CommandData(name="rolled"), engine="t")
+            conn.rollback()
+    finally:
+        downlink.remove_publisher(publisher)
+        downlink.remove_waker(wake)
+    [handed] = publisher.published
+    assert [(c.node, c.msg_id) for c in handed] == [("st1-k1", ids["a1"]), ("st1-k1", ids["a2"])]
+    assert woken, "the relay was not woken for the commands that wait"
+    rows = {r.msg_id: r for r in _rows(engine)}
+    assert [(rows[ids[n]].status, rows[ids[n]].attempts) for n in ("a1", "a2", "b1", "b2", "c1")] == [
+        ("sent", 1), ("sent", 1), ("pending", 0), ("pending", 0), ("pending", 0)]
+    assert rows[ids["a1"]].last_sent_at is not None and rows[ids["b1"]].last_sent_at is None
+    assert rows[ids["a1"]].next_attempt_at > rows[ids["a1"]].created_at  # its retry, should the publish fail
+    assert rows[ids["b1"]].next_attempt_at == rows[ids["b1"]].created_at  # due for the relay at once
+    assert rows[waiting].status == "pending" and rolled not in rows
 
 
 # -- what a handler's failure takes with it --------------------------------------------------------
@@ -350,17 +404,31 @@ def test_acks_of_a_batch_are_applied_together(engine: Engine) -> None:
         b = downlink.send(conn, "st1-k1", MessageType.COMMAND, CommandData(name="b"), engine="t", now=now)
         c = downlink.send(conn, "st1-k2", MessageType.COMMAND, CommandData(name="c"), engine="t", now=now)
         d = downlink.send(conn, "st1-k2", MessageType.COMMAND, CommandData(name="d"), engine="t", now=now)
+        e = downlink.send(conn, "st1-k2", MessageType.COMMAND, CommandData(name="e"), engine="t", now=now)
+        f = downlink.send(conn, "st1-k2", MessageType.COMMAND, CommandData(name="f"), engine="t", now=now)
+    statements: list[str] = []
     with write_transaction(engine) as conn:
+        event.listen(conn, "before_cursor_execute", lambda *a: statements.append(a[2]))
         applied = downlink.apply_acks(conn, [
             ("st1-k1", a, AckData(ok=True)),
             ("st1-k1", c, AckData(ok=True)),  # another box's command: not this box's to close
             ("st1-k2", d, AckData(ok=False, detail="no paper")),
             ("st1-k2", None, AckData(ok=True)),
+            ("st1-k2", e, AckData(ok=True, detail="stored genuine")),
+            # Answered twice in one batch (a box that lost its memory of handled commands): the
+            # "ok" wins, whichever came first.
+            ("st1-k2", f, AckData(ok=False, detail="busy")),
+            ("st1-k2", f, AckData(ok=True)),
         ], now)
-    assert applied.matched == 2
-    assert applied.engines == {("st1-k1", a): "t", ("st1-k2", d): "t"}
+    assert applied.matched == 4
+    assert applied.engines == {("st1-k1", a): "t", ("st1-k2", d): "t", ("st1-k2", e): "t", ("st1-k2", f): "t"}
     assert {r.data["name"]: (r.status, r.detail) for r in _rows(engine)} == {
-        "a": ("delivered", None), "b": ("pending", None), "c": ("pending", None), "d": ("failed", "no paper")}
+        "a": ("delivered", None), "b": ("pending", None), "c": ("pending", None), "d": ("failed", "no paper"),
+        "e": ("delivered", "stored genuine"), "f": ("delivered", None)}
+    # A round trip each on PostgreSQL: the batch's acks in one, and c's sender looked up (not this
+    # box's command, so nothing closed it).
+    if engine.dialect.name == "postgresql":
+        assert [s.split()[0] for s in statements] == ["UPDATE", "SELECT"], statements
     with write_transaction(engine) as conn:  # the same ack again: nothing to close, the engine still known
         again = downlink.apply_acks(conn, [("st1-k1", a, AckData(ok=True)), ("st1-k1", b, AckData(ok=True))], now)
     assert again.matched == 1 and again.engines == {("st1-k1", a): "t", ("st1-k1", b): "t"}
