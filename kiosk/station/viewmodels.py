@@ -57,7 +57,7 @@ later verdicts arrive through the event feed."""
 CHECKING_AFTER_S = 0.15
 """A scan shows "Checking…" only if the box has not answered by then. That screen is a frame the
 verdict would wait behind: on a box rendering in software (llvmpipe) a 1080x1920 frame holds the UI
-thread 50-100 ms in its buffer swap, and the box answers a provisional verdict in a few ms, an
+thread 50 ms or more in its buffer swap, and the box answers a provisional verdict in a few ms, an
 online one in tens of ms. Below a human's reaction time, so the previous verdict is never acted on."""
 UNDO_WINDOW_S = 900.0
 """The cloud's undo window (`cloud.trace.rules.undo_window_s`): the undo button shows this long."""
