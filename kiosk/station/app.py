@@ -65,6 +65,8 @@ TABS = ("verify", "goodsin", "orders", "stock")
 STATUS_POLL_S = 5.0
 EVENTS_WAIT_S = 5
 """The long poll's wait: short enough that closing the app never waits long for it."""
+BG = (0.06, 0.07, 0.09, 1)
+"""The shell's background (app.kv's BG), drawn as the window's clear colour."""
 _ENTER = (13, 271)  # Return, keypad Enter
 _GS = "\x1d"
 
@@ -166,6 +168,7 @@ class StationApp(App):  # type: ignore[misc]
         # A keyboard-wedge scanner types into the window: Escape must never close the station.
         Config.set("kivy", "exit_on_escape", "0")
         install_cjk_font()
+        Window.clearcolor = BG
         root: StationShell = Builder.load_file(str(HERE / "app.kv"))
         Builder.load_file(str(KIOSK / "keyboard.kv"))
         self.sm = root.ids.sm

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from kivy.clock import Clock, ClockEvent
 from kivy.event import EventDispatcher
 from kivy.properties import (
     BooleanProperty,
@@ -53,6 +54,11 @@ STATION = "clerk-app"
 VERDICT_WAIT_S = 0.9
 """How long a scan waits on the box for a verdict (final, or provisional offline) before answering;
 later verdicts arrive through the event feed."""
+CHECKING_AFTER_S = 0.15
+"""A scan shows "Checking…" only if the box has not answered by then. That screen is a frame the
+verdict would wait behind: on a box rendering in software (llvmpipe) a 1080x1920 frame holds the UI
+thread 50 ms or more in its buffer swap, and the box answers a provisional verdict in a few ms, an
+online one in tens of ms. Below a human's reaction time, so the previous verdict is never acted on."""
 UNDO_WINDOW_S = 900.0
 """The cloud's undo window (`cloud.trace.rules.undo_window_s`): the undo button shows this long."""
 ALARMS = frozenset({"unknown_code", "malformed", "batch_or_expiry_mismatch", "expired", "recalled",
@@ -248,10 +254,35 @@ class _Scanning(EventDispatcher):  # type: ignore[misc]
         self.queued_s: deque[float] = deque(maxlen=KEEP)
         self.done_at = 0.0
         self.handover_s: deque[float] = deque(maxlen=KEEP)
+        self._reset: Callable[[bool], None] | None = None
+        """The new scan's clearing of the screen, until it is shown (see `CHECKING_AFTER_S`)."""
+        self._checking: ClockEvent | None = None
+        self._product_kept: dict[str, Any] = {}
 
     def wipe(self) -> None:
         """Nothing of the previous clerk's work stays on screen."""
+        self._settle(None)
         self.scan, self.verdict, self.tone, self.error = {}, {}, "idle", ""
+
+    def begin(self, at: float | None, reset: Callable[[bool], None]) -> None:
+        """A new scanner line: `reset(answered)` (clear the screen for it, tone "checking") runs when
+        its answer comes, just before the answer is applied (one frame shows both), or after
+        `CHECKING_AFTER_S` if it has not come by then (`answered` False: "Checking…" is drawn)."""
+        self.line_at = at if at is not None else time.perf_counter()
+        self._settle(None)
+        self._reset = reset
+        # When the UI thread was busy past the grace (a frame being drawn) and the answer came
+        # meanwhile, both run in the same tick: one frame, the verdict.
+        self._checking = Clock.schedule_once(lambda _dt: self._settle(False), CHECKING_AFTER_S)
+
+    def _settle(self, answered: bool | None) -> None:
+        """Run the pending reset (None: drop it)."""
+        reset, self._reset = self._reset, None
+        if self._checking is not None:
+            self._checking.cancel()
+            self._checking = None
+        if reset is not None and answered is not None:
+            reset(answered)
 
     def post(self, code: str, purpose: str, key: str, done: Callable[[dict[str, Any]], None] | None = None) -> None:
         body = {"code": code, "purpose": purpose, "station": STATION, "wait_s": VERDICT_WAIT_S}
@@ -269,10 +300,12 @@ class _Scanning(EventDispatcher):  # type: ignore[misc]
 
     def answered(self, scan: dict[str, Any]) -> None:
         self.handover_s.append(time.perf_counter() - self.done_at)
+        self._settle(True)
         self.scan, self.error = scan, ""
         self.apply(scan.get("verdict"))
 
     def failed(self, msg: str) -> None:
+        self._settle(True)
         self.error, self.tone = msg, "error"
 
     def apply(self, verdict: dict[str, Any] | None) -> None:
@@ -286,6 +319,8 @@ class _Scanning(EventDispatcher):  # type: ignore[misc]
     def feed(self, event: dict[str, Any]) -> bool:
         """A verdict from the event feed: applied if it is for the scan shown and not older news."""
         data = event.get("data") or {}
+        if self._reset is not None:
+            return False  # a new scan is on its way: the one still shown is no longer news
         if not self.scan or str(data.get("scan_id")) != str(self.scan.get("scan_id")):
             return False
         if self.verdict and not self.verdict.get("provisional") and data.get("provisional"):
@@ -307,17 +342,28 @@ class VerifyVM(_Scanning):
 
     def wipe(self) -> None:
         super().wipe()
-        self.product, self.sold_at, self.action = {}, 0, "verify"
+        self.product, self.sold_at, self.action, self._product_kept = {}, 0, "verify", {}
 
     def on_line(self, code: str, at: float | None = None) -> None:
-        self.line_at = at if at is not None else time.perf_counter()
-        self.scan, self.verdict, self.product, self.error = {"code": code, "purpose": "verify"}, {}, {}, ""
-        self.tone, self.action, self.sold_at = "checking", "verify", 0
+        def reset(answered: bool) -> None:
+            self.scan, self.verdict, self.error = {"code": code, "purpose": "verify"}, {}, ""
+            self.tone, self.action, self.sold_at = "checking", "verify", 0
+            if not answered:  # "Checking…": no product; the same one scanned again gets it back
+                self._product_kept, self.product = dict(self.product or self._product_kept), {}
+
+        self.begin(at, reset)
         self.post(code, "verify", "verify")
 
     def apply(self, verdict: dict[str, Any] | None) -> None:
         super().apply(verdict)
         gtin = ((verdict or {}).get("parsed") or {}).get("gtin")
+        # The same product scanned again keeps its name and picture: nothing to fetch, and no second
+        # frame to draw when it arrives.
+        kept, self._product_kept = self._product_kept, {}
+        if gtin and not self.product and kept.get("gtin") == gtin:
+            self.product = kept
+        elif self.product and self.product.get("gtin") != gtin:
+            self.product = {}
         if gtin and self.product.get("gtin") != gtin:
             self.worker.run(lambda: self._lookup(str(gtin)), self._product, lambda _m: None, key="verify-product")
 
@@ -336,6 +382,7 @@ class VerifyVM(_Scanning):
         return bool(self.sold_at) and ((now or time.monotonic()) - self.sold_at) < UNDO_WINDOW_S
 
     def _act(self, purpose: str) -> None:
+        self._settle(False)  # a tap right after a scan acts on the item just scanned
         code = str(self.scan.get("code") or "")
         if not code:
             return
@@ -379,11 +426,13 @@ class GoodsInVM(_Scanning):
     counted = BooleanProperty(False)
 
     def on_line(self, code: str, at: float | None = None) -> None:
-        self.line_at = at if at is not None else time.perf_counter()
-        self.scan, self.verdict, self.error, self.label = {"code": code, "purpose": "receive"}, {}, "", ""
-        self.units, self.expected, self.intruders, self.missing, self.counted = -1, -1, [], [], False
-        self.label_job = 0
-        self.tone = "checking"
+        def reset(_answered: bool) -> None:
+            self.scan, self.verdict, self.error, self.label = {"code": code, "purpose": "receive"}, {}, "", ""
+            self.units, self.expected, self.intruders, self.missing, self.counted = -1, -1, [], [], False
+            self.label_job = 0
+            self.tone = "checking"
+
+        self.begin(at, reset)
         self.post(code, "receive", "goodsin")
 
     def apply(self, verdict: dict[str, Any] | None) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -14,10 +15,13 @@ import pytest
 
 pytest.importorskip("kivy")
 
+from kivy.clock import Clock
+
 from kiosk.client import BoxClient
+from kiosk.station import viewmodels
 from kiosk.station.client import StationClient
 from kiosk.station.screens.orders import timer_text
-from kiosk.station.viewmodels import GoodsInVM, OrdersVM, StationSessionVM, StockVM, tone_of
+from kiosk.station.viewmodels import GoodsInVM, OrdersVM, StationSessionVM, StockVM, VerifyVM, tone_of
 from kiosk.work import Worker
 from tests.kiosk.test_viewmodels import pump
 
@@ -173,5 +177,122 @@ def test_a_write_refused_for_a_lost_session_signs_the_clerk_out(worker: Worker) 
         pump(lambda: session.token == "", what="the app signed out")
         assert vm.error == "no clerk is signed in with this session: sign in again"
         assert "X-Clerk-Session" not in client.headers and session.clerk == {}
+    finally:
+        peer.close()
+
+
+class ScanPeer:
+    """`POST /station/scans` answering a genuine verdict for GTIN 06950000000019 (after `gate` is set)
+    and `GET /search` finding its product; it counts the searches."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+        self.searches = 0
+        self.answered = 0
+        peer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _send(self, body: Any) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                peer.searches += 1
+                self._send([{"sku": "TEA-LJ-250", "name_en": "Longjing green tea 250 g", "name_zh": "西湖龙井茶 250克"}])
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                assert peer.gate.wait(30)
+                peer.answered += 1
+                verdict = {"scan_id": f"s{peer.answered}", "verdict": "genuine", "provisional": True,
+                           "parsed": {"gtin": "06950000000019"}, "message": "received at this store"}
+                self._send({"scan_id": f"s{peer.answered}", "code": body["code"], "purpose": body["purpose"],
+                            "verdict": verdict})
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.gate.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def tones_of(vm: VerifyVM) -> list[str]:
+    seen: list[str] = []
+    vm.bind(tone=lambda _vm, tone: seen.append(tone))
+    return seen
+
+
+def test_an_answer_within_the_grace_is_drawn_without_checking_first(worker: Worker,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The box answers at once: the screen goes from the last verdict straight to the new one (one
+    frame), and the same product scanned again keeps its name without asking the box again."""
+    monkeypatch.setattr(viewmodels, "CHECKING_AFTER_S", 30.0)  # longer than any answer here takes
+    peer = ScanPeer()
+    try:
+        vm = VerifyVM(BoxClient(peer.url), worker)
+        seen = tones_of(vm)
+        vm.on_line("]d2010695000000001921A1")
+        pump(lambda: vm.product.get("sku") == "TEA-LJ-250", what="the verdict and its product")
+        vm.on_line("]d2010695000000001921A2")
+        assert (vm.tone, vm.scan["scan_id"]) == ("provisional", "s1")  # the last verdict stays meanwhile
+        pump(lambda: vm.shown == 2, what="the second verdict")
+        assert (vm.scan["scan_id"], vm.product.get("sku"), peer.searches) == ("s2", "TEA-LJ-250", 1)
+        assert seen == ["checking", "provisional", "checking", "provisional"]  # both set in the answer's tick
+    finally:
+        peer.close()
+
+
+def test_a_slow_answer_shows_checking_then_the_verdict(worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(viewmodels, "CHECKING_AFTER_S", 0.05)
+    peer = ScanPeer()
+    try:
+        vm = VerifyVM(BoxClient(peer.url), worker)
+        vm.on_line("]d2010695000000001921A1")
+        pump(lambda: vm.product.get("sku") == "TEA-LJ-250", what="the first verdict and its product")
+        peer.gate.clear()  # the box holds the next answer until the test lets it go
+        seen = tones_of(vm)
+        vm.on_line("]d2010695000000001921A2")
+        pump(lambda: vm.tone == "checking", what="Checking… once the grace is over")
+        assert (dict(vm.product), vm.scan, peer.answered) == ({}, {"code": "]d2010695000000001921A2", "purpose": "verify"}, 1)
+        vm.feed({"kind": "verdict", "data": {"scan_id": "s1", "verdict": "cloned"}})  # the old scan's news
+        peer.gate.set()
+        pump(lambda: vm.shown == 2, what="the second verdict")
+        assert (vm.tone, vm.scan["scan_id"], vm.product.get("sku"), peer.searches) == ("provisional", "s2", "TEA-LJ-250", 1)
+        assert seen == ["checking", "provisional"]
+    finally:
+        peer.close()
+
+
+def test_an_answer_waiting_when_the_grace_ends_is_drawn_in_the_same_frame(worker: Worker,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The UI thread was busy (a frame being drawn) past the grace, and the answer came meanwhile:
+    the tick that runs both shows the verdict with the product it already had, nothing to fetch."""
+    monkeypatch.setattr(viewmodels, "CHECKING_AFTER_S", 0.05)
+    peer = ScanPeer()
+    try:
+        vm = VerifyVM(BoxClient(peer.url), worker)
+        vm.on_line("]d2010695000000001921A1")
+        pump(lambda: vm.product.get("sku") == "TEA-LJ-250", what="the first verdict and its product")
+        ticks: list[tuple[int, str]] = []
+        vm.bind(tone=lambda _vm, tone: ticks.append((Clock.frames, tone)))
+        started = time.monotonic()
+        vm.on_line("]d2010695000000001921A2")
+        while not (worker.pending == 1 and peer.answered == 2 and time.monotonic() - started > 0.06):
+            assert time.monotonic() - started < 10, "the box did not answer"
+            time.sleep(0.005)  # the UI thread busy: no clock tick meanwhile
+        pump(lambda: vm.shown == 2, what="the second verdict")
+        assert len({frame for frame, _tone in ticks}) == 1 and ticks[-1][1] == "provisional"
+        assert (vm.product.get("sku"), peer.searches) == ("TEA-LJ-250", 1)
     finally:
         peer.close()

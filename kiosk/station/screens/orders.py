@@ -39,16 +39,23 @@ class OrdersScreen(Screen):  # type: ignore[misc]
             chip = Factory.CarrierChip()
             chip.carrier = c
             self.ids.carriers.add_widget(chip)
+        vm.bind(orders=lambda *_: self.fill(), now=lambda *_: self.tick(), picked=lambda *_: self.fill_lines(),
+                current=lambda *_: self.fill_lines())
+        app.session.bind(lang=lambda *_: self.relabel())
+        self.fill()
+
+    def on_pre_enter(self, *_: Any) -> None:
+        # The tracking number's keyboard is built when the screen is first shown: 41 keys are about
+        # 3 MB the app need not hold until the clerk opens the orders.
+        if "keyboard" in self.ids:
+            return
+        vm = App.get_running_app().orders
         kb = keyboard.OnScreenKeyboard(extra="-")
         kb.bind(on_key=lambda _k, ch: setattr(vm, "tracking", (vm.tracking + ch.upper())[:40]),
                 on_backspace=lambda _k: setattr(vm, "tracking", vm.tracking[:-1]),
                 on_clear=lambda _k: setattr(vm, "tracking", ""))
         self.ids.kbbox.add_widget(kb)
         self.ids["keyboard"] = kb
-        vm.bind(orders=lambda *_: self.fill(), now=lambda *_: self.tick(), picked=lambda *_: self.fill_lines(),
-                current=lambda *_: self.fill_lines())
-        app.session.bind(lang=lambda *_: self.relabel())
-        self.fill()
 
     def relabel(self) -> None:
         self.fill()

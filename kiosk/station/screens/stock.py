@@ -16,16 +16,21 @@ __all__ = ["SCREEN", "StockScreen"]
 
 class StockScreen(Screen):  # type: ignore[misc]
     def on_kv_post(self, _base: Any) -> None:
-        app = App.get_running_app()
-        vm = app.stock
-        kb = keyboard.OnScreenKeyboard(extra="-/")
-        kb.bind(on_key=lambda _k, ch: vm.type(ch), on_backspace=lambda _k: vm.back(), on_clear=lambda _k: vm.clear())
-        self.ids.kbbox.add_widget(kb)
-        self.ids["keyboard"] = kb
         for r in REASONS:
             chip = Factory.AdjustReason()
             chip.reason = r
             self.ids.reasons.add_widget(chip)
+
+    def on_pre_enter(self, *_: Any) -> None:
+        # The keyboard is built when the screen is first shown: 43 keys are about 3 MB the app need
+        # not hold until the clerk opens the stock screen.
+        if "keyboard" in self.ids:
+            return
+        vm = App.get_running_app().stock
+        kb = keyboard.OnScreenKeyboard(extra="-/")
+        kb.bind(on_key=lambda _k, ch: vm.type(ch), on_backspace=lambda _k: vm.back(), on_clear=lambda _k: vm.clear())
+        self.ids.kbbox.add_widget(kb)
+        self.ids["keyboard"] = kb
 
     def nearby_text(self, result: dict[str, Any], _lang: str = "") -> str:
         app = App.get_running_app()
