@@ -22,7 +22,7 @@ from cloud.api.deps import EngineDep
 from cloud.db import write_transaction
 from cloud.orders import channels, dryrun, service
 from cloud.orders.rules import RuleError
-from cloud.orders.stock import LevelIn, StockError, apply_levels, atp_rows, low_stock, parse_csv
+from cloud.orders.stock import LevelIn, StockError, apply_levels, parse_csv
 
 __all__ = ["router"]
 
@@ -227,15 +227,17 @@ class LevelBody(BaseModel):
 def stock(engine: EngineDep, principal: Business, sku: Annotated[str | None, Query(max_length=64)] = None,
           location: Annotated[str | None, Query(max_length=32)] = None,
           limit: Annotated[int, Query(ge=1, le=5000)] = 500) -> list[dict[str, Any]]:
+    """Stock and its ATP per location; outside the caller's stores only what a shopper may be told
+    (`sku`, `location`, `kind`, `region`, `atp`, `updated_at`)."""
     with engine.connect() as conn:
-        ids = [service.location_id(conn, location)] if location else None
-        return atp_rows(conn, sku=sku, location_ids=ids, limit=limit)
+        return service.stock_rows(conn, principal.scope, sku=sku, location=location, limit=limit)
 
 
 @router.get("/stock/alerts")
 def alerts(engine: EngineDep, principal: Business) -> list[dict[str, Any]]:
+    """Low-stock rows of the caller's locations."""
     with engine.connect() as conn:
-        return low_stock(conn)
+        return service.stock_alerts(conn, principal.scope)
 
 
 @router.put("/stock/{location}")
@@ -269,7 +271,7 @@ async def stock_csv(request: Request, engine: EngineDep, principal: Business) ->
 def stock_movements(location: Code, sku: Annotated[str, Path(max_length=64)], engine: EngineDep,
                     principal: Business) -> list[dict[str, Any]]:
     with engine.connect() as conn:
-        return service.movements(conn, location, sku)
+        return service.movements(conn, principal.scope, location, sku)
 
 
 @router.put("/locations/{code}")

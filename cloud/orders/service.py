@@ -57,7 +57,7 @@ from cloud.orders.models import (
 )
 from cloud.orders.routing import OrderIn, Plan
 from cloud.orders.rules import DEFAULT_RULES, Filter, FilterField, Op, Rule, RuleError, RuleSet, Unfilled, parse_rules
-from cloud.orders.stock import LevelIn, Shortage, apply_levels
+from cloud.orders.stock import LevelIn, Shortage, apply_levels, atp_rows, low_stock
 from cloud.orders.stock import reserve as reserve
 
 __all__ = [
@@ -1198,8 +1198,36 @@ def from_bus_order(data: dict[str, Any], channel: str) -> dict[str, Any]:
     return out
 
 
-def movements(conn: Connection, location: str, sku: str, limit: int = 100) -> list[dict[str, Any]]:
+SHOPPER_STOCK_FIELDS = ("sku", "location", "kind", "region", "atp", "updated_at")
+"""What a caller learns of stock at a location outside its scope: what a shopper may be told ("2 at
+the store 2.4 km away"), not the location's counts, reservations, safety stock or minimum."""
+
+
+def stock_rows(conn: Connection, scope: Any, *, sku: str | None = None, location: str | None = None,
+               limit: int = 500) -> list[dict[str, Any]]:
+    """Stock with its ATP at every location (a store's kiosk and station tell shoppers and clerks
+    of nearby stores and warehouses); rows of locations outside `scope` carry only
+    `SHOPPER_STOCK_FIELDS`."""
+    ids = [location_id(conn, location)] if location else None
+    rows = atp_rows(conn, sku=sku, location_ids=ids, limit=limit)
+    visible = visible_location_ids(conn, scope)
+    if visible is None:
+        return rows
+    own = set(conn.execute(select(LOCS.c.code).where(LOCS.c.id.in_(visible))).scalars())
+    return [row if row["location"] in own else {k: row[k] for k in SHOPPER_STOCK_FIELDS} for row in rows]
+
+
+def stock_alerts(conn: Connection, scope: Any) -> list[dict[str, Any]]:
+    """Low-stock rows of the locations in `scope` (what the console's stock page shows)."""
+    return low_stock(conn, visible_location_ids(conn, scope))
+
+
+def movements(conn: Connection, scope: Any, location: str, sku: str, limit: int = 100) -> list[dict[str, Any]]:
+    """A SKU's stock history at a location in `scope` (NotFound outside it, as for an unknown one)."""
     loc = location_id(conn, location)
+    visible = visible_location_ids(conn, scope)
+    if visible is not None and loc not in visible:
+        raise NotFound(f"no location {location!r} (unknown, or outside your regions and stores)")
     return [dict(at=m.at.isoformat(), kind=m.kind, on_hand_delta=m.on_hand_delta, reserved_delta=m.reserved_delta,
                  on_hand_after=m.on_hand_after, reserved_after=m.reserved_after, source=m.source, reason=m.reason,
                  clerk=None if m.clerk_id is None else {"id": m.clerk_id, "name": m.clerk_name}, note=m.note,
@@ -1241,5 +1269,7 @@ __all__ += [
     "routing_state",
     "save_rules",
     "set_state",
+    "stock_alerts",
+    "stock_rows",
     "store_location",
 ]

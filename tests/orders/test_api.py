@@ -230,6 +230,30 @@ def test_a_store_user_changes_only_its_own_stock_and_no_rules(shop: tuple[World,
         assert rules.status_code == 403 and "only a principal with access to all stores" in rules.json()["detail"]
 
 
+def test_a_store_user_reads_other_stores_stock_only_as_a_shopper_would(shop: tuple[World, TestClient]) -> None:
+    """Its kiosk tells shoppers how many a nearby store has: the ATP, not that store's counts,
+    reservations or minimum, its low-stock alerts or its history."""
+    w, client = shop
+    with w.app_client() as store:
+        store.headers["Authorization"] = f"Bearer {w.keys['store']}"  # st0003 only
+        rows = {r["location"]: r for r in store.get("/stock", params={"sku": "TEA-LJ-250"}).json()}
+        assert sorted(rows) == ["st0001", "st0002", "st0003"]
+        assert rows["st0001"] == {"sku": "TEA-LJ-250", "location": "st0001", "kind": "store",
+                                  "region": rows["st0001"]["region"], "atp": 5,
+                                  "updated_at": rows["st0001"]["updated_at"]}
+        assert (rows["st0003"]["on_hand"], rows["st0003"]["min_level"]) == (5, 2)
+        everything = {r["location"]: r for r in client.get("/stock", params={"sku": "TEA-LJ-250"}).json()}
+        assert everything["st0001"]["on_hand"] == 5  # HQ sees every location whole
+        client.put("/stock/st0001", json=[{"sku": "TEA-LJ-250", "on_hand": 1}])
+        client.put("/stock/st0003", json=[{"sku": "TEA-LJ-250", "on_hand": 1}])
+        assert [a["location"] for a in store.get("/stock/alerts").json()] == ["st0003"]
+        assert [a["location"] for a in client.get("/stock/alerts").json()] == ["st0001", "st0003"]
+        assert store.get("/stock/st0003/TEA-LJ-250/movements").json()[0]["on_hand_delta"] == -4
+        other = store.get("/stock/st0001/TEA-LJ-250/movements")
+        assert (other.status_code, other.json()["detail"]) == (
+            404, "no location 'st0001' (unknown, or outside your regions and stores)")
+
+
 def test_console_orders_filter_by_date(shop: tuple[World, TestClient]) -> None:
     w, client = shop
     oid = client.post("/orders", json=body("DATE-1")).json()["id"]

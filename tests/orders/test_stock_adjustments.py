@@ -10,6 +10,7 @@ from sqlalchemy import Engine, select
 
 from broker.envelope import MessageType
 from broker.payloads import ClerkRef, StockData, StockLevel
+from cloud.access.scope import Scope
 from cloud.bus.worker import CloudBus
 from cloud.orders import service
 from tests.cloud.conftest import box, cloud_settings, running, until_db
@@ -24,7 +25,7 @@ def test_an_adjustment_is_recorded_once_with_its_reason_and_clerk(broker: Broker
 
     def moves() -> list[dict[str, object]]:
         with engine.connect() as conn:
-            return service.movements(conn, "stb", "TEA-1")
+            return service.movements(conn, Scope(all=True), "stb", "TEA-1")
 
     async def main() -> None:
         bus = CloudBus(await cloud_settings(broker, engine), engine)
