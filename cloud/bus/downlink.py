@@ -61,6 +61,7 @@ from sqlalchemy.orm import Session
 from broker import topics
 from broker.envelope import PAYLOADS, ContractError, Envelope, MessageType, encode, new_msg_id
 from broker.payloads import AckData, Payload
+from cloud.bus.message import NodeFacts
 from cloud.db import after_commit, insert_for
 from cloud.models import DownlinkCommand, Node, UtcDateTime
 
@@ -108,12 +109,11 @@ _INSERT = _DOWNLINK.insert()
 
 
 def runs(conn: Connection | Session, node: str, command: str) -> bool:
-    """Whether `node` runs the `CommandData` named `command`, as its birth said (a box that did not
-    say is taken to run everything: older software refuses what it cannot do, as before). An
-    engine asks before queuing a command that only some boxes have a component for."""
+    """`NodeFacts.runs` read from `node`'s row, outside a handler (whose `Context.runs` costs no
+    query). An engine asks before queuing a command that only some boxes have a component for."""
     c = conn.connection() if isinstance(conn, Session) else conn
     said = c.execute(select(_NODES.c.commands).where(_NODES.c.id == node)).scalar()
-    return said is None or command in said
+    return NodeFacts.of(None, said).runs(command)
 
 
 def send(

@@ -95,6 +95,11 @@ class NodeFacts:
     def of(cls, store_id: int | None, commands: Sequence[str] | None) -> NodeFacts:
         return cls(store_id, None if commands is None else frozenset(commands))
 
+    def runs(self, command: str) -> bool:
+        """Whether the node runs the `CommandData` named `command`, as its last birth said (a box
+        that did not say is taken to run everything: older software refuses what it cannot do)."""
+        return self.commands is None or command in self.commands
+
 
 @dataclass(eq=False)
 class Context:
@@ -127,8 +132,7 @@ class Context:
         """Whether `node` runs the `CommandData` named `command`, as its last birth said (one that
         did not say runs everything); read like `store_of`. An engine asks before queuing a command
         that only some boxes have a component for."""
-        said = self._facts(node).commands
-        return said is None or command in said
+        return self._facts(node).runs(command)
 
     @property
     def orm(self) -> Session:
