@@ -39,6 +39,8 @@ BOX_COMMANDS: dict[str, tuple[str, str]] = {
     "station": ("kiosk.cli:add_station_parser", "run the clerk's station touchscreen (Kivy) against a box's local API"),
 }
 """Besides these, each cloud engine declares its own commands in its `EngineSpec(cli=…)`."""
+WITHOUT_ENGINES = frozenset({"broker", "pki", "edge", "provision", "kiosk", "station"})
+"""Commands that run no cloud engine: they run even when the engine list cannot be read."""
 
 
 def commands() -> dict[str, tuple[str, str]]:
@@ -130,7 +132,14 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="log debug detail and show tracebacks")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    every = commands()
+    try:
+        every = commands()
+    except SystemExit:
+        # The cloud's engine list is the cloud's business: a box's command (a technician's shell
+        # may have the variable set for the cloud on the same machine) runs without it.
+        if next((a for a in argv if a in {**CORE_COMMANDS, **BOX_COMMANDS}), None) not in WITHOUT_ENGINES:
+            raise
+        every = {**CORE_COMMANDS, **BOX_COMMANDS}
     wanted = next((a for a in argv if a in every), None)
     for name, (spec, help_text) in every.items():
         if name == wanted:

@@ -103,3 +103,14 @@ def test_an_engine_module_that_does_not_exist_is_named(monkeypatch: pytest.Monke
         f"check {EXTRA_ENV}")
     with pytest.raises(EngineListError, match="has no 'ENGINE = EngineSpec"):
         declared_cli("cloud.engines")
+
+
+def test_a_box_command_runs_whatever_the_engine_list_says(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The list is the cloud's: `omnishelf edge …` on a machine whose shell names a missing engine
+    runs; the cloud's commands still refuse to start with it."""
+    monkeypatch.setenv(EXTRA_ENV, "cloud.nothing_here.engine")
+    assert main(["edge", "--help"]) == 0
+    assert "usage: omnishelf edge" in capsys.readouterr().out
+    assert main(["cloud", "migrate"]) == 2
+    assert "engine module 'cloud.nothing_here.engine' cannot be found" in capsys.readouterr().err
