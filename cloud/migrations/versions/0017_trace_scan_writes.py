@@ -11,9 +11,10 @@ such as pg_repack, rewrites them at a quiet hour; nothing here locks the table).
 The scans' indexes on `node` and `at` had no reader (every query of `trace_scans` is by `id` or
 `msg_id`); each was one more index entry written per scan.
 
-In a bench-like run (100,000 units, 2,000 scans in batches of 100), the server's time per scan went
-from ~23-34 to ~11-15 us in the units' UPDATE and from ~17-20 to ~9-14 us in the scans' INSERT
-(auto_explain; docs/trace.md). SQLite has no fillfactor: there only the indexes go.
+On the benchmark's data (100,000 units, batches of 100 scans; auto_explain, load 2.4-4.8) the
+server's time per scan went from 23-40 to 11-19 us in the units' UPDATE and from 17-28 to 9-18 us in
+the scans' INSERT; its CPU per scan fell by a fifth (docs/trace.md). SQLite has no fillfactor: there
+only the indexes go.
 
 Revision ID: 0017
 Revises: 0016
