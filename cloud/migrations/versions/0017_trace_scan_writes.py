@@ -5,8 +5,10 @@ no indexed column changes, so PostgreSQL could keep the new row version on the s
 update: no index entry written) but for the room. A commissioning's COPY filled every page, so
 each such update moved the row to another page and wrote an entry into each of the units' indexes.
 `fillfactor = 80` keeps a fifth of every page free for those versions. It applies to pages written
-from now on: units commissioned before keep full pages (until `VACUUM FULL trace_units`, or a tool
-such as pg_repack, rewrites them at a quiet hour; nothing here locks the table).
+from now on: a unit commissioned before stays on its full page until its next update moves it (to a
+page filled to 80 % at most, where the updates after are HOT), or until `VACUUM FULL trace_units`
+(or a tool such as pg_repack) rewrites the table at a quiet hour. This migration rewrites nothing
+and holds its locks for a moment only.
 
 The scans' indexes on `node` and `at` had no reader (every query of `trace_scans` is by `id` or
 `msg_id`); each was one more index entry written per scan.
