@@ -30,6 +30,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from cloud.models import Base, BigId, UtcDateTime
 
+UNITS_FILLFACTOR = 80
+"""Percent of a `trace_units` page its inserts fill on PostgreSQL (see `Unit`, migration 0017)."""
+
 __all__ = [
     "Alert",
     "Capture",
@@ -69,7 +72,11 @@ class Unit(Base):
     __table_args__ = (UniqueConstraint("gtin", "serial"),
                       # Packed units only: a bulk commissioning does not index 100,000 NULLs (migration 0016).
                       Index("ix_trace_units_parent", "parent", postgresql_where=text("parent IS NOT NULL"),
-                            sqlite_where=text("parent IS NOT NULL")))
+                            sqlite_where=text("parent IS NOT NULL")),
+                      # PostgreSQL: a fifth of each page kept free, so a scan's update of its unit (no
+                      # indexed column changes) stays on the page as a HOT update, writing no index
+                      # entry (migration 0017).
+                      {"postgresql_with": {"fillfactor": UNITS_FILLFACTOR}})
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     gtin: Mapped[str] = mapped_column(String(14))
@@ -171,12 +178,13 @@ class Scan(Base):
     """A scan at a station (bus or REST) and the verdict it got."""
 
     __tablename__ = "trace_scans"
-    __table_args__ = (Index("ix_trace_scans_at", "at"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     msg_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
     """The bus message's id (or a fresh one for a REST scan): what the verdict's `corr` names."""
-    node: Mapped[str | None] = mapped_column(String(63), index=True)
+    node: Mapped[str | None] = mapped_column(String(63))
+    """Not indexed, nor `at` (migration 0017): nothing reads scans by box or by time, and each index
+    was one more entry to write per scan."""
     station: Mapped[str] = mapped_column(String(200))
     purpose: Mapped[str] = mapped_column(String(8))
     code: Mapped[str] = mapped_column(String(1024))
