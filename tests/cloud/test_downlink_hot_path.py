@@ -432,6 +432,15 @@ def test_acks_of_a_batch_are_applied_together(engine: Engine) -> None:
     with write_transaction(engine) as conn:  # the same ack again: nothing to close, the engine still known
         again = downlink.apply_acks(conn, [("st1-k1", a, AckData(ok=True)), ("st1-k1", b, AckData(ok=True))], now)
     assert again.matched == 1 and again.engines == {("st1-k1", a): "t", ("st1-k1", b): "t"}
+    statements.clear()
+    with write_transaction(engine) as conn:  # a batch of one ack (its own statement on PostgreSQL)
+        event.listen(conn, "before_cursor_execute", lambda *a: statements.append(a[2]))
+        alone = downlink.apply_acks(conn, [("st1-k2", c, AckData(ok=False))], now)
+    assert alone.matched == 1 and alone.engines == {("st1-k2", c): "t"}
+    assert {r.data["name"]: (r.status, r.detail) for r in _rows(engine)}["c"] == (
+        "failed", "the box refused it without a reason")
+    if engine.dialect.name == "postgresql":
+        assert [s.split()[0] for s in statements] == ["UPDATE"], statements
 
 
 def test_an_ack_reaches_only_the_engine_that_sent_the_command(engine: Engine) -> None:
