@@ -30,7 +30,29 @@ STOCK = {"sku": "TEA-LJ-250", "here": {"on_hand": 5, "available": 3},
          "as_of": "2026-11-29T04:00:00Z", "source": "box"}
 
 
-class StationPeer:
+class _Peer:
+    """A box's local API stand-in on a free port, serving `handler` from a thread of its own."""
+
+    def serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _answer(handler: BaseHTTPRequestHandler, status: int, body: Any) -> None:
+    data = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+class StationPeer(_Peer):
     """`GET /station/stock/{sku}` and `POST /station/stock/adjustments` as the box serves them
     (`contract=False`: a box from before them, answering 404 "no such path")."""
 
@@ -41,12 +63,7 @@ class StationPeer:
 
         class Handler(BaseHTTPRequestHandler):
             def _send(self, status: int, body: Any) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                _answer(self, status, body)
 
             def do_GET(self) -> None:
                 if not contract:
@@ -70,13 +87,7 @@ class StationPeer:
             def log_message(self, *_: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
 
 @pytest.fixture
@@ -181,7 +192,7 @@ def test_a_write_refused_for_a_lost_session_signs_the_clerk_out(worker: Worker) 
         peer.close()
 
 
-class ScanPeer:
+class ScanPeer(_Peer):
     """`POST /station/scans` answering a genuine verdict for GTIN 06950000000019 (after `gate` is set)
     and `GET /search` finding its product; it counts the searches."""
 
@@ -194,12 +205,7 @@ class ScanPeer:
 
         class Handler(BaseHTTPRequestHandler):
             def _send(self, body: Any) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                _answer(self, 200, body)
 
             def do_GET(self) -> None:
                 peer.searches += 1
@@ -217,14 +223,11 @@ class ScanPeer:
             def log_message(self, *_: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.serve(Handler)
 
     def close(self) -> None:
         self.gate.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().close()
 
 
 def tones_of(vm: VerifyVM) -> list[str]:
@@ -253,46 +256,46 @@ def test_an_answer_within_the_grace_is_drawn_without_checking_first(worker: Work
         peer.close()
 
 
-def test_a_slow_answer_shows_checking_then_the_verdict(worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def scanned_once(worker: Worker, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ScanPeer, VerifyVM]]:
+    """A verify screen whose first scan is answered and its product shown; a grace of 50 ms."""
     monkeypatch.setattr(viewmodels, "CHECKING_AFTER_S", 0.05)
     peer = ScanPeer()
     try:
         vm = VerifyVM(BoxClient(peer.url), worker)
         vm.on_line("]d2010695000000001921A1")
         pump(lambda: vm.product.get("sku") == "TEA-LJ-250", what="the first verdict and its product")
-        peer.gate.clear()  # the box holds the next answer until the test lets it go
-        seen = tones_of(vm)
-        vm.on_line("]d2010695000000001921A2")
-        pump(lambda: vm.tone == "checking", what="Checking… once the grace is over")
-        assert (dict(vm.product), vm.scan, peer.answered) == ({}, {"code": "]d2010695000000001921A2", "purpose": "verify"}, 1)
-        vm.feed({"kind": "verdict", "data": {"scan_id": "s1", "verdict": "cloned"}})  # the old scan's news
-        peer.gate.set()
-        pump(lambda: vm.shown == 2, what="the second verdict")
-        assert (vm.tone, vm.scan["scan_id"], vm.product.get("sku"), peer.searches) == ("provisional", "s2", "TEA-LJ-250", 1)
-        assert seen == ["checking", "provisional"]
+        yield peer, vm
     finally:
         peer.close()
 
 
-def test_an_answer_waiting_when_the_grace_ends_is_drawn_in_the_same_frame(worker: Worker,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_slow_answer_shows_checking_then_the_verdict(scanned_once: tuple[ScanPeer, VerifyVM]) -> None:
+    peer, vm = scanned_once
+    peer.gate.clear()  # the box holds the next answer until the test lets it go
+    seen = tones_of(vm)
+    vm.on_line("]d2010695000000001921A2")
+    pump(lambda: vm.tone == "checking", what="Checking… once the grace is over")
+    assert (dict(vm.product), vm.scan, peer.answered) == ({}, {"code": "]d2010695000000001921A2", "purpose": "verify"}, 1)
+    vm.feed({"kind": "verdict", "data": {"scan_id": "s1", "verdict": "cloned"}})  # the old scan's news
+    peer.gate.set()
+    pump(lambda: vm.shown == 2, what="the second verdict")
+    assert (vm.tone, vm.scan["scan_id"], vm.product.get("sku"), peer.searches) == ("provisional", "s2", "TEA-LJ-250", 1)
+    assert seen == ["checking", "provisional"]
+
+
+def test_an_answer_waiting_when_the_grace_ends_is_drawn_in_the_same_frame(
+        worker: Worker, scanned_once: tuple[ScanPeer, VerifyVM]) -> None:
     """The UI thread was busy (a frame being drawn) past the grace, and the answer came meanwhile:
     the tick that runs both shows the verdict with the product it already had, nothing to fetch."""
-    monkeypatch.setattr(viewmodels, "CHECKING_AFTER_S", 0.05)
-    peer = ScanPeer()
-    try:
-        vm = VerifyVM(BoxClient(peer.url), worker)
-        vm.on_line("]d2010695000000001921A1")
-        pump(lambda: vm.product.get("sku") == "TEA-LJ-250", what="the first verdict and its product")
-        ticks: list[tuple[int, str]] = []
-        vm.bind(tone=lambda _vm, tone: ticks.append((Clock.frames, tone)))
-        started = time.monotonic()
-        vm.on_line("]d2010695000000001921A2")
-        while not (worker.pending == 1 and peer.answered == 2 and time.monotonic() - started > 0.06):
-            assert time.monotonic() - started < 10, "the box did not answer"
-            time.sleep(0.005)  # the UI thread busy: no clock tick meanwhile
-        pump(lambda: vm.shown == 2, what="the second verdict")
-        assert len({frame for frame, _tone in ticks}) == 1 and ticks[-1][1] == "provisional"
-        assert (vm.product.get("sku"), peer.searches) == ("TEA-LJ-250", 1)
-    finally:
-        peer.close()
+    peer, vm = scanned_once
+    ticks: list[tuple[int, str]] = []
+    vm.bind(tone=lambda _vm, tone: ticks.append((Clock.frames, tone)))
+    started = time.monotonic()
+    vm.on_line("]d2010695000000001921A2")
+    while not (worker.pending == 1 and peer.answered == 2 and time.monotonic() - started > 0.06):
+        assert time.monotonic() - started < 10, "the box did not answer"
+        time.sleep(0.005)  # the UI thread busy: no clock tick meanwhile
+    pump(lambda: vm.shown == 2, what="the second verdict")
+    assert len({frame for frame, _tone in ticks}) == 1 and ticks[-1][1] == "provisional"
+    assert (vm.product.get("sku"), peer.searches) == ("TEA-LJ-250", 1)
