@@ -321,9 +321,9 @@ _READY = select(_NODES.c.id).where(
 
 
 def _ready_insert() -> Any:
-    """`_INSERT` of a command marked as `_READY` says: `sent` (handed to this process's bus) to a
-    box that is online, not retired and has nothing pending, else `pending`; RETURNING its id and
-    status. Within one transaction the answer stays right for later commands: a pending one
+    """A command's INSERT that marks it as `_READY` would answer: `sent` (handed to this process's
+    bus) to a box that is online, not retired and has nothing pending, else `pending`; RETURNING its
+    id and status. Within one transaction the answer stays right for later commands: a pending one
     written here is seen by the next."""
     node = bindparam("v_node", type_=_DOWNLINK.c.node.type)
     ready = select(exists().where(
