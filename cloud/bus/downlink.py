@@ -220,6 +220,9 @@ def send_many(
     command before writing any; the msg_ids in the order given."""
     if not commands:
         return []
+    if len(commands) == 1:  # (a quiet bus's batch of one scan) `send` decides readiness in its INSERT
+        node, type, data, corr = commands[0]
+        return [send(conn, node, type, data, engine=engine, expires_in=expires_in, now=now, corr=corr)]
     if expires_in is not None and expires_in <= timedelta(0):
         raise ValueError(f"expires_in must be positive, got {expires_in}")
     now = now or _now()
@@ -359,32 +362,30 @@ class Hand:
     nodes: frozenset[str] | None
     """None: any box (a `local` hand), each asked about on its first command."""
     claimed: list[Claimed] = field(default_factory=list)
-    _ready: set[str] | None = None
+    _ready: set[str] = field(default_factory=set)
     _asked: set[str] = field(default_factory=set)
     _marks: list[int] = field(default_factory=list)
 
     def takes(self, conn: Connection, node: str, now: datetime) -> bool:
-        if self.nodes is None:
-            if node not in self._asked:
-                self._asked.add(node)
-                self._ready = (self._ready or set()) | set(conn.execute(_READY, {"b_ids": [node]}).scalars())
-            return node in (self._ready or ())
-        if node not in self.nodes:
+        if self.nodes is not None and node not in self.nodes:
             return False
-        if self._ready is None:
-            # Once per transaction, on the first command: one indexed read for the whole batch.
-            self._ready = set(conn.execute(_READY, {"b_ids": sorted(self.nodes)}).scalars())
+        if node not in self._asked:
+            # A worker's hand asks about every box of its batch not asked yet, in one indexed read.
+            ask = [node] if self.nodes is None else sorted(self.nodes - self._asked)
+            self._asked.update(ask)
+            self._ready |= set(conn.execute(_READY, {"b_ids": ask}).scalars())
         return node in self._ready
 
     def first_ask(self, node: str) -> bool:
-        """A local hand not yet asked about `node` (it is, from now on): the caller decides."""
-        if self.nodes is not None or node in self._asked:
+        """Whether `node` is one of this hand's boxes not asked about yet (it is, from now on): the
+        caller decides, with `found_ready` if the box is ready."""
+        if node in self._asked or (self.nodes is not None and node not in self.nodes):
             return False
         self._asked.add(node)
         return True
 
     def found_ready(self, node: str) -> None:
-        self._ready = (self._ready or set()) | {node}
+        self._ready.add(node)
 
     def add(self, claimed: Claimed) -> None:
         self.claimed.append(claimed)

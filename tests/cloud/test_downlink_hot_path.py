@@ -196,6 +196,9 @@ def test_one_scan_to_verdict_round_trip_costs_two_write_transactions(
     # the writes are the bus's.
     assert _downlink_writes(scan_batch) == ["INSERT"], summary
     assert _downlink_writes(ack_batch) == ["UPDATE"], summary
+    # The verdict's INSERT decides by itself whether this worker publishes it: no read of the
+    # box's readiness before it.
+    assert not [q for q in scan_batch if q.startswith("SELECT nodes.id")], summary
     # The ack's batch is the bus's alone (no engine handles the acks of trace's verdicts): the
     # ledger row, the node's seqs and last-seen in one UPDATE (which locks its row: no SELECT …
     # FOR UPDATE before it), the one ack UPDATE, and no savepoint (a batch takes them only when
