@@ -97,14 +97,14 @@ class Frames:
 
         window.flip = flip
 
-    def swap_s(self, since: int = 0) -> list[float]:
-        return [b - a for a, b in zip(self.events[since:], self.swaps[since:], strict=False)]
+    def swap_s(self, since: int = 0, until: int | None = None) -> list[float]:
+        return [b - a for a, b in zip(self.events[since:until], self.swaps[since:until], strict=False)]
 
-    def frame_ms(self, since: int = 0) -> dict[str, Any]:
+    def frame_ms(self, since: int = 0, until: int | None = None) -> dict[str, Any]:
         """Frame times: from one presented frame to the next, and between their `on_flip` events."""
-        return {**summary_ms([b - a for a, b in pairwise(self.swaps[since:])]),
-                "between_flip_events": summary_ms([b - a for a, b in pairwise(self.events[since:])]),
-                "swap": summary_ms(self.swap_s(since))}
+        return {**summary_ms([b - a for a, b in pairwise(self.swaps[since:until])]),
+                "between_flip_events": summary_ms([b - a for a, b in pairwise(self.events[since:until])]),
+                "swap": summary_ms(self.swap_s(since, until))}
 
 
 # -- the clerk's station ------------------------------------------------------------------------------
@@ -291,10 +291,10 @@ def _drive(app: Any, result: dict[str, Any], frames: Frames, finish: Callable[[]
     def fling(browse: Any) -> None:
         mark = len(frames.swaps)
 
-        def done() -> None:
+        def done(end: int) -> None:
             result["keystroke_repaint_ms"] = summary_ms([b for _a, b in keys])
             result["keystroke_repaint_to_flip_event_ms"] = summary_ms([a for a, _b in keys])
-            result["fling_frame_ms"] = frames.frame_ms(mark) | {"items_loaded": len(app.browse.items)}
+            result["fling_frame_ms"] = frames.frame_ms(mark, end) | {"items_loaded": len(app.browse.items)}
             result["text_textures_rendered"] = app.texts.rendered
             result["window"] = list(Window.size)
             finish()
@@ -304,9 +304,10 @@ def _drive(app: Any, result: dict[str, Any], frames: Frames, finish: Callable[[]
     Clock.schedule_interval(step, POLL_S)
 
 
-def _fling(grid: Any, count: int, frames: Frames, done: Callable[[], None]) -> None:
+def _fling(grid: Any, count: int, frames: Frames, done: Callable[[int], None]) -> None:
     """Scroll `grid` down FLING_PX a frame for `count` frames (pages may load meanwhile): each step
-    after the previous frame was presented, as a finger's moves come one a frame."""
+    after the previous frame was presented, as a finger's moves come one a frame. `done(end)`: the
+    fling's frames end before `frames.swaps[end]` (a frame drawn later is not the fling's)."""
     from kivy.clock import Clock
 
     left = [count]
@@ -319,13 +320,12 @@ def _fling(grid: Any, count: int, frames: Frames, done: Callable[[], None]) -> N
             Clock.schedule_once(step, POLL_S / 4)
             return
         seen[:] = [len(frames.swaps), time.perf_counter()]
+        if left[0] <= 0:
+            done(len(frames.swaps))
+            return
         scrollable = max(1.0, grid.children[0].height - grid.height)
         grid.scroll_y = max(0.0, grid.scroll_y - FLING_PX / scrollable)
         left[0] -= 1
-        if left[0] <= 0:
-            # The last step's frame must be presented too before the figures are taken.
-            Clock.schedule_once(lambda _dt: done(), 0.2)
-            return
         Clock.schedule_once(step, 0)
 
     Clock.schedule_once(step, 0)
@@ -399,8 +399,8 @@ def _empty(spec: dict[str, Any], out: Path) -> None:
         def go(_dt: float) -> None:
             mark = len(frames.swaps)
 
-            def done() -> None:
-                result["rv_fling_frame_ms"] = frames.frame_ms(mark)
+            def done(end: int) -> None:
+                result["rv_fling_frame_ms"] = frames.frame_ms(mark, end)
                 out.write_text(json.dumps(result))
                 app.stop()
 
