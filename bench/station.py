@@ -8,8 +8,10 @@
   connection per job) to a local TCP printer peer, next to a bare socket doing the same exchange per
   job with no queue.
 
-- app (`--app`): the clerk's station app, scanner line → repainted verdict, online and with the
-  cloud unreachable, next to the bare bus round trip, and the app's RSS (see bench/station_app.py).
+- app (`--app`): the clerk's station app, scanner line → verdict presented (the end of its frame's
+  buffer swap), online and with the cloud unreachable, next to the bare bus round trip, and the
+  app's RSS in a process that imports only what `omnishelf station` imports (see
+  bench/station_app.py and bench/app_drive.py).
 
     python -m bench.station [--quick] [--app]
 """
@@ -242,13 +244,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a short run (CI, busy machines)")
     ap.add_argument("--app", action="store_true", help="the clerk's station app figures only (needs Xvfb)")
-    ap.add_argument("--app-child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.app_child:
-        from bench.station_app import _child
-
-        _child(args.app_child[0], Path(args.app_child[1]), int(args.app_child[2]))
-        return
     if args.app:
         from bench.station_app import app_figures
 

@@ -6,21 +6,23 @@ frame times) measured in the same run.
 
 The box is the real edge agent (station, clerks, catalogue) in this process on a local Mosquitto;
 the "cloud" is a bus peer that answers each scan with a verdict at once (the trace engine's own
-time is not in this figure: see bench/trace.py). The app runs under Xvfb in its own process; its
-scanner lines are typed through Kivy's keyboard event, and each latency ends at the buffer swap
-(`on_flip`) of the first frame drawn after the verdict was applied.
+time is not in this figure: see bench/trace.py). The app runs under Xvfb in its own process,
+started as `omnishelf station --box URL` starts it and importing only what that imports (no edge
+agent, pydantic or paho: its RSS is the app's; bench/app_drive.py, which reports the process's
+packages); its scanner lines are typed through Kivy's keyboard event, the simulated HID input.
+
+Each latency ends when the buffer swap of the first frame drawn after the verdict was applied has
+returned: the frame presented. Kivy's `on_flip` event, where the app itself stops its clock, comes
+before that swap, and on software GL (Mesa's llvmpipe under Xvfb) the swap, where the frame is
+rasterised and handed to the X server, is most of the frame; the figure to the `on_flip` event is
+kept beside it (`latency_to_flip_event`, `paint_to_flip_event`) to compare with older runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import json
-import os
 import secrets
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench import app_drive
 from bench.baseline import bare_round_trip, percentiles_ms
 from broker import topics
 from broker.client import BrokerAddress, MqttConnection
@@ -120,61 +123,6 @@ def _seed(directory: Path) -> None:
                  json.dumps({"op": "put", "p": p}, ensure_ascii=False)], expect_from=0, expect_to=1, region=None)
 
 
-def _child(box_url: str, out: Path, n: int) -> None:
-    """In the Xvfb process: sign in, then n scanner lines, each after the previous verdict was drawn."""
-    os.environ.setdefault("KIVY_NO_ARGS", "1")
-    import psutil
-    from kivy.clock import Clock
-    from kivy.core.window import Window
-
-    from kiosk.client import BoxClient
-    from kiosk.station.app import StationApp
-
-    app = StationApp(box_url)
-    app.session.signed_in(BoxClient(box_url).call("POST", "/clerks/sign-in", {"clerk_id": 1, "pin": PIN}))
-    state = {"i": 0, "shown": 0, "frames": 0}
-    result: dict[str, Any] = {}
-    typed_at = [0.0]
-
-    def type_line(line: str) -> None:
-        for ch in line:
-            Window.dispatch("on_key_down", ord(ch), 0, ch, [])
-        Window.dispatch("on_key_down", 13, 40, None, [])
-
-    ticks: list[float] = []
-
-    def step(_dt: float) -> None:
-        ticks.append(time.perf_counter())
-        state["frames"] += 1
-        if state["frames"] < 5 or app.screen != "verify":
-            return
-        if len(app.latencies) < state["i"]:
-            if time.monotonic() - typed_at[0] < 15:
-                return  # the last line's verdict is not drawn yet
-            result["lost"] = result.get("lost", 0) + 1  # never answered: count it, go on
-            app.latencies.append(float("nan"))
-        if state["i"] >= n:
-            result["latencies_s"] = [x for x in app.latencies if x == x]  # NaN: a scan never answered
-            # Of which drawing: from the verdict applied to the view-model to the frame that shows it.
-            result["paint"] = percentiles_ms(list(app.paints))
-            result["http"] = percentiles_ms(list(app.verify.http_s))
-            result["queued"] = percentiles_ms(list(app.verify.queued_s))
-            result["handover"] = percentiles_ms(list(app.verify.handover_s))
-            result["tick_gap"] = percentiles_ms([b - a for a, b in itertools.pairwise(ticks)])
-            result["provisional"] = app.verify.verdict.get("provisional")
-            result["rss_mb"] = round(psutil.Process().memory_info().rss / 2**20, 1)
-            out.write_text(json.dumps(result))
-            Clock.unschedule(step)
-            app.stop()
-            return
-        state["i"] += 1
-        typed_at[0] = time.monotonic()
-        type_line(f"]d201{GTIN}21B{time.time_ns() % 10**12:012d}")
-
-    Clock.schedule_interval(step, 0)
-    app.run()
-
-
 def _api_scans(box_url: str, n: int) -> dict[str, Any]:
     """The same scans posted straight to the box's API (no app): what the app's figure is made of."""
     from kiosk.client import BoxClient
@@ -192,20 +140,20 @@ def _api_scans(box_url: str, n: int) -> dict[str, Any]:
 
 
 def _run_child(box_url: str, tmp: Path, name: str, n: int) -> dict[str, Any]:
-    out = tmp / f"{name}.json"
-    env = {**os.environ, "KIVY_NO_ARGS": "1", "KIVY_HOME": str(tmp / "kivy"), "KCFG_KIVY_LOG_LEVEL": "warning",
-           "KCFG_GRAPHICS_WIDTH": "1080", "KCFG_GRAPHICS_HEIGHT": "1920", "KCFG_GRAPHICS_MAXFPS": "60"}
-    cmd = ["xvfb-run", "-a", "-s", "-screen 0 1080x1920x24", sys.executable, "-m", "bench.station", "--app-child",
-           box_url, str(out), str(n)]
-    log = tmp / f"{name}.log"
-    with log.open("wb") as sink, contextlib.suppress(subprocess.TimeoutExpired):
-        subprocess.run(cmd, env=env, cwd=Path(__file__).resolve().parents[1], timeout=60 + 5 * n, check=False,
-                       stdout=sink, stderr=subprocess.STDOUT)
-    if not out.exists():
-        return {"error": f"the station app did not report ({name}): " + log.read_text(errors="replace")[-1500:]}
-    found = json.loads(out.read_text())
-    lat = [float(x) for x in found.pop("latencies_s")]
-    return {**found, "scans": len(lat), **percentiles_ms(lat)}
+    """The app as `omnishelf station` runs it, in its own process (bench/app_drive.py), signed in
+    here on the box's API (the clerk's PIN pad is not what is measured)."""
+    from kiosk.client import BoxClient
+
+    signin = BoxClient(box_url).call("POST", "/clerks/sign-in", {"clerk_id": 1, "pin": PIN})
+    spec = {"driver": "station", "n": n, "gtin": GTIN, "signin": signin,
+            "argv": ["station", "--box", box_url, "--windowed", "--size", "1080x1920"]}
+    found = app_drive.run(name, spec, tmp, timeout=60 + 5 * n)
+    if "error" in found:
+        return found
+    # NaN: a scan never answered (counted in "lost").
+    lat = [x for x in map(float, found.pop("latencies_s")) if x == x]
+    flip = [x for x in map(float, found.pop("to_flip_event_s")) if x == x]
+    return {"scans": len(lat), **percentiles_ms(lat), "latency_to_flip_event": percentiles_ms(flip), **found}
 
 
 def app_figures(n: int) -> dict[str, Any]:
@@ -222,9 +170,8 @@ def app_figures(n: int) -> dict[str, Any]:
             figures = _with_box(tmp, layout, pw, n)
             # What any Kivy window costs here (SDL, the GL driver: Mesa's llvmpipe under Xvfb), so
             # the app's memory and frames can be read against it: bench/kiosk.py's empty app.
-            from bench.kiosk import _run_child as kivy_child
-
-            return {"bare_bus_round_trip": bare, **figures, "empty_kivy_app": kivy_child("empty", "", tmp),
+            return {"bare_bus_round_trip": bare, **figures,
+                    "empty_kivy_app": app_drive.run("empty", {"driver": "empty"}, tmp, timeout=300),
                     "targets": TARGETS}
         finally:
             broker.stop()
