@@ -115,8 +115,10 @@ _RECALL_REASON = Prepared(select(RECALLS.c.reason).where(RECALLS.c.id == bindpar
 _SCAN_COLUMNS = ("msg_id", "node", "station", "purpose", "code", "gtin", "serial", "location_id", "at", "verdict",
                  "rule", "message", "evidence", "provisional", "clerk_id", "clerk_name")
 _INSERT_SCAN = Prepared(SCANS.insert().values({c: bindparam(c) for c in _SCAN_COLUMNS}).returning(SCANS.c.id))
-_INSERT_SCANS = InsertRows(SCANS, _SCAN_COLUMNS, ("id", "msg_id"))
-"""A batch's scans in one statement, matched back by their unique msg_id."""
+_INSERT_SCANS = InsertRows(SCANS, _SCAN_COLUMNS, ("id", "msg_id"), json_text=("evidence",))
+"""A batch's scans in one statement (rows as tuples in `_SCAN_COLUMNS` order, the evidence already
+encoded: `_evidence_json`), matched back by their unique msg_id."""
+_AT = _SCAN_COLUMNS.index("at")
 _EVENT_COLUMNS = ("event_id", "hash", "type", "action", "event_time", "tz_offset", "biz_step", "disposition",
                   "biz_location", "read_point", "capture_id", "recorded_at", "doc")
 _INSERT_EVENTS = InsertRows(EVENTS, _EVENT_COLUMNS, ("id", "event_id"))
@@ -228,10 +230,6 @@ def _write_unit(columns: tuple[str, ...]) -> UpdateRows:
     if found is None:
         found = _writes[columns] = UpdateRows(UNITS, "id", ("last_scan_id", *columns))
     return found
-_LAST_OF_SCAN = {"station": "last_station", "node": "last_node", "location_id": "last_location_id",
-                 "purpose": "last_purpose", "at": "last_at", "verdict": "last_verdict", "rule": "last_rule",
-                 "message": "last_message", "msg_id": "last_msg_id"}
-"""The scan's row → the unit's `last_*` fields of `_UNIT_BY_KEY` (what the duplicate rule reads)."""
 
 
 class _Unit:
@@ -308,13 +306,14 @@ def _verify_set(conn: Connection, scans: Sequence[ScanIn], codes: Sequence[gs1.C
     for slots in slots_of.values():
         if len(slots) > 1:
             _in_box_order(scans, slots, order)
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[Any, ...]] = []
+    """The scans' rows, in `_SCAN_COLUMNS` order."""
     decided: list[tuple[int, ParsedCode | None, Any, VerdictClass, VerdictRule, str, dict[str, Any]]] = []
     events: list[tuple[int, dict[str, Any]]] = []
     last_scan: dict[int, int] = {}
     """unit id → the index in `rows` of its last scan of the batch."""
     touched: dict[int, _Unit] = {}
-    locs: dict[int | None, tuple[Any, dict[str, Any] | None]] = {}
+    locs: dict[int | None, tuple[Any, dict[str, Any] | None, str]] = {}
     reasons: dict[int, str | None] = {}
     """A recall's reason, read once per batch however many of its units are scanned."""
     for slot in part:
@@ -322,8 +321,9 @@ def _verify_set(conn: Connection, scans: Sequence[ScanIn], codes: Sequence[gs1.C
         scan, code = scans[i], codes[i]
         if scan.location_id not in locs:
             found = _loc(conn, scan.location_id)
-            locs[scan.location_id] = (found, _loc_brief(found))  # one brief per place, shared (never changed)
-        loc, brief = locs[scan.location_id]
+            brief = _loc_brief(found)  # one brief per place, shared (never changed), encoded once
+            locs[scan.location_id] = (found, brief, json.dumps(brief))
+        loc, brief, brief_json = locs[scan.location_id]
         parsed: ParsedCode | None = None
         unit: _Unit | None = None
         if isinstance(code, gs1.CodeError):
@@ -335,30 +335,31 @@ def _verify_set(conn: Connection, scans: Sequence[ScanIn], codes: Sequence[gs1.C
             if code.is_unit:
                 unit = units.get((code.gtin or "", code.serial or ""))
             cls, rule, message, evidence = _decide(conn, scan, code, unit, loc, rules, now, reasons)
-        evidence["location"] = brief
-        evidence["scanned_at"] = _iso(scan.at)
-        row = dict(msg_id=scan.msg_id, node=scan.node, station=scan.station, purpose=scan.purpose.value,
-                   code=scan.code, gtin=parsed.gtin if parsed else None, serial=parsed.serial if parsed else None,
-                   location_id=scan.location_id, at=scan.at, verdict=cls.value, rule=rule.value, message=message[:500],
-                   evidence=evidence, provisional=scan.provisional.value if scan.provisional else None,
-                   clerk_id=scan.clerk_id, clerk_name=scan.clerk_name)
+        message = message[:500]
+        evidence_json = _evidence_json(evidence, brief, brief_json, scan.at)
+        purpose = scan.purpose.value
+        rows.append((scan.msg_id, scan.node, scan.station, purpose, scan.code, parsed.gtin if parsed else None,
+                     parsed.serial if parsed else None, scan.location_id, scan.at, cls.value, rule.value, message,
+                     evidence_json, scan.provisional.value if scan.provisional else None, scan.clerk_id,
+                     scan.clerk_name))
         if unit is not None:
             values, event = _effect(scan, unit, loc, rule)
             fields = unit.__dict__
             fields.update(values)
             unit.changed.update(values)
-            for column, field in _LAST_OF_SCAN.items():
-                fields[field] = row[column]
-            last_scan[unit.id] = len(rows)
+            # What the duplicate rule reads of the unit's last scan (`_UNIT_BY_KEY`'s last_* fields).
+            fields.update(last_station=scan.station, last_node=scan.node, last_location_id=scan.location_id,
+                          last_purpose=purpose, last_at=scan.at, last_verdict=cls.value, last_rule=rule.value,
+                          last_message=message, last_msg_id=scan.msg_id)
+            last_scan[unit.id] = len(rows) - 1
             touched[unit.id] = unit
             if event is not None:
-                events.append((len(rows), event))
-        rows.append(row)
+                events.append((len(rows) - 1, event))
         decided.append((i, parsed, loc, cls, rule, message, evidence))
     # One multi-row INSERT … RETURNING each; its rows are matched back by their unique msg_id /
     # eventID (asking SQLAlchemy to return them in order made it insert them one by one on SQLite).
-    by_msg = {_uuid_hex(msg_id): scan_id for scan_id, msg_id in _INSERT_SCANS.run(conn, rows)}
-    ids = [by_msg[r["msg_id"].hex] for r in rows]
+    by_msg = {_uuid_hex(msg_id): scan_id for scan_id, msg_id in _INSERT_SCANS.run_tuples(conn, rows)}
+    ids = [by_msg[r[0].hex] for r in rows]
     # Only the columns the batch's scans changed, as `_effects` writes them: a column written back
     # unchanged could undo what another worker wrote to the unit since the read (PostgreSQL).
     by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
@@ -370,20 +371,40 @@ def _verify_set(conn: Connection, scans: Sequence[ScanIn], codes: Sequence[gs1.C
         _write_unit(columns).run(conn, params)
     if events:
         # Its effect on the unit is written above (the store's location may have no GLN to resolve).
-        event_rows = [_event_row(event, rows[k]["at"], now) for k, event in events]
+        event_rows = [_event_row(event, rows[k][_AT], now) for k, event in events]
         by_event = dict((event_id, new_id) for new_id, event_id in _INSERT_EVENTS.run(conn, event_rows))
         _INSERT_EPCS.run(conn, [{"event_id": by_event[event["eventID"]], "epc": event["epcList"][0], "role": "epc"}
                                         for _k, event in events])
     alerts: list[dict[str, Any]] = []
+    if now.tzinfo is None:  # what VerdictData's validation refused (its fields are built valid below)
+        raise ValueError(f"naive datetime {now.isoformat()} given as the decision time; expected an aware one")
+    construct = VerdictData.model_construct
     for k, (i, parsed, loc, cls, rule, message, evidence) in enumerate(decided):
         scan = scans[i]
         for kind, text, facts in _alerts_of(scan, cls, message, evidence):
             alerts.append(_alert_row(kind, scan, parsed, loc, ids[k], text, facts, now))
-        data = VerdictData(scan_id=scan.msg_id, code=scan.code[:1024], parsed=parsed, verdict=cls, rule=rule,
-                           message=message[:500], evidence=evidence, provisional=False, decided_at=now)
+        # Not validated again: every field is of its type by construction (the msg_id a UUID, the
+        # code the scan's, 1-1,024 characters at the boundary, the parsed code validated by
+        # `_parsed`, the verdict and rule enum members, the message cut to 500, `now` aware).
+        data = construct(scan_id=scan.msg_id, code=scan.code[:1024], parsed=parsed, verdict=cls, rule=rule,
+                         message=message, evidence=evidence, provisional=False, decided_at=now)
         verdicts[i] = Verdict(data, ids[k])
     if alerts:
         _INSERT_ALERTS.run(conn, alerts)
+
+
+def _evidence_json(facts: dict[str, Any], brief: dict[str, Any] | None, brief_json: str, at: datetime) -> str:
+    """The scan's evidence as stored: `facts` (the rule's, changed in place) with the place's brief
+    and the scan's time added last, encoded byte for byte as `json.dumps` encodes the whole (the
+    column's own serializer), with the brief encoded once per batch (`brief_json`) and spliced in."""
+    scanned_at = _iso(at)
+    if not facts or "location" in facts or "scanned_at" in facts:
+        facts["location"], facts["scanned_at"] = brief, scanned_at
+        return json.dumps(facts)
+    head = json.dumps(facts)
+    facts["location"], facts["scanned_at"] = brief, scanned_at
+    # An ISO time is digits, '-', ':', 'T', '.' and '+' only: nothing to escape.
+    return f'{head[:-1]}, "location": {brief_json}, "scanned_at": "{scanned_at}"}}'
 
 
 def _uuid_hex(value: Any) -> str:
