@@ -156,19 +156,22 @@ class Prepared:
             cursor.close()
 
     def dicts(self, conn: Connection, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """Every row as a dict of column name → value (the columns' result processors applied)."""
+        """Every row as a dict of column name → value (the columns' result processors applied; one
+        that maps NULL to NULL, asked once, is not called for a NULL: a unit's times are often unset)."""
         c, cursor = self._run(conn, params)
         try:
             raw = cursor.fetchall()
         finally:
             cursor.close()
         keys = c.row._fields
-        processed = [(i, p) for i, p in enumerate(c.results) if p is not None]
+        processed = [(i, p, p(None) is None) for i, p in enumerate(c.results) if p is not None]
         out = []
         for r in raw:
             values = list(r)
-            for i, p in processed:
-                values[i] = p(values[i])
+            for i, p, null_safe in processed:
+                value = values[i]
+                if value is not None or not null_safe:
+                    values[i] = p(value)
             out.append(dict(zip(keys, values, strict=True)))
         return out
 

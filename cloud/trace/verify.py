@@ -18,9 +18,10 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, Connection, String, Table, bindparam, func, literal_column, select, update
@@ -200,9 +201,9 @@ def verify(conn: Connection, scan: ScanIn, rules: TraceRules, now: datetime) -> 
 _UNIT_COLUMNS = _UNIT_BY_KEY.statement.selected_columns  # type: ignore[attr-defined]
 
 
-def _units_by_keys(keys: Any, on: ColumnElement[bool]) -> Prepared:
+def _units_by_keys(keys: Any, on: ColumnElement[bool], *, binary: bool = False) -> Prepared:
     return Prepared(select(*_UNIT_COLUMNS).select_from(
-        keys.join(UNITS, on).outerjoin(_LAST, _LAST.c.id == UNITS.c.last_scan_id)))
+        keys.join(UNITS, on).outerjoin(_LAST, _LAST.c.id == UNITS.c.last_scan_id)), binary=binary)
 
 
 _JSON_KEYS = func.json_each(bindparam("keys", type_=String)).table_valued("value", name="k")
@@ -211,11 +212,12 @@ _PG_KEYS = func.unnest(bindparam("gtins", type_=ARRAY(String)), bindparam("seria
 _UNITS_BY_KEYS = {
     "sqlite": _units_by_keys(_JSON_KEYS, (UNITS.c.gtin == func.json_extract(_JSON_KEYS.c.value, literal_column("'$[0]'")))
                              & (UNITS.c.serial == func.json_extract(_JSON_KEYS.c.value, literal_column("'$[1]'")))),
-    "postgresql": _units_by_keys(_PG_KEYS, (UNITS.c.gtin == _PG_KEYS.c.gtin) & (UNITS.c.serial == _PG_KEYS.c.serial)),
+    "postgresql": _units_by_keys(_PG_KEYS, (UNITS.c.gtin == _PG_KEYS.c.gtin) & (UNITS.c.serial == _PG_KEYS.c.serial),
+                                 binary=True),
 }
 """`_UNIT_BY_KEY` for many units in one statement: the keys come as one JSON array (SQLite) or two
-arrays (PostgreSQL) and drive the join, one probe of the unique (gtin, serial) index each. (A
-`(gtin, serial) IN (VALUES …)` made SQLite scan the table.)"""
+arrays (PostgreSQL, in binary form: no element quoted) and drive the join, one probe of the unique
+(gtin, serial) index each. (A `(gtin, serial) IN (VALUES …)` made SQLite scan the table.)"""
 _UNIT_STATE = ("seen_location_id", "seen_at", "state", "location_id", "received_at_store", "sold_at",
                "sold_location_id", "sold_node", "sold_session", "sold_seq")
 """The unit's columns a scan may change (`_effect`), besides `last_scan_id`: written back once per
@@ -322,7 +324,7 @@ def _verify_set(conn: Connection, scans: Sequence[ScanIn], codes: Sequence[gs1.C
         if scan.location_id not in locs:
             found = _loc(conn, scan.location_id)
             brief = _loc_brief(found)  # one brief per place, shared (never changed), encoded once
-            locs[scan.location_id] = (found, brief, json.dumps(brief))
+            locs[scan.location_id] = (found, brief, _dumps(brief))
         loc, brief, brief_json = locs[scan.location_id]
         parsed: ParsedCode | None = None
         unit: _Unit | None = None
@@ -393,6 +395,20 @@ def _verify_set(conn: Connection, scans: Sequence[ScanIn], codes: Sequence[gs1.C
         _INSERT_ALERTS.run(conn, alerts)
 
 
+def _json_dumps() -> Callable[[Any], str]:
+    """`json.dumps` with its default arguments (what a JSON column stores), its C encoder made once:
+    `json.dumps` makes one per call, half the cost of an evidence's few keys. Without the circular
+    check (an evidence is a fresh tree)."""
+    if c_make_encoder is None:  # a Python without the json module's C part
+        return json.dumps
+    encode = c_make_encoder(None, json.JSONEncoder().default, encode_basestring_ascii, None, ": ", ", ", False, False,
+                            True)
+    return lambda value: "".join(encode(value, 0))
+
+
+_dumps = _json_dumps()
+
+
 def _evidence_json(facts: dict[str, Any], brief: dict[str, Any] | None, brief_json: str, at: datetime) -> str:
     """The scan's evidence as stored: `facts` (the rule's, changed in place) with the place's brief
     and the scan's time added last, encoded byte for byte as `json.dumps` encodes the whole (the
@@ -400,8 +416,8 @@ def _evidence_json(facts: dict[str, Any], brief: dict[str, Any] | None, brief_js
     scanned_at = _iso(at)
     if not facts or "location" in facts or "scanned_at" in facts:
         facts["location"], facts["scanned_at"] = brief, scanned_at
-        return json.dumps(facts)
-    head = json.dumps(facts)
+        return _dumps(facts)
+    head = _dumps(facts)
     facts["location"], facts["scanned_at"] = brief, scanned_at
     # An ISO time is digits, '-', ':', 'T', '.' and '+' only: nothing to escape.
     return f'{head[:-1]}, "location": {brief_json}, "scanned_at": "{scanned_at}"}}'
