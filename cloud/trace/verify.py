@@ -158,10 +158,14 @@ def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat() if value is not None else None
 
 
-def _parsed(code: gs1.Code) -> ParsedCode:
+def _parsed_fields(code: gs1.Code) -> dict[str, Any]:
     # Field by field: `dataclasses.asdict` deep-copies and cost a tenth of a verification.
-    return ParsedCode(form=code.form, gtin=code.gtin, serial=code.serial, batch=code.batch, expiry=code.expiry,
-                      sscc=code.sscc, epc=code.epc)
+    return {"form": code.form, "gtin": code.gtin, "serial": code.serial, "batch": code.batch, "expiry": code.expiry,
+            "sscc": code.sscc, "epc": code.epc}
+
+
+def _parsed(code: gs1.Code) -> ParsedCode:
+    return ParsedCode(**_parsed_fields(code))
 
 
 def verify(conn: Connection, scan: ScanIn, rules: TraceRules, now: datetime) -> Verdict:
@@ -310,7 +314,7 @@ def _verify_set(conn: Connection, scans: Sequence[ScanIn], codes: Sequence[gs1.C
             _in_box_order(scans, slots, order)
     rows: list[tuple[Any, ...]] = []
     """The scans' rows, in `_SCAN_COLUMNS` order."""
-    decided: list[tuple[int, ParsedCode | None, Any, VerdictClass, VerdictRule, str, dict[str, Any]]] = []
+    decided: list[tuple[int, VerdictData, Any]] = []
     events: list[tuple[int, dict[str, Any]]] = []
     last_scan: dict[int, int] = {}
     """unit id → the index in `rows` of its last scan of the batch."""
@@ -326,22 +330,28 @@ def _verify_set(conn: Connection, scans: Sequence[ScanIn], codes: Sequence[gs1.C
             brief = _loc_brief(found)  # one brief per place, shared (never changed), encoded once
             locs[scan.location_id] = (found, brief, _dumps(brief))
         loc, brief, brief_json = locs[scan.location_id]
-        parsed: ParsedCode | None = None
+        parsed: dict[str, Any] | None = None
         unit: _Unit | None = None
         if isinstance(code, gs1.CodeError):
             cls, rule, message = VerdictClass.MALFORMED, VerdictRule.PARSE_ERROR, str(code)
             evidence: dict[str, Any] = {"reason": code.reason.value, "ai": code.ai, "expected": code.expected,
                                         "found": code.found}
         else:
-            parsed = _parsed(code)
+            parsed = _parsed_fields(code)
             if code.is_unit:
                 unit = units.get((code.gtin or "", code.serial or ""))
             cls, rule, message, evidence = _decide(conn, scan, code, unit, loc, rules, now, reasons)
         message = message[:500]
         evidence_json = _evidence_json(evidence, brief, brief_json, scan.at)
+        # The parsed code validated with the verdict, in one call (a code the box sends could make
+        # a ParsedCode that does not validate: the batch then fails, before it writes anything).
+        data = VerdictData.model_validate({
+            "scan_id": scan.msg_id, "code": scan.code[:1024], "parsed": parsed, "verdict": cls, "rule": rule,
+            "message": message, "evidence": evidence, "provisional": False, "decided_at": now})
         purpose = scan.purpose.value
-        rows.append((scan.msg_id, scan.node, scan.station, purpose, scan.code, parsed.gtin if parsed else None,
-                     parsed.serial if parsed else None, scan.location_id, scan.at, cls.value, rule.value, message,
+        gtin, serial = (data.parsed.gtin, data.parsed.serial) if data.parsed is not None else (None, None)
+        rows.append((scan.msg_id, scan.node, scan.station, purpose, scan.code, gtin, serial, scan.location_id,
+                     scan.at, cls.value, rule.value, message,
                      evidence_json, scan.provisional.value if scan.provisional else None, scan.clerk_id,
                      scan.clerk_name))
         if unit is not None:
@@ -357,7 +367,7 @@ def _verify_set(conn: Connection, scans: Sequence[ScanIn], codes: Sequence[gs1.C
             touched[unit.id] = unit
             if event is not None:
                 events.append((len(rows) - 1, event))
-        decided.append((i, parsed, loc, cls, rule, message, evidence))
+        decided.append((i, data, loc))
     # One multi-row INSERT … RETURNING each; its rows are matched back by their unique msg_id /
     # eventID (asking SQLAlchemy to return them in order made it insert them one by one on SQLite).
     by_msg = {_uuid_hex(msg_id): scan_id for scan_id, msg_id in _INSERT_SCANS.run_tuples(conn, rows)}
@@ -378,18 +388,10 @@ def _verify_set(conn: Connection, scans: Sequence[ScanIn], codes: Sequence[gs1.C
         _INSERT_EPCS.run(conn, [{"event_id": by_event[event["eventID"]], "epc": event["epcList"][0], "role": "epc"}
                                         for _k, event in events])
     alerts: list[dict[str, Any]] = []
-    if now.tzinfo is None:  # what VerdictData's validation refused (its fields are built valid below)
-        raise ValueError(f"naive datetime {now.isoformat()} given as the decision time; expected an aware one")
-    construct = VerdictData.model_construct
-    for k, (i, parsed, loc, cls, rule, message, evidence) in enumerate(decided):
+    for k, (i, data, loc) in enumerate(decided):
         scan = scans[i]
-        for kind, text, facts in _alerts_of(scan, cls, message, evidence):
-            alerts.append(_alert_row(kind, scan, parsed, loc, ids[k], text, facts, now))
-        # Not validated again: every field is of its type by construction (the msg_id a UUID, the
-        # code the scan's, 1-1,024 characters at the boundary, the parsed code validated by
-        # `_parsed`, the verdict and rule enum members, the message cut to 500, `now` aware).
-        data = construct(scan_id=scan.msg_id, code=scan.code[:1024], parsed=parsed, verdict=cls, rule=rule,
-                         message=message, evidence=evidence, provisional=False, decided_at=now)
+        for kind, text, facts in _alerts_of(scan, data.verdict, data.message, data.evidence):
+            alerts.append(_alert_row(kind, scan, data.parsed, loc, ids[k], text, facts, now))
         verdicts[i] = Verdict(data, ids[k])
     if alerts:
         _INSERT_ALERTS.run(conn, alerts)
