@@ -164,15 +164,15 @@ class Prepared:
         finally:
             cursor.close()
         keys = c.row._fields
-        processed = [(i, p, p(None) is None) for i, p in enumerate(c.results) if p is not None]
+        processed = [(keys[i], p, p(None) is None) for i, p in enumerate(c.results) if p is not None]
         out = []
         for r in raw:
-            values = list(r)
-            for i, p, null_safe in processed:
-                value = values[i]
+            row = dict(zip(keys, r, strict=True))
+            for key, p, null_safe in processed:
+                value = row[key]
                 if value is not None or not null_safe:
-                    values[i] = p(value)
-            out.append(dict(zip(keys, values, strict=True)))
+                    row[key] = p(value)
+            out.append(row)
         return out
 
     def first(self, conn: Connection, params: Mapping[str, Any]) -> Any:

@@ -155,7 +155,9 @@ def _loc_brief(loc: Any) -> dict[str, Any] | None:
 
 
 def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat() if value is not None else None
+    if value is None:
+        return None
+    return (value if value.tzinfo is UTC else value.astimezone(UTC)).isoformat()  # most are UTC already
 
 
 def _parsed_fields(code: gs1.Code) -> dict[str, Any]:
