@@ -114,6 +114,23 @@ class Prepared:
         finally:
             cursor.close()
 
+    def execute_columns(self, conn: Connection, columns: Mapping[str, Sequence[Any]]) -> None:
+        """`execute_many` with the parameter sets given column-wise (bind name → one value per set):
+        each column's processor mapped over it, the sets made by one transposition."""
+        c = self._prepared(conn)
+        binds = c.binds
+        values = [list(map(binds[n], columns[n])) if n in binds else columns[n] for n in c.names]
+        sets: list[Any] = list(zip(*values, strict=True))
+        if not sets:
+            return
+        if not c.positional:
+            sets = [dict(zip(c.names, one, strict=True)) for one in sets]
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(c.sql, sets)
+        finally:
+            cursor.close()
+
     def _rows_sql(self, c: _Compiled, n: int) -> tuple[str, Sequence[str]]:
         """The single-row INSERT's SQL with `n` rows of VALUES, positional, and the bind names of one row."""
         found = self._many.get((c.sql, n))
@@ -279,3 +296,12 @@ class UpdateRows:
             return
         key = self._key
         self._one.execute_many(conn, [{**r, "key_": r[key]} for r in rows])
+
+    def run_columns(self, conn: Connection, columns: Mapping[str, Sequence[Any]]) -> None:
+        """`run` for rows given column-wise (column → one value per row, the key's included)."""
+        if not columns[self._key]:
+            return
+        if conn.dialect.name == "postgresql":
+            self._unnest.execute(conn, columns)
+            return
+        self._one.execute_columns(conn, {**columns, "key_": columns[self._key]})

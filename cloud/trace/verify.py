@@ -376,13 +376,13 @@ def _verify_set(conn: Connection, scans: Sequence[ScanIn], codes: Sequence[gs1.C
     ids = [by_msg[r[0].hex] for r in rows]
     # Only the columns the batch's scans changed, as `_effects` writes them: a column written back
     # unchanged could undo what another worker wrote to the unit since the read (PostgreSQL).
-    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    by_columns: dict[tuple[str, ...], list[_Unit]] = {}
     for u in touched.values():
-        columns = tuple(c for c in _UNIT_STATE if c in u.changed)
-        by_columns.setdefault(columns, []).append(
-            {**{c: getattr(u, c) for c in columns}, "id": u.id, "last_scan_id": ids[last_scan[u.id]]})
-    for columns, params in by_columns.items():
-        _write_unit(columns).run(conn, params)
+        by_columns.setdefault(tuple(c for c in _UNIT_STATE if c in u.changed), []).append(u)
+    for columns, group in by_columns.items():
+        _write_unit(columns).run_columns(conn, {
+            "id": [u.id for u in group], "last_scan_id": [ids[last_scan[u.id]] for u in group],
+            **{c: [getattr(u, c) for u in group] for c in columns}})
     if events:
         # Its effect on the unit is written above (the store's location may have no GLN to resolve).
         event_rows = [_event_row(event, rows[k][_AT], now) for k, event in events]
