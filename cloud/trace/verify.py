@@ -353,9 +353,8 @@ def _verify_set(conn: Connection, scans: Sequence[ScanIn], codes: Sequence[gs1.C
         purpose = scan.purpose.value
         gtin, serial = (data.parsed.gtin, data.parsed.serial) if data.parsed is not None else (None, None)
         rows.append((scan.msg_id, scan.node, scan.station, purpose, scan.code, gtin, serial, scan.location_id,
-                     scan.at, cls.value, rule.value, message,
-                     evidence_json, scan.provisional.value if scan.provisional else None, scan.clerk_id,
-                     scan.clerk_name))
+                     scan.at, cls.value, rule.value, message, evidence_json,
+                     scan.provisional.value if scan.provisional else None, scan.clerk_id, scan.clerk_name))
         if unit is not None:
             values, event = _effect(scan, unit, loc, rule)
             fields = unit.__dict__

@@ -156,7 +156,7 @@ def test_a_batch_stores_each_evidence_as_its_json_byte_for_byte(places: tuple[En
         many = verify_many(s.connection(), [*scenario("B", loc_a, loc_b), *nowhere], rules, now)
     scans = Scan.__table__
     with eng.connect() as c:
-        stored = dict(c.execute(sa.select(scans.c.id, sa.cast(scans.c.evidence, sa.Text))).all())
+        stored: dict[int, str] = dict(c.execute(sa.select(scans.c.id, sa.cast(scans.c.evidence, sa.Text))).all())
     for v in [*one, *many]:
         assert stored[v.scan_row] == json.dumps(v.data.evidence), v.data.rule
     assert [json.loads(stored[v.scan_row])["location"] for v in many[-2:]] == [None, None]
