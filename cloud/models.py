@@ -74,7 +74,8 @@ class UtcDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError(f"naive datetime {value.isoformat()} given; omnishelf stores only aware times")
-        value = value.astimezone(UTC)
+        if value.tzinfo is not UTC:  # most are UTC already (a scan's time is converted a few times)
+            value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:

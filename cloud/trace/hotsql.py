@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, String, Table, bindparam, func, select, update
+from sqlalchemy import Connection, String, Table, bindparam, cast, func, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.expression import ClauseElement
@@ -114,6 +114,23 @@ class Prepared:
         finally:
             cursor.close()
 
+    def execute_columns(self, conn: Connection, columns: Mapping[str, Sequence[Any]]) -> None:
+        """`execute_many` with the parameter sets given column-wise (bind name → one value per set):
+        each column's processor mapped over it, the sets made by one transposition."""
+        c = self._prepared(conn)
+        binds = c.binds
+        values = [list(map(binds[n], columns[n])) if n in binds else columns[n] for n in c.names]
+        sets: list[Any] = list(zip(*values, strict=True))
+        if not sets:
+            return
+        if not c.positional:
+            sets = [dict(zip(c.names, one, strict=True)) for one in sets]
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(c.sql, sets)
+        finally:
+            cursor.close()
+
     def _rows_sql(self, c: _Compiled, n: int) -> tuple[str, Sequence[str]]:
         """The single-row INSERT's SQL with `n` rows of VALUES, positional, and the bind names of one row."""
         found = self._many.get((c.sql, n))
@@ -126,10 +143,11 @@ class Prepared:
             found = self._many[(c.sql, n)] = (f"{head} VALUES {', '.join([row] * n)}{end}", names)
         return found
 
-    def insert_rows(self, conn: Connection, params: Sequence[Mapping[str, Any]]) -> list[Any]:
+    def insert_rows(self, conn: Connection, params: Sequence[Any], columns: Sequence[str] | None = None) -> list[Any]:
         """Run a single-row `INSERT … VALUES` (compiled from `insert().values({c: bindparam(c)})`) for
         every parameter set as one multi-row INSERT per `_ROWS_PER_INSERT` sets; its RETURNING rows as
-        the driver gives them (raw values, no result processing; the order is the database's)."""
+        the driver gives them (raw values, no result processing; the order is the database's). Each
+        set is a mapping by bind name, or with `columns` a sequence of values in that order."""
         c = self._prepared(conn)
         binds, out = c.binds, []
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
@@ -137,7 +155,8 @@ class Prepared:
             for start in range(0, len(params), _ROWS_PER_INSERT):
                 chunk = params[start:start + _ROWS_PER_INSERT]
                 sql, names = self._rows_sql(c, len(chunk))
-                args = [binds[n](p[n]) if n in binds else p[n] for p in chunk for n in names]
+                plan = [(binds.get(n), n if columns is None else columns.index(n)) for n in names]
+                args = [p[k] if f is None else f(p[k]) for p in chunk for f, k in plan]
                 cursor.execute(sql, args)
                 if cursor.description is not None:
                     out.extend(cursor.fetchall())
@@ -154,20 +173,23 @@ class Prepared:
             cursor.close()
 
     def dicts(self, conn: Connection, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """Every row as a dict of column name → value (the columns' result processors applied)."""
+        """Every row as a dict of column name → value (the columns' result processors applied; one
+        that maps NULL to NULL, asked once, is not called for a NULL: a unit's times are often unset)."""
         c, cursor = self._run(conn, params)
         try:
             raw = cursor.fetchall()
         finally:
             cursor.close()
         keys = c.row._fields
-        processed = [(i, p) for i, p in enumerate(c.results) if p is not None]
+        processed = [(keys[i], p, p(None) is None) for i, p in enumerate(c.results) if p is not None]
         out = []
         for r in raw:
-            values = list(r)
-            for i, p in processed:
-                values[i] = p(values[i])
-            out.append(dict(zip(keys, values, strict=True)))
+            row = dict(zip(keys, r, strict=True))
+            for key, p, null_safe in processed:
+                value = row[key]
+                if value is not None or not null_safe:
+                    row[key] = p(value)
+            out.append(row)
         return out
 
     def first(self, conn: Connection, params: Mapping[str, Any]) -> Any:
@@ -215,12 +237,18 @@ class InsertRows:
     of rows (psycopg converts and caches a query's placeholders only below 4 KB of text, so a
     100-row VALUES was re-parsed on every batch, and the server plans it once)."""
 
-    def __init__(self, table: Table, columns: Sequence[str], returning: Sequence[str] = ()) -> None:
+    def __init__(self, table: Table, columns: Sequence[str], returning: Sequence[str] = (), *,
+                 json_text: Sequence[str] = ()) -> None:
+        """`json_text`: JSON columns whose values come already encoded (a `str` each, stored as
+        given: on PostgreSQL sent as text and cast to the column's type)."""
         self.columns = tuple(columns)
-        values = table.insert().values({c: bindparam(c) for c in columns})
-        arrays = func.unnest(*[bindparam(c, type_=_array_of(table, c)) for c in columns]) \
-            .table_valued(*columns).render_derived(name="v")
-        unnest = table.insert().from_select(list(columns), select(*[arrays.c[c] for c in columns]))
+        texts = set(json_text)
+        values = table.insert().values({c: bindparam(c, type_=String()) if c in texts else bindparam(c)
+                                        for c in columns})
+        arrays = func.unnest(*[bindparam(c, type_=ARRAY(String()) if c in texts else _array_of(table, c))
+                               for c in columns]).table_valued(*columns).render_derived(name="v")
+        unnest = table.insert().from_select(list(columns), select(
+            *[cast(arrays.c[c], table.c[c].type) if c in texts else arrays.c[c] for c in columns]))
         if returning:
             values = values.returning(*[table.c[c] for c in returning])
             unnest = unnest.returning(*[table.c[c] for c in returning])
@@ -234,6 +262,15 @@ class InsertRows:
         if conn.dialect.name == "postgresql":
             return self._unnest.raw(conn, {c: [r[c] for r in rows] for c in self.columns})
         return self._values.insert_rows(conn, rows)
+
+    def run_tuples(self, conn: Connection, rows: Sequence[Sequence[Any]]) -> list[Any]:
+        """`run` for rows given as tuples in `columns`' order: on PostgreSQL they are turned into
+        the arrays in one transposition, no mapping built per row."""
+        if not rows:
+            return []
+        if conn.dialect.name == "postgresql":
+            return self._unnest.raw(conn, dict(zip(self.columns, map(list, zip(*rows, strict=True)), strict=True)))
+        return self._values.insert_rows(conn, rows, self.columns)
 
 
 class UpdateRows:
@@ -259,3 +296,12 @@ class UpdateRows:
             return
         key = self._key
         self._one.execute_many(conn, [{**r, "key_": r[key]} for r in rows])
+
+    def run_columns(self, conn: Connection, columns: Mapping[str, Sequence[Any]]) -> None:
+        """`run` for rows given column-wise (column → one value per row, the key's included)."""
+        if not columns[self._key]:
+            return
+        if conn.dialect.name == "postgresql":
+            self._unnest.execute(conn, columns)
+            return
+        self._one.execute_columns(conn, {**columns, "key_": columns[self._key]})

@@ -18,9 +18,10 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, Connection, String, Table, bindparam, func, literal_column, select, update
@@ -115,8 +116,10 @@ _RECALL_REASON = Prepared(select(RECALLS.c.reason).where(RECALLS.c.id == bindpar
 _SCAN_COLUMNS = ("msg_id", "node", "station", "purpose", "code", "gtin", "serial", "location_id", "at", "verdict",
                  "rule", "message", "evidence", "provisional", "clerk_id", "clerk_name")
 _INSERT_SCAN = Prepared(SCANS.insert().values({c: bindparam(c) for c in _SCAN_COLUMNS}).returning(SCANS.c.id))
-_INSERT_SCANS = InsertRows(SCANS, _SCAN_COLUMNS, ("id", "msg_id"))
-"""A batch's scans in one statement, matched back by their unique msg_id."""
+_INSERT_SCANS = InsertRows(SCANS, _SCAN_COLUMNS, ("id", "msg_id"), json_text=("evidence",))
+"""A batch's scans in one statement (rows as tuples in `_SCAN_COLUMNS` order, the evidence already
+encoded: `_evidence_json`), matched back by their unique msg_id."""
+_AT = _SCAN_COLUMNS.index("at")
 _EVENT_COLUMNS = ("event_id", "hash", "type", "action", "event_time", "tz_offset", "biz_step", "disposition",
                   "biz_location", "read_point", "capture_id", "recorded_at", "doc")
 _INSERT_EVENTS = InsertRows(EVENTS, _EVENT_COLUMNS, ("id", "event_id"))
@@ -152,13 +155,19 @@ def _loc_brief(loc: Any) -> dict[str, Any] | None:
 
 
 def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat() if value is not None else None
+    if value is None:
+        return None
+    return (value if value.tzinfo is UTC else value.astimezone(UTC)).isoformat()  # most are UTC already
+
+
+def _parsed_fields(code: gs1.Code) -> dict[str, Any]:
+    # Field by field: `dataclasses.asdict` deep-copies and cost a tenth of a verification.
+    return {"form": code.form, "gtin": code.gtin, "serial": code.serial, "batch": code.batch, "expiry": code.expiry,
+            "sscc": code.sscc, "epc": code.epc}
 
 
 def _parsed(code: gs1.Code) -> ParsedCode:
-    # Field by field: `dataclasses.asdict` deep-copies and cost a tenth of a verification.
-    return ParsedCode(form=code.form, gtin=code.gtin, serial=code.serial, batch=code.batch, expiry=code.expiry,
-                      sscc=code.sscc, epc=code.epc)
+    return ParsedCode(**_parsed_fields(code))
 
 
 def verify(conn: Connection, scan: ScanIn, rules: TraceRules, now: datetime) -> Verdict:
@@ -198,9 +207,9 @@ def verify(conn: Connection, scan: ScanIn, rules: TraceRules, now: datetime) -> 
 _UNIT_COLUMNS = _UNIT_BY_KEY.statement.selected_columns  # type: ignore[attr-defined]
 
 
-def _units_by_keys(keys: Any, on: ColumnElement[bool]) -> Prepared:
+def _units_by_keys(keys: Any, on: ColumnElement[bool], *, binary: bool = False) -> Prepared:
     return Prepared(select(*_UNIT_COLUMNS).select_from(
-        keys.join(UNITS, on).outerjoin(_LAST, _LAST.c.id == UNITS.c.last_scan_id)))
+        keys.join(UNITS, on).outerjoin(_LAST, _LAST.c.id == UNITS.c.last_scan_id)), binary=binary)
 
 
 _JSON_KEYS = func.json_each(bindparam("keys", type_=String)).table_valued("value", name="k")
@@ -209,11 +218,12 @@ _PG_KEYS = func.unnest(bindparam("gtins", type_=ARRAY(String)), bindparam("seria
 _UNITS_BY_KEYS = {
     "sqlite": _units_by_keys(_JSON_KEYS, (UNITS.c.gtin == func.json_extract(_JSON_KEYS.c.value, literal_column("'$[0]'")))
                              & (UNITS.c.serial == func.json_extract(_JSON_KEYS.c.value, literal_column("'$[1]'")))),
-    "postgresql": _units_by_keys(_PG_KEYS, (UNITS.c.gtin == _PG_KEYS.c.gtin) & (UNITS.c.serial == _PG_KEYS.c.serial)),
+    "postgresql": _units_by_keys(_PG_KEYS, (UNITS.c.gtin == _PG_KEYS.c.gtin) & (UNITS.c.serial == _PG_KEYS.c.serial),
+                                 binary=True),
 }
 """`_UNIT_BY_KEY` for many units in one statement: the keys come as one JSON array (SQLite) or two
-arrays (PostgreSQL) and drive the join, one probe of the unique (gtin, serial) index each. (A
-`(gtin, serial) IN (VALUES …)` made SQLite scan the table.)"""
+arrays (PostgreSQL, in binary form: no element quoted) and drive the join, one probe of the unique
+(gtin, serial) index each. (A `(gtin, serial) IN (VALUES …)` made SQLite scan the table.)"""
 _UNIT_STATE = ("seen_location_id", "seen_at", "state", "location_id", "received_at_store", "sold_at",
                "sold_location_id", "sold_node", "sold_session", "sold_seq")
 """The unit's columns a scan may change (`_effect`), besides `last_scan_id`: written back once per
@@ -228,10 +238,6 @@ def _write_unit(columns: tuple[str, ...]) -> UpdateRows:
     if found is None:
         found = _writes[columns] = UpdateRows(UNITS, "id", ("last_scan_id", *columns))
     return found
-_LAST_OF_SCAN = {"station": "last_station", "node": "last_node", "location_id": "last_location_id",
-                 "purpose": "last_purpose", "at": "last_at", "verdict": "last_verdict", "rule": "last_rule",
-                 "message": "last_message", "msg_id": "last_msg_id"}
-"""The scan's row → the unit's `last_*` fields of `_UNIT_BY_KEY` (what the duplicate rule reads)."""
 
 
 class _Unit:
@@ -308,13 +314,14 @@ def _verify_set(conn: Connection, scans: Sequence[ScanIn], codes: Sequence[gs1.C
     for slots in slots_of.values():
         if len(slots) > 1:
             _in_box_order(scans, slots, order)
-    rows: list[dict[str, Any]] = []
-    decided: list[tuple[int, ParsedCode | None, Any, VerdictClass, VerdictRule, str, dict[str, Any]]] = []
+    rows: list[tuple[Any, ...]] = []
+    """The scans' rows, in `_SCAN_COLUMNS` order."""
+    decided: list[tuple[int, VerdictData, Any]] = []
     events: list[tuple[int, dict[str, Any]]] = []
     last_scan: dict[int, int] = {}
     """unit id → the index in `rows` of its last scan of the batch."""
     touched: dict[int, _Unit] = {}
-    locs: dict[int | None, tuple[Any, dict[str, Any] | None]] = {}
+    locs: dict[int | None, tuple[Any, dict[str, Any] | None, str]] = {}
     reasons: dict[int, str | None] = {}
     """A recall's reason, read once per batch however many of its units are scanned."""
     for slot in part:
@@ -322,68 +329,101 @@ def _verify_set(conn: Connection, scans: Sequence[ScanIn], codes: Sequence[gs1.C
         scan, code = scans[i], codes[i]
         if scan.location_id not in locs:
             found = _loc(conn, scan.location_id)
-            locs[scan.location_id] = (found, _loc_brief(found))  # one brief per place, shared (never changed)
-        loc, brief = locs[scan.location_id]
-        parsed: ParsedCode | None = None
+            brief = _loc_brief(found)  # one brief per place, shared (never changed), encoded once
+            locs[scan.location_id] = (found, brief, _dumps(brief))
+        loc, brief, brief_json = locs[scan.location_id]
+        parsed: dict[str, Any] | None = None
         unit: _Unit | None = None
         if isinstance(code, gs1.CodeError):
             cls, rule, message = VerdictClass.MALFORMED, VerdictRule.PARSE_ERROR, str(code)
             evidence: dict[str, Any] = {"reason": code.reason.value, "ai": code.ai, "expected": code.expected,
                                         "found": code.found}
         else:
-            parsed = _parsed(code)
+            parsed = _parsed_fields(code)
             if code.is_unit:
                 unit = units.get((code.gtin or "", code.serial or ""))
             cls, rule, message, evidence = _decide(conn, scan, code, unit, loc, rules, now, reasons)
-        evidence["location"] = brief
-        evidence["scanned_at"] = _iso(scan.at)
-        row = dict(msg_id=scan.msg_id, node=scan.node, station=scan.station, purpose=scan.purpose.value,
-                   code=scan.code, gtin=parsed.gtin if parsed else None, serial=parsed.serial if parsed else None,
-                   location_id=scan.location_id, at=scan.at, verdict=cls.value, rule=rule.value, message=message[:500],
-                   evidence=evidence, provisional=scan.provisional.value if scan.provisional else None,
-                   clerk_id=scan.clerk_id, clerk_name=scan.clerk_name)
+        message = message[:500]
+        evidence_json = _evidence_json(evidence, brief, brief_json, scan.at)
+        # The parsed code validated with the verdict, in one call (a code the box sends could make
+        # a ParsedCode that does not validate: the batch then fails, before it writes anything).
+        data = VerdictData.model_validate({
+            "scan_id": scan.msg_id, "code": scan.code[:1024], "parsed": parsed, "verdict": cls, "rule": rule,
+            "message": message, "evidence": evidence, "provisional": False, "decided_at": now})
+        purpose = scan.purpose.value
+        gtin, serial = (data.parsed.gtin, data.parsed.serial) if data.parsed is not None else (None, None)
+        rows.append((scan.msg_id, scan.node, scan.station, purpose, scan.code, gtin, serial, scan.location_id,
+                     scan.at, cls.value, rule.value, message, evidence_json,
+                     scan.provisional.value if scan.provisional else None, scan.clerk_id, scan.clerk_name))
         if unit is not None:
             values, event = _effect(scan, unit, loc, rule)
             fields = unit.__dict__
             fields.update(values)
             unit.changed.update(values)
-            for column, field in _LAST_OF_SCAN.items():
-                fields[field] = row[column]
-            last_scan[unit.id] = len(rows)
+            # What the duplicate rule reads of the unit's last scan (`_UNIT_BY_KEY`'s last_* fields).
+            fields.update(last_station=scan.station, last_node=scan.node, last_location_id=scan.location_id,
+                          last_purpose=purpose, last_at=scan.at, last_verdict=cls.value, last_rule=rule.value,
+                          last_message=message, last_msg_id=scan.msg_id)
+            last_scan[unit.id] = len(rows) - 1
             touched[unit.id] = unit
             if event is not None:
-                events.append((len(rows), event))
-        rows.append(row)
-        decided.append((i, parsed, loc, cls, rule, message, evidence))
+                events.append((len(rows) - 1, event))
+        decided.append((i, data, loc))
     # One multi-row INSERT … RETURNING each; its rows are matched back by their unique msg_id /
     # eventID (asking SQLAlchemy to return them in order made it insert them one by one on SQLite).
-    by_msg = {_uuid_hex(msg_id): scan_id for scan_id, msg_id in _INSERT_SCANS.run(conn, rows)}
-    ids = [by_msg[r["msg_id"].hex] for r in rows]
+    by_msg = {_uuid_hex(msg_id): scan_id for scan_id, msg_id in _INSERT_SCANS.run_tuples(conn, rows)}
+    ids = [by_msg[r[0].hex] for r in rows]
     # Only the columns the batch's scans changed, as `_effects` writes them: a column written back
     # unchanged could undo what another worker wrote to the unit since the read (PostgreSQL).
-    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    by_columns: dict[tuple[str, ...], list[_Unit]] = {}
     for u in touched.values():
-        columns = tuple(c for c in _UNIT_STATE if c in u.changed)
-        by_columns.setdefault(columns, []).append(
-            {**{c: getattr(u, c) for c in columns}, "id": u.id, "last_scan_id": ids[last_scan[u.id]]})
-    for columns, params in by_columns.items():
-        _write_unit(columns).run(conn, params)
+        by_columns.setdefault(tuple(c for c in _UNIT_STATE if c in u.changed), []).append(u)
+    for columns, group in by_columns.items():
+        _write_unit(columns).run_columns(conn, {
+            "id": [u.id for u in group], "last_scan_id": [ids[last_scan[u.id]] for u in group],
+            **{c: [getattr(u, c) for u in group] for c in columns}})
     if events:
         # Its effect on the unit is written above (the store's location may have no GLN to resolve).
-        event_rows = [_event_row(event, rows[k]["at"], now) for k, event in events]
+        event_rows = [_event_row(event, rows[k][_AT], now) for k, event in events]
         by_event = dict((event_id, new_id) for new_id, event_id in _INSERT_EVENTS.run(conn, event_rows))
         _INSERT_EPCS.run(conn, [{"event_id": by_event[event["eventID"]], "epc": event["epcList"][0], "role": "epc"}
                                         for _k, event in events])
     alerts: list[dict[str, Any]] = []
-    for k, (i, parsed, loc, cls, rule, message, evidence) in enumerate(decided):
+    for k, (i, data, loc) in enumerate(decided):
         scan = scans[i]
-        for kind, text, facts in _alerts_of(scan, cls, message, evidence):
-            alerts.append(_alert_row(kind, scan, parsed, loc, ids[k], text, facts, now))
-        data = VerdictData(scan_id=scan.msg_id, code=scan.code[:1024], parsed=parsed, verdict=cls, rule=rule,
-                           message=message[:500], evidence=evidence, provisional=False, decided_at=now)
+        for kind, text, facts in _alerts_of(scan, data.verdict, data.message, data.evidence):
+            alerts.append(_alert_row(kind, scan, data.parsed, loc, ids[k], text, facts, now))
         verdicts[i] = Verdict(data, ids[k])
     if alerts:
         _INSERT_ALERTS.run(conn, alerts)
+
+
+def _json_dumps() -> Callable[[Any], str]:
+    """`json.dumps` with its default arguments (what a JSON column stores), its C encoder made once:
+    `json.dumps` makes one per call, half the cost of an evidence's few keys. Without the circular
+    check (an evidence is a fresh tree)."""
+    if c_make_encoder is None:  # a Python without the json module's C part
+        return json.dumps
+    encode = c_make_encoder(None, json.JSONEncoder().default, encode_basestring_ascii, None, ": ", ", ", False, False,
+                            True)
+    return lambda value: "".join(encode(value, 0))
+
+
+_dumps = _json_dumps()
+
+
+def _evidence_json(facts: dict[str, Any], brief: dict[str, Any] | None, brief_json: str, at: datetime) -> str:
+    """The scan's evidence as stored: `facts` (the rule's, changed in place) with the place's brief
+    and the scan's time added last, encoded byte for byte as `json.dumps` encodes the whole (the
+    column's own serializer), with the brief encoded once per batch (`brief_json`) and spliced in."""
+    scanned_at = _iso(at)
+    if not facts or "location" in facts or "scanned_at" in facts:
+        facts["location"], facts["scanned_at"] = brief, scanned_at
+        return _dumps(facts)
+    head = _dumps(facts)
+    facts["location"], facts["scanned_at"] = brief, scanned_at
+    # An ISO time is digits, '-', ':', 'T', '.' and '+' only: nothing to escape.
+    return f'{head[:-1]}, "location": {brief_json}, "scanned_at": "{scanned_at}"}}'
 
 
 def _uuid_hex(value: Any) -> str:

@@ -5,6 +5,7 @@ a scan."""
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections import Counter
@@ -140,6 +141,26 @@ def test_a_batch_decides_like_one_scan_at_a_time(places: tuple[Engine, int, int]
     ], expected["verdicts"]  # the reference itself covers every rule
     for key in expected:
         assert got[key] == expected[key], key
+
+
+def test_a_batch_stores_each_evidence_as_its_json_byte_for_byte(places: tuple[Engine, int, int]) -> None:
+    """The batch encodes a scan's evidence itself (the place's brief once per batch): the stored text
+    is `json.dumps` of the verdict's evidence, as the single-scan path stores it through the column."""
+    eng, loc_a, loc_b = places
+    rules, now = TraceRules(), T0 + timedelta(minutes=1)
+    with write_session(eng) as s, s.begin():
+        one = [verify(s.connection(), scan, rules, now) for scan in scenario("A", loc_a, loc_b)]
+    nowhere = [ScanIn(code=c, station="api", purpose=ScanPurpose.VERIFY, at=T0 + timedelta(seconds=30, microseconds=m),
+                      msg_id=uuid.uuid4(), location_id=None) for c, m in ((code("B1"), 5), ("09506000134352", 0))]
+    with write_session(eng) as s, s.begin():
+        many = verify_many(s.connection(), [*scenario("B", loc_a, loc_b), *nowhere], rules, now)
+    scans = Scan.__table__
+    with eng.connect() as c:
+        stored: dict[int, str] = dict(c.execute(sa.select(scans.c.id, sa.cast(scans.c.evidence, sa.Text))).all())
+    for v in [*one, *many]:
+        assert stored[v.scan_row] == json.dumps(v.data.evidence), v.data.rule
+    assert [json.loads(stored[v.scan_row])["location"] for v in many[-2:]] == [None, None]
+    assert many[-1].data.verdict is VerdictClass.UNTRACKED and many[-2].data.evidence["scanned_at"].endswith(".000005+00:00")
 
 
 def test_a_batch_costs_the_same_few_statements_however_many_scans(places: tuple[Engine, int, int]) -> None:
