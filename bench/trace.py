@@ -6,8 +6,9 @@
   transaction each: scans/s, p50/p99 per batch) and one scan at a time as `POST /trace/scans` runs
   it (`verify`, p50/p99 per scan), next to a bare primary-key lookup in the same database;
 - end to end over the bus: a box publishes `scan` at a steady rate on a real Mosquitto, the cloud
-  worker decides and the box receives the `verdict` (p50/p99 from publish to verdict), next to the
-  bare broker round trip (paho echo) measured on the same broker.
+  worker (`omnishelf cloud worker`, a process of its own as deployed) decides and the box receives
+  the `verdict` (p50/p99 from publish to verdict), next to the bare broker round trip (paho echo)
+  measured on the same broker; the CPU of both processes per scan.
 
 `verify_per_cpu_s` is scans per second of this process's CPU time (the database runs in it on
 SQLite): what one worker would do on a core of its own, whatever the machine's load.
@@ -26,6 +27,8 @@ import os
 import platform
 import random
 import secrets
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -33,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psutil
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
@@ -45,7 +49,6 @@ from broker.payloads import ScanData, ScanPurpose
 from cloud.access.service import write_session
 from cloud.db import make_engine, migrate
 from cloud.models import Node, Region, Store
-from cloud.settings import Settings
 from cloud.trace import epcis, service
 from cloud.trace.events import UNITS
 from cloud.trace.rules import TraceRules
@@ -232,30 +235,37 @@ def _statements_per_batch(engine: sa.Engine, scans: list[ScanIn], rules: TraceRu
     return [f"{n} x {h}" for h, n in counted.items()]
 
 
+def _worker_env(url: str, layout: BrokerLayout, pw: dict[str, str]) -> dict[str, str]:
+    return {**os.environ, "OMNISHELF_DATABASE_URL": url, "OMNISHELF_BROKER_URL": f"mqtt://127.0.0.1:{layout.port}",
+            "OMNISHELF_BROKER_USERNAME": "cloud-1", "OMNISHELF_BROKER_PASSWORD": pw["cloud-1"]}
+
+
+def _start_worker(url: str, layout: BrokerLayout, pw: dict[str, str], tmp: Path) -> subprocess.Popen[bytes]:
+    with (tmp / "worker.log").open("ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "omnishelf.cli", "cloud", "worker"],
+                                env=_worker_env(url, layout, pw), stdout=log, stderr=log)
+
+
+def _count(engine: sa.Engine, sql: str) -> int:
+    with engine.connect() as c:
+        return int(c.execute(sa.text(sql), {"n": NODE}).scalar_one())
+
+
 async def end_to_end(engine: sa.Engine, layout: BrokerLayout, pw: dict[str, str], units: int, n: int,
-                     rate: float) -> dict[str, Any]:
-    from cloud.bus.worker import CloudBus
-    from cloud.engines import load_engines
-
-    settings = Settings(DATABASE_URL=engine.url.render_as_string(hide_password=False),
-                        BROKER_URL=f"mqtt://127.0.0.1:{layout.port}", BROKER_USERNAME="cloud-1",
-                        BROKER_PASSWORD=pw["cloud-1"])
-    bus = CloudBus(settings, engine, load_engines())
-    writes = [0]
-
-    def committed(conn: Any) -> None:
-        if conn.get_execution_options().get("omnishelf_write", False):
-            writes[0] += 1
-
-    sa.event.listen(engine, "commit", committed)
-    task = asyncio.create_task(bus.run())
+                     rate: float, tmp: Path) -> dict[str, Any]:
+    """The cloud worker runs as `omnishelf cloud worker` runs it, in a process of its own (never in a
+    box's); this process is the box."""
+    worker = await asyncio.to_thread(_start_worker, engine.url.render_as_string(hide_password=False), layout, pw, tmp)
     sent: dict[uuid.UUID, float] = {}
     got: dict[uuid.UUID, float] = {}
-
+    hosts_online = asyncio.Event()
     acks: asyncio.Queue[Envelope] = asyncio.Queue()
     seq = [0]
 
     def on_message(msg: Any) -> None:
+        if topics.parse(msg.topic).direction == "host":
+            hosts_online.set()  # a cloud host's retained state: it is subscribed
+            return
         env = decode(bytes(msg.payload), msg.topic)
         if msg.topic == topics.dn(NODE, MessageType.VERDICT) and env.corr is not None:
             got.setdefault(env.corr, time.perf_counter())
@@ -272,36 +282,29 @@ async def end_to_end(engine: sa.Engine, layout: BrokerLayout, pw: dict[str, str]
 
     box = MqttConnection(BrokerAddress.from_url(f"mqtt://127.0.0.1:{layout.port}"), NODE, pw[NODE],
                          on_message=on_message)
+    open_commands = "SELECT count(*) FROM downlink WHERE node = :n AND status IN ('pending', 'sent')"
     try:
-        deadline = time.monotonic() + 20
-        while not bus.connected:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the cloud worker did not connect")
-            await asyncio.sleep(0.05)
         await box.connect()
-        await box.subscribe([topics.node_dn_filter(NODE)])
+        await box.subscribe([topics.node_dn_filter(NODE), topics.host_state_filter()])
+        await asyncio.wait_for(hosts_online.wait(), 60)
         acker = asyncio.create_task(acknowledge())
         from broker.payloads import BirthData
 
         await box.publish(topics.up(NODE, "birth"), encode(Envelope(type=MessageType.BIRTH, node=NODE, session=1, seq=0,
                                                                      data=BirthData(software_version="b", config_hash="b",
                                                                                     store="st9001"))))
-        await asyncio.sleep(1.0)  # the birth marks the box online (the relay publishes to online boxes only)
-        # The birth sends the store's offline lists (every unit received there: 100 parts at 100,000
-        # units); until the box has acknowledged them all, their resends would compete with the
-        # scans measured below.
+        # The birth marks the box online (the relay publishes to online boxes only) and sends the
+        # store's offline lists (every unit received there: 100 parts at 100,000 units); until the
+        # box has acknowledged them all, their resends would compete with the scans measured below.
         deadline = time.monotonic() + 60
-        while bus.stats.births < 1 and time.monotonic() < deadline:  # noqa: ASYNC110 - a counter the bus fills
-            await asyncio.sleep(0.1)
         while time.monotonic() < deadline:
-            with engine.connect() as c:
-                open_commands = c.execute(sa.text("SELECT count(*) FROM downlink WHERE node = :n AND status IN "
-                                                  "('pending', 'sent')"), {"n": NODE}).scalar_one()
-            if not open_commands:
+            online = _count(engine, "SELECT count(*) FROM nodes WHERE id = :n AND online")
+            if online and not await asyncio.to_thread(_count, engine, open_commands):
                 break
             await asyncio.sleep(0.2)
         rng = random.Random(3)
-        writes_before, cpu_before = writes[0], time.process_time()
+        proc = psutil.Process(worker.pid)
+        cpu_before = time.process_time() + sum(proc.cpu_times()[:2])
         start = time.perf_counter()
         # One counter for scans and acks, as on a box: a seq numbered ahead of the ones still to
         # come looks like a gap to the cloud, which then asks for a rebirth.
@@ -318,21 +321,25 @@ async def end_to_end(engine: sa.Engine, layout: BrokerLayout, pw: dict[str, str]
         while len(got) < n and time.monotonic() < end:  # noqa: ASYNC110 - polling a counter the callback fills
             await asyncio.sleep(0.05)
         # Until the last ack is stored too: what one round trip costs, whatever the machine's load.
-        while bus.stats.acks < len(got) and time.monotonic() < end:  # noqa: ASYNC110
+        while time.monotonic() < end and await asyncio.to_thread(_count, engine, open_commands) > 0:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-        cost = {"write_transactions_per_scan": round((writes[0] - writes_before) / max(1, len(got)), 2),
-                "cpu_ms_per_scan": round((time.process_time() - cpu_before) * 1000 / max(1, len(got)), 2),
-                "commands_published": bus.stats.commands_published, "acks_matched": bus.stats.acks}
+        cpu = time.process_time() + sum(proc.cpu_times()[:2]) - cpu_before
+        cost = {"cpu_ms_per_scan": round(cpu * 1000 / max(1, len(got)), 2),
+                "verdicts_delivered": _count(engine, "SELECT count(*) FROM downlink WHERE node = :n AND type = 'verdict' "
+                                                     "AND status = 'delivered'")}
         acker.cancel()
     finally:
         await box.disconnect()
-        await bus.stop()
-        await task
-    sa.event.remove(engine, "commit", committed)
+        worker.terminate()
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
     lat = [got[k] - sent[k] for k in sent if k in got]
     return {"scans": n, "rate_per_s": rate, "verdicts": len(lat), **percentiles_ms(lat), **cost,
-            "cost_note": "CPU of this process (cloud worker and box), write transactions of the worker, "
-                         "from the first scan until the last verdict's ack is stored"}
+            "cost_note": "CPU of the cloud worker's process and of the box's (this one), from the first scan "
+                         "until the last verdict's ack is stored"}
 
 
 def main() -> None:
@@ -404,7 +411,8 @@ def run(args: argparse.Namespace) -> None:
             result["baseline_round_trip"] = bare_round_trip(
                 layout.port, (NODE, pw[NODE], topics.up(NODE, "scan"), topics.dn(NODE, "verdict")),
                 ("echo", pw["echo"], topics.up(NODE, "scan"), topics.dn(NODE, "verdict")), 300 if args.quick else 1000)
-            result["end_to_end"] = asyncio.run(end_to_end(engine, layout, pw, units, 1_000 if args.quick else 10_000, args.rate))
+            result["end_to_end"] = asyncio.run(end_to_end(engine, layout, pw, units, 1_000 if args.quick else 10_000,
+                                                          args.rate, tmp))
         finally:
             broker.stop()
             engine.dispose()
