@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -17,6 +16,7 @@ pytest.importorskip("kivy")
 
 from kivy.clock import Clock
 
+from kiosk import work
 from kiosk.client import BoxClient
 from kiosk.station import viewmodels
 from kiosk.station.client import StationClient
@@ -285,17 +285,27 @@ def test_a_slow_answer_shows_checking_then_the_verdict(scanned_once: tuple[ScanP
 
 
 def test_an_answer_waiting_when_the_grace_ends_is_drawn_in_the_same_frame(
-        worker: Worker, scanned_once: tuple[ScanPeer, VerifyVM]) -> None:
+        worker: Worker, scanned_once: tuple[ScanPeer, VerifyVM], monkeypatch: pytest.MonkeyPatch) -> None:
     """The UI thread was busy (a frame being drawn) past the grace, and the answer came meanwhile:
     the tick that runs both shows the verdict with the product it already had, nothing to fetch."""
     peer, vm = scanned_once
+    monkeypatch.setattr(viewmodels, "CHECKING_AFTER_S", 0.0)  # over by the next tick
+    handed_over = threading.Event()
+    real = Clock  # the one Kivy clock, which kiosk.work hands answers to
+
+    class HandOver:  # Kivy's clock, telling the test when the worker hands an answer to the UI thread
+        def schedule_once(self, callback: Any, timeout: float = 0) -> Any:
+            event = real.schedule_once(callback, timeout)
+            handed_over.set()
+            return event
+
+    monkeypatch.setattr(work, "Clock", HandOver())
     ticks: list[tuple[int, str]] = []
     vm.bind(tone=lambda _vm, tone: ticks.append((Clock.frames, tone)))
-    started = time.monotonic()
     vm.on_line("]d2010695000000001921A2")
-    while not (worker.pending == 1 and peer.answered == 2 and time.monotonic() - started > 0.06):
-        assert time.monotonic() - started < 10, "the box did not answer"
-        time.sleep(0.005)  # the UI thread busy: no clock tick meanwhile
+    # No clock tick until the answer waits for one: the UI thread is busy meanwhile.
+    assert handed_over.wait(10), "the box did not answer"
+    assert (worker.pending, peer.answered) == (1, 2)
     pump(lambda: vm.shown == 2, what="the second verdict")
     assert len({frame for frame, _tone in ticks}) == 1 and ticks[-1][1] == "provisional"
     assert (vm.product.get("sku"), peer.searches) == ("TEA-LJ-250", 1)
