@@ -168,18 +168,25 @@ def _ledger_row(env: Envelope, item: Incoming) -> dict[str, Any]:
 
 
 def _insert_ledger(
-    conn: Connection, envelopes: dict[Any, tuple[Envelope, Incoming]], out: BatchOutcome, careful: bool
+    conn: Connection, envelopes: dict[Any, tuple[Envelope, Incoming]], out: BatchOutcome, careful: bool,
+    forwarded: dict[str, NodeFacts | None],
 ) -> set[Any]:
     """Insert what is new; return the msg_ids this transaction inserted. Carefully, a row the
     database refuses for its content is retried alone and rejected, so it cannot take its batch
-    down with it; on the first try, it makes the batch start over carefully."""
+    down with it; on the first try, it makes the batch start over carefully. A node fast-forwarded
+    by the same statement goes into `forwarded` (with None when that was tried and did not apply)."""
     stmt = _INSERT_LEDGER[conn.dialect.name]
     pairs = [(_ledger_row(env, item), item) for env, item in envelopes.values()]
     inserted: set[Any] = set()
     if not careful:
         rows = [row for row, _ in pairs]
         if conn.dialect.name == "postgresql":
-            if len(rows) == 1:
+            if len(rows) == 1 and (env := next(iter(envelopes.values()))[0]).type in SEQUENCED:
+                found = conn.execute(_PG_INSERT_ONE_FORWARD, _pg_row(rows[0])).one()
+                if found.msg_id is not None:
+                    inserted.add(found.msg_id)
+                    forwarded[env.node] = NodeFacts.of(found.store_id, found.commands) if found.hit else None
+            elif len(rows) == 1:
                 inserted.update(conn.execute(_PG_INSERT_ONE, _pg_row(rows[0])).scalars())
             else:
                 inserted.update(conn.execute(_PG_INSERT_LEDGER, _pg_columns(rows)).scalars())
@@ -278,7 +285,8 @@ def _store(
         if rejects:
             conn.execute(_REJECTS.insert(), rejects)
         if envelopes:
-            inserted = _insert_ledger(conn, envelopes, out, careful)
+            forwarded: dict[str, NodeFacts | None] = {}
+            inserted = _insert_ledger(conn, envelopes, out, careful, forwarded)
             out.stored = len(inserted)
             new = [(env, item) for msg_id, (env, item) in envelopes.items() if msg_id in inserted]
             dups = [(env, item) for msg_id, (env, item) in envelopes.items() if msg_id not in inserted]
@@ -289,7 +297,7 @@ def _store(
                 # The batch's boxes are connected: what the handlers send them goes out right
                 # after this commit, from this worker, with no claim of its own.
                 with downlink.publish_after_commit(conn, {env.node for env, _ in new}) as hand:
-                    _apply(conn, new, registry, out, careful)
+                    _apply(conn, new, registry, out, careful, forwarded)
                 out.publish = hand.claimed
     # Other commands written by handlers wake the relay by themselves (after this commit); a box
     # that came online may have commands waiting for it.
@@ -298,11 +306,11 @@ def _store(
 
 
 def _apply(conn: Connection, new: list[tuple[Envelope, Incoming]], registry: Registry | None, out: BatchOutcome,
-           careful: bool) -> None:
+           careful: bool, forwarded: dict[str, NodeFacts | None] | None = None) -> None:
     now = max(item.received_at for _, item in new)
     nodes: dict[str, NodeFacts] = {}
     if not careful:
-        nodes = _apply_node_state(conn, new, out)
+        nodes = _apply_node_state(conn, new, out, forwarded or {})
     else:
         try:
             with conn.begin_nested():
@@ -359,10 +367,10 @@ def _add(total: BatchOutcome, one: BatchOutcome) -> None:
 
 
 def _apply_node_state(conn: Connection, messages: list[tuple[Envelope, Incoming]],
-                      out: BatchOutcome) -> dict[str, NodeFacts]:
+                      out: BatchOutcome, forwarded: dict[str, NodeFacts | None] | None = None) -> dict[str, NodeFacts]:
     """Apply the batch to its nodes' rows (seen, sessions, seqs, gaps), each locked until the
     commit; return what the handlers need of each node (its store, its commands), as read under
-    that lock."""
+    that lock. `forwarded`: nodes whose fast-forward the ledger's insert already tried."""
     seen: dict[str, datetime] = {}
     seq_high: dict[str, int] = {}
     seqs: dict[str, set[int]] = {}
@@ -386,7 +394,10 @@ def _apply_node_state(conn: Connection, messages: list[tuple[Envelope, Incoming]
         run = seqs.get(node)
         if run is None or node in with_lifecycle:
             break
-        found = _fast_forward(conn, node, min(run), max(run), len(run), seen[node])
+        if forwarded is not None and node in forwarded:
+            found = forwarded[node]
+        else:
+            found = _fast_forward(conn, node, min(run), max(run), len(run), seen[node])
         if found is None:
             break
         facts[node] = found
@@ -454,6 +465,23 @@ _PG_INSERT_LEDGER = text(
 _PG_INSERT_ONE = text(
     f"INSERT INTO ingested_messages ({', '.join(_PG_COLUMNS)}) VALUES ({', '.join(':' + c for c in _PG_COLUMNS)}) "
     "ON CONFLICT (msg_id) DO NOTHING RETURNING msg_id"
+)
+
+
+# A batch of one sequenced message, the common case of a quiet bus: its ledger row and its node's
+# fast-forward (`_FAST_FORWARD`, the same conditions and values) in one statement, so one round
+# trip fewer a batch. The node's row is updated only if the message was new; `hit` is null when the
+# fast-forward did not apply (a gap, an old seq) and the general path works the node out.
+_PG_INSERT_ONE_FORWARD = text(
+    f"WITH ins AS (INSERT INTO ingested_messages ({', '.join(_PG_COLUMNS)}) "
+    f"VALUES ({', '.join(':' + c for c in _PG_COLUMNS)}) ON CONFLICT (msg_id) DO NOTHING RETURNING msg_id), "
+    "ff AS (UPDATE nodes SET seq_contig = :seq, seq_high = :seq, gap_since = NULL, rebirths = 0, "
+    "gap_abandoned_at = NULL, last_seen = CASE WHEN nodes.last_seen IS NULL OR nodes.last_seen < :received_at "
+    "THEN :received_at ELSE nodes.last_seen END "
+    "WHERE nodes.id = :node AND nodes.seq_contig = :seq - 1 AND nodes.seq_high <= :seq AND EXISTS (SELECT FROM ins) "
+    "RETURNING nodes.store_id, nodes.commands, true AS hit) "
+    "SELECT (SELECT msg_id FROM ins) AS msg_id, ff.store_id, ff.commands, ff.hit FROM (SELECT 1) AS one "
+    "LEFT JOIN ff ON true"
 )
 
 

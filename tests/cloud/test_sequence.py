@@ -43,6 +43,9 @@ CASES = [
     ("a run that ends before the stored top", [[1, 2], [6], [3, 4, 5]], [(2, 2, False), (2, 6, True), (6, 6, False)]),
     ("redelivered seqs change nothing", [[1, 2, 3], [2, 3], [4]], [(3, 3, False), (3, 3, False), (4, 4, False)]),
     ("out of order within a batch", [[3, 1, 2]], [(3, 3, False)]),
+    # Batches of one: on PostgreSQL the ledger's INSERT tries the fast path in the same statement.
+    ("an old seq alone", [[1], [2], [1], [3]], [(1, 1, False), (2, 2, False), (2, 2, False), (3, 3, False)]),
+    ("a seq ahead alone, then the missing one alone", [[1], [3], [2]], [(1, 1, False), (1, 3, True), (3, 3, False)]),
     ("first message is not seq 1", [[2, 3]], [(0, 3, True)]),
 ]
 
