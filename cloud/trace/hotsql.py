@@ -11,7 +11,7 @@ skips the per-execution machinery. It runs in the caller's transaction, on its c
 Only plain statements: no expanding `IN`, no literal-execute parameters, no Python-side column
 defaults (each is refused when compiled). `InsertRows` and `UpdateRows` write a batch's rows in one
 statement each the same way (rows of `VALUES` / an executemany on SQLite, one array per column and
-`unnest` on PostgreSQL). SQLAlchemy's cursor events do not see these statements;
+`unnest` on PostgreSQL); `InsertRowsUpdating` does both in one statement on PostgreSQL. SQLAlchemy's cursor events do not see these statements;
 `tests/trace/test_statements.py` counts them at the driver.
 """
 
@@ -28,7 +28,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.expression import ClauseElement
 
-__all__ = ["InsertRows", "Prepared", "UpdateRows"]
+__all__ = ["InsertRows", "InsertRowsUpdating", "Prepared", "UpdateRows"]
 
 _NAMED = re.compile(r"%\((\w+)\)s")
 """A pyformat placeholder (psycopg's, as SQLAlchemy renders it): made positional (`%s`) in a multi-row INSERT."""
@@ -253,6 +253,7 @@ class InsertRows:
             values = values.returning(*[table.c[c] for c in returning])
             unnest = unnest.returning(*[table.c[c] for c in returning])
         self._values, self._unnest = Prepared(values), Prepared(unnest, binary=True)
+        self.unnest_statement = unnest
 
     def run(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
         """Insert `rows` (each a mapping with every column); the RETURNING rows as the driver gives
@@ -305,3 +306,37 @@ class UpdateRows:
             self._unnest.execute(conn, columns)
             return
         self._one.execute_columns(conn, {**columns, "key_": columns[self._key]})
+
+
+class InsertRowsUpdating:
+    """PostgreSQL: an `InsertRows` and an `UpdateRows` of another table in one statement, each
+    updated row taking the key of the inserted row it names (a scan's unit points at the scan):
+    `WITH s AS (INSERT … RETURNING) UPDATE … FROM unnest(…) JOIN s`. Both run whether or not the
+    other changed anything, and the statement returns the insert's RETURNING rows. One round trip
+    instead of two, for the verification's every batch."""
+
+    def __init__(self, insert: InsertRows, match: str, table: Table, key: str, pointer: str, columns: Sequence[str],
+                 ) -> None:
+        """`match`: the inserted rows' unique column an updated row names (it must be RETURNED);
+        `pointer`: the updated table's column that takes the inserted row's first RETURNING column."""
+        self._insert_columns = insert.columns
+        ins = insert.unnest_statement.cte("s")
+        inserted_table = insert.unnest_statement.table
+        arrays = func.unnest(
+            bindparam("u_" + key, type_=_array_of(table, key)),
+            bindparam("u_" + match, type_=_array_of(inserted_table, match)),  # type: ignore[arg-type]
+            *[bindparam("u_" + c, type_=_array_of(table, c)) for c in columns],
+        ).table_valued(key, match, *columns).render_derived(name="w")
+        returned = list(ins.c)
+        upd = (update(table).where(table.c[key] == arrays.c[key], arrays.c[match] == ins.c[match])
+               .values({pointer: returned[0], **{c: arrays.c[c] for c in columns}}).cte("u"))
+        self._statement = Prepared(select(*returned).add_cte(upd), binary=True)
+
+    def run_tuples(self, conn: Connection, rows: Sequence[Sequence[Any]], updates: Mapping[str, Sequence[Any]],
+                   ) -> list[Any]:
+        """Insert `rows` (tuples in the insert's column order) and update by `updates` (the update's
+        columns without their `u_` prefix → one value per updated row; the match column names the
+        inserted row each takes); the insert's RETURNING rows as the driver gives them."""
+        params: dict[str, Any] = dict(zip(self._insert_columns, map(list, zip(*rows, strict=True)), strict=True))
+        params.update({"u_" + c: list(v) for c, v in updates.items()})
+        return self._statement.raw(conn, params)

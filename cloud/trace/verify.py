@@ -31,7 +31,7 @@ import gs1
 from broker.payloads import ParsedCode, ScanPurpose, VerdictClass, VerdictData, VerdictRule
 from cloud.models import Region, Store
 from cloud.trace.events import EPCS, EVENTS, LOCATIONS, UNITS
-from cloud.trace.hotsql import InsertRows, Prepared, UpdateRows
+from cloud.trace.hotsql import InsertRows, InsertRowsUpdating, Prepared, UpdateRows
 from cloud.trace.keys import case_key, unit_key
 from cloud.trace.models import Alert, Recall, Scan
 from cloud.trace.rules import TraceRules
@@ -251,6 +251,18 @@ def _write_unit(columns: tuple[str, ...]) -> UpdateRows:
     return found
 
 
+_writes_with_scans: dict[tuple[str, ...], InsertRowsUpdating] = {}
+
+
+def _write_scans_and_units(columns: tuple[str, ...]) -> InsertRowsUpdating:
+    """PostgreSQL: `_INSERT_SCANS` and `_write_unit(columns)` as one statement, built once each."""
+    found = _writes_with_scans.get(columns)
+    if found is None:
+        found = _writes_with_scans[columns] = InsertRowsUpdating(_INSERT_SCANS, "msg_id", UNITS, "id", "last_scan_id",
+                                                                 columns)
+    return found
+
+
 class _Unit:
     """A unit as `_UNIT_BY_KEY` reads it, changed in memory by each scan of the batch in turn."""
 
@@ -380,15 +392,24 @@ def _verify_set(conn: Connection, scans: Sequence[ScanIn], codes: Sequence[gs1.C
             if event is not None:
                 events.append((len(rows) - 1, event))
         decided.append((i, data, loc))
-    # One multi-row INSERT … RETURNING each; its rows are matched back by their unique msg_id /
-    # eventID (asking SQLAlchemy to return them in order made it insert them one by one on SQLite).
-    by_msg = {_uuid_hex(msg_id): scan_id for scan_id, msg_id in _INSERT_SCANS.run_tuples(conn, rows)}
-    ids = [by_msg[r[0].hex] for r in rows]
     # Only the columns the batch's scans changed, as `_effects` writes them: a column written back
     # unchanged could undo what another worker wrote to the unit since the read (PostgreSQL).
     by_columns: dict[tuple[str, ...], list[_Unit]] = {}
     for u in touched.values():
         by_columns.setdefault(tuple(c for c in _UNIT_STATE if c in u.changed), []).append(u)
+    # One multi-row INSERT … RETURNING each; its rows are matched back by their unique msg_id /
+    # eventID (asking SQLAlchemy to return them in order made it insert them one by one on SQLite).
+    if conn.dialect.name == "postgresql" and len(by_columns) == 1:
+        # The common case (every unit of the batch changed alike): scans and units in one statement.
+        [(columns, group)] = by_columns.items()
+        returned = _write_scans_and_units(columns).run_tuples(conn, rows, {
+            "id": [u.id for u in group], "msg_id": [rows[last_scan[u.id]][0] for u in group],
+            **{c: [getattr(u, c) for u in group] for c in columns}})
+        by_columns = {}
+    else:
+        returned = _INSERT_SCANS.run_tuples(conn, rows)
+    by_msg = {_uuid_hex(msg_id): scan_id for scan_id, msg_id in returned}
+    ids = [by_msg[r[0].hex] for r in rows]
     for columns, group in by_columns.items():
         _write_unit(columns).run_columns(conn, {
             "id": [u.id for u in group], "last_scan_id": [ids[last_scan[u.id]] for u in group],

@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from broker.payloads import ScanPurpose, VerdictClass
 from cloud.access.service import write_session
 from cloud.trace import hotsql
+from cloud.trace.events import UNITS
 from cloud.trace.models import Alert, Scan
 from cloud.trace.rules import TraceRules
 from cloud.trace.verify import ScanIn, verify_many
@@ -68,10 +69,31 @@ def test_a_batch_is_a_few_statements_on_postgresql_too(places: tuple[Engine, int
         with write_session(eng) as s, s.begin():
             verify_many(s.connection(), scans(loc, batch, purpose), TraceRules(), T0)
         writes = [q for q in statements if not q.startswith(("BEGIN", "COMMIT", "SAVEPOINT", "RELEASE"))]
-        expected = ["SELECT trace_units.id, trace_units.gtin,", "INSERT INTO trace_scans", "UPDATE trace_units SET"]
+        # The scans and their units' changes (all alike in each batch) are one statement: an INSERT
+        # of the scans with the UPDATE of their units in a `WITH`.
+        expected = ["SELECT trace_units.id, trace_units.gtin,", "WITH s AS"]
         if purpose is ScanPurpose.SELL:
             expected += ["INSERT INTO trace_events", "INSERT INTO trace_event_epcs", "INSERT INTO trace_alerts"]
         assert writes == expected, writes
+
+
+def test_each_unit_points_at_its_own_last_scan_of_the_batch(places: tuple[Engine, int, int]) -> None:  # noqa: F811
+    """Units that all change alike are written with their scans in one statement on PostgreSQL:
+    each unit takes the id of its own last scan (A1 is scanned twice), and its new state."""
+    eng, loc, _b = places
+    with write_session(eng) as s, s.begin():
+        verdicts = verify_many(s.connection(), scans(loc, ["A1", "A2"], ScanPurpose.SELL), TraceRules(), T0)
+        assert [v.data.verdict for v in verdicts] == [VerdictClass.GENUINE, VerdictClass.GENUINE]
+    with write_session(eng) as s, s.begin():
+        verdicts = verify_many(s.connection(), scans(loc, ["A1", "A4", "A1"]), TraceRules(), T0)
+    with eng.connect() as c:
+        units = {r.serial: (r.state, r.last_scan_id, r.seen_location_id)
+                 for r in c.execute(sa.select(UNITS).where(UNITS.c.serial.in_(["A1", "A2", "A4"])))}
+        stored = {r.id: r.msg_id for r in c.execute(sa.select(SCANS.c.id, SCANS.c.msg_id))}
+    assert units["A1"] == ("sold", verdicts[2].scan_row, loc)
+    assert units["A4"] == ("received", verdicts[1].scan_row, loc)
+    assert units["A2"][0] == "sold" and units["A2"][1] not in {v.scan_row for v in verdicts}
+    assert [stored[v.scan_row] for v in verdicts] == [v.data.scan_id for v in verdicts]
 
 
 def test_a_batch_over_several_inserts_matches_every_row_to_its_scan(places: tuple[Engine, int, int],  # noqa: F811
