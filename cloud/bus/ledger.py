@@ -26,6 +26,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Table,
+    TextClause,
     bindparam,
     case,
     func,
@@ -169,12 +170,12 @@ def _ledger_row(env: Envelope, item: Incoming) -> dict[str, Any]:
 
 def _insert_ledger(
     conn: Connection, envelopes: dict[Any, tuple[Envelope, Incoming]], out: BatchOutcome, careful: bool,
-    forwarded: dict[str, NodeFacts | None],
+    done: _Done,
 ) -> set[Any]:
     """Insert what is new; return the msg_ids this transaction inserted. Carefully, a row the
     database refuses for its content is retried alone and rejected, so it cannot take its batch
-    down with it; on the first try, it makes the batch start over carefully. A node fast-forwarded
-    by the same statement goes into `forwarded` (with None when that was tried and did not apply)."""
+    down with it; on the first try, it makes the batch start over carefully. What the same
+    statement did for a batch of one goes into `done`."""
     stmt = _INSERT_LEDGER[conn.dialect.name]
     pairs = [(_ledger_row(env, item), item) for env, item in envelopes.values()]
     inserted: set[Any] = set()
@@ -182,10 +183,19 @@ def _insert_ledger(
         rows = [row for row, _ in pairs]
         if conn.dialect.name == "postgresql":
             if len(rows) == 1 and (env := next(iter(envelopes.values()))[0]).type in SEQUENCED:
-                found = conn.execute(_PG_INSERT_ONE_FORWARD, _pg_row(rows[0])).one()
+                ack = env.data if isinstance(env.data, p.AckData) and env.corr is not None else None
+                if ack is None:
+                    found = conn.execute(_PG_INSERT_ONE_FORWARD, _pg_row(rows[0])).one()
+                else:
+                    assert env.corr is not None
+                    found = conn.execute(_PG_INSERT_ONE_FORWARD_ACK, {
+                        **_pg_row(rows[0]), **downlink.ack_one_params(env.node, env.corr, ack, pairs[0][1].received_at)
+                    }).one()
                 if found.msg_id is not None:
                     inserted.add(found.msg_id)
-                    forwarded[env.node] = NodeFacts.of(found.store_id, found.commands) if found.hit else None
+                    done.nodes[env.node] = NodeFacts.of(found.store_id, found.commands) if found.hit else None
+                    if ack is not None and found.acked:
+                        done.acked[(env.node, env.corr)] = found.engine
             elif len(rows) == 1:
                 inserted.update(conn.execute(_PG_INSERT_ONE, _pg_row(rows[0])).scalars())
             else:
@@ -285,8 +295,8 @@ def _store(
         if rejects:
             conn.execute(_REJECTS.insert(), rejects)
         if envelopes:
-            forwarded: dict[str, NodeFacts | None] = {}
-            inserted = _insert_ledger(conn, envelopes, out, careful, forwarded)
+            done = _Done()
+            inserted = _insert_ledger(conn, envelopes, out, careful, done)
             out.stored = len(inserted)
             new = [(env, item) for msg_id, (env, item) in envelopes.items() if msg_id in inserted]
             dups = [(env, item) for msg_id, (env, item) in envelopes.items() if msg_id not in inserted]
@@ -297,7 +307,7 @@ def _store(
                 # The batch's boxes are connected: what the handlers send them goes out right
                 # after this commit, from this worker, with no claim of its own.
                 with downlink.publish_after_commit(conn, {env.node for env, _ in new}) as hand:
-                    _apply(conn, new, registry, out, careful, forwarded)
+                    _apply(conn, new, registry, out, careful, done)
                 out.publish = hand.claimed
     # Other commands written by handlers wake the relay by themselves (after this commit); a box
     # that came online may have commands waiting for it.
@@ -306,11 +316,11 @@ def _store(
 
 
 def _apply(conn: Connection, new: list[tuple[Envelope, Incoming]], registry: Registry | None, out: BatchOutcome,
-           careful: bool, forwarded: dict[str, NodeFacts | None] | None = None) -> None:
+           careful: bool, done: _Done | None = None) -> None:
     now = max(item.received_at for _, item in new)
     nodes: dict[str, NodeFacts] = {}
     if not careful:
-        nodes = _apply_node_state(conn, new, out, forwarded or {})
+        nodes = _apply_node_state(conn, new, out, done.nodes if done else None)
     else:
         try:
             with conn.begin_nested():
@@ -325,7 +335,10 @@ def _apply(conn: Connection, new: list[tuple[Envelope, Incoming]], registry: Reg
     acks = [(msg.node, msg.corr, msg.data) for msg in messages if isinstance(msg.data, p.AckData)]
     engines: dict[tuple[str, Any], str] = {}
     if acks:
-        applied = downlink.apply_acks(conn, acks, now)
+        if done is not None and done.acked:
+            applied = downlink.AcksApplied(len(done.acked), done.acked)  # closed by the ledger's statement
+        else:
+            applied = downlink.apply_acks(conn, acks, now)
         out.acks += applied.matched
         engines = applied.engines
     if registry:
@@ -469,20 +482,41 @@ _PG_INSERT_ONE = text(
 
 
 # A batch of one sequenced message, the common case of a quiet bus: its ledger row and its node's
-# fast-forward (`_FAST_FORWARD`, the same conditions and values) in one statement, so one round
-# trip fewer a batch. The node's row is updated only if the message was new; `hit` is null when the
-# fast-forward did not apply (a gap, an old seq) and the general path works the node out.
-_PG_INSERT_ONE_FORWARD = text(
-    f"WITH ins AS (INSERT INTO ingested_messages ({', '.join(_PG_COLUMNS)}) "
-    f"VALUES ({', '.join(':' + c for c in _PG_COLUMNS)}) ON CONFLICT (msg_id) DO NOTHING RETURNING msg_id), "
-    "ff AS (UPDATE nodes SET seq_contig = :seq, seq_high = :seq, gap_since = NULL, rebirths = 0, "
-    "gap_abandoned_at = NULL, last_seen = CASE WHEN nodes.last_seen IS NULL OR nodes.last_seen < :received_at "
-    "THEN :received_at ELSE nodes.last_seen END "
-    "WHERE nodes.id = :node AND nodes.seq_contig = :seq - 1 AND nodes.seq_high <= :seq AND EXISTS (SELECT FROM ins) "
-    "RETURNING nodes.store_id, nodes.commands, true AS hit) "
-    "SELECT (SELECT msg_id FROM ins) AS msg_id, ff.store_id, ff.commands, ff.hit FROM (SELECT 1) AS one "
-    "LEFT JOIN ff ON true"
-)
+# fast-forward (`_FAST_FORWARD`, the same conditions and values) in one statement, and for an ack
+# the closing of its command too (`downlink.PG_ACK_ONE`): one or two round trips fewer a batch.
+# The node and the command are changed only if the message was new, in that order (the main query
+# reads `ff`, then `ack`), the order of the batches that take them one statement at a time. `hit`
+# is null when the fast-forward did not apply (a gap, an old seq): the general path works the node
+# out; `acked` is null when the ack closed nothing (`apply_acks` then says why).
+def _pg_insert_one_forward(ack: bool) -> TextClause:
+    acks = (f", ack AS ({downlink.PG_ACK_ONE} AND EXISTS (SELECT FROM ins) RETURNING engine, true AS acked) "
+            if ack else " ")
+    return text(
+        f"WITH ins AS (INSERT INTO ingested_messages ({', '.join(_PG_COLUMNS)}) "
+        f"VALUES ({', '.join(':' + c for c in _PG_COLUMNS)}) ON CONFLICT (msg_id) DO NOTHING RETURNING msg_id), "
+        "ff AS (UPDATE nodes SET seq_contig = :seq, seq_high = :seq, gap_since = NULL, rebirths = 0, "
+        "gap_abandoned_at = NULL, last_seen = CASE WHEN nodes.last_seen IS NULL OR nodes.last_seen < :received_at "
+        "THEN :received_at ELSE nodes.last_seen END "
+        "WHERE nodes.id = :node AND nodes.seq_contig = :seq - 1 AND nodes.seq_high <= :seq AND EXISTS (SELECT FROM ins) "
+        f"RETURNING nodes.store_id, nodes.commands, true AS hit){acks}"
+        f"SELECT (SELECT msg_id FROM ins) AS msg_id, ff.store_id, ff.commands, ff.hit"
+        f"{', ack.engine, ack.acked' if ack else ''} FROM (SELECT 1) AS one LEFT JOIN ff ON true"
+        f"{' LEFT JOIN ack ON true' if ack else ''}"
+    )
+
+
+_PG_INSERT_ONE_FORWARD = _pg_insert_one_forward(ack=False)
+_PG_INSERT_ONE_FORWARD_ACK = _pg_insert_one_forward(ack=True)
+
+
+@dataclass
+class _Done:
+    """What the ledger's statement of a one-message batch did beyond the row (PostgreSQL)."""
+
+    nodes: dict[str, NodeFacts | None] = field(default_factory=dict)
+    """Nodes whose fast-forward was tried: their facts, or None when it did not apply."""
+    acked: dict[tuple[str, Any], str] = field(default_factory=dict)
+    """(node, corr) → the engine that sent the command the batch's ack closed."""
 
 
 def _pg_columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
