@@ -477,6 +477,38 @@ def test_an_ack_reaches_only_the_engine_that_sent_the_command(engine: Engine) ->
     assert {r.data["name"]: r.status for r in _rows(engine)} == {"mine": "delivered", "x": "delivered"}
 
 
+def test_acks_each_alone_in_its_batch_close_as_a_batch_of_them_would(engine: Engine) -> None:
+    """A batch of one ack closes its command in the ledger's own statement on PostgreSQL: a refusal
+    with its reason, another box's command left open, a repeat still reaching the sender's engine
+    (and no other), an ack that came twice stored once."""
+    with Session(engine) as s, s.begin():
+        s.add_all([Node(id="st1-k1", online=True), Node(id="st1-k2", online=True)])
+    with write_transaction(engine) as conn:
+        mine = downlink.send(conn, "st1-k1", MessageType.COMMAND, CommandData(name="mine"), engine="hand")
+        refused = downlink.send(conn, "st1-k1", MessageType.COMMAND, CommandData(name="refused"), engine="hand")
+        theirs = downlink.send(conn, "st1-k2", MessageType.COMMAND, CommandData(name="theirs"), engine="hand")
+        other = downlink.send(conn, "st1-k1", MessageType.COMMAND, CommandData(name="other"), engine="other")
+    seen: list[Any] = []
+    reg = Registry()
+    reg.add(MessageType.ACK, Call("hand", "on_ack", lambda _ctx, msg: seen.append(msg.corr)))
+
+    def ack(seq: int, corr: Any, data: AckData) -> Incoming:
+        env = Envelope(type=MessageType.ACK, node="st1-k1", session=1, seq=seq, corr=corr, data=data)
+        return Incoming("shelf/v1/up/st1-k1/ack", encode(env), datetime.now(UTC))
+
+    batches = [ack(1, mine, AckData(ok=True)), ack(2, refused, AckData(ok=False, detail="no paper")),
+               ack(3, theirs, AckData(ok=True)), ack(4, other, AckData(ok=True)), ack(5, mine, AckData(ok=True))]
+    outcomes = [store_batch(engine, [item], reg) for item in batches]
+    again = store_batch(engine, [batches[0]], reg)  # the broker delivered the first one again
+    assert [o.acks for o in outcomes] == [1, 1, 0, 1, 0] and (again.stored, again.duplicates) == (0, 1)
+    assert seen == [mine, refused, mine]  # the repeat too; not `other`'s, nor another box's
+    assert {r.data["name"]: (r.status, r.detail) for r in _rows(engine)} == {
+        "mine": ("delivered", None), "refused": ("failed", "no paper"), "theirs": ("pending", None),
+        "other": ("delivered", None)}
+    with engine.connect() as c:
+        assert c.execute(select(Node.seq_contig).where(Node.id == "st1-k1")).scalar_one() == 5
+
+
 # -- a worker killed between its commit and its publish --------------------------------------------
 
 
