@@ -254,6 +254,13 @@ class InsertRows:
             unnest = unnest.returning(*[table.c[c] for c in returning])
         self._values, self._unnest = Prepared(values), Prepared(unnest, binary=True)
         self.unnest_statement = unnest
+        # One row with plain values, for PostgreSQL (`InsertRowsUpdating`): psycopg dumps each
+        # array in Python, looking up its element type per array; for one row that cost more CPU
+        # than the statement.
+        self.one_statement = table.insert().values(
+            {c: cast(bindparam(c, type_=String()), table.c[c].type) if c in texts else bindparam(c) for c in columns})
+        if returning:
+            self.one_statement = self.one_statement.returning(*[table.c[c] for c in returning])
 
     def run(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
         """Insert `rows` (each a mapping with every column); the RETURNING rows as the driver gives
@@ -320,6 +327,7 @@ class InsertRowsUpdating:
         """`match`: the inserted rows' unique column an updated row names (it must be RETURNED);
         `pointer`: the updated table's column that takes the inserted row's first RETURNING column."""
         self._insert_columns = insert.columns
+        self._update_columns = (key, match, *columns)
         ins = insert.unnest_statement.cte("s")
         inserted_table = insert.unnest_statement.table
         arrays = func.unnest(
@@ -331,12 +339,24 @@ class InsertRowsUpdating:
         upd = (update(table).where(table.c[key] == arrays.c[key], arrays.c[match] == ins.c[match])
                .values({pointer: returned[0], **{c: arrays.c[c] for c in columns}}).cte("u"))
         self._statement = Prepared(select(*returned).add_cte(upd), binary=True)
+        # One row updated after one inserted, with plain values (see `InsertRows.one_statement`).
+        one = insert.one_statement.cte("s")
+        returned = list(one.c)
+        upd = (update(table).where(table.c[key] == bindparam("u_" + key, type_=table.c[key].type),
+                                   one.c[match] == bindparam("u_" + match, type_=inserted_table.c[match].type))
+               .values({pointer: returned[0], **{c: bindparam("u_" + c, type_=table.c[c].type) for c in columns}})
+               .cte("u"))
+        self._one = Prepared(select(*returned).add_cte(upd))
 
     def run_tuples(self, conn: Connection, rows: Sequence[Sequence[Any]], updates: Mapping[str, Sequence[Any]],
                    ) -> list[Any]:
         """Insert `rows` (tuples in the insert's column order) and update by `updates` (the update's
         columns without their `u_` prefix → one value per updated row; the match column names the
         inserted row each takes); the insert's RETURNING rows as the driver gives them."""
+        if len(rows) == 1 and len(updates[self._update_columns[0]]) == 1:
+            one = dict(zip(self._insert_columns, rows[0], strict=True))
+            one.update({"u_" + c: updates[c][0] for c in self._update_columns})
+            return self._one.raw(conn, one)
         params: dict[str, Any] = dict(zip(self._insert_columns, map(list, zip(*rows, strict=True)), strict=True))
         params.update({"u_" + c: list(v) for c, v in updates.items()})
         return self._statement.raw(conn, params)

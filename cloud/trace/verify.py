@@ -303,6 +303,9 @@ def _read_units(conn: Connection, keys: Sequence[tuple[str, str]]) -> dict[tuple
     dialect = conn.dialect.name
     if dialect == "sqlite":
         rows = _UNITS_BY_KEYS[dialect].dicts(conn, {"keys": json.dumps(keys)})
+    elif dialect == "postgresql" and len(keys) == 1:
+        # A quiet bus's batch: plain values (psycopg dumps each array in Python, costlier than the read).
+        rows = _UNIT_BY_KEY.dicts(conn, {"gtin": keys[0][0], "serial": keys[0][1]})
     elif dialect == "postgresql":
         rows = _UNITS_BY_KEYS[dialect].dicts(conn, {"gtins": [g for g, _s in keys], "serials": [s for _g, s in keys]})
     else:

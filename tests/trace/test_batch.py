@@ -154,10 +154,16 @@ def test_a_batch_stores_each_evidence_as_its_json_byte_for_byte(places: tuple[En
                       msg_id=uuid.uuid4(), location_id=None) for c, m in ((code("B1"), 5), ("09506000134352", 0))]
     with write_session(eng) as s, s.begin():
         many = verify_many(s.connection(), [*scenario("B", loc_a, loc_b), *nowhere], rules, now)
+    alone = []  # batches of one (plain values rather than arrays on PostgreSQL)
+    for k, serial in enumerate(["B1", "B2", "B5", "B7", "Z9"]):
+        scan = ScanIn(code=code(serial), station="till-4", purpose=ScanPurpose.VERIFY, msg_id=uuid.uuid4(),
+                      at=T0 + timedelta(minutes=2, seconds=k), node="n1", location_id=loc_a, position=(2, k))
+        with write_session(eng) as s, s.begin():
+            alone += verify_many(s.connection(), [scan], rules, now)
     scans = Scan.__table__
     with eng.connect() as c:
         stored: dict[int, str] = dict(c.execute(sa.select(scans.c.id, sa.cast(scans.c.evidence, sa.Text))).all())
-    for v in [*one, *many]:
+    for v in [*one, *many, *alone]:
         assert stored[v.scan_row] == json.dumps(v.data.evidence), v.data.rule
     assert [json.loads(stored[v.scan_row])["location"] for v in many[-2:]] == [None, None]
     assert many[-1].data.verdict is VerdictClass.UNTRACKED and many[-2].data.evidence["scanned_at"].endswith(".000005+00:00")
