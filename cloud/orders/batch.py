@@ -42,11 +42,11 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
-from types import MappingProxyType
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -79,8 +79,6 @@ MAX_PASSES = 6
 trying many rules asks for one more read per rule at most)."""
 
 Pair = tuple[int, str]
-_NONE: Mapping[str, int] = MappingProxyType({})
-"""The stock of a candidate with none of the order's SKUs, shared (read only)."""
 
 
 class NeedData(Exception):
@@ -156,11 +154,11 @@ class BatchPool(Pool):
         if missing:
             reads.want_pairs.update(missing)
             raise NeedData
-        atp, taken, held = reads.atp, reads.taken, reads.held_at
+        atp, taken, held, mine = reads.atp, reads.taken, reads.held_at, self._atp
         for i in todo:
-            # `Reads.left`, inlined: this runs for every candidate of every order.
-            self._atp[i] = {s: max(0, atp.get((i, s), 0) - taken.get((i, s), 0)) for s in skus} \
-                if i in held else _NONE
+            if i in held:  # elsewhere (most of them) none of the SKUs: no entry, as `_fill` leaves it
+                # `Reads.left`, inlined: this runs for every candidate of every order.
+                mine[i] = {s: max(0, atp.get((i, s), 0) - taken.get((i, s), 0)) for s in skus}
         self._read.update(todo)
 
     def stocked(self, mode: str, k: int, *, lock: bool = False) -> list[Candidate]:
@@ -378,7 +376,30 @@ def _write(conn: Connection, table: Table, rows: list[dict[str, Any]], *, stmt: 
     if kind == "update":
         cols = ("_order", *(c for c in cols if c != "_order"))
     sql, procs = _json_sql(conn, table, cols, kind, suffix)
-    data = [[r[c] if p is None or r[c] is None else p(r[c]) for c, p in zip(cols, procs, strict=True)] for r in rows]
+    # A row's values as a tuple (one C call), then only the columns with a bind processor converted:
+    # a Python step per cell of every row cost more than the rest of writing it.
+    cells = itemgetter(*cols) if len(cols) > 1 else lambda r: (r[cols[0]],)
+    todo = [(n, p) for n, p in enumerate(procs) if p is not None]
+    if not todo:
+        data: list[Any] = [cells(r) for r in rows]
+    else:
+        data = []
+        # Processed datetimes by value: the rows of a batch share one `now` (equal aware datetimes
+        # give the same UTC instant through the processor, and `_plain` its text).
+        seen: dict[datetime, str] = {}
+        for r in rows:
+            row = list(cells(r))
+            for n, p in todo:
+                v = row[n]
+                if v is not None:
+                    if isinstance(v, datetime):
+                        got = seen.get(v)
+                        if got is None:
+                            got = seen[v] = _plain(p(v))
+                        row[n] = got
+                    else:
+                        row[n] = p(v)
+            data.append(row)
     return conn.execute(sql, {"rows": json.dumps(data, default=_plain)})
 
 

@@ -230,7 +230,13 @@ def nearest_holding(locs: Locations, ids: np.ndarray[Any, Any], lat: float, lon:
     if not len(ids):
         return [], []
     d = np.linalg.norm(locs.vectors[locs.row_of[ids]] - unit_vectors(lat, lon), axis=1)
-    chosen = ids[np.argsort(d, kind="stable")[:n]]
+    if len(d) > 2 * n:
+        # Sorting only those within the n-th distance (ties kept in id order, as the stable sort of
+        # them all would): a split order's SKU has thousands of holders at full size.
+        near = np.flatnonzero(d <= np.partition(d, n - 1)[n - 1])
+        chosen = ids[near[np.argsort(d[near], kind="stable")[:n]]]
+    else:
+        chosen = ids[np.argsort(d, kind="stable")[:n]]
     figures: list[list[int]] = []
     for held, values in columns:
         if not len(held):
@@ -390,21 +396,27 @@ class Pool:
 
     def _candidates(self, ids: Sequence[int]) -> list[Candidate]:
         """`ids` as candidates, from the stock and today's use already read."""
-        get, make = self._made.get, self._make
-        out = [get(i) or make(i) for i in ids]
-        return [c for c in out if c is not None]
+        made, base, atp, capacity = self._made, self.locs.base, self._atp, self.locs.capacity
+        out: list[Candidate] = []
+        for i in ids:
+            c = made.get(i)
+            if c is None:
+                c = base.get(i)
+                if c is None:
+                    continue
+                if i in capacity or atp.get(i):
+                    c = self._make(i, c)
+                else:
+                    # `_make`'s commonest case inlined (a call per candidate of every pass cost more
+                    # than the rest of building the list): nothing of the order there, no capacity.
+                    made[i] = c
+            out.append(c)
+        return out
 
-    def _make(self, i: int) -> Candidate | None:
-        b = self.locs.base.get(i)
-        if b is None:
-            return None
+    def _make(self, i: int, b: Candidate) -> Candidate:
+        """Location `i` (`b` as loaded) with the stock read and its capacity left today."""
         cap = self.locs.capacity.get(i)
         atp = self._atp.get(i)
-        if cap is None and not atp:
-            # Most of an order's nearest hold none of its SKUs: the location as loaded is that
-            # candidate already (no stock, no capacity to count).
-            self._made[i] = b
-            return b
         # The location as loaded with its stock and capacity left: a copy of its fields (the
         # dataclass's frozen __init__ sets them one by one, and this runs for every holder chosen).
         c: Candidate = object.__new__(Candidate)

@@ -127,7 +127,7 @@ def _distances(order: OrderIn, candidates: Sequence[Candidate]) -> list[float | 
     p1, p2 = np.radians(order.lat), np.radians(lat)
     h = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(np.radians(lon - order.lon) / 2) ** 2
     km = 2 * EARTH_KM * np.arcsin(np.minimum(1.0, np.sqrt(h)))
-    return [round(float(d), 3) for d in km]
+    return [round(d, 3) for d in km.tolist()]  # Python floats: rounding numpy scalars one by one cost more
 
 
 def _value(f: FilterField, order: OrderIn, c: Candidate, dist: float | None) -> Any:
