@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -91,9 +91,9 @@ class Reads:
 
     atp: dict[Pair, int] = field(default_factory=dict)
     """Available to promise as read (a pair read but without a row: 0)."""
-    held_at: set[int] = field(default_factory=set)
-    """Locations where some SKU read had some available (elsewhere every pair read is 0: most of an
-    order's nearest hold none of its SKUs)."""
+    held_by: dict[str, set[int]] = field(default_factory=dict)
+    """Per SKU, the locations where it had some available when read (elsewhere every pair read is
+    0: most of an order's nearest hold none of its SKUs)."""
     taken: dict[Pair, int] = field(default_factory=dict)
     """Planned by the orders of the batch planned so far."""
     want_pairs: set[Pair] = field(default_factory=set)
@@ -114,6 +114,11 @@ class Reads:
     used_batch: dict[int, int] = field(default_factory=dict)
     """… and those of the batch's orders planned so far."""
     want_used: set[int] = field(default_factory=set)
+
+    def holding(self, skus: Iterable[str]) -> set[int]:
+        """The locations read with some of one of `skus` available."""
+        by = self.held_by
+        return set().union(*(by.get(s, ()) for s in skus))
 
     def left(self, loc: int, sku: str) -> int:
         return max(0, self.atp.get((loc, sku), 0) - self.taken.get((loc, sku), 0))
@@ -154,7 +159,8 @@ class BatchPool(Pool):
         if missing:
             reads.want_pairs.update(missing)
             raise NeedData
-        atp, taken, held, mine = reads.atp, reads.taken, reads.held_at, self._atp
+        atp, taken, mine = reads.atp, reads.taken, self._atp
+        held = reads.holding(skus)
         for i in todo:
             if i in held:  # elsewhere (most of them) none of the SKUs: no entry, as `_fill` leaves it
                 # `Reads.left`, inlined: this runs for every candidate of every order.
@@ -282,7 +288,7 @@ def _fetch(conn: Connection, reads: Reads, now: datetime) -> None:
         for loc, sku, atp in conn.execute(_PAIRS[dialect], params).all():
             reads.atp[(loc, sku)] = max(0, int(atp))
             if atp >= 1:
-                reads.held_at.add(loc)
+                reads.held_by.setdefault(sku, set()).add(loc)
         reads.want_pairs.clear()
         reads.want_groups.clear()
     if reads.want_all:
@@ -596,11 +602,12 @@ def _plan(conn: Connection, entries: list[_Entry], ruleset: RuleSet, locs: Locat
     # all the SKUs of the orders none of whose nearest can fill, and the holders of each SKU of the
     # orders whose nearest cannot even cover it together (they will be split further out). Only a
     # guess at what planning will ask for: what it misses, it asks for (`NeedData`).
-    atp, held_at = reads.atp, reads.held_at
+    atp = reads.atp
     for e in entries:
         want = e.want
         if e.nearest is None:
             continue
+        held_at = reads.holding(s for s, _ in want.lines)
         held = [i for i in e.nearest if i in held_at]
         if any(all(atp.get((i, s), 0) >= q for s, q in want.lines) for i in held):
             continue

@@ -399,17 +399,19 @@ class Pool:
         made, base, atp, capacity = self._made, self.locs.base, self._atp, self.locs.capacity
         out: list[Candidate] = []
         for i in ids:
-            c = made.get(i)
-            if c is None:
+            if i in atp or i in capacity:
+                c = made.get(i)
+                if c is None:
+                    b = base.get(i)
+                    if b is None:
+                        continue
+                    c = self._make(i, b)
+            else:
+                # The commonest case, without a call (one per candidate of every pass cost more than
+                # the rest of building the list): nothing of the order there, no capacity to count.
                 c = base.get(i)
                 if c is None:
                     continue
-                if i in capacity or atp.get(i):
-                    c = self._make(i, c)
-                else:
-                    # `_make`'s commonest case inlined (a call per candidate of every pass cost more
-                    # than the rest of building the list): nothing of the order there, no capacity.
-                    made[i] = c
             out.append(c)
         return out
 
