@@ -279,6 +279,11 @@ def _int_array(values: list[int]) -> str:
     return "{" + ",".join(map(str, values)) + "}"
 
 
+def _text_array(values: Sequence[str]) -> str:
+    """A PostgreSQL array literal of strings (each quoted, its quotes and backslashes escaped)."""
+    return "{" + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values) + "}"
+
+
 def _fetch(conn: Connection, reads: Reads, now: datetime) -> None:
     """Read, in one query per kind, what the stopped orders asked for."""
     dialect = conn.dialect.name
@@ -301,15 +306,17 @@ def _fetch(conn: Connection, reads: Reads, now: datetime) -> None:
                 ls += locs
                 params["gs"] += [g] * len(group)
                 params["skus"] += group
-            # Thousands of integers: as array literals (the driver dumps a list element by element).
+            # As array literals: the driver dumps a list element by element, in Python.
             params["gl"], params["locs"] = _int_array(gl), _int_array(ls)
+            params["gs"], params["skus"] = _int_array(params["gs"]), _text_array(params["skus"])
         else:
             params = {"groups": json.dumps([[locs, group] for group, locs in groups.items()])}
         reads.atp.update(dict.fromkeys(pairs, 0))  # no row: nothing there
         for key, locs in reads.want_groups:
             reads.read_groups.setdefault(key, set()).update(locs)
-        for loc, sku, atp in (_pg(conn, _PAIRS[dialect], params) if dialect == "postgresql"
-                              else conn.execute(_PAIRS[dialect], params)).all():
+        got_pairs: Any = (_pg(conn, _PAIRS[dialect], params) if dialect == "postgresql"
+                          else conn.execute(_PAIRS[dialect], params))
+        for loc, sku, atp in got_pairs.all():
             reads.atp[(loc, sku)] = max(0, int(atp))
             if atp >= 1:
                 reads.held_by.setdefault(sku, set()).add(loc)
@@ -318,11 +325,13 @@ def _fetch(conn: Connection, reads: Reads, now: datetime) -> None:
     if reads.want_all:
         keys = sorted(reads.want_all)
         flat = [(n, s) for n, key in enumerate(keys) for s in key]
-        params = ({"keys": [f[0] for f in flat], "skus": [f[1] for f in flat]} if dialect == "postgresql"
+        params = ({"keys": _int_array([f[0] for f in flat]), "skus": _text_array([f[1] for f in flat])}
+                  if dialect == "postgresql"
                   else {"rows": json.dumps(flat)})
         got: dict[tuple[int, str], tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = {}
-        for k, sku, locs, atp in (_pg(conn, _HOLDING_ALL[dialect], params) if dialect == "postgresql"
-                                  else conn.execute(_HOLDING_ALL[dialect], params)).all():
+        got_all: Any = (_pg(conn, _HOLDING_ALL[dialect], params) if dialect == "postgresql"
+                        else conn.execute(_HOLDING_ALL[dialect], params))
+        for k, sku, locs, atp in got_all.all():
             got[(int(k), sku)] = _arrays(dialect, locs, atp)
         empty = np.zeros(0, dtype=np.int64)
         for n, key in enumerate(keys):
@@ -337,8 +346,9 @@ def _fetch(conn: Connection, reads: Reads, now: datetime) -> None:
         for s in skus:
             reads.holders_any[s] = (empty, empty)
         # Rows below 1 are not read: as far as routing goes, none there (`Reads.left` gives 0).
-        for sku, locs, atp in (_pg(conn, _HOLDING_ANY[dialect], {"skus": skus}) if dialect == "postgresql"
-                               else conn.execute(_HOLDING_ANY[dialect], {"skus": json.dumps(skus)})).all():
+        got_any: Any = (_pg(conn, _HOLDING_ANY[dialect], {"skus": _text_array(skus)}) if dialect == "postgresql"
+                        else conn.execute(_HOLDING_ANY[dialect], {"skus": json.dumps(skus)}))
+        for sku, locs, atp in got_any.all():
             reads.holders_any[sku] = _arrays(dialect, locs, atp)
         reads.want_any.clear()
     if reads.want_used:
@@ -494,8 +504,9 @@ def _reserve(conn: Connection, wanted: dict[Pair, int]) -> dict[Pair, tuple[int,
         # A savepoint of our own, not `begin_nested` (its bookkeeping cost twice the two statements):
         # opened and closed here, around one statement.
         conn.exec_driver_sql("SAVEPOINT orders_batch_reserve")
-        got = _pg(conn, _RESERVE_PG, {"locs": [r[0] for r in rows], "skus": [r[1] for r in rows],
-                                      "qtys": [r[2] for r in rows]}).all()
+        got = _pg(conn, _RESERVE_PG, {"locs": _int_array([r[0] for r in rows]),
+                                      "skus": _text_array([r[1] for r in rows]),
+                                      "qtys": _int_array([r[2] for r in rows])}).all()
         if len(got) < len(rows):
             conn.exec_driver_sql("ROLLBACK TO SAVEPOINT orders_batch_reserve")
             conn.exec_driver_sql("RELEASE SAVEPOINT orders_batch_reserve")
@@ -544,8 +555,11 @@ def _intake_batch(conn: Connection, orders: Sequence[service.OrderInput], *, act
                 results[n] = refused
         return [r for r in results if r is not None]
     skus = sorted({ln.sku for o in orders for ln in o.lines})
-    known = set((_pg(conn, _KNOWN_SKUS_PG, {"skus": skus}) if conn.dialect.name == "postgresql"
-                 else conn.execute(service._KNOWN_SKUS, {"skus": skus})).scalars()) if skus else set()
+    known: set[str] = set()
+    if skus:
+        found_skus: Any = (_pg(conn, _KNOWN_SKUS_PG, {"skus": _text_array(skus)}) if conn.dialect.name == "postgresql"
+                           else conn.execute(service._KNOWN_SKUS, {"skus": skus}))
+        known = set(found_skus.scalars())
     region = None
     if source_node:
         region = conn.execute(service._NODE_REGION, {"node": source_node}).scalar()
@@ -628,7 +642,9 @@ def _plan(conn: Connection, entries: list[_Entry], ruleset: RuleSet, locs: Locat
     final_taken: dict[Pair, int] = {}
     final_used: dict[int, int] = {}
     done = 0
-    # What every order needs, read before the first round: its nearest locations' stock.
+    # What every order needs, read before the first round: its nearest locations' stock (the
+    # nearest of the orders wanting as many found in one query of the index).
+    near: list[tuple[_Entry, tuple[str, ...], int]] = []
     for e in entries:
         want = e.want
         skus = sorted({s for s, _ in want.lines})
@@ -639,8 +655,15 @@ def _plan(conn: Connection, entries: list[_Entry], ruleset: RuleSet, locs: Locat
                 k_max = max(r.candidates for r in ruleset.group_for(want.channel).rules)
             except RuleError:
                 continue
-            e.nearest = locs.index.nearest(want.lat, want.lon, k_max)
-            reads.want_groups.append((tuple(skus), e.nearest))
+            near.append((e, tuple(skus), k_max))
+    for k in {k for _, _, k in near}:
+        some = [e for e, _, k_e in near if k_e == k]
+        found = locs.index.nearest_many([e.want.lat for e in some], [e.want.lon for e in some],  # type: ignore[misc]
+                                        k)
+        for e, ids in zip(some, found, strict=True):
+            e.nearest = ids
+    for e, skus_e, _ in near:
+        reads.want_groups.append((skus_e, e.nearest))  # type: ignore[arg-type]
     _fetch(conn, reads, now)
     # Then, in one more read rather than in rounds of their own after planning: the locations holding
     # all the SKUs of the orders none of whose nearest can fill, and the holders of each SKU of the

@@ -272,9 +272,12 @@ def _first_pair(atp: np.ndarray[Any, Any], need: np.ndarray[Any, Any], offset: i
         return None
     ok = ((atp[:, None, :] + atp[None, :, :]) >= need).all(axis=-1)
     ok &= _after(n)
-    # argwhere walks the array in C order: (j, m) lexicographically, as itertools.combinations does.
-    hits = np.argwhere(ok)
-    return (offset + int(hits[0][0]), offset + int(hits[0][1])) if len(hits) else None
+    # The first set cell in C order: (j, m) lexicographically, as itertools.combinations goes.
+    hits = np.flatnonzero(ok)
+    if not len(hits):
+        return None
+    j, m = divmod(int(hits[0]), n)
+    return (offset + j, offset + m)
 
 
 def _partial(order: OrderIn, eligible: list[tuple[tuple[Any, ...], Candidate, list[Any]]], rule: Rule,
