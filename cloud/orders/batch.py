@@ -9,9 +9,9 @@ a batch costs about 16 statements in all:
 
 1. the versions of the rules and locations, and the catalogue check of every SKU of the batch;
 2. the orders (one multi-row `INSERT … ON CONFLICT DO NOTHING RETURNING`) and their lines;
-3. the stock of every order's nearest locations and the locations holding all of its SKUs (one
-   query each for the whole batch), then the holders of each SKU of the orders no single location
-   can fill (one more). Planning is the same `plan_rule` as `route`, on `BatchPool`: when it needs
+3. the stock of every order's nearest locations (one query for the whole batch), then the
+   holders of each SKU of the orders their nearest cannot fill (one more; the locations holding
+   all of an order's SKUs are their intersection, `candidates.holding_all`). Planning is the same `plan_rule` as `route`, on `BatchPool`: when it needs
    something not read yet it stops (`NeedData`), the batch reads what every stopped order needs in
    one query, and plans again from there. Orders are planned one after the other exactly as if
    routed serially in the batch's order: each sees the stock (and today's capacity) the earlier
@@ -60,12 +60,12 @@ from cloud.db import insert_for
 from cloud.orders import service
 from cloud.orders.candidates import (
     _ATP_SQL,
-    _HOLDING_ALL,
     _HOLDING_ANY,
     _USED_TODAY,
     Locations,
     Pool,
     _arrays,
+    holding_all,
     nearest_holding,
     plan_rule,
 )
@@ -322,24 +322,9 @@ def _fetch(conn: Connection, reads: Reads, now: datetime) -> None:
                 reads.held_by.setdefault(sku, set()).add(loc)
         reads.want_pairs.clear()
         reads.want_groups.clear()
-    if reads.want_all:
-        keys = sorted(reads.want_all)
-        flat = [(n, s) for n, key in enumerate(keys) for s in key]
-        params = ({"keys": _int_array([f[0] for f in flat]), "skus": _text_array([f[1] for f in flat])}
-                  if dialect == "postgresql"
-                  else {"rows": json.dumps(flat)})
-        got: dict[tuple[int, str], tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = {}
-        got_all: Any = (_pg(conn, _HOLDING_ALL[dialect], params) if dialect == "postgresql"
-                        else conn.execute(_HOLDING_ALL[dialect], params))
-        for k, sku, locs, atp in got_all.all():
-            got[(int(k), sku)] = _arrays(dialect, locs, atp)
-        empty = np.zeros(0, dtype=np.int64)
-        for n, key in enumerate(keys):
-            # The same locations for every SKU of the set (those holding each), in ascending ids.
-            cols = [got.get((n, s), (empty, empty)) for s in key]
-            reads.holders_all[key] = (cols[0][0], np.stack([c[1] for c in cols], axis=1)
-                                      if len(cols[0][0]) else np.zeros((0, len(key)), dtype=np.int64))
-        reads.want_all.clear()
+    # The locations holding all of a SKU set come from each SKU's holders (read with the others' below).
+    for key in reads.want_all:
+        reads.want_any.update(sku for sku in key if sku not in reads.holders_any)
     if reads.want_any:
         skus = sorted(reads.want_any)
         empty = np.zeros(0, dtype=np.int64)
@@ -351,6 +336,9 @@ def _fetch(conn: Connection, reads: Reads, now: datetime) -> None:
         for sku, locs, atp in got_any.all():
             reads.holders_any[sku] = _arrays(dialect, locs, atp)
         reads.want_any.clear()
+    for key in sorted(reads.want_all):
+        reads.holders_all[key] = holding_all(reads.holders_any, key)
+    reads.want_all.clear()
     if reads.want_used:
         capped = sorted(reads.want_used)
         day = now.replace(hour=0, minute=0, second=0, microsecond=0)

@@ -239,8 +239,15 @@ def _first_cover(atp: np.ndarray[Any, Any], need: np.ndarray[Any, Any], k: int) 
     n = atp.shape[0]
     if k > n:
         return None
-    if k > 1 and not bool((np.sort(atp, axis=0)[n - k:].sum(axis=0) >= need).all()):
-        return None  # not even the k largest of some column cover it: no k rows do
+    if k > 1:
+        if not bool((np.sort(atp, axis=0)[n - k:].sum(axis=0) >= need).all()):
+            return None  # not even the k largest of some column cover it: no k rows do
+        # Each column still needed is covered by a row with some of it: k rows holding together
+        # fewer of those columns cannot (a split order whose locations each hold one of its SKUs).
+        wanted = need > 0
+        held = ((atp > 0) & wanted).sum(axis=1)
+        if int(np.sort(held)[n - k:].sum()) < int(wanted.sum()):
+            return None
     if k > VECTOR_MAX_K:
         return next((combo for combo in itertools.combinations(range(n), k)
                      if bool((atp[list(combo)].sum(axis=0) >= need).all())), None)
