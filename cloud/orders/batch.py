@@ -354,11 +354,13 @@ def _fetch(conn: Connection, reads: Reads, now: datetime) -> None:
 # sends a statement per row (pipelined), and dumping its parameters cost more client CPU than
 # everything else a row costs. SQLite's executemany runs in C: kept.
 
-_JSON_SQL: dict[tuple[str, str, tuple[str, ...], str], tuple[Any, list[Any]]] = {}
+_JSON_SQL: dict[tuple[str, str, tuple[str, ...], str, str], tuple[Any, list[Any]]] = {}
 
 
-def _json_sql(conn: Connection, table: Table, cols: tuple[str, ...], kind: str, suffix: str) -> tuple[Any, list[Any]]:
-    key = (table.name, kind, cols, suffix)
+def _json_sql(conn: Connection, table: Table, cols: tuple[str, ...], kind: str, suffix: str,
+              source: str = "json_array_elements(CAST(:rows AS json)) AS e") -> tuple[Any, list[Any]]:
+    """The statement writing JSON rows (`source` yields each as `e`), and each column's bind processor."""
+    key = (table.name, kind, cols, suffix, source)
     got = _JSON_SQL.get(key)
     if got is None:
         dialect = conn.dialect
@@ -374,13 +376,16 @@ def _json_sql(conn: Connection, table: Table, cols: tuple[str, ...], kind: str, 
             else:
                 exprs.append(f"CAST(e ->> {n} AS {typ})")
                 procs.append(col.type._cached_bind_processor(dialect))
-        rows = "json_array_elements(CAST(:rows AS json)) AS e"
         if kind == "insert":
             sql = (f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in cols)}) "
-                   f"SELECT {', '.join(exprs)} FROM {rows} {suffix}")
+                   f"SELECT {', '.join(exprs)} FROM {source} {suffix}")
+        elif kind == "reservations":  # the assignment's id from the chain's `assigned`, by (order, location)
+            sql = (f"INSERT INTO {quote(table.name)} (assignment_id, {', '.join(quote(c) for c in cols)}) "
+                   f"SELECT a.id, {', '.join(exprs)} FROM {source} "
+                   f"JOIN assigned AS a ON a.order_id = {exprs[0]} AND a.location_id = {exprs[1]} {suffix}")
         else:  # update, keyed by `_order` (the first column)
             sets = ", ".join(f"{quote(c)} = {x}" for c, x in zip(cols[1:], exprs[1:], strict=True))
-            sql = f"UPDATE {quote(table.name)} AS t SET {sets} FROM {rows} WHERE t.id = {exprs[0]}"
+            sql = f"UPDATE {quote(table.name)} AS t SET {sets} FROM {source} WHERE t.id = {exprs[0]}"
         got = _JSON_SQL[key] = (text(sql), procs)
     return got
 
@@ -401,10 +406,18 @@ def _write(conn: Connection, table: Table, rows: list[dict[str, Any]], *, stmt: 
         return []
     if conn.dialect.name != "postgresql":
         return conn.execute(stmt if stmt is not None else table.insert(), rows)
-    cols = tuple(rows[0])
-    if kind == "update":
-        cols = ("_order", *(c for c in cols if c != "_order"))
+    cols = _columns(rows, kind)
     sql, procs = _json_sql(conn, table, cols, kind, suffix)
+    return _pg(conn, sql, {"rows": _json_rows(rows, cols, procs)})
+
+
+def _columns(rows: list[dict[str, Any]], kind: str) -> tuple[str, ...]:
+    cols = tuple(rows[0])
+    return ("_order", *(c for c in cols if c != "_order")) if kind == "update" else cols
+
+
+def _json_rows(rows: list[dict[str, Any]], cols: tuple[str, ...], procs: list[Any]) -> str:
+    """`rows` as one JSON array of arrays (`cols` in that order), as `_json_sql`'s statements read them."""
     # A row's values as a tuple (one C call), then only the columns with a bind processor converted:
     # a Python step per cell of every row cost more than the rest of writing it.
     cells = itemgetter(*cols) if len(cols) > 1 else lambda r: (r[cols[0]],)
@@ -429,7 +442,7 @@ def _write(conn: Connection, table: Table, rows: list[dict[str, Any]], *, stmt: 
                     else:
                         row[n] = p(v)
             data.append(row)
-    return _pg(conn, sql, {"rows": json.dumps(data, default=_plain)})
+    return json.dumps(data, default=_plain)
 
 
 # -- the batch -------------------------------------------------------------------------------------
@@ -773,7 +786,7 @@ def _route(conn: Connection, entries: list[_Entry], version: int, ruleset: RuleS
 
     for e in entries:
         fed_row(e, None, "received", f"received from {e.order.channel}")
-    _write_routed(conn, routed, after, version, ruleset, locs, now, record)
+    w = _routed_rows(routed, after, version, ruleset, locs, now, record)
     decisions: list[dict[str, Any]] = []
     unfilled: list[dict[str, Any]] = []
     for e in entries:
@@ -784,25 +797,67 @@ def _route(conn: Connection, entries: list[_Entry], version: int, ruleset: RuleS
                           "rule": None, "explanation": explanation | {"reason": reason}})
         record(e, "unfulfillable", reason, "system:router")
         unfilled.append({"_order": e.id, "state": "unfulfillable", "updated_at": now})
-    if decisions:
-        _write(conn, service.DECIDE, decisions)
-        _write(conn, service.ORDERS, unfilled, stmt=service._UPDATE_ORDER, kind="update")
-    if feed:
-        _write(conn, service.FEED, feed)
-    for e in entries:
-        if e.outcome[0] == "alone":
-            state = service.route(conn, e.id, actor="system:router", now=now, rules=(version, ruleset), locs=locs,
-                                  known=(e.head, e.want, []), pending=e.pending)
-            e.head = replace(e.head, state=state)
-    _write(conn, service.TRANS, [t for e in entries for t in e.pending])
+    alone = [e for e in entries if e.outcome[0] == "alone"]
+    transitions_now = conn.dialect.name == "postgresql" and not alone
+    if conn.dialect.name == "postgresql":
+        # In one statement: the rows of every table after the reservation. The transitions too, unless
+        # orders routed alone still add theirs.
+        made = _write_chain(conn, [
+            ("assigned", service.ASSIGN, w.assignments, "insert"),
+            ("reserved", service.RESV, w.reservations, "reservations"),
+            ("moved", service.MOVES, w.moves, "insert"),
+            ("decided", service.DECIDE, w.decisions + decisions, "insert"),
+            ("routed", service.ORDERS, w.updates, "update"),
+            ("unfilled", service.ORDERS, unfilled, "update"),
+            ("fed", service.FEED, feed, "insert"),
+            ("moved_on", service.TRANS, [t for e in entries for t in e.pending] if transitions_now else [], "insert"),
+        ])
+        _send_assignments(conn, w, made, locs, now)
+    else:
+        made = {(int(r.order_id), int(r.location_id)): int(r.id) for r in _write(
+            conn, service.ASSIGN, w.assignments, stmt=_ASSIGNED, suffix="RETURNING id, order_id, location_id")}
+        _write(conn, service.RESV, [{"assignment_id": made[(r["order_id"], r["location_id"])], **r}
+                                    for r in w.reservations])
+        _write(conn, service.MOVES, w.moves)
+        _send_assignments(conn, w, made, locs, now)
+        _write(conn, service.DECIDE, w.decisions)
+        _write(conn, service.ORDERS, w.updates, stmt=service._UPDATE_ORDER, kind="update")
+        if decisions:
+            _write(conn, service.DECIDE, decisions)
+            _write(conn, service.ORDERS, unfilled, stmt=service._UPDATE_ORDER, kind="update")
+        if feed:
+            _write(conn, service.FEED, feed)
+    for e in alone:
+        state = service.route(conn, e.id, actor="system:router", now=now, rules=(version, ruleset), locs=locs,
+                              known=(e.head, e.want, []), pending=e.pending)
+        e.head = replace(e.head, state=state)
+    if not transitions_now:
+        _write(conn, service.TRANS, [t for e in entries for t in e.pending])
 
 
-def _write_routed(conn: Connection, routed: list[_Entry], after: dict[Pair, tuple[int, int]], version: int,
-                  ruleset: RuleSet, locs: Locations, now: datetime, record: Any) -> None:
-    """The assignments, reservations, movements, decisions and states of the routed orders."""
+@dataclass
+class _Routed:
+    """The rows the routed orders of a batch write."""
+
+    assignments: list[dict[str, Any]] = field(default_factory=list)
+    owners: list[tuple[_Entry, int, list[tuple[str, int]]]] = field(default_factory=list)
+    """Per assignment, in the same order: its order, location and lines."""
+    reservations: list[dict[str, Any]] = field(default_factory=list)
+    """Without their assignment's id: matched by (order, location) when written."""
+    moves: list[dict[str, Any]] = field(default_factory=list)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)
+    accept_by: datetime | None = None
+
+
+def _routed_rows(routed: list[_Entry], after: dict[Pair, tuple[int, int]], version: int, ruleset: RuleSet,
+                 locs: Locations, now: datetime, record: Any) -> _Routed:
+    """The assignments, reservations, movements, decisions and states of the routed orders (their
+    transitions recorded through `record`)."""
+    w = _Routed()
     if not routed:
-        return
-    accept_by = now + timedelta(minutes=ruleset.accept_minutes)
+        return w
+    accept_by = w.accept_by = now + timedelta(minutes=ruleset.accept_minutes)
     # Each order's movements say what `reserved` became with its own reservation, as if the orders
     # had reserved one after the other (in the batch's order): the last one's is the row's value now.
     still: dict[Pair, int] = {}
@@ -810,49 +865,79 @@ def _write_routed(conn: Connection, routed: list[_Entry], after: dict[Pair, tupl
         for loc, lines in e.outcome[3].allocation.items():
             for sku, qty in lines:
                 still[(loc, sku)] = still.get((loc, sku), 0) + qty
-    assignments: list[dict[str, Any]] = []
-    owners: list[tuple[_Entry, int, list[tuple[str, int]]]] = []
-    moves: list[dict[str, Any]] = []
     for e in routed:
         for loc, lines in sorted(e.outcome[3].allocation.items()):
-            assignments.append({"order_id": e.id, "location_id": loc, "node": locs.meta.get(loc, (None, None))[0],
-                                "state": "routed", "lines": [[s, q] for s, q in lines], "created_at": now,
-                                "accept_by": accept_by})
-            owners.append((e, loc, lines))
+            w.assignments.append({"order_id": e.id, "location_id": loc, "node": locs.meta.get(loc, (None, None))[0],
+                                  "state": "routed", "lines": [[s, q] for s, q in lines], "created_at": now,
+                                  "accept_by": accept_by})
+            w.owners.append((e, loc, lines))
             for sku, qty in sorted(lines):
                 on_hand, reserved = after[(loc, sku)]
                 still[(loc, sku)] -= qty
-                moves.append({"location_id": loc, "sku": sku, "at": now, "kind": "reserve", "on_hand_delta": 0,
-                              "reserved_delta": qty, "on_hand_after": on_hand,
-                              "reserved_after": reserved - still[(loc, sku)], "source": f"order:{e.id}"})
-    # Matched back by (order, location), one assignment each: asking for the rows in parameter
-    # order made SQLite insert them one statement each.
-    made = {(int(r.order_id), int(r.location_id)): int(r.id) for r in _write(
-        conn, service.ASSIGN, assignments, stmt=_ASSIGNED, suffix="RETURNING id, order_id, location_id")}
-    ids = [made[(e.id, loc)] for e, loc, _ in owners]
-    _write(conn, service.RESV, [
-        {"assignment_id": aid, "order_id": e.id, "location_id": loc, "sku": s, "qty": q, "status": "active",
-         "created_at": now} for aid, (e, loc, lines) in zip(ids, owners, strict=True) for s, q in lines])
-    _write(conn, service.MOVES, moves)
-    for aid, (e, loc, lines) in zip(ids, owners, strict=True):
-        node = locs.meta.get(loc, (None, None))[0]
-        if node:
-            msg = downlink.send(conn, node, MessageType.ASSIGN, service._assign_data(conn, e.head, aid, lines, accept_by),
-                                engine=service.ENGINE, expires_in=accept_by - now, key=f"orders-assign-{aid}", now=now)
-            conn.execute(service.ASSIGN.update().where(service.ASSIGN.c.id == aid).values(command=msg))
-    decisions = []
-    updates = []
+                w.moves.append({"location_id": loc, "sku": sku, "at": now, "kind": "reserve", "on_hand_delta": 0,
+                                "reserved_delta": qty, "on_hand_after": on_hand,
+                                "reserved_after": reserved - still[(loc, sku)], "source": f"order:{e.id}"})
+    w.reservations = [{"order_id": e.id, "location_id": loc, "sku": s, "qty": q, "status": "active", "created_at": now}
+                      for e, loc, lines in w.owners for s, q in lines]
     for e in routed:
         _, group, rule, p, tried = e.outcome
-        decisions.append({"order_id": e.id, "at": now, "ruleset_version": version, "outcome": "routed",
-                          "rule": rule.name, "explanation": {"group": group.name, "rules": tried}})
+        w.decisions.append({"order_id": e.id, "at": now, "ruleset_version": version, "outcome": "routed",
+                            "rule": rule.name, "explanation": {"group": group.name, "rules": tried}})
         first = min(p.allocation)
-        updates.append({"_order": e.id, "state": "routed", "updated_at": now,
-                        "store_id": locs.meta.get(first, (None, None))[1],
-                        "region": locs.base[first].region if first in locs.base else None,
-                        "route_after": None, "queued_since": None})
+        w.updates.append({"_order": e.id, "state": "routed", "updated_at": now,
+                          "store_id": locs.meta.get(first, (None, None))[1],
+                          "region": locs.base[first].region if first in locs.base else None,
+                          "route_after": None, "queued_since": None})
         where = ", ".join(sorted(locs.base[i].code for i in p.allocation if i in locs.base))
         record(e, "routed", f"rule {rule.name!r}: assigned to {where}", "system:router")
-    _write(conn, service.DECIDE, decisions)
-    _write(conn, service.ORDERS, updates, stmt=service._UPDATE_ORDER, kind="update")
+    return w
+
+
+def _send_assignments(conn: Connection, w: _Routed, made: dict[tuple[int, int], int], locs: Locations,
+                      now: datetime) -> None:
+    """Each assignment to a location with a box, to the box (`assign`, through the durable downlink)."""
+    for e, loc, lines in w.owners:
+        node = locs.meta.get(loc, (None, None))[0]
+        if node and w.accept_by is not None:
+            aid = made[(e.id, loc)]
+            msg = downlink.send(conn, node, MessageType.ASSIGN,
+                                service._assign_data(conn, e.head, aid, lines, w.accept_by), engine=service.ENGINE,
+                                expires_in=w.accept_by - now, key=f"orders-assign-{aid}", now=now)
+            conn.execute(service.ASSIGN.update().where(service.ASSIGN.c.id == aid).values(command=msg))
+
+
+_CHAINS: dict[tuple[Any, ...], Any] = {}
+
+
+def _write_chain(conn: Connection, parts: list[tuple[str, Table, list[dict[str, Any]], str]]
+                 ) -> dict[tuple[int, int], int]:
+    """PostgreSQL: the batch's writes after its reservation as one statement of data-modifying CTEs
+    (a round trip each cost more of a batch's time than its rows), each table's rows as one JSON
+    array as `_write` sends them; returns the assignments' ids by (order, location). Parts without
+    rows are left out; the reservations take their assignment's id from `assigned`."""
+    todo = [(name, table, rows, kind, _columns(rows, "update" if kind == "update" else "insert"))
+            for name, table, rows, kind in parts if rows]
+    if not todo:
+        return {}
+    key = tuple((name, table.name, kind, cols) for name, table, _, kind, cols in todo)
+    params: dict[str, Any] = {}
+    pieces: list[str] = []
+    for n, (name, table, rows, kind, cols) in enumerate(todo):
+        if kind == "reservations":
+            # In the rows' order (their ids as `_write` gave them), whatever order the join yields.
+            stmt, procs = _json_sql(conn, table, cols, kind, "ORDER BY x.n",
+                                    f"json_array_elements(CAST(:p{n} AS json)) WITH ORDINALITY AS x(e, n)")
+        else:
+            stmt, procs = _json_sql(conn, table, cols, kind, "RETURNING id, order_id, location_id"
+                                    if name == "assigned" else "", f"json_array_elements(CAST(:p{n} AS json)) AS e")
+        params[f"p{n}"] = _json_rows(rows, cols, procs)
+        pieces.append(f"{name} AS ({stmt.text})")
+    chain = _CHAINS.get(key)
+    if chain is None:
+        last = "SELECT id, order_id, location_id FROM assigned" if todo[0][0] == "assigned" else "SELECT 1"
+        chain = _CHAINS[key] = text(f"WITH {', '.join(pieces)} {last}")
+    if todo[0][0] != "assigned":
+        _pg(conn, chain, params)
+        return {}
+    return {(int(r[1]), int(r[2])): int(r[0]) for r in _pg(conn, chain, params).all()}
 
