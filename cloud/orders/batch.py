@@ -5,13 +5,14 @@ an inbox drain, a bus batch).
 Measured before this (`bench/routing.py`): an order cost 14 statements, each a round trip to the
 server, and on a loaded machine the round trips, not the SQL, were most of an order's time;
 committing 10 orders a transaction barely helped, since each still paid its 14 round trips. Here
-a batch costs about 16 statements in all:
+a batch costs about 10 statements in all on PostgreSQL (a few more on SQLite):
 
 1. the versions of the rules and locations, and the catalogue check of every SKU of the batch;
 2. the orders (one multi-row `INSERT … ON CONFLICT DO NOTHING RETURNING`) and their lines;
 3. the stock of every order's nearest locations (one query for the whole batch), then the
    holders of each SKU of the orders their nearest cannot fill (one more; the locations holding
-   all of an order's SKUs are their intersection, `candidates.holding_all`). Planning is the same `plan_rule` as `route`, on `BatchPool`: when it needs
+   all of an order's SKUs are their intersection, `candidates.holding_all`). Planning is the
+   same `plan_rule` as `route`, on `BatchPool`: when it needs
    something not read yet it stops (`NeedData`), the batch reads what every stopped order needs in
    one query, and plans again from there. Orders are planned one after the other exactly as if
    routed serially in the batch's order: each sees the stock (and today's capacity) the earlier
@@ -26,9 +27,11 @@ a batch costs about 16 statements in all:
    queues, `MAX_PASSES` exhausted — are the exception, as any transaction routing several orders
    one by one is);
 5. the assignments, reservations, movements (with each order's own `reserved_after`, as if the
-   orders had reserved one after the other), decisions, order states and transitions, each in one
-   multi-row statement; the status feed rows of the channels that have one; `assign` commands to
-   the stores' boxes (per assignment, through the durable downlink).
+   orders had reserved one after the other), decisions, order states and transitions, and the
+   status feed rows of the channels that have one: on PostgreSQL all in one statement of
+   data-modifying CTEs (`_write_chain`), each table's rows one JSON array; on SQLite one multi-row
+   statement a table; then `assign` commands to the stores' boxes (per assignment, through the
+   durable downlink).
 
 Every guarantee of `service.intake` holds per order: the channel order id is the idempotency key;
 what cannot be accepted is returned as its `Refused` (for the caller's inbox) and changes nothing;
