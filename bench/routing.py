@@ -8,7 +8,9 @@ channel order id), routing (spatial index → stock of the k nearest → plan �
 locks), the assignment, reservations, movements, the decision with its explanation, transitions;
 committed. Locations are warehouses (no box), so no downlink rows are written. Each run reports the
 worker's CPU time per order and the SQL statements per order (counted by SQLAlchemy's events), which
-depend far less on a shared machine's load than the rates do.
+depend far less on a shared machine's load than the rates do, and on PostgreSQL on this host the
+CPU time of the worker's database backends per order (from /proc). Workers freeze their start-up
+objects out of the collector's full passes, as `omnishelf cloud worker` does.
 
 `batched_N` (`--batch N`, 10 by default) routes N orders per transaction through
 `cloud.orders.batch.intake_batch` (group commit: the same decisions as N orders routed one after
@@ -39,6 +41,7 @@ from typing import Any
 
 from sqlalchemy import Engine, event, insert, text
 
+from broker.runtime import freeze_startup_objects
 from cloud.catalogue.models import products
 from cloud.db import make_engine, migrate, write_transaction
 from cloud.orders import batch as batching
@@ -83,9 +86,33 @@ def _worker(url: str, worker: int, n: int, skus: int, out: Any, batch: int = 1, 
         raise
 
 
+def _backend_cpu_s(pids: set[int]) -> float | None:
+    """CPU seconds the PostgreSQL backends `pids` used so far (user + system, from /proc: the
+    server on this host), or None when they cannot be read."""
+    total = 0.0
+    try:
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+    return total
+
+
 def _work(url: str, worker: int, n: int, skus: int, out: Any, batch: int, warm: int = 0) -> None:
     rng = random.Random(1000 + worker + 100 * batch)
     engine = make_engine(url, pool_size=2) if not url.startswith("sqlite") else make_engine(url)
+    backends: set[int] = set()
+    if not url.startswith("sqlite"):
+        @event.listens_for(engine, "connect")
+        def _backend(dbapi_conn: Any, _record: Any) -> None:
+            with dbapi_conn.cursor() as cur:
+                cur.execute("SELECT pg_backend_pid()")
+                backends.add(int(cur.fetchone()[0]))
+            dbapi_conn.rollback()
+    # As `omnishelf cloud worker` does once started: start-up objects out of full collections (left
+    # in, each full collection walked ~200,000 of them inside a timed transaction).
+    freeze_startup_objects()
     with engine.connect() as conn:
         service.routing_state(conn)  # warm the rules and the spatial index outside the timing
     candidates.INDEX_TTL_S = 3600.0
@@ -110,6 +137,7 @@ def _work(url: str, worker: int, n: int, skus: int, out: Any, batch: int, warm: 
                 batching.intake_batch(conn, orders[first:min(first + batch, warm)], actor="bench")
     orders = orders[warm:]
     statements[0] = 0
+    server = _backend_cpu_s(backends) if backends else None
     cpu = time.process_time()
     start = time.perf_counter()
     for first in range(0, n, batch):
@@ -124,7 +152,10 @@ def _work(url: str, worker: int, n: int, skus: int, out: Any, batch: int, warm: 
         # Batched: each order of the batch waited for its commit, as its caller would.
         lat.extend([time.perf_counter() - t0] * len(orders[first:first + batch]))
     wall = time.perf_counter() - start
-    out.put((worker, wall, lat, states, (time.process_time() - cpu) / n, statements[0] / n))
+    cpu_per = (time.process_time() - cpu) / n
+    server_after = _backend_cpu_s(backends) if server is not None else None
+    server_per = (server_after - server) / n if server is not None and server_after is not None else None
+    out.put((worker, wall, lat, states, cpu_per, statements[0] / n, server_per))
     engine.dispose()
 
 
@@ -150,6 +181,9 @@ def route_run(url: str, workers: int, per_worker: int, skus: int, batch: int = 1
             "orders_per_s": round(len(lat) / wall, 1), "per_worker_orders_per_s": round(len(lat) / wall / workers, 1),
             "p50_ms": _pct(lat, 0.5), "p99_ms": _pct(lat, 0.99),
             "cpu_ms_per_order": round(sum(r[4] for r in results) / len(results) * 1000, 2),
+            # The database server's backends (PostgreSQL on this host): what an order costs there.
+            "server_cpu_ms_per_order": (round(sum(r[6] for r in results) / len(results) * 1000, 2)
+                                        if all(r[6] is not None for r in results) else None),
             "statements_per_order": round(sum(r[5] for r in results) / len(results), 2), "states": states}
 
 

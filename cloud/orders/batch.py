@@ -5,13 +5,14 @@ an inbox drain, a bus batch).
 Measured before this (`bench/routing.py`): an order cost 14 statements, each a round trip to the
 server, and on a loaded machine the round trips, not the SQL, were most of an order's time;
 committing 10 orders a transaction barely helped, since each still paid its 14 round trips. Here
-a batch costs about 16 statements in all:
+a batch costs about 10 statements in all on PostgreSQL (a few more on SQLite):
 
 1. the versions of the rules and locations, and the catalogue check of every SKU of the batch;
 2. the orders (one multi-row `INSERT … ON CONFLICT DO NOTHING RETURNING`) and their lines;
-3. the stock of every order's nearest locations and the locations holding all of its SKUs (one
-   query each for the whole batch), then the holders of each SKU of the orders no single location
-   can fill (one more). Planning is the same `plan_rule` as `route`, on `BatchPool`: when it needs
+3. the stock of every order's nearest locations (one query for the whole batch), then the
+   holders of each SKU of the orders their nearest cannot fill (one more; the locations holding
+   all of an order's SKUs are their intersection, `candidates.holding_all`). Planning is the
+   same `plan_rule` as `route`, on `BatchPool`: when it needs
    something not read yet it stops (`NeedData`), the batch reads what every stopped order needs in
    one query, and plans again from there. Orders are planned one after the other exactly as if
    routed serially in the batch's order: each sees the stock (and today's capacity) the earlier
@@ -26,9 +27,11 @@ a batch costs about 16 statements in all:
    queues, `MAX_PASSES` exhausted — are the exception, as any transaction routing several orders
    one by one is);
 5. the assignments, reservations, movements (with each order's own `reserved_after`, as if the
-   orders had reserved one after the other), decisions, order states and transitions, each in one
-   multi-row statement; the status feed rows of the channels that have one; `assign` commands to
-   the stores' boxes (per assignment, through the durable downlink).
+   orders had reserved one after the other), decisions, order states and transitions, and the
+   status feed rows of the channels that have one: on PostgreSQL all in one statement of
+   data-modifying CTEs (`_write_chain`), each table's rows one JSON array; on SQLite one multi-row
+   statement a table; then `assign` commands to the stores' boxes (per assignment, through the
+   durable downlink).
 
 Every guarantee of `service.intake` holds per order: the channel order id is the idempotency key;
 what cannot be accepted is returned as its `Refused` (for the caller's inbox) and changes nothing;
@@ -40,13 +43,14 @@ rule that queues take the per-order path for the orders concerned.
 
 from __future__ import annotations
 
+import gc
 import json
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
-from types import MappingProxyType
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -59,12 +63,12 @@ from cloud.db import insert_for
 from cloud.orders import service
 from cloud.orders.candidates import (
     _ATP_SQL,
-    _HOLDING_ALL,
     _HOLDING_ANY,
     _USED_TODAY,
     Locations,
     Pool,
     _arrays,
+    holding_all,
     nearest_holding,
     plan_rule,
 )
@@ -79,8 +83,6 @@ MAX_PASSES = 6
 trying many rules asks for one more read per rule at most)."""
 
 Pair = tuple[int, str]
-_NONE: Mapping[str, int] = MappingProxyType({})
-"""The stock of a candidate with none of the order's SKUs, shared (read only)."""
 
 
 class NeedData(Exception):
@@ -93,9 +95,9 @@ class Reads:
 
     atp: dict[Pair, int] = field(default_factory=dict)
     """Available to promise as read (a pair read but without a row: 0)."""
-    held_at: set[int] = field(default_factory=set)
-    """Locations where some SKU read had some available (elsewhere every pair read is 0: most of an
-    order's nearest hold none of its SKUs)."""
+    held_by: dict[str, set[int]] = field(default_factory=dict)
+    """Per SKU, the locations where it had some available when read (elsewhere every pair read is
+    0: most of an order's nearest hold none of its SKUs)."""
     taken: dict[Pair, int] = field(default_factory=dict)
     """Planned by the orders of the batch planned so far."""
     want_pairs: set[Pair] = field(default_factory=set)
@@ -116,6 +118,11 @@ class Reads:
     used_batch: dict[int, int] = field(default_factory=dict)
     """… and those of the batch's orders planned so far."""
     want_used: set[int] = field(default_factory=set)
+
+    def holding(self, skus: Iterable[str]) -> set[int]:
+        """The locations read with some of one of `skus` available."""
+        by = self.held_by
+        return set().union(*(by.get(s, ()) for s in skus))
 
     def left(self, loc: int, sku: str) -> int:
         return max(0, self.atp.get((loc, sku), 0) - self.taken.get((loc, sku), 0))
@@ -156,11 +163,15 @@ class BatchPool(Pool):
         if missing:
             reads.want_pairs.update(missing)
             raise NeedData
-        atp, taken, held = reads.atp, reads.taken, reads.held_at
+        atp, taken, mine = reads.atp, reads.taken, self._atp
+        held = reads.holding(skus)
+        # `Reads.left`, inlined (this runs for every candidate of every order), and without the
+        # batch's takings when the earlier orders took none of these SKUs (what was read is >= 0).
+        took = bool(taken) and not {s for _, s in taken}.isdisjoint(skus)
         for i in todo:
-            # `Reads.left`, inlined: this runs for every candidate of every order.
-            self._atp[i] = {s: max(0, atp.get((i, s), 0) - taken.get((i, s), 0)) for s in skus} \
-                if i in held else _NONE
+            if i in held:  # elsewhere (most of them) none of the SKUs: no entry, as `_fill` leaves it
+                mine[i] = ({s: max(0, atp.get((i, s), 0) - taken.get((i, s), 0)) for s in skus} if took
+                           else {s: atp.get((i, s), 0) for s in skus})
         self._read.update(todo)
 
     def stocked(self, mode: str, k: int, *, lock: bool = False) -> list[Candidate]:
@@ -248,8 +259,32 @@ SELECT s.location_id, s.sku, {_ATP_SQL} FROM json_each(:groups) AS g
 CROSS JOIN json_each(g.value, '$[0]') AS l CROSS JOIN json_each(g.value, '$[1]') AS k
 CROSS JOIN orders_stock s ON s.location_id = l.value AND s.sku = k.value"""),
 }
+_DRIVER_SQL: dict[int, tuple[Any, str]] = {}
+
+
+def _pg(conn: Connection, stmt: Any, params: dict[str, Any]) -> Any:
+    """Run a fixed PostgreSQL `text()` statement (plain parameters, no expanding ones) through
+    `exec_driver_sql`, its SQL compiled once: `execute` looks the statement up in the compile cache
+    and processes the parameters again each time (~45 µs of client CPU, and a batch runs ~15).
+    Cursor events (the statement counts) see it as any other."""
+    got = _DRIVER_SQL.get(id(stmt))
+    if got is None:
+        got = _DRIVER_SQL[id(stmt)] = (stmt, str(stmt.compile(dialect=conn.dialect)))  # kept: ids stay unique
+    return conn.exec_driver_sql(got[1], params)
+
+
+_KNOWN_SKUS_PG = text("SELECT sku FROM products WHERE sku = ANY(CAST(:skus AS varchar[]))")
+"""`service._KNOWN_SKUS` with one array parameter: its expanding IN was a new SQL text for every
+number of SKUs (compiled, and prepared by the server, for each)."""
+
+
 def _int_array(values: list[int]) -> str:
     return "{" + ",".join(map(str, values)) + "}"
+
+
+def _text_array(values: Sequence[str]) -> str:
+    """A PostgreSQL array literal of strings (each quoted, its quotes and backslashes escaped)."""
+    return "{" + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values) + "}"
 
 
 def _fetch(conn: Connection, reads: Reads, now: datetime) -> None:
@@ -274,44 +309,39 @@ def _fetch(conn: Connection, reads: Reads, now: datetime) -> None:
                 ls += locs
                 params["gs"] += [g] * len(group)
                 params["skus"] += group
-            # Thousands of integers: as array literals (the driver dumps a list element by element).
+            # As array literals: the driver dumps a list element by element, in Python.
             params["gl"], params["locs"] = _int_array(gl), _int_array(ls)
+            params["gs"], params["skus"] = _int_array(params["gs"]), _text_array(params["skus"])
         else:
             params = {"groups": json.dumps([[locs, group] for group, locs in groups.items()])}
         reads.atp.update(dict.fromkeys(pairs, 0))  # no row: nothing there
         for key, locs in reads.want_groups:
             reads.read_groups.setdefault(key, set()).update(locs)
-        for loc, sku, atp in conn.execute(_PAIRS[dialect], params).all():
+        got_pairs: Any = (_pg(conn, _PAIRS[dialect], params) if dialect == "postgresql"
+                          else conn.execute(_PAIRS[dialect], params))
+        for loc, sku, atp in got_pairs.all():
             reads.atp[(loc, sku)] = max(0, int(atp))
             if atp >= 1:
-                reads.held_at.add(loc)
+                reads.held_by.setdefault(sku, set()).add(loc)
         reads.want_pairs.clear()
         reads.want_groups.clear()
-    if reads.want_all:
-        keys = sorted(reads.want_all)
-        flat = [(n, s) for n, key in enumerate(keys) for s in key]
-        params = ({"keys": [f[0] for f in flat], "skus": [f[1] for f in flat]} if dialect == "postgresql"
-                  else {"rows": json.dumps(flat)})
-        got: dict[tuple[int, str], tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = {}
-        for k, sku, locs, atp in conn.execute(_HOLDING_ALL[dialect], params).all():
-            got[(int(k), sku)] = _arrays(dialect, locs, atp)
-        empty = np.zeros(0, dtype=np.int64)
-        for n, key in enumerate(keys):
-            # The same locations for every SKU of the set (those holding each), in ascending ids.
-            cols = [got.get((n, s), (empty, empty)) for s in key]
-            reads.holders_all[key] = (cols[0][0], np.stack([c[1] for c in cols], axis=1)
-                                      if len(cols[0][0]) else np.zeros((0, len(key)), dtype=np.int64))
-        reads.want_all.clear()
+    # The locations holding all of a SKU set come from each SKU's holders (read with the others' below).
+    for key in reads.want_all:
+        reads.want_any.update(sku for sku in key if sku not in reads.holders_any)
     if reads.want_any:
         skus = sorted(reads.want_any)
         empty = np.zeros(0, dtype=np.int64)
         for s in skus:
             reads.holders_any[s] = (empty, empty)
         # Rows below 1 are not read: as far as routing goes, none there (`Reads.left` gives 0).
-        for sku, locs, atp in conn.execute(_HOLDING_ANY[dialect], {"skus": skus if dialect == "postgresql"
-                                                                    else json.dumps(skus)}).all():
+        got_any: Any = (_pg(conn, _HOLDING_ANY[dialect], {"skus": _text_array(skus)}) if dialect == "postgresql"
+                        else conn.execute(_HOLDING_ANY[dialect], {"skus": json.dumps(skus)}))
+        for sku, locs, atp in got_any.all():
             reads.holders_any[sku] = _arrays(dialect, locs, atp)
         reads.want_any.clear()
+    for key in sorted(reads.want_all):
+        reads.holders_all[key] = holding_all(reads.holders_any, key)
+    reads.want_all.clear()
     if reads.want_used:
         capped = sorted(reads.want_used)
         day = now.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -327,11 +357,13 @@ def _fetch(conn: Connection, reads: Reads, now: datetime) -> None:
 # sends a statement per row (pipelined), and dumping its parameters cost more client CPU than
 # everything else a row costs. SQLite's executemany runs in C: kept.
 
-_JSON_SQL: dict[tuple[str, str, tuple[str, ...], str], tuple[Any, list[Any]]] = {}
+_JSON_SQL: dict[tuple[str, str, tuple[str, ...], str, str], tuple[Any, list[Any]]] = {}
 
 
-def _json_sql(conn: Connection, table: Table, cols: tuple[str, ...], kind: str, suffix: str) -> tuple[Any, list[Any]]:
-    key = (table.name, kind, cols, suffix)
+def _json_sql(conn: Connection, table: Table, cols: tuple[str, ...], kind: str, suffix: str,
+              source: str = "json_array_elements(CAST(:rows AS json)) AS e") -> tuple[Any, list[Any]]:
+    """The statement writing JSON rows (`source` yields each as `e`), and each column's bind processor."""
+    key = (table.name, kind, cols, suffix, source)
     got = _JSON_SQL.get(key)
     if got is None:
         dialect = conn.dialect
@@ -347,13 +379,16 @@ def _json_sql(conn: Connection, table: Table, cols: tuple[str, ...], kind: str, 
             else:
                 exprs.append(f"CAST(e ->> {n} AS {typ})")
                 procs.append(col.type._cached_bind_processor(dialect))
-        rows = "json_array_elements(CAST(:rows AS json)) AS e"
         if kind == "insert":
             sql = (f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in cols)}) "
-                   f"SELECT {', '.join(exprs)} FROM {rows} {suffix}")
+                   f"SELECT {', '.join(exprs)} FROM {source} {suffix}")
+        elif kind == "reservations":  # the assignment's id from the chain's `assigned`, by (order, location)
+            sql = (f"INSERT INTO {quote(table.name)} (assignment_id, {', '.join(quote(c) for c in cols)}) "
+                   f"SELECT a.id, {', '.join(exprs)} FROM {source} "
+                   f"JOIN assigned AS a ON a.order_id = {exprs[0]} AND a.location_id = {exprs[1]} {suffix}")
         else:  # update, keyed by `_order` (the first column)
             sets = ", ".join(f"{quote(c)} = {x}" for c, x in zip(cols[1:], exprs[1:], strict=True))
-            sql = f"UPDATE {quote(table.name)} AS t SET {sets} FROM {rows} WHERE t.id = {exprs[0]}"
+            sql = f"UPDATE {quote(table.name)} AS t SET {sets} FROM {source} WHERE t.id = {exprs[0]}"
         got = _JSON_SQL[key] = (text(sql), procs)
     return got
 
@@ -374,12 +409,43 @@ def _write(conn: Connection, table: Table, rows: list[dict[str, Any]], *, stmt: 
         return []
     if conn.dialect.name != "postgresql":
         return conn.execute(stmt if stmt is not None else table.insert(), rows)
-    cols = tuple(rows[0])
-    if kind == "update":
-        cols = ("_order", *(c for c in cols if c != "_order"))
+    cols = _columns(rows, kind)
     sql, procs = _json_sql(conn, table, cols, kind, suffix)
-    data = [[r[c] if p is None or r[c] is None else p(r[c]) for c, p in zip(cols, procs, strict=True)] for r in rows]
-    return conn.execute(sql, {"rows": json.dumps(data, default=_plain)})
+    return _pg(conn, sql, {"rows": _json_rows(rows, cols, procs)})
+
+
+def _columns(rows: list[dict[str, Any]], kind: str) -> tuple[str, ...]:
+    cols = tuple(rows[0])
+    return ("_order", *(c for c in cols if c != "_order")) if kind == "update" else cols
+
+
+def _json_rows(rows: list[dict[str, Any]], cols: tuple[str, ...], procs: list[Any]) -> str:
+    """`rows` as one JSON array of arrays (`cols` in that order), as `_json_sql`'s statements read them."""
+    # A row's values as a tuple (one C call), then only the columns with a bind processor converted:
+    # a Python step per cell of every row cost more than the rest of writing it.
+    cells = itemgetter(*cols) if len(cols) > 1 else lambda r: (r[cols[0]],)
+    todo = [(n, p) for n, p in enumerate(procs) if p is not None]
+    if not todo:
+        data: list[Any] = [cells(r) for r in rows]
+    else:
+        data = []
+        # Processed datetimes by value: the rows of a batch share one `now` (equal aware datetimes
+        # give the same UTC instant through the processor, and `_plain` its text).
+        seen: dict[datetime, str] = {}
+        for r in rows:
+            row = list(cells(r))
+            for n, p in todo:
+                v = row[n]
+                if v is not None:
+                    if isinstance(v, datetime):
+                        got = seen.get(v)
+                        if got is None:
+                            got = seen[v] = _plain(p(v))
+                        row[n] = got
+                    else:
+                        row[n] = p(v)
+            data.append(row)
+    return json.dumps(data, default=_plain)
 
 
 # -- the batch -------------------------------------------------------------------------------------
@@ -439,13 +505,17 @@ def _reserve(conn: Connection, wanted: dict[Pair, int]) -> dict[Pair, tuple[int,
     reserved) after, per row; else None with nothing reserved and no lock kept."""
     rows = sorted((loc, sku, qty) for (loc, sku), qty in wanted.items())
     if conn.dialect.name == "postgresql":
-        attempt = conn.begin_nested()
-        got = conn.execute(_RESERVE_PG, {"locs": [r[0] for r in rows], "skus": [r[1] for r in rows],
-                                         "qtys": [r[2] for r in rows]}).all()
+        # A savepoint of our own, not `begin_nested` (its bookkeeping cost twice the two statements):
+        # opened and closed here, around one statement.
+        conn.exec_driver_sql("SAVEPOINT orders_batch_reserve")
+        got = _pg(conn, _RESERVE_PG, {"locs": _int_array([r[0] for r in rows]),
+                                      "skus": _text_array([r[1] for r in rows]),
+                                      "qtys": _int_array([r[2] for r in rows])}).all()
         if len(got) < len(rows):
-            attempt.rollback()
+            conn.exec_driver_sql("ROLLBACK TO SAVEPOINT orders_batch_reserve")
+            conn.exec_driver_sql("RELEASE SAVEPOINT orders_batch_reserve")
             return None
-        attempt.commit()
+        conn.exec_driver_sql("RELEASE SAVEPOINT orders_batch_reserve")
     else:
         got = conn.execute(_RESERVE_SQLITE, {"rows": json.dumps(rows)}).all()
         if len(got) < len(rows):
@@ -462,6 +532,21 @@ def intake_batch(conn: Connection, orders: Sequence[service.OrderInput], *, acto
     """`service.intake` for several orders in the caller's transaction, in a few statements for the
     whole batch (see the module's docstring). Returns, per order in the same order, its result or
     the `Refused` it got (nothing of it written: the caller keeps it in the inbox)."""
+    # Without the cyclic collector meanwhile, as `cloud.trace` commissions: a batch's thousands of
+    # rows, candidates and explanation dicts live until it ends and are in no cycle (reference
+    # counting frees them), but were walked by a young-generation pass every few orders and moved
+    # up to be walked again (~6% of a batch's CPU).
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _intake_batch(conn, orders, actor=actor, now=now, source_node=source_node)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _intake_batch(conn: Connection, orders: Sequence[service.OrderInput], *, actor: str, now: datetime | None,
+                  source_node: str | None) -> list[service.IntakeResult | service.Refused]:
     now = now or service._now()
     version, ruleset, locs = service.routing_state(conn)
     results: list[service.IntakeResult | service.Refused | None] = [None] * len(orders)
@@ -474,7 +559,11 @@ def intake_batch(conn: Connection, orders: Sequence[service.OrderInput], *, acto
                 results[n] = refused
         return [r for r in results if r is not None]
     skus = sorted({ln.sku for o in orders for ln in o.lines})
-    known = set(conn.execute(service._KNOWN_SKUS, {"skus": skus}).scalars()) if skus else set()
+    known: set[str] = set()
+    if skus:
+        found_skus: Any = (_pg(conn, _KNOWN_SKUS_PG, {"skus": _text_array(skus)}) if conn.dialect.name == "postgresql"
+                           else conn.execute(service._KNOWN_SKUS, {"skus": skus}))
+        known = set(found_skus.scalars())
     region = None
     if source_node:
         region = conn.execute(service._NODE_REGION, {"node": source_node}).scalar()
@@ -557,7 +646,9 @@ def _plan(conn: Connection, entries: list[_Entry], ruleset: RuleSet, locs: Locat
     final_taken: dict[Pair, int] = {}
     final_used: dict[int, int] = {}
     done = 0
-    # What every order needs, read before the first round: its nearest locations' stock.
+    # What every order needs, read before the first round: its nearest locations' stock (the
+    # nearest of the orders wanting as many found in one query of the index).
+    near: list[tuple[_Entry, tuple[str, ...], int]] = []
     for e in entries:
         want = e.want
         skus = sorted({s for s, _ in want.lines})
@@ -568,18 +659,26 @@ def _plan(conn: Connection, entries: list[_Entry], ruleset: RuleSet, locs: Locat
                 k_max = max(r.candidates for r in ruleset.group_for(want.channel).rules)
             except RuleError:
                 continue
-            e.nearest = locs.index.nearest(want.lat, want.lon, k_max)
-            reads.want_groups.append((tuple(skus), e.nearest))
+            near.append((e, tuple(skus), k_max))
+    for k in {k for _, _, k in near}:
+        some = [e for e, _, k_e in near if k_e == k]
+        found = locs.index.nearest_many([e.want.lat for e in some], [e.want.lon for e in some],  # type: ignore[misc]
+                                        k)
+        for e, ids in zip(some, found, strict=True):
+            e.nearest = ids
+    for e, skus_e, _ in near:
+        reads.want_groups.append((skus_e, e.nearest))  # type: ignore[arg-type]
     _fetch(conn, reads, now)
     # Then, in one more read rather than in rounds of their own after planning: the locations holding
     # all the SKUs of the orders none of whose nearest can fill, and the holders of each SKU of the
     # orders whose nearest cannot even cover it together (they will be split further out). Only a
     # guess at what planning will ask for: what it misses, it asks for (`NeedData`).
-    atp, held_at = reads.atp, reads.held_at
+    atp = reads.atp
     for e in entries:
         want = e.want
         if e.nearest is None:
             continue
+        held_at = reads.holding(s for s, _ in want.lines)
         held = [i for i in e.nearest if i in held_at]
         if any(all(atp.get((i, s), 0) >= q for s, q in want.lines) for i in held):
             continue
@@ -690,7 +789,7 @@ def _route(conn: Connection, entries: list[_Entry], version: int, ruleset: RuleS
 
     for e in entries:
         fed_row(e, None, "received", f"received from {e.order.channel}")
-    _write_routed(conn, routed, after, version, ruleset, locs, now, record)
+    w = _routed_rows(routed, after, version, ruleset, locs, now, record)
     decisions: list[dict[str, Any]] = []
     unfilled: list[dict[str, Any]] = []
     for e in entries:
@@ -701,25 +800,67 @@ def _route(conn: Connection, entries: list[_Entry], version: int, ruleset: RuleS
                           "rule": None, "explanation": explanation | {"reason": reason}})
         record(e, "unfulfillable", reason, "system:router")
         unfilled.append({"_order": e.id, "state": "unfulfillable", "updated_at": now})
-    if decisions:
-        _write(conn, service.DECIDE, decisions)
-        _write(conn, service.ORDERS, unfilled, stmt=service._UPDATE_ORDER, kind="update")
-    if feed:
-        _write(conn, service.FEED, feed)
-    for e in entries:
-        if e.outcome[0] == "alone":
-            state = service.route(conn, e.id, actor="system:router", now=now, rules=(version, ruleset), locs=locs,
-                                  known=(e.head, e.want, []), pending=e.pending)
-            e.head = replace(e.head, state=state)
-    _write(conn, service.TRANS, [t for e in entries for t in e.pending])
+    alone = [e for e in entries if e.outcome[0] == "alone"]
+    transitions_now = conn.dialect.name == "postgresql" and not alone
+    if conn.dialect.name == "postgresql":
+        # In one statement: the rows of every table after the reservation. The transitions too, unless
+        # orders routed alone still add theirs.
+        made = _write_chain(conn, [
+            ("assigned", service.ASSIGN, w.assignments, "insert"),
+            ("reserved", service.RESV, w.reservations, "reservations"),
+            ("moved", service.MOVES, w.moves, "insert"),
+            ("decided", service.DECIDE, w.decisions + decisions, "insert"),
+            ("routed", service.ORDERS, w.updates, "update"),
+            ("unfilled", service.ORDERS, unfilled, "update"),
+            ("fed", service.FEED, feed, "insert"),
+            ("moved_on", service.TRANS, [t for e in entries for t in e.pending] if transitions_now else [], "insert"),
+        ])
+        _send_assignments(conn, w, made, locs, now)
+    else:
+        made = {(int(r.order_id), int(r.location_id)): int(r.id) for r in _write(
+            conn, service.ASSIGN, w.assignments, stmt=_ASSIGNED, suffix="RETURNING id, order_id, location_id")}
+        _write(conn, service.RESV, [{"assignment_id": made[(r["order_id"], r["location_id"])], **r}
+                                    for r in w.reservations])
+        _write(conn, service.MOVES, w.moves)
+        _send_assignments(conn, w, made, locs, now)
+        _write(conn, service.DECIDE, w.decisions)
+        _write(conn, service.ORDERS, w.updates, stmt=service._UPDATE_ORDER, kind="update")
+        if decisions:
+            _write(conn, service.DECIDE, decisions)
+            _write(conn, service.ORDERS, unfilled, stmt=service._UPDATE_ORDER, kind="update")
+        if feed:
+            _write(conn, service.FEED, feed)
+    for e in alone:
+        state = service.route(conn, e.id, actor="system:router", now=now, rules=(version, ruleset), locs=locs,
+                              known=(e.head, e.want, []), pending=e.pending)
+        e.head = replace(e.head, state=state)
+    if not transitions_now:
+        _write(conn, service.TRANS, [t for e in entries for t in e.pending])
 
 
-def _write_routed(conn: Connection, routed: list[_Entry], after: dict[Pair, tuple[int, int]], version: int,
-                  ruleset: RuleSet, locs: Locations, now: datetime, record: Any) -> None:
-    """The assignments, reservations, movements, decisions and states of the routed orders."""
+@dataclass
+class _Routed:
+    """The rows the routed orders of a batch write."""
+
+    assignments: list[dict[str, Any]] = field(default_factory=list)
+    owners: list[tuple[_Entry, int, list[tuple[str, int]]]] = field(default_factory=list)
+    """Per assignment, in the same order: its order, location and lines."""
+    reservations: list[dict[str, Any]] = field(default_factory=list)
+    """Without their assignment's id: matched by (order, location) when written."""
+    moves: list[dict[str, Any]] = field(default_factory=list)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)
+    accept_by: datetime | None = None
+
+
+def _routed_rows(routed: list[_Entry], after: dict[Pair, tuple[int, int]], version: int, ruleset: RuleSet,
+                 locs: Locations, now: datetime, record: Any) -> _Routed:
+    """The assignments, reservations, movements, decisions and states of the routed orders (their
+    transitions recorded through `record`)."""
+    w = _Routed()
     if not routed:
-        return
-    accept_by = now + timedelta(minutes=ruleset.accept_minutes)
+        return w
+    accept_by = w.accept_by = now + timedelta(minutes=ruleset.accept_minutes)
     # Each order's movements say what `reserved` became with its own reservation, as if the orders
     # had reserved one after the other (in the batch's order): the last one's is the row's value now.
     still: dict[Pair, int] = {}
@@ -727,49 +868,79 @@ def _write_routed(conn: Connection, routed: list[_Entry], after: dict[Pair, tupl
         for loc, lines in e.outcome[3].allocation.items():
             for sku, qty in lines:
                 still[(loc, sku)] = still.get((loc, sku), 0) + qty
-    assignments: list[dict[str, Any]] = []
-    owners: list[tuple[_Entry, int, list[tuple[str, int]]]] = []
-    moves: list[dict[str, Any]] = []
     for e in routed:
         for loc, lines in sorted(e.outcome[3].allocation.items()):
-            assignments.append({"order_id": e.id, "location_id": loc, "node": locs.meta.get(loc, (None, None))[0],
-                                "state": "routed", "lines": [[s, q] for s, q in lines], "created_at": now,
-                                "accept_by": accept_by})
-            owners.append((e, loc, lines))
+            w.assignments.append({"order_id": e.id, "location_id": loc, "node": locs.meta.get(loc, (None, None))[0],
+                                  "state": "routed", "lines": [[s, q] for s, q in lines], "created_at": now,
+                                  "accept_by": accept_by})
+            w.owners.append((e, loc, lines))
             for sku, qty in sorted(lines):
                 on_hand, reserved = after[(loc, sku)]
                 still[(loc, sku)] -= qty
-                moves.append({"location_id": loc, "sku": sku, "at": now, "kind": "reserve", "on_hand_delta": 0,
-                              "reserved_delta": qty, "on_hand_after": on_hand,
-                              "reserved_after": reserved - still[(loc, sku)], "source": f"order:{e.id}"})
-    # Matched back by (order, location), one assignment each: asking for the rows in parameter
-    # order made SQLite insert them one statement each.
-    made = {(int(r.order_id), int(r.location_id)): int(r.id) for r in _write(
-        conn, service.ASSIGN, assignments, stmt=_ASSIGNED, suffix="RETURNING id, order_id, location_id")}
-    ids = [made[(e.id, loc)] for e, loc, _ in owners]
-    _write(conn, service.RESV, [
-        {"assignment_id": aid, "order_id": e.id, "location_id": loc, "sku": s, "qty": q, "status": "active",
-         "created_at": now} for aid, (e, loc, lines) in zip(ids, owners, strict=True) for s, q in lines])
-    _write(conn, service.MOVES, moves)
-    for aid, (e, loc, lines) in zip(ids, owners, strict=True):
-        node = locs.meta.get(loc, (None, None))[0]
-        if node:
-            msg = downlink.send(conn, node, MessageType.ASSIGN, service._assign_data(conn, e.head, aid, lines, accept_by),
-                                engine=service.ENGINE, expires_in=accept_by - now, key=f"orders-assign-{aid}", now=now)
-            conn.execute(service.ASSIGN.update().where(service.ASSIGN.c.id == aid).values(command=msg))
-    decisions = []
-    updates = []
+                w.moves.append({"location_id": loc, "sku": sku, "at": now, "kind": "reserve", "on_hand_delta": 0,
+                                "reserved_delta": qty, "on_hand_after": on_hand,
+                                "reserved_after": reserved - still[(loc, sku)], "source": f"order:{e.id}"})
+    w.reservations = [{"order_id": e.id, "location_id": loc, "sku": s, "qty": q, "status": "active", "created_at": now}
+                      for e, loc, lines in w.owners for s, q in lines]
     for e in routed:
         _, group, rule, p, tried = e.outcome
-        decisions.append({"order_id": e.id, "at": now, "ruleset_version": version, "outcome": "routed",
-                          "rule": rule.name, "explanation": {"group": group.name, "rules": tried}})
+        w.decisions.append({"order_id": e.id, "at": now, "ruleset_version": version, "outcome": "routed",
+                            "rule": rule.name, "explanation": {"group": group.name, "rules": tried}})
         first = min(p.allocation)
-        updates.append({"_order": e.id, "state": "routed", "updated_at": now,
-                        "store_id": locs.meta.get(first, (None, None))[1],
-                        "region": locs.base[first].region if first in locs.base else None,
-                        "route_after": None, "queued_since": None})
+        w.updates.append({"_order": e.id, "state": "routed", "updated_at": now,
+                          "store_id": locs.meta.get(first, (None, None))[1],
+                          "region": locs.base[first].region if first in locs.base else None,
+                          "route_after": None, "queued_since": None})
         where = ", ".join(sorted(locs.base[i].code for i in p.allocation if i in locs.base))
         record(e, "routed", f"rule {rule.name!r}: assigned to {where}", "system:router")
-    _write(conn, service.DECIDE, decisions)
-    _write(conn, service.ORDERS, updates, stmt=service._UPDATE_ORDER, kind="update")
+    return w
+
+
+def _send_assignments(conn: Connection, w: _Routed, made: dict[tuple[int, int], int], locs: Locations,
+                      now: datetime) -> None:
+    """Each assignment to a location with a box, to the box (`assign`, through the durable downlink)."""
+    for e, loc, lines in w.owners:
+        node = locs.meta.get(loc, (None, None))[0]
+        if node and w.accept_by is not None:
+            aid = made[(e.id, loc)]
+            msg = downlink.send(conn, node, MessageType.ASSIGN,
+                                service._assign_data(conn, e.head, aid, lines, w.accept_by), engine=service.ENGINE,
+                                expires_in=w.accept_by - now, key=f"orders-assign-{aid}", now=now)
+            conn.execute(service.ASSIGN.update().where(service.ASSIGN.c.id == aid).values(command=msg))
+
+
+_CHAINS: dict[tuple[Any, ...], Any] = {}
+
+
+def _write_chain(conn: Connection, parts: list[tuple[str, Table, list[dict[str, Any]], str]]
+                 ) -> dict[tuple[int, int], int]:
+    """PostgreSQL: the batch's writes after its reservation as one statement of data-modifying CTEs
+    (a round trip each cost more of a batch's time than its rows), each table's rows as one JSON
+    array as `_write` sends them; returns the assignments' ids by (order, location). Parts without
+    rows are left out; the reservations take their assignment's id from `assigned`."""
+    todo = [(name, table, rows, kind, _columns(rows, "update" if kind == "update" else "insert"))
+            for name, table, rows, kind in parts if rows]
+    if not todo:
+        return {}
+    key = tuple((name, table.name, kind, cols) for name, table, _, kind, cols in todo)
+    params: dict[str, Any] = {}
+    pieces: list[str] = []
+    for n, (name, table, rows, kind, cols) in enumerate(todo):
+        if kind == "reservations":
+            # In the rows' order (their ids as `_write` gave them), whatever order the join yields.
+            stmt, procs = _json_sql(conn, table, cols, kind, "ORDER BY x.n",
+                                    f"json_array_elements(CAST(:p{n} AS json)) WITH ORDINALITY AS x(e, n)")
+        else:
+            stmt, procs = _json_sql(conn, table, cols, kind, "RETURNING id, order_id, location_id"
+                                    if name == "assigned" else "", f"json_array_elements(CAST(:p{n} AS json)) AS e")
+        params[f"p{n}"] = _json_rows(rows, cols, procs)
+        pieces.append(f"{name} AS ({stmt.text})")
+    chain = _CHAINS.get(key)
+    if chain is None:
+        last = "SELECT id, order_id, location_id FROM assigned" if todo[0][0] == "assigned" else "SELECT 1"
+        chain = _CHAINS[key] = text(f"WITH {', '.join(pieces)} {last}")
+    if todo[0][0] != "assigned":
+        _pg(conn, chain, params)
+        return {}
+    return {(int(r[1]), int(r[2])): int(r[0]) for r in _pg(conn, chain, params).all()}
 

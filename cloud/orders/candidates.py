@@ -76,35 +76,8 @@ _USED_TODAY = select(ASSIGN.c.location_id, func.count()).where(
 
 
 _ATP_SQL = "s.on_hand - s.reserved - s.safety"
-_WANT = {
-    "postgresql": "SELECT * FROM unnest(CAST(:keys AS integer[]), CAST(:skus AS varchar[])) AS w(k, sku)",
-    "sqlite": "SELECT value ->> 0 AS k, value ->> 1 AS sku FROM json_each(:rows)",
-}
-_HOLDING_ALL_SQL = """
-WITH want AS ({want}),
-n AS (SELECT k, count(*) AS n FROM want GROUP BY k),
-held AS (
-    SELECT w.k, s.location_id, count(*) AS c FROM want w {holders}
-    GROUP BY w.k, s.location_id
-)
-SELECT h.k, w.sku, {agg}(s.location_id), {agg}({atp}) FROM held h JOIN n ON n.k = h.k AND n.n = h.c
-JOIN want w ON w.k = h.k JOIN orders_stock s ON s.location_id = h.location_id AND s.sku = w.sku
-GROUP BY h.k, w.sku
-"""
-_HOLDERS = {
-    # OFFSET 0 keeps the subquery apart: each SKU's holders through the SKU index (joined plainly,
-    # the planner hashed the whole stock table).
-    "postgresql": (f"CROSS JOIN LATERAL (SELECT s.location_id FROM orders_stock s WHERE s.sku = w.sku "
-                   f"AND {_ATP_SQL} >= 1 OFFSET 0) AS s"),
-    "sqlite": f"JOIN orders_stock s ON s.sku = w.sku WHERE {_ATP_SQL} >= 1",
-}
-# One row per (SKU set, SKU) or per SKU, its locations and their stock as two arrays: a split order's
-# SKU has ~400 holders at full size, and turning each into a Python row cost more than its planning.
-_AGG = {"postgresql": "array_agg", "sqlite": "json_group_array"}
-_HOLDING_ALL = {d: text(_HOLDING_ALL_SQL.format(want=w, holders=_HOLDERS[d], atp=_ATP_SQL, agg=_AGG[d]))
-                for d, w in _WANT.items()}
-"""Per SKU set of the batch (key k) and SKU: the locations holding some of each SKU of the set, with
-their stock of that SKU."""
+# One row per SKU, its locations and their stock as two arrays: a split order's SKU has ~400 holders
+# at full size, and turning each into a Python row cost more than its planning.
 _HOLDING_ANY = {
     "postgresql": text(f"SELECT s.sku, array_agg(s.location_id), array_agg({_ATP_SQL}) FROM orders_stock s "
                        f"WHERE s.sku = ANY(CAST(:skus AS varchar[])) AND {_ATP_SQL} >= 1 GROUP BY s.sku"),
@@ -122,6 +95,24 @@ def _arrays(dialect: str, locs: Any, atp: Any) -> tuple[np.ndarray[Any, Any], np
     ids = np.asarray(locs, dtype=np.int64)
     order = np.argsort(ids, kind="stable")
     return ids[order], np.maximum(np.asarray(atp, dtype=np.int64)[order], 0)
+
+
+def holding_all(per: Mapping[str, tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]], skus: Sequence[str]
+                ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """The locations holding some of each of `skus` (ascending ids) and their stock of each (a
+    column per SKU), from each SKU's holders as `_HOLDING_ANY` and `_arrays` give them.
+
+    Intersected here rather than by a query of its own: that one scanned every SKU's holders again
+    (a random heap page each, ~400 a SKU at full size) and joined back to the stock table by
+    location (every row of each location found), ~8 ms of the server's time for a batch's order."""
+    empty = np.zeros(0, dtype=np.int64)
+    cols = [per.get(s, (empty, empty)) for s in skus]
+    ids = cols[0][0] if cols else empty
+    for held, _ in cols[1:]:
+        ids = np.intersect1d(ids, held, assume_unique=True)
+    if not len(ids):
+        return empty, np.zeros((0, len(cols)), dtype=np.int64)
+    return ids, np.stack([atp[np.searchsorted(held, ids)] for held, atp in cols], axis=1)
 
 
 def versions(conn: Connection) -> tuple[int | None, int]:
@@ -230,7 +221,13 @@ def nearest_holding(locs: Locations, ids: np.ndarray[Any, Any], lat: float, lon:
     if not len(ids):
         return [], []
     d = np.linalg.norm(locs.vectors[locs.row_of[ids]] - unit_vectors(lat, lon), axis=1)
-    chosen = ids[np.argsort(d, kind="stable")[:n]]
+    if len(d) > 2 * n:
+        # Sorting only those within the n-th distance (ties kept in id order, as the stable sort of
+        # them all would): a split order's SKU has thousands of holders at full size.
+        near = np.flatnonzero(d <= np.partition(d, n - 1)[n - 1])
+        chosen = ids[near[np.argsort(d[near], kind="stable")[:n]]]
+    else:
+        chosen = ids[np.argsort(d, kind="stable")[:n]]
     figures: list[list[int]] = []
     for held, values in columns:
         if not len(held):
@@ -310,25 +307,18 @@ class Pool:
         # One row per SKU, its holders and their stock as two arrays (a SKU has ~400 holders at full
         # size: a Python row each cost more than the rest of the order's planning).
         per: dict[str, tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = {}
-        if mode == "all":
-            params: dict[str, Any] = ({"keys": [0] * len(skus), "skus": skus} if dialect == "postgresql"
-                                      else {"rows": json.dumps([(0, s) for s in skus])})
-            for _, sku, held, atp in conn.execute(_HOLDING_ALL[dialect], params).all():
-                per[sku] = _arrays(dialect, held, atp)
-        else:
-            for sku, held, atp in conn.execute(_HOLDING_ANY[dialect], {
-                    "skus": skus if dialect == "postgresql" else json.dumps(skus)}).all():
-                per[sku] = _arrays(dialect, held, atp)
+        for sku, held, atp in conn.execute(_HOLDING_ANY[dialect], {
+                "skus": skus if dialect == "postgresql" else json.dumps(skus)}).all():
+            per[sku] = _arrays(dialect, held, atp)
         empty = np.zeros(0, dtype=np.int64)
         cols = [per.get(s, (empty, empty)) for s in skus]
         if mode == "all":
-            # The same locations for every SKU (those holding some of each), in ascending ids.
-            ids_arr = cols[0][0]
+            ids_arr, stock_all = holding_all(per, skus)
             if len(ids_arr):
                 need = dict(o.lines)
                 ok = np.ones(len(ids_arr), dtype=bool)
-                for s, (_, atp) in zip(skus, cols, strict=True):
-                    ok &= atp >= need[s]
+                for n, s in enumerate(skus):
+                    ok &= stock_all[:, n] >= need[s]
                 ids_arr = ids_arr[ok]
         else:
             ids_arr = np.unique(np.concatenate([held for held, _ in cols]))
@@ -390,21 +380,29 @@ class Pool:
 
     def _candidates(self, ids: Sequence[int]) -> list[Candidate]:
         """`ids` as candidates, from the stock and today's use already read."""
-        get, make = self._made.get, self._make
-        out = [get(i) or make(i) for i in ids]
-        return [c for c in out if c is not None]
+        made, base, atp, capacity = self._made, self.locs.base, self._atp, self.locs.capacity
+        out: list[Candidate] = []
+        for i in ids:
+            if i in atp or i in capacity:
+                c = made.get(i)
+                if c is None:
+                    b = base.get(i)
+                    if b is None:
+                        continue
+                    c = self._make(i, b)
+            else:
+                # The commonest case, without a call (one per candidate of every pass cost more than
+                # the rest of building the list): nothing of the order there, no capacity to count.
+                c = base.get(i)
+                if c is None:
+                    continue
+            out.append(c)
+        return out
 
-    def _make(self, i: int) -> Candidate | None:
-        b = self.locs.base.get(i)
-        if b is None:
-            return None
+    def _make(self, i: int, b: Candidate) -> Candidate:
+        """Location `i` (`b` as loaded) with the stock read and its capacity left today."""
         cap = self.locs.capacity.get(i)
         atp = self._atp.get(i)
-        if cap is None and not atp:
-            # Most of an order's nearest hold none of its SKUs: the location as loaded is that
-            # candidate already (no stock, no capacity to count).
-            self._made[i] = b
-            return b
         # The location as loaded with its stock and capacity left: a copy of its fields (the
         # dataclass's frozen __init__ sets them one by one, and this runs for every holder chosen).
         c: Candidate = object.__new__(Candidate)

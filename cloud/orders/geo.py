@@ -50,10 +50,19 @@ class SpatialIndex:
         """Ids of the `k` nearest points, nearest first."""
         if self._tree is None or k <= 0:
             return []
+        return self.nearest_many([lat], [lon], k)[0]
+
+    def nearest_many(self, lats: Sequence[float], lons: Sequence[float], k: int) -> list[list[int]]:
+        """`nearest` of each point, in one query of the tree (a batch's orders: a call per order
+        cost more in its setup than in the search)."""
+        if self._tree is None or k <= 0:
+            return [[] for _ in lats]
         k = min(k, self.size)
-        _, idx = self._tree.query(unit_vectors(lat, lon), k=k)
-        found = np.atleast_1d(idx)
-        return [int(self.ids[i]) for i in found if i < self.size]
+        _, idx = self._tree.query(unit_vectors(lats, lons), k=k)
+        out: list[list[int]] = []
+        for row in np.asarray(idx).reshape(len(lats), k):
+            out.append(self.ids[row[row < self.size]].tolist())
+        return out
 
     def within_km(self, lat: float, lon: float, km: float) -> list[int]:
         if self._tree is None:

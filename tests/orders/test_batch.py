@@ -118,11 +118,12 @@ def test_a_batch_decides_exactly_as_the_orders_routed_one_after_the_other(engine
         assert batched[what] == serial[what], what
 
 
-BATCH_STATEMENTS = 19
-"""Versions; SKUs; orders; lines; the nearest's stock, the holders of all SKUs (one round), the
-holders of each SKU (one more); the reservation (in a savepoint on PostgreSQL: +2); assignments,
-reservations, movements; the decisions of routed and of unfulfillable orders, their states (one
-each), transitions; the channels with a status feed; on SQLite `BEGIN IMMEDIATE`."""
+BATCH_STATEMENTS = {"sqlite": 19, "postgresql": 11}
+"""Versions; SKUs; orders; lines; the nearest's stock, the holders of each SKU (a round or two);
+the reservation (in a savepoint on PostgreSQL: +2); on PostgreSQL everything after it in one
+statement, on SQLite assignments, reservations, movements, the decisions of routed and of
+unfulfillable orders, their states (one each), transitions; the channels with a status feed; on
+SQLite `BEGIN IMMEDIATE`. (Measured: PostgreSQL 9 for 5 orders, 10 for 40; SQLite 13, 16.)"""
 
 
 def test_a_batch_costs_the_same_statements_for_5_orders_as_for_40(engine: Engine) -> None:
@@ -144,7 +145,8 @@ def test_a_batch_costs_the_same_statements_for_5_orders_as_for_40(engine: Engine
                 service.DECIDE.c.order_id.in_(ids))).scalar_one() == n
             assert conn.execute(select(func.count()).select_from(service.TRANS).where(
                 service.TRANS.c.order_id.in_(ids))).scalar_one() == 2 * n
-    assert counts[0] <= BATCH_STATEMENTS and counts[1] <= BATCH_STATEMENTS, counts
+    budget = BATCH_STATEMENTS[engine.dialect.name]
+    assert counts[0] <= budget and counts[1] <= budget, counts
 
 
 def test_refused_and_repeated_orders_in_a_batch_are_answered_one_by_one(engine: Engine) -> None:

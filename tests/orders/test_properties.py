@@ -6,6 +6,7 @@ import itertools
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
@@ -13,7 +14,7 @@ from sqlalchemy import select
 from cloud.db import make_engine, migrate, write_transaction
 from cloud.orders import service
 from cloud.orders.geo import great_circle_km
-from cloud.orders.routing import EXPLAIN_MAX, Candidate, OrderIn, plan
+from cloud.orders.routing import EXPLAIN_MAX, Candidate, OrderIn, _first_cover, plan
 from cloud.orders.rules import Filter, FilterField, Op, Rule
 from tests.orders.conftest import order, seed, stock
 
@@ -107,6 +108,21 @@ def test_partial_uses_the_fewest_locations_it_can(locs, o_) -> None:
         assert not p.filled
     else:
         assert len(p.allocation) == fewest
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(1, 4).flatmap(lambda width: st.tuples(
+    st.lists(st.lists(st.integers(0, 4), min_size=width, max_size=width), max_size=14),
+    st.lists(st.integers(1, 6), min_size=width, max_size=width))), st.integers(1, 4))
+def test_the_first_cover_is_the_first_combination_that_covers(rows_need, k) -> None:
+    """The vectorised search returns what walking `itertools.combinations` returns (a partial plan
+    takes the first covering combination, so which one is found decides the allocation)."""
+    rows, need = rows_need
+    atp = np.array(rows, dtype=np.int64).reshape(len(rows), len(need))
+    want = np.array(need, dtype=np.int64)
+    first = next((c for c in itertools.combinations(range(len(rows)), k)
+                  if bool((atp[list(c)].sum(axis=0) >= want).all())), None)
+    assert _first_cover(atp, want, k) == first
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
