@@ -218,8 +218,9 @@ class World:
             "OMNISHELF_ZEROCONF_INTERFACE": "127.0.0.1",
             "OMNISHELF_PROVISION_LOCAL_API_PORT": "0",
             # A page's `pip install` skips compiling every module to bytecode (half of its CPU time;
-            # the modules run all the same).
-            "PIP_NO_COMPILE": "1",
+            # the modules run all the same). Not PIP_NO_COMPILE=1: pip gives a boolean variable's value
+            # to the option's destination, and PIP_NO_COMPILE=1 sets `compile` to true.
+            "PIP_COMPILE": "0",
             # How this machine reaches the package index (a page may build and install the wheel).
             **{k: v for k, v in os.environ.items() if k in INDEX_ACCESS},
             # The code under test when it is not the virtualenv's own install (a git worktree run
