@@ -11,8 +11,9 @@ skips the per-execution machinery. It runs in the caller's transaction, on its c
 Only plain statements: no expanding `IN`, no literal-execute parameters, no Python-side column
 defaults (each is refused when compiled). `InsertRows` and `UpdateRows` write a batch's rows in one
 statement each the same way (rows of `VALUES` / an executemany on SQLite, one array per column and
-`unnest` on PostgreSQL); `InsertRowsUpdating` does both in one statement on PostgreSQL. SQLAlchemy's cursor events do not see these statements;
-`tests/trace/test_statements.py` counts them at the driver.
+`unnest` on PostgreSQL); `InsertRowsUpdating` does both in one statement on PostgreSQL. SQLAlchemy's
+cursor events do not see these statements; `tests/trace/test_statements.py` counts them at the
+driver.
 """
 
 from __future__ import annotations
@@ -318,9 +319,9 @@ class UpdateRows:
 class InsertRowsUpdating:
     """PostgreSQL: an `InsertRows` and an `UpdateRows` of another table in one statement, each
     updated row taking the key of the inserted row it names (a scan's unit points at the scan):
-    `WITH s AS (INSERT … RETURNING) UPDATE … FROM unnest(…) JOIN s`. Both run whether or not the
-    other changed anything, and the statement returns the insert's RETURNING rows. One round trip
-    instead of two, for the verification's every batch."""
+    `WITH s AS (INSERT … RETURNING …), u AS (UPDATE … FROM unnest(…), s WHERE …) SELECT … FROM s`.
+    Both run whatever the other changed, and the statement returns the insert's RETURNING rows. One
+    round trip instead of two, for most of the verification's batches."""
 
     def __init__(self, insert: InsertRows, match: str, table: Table, key: str, pointer: str, columns: Sequence[str],
                  ) -> None:
