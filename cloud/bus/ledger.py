@@ -182,19 +182,23 @@ def _insert_ledger(
     if not careful:
         rows = [row for row, _ in pairs]
         if conn.dialect.name == "postgresql":
-            if len(rows) == 1 and (env := next(iter(envelopes.values()))[0]).type in SEQUENCED:
-                ack = env.data if isinstance(env.data, p.AckData) and env.corr is not None else None
-                if ack is None:
-                    found = conn.execute(_PG_INSERT_ONE_FORWARD, _pg_row(rows[0])).one()
+            if (run := _one_run(envelopes)) is not None:
+                node, last, count, seen = run
+                forward = {"ff_node": node, "ff_last": last, "ff_count": count, "ff_seen": _utc(seen)}
+                env = next(iter(envelopes.values()))[0]
+                ack = env.data if len(rows) == 1 and isinstance(env.data, p.AckData) else None
+                if len(rows) > 1:
+                    found = conn.execute(_PG_INSERT_RUN_FORWARD, {**_pg_columns(rows), **forward}).one()
+                elif ack is None or env.corr is None:
+                    found = conn.execute(_PG_INSERT_ONE_FORWARD, {**_pg_row(rows[0]), **forward}).one()
                 else:
-                    assert env.corr is not None
                     found = conn.execute(_PG_INSERT_ONE_FORWARD_ACK, {
-                        **_pg_row(rows[0]), **downlink.ack_one_params(env.node, env.corr, ack, pairs[0][1].received_at)
-                    }).one()
-                if found.msg_id is not None:
-                    inserted.add(found.msg_id)
-                    done.nodes[env.node] = NodeFacts.of(found.store_id, found.commands) if found.hit else None
-                    if ack is not None and found.acked:
+                        **_pg_row(rows[0]), **forward,
+                        **downlink.ack_one_params(env.node, env.corr, ack, pairs[0][1].received_at)}).one()
+                inserted.update(found.inserted)
+                if inserted:
+                    done.nodes[node] = NodeFacts.of(found.store_id, found.commands) if found.hit else None
+                    if ack is not None and env.corr is not None and found.acked:
                         done.acked[(env.node, env.corr)] = found.engine
             elif len(rows) == 1:
                 inserted.update(conn.execute(_PG_INSERT_ONE, _pg_row(rows[0])).scalars())
@@ -463,12 +467,14 @@ _PG_COLUMNS = ("msg_id", "node", "type", "session", "seq", "ts", "received_at", 
 # PostgreSQL: the batch as one array per column, so the statement's text is the same for every
 # batch. A multi-row VALUES (SQLAlchemy's insertmanyvalues) has ten placeholders a row, and
 # psycopg parsed that text again for each batch: a third of a 500-message batch's CPU (cProfile).
-_PG_INSERT_LEDGER = text(
-    f"INSERT INTO ingested_messages ({', '.join(_PG_COLUMNS)}) SELECT * FROM unnest("
+_PG_ROWS = (
+    "SELECT * FROM unnest("
     "CAST(:msg_id AS uuid[]), CAST(:node AS varchar[]), CAST(:type AS varchar[]), CAST(:session AS bigint[]), "
     "CAST(:seq AS bigint[]), CAST(:ts AS timestamptz[]), CAST(:received_at AS timestamptz[]), "
-    "CAST(:historical AS boolean[]), CAST(:corr AS uuid[]), CAST(:data AS json[])) "
-    "ON CONFLICT (msg_id) DO NOTHING RETURNING msg_id"
+    "CAST(:historical AS boolean[]), CAST(:corr AS uuid[]), CAST(:data AS json[]))"
+)
+_PG_INSERT_LEDGER = text(
+    f"INSERT INTO ingested_messages ({', '.join(_PG_COLUMNS)}) {_PG_ROWS} ON CONFLICT (msg_id) DO NOTHING RETURNING msg_id"
 )
 
 
@@ -481,32 +487,48 @@ _PG_INSERT_ONE = text(
 )
 
 
-# A batch of one sequenced message, the common case of a quiet bus: its ledger row and its node's
-# fast-forward (`_FAST_FORWARD`, the same conditions and values) in one statement, and for an ack
-# the closing of its command too (`downlink.PG_ACK_ONE`): one or two round trips fewer a batch.
-# The node and the command are changed only if the message was new, in that order (the main query
-# reads `ff`, then `ack`), the order of the batches that take them one statement at a time. `hit`
-# is null when the fast-forward did not apply (a gap, an old seq): the general path works the node
-# out; `acked` is null when the ack closed nothing (`apply_acks` then says why).
-def _pg_insert_one_forward(ack: bool) -> TextClause:
+# A batch of one box's sequenced messages whose seqs run on without a hole (a quiet bus's batch of
+# one, a busy box's run): their ledger rows and the node's fast-forward (`_FAST_FORWARD`, the same
+# conditions and values) in one statement, and for an ack alone the closing of its command too
+# (`downlink.PG_ACK_ONE`): one or two round trips fewer a batch. The node moves only if every row
+# was new, and the command closes only if the ack was; node, then command, as the main query reads
+# `ff`, then `ack` (the order of a batch that takes them one statement at a time). `hit` is null
+# when the fast-forward did not apply (a gap, an old seq, a redelivery): the general path works the
+# node out; `acked` is null when the ack closed nothing (`apply_acks` then looks up its engine).
+def _pg_insert_forward(rows: str, *, ack: bool) -> TextClause:
     acks = (f", ack AS ({downlink.PG_ACK_ONE} AND EXISTS (SELECT FROM ins) RETURNING engine, true AS acked) "
             if ack else " ")
     return text(
-        f"WITH ins AS (INSERT INTO ingested_messages ({', '.join(_PG_COLUMNS)}) "
-        f"VALUES ({', '.join(':' + c for c in _PG_COLUMNS)}) ON CONFLICT (msg_id) DO NOTHING RETURNING msg_id), "
-        "ff AS (UPDATE nodes SET seq_contig = :seq, seq_high = :seq, gap_since = NULL, rebirths = 0, "
-        "gap_abandoned_at = NULL, last_seen = CASE WHEN nodes.last_seen IS NULL OR nodes.last_seen < :received_at "
-        "THEN :received_at ELSE nodes.last_seen END "
-        "WHERE nodes.id = :node AND nodes.seq_contig = :seq - 1 AND nodes.seq_high <= :seq AND EXISTS (SELECT FROM ins) "
+        f"WITH ins AS (INSERT INTO ingested_messages ({', '.join(_PG_COLUMNS)}) {rows} "
+        "ON CONFLICT (msg_id) DO NOTHING RETURNING msg_id), "
+        "ff AS (UPDATE nodes SET seq_contig = :ff_last, seq_high = :ff_last, gap_since = NULL, rebirths = 0, "
+        "gap_abandoned_at = NULL, last_seen = CASE WHEN nodes.last_seen IS NULL OR nodes.last_seen < :ff_seen "
+        "THEN :ff_seen ELSE nodes.last_seen END "
+        "WHERE nodes.id = :ff_node AND nodes.seq_contig = :ff_last - :ff_count AND nodes.seq_high <= :ff_last "
+        "AND (SELECT count(*) FROM ins) = :ff_count "
         f"RETURNING nodes.store_id, nodes.commands, true AS hit){acks}"
-        f"SELECT (SELECT msg_id FROM ins) AS msg_id, ff.store_id, ff.commands, ff.hit"
+        "SELECT ARRAY(SELECT msg_id FROM ins) AS inserted, ff.store_id, ff.commands, ff.hit"
         f"{', ack.engine, ack.acked' if ack else ''} FROM (SELECT 1) AS one LEFT JOIN ff ON true"
         f"{' LEFT JOIN ack ON true' if ack else ''}"
     )
 
 
-_PG_INSERT_ONE_FORWARD = _pg_insert_one_forward(ack=False)
-_PG_INSERT_ONE_FORWARD_ACK = _pg_insert_one_forward(ack=True)
+_PG_ONE_ROW = f"VALUES ({', '.join(':' + c for c in _PG_COLUMNS)})"
+_PG_INSERT_ONE_FORWARD = _pg_insert_forward(_PG_ONE_ROW, ack=False)
+_PG_INSERT_ONE_FORWARD_ACK = _pg_insert_forward(_PG_ONE_ROW, ack=True)
+_PG_INSERT_RUN_FORWARD = _pg_insert_forward(_PG_ROWS, ack=False)
+
+
+def _one_run(envelopes: dict[Any, tuple[Envelope, Incoming]]) -> tuple[str, int, int, datetime] | None:
+    """(node, last seq, count, latest receive time) when the batch is one node's sequenced messages
+    with seqs that run on without a hole or a repeat; else None."""
+    nodes = {env.node for env, _ in envelopes.values()}
+    if len(nodes) != 1 or any(env.type not in SEQUENCED for env, _ in envelopes.values()):
+        return None
+    seqs = {env.seq for env, _ in envelopes.values()}
+    if len(seqs) != len(envelopes) or max(seqs) - min(seqs) + 1 != len(seqs):
+        return None
+    return nodes.pop(), max(seqs), len(seqs), max(item.received_at for _, item in envelopes.values())
 
 
 @dataclass

@@ -67,3 +67,15 @@ def test_birth_announcing_more_than_stored_opens_a_gap(engine: Engine) -> None:
     assert state(engine) == (3, 6, True)
     store_batch(engine, [scan(4), scan(5)])
     assert state(engine) == (6, 6, False)
+
+
+def test_a_run_with_a_redelivered_message_moves_the_node_once_over_all_of_it(engine: Engine) -> None:
+    """On PostgreSQL a run of one box's messages writes its rows and moves the node in one statement,
+    only if every row was new: a run holding a redelivery goes the general way, to the same end."""
+    first = [scan(1), scan(2)]
+    store_batch(engine, first)
+    out = store_batch(engine, [first[1], scan(3), scan(4)])
+    assert (out.stored, out.duplicates) == (2, 1)
+    assert state(engine) == (4, 4, False)
+    out = store_batch(engine, [scan(5), scan(6)])
+    assert out.stored == 2 and state(engine) == (6, 6, False)
