@@ -39,6 +39,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import psutil
 from sqlalchemy import Engine, event, insert, text
 
 from broker.runtime import freeze_startup_objects
@@ -87,16 +88,12 @@ def _worker(url: str, worker: int, n: int, skus: int, out: Any, batch: int = 1, 
 
 
 def _backend_cpu_s(pids: set[int]) -> float | None:
-    """CPU seconds the PostgreSQL backends `pids` used so far (user + system, from /proc: the
-    server on this host), or None when they cannot be read."""
-    total = 0.0
+    """CPU seconds the PostgreSQL backends `pids` used so far (user + system: the server on this
+    host), or None when they cannot be read."""
     try:
-        for pid in pids:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
+        return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids)
+    except psutil.Error:
         return None
-    return total
 
 
 def _work(url: str, worker: int, n: int, skus: int, out: Any, batch: int, warm: int = 0) -> None:
