@@ -433,6 +433,17 @@ def run(name: str, spec: dict[str, Any], tmp: Path, timeout: float, env: dict[st
 
 
 
+def empty_baselines(tmp: Path) -> dict[str, Any]:
+    """The empty app twice: with Kivy's own defaults (2 samples per pixel), and drawn as the kiosk and
+    the station draw (kiosk/display.py: no multisampling), so the apps' figures can be read against
+    any Kivy window here and against one drawn like them."""
+    from kiosk.display import MULTISAMPLES
+
+    return {"empty_kivy_app": run("empty", {"driver": "empty"}, tmp, timeout=300),
+            "empty_kivy_app_as_drawn": run("empty-as-drawn", {"driver": "empty"}, tmp, timeout=300,
+                                           env={"KCFG_GRAPHICS_MULTISAMPLES": str(MULTISAMPLES)})}
+
+
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
     out = Path(spec["out"])

@@ -170,9 +170,7 @@ def app_figures(n: int) -> dict[str, Any]:
             figures = _with_box(tmp, layout, pw, n)
             # What any Kivy window costs here (SDL, the GL driver: Mesa's llvmpipe under Xvfb), so
             # the app's memory and frames can be read against it: bench/kiosk.py's empty app.
-            return {"bare_bus_round_trip": bare, **figures,
-                    "empty_kivy_app": app_drive.run("empty", {"driver": "empty"}, tmp, timeout=300),
-                    "targets": TARGETS}
+            return {"bare_bus_round_trip": bare, **figures, **app_drive.empty_baselines(tmp), "targets": TARGETS}
         finally:
             broker.stop()
 

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from kiosk.display import MULTISAMPLE_CHOICES, MULTISAMPLES
+
 __all__ = ["add_parser", "add_station_parser", "choose_box"]
 
 BOX_ENV = "OMNISHELF_BOX_URL"
@@ -30,6 +32,20 @@ def _size(value: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+def _multisamples(value: str) -> int:
+    if not value.isdigit() or int(value) not in MULTISAMPLE_CHOICES:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a sample count: expected one of {', '.join(map(str, MULTISAMPLE_CHOICES))}"
+            f" ({MULTISAMPLES}, the default, draws without multisampling: see docs/kiosk.md)")
+    return int(value)
+
+
+def _add_drawing(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--multisamples", type=_multisamples, default=MULTISAMPLES,
+                   help="samples per pixel the window asks the GL driver for (default 0: a box without a strong GPU"
+                        " spends most of each frame on them; 2, 4 or 8 for a GPU that does them for free)")
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("kiosk", help="run the cloud shelf touchscreen (Kivy) against a box's local API")
     p.add_argument("--box", type=_box_url, default=None,
@@ -38,6 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--windowed", action="store_true", help="a window instead of full screen (development)")
     p.add_argument("--size", type=_size, default=(1080, 1920), help="window size with --windowed (default 1080x1920)")
     p.add_argument("--idle", type=float, default=90.0, help="seconds without a touch before the reset countdown")
+    _add_drawing(p)
     p.set_defaults(func=cmd_kiosk)
 
 
@@ -86,24 +103,17 @@ def add_station_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
     p.add_argument("--windowed", action="store_true", help="a window instead of full screen (development)")
     p.add_argument("--size", type=_size, default=(1080, 1920),
                    help="window size with --windowed (default 1080x1920; 1920x1080 for landscape)")
+    _add_drawing(p)
     p.set_defaults(func=cmd_station)
 
 
 def _configure(args: argparse.Namespace) -> None:
     os.environ.setdefault("KIVY_NO_ARGS", "1")
     os.environ.setdefault("KIVY_NO_CONSOLELOG", "1")
-    from kivy.config import Config
+    from kiosk import display
 
-    if args.windowed:
-        Config.set("graphics", "fullscreen", "0")
-        Config.set("graphics", "width", str(args.size[0]))
-        Config.set("graphics", "height", str(args.size[1]))
-    else:
-        Config.set("graphics", "fullscreen", "auto")
-        Config.set("graphics", "show_cursor", "0")
-    # A keyboard-wedge scanner types into the station's window, and a shopper may find a keyboard
-    # on a kiosk: Escape closes neither.
-    Config.set("kivy", "exit_on_escape", "0")
+    display.window(windowed=args.windowed, size=args.size)
+    display.drawing(args.multisamples)
 
 
 def cmd_station(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ from typing import Any
 
 from kivy.app import App
 from kivy.factory import Factory
-from kivy.graphics import Color, Rectangle, RoundedRectangle
+from kivy.graphics import Color, Rectangle, SmoothRoundedRectangle
 from kivy.graphics.texture import Texture
 from kivy.properties import BooleanProperty, ObjectProperty, StringProperty
 from kivy.uix.behaviors import ButtonBehavior
@@ -63,7 +63,7 @@ class ProductCard(RecycleDataViewBehavior, ButtonBehavior, Widget):  # type: ign
         app = App.get_running_app()
         with self.canvas:
             self._bg_color = Color(*CARD)
-            self._bg = RoundedRectangle(radius=[14])
+            self._bg = SmoothRoundedRectangle(radius=[14])
             Color(*THUMB_BG)
             self._thumb_bg = Rectangle()
             self._thumb_color = Color(1, 1, 1, 1)

@@ -19,7 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kiosk.display import MULTISAMPLES
+
 os.environ.setdefault("KIVY_NO_ARGS", "1")
+# Drawn as `omnishelf kiosk` and `omnishelf station` draw (kiosk/display.py), read when the window opens.
+os.environ.setdefault("KCFG_GRAPHICS_MULTISAMPLES", str(MULTISAMPLES))
 
 from kivy.core.window import Window
 
