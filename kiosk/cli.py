@@ -41,7 +41,7 @@ def _multisamples(value: str) -> int:
 
 
 def _add_drawing(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--multisamples", type=_multisamples, default=MULTISAMPLES,
+    p.add_argument("--multisamples", type=_multisamples, default=MULTISAMPLES, metavar="N",
                    help="samples per pixel the window asks the GL driver for (default 0: a box without a strong GPU"
                         " spends most of each frame on them; 2, 4 or 8 for a GPU that does them for free)")
 
