@@ -291,10 +291,11 @@ def _drive(app: Any, result: dict[str, Any], frames: Frames, finish: Callable[[]
     def fling(browse: Any) -> None:
         mark = len(frames.swaps)
 
-        def done(end: int) -> None:
+        def done(end: int, cpu_ms: float) -> None:
             result["keystroke_repaint_ms"] = summary_ms([b for _a, b in keys])
             result["keystroke_repaint_to_flip_event_ms"] = summary_ms([a for a, _b in keys])
-            result["fling_frame_ms"] = frames.frame_ms(mark, end) | {"items_loaded": len(app.browse.items)}
+            result["fling_frame_ms"] = frames.frame_ms(mark, end) | {"items_loaded": len(app.browse.items),
+                                                                     "cpu_per_frame_ms": cpu_ms}
             result["text_textures_rendered"] = app.texts.rendered
             result["window"] = list(Window.size)
             finish()
@@ -304,14 +305,17 @@ def _drive(app: Any, result: dict[str, Any], frames: Frames, finish: Callable[[]
     Clock.schedule_interval(step, POLL_S)
 
 
-def _fling(grid: Any, count: int, frames: Frames, done: Callable[[int], None]) -> None:
+def _fling(grid: Any, count: int, frames: Frames, done: Callable[[int, float], None]) -> None:
     """Scroll `grid` down FLING_PX a frame for `count` frames (pages may load meanwhile): each step
-    after the previous frame was presented, as a finger's moves come one a frame. `done(end)`: the
-    fling's frames end before `frames.swaps[end]` (a frame drawn later is not the fling's)."""
+    after the previous frame was presented, as a finger's moves come one a frame. `done(end, cpu)`:
+    the fling's frames end before `frames.swaps[end]` (a frame drawn later is not the fling's); `cpu`
+    is the process's CPU per frame meanwhile, ms, every thread's (the GL driver's rasteriser threads
+    included): what a frame costs whatever else the machine is doing."""
     from kivy.clock import Clock
 
     left = [count]
     seen = [len(frames.swaps), time.perf_counter()]
+    start = (len(frames.swaps), time.process_time())
 
     def step(_dt: float) -> None:
         if len(frames.swaps) == seen[0] and left[0] < count and time.perf_counter() - seen[1] < 0.5:
@@ -321,7 +325,8 @@ def _fling(grid: Any, count: int, frames: Frames, done: Callable[[int], None]) -
             return
         seen[:] = [len(frames.swaps), time.perf_counter()]
         if left[0] <= 0:
-            done(len(frames.swaps))
+            end = len(frames.swaps)
+            done(end, round((time.process_time() - start[1]) * 1000 / max(1, end - start[0]), 2))
             return
         scrollable = max(1.0, grid.children[0].height - grid.height)
         grid.scroll_y = max(0.0, grid.scroll_y - FLING_PX / scrollable)
@@ -399,8 +404,8 @@ def _empty(spec: dict[str, Any], out: Path) -> None:
         def go(_dt: float) -> None:
             mark = len(frames.swaps)
 
-            def done(end: int) -> None:
-                result["rv_fling_frame_ms"] = frames.frame_ms(mark, end)
+            def done(end: int, cpu_ms: float) -> None:
+                result["rv_fling_frame_ms"] = frames.frame_ms(mark, end) | {"cpu_per_frame_ms": cpu_ms}
                 out.write_text(json.dumps(result))
                 app.stop()
 

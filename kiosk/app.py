@@ -23,7 +23,7 @@ from kivy.properties import NumericProperty, ObjectProperty, StringProperty
 from kivy.uix.floatlayout import FloatLayout
 from kivy.uix.screenmanager import FadeTransition, ScreenManager
 
-from kiosk import clip  # noqa: F401  (registers the Clip* widgets for the kv files)
+from kiosk import clip, display  # noqa: F401  (clip registers the Clip* widgets for the kv files)
 from kiosk.client import BoxClient
 from kiosk.fonts import install_cjk_font
 from kiosk.i18n import Catalogue
@@ -151,6 +151,7 @@ class KioskApp(App):  # type: ignore[misc]
     def build(self) -> Shell:
         self.font_path = install_cjk_font()
         Window.clearcolor = BG
+        display.plain_fills_sampled_nearest()
         # The shell's file first: it declares the shared widget styles the screens use.
         root: Shell = Builder.load_file(str(HERE / "app.kv"))
         self.sm = root.ids.sm

@@ -7,7 +7,7 @@ drives and the benches, which must draw what the product draws.
 
 from __future__ import annotations
 
-__all__ = ["MULTISAMPLES", "MULTISAMPLE_CHOICES", "drawing", "window"]
+__all__ = ["MULTISAMPLES", "MULTISAMPLE_CHOICES", "drawing", "plain_fills_sampled_nearest", "window"]
 
 # Kivy asks the GL driver for 2 samples per pixel (MSAA) unless told otherwise, and Mesa's software
 # GL (llvmpipe) gives 4, its only multisampled mode. A box without a strong GPU pays for them on every
@@ -45,3 +45,16 @@ def window(*, windowed: bool, size: tuple[int, int]) -> None:
     # A keyboard-wedge scanner types into the station's window, and a shopper may find a keyboard
     # on a kiosk: Escape closes neither.
     Config.set("kivy", "exit_on_escape", "0")
+
+
+def plain_fills_sampled_nearest() -> None:
+    """Kivy draws a shape given no texture (a card, a panel, a bar) with its default texture, a white
+    64x64 picture, sampled with linear filtering: for every pixel of every fill the GL driver blends
+    four texels of white. Sampled nearest it is the same white, one texel, and on Mesa's software GL
+    a fill costs about a third less CPU (docs/kiosk.md, "Plain fills sampled nearest"). Called once
+    the window exists (the texture is made with the GL context); it changes no pixel drawn."""
+    from kivy.graphics import Rectangle
+
+    default = Rectangle().texture  # an instruction given no texture reads back the default one
+    default.min_filter = "nearest"
+    default.mag_filter = "nearest"

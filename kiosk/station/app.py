@@ -27,7 +27,7 @@ from kivy.properties import NumericProperty, ObjectProperty, StringProperty
 from kivy.uix.floatlayout import FloatLayout
 from kivy.uix.screenmanager import NoTransition, ScreenManager
 
-from kiosk import clip  # noqa: F401  (registers the Clip* widgets the kv files use)
+from kiosk import clip, display  # noqa: F401  (clip registers the Clip* widgets the kv files use)
 from kiosk.app import ImageCache
 from kiosk.client import BoxClient
 from kiosk.fonts import install_cjk_font
@@ -169,6 +169,7 @@ class StationApp(App):  # type: ignore[misc]
         Config.set("kivy", "exit_on_escape", "0")
         install_cjk_font()
         Window.clearcolor = BG
+        display.plain_fills_sampled_nearest()
         root: StationShell = Builder.load_file(str(HERE / "app.kv"))
         Builder.load_file(str(KIOSK / "keyboard.kv"))
         self.sm = root.ids.sm
