@@ -6,7 +6,7 @@ from typing import Any
 
 from kivy.app import App
 from kivy.factory import Factory
-from kivy.graphics import Color, Rectangle, SmoothRoundedRectangle
+from kivy.graphics import Color, Rectangle
 from kivy.graphics.texture import Texture
 from kivy.properties import BooleanProperty, ObjectProperty, StringProperty
 from kivy.uix.behaviors import ButtonBehavior
@@ -15,6 +15,7 @@ from kivy.uix.screenmanager import Screen
 from kivy.uix.widget import Widget
 
 from kiosk import keyboard  # noqa: F401  (registers OnScreenKeyboard for the kv files)
+from kiosk.rounded import rounded_box
 from kiosk.textures import TextTextures
 
 __all__ = ["SCREEN", "BrowseScreen", "ProductCard", "Thumb"]
@@ -63,7 +64,7 @@ class ProductCard(RecycleDataViewBehavior, ButtonBehavior, Widget):  # type: ign
         app = App.get_running_app()
         with self.canvas:
             self._bg_color = Color(*CARD)
-            self._bg = SmoothRoundedRectangle(radius=[14])
+            self._bg = rounded_box(14)
             Color(*THUMB_BG)
             self._thumb_bg = Rectangle()
             self._thumb_color = Color(1, 1, 1, 1)
