@@ -118,6 +118,7 @@ def _work(url: str, worker: int, n: int, skus: int, out: Any, batch: int, warm: 
         cache = getattr(batching, "holders", None)
         store = cache.holders(conn) if cache is not None and batch > 1 else None
         if store is not None:
+            conn.rollback()
             with conn.begin():
                 store.view(conn)
     candidates.INDEX_TTL_S = 3600.0

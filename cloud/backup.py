@@ -763,27 +763,28 @@ def _rebase_txids(engine: Engine) -> int:
     txid, and every follower's cursor, down by the same amount keeps their order and puts them
     below the new server's counter. A no-op when restoring into the server the backup came from.
     The orders engine's stock movements carry txids too (its ATP feed reads them by a cursor row of
-    `follower_cursors`): they are shifted with the rest.
+    `follower_cursors`), and so does its log of changed stock rows (the routing workers' holders
+    caches read it by (txid, id); left above the counter, its rows would be read again by every
+    batch): they are shifted with the rest.
     """
     with engine.begin() as conn:
         present = set(inspect(conn).get_table_names())
         if not {"ingested_messages", "follower_cursors"} <= present:
             return 0
         now = int(conn.execute(text("SELECT pg_current_xact_id()::text::bigint")).scalar_one())
-        movements = "orders_movements" in present
+        orders = [t for t in ("orders_movements", "orders_stock_changes") if t in present]
         top = max(
             int(conn.execute(text("SELECT coalesce(max(txid), 0) FROM ingested_messages")).scalar_one()),
             int(conn.execute(text("SELECT coalesce(max(txid), 0) FROM follower_cursors")).scalar_one()),
-            int(conn.execute(text("SELECT coalesce(max(txid), 0) FROM orders_movements")).scalar_one())
-            if movements else 0,
+            *(int(conn.execute(text(f"SELECT coalesce(max(txid), 0) FROM {t}")).scalar_one()) for t in orders),
         )
         if top < now:
             return 0
         shift = top - now + 1
         conn.execute(text("UPDATE ingested_messages SET txid = txid - :d WHERE txid IS NOT NULL"), {"d": shift})
         conn.execute(text("UPDATE follower_cursors SET txid = txid - :d"), {"d": shift})
-        if movements:
-            conn.execute(text("UPDATE orders_movements SET txid = txid - :d WHERE txid IS NOT NULL"), {"d": shift})
+        for t in orders:
+            conn.execute(text(f"UPDATE {t} SET txid = txid - :d WHERE txid IS NOT NULL"), {"d": shift})
         return shift
 
 
