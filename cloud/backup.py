@@ -690,13 +690,21 @@ def _has_files(root: Path) -> bool:
 
 
 def _clear_postgres(conn: Connection) -> None:
-    """Drop what pg_restore would collide with: every table, view and sequence of the schema."""
+    """Drop what pg_restore would collide with: every table, view and sequence of the schema, and its
+    own functions (the orders stock log's trigger function, migration 0018; not an extension's)."""
     insp = inspect(conn)
     prep = conn.dialect.identifier_preparer
     for kind, names in (("VIEW", insp.get_view_names()), ("TABLE", insp.get_table_names()),
                         ("SEQUENCE", insp.get_sequence_names())):
         if names:
             conn.execute(text(f"DROP {kind} IF EXISTS {', '.join(prep.quote(n) for n in names)} CASCADE"))
+    functions = conn.execute(text(
+        "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = current_schema() AND p.prokind = 'f' AND NOT EXISTS "
+        "(SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')"
+    )).scalars().all()
+    if functions:
+        conn.execute(text(f"DROP FUNCTION IF EXISTS {', '.join(functions)} CASCADE"))
 
 
 def _restore_sqlite(engine: Engine, dump: Path) -> None:
