@@ -690,13 +690,21 @@ def _has_files(root: Path) -> bool:
 
 
 def _clear_postgres(conn: Connection) -> None:
-    """Drop what pg_restore would collide with: every table, view and sequence of the schema."""
+    """Drop what pg_restore would collide with: every table, view and sequence of the schema, and its
+    own functions (the orders stock log's trigger function, migration 0018; not an extension's)."""
     insp = inspect(conn)
     prep = conn.dialect.identifier_preparer
     for kind, names in (("VIEW", insp.get_view_names()), ("TABLE", insp.get_table_names()),
                         ("SEQUENCE", insp.get_sequence_names())):
         if names:
             conn.execute(text(f"DROP {kind} IF EXISTS {', '.join(prep.quote(n) for n in names)} CASCADE"))
+    functions = conn.execute(text(
+        "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = current_schema() AND p.prokind = 'f' AND NOT EXISTS "
+        "(SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')"
+    )).scalars().all()
+    if functions:
+        conn.execute(text(f"DROP FUNCTION IF EXISTS {', '.join(functions)} CASCADE"))
 
 
 def _restore_sqlite(engine: Engine, dump: Path) -> None:
@@ -763,27 +771,28 @@ def _rebase_txids(engine: Engine) -> int:
     txid, and every follower's cursor, down by the same amount keeps their order and puts them
     below the new server's counter. A no-op when restoring into the server the backup came from.
     The orders engine's stock movements carry txids too (its ATP feed reads them by a cursor row of
-    `follower_cursors`): they are shifted with the rest.
+    `follower_cursors`), and so does its log of changed stock rows (the routing workers' holders
+    caches read it by (txid, id); left above the counter, its rows would be read again by every
+    batch): they are shifted with the rest.
     """
     with engine.begin() as conn:
         present = set(inspect(conn).get_table_names())
         if not {"ingested_messages", "follower_cursors"} <= present:
             return 0
         now = int(conn.execute(text("SELECT pg_current_xact_id()::text::bigint")).scalar_one())
-        movements = "orders_movements" in present
+        orders = [t for t in ("orders_movements", "orders_stock_changes") if t in present]
         top = max(
             int(conn.execute(text("SELECT coalesce(max(txid), 0) FROM ingested_messages")).scalar_one()),
             int(conn.execute(text("SELECT coalesce(max(txid), 0) FROM follower_cursors")).scalar_one()),
-            int(conn.execute(text("SELECT coalesce(max(txid), 0) FROM orders_movements")).scalar_one())
-            if movements else 0,
+            *(int(conn.execute(text(f"SELECT coalesce(max(txid), 0) FROM {t}")).scalar_one()) for t in orders),
         )
         if top < now:
             return 0
         shift = top - now + 1
         conn.execute(text("UPDATE ingested_messages SET txid = txid - :d WHERE txid IS NOT NULL"), {"d": shift})
         conn.execute(text("UPDATE follower_cursors SET txid = txid - :d"), {"d": shift})
-        if movements:
-            conn.execute(text("UPDATE orders_movements SET txid = txid - :d WHERE txid IS NOT NULL"), {"d": shift})
+        for t in orders:
+            conn.execute(text(f"UPDATE {t} SET txid = txid - :d WHERE txid IS NOT NULL"), {"d": shift})
         return shift
 
 

@@ -180,6 +180,22 @@ class StockRow(Base):
     updated_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
+class StockChange(Base):
+    """The key of a stock row inserted, updated or deleted (PostgreSQL: written by triggers on
+    `orders_stock`, migration 0018; no key: the table was truncated), for the routing workers'
+    holders caches (`cloud.orders.holders`). Nothing writes it on SQLite."""
+
+    __tablename__ = "orders_stock_changes"
+    __table_args__ = (Index("ix_orders_stock_changes_txid_id", "txid", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    txid: Mapped[int | None] = mapped_column(BigInteger)
+    """The writing transaction's id (a column default): read in commit order as followers read the ledger."""
+    location_id: Mapped[int | None] = mapped_column(Integer)
+    sku: Mapped[str | None] = mapped_column(String(64))
+    at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
 class Movement(Base):
     """The stock ledger's history: every change of on hand or reserved, with its source."""
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import urllib.request
 from datetime import UTC, datetime
 from typing import Any
@@ -23,7 +24,7 @@ from sqlalchemy import Connection, Engine, Table, func, select, text, tuple_, up
 from cloud.db import insert_for, write_transaction
 from cloud.engine import TaskContext
 from cloud.models import FollowerCursor
-from cloud.orders import channels, service
+from cloud.orders import channels, holders, service
 from cloud.orders.stock import MOVES
 
 __all__ = ["ATP_BATCH", "ATP_CURSOR", "TICK_S", "atp_step", "housekeeper", "tick"]
@@ -139,7 +140,17 @@ def tick(engine: Engine, post: object = http_post) -> dict[str, int]:
         rounds += 1
     if feed_due or atp:
         sent = channels.deliver_due(engine, post, now)
+    global _pruned_at
+    if engine.dialect.name == "postgresql" and time.monotonic() - _pruned_at >= PRUNE_EVERY_S:
+        with write_transaction(engine) as conn:
+            holders.prune(conn)
+        _pruned_at = time.monotonic()
     return {"expired": expired, "queued": queued, "atp": atp, "sent": sent}
+
+
+PRUNE_EVERY_S = 300.0
+"""How often the housekeeper prunes the stock changes the holders caches read (`holders.prune`)."""
+_pruned_at = -PRUNE_EVERY_S
 
 
 async def housekeeper(ctx: TaskContext) -> None:
