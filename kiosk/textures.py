@@ -59,6 +59,11 @@ class TextTextures:
                           shorten_from="right", halign=halign, bold=bold)
         label.refresh()
         tex: Texture | None = label.texture
+        if tex is not None:
+            # Drawn at its own size, a texel a pixel: sampled nearest, the glyphs stay sharp where the
+            # grid's scrolling puts them between pixels (linear blurs them by that fraction), and a
+            # software rasteriser reads one texel a pixel instead of four.
+            tex.min_filter = tex.mag_filter = "nearest"
         self.rendered += 1
         self._kept[key] = tex
         while len(self._kept) > self.size:
