@@ -15,6 +15,7 @@ from kivy.uix.screenmanager import Screen
 from kivy.uix.widget import Widget
 
 from kiosk import keyboard  # noqa: F401  (registers OnScreenKeyboard for the kv files)
+from kiosk.grid import UniformGridLayout  # noqa: F401  (registered for the kv files)
 from kiosk.rounded import rounded_box
 from kiosk.textures import TextTextures
 
