@@ -29,12 +29,15 @@ class UniformGridLayout(RecycleGridLayout):  # type: ignore[misc]
             super()._fill_rows_cols_sizes()
             return
         one = opts[0]
-        sh, size, sh_min, sh_max = one["size_hint"], one["size"], one["size_hint_min"], one["size_hint_max"]
-        for o in opts:  # a plain loop of four comparisons: a tenth of Kivy's pass
-            if o["size"] != size or o["size_hint"] != sh or o["size_hint_min"] != sh_min or o["size_hint_max"] != sh_max:
+        sh, sh_min, sh_max = one["size_hint"], one["size_hint_min"], one["size_hint_max"]
+        (shw, shh), (w, h), (shw_min, shh_min), (shw_max, shh_max) = sh, one["size"], sh_min, sh_max
+        # Kivy's pass reads a size only where its hint is None: a laid-out card's width (its column's)
+        # and a new one's (None) are the same item to it.
+        for o in opts:  # a plain loop of a few comparisons: a tenth of Kivy's pass
+            if (o["size_hint"] != sh or o["size_hint_min"] != sh_min or o["size_hint_max"] != sh_max
+                    or (shw is None and o["size"][0] != w) or (shh is None and o["size"][1] != h)):
                 super()._fill_rows_cols_sizes()
                 return
-        (shw, shh), (w, h), (shw_min, shh_min), (shw_max, shh_max) = sh, size, sh_min, sh_max
         cols, rows = self._cols, self._rows
         col_n, row_n = [0] * len(cols), [0] * len(rows)
         for col, row in islice(self._create_idx_iter(len(cols), len(rows)), len(opts)):
