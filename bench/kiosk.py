@@ -9,9 +9,10 @@ publishes). Then, under Xvfb at 1080x1920:
   p50/p99 ms; baseline: `GET /status` on the same API (the HTTP round trip alone);
 - kiosk app: cold start to its first frame presented and resident memory then, next to an empty
   Kivy app (a Label) started the same way, twice: with Kivy's defaults (`empty_kivy_app`, 2 samples
-  per pixel) and drawn as the kiosk draws (`empty_kivy_app_as_drawn`, no multisampling); targets: start < 5 s, RSS < 250 MB. The kiosk runs as
-  `omnishelf kiosk --box URL` runs it, in a process that imports only what that imports (the box's
-  API is served from this process; bench/app_drive.py reports the app process's packages);
+  per pixel) and drawn as the kiosk draws (`empty_kivy_app_as_drawn`, no multisampling); targets:
+  start < 5 s, RSS < 250 MB. The kiosk runs as `omnishelf kiosk --box URL` runs it, in a process
+  that imports only what that imports (the box's API is served from this process;
+  bench/app_drive.py reports the app process's packages);
 - keystroke to repainted grid: a key tapped on the on-screen keyboard until the frame showing the
   new grid has been presented, p50/p99 ms (target < 50 ms); the empty app's frame (its label
   changed every frame) is what one repaint of the window costs here at all;

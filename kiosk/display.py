@@ -12,11 +12,10 @@ __all__ = ["MULTISAMPLES", "MULTISAMPLE_CHOICES", "drawing", "plain_fills_sample
 # Kivy asks the GL driver for 2 samples per pixel (MSAA) unless told otherwise, and Mesa's software
 # GL (llvmpipe) gives 4, its only multisampled mode. A box without a strong GPU pays for them on every
 # frame: the whole window is rasterised at 4 samples and resolved on each buffer swap, and the
-# multisample buffers are resident memory. Measured on Mesa's
-# software GL at 1080x1920 (docs/kiosk.md, "Drawing without multisampling"): an empty window's swap
-# 20 -> 3.5 ms, an empty Kivy app's memory 209 -> 144 MB. The apps' shapes that are not
-# axis-aligned (rounded cards and buttons) are drawn with Kivy's smoothed instructions instead, which
-# antialias their own edges; text is textures and is not affected.
+# multisample buffers are resident memory. Measured at 1080x1920 (docs/kiosk.md, "Drawing without
+# multisampling"): an empty window's swap 20 -> 3.5 ms, an empty Kivy app's memory 209 -> 140 MB.
+# The apps' shapes that are not axis-aligned antialias their own edges (Kivy's smoothed
+# instructions, the cards' nine-patch corners: kiosk/rounded.py); text is textures, never sampled.
 MULTISAMPLES = 0
 MULTISAMPLE_CHOICES = (0, 2, 4, 8)
 
