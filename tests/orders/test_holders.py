@@ -175,10 +175,16 @@ def test_prune_deletes_only_the_changes_older_than_kept(engine: Engine) -> None:
     with write_transaction(engine) as conn:
         logged = conn.execute(text("SELECT count(*) FROM orders_stock_changes")).scalar_one()
         assert logged >= 10  # the grid's stock rows, inserted and updated
-        conn.execute(text("UPDATE orders_stock_changes SET at = at - make_interval(secs => :s) "
+        # Four old enough, written by a transaction long ended (txid 1: below any horizon, whatever
+        # else runs on the server meanwhile, as other tests' transactions do); a fifth as old but
+        # written by a transaction still running (this one, `pg_current_xact_id`): kept until it ends.
+        conn.execute(text("UPDATE orders_stock_changes SET at = at - make_interval(secs => :s), txid = 1 "
                           "WHERE id IN (SELECT id FROM orders_stock_changes ORDER BY id LIMIT 4)"),
                      {"s": holders.KEEP_S + 60})
-    with write_transaction(engine) as conn:
+        conn.execute(text("UPDATE orders_stock_changes SET at = at - make_interval(secs => :s), "
+                          "txid = pg_current_xact_id()::text::bigint "
+                          "WHERE id = (SELECT id FROM orders_stock_changes ORDER BY id OFFSET 4 LIMIT 1)"),
+                     {"s": holders.KEEP_S + 60})
         assert holders.prune(conn) == 4
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM orders_stock_changes")).scalar_one() == logged - 4
