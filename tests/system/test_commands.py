@@ -15,7 +15,30 @@ from broker.envelope import MessageType
 from broker.payloads import CommandData
 from cloud.bus import downlink
 from cloud.db import make_engine, write_transaction
-from tests.system.harness import System, wait_for
+from tests.system.harness import Proc, System, wait_for
+
+
+def freeze_outside_a_transaction(system: System, worker: Proc) -> None:
+    """SIGSTOP the worker where it holds no write lock. On SQLite a worker frozen inside a write
+    transaction (a presence or telemetry message it was storing) would keep every other writer out
+    until it dies: the database is probed with a write of its own, and the worker let go for a
+    moment and frozen again while the probe cannot get in."""
+    if system.engine.dialect.name != "sqlite":
+        worker.signal(signal.SIGSTOP)  # PostgreSQL: its row locks are not the command's rows
+        return
+    path = str(system.engine.url.database)
+    for _ in range(20):
+        worker.signal(signal.SIGSTOP)
+        probe = sqlite3.connect(path, timeout=1.0, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:
+            worker.signal(signal.SIGCONT)  # frozen mid-transaction: let it finish, then again
+        finally:
+            probe.close()
+    raise AssertionError("the worker was inside a write transaction at each of 20 freezes")
 
 
 def send(system: System, node: str, name: str) -> uuid.UUID:
@@ -69,7 +92,7 @@ def test_commands_survive_a_worker_killed_between_commit_and_publish_and_a_box_r
     worker = system.worker()
     box = system.box("st-cmd2")
     wait_for(lambda: system.online("st-cmd2") is True, 30, "the box online")
-    worker.signal(signal.SIGSTOP)  # frozen: it cannot publish what is committed next
+    freeze_outside_a_transaction(system, worker)  # frozen: it cannot publish what is committed next
     during = send(system, "st-cmd2", "ping")
     worker.kill()
     assert command(system, during)[0] == "pending"
