@@ -73,6 +73,7 @@ from cloud.orders.candidates import (
     plan_rule,
 )
 from cloud.orders.holders import Arrays, Holders
+from cloud.orders.pgarrays import int_array, text_array
 from cloud.orders.routing import COMBINATION_POOL, VECTOR_MAX_K, Candidate, OrderIn, _first_cover
 from cloud.orders.rules import RuleError, RuleSet, Unfilled
 from cloud.orders.stock import _RESERVE_PG, _RESERVE_SQLITE, _UNRESERVE
@@ -300,15 +301,6 @@ number of SKUs (compiled, and prepared by the server, for each). A unique-index 
 of the server's time a batched order at 5,000 products."""
 
 
-def _int_array(values: list[int]) -> str:
-    return "{" + ",".join(map(str, values)) + "}"
-
-
-def _text_array(values: Sequence[str]) -> str:
-    """A PostgreSQL array literal of strings (each quoted, its quotes and backslashes escaped)."""
-    return "{" + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values) + "}"
-
-
 def _from_cache(reads: Reads) -> None:
     """What the stopped orders asked for that the holders cache has: taken from it, not read."""
     if reads.want_pairs:
@@ -373,8 +365,8 @@ def _fetch(conn: Connection, reads: Reads, now: datetime) -> None:
                 params["gs"] += [g] * len(group)
                 params["skus"] += group
             # As array literals: the driver dumps a list element by element, in Python.
-            params["gl"], params["locs"] = _int_array(gl), _int_array(ls)
-            params["gs"], params["skus"] = _int_array(params["gs"]), _text_array(params["skus"])
+            params["gl"], params["locs"] = int_array(gl), int_array(ls)
+            params["gs"], params["skus"] = int_array(params["gs"]), text_array(params["skus"])
         else:
             params = {"groups": json.dumps([[locs, group] for group, locs in groups.items()])}
         reads.atp.update(dict.fromkeys(pairs, 0))  # no row: nothing there
@@ -397,7 +389,7 @@ def _fetch(conn: Connection, reads: Reads, now: datetime) -> None:
         for s in skus:
             reads.holders_any[s] = (empty, empty)
         # Rows below 1 are not read: as far as routing goes, none there (`Reads.left` gives 0).
-        got_any: Any = (_pg(conn, _HOLDING_ANY[dialect], {"skus": _text_array(skus)}) if dialect == "postgresql"
+        got_any: Any = (_pg(conn, _HOLDING_ANY[dialect], {"skus": text_array(skus)}) if dialect == "postgresql"
                         else conn.execute(_HOLDING_ANY[dialect], {"skus": json.dumps(skus)}))
         for sku, locs, atp in got_any.all():
             reads.holders_any[sku] = _arrays(dialect, locs, atp)
@@ -575,9 +567,9 @@ def _reserve(conn: Connection, wanted: dict[Pair, int]) -> dict[Pair, tuple[int,
         # A savepoint of our own, not `begin_nested` (its bookkeeping cost twice the two statements):
         # opened and closed here, around one statement.
         conn.exec_driver_sql("SAVEPOINT orders_batch_reserve")
-        got = _pg(conn, _RESERVE_PG, {"locs": _int_array([r[0] for r in rows]),
-                                      "skus": _text_array([r[1] for r in rows]),
-                                      "qtys": _int_array([r[2] for r in rows])}).all()
+        got = _pg(conn, _RESERVE_PG, {"locs": int_array([r[0] for r in rows]),
+                                      "skus": text_array([r[1] for r in rows]),
+                                      "qtys": int_array([r[2] for r in rows])}).all()
         if len(got) < len(rows):
             conn.exec_driver_sql("ROLLBACK TO SAVEPOINT orders_batch_reserve")
             conn.exec_driver_sql("RELEASE SAVEPOINT orders_batch_reserve")
@@ -628,7 +620,7 @@ def _intake_batch(conn: Connection, orders: Sequence[service.OrderInput], *, act
     skus = sorted({ln.sku for o in orders for ln in o.lines})
     known: set[str] = set()
     if skus:
-        found_skus: Any = (_pg(conn, _KNOWN_SKUS_PG, {"skus": _text_array(skus)}) if conn.dialect.name == "postgresql"
+        found_skus: Any = (_pg(conn, _KNOWN_SKUS_PG, {"skus": text_array(skus)}) if conn.dialect.name == "postgresql"
                            else conn.execute(service._KNOWN_SKUS, {"skus": skus}))
         known = set(found_skus.scalars())
     region = None

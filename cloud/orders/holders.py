@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 from sqlalchemy import Connection, text
+
+from cloud.orders.pgarrays import int_array, text_array
 
 __all__ = ["CATCH_UP_MAX", "IDLE_S", "KEEP_S", "WARM_MAX_BYTES", "Holders", "forget", "holders", "prune"]
 
@@ -71,14 +72,6 @@ UNION ALL
 (SELECT s.sku, array_agg(s.location_id), array_agg({_ATP}), NULL, NULL FROM orders_stock s
  WHERE {_ATP} >= 1 GROUP BY s.sku)""")
 _EMPTY = np.zeros(0, dtype=np.int64)
-
-
-def _int_array(values: Iterable[int]) -> str:
-    return "{" + ",".join(map(str, values)) + "}"
-
-
-def _text_array(values: Sequence[str]) -> str:
-    return "{" + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values) + "}"
 
 
 def arrays(locs: Any, atp: Any) -> Arrays:
@@ -155,7 +148,7 @@ class Holders:
             return
         pairs.sort()
         got = {(int(r[0]), str(r[1])): int(r[2]) for r in conn.execute(_PROBE, {
-            "locs": _int_array(p[0] for p in pairs), "skus": _text_array([p[1] for p in pairs])})}
+            "locs": int_array(p[0] for p in pairs), "skus": text_array([p[1] for p in pairs])})}
         by_sku: dict[str, list[tuple[int, int]]] = {}
         for loc, sku in pairs:
             by_sku.setdefault(sku, []).append((loc, got.get((loc, sku), 0)))
@@ -219,7 +212,7 @@ _caches_lock = threading.Lock()
 
 
 def _key(conn: Connection) -> str:
-    return conn.engine.url.render_as_string(hide_password=True) + str(conn.engine.url.query)
+    return str(conn.engine.url.render_as_string(hide_password=True))  # its query too: each schema its own cache
 
 
 def holders(conn: Connection) -> Holders | None:
