@@ -14,10 +14,13 @@ returned at that moment:
 
 - the cursor is (txid, id) and moves only over rows of transactions older than every one still
   running (`pg_snapshot_xmin`): any change not seen yet comes after it, as followers read the ledger;
-- the rows named by the log are read again rather than their values logged: whatever order
-  concurrent writers committed in, the value read is the row's newest committed one;
-- keys logged by transactions still running (this one's own, uncommitted, included) are read again
-  at the next refresh too: if that transaction rolls back, its values go;
+- a row's newest change is its log row with the highest id: a writer logs its change after taking
+  the row's lock and keeps the lock until it ends, so the next writer's change, and its log row,
+  come after it commits. A row whose changes seen in a refresh are all by transactions that ended
+  (below the horizon) takes the figure its newest one logged (migration 0020);
+- a row changed by a transaction not known to have ended (committed while an older one still runs,
+  or this one's own) is read again instead, and at the next refresh too: if that transaction rolls
+  back, its values go. So is a row logged without a figure (before 0020);
 - a truncation (a log row without a key), a log too long to catch up with (`CATCH_UP_MAX`), a cache
   idle for longer than `IDLE_S`, or another log table (the database recreated) start it afresh.
 
@@ -57,7 +60,7 @@ _LOG_OID = "to_regclass('orders_stock_changes')::oid::bigint"
 _CHANGES = text(f"""
 SELECT NULL::bigint, NULL::bigint, NULL::integer, NULL::varchar, {_HORIZON}, {_LOG_OID}
 UNION ALL
-(SELECT c.txid, c.id, c.location_id, c.sku, NULL, NULL FROM orders_stock_changes c
+(SELECT c.txid, c.id, c.location_id, c.sku, c.atp, NULL FROM orders_stock_changes c
  WHERE (c.txid, c.id) > (CAST(:txid AS bigint), CAST(:id AS bigint)) ORDER BY c.txid, c.id
  LIMIT CAST(:limit AS integer))""")
 """The horizon and the log's table, then the rows after the cursor: one statement, one snapshot."""
@@ -127,31 +130,47 @@ class Holders:
         rows = conn.execute(_CHANGES, {"txid": self.cursor[0], "id": self.cursor[1], "limit": CATCH_UP_MAX + 1}).all()
         horizon, log = int(rows[0][4]), rows[0][5]
         changes = rows[1:]
+        # More than a refresh reads: start afresh (a row's newest change could be beyond the limit).
         if log is None or int(log) != self.log or len(changes) > CATCH_UP_MAX or any(r[2] is None for r in changes):
             return False
         dirty = set(self.running)
         running: set[Pair] = set()
+        newest: dict[Pair, tuple[int, int]] = {}  # per row, the (log id, figure) of its newest change
         cursor = self.cursor
-        for txid, cid, loc, sku, _, _ in changes:
-            dirty.add((loc, sku))
+        for txid, cid, loc, sku, atp, _ in changes:
+            pair = (loc, sku)
             if txid < horizon:  # its transaction ended: nothing below it can come any more
                 cursor = (txid, cid)
+                if atp is None:
+                    dirty.add(pair)
+                else:
+                    seen = newest.get(pair)
+                    if seen is None or cid > seen[0]:
+                        newest[pair] = (cid, atp)
             else:
-                running.add((loc, sku))
+                running.add(pair)
+                dirty.add(pair)
         self.cursor, self.running = cursor, running
-        self._probe(conn, [p for p in dirty if p[1] in self.per or self.complete])
+        self._set({p: max(0, v) for p, (_, v) in newest.items() if p not in dirty})
+        self._probe(conn, sorted(dirty))
         return True
 
     def _probe(self, conn: Connection, pairs: list[Pair]) -> None:
-        """Read `pairs` again and put what they have now into `per` (new arrays for each SKU changed)."""
+        """Read the rows `pairs` (sorted) again and put what they have now into `per`."""
+        pairs = [p for p in pairs if p[1] in self.per or self.complete]
         if not pairs:
             return
-        pairs.sort()
         got = {(int(r[0]), str(r[1])): int(r[2]) for r in conn.execute(_PROBE, {
             "locs": int_array(p[0] for p in pairs), "skus": text_array([p[1] for p in pairs])})}
+        self._set({p: got.get(p, 0) for p in pairs})
+
+    def _set(self, values: dict[Pair, int]) -> None:
+        """Put what rows have now (0: nothing, or no such row) into `per`: new arrays for each SKU
+        changed, never changed in place (a `view` handed out keeps what it saw)."""
         by_sku: dict[str, list[tuple[int, int]]] = {}
-        for loc, sku in pairs:
-            by_sku.setdefault(sku, []).append((loc, got.get((loc, sku), 0)))
+        for (loc, sku), have in sorted(values.items()):
+            if sku in self.per or self.complete:
+                by_sku.setdefault(sku, []).append((loc, have))
         for sku, now in by_sku.items():
             ids, atp = self.per.get(sku, (_EMPTY, _EMPTY))
             if len(ids):
@@ -166,11 +185,11 @@ class Holders:
                     self.per[sku] = (ids, new)
                     continue
             locs = np.array([loc for loc, _ in now], dtype=np.int64)
-            values = np.array([v for _, v in now], dtype=np.int64)
+            figures = np.array([v for _, v in now], dtype=np.int64)
             keep = ~np.isin(ids, locs, assume_unique=True)
-            held = values >= 1
+            held = figures >= 1
             new_ids = np.concatenate([ids[keep], locs[held]])
-            new_atp = np.concatenate([atp[keep], values[held]])
+            new_atp = np.concatenate([atp[keep], figures[held]])
             order = np.argsort(new_ids, kind="stable")
             if len(new_ids):
                 self.per[sku] = (new_ids[order], new_atp[order])

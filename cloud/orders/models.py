@@ -181,9 +181,10 @@ class StockRow(Base):
 
 
 class StockChange(Base):
-    """The key of a stock row inserted, updated or deleted (PostgreSQL: written by triggers on
-    `orders_stock`, migration 0018; no key: the table was truncated), for the routing workers'
-    holders caches (`cloud.orders.holders`). Nothing writes it on SQLite."""
+    """The key of a stock row inserted, updated or deleted, and what it had available after
+    (PostgreSQL: written by triggers on `orders_stock`, migrations 0018 and 0020; no key: the table was
+    truncated), for the routing workers' holders caches (`cloud.orders.holders`). Nothing writes it
+    on SQLite."""
 
     __tablename__ = "orders_stock_changes"
     __table_args__ = (Index("ix_orders_stock_changes_txid_id", "txid", "id"),)
@@ -194,6 +195,8 @@ class StockChange(Base):
     location_id: Mapped[int | None] = mapped_column(Integer)
     sku: Mapped[str | None] = mapped_column(String(64))
     at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    atp: Mapped[int | None] = mapped_column(Integer)
+    """What the row had available after the change (0: deleted; none: logged before migration 0020)."""
 
 
 class Movement(Base):

@@ -188,3 +188,82 @@ def test_prune_deletes_only_the_changes_older_than_kept(engine: Engine) -> None:
         assert holders.prune(conn) == 4
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM orders_stock_changes")).scalar_one() == logged - 4
+
+
+def test_a_rows_newest_figure_is_its_newest_logged_change_whatever_the_transactions_ids(engine: Engine) -> None:
+    """Migration 0020: a changed row's figure comes from the log, from its newest change (log id
+    order), not from the highest transaction id. Here the newest change of a row is by the older
+    transaction; a third transaction, still running, keeps the horizon between the two; the view is
+    what a plain read gives at every step (a figure taken from the older change would not be)."""
+    _pg(engine)
+    _grid(engine, random.Random(5))
+    cache = holders.Holders()
+    with engine.connect() as conn, conn.begin():
+        loc, sku = conn.execute(text("SELECT location_id, sku FROM orders_stock ORDER BY 1, 2 LIMIT 1")).one()
+        assert _viewed(conn, cache) == _fresh(conn)
+    xid = text("SELECT pg_current_xact_id()::text::bigint")
+    bump = text("UPDATE orders_stock SET on_hand = :h, reserved = 0, safety = 0 WHERE location_id = :l AND sku = :s")
+    # Both ended before the view: both changes are read in one refresh.
+    with engine.connect() as older, engine.connect() as newer:
+        t_older, t_newer = older.begin(), newer.begin()
+        assert older.execute(xid).scalar_one() < newer.execute(xid).scalar_one()
+        newer.execute(bump, {"h": 33, "l": loc, "s": sku})
+        t_newer.commit()
+        older.execute(bump, {"h": 44, "l": loc, "s": sku})
+        t_older.commit()
+    with engine.connect() as conn, conn.begin():
+        fresh = _fresh(conn)
+        assert fresh[sku][1][fresh[sku][0].index(loc)] == 44
+        assert _viewed(conn, cache) == fresh
+    # The same with a transaction in between still running, holding the horizon between the two.
+    with engine.connect() as older, engine.connect() as middle, engine.connect() as newer:
+        t_older, t_middle, t_newer = older.begin(), middle.begin(), newer.begin()
+        ids = [c.execute(xid).scalar_one() for c in (older, middle, newer)]
+        assert ids == sorted(ids)
+        newer.execute(bump, {"h": 11, "l": loc, "s": sku})
+        t_newer.commit()
+        older.execute(bump, {"h": 22, "l": loc, "s": sku})  # after `newer` committed: the newest change
+        t_older.commit()
+        for _ in range(2):  # `middle` still running: `newer`'s change is above the horizon
+            with engine.connect() as conn, conn.begin():
+                fresh = _fresh(conn)
+                assert loc in fresh[sku][0] and fresh[sku][1][fresh[sku][0].index(loc)] == 22
+                assert _viewed(conn, cache) == fresh
+        t_middle.rollback()
+    with engine.connect() as conn, conn.begin():
+        assert _viewed(conn, cache) == _fresh(conn)
+    # Logged with figures (not read again): the log says what each change left.
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT atp FROM orders_stock_changes WHERE location_id = :l AND sku = :s "
+                                 "ORDER BY id DESC LIMIT 2"), {"l": loc, "s": sku}).scalars().all() == [22, 11]
+
+
+def test_one_workers_refresh_reads_no_row_again_after_its_own_batches(engine: Engine) -> None:
+    """The rows a batch reserved are logged with what they have left: the next batch's refresh takes
+    them from the log, with no read of the rows (the probe), and still plans on a plain read's figures."""
+    _pg(engine)
+    rng = random.Random(6)
+    _grid(engine, rng, boxes=False)
+    holders.forget()
+    probes: list[str] = []
+    from sqlalchemy import event
+
+    def count(_c: object, _cur: object, statement: str, *_a: object) -> None:
+        if "CROSS JOIN LATERAL (SELECT s.location_id, s.sku" in statement:
+            probes.append(statement)
+
+    orders = _orders(30, rng, prefix="P")
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        for first in range(0, 30, 5):
+            with write_transaction(engine) as conn:
+                batch.intake_batch(conn, orders[first:first + 5], actor="test")
+            with engine.connect() as conn, conn.begin():
+                cache = holders.holders(conn)
+                assert cache is not None
+                assert _viewed(conn, cache) == _fresh(conn)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM orders_reservations")).scalar_one() > 0
+    assert probes == []
