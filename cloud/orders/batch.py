@@ -436,6 +436,10 @@ def _json_sql(conn: Connection, table: Table, cols: tuple[str, ...], kind: str, 
         exprs: list[str] = []
         procs: list[Any] = []
         for n, c in enumerate(cols):
+            if c in _PARENT_KEYS:  # a parent's key, compared as text (`kind` "lines")
+                exprs.append(f"e ->> {n}")
+                procs.append(None)
+                continue
             col = table.c["id" if c == "_order" else c]
             typ = col.type.compile(dialect=dialect)
             if isinstance(col.type, sqltypes.JSON):
@@ -447,6 +451,10 @@ def _json_sql(conn: Connection, table: Table, cols: tuple[str, ...], kind: str, 
         if kind == "insert":
             sql = (f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in cols)}) "
                    f"SELECT {', '.join(exprs)} FROM {source} {suffix}")
+        elif kind == "lines":  # the order's id from the chain's `ordered`, by (channel, channel order id)
+            sql = (f"INSERT INTO {quote(table.name)} (order_id, {', '.join(quote(c) for c in cols[2:])}) "
+                   f"SELECT o.id, {', '.join(exprs[2:])} FROM {source} "
+                   f"JOIN ordered AS o ON o.channel = {exprs[0]} AND o.channel_order_id = {exprs[1]} {suffix}")
         elif kind == "reservations":  # the assignment's id from the chain's `assigned`, by (order, location)
             sql = (f"INSERT INTO {quote(table.name)} (assignment_id, {', '.join(quote(c) for c in cols)}) "
                    f"SELECT a.id, {', '.join(exprs)} FROM {source} "
@@ -464,6 +472,30 @@ def _as_json_text(value: Any) -> str:
 
 
 _AS_JSON_TEXT = _as_json_text
+
+
+_PARENT_KEYS = ("_channel", "_channel_order_id")
+
+_ORDERED = "ON CONFLICT (channel, channel_order_id) DO NOTHING RETURNING id, channel, channel_order_id"
+_ORDERS_AND_LINES: dict[tuple[tuple[str, ...], tuple[str, ...]], Any] = {}
+
+
+def _insert_orders_and_lines(conn: Connection, rows: list[dict[str, Any]], lines: list[dict[str, Any]]) -> Any:
+    """PostgreSQL: the batch's new orders and their lines in one statement (the lines of an order
+    stored before, whose insert did nothing, are not written); returns the new orders' (id,
+    channel, channel order id). `lines` name their order by `_PARENT_KEYS`, in the order their ids
+    are to be given."""
+    cols, line_cols = _columns(rows, "insert"), _columns(lines, "insert")
+    orders_sql, procs = _json_sql(conn, service.ORDERS, cols, "insert", _ORDERED,
+                                  "jsonb_array_elements(CAST(:p0 AS jsonb)) AS e")
+    lines_sql, line_procs = _json_sql(conn, service.LINES, line_cols, "lines", "ORDER BY x.n",
+                                      "jsonb_array_elements(CAST(:p1 AS jsonb)) WITH ORDINALITY AS x(e, n)")
+    chain = _ORDERS_AND_LINES.get((cols, line_cols))
+    if chain is None:
+        chain = _ORDERS_AND_LINES[(cols, line_cols)] = text(
+            f"WITH ordered AS ({orders_sql.text}), lined AS ({lines_sql.text}) "
+            "SELECT id, channel, channel_order_id FROM ordered")
+    return _pg(conn, chain, {"p0": _json_rows(rows, cols, procs), "p1": _json_rows(lines, line_cols, line_procs)})
 
 
 def _plain(value: Any) -> Any:
@@ -661,10 +693,19 @@ def _intake_batch(conn: Connection, orders: Sequence[service.OrderInput], *, act
             "source_node": source_node, "region": region, "created_at": now, "updated_at": now,
             "raw": o.model_dump(mode="json")})
         accepted.append((n, o, pickup, code))
-    new_ids = {(r.channel, r.channel_order_id): int(r.id) for r in _write(
-        conn, service.ORDERS, rows, stmt=_insert_orders(conn),
-        suffix="ON CONFLICT (channel, channel_order_id) DO NOTHING RETURNING id, channel, channel_order_id")} \
-        if rows else {}
+    pg = conn.dialect.name == "postgresql"
+    if rows and pg:
+        # The lines of each channel order's first occurrence: the one its insert keeps.
+        firsts: dict[tuple[str, str], service.OrderInput] = {}
+        for _, o, _, _ in accepted:
+            firsts.setdefault((o.channel, o.channel_order_id), o)
+        written = _insert_orders_and_lines(conn, rows, [
+            {"_channel": o.channel, "_channel_order_id": o.channel_order_id, "line_no": i, "sku": ln.sku,
+             "qty": ln.qty, "price": ln.price, "discount": ln.discount}
+            for o in firsts.values() for i, ln in enumerate(o.lines, start=1)])
+    else:
+        written = _write(conn, service.ORDERS, rows, stmt=_insert_orders(conn), suffix=_ORDERED) if rows else []
+    new_ids = {(r[1], r[2]): int(r[0]) for r in written}
     entries: list[_Entry] = []
     again: list[tuple[int, service.OrderInput]] = []
     for n, o, pickup, code in accepted:
@@ -679,10 +720,11 @@ def _intake_batch(conn: Connection, orders: Sequence[service.OrderInput], *, act
         pending = [service.transition_row(oid, None, "received", actor=actor, reason=f"received from {o.channel}",
                                           now=now)]
         entries.append(_Entry(n, o, oid, code, head, want, pending))
-    if entries:
+    if entries and not pg:
         _write(conn, service.LINES, [
             {"order_id": e.id, "line_no": i, "sku": ln.sku, "qty": ln.qty, "price": ln.price, "discount": ln.discount}
             for e in entries for i, ln in enumerate(e.order.lines, start=1)])
+    if entries:
         _route(conn, entries, version, ruleset, locs, now)
     for e in entries:
         results[e.n] = service.IntakeResult(e.id, e.head.state, True, e.code)

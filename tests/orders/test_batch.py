@@ -163,7 +163,7 @@ def test_refused_and_repeated_orders_in_a_batch_are_answered_one_by_one(engine: 
         order("N1", [("TEA-1", 2)]),
         order("BAD", [("NOPE-9", 1)]),
         order("OLD", [("TEA-1", 1)]),
-        order("N1", [("TEA-1", 2)]),  # the channel retried within the batch
+        order("N1", [("TEA-1", 5)]),  # the channel retried within the batch (its first delivery is kept)
         order("NOXY", [("TEA-1", 1)], lat=None, lon=None),
     ]
     with write_transaction(engine) as conn:
@@ -179,8 +179,12 @@ def test_refused_and_repeated_orders_in_a_batch_are_answered_one_by_one(engine: 
     with engine.connect() as conn:
         ids = sorted(conn.execute(select(service.ORDERS.c.channel_order_id)).scalars())
         reserved = conn.execute(select(service.STOCK.c.reserved)).scalar_one()
+        lines = sorted(conn.execute(select(service.ORDERS.c.channel_order_id, service.LINES.c.line_no,
+                                           service.LINES.c.sku, service.LINES.c.qty).join(
+            service.ORDERS, service.ORDERS.c.id == service.LINES.c.order_id)).all())
     assert ids == ["N1", "OLD"]  # nothing of the refused ones, the repeated one once
     assert reserved == 3
+    assert [tuple(r) for r in lines] == [("N1", 1, "TEA-1", 2), ("OLD", 1, "TEA-1", 1)]
 
 
 def test_a_batch_that_loses_the_race_for_stock_reads_and_plans_again(engine: Engine,
