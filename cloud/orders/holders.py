@@ -41,7 +41,8 @@ from sqlalchemy import Connection, text
 
 from cloud.orders.pgarrays import int_array, text_array
 
-__all__ = ["CATCH_UP_MAX", "IDLE_S", "KEEP_S", "WARM_MAX_BYTES", "Holders", "forget", "holders", "prune"]
+__all__ = ["CATCH_UP_MAX", "IDLE_S", "KEEP_S", "WARM_MAX_BYTES", "Holders", "forget", "holders", "prune",
+           "sort_changes"]
 
 Pair = tuple[int, str]
 Arrays = tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]
@@ -82,6 +83,35 @@ def arrays(locs: Any, atp: Any) -> Arrays:
     ids = np.asarray(locs, dtype=np.int64)
     order = np.argsort(ids, kind="stable")
     return ids[order], np.maximum(np.asarray(atp, dtype=np.int64)[order], 0)
+
+
+Change = tuple[int, int, int, str, int | None]
+"""A logged change: (txid, log id, location, SKU, what the row had available after, if logged)."""
+
+
+def sort_changes(changes: list[Change], horizon: int, cursor: tuple[int, int], running: set[Pair]
+                 ) -> tuple[tuple[int, int], set[Pair], dict[Pair, int], set[Pair]]:
+    """What a refresh makes of the changes logged after `cursor` (in (txid, log id) order), read
+    with the oldest running transaction's id `horizon`, `running` the rows changed by transactions
+    not known to have ended at the last refresh: (the new cursor; the rows changed by transactions
+    not known to have ended now; each row whose figure the log gives; the rows to read again)."""
+    dirty = set(running)
+    running_now: set[Pair] = set()
+    newest: dict[Pair, tuple[int, int]] = {}  # per row, the (log id, figure) of its newest change
+    for txid, cid, loc, sku, atp in changes:
+        pair = (loc, sku)
+        if txid < horizon:  # its transaction ended: nothing below it can come any more
+            cursor = (txid, cid)
+            if atp is None:
+                dirty.add(pair)
+            else:
+                seen = newest.get(pair)
+                if seen is None or cid > seen[0]:
+                    newest[pair] = (cid, atp)
+        else:
+            running_now.add(pair)
+            dirty.add(pair)
+    return cursor, running_now, {p: max(0, v) for p, (_, v) in newest.items() if p not in dirty}, dirty
 
 
 class Holders:
@@ -133,25 +163,10 @@ class Holders:
         # More than a refresh reads: start afresh (a row's newest change could be beyond the limit).
         if log is None or int(log) != self.log or len(changes) > CATCH_UP_MAX or any(r[2] is None for r in changes):
             return False
-        dirty = set(self.running)
-        running: set[Pair] = set()
-        newest: dict[Pair, tuple[int, int]] = {}  # per row, the (log id, figure) of its newest change
-        cursor = self.cursor
-        for txid, cid, loc, sku, atp, _ in changes:
-            pair = (loc, sku)
-            if txid < horizon:  # its transaction ended: nothing below it can come any more
-                cursor = (txid, cid)
-                if atp is None:
-                    dirty.add(pair)
-                else:
-                    seen = newest.get(pair)
-                    if seen is None or cid > seen[0]:
-                        newest[pair] = (cid, atp)
-            else:
-                running.add(pair)
-                dirty.add(pair)
-        self.cursor, self.running = cursor, running
-        self._set({p: max(0, v) for p, (_, v) in newest.items() if p not in dirty})
+        self.cursor, self.running, known, dirty = sort_changes(
+            [(int(r[0]), int(r[1]), int(r[2]), str(r[3]), None if r[4] is None else int(r[4])) for r in changes],
+            horizon, self.cursor, self.running)
+        self._set(known)
         self._probe(conn, sorted(dirty))
         return True
 

@@ -59,7 +59,8 @@ class Order(Base):
     channel: Mapped[str] = mapped_column(String(64))
     channel_order_id: Mapped[str] = mapped_column(String(200))
     """With `channel`, the idempotency key: the same channel order is stored once."""
-    state: Mapped[str] = mapped_column(String(20), index=True)
+    state: Mapped[str] = mapped_column(String(20))
+    """Looked up by `ix_orders_orders_state_route_after` (its first column)."""
     fulfilment: Mapped[str] = mapped_column(String(10))
     customer: Mapped[str | None] = mapped_column(String(200))
     contact: Mapped[str | None] = mapped_column(String(200))
@@ -165,7 +166,7 @@ class Location(Base):
 
 class StockRow(Base):
     __tablename__ = "orders_stock"
-    __table_args__ = (Index("ix_orders_stock_sku", "sku"),)
+    __table_args__ = (Index("ix_orders_stock_sku", "sku"), {"postgresql_with": {"fillfactor": 80}})
 
     location_id: Mapped[int] = mapped_column(ForeignKey("orders_locations.id"), primary_key=True)
     sku: Mapped[str] = mapped_column(String(64), primary_key=True)
