@@ -183,13 +183,18 @@ def route_run(url: str, workers: int, per_worker: int, skus: int, batch: int = 1
     for r in results:
         for k, v in r[3].items():
             states[k] = states.get(k, 0) + v
+    cpu_ms = sum(r[4] for r in results) / len(results) * 1000
+    server_ms = (sum(r[6] for r in results) / len(results) * 1000 if all(r[6] is not None for r in results)
+                 else None)
     return {"workers": workers, "orders_per_transaction": batch, "orders": len(lat),
             "orders_per_s": round(len(lat) / wall, 1), "per_worker_orders_per_s": round(len(lat) / wall / workers, 1),
             "p50_ms": _pct(lat, 0.5), "p99_ms": _pct(lat, 0.99),
-            "cpu_ms_per_order": round(sum(r[4] for r in results) / len(results) * 1000, 2),
+            "cpu_ms_per_order": round(cpu_ms, 2),
             # The database server's backends (PostgreSQL on this host): what an order costs there.
-            "server_cpu_ms_per_order": (round(sum(r[6] for r in results) / len(results) * 1000, 2)
-                                        if all(r[6] is not None for r in results) else None),
+            "server_cpu_ms_per_order": None if server_ms is None else round(server_ms, 2),
+            # How many of the host's cores the run kept busy (workers and their backends): near
+            # `cpu_cores`, more workers cannot route more.
+            "cores_busy": None if server_ms is None else round(len(lat) / wall * (cpu_ms + server_ms) / 1000, 2),
             "statements_per_order": round(sum(r[5] for r in results) / len(results), 2), "states": states}
 
 
@@ -252,6 +257,7 @@ def main() -> None:
     result: dict[str, Any] = {"mode": "quick" if args.quick else "full", "locations": locations, "skus": skus,
                               "orders_per_worker": per_worker, "warm_per_worker": args.warm,
                               "stock_rows": locations * per_location, "lines_per_order": "1-5",
+                              "cpu_cores": os.cpu_count(),
                               "nearest_neighbour": nn_baseline(locations, random.Random(2))}
     backends: list[tuple[str, str, Any]] = []
     tmp = tempfile.mkdtemp(prefix="bench-routing-")
