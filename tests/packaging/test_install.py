@@ -14,11 +14,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -147,6 +149,28 @@ def spawn() -> Iterator[list[subprocess.Popen[str]]]:
             proc.wait(timeout=10)
 
 
+def stop(proc: subprocess.Popen[str], timeout: float = 30) -> None:
+    """SIGTERM `proc` and expect a clean exit within `timeout`, reading its output meanwhile: a
+    process whose pipe nobody reads blocks in its next write once the pipe is full, and never exits.
+    Fails with the output's tail."""
+    said: list[str] = []
+
+    def drain(pipe: Any) -> None:
+        os.set_blocking(pipe.fileno(), True)  # `wait_for_line` left it non-blocking
+        for line in pipe:
+            said.append(line)
+
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            threading.Thread(target=drain, args=(pipe,), daemon=True).start()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{proc.args!r} did not exit within {timeout} s of SIGTERM; it said:\n{''.join(said)[-3000:]}")
+    assert code == 0, f"{proc.args!r} exited with {code}; it said:\n{''.join(said)[-3000:]}"
+
+
 def wait_for_line(proc: subprocess.Popen[str], stream: str, needle: str, timeout: float = 30) -> str:
     """Read `proc`'s stdout or stderr until a line holds `needle`; fail with what was read."""
     pipe = getattr(proc, stream)
@@ -194,8 +218,7 @@ def test_box_venv_runs_the_broker_and_the_agent(box: Venv, tmp_path: Path, spawn
     assert counters["outbox"] == str(tmp_path / "state" / "edge" / "st0001-k1" / "outbox.db")
 
     for proc in (agent, broker):
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        stop(proc)
 
 
 # -- omnishelf[cloud] alone -----------------------------------------------------------------------
@@ -221,5 +244,4 @@ def test_cloud_install_leaves_the_kiosk_out_and_serves(cloud: Venv, tmp_path: Pa
     for path in ("/health", "/console/login", "/docs"):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
             assert answer.status == 200, path
-    server.send_signal(signal.SIGTERM)
-    assert server.wait(timeout=30) == 0
+    stop(server)
