@@ -230,7 +230,7 @@ class BatchPool(Pool):
                 have = reads.left_of(s, held, stock)
                 parts.append(held[have >= 1])
                 left.append((held, have))
-            ids_arr = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+            ids_arr = self._union(parts)
         # Only the chosen are marked read (all of a split order's holders, ~400 a SKU at full size,
         # cost more than the rest of its planning), from the holders' arrays: what the holders query
         # did not return for them has nothing available, as far as routing goes.
