@@ -31,7 +31,7 @@ from sqlalchemy import Connection, Table, bindparam, func, select, text, update
 from cloud.db import insert_for
 from cloud.orders.geo import SpatialIndex, Zone, unit_vectors
 from cloud.orders.models import Assignment, Location, RuleSetRow, StockRow, VersionRow
-from cloud.orders.routing import Candidate, OrderIn, Plan, plan
+from cloud.orders.routing import Candidate, OrderIn, Plan, km_to, plan
 from cloud.orders.rules import Rule
 
 __all__ = ["INDEX_TTL_S", "Locations", "Pool", "bump_locations", "invalidate_locations", "locations", "plan_rule",
@@ -260,6 +260,22 @@ class Pool:
         """Candidates built from what was read: each rule's passes look at the same nearest locations."""
         self._near: dict[int, list[Candidate]] = {}
         """`near(k)` as last returned (cleared with `_made`)."""
+        self._km: dict[int, float] = {}
+        """Distance from the order to each location planned with (its rules' passes share most)."""
+
+    def distances(self, cands: Sequence[Candidate]) -> list[float | None]:
+        """`routing._distances` of `cands`, each location's computed once for the pool's order."""
+        o = self.order
+        if o.lat is None or o.lon is None:
+            return [None] * len(cands)
+        known = self._km
+        out: list[float | None] = [known.get(c.id) for c in cands]
+        todo = [n for n, d in enumerate(out) if d is None]
+        if todo:
+            got = km_to(o.lat, o.lon, [cands[n] for n in todo])
+            for n, d in zip(todo, got, strict=True):
+                out[n] = known[cands[n].id] = d
+        return out
 
     def forget(self) -> None:
         """Stock moved under us (a lost race): read it again next time."""
@@ -456,12 +472,15 @@ def plan_rule(pool: Pool, rule: Rule, *, lock: bool = False, only: Sequence[int]
     if only is not None:
         if lock:
             pool.lock(only)
-        return plan(order, pool.of(only), rule)
+        cands = pool.of(only)
+        return plan(order, cands, rule, pool.distances(cands))
     cands = pool.near(rule.candidates, lock=lock)
     further = len(cands) < pool.total and order.lat is not None
     # A pass that cannot fill the order, when the next one replaces its plan, is not planned (nor explained).
-    p = plan(order, cands, rule) if not further or _may_fill(order, cands, rule) else Plan(rule=rule.name)
+    p = (plan(order, cands, rule, pool.distances(cands)) if not further or _may_fill(order, cands, rule)
+         else Plan(rule=rule.name))
     if not p.filled and further:
         # The nearest lack stock: the nearest among those that hold it.
-        p = plan(order, pool.stocked("all" if rule.assignment == "single" else "any", rule.candidates, lock=lock), rule)
+        cands = pool.stocked("all" if rule.assignment == "single" else "any", rule.candidates, lock=lock)
+        p = plan(order, cands, rule, pool.distances(cands))
     return p
