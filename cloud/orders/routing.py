@@ -11,6 +11,7 @@ import functools
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, cast
 
 import numpy as np
@@ -90,8 +91,11 @@ class Plan:
     def _row(self, r: list[Any]) -> dict[str, Any]:
         c, dist, why = r
         lines = self.order.lines if self.order is not None else ()
+        atp = c.atp
         row: dict[str, Any] = {"id": c.id, "code": c.code, "kind": c.kind, "lat": c.lat, "lon": c.lon,
-                               "distance_km": dist, "stock": {s: c.atp.get(s, 0) for s, _ in lines}}
+                               "distance_km": dist,
+                               "stock": {s: atp.get(s, 0) for s, _ in lines} if atp else dict.fromkeys(
+                                   [s for s, _ in lines], 0)}
         if why is _CHOSEN:
             row["chosen"] = True
         elif why is _SHORT:
@@ -104,17 +108,41 @@ class Plan:
         """What an explanation keeps of the candidates: all of them up to `EXPLAIN_MAX`, else the
         chosen and the nearest others, the rest counted by the reason they were dropped (the same
         list as ranking every materialized row: only the kept ones are built)."""
-        if len(self.rows) <= EXPLAIN_MAX:
+        rows = self.rows
+        if len(rows) <= EXPLAIN_MAX:
             return self.candidates
-        ranked = sorted(self.rows, key=lambda r: (r[2] is not _CHOSEN, r[1] or 0.0))
+        # Ranked by (not chosen, distance or 0), stably: the chosen, then the others, each by distance
+        # (a key tuple per row cost more than the rest of ranking).
+        chosen = [r for r in rows if r[2] is _CHOSEN]
+        others = [r for r in rows if r[2] is not _CHOSEN]
+        if any(r[1] is None for r in rows):
+            chosen.sort(key=_distance_or_0)
+            others.sort(key=_distance_or_0)
+        else:
+            chosen.sort(key=_DISTANCE)
+            others.sort(key=_DISTANCE)
+        ranked = chosen + others
         kept, rest = ranked[:EXPLAIN_MAX], ranked[EXPLAIN_MAX:]
+        # Counted per distinct `why` first (most rows share a handful), then per reason, in the order
+        # each reason first comes in `rest` (ties of the summary's sort keep that order).
+        whys: dict[Any, int] = {}
+        for r in rest:
+            why = r[2]
+            whys[why] = whys.get(why, 0) + 1
         reasons: dict[str, int] = {}
-        for _, _, why in rest:
+        for why, n in whys.items():
             reason = "not enough stock" if why is _SHORT else "" if why is _CHOSEN else str(why).split(":")[0]
-            reasons[reason] = reasons.get(reason, 0) + 1
+            reasons[reason] = reasons.get(reason, 0) + n
         summary = "; ".join(f"{n} x {r}" for r, n in sorted(reasons.items(), key=lambda x: -x[1]))
         return [*(self._row(r) for r in kept),
                 {"code": f"(+{len(rest)} more)", "distance_km": None, "stock": {}, "dropped": summary}]
+
+
+_DISTANCE = itemgetter(1)
+
+
+def _distance_or_0(r: list[Any]) -> float:
+    return r[1] or 0.0
 
 
 def _distances(order: OrderIn, candidates: Sequence[Candidate]) -> list[float | None]:
@@ -175,6 +203,12 @@ def _value(f: FilterField, order: OrderIn, c: Candidate, dist: float | None) -> 
     return c.code
 
 
+def _by_distance(rule: Rule) -> bool:
+    """Whether `rule` sorts by distance alone, nearest first (`_sort_key` is then (d, d, id))."""
+    sorts = rule.sorts
+    return len(sorts) == 1 and sorts[0].key is SortKey.DISTANCE and not sorts[0].desc
+
+
 def _sort_key(rule: Rule, order: OrderIn, c: Candidate, dist: float | None) -> tuple[Any, ...]:
     key: list[Any] = []
     for s in rule.sorts:
@@ -212,6 +246,7 @@ def plan(order: OrderIn, candidates: Sequence[Candidate], rule: Rule,
     excluded = order.excluded
     bare = _SHORT if single else "none of the order's SKUs available"
     plain = not filters and pickup is None
+    nearest_first = _by_distance(rule)
     if distances is None:
         distances = _distances(order, candidates)
     for c, dist in zip(candidates, distances, strict=True):
@@ -244,11 +279,15 @@ def plan(order: OrderIn, candidates: Sequence[Candidate], rule: Rule,
         row = [c, dist, reason]
         rows.append(row)
         if reason is None:
-            eligible.append((_sort_key(rule, order, c, dist), c, row))
+            if nearest_first:
+                d = dist if dist is not None else 0.0
+                eligible.append(((d, d, c.id), c, row))
+            else:
+                eligible.append((_sort_key(rule, order, c, dist), c, row))
     if not eligible:
         result.note = "no eligible location"
         return result
-    eligible.sort(key=lambda e: e[0])
+    eligible.sort(key=_KEY)
     if single:
         _, c, row = eligible[0]
         result.allocation = {c.id: list(order.lines)}
@@ -258,6 +297,8 @@ def plan(order: OrderIn, candidates: Sequence[Candidate], rule: Rule,
         return result
     return _partial(order, eligible, rule, result)
 
+
+_KEY = itemgetter(0)
 
 VECTOR_MAX_K = 3
 """Combinations of up to this many locations are searched with numpy at once; more, one by one."""
@@ -269,7 +310,7 @@ def _first_cover(atp: np.ndarray[Any, Any], need: np.ndarray[Any, Any], k: int) 
     n = atp.shape[0]
     if k > n:
         return None
-    if k > 1:
+    if k > 2:  # (a pair is searched at once, for about what these cost)
         if not bool((np.sort(atp, axis=0)[n - k:].sum(axis=0) >= need).all()):
             return None  # not even the k largest of some column cover it: no k rows do
         # Each column still needed is covered by a row with some of it: k rows holding together
