@@ -235,13 +235,14 @@ class BatchPool(Pool):
         # cost more than the rest of its planning), from the holders' arrays: what the holders query
         # did not return for them has nothing available, as far as routing goes.
         chosen, cols = nearest_holding(locs, ids_arr, o.lat, o.lon, k + len(o.excluded),
-                                       [(held, np.maximum(have, 0)) for held, have in left])
+                                       [(held, np.maximum(have, 0)) for held, have in left], self.origin())
         if not chosen:
             return []
-        for n, i in enumerate(chosen):
-            if i not in self._read:
-                self._atp[i] = {s: col[n] for s, col in zip(skus, cols, strict=True)}
-                self._read.add(i)
+        read, mine = self._read, self._atp
+        for i, figures in zip(chosen, zip(*cols, strict=True), strict=True):
+            if i not in read:
+                mine[i] = dict(zip(skus, figures, strict=True))
+                read.add(i)
         return self.of(chosen)
 
     def of(self, ids: Sequence[int]) -> list[Candidate]:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from sqlalchemy import Connection, Table, bindparam, func, select, text, update
@@ -31,7 +31,7 @@ from sqlalchemy import Connection, Table, bindparam, func, select, text, update
 from cloud.db import insert_for
 from cloud.orders.geo import SpatialIndex, Zone, unit_vectors
 from cloud.orders.models import Assignment, Location, RuleSetRow, StockRow, VersionRow
-from cloud.orders.routing import Candidate, OrderIn, Plan, km_to, plan
+from cloud.orders.routing import Candidate, OrderIn, Plan, km_from, km_to, plan
 from cloud.orders.rules import Rule
 
 __all__ = ["INDEX_TTL_S", "Locations", "Pool", "bump_locations", "invalidate_locations", "locations", "plan_rule",
@@ -153,6 +153,12 @@ class Locations:
     """id → its row in `vectors`, -1 for no location (`rows` for arrays of ids at once)."""
     active_of: np.ndarray[Any, Any]
     """id → whether that location is active."""
+    plain: frozenset[int]
+    """The active locations without a delivery zone (`plan` looks at them one by one only when they
+    hold some of the order)."""
+    lat_of: np.ndarray[Any, Any]
+    lon_of: np.ndarray[Any, Any]
+    """Each location's coordinates, by its row in `vectors` (distances without a Python step each)."""
 
 
 _cache: dict[str, Locations] = {}
@@ -207,20 +213,24 @@ def _load(conn: Connection, version: int) -> Locations:
     return Locations(version=version, loaded=time.monotonic(),
                      index=SpatialIndex([c.id for c in active], [c.lat for c in active], [c.lon for c in active]),
                      base=base, capacity=capacity, meta=meta, by_code={c.code: c.id for c in base.values()},
-                     rows={i: n for n, i in enumerate(ids)}, vectors=vectors, row_of=row_of, active_of=active_of)
+                     rows={i: n for n, i in enumerate(ids)}, vectors=vectors, row_of=row_of, active_of=active_of,
+                     plain=frozenset(c.id for c in active if c.zone is None),
+                     lat_of=np.array([base[i].lat for i in ids], dtype=float),
+                     lon_of=np.array([base[i].lon for i in ids], dtype=float))
 
 
 def nearest_holding(locs: Locations, ids: np.ndarray[Any, Any], lat: float, lon: float, n: int,
-                    columns: Sequence[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]]
-                    ) -> tuple[list[int], list[list[int]]]:
+                    columns: Sequence[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]],
+                    origin: np.ndarray[Any, Any] | None = None) -> tuple[list[int], list[list[int]]]:
     """The `n` nearest of `ids` that are active locations, nearest first, and for each column
     (a SKU's holders in ascending id and their figures) the figure of each of them: 0 where the
-    column has no row for it."""
+    column has no row for it. `origin`: `unit_vectors(lat, lon)`, when known."""
     ids = ids[ids < len(locs.row_of)]
-    ids = ids[locs.active_of[ids] & (locs.row_of[ids] >= 0)]
+    ids = ids[locs.active_of[ids]]  # (an active location has a row)
     if not len(ids):
         return [], []
-    d = np.linalg.norm(locs.vectors[locs.row_of[ids]] - unit_vectors(lat, lon), axis=1)
+    diff = locs.vectors[locs.row_of[ids]] - (unit_vectors(lat, lon) if origin is None else origin)
+    d = np.sqrt(np.add.reduce(diff * diff, axis=1))  # `np.linalg.norm(diff, axis=1)`, as it computes it
     if len(d) > 2 * n:
         # Sorting only those within the n-th distance (ties kept in id order, as the stable sort of
         # them all would): a split order's SKU has thousands of holders at full size.
@@ -260,22 +270,46 @@ class Pool:
         """Candidates built from what was read: each rule's passes look at the same nearest locations."""
         self._near: dict[int, list[Candidate]] = {}
         """`near(k)` as last returned (cleared with `_made`)."""
-        self._km: dict[int, float] = {}
-        """Distance from the order to each location planned with (its rules' passes share most)."""
+        self._listed: dict[int, tuple[list[Candidate], list[int], list[int]]] = {}
+        """id of a list `_candidates` returned → (that list, its locations' ids, the positions of
+        those `plan` must look at: some stock of the order, inactive or zoned)."""
+        self._km: dict[int, tuple[Sequence[Candidate], list[float | None]]] = {}
+        """id of a list of candidates → (that list, `distances` of it): the rules' passes share
+        the nearest."""
+        self._origin: np.ndarray[Any, Any] | None = None
 
     def distances(self, cands: Sequence[Candidate]) -> list[float | None]:
-        """`routing._distances` of `cands`, each location's computed once for the pool's order."""
+        """`routing._distances` of `cands` (from the locations' coordinates when the pool listed them)."""
         o = self.order
         if o.lat is None or o.lon is None:
             return [None] * len(cands)
-        known = self._km
-        out: list[float | None] = [known.get(c.id) for c in cands]
-        todo = [n for n, d in enumerate(out) if d is None]
-        if todo:
-            got = km_to(o.lat, o.lon, [cands[n] for n in todo])
-            for n, d in zip(todo, got, strict=True):
-                out[n] = known[cands[n].id] = d
+        known = self._km.get(id(cands))
+        if known is not None and known[0] is cands:
+            return known[1]
+        listed = self._listed.get(id(cands))
+        out: list[float | None]
+        if listed is not None and listed[0] is cands:
+            if not cands:
+                return []
+            locs = self.locs
+            rows = locs.row_of[np.array(listed[1], dtype=np.int64)]
+            out = cast(list[float | None], km_from(o.lat, o.lon, locs.lat_of[rows], locs.lon_of[rows]))
+        else:
+            out = cast(list[float | None], km_to(o.lat, o.lon, cands))
+        self._km[id(cands)] = (cands, out)  # the list kept: its id is not reused meanwhile
         return out
+
+    def special(self, cands: Sequence[Candidate]) -> list[int] | None:
+        """The positions in `cands` `plan` must look at one by one (see `_listed`), None when the
+        pool did not list them."""
+        listed = self._listed.get(id(cands))
+        return listed[2] if listed is not None and listed[0] is cands else None
+
+    def origin(self) -> np.ndarray[Any, Any]:
+        """`unit_vectors` of the order's place."""
+        if self._origin is None:
+            self._origin = unit_vectors(self.order.lat, self.order.lon)
+        return self._origin
 
     def forget(self) -> None:
         """Stock moved under us (a lost race): read it again next time."""
@@ -340,7 +374,7 @@ class Pool:
             ids_arr = self._union([held for held, _ in cols])
         # Only the chosen are marked read: for them, what the holders query did not return has
         # nothing available, as far as routing goes ("any" omits what is below 1).
-        chosen, stock = nearest_holding(locs, ids_arr, o.lat, o.lon, k + len(o.excluded), cols)
+        chosen, stock = nearest_holding(locs, ids_arr, o.lat, o.lon, k + len(o.excluded), cols, self.origin())
         if not chosen:
             return []
         for n, i in enumerate(chosen):
@@ -410,9 +444,11 @@ class Pool:
         return self._candidates(ids)
 
     def _candidates(self, ids: Sequence[int]) -> list[Candidate]:
-        """`ids` as candidates, from the stock and today's use already read."""
-        made, base, atp, capacity = self._made, self.locs.base, self._atp, self.locs.capacity
+        """`ids` as candidates, from the stock and today's use already read (listed in `_listed`)."""
+        made, base, atp, capacity, plain = self._made, self.locs.base, self._atp, self.locs.capacity, self.locs.plain
         out: list[Candidate] = []
+        got: list[int] = []
+        special: list[int] = []
         for i in ids:
             if i in atp or i in capacity:
                 c = made.get(i)
@@ -421,13 +457,19 @@ class Pool:
                     if b is None:
                         continue
                     c = self._make(i, b)
+                if c.atp or i not in plain:
+                    special.append(len(out))
             else:
                 # The commonest case, without a call (one per candidate of every pass cost more than
                 # the rest of building the list): nothing of the order there, no capacity to count.
                 c = base.get(i)
                 if c is None:
                     continue
+                if i not in plain:
+                    special.append(len(out))
             out.append(c)
+            got.append(i)
+        self._listed[id(out)] = (out, got, special)  # the list kept: its id is not reused meanwhile
         return out
 
     def _make(self, i: int, b: Candidate) -> Candidate:
@@ -447,7 +489,8 @@ class Pool:
 
 def _may_fill(order: OrderIn, cands: Sequence[Candidate], rule: Rule) -> bool:
     """False when `plan` surely cannot fill the order from `cands`: none holds all of it (single),
-    or together they do not hold it (partial)."""
+    or together they do not hold it (partial). Only those with some stock count: `cands` may be
+    just those."""
     lines = order.lines
     single = rule.assignment == "single"
     total = dict.fromkeys((s for s, _ in lines), 0)
@@ -473,14 +516,17 @@ def plan_rule(pool: Pool, rule: Rule, *, lock: bool = False, only: Sequence[int]
         if lock:
             pool.lock(only)
         cands = pool.of(only)
-        return plan(order, cands, rule, pool.distances(cands))
+        return plan(order, cands, rule, pool.distances(cands), pool.special(cands))
     cands = pool.near(rule.candidates, lock=lock)
     further = len(cands) < pool.total and order.lat is not None
+    special = pool.special(cands)
     # A pass that cannot fill the order, when the next one replaces its plan, is not planned (nor explained).
-    p = (plan(order, cands, rule, pool.distances(cands)) if not further or _may_fill(order, cands, rule)
-         else Plan(rule=rule.name))
+    if not further or _may_fill(order, cands if special is None else [cands[n] for n in special], rule):
+        p = plan(order, cands, rule, pool.distances(cands), special)
+    else:
+        p = Plan(rule=rule.name)
     if not p.filled and further:
         # The nearest lack stock: the nearest among those that hold it.
         cands = pool.stocked("all" if rule.assignment == "single" else "any", rule.candidates, lock=lock)
-        p = plan(order, cands, rule, pool.distances(cands))
+        p = plan(order, cands, rule, pool.distances(cands), pool.special(cands))
     return p

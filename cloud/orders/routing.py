@@ -19,7 +19,7 @@ import numpy as np
 from cloud.orders.geo import EARTH_KM, Zone
 from cloud.orders.rules import FilterField, Rule, SortKey
 
-__all__ = ["Candidate", "OrderIn", "Plan", "km_to", "plan", "round_km"]
+__all__ = ["Candidate", "OrderIn", "Plan", "km_from", "km_to", "plan", "round_km"]
 
 COMBINATION_POOL = 24
 """Partial assignment looks for the fewest locations among this many best-sorted candidates."""
@@ -156,8 +156,11 @@ def km_to(lat0: float, lon0: float, candidates: Sequence[Candidate]) -> list[flo
     """`_distances` from (`lat0`, `lon0`)."""
     if not candidates:
         return []
-    lat = np.array([c.lat for c in candidates])
-    lon = np.array([c.lon for c in candidates])
+    return km_from(lat0, lon0, np.array([c.lat for c in candidates]), np.array([c.lon for c in candidates]))
+
+
+def km_from(lat0: float, lon0: float, lat: np.ndarray[Any, Any], lon: np.ndarray[Any, Any]) -> list[float]:
+    """`km_to` the points at `lat`, `lon` (arrays)."""
     p1, p2 = np.radians(lat0), np.radians(lat)
     h = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(np.radians(lon - lon0) / 2) ** 2
     km = 2 * EARTH_KM * np.arcsin(np.minimum(1.0, np.sqrt(h)))
@@ -231,53 +234,37 @@ def _shortage(lines: tuple[tuple[str, int], ...], c: Candidate) -> str | None:
 
 
 def plan(order: OrderIn, candidates: Sequence[Candidate], rule: Rule,
-         distances: Sequence[float | None] | None = None) -> Plan:
+         distances: Sequence[float | None] | None = None, special: Sequence[int] | None = None) -> Plan:
     """What `rule` does with `order` given `candidates` (explained whether it fills the order or not;
     the explanation's rows are built when asked for: a pass whose plan is discarded builds none).
-    `distances`: each candidate's, as `_distances` gives them (known already)."""
+    `distances`: each candidate's, as `_distances` gives them (known already). `special`: the
+    positions (ascending) of every candidate that has some stock of the order, is inactive or has a
+    zone; the others are not looked at one by one."""
     result = Plan(rule=rule.name, order=order)
-    rows = result.rows
     eligible: list[tuple[tuple[Any, ...], Candidate, list[Any]]] = []
-    lines = order.lines
     single = rule.assignment == "single"
-    filters = rule.filters
     pickup = order.pickup_location if order.fulfilment == "pickup" else None
-    zoned = order.fulfilment == "delivery" and order.lat is not None and order.lon is not None
     excluded = order.excluded
     bare = _SHORT if single else "none of the order's SKUs available"
-    plain = not filters and pickup is None
+    plain = not rule.filters and pickup is None
     nearest_first = _by_distance(rule)
     if distances is None:
         distances = _distances(order, candidates)
-    for c, dist in zip(candidates, distances, strict=True):
+    if special is not None and plain and not excluded:
+        # Most candidates: nothing of the order there and nothing else to check; their rows built at once.
+        rows = result.rows = [[c, dist, bare] for c, dist in zip(candidates, distances, strict=True)]
+        todo: Sequence[int] = special
+    else:
+        rows = result.rows = [[c, dist, None] for c, dist in zip(candidates, distances, strict=True)]
+        todo = range(len(rows))
+    for n in todo:
+        row = rows[n]
+        c, dist, _ = row
         if plain and not c.atp and c.active and c.zone is None and c.id not in excluded:
-            # Most candidates: nothing of the order there and nothing else to check first.
-            rows.append([c, dist, bare])
+            row[2] = bare
             continue
-        reason: str | None = None
-        if not c.active:
-            reason = "location inactive"
-        elif c.id in excluded:
-            reason = "rejected this order before, or let its reservation expire"
-        elif pickup is not None and c.id != pickup:
-            reason = "not the pickup store the shopper chose"
-        elif zoned and c.zone is not None and not c.zone.contains(order.lat, order.lon):  # type: ignore[arg-type]
-            reason = "the address is outside its delivery zone"
-        else:
-            for f in filters:
-                actual = _value(f.field, order, c, dist)
-                if not f.test(actual):
-                    reason = f"filter {f.field.value} {f.op.value} {f.value!r} failed ({actual!r})"
-                    break
-        if reason is None:
-            atp = c.atp
-            if single:
-                if not atp or any(atp.get(s, 0) < q for s, q in lines):
-                    reason = _SHORT
-            elif not atp or not any(atp.get(s, 0) > 0 for s, _ in lines):
-                reason = "none of the order's SKUs available"
-        row = [c, dist, reason]
-        rows.append(row)
+        reason = _dropped(order, rule, c, dist, pickup)
+        row[2] = reason
         if reason is None:
             if nearest_first:
                 d = dist if dist is not None else 0.0
@@ -296,6 +283,31 @@ def plan(order: OrderIn, candidates: Sequence[Candidate], rule: Rule,
             other[2] = "eligible, but sorted after the chosen one"
         return result
     return _partial(order, eligible, rule, result)
+
+
+def _dropped(order: OrderIn, rule: Rule, c: Candidate, dist: float | None, pickup: int | None) -> str | None:
+    """Why `plan` drops `c` (None: eligible)."""
+    if not c.active:
+        return "location inactive"
+    if c.id in order.excluded:
+        return "rejected this order before, or let its reservation expire"
+    if pickup is not None and c.id != pickup:
+        return "not the pickup store the shopper chose"
+    if (order.fulfilment == "delivery" and order.lat is not None and order.lon is not None and c.zone is not None
+            and not c.zone.contains(order.lat, order.lon)):
+        return "the address is outside its delivery zone"
+    for f in rule.filters:
+        actual = _value(f.field, order, c, dist)
+        if not f.test(actual):
+            return f"filter {f.field.value} {f.op.value} {f.value!r} failed ({actual!r})"
+    atp = c.atp
+    lines = order.lines
+    if rule.assignment == "single":
+        if not atp or any(atp.get(s, 0) < q for s, q in lines):
+            return _SHORT
+    elif not atp or not any(atp.get(s, 0) > 0 for s, _ in lines):
+        return "none of the order's SKUs available"
+    return None
 
 
 _KEY = itemgetter(0)
@@ -322,19 +334,47 @@ def _first_cover(atp: np.ndarray[Any, Any], need: np.ndarray[Any, Any], k: int) 
     if k > VECTOR_MAX_K:
         return next((combo for combo in itertools.combinations(range(n), k)
                      if bool((atp[list(combo)].sum(axis=0) >= need).all())), None)
+    # Column by column below: numpy's reductions over an axis of a few SKUs (`.all(axis=-1)`) cost
+    # more than the comparisons themselves.
+    cols = atp.T
     if k == 1:
-        hits = np.flatnonzero((atp >= need).all(axis=1))
-        return (int(hits[0]),) if len(hits) else None
+        if not len(need):
+            return (0,)
+        ok = cols[0] >= need[0]
+        for c in range(1, len(need)):
+            ok &= cols[c] >= need[c]
+        first = int(ok.argmax())
+        return (first,) if ok[first] else None
     if k == 2:
         return _first_pair(atp, need, 0)
-    # Three: by first row, in order, each a pair search over the rows after it for what that row
-    # leaves to cover (the first row with one gives the first triple in combinations order). The
-    # whole cube at once cost ~1 ms for 24 rows even when the first row had a pair.
-    for i in range(n - 2):
-        pair = _first_pair(atp[i + 1:], need - atp[i], i + 1)
-        if pair is not None:
-            return (i, *pair)
-    return None
+    # Three: the first row first, a pair search over the rows after it for what it leaves to cover
+    # (most triples found start there); then every later first row at once, against every pair of
+    # rows after it (the first row with one gives the first triple in combinations order). A pair
+    # search per first row cost ~150 us for 24 rows holding none; the whole cube, ~1 ms.
+    pair = _first_pair(atp[1:], need - atp[0], 1)
+    if pair is not None:
+        return (0, *pair)
+    if n < 4:
+        return None
+    pj, pm, after = _pairs(n)
+    fits: np.ndarray[Any, Any] = after.copy()  # (first row 1 … n - 3) x (pairs j < m in combinations order), where first < j
+    left = need - atp[1:n - 2]
+    for c, col in enumerate(cols):
+        fits &= (col[pj] + col[pm])[None, :] >= left[:, c][:, None]
+    some = cast(np.ndarray[Any, Any], fits.any(axis=1))
+    first = int(some.argmax())
+    if not some[first]:
+        return None
+    p = int(fits[first].argmax())
+    return (first + 1, int(pj[p]), int(pm[p]))
+
+
+@functools.cache
+def _pairs(n: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Every pair of n rows (j < m) in combinations order, and which of them come after each of the
+    first rows 1 … n - 3 (j > that row)."""
+    j, m = np.triu_indices(n, 1)
+    return j, m, j[None, :] > np.arange(1, n - 2)[:, None]
 
 
 @functools.cache
@@ -343,18 +383,27 @@ def _after(n: int) -> np.ndarray[Any, Any]:
     return np.triu(np.ones((n, n), dtype=bool), 1)
 
 
-def _first_pair(atp: np.ndarray[Any, Any], need: np.ndarray[Any, Any], offset: int) -> tuple[int, int] | None:
-    """The first pair of rows (j < m, in combinations order) whose sum covers `need`, numbered from `offset`."""
+def _first_pair(atp: np.ndarray[Any, Any], need: np.ndarray[Any, Any], offset: int,
+                sums: list[np.ndarray[Any, Any]] | None = None) -> tuple[int, int] | None:
+    """The first pair of rows (j < m, in combinations order) whose sum covers `need`, numbered from
+    `offset`; `sums`: each column's sums of two rows (n x n), when known."""
     n = atp.shape[0]
     if n < 2:
         return None
-    ok = ((atp[:, None, :] + atp[None, :, :]) >= need).all(axis=-1)
+    if not len(need):
+        return (offset, offset + 1)
+    if sums is None:
+        sums = [np.add.outer(col, col) for col in atp.T]
+    ok = sums[0] >= need[0]
+    for j in range(1, len(need)):
+        ok &= sums[j] >= need[j]
     ok &= _after(n)
     # The first set cell in C order: (j, m) lexicographically, as itertools.combinations goes.
-    hits = np.flatnonzero(ok)
-    if not len(hits):
+    flat = ok.ravel()
+    first = int(flat.argmax())
+    if not flat[first]:
         return None
-    j, m = divmod(int(hits[0]), n)
+    j, m = divmod(first, n)
     return (offset + j, offset + m)
 
 
