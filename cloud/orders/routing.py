@@ -86,23 +86,26 @@ class Plan:
     @property
     def candidates(self) -> list[dict[str, Any]]:
         """Each candidate: code, distance_km, stock, and `dropped` (why) or `chosen`."""
-        return [self._row(r) for r in self.rows]
+        return self._rows(self.rows)
 
-    def _row(self, r: list[Any]) -> dict[str, Any]:
-        c, dist, why = r
+    def _rows(self, rows: list[list[Any]]) -> list[dict[str, Any]]:
+        """`rows` as the explanation shows them (in one loop: a call per row cost more than its dict)."""
         lines = self.order.lines if self.order is not None else ()
-        atp = c.atp
-        row: dict[str, Any] = {"id": c.id, "code": c.code, "kind": c.kind, "lat": c.lat, "lon": c.lon,
-                               "distance_km": dist,
-                               "stock": {s: atp.get(s, 0) for s, _ in lines} if atp else dict.fromkeys(
-                                   [s for s, _ in lines], 0)}
-        if why is _CHOSEN:
-            row["chosen"] = True
-        elif why is _SHORT:
-            row["dropped"] = _shortage(lines, c)
-        else:
-            row["dropped"] = why
-        return row
+        skus = [s for s, _ in lines]
+        out: list[dict[str, Any]] = []
+        for c, dist, why in rows:
+            atp = c.atp
+            row: dict[str, Any] = {"id": c.id, "code": c.code, "kind": c.kind, "lat": c.lat, "lon": c.lon,
+                                   "distance_km": dist,
+                                   "stock": {s: atp.get(s, 0) for s in skus} if atp else dict.fromkeys(skus, 0)}
+            if why is _CHOSEN:
+                row["chosen"] = True
+            elif why is _SHORT:
+                row["dropped"] = _shortage(lines, c)
+            else:
+                row["dropped"] = why
+            out.append(row)
+        return out
 
     def shown(self) -> list[dict[str, Any]]:
         """What an explanation keeps of the candidates: all of them up to `EXPLAIN_MAX`, else the
@@ -134,8 +137,9 @@ class Plan:
             reason = "not enough stock" if why is _SHORT else "" if why is _CHOSEN else str(why).split(":")[0]
             reasons[reason] = reasons.get(reason, 0) + n
         summary = "; ".join(f"{n} x {r}" for r, n in sorted(reasons.items(), key=lambda x: -x[1]))
-        return [*(self._row(r) for r in kept),
-                {"code": f"(+{len(rest)} more)", "distance_km": None, "stock": {}, "dropped": summary}]
+        out = self._rows(kept)
+        out.append({"code": f"(+{len(rest)} more)", "distance_km": None, "stock": {}, "dropped": summary})
+        return out
 
 
 _DISTANCE = itemgetter(1)
@@ -257,13 +261,31 @@ def plan(order: OrderIn, candidates: Sequence[Candidate], rule: Rule,
     else:
         rows = result.rows = [[c, dist, None] for c, dist in zip(candidates, distances, strict=True)]
         todo = range(len(rows))
+    lines = order.lines
     for n in todo:
         row = rows[n]
         c, dist, _ = row
-        if plain and not c.atp and c.active and c.zone is None and c.id not in excluded:
-            row[2] = bare
-            continue
-        reason = _dropped(order, rule, c, dist, pickup)
+        reason: str | None
+        if plain and c.active and c.zone is None and c.id not in excluded:
+            # Nothing but the stock to look at (`_dropped`'s last test, inlined: most candidates looked
+            # at are a split order's holders).
+            atp = c.atp
+            reason = None
+            if not atp:
+                reason = bare
+            elif single:
+                for s, q in lines:
+                    if atp.get(s, 0) < q:
+                        reason = _SHORT
+                        break
+            else:
+                reason = bare
+                for s, _ in lines:
+                    if atp.get(s, 0) > 0:
+                        reason = None
+                        break
+        else:
+            reason = _dropped(order, rule, c, dist, pickup)
         row[2] = reason
         if reason is None:
             if nearest_first:
