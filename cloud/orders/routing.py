@@ -379,7 +379,8 @@ def _first_cover(atp: np.ndarray[Any, Any], need: np.ndarray[Any, Any], k: int) 
     if n < 4:
         return None
     pj, pm, after = _pairs(n)
-    fits: np.ndarray[Any, Any] = after.copy()  # (first row 1 … n - 3) x (pairs j < m in combinations order), where first < j
+    # First rows 1 … n - 3 x pairs (j < m, in combinations order), where the first row < j:
+    fits: np.ndarray[Any, Any] = after.copy()
     left = need - atp[1:n - 2]
     for c, col in enumerate(cols):
         fits &= (col[pj] + col[pm])[None, :] >= left[:, c][:, None]
@@ -405,17 +406,14 @@ def _after(n: int) -> np.ndarray[Any, Any]:
     return np.triu(np.ones((n, n), dtype=bool), 1)
 
 
-def _first_pair(atp: np.ndarray[Any, Any], need: np.ndarray[Any, Any], offset: int,
-                sums: list[np.ndarray[Any, Any]] | None = None) -> tuple[int, int] | None:
-    """The first pair of rows (j < m, in combinations order) whose sum covers `need`, numbered from
-    `offset`; `sums`: each column's sums of two rows (n x n), when known."""
+def _first_pair(atp: np.ndarray[Any, Any], need: np.ndarray[Any, Any], offset: int) -> tuple[int, int] | None:
+    """The first pair of rows (j < m, in combinations order) whose sum covers `need`, numbered from `offset`."""
     n = atp.shape[0]
     if n < 2:
         return None
     if not len(need):
         return (offset, offset + 1)
-    if sums is None:
-        sums = [np.add.outer(col, col) for col in atp.T]
+    sums = [np.add.outer(col, col) for col in atp.T]
     ok = sums[0] >= need[0]
     for j in range(1, len(need)):
         ok &= sums[j] >= need[j]
