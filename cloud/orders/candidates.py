@@ -18,11 +18,13 @@ it read.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, cast
 
 import numpy as np
@@ -163,6 +165,9 @@ class Locations:
     """`vectors`' three columns, each contiguous (numpy's sum over a row of three cost 3x the rest)."""
 
 
+_NO_STOCK: Mapping[str, int] = MappingProxyType({})
+"""A location's stock as loaded (none: `Pool` reads it per order)."""
+
 _cache: dict[str, Locations] = {}
 _cache_lock = threading.Lock()
 
@@ -201,8 +206,13 @@ def _load(conn: Connection, version: int) -> Locations:
         zone = None
         if r.zone_radius_km is not None or r.zone_polygon:
             zone = Zone(r.lat, r.lon, r.zone_radius_km, tuple(tuple(p) for p in r.zone_polygon) if r.zone_polygon else None)
-        base[r.id] = Candidate(id=r.id, code=r.code, kind=r.kind, region=r.region, lat=r.lat, lon=r.lon, atp={},
-                               zone=zone, priority=r.priority or 0, cost=r.cost or 0.0, active=bool(r.active))
+        # The kinds and regions as one object each, and one empty stock for all: a location copied with
+        # its stock (`Pool._make`, for every holder chosen) touches each object it shares, and a
+        # location's own are rarely in the cache.
+        base[r.id] = Candidate(id=r.id, code=r.code, kind=sys.intern(r.kind),
+                               region=None if r.region is None else sys.intern(r.region), lat=r.lat, lon=r.lon,
+                               atp=_NO_STOCK, zone=zone, priority=r.priority or 0, cost=r.cost or 0.0,
+                               active=bool(r.active))
         if r.capacity_per_day is not None:
             capacity[r.id] = r.capacity_per_day
     active = [c for c in base.values() if c.active]
