@@ -452,7 +452,8 @@ def _partial(order: OrderIn, eligible: list[tuple[tuple[Any, ...], Candidate, li
         for _, c, row in eligible:
             row[2] = _CHOSEN if c.id in alloc else "not needed: the order is filled by fewer or better-sorted locations"
         return result
+    short = f"together with the others, not enough stock within {rule.max_locations} locations"  # once, not per row
     for _, _, row in eligible:
-        row[2] = f"together with the others, not enough stock within {rule.max_locations} locations"
+        row[2] = short
     result.note = f"no combination of at most {rule.max_locations} locations holds the order"
     return result
