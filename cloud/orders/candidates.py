@@ -510,22 +510,31 @@ class Pool:
 
 def _may_fill(order: OrderIn, cands: Sequence[Candidate], rule: Rule) -> bool:
     """False when `plan` surely cannot fill the order from `cands`: none holds all of it (single),
-    or together they do not hold it (partial). Only those with some stock count: `cands` may be
-    just those."""
+    or no `max_locations` of them hold it (partial: for some SKU, not even the most any that many
+    hold). Only those with some stock count: `cands` may be just those."""
     lines = order.lines
-    single = rule.assignment == "single"
-    total = dict.fromkeys((s for s, _ in lines), 0)
-    for c in cands:
-        atp = c.atp
-        if not atp:  # most of them: none of the order's SKUs
-            continue
-        if single:
-            if all(atp.get(s, 0) >= q for s, q in lines):
+    if rule.assignment == "single":
+        for c in cands:
+            atp = c.atp
+            if atp and all(atp.get(s, 0) >= q for s, q in lines):  # (most have none of the order's SKUs)
                 return True
-        else:
-            for s in total:
-                total[s] += atp.get(s, 0)
-    return not single and all(total[s] >= q for s, q in lines)
+        return False
+    held = [atp for atp in (c.atp for c in cands) if atp]
+    most = rule.max_locations
+    for s, q in lines:
+        figures = [atp.get(s, 0) for atp in held]
+        if len(figures) > most:
+            figures.sort(reverse=True)
+            del figures[most:]
+        if sum(figures) < q:
+            return False
+    if len(held) > most:
+        # Each SKU is held by one of the locations that hold it: not even the `most` holding the most
+        # SKUs hold them all, and no `most` can (a split order whose nearest each hold one of its SKUs).
+        kinds = sorted((sum(1 for s, _ in lines if atp.get(s, 0) > 0) for atp in held), reverse=True)
+        if sum(kinds[:most]) < len(lines):
+            return False
+    return True
 
 
 def plan_rule(pool: Pool, rule: Rule, *, lock: bool = False, only: Sequence[int] | None = None) -> Plan:

@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from cloud.db import make_engine, migrate, write_transaction
 from cloud.orders import service
+from cloud.orders.candidates import _may_fill
 from cloud.orders.geo import great_circle_km
 from cloud.orders.routing import EXPLAIN_MAX, Candidate, OrderIn, _first_cover, plan, round_km
 from cloud.orders.rules import Filter, FilterField, Op, Rule
@@ -200,3 +201,15 @@ def test_plan_told_which_candidates_to_look_at_plans_the_same(locs, o_, mode, sp
     each, told = plan(o, cands, rule), plan(o, cands, rule, None, special)
     assert (told.allocation, told.note, told.considered) == (each.allocation, each.note, each.considered)
     assert told.candidates == each.candidates and told.shown() == each.shown()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(locations.filter(bool), min_size=1, max_size=8).map(lambda ls: [x for xs in ls for x in xs]),
+       orders, st.sampled_from(["single", "partial"]), st.integers(1, 4))
+def test_a_pass_skipped_as_unable_to_fill_could_not_have_filled(locs, o_, mode, most) -> None:
+    """`_may_fill` says no only where `plan` fills nothing (that pass is then not planned at all)."""
+    cands = _cands(locs)
+    o = OrderIn(id=1, channel="web", fulfilment="delivery", lines=tuple(sorted(o_[2].items())), lat=o_[0], lon=o_[1])
+    rule = Rule(name="r", assignment=mode, max_locations=most)
+    if not _may_fill(o, cands, rule):
+        assert not plan(o, cands, rule).filled
