@@ -256,16 +256,23 @@ def nearest_holding(locs: Locations, ids: np.ndarray[Any, Any], lat: float, lon:
         # Sorting only those within the n-th distance (ties kept in id order, as the stable sort of
         # them all would): a split order's SKU has thousands of holders at full size.
         near = np.flatnonzero(d <= np.partition(d, n - 1)[n - 1])
-        chosen = ids[near[np.argsort(d[near], kind="stable")[:n]]]
+        chosen = ids[near[d[near].argsort(kind="stable")[:n]]]
     else:
-        chosen = ids[np.argsort(d, kind="stable")[:n]]
+        chosen = ids[d.argsort(kind="stable")[:n]]
+    # (Array methods rather than numpy's functions, which wrap them in Python; columns of the same
+    # holders, as every SKU's of a set's holders, looked up once.)
     figures: list[list[int]] = []
+    last: np.ndarray[Any, Any] | None = None
+    j = hit = chosen
     for held, values in columns:
         if not len(held):
             figures.append([0] * len(chosen))
             continue
-        j = np.minimum(np.searchsorted(held, chosen), len(held) - 1)
-        figures.append(np.where(held[j] == chosen, values[j], 0).tolist())
+        if held is not last:
+            j = np.minimum(held.searchsorted(chosen), len(held) - 1)
+            hit = held[j] == chosen
+            last = held
+        figures.append(np.where(hit, values[j], 0).tolist())
     return chosen.tolist(), figures
 
 
