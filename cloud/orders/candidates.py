@@ -255,7 +255,7 @@ def nearest_holding(locs: Locations, ids: np.ndarray[Any, Any], lat: float, lon:
     if len(d) > 2 * n:
         # Sorting only those within the n-th distance (ties kept in id order, as the stable sort of
         # them all would): a split order's SKU has thousands of holders at full size.
-        near = np.flatnonzero(d <= np.partition(d, n - 1)[n - 1])
+        near = (d <= np.partition(d, n - 1)[n - 1]).nonzero()[0]
         chosen = ids[near[d[near].argsort(kind="stable")[:n]]]
     else:
         chosen = ids[d.argsort(kind="stable")[:n]]
@@ -421,7 +421,8 @@ class Pool:
         split order's few thousand ids)."""
         if not parts:
             return np.zeros(0, dtype=np.int64)
-        ids = np.sort(np.concatenate(parts))
+        ids = np.concatenate(parts)
+        ids.sort()
         if len(ids) < 2:
             return ids
         keep = np.empty(len(ids), dtype=bool)

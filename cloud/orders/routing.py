@@ -186,7 +186,7 @@ def round_km(km: np.ndarray[Any, Any]) -> list[float]:
         return [round(d, 3) for d in km.tolist()]
     m = km * 1000.0
     out: list[float] = (np.rint(m) / 1000.0).tolist()
-    near_half = np.flatnonzero(np.abs(m - np.floor(m) - 0.5) < 1e-6)
+    near_half = (np.abs(m - np.floor(m) - 0.5) < 1e-6).nonzero()[0]
     for i in near_half.tolist():
         out[i] = round(float(km[i]), 3)
     return out
