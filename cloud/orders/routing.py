@@ -116,15 +116,17 @@ class Plan:
             return self.candidates
         # Ranked by (not chosen, distance or 0), stably: the chosen, then the others, each by distance
         # (a key tuple per row cost more than the rest of ranking).
-        chosen = [r for r in rows if r[2] is _CHOSEN]
-        others = [r for r in rows if r[2] is not _CHOSEN]
-        if any(r[1] is None for r in rows):
-            chosen.sort(key=_distance_or_0)
-            others.sort(key=_distance_or_0)
-        else:
-            chosen.sort(key=_DISTANCE)
-            others.sort(key=_DISTANCE)
-        ranked = chosen + others
+        o = self.order
+        # (Distances are None only for an order without coordinates, as `_distances` gives them.)
+        key = _DISTANCE if o is not None and o.lat is not None and o.lon is not None else _distance_or_0
+        if self.allocation:
+            chosen = [r for r in rows if r[2] is _CHOSEN]
+            others = [r for r in rows if r[2] is not _CHOSEN]
+            chosen.sort(key=key)
+            others.sort(key=key)
+            ranked = chosen + others
+        else:  # nothing chosen
+            ranked = sorted(rows, key=key)
         kept, rest = ranked[:EXPLAIN_MAX], ranked[EXPLAIN_MAX:]
         # Counted per distinct `why` first (most rows share a handful), then per reason, in the order
         # each reason first comes in `rest` (ties of the summary's sort keep that order).
