@@ -524,8 +524,12 @@ def _may_fill(order: OrderIn, cands: Sequence[Candidate], rule: Rule) -> bool:
     if rule.assignment == "single":
         for c in cands:
             atp = c.atp
-            if atp and all(atp.get(s, 0) >= q for s, q in lines):  # (most have none of the order's SKUs)
-                return True
+            if atp:  # (most have none of the order's SKUs)
+                for s, q in lines:
+                    if atp.get(s, 0) < q:
+                        break
+                else:
+                    return True
         return False
     held = [atp for atp in (c.atp for c in cands) if atp]
     most = rule.max_locations
