@@ -230,18 +230,27 @@ class BatchPool(Pool):
                 have = reads.left_of(s, held, stock)
                 parts.append(held[have >= 1])
                 left.append((held, have))
-            ids_arr = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+            ids_arr = self._union(parts)
         # Only the chosen are marked read (all of a split order's holders, ~400 a SKU at full size,
         # cost more than the rest of its planning), from the holders' arrays: what the holders query
         # did not return for them has nothing available, as far as routing goes.
         chosen, cols = nearest_holding(locs, ids_arr, o.lat, o.lon, k + len(o.excluded),
-                                       [(held, np.maximum(have, 0)) for held, have in left])
+                                       [(held, np.maximum(have, 0)) for held, have in left], self.origin())
         if not chosen:
             return []
-        for n, i in enumerate(chosen):
-            if i not in self._read:
-                self._atp[i] = {s: col[n] for s, col in zip(skus, cols, strict=True)}
-                self._read.add(i)
+        # (`nearest_holding` gives a figure per chosen in each column: zip's strict checks cost more
+        # than the dicts.)
+        read, mine = self._read, self._atp
+        if len(skus) == 1:
+            sku = skus[0]
+            for i, figure in zip(chosen, cols[0], strict=False):
+                if i not in read:
+                    mine[i] = {sku: figure}
+        else:
+            for i, figures in zip(chosen, zip(*cols, strict=False), strict=False):
+                if i not in read:
+                    mine[i] = dict(zip(skus, figures, strict=False))
+        read.update(chosen)
         return self.of(chosen)
 
     def of(self, ids: Sequence[int]) -> list[Candidate]:
@@ -771,6 +780,13 @@ def _plan(conn: Connection, entries: list[_Entry], ruleset: RuleSet, locs: Locat
     done = 0
     # What every order needs, read before the first round: its nearest locations' stock (the
     # nearest of the orders wanting as many found in one query of the index).
+    k_maxes: dict[str, int | None] = {}
+    """Per channel, the most candidates its group's rules ask for (None: no group)."""
+    for channel in {e.want.channel for e in entries}:
+        try:
+            k_maxes[channel] = max(r.candidates for r in ruleset.group_for(channel).rules)
+        except RuleError:
+            k_maxes[channel] = None
     near: list[tuple[_Entry, tuple[str, ...], int]] = []
     for e in entries:
         want = e.want
@@ -778,9 +794,8 @@ def _plan(conn: Connection, entries: list[_Entry], ruleset: RuleSet, locs: Locat
         if want.fulfilment == "pickup" and want.pickup_location is not None:
             reads.want_pairs.update((want.pickup_location, s) for s in skus)
         elif want.lat is not None and want.lon is not None and skus:
-            try:
-                k_max = max(r.candidates for r in ruleset.group_for(want.channel).rules)
-            except RuleError:
+            k_max = k_maxes[want.channel]
+            if k_max is None:
                 continue
             near.append((e, tuple(skus), k_max))
     for k in {k for _, _, k in near}:
@@ -816,11 +831,7 @@ def _plan(conn: Connection, entries: list[_Entry], ruleset: RuleSet, locs: Locat
         stopped = False
         for idx in range(done, len(entries)):
             e = entries[idx]
-            try:
-                k_max = max(r.candidates for r in ruleset.group_for(e.want.channel).rules)
-            except RuleError:
-                k_max = 1
-            pool = BatchPool(conn, locs, e.want, now, k_max, reads)
+            pool = BatchPool(conn, locs, e.want, now, k_maxes[e.want.channel] or 1, reads)
             pool._nearest = e.nearest
             try:
                 outcome = _decide(pool, ruleset, e.want)

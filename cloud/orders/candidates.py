@@ -18,12 +18,14 @@ it read.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from types import MappingProxyType
+from typing import Any, cast
 
 import numpy as np
 from sqlalchemy import Connection, Table, bindparam, func, select, text, update
@@ -31,7 +33,7 @@ from sqlalchemy import Connection, Table, bindparam, func, select, text, update
 from cloud.db import insert_for
 from cloud.orders.geo import SpatialIndex, Zone, unit_vectors
 from cloud.orders.models import Assignment, Location, RuleSetRow, StockRow, VersionRow
-from cloud.orders.routing import Candidate, OrderIn, Plan, plan
+from cloud.orders.routing import Candidate, OrderIn, Plan, km_from, km_to, plan
 from cloud.orders.rules import Rule
 
 __all__ = ["INDEX_TTL_S", "Locations", "Pool", "bump_locations", "invalidate_locations", "locations", "plan_rule",
@@ -153,7 +155,18 @@ class Locations:
     """id → its row in `vectors`, -1 for no location (`rows` for arrays of ids at once)."""
     active_of: np.ndarray[Any, Any]
     """id → whether that location is active."""
+    plain: frozenset[int]
+    """The active locations without a delivery zone (`plan` looks at them one by one only when they
+    hold some of the order)."""
+    lat_of: np.ndarray[Any, Any]
+    lon_of: np.ndarray[Any, Any]
+    """Each location's coordinates, by its row in `vectors` (distances without a Python step each)."""
+    axes: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]
+    """`vectors`' three columns, each contiguous (numpy's sum over a row of three cost 3x the rest)."""
 
+
+_NO_STOCK: Mapping[str, int] = MappingProxyType({})
+"""A location's stock as loaded (none: `Pool` reads it per order)."""
 
 _cache: dict[str, Locations] = {}
 _cache_lock = threading.Lock()
@@ -193,8 +206,13 @@ def _load(conn: Connection, version: int) -> Locations:
         zone = None
         if r.zone_radius_km is not None or r.zone_polygon:
             zone = Zone(r.lat, r.lon, r.zone_radius_km, tuple(tuple(p) for p in r.zone_polygon) if r.zone_polygon else None)
-        base[r.id] = Candidate(id=r.id, code=r.code, kind=r.kind, region=r.region, lat=r.lat, lon=r.lon, atp={},
-                               zone=zone, priority=r.priority or 0, cost=r.cost or 0.0, active=bool(r.active))
+        # The kinds and regions as one object each, and one empty stock for all: a location copied with
+        # its stock (`Pool._make`, for every holder chosen) touches each object it shares, and a
+        # location's own are rarely in the cache.
+        base[r.id] = Candidate(id=r.id, code=r.code, kind=sys.intern(r.kind),
+                               region=None if r.region is None else sys.intern(r.region), lat=r.lat, lon=r.lon,
+                               atp=_NO_STOCK, zone=zone, priority=r.priority or 0, cost=r.cost or 0.0,
+                               active=bool(r.active))
         if r.capacity_per_day is not None:
             capacity[r.id] = r.capacity_per_day
     active = [c for c in base.values() if c.active]
@@ -207,34 +225,54 @@ def _load(conn: Connection, version: int) -> Locations:
     return Locations(version=version, loaded=time.monotonic(),
                      index=SpatialIndex([c.id for c in active], [c.lat for c in active], [c.lon for c in active]),
                      base=base, capacity=capacity, meta=meta, by_code={c.code: c.id for c in base.values()},
-                     rows={i: n for n, i in enumerate(ids)}, vectors=vectors, row_of=row_of, active_of=active_of)
+                     rows={i: n for n, i in enumerate(ids)}, vectors=vectors, row_of=row_of, active_of=active_of,
+                     plain=frozenset(c.id for c in active if c.zone is None),
+                     lat_of=np.array([base[i].lat for i in ids], dtype=float),
+                     lon_of=np.array([base[i].lon for i in ids], dtype=float),
+                     axes=(np.ascontiguousarray(vectors[:, 0]), np.ascontiguousarray(vectors[:, 1]),
+                           np.ascontiguousarray(vectors[:, 2])))
 
 
 def nearest_holding(locs: Locations, ids: np.ndarray[Any, Any], lat: float, lon: float, n: int,
-                    columns: Sequence[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]]
-                    ) -> tuple[list[int], list[list[int]]]:
+                    columns: Sequence[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]],
+                    origin: np.ndarray[Any, Any] | None = None) -> tuple[list[int], list[list[int]]]:
     """The `n` nearest of `ids` that are active locations, nearest first, and for each column
     (a SKU's holders in ascending id and their figures) the figure of each of them: 0 where the
-    column has no row for it."""
-    ids = ids[ids < len(locs.row_of)]
-    ids = ids[locs.active_of[ids] & (locs.row_of[ids] >= 0)]
+    column has no row for it. `origin`: `unit_vectors(lat, lon)`, when known."""
+    if len(ids) and int(ids.max()) >= len(locs.row_of):
+        ids = ids[ids < len(locs.row_of)]
+    ids = ids[locs.active_of[ids]]  # (an active location has a row)
     if not len(ids):
         return [], []
-    d = np.linalg.norm(locs.vectors[locs.row_of[ids]] - unit_vectors(lat, lon), axis=1)
+    if origin is None:
+        origin = unit_vectors(lat, lon)
+    rows = locs.row_of[ids]
+    x, y, z = locs.axes
+    dx, dy, dz = x[rows] - origin[0], y[rows] - origin[1], z[rows] - origin[2]
+    # `np.linalg.norm(vectors[rows] - origin, axis=1)` as it computes it (the squares summed in
+    # column order), a column at a time.
+    d = np.sqrt(dx * dx + dy * dy + dz * dz)
     if len(d) > 2 * n:
         # Sorting only those within the n-th distance (ties kept in id order, as the stable sort of
         # them all would): a split order's SKU has thousands of holders at full size.
-        near = np.flatnonzero(d <= np.partition(d, n - 1)[n - 1])
-        chosen = ids[near[np.argsort(d[near], kind="stable")[:n]]]
+        near = (d <= np.partition(d, n - 1)[n - 1]).nonzero()[0]
+        chosen = ids[near[d[near].argsort(kind="stable")[:n]]]
     else:
-        chosen = ids[np.argsort(d, kind="stable")[:n]]
+        chosen = ids[d.argsort(kind="stable")[:n]]
+    # (Array methods rather than numpy's functions, which wrap them in Python; columns of the same
+    # holders, as every SKU's of a set's holders, looked up once.)
     figures: list[list[int]] = []
+    last: np.ndarray[Any, Any] | None = None
+    j = hit = chosen
     for held, values in columns:
         if not len(held):
             figures.append([0] * len(chosen))
             continue
-        j = np.minimum(np.searchsorted(held, chosen), len(held) - 1)
-        figures.append(np.where(held[j] == chosen, values[j], 0).tolist())
+        if held is not last:
+            j = np.minimum(held.searchsorted(chosen), len(held) - 1)
+            hit = held[j] == chosen
+            last = held
+        figures.append(np.where(hit, values[j], 0).tolist())
     return chosen.tolist(), figures
 
 
@@ -260,6 +298,46 @@ class Pool:
         """Candidates built from what was read: each rule's passes look at the same nearest locations."""
         self._near: dict[int, list[Candidate]] = {}
         """`near(k)` as last returned (cleared with `_made`)."""
+        self._listed: dict[int, tuple[list[Candidate], list[int], list[int]]] = {}
+        """id of a list `_candidates` returned → (that list, its locations' ids, the positions of
+        those `plan` must look at: some stock of the order, inactive or zoned)."""
+        self._km: dict[int, tuple[Sequence[Candidate], list[float | None]]] = {}
+        """id of a list of candidates → (that list, `distances` of it): the rules' passes share
+        the nearest."""
+        self._origin: np.ndarray[Any, Any] | None = None
+
+    def distances(self, cands: Sequence[Candidate]) -> list[float | None]:
+        """`routing._distances` of `cands` (from the locations' coordinates when the pool listed them)."""
+        o = self.order
+        if o.lat is None or o.lon is None:
+            return [None] * len(cands)
+        known = self._km.get(id(cands))
+        if known is not None and known[0] is cands:
+            return known[1]
+        listed = self._listed.get(id(cands))
+        out: list[float | None]
+        if listed is not None and listed[0] is cands:
+            if not cands:
+                return []
+            locs = self.locs
+            rows = locs.row_of[np.array(listed[1], dtype=np.int64)]
+            out = cast(list[float | None], km_from(o.lat, o.lon, locs.lat_of[rows], locs.lon_of[rows]))
+        else:
+            out = cast(list[float | None], km_to(o.lat, o.lon, cands))
+        self._km[id(cands)] = (cands, out)  # the list kept: its id is not reused meanwhile
+        return out
+
+    def special(self, cands: Sequence[Candidate]) -> list[int] | None:
+        """The positions in `cands` `plan` must look at one by one (see `_listed`), None when the
+        pool did not list them."""
+        listed = self._listed.get(id(cands))
+        return listed[2] if listed is not None and listed[0] is cands else None
+
+    def origin(self) -> np.ndarray[Any, Any]:
+        """`unit_vectors` of the order's place."""
+        if self._origin is None:
+            self._origin = unit_vectors(self.order.lat, self.order.lon)
+        return self._origin
 
     def forget(self) -> None:
         """Stock moved under us (a lost race): read it again next time."""
@@ -321,10 +399,10 @@ class Pool:
                     ok &= stock_all[:, n] >= need[s]
                 ids_arr = ids_arr[ok]
         else:
-            ids_arr = np.unique(np.concatenate([held for held, _ in cols]))
+            ids_arr = self._union([held for held, _ in cols])
         # Only the chosen are marked read: for them, what the holders query did not return has
         # nothing available, as far as routing goes ("any" omits what is below 1).
-        chosen, stock = nearest_holding(locs, ids_arr, o.lat, o.lon, k + len(o.excluded), cols)
+        chosen, stock = nearest_holding(locs, ids_arr, o.lat, o.lon, k + len(o.excluded), cols, self.origin())
         if not chosen:
             return []
         for n, i in enumerate(chosen):
@@ -335,6 +413,22 @@ class Pool:
         if lock:
             self.lock(chosen)
         return self.of(chosen)
+
+    @staticmethod
+    def _union(parts: Sequence[np.ndarray[Any, Any]]) -> np.ndarray[Any, Any]:
+        """The ids in any of `parts` (each ascending), ascending, each once: `np.unique` of them
+        concatenated, by a sort and a comparison with the neighbour (its hashing cost ~10x that on a
+        split order's few thousand ids)."""
+        if not parts:
+            return np.zeros(0, dtype=np.int64)
+        ids = np.concatenate(parts)
+        ids.sort()
+        if len(ids) < 2:
+            return ids
+        keep = np.empty(len(ids), dtype=bool)
+        keep[0] = True
+        np.not_equal(ids[1:], ids[:-1], out=keep[1:])
+        return ids[keep]
 
     def lock(self, ids: Sequence[int]) -> None:
         """Lock the stock rows of `ids` (PostgreSQL; in the fixed order) and read them again."""
@@ -379,9 +473,11 @@ class Pool:
         return self._candidates(ids)
 
     def _candidates(self, ids: Sequence[int]) -> list[Candidate]:
-        """`ids` as candidates, from the stock and today's use already read."""
-        made, base, atp, capacity = self._made, self.locs.base, self._atp, self.locs.capacity
+        """`ids` as candidates, from the stock and today's use already read (listed in `_listed`)."""
+        made, base, atp, capacity, plain = self._made, self.locs.base, self._atp, self.locs.capacity, self.locs.plain
         out: list[Candidate] = []
+        got: list[int] = []
+        special: list[int] = []
         for i in ids:
             if i in atp or i in capacity:
                 c = made.get(i)
@@ -390,13 +486,19 @@ class Pool:
                     if b is None:
                         continue
                     c = self._make(i, b)
+                if c.atp or i not in plain:
+                    special.append(len(out))
             else:
                 # The commonest case, without a call (one per candidate of every pass cost more than
                 # the rest of building the list): nothing of the order there, no capacity to count.
                 c = base.get(i)
                 if c is None:
                     continue
+                if i not in plain:
+                    special.append(len(out))
             out.append(c)
+            got.append(i)
+        self._listed[id(out)] = (out, got, special)  # the list kept: its id is not reused meanwhile
         return out
 
     def _make(self, i: int, b: Candidate) -> Candidate:
@@ -416,21 +518,35 @@ class Pool:
 
 def _may_fill(order: OrderIn, cands: Sequence[Candidate], rule: Rule) -> bool:
     """False when `plan` surely cannot fill the order from `cands`: none holds all of it (single),
-    or together they do not hold it (partial)."""
+    or no `max_locations` of them hold it (partial: for some SKU, not even the most any that many
+    hold). Only those with some stock count: `cands` may be just those."""
     lines = order.lines
-    single = rule.assignment == "single"
-    total = dict.fromkeys((s for s, _ in lines), 0)
-    for c in cands:
-        atp = c.atp
-        if not atp:  # most of them: none of the order's SKUs
-            continue
-        if single:
-            if all(atp.get(s, 0) >= q for s, q in lines):
-                return True
-        else:
-            for s in total:
-                total[s] += atp.get(s, 0)
-    return not single and all(total[s] >= q for s, q in lines)
+    if rule.assignment == "single":
+        for c in cands:
+            atp = c.atp
+            if atp:  # (most have none of the order's SKUs)
+                for s, q in lines:
+                    if atp.get(s, 0) < q:
+                        break
+                else:
+                    return True
+        return False
+    held = [atp for atp in (c.atp for c in cands) if atp]
+    most = rule.max_locations
+    for s, q in lines:
+        figures = [atp.get(s, 0) for atp in held]
+        if len(figures) > most:
+            figures.sort(reverse=True)
+            del figures[most:]
+        if sum(figures) < q:
+            return False
+    if len(held) > most:
+        # Each SKU is held by one of the locations that hold it: not even the `most` holding the most
+        # SKUs hold them all, and no `most` can (a split order whose nearest each hold one of its SKUs).
+        kinds = sorted((sum(1 for s, _ in lines if atp.get(s, 0) > 0) for atp in held), reverse=True)
+        if sum(kinds[:most]) < len(lines):
+            return False
+    return True
 
 
 def plan_rule(pool: Pool, rule: Rule, *, lock: bool = False, only: Sequence[int] | None = None) -> Plan:
@@ -441,12 +557,18 @@ def plan_rule(pool: Pool, rule: Rule, *, lock: bool = False, only: Sequence[int]
     if only is not None:
         if lock:
             pool.lock(only)
-        return plan(order, pool.of(only), rule)
+        cands = pool.of(only)
+        return plan(order, cands, rule, pool.distances(cands), pool.special(cands))
     cands = pool.near(rule.candidates, lock=lock)
     further = len(cands) < pool.total and order.lat is not None
+    special = pool.special(cands)
     # A pass that cannot fill the order, when the next one replaces its plan, is not planned (nor explained).
-    p = plan(order, cands, rule) if not further or _may_fill(order, cands, rule) else Plan(rule=rule.name)
+    if not further or _may_fill(order, cands if special is None else [cands[n] for n in special], rule):
+        p = plan(order, cands, rule, pool.distances(cands), special)
+    else:
+        p = Plan(rule=rule.name)
     if not p.filled and further:
         # The nearest lack stock: the nearest among those that hold it.
-        p = plan(order, pool.stocked("all" if rule.assignment == "single" else "any", rule.candidates, lock=lock), rule)
+        cands = pool.stocked("all" if rule.assignment == "single" else "any", rule.candidates, lock=lock)
+        p = plan(order, cands, rule, pool.distances(cands), pool.special(cands))
     return p

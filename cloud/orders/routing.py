@@ -11,14 +11,15 @@ import functools
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from operator import itemgetter
+from typing import Any, cast
 
 import numpy as np
 
 from cloud.orders.geo import EARTH_KM, Zone
 from cloud.orders.rules import FilterField, Rule, SortKey
 
-__all__ = ["Candidate", "OrderIn", "Plan", "plan"]
+__all__ = ["Candidate", "OrderIn", "Plan", "km_from", "km_to", "plan", "round_km"]
 
 COMBINATION_POOL = 24
 """Partial assignment looks for the fewest locations among this many best-sorted candidates."""
@@ -85,50 +86,112 @@ class Plan:
     @property
     def candidates(self) -> list[dict[str, Any]]:
         """Each candidate: code, distance_km, stock, and `dropped` (why) or `chosen`."""
-        return [self._row(r) for r in self.rows]
+        return self._rows(self.rows)
 
-    def _row(self, r: list[Any]) -> dict[str, Any]:
-        c, dist, why = r
+    def _rows(self, rows: list[list[Any]]) -> list[dict[str, Any]]:
+        """`rows` as the explanation shows them (in one loop: a call per row cost more than its dict)."""
         lines = self.order.lines if self.order is not None else ()
-        row: dict[str, Any] = {"id": c.id, "code": c.code, "kind": c.kind, "lat": c.lat, "lon": c.lon,
-                               "distance_km": dist, "stock": {s: c.atp.get(s, 0) for s, _ in lines}}
-        if why is _CHOSEN:
-            row["chosen"] = True
-        elif why is _SHORT:
-            row["dropped"] = _shortage(lines, c)
-        else:
-            row["dropped"] = why
-        return row
+        skus = [s for s, _ in lines]
+        out: list[dict[str, Any]] = []
+        for c, dist, why in rows:
+            atp = c.atp
+            row: dict[str, Any] = {"id": c.id, "code": c.code, "kind": c.kind, "lat": c.lat, "lon": c.lon,
+                                   "distance_km": dist,
+                                   "stock": {s: atp.get(s, 0) for s in skus} if atp else dict.fromkeys(skus, 0)}
+            if why is _CHOSEN:
+                row["chosen"] = True
+            elif why is _SHORT:
+                row["dropped"] = _shortage(lines, c)
+            else:
+                row["dropped"] = why
+            out.append(row)
+        return out
 
     def shown(self) -> list[dict[str, Any]]:
         """What an explanation keeps of the candidates: all of them up to `EXPLAIN_MAX`, else the
         chosen and the nearest others, the rest counted by the reason they were dropped (the same
         list as ranking every materialized row: only the kept ones are built)."""
-        if len(self.rows) <= EXPLAIN_MAX:
+        rows = self.rows
+        if len(rows) <= EXPLAIN_MAX:
             return self.candidates
-        ranked = sorted(self.rows, key=lambda r: (r[2] is not _CHOSEN, r[1] or 0.0))
+        # Ranked by (not chosen, distance or 0), stably: the chosen, then the others, each by distance
+        # (a key tuple per row cost more than the rest of ranking).
+        o = self.order
+        # (Distances are None only for an order without coordinates, as `_distances` gives them.)
+        key = _DISTANCE if o is not None and o.lat is not None and o.lon is not None else _distance_or_0
+        if self.allocation:
+            chosen = [r for r in rows if r[2] is _CHOSEN]
+            others = [r for r in rows if r[2] is not _CHOSEN]
+            chosen.sort(key=key)
+            others.sort(key=key)
+            ranked = chosen + others
+        else:  # nothing chosen
+            ranked = sorted(rows, key=key)
         kept, rest = ranked[:EXPLAIN_MAX], ranked[EXPLAIN_MAX:]
+        # Counted per distinct `why` first (most rows share a handful), then per reason, in the order
+        # each reason first comes in `rest` (ties of the summary's sort keep that order).
+        whys: dict[Any, int] = {}
+        for r in rest:
+            why = r[2]
+            whys[why] = whys.get(why, 0) + 1
         reasons: dict[str, int] = {}
-        for _, _, why in rest:
+        for why, n in whys.items():
             reason = "not enough stock" if why is _SHORT else "" if why is _CHOSEN else str(why).split(":")[0]
-            reasons[reason] = reasons.get(reason, 0) + 1
+            reasons[reason] = reasons.get(reason, 0) + n
         summary = "; ".join(f"{n} x {r}" for r, n in sorted(reasons.items(), key=lambda x: -x[1]))
-        return [*(self._row(r) for r in kept),
-                {"code": f"(+{len(rest)} more)", "distance_km": None, "stock": {}, "dropped": summary}]
+        out = self._rows(kept)
+        out.append({"code": f"(+{len(rest)} more)", "distance_km": None, "stock": {}, "dropped": summary})
+        return out
+
+
+_DISTANCE = itemgetter(1)
+
+
+def _distance_or_0(r: list[Any]) -> float:
+    return r[1] or 0.0
 
 
 def _distances(order: OrderIn, candidates: Sequence[Candidate]) -> list[float | None]:
     """`great_circle_km` from the order to each candidate, rounded to metres, in one numpy pass."""
     if order.lat is None or order.lon is None:
         return [None] * len(candidates)
+    return cast(list[float | None], km_to(order.lat, order.lon, candidates))
+
+
+def km_to(lat0: float, lon0: float, candidates: Sequence[Candidate]) -> list[float]:
+    """`_distances` from (`lat0`, `lon0`)."""
     if not candidates:
         return []
-    lat = np.array([c.lat for c in candidates])
-    lon = np.array([c.lon for c in candidates])
-    p1, p2 = np.radians(order.lat), np.radians(lat)
-    h = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(np.radians(lon - order.lon) / 2) ** 2
+    return km_from(lat0, lon0, np.array([c.lat for c in candidates]), np.array([c.lon for c in candidates]))
+
+
+def km_from(lat0: float, lon0: float, lat: np.ndarray[Any, Any], lon: np.ndarray[Any, Any]) -> list[float]:
+    """`km_to` the points at `lat`, `lon` (arrays)."""
+    p1, p2 = np.radians(lat0), np.radians(lat)
+    h = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(np.radians(lon - lon0) / 2) ** 2
     km = 2 * EARTH_KM * np.arcsin(np.minimum(1.0, np.sqrt(h)))
-    return [round(d, 3) for d in km.tolist()]  # Python floats: rounding numpy scalars one by one cost more
+    return round_km(km)
+
+
+_ROUND_ONE_BY_ONE = 12
+"""Fewer distances than this are rounded by `round` one by one (numpy's calls cost more)."""
+
+
+def round_km(km: np.ndarray[Any, Any]) -> list[float]:
+    """`round(d, 3)` of each distance, as Python floats.
+
+    In numpy: the metres to the nearest integer, over 1000 (an exact integer over 1000 is the
+    double nearest that decimal, as `round` gives it). Only the product by 1000 is inexact, and
+    only where it lies near a half metre could that move the result: those are rounded by `round`
+    (one a call in a million or so). `round` on each cost ~0.3 us, a third of a pass's distances."""
+    if len(km) < _ROUND_ONE_BY_ONE:
+        return [round(d, 3) for d in km.tolist()]
+    m = km * 1000.0
+    out: list[float] = (np.rint(m) / 1000.0).tolist()
+    near_half = (np.abs(m - np.floor(m) - 0.5) < 1e-6).nonzero()[0]
+    for i in near_half.tolist():
+        out[i] = round(float(km[i]), 3)
+    return out
 
 
 def _value(f: FilterField, order: OrderIn, c: Candidate, dist: float | None) -> Any:
@@ -147,6 +210,12 @@ def _value(f: FilterField, order: OrderIn, c: Candidate, dist: float | None) -> 
     if f is FilterField.IN_ZONE:
         return order.lat is not None and order.lon is not None and (c.zone is None or c.zone.contains(order.lat, order.lon))
     return c.code
+
+
+def _by_distance(rule: Rule) -> bool:
+    """Whether `rule` sorts by distance alone, nearest first (`_sort_key` is then (d, d, id))."""
+    sorts = rule.sorts
+    return len(sorts) == 1 and sorts[0].key is SortKey.DISTANCE and not sorts[0].desc
 
 
 def _sort_key(rule: Rule, order: OrderIn, c: Candidate, dist: float | None) -> tuple[Any, ...]:
@@ -170,55 +239,66 @@ def _shortage(lines: tuple[tuple[str, int], ...], c: Candidate) -> str | None:
     return "not enough stock: " + "; ".join(short) if short else None
 
 
-def plan(order: OrderIn, candidates: Sequence[Candidate], rule: Rule) -> Plan:
+def plan(order: OrderIn, candidates: Sequence[Candidate], rule: Rule,
+         distances: Sequence[float | None] | None = None, special: Sequence[int] | None = None) -> Plan:
     """What `rule` does with `order` given `candidates` (explained whether it fills the order or not;
-    the explanation's rows are built when asked for: a pass whose plan is discarded builds none)."""
+    the explanation's rows are built when asked for: a pass whose plan is discarded builds none).
+    `distances`: each candidate's, as `_distances` gives them (known already). `special`: the
+    positions (ascending) of every candidate that has some stock of the order, is inactive or has a
+    zone; the others are not looked at one by one."""
     result = Plan(rule=rule.name, order=order)
-    rows = result.rows
     eligible: list[tuple[tuple[Any, ...], Candidate, list[Any]]] = []
-    lines = order.lines
     single = rule.assignment == "single"
-    filters = rule.filters
     pickup = order.pickup_location if order.fulfilment == "pickup" else None
-    zoned = order.fulfilment == "delivery" and order.lat is not None and order.lon is not None
     excluded = order.excluded
     bare = _SHORT if single else "none of the order's SKUs available"
-    plain = not filters and pickup is None
-    for c, dist in zip(candidates, _distances(order, candidates), strict=True):
-        if plain and not c.atp and c.active and c.zone is None and c.id not in excluded:
-            # Most candidates: nothing of the order there and nothing else to check first.
-            rows.append([c, dist, bare])
-            continue
-        reason: str | None = None
-        if not c.active:
-            reason = "location inactive"
-        elif c.id in excluded:
-            reason = "rejected this order before, or let its reservation expire"
-        elif pickup is not None and c.id != pickup:
-            reason = "not the pickup store the shopper chose"
-        elif zoned and c.zone is not None and not c.zone.contains(order.lat, order.lon):  # type: ignore[arg-type]
-            reason = "the address is outside its delivery zone"
-        else:
-            for f in filters:
-                actual = _value(f.field, order, c, dist)
-                if not f.test(actual):
-                    reason = f"filter {f.field.value} {f.op.value} {f.value!r} failed ({actual!r})"
-                    break
-        if reason is None:
+    plain = not rule.filters and pickup is None
+    nearest_first = _by_distance(rule)
+    if distances is None:
+        distances = _distances(order, candidates)
+    if special is not None and plain and not excluded:
+        # Most candidates: nothing of the order there and nothing else to check; their rows built at once.
+        rows = result.rows = [[c, dist, bare] for c, dist in zip(candidates, distances, strict=True)]
+        todo: Sequence[int] = special
+    else:
+        rows = result.rows = [[c, dist, None] for c, dist in zip(candidates, distances, strict=True)]
+        todo = range(len(rows))
+    lines = order.lines
+    for n in todo:
+        row = rows[n]
+        c, dist, _ = row
+        reason: str | None
+        if plain and c.active and c.zone is None and c.id not in excluded:
+            # Nothing but the stock to look at (`_dropped`'s last test, inlined: most candidates looked
+            # at are a split order's holders).
             atp = c.atp
-            if single:
-                if not atp or any(atp.get(s, 0) < q for s, q in lines):
-                    reason = _SHORT
-            elif not atp or not any(atp.get(s, 0) > 0 for s, _ in lines):
-                reason = "none of the order's SKUs available"
-        row = [c, dist, reason]
-        rows.append(row)
+            reason = None
+            if not atp:
+                reason = bare
+            elif single:
+                for s, q in lines:
+                    if atp.get(s, 0) < q:
+                        reason = _SHORT
+                        break
+            else:
+                reason = bare
+                for s, _ in lines:
+                    if atp.get(s, 0) > 0:
+                        reason = None
+                        break
+        else:
+            reason = _dropped(order, rule, c, dist, pickup)
+        row[2] = reason
         if reason is None:
-            eligible.append((_sort_key(rule, order, c, dist), c, row))
+            if nearest_first:
+                d = dist if dist is not None else 0.0
+                eligible.append(((d, d, c.id), c, row))
+            else:
+                eligible.append((_sort_key(rule, order, c, dist), c, row))
     if not eligible:
         result.note = "no eligible location"
         return result
-    eligible.sort(key=lambda e: e[0])
+    eligible.sort(key=_KEY)
     if single:
         _, c, row = eligible[0]
         result.allocation = {c.id: list(order.lines)}
@@ -228,6 +308,33 @@ def plan(order: OrderIn, candidates: Sequence[Candidate], rule: Rule) -> Plan:
         return result
     return _partial(order, eligible, rule, result)
 
+
+def _dropped(order: OrderIn, rule: Rule, c: Candidate, dist: float | None, pickup: int | None) -> str | None:
+    """Why `plan` drops `c` (None: eligible)."""
+    if not c.active:
+        return "location inactive"
+    if c.id in order.excluded:
+        return "rejected this order before, or let its reservation expire"
+    if pickup is not None and c.id != pickup:
+        return "not the pickup store the shopper chose"
+    if (order.fulfilment == "delivery" and order.lat is not None and order.lon is not None and c.zone is not None
+            and not c.zone.contains(order.lat, order.lon)):
+        return "the address is outside its delivery zone"
+    for f in rule.filters:
+        actual = _value(f.field, order, c, dist)
+        if not f.test(actual):
+            return f"filter {f.field.value} {f.op.value} {f.value!r} failed ({actual!r})"
+    atp = c.atp
+    lines = order.lines
+    if rule.assignment == "single":
+        if not atp or any(atp.get(s, 0) < q for s, q in lines):
+            return _SHORT
+    elif not atp or not any(atp.get(s, 0) > 0 for s, _ in lines):
+        return "none of the order's SKUs available"
+    return None
+
+
+_KEY = itemgetter(0)
 
 VECTOR_MAX_K = 3
 """Combinations of up to this many locations are searched with numpy at once; more, one by one."""
@@ -239,7 +346,7 @@ def _first_cover(atp: np.ndarray[Any, Any], need: np.ndarray[Any, Any], k: int) 
     n = atp.shape[0]
     if k > n:
         return None
-    if k > 1:
+    if k > 2:  # (a pair is searched at once, for about what these cost)
         if not bool((np.sort(atp, axis=0)[n - k:].sum(axis=0) >= need).all()):
             return None  # not even the k largest of some column cover it: no k rows do
         # Each column still needed is covered by a row with some of it: k rows holding together
@@ -251,19 +358,48 @@ def _first_cover(atp: np.ndarray[Any, Any], need: np.ndarray[Any, Any], k: int) 
     if k > VECTOR_MAX_K:
         return next((combo for combo in itertools.combinations(range(n), k)
                      if bool((atp[list(combo)].sum(axis=0) >= need).all())), None)
+    # Column by column below: numpy's reductions over an axis of a few SKUs (`.all(axis=-1)`) cost
+    # more than the comparisons themselves.
+    cols = atp.T
     if k == 1:
-        hits = np.flatnonzero((atp >= need).all(axis=1))
-        return (int(hits[0]),) if len(hits) else None
+        if not len(need):
+            return (0,)
+        ok = cols[0] >= need[0]
+        for c in range(1, len(need)):
+            ok &= cols[c] >= need[c]
+        first = int(ok.argmax())
+        return (first,) if ok[first] else None
     if k == 2:
         return _first_pair(atp, need, 0)
-    # Three: by first row, in order, each a pair search over the rows after it for what that row
-    # leaves to cover (the first row with one gives the first triple in combinations order). The
-    # whole cube at once cost ~1 ms for 24 rows even when the first row had a pair.
-    for i in range(n - 2):
-        pair = _first_pair(atp[i + 1:], need - atp[i], i + 1)
-        if pair is not None:
-            return (i, *pair)
-    return None
+    # Three: the first row first, a pair search over the rows after it for what it leaves to cover
+    # (most triples found start there); then every later first row at once, against every pair of
+    # rows after it (the first row with one gives the first triple in combinations order). A pair
+    # search per first row cost ~150 us for 24 rows holding none; the whole cube, ~1 ms.
+    pair = _first_pair(atp[1:], need - atp[0], 1)
+    if pair is not None:
+        return (0, *pair)
+    if n < 4:
+        return None
+    pj, pm, after = _pairs(n)
+    # First rows 1 … n - 3 x pairs (j < m, in combinations order), where the first row < j:
+    fits: np.ndarray[Any, Any] = after.copy()
+    left = need - atp[1:n - 2]
+    for c, col in enumerate(cols):
+        fits &= (col[pj] + col[pm])[None, :] >= left[:, c][:, None]
+    some = cast(np.ndarray[Any, Any], fits.any(axis=1))
+    first = int(some.argmax())
+    if not some[first]:
+        return None
+    p = int(fits[first].argmax())
+    return (first + 1, int(pj[p]), int(pm[p]))
+
+
+@functools.cache
+def _pairs(n: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Every pair of n rows (j < m) in combinations order, and which of them come after each of the
+    first rows 1 … n - 3 (j > that row)."""
+    j, m = np.triu_indices(n, 1)
+    return j, m, j[None, :] > np.arange(1, n - 2)[:, None]
 
 
 @functools.cache
@@ -277,13 +413,19 @@ def _first_pair(atp: np.ndarray[Any, Any], need: np.ndarray[Any, Any], offset: i
     n = atp.shape[0]
     if n < 2:
         return None
-    ok = ((atp[:, None, :] + atp[None, :, :]) >= need).all(axis=-1)
+    if not len(need):
+        return (offset, offset + 1)
+    sums = [np.add.outer(col, col) for col in atp.T]
+    ok = sums[0] >= need[0]
+    for j in range(1, len(need)):
+        ok &= sums[j] >= need[j]
     ok &= _after(n)
     # The first set cell in C order: (j, m) lexicographically, as itertools.combinations goes.
-    hits = np.flatnonzero(ok)
-    if not len(hits):
+    flat = ok.ravel()
+    first = int(flat.argmax())
+    if not flat[first]:
         return None
-    j, m = divmod(int(hits[0]), n)
+    j, m = divmod(first, n)
     return (offset + j, offset + m)
 
 
@@ -312,7 +454,8 @@ def _partial(order: OrderIn, eligible: list[tuple[tuple[Any, ...], Candidate, li
         for _, c, row in eligible:
             row[2] = _CHOSEN if c.id in alloc else "not needed: the order is filled by fewer or better-sorted locations"
         return result
+    short = f"together with the others, not enough stock within {rule.max_locations} locations"  # once, not per row
     for _, _, row in eligible:
-        row[2] = f"together with the others, not enough stock within {rule.max_locations} locations"
+        row[2] = short
     result.note = f"no combination of at most {rule.max_locations} locations holds the order"
     return result

@@ -13,8 +13,9 @@ from sqlalchemy import select
 
 from cloud.db import make_engine, migrate, write_transaction
 from cloud.orders import service
+from cloud.orders.candidates import _may_fill
 from cloud.orders.geo import great_circle_km
-from cloud.orders.routing import EXPLAIN_MAX, Candidate, OrderIn, _first_cover, plan
+from cloud.orders.routing import EXPLAIN_MAX, Candidate, OrderIn, _first_cover, plan, round_km
 from cloud.orders.rules import Filter, FilterField, Op, Rule
 from tests.orders.conftest import order, seed, stock
 
@@ -175,3 +176,40 @@ def test_the_explanation_shows_what_building_every_row_showed(locs, o_, fs, mode
     assert p.considered == len(cands) == len(p.candidates)
     assert all(("chosen" in c) != ("dropped" in c) for c in p.candidates)
     assert p.shown() == _shown_eagerly(p.candidates)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.floats(0.0, 20040.0), st.integers(0, 20_040_000).map(lambda m: (m + 0.5) / 1000)),
+                max_size=80))
+def test_distances_are_rounded_as_round_rounds_them(km: list[float]) -> None:
+    """`round_km` (numpy, but for the few near a half metre) gives `round(d, 3)` of each, to the bit."""
+    got = round_km(np.array(km, dtype=float))
+    assert [x.hex() for x in got] == [round(d, 3).hex() for d in km]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(locations.filter(bool), min_size=1, max_size=12).map(lambda ls: [x for xs in ls for x in xs]),
+       orders, st.sampled_from(["single", "partial"]), st.booleans())
+def test_plan_told_which_candidates_to_look_at_plans_the_same(locs, o_, mode, sparse) -> None:
+    """With the positions of the candidates holding some of the order (as a pool gives them), the
+    others' rows built at once: the same plan and explanation as looking at each."""
+    cands = _cands([(la, lo, atp if not sparse or i % 3 == 0 else {}, k, r)
+                    for i, (la, lo, atp, k, r) in enumerate(locs)])
+    o = OrderIn(id=1, channel="web", fulfilment="delivery", lines=tuple(sorted(o_[2].items())), lat=o_[0], lon=o_[1])
+    rule = Rule(name="r", assignment=mode, max_locations=3)
+    special = [n for n, c in enumerate(cands) if c.atp]
+    each, told = plan(o, cands, rule), plan(o, cands, rule, None, special)
+    assert (told.allocation, told.note, told.considered) == (each.allocation, each.note, each.considered)
+    assert told.candidates == each.candidates and told.shown() == each.shown()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(locations.filter(bool), min_size=1, max_size=8).map(lambda ls: [x for xs in ls for x in xs]),
+       orders, st.sampled_from(["single", "partial"]), st.integers(1, 4))
+def test_a_pass_skipped_as_unable_to_fill_could_not_have_filled(locs, o_, mode, most) -> None:
+    """`_may_fill` says no only where `plan` fills nothing (that pass is then not planned at all)."""
+    cands = _cands(locs)
+    o = OrderIn(id=1, channel="web", fulfilment="delivery", lines=tuple(sorted(o_[2].items())), lat=o_[0], lon=o_[1])
+    rule = Rule(name="r", assignment=mode, max_locations=most)
+    if not _may_fill(o, cands, rule):
+        assert not plan(o, cands, rule).filled
