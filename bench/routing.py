@@ -281,7 +281,10 @@ def main() -> None:
                 try:
                     entry[key] = route_run(url, workers, per_worker, skus, batch=batch, warm=args.warm)
                 except RuntimeError as exc:  # e.g. SQLite's busy timeout on an overloaded machine: say so, go on
-                    entry[key] = {"failed": str(exc).strip().splitlines()[-1][:300]}
+                    # The worker's traceback: its last line naming an error says what failed (the
+                    # lines after it are SQLAlchemy's SQL and links).
+                    said = [ln.strip() for ln in str(exc).splitlines() if "Error" in ln] or [str(exc).strip()]
+                    entry[key] = {"failed": said[-1][:300]}
             with engine.connect() as conn:
                 entry["oversold_rows"] = service.oversold(conn)
             one, four = (entry[k].get("orders_per_s") for k in ("workers_1", "workers_4"))
