@@ -436,7 +436,7 @@ _JSON_SQL: dict[tuple[str, str, tuple[str, ...], str, str], tuple[Any, list[Any]
 def _json_sql(conn: Connection, table: Table, cols: tuple[str, ...], kind: str, suffix: str,
               source: str = "jsonb_array_elements(CAST(:rows AS jsonb)) AS e") -> tuple[Any, list[Any]]:
     """The statement writing JSON rows (`source` yields each as `e`), and each column's bind processor
-    (`_AS_JSON_TEXT` for a JSON column: its value goes as its text)."""
+    (`_as_json_text` for a JSON column: its value goes as its text)."""
     key = (table.name, kind, cols, suffix, source)
     got = _JSON_SQL.get(key)
     if got is None:
@@ -453,7 +453,7 @@ def _json_sql(conn: Connection, table: Table, cols: tuple[str, ...], kind: str, 
             typ = col.type.compile(dialect=dialect)
             if isinstance(col.type, sqltypes.JSON):
                 exprs.append(f"CAST(e ->> {n} AS {typ})")  # the document from its text, as written
-                procs.append(_AS_JSON_TEXT)
+                procs.append(_as_json_text)
             else:
                 exprs.append(f"CAST(e ->> {n} AS {typ})")
                 procs.append(col.type._cached_bind_processor(dialect))
@@ -478,9 +478,6 @@ def _json_sql(conn: Connection, table: Table, cols: tuple[str, ...], kind: str, 
 def _as_json_text(value: Any) -> str:
     # As SQLAlchemy's JSON type writes a value (None too: JSON's null, not SQL's NULL).
     return json.dumps(value, default=_plain)
-
-
-_AS_JSON_TEXT = _as_json_text
 
 
 _PARENT_KEYS = ("_channel", "_channel_order_id")
@@ -550,7 +547,7 @@ def _json_rows(rows: list[dict[str, Any]], cols: tuple[str, ...], procs: list[An
             row = list(cells(r))
             for n, p in todo:
                 v = row[n]
-                if p is _AS_JSON_TEXT:
+                if p is _as_json_text:
                     row[n] = p(v)
                 elif v is not None:
                     if isinstance(v, datetime):
