@@ -26,11 +26,8 @@ def _warm(engine: Engine) -> None:
         service.intake(conn, order("WARM", [("TEA-1", 1)]), actor="test")
 
 
-def _budget(engine: Engine, warehouse: int) -> int:
-    return warehouse + (1 if engine.dialect.name == "postgresql" else 0)
-
-
-def test_an_order_routed_to_a_warehouse_costs_a_fixed_number_of_statements(engine: Engine) -> None:
+def _warehouse(engine: Engine) -> None:
+    """The catalogue, one warehouse with TEA-1 and RICE-1, and the process warmed (`_warm`)."""
     seed(engine)
     with write_transaction(engine) as conn:
         service.put_location(conn, "wh1", LocationInput(lat=31.2411, lon=121.4911), actor="test")
@@ -38,6 +35,14 @@ def test_an_order_routed_to_a_warehouse_costs_a_fixed_number_of_statements(engin
         service.apply_levels(conn, loc, [service.LevelIn("TEA-1", 50), service.LevelIn("RICE-1", 50)],
                              source="test", now=service._now())
     _warm(engine)
+
+
+def _budget(engine: Engine, warehouse: int) -> int:
+    return warehouse + (1 if engine.dialect.name == "postgresql" else 0)
+
+
+def test_an_order_routed_to_a_warehouse_costs_a_fixed_number_of_statements(engine: Engine) -> None:
+    _warehouse(engine)
     with counted(engine) as seen, write_transaction(engine) as conn:
         r = service.intake(conn, order("W1", [("TEA-1", 2), ("RICE-1", 1)]), actor="test")
     assert r.state == "routed"
@@ -100,13 +105,7 @@ the nearest's stock (SQLite); the reservation (in a savepoint on PostgreSQL); ev
 
 def test_an_order_taken_in_alone_on_the_batch_path_costs_fewer_statements(engine: Engine) -> None:
     """The same order twice, once per path: the same outcome; on PostgreSQL 8 statements against 14."""
-    seed(engine)
-    with write_transaction(engine) as conn:
-        service.put_location(conn, "wh1", LocationInput(lat=31.2411, lon=121.4911), actor="test")
-        loc = service.location_id(conn, "wh1")
-        service.apply_levels(conn, loc, [service.LevelIn("TEA-1", 50), service.LevelIn("RICE-1", 50)],
-                             source="test", now=service._now())
-    _warm(engine)
+    _warehouse(engine)
     with write_transaction(engine) as conn:
         batch.intake_one(conn, order("WARM2", [("TEA-1", 1)]), actor="test")
     with counted(engine) as alone, write_transaction(engine) as conn:
