@@ -22,6 +22,7 @@ from kivy.uix.recyclegridlayout import RecycleGridLayout
 
 __all__ = ["UniformGridLayout"]
 
+
 class UniformGridLayout(RecycleGridLayout):  # type: ignore[misc]
     def _fill_rows_cols_sizes(self) -> None:
         opts: list[dict[str, Any]] = self.view_opts

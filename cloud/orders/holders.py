@@ -127,7 +127,7 @@ class Holders:
         self.log: int | None = None
         """The log table's oid when the cursor was set (another one: the database was recreated)."""
         self.running: set[Pair] = set()
-        """Keys logged by transactions still running at the last refresh: read again at the next."""
+        """Keys logged by transactions not known to have ended at the last refresh: read again at the next."""
         self.refreshed = 0.0
         self.generation = 0
         """Counts refreshes: a SKU read in a transaction is added only if no other refresh came since."""
