@@ -40,6 +40,16 @@ async def until(cond: Callable[[], bool], timeout: float = 30.0, what: str = "co
         await asyncio.sleep(0.01)
 
 
+async def cloud_reachable(bus: BusClient | None) -> None:
+    """Until the box counts the cloud as reachable, as its station does before waiting for a verdict:
+    connected (its birth published) and a cloud host online. The host's retained state can arrive
+    before the birth is done, so `cloud_available` alone is not that: a scan made in between is
+    answered from the offline lists."""
+    assert bus is not None
+    await bus.connected.wait()
+    await bus.cloud_available.wait()
+
+
 class Cloud:
     """A cloud host's view of the bus: everything boxes publish, and our retained host state."""
 

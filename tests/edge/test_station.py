@@ -32,7 +32,7 @@ from edge.station.scanners import CameraScanner, HidScanner, keystrokes
 from edge.station.testcard import Symbol, write_video
 from firmware_config import NodeConfig
 from tests.conftest import Broker
-from tests.edge.conftest import NODE, Cloud, arun, until
+from tests.edge.conftest import NODE, Cloud, arun, cloud_reachable, until
 
 GTIN = "09506000134352"
 DM_HRI = f"(01){GTIN}(17)301231(10)L001(21)SER001"
@@ -106,7 +106,7 @@ def test_video_scans_reach_the_cloud_and_its_verdicts_the_local_api(broker: Brok
         task = asyncio.create_task(agent.run())
         await agent.ready.wait()
         assert agent.bus is not None
-        await agent.bus.cloud_available.wait()
+        await cloud_reachable(agent.bus)
         # The camera is plugged in once the box knows the cloud is online (until then its driver
         # reports it unavailable and retries): every scan then waits for the cloud's verdict.
         part = tmp_path / "part.avi"  # written whole, then plugged in at once
@@ -290,7 +290,7 @@ def test_a_slow_cloud_gets_a_provisional_answer_meanwhile(broker: Broker, tmp_pa
         task = asyncio.create_task(agent.run())
         await agent.ready.wait()
         assert agent.bus is not None
-        await agent.bus.cloud_available.wait()
+        await cloud_reachable(agent.bus)
         _, scan = await api(agent, "POST", "/station/scans", {"code": DM_CODE, "wait_s": 5})
         assert (scan["verdict"]["provisional"], scan["verdict"]["rule"]) == (True, "offline_cache")
         await until(lambda: bool(cloud.of(MessageType.SCAN)), what="the scan")

@@ -33,7 +33,7 @@ from edge.agent import EdgeAgent
 from edge.clerks.component import ClerksComponent
 from firmware_config import NodeConfig
 from tests.conftest import Broker
-from tests.edge.conftest import NODE, Cloud, arun, until
+from tests.edge.conftest import NODE, Cloud, arun, cloud_reachable, until
 from tests.kiosk.conftest import StockApi
 
 PIN = "2580"
@@ -108,7 +108,7 @@ def test_a_signed_in_clerk_is_stamped_on_scans_steps_and_adjustments(broker: Bro
         task = asyncio.create_task(agent.run())
         await agent.ready.wait()
         assert agent.bus is not None
-        await agent.bus.cloud_available.wait()
+        await cloud_reachable(agent.bus)
         token = await signed_in(agent, cloud)
 
         # Scans: with the clerk, without a header (nobody), and a token naming nobody (refused, nothing sent).
@@ -213,7 +213,7 @@ def test_a_box_that_requires_sign_in_refuses_unattributed_writes(broker: Broker,
         task = asyncio.create_task(agent.run())
         await agent.ready.wait()
         assert agent.bus is not None
-        await agent.bus.cloud_available.wait()
+        await cloud_reachable(agent.bus)
         for path, body in [("/station/scans", {"code": CODE}),
                            ("/station/stock/adjustments", {"sku": "TEA-1", "delta": 1, "reason": "found"})]:
             status, answer = await api(agent, "POST", path, body)
@@ -247,7 +247,7 @@ def test_a_case_received_prints_its_goods_in_label_with_the_count(broker: Broker
         task = asyncio.create_task(agent.run())
         await agent.ready.wait()
         assert agent.bus is not None
-        await agent.bus.cloud_available.wait()
+        await cloud_reachable(agent.bus)
         status, body = await api(agent, "POST", "/station/scans", {"code": f"]C100{sscc}", "purpose": "receive"})
         assert status == 200, body
         await until(lambda: bool(cloud.of(MessageType.SCAN)), what="the case's scan")
